@@ -1,0 +1,393 @@
+//! Beacon protocol v1: decoding of the body and validation of each event, with precise reasons.
+//!
+//! A beacon is `{"key": ..., "sent_at": <client epoch ms>, "events": [...]}`. Envelope problems make the
+//! whole beacon unusable ([`BeaconError`], answered with 400); a bad event only rejects that event
+//! ([`EventRejection`], kept in the dead-letter output with its reason) while the others are accepted.
+//!
+//! The rules here and `schemas/beacon.v1.schema.json` describe the same contract; `tests/json_schema.rs`
+//! checks that both accept and reject the same example files. Integers follow JSON Schema's meaning: a
+//! number with a zero fractional part (`3.0`) is an integer.
+
+use serde_json::{Map, Value};
+
+use crate::event::{CacheStatus, Event, EventKind, Payload, StreamType, ViewDims};
+
+/// Earliest accepted client timestamp: 2000-01-01T00:00:00Z.
+pub const TS_MIN_MS: i64 = 946_684_800_000;
+/// Latest accepted client timestamp: 2100-01-01T00:00:00Z.
+pub const TS_MAX_MS: i64 = 4_102_444_800_000;
+/// Largest `seq` (2^53 - 1, the largest integer every JSON implementation keeps exactly).
+pub const SEQ_MAX: u64 = 9_007_199_254_740_991;
+pub const MAX_EVENTS_PER_BEACON: usize = 1000;
+pub const MAX_KEY_LEN: usize = 128;
+pub const MAX_VIEW_ID_LEN: usize = 128;
+const MAX_SHORT_STRING: usize = 256;
+const MAX_TITLE_LEN: usize = 1024;
+const MAX_URL_LEN: usize = 2048;
+const MAX_CUSTOM_DIMS: usize = 32;
+
+/// Why a whole beacon could not be used (HTTP 400).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BeaconError {
+    #[error("body is not valid JSON: {0}")]
+    InvalidJson(String),
+    #[error("body must be a JSON object")]
+    NotAnObject,
+    #[error("field `{field}`: {problem}")]
+    Field { field: &'static str, problem: String },
+}
+
+/// Why one event was rejected. `tag` is stable (a metric label); the display form is the reason sent to
+/// the client and stored in the dead-letter output, naming the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct EventRejection {
+    pub field: String,
+    pub tag: &'static str,
+    pub message: String,
+}
+
+impl EventRejection {
+    fn new(field: impl Into<String>, tag: &'static str, message: impl Into<String>) -> Self {
+        EventRejection { field: field.into(), tag, message: message.into() }
+    }
+    fn missing(field: &str) -> Self {
+        Self::new(field, "missing_field", "required field is missing")
+    }
+    fn wrong_type(field: &str, expected: &str) -> Self {
+        Self::new(field, "wrong_type", format!("must be {expected}"))
+    }
+}
+
+/// The envelope of a beacon, its events not yet validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParsedBeacon {
+    pub key: Option<String>,
+    pub sent_at: i64,
+    pub events: Vec<Value>,
+}
+
+/// Decodes a (decompressed) body and checks the envelope.
+pub fn parse_beacon(body: &[u8]) -> Result<ParsedBeacon, BeaconError> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| BeaconError::InvalidJson(e.to_string()))?;
+    let Value::Object(mut obj) = value else {
+        return Err(BeaconError::NotAnObject);
+    };
+    let key = match obj.remove("key") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if !s.is_empty() && s.chars().count() <= MAX_KEY_LEN => Some(s),
+        Some(_) => {
+            return Err(BeaconError::Field {
+                field: "key",
+                problem: format!("must be a non-empty string of at most {MAX_KEY_LEN} characters"),
+            });
+        }
+    };
+    let sent_at = match obj.get("sent_at") {
+        None => return Err(BeaconError::Field { field: "sent_at", problem: "required field is missing".into() }),
+        Some(v) => epoch_ms(v).map_err(|problem| BeaconError::Field { field: "sent_at", problem })?,
+    };
+    let events = match obj.remove("events") {
+        None => return Err(BeaconError::Field { field: "events", problem: "required field is missing".into() }),
+        Some(Value::Array(events)) => events,
+        Some(_) => return Err(BeaconError::Field { field: "events", problem: "must be an array".into() }),
+    };
+    if events.len() > MAX_EVENTS_PER_BEACON {
+        return Err(BeaconError::Field {
+            field: "events",
+            problem: format!("at most {MAX_EVENTS_PER_BEACON} events per beacon, got {}", events.len()),
+        });
+    }
+    Ok(ParsedBeacon { key, sent_at, events })
+}
+
+/// Validates one event of a beacon.
+pub fn validate_event(value: &Value) -> Result<Event, EventRejection> {
+    let Value::Object(obj) = value else {
+        return Err(EventRejection::new("event", "not_object", "must be a JSON object"));
+    };
+    let view_id = match obj.get("view_id") {
+        None => return Err(EventRejection::missing("view_id")),
+        Some(Value::String(s)) if !s.is_empty() && s.chars().count() <= MAX_VIEW_ID_LEN => s.clone(),
+        Some(_) => {
+            return Err(EventRejection::new(
+                "view_id",
+                "invalid_value",
+                format!("must be a non-empty string of at most {MAX_VIEW_ID_LEN} characters"),
+            ));
+        }
+    };
+    let seq = match obj.get("seq") {
+        None => return Err(EventRejection::missing("seq")),
+        Some(v) => match integer(v) {
+            Some(n) if (0..=SEQ_MAX as i128).contains(&n) => n as u64,
+            _ => {
+                return Err(EventRejection::new(
+                    "seq",
+                    "out_of_range",
+                    format!("must be an integer from 0 to {SEQ_MAX}"),
+                ));
+            }
+        },
+    };
+    let kind = match obj.get("type") {
+        None => return Err(EventRejection::missing("type")),
+        Some(Value::String(s)) => EventKind::parse(s).ok_or_else(|| {
+            EventRejection::new("type", "unknown_type", format!("unknown event type {s:?}"))
+        })?,
+        Some(_) => return Err(EventRejection::wrong_type("type", "a string")),
+    };
+    let ts = match obj.get("ts") {
+        None => return Err(EventRejection::missing("ts")),
+        Some(v) => epoch_ms(v).map_err(|m| EventRejection::new("ts", "out_of_range", m))?,
+    };
+    let playhead_ms = opt_number(obj, "playhead_ms", 0.0, None)?;
+    let payload = match kind {
+        EventKind::Viewstart => Payload::Viewstart(Box::new(view_dims(obj)?)),
+        EventKind::QualityChange => {
+            let bitrate_kbps = match obj.get("bitrate_kbps") {
+                None => return Err(EventRejection::missing("bitrate_kbps")),
+                Some(v) => match v.as_f64() {
+                    Some(b) if b > 0.0 && b <= 1_000_000.0 => b,
+                    _ => {
+                        return Err(EventRejection::new(
+                            "bitrate_kbps",
+                            "out_of_range",
+                            "must be a number greater than 0 and at most 1000000",
+                        ));
+                    }
+                },
+            };
+            Payload::QualityChange {
+                bitrate_kbps,
+                width: opt_u32(obj, "width")?,
+                height: opt_u32(obj, "height")?,
+                codec: opt_string(obj, "codec", 64)?,
+            }
+        }
+        EventKind::Segment => {
+            let bytes = match obj.get("bytes") {
+                None => return Err(EventRejection::missing("bytes")),
+                Some(v) => match integer(v) {
+                    Some(n) if (0..=SEQ_MAX as i128).contains(&n) => n as u64,
+                    _ => {
+                        return Err(EventRejection::new(
+                            "bytes",
+                            "out_of_range",
+                            "must be a non-negative integer",
+                        ));
+                    }
+                },
+            };
+            let cache = match obj.get("cache") {
+                None | Some(Value::Null) => CacheStatus::Unknown,
+                Some(Value::String(s)) => match s.as_str() {
+                    "hit" => CacheStatus::Hit,
+                    "miss" => CacheStatus::Miss,
+                    "unknown" => CacheStatus::Unknown,
+                    _ => {
+                        return Err(EventRejection::new(
+                            "cache",
+                            "invalid_value",
+                            "must be one of \"hit\", \"miss\", \"unknown\"",
+                        ));
+                    }
+                },
+                Some(_) => return Err(EventRejection::wrong_type("cache", "a string")),
+            };
+            Payload::Segment {
+                host: opt_string(obj, "host", MAX_SHORT_STRING)?,
+                bytes,
+                duration_ms: opt_number(obj, "duration_ms", 0.0, None)?,
+                ttfb_ms: opt_number(obj, "ttfb_ms", 0.0, None)?,
+                cache,
+            }
+        }
+        EventKind::Error => {
+            let code = match obj.get("code") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(s)) if s.chars().count() <= 128 => Some(s.clone()),
+                Some(v @ Value::Number(_)) if integer(v).is_some() => integer(v).map(|n| n.to_string()),
+                Some(_) => {
+                    return Err(EventRejection::wrong_type(
+                        "code",
+                        "a string of at most 128 characters or an integer",
+                    ));
+                }
+            };
+            let fatal = match obj.get("fatal") {
+                None | Some(Value::Null) => false,
+                Some(Value::Bool(b)) => *b,
+                Some(_) => return Err(EventRejection::wrong_type("fatal", "a boolean")),
+            };
+            Payload::Error { code, message: opt_string(obj, "message", MAX_TITLE_LEN)?, fatal }
+        }
+        _ => Payload::None,
+    };
+    Ok(Event { view_id, seq, kind, ts, playhead_ms, payload, raw: obj.clone() })
+}
+
+fn view_dims(obj: &Map<String, Value>) -> Result<ViewDims, EventRejection> {
+    let stream_type = match obj.get("stream_type") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s == "vod" => Some(StreamType::Vod),
+        Some(Value::String(s)) if s == "live" => Some(StreamType::Live),
+        Some(_) => {
+            return Err(EventRejection::new("stream_type", "invalid_value", "must be \"vod\" or \"live\""));
+        }
+    };
+    let custom = match obj.get("custom") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Object(m)) => {
+            if m.len() > MAX_CUSTOM_DIMS {
+                return Err(EventRejection::new(
+                    "custom",
+                    "too_long",
+                    format!("at most {MAX_CUSTOM_DIMS} custom dimensions"),
+                ));
+            }
+            let mut out = Vec::with_capacity(m.len());
+            for (name, v) in m {
+                let value = match v {
+                    Value::String(s) if s.chars().count() <= MAX_SHORT_STRING => s.clone(),
+                    Value::Number(n) => n.to_string(),
+                    Value::Bool(b) => b.to_string(),
+                    _ => {
+                        return Err(EventRejection::wrong_type(
+                            &format!("custom.{name}"),
+                            "a string (at most 256 characters), number or boolean",
+                        ));
+                    }
+                };
+                out.push((name.clone(), value));
+            }
+            out
+        }
+        Some(_) => return Err(EventRejection::wrong_type("custom", "an object")),
+    };
+    Ok(ViewDims {
+        video_id: opt_string(obj, "video_id", MAX_SHORT_STRING)?,
+        video_title: opt_string(obj, "video_title", MAX_TITLE_LEN)?,
+        stream_type,
+        player_name: opt_string(obj, "player_name", MAX_SHORT_STRING)?,
+        player_version: opt_string(obj, "player_version", MAX_SHORT_STRING)?,
+        page_url: opt_string(obj, "page_url", MAX_URL_LEN)?,
+        cdn: opt_string(obj, "cdn", MAX_SHORT_STRING)?,
+        custom,
+    })
+}
+
+/// A JSON integer in JSON Schema's sense (`3` and `3.0`), widened so range checks cannot overflow.
+fn integer(v: &Value) -> Option<i128> {
+    let Value::Number(n) = v else { return None };
+    if let Some(i) = n.as_i64() {
+        return Some(i as i128);
+    }
+    if let Some(u) = n.as_u64() {
+        return Some(u as i128);
+    }
+    let f = n.as_f64()?;
+    (f.fract() == 0.0 && f.abs() < 1e30).then_some(f as i128)
+}
+
+fn epoch_ms(v: &Value) -> Result<i64, String> {
+    match integer(v) {
+        Some(n) if (TS_MIN_MS as i128..=TS_MAX_MS as i128).contains(&n) => Ok(n as i64),
+        Some(_) => Err(format!(
+            "must be epoch milliseconds between {TS_MIN_MS} (2000-01-01) and {TS_MAX_MS} (2100-01-01)"
+        )),
+        None => Err("must be an integer (epoch milliseconds)".into()),
+    }
+}
+
+fn opt_string(obj: &Map<String, Value>, field: &str, max_chars: usize) -> Result<Option<String>, EventRejection> {
+    match obj.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.chars().count() <= max_chars => Ok(Some(s.clone())),
+        Some(Value::String(_)) => {
+            Err(EventRejection::new(field, "too_long", format!("must be at most {max_chars} characters")))
+        }
+        Some(_) => Err(EventRejection::wrong_type(field, "a string")),
+    }
+}
+
+fn opt_number(
+    obj: &Map<String, Value>,
+    field: &str,
+    min: f64,
+    max: Option<f64>,
+) -> Result<Option<f64>, EventRejection> {
+    match obj.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => match n.as_f64() {
+            Some(f) if f >= min && max.is_none_or(|m| f <= m) => Ok(Some(f)),
+            _ => Err(EventRejection::new(field, "out_of_range", format!("must be a number of at least {min}"))),
+        },
+        Some(_) => Err(EventRejection::wrong_type(field, "a number")),
+    }
+}
+
+fn opt_u32(obj: &Map<String, Value>, field: &str) -> Result<Option<u32>, EventRejection> {
+    match obj.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => match integer(v) {
+            Some(n) if (0..=100_000).contains(&n) => Ok(Some(n as u32)),
+            _ => Err(EventRejection::new(field, "out_of_range", "must be an integer from 0 to 100000")),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn ev(extra: Value) -> Value {
+        let mut base = json!({"view_id": "v1", "seq": 0, "type": "playing", "ts": 1_700_000_000_000i64});
+        if let (Value::Object(b), Value::Object(e)) = (&mut base, extra) {
+            b.extend(e);
+        }
+        base
+    }
+
+    #[test]
+    fn envelope_errors_name_the_field() {
+        assert!(matches!(parse_beacon(b"{"), Err(BeaconError::InvalidJson(_))));
+        assert_eq!(parse_beacon(b"[1]"), Err(BeaconError::NotAnObject));
+        let e = parse_beacon(br#"{"events":[]}"#).unwrap_err();
+        assert_eq!(e.to_string(), "field `sent_at`: required field is missing");
+        let e = parse_beacon(br#"{"sent_at":1700000000000,"events":{}}"#).unwrap_err();
+        assert_eq!(e.to_string(), "field `events`: must be an array");
+        let e = parse_beacon(br#"{"sent_at":"x","events":[]}"#).unwrap_err();
+        assert!(e.to_string().starts_with("field `sent_at`: must be an integer"));
+        let e = parse_beacon(br#"{"key":5,"sent_at":1700000000000,"events":[]}"#).unwrap_err();
+        assert!(e.to_string().starts_with("field `key`"));
+    }
+
+    #[test]
+    fn event_reasons_name_the_field() {
+        let reason = |v: Value| validate_event(&v).unwrap_err().to_string();
+        assert_eq!(reason(json!(3)), "event: must be a JSON object");
+        assert_eq!(reason(json!({"seq": 1})), "view_id: required field is missing");
+        assert!(reason(ev(json!({"seq": -1}))).starts_with("seq: must be an integer from 0"));
+        assert!(reason(ev(json!({"seq": 1.5}))).starts_with("seq: must be an integer"));
+        assert_eq!(reason(ev(json!({"type": "jump"}))), "type: unknown event type \"jump\"");
+        assert!(reason(ev(json!({"ts": 12}))).starts_with("ts: must be epoch milliseconds"));
+        assert_eq!(reason(ev(json!({"type": "quality_change"}))), "bitrate_kbps: required field is missing");
+        assert!(reason(ev(json!({"type": "segment", "bytes": 10, "cache": "HIT"}))).starts_with("cache:"));
+        assert!(reason(ev(json!({"type": "error", "fatal": "yes"}))).starts_with("fatal: must be a boolean"));
+        assert!(reason(ev(json!({"type": "viewstart", "stream_type": "tv"}))).starts_with("stream_type:"));
+        assert!(reason(ev(json!({"playhead_ms": -5}))).starts_with("playhead_ms:"));
+    }
+
+    #[test]
+    fn typed_payloads_and_unknown_fields_are_kept() {
+        let e = validate_event(&ev(json!({"type": "segment", "bytes": 2048.0, "cache": "hit", "x_custom": [1]})))
+            .unwrap();
+        assert_eq!(e.seq, 0);
+        assert!(matches!(e.payload, Payload::Segment { bytes: 2048, cache: CacheStatus::Hit, .. }));
+        assert_eq!(e.raw.get("x_custom"), Some(&json!([1])));
+        let e = validate_event(&ev(json!({"type": "error", "code": 4001, "fatal": true}))).unwrap();
+        assert_eq!(e.payload, Payload::Error { code: Some("4001".into()), message: None, fatal: true });
+    }
+}

@@ -1,0 +1,16 @@
+//! qoeflow's data contracts, shared by every other crate (this crate depends on nothing of ours).
+//!
+//! - [`beacon`]: the beacon protocol v1 that player SDKs post (`POST /v1/beacon`), and its validation with
+//!   precise per-field reasons. `schemas/beacon.v1.schema.json` is the same contract as JSON Schema; a test
+//!   keeps the two in agreement over the examples in `schemas/examples/`.
+//! - [`event`]: a validated event and its typed payload, and the enrichment the collector adds.
+//! - [`record`]: the versioned, compressed record format written to Kinesis and to the local log
+//!   (documented in `schemas/README.md`).
+
+pub mod beacon;
+pub mod event;
+pub mod record;
+
+pub use beacon::{BeaconError, EventRejection, ParsedBeacon, parse_beacon, validate_event};
+pub use event::{CacheStatus, ClientInfo, Event, EventKind, Payload, StreamType};
+pub use record::{EventsRecord, Record, RecordError, RejectedRecord};

@@ -1,0 +1,136 @@
+//! Property tests of the beacon decoder, event validation and the record format.
+
+use proptest::prelude::*;
+use schemas::beacon::{SEQ_MAX, TS_MAX_MS, TS_MIN_MS};
+use schemas::{ClientInfo, EventKind, EventsRecord, Payload, Record, parse_beacon, validate_event};
+use serde_json::{Map, Value, json};
+
+fn arb_json() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(|n| json!(n)),
+        any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(|f| json!(f)),
+        "[a-z_]{0,12}".prop_map(Value::String),
+        prop::sample::select(EventKind::ALL.map(|k| k.as_str()).to_vec()).prop_map(|s| json!(s)),
+    ];
+    leaf.prop_recursive(4, 64, 8, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+            prop::collection::btree_map(
+                prop_oneof![
+                    Just("view_id".to_string()), Just("seq".to_string()), Just("type".to_string()),
+                    Just("ts".to_string()), Just("bytes".to_string()), Just("bitrate_kbps".to_string()),
+                    Just("cache".to_string()), Just("fatal".to_string()), Just("custom".to_string()),
+                    "[a-z_]{1,8}"
+                ],
+                inner,
+                0..8
+            )
+            .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+fn arb_valid_event() -> impl Strategy<Value = Value> {
+    (
+        "[A-Za-z0-9-]{1,64}",
+        0..=SEQ_MAX,
+        prop::sample::select(EventKind::ALL.to_vec()),
+        TS_MIN_MS..=TS_MAX_MS,
+        prop::option::of(0.0..1e9f64),
+        1u64..1_000_000,
+        prop::sample::select(vec!["hit", "miss", "unknown"]),
+        any::<bool>(),
+    )
+        .prop_map(|(view_id, seq, kind, ts, playhead, n, cache, fatal)| {
+            let mut e = json!({"view_id": view_id, "seq": seq, "type": kind.as_str(), "ts": ts});
+            let m = e.as_object_mut().expect("object");
+            if let Some(p) = playhead {
+                m.insert("playhead_ms".into(), json!(p));
+            }
+            match kind {
+                EventKind::QualityChange => {
+                    m.insert("bitrate_kbps".into(), json!(n as f64 / 10.0));
+                }
+                EventKind::Segment => {
+                    m.insert("bytes".into(), json!(n));
+                    m.insert("cache".into(), json!(cache));
+                }
+                EventKind::Error => {
+                    m.insert("fatal".into(), json!(fatal));
+                    m.insert("code".into(), json!(n));
+                }
+                EventKind::Viewstart => {
+                    m.insert("cdn".into(), json!(format!("cdn{n}")));
+                    m.insert("custom".into(), json!({"n": n, "b": fatal}));
+                }
+                _ => {}
+            }
+            e
+        })
+}
+
+proptest! {
+    #[test]
+    fn decoder_never_panics_on_bytes(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+        let _ = parse_beacon(&bytes);
+        let _ = Record::decode(&bytes);
+    }
+
+    #[test]
+    fn validation_never_panics_and_reasons_name_a_field(v in arb_json()) {
+        if let Err(r) = validate_event(&v) {
+            prop_assert!(!r.field.is_empty());
+            prop_assert!(r.to_string().starts_with(&r.field));
+        }
+        let body = serde_json::to_vec(&json!({"sent_at": TS_MIN_MS, "events": [v]})).expect("json");
+        prop_assert!(parse_beacon(&body).is_ok());
+    }
+
+    #[test]
+    fn valid_events_validate_with_their_values(v in arb_valid_event()) {
+        let e = validate_event(&v).map_err(|r| TestCaseError::fail(r.to_string()))?;
+        prop_assert_eq!(e.view_id.as_str(), v["view_id"].as_str().expect("str"));
+        prop_assert_eq!(e.seq, v["seq"].as_u64().expect("u64"));
+        prop_assert_eq!(e.ts, v["ts"].as_i64().expect("i64"));
+        prop_assert_eq!(e.kind.as_str(), v["type"].as_str().expect("str"));
+        prop_assert_eq!(&Value::Object(e.raw.clone()), &v);
+        if let Payload::Segment { bytes, .. } = e.payload {
+            prop_assert_eq!(bytes, v["bytes"].as_u64().expect("u64"));
+        }
+    }
+
+    #[test]
+    fn breaking_a_required_field_rejects_naming_it(
+        v in arb_valid_event(),
+        field in prop::sample::select(vec!["view_id", "seq", "type", "ts"]),
+        bad in prop_oneof![Just(json!(null)), Just(json!(-1)), Just(json!({})), Just(json!(""))],
+    ) {
+        let mut v = v;
+        v.as_object_mut().expect("object").insert(field.to_string(), bad);
+        let r = validate_event(&v);
+        prop_assert!(r.is_err(), "accepted with {} broken", field);
+        prop_assert_eq!(r.err().map(|r| r.field), Some(field.to_string()));
+    }
+
+    #[test]
+    fn records_roundtrip(events in prop::collection::vec(arb_valid_event(), 0..30), recv in TS_MIN_MS..TS_MAX_MS) {
+        let events: Vec<Map<String, Value>> =
+            events.into_iter().map(|v| v.as_object().cloned().expect("object")).collect();
+        let rec = EventsRecord {
+            recv_ms: recv, sent_at: recv - 5, key: None, view_id: "v".into(),
+            client: ClientInfo::default(), events,
+        };
+        let chunks = rec.encode_chunks(4096).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let mut back = Vec::new();
+        for c in chunks {
+            prop_assert!(c.len() <= 4096);
+            match Record::decode(&c).map_err(|e| TestCaseError::fail(e.to_string()))? {
+                Record::Events(r) => back.extend(r.events),
+                Record::Rejected(_) => prop_assert!(false, "wrong kind"),
+            }
+        }
+        prop_assert_eq!(back, rec.events);
+    }
+}
