@@ -1,0 +1,229 @@
+//! The log's single writer thread: group commit, segment rolling, retention, repair after errors.
+
+use std::fs::{File, OpenOptions};
+use std::io::Read;
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::{
+    Command, HEADER_LEN, LogConfig, LogError, MAX_BATCH_BYTES, MAX_RECORD_BYTES, checksum, fsync_dir,
+    list_segments, segment_name,
+};
+
+pub(crate) struct Writer {
+    dir: PathBuf,
+    segment_bytes: u64,
+    active: File,
+    active_base: u64,
+    /// Durable length of the active segment.
+    active_len: u64,
+    next_offset: u64,
+    /// Set after a failed write until the file is truncated back to `active_len`.
+    broken: Option<String>,
+    healthy: Arc<AtomicBool>,
+}
+
+impl Writer {
+    /// Opens the log directory, truncating a torn tail, and returns the writer and the durable end.
+    pub(crate) fn open(config: &LogConfig, healthy: Arc<AtomicBool>) -> Result<(Writer, u64), LogError> {
+        std::fs::create_dir_all(&config.dir)?;
+        let segments = list_segments(&config.dir)?;
+        let (base, path) = match segments.last() {
+            Some((base, path)) => (*base, path.clone()),
+            None => {
+                let path = config.dir.join(segment_name(0));
+                File::create(&path)?.sync_all()?;
+                fsync_dir(&config.dir)?;
+                (0, path)
+            }
+        };
+        let active = OpenOptions::new().read(true).write(true).open(&path)?;
+        let (count, good_len) = scan_valid_prefix(&active, base)?;
+        let file_len = active.metadata()?.len();
+        if good_len < file_len {
+            tracing::warn!(
+                segment = %path.display(),
+                dropped_bytes = file_len - good_len,
+                "local log: truncating a torn tail left by a crash (those records were never acknowledged)"
+            );
+            active.set_len(good_len)?;
+            active.sync_all()?;
+        }
+        let next_offset = base + count;
+        let writer = Writer {
+            dir: config.dir.clone(),
+            segment_bytes: config.segment_bytes.max(1),
+            active,
+            active_base: base,
+            active_len: good_len,
+            next_offset,
+            broken: None,
+            healthy,
+        };
+        Ok((writer, next_offset))
+    }
+
+    pub(crate) fn run(mut self, mut rx: mpsc::Receiver<Command>, end: watch::Sender<u64>) {
+        let mut appends: Vec<(Vec<Bytes>, oneshot::Sender<Result<Range<u64>, LogError>>)> = Vec::new();
+        while let Some(first) = rx.blocking_recv() {
+            let mut batch_bytes = 0usize;
+            let mut retains = Vec::new();
+            let mut next = Some(first);
+            while let Some(cmd) = next.take() {
+                match cmd {
+                    Command::Append { records, reply } => {
+                        batch_bytes += records.iter().map(|r| r.len() + HEADER_LEN).sum::<usize>();
+                        appends.push((records, reply));
+                    }
+                    Command::Retain { from, reply } => retains.push((from, reply)),
+                }
+                if batch_bytes < MAX_BATCH_BYTES {
+                    next = rx.try_recv().ok();
+                }
+            }
+            if !appends.is_empty() {
+                let result = self.commit(&appends);
+                match result {
+                    Ok(mut start) => {
+                        let _ = end.send(self.next_offset);
+                        for (records, reply) in appends.drain(..) {
+                            let n = records.len() as u64;
+                            let _ = reply.send(Ok(start..start + n));
+                            start += n;
+                        }
+                    }
+                    Err(e) => {
+                        let msg = e.to_string();
+                        tracing::error!(error = %msg, "local log: write failed; answering the batch with an error");
+                        for (_, reply) in appends.drain(..) {
+                            let _ = reply.send(Err(LogError::Broken(msg.clone())));
+                        }
+                    }
+                }
+            }
+            for (from, reply) in retains {
+                let _ = reply.send(self.retain(from));
+            }
+        }
+        // Every sender is gone: everything acknowledged is already synced.
+    }
+
+    /// Writes and fsyncs one group; returns the first offset. On error nothing of the group is durable.
+    fn commit(&mut self, appends: &[(Vec<Bytes>, oneshot::Sender<Result<Range<u64>, LogError>>)]) -> Result<u64, LogError> {
+        self.repair()?;
+        let total: usize = appends.iter().flat_map(|(r, _)| r.iter()).map(|r| r.len() + HEADER_LEN).sum();
+        if self.active_len > 0 && self.active_len + total as u64 > self.segment_bytes {
+            self.roll()?;
+        }
+        let start = self.next_offset;
+        let mut buf = Vec::with_capacity(total);
+        let mut offset = start;
+        for record in appends.iter().flat_map(|(r, _)| r.iter()) {
+            debug_assert!(record.len() <= MAX_RECORD_BYTES);
+            buf.extend_from_slice(&(record.len() as u32).to_le_bytes());
+            buf.extend_from_slice(&checksum(offset, record).to_le_bytes());
+            buf.extend_from_slice(&offset.to_le_bytes());
+            buf.extend_from_slice(record);
+            offset += 1;
+        }
+        let written = self.active.write_all_at(&buf, self.active_len).and_then(|()| self.active.sync_data());
+        if let Err(e) = written {
+            self.broken = Some(e.to_string());
+            self.healthy.store(false, Ordering::Relaxed);
+            return Err(e.into());
+        }
+        self.active_len += buf.len() as u64;
+        self.next_offset = offset;
+        Ok(start)
+    }
+
+    /// After a failed write, cut the file back to its durable length before writing anything else.
+    fn repair(&mut self) -> Result<(), LogError> {
+        if let Some(cause) = &self.broken {
+            let fixed = self.active.set_len(self.active_len).and_then(|()| self.active.sync_all());
+            if let Err(e) = fixed {
+                return Err(LogError::Broken(format!("{cause}; repair failed: {e}")));
+            }
+            tracing::info!("local log: repaired after an earlier write error");
+            self.broken = None;
+            self.healthy.store(true, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    fn roll(&mut self) -> Result<(), LogError> {
+        self.active.sync_all()?;
+        let path = self.dir.join(segment_name(self.next_offset));
+        let file = OpenOptions::new().read(true).write(true).create_new(true).open(&path)?;
+        file.sync_all()?;
+        fsync_dir(&self.dir)?;
+        self.active = file;
+        self.active_base = self.next_offset;
+        self.active_len = 0;
+        Ok(())
+    }
+
+    fn retain(&mut self, from: u64) -> Result<usize, LogError> {
+        let segments = list_segments(&self.dir)?;
+        let mut deleted = 0;
+        for pair in segments.windows(2) {
+            let ((_, path), (next_base, _)) = (&pair[0], &pair[1]);
+            // Every record of this segment is before the next segment's base.
+            if *next_base <= from && *next_base <= self.active_base {
+                std::fs::remove_file(path)?;
+                deleted += 1;
+            }
+        }
+        if deleted > 0 {
+            fsync_dir(&self.dir)?;
+        }
+        Ok(deleted)
+    }
+}
+
+/// Counts the valid frames at the start of a segment; returns (count, byte length of the valid prefix).
+fn scan_valid_prefix(file: &File, base: u64) -> Result<(u64, u64), LogError> {
+    let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
+    let mut pos = 0u64;
+    let mut count = 0u64;
+    let mut header = [0u8; HEADER_LEN];
+    let mut payload = Vec::new();
+    loop {
+        if read_full(&mut reader, &mut header)? < HEADER_LEN {
+            break;
+        }
+        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+        let offset = u64::from_le_bytes(header[8..16].try_into().unwrap_or_default());
+        if len > MAX_RECORD_BYTES || offset != base + count {
+            break;
+        }
+        payload.resize(len, 0);
+        if read_full(&mut reader, &mut payload)? < len || checksum(offset, &payload) != crc {
+            break;
+        }
+        pos += (HEADER_LEN + len) as u64;
+        count += 1;
+    }
+    Ok((count, pos))
+}
+
+/// Reads until `buf` is full or EOF; returns how many bytes were read.
+pub(crate) fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
