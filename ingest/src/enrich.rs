@@ -1,0 +1,147 @@
+//! Request enrichment: client IP (anonymised by default), user agent → device type / OS / browser and
+//! bot flag (the `woothee` parser plus TV/tablet rules it lacks), and country from an optional MaxMind
+//! database. The full IP is used only in memory for the GeoIP lookup; what is stored is anonymised.
+
+use std::net::IpAddr;
+use std::path::Path;
+
+use schemas::ClientInfo;
+
+pub struct Enricher {
+    anonymize_ip: bool,
+    geoip: Option<maxminddb::Reader<Vec<u8>>>,
+    ua: woothee::parser::Parser,
+}
+
+impl Enricher {
+    pub fn new(anonymize_ip: bool, geoip_db: Option<&Path>) -> anyhow::Result<Enricher> {
+        let geoip = match geoip_db {
+            None => None,
+            Some(path) => Some(maxminddb::Reader::open_readfile(path).map_err(|e| {
+                anyhow::anyhow!("cannot open GeoIP database {}: {e}", path.display())
+            })?),
+        };
+        Ok(Enricher { anonymize_ip, geoip, ua: woothee::parser::Parser::new() })
+    }
+
+    pub fn client_info(&self, ip: IpAddr, user_agent: Option<&str>) -> ClientInfo {
+        let mut info = ClientInfo {
+            ip: Some(if self.anonymize_ip { anonymize(ip) } else { ip }.to_string()),
+            country: self.country(ip).unwrap_or_default(),
+            ..ClientInfo::default()
+        };
+        let ua = user_agent.unwrap_or("");
+        match self.ua.parse(ua) {
+            Some(r) => {
+                info.device_type = device_type(r.category, r.os, ua).to_owned();
+                info.bot = r.category == "crawler";
+                info.os = known(r.os);
+                info.os_version = known(&r.os_version);
+                info.browser = known(r.name);
+                info.browser_version = known(r.version);
+            }
+            None => info.device_type = device_type("", "", ua).to_owned(),
+        }
+        info
+    }
+
+    fn country(&self, ip: IpAddr) -> Option<String> {
+        let reader = self.geoip.as_ref()?;
+        let result = reader.lookup(ip).ok()?;
+        let code: Option<&str> = result.decode_path(&maxminddb::path!["country", "iso_code"]).ok()?;
+        code.map(str::to_owned)
+    }
+}
+
+fn known(s: &str) -> String {
+    if s == woothee::woothee::VALUE_UNKNOWN { String::new() } else { s.to_owned() }
+}
+
+/// desktop | mobile | tablet | tv | console | bot | other
+fn device_type(category: &str, os: &str, ua: &str) -> &'static str {
+    const TV_MARKERS: [&str; 10] =
+        ["smart-tv", "smarttv", "tizen", "web0s", "webos", "appletv", "crkey", "bravia", "hbbtv", "roku"];
+    let lower = ua.to_ascii_lowercase();
+    if TV_MARKERS.iter().any(|m| lower.contains(m)) || lower.contains("android tv") || lower.contains("aft") && lower.contains("amazon") {
+        return "tv";
+    }
+    match category {
+        "crawler" => "bot",
+        "appliance" => {
+            if lower.contains("playstation") || lower.contains("xbox") || lower.contains("nintendo") {
+                "console"
+            } else {
+                "tv"
+            }
+        }
+        "smartphone" | "mobilephone" => {
+            let tablet = os == "iPad" || (lower.contains("android") && !lower.contains("mobile")) || lower.contains("tablet");
+            if tablet { "tablet" } else { "mobile" }
+        }
+        "pc" => {
+            // iPadOS 13+ Safari claims to be a Mac; SDKs can't tell either, so it stays desktop.
+            if lower.contains("xbox") { "console" } else { "desktop" }
+        }
+        _ => "other",
+    }
+}
+
+/// Zeroes the last IPv4 octet, or the last 80 bits of an IPv6 address (keeping the /48).
+pub fn anonymize(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, c, _] = v4.octets();
+            IpAddr::from([a, b, c, 0])
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return anonymize(IpAddr::V4(v4));
+            }
+            let mut seg = v6.segments();
+            for s in &mut seg[3..] {
+                *s = 0;
+            }
+            IpAddr::from(seg)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn anonymizes_v4_and_v6() {
+        assert_eq!(anonymize("203.0.113.77".parse().unwrap()).to_string(), "203.0.113.0");
+        assert_eq!(anonymize("2001:db8:abcd:12:1:2:3:4".parse().unwrap()).to_string(), "2001:db8:abcd::");
+        assert_eq!(anonymize("::ffff:10.1.2.3".parse().unwrap()).to_string(), "10.1.2.0");
+    }
+
+    #[test]
+    fn parses_common_user_agents() {
+        let e = Enricher::new(true, None).unwrap();
+        let ip: IpAddr = "198.51.100.9".parse().unwrap();
+        let chrome = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0.0.0 Safari/537.36";
+        let c = e.client_info(ip, Some(chrome));
+        assert_eq!((c.device_type.as_str(), c.os.as_str(), c.browser.as_str(), c.bot), ("desktop", "Windows 10", "Chrome", false));
+        assert_eq!(c.ip.as_deref(), Some("198.51.100.0"));
+        let iphone = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.5 Mobile/15E148 Safari/604.1";
+        let c = e.client_info(ip, Some(iphone));
+        assert_eq!((c.device_type.as_str(), c.os.as_str(), c.browser.as_str()), ("mobile", "iPhone", "Safari"));
+        let ipad = "Mozilla/5.0 (iPad; CPU OS 16_6 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/16.6 Mobile/15E148 Safari/604.1";
+        assert_eq!(e.client_info(ip, Some(ipad)).device_type, "tablet");
+        let tv = "Mozilla/5.0 (SMART-TV; Linux; Tizen 6.0) AppleWebKit/537.36 (KHTML, like Gecko) SamsungBrowser/4.0 Chrome/76.0.3809.146 TV Safari/537.36";
+        assert_eq!(e.client_info(ip, Some(tv)).device_type, "tv");
+        let bot = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)";
+        let c = e.client_info(ip, Some(bot));
+        assert!(c.bot);
+        assert_eq!(c.device_type, "bot");
+        assert_eq!(e.client_info(ip, None).device_type, "other");
+    }
+
+    #[test]
+    fn a_missing_geoip_database_is_a_clear_error() {
+        let err = Enricher::new(true, Some(Path::new("/nonexistent/x.mmdb"))).err().unwrap();
+        assert!(err.to_string().contains("/nonexistent/x.mmdb"));
+    }
+}

@@ -1,0 +1,399 @@
+//! The collector's HTTP surface: `POST /v1/beacon` (+ CORS preflight), `/healthz`, `/readyz`, `/metrics`.
+//!
+//! Order of checks for a beacon, cheapest first so refusals cost little: in-flight bound (503), per-IP
+//! rate limit (429), content type and encoding (415), key from header or query (401/403), declared length
+//! (413), then the body is streamed in under the wire, decoded and memory limits (413/503/408), parsed
+//! (400), the body key is checked (401/403), the per-key rate limit (429), events are validated and
+//! enriched, and the records are handed to the sink. Only when the sink says they are durable does the
+//! client get 204 (all accepted) or 200 with the rejected indexes; a sink failure is 503 + Retry-After.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use bytes::Bytes;
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use schemas::record::{EventsRecord, Record, RejectedRecord};
+use schemas::{ClientInfo, parse_beacon, validate_event};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use tokio::sync::Semaphore;
+
+use crate::body::{BUDGET_UNIT, BodyLimits, Budget, read_body};
+use crate::config::IngestConfig;
+use crate::enrich::Enricher;
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+use crate::sink::{MAX_RECORD_BYTES, Sink, SinkRecord};
+
+/// Everything the handlers share.
+pub struct AppState {
+    config: IngestConfig,
+    /// key → allowed origins (empty: any origin).
+    keys: HashMap<String, Vec<String>>,
+    sink: Sink,
+    metrics: Metrics,
+    enricher: Enricher,
+    in_flight: Arc<Semaphore>,
+    memory: Arc<Semaphore>,
+    ip_limiter: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    key_limiter: Option<DefaultKeyedRateLimiter<String>>,
+    limits: BodyLimits,
+}
+
+impl AppState {
+    pub fn new(config: IngestConfig, sink: Sink, metrics: Metrics) -> anyhow::Result<Arc<AppState>> {
+        let enricher = Enricher::new(config.anonymize_ip, config.geoip_db.as_deref())?;
+        if config.keys.is_empty() {
+            tracing::warn!("no ingest keys configured: the collector accepts beacons from anyone (set --ingest-key)");
+        }
+        let keys = config.keys.iter().map(|k| (k.key.clone(), k.allowed_origins.clone())).collect();
+        fn limiter<K: std::hash::Hash + Eq + Clone>(rps: u32, burst: u32) -> Option<DefaultKeyedRateLimiter<K>> {
+            NonZeroU32::new(rps).map(|rps| {
+                RateLimiter::keyed(Quota::per_second(rps).allow_burst(NonZeroU32::new(burst).unwrap_or(rps)))
+            })
+        }
+        let limits = BodyLimits {
+            max_wire: config.max_body_bytes,
+            max_decoded: config.max_decoded_bytes,
+            timeout: Duration::from_millis(config.body_timeout_ms),
+            retry_after_secs: config.retry_after_secs,
+        };
+        Ok(Arc::new(AppState {
+            ip_limiter: limiter(config.per_ip_rps, config.per_ip_burst),
+            key_limiter: limiter(config.per_key_rps, config.per_key_burst),
+            in_flight: Arc::new(Semaphore::new(config.max_in_flight.max(1))),
+            memory: Arc::new(Semaphore::new((config.max_buffered_bytes / BUDGET_UNIT).max(1))),
+            keys,
+            sink,
+            metrics,
+            enricher,
+            limits,
+            config,
+        }))
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Drops rate-limiter state of clients not seen lately (call periodically).
+    pub fn prune_rate_limiters(&self) {
+        if let Some(l) = &self.ip_limiter {
+            l.retain_recent();
+        }
+        if let Some(l) = &self.key_limiter {
+            l.retain_recent();
+        }
+    }
+
+    fn is_open(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// Is `origin` allowed to use `key` (or, when no key is known yet, some key)?
+    fn origin_allowed(&self, key: Option<&str>, origin: &str) -> bool {
+        let allowed = |list: &Vec<String>| list.is_empty() || list.iter().any(|o| o == origin || o == "*");
+        match key {
+            _ if self.is_open() => true,
+            Some(k) => self.keys.get(k).is_some_and(allowed),
+            None => self.keys.values().any(allowed),
+        }
+    }
+
+    fn authorize(&self, key: Option<&str>, origin: Option<&str>) -> Result<(), ApiError> {
+        if self.is_open() {
+            return Ok(());
+        }
+        let Some(key) = key else {
+            return Err(ApiError::unauthorized("missing ingest key (body `key`, ?key= or X-Qoeflow-Key)"));
+        };
+        if !self.keys.contains_key(key) {
+            return Err(ApiError::unauthorized("unknown ingest key"));
+        }
+        if let Some(origin) = origin {
+            if !self.origin_allowed(Some(key), origin) {
+                return Err(ApiError::new(StatusCode::FORBIDDEN, "origin_not_allowed", format!("origin {origin} is not allowed for this ingest key")));
+            }
+        }
+        Ok(())
+    }
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v1/beacon", post(beacon).options(preflight))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+/// Serves the collector on `listener` until `shutdown` resolves, then drains requests in flight.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    match state.sink.ready().await {
+        Ok(()) => (StatusCode::OK, "ready").into_response(),
+        Err(why) => {
+            tracing::warn!(sink = state.sink.name(), %why, "not ready");
+            (StatusCode::SERVICE_UNAVAILABLE, format!("{} sink not ready", state.sink.name())).into_response()
+        }
+    }
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render()).into_response()
+}
+
+#[derive(Deserialize)]
+struct KeyQuery {
+    key: Option<String>,
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: impl header::AsHeaderName) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim).filter(|s| !s.is_empty())
+}
+
+fn cors_headers(resp: &mut Response, origin: &str) {
+    if let Ok(v) = HeaderValue::from_str(origin) {
+        resp.headers_mut().insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
+    }
+    resp.headers_mut().insert(header::VARY, HeaderValue::from_static("Origin"));
+}
+
+async fn preflight(State(state): State<Arc<AppState>>, Query(q): Query<KeyQuery>, headers: HeaderMap) -> Response {
+    let Some(origin) = header_str(&headers, header::ORIGIN) else {
+        return (StatusCode::NO_CONTENT, [(header::ALLOW, "POST, OPTIONS")]).into_response();
+    };
+    if !state.origin_allowed(q.key.as_deref(), origin) {
+        tracing::warn!(origin, "CORS preflight refused");
+        return (StatusCode::FORBIDDEN, [(header::VARY, "Origin")]).into_response();
+    }
+    let mut resp = StatusCode::NO_CONTENT.into_response();
+    cors_headers(&mut resp, origin);
+    let h = resp.headers_mut();
+    h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("POST, OPTIONS"));
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("content-type, content-encoding, x-qoeflow-key"),
+    );
+    h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("86400"));
+    resp
+}
+
+async fn beacon(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(q): Query<KeyQuery>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let started = Instant::now();
+    state.metrics.in_flight.inc();
+    let origin = header_str(&headers, header::ORIGIN).map(str::to_owned);
+    let header_key = header_str(&headers, "x-qoeflow-key").map(str::to_owned).or(q.key);
+    let mut resolved_key = header_key.clone();
+    let mut resp = match handle(&state, peer, &headers, header_key, &mut resolved_key, body).await {
+        Ok(resp) => resp,
+        Err(e) => e.into_response(),
+    };
+    if let Some(origin) = origin {
+        if state.origin_allowed(resolved_key.as_deref(), &origin) {
+            cors_headers(&mut resp, &origin);
+        }
+    }
+    state.metrics.in_flight.dec();
+    state.metrics.requests.with_label_values(&[resp.status().as_str()]).inc();
+    state.metrics.request_duration.observe(started.elapsed().as_secs_f64());
+    resp
+}
+
+fn client_ip(state: &AppState, headers: &HeaderMap, peer: SocketAddr) -> IpAddr {
+    if state.config.trust_x_forwarded_for {
+        if let Some(ip) = header_str(headers, "x-forwarded-for")
+            .and_then(|v| v.split(',').next())
+            .and_then(|first| first.trim().parse().ok())
+        {
+            return ip;
+        }
+    }
+    peer.ip()
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
+
+async fn handle(
+    state: &AppState,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    header_key: Option<String>,
+    resolved_key: &mut Option<String>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let retry = state.config.retry_after_secs;
+    let _permit = state.in_flight.clone().try_acquire_owned().map_err(|_| {
+        ApiError::unavailable("overloaded", "too many requests in flight, retry later", retry)
+    })?;
+    let ip = client_ip(state, headers, peer);
+    if let Some(limiter) = &state.ip_limiter {
+        limiter.check_key(&ip).map_err(|_| ApiError::rate_limited("rate_limited_ip", retry))?;
+    }
+    let declared_gzip = match header_str(headers, header::CONTENT_ENCODING).map(str::to_ascii_lowercase).as_deref() {
+        None | Some("identity") => false,
+        Some("gzip") | Some("x-gzip") => true,
+        Some(other) => return Err(ApiError::unsupported(format!("Content-Encoding {other:?} is not supported (use gzip or none)"))),
+    };
+    if let Some(ct) = header_str(headers, header::CONTENT_TYPE) {
+        let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        if mime != "application/json" && mime != "text/plain" {
+            return Err(ApiError::unsupported(format!(
+                "Content-Type {mime:?} is not supported (use application/json or text/plain)"
+            )));
+        }
+    }
+    let origin = header_str(headers, header::ORIGIN);
+    if header_key.is_some() {
+        state.authorize(header_key.as_deref(), origin)?;
+    }
+    let declared_len = header_str(headers, header::CONTENT_LENGTH).and_then(|v| v.parse().ok());
+    let body = read_body(body, declared_gzip, declared_len, &state.limits, Budget::new(state.memory.clone(), retry)).await?;
+    state.metrics.received_bytes.inc_by(body.wire_len as u64);
+    state.metrics.decoded_bytes.inc_by(body.bytes.len() as u64);
+    let recv_ms = now_ms();
+
+    let beacon = match parse_beacon(&body.bytes) {
+        Ok(b) => b,
+        Err(e) => {
+            state.metrics.events_rejected.with_label_values(&["body_invalid"]).inc();
+            return Err(ApiError::bad_request("invalid_body", e.to_string()));
+        }
+    };
+    if header_key.is_none() {
+        *resolved_key = beacon.key.clone();
+        state.authorize(beacon.key.as_deref(), origin)?;
+    }
+    let key = header_key.or(beacon.key);
+    if let (Some(limiter), Some(k)) = (&state.key_limiter, &key) {
+        limiter.check_key(k).map_err(|_| ApiError::rate_limited("rate_limited_key", retry))?;
+    }
+
+    let client = state.enricher.client_info(ip, header_str(headers, header::USER_AGENT));
+    let mut views: Vec<(String, Vec<(usize, Map<String, Value>)>)> = Vec::new();
+    let mut view_index: HashMap<String, usize> = HashMap::new();
+    let mut rejected: Vec<(usize, &'static str, String, String)> = Vec::new();
+    for (i, raw) in beacon.events.into_iter().enumerate() {
+        match validate_event(&raw) {
+            Ok(ev) => {
+                let Value::Object(obj) = raw else { continue };
+                let slot = *view_index.entry(ev.view_id.clone()).or_insert_with(|| {
+                    views.push((ev.view_id.clone(), Vec::new()));
+                    views.len() - 1
+                });
+                views[slot].1.push((i, obj));
+            }
+            Err(r) => rejected.push((i, r.tag, r.to_string(), raw.to_string())),
+        }
+    }
+
+    let mut records = Vec::with_capacity(views.len() + rejected.len());
+    let mut accepted = 0usize;
+    for (view_id, events) in views {
+        accepted += encode_view(&view_id, events, recv_ms, beacon.sent_at, &key, &client, &mut records, &mut rejected);
+    }
+    rejected.sort_by_key(|r| r.0);
+    for (index, tag, reason, payload) in &rejected {
+        state.metrics.events_rejected.with_label_values(&[tag]).inc();
+        let rec = Record::Rejected(RejectedRecord {
+            recv_ms,
+            key: key.clone(),
+            index: Some(*index as u32),
+            tag: (*tag).to_owned(),
+            reason: reason.clone(),
+            payload: RejectedRecord::truncate_payload(payload),
+        });
+        records.push(SinkRecord { partition_key: format!("rejected-{recv_ms}-{index}"), data: Bytes::from(rec.encode()) });
+    }
+
+    let sink_started = Instant::now();
+    if let Err(e) = state.sink.append(records).await {
+        tracing::error!(sink = state.sink.name(), error = %e, "sink could not make the beacon durable");
+        return Err(ApiError::unavailable("sink_unavailable", "events could not be stored durably, retry later", retry));
+    }
+    state.metrics.sink_latency.observe(sink_started.elapsed().as_secs_f64());
+    state.metrics.events_accepted.inc_by(accepted as u64);
+
+    if rejected.is_empty() {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
+    let rejected: Vec<Value> = rejected.iter().map(|(i, _, reason, _)| json!({"index": i, "reason": reason})).collect();
+    Ok((StatusCode::OK, axum::Json(json!({"accepted": accepted, "rejected": rejected}))).into_response())
+}
+
+/// Encodes one view's events into records within the record limit; events that cannot fit even alone
+/// are rejected. Returns how many events were encoded.
+#[allow(clippy::too_many_arguments)]
+fn encode_view(
+    view_id: &str,
+    events: Vec<(usize, Map<String, Value>)>,
+    recv_ms: i64,
+    sent_at: i64,
+    key: &Option<String>,
+    client: &ClientInfo,
+    records: &mut Vec<SinkRecord>,
+    rejected: &mut Vec<(usize, &'static str, String, String)>,
+) -> usize {
+    let limit = MAX_RECORD_BYTES - view_id.len();
+    let record = |events: Vec<Map<String, Value>>| EventsRecord {
+        recv_ms,
+        sent_at,
+        key: key.clone(),
+        view_id: view_id.to_owned(),
+        client: client.clone(),
+        events,
+    };
+    let push = |chunks: Vec<Vec<u8>>, records: &mut Vec<SinkRecord>| {
+        records.extend(chunks.into_iter().map(|c| SinkRecord { partition_key: view_id.to_owned(), data: Bytes::from(c) }));
+    };
+    let all = record(events.iter().map(|(_, e)| e.clone()).collect());
+    if let Ok(chunks) = all.encode_chunks(limit) {
+        push(chunks, records);
+        return events.len();
+    }
+    // Some event is too large for a record on its own: keep the others, reject it.
+    let mut accepted = 0;
+    for (i, e) in events {
+        match record(vec![e.clone()]).encode_chunks(limit) {
+            Ok(chunks) => {
+                push(chunks, records);
+                accepted += 1;
+            }
+            Err(err) => rejected.push((i, "event_too_large", format!("event: {err}"), Value::Object(e).to_string())),
+        }
+    }
+    accepted
+}
+
+/// Convenience for tests and the binary: the method list this router answers on `/v1/beacon`.
+pub const BEACON_METHODS: [Method; 2] = [Method::POST, Method::OPTIONS];
