@@ -1,1 +1,186 @@
-fn main() {}
+//! `qoeflow`: one binary, subcommands. This file only parses the command line and configuration and
+//! calls the library crates' run functions.
+
+mod config;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use ingest::log::{LocalLog, LogConfig};
+use ingest::sink::KinesisSink;
+use ingest::{AppState, KeyConfig, Metrics, Sink};
+
+use crate::config::{Config, LogFormat};
+
+#[derive(Parser)]
+#[command(name = "qoeflow", version, about = "Real-time video Quality-of-Experience analytics")]
+struct Cli {
+    /// TOML configuration file (see README "Configuration").
+    #[arg(long, global = true, env = "QOEFLOW_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Collector on the embedded durable local log: one process, no external services.
+    Serve(ServeArgs),
+    /// Collector alone, writing to a Kinesis stream (production, behind a load balancer).
+    Ingest(IngestArgs),
+}
+
+#[derive(Args)]
+struct CommonArgs {
+    /// Address to listen on [default: 127.0.0.1:8080]; port 0 picks a free port.
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
+    /// Accepted ingest key (repeatable). With none configured the collector is open to anyone.
+    #[arg(long = "ingest-key", value_name = "KEY")]
+    ingest_keys: Vec<String>,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Data directory [default: ./data].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct IngestArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Kinesis stream to write to.
+    #[arg(long)]
+    kinesis_stream: Option<String>,
+    /// Kinesis endpoint override (e.g. the local emulator http://127.0.0.1:4568).
+    #[arg(long)]
+    kinesis_endpoint: Option<String>,
+    /// AWS region [default: from the AWS environment, else us-east-1].
+    #[arg(long)]
+    kinesis_region: Option<String>,
+}
+
+impl CommonArgs {
+    fn apply(self, config: &mut Config) {
+        if let Some(listen) = self.listen {
+            config.listen = listen;
+        }
+        for key in self.ingest_keys {
+            if !config.ingest.keys.iter().any(|k| k.key == key) {
+                config.ingest.keys.push(KeyConfig { key, allowed_origins: Vec::new() });
+            }
+        }
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let mut config = Config::load(cli.config.as_deref())?;
+    let command = match cli.command {
+        Command::Serve(args) => {
+            args.common.apply(&mut config);
+            if let Some(dir) = args.data_dir {
+                config.data_dir = dir;
+            }
+            Mode::Serve
+        }
+        Command::Ingest(args) => {
+            args.common.apply(&mut config);
+            let k = &mut config.kinesis;
+            k.stream = args.kinesis_stream.or(k.stream.take());
+            k.endpoint = args.kinesis_endpoint.or(k.endpoint.take());
+            k.region = args.kinesis_region.or(k.region.take());
+            anyhow::ensure!(k.stream.is_some(), "qoeflow ingest needs --kinesis-stream (or kinesis.stream in the config)");
+            Mode::Ingest
+        }
+    };
+    init_tracing(&config)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(run(command, config))
+}
+
+enum Mode {
+    Serve,
+    Ingest,
+}
+
+fn init_tracing(config: &Config) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level)
+        .with_context(|| format!("invalid log_level {:?}", config.log_level))?;
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init(),
+    }
+    Ok(())
+}
+
+async fn run(mode: Mode, config: Config) -> anyhow::Result<()> {
+    let metrics = Metrics::new();
+    let sink = match mode {
+        Mode::Serve => {
+            let dir = config.data_dir.join("log");
+            let log = LocalLog::open(LogConfig { dir: dir.clone(), segment_bytes: config.local_log.segment_bytes })
+                .with_context(|| format!("cannot open the local log in {}", dir.display()))?;
+            tracing::info!(dir = %dir.display(), durable_end = log.durable_end(), "local log open");
+            Sink::Local(log)
+        }
+        Mode::Ingest => {
+            let client = ingest::sink::kinesis::client(&config.kinesis).await;
+            let sink = KinesisSink::new(client, config.kinesis.clone(), metrics.clone()).map_err(anyhow::Error::msg)?;
+            if let Err(why) = sink.ready().await {
+                tracing::warn!(%why, "Kinesis stream not reachable yet; /readyz reports it and beacons get 503 until it is");
+            }
+            Sink::Kinesis(sink)
+        }
+    };
+    let state = AppState::new(config.ingest.clone(), sink, metrics)?;
+    let pruner = {
+        let state = Arc::clone(&state);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tick.tick().await;
+                state.prune_rate_limiters();
+            }
+        })
+    };
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    tracing::info!("collector listening on http://{addr}");
+    ingest::serve(listener, ingest::router(state), shutdown_signal()).await?;
+    pruner.abort();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down: finishing requests in flight");
+}

@@ -1,0 +1,113 @@
+//! `qoeflow`'s configuration: one TOML file (`--config`), overridden by `QOEFLOW_*` environment variables
+//! (nested keys with `__`, e.g. `QOEFLOW_INGEST__MAX_BODY_BYTES=2097152`), overridden by flags.
+//! Unknown keys anywhere fail start-up with the key named. Defaults live in the `Default` impls.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use ingest::{IngestConfig, KinesisConfig};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address of the HTTP server (collector, health, metrics).
+    pub listen: SocketAddr,
+    /// Where `qoeflow serve` keeps its local log (and, later, its Parquet dataset and checkpoints).
+    pub data_dir: PathBuf,
+    /// `tracing` filter, e.g. `info` or `qoeflow=debug,ingest=debug`.
+    pub log_level: String,
+    /// `text` or `json`.
+    pub log_format: LogFormat,
+    pub ingest: IngestConfig,
+    pub kinesis: KinesisConfig,
+    pub local_log: LocalLogConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LocalLogConfig {
+    /// Segment size at which the log rolls to a new file.
+    pub segment_bytes: u64,
+}
+
+impl Default for LocalLogConfig {
+    fn default() -> Self {
+        LocalLogConfig { segment_bytes: ingest::log::DEFAULT_SEGMENT_BYTES }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("./data"),
+            log_level: "info".into(),
+            log_format: LogFormat::Text,
+            ingest: IngestConfig::default(),
+            kinesis: KinesisConfig::default(),
+            local_log: LocalLogConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Defaults, then the file (if given; it must exist), then `QOEFLOW_*` variables.
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Config> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            anyhow::ensure!(path.is_file(), "config file {} does not exist", path.display());
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        figment = figment.merge(Env::prefixed("QOEFLOW_").split("__"));
+        figment.extract().context("invalid configuration")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_env_and_unknown_keys() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "q.toml",
+                r#"
+                listen = "0.0.0.0:9000"
+                [ingest]
+                max_body_bytes = 2048
+                [[ingest.keys]]
+                key = "k1"
+                allowed_origins = ["https://a.example"]
+                "#,
+            )?;
+            jail.set_env("QOEFLOW_INGEST__PER_IP_RPS", "50");
+            let c = Config::load(Some(Path::new("q.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(c.listen.port(), 9000);
+            assert_eq!(c.ingest.max_body_bytes, 2048);
+            assert_eq!(c.ingest.per_ip_rps, 50);
+            assert_eq!(c.ingest.keys[0].allowed_origins, vec!["https://a.example".to_string()]);
+            assert_eq!(c.ingest.max_decoded_bytes, IngestConfig::default().max_decoded_bytes);
+
+            jail.create_file("bad.toml", "[ingest]\nmax_body_byte = 1\n")?;
+            let err = format!("{:#}", Config::load(Some(Path::new("bad.toml"))).unwrap_err());
+            assert!(err.contains("max_body_byte"), "{err}");
+
+            jail.set_env("QOEFLOW_LISTN", "1");
+            let err = format!("{:#}", Config::load(None).unwrap_err());
+            assert!(err.contains("listn"), "{err}");
+            Ok(())
+        });
+    }
+}
