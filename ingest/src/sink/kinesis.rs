@@ -27,6 +27,27 @@ use crate::metrics::Metrics;
 const MAX_RECORDS_PER_CALL: usize = 500;
 const MAX_BYTES_PER_CALL: usize = 5 << 20;
 
+/// A one-line description of an SDK error: the service's code and message, or the transport failure.
+pub fn describe<E, R>(err: &aws_sdk_kinesis::error::SdkError<E, R>) -> String
+where
+    E: aws_sdk_kinesis::error::ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    match err.as_service_error() {
+        Some(e) => format!("{}: {}", e.code().unwrap_or("unknown error"), e.message().unwrap_or("")),
+        None => {
+            let mut msg = err.to_string();
+            let mut source = std::error::Error::source(err);
+            while let Some(s) = source {
+                msg.push_str(": ");
+                msg.push_str(&s.to_string());
+                source = s.source();
+            }
+            msg
+        }
+    }
+}
+
 /// Builds a Kinesis client from the config and the standard AWS environment (credentials, profile,
 /// region). The SDK's retries are disabled: callers own their retry policy.
 pub async fn client(config: &KinesisConfig) -> Client {
@@ -128,7 +149,7 @@ impl KinesisSink {
         let call = self.client.describe_stream_summary().stream_name(&self.stream).send();
         let result = match tokio::time::timeout(Duration::from_secs(2), call).await {
             Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(format!("stream {} not reachable: {}", self.stream, aws_sdk_kinesis::error::DisplayErrorContext(e))),
+            Ok(Err(e)) => Err(format!("stream {} not reachable: {}", self.stream, describe(&e))),
             Err(_) => Err(format!("stream {} did not answer within 2 s", self.stream)),
         };
         if let Ok(mut g) = self.ready.lock() {
@@ -241,7 +262,7 @@ impl Worker {
                     if throttled {
                         self.metrics.kinesis_throttles.inc_by(pending.len() as u64);
                     }
-                    last_error = aws_sdk_kinesis::error::DisplayErrorContext(e).to_string();
+                    last_error = describe(&e);
                     tracing::warn!(attempt, records = pending.len(), error = %last_error, "PutRecords call failed");
                 }
                 Err(_) => {
