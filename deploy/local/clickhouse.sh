@@ -13,7 +13,7 @@ set -euo pipefail
 install() {
   if ! command -v clickhouse-server >/dev/null; then
     [ "$(id -u)" = 0 ] || { echo "clickhouse.sh: run as root (or install clickhouse-server yourself)" >&2; exit 1; }
-    if [ -z "$(find /var/lib/apt/lists -name '*Packages*' 2>/dev/null | head -1)" ]; then apt-get update -qq; fi
+    apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clickhouse-server >/dev/null
   fi
 }

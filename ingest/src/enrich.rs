@@ -139,6 +139,75 @@ mod tests {
         assert_eq!(e.client_info(ip, None).device_type, "other");
     }
 
+    /// A minimal MaxMind DB (format 2.0, IPv4 tree, 24-bit records) mapping one /24 to a country: enough
+    /// to prove the lookup against a real file without shipping a GeoIP database.
+    fn mmdb_with_one_network(net: [u8; 3], iso: &str) -> Vec<u8> {
+        fn string(out: &mut Vec<u8>, s: &str) {
+            out.push((2 << 5) | s.len() as u8);
+            out.extend_from_slice(s.as_bytes());
+        }
+        fn uint(out: &mut Vec<u8>, ty: u8, v: u64) {
+            let bytes: Vec<u8> = v.to_be_bytes().into_iter().skip_while(|b| *b == 0).collect();
+            if ty <= 7 {
+                out.push((ty << 5) | bytes.len() as u8);
+            } else {
+                out.push(bytes.len() as u8);
+                out.push(ty - 7);
+            }
+            out.extend_from_slice(&bytes);
+        }
+        let node_count = 24u32;
+        let mut tree = Vec::new();
+        let bits = u32::from_be_bytes([net[0], net[1], net[2], 0]);
+        for i in 0..24u32 {
+            let bit = (bits >> (31 - i)) & 1;
+            let next = if i == 23 { node_count + 16 } else { i + 1 };
+            let (left, right) = if bit == 0 { (next, node_count) } else { (node_count, next) };
+            tree.extend_from_slice(&left.to_be_bytes()[1..]);
+            tree.extend_from_slice(&right.to_be_bytes()[1..]);
+        }
+        let mut out = tree;
+        out.extend_from_slice(&[0u8; 16]);
+        out.push((7 << 5) | 1); // {"country": {"iso_code": iso}}
+        string(&mut out, "country");
+        out.push((7 << 5) | 1);
+        string(&mut out, "iso_code");
+        string(&mut out, iso);
+        out.extend_from_slice(b"\xAB\xCD\xEFMaxMind.com");
+        out.push((7 << 5) | 9);
+        string(&mut out, "node_count");
+        uint(&mut out, 6, node_count as u64);
+        string(&mut out, "record_size");
+        uint(&mut out, 5, 24);
+        string(&mut out, "ip_version");
+        uint(&mut out, 5, 4);
+        string(&mut out, "database_type");
+        string(&mut out, "qoeflow-test-Country");
+        string(&mut out, "languages");
+        out.extend_from_slice(&[0, 4]); // empty array (extended type 11)
+        string(&mut out, "binary_format_major_version");
+        uint(&mut out, 5, 2);
+        string(&mut out, "binary_format_minor_version");
+        uint(&mut out, 5, 0);
+        string(&mut out, "build_epoch");
+        uint(&mut out, 9, 1_700_000_000);
+        string(&mut out, "description");
+        out.push(7 << 5);
+        out
+    }
+
+    #[test]
+    fn country_comes_from_a_maxmind_database_before_anonymisation() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("test.mmdb");
+        std::fs::write(&path, mmdb_with_one_network([198, 51, 100], "NL")).unwrap();
+        let e = Enricher::new(true, Some(&path)).unwrap();
+        let c = e.client_info("198.51.100.77".parse().unwrap(), None);
+        assert_eq!(c.country, "NL");
+        assert_eq!(c.ip.as_deref(), Some("198.51.100.0"));
+        assert_eq!(e.client_info("203.0.113.5".parse().unwrap(), None).country, "");
+    }
+
     #[test]
     fn a_missing_geoip_database_is_a_clear_error() {
         let err = Enricher::new(true, Some(Path::new("/nonexistent/x.mmdb"))).err().unwrap();

@@ -307,10 +307,14 @@ async fn handle(
         match validate_event(&raw) {
             Ok(ev) => {
                 let Value::Object(obj) = raw else { continue };
-                let slot = *view_index.entry(ev.view_id.clone()).or_insert_with(|| {
-                    views.push((ev.view_id.clone(), Vec::new()));
-                    views.len() - 1
-                });
+                let slot = match view_index.get(&ev.view_id) {
+                    Some(slot) => *slot,
+                    None => {
+                        views.push((ev.view_id.clone(), Vec::new()));
+                        view_index.insert(ev.view_id, views.len() - 1);
+                        views.len() - 1
+                    }
+                };
                 views[slot].1.push((i, obj));
             }
             Err(r) => rejected.push((i, r.tag, r.to_string(), raw.to_string())),
@@ -320,7 +324,7 @@ async fn handle(
     let mut records = Vec::with_capacity(views.len() + rejected.len());
     let mut accepted = 0usize;
     for (view_id, events) in views {
-        accepted += encode_view(&view_id, events, recv_ms, beacon.sent_at, &key, &client, &mut records, &mut rejected);
+        accepted += encode_view(view_id, events, recv_ms, beacon.sent_at, &key, &client, &mut records, &mut rejected);
     }
     rejected.sort_by_key(|r| r.0);
     for (index, tag, reason, payload) in &rejected {
@@ -351,11 +355,11 @@ async fn handle(
     Ok((StatusCode::OK, axum::Json(json!({"accepted": accepted, "rejected": rejected}))).into_response())
 }
 
-/// Encodes one view's events into records within the record limit; events that cannot fit even alone
-/// are rejected. Returns how many events were encoded.
+/// Encodes one view's events (moved in, never copied) into records within the record limit; an event that
+/// cannot fit a record even alone is rejected. Returns how many events were encoded.
 #[allow(clippy::too_many_arguments)]
 fn encode_view(
-    view_id: &str,
+    view_id: String,
     events: Vec<(usize, Map<String, Value>)>,
     recv_ms: i64,
     sent_at: i64,
@@ -365,31 +369,27 @@ fn encode_view(
     rejected: &mut Vec<(usize, &'static str, String, String)>,
 ) -> usize {
     let limit = MAX_RECORD_BYTES - view_id.len();
-    let record = |events: Vec<Map<String, Value>>| EventsRecord {
-        recv_ms,
-        sent_at,
-        key: key.clone(),
-        view_id: view_id.to_owned(),
-        client: client.clone(),
-        events,
+    let (indexes, maps): (Vec<usize>, Vec<Map<String, Value>>) = events.into_iter().unzip();
+    let record = EventsRecord { recv_ms, sent_at, key: key.clone(), view_id, client: client.clone(), events: maps };
+    let push = |data: Vec<u8>, records: &mut Vec<SinkRecord>| {
+        records.push(SinkRecord { partition_key: record.view_id.clone(), data: Bytes::from(data) });
     };
-    let push = |chunks: Vec<Vec<u8>>, records: &mut Vec<SinkRecord>| {
-        records.extend(chunks.into_iter().map(|c| SinkRecord { partition_key: view_id.to_owned(), data: Bytes::from(c) }));
-    };
-    let all = record(events.iter().map(|(_, e)| e.clone()).collect());
-    if let Ok(chunks) = all.encode_chunks(limit) {
-        push(chunks, records);
-        return events.len();
+    if let Ok(chunks) = record.encode_chunks(limit) {
+        for chunk in chunks {
+            push(chunk, records);
+        }
+        return indexes.len();
     }
     // Some event is too large for a record on its own: keep the others, reject it.
     let mut accepted = 0;
-    for (i, e) in events {
-        match record(vec![e.clone()]).encode_chunks(limit) {
-            Ok(chunks) => {
-                push(chunks, records);
-                accepted += 1;
-            }
-            Err(err) => rejected.push((i, "event_too_large", format!("event: {err}"), Value::Object(e).to_string())),
+    for (i, event) in indexes.into_iter().zip(&record.events) {
+        let data = record.encode_with(std::slice::from_ref(event));
+        if data.len() <= limit {
+            push(data, records);
+            accepted += 1;
+        } else {
+            let reason = format!("event: encodes to {} bytes, over the {limit}-byte record limit", data.len());
+            rejected.push((i, "event_too_large", reason, Value::Object(event.clone()).to_string()));
         }
     }
     accepted

@@ -1,10 +1,9 @@
 //! A validated beacon event, its typed payload, and the collector's enrichment of the request.
 //!
-//! An [`Event`] keeps the event's original JSON object (`raw`), so fields this version does not know are
-//! carried through to storage unchanged; the typed fields are what validation guaranteed.
+//! An [`Event`] holds what validation guaranteed, typed. The event's original JSON object travels beside it
+//! in the record (`EventsRecord::events`), so fields this version does not know reach storage unchanged.
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
 
 /// The event types of beacon protocol v1 (DESIGN.md §3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -132,8 +131,6 @@ pub struct Event {
     pub ts: i64,
     pub playhead_ms: Option<f64>,
     pub payload: Payload,
-    /// The event exactly as received (all fields, known and unknown).
-    pub raw: Map<String, Value>,
 }
 
 /// What the collector learned about the client from the request itself (DESIGN.md §3 "Enrichment").

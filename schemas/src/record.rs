@@ -10,10 +10,11 @@
 //! guessing; decompression is bounded so a poison record cannot exhaust memory.
 //! See `schemas/README.md` for the field list.
 
+use std::cell::RefCell;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::beacon::validate_event;
 use crate::event::{ClientInfo, Event};
 
 pub const MAGIC: [u8; 2] = *b"QF";
@@ -22,7 +23,7 @@ const CODEC_NONE: u8 = 0;
 const CODEC_ZSTD: u8 = 1;
 /// Bodies shorter than this are stored uncompressed (zstd would only add its frame header).
 const COMPRESS_FROM: usize = 256;
-const ZSTD_LEVEL: i32 = 3;
+const ZSTD_LEVEL: i32 = 1;
 /// Upper bound on a decoded body: well above anything the collector writes (10 MiB decompressed beacons).
 pub const MAX_DECODED_BYTES: usize = 16 << 20;
 /// How much of a rejected payload is kept.
@@ -72,41 +73,62 @@ impl EventsRecord {
     pub fn validated_events(
         &self,
     ) -> impl Iterator<Item = Result<Event, crate::beacon::EventRejection>> + '_ {
-        self.events.iter().map(|e| {
-            // Validation borrows a Value; wrap without cloning the map twice.
-            validate_event(&Value::Object(e.clone()))
-        })
+        self.events.iter().map(crate::beacon::validate_event_map)
     }
 
     /// Encodes into one or more records of at most `limit` bytes each, splitting the events (in order)
-    /// when a beacon carried more for one view than fits one record.
+    /// when a beacon carried more for one view than fits one record. Borrows: no event is copied.
     pub fn encode_chunks(&self, limit: usize) -> Result<Vec<Vec<u8>>, RecordError> {
-        let encoded = Record::Events(self.clone()).encode();
-        if encoded.len() <= limit {
-            return Ok(vec![encoded]);
-        }
-        if self.events.len() <= 1 {
-            return Err(RecordError::EventTooLarge { size: encoded.len(), limit });
-        }
-        let mid = self.events.len() / 2;
         let mut out = Vec::new();
-        for part in [&self.events[..mid], &self.events[mid..]] {
-            let chunk = EventsRecord { events: part.to_vec(), ..self.clone_envelope() };
-            out.extend(chunk.encode_chunks(limit)?);
-        }
+        self.encode_slice_into(&self.events, limit, &mut out)?;
         Ok(out)
     }
 
-    fn clone_envelope(&self) -> EventsRecord {
-        EventsRecord {
+    /// Encodes the envelope with `events` (a slice of this record's events, or any others).
+    pub fn encode_with(&self, events: &[Map<String, Value>]) -> Vec<u8> {
+        let body = EventsOut {
+            kind: "events",
             recv_ms: self.recv_ms,
             sent_at: self.sent_at,
-            key: self.key.clone(),
-            view_id: self.view_id.clone(),
-            client: self.client.clone(),
-            events: Vec::new(),
-        }
+            key: self.key.as_deref(),
+            view_id: &self.view_id,
+            client: &self.client,
+            events,
+        };
+        frame(&serde_json::to_vec(&body).unwrap_or_default())
     }
+
+    fn encode_slice_into(
+        &self,
+        events: &[Map<String, Value>],
+        limit: usize,
+        out: &mut Vec<Vec<u8>>,
+    ) -> Result<(), RecordError> {
+        let encoded = self.encode_with(events);
+        if encoded.len() <= limit {
+            out.push(encoded);
+            return Ok(());
+        }
+        if events.len() <= 1 {
+            return Err(RecordError::EventTooLarge { size: encoded.len(), limit });
+        }
+        let (left, right) = events.split_at(events.len() / 2);
+        self.encode_slice_into(left, limit, out)?;
+        self.encode_slice_into(right, limit, out)
+    }
+}
+
+/// Borrowed form of `Record::Events` for encoding (same JSON as the owned enum).
+#[derive(Serialize)]
+struct EventsOut<'a> {
+    kind: &'static str,
+    recv_ms: i64,
+    sent_at: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key: Option<&'a str>,
+    view_id: &'a str,
+    client: &'a ClientInfo,
+    events: &'a [Map<String, Value>],
 }
 
 /// A dead-letter entry: an event (or a whole body) the collector refused, with why.
@@ -150,22 +172,7 @@ pub enum Record {
 impl Record {
     pub fn encode(&self) -> Vec<u8> {
         // Serializing plain data structures into a Vec cannot fail.
-        let json = serde_json::to_vec(self).unwrap_or_default();
-        let mut out = Vec::with_capacity(json.len() / 3 + 8);
-        out.extend_from_slice(&MAGIC);
-        out.push(VERSION);
-        if json.len() >= COMPRESS_FROM {
-            if let Ok(compressed) = zstd::bulk::compress(&json, ZSTD_LEVEL) {
-                if compressed.len() < json.len() {
-                    out.push(CODEC_ZSTD);
-                    out.extend_from_slice(&compressed);
-                    return out;
-                }
-            }
-        }
-        out.push(CODEC_NONE);
-        out.extend_from_slice(&json);
-        out
+        frame(&serde_json::to_vec(self).unwrap_or_default())
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Record, RecordError> {
@@ -182,12 +189,52 @@ impl Record {
         match bytes[3] {
             CODEC_NONE => serde_json::from_slice(body).map_err(RecordError::Body),
             CODEC_ZSTD => {
-                let json = zstd::bulk::decompress(body, MAX_DECODED_BYTES).map_err(RecordError::Decompress)?;
+                let json = DECOMPRESSOR.with(|d| -> std::io::Result<Vec<u8>> {
+                    let mut d = d.borrow_mut();
+                    if d.is_none() {
+                        *d = Some(zstd::bulk::Decompressor::new()?);
+                    }
+                    match d.as_mut() {
+                        Some(d) => d.decompress(body, MAX_DECODED_BYTES),
+                        None => Err(std::io::Error::other("no zstd decompressor")),
+                    }
+                });
+                let json = json.map_err(RecordError::Decompress)?;
                 serde_json::from_slice(&json).map_err(RecordError::Body)
             }
             other => Err(RecordError::UnknownCodec(other)),
         }
     }
+}
+
+thread_local! {
+    // zstd contexts are costly to create (a fresh one per record was ~7% of collector CPU): one per thread.
+    static COMPRESSOR: RefCell<Option<zstd::bulk::Compressor<'static>>> = const { RefCell::new(None) };
+    static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
+}
+
+/// Header + body, zstd-compressed when that is smaller.
+fn frame(json: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(json.len() / 3 + 8);
+    out.extend_from_slice(&MAGIC);
+    out.push(VERSION);
+    if json.len() >= COMPRESS_FROM {
+        let compressed = COMPRESSOR.with(|c| {
+            let mut c = c.borrow_mut();
+            if c.is_none() {
+                *c = zstd::bulk::Compressor::new(ZSTD_LEVEL).ok();
+            }
+            c.as_mut().and_then(|c| c.compress(json).ok())
+        });
+        if let Some(compressed) = compressed.filter(|c| c.len() < json.len()) {
+            out.push(CODEC_ZSTD);
+            out.extend_from_slice(&compressed);
+            return out;
+        }
+    }
+    out.push(CODEC_NONE);
+    out.extend_from_slice(json);
+    out
 }
 
 #[cfg(test)]
@@ -223,6 +270,9 @@ mod tests {
             let bytes = rec.encode();
             assert_eq!(&bytes[..3], b"QF\x01");
             assert_eq!(Record::decode(&bytes).unwrap(), rec);
+            // The borrowed encoding is the same record.
+            let Record::Events(events) = &rec else { unreachable!() };
+            assert_eq!(Record::decode(&events.encode_with(&events.events)).unwrap(), rec);
         }
         let big = Record::Events(sample(40)).encode();
         assert_eq!(big[3], CODEC_ZSTD, "large bodies are compressed");

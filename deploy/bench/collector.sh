@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Collector throughput benchmark: 20-event beacons on the local-log sink (`qoeflow serve`), next to a
+# minimal axum handler that reads the body and answers 204 (the machine's HTTP ceiling), measured in the
+# same run, alternating, ROUNDS times each; prints medians and the ratio.
+#
+#   deploy/bench/collector.sh [DURATION_S=15] [CONNECTIONS=64] [ROUNDS=3]
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cd "$root"
+duration="${1:-15}"; conns="${2:-64}"; rounds="${3:-3}"
+
+command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
+cargo build --release -q --bin qoeflow
+cargo build --release -q -p ingest --example baseline_server
+
+work="$(mktemp -d)"
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+QOEFLOW_LOG_LEVEL=warn target/release/qoeflow serve --listen 127.0.0.1:18480 --data-dir "$work/data" &
+target/release/examples/baseline_server 127.0.0.1:18481 2>/dev/null &
+for port in 18480 18481; do
+  for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
+done
+
+run() { # name port
+  wrk -t1 -c"$conns" -d"${duration}s" --latency -s deploy/bench/beacon.lua "http://127.0.0.1:$2/v1/beacon" \
+    | awk -v n="$1" '/^RESULT/ {print n, $0}'
+}
+for r in $(seq 1 "$rounds"); do
+  run baseline 18481 >>"$work/results"
+  run qoeflow 18480 >>"$work/results"
+done
+
+python3 - "$work/results" "$conns" "$duration" "$rounds" <<'PY'
+import re, statistics, sys, os, platform
+rows = {}
+for line in open(sys.argv[1]):
+    name = line.split()[0]
+    kv = dict(re.findall(r"(\w+)=([\d.]+)", line))
+    rows.setdefault(name, []).append(kv)
+def med(name, key): return statistics.median(float(r[key]) for r in rows[name])
+cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
+print(f"machine: {os.cpu_count()} cores, {cpu}; wrk -t1 -c{sys.argv[2]} -d{sys.argv[3]}s, median of {sys.argv[4]} alternating rounds")
+print(f"{'target':<34} {'beacons/s':>10} {'events/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
+for name, label in (("baseline", "axum read body + 204 (baseline)"), ("qoeflow", "qoeflow serve (local log, fsync)")):
+    errs = sum(int(float(r["errors"])) + int(float(r["non2xx"])) for r in rows[name])
+    print(f"{label:<34} {med(name,'rps'):>10.0f} {med(name,'rps')*20:>10.0f} {med(name,'p50_ms'):>8.2f} {med(name,'p99_ms'):>8.2f} {errs:>7}")
+print(f"ratio qoeflow / baseline (throughput): {med('qoeflow','rps')/med('baseline','rps'):.2f}")
+PY

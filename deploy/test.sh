@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs (on a fresh machine too) and runs the whole suite.
+#
+#   ./deploy/test.sh            everything
+#   ./deploy/test.sh -E 'test(kinesis)'   extra arguments go to cargo-nextest (or cargo test)
+#
+# Needs: Rust (cargo), Node.js + npm. Installs: the Kinesis emulator (npm `kinesis-local`, pinned in
+# deploy/local/kinesis/package-lock.json) and, as root via apt, ClickHouse server (Debian
+# `clickhouse-server`). Tests start their own instances on free loopback ports.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+
+echo "==> installing test services"
+bash deploy/local/kinesis.sh install
+bash deploy/local/clickhouse.sh install
+
+echo "==> running the test suite"
+if cargo nextest --version >/dev/null 2>&1; then
+  exec cargo nextest run --workspace --all-targets --no-fail-fast "$@"
+else
+  exec cargo test --workspace --all-targets --no-fail-fast "$@"
+fi

@@ -1,0 +1,22 @@
+//! Fuzzes the beacon decoder and event validation, and the record decoder, on arbitrary bytes.
+//! `cd schemas/fuzz && cargo fuzz run beacon_decoder` (cargo-fuzz needs a nightly toolchain, or
+//! RUSTC_BOOTSTRAP=1 on stable).
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(beacon) = schemas::parse_beacon(data) {
+        for event in &beacon.events {
+            if let Ok(e) = schemas::validate_event(event) {
+                assert!(!e.view_id.is_empty());
+                assert!(e.ts >= schemas::beacon::TS_MIN_MS && e.ts <= schemas::beacon::TS_MAX_MS);
+            }
+        }
+    }
+    if let Ok(schemas::Record::Events(r)) = schemas::Record::decode(data) {
+        for e in r.validated_events() {
+            let _ = e;
+        }
+    }
+});
