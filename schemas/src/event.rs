@@ -96,7 +96,7 @@ pub struct ViewDims {
 }
 
 /// The typed, validated part of an event that depends on its type.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Payload {
     Viewstart(Box<ViewDims>),
     QualityChange {
@@ -122,7 +122,7 @@ pub enum Payload {
 }
 
 /// One validated event of a beacon.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
     pub view_id: String,
     pub seq: u64,

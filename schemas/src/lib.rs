@@ -11,6 +11,6 @@ pub mod beacon;
 pub mod event;
 pub mod record;
 
-pub use beacon::{BeaconError, EventRejection, ParsedBeacon, parse_beacon, validate_event};
+pub use beacon::{BeaconError, EventRejection, ParsedBeacon, parse_beacon, validate_event, validate_event_map};
 pub use event::{CacheStatus, ClientInfo, Event, EventKind, Payload, StreamType};
 pub use record::{EventsRecord, Record, RecordError, RejectedRecord};

@@ -1,0 +1,481 @@
+//! Sessionization: turns the record stream into per-view state machines and window deltas.
+//!
+//! - **Dedupe and reorder.** Each view expects `seq` 0, 1, 2, …; an event with a `seq` already applied or
+//!   already waiting is a duplicate and dropped. Events ahead of a missing `seq` wait in the view's
+//!   buffer; once the oldest has waited `reorder_wait_ms` (of watermark time) the view proceeds past the
+//!   gap (counted in `gaps`), and a straggler for a skipped `seq` is then dropped as a duplicate.
+//! - **Clock.** A view's events are placed at `ts + offset`, `offset = recv_ms - sent_at` of the first
+//!   record seen for the view, kept for its life.
+//! - **Watermark** = the largest collector receive time seen in the input. Every time-based decision
+//!   (reorder wait, inactivity timeout, late horizon) uses it, never the wall clock, so replaying the same
+//!   input from the same state produces the same output: what makes sink writes idempotent on replay.
+//! - **Views end** at `viewend`, or when no record arrived for `inactivity_timeout_ms` of watermark time
+//!   (ended at the last event's time). Ended view ids are remembered (for the late horizon) so a
+//!   straggler cannot resurrect them.
+//! - **Dimensions** of a view are fixed at its first window contribution (normally its `viewstart`, `seq`
+//!   0) from the viewstart fields and the enrichment of the view's first record, so one view never
+//!   splits across dimension values.
+//! - **Late data.** Contributions placed before `watermark - late_horizon_ms` are dropped and counted in
+//!   `late_dropped`; everything else, however late, becomes another delta row for its old window.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use schemas::event::ViewDims;
+use schemas::record::{EventsRecord, RejectedRecord};
+use schemas::{ClientInfo, Event, EventKind, Payload, Record, StreamType, validate_event_map};
+use serde::{Deserialize, Serialize};
+
+use crate::view::{Emit, Point, Span, Totals, ViewMachine};
+use crate::window::{DimValues, WindowRow, Windows};
+
+/// A dimension windows can be keyed by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Dim {
+    Cdn,
+    Country,
+    DeviceType,
+    Os,
+    Browser,
+    PlayerName,
+    PlayerVersion,
+    StreamType,
+    VideoId,
+}
+
+impl Dim {
+    pub const DEFAULT: [Dim; 7] =
+        [Dim::Cdn, Dim::Country, Dim::DeviceType, Dim::Os, Dim::Browser, Dim::PlayerName, Dim::StreamType];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Dim::Cdn => "cdn",
+            Dim::Country => "country",
+            Dim::DeviceType => "device_type",
+            Dim::Os => "os",
+            Dim::Browser => "browser",
+            Dim::PlayerName => "player_name",
+            Dim::PlayerVersion => "player_version",
+            Dim::StreamType => "stream_type",
+            Dim::VideoId => "video_id",
+        }
+    }
+
+    fn value(self, v: &ViewDims, c: &ClientInfo) -> String {
+        let s = |o: &Option<String>| o.clone().unwrap_or_default();
+        match self {
+            Dim::Cdn => s(&v.cdn),
+            Dim::Country => c.country.clone(),
+            Dim::DeviceType => c.device_type.clone(),
+            Dim::Os => c.os.clone(),
+            Dim::Browser => c.browser.clone(),
+            Dim::PlayerName => s(&v.player_name),
+            Dim::PlayerVersion => s(&v.player_version),
+            Dim::StreamType => stream_type_str(v.stream_type).to_owned(),
+            Dim::VideoId => s(&v.video_id),
+        }
+    }
+}
+
+pub fn stream_type_str(t: Option<StreamType>) -> &'static str {
+    match t {
+        Some(StreamType::Vod) => "vod",
+        Some(StreamType::Live) => "live",
+        None => "",
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionConfig {
+    pub window_ms: i64,
+    pub dims: Vec<Dim>,
+    pub inactivity_timeout_ms: i64,
+    pub late_horizon_ms: i64,
+    pub reorder_wait_ms: i64,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            window_ms: 10_000,
+            dims: Dim::DEFAULT.to_vec(),
+            inactivity_timeout_ms: 30 * 60_000,
+            late_horizon_ms: 24 * 3_600_000,
+            reorder_wait_ms: 5_000,
+        }
+    }
+}
+
+/// A finished view (the `views` table).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ViewRow {
+    pub view_id: String,
+    pub key: Option<String>,
+    /// Event time of the first and last event.
+    pub start_ms: i64,
+    pub end_ms: i64,
+    /// `viewend` or `timeout`.
+    pub end_reason: &'static str,
+    pub dims: ViewDims,
+    pub client: ClientInfo,
+    pub totals: Totals,
+    pub events: u64,
+    pub duplicates: u64,
+    pub gaps: u64,
+}
+
+/// An accepted event (the `events` table): first occurrence of each `(view_id, seq)`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventRow {
+    pub event: Event,
+    /// `ts + offset` of the view.
+    pub event_ms: i64,
+    pub recv_ms: i64,
+    pub sent_at: i64,
+    pub key: Option<String>,
+    pub client: Arc<ClientInfo>,
+    /// The event's JSON exactly as received (unknown fields included).
+    pub raw: String,
+}
+
+/// What one flush hands to the sinks.
+#[derive(Debug, Default)]
+pub struct Output {
+    pub events: Vec<EventRow>,
+    pub views: Vec<ViewRow>,
+    pub windows: Vec<WindowRow>,
+    pub rejected: Vec<RejectedRecord>,
+}
+
+impl Output {
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty() && self.views.is_empty() && self.windows.is_empty() && self.rejected.is_empty()
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    pub records: u64,
+    pub events: u64,
+    pub duplicates: u64,
+    /// `seq` numbers skipped after the reorder wait.
+    pub gaps: u64,
+    /// Events whose window contributions were older than the late horizon.
+    pub late_dropped: u64,
+    /// Events for views that had already ended.
+    pub after_end: u64,
+    /// Events in records that no longer validate (from a newer or broken writer).
+    pub invalid: u64,
+    pub views_ended: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Buffered {
+    event: Event,
+    raw_recv_ms: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ViewSlot {
+    machine: ViewMachine,
+    next_seq: u64,
+    buffer: BTreeMap<u64, Buffered>,
+    offset_ms: i64,
+    key: Option<String>,
+    client: Arc<ClientInfo>,
+    view_dims: Option<ViewDims>,
+    dims: Option<DimValues>,
+    last_recv_ms: i64,
+    last_active: Option<i64>,
+    events: u64,
+    duplicates: u64,
+    gaps: u64,
+}
+
+/// Routes one view's contributions to the windows, placing client time at event time.
+struct WindowEmit<'a> {
+    windows: &'a mut Windows,
+    dims: &'a mut Option<DimValues>,
+    view_dims: &'a Option<ViewDims>,
+    client: &'a ClientInfo,
+    dim_set: &'a [Dim],
+    offset: i64,
+    cutoff: i64,
+    last_active: &'a mut Option<i64>,
+}
+
+impl WindowEmit<'_> {
+    fn dims(&mut self) -> DimValues {
+        let (view_dims, client, set) = (self.view_dims, self.client, self.dim_set);
+        self.dims
+            .get_or_insert_with(|| {
+                let empty = ViewDims::default();
+                let v = view_dims.as_ref().unwrap_or(&empty);
+                set.iter().map(|d| d.value(v, client)).collect::<Vec<_>>().into()
+            })
+            .clone()
+    }
+}
+
+impl Emit for WindowEmit<'_> {
+    fn point(&mut self, at: i64, point: Point) {
+        let at = at + self.offset;
+        if at >= self.cutoff {
+            let dims = self.dims();
+            self.windows.point(at, &dims, point);
+        }
+    }
+    fn span(&mut self, from: i64, to: i64, span: Span) {
+        let (from, to) = ((from + self.offset).max(self.cutoff), to + self.offset);
+        if from < to {
+            let dims = self.dims();
+            self.windows.span(from, to, &dims, span, self.last_active);
+        }
+    }
+}
+
+pub struct Sessionizer {
+    config: SessionConfig,
+    views: HashMap<String, ViewSlot>,
+    /// Hash of ended view ids → watermark when they ended.
+    ended: HashMap<u64, i64>,
+    windows: Windows,
+    watermark: i64,
+    out: Output,
+    pub stats: Stats,
+}
+
+fn id_hash(view_id: &str) -> u64 {
+    let mut h = DefaultHasher::new();
+    view_id.hash(&mut h);
+    h.finish()
+}
+
+impl Sessionizer {
+    pub fn new(config: SessionConfig) -> Sessionizer {
+        Sessionizer {
+            windows: Windows::new(config.window_ms),
+            config,
+            views: HashMap::new(),
+            ended: HashMap::new(),
+            watermark: i64::MIN,
+            out: Output::default(),
+            stats: Stats::default(),
+        }
+    }
+
+    pub fn watermark(&self) -> i64 {
+        self.watermark
+    }
+
+    pub fn open_views(&self) -> usize {
+        self.views.len()
+    }
+
+    pub fn process(&mut self, record: Record) {
+        self.stats.records += 1;
+        match record {
+            Record::Events(r) => self.process_events(r),
+            Record::Rejected(r) => {
+                self.watermark = self.watermark.max(r.recv_ms);
+                self.out.rejected.push(r);
+            }
+        }
+    }
+
+    fn process_events(&mut self, rec: EventsRecord) {
+        self.watermark = self.watermark.max(rec.recv_ms);
+        let n = rec.events.len() as u64;
+        self.stats.events += n;
+        if self.ended.contains_key(&id_hash(&rec.view_id)) {
+            self.stats.after_end += n;
+            return;
+        }
+        let offset = rec.offset_ms();
+        let slot = self.views.entry(rec.view_id.clone()).or_insert_with(|| ViewSlot {
+            machine: ViewMachine::new(),
+            next_seq: 0,
+            buffer: BTreeMap::new(),
+            offset_ms: offset,
+            key: rec.key.clone(),
+            client: Arc::new(rec.client.clone()),
+            view_dims: None,
+            dims: None,
+            last_recv_ms: rec.recv_ms,
+            last_active: None,
+            events: 0,
+            duplicates: 0,
+            gaps: 0,
+        });
+        slot.last_recv_ms = slot.last_recv_ms.max(rec.recv_ms);
+        for raw in &rec.events {
+            let event = match validate_event_map(raw) {
+                Ok(e) => e,
+                Err(r) => {
+                    self.stats.invalid += 1;
+                    self.out.rejected.push(RejectedRecord {
+                        recv_ms: rec.recv_ms,
+                        key: rec.key.clone(),
+                        index: None,
+                        tag: r.tag.to_owned(),
+                        reason: r.to_string(),
+                        payload: RejectedRecord::truncate_payload(&serde_json::Value::Object(raw.clone()).to_string()),
+                    });
+                    continue;
+                }
+            };
+            if event.view_id != rec.view_id || event.seq < slot.next_seq || slot.buffer.contains_key(&event.seq) {
+                slot.duplicates += 1;
+                self.stats.duplicates += 1;
+                continue;
+            }
+            slot.events += 1;
+            self.out.events.push(EventRow {
+                event_ms: event.ts + slot.offset_ms,
+                recv_ms: rec.recv_ms,
+                sent_at: rec.sent_at,
+                key: rec.key.clone(),
+                client: slot.client.clone(),
+                raw: serde_json::Value::Object(raw.clone()).to_string(),
+                event: event.clone(),
+            });
+            slot.buffer.insert(event.seq, Buffered { event, raw_recv_ms: rec.recv_ms });
+        }
+        self.drain_view(&rec.view_id, false);
+    }
+
+    /// Applies the view's buffered events that are next in `seq` order (with `skip_gaps`, all of them,
+    /// skipping missing `seq`s). Finalizes the view if it ended.
+    fn drain_view(&mut self, view_id: &str, skip_gaps: bool) {
+        let Some(slot) = self.views.get_mut(view_id) else { return };
+        let cutoff = self.watermark.saturating_sub(self.config.late_horizon_ms);
+        while let Some(entry) = slot.buffer.first_entry() {
+            let seq = *entry.key();
+            if seq != slot.next_seq {
+                if !skip_gaps {
+                    break;
+                }
+                slot.gaps += seq - slot.next_seq;
+                self.stats.gaps += seq - slot.next_seq;
+            }
+            let b = entry.remove();
+            slot.next_seq = seq + 1;
+            if b.event.ts + slot.offset_ms < cutoff {
+                self.stats.late_dropped += 1;
+            }
+            if b.event.kind == EventKind::Viewstart && slot.view_dims.is_none() {
+                if let Payload::Viewstart(d) = &b.event.payload {
+                    slot.view_dims = Some((**d).clone());
+                }
+            }
+            let mut emit = WindowEmit {
+                windows: &mut self.windows,
+                dims: &mut slot.dims,
+                view_dims: &slot.view_dims,
+                client: &slot.client,
+                dim_set: &self.config.dims,
+                offset: slot.offset_ms,
+                cutoff,
+                last_active: &mut slot.last_active,
+            };
+            slot.machine.apply(&b.event, &mut emit);
+            if slot.machine.is_ended() {
+                break;
+            }
+        }
+        if slot.machine.is_ended() {
+            self.finalize(view_id, "viewend");
+        }
+    }
+
+    fn finalize(&mut self, view_id: &str, reason: &'static str) {
+        let Some(slot) = self.views.remove(view_id) else { return };
+        self.stats.views_ended += 1;
+        self.ended.insert(id_hash(view_id), self.watermark);
+        let first = slot.machine.first_ts.unwrap_or_default();
+        let last = slot.machine.last_ts.unwrap_or(first);
+        self.out.views.push(ViewRow {
+            view_id: view_id.to_owned(),
+            key: slot.key,
+            start_ms: first + slot.offset_ms,
+            end_ms: last + slot.offset_ms,
+            end_reason: reason,
+            dims: slot.view_dims.unwrap_or_default(),
+            client: (*slot.client).clone(),
+            totals: slot.machine.totals,
+            events: slot.events,
+            duplicates: slot.duplicates,
+            gaps: slot.gaps,
+        });
+    }
+
+    /// Time-based decisions at the end of a batch: proceed past gaps that waited long enough, end
+    /// inactive views, forget ended views older than the late horizon.
+    pub fn advance(&mut self) {
+        let wm = self.watermark;
+        let mut waited: Vec<String> = Vec::new();
+        let mut inactive: Vec<String> = Vec::new();
+        for (id, slot) in &self.views {
+            if wm.saturating_sub(slot.last_recv_ms) >= self.config.inactivity_timeout_ms {
+                inactive.push(id.clone());
+            } else if slot.buffer.values().next().is_some_and(|_| {
+                slot.buffer.values().map(|b| b.raw_recv_ms).min().is_some_and(|t| wm.saturating_sub(t) >= self.config.reorder_wait_ms)
+            }) {
+                waited.push(id.clone());
+            }
+        }
+        waited.sort();
+        inactive.sort();
+        for id in waited {
+            self.drain_view(&id, true);
+        }
+        for id in inactive {
+            self.drain_view(&id, true);
+            if let Some(slot) = self.views.get_mut(&id) {
+                let cutoff = wm.saturating_sub(self.config.late_horizon_ms);
+                let last = slot.machine.last_ts.unwrap_or_default();
+                let mut emit = WindowEmit {
+                    windows: &mut self.windows,
+                    dims: &mut slot.dims,
+                    view_dims: &slot.view_dims,
+                    client: &slot.client,
+                    dim_set: &self.config.dims,
+                    offset: slot.offset_ms,
+                    cutoff,
+                    last_active: &mut slot.last_active,
+                };
+                slot.machine.end(last, &mut emit);
+                self.finalize(&id, "timeout");
+            }
+        }
+        let horizon = self.config.late_horizon_ms;
+        self.ended.retain(|_, at| wm.saturating_sub(*at) < horizon);
+    }
+
+    /// Ends every open view now (at its last event): for batch computations over a finished input.
+    pub fn end_all(&mut self) {
+        let mut ids: Vec<String> = self.views.keys().cloned().collect();
+        ids.sort();
+        let saved = self.config.inactivity_timeout_ms;
+        self.config.inactivity_timeout_ms = i64::MIN;
+        for id in &ids {
+            if let Some(s) = self.views.get_mut(id) {
+                s.last_recv_ms = i64::MIN / 2;
+            }
+        }
+        self.advance();
+        self.config.inactivity_timeout_ms = saved;
+    }
+
+    /// Everything produced since the last flush: window deltas, finished views, events, dead letters.
+    pub fn flush(&mut self) -> Output {
+        let mut out = std::mem::take(&mut self.out);
+        out.windows = self.windows.drain();
+        out.views.sort_by(|a, b| a.view_id.cmp(&b.view_id));
+        out
+    }
+}

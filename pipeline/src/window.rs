@@ -1,0 +1,295 @@
+//! Event-time tumbling windows keyed by dimensions, accumulated as **deltas**: every flush drains what
+//! changed per (window, dims) since the last flush. Rows are summable (readers `sum` them and merge the
+//! start-time histograms), so a late event just produces another delta row for its old window.
+//!
+//! Durations are split across window boundaries by event time (half-open intervals). A view counts as
+//! active once per window in which one of its play or stall spans has positive overlap; the view
+//! remembers the last window it was counted in (its spans arrive in time order), so the column stays
+//! summable across flushes.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use hdrhistogram::Histogram;
+use hdrhistogram::serialization::{Deserializer, Serializer, V2Serializer};
+use schemas::CacheStatus;
+
+use crate::view::{Point, Span};
+
+/// The dimension values of one view, in the configured order.
+pub type DimValues = Arc<[String]>;
+
+/// Highest start time the histogram tracks exactly (1 hour); larger values are clamped to it.
+pub const HIST_MAX_MS: u64 = 3_600_000;
+const HIST_SIGFIG: u8 = 3;
+
+pub fn new_histogram() -> Histogram<u64> {
+    // Bounds are constants that hdrhistogram accepts.
+    Histogram::new_with_bounds(1, HIST_MAX_MS, HIST_SIGFIG).expect("valid histogram bounds")
+}
+
+/// Serializes a histogram (HdrHistogram V2 format, readable by every HdrHistogram implementation).
+pub fn serialize_histogram(h: &Histogram<u64>) -> Vec<u8> {
+    let mut out = Vec::new();
+    // Writing into a Vec cannot fail.
+    let _ = V2Serializer::new().serialize(h, &mut out);
+    out
+}
+
+pub fn deserialize_histogram(bytes: &[u8]) -> Result<Histogram<u64>, String> {
+    Deserializer::new().deserialize(&mut std::io::Cursor::new(bytes)).map_err(|e| format!("{e:?}"))
+}
+
+/// Summable measures of one (window, dims) delta.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WindowDelta {
+    pub attempts: u64,
+    pub starts: u64,
+    pub startup_ms_sum: i64,
+    pub startup_hist: Histogram<u64>,
+    pub vsf: u64,
+    pub ebvs: u64,
+    pub playback_failures: u64,
+    pub play_ms: i64,
+    pub stall_count: u64,
+    pub stall_ms: i64,
+    pub seek_stall_ms: i64,
+    pub bitrate_ms: i64,
+    /// Play time at a known bitrate (denominator of the time-weighted average bitrate).
+    pub bitrate_known_ms: i64,
+    pub switches_up: u64,
+    pub switches_down: u64,
+    pub segments_hit: u64,
+    pub segments_miss: u64,
+    pub segments_unknown: u64,
+    pub bytes_hit: u64,
+    /// Bytes of segments with a known cache status (hit + miss): the byte-weighted ratio's denominator.
+    pub bytes_total: u64,
+    pub errors: u64,
+    pub fatal_errors: u64,
+    pub active_views: u64,
+}
+
+impl Default for WindowDelta {
+    fn default() -> Self {
+        WindowDelta {
+            attempts: 0,
+            starts: 0,
+            startup_ms_sum: 0,
+            startup_hist: new_histogram(),
+            vsf: 0,
+            ebvs: 0,
+            playback_failures: 0,
+            play_ms: 0,
+            stall_count: 0,
+            stall_ms: 0,
+            seek_stall_ms: 0,
+            bitrate_ms: 0,
+            bitrate_known_ms: 0,
+            switches_up: 0,
+            switches_down: 0,
+            segments_hit: 0,
+            segments_miss: 0,
+            segments_unknown: 0,
+            bytes_hit: 0,
+            bytes_total: 0,
+            errors: 0,
+            fatal_errors: 0,
+            active_views: 0,
+        }
+    }
+}
+
+impl WindowDelta {
+    /// Adds another delta of the same (window, dims).
+    pub fn merge(&mut self, o: &WindowDelta) {
+        self.attempts += o.attempts;
+        self.starts += o.starts;
+        self.startup_ms_sum += o.startup_ms_sum;
+        // Both histograms share bounds; values were clamped on record.
+        let _ = self.startup_hist.add(&o.startup_hist);
+        self.vsf += o.vsf;
+        self.ebvs += o.ebvs;
+        self.playback_failures += o.playback_failures;
+        self.play_ms += o.play_ms;
+        self.stall_count += o.stall_count;
+        self.stall_ms += o.stall_ms;
+        self.seek_stall_ms += o.seek_stall_ms;
+        self.bitrate_ms += o.bitrate_ms;
+        self.bitrate_known_ms += o.bitrate_known_ms;
+        self.switches_up += o.switches_up;
+        self.switches_down += o.switches_down;
+        self.segments_hit += o.segments_hit;
+        self.segments_miss += o.segments_miss;
+        self.segments_unknown += o.segments_unknown;
+        self.bytes_hit += o.bytes_hit;
+        self.bytes_total += o.bytes_total;
+        self.errors += o.errors;
+        self.fatal_errors += o.fatal_errors;
+        self.active_views += o.active_views;
+    }
+
+    /// The start-time quantile `q` (0..=1) of this delta's histogram, or None without starts.
+    pub fn startup_quantile(&self, q: f64) -> Option<u64> {
+        (self.startup_hist.len() > 0).then(|| self.startup_hist.value_at_quantile(q))
+    }
+}
+
+/// Pending deltas per (window start, dims).
+#[derive(Debug, Default)]
+pub struct Windows {
+    pub window_ms: i64,
+    deltas: HashMap<(i64, DimValues), WindowDelta>,
+}
+
+/// One drained delta row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WindowRow {
+    pub window_start: i64,
+    pub window_ms: i64,
+    pub dims: DimValues,
+    pub delta: WindowDelta,
+}
+
+impl Windows {
+    pub fn new(window_ms: i64) -> Windows {
+        Windows { window_ms: window_ms.max(1), deltas: HashMap::new() }
+    }
+
+    pub fn window_of(&self, event_ms: i64) -> i64 {
+        event_ms.div_euclid(self.window_ms) * self.window_ms
+    }
+
+    fn at(&mut self, window_start: i64, dims: &DimValues) -> &mut WindowDelta {
+        self.deltas.entry((window_start, dims.clone())).or_default()
+    }
+
+    /// Adds a point measure at event time `at`.
+    pub fn point(&mut self, at: i64, dims: &DimValues, point: Point) {
+        let w = self.window_of(at);
+        let d = self.at(w, dims);
+        match point {
+            Point::Attempt => d.attempts += 1,
+            Point::Start { startup_ms } => {
+                d.starts += 1;
+                d.startup_ms_sum += startup_ms;
+                let _ = d.startup_hist.record((startup_ms.max(0) as u64).min(HIST_MAX_MS));
+            }
+            Point::Vsf => d.vsf += 1,
+            Point::Ebvs => d.ebvs += 1,
+            Point::PlaybackFailure => d.playback_failures += 1,
+            Point::Stall => d.stall_count += 1,
+            Point::SwitchUp => d.switches_up += 1,
+            Point::SwitchDown => d.switches_down += 1,
+            Point::Segment { cache, bytes } => match cache {
+                CacheStatus::Hit => {
+                    d.segments_hit += 1;
+                    d.bytes_hit += bytes;
+                    d.bytes_total += bytes;
+                }
+                CacheStatus::Miss => {
+                    d.segments_miss += 1;
+                    d.bytes_total += bytes;
+                }
+                CacheStatus::Unknown => d.segments_unknown += 1,
+            },
+            Point::Error { fatal } => {
+                d.errors += 1;
+                if fatal {
+                    d.fatal_errors += 1;
+                }
+            }
+        }
+    }
+
+    /// Adds the span `[from, to)` of event time, split across windows; counts the view active in each
+    /// window it overlaps that is later than `last_active` (updated).
+    pub fn span(&mut self, from: i64, to: i64, dims: &DimValues, span: Span, last_active: &mut Option<i64>) {
+        let mut start = from;
+        while start < to {
+            let w = self.window_of(start);
+            let end = to.min(w + self.window_ms);
+            let ms = end - start;
+            let first_time = last_active.is_none_or(|l| w > l);
+            if first_time {
+                *last_active = Some(w);
+            }
+            let d = self.at(w, dims);
+            if first_time {
+                d.active_views += 1;
+            }
+            match span {
+                Span::Play { bitrate_kbps } => {
+                    d.play_ms += ms;
+                    if let Some(b) = bitrate_kbps {
+                        d.bitrate_ms += b * ms;
+                        d.bitrate_known_ms += ms;
+                    }
+                }
+                Span::Stall { seek } => {
+                    d.stall_ms += ms;
+                    if seek {
+                        d.seek_stall_ms += ms;
+                    }
+                }
+            }
+            start = end;
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.deltas.is_empty()
+    }
+
+    /// Drains every pending delta, ordered by (window, dims) so output is deterministic.
+    pub fn drain(&mut self) -> Vec<WindowRow> {
+        let window_ms = self.window_ms;
+        let mut rows: Vec<WindowRow> = self
+            .deltas
+            .drain()
+            .map(|((window_start, dims), delta)| WindowRow { window_start, window_ms, dims, delta })
+            .collect();
+        rows.sort_by(|a, b| (a.window_start, &a.dims).cmp(&(b.window_start, &b.dims)));
+        rows
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dims() -> DimValues {
+        Arc::from(vec!["fastly".to_string()])
+    }
+
+    #[test]
+    fn spans_split_at_window_boundaries_and_count_active_once() {
+        let mut w = Windows::new(10_000);
+        let mut last = None;
+        w.span(5_000, 25_000, &dims(), Span::Play { bitrate_kbps: Some(1000) }, &mut last);
+        w.span(25_000, 27_000, &dims(), Span::Stall { seek: false }, &mut last);
+        let rows = w.drain();
+        let got: Vec<_> = rows.iter().map(|r| (r.window_start, r.delta.play_ms, r.delta.stall_ms, r.delta.active_views)).collect();
+        assert_eq!(got, vec![(0, 5_000, 0, 1), (10_000, 10_000, 0, 1), (20_000, 5_000, 2_000, 1)]);
+        assert_eq!(rows[1].delta.bitrate_ms, 10_000 * 1000);
+        // Later flushes do not count the view again in a window it was already counted in.
+        w.span(27_000, 29_000, &dims(), Span::Play { bitrate_kbps: None }, &mut last);
+        assert_eq!(w.drain()[0].delta.active_views, 0);
+    }
+
+    #[test]
+    fn histograms_roundtrip_and_merge() {
+        let mut a = WindowDelta::default();
+        let mut b = WindowDelta::default();
+        for v in [0u64, 100, 250, 900] {
+            a.startup_hist.record(v).unwrap();
+        }
+        b.startup_hist.record(5_000).unwrap();
+        a.merge(&b);
+        assert_eq!(a.startup_hist.len(), 5);
+        let back = deserialize_histogram(&serialize_histogram(&a.startup_hist)).unwrap();
+        assert_eq!(back, a.startup_hist);
+        assert_eq!(a.startup_quantile(0.5), Some(250));
+        assert!(a.startup_quantile(1.0).unwrap() >= 5_000);
+    }
+}
