@@ -1,1 +1,295 @@
-//! reference
+//! A plain batch computation of the metric definitions, written independently of the streaming code
+//! (timeline first, then totals and windows from it) so the differential tests compare two
+//! implementations: all records in, every view ended at its `viewend` or last event, every window summed.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use schemas::{CacheStatus, ClientInfo, Event, EventKind, Payload, Record, validate_event_map};
+use schemas::event::ViewDims;
+
+use crate::sessionizer::Dim;
+use crate::view::Totals;
+use crate::window::{HIST_MAX_MS, WindowDelta};
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Kind {
+    Play(Option<i64>),
+    Stall(bool),
+}
+
+/// The batch result: totals per view and summed window measures per (window start, dims).
+#[derive(Debug, Default)]
+pub struct BatchResult {
+    pub views: BTreeMap<String, Totals>,
+    pub windows: BTreeMap<(i64, Vec<String>), WindowDelta>,
+}
+
+struct ViewInput {
+    offset: i64,
+    client: ClientInfo,
+    events: BTreeMap<u64, Event>,
+}
+
+pub fn compute(records: &[Record], window_ms: i64, dims: &[Dim]) -> BatchResult {
+    let mut views: HashMap<String, ViewInput> = HashMap::new();
+    for r in records {
+        let Record::Events(r) = r else { continue };
+        let v = views.entry(r.view_id.clone()).or_insert_with(|| ViewInput {
+            offset: r.offset_ms(),
+            client: r.client.clone(),
+            events: BTreeMap::new(),
+        });
+        for raw in &r.events {
+            if let Ok(e) = validate_event_map(raw) {
+                v.events.entry(e.seq).or_insert(e);
+            }
+        }
+    }
+    let mut result = BatchResult::default();
+    for (id, v) in views {
+        let (totals, spans, points, vd) = timeline(&v.events);
+        let vd = vd.unwrap_or_default();
+        let key: Vec<String> = dims.iter().map(|d| dim_value(*d, &vd, &v.client)).collect();
+        let win = |t: i64| (t + v.offset).div_euclid(window_ms) * window_ms;
+        let mut active: BTreeSet<i64> = BTreeSet::new();
+        for (from, to, kind) in spans {
+            let (from, to) = (from + v.offset, to + v.offset);
+            let mut w = from.div_euclid(window_ms) * window_ms;
+            while w < to {
+                let overlap = to.min(w + window_ms) - from.max(w);
+                if overlap > 0 {
+                    active.insert(w);
+                    let d = result.windows.entry((w, key.clone())).or_default();
+                    match kind {
+                        Kind::Play(b) => {
+                            d.play_ms += overlap;
+                            if let Some(b) = b {
+                                d.bitrate_ms += b * overlap;
+                                d.bitrate_known_ms += overlap;
+                            }
+                        }
+                        Kind::Stall(seek) => {
+                            d.stall_ms += overlap;
+                            if seek {
+                                d.seek_stall_ms += overlap;
+                            }
+                        }
+                    }
+                }
+                w += window_ms;
+            }
+        }
+        for w in active {
+            result.windows.entry((w, key.clone())).or_default().active_views += 1;
+        }
+        for (t, name, value) in points {
+            let d = result.windows.entry((win(t), key.clone())).or_default();
+            match name {
+                "attempt" => d.attempts += 1,
+                "start" => {
+                    d.starts += 1;
+                    d.startup_ms_sum += value;
+                    let _ = d.startup_hist.record((value.max(0) as u64).min(HIST_MAX_MS));
+                }
+                "vsf" => d.vsf += 1,
+                "ebvs" => d.ebvs += 1,
+                "pbf" => d.playback_failures += 1,
+                "stall" => d.stall_count += 1,
+                "up" => d.switches_up += 1,
+                "down" => d.switches_down += 1,
+                "hit" => (d.segments_hit += 1, d.bytes_hit += value as u64, d.bytes_total += value as u64).0,
+                "miss" => (d.segments_miss += 1, d.bytes_total += value as u64).0,
+                "unknown" => d.segments_unknown += 1,
+                "error" => d.errors += 1,
+                "fatal" => (d.errors += 1, d.fatal_errors += 1).0,
+                _ => unreachable!("point names are the ones above"),
+            }
+        }
+        result.views.insert(id, totals);
+    }
+    result.windows.retain(|_, d| *d != WindowDelta::default());
+    result
+}
+
+fn dim_value(d: Dim, v: &ViewDims, c: &ClientInfo) -> String {
+    let s = |o: &Option<String>| o.clone().unwrap_or_default();
+    match d {
+        Dim::Cdn => s(&v.cdn),
+        Dim::Country => c.country.clone(),
+        Dim::DeviceType => c.device_type.clone(),
+        Dim::Os => c.os.clone(),
+        Dim::Browser => c.browser.clone(),
+        Dim::PlayerName => s(&v.player_name),
+        Dim::PlayerVersion => s(&v.player_version),
+        Dim::StreamType => crate::sessionizer::stream_type_str(v.stream_type).to_owned(),
+        Dim::VideoId => s(&v.video_id),
+    }
+}
+
+type Timeline = (Totals, Vec<(i64, i64, Kind)>, Vec<(i64, &'static str, i64)>, Option<ViewDims>);
+
+/// Walks a view's events in seq order into spans (playing / stalled) and point measures.
+fn timeline(events: &BTreeMap<u64, Event>) -> Timeline {
+    let mut spans = Vec::new();
+    let mut points = Vec::new();
+    let mut dims = None;
+    let (mut attempt_at, mut started_at): (Option<i64>, Option<i64>) = (None, None);
+    let (mut failed, mut vsf, mut pbf) = (false, false, false);
+    // Current "mode": what the time since `since` is: playing / stalled(seek) / other.
+    let mut mode: Option<Kind> = None;
+    let mut seeking = false;
+    let mut paused = false;
+    let mut since = 0i64;
+    let mut bitrate: Option<i64> = None;
+    let mut now = i64::MIN;
+    let mut t_end = None;
+    let mut totals = Totals::default();
+    for e in events.values() {
+        now = now.max(e.ts);
+        let t = now;
+        let close = |mode: &mut Option<Kind>, since: &mut i64, spans: &mut Vec<(i64, i64, Kind)>| {
+            if let Some(k) = mode.take() {
+                if t > *since {
+                    spans.push((*since, t, k));
+                }
+            }
+            *since = t;
+        };
+        match (&e.kind, &e.payload) {
+            (EventKind::Viewstart, Payload::Viewstart(d)) => {
+                dims.get_or_insert_with(|| (**d).clone());
+            }
+            (EventKind::Playrequest, _) => {
+                if attempt_at.is_none() {
+                    attempt_at = Some(t);
+                    points.push((t, "attempt", 0));
+                }
+            }
+            (EventKind::Playing, _) if !failed => {
+                if started_at.is_none() {
+                    if attempt_at.is_none() {
+                        attempt_at = Some(t);
+                        points.push((t, "attempt", 0));
+                    }
+                    started_at = Some(t);
+                    points.push((t, "start", t - attempt_at.unwrap_or(t)));
+                }
+                close(&mut mode, &mut since, &mut spans);
+                mode = Some(Kind::Play(bitrate));
+                seeking = false;
+                paused = false;
+            }
+            (EventKind::Pause | EventKind::Seeking, _) if !failed => {
+                close(&mut mode, &mut since, &mut spans);
+                seeking = e.kind == EventKind::Seeking;
+                paused = e.kind == EventKind::Pause;
+            }
+            (EventKind::StallStart, _) => {
+                let playing = matches!(mode, Some(Kind::Play(_)));
+                if started_at.is_some() && !failed && !paused && (playing || (seeking && mode.is_none())) {
+                    close(&mut mode, &mut since, &mut spans);
+                    mode = Some(Kind::Stall(seeking));
+                    points.push((t, "stall", 0));
+                }
+            }
+            (EventKind::StallEnd, _) => {
+                if matches!(mode, Some(Kind::Stall(_))) {
+                    close(&mut mode, &mut since, &mut spans);
+                    mode = Some(Kind::Play(bitrate));
+                    seeking = false;
+                }
+            }
+            (EventKind::QualityChange, Payload::QualityChange { bitrate_kbps, .. }) => {
+                let b = bitrate_kbps.round() as i64;
+                if matches!(mode, Some(Kind::Play(_))) {
+                    close(&mut mode, &mut since, &mut spans);
+                    mode = Some(Kind::Play(Some(b)));
+                }
+                if started_at.is_some() {
+                    if let Some(prev) = bitrate {
+                        if b > prev {
+                            points.push((t, "up", 0));
+                        } else if b < prev {
+                            points.push((t, "down", 0));
+                        }
+                    }
+                }
+                bitrate = Some(b);
+            }
+            (EventKind::Segment, Payload::Segment { cache, bytes, .. }) => {
+                let name = match cache {
+                    CacheStatus::Hit => "hit",
+                    CacheStatus::Miss => "miss",
+                    CacheStatus::Unknown => "unknown",
+                };
+                points.push((t, name, *bytes as i64));
+                match cache {
+                    CacheStatus::Hit => (totals.segments_hit += 1, totals.bytes_hit += bytes).0,
+                    CacheStatus::Miss => (totals.segments_miss += 1, totals.bytes_miss += bytes).0,
+                    CacheStatus::Unknown => (totals.segments_unknown += 1, totals.bytes_unknown += bytes).0,
+                }
+            }
+            (EventKind::Error, Payload::Error { fatal, .. }) => {
+                points.push((t, if *fatal { "fatal" } else { "error" }, 0));
+                totals.errors += 1;
+                if *fatal {
+                    totals.fatal_errors += 1;
+                    if !failed {
+                        if started_at.is_some() {
+                            pbf = true;
+                            points.push((t, "pbf", 0));
+                        } else if attempt_at.is_some() {
+                            vsf = true;
+                            points.push((t, "vsf", 0));
+                        }
+                        close(&mut mode, &mut since, &mut spans);
+                        failed = true;
+                    }
+                }
+            }
+            (EventKind::Viewend, _) => {
+                close(&mut mode, &mut since, &mut spans);
+                t_end = Some(t);
+                break;
+            }
+            _ => {}
+        }
+    }
+    let end = t_end.unwrap_or(now);
+    if let Some(k) = mode.take() {
+        if end > since {
+            spans.push((since, end, k));
+        }
+    }
+    if attempt_at.is_some() && started_at.is_none() && !failed {
+        points.push((end, "ebvs", 0));
+        totals.ebvs = true;
+    }
+    totals.attempt = attempt_at.is_some();
+    totals.started = started_at.is_some();
+    totals.startup_ms = started_at.zip(attempt_at).map(|(s, a)| s - a);
+    totals.vsf = vsf;
+    totals.playback_failure = pbf;
+    for (from, to, k) in &spans {
+        let d = to - from;
+        match k {
+            Kind::Play(b) => {
+                totals.play_ms += d;
+                if let Some(b) = b {
+                    totals.bitrate_ms += b * d;
+                    totals.bitrate_known_ms += d;
+                }
+            }
+            Kind::Stall(seek) => {
+                totals.stall_ms += d;
+                if *seek {
+                    totals.seek_stall_ms += d;
+                }
+            }
+        }
+    }
+    totals.stall_count = points.iter().filter(|p| p.1 == "stall").count() as u64;
+    totals.switches_up = points.iter().filter(|p| p.1 == "up").count() as u64;
+    totals.switches_down = points.iter().filter(|p| p.1 == "down").count() as u64;
+    (totals, spans, points, dims)
+}
