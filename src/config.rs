@@ -25,6 +25,7 @@ pub struct Config {
     pub ingest: IngestConfig,
     pub kinesis: KinesisConfig,
     pub local_log: LocalLogConfig,
+    pub pipeline: pipeline::PipelineConfig,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,6 +58,7 @@ impl Default for Config {
             ingest: IngestConfig::default(),
             kinesis: KinesisConfig::default(),
             local_log: LocalLogConfig::default(),
+            pipeline: pipeline::PipelineConfig::default(),
         }
     }
 }
@@ -69,7 +71,8 @@ impl Config {
             anyhow::ensure!(path.is_file(), "config file {} does not exist", path.display());
             figment = figment.merge(Toml::file_exact(path));
         }
-        figment = figment.merge(Env::prefixed("QOEFLOW_").split("__"));
+        // QOEFLOW_CONFIG (the file itself) and QOEFLOW_FAILPOINT (test fault injection) are not settings.
+        figment = figment.merge(Env::prefixed("QOEFLOW_").split("__").filter(|k| k != "config" && k != "failpoint"));
         figment.extract().context("invalid configuration")
     }
 }
@@ -104,6 +107,8 @@ mod tests {
             let err = format!("{:#}", Config::load(Some(Path::new("bad.toml"))).unwrap_err());
             assert!(err.contains("max_body_byte"), "{err}");
 
+            jail.set_env("QOEFLOW_CONFIG", "q.toml");
+            assert!(Config::load(None).is_ok(), "QOEFLOW_CONFIG names the file, it is not a key");
             jail.set_env("QOEFLOW_LISTN", "1");
             let err = format!("{:#}", Config::load(None).unwrap_err());
             assert!(err.contains("listn"), "{err}");

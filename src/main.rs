@@ -124,12 +124,16 @@ fn init_tracing(config: &Config) -> anyhow::Result<()> {
 
 async fn run(mode: Mode, config: Config) -> anyhow::Result<()> {
     let metrics = Metrics::new();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut pipeline_task = None;
     let sink = match mode {
         Mode::Serve => {
             let dir = config.data_dir.join("log");
             let log = LocalLog::open(LogConfig { dir: dir.clone(), segment_bytes: config.local_log.segment_bytes })
                 .with_context(|| format!("cannot open the local log in {}", dir.display()))?;
             tracing::info!(dir = %dir.display(), durable_end = log.durable_end(), "local log open");
+            let (log2, data_dir, pcfg, stop) = (log.clone(), config.data_dir.clone(), config.pipeline.clone(), stop_rx.clone());
+            pipeline_task = Some(tokio::spawn(async move { pipeline::local::run(log2, data_dir, pcfg, stop).await }));
             Sink::Local(log)
         }
         Mode::Ingest => {
@@ -157,8 +161,19 @@ async fn run(mode: Mode, config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
     tracing::info!("collector listening on http://{addr}");
-    ingest::serve(listener, ingest::router(state), shutdown_signal()).await?;
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let mut server_stop = stop_rx.clone();
+    ingest::serve(listener, ingest::router(state), async move {
+        let _ = server_stop.wait_for(|s| *s).await;
+    })
+    .await?;
     pruner.abort();
+    if let Some(task) = pipeline_task {
+        task.await.context("pipeline task")??;
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -4,11 +4,17 @@
 //! - [`view`]: the per-view state machine (the metric definitions).
 //! - [`window`]: event-time tumbling windows, accumulated as deltas, with start-time histograms.
 //! - [`sessionizer`]: dedupe, reorder, view lifecycle, dimensions, watermark, late horizon.
+//! - [`rows`], [`parquet`]: output rows in the columns of `schemas::tables`, and the Parquet sink.
+//! - [`local`]: the pipeline on the embedded local log, with epochs and checkpoints.
 //! - [`reference`]: a plain batch computation of the same definitions, for differential tests.
 
+pub mod local;
+pub mod parquet;
 pub mod reference;
+pub mod rows;
 pub mod sessionizer;
 pub mod view;
 pub mod window;
 
-pub use sessionizer::{Dim, Output, SessionConfig, Sessionizer, Stats, ViewRow};
+pub use local::PipelineConfig;
+pub use sessionizer::{Dim, EventRow, Output, SessionConfig, SessionState, Sessionizer, Stats, ViewRow};

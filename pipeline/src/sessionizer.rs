@@ -238,6 +238,16 @@ impl Emit for WindowEmit<'_> {
     }
 }
 
+/// The part of a sessionizer that must survive a restart (saved in checkpoints after a flush, when no
+/// window delta or output is pending).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SessionState {
+    views: HashMap<String, ViewSlot>,
+    ended: HashMap<u64, i64>,
+    watermark: i64,
+    stats: Stats,
+}
+
 pub struct Sessionizer {
     config: SessionConfig,
     views: HashMap<String, ViewSlot>,
@@ -265,6 +275,27 @@ impl Sessionizer {
             watermark: i64::MIN,
             out: Output::default(),
             stats: Stats::default(),
+        }
+    }
+
+    /// Restores a sessionizer from a checkpointed state.
+    pub fn restore(config: SessionConfig, state: SessionState) -> Sessionizer {
+        let mut s = Sessionizer::new(config);
+        s.views = state.views;
+        s.ended = state.ended;
+        s.watermark = state.watermark;
+        s.stats = state.stats;
+        s
+    }
+
+    /// The state to checkpoint. Call right after [`Sessionizer::flush`] (nothing pending).
+    pub fn snapshot(&self) -> SessionState {
+        debug_assert!(self.windows.is_empty() && self.out.is_empty(), "snapshot with unflushed output");
+        SessionState {
+            views: self.views.clone(),
+            ended: self.ended.clone(),
+            watermark: self.watermark,
+            stats: self.stats.clone(),
         }
     }
 

@@ -10,6 +10,7 @@
 pub mod beacon;
 pub mod event;
 pub mod record;
+pub mod tables;
 
 pub use beacon::{BeaconError, EventRejection, ParsedBeacon, parse_beacon, validate_event, validate_event_map};
 pub use event::{CacheStatus, ClientInfo, Event, EventKind, Payload, StreamType};

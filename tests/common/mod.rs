@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod kinesis;
+pub mod parquet;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -26,6 +27,8 @@ pub struct Qoeflow {
     pub addr: String,
     pub url: String,
     pub stderr: mpsc::Receiver<String>,
+    /// Log lines printed before the server listened (start-up, recovery).
+    pub startup_lines: Vec<String>,
 }
 
 impl Qoeflow {
@@ -72,19 +75,37 @@ impl Qoeflow {
             }
         });
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let mut startup_lines = Vec::new();
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             match rx.recv_timeout(left) {
                 Ok(line) => {
                     if let Some(rest) = line.split("listening on http://").nth(1) {
                         let addr = rest.split_whitespace().next().expect("address").to_owned();
-                        return Qoeflow { child, url: format!("http://{addr}"), addr, stderr: rx };
+                        return Qoeflow { child, url: format!("http://{addr}"), addr, stderr: rx, startup_lines };
                     }
+                    startup_lines.push(line);
                 }
                 Err(_) => {
                     let status = child.try_wait().ok().flatten();
                     panic!("qoeflow {args:?} did not start listening (exit status: {status:?})");
                 }
+            }
+        }
+    }
+
+    /// The first log line containing `pattern` (start-up lines included), waiting up to `within`.
+    pub fn wait_for_line(&mut self, pattern: &str, within: Duration) -> String {
+        if let Some(l) = self.startup_lines.iter().find(|l| l.contains(pattern)) {
+            return l.clone();
+        }
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.stderr.recv_timeout(left) {
+                Ok(l) if l.contains(pattern) => return l,
+                Ok(_) => {}
+                Err(_) => panic!("no log line containing {pattern:?} within {within:?}"),
             }
         }
     }
@@ -101,6 +122,18 @@ impl Qoeflow {
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Waits for the process to exit by itself; returns whether it did within `within`.
+    pub fn wait_exit(&mut self, within: Duration) -> bool {
+        let deadline = std::time::Instant::now() + within;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
     }
 
     /// SIGTERM and wait for a clean exit.

@@ -1,0 +1,206 @@
+//! Output rows as cells in the column order of `schemas::tables` (shared by every sink).
+
+use schemas::record::RejectedRecord;
+use schemas::tables::DIM_COLUMNS;
+use schemas::{CacheStatus, Payload};
+
+use crate::sessionizer::{Dim, EventRow, ViewRow, stream_type_str};
+use crate::window::{WindowRow, serialize_histogram};
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cell {
+    Bool(bool),
+    I64(i64),
+    U64(u64),
+    F64(f64),
+    Str(String),
+    Bin(Vec<u8>),
+    /// Epoch milliseconds.
+    Ts(i64),
+    Null,
+}
+
+fn s(v: &str) -> Cell {
+    Cell::Str(v.to_owned())
+}
+fn opt_s(v: &Option<String>) -> Cell {
+    v.as_ref().map_or(Cell::Null, |v| Cell::Str(v.clone()))
+}
+fn opt_f(v: Option<f64>) -> Cell {
+    v.map_or(Cell::Null, Cell::F64)
+}
+
+pub fn window_row(w: &WindowRow, dims: &[Dim], source: &str, epoch: u64, row: usize) -> Vec<Cell> {
+    let d = &w.delta;
+    let mut cells = vec![Cell::Ts(w.window_start), Cell::I64(w.window_ms)];
+    for name in DIM_COLUMNS {
+        let value = dims.iter().position(|dim| dim.name() == name).and_then(|i| w.dims.get(i));
+        cells.push(Cell::Str(value.cloned().unwrap_or_default()));
+    }
+    let q = |q: f64| d.startup_quantile(q).map_or(Cell::Null, |v| Cell::F64(v as f64));
+    cells.extend([
+        Cell::U64(d.attempts),
+        Cell::U64(d.starts),
+        Cell::I64(d.startup_ms_sum),
+        Cell::Bin(serialize_histogram(&d.startup_hist)),
+        q(0.5),
+        q(0.9),
+        q(0.95),
+        q(0.99),
+        Cell::U64(d.vsf),
+        Cell::U64(d.ebvs),
+        Cell::U64(d.playback_failures),
+        Cell::I64(d.play_ms),
+        Cell::U64(d.stall_count),
+        Cell::I64(d.stall_ms),
+        Cell::I64(d.seek_stall_ms),
+        Cell::I64(d.bitrate_ms),
+        Cell::I64(d.bitrate_known_ms),
+        Cell::U64(d.switches_up),
+        Cell::U64(d.switches_down),
+        Cell::U64(d.segments_hit),
+        Cell::U64(d.segments_miss),
+        Cell::U64(d.segments_unknown),
+        Cell::U64(d.bytes_hit),
+        Cell::U64(d.bytes_total),
+        Cell::U64(d.errors),
+        Cell::U64(d.fatal_errors),
+        Cell::U64(d.active_views),
+        s(source),
+        Cell::U64(epoch),
+        Cell::U64(row as u64),
+    ]);
+    cells
+}
+
+pub fn view_row(v: &ViewRow, source: &str, epoch: u64, row: usize) -> Vec<Cell> {
+    let t = &v.totals;
+    let d = &v.dims;
+    let custom: serde_json::Map<String, serde_json::Value> =
+        d.custom.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect();
+    vec![
+        s(&v.view_id),
+        opt_s(&v.key),
+        Cell::Ts(v.start_ms),
+        Cell::Ts(v.end_ms),
+        s(v.end_reason),
+        Cell::Str(d.video_id.clone().unwrap_or_default()),
+        Cell::Str(d.video_title.clone().unwrap_or_default()),
+        s(stream_type_str(d.stream_type)),
+        Cell::Str(d.player_name.clone().unwrap_or_default()),
+        Cell::Str(d.player_version.clone().unwrap_or_default()),
+        Cell::Str(d.page_url.clone().unwrap_or_default()),
+        Cell::Str(d.cdn.clone().unwrap_or_default()),
+        Cell::Str(serde_json::Value::Object(custom).to_string()),
+        s(&v.client.country),
+        s(&v.client.device_type),
+        s(&v.client.os),
+        s(&v.client.os_version),
+        s(&v.client.browser),
+        s(&v.client.browser_version),
+        Cell::Str(v.client.ip.clone().unwrap_or_default()),
+        Cell::Bool(v.client.bot),
+        Cell::Bool(t.attempt),
+        Cell::Bool(t.started),
+        t.startup_ms.map_or(Cell::Null, Cell::I64),
+        Cell::Bool(t.vsf),
+        Cell::Bool(t.ebvs),
+        Cell::Bool(t.playback_failure),
+        Cell::I64(t.play_ms),
+        Cell::U64(t.stall_count),
+        Cell::I64(t.stall_ms),
+        Cell::I64(t.seek_stall_ms),
+        Cell::I64(t.bitrate_ms),
+        Cell::I64(t.bitrate_known_ms),
+        Cell::U64(t.switches_up),
+        Cell::U64(t.switches_down),
+        Cell::U64(t.segments_hit),
+        Cell::U64(t.segments_miss),
+        Cell::U64(t.segments_unknown),
+        Cell::U64(t.bytes_hit),
+        Cell::U64(t.bytes_miss),
+        Cell::U64(t.bytes_unknown),
+        Cell::U64(t.errors),
+        Cell::U64(t.fatal_errors),
+        Cell::U64(v.events),
+        Cell::U64(v.duplicates),
+        Cell::U64(v.gaps),
+        s(source),
+        Cell::U64(epoch),
+        Cell::U64(row as u64),
+    ]
+}
+
+pub fn event_row(e: &EventRow) -> Vec<Cell> {
+    let ev = &e.event;
+    let c = &e.client;
+    let (mut bitrate, mut width, mut height, mut codec) = (Cell::Null, Cell::Null, Cell::Null, Cell::Null);
+    let (mut host, mut bytes, mut duration, mut ttfb, mut cache) = (Cell::Null, Cell::Null, Cell::Null, Cell::Null, Cell::Null);
+    let (mut code, mut message, mut fatal) = (Cell::Null, Cell::Null, Cell::Null);
+    match &ev.payload {
+        Payload::QualityChange { bitrate_kbps, width: w, height: h, codec: cd } => {
+            bitrate = Cell::F64(*bitrate_kbps);
+            width = w.map_or(Cell::Null, |v| Cell::I64(v.into()));
+            height = h.map_or(Cell::Null, |v| Cell::I64(v.into()));
+            codec = opt_s(cd);
+        }
+        Payload::Segment { host: hs, bytes: b, duration_ms, ttfb_ms, cache: ch } => {
+            host = opt_s(hs);
+            bytes = Cell::U64(*b);
+            duration = opt_f(*duration_ms);
+            ttfb = opt_f(*ttfb_ms);
+            cache = s(match ch {
+                CacheStatus::Hit => "hit",
+                CacheStatus::Miss => "miss",
+                CacheStatus::Unknown => "unknown",
+            });
+        }
+        Payload::Error { code: cd, message: m, fatal: f } => {
+            code = opt_s(cd);
+            message = opt_s(m);
+            fatal = Cell::Bool(*f);
+        }
+        Payload::Viewstart(_) | Payload::None => {}
+    }
+    vec![
+        s(&ev.view_id),
+        Cell::U64(ev.seq),
+        s(ev.kind.as_str()),
+        Cell::Ts(ev.ts),
+        Cell::Ts(e.event_ms),
+        Cell::Ts(e.recv_ms),
+        Cell::Ts(e.sent_at),
+        opt_f(ev.playhead_ms),
+        opt_s(&e.key),
+        Cell::Str(c.ip.clone().unwrap_or_default()),
+        s(&c.device_type),
+        s(&c.os),
+        s(&c.browser),
+        s(&c.country),
+        Cell::Bool(c.bot),
+        bitrate,
+        width,
+        height,
+        codec,
+        host,
+        bytes,
+        duration,
+        ttfb,
+        cache,
+        code,
+        message,
+        fatal,
+        s(&e.raw),
+    ]
+}
+
+pub fn rejected_row(r: &RejectedRecord) -> Vec<Cell> {
+    vec![
+        Cell::Ts(r.recv_ms),
+        opt_s(&r.key),
+        r.index.map_or(Cell::Null, |i| Cell::I64(i.into())),
+        s(&r.tag),
+        s(&r.reason),
+        s(&r.payload),
+    ]
+}

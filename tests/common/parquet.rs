@@ -1,0 +1,99 @@
+//! Reading the Parquet dataset back (with the parquet crate only) and comparing it with the batch
+//! reference computed from the local log.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Int64Type, UInt64Type};
+use arrow_array::{Array, RecordBatch};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+pub fn files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "parquet") {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Every batch of a table; panics (the test fails) on any unreadable, i.e. torn, file.
+pub fn read_table(data_dir: &Path, table: &str) -> Vec<RecordBatch> {
+    let mut out = Vec::new();
+    for f in files(&data_dir.join("parquet").join(table)) {
+        let file = std::fs::File::open(&f).expect("open parquet");
+        let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+            .unwrap_or_else(|e| panic!("{} is not a readable Parquet file: {e}", f.display()))
+            .build()
+            .expect("reader");
+        for b in reader {
+            out.push(b.unwrap_or_else(|e| panic!("{}: {e}", f.display())));
+        }
+    }
+    out
+}
+
+pub fn num_rows(batches: &[RecordBatch]) -> usize {
+    batches.iter().map(|b| b.num_rows()).sum()
+}
+
+/// Sum of an integer column (UInt64 or Int64) over all batches.
+pub fn sum(batches: &[RecordBatch], column: &str) -> i64 {
+    let mut total = 0i64;
+    for b in batches {
+        let col = b.column_by_name(column).unwrap_or_else(|| panic!("no column {column}"));
+        if let Some(a) = col.as_primitive_opt::<UInt64Type>() {
+            total += a.iter().flatten().map(|v| v as i64).sum::<i64>();
+        } else if let Some(a) = col.as_primitive_opt::<Int64Type>() {
+            total += a.iter().flatten().sum::<i64>();
+        } else {
+            panic!("column {column} is not an integer column");
+        }
+    }
+    total
+}
+
+pub fn strings(batches: &[RecordBatch], column: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for b in batches {
+        let a = b.column_by_name(column).unwrap_or_else(|| panic!("no column {column}")).as_string::<i32>();
+        out.extend((0..a.len()).map(|i| a.value(i).to_owned()));
+    }
+    out
+}
+
+/// Per-view integer measures from the `views` table: view_id → (column → value).
+pub fn view_measures(batches: &[RecordBatch], columns: &[&str]) -> BTreeMap<String, BTreeMap<String, i64>> {
+    let mut out: BTreeMap<String, BTreeMap<String, i64>> = BTreeMap::new();
+    for b in batches {
+        let ids = b.column_by_name("view_id").expect("view_id").as_string::<i32>();
+        for i in 0..b.num_rows() {
+            let mut m = BTreeMap::new();
+            for c in columns {
+                let col = b.column_by_name(c).unwrap_or_else(|| panic!("no column {c}"));
+                let v = if let Some(a) = col.as_primitive_opt::<UInt64Type>() {
+                    a.value(i) as i64
+                } else if let Some(a) = col.as_primitive_opt::<Int64Type>() {
+                    if a.is_null(i) { -1 } else { a.value(i) }
+                } else if let Some(a) = col.as_boolean_opt() {
+                    a.value(i) as i64
+                } else {
+                    panic!("column {c} type")
+                };
+                m.insert((*c).to_owned(), v);
+            }
+            assert!(out.insert(ids.value(i).to_owned(), m).is_none(), "view {} written twice", ids.value(i));
+        }
+    }
+    out
+}
