@@ -4,7 +4,7 @@
 #   ./deploy/test.sh            everything
 #   ./deploy/test.sh -E 'test(kinesis)'   extra arguments go to cargo-nextest (or cargo test)
 #
-# Needs: Rust (cargo), Node.js + npm. Installs: the Kinesis emulator (npm `kinesis-local`, pinned in
+# Needs: Rust (cargo), Node.js + npm, Python 3 + pip. Installs: DuckDB (PyPI, tests/requirements.txt), the Kinesis emulator (npm `kinesis-local`, pinned in
 # deploy/local/kinesis/package-lock.json) and, as root via apt, ClickHouse server (Debian
 # `clickhouse-server`). Tests start their own instances on free loopback ports.
 set -euo pipefail
@@ -14,6 +14,7 @@ cd "$root"
 echo "==> installing test services"
 bash deploy/local/kinesis.sh install
 bash deploy/local/clickhouse.sh install
+python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore -r tests/requirements.txt
 
 echo "==> running the test suite"
 if cargo nextest --version >/dev/null 2>&1; then

@@ -175,6 +175,24 @@ async fn beacons_reach_parquet_and_equal_the_reference() {
     assert_matches_reference(dir.path());
     let rejected = read_table(dir.path(), "rejected");
     assert_eq!(num_rows(&rejected), 0);
+
+    // DuckDB reads the dataset as plain hive-partitioned Parquet, no qoeflow code involved.
+    let root = dir.path().join("parquet");
+    let sql = format!(
+        "select (select count(*) from read_parquet('{r}/views/*/*/*.parquet', hive_partitioning=true)), \
+                (select sum(play_ms) from read_parquet('{r}/qoe_window/*/*/*.parquet', hive_partitioning=true)), \
+                (select count(distinct dt) from read_parquet('{r}/events/*/*/*.parquet', hive_partitioning=true)), \
+                (select typeof(window_start) from read_parquet('{r}/qoe_window/*/*/*.parquet') limit 1)",
+        r = root.display()
+    );
+    let out = std::process::Command::new("python3")
+        .args(["-c", &format!("import duckdb; print('|'.join(map(str, duckdb.sql(\"{sql}\").fetchall()[0])))")])
+        .output()
+        .expect("python3 (deploy/test.sh installs duckdb)");
+    assert!(out.status.success(), "duckdb failed: {}", String::from_utf8_lossy(&out.stderr));
+    let got = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let windows = read_table(dir.path(), "qoe_window");
+    assert_eq!(got, format!("40|{}|1|TIMESTAMP WITH TIME ZONE", sum(&windows, "play_ms")));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
