@@ -26,6 +26,7 @@ pub struct Config {
     pub kinesis: KinesisConfig,
     pub local_log: LocalLogConfig,
     pub pipeline: pipeline::PipelineConfig,
+    pub clickhouse: pipeline::clickhouse::ClickHouseConfig,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,6 +60,7 @@ impl Default for Config {
             kinesis: KinesisConfig::default(),
             local_log: LocalLogConfig::default(),
             pipeline: pipeline::PipelineConfig::default(),
+            clickhouse: pipeline::clickhouse::ClickHouseConfig::default(),
         }
     }
 }

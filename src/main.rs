@@ -50,6 +50,9 @@ struct ServeArgs {
     /// Data directory [default: ./data].
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Also write the tables to this ClickHouse server (HTTP URL, e.g. http://127.0.0.1:8123).
+    #[arg(long)]
+    clickhouse_url: Option<String>,
 }
 
 #[derive(Args)]
@@ -88,6 +91,9 @@ fn main() -> anyhow::Result<()> {
             args.common.apply(&mut config);
             if let Some(dir) = args.data_dir {
                 config.data_dir = dir;
+            }
+            if let Some(url) = args.clickhouse_url {
+                config.clickhouse.url = Some(url);
             }
             Mode::Serve
         }
@@ -133,7 +139,8 @@ async fn run(mode: Mode, config: Config) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot open the local log in {}", dir.display()))?;
             tracing::info!(dir = %dir.display(), durable_end = log.durable_end(), "local log open");
             let (log2, data_dir, pcfg, stop) = (log.clone(), config.data_dir.clone(), config.pipeline.clone(), stop_rx.clone());
-            pipeline_task = Some(tokio::spawn(async move { pipeline::local::run(log2, data_dir, pcfg, stop).await }));
+            let ch = config.clickhouse.clone();
+            pipeline_task = Some(tokio::spawn(async move { pipeline::local::run(log2, data_dir, pcfg, ch, stop).await }));
             Sink::Local(log)
         }
         Mode::Ingest => {

@@ -5,9 +5,11 @@
 //! - [`window`]: event-time tumbling windows, accumulated as deltas, with start-time histograms.
 //! - [`sessionizer`]: dedupe, reorder, view lifecycle, dimensions, watermark, late horizon.
 //! - [`rows`], [`parquet`]: output rows in the columns of `schemas::tables`, and the Parquet sink.
+//! - [`clickhouse`]: the ClickHouse sink (same tables, RowBinary, ReplacingMergeTree).
 //! - [`local`]: the pipeline on the embedded local log, with epochs and checkpoints.
 //! - [`reference`]: a plain batch computation of the same definitions, for differential tests.
 
+pub mod clickhouse;
 pub mod local;
 pub mod parquet;
 pub mod reference;

@@ -19,6 +19,7 @@ use schemas::Record;
 use schemas::record::RejectedRecord;
 use serde::{Deserialize, Serialize};
 
+use crate::clickhouse::{ClickHouseConfig, ClickHouseSink};
 use crate::parquet::ParquetSink;
 use crate::sessionizer::{SessionConfig, SessionState, Sessionizer, Stats};
 
@@ -75,6 +76,15 @@ struct Checkpoint {
     state: SessionState,
 }
 
+/// The input range of an epoch, saved before any sink write: a replay after a crash covers exactly this
+/// range, so it produces the same rows with the same identities.
+#[derive(Debug, Serialize, Deserialize)]
+struct Intent {
+    epoch: u64,
+    from: u64,
+    to: u64,
+}
+
 fn checkpoint_path(dir: &Path) -> PathBuf {
     dir.join("checkpoint-local.json")
 }
@@ -88,19 +98,29 @@ fn load_checkpoint(dir: &Path) -> anyhow::Result<Checkpoint> {
     }
 }
 
-fn save_checkpoint(dir: &Path, ckpt: &Checkpoint) -> anyhow::Result<()> {
+/// Writes `value` as JSON to `dir/name` atomically and durably (temp, fsync, rename, fsync dir).
+fn save_json(dir: &Path, name: &str, value: &impl Serialize) -> anyhow::Result<()> {
+    use std::io::Write;
     std::fs::create_dir_all(dir)?;
-    let path = checkpoint_path(dir);
-    let tmp = dir.join(".checkpoint-local.json.tmp");
-    {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&serde_json::to_vec(ckpt)?)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, &path)?;
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(&serde_json::to_vec(value)?)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, dir.join(name))?;
     std::fs::File::open(dir)?.sync_all()?;
     Ok(())
+}
+
+fn save_checkpoint(dir: &Path, ckpt: &Checkpoint) -> anyhow::Result<()> {
+    save_json(dir, "checkpoint-local.json", ckpt)
+}
+
+fn load_intent(dir: &Path) -> anyhow::Result<Option<Intent>> {
+    match std::fs::read(dir.join("intent-local.json")) {
+        Ok(bytes) => Ok(Some(serde_json::from_slice(&bytes).context("corrupt epoch intent")?)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Layout under the data directory.
@@ -114,22 +134,20 @@ pub async fn run(
     log: LocalLog,
     data_dir: PathBuf,
     config: PipelineConfig,
+    clickhouse: ClickHouseConfig,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let mut backoff = Duration::from_millis(200);
     loop {
-        let stop = shutdown.clone();
-        match run_from_checkpoint(&log, &data_dir, &config, stop).await {
-            Ok(()) => return Ok(()),
-            Err(e) => {
-                tracing::error!(error = format!("{e:#}"), retry_in_ms = backoff.as_millis() as u64, "pipeline paused: epoch not committed");
-                tokio::select! {
-                    _ = shutdown.wait_for(|s| *s) => return Ok(()),
-                    _ = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(10));
-            }
+        let Err(e) = run_from_checkpoint(&log, &data_dir, &config, &clickhouse, shutdown.clone()).await else {
+            return Ok(());
+        };
+        tracing::error!(error = format!("{e:#}"), retry_in_ms = backoff.as_millis() as u64, "pipeline paused: epoch not committed");
+        tokio::select! {
+            _ = shutdown.wait_for(|s| *s) => return Ok(()),
+            _ = tokio::time::sleep(backoff) => {}
         }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
     }
 }
 
@@ -137,11 +155,22 @@ async fn run_from_checkpoint(
     log: &LocalLog,
     data_dir: &Path,
     config: &PipelineConfig,
+    clickhouse: &ClickHouseConfig,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let state_dir = data_dir.join("pipeline");
     let sink = Arc::new(ParquetSink::new(parquet_dir(data_dir), "local", config.dims.clone()));
+    let clickhouse = match &clickhouse.url {
+        Some(url) => {
+            let ch = ClickHouseSink::new(clickhouse, url, config.dims.clone(), "local");
+            ch.ensure_schema().await.context("applying ClickHouse DDL")?;
+            Some(ch)
+        }
+        None => None,
+    };
     let ckpt = load_checkpoint(&state_dir)?;
+    // An epoch started but not committed is replayed over exactly its recorded range.
+    let mut replay = load_intent(&state_dir)?.filter(|i| i.epoch == ckpt.epoch + 1 && i.from == ckpt.offset);
     let removed = sink.remove_uncommitted(ckpt.epoch)?;
     if removed > 0 {
         tracing::info!(removed, epoch = ckpt.epoch, "pipeline: removed files of an unfinished epoch; replaying it");
@@ -149,6 +178,7 @@ async fn run_from_checkpoint(
     tracing::info!(epoch = ckpt.epoch, offset = ckpt.offset, "pipeline: resuming from checkpoint");
     let mut session = Sessionizer::restore(config.session(), ckpt.state);
     let mut epoch = ckpt.epoch;
+    let mut ckpt_offset = ckpt.offset;
     let mut reader = Some(log.reader(ckpt.offset).context("positioning the local log reader at the checkpoint")?);
     let mut durable = log.subscribe();
     let mut tick = tokio::time::interval(Duration::from_millis(config.flush_interval_ms.max(10)));
@@ -158,13 +188,15 @@ async fn run_from_checkpoint(
             _ = shutdown.wait_for(|s| *s) => break,
             _ = tick.tick() => {}
         }
-        let end = *durable.borrow_and_update();
+        let (end, max) = match replay.take() {
+            Some(intent) => (intent.to, usize::MAX),
+            None => (*durable.borrow_and_update(), config.max_records_per_epoch),
+        };
         let Some(mut r) = reader.take() else { break };
         if end <= r.position() {
             reader = Some(r);
             continue;
         }
-        let max = config.max_records_per_epoch;
         let (entries, r) = tokio::task::spawn_blocking(move || (r.read_batch(max, end), r)).await?;
         let position = r.position();
         reader = Some(r);
@@ -184,6 +216,11 @@ async fn run_from_checkpoint(
         session.advance();
         let out = session.flush();
         epoch += 1;
+        let from = ckpt_offset;
+        save_json(&state_dir, "intent-local.json", &Intent { epoch, from, to: position })?;
+        if let Some(ch) = &clickhouse {
+            ch.write_epoch(epoch, &out).await.with_context(|| format!("ClickHouse insert of epoch {epoch}"))?;
+        }
         let next = Checkpoint { epoch, offset: position, state: session.snapshot() };
         let (sink2, dir) = (sink.clone(), state_dir.clone());
         let crash_at = failpoint_after_files();
@@ -198,6 +235,7 @@ async fn run_from_checkpoint(
         .await?;
         // Not committed: stop rather than skip; a restart replays this epoch from the checkpoint.
         committed.with_context(|| format!("committing pipeline epoch {epoch}"))?;
+        ckpt_offset = position;
         log_progress(epoch, &session.stats, session.open_views());
         if let Err(e) = log.retain_from(position).await {
             tracing::warn!(error = %e, "local log retention failed (retried next epoch)");

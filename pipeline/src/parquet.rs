@@ -181,17 +181,7 @@ impl ParquetSink {
     /// Writes one epoch's output: one durable file per (table, partition) with rows.
     pub fn write_epoch(&self, epoch: u64, out: &Output) -> anyhow::Result<Vec<PathBuf>> {
         let mut written = Vec::new();
-        let tables: [(&str, &[Column], Vec<(i64, Vec<Cell>)>); 4] = [
-            ("events", tables::EVENTS, out.events.iter().map(|e| (e.event_ms, rows::event_row(e))).collect()),
-            ("views", tables::VIEWS, out.views.iter().enumerate().map(|(i, v)| (v.end_ms, rows::view_row(v, &self.source, epoch, i))).collect()),
-            (
-                "qoe_window",
-                tables::QOE_WINDOW,
-                out.windows.iter().enumerate().map(|(i, w)| (w.window_start, rows::window_row(w, &self.dims, &self.source, epoch, i))).collect(),
-            ),
-            ("rejected", tables::REJECTED, out.rejected.iter().map(|r| (r.recv_ms, rows::rejected_row(r))).collect()),
-        ];
-        for (table, columns, rows) in tables {
+        for (table, columns, rows) in rows::tables_of(out, &self.dims, &self.source, epoch) {
             let mut parts: BTreeMap<String, Vec<Vec<Cell>>> = BTreeMap::new();
             for (ts, row) in rows {
                 parts.entry(partition_of(ts)).or_default().push(row);

@@ -1,10 +1,10 @@
 //! Output rows as cells in the column order of `schemas::tables` (shared by every sink).
 
 use schemas::record::RejectedRecord;
-use schemas::tables::DIM_COLUMNS;
+use schemas::tables::{self, ColType, Column, DIM_COLUMNS};
 use schemas::{CacheStatus, Payload};
 
-use crate::sessionizer::{Dim, EventRow, ViewRow, stream_type_str};
+use crate::sessionizer::{Dim, EventRow, Output, ViewRow, stream_type_str};
 use crate::window::{WindowRow, serialize_histogram};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -194,7 +194,7 @@ pub fn event_row(e: &EventRow) -> Vec<Cell> {
     ]
 }
 
-pub fn rejected_row(r: &RejectedRecord) -> Vec<Cell> {
+pub fn rejected_row(r: &RejectedRecord, source: &str, epoch: u64, row: usize) -> Vec<Cell> {
     vec![
         Cell::Ts(r.recv_ms),
         opt_s(&r.key),
@@ -202,5 +202,62 @@ pub fn rejected_row(r: &RejectedRecord) -> Vec<Cell> {
         s(&r.tag),
         s(&r.reason),
         s(&r.payload),
+        s(source),
+        Cell::U64(epoch),
+        Cell::U64(row as u64),
     ]
+}
+
+/// One epoch's output as rows of each table: (table, columns, [(partition timestamp, cells)]).
+pub fn tables_of(out: &Output, dims: &[Dim], source: &str, epoch: u64) -> [(&'static str, &'static [Column], Vec<(i64, Vec<Cell>)>); 4] {
+    [
+        ("events", tables::EVENTS, out.events.iter().map(|e| (e.event_ms, event_row(e))).collect()),
+        ("views", tables::VIEWS, out.views.iter().enumerate().map(|(i, v)| (v.end_ms, view_row(v, source, epoch, i))).collect()),
+        (
+            "qoe_window",
+            tables::QOE_WINDOW,
+            out.windows.iter().enumerate().map(|(i, w)| (w.window_start, window_row(w, dims, source, epoch, i))).collect(),
+        ),
+        ("rejected", tables::REJECTED, out.rejected.iter().enumerate().map(|(i, r)| (r.recv_ms, rejected_row(r, source, epoch, i))).collect()),
+    ]
+}
+
+/// Appends one row in ClickHouse's RowBinary format (columns in table order).
+pub fn encode_rowbinary(cells: &[Cell], columns: &[Column], out: &mut Vec<u8>) {
+    fn varint(mut n: usize, out: &mut Vec<u8>) {
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(byte);
+                return;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+    for (cell, col) in cells.iter().zip(columns) {
+        if col.nullable {
+            out.push(u8::from(matches!(cell, Cell::Null)));
+        }
+        match cell {
+            Cell::Null => {
+                if !col.nullable {
+                    // A non-nullable column never gets Null from the row functions; keep the stream valid.
+                    out.extend_from_slice(&[0u8; 8][..if matches!(col.ty, ColType::Bool) { 1 } else { 8 }]);
+                }
+            }
+            Cell::Bool(b) => out.push(u8::from(*b)),
+            Cell::I64(v) | Cell::Ts(v) => out.extend_from_slice(&v.to_le_bytes()),
+            Cell::U64(v) => out.extend_from_slice(&v.to_le_bytes()),
+            Cell::F64(v) => out.extend_from_slice(&v.to_le_bytes()),
+            Cell::Str(v) => {
+                varint(v.len(), out);
+                out.extend_from_slice(v.as_bytes());
+            }
+            Cell::Bin(v) => {
+                varint(v.len(), out);
+                out.extend_from_slice(v);
+            }
+        }
+    }
 }

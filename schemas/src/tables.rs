@@ -175,11 +175,44 @@ pub const REJECTED: &[Column] = &[
     c("tag", Utf8),
     c("reason", Utf8),
     c("payload", Utf8),
+    c("source", Utf8),
+    c("epoch", UInt64),
+    c("row", UInt64),
 ];
 
 /// The four tables, by name.
 pub const TABLES: [(&str, &[Column]); 4] =
     [("events", EVENTS), ("views", VIEWS), ("qoe_window", QOE_WINDOW), ("rejected", REJECTED)];
+
+/// ClickHouse column type (works on 18.16 and current releases: no DateTime64, Map, LowCardinality).
+/// Timestamps are Int64 epoch milliseconds under the same column names.
+pub fn clickhouse_type(col: &Column) -> String {
+    let t = match col.ty {
+        Bool => "UInt8",
+        Int64 | TimestampMs => "Int64",
+        UInt64 => "UInt64",
+        Float64 => "Float64",
+        Utf8 | Binary => "String",
+    };
+    if col.nullable { format!("Nullable({t})") } else { t.to_owned() }
+}
+
+/// `CREATE TABLE IF NOT EXISTS` for `table`: ReplacingMergeTree keyed on the row identity, so a replay
+/// that rewrites the same rows converges to one copy (read with `FINAL` for exact totals before merges).
+pub fn clickhouse_ddl(database: &str, table: &str) -> Option<String> {
+    let (columns, partition, order) = match table {
+        "events" => (EVENTS, "intDiv(event_ms, 86400000)", "view_id, seq"),
+        "views" => (VIEWS, "intDiv(end_ms, 86400000)", "view_id"),
+        "qoe_window" => (QOE_WINDOW, "intDiv(window_start, 86400000)", "source, epoch, row"),
+        "rejected" => (REJECTED, "intDiv(recv_ms, 86400000)", "source, epoch, row"),
+        _ => return None,
+    };
+    let cols: Vec<String> = columns.iter().map(|c| format!("    {} {}", c.name, clickhouse_type(c))).collect();
+    Some(format!(
+        "CREATE TABLE IF NOT EXISTS {database}.{table} (\n{}\n) ENGINE = ReplacingMergeTree PARTITION BY {partition} ORDER BY ({order})",
+        cols.join(",\n")
+    ))
+}
 
 pub fn arrow_type(t: ColType) -> DataType {
     match t {

@@ -3,8 +3,10 @@
 //! start, the test fails with the reason.
 #![allow(dead_code)]
 
+pub mod clickhouse;
 pub mod kinesis;
 pub mod parquet;
+pub mod workload;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

@@ -1,0 +1,111 @@
+//! A real ClickHouse server for tests (Debian `clickhouse-server`, started through
+//! `deploy/local/clickhouse.sh run` on free ports in its own directory); killed when dropped.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use super::kinesis::free_port;
+
+pub struct ClickHouse {
+    child: Option<Child>,
+    pub http_port: u16,
+    tcp_port: u16,
+    dir: PathBuf,
+}
+
+impl ClickHouse {
+    pub fn start(dir: &Path) -> ClickHouse {
+        let mut ch = ClickHouse { child: None, http_port: free_port(), tcp_port: free_port(), dir: dir.to_owned() };
+        ch.restart();
+        ch
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http_port)
+    }
+
+    /// (Re)starts the server on the same ports and data, waiting until it answers.
+    pub fn restart(&mut self) {
+        let script = super::repo_root().join("deploy/local/clickhouse.sh");
+        let child = Command::new("bash")
+            .arg(script)
+            .args(["run", &self.http_port.to_string(), &self.tcp_port.to_string()])
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()) // its own logs are under `dir/log`
+            .spawn()
+            .expect("start deploy/local/clickhouse.sh (installs clickhouse-server as root)");
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(90);
+        loop {
+            if let Ok(body) = http::blocking_get(&format!("{}/ping", self.url())) {
+                if body.trim() == "Ok." {
+                    return;
+                }
+            }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!("clickhouse-server exited: {status}; see {}/log", self.dir.display());
+            }
+            assert!(std::time::Instant::now() < deadline, "ClickHouse did not answer within 90 s");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Kills the server (SIGKILL), as an outage.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Runs a query, returning the trimmed TabSeparated result; panics on a server error.
+    pub fn query(&self, sql: &str) -> String {
+        match http::blocking_post(&self.url(), sql) {
+            Ok(body) => body.trim().to_owned(),
+            Err(e) => panic!("ClickHouse query failed: {e}\n{sql}"),
+        }
+    }
+
+    pub fn scalar(&self, sql: &str) -> i64 {
+        let out = self.query(sql);
+        out.parse().unwrap_or_else(|_| panic!("{sql} returned {out:?}"))
+    }
+}
+
+impl Drop for ClickHouse {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Minimal blocking HTTP client for the harness (the tests' reqwest client is async).
+mod http {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+
+    fn request(url: &str, method: &str, body: &str) -> Result<String, String> {
+        let rest = url.strip_prefix("http://").ok_or("http only")?;
+        let (host, path) = rest.split_once('/').map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
+        let mut s = TcpStream::connect(host).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(60))).map_err(|e| e.to_string())?;
+        write!(s, "{method} {path} HTTP/1.0\r\nHost: {host}\r\nContent-Length: {}\r\n\r\n{body}", body.len())
+            .map_err(|e| e.to_string())?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).map_err(|e| e.to_string())?;
+        let (head, body) = out.split_once("\r\n\r\n").ok_or("bad response")?;
+        if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
+            return Err(format!("{}: {body}", head.lines().next().unwrap_or_default()));
+        }
+        Ok(body.to_owned())
+    }
+
+    pub fn blocking_get(url: &str) -> Result<String, String> {
+        request(url, "GET", "")
+    }
+
+    pub fn blocking_post(url: &str, body: &str) -> Result<String, String> {
+        request(&format!("{url}/"), "POST", body)
+    }
+}
