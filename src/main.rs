@@ -31,6 +31,32 @@ enum Command {
     Serve(ServeArgs),
     /// Collector alone, writing to a Kinesis stream (production, behind a load balancer).
     Ingest(IngestArgs),
+    /// Pipeline alone, reading a Kinesis stream into Parquet (and ClickHouse).
+    Pipeline(PipelineArgs),
+}
+
+#[derive(Args)]
+struct PipelineArgs {
+    /// Kinesis stream to read.
+    #[arg(long)]
+    kinesis_stream: Option<String>,
+    /// Kinesis endpoint override (e.g. the local emulator http://127.0.0.1:4568).
+    #[arg(long)]
+    kinesis_endpoint: Option<String>,
+    /// AWS region [default: from the AWS environment, else us-east-1].
+    #[arg(long)]
+    kinesis_region: Option<String>,
+    /// Data directory: Parquet dataset and checkpoints [default: ./data].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Also write the tables to this ClickHouse server (HTTP URL).
+    #[arg(long)]
+    clickhouse_url: Option<String>,
+    /// This worker's index among `--worker-count` workers (each owns a disjoint, stable set of shards).
+    #[arg(long, default_value_t = 0)]
+    worker_index: u32,
+    #[arg(long, default_value_t = 1)]
+    worker_count: u32,
 }
 
 #[derive(Args)]
@@ -106,6 +132,26 @@ fn main() -> anyhow::Result<()> {
             anyhow::ensure!(k.stream.is_some(), "qoeflow ingest needs --kinesis-stream (or kinesis.stream in the config)");
             Mode::Ingest
         }
+        Command::Pipeline(args) => {
+            let k = &mut config.kinesis;
+            k.stream = args.kinesis_stream.or(k.stream.take());
+            k.endpoint = args.kinesis_endpoint.or(k.endpoint.take());
+            k.region = args.kinesis_region.or(k.region.take());
+            anyhow::ensure!(k.stream.is_some(), "qoeflow pipeline needs --kinesis-stream (or kinesis.stream in the config)");
+            if let Some(dir) = args.data_dir {
+                config.data_dir = dir;
+            }
+            if let Some(url) = args.clickhouse_url {
+                config.clickhouse.url = Some(url);
+            }
+            anyhow::ensure!(
+                args.worker_index < args.worker_count,
+                "--worker-index {} must be below --worker-count {}",
+                args.worker_index,
+                args.worker_count
+            );
+            Mode::Pipeline { worker_index: args.worker_index, worker_count: args.worker_count }
+        }
     };
     init_tracing(&config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
@@ -115,6 +161,7 @@ fn main() -> anyhow::Result<()> {
 enum Mode {
     Serve,
     Ingest,
+    Pipeline { worker_index: u32, worker_count: u32 },
 }
 
 fn init_tracing(config: &Config) -> anyhow::Result<()> {
@@ -129,6 +176,9 @@ fn init_tracing(config: &Config) -> anyhow::Result<()> {
 }
 
 async fn run(mode: Mode, config: Config) -> anyhow::Result<()> {
+    if let Mode::Pipeline { worker_index, worker_count } = mode {
+        return run_pipeline(config, worker_index, worker_count).await;
+    }
     let metrics = Metrics::new();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut pipeline_task = None;
@@ -143,6 +193,7 @@ async fn run(mode: Mode, config: Config) -> anyhow::Result<()> {
             pipeline_task = Some(tokio::spawn(async move { pipeline::local::run(log2, data_dir, pcfg, ch, stop).await }));
             Sink::Local(log)
         }
+        Mode::Pipeline { .. } => unreachable!("handled above"),
         Mode::Ingest => {
             let client = ingest::sink::kinesis::client(&config.kinesis).await;
             let sink = KinesisSink::new(client, config.kinesis.clone(), metrics.clone()).map_err(anyhow::Error::msg)?;
@@ -183,6 +234,20 @@ async fn run(mode: Mode, config: Config) -> anyhow::Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// `qoeflow pipeline`: the Kinesis source into Parquet (and ClickHouse) until SIGTERM/Ctrl-C.
+async fn run_pipeline(config: Config, worker_index: u32, worker_count: u32) -> anyhow::Result<()> {
+    let client = ingest::sink::kinesis::client(&config.kinesis).await;
+    let stream = config.kinesis.stream.clone().unwrap_or_default();
+    tracing::info!(%stream, worker_index, worker_count, data_dir = %config.data_dir.display(), "pipeline reading Kinesis");
+    let source = pipeline::kinesis::KinesisSource::new(client, stream, worker_index, worker_count);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    pipeline::runner::run(source, config.data_dir, config.pipeline, config.clickhouse, stop_rx).await
 }
 
 async fn shutdown_signal() {

@@ -6,14 +6,18 @@
 //! - [`sessionizer`]: dedupe, reorder, view lifecycle, dimensions, watermark, late horizon.
 //! - [`rows`], [`parquet`]: output rows in the columns of `schemas::tables`, and the Parquet sink.
 //! - [`clickhouse`]: the ClickHouse sink (same tables, RowBinary, ReplacingMergeTree).
-//! - [`local`]: the pipeline on the embedded local log, with epochs and checkpoints.
+//! - [`runner`]: the epoch protocol (intent → sinks → checkpoint) shared by every source.
+//! - [`kinesis`]: the Kinesis source (shards, lineage, KPL deaggregation, worker assignment).
+//! - [`local`]: the pipeline's configuration and its local-log source.
 //! - [`reference`]: a plain batch computation of the same definitions, for differential tests.
 
 pub mod clickhouse;
+pub mod kinesis;
 pub mod local;
 pub mod parquet;
 pub mod reference;
 pub mod rows;
+pub mod runner;
 pub mod sessionizer;
 pub mod view;
 pub mod window;

@@ -1,27 +1,19 @@
-//! The pipeline on the embedded local log (`qoeflow serve`): read → sessionize → Parquet → checkpoint.
-//!
-//! Work goes in **epochs**. An epoch reads what the log holds durably past the checkpointed offset (up
-//! to `max_records_per_epoch`), sessionizes it, flushes the window deltas, finished views, events and
-//! dead letters, writes them as Parquet files named after the epoch, and only then saves the checkpoint
-//! (epoch, next offset, sessionizer state) with write-temp/fsync/rename. After a crash the files of the
-//! unfinished epoch are deleted and the epoch is replayed from the checkpoint, so the dataset holds
-//! every record's contribution exactly once. Log segments before the checkpoint are then deleted.
-//!
-//! Records that do not decode (poison) become dead-letter rows; they never stop the pipeline.
+//! The pipeline's configuration, and its source on the embedded local log (`qoeflow serve`): positions
+//! are log offsets, reads never pass the durable end, and segments before a committed position are
+//! deleted. The epoch protocol itself is in [`crate::runner`].
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
+use std::path::PathBuf;
 
 use anyhow::Context;
-use ingest::log::LocalLog;
-use schemas::Record;
-use schemas::record::RejectedRecord;
+use bytes::Bytes;
+use ingest::log::{LocalLog, LogReader};
 use serde::{Deserialize, Serialize};
 
-use crate::clickhouse::{ClickHouseConfig, ClickHouseSink};
-use crate::parquet::ParquetSink;
-use crate::sessionizer::{SessionConfig, SessionState, Sessionizer, Stats};
+use crate::clickhouse::ClickHouseConfig;
+use crate::runner::Source;
+use crate::sessionizer::SessionConfig;
+
+pub use crate::runner::parquet_dir;
 
 /// `[pipeline]` configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -69,197 +61,64 @@ impl PipelineConfig {
     }
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct Checkpoint {
-    epoch: u64,
-    offset: u64,
-    state: SessionState,
+/// The local log as a pipeline source.
+pub struct LocalSource {
+    log: LocalLog,
+    reader: Option<LogReader>,
 }
 
-/// The input range of an epoch, saved before any sink write: a replay after a crash covers exactly this
-/// range, so it produces the same rows with the same identities.
-#[derive(Debug, Serialize, Deserialize)]
-struct Intent {
-    epoch: u64,
-    from: u64,
-    to: u64,
-}
+impl LocalSource {
+    pub fn new(log: LocalLog) -> LocalSource {
+        LocalSource { log, reader: None }
+    }
 
-fn checkpoint_path(dir: &Path) -> PathBuf {
-    dir.join("checkpoint-local.json")
-}
-
-fn load_checkpoint(dir: &Path) -> anyhow::Result<Checkpoint> {
-    let path = checkpoint_path(dir);
-    match std::fs::read(&path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| format!("corrupt checkpoint {}", path.display())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Checkpoint::default()),
-        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    async fn read(&mut self, max: usize, upto: u64) -> anyhow::Result<(Vec<(String, Bytes)>, u64)> {
+        let mut reader = self.reader.take().context("local source read before seek")?;
+        let (entries, reader) = tokio::task::spawn_blocking(move || (reader.read_batch(max, upto), reader)).await?;
+        let position = reader.position();
+        self.reader = Some(reader);
+        let entries = entries.context("reading the local log")?;
+        Ok((entries.into_iter().map(|e| (format!("log offset {}", e.offset), e.data)).collect(), position))
     }
 }
 
-/// Writes `value` as JSON to `dir/name` atomically and durably (temp, fsync, rename, fsync dir).
-fn save_json(dir: &Path, name: &str, value: &impl Serialize) -> anyhow::Result<()> {
-    use std::io::Write;
-    std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(".{name}.tmp"));
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(&serde_json::to_vec(value)?)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, dir.join(name))?;
-    std::fs::File::open(dir)?.sync_all()?;
-    Ok(())
-}
+impl Source for LocalSource {
+    type Position = u64;
 
-fn save_checkpoint(dir: &Path, ckpt: &Checkpoint) -> anyhow::Result<()> {
-    save_json(dir, "checkpoint-local.json", ckpt)
-}
+    fn name(&self) -> String {
+        "local".into()
+    }
 
-fn load_intent(dir: &Path) -> anyhow::Result<Option<Intent>> {
-    match std::fs::read(dir.join("intent-local.json")) {
-        Ok(bytes) => Ok(Some(serde_json::from_slice(&bytes).context("corrupt epoch intent")?)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e.into()),
+    async fn seek(&mut self, from: &u64) -> anyhow::Result<()> {
+        self.reader = Some(self.log.reader(*from)?);
+        Ok(())
+    }
+
+    async fn next(&mut self, max: usize) -> anyhow::Result<(Vec<(String, Bytes)>, u64)> {
+        let end = self.log.durable_end();
+        self.read(max, end).await
+    }
+
+    async fn next_until(&mut self, to: &u64) -> anyhow::Result<Vec<(String, Bytes)>> {
+        let (records, position) = self.read(usize::MAX, *to).await?;
+        anyhow::ensure!(position == *to, "the local log ends at {position}, before the recorded epoch end {to}");
+        Ok(records)
+    }
+
+    async fn committed(&mut self, position: &u64) {
+        if let Err(e) = self.log.retain_from(*position).await {
+            tracing::warn!(error = %e, "local log retention failed (retried next epoch)");
+        }
     }
 }
 
-/// Layout under the data directory.
-pub fn parquet_dir(data_dir: &Path) -> PathBuf {
-    data_dir.join("parquet")
-}
-
-/// Runs until `shutdown` turns true. An epoch that cannot be committed (disk full, I/O error) pauses the
-/// pipeline: it retries from the last checkpoint with backoff, and nothing is skipped.
+/// Runs the pipeline on the local log until `shutdown` turns true (see [`crate::runner::run`]).
 pub async fn run(
     log: LocalLog,
     data_dir: PathBuf,
     config: PipelineConfig,
     clickhouse: ClickHouseConfig,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let mut backoff = Duration::from_millis(200);
-    loop {
-        let Err(e) = run_from_checkpoint(&log, &data_dir, &config, &clickhouse, shutdown.clone()).await else {
-            return Ok(());
-        };
-        tracing::error!(error = format!("{e:#}"), retry_in_ms = backoff.as_millis() as u64, "pipeline paused: epoch not committed");
-        tokio::select! {
-            _ = shutdown.wait_for(|s| *s) => return Ok(()),
-            _ = tokio::time::sleep(backoff) => {}
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(5));
-    }
-}
-
-async fn run_from_checkpoint(
-    log: &LocalLog,
-    data_dir: &Path,
-    config: &PipelineConfig,
-    clickhouse: &ClickHouseConfig,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
-) -> anyhow::Result<()> {
-    let state_dir = data_dir.join("pipeline");
-    let sink = Arc::new(ParquetSink::new(parquet_dir(data_dir), "local", config.dims.clone()));
-    let clickhouse = match &clickhouse.url {
-        Some(url) => {
-            let ch = ClickHouseSink::new(clickhouse, url, config.dims.clone(), "local");
-            ch.ensure_schema().await.context("applying ClickHouse DDL")?;
-            Some(ch)
-        }
-        None => None,
-    };
-    let ckpt = load_checkpoint(&state_dir)?;
-    // An epoch started but not committed is replayed over exactly its recorded range.
-    let mut replay = load_intent(&state_dir)?.filter(|i| i.epoch == ckpt.epoch + 1 && i.from == ckpt.offset);
-    let removed = sink.remove_uncommitted(ckpt.epoch)?;
-    if removed > 0 {
-        tracing::info!(removed, epoch = ckpt.epoch, "pipeline: removed files of an unfinished epoch; replaying it");
-    }
-    tracing::info!(epoch = ckpt.epoch, offset = ckpt.offset, "pipeline: resuming from checkpoint");
-    let mut session = Sessionizer::restore(config.session(), ckpt.state);
-    let mut epoch = ckpt.epoch;
-    let mut ckpt_offset = ckpt.offset;
-    let mut reader = Some(log.reader(ckpt.offset).context("positioning the local log reader at the checkpoint")?);
-    let mut durable = log.subscribe();
-    let mut tick = tokio::time::interval(Duration::from_millis(config.flush_interval_ms.max(10)));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.wait_for(|s| *s) => break,
-            _ = tick.tick() => {}
-        }
-        let (end, max) = match replay.take() {
-            Some(intent) => (intent.to, usize::MAX),
-            None => (*durable.borrow_and_update(), config.max_records_per_epoch),
-        };
-        let Some(mut r) = reader.take() else { break };
-        if end <= r.position() {
-            reader = Some(r);
-            continue;
-        }
-        let (entries, r) = tokio::task::spawn_blocking(move || (r.read_batch(max, end), r)).await?;
-        let position = r.position();
-        reader = Some(r);
-        for entry in entries.context("reading the local log")? {
-            match Record::decode(&entry.data) {
-                Ok(record) => session.process(record),
-                Err(e) => session.process(Record::Rejected(RejectedRecord {
-                    recv_ms: session.watermark().max(0),
-                    key: None,
-                    index: None,
-                    tag: "poison_record".into(),
-                    reason: format!("log offset {}: {e}", entry.offset),
-                    payload: RejectedRecord::truncate_payload(&String::from_utf8_lossy(&entry.data)),
-                })),
-            }
-        }
-        session.advance();
-        let out = session.flush();
-        epoch += 1;
-        let from = ckpt_offset;
-        save_json(&state_dir, "intent-local.json", &Intent { epoch, from, to: position })?;
-        if let Some(ch) = &clickhouse {
-            ch.write_epoch(epoch, &out).await.with_context(|| format!("ClickHouse insert of epoch {epoch}"))?;
-        }
-        let next = Checkpoint { epoch, offset: position, state: session.snapshot() };
-        let (sink2, dir) = (sink.clone(), state_dir.clone());
-        let crash_at = failpoint_after_files();
-        let committed = tokio::task::spawn_blocking(move || {
-            sink2.write_epoch(epoch, &out)?;
-            if crash_at == Some(epoch) {
-                tracing::error!(epoch, "failpoint pipeline_after_files: aborting before the checkpoint");
-                std::process::abort();
-            }
-            save_checkpoint(&dir, &next)
-        })
-        .await?;
-        // Not committed: stop rather than skip; a restart replays this epoch from the checkpoint.
-        committed.with_context(|| format!("committing pipeline epoch {epoch}"))?;
-        ckpt_offset = position;
-        log_progress(epoch, &session.stats, session.open_views());
-        if let Err(e) = log.retain_from(position).await {
-            tracing::warn!(error = %e, "local log retention failed (retried next epoch)");
-        }
-    }
-    Ok(())
-}
-
-/// Test failpoint: `QOEFLOW_FAILPOINT=pipeline_after_files:<epoch>` aborts the process after that
-/// epoch's files are written and before its checkpoint, the window a crash-safety test must hit.
-fn failpoint_after_files() -> Option<u64> {
-    std::env::var("QOEFLOW_FAILPOINT").ok()?.strip_prefix("pipeline_after_files:")?.parse().ok()
-}
-
-fn log_progress(epoch: u64, stats: &Stats, open_views: usize) {
-    tracing::debug!(
-        epoch,
-        records = stats.records,
-        events = stats.events,
-        duplicates = stats.duplicates,
-        gaps = stats.gaps,
-        late_dropped = stats.late_dropped,
-        views_ended = stats.views_ended,
-        open_views,
-        "pipeline epoch committed"
-    );
+    crate::runner::run(LocalSource::new(log), data_dir, config, clickhouse, shutdown).await
 }

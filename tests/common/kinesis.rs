@@ -121,11 +121,15 @@ pub async fn read_stream(client: &Client, name: &str) -> Vec<StreamRecord> {
                 empty += 1;
             }
             for r in got.records() {
-                out.push(StreamRecord {
-                    shard: shard.shard_id().to_owned(),
-                    partition_key: r.partition_key().unwrap_or_default().to_owned(),
-                    record: Record::decode(r.data().as_ref()).expect("stream record decodes"),
-                });
+                let data = axum::body::Bytes::copy_from_slice(r.data().as_ref());
+                // KPL-aggregated records hold several user records; plain ones pass through.
+                for u in pipeline::kinesis::kpl::deaggregate(&data, r.partition_key()) {
+                    out.push(StreamRecord {
+                        shard: shard.shard_id().to_owned(),
+                        partition_key: u.partition_key.unwrap_or_default(),
+                        record: Record::decode(&u.data).expect("stream record decodes"),
+                    });
+                }
             }
             match got.next_shard_iterator {
                 Some(next) => iterator = next,

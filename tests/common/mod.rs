@@ -48,8 +48,18 @@ impl Qoeflow {
         Self::spawn(&all, &env, None)
     }
 
+    /// Spawns `qoeflow ARGS` and waits for a log line containing `ready` (for commands without an HTTP
+    /// listener, like `qoeflow pipeline`).
+    pub fn spawn_until(args: &[&str], env: &[(&str, &str)], ready: &str) -> Qoeflow {
+        Self::spawn_inner(args, env, None, ready)
+    }
+
     /// Spawns `qoeflow ARGS`, optionally through `bash -c PRELUDE; exec qoeflow ...` (for ulimits).
     pub fn spawn(args: &[&str], env: &[(&str, &str)], shell_prelude: Option<&str>) -> Qoeflow {
+        Self::spawn_inner(args, env, shell_prelude, "listening on http://")
+    }
+
+    fn spawn_inner(args: &[&str], env: &[(&str, &str)], shell_prelude: Option<&str>, ready: &str) -> Qoeflow {
         let bin = env!("CARGO_BIN_EXE_qoeflow");
         let mut cmd = match shell_prelude {
             None => {
@@ -82,15 +92,17 @@ impl Qoeflow {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             match rx.recv_timeout(left) {
                 Ok(line) => {
-                    if let Some(rest) = line.split("listening on http://").nth(1) {
-                        let addr = rest.split_whitespace().next().expect("address").to_owned();
+                    if line.contains(ready) {
+                        let addr = line.split("listening on http://").nth(1).and_then(|r| r.split_whitespace().next());
+                        let addr = addr.unwrap_or_default().to_owned();
+                        startup_lines.push(line);
                         return Qoeflow { child, url: format!("http://{addr}"), addr, stderr: rx, startup_lines };
                     }
                     startup_lines.push(line);
                 }
                 Err(_) => {
                     let status = child.try_wait().ok().flatten();
-                    panic!("qoeflow {args:?} did not start listening (exit status: {status:?})");
+                    panic!("qoeflow {args:?} did not log {ready:?} (exit status: {status:?})");
                 }
             }
         }

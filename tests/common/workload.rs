@@ -101,7 +101,12 @@ pub fn wait_for_views(dir: &Path, n: usize, within: Duration) {
 
 /// The dataset equals the batch reference computed from the log's records.
 pub fn assert_matches_reference(dir: &Path) {
-    let records = read_local_log(dir);
+    assert_dataset_matches(dir, &read_local_log(dir));
+}
+
+/// The dataset under `dir` equals the batch reference computed from `records` (all that was delivered).
+pub fn assert_dataset_matches(dir: &Path, records: &[schemas::Record]) {
+    let records = records.to_vec();
     let dims = Dim::DEFAULT.to_vec();
     let truth = reference::compute(&records, 10_000, &dims);
     let views = read_table(dir, "views");

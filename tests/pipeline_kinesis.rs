@@ -1,0 +1,178 @@
+//! `qoeflow pipeline` on Kinesis (the emulator): collector → stream → pipeline → Parquet equals the batch
+//! reference over what the stream holds; KPL-aggregated records; a shard split mid-stream; kill -9 and a
+//! crash between files and checkpoint, restarted, exactly once.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::kinesis::*;
+use common::parquet::*;
+use common::workload::*;
+use common::*;
+use schemas::Record;
+
+const STREAM: &str = "beacons";
+
+fn pipeline(endpoint: &str, data: &Path, env: &[(&str, &str)]) -> Qoeflow {
+    let data = data.to_str().expect("utf-8 path");
+    let args = ["pipeline", "--kinesis-stream", STREAM, "--kinesis-endpoint", endpoint, "--data-dir", data];
+    let mut env = env.to_vec();
+    env.extend_from_slice(&AWS_ENV);
+    env.push(("QOEFLOW_PIPELINE__FLUSH_INTERVAL_MS", "100"));
+    Qoeflow::spawn_until(&args, &env, "pipeline: resuming from checkpoint")
+}
+
+async fn stream_records(emu: &Emulator) -> Vec<Record> {
+    read_stream(&emu.client().await, STREAM).await.into_iter().map(|r| r.record).collect()
+}
+
+async fn post_views(url: &str, views: std::ops::Range<u64>, t0: i64) {
+    let client = reqwest::Client::new();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    for v in views {
+        for b in view_beacons(&format!("view-{v}"), v, t0 + v as i64 * 301) {
+            assert!(post_until_ok(&client, || url.to_owned(), &b, &stop).await);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collector_to_kinesis_to_parquet_equals_the_reference() {
+    let emu = Emulator::start();
+    create_stream(&emu.client().await, STREAM, 3).await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let collector = Qoeflow::ingest(STREAM, &emu.endpoint, &[], &[]);
+    let mut p = pipeline(&emu.endpoint, dir.path(), &[]);
+    post_views(&collector.beacon_url(), 0..45, now_ms() - 60_000).await;
+    wait_for_views(dir.path(), 45, Duration::from_secs(60));
+    p.stop();
+    assert_dataset_matches(dir.path(), &stream_records(&emu).await);
+    assert!(files(&dir.path().join("parquet")).iter().all(|f| f.to_string_lossy().contains("part-kinesis-w0-")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kpl_aggregated_records_are_deaggregated() {
+    let emu = Emulator::start();
+    let client = emu.client().await;
+    create_stream(&client, STREAM, 2).await;
+    // A KPL producer: several views' records packed into each Kinesis record.
+    let t0 = now_ms() - 60_000;
+    let mut user_records = Vec::new();
+    for v in 0..12u64 {
+        let view = format!("kpl-{v}");
+        for b in view_beacons(&view, v, t0 + v as i64 * 100) {
+            let events = b["events"].as_array().expect("events").iter().map(|e| e.as_object().cloned().expect("object")).collect();
+            let rec = schemas::record::EventsRecord {
+                recv_ms: t0 + 30_000,
+                sent_at: b["sent_at"].as_i64().expect("sent_at"),
+                key: None,
+                view_id: view.clone(),
+                client: Default::default(),
+                events,
+            };
+            user_records.push((view.clone(), bytes::Bytes::from(Record::Events(rec).encode())));
+        }
+    }
+    // Aggregate per view group so each view's records stay in order within one Kinesis record stream.
+    for group in user_records.chunk_by(|a, b| a.0 == b.0).collect::<Vec<_>>().chunks(3) {
+        let flat: Vec<(String, bytes::Bytes)> = group.iter().flat_map(|g| g.iter().cloned()).collect();
+        let data = pipeline::kinesis::kpl::aggregate(&flat);
+        client
+            .put_record()
+            .stream_name(STREAM)
+            .partition_key(&flat[0].0)
+            .data(aws_sdk_kinesis::primitives::Blob::new(data))
+            .send()
+            .await
+            .expect("PutRecord");
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut p = pipeline(&emu.endpoint, dir.path(), &[]);
+    wait_for_views(dir.path(), 12, Duration::from_secs(60));
+    p.stop();
+    let records: Vec<Record> = user_records.iter().map(|(_, d)| Record::decode(d).expect("decode")).collect();
+    assert_dataset_matches(dir.path(), &records);
+    assert_eq!(num_rows(&read_table(dir.path(), "rejected")), 0, "no aggregated record was taken for a poison record");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_split_mid_stream_counts_every_event_once() {
+    let emu = Emulator::start();
+    let client = emu.client().await;
+    create_stream(&client, STREAM, 1).await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let collector = Qoeflow::ingest(STREAM, &emu.endpoint, &[], &[]);
+    let mut p = pipeline(&emu.endpoint, dir.path(), &[]);
+    let t0 = now_ms() - 60_000;
+    // First half of every view's beacons, then split the only shard, then the rest.
+    let client_http = reqwest::Client::new();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let beacons: Vec<Vec<serde_json::Value>> = (0..30u64).map(|v| view_beacons(&format!("view-{v}"), v, t0 + v as i64 * 307)).collect();
+    for bs in &beacons {
+        for b in &bs[..bs.len() / 2] {
+            assert!(post_until_ok(&client_http, || collector.beacon_url(), b, &stop).await);
+        }
+    }
+    let shards = client.list_shards().stream_name(STREAM).send().await.expect("ListShards");
+    let parent = shards.shards()[0].clone();
+    let range = parent.hash_key_range().expect("hash range");
+    let mid = (range.starting_hash_key().parse::<u128>().expect("u128") + range.ending_hash_key().parse::<u128>().expect("u128")) / 2;
+    client
+        .split_shard()
+        .stream_name(STREAM)
+        .shard_to_split(parent.shard_id())
+        .new_starting_hash_key(mid.to_string())
+        .send()
+        .await
+        .expect("SplitShard");
+    for _ in 0..100 {
+        let s = client.list_shards().stream_name(STREAM).send().await.expect("ListShards");
+        if s.shards().len() == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for bs in &beacons {
+        for b in &bs[bs.len() / 2..] {
+            assert!(post_until_ok(&client_http, || collector.beacon_url(), b, &stop).await);
+        }
+    }
+    wait_for_views(dir.path(), 30, Duration::from_secs(90));
+    p.stop();
+    let stream = read_stream(&client, STREAM).await;
+    let children: std::collections::HashSet<&str> = stream.iter().map(|r| r.shard.as_str()).filter(|s| *s != parent.shard_id()).collect();
+    assert!(!children.is_empty(), "records landed in the child shards after the split");
+    assert_dataset_matches(dir.path(), &stream.into_iter().map(|r| r.record).collect::<Vec<_>>());
+    let views = read_table(dir.path(), "views");
+    assert_eq!(sum(&views, "gaps"), 0, "every view read in seq order across the split");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipeline_crashes_are_replayed_exactly_once() {
+    let emu = Emulator::start();
+    create_stream(&emu.client().await, STREAM, 2).await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let collector = Qoeflow::ingest(STREAM, &emu.endpoint, &[], &[]);
+    let url = collector.beacon_url();
+    let t0 = now_ms() - 60_000;
+    let load = tokio::spawn(async move {
+        for chunk in 0..6u64 {
+            post_views(&url, chunk * 10..chunk * 10 + 10, t0).await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    });
+    // Crash exactly between epoch 2's files and its checkpoint, then kill -9 a restarted pipeline.
+    let mut p = pipeline(&emu.endpoint, dir.path(), &[("QOEFLOW_FAILPOINT", "pipeline_after_files:2")]);
+    assert!(p.wait_exit(Duration::from_secs(60)), "the failpoint aborts the pipeline");
+    let mut p = pipeline(&emu.endpoint, dir.path(), &[]);
+    p.wait_for_line("removed files of an unfinished epoch", Duration::from_secs(20));
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    p.kill9();
+    let mut p = pipeline(&emu.endpoint, dir.path(), &[]);
+    load.await.expect("load");
+    wait_for_views(dir.path(), 60, Duration::from_secs(90));
+    p.stop();
+    assert_dataset_matches(dir.path(), &stream_records(&emu).await);
+}
