@@ -51,8 +51,12 @@ async fn beacons_reach_parquet_and_equal_the_reference() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_stream_replays_to_exactly_the_ground_truth() {
     let dir = tempfile::tempdir().expect("tmp");
+    let ch_dir = tempfile::tempdir().expect("tmp");
+    let ch = common::clickhouse::ClickHouse::start(ch_dir.path());
+    let ch_url = ch.url();
+    let args = ["--clickhouse-url", ch_url.as_str()];
     let env = [("QOEFLOW_PIPELINE__FLUSH_INTERVAL_MS", "100")];
-    let q = Qoeflow::serve(dir.path(), &[], &env);
+    let q = Qoeflow::serve(dir.path(), &args, &env);
     let url = Arc::new(std::sync::Mutex::new(q.beacon_url()));
     let stop = Arc::new(AtomicBool::new(false));
     let t0 = now_ms() - 120_000;
@@ -80,7 +84,7 @@ async fn kill_9_mid_stream_replays_to_exactly_the_ground_truth() {
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(800)).await;
         q.kill9();
-        q = Qoeflow::serve(dir.path(), &[], &env);
+        q = Qoeflow::serve(dir.path(), &args, &env);
         *url.lock().expect("lock") = q.beacon_url();
         let line = q.wait_for_line("resuming from checkpoint", Duration::from_secs(20));
         let epoch: u64 = line.split("epoch=").nth(1).and_then(|r| r.split_whitespace().next()).and_then(|e| e.parse().ok()).expect("epoch");
@@ -94,36 +98,64 @@ async fn kill_9_mid_stream_replays_to_exactly_the_ground_truth() {
     wait_for_views(dir.path(), views as usize, Duration::from_secs(60));
     q.stop();
     assert_matches_reference(dir.path());
+    // ClickHouse got the replayed epochs too, and holds exactly one copy (read with FINAL).
+    let windows = read_table(dir.path(), "qoe_window");
+    for col in ["attempts", "starts", "play_ms", "stall_ms", "active_views", "bytes_total"] {
+        assert_eq!(ch.scalar(&format!("SELECT sum({col}) FROM qoeflow.qoe_window FINAL")), sum(&windows, col), "ClickHouse qoe_window.{col}");
+    }
+    assert_eq!(ch.scalar("SELECT count() FROM qoeflow.views FINAL") as u64, views);
+    assert_eq!(ch.scalar("SELECT count() FROM qoeflow.events FINAL") as usize, num_rows(&read_table(dir.path(), "events")));
 }
 
+/// The crash lands after the epoch's ClickHouse rows and Parquet files, before its checkpoint; the
+/// restart reads at most 5 records per epoch. Only replaying the saved intent (the crashed epoch's exact
+/// range) makes the replay rewrite the same rows: without it, the smaller replay would leave rows of the
+/// crashed attempt behind in ClickHouse and count them twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_between_files_and_checkpoint_is_replayed_without_duplicates() {
     let dir = tempfile::tempdir().expect("tmp");
+    let ch_dir = tempfile::tempdir().expect("tmp");
+    let ch = common::clickhouse::ClickHouse::start(ch_dir.path());
+    let ch_url = ch.url();
+    let args = ["--clickhouse-url", ch_url.as_str()];
     let flush = ("QOEFLOW_PIPELINE__FLUSH_INTERVAL_MS", "100");
-    let mut q = Qoeflow::serve(dir.path(), &[], &[flush, ("QOEFLOW_FAILPOINT", "pipeline_after_files:3")]);
-    let url = Arc::new(std::sync::Mutex::new(q.beacon_url()));
-    let stop = Arc::new(AtomicBool::new(false));
+    // Fill the log while the pipeline idles (its first, immediate tick found nothing), so that the
+    // crashed epoch 1 is a big one.
+    let mut q = Qoeflow::serve(dir.path(), &args, &[("QOEFLOW_PIPELINE__FLUSH_INTERVAL_MS", "3600000")]);
+    let client = reqwest::Client::new();
+    let stop = AtomicBool::new(false);
     let t0 = now_ms() - 60_000;
-    let (url2, stop2) = (url.clone(), stop.clone());
-    let client_task = tokio::spawn(async move {
-        let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().expect("client");
-        for v in 0..120u64 {
-            for b in view_beacons(&format!("view-{v}"), v, t0 + v as i64 * 97) {
-                let current = || url2.lock().expect("lock").clone();
-                assert!(post_until_ok(&client, current, &b, &stop2).await);
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
+    for v in 0..120u64 {
+        for b in view_beacons(&format!("view-{v}"), v, t0 + v as i64 * 97) {
+            assert!(post_until_ok(&client, || q.beacon_url(), &b, &stop).await);
         }
-    });
-    assert!(q.wait_exit(Duration::from_secs(30)), "the failpoint aborts the process after epoch 3's files");
-    let leftovers = files(&dir.path().join("parquet")).iter().filter(|f| f.to_string_lossy().contains("e000000000003")).count();
-    assert!(leftovers > 0, "epoch 3's files were written before the crash");
-    let mut q = Qoeflow::serve(dir.path(), &[], &[flush]);
-    *url.lock().expect("lock") = q.beacon_url();
+    }
+    q.stop();
+    // The next epoch will hold (nearly) everything: crash right after its files.
+    let ckpt: serde_json::Value = std::fs::read(dir.path().join("pipeline/checkpoint-local.json"))
+        .map(|b| serde_json::from_slice(&b).expect("checkpoint json"))
+        .unwrap_or(serde_json::json!({"epoch": 0}));
+    let crash_epoch = ckpt["epoch"].as_u64().expect("epoch") + 1;
+    let failpoint = format!("pipeline_after_files:{crash_epoch}");
+    let mut q = Qoeflow::serve(dir.path(), &args, &[flush, ("QOEFLOW_FAILPOINT", failpoint.as_str())]);
+    assert!(q.wait_exit(Duration::from_secs(30)), "the failpoint aborts the process after epoch {crash_epoch}'s files");
+    let name = format!("e{crash_epoch:012}");
+    let leftovers = files(&dir.path().join("parquet")).iter().filter(|f| f.to_string_lossy().contains(&name)).count();
+    assert!(leftovers > 0, "epoch {crash_epoch}'s files were written before the crash");
+    let crashed_rows = ch.scalar(&format!("SELECT count() FROM qoeflow.qoe_window WHERE epoch = {crash_epoch}"));
+    assert!(crashed_rows > 5, "epoch {crash_epoch}'s rows reached ClickHouse before the crash ({crashed_rows})");
+    let mut q = Qoeflow::serve(dir.path(), &args, &[flush, ("QOEFLOW_PIPELINE__MAX_RECORDS_PER_EPOCH", "5")]);
     let removed = q.wait_for_line("removed files of an unfinished epoch", Duration::from_secs(20));
     assert!(removed.contains(&format!("removed={leftovers}")), "{removed}");
-    tokio::time::timeout(Duration::from_secs(120), client_task).await.expect("clients finish").expect("client task");
+    q.wait_for_line("pipeline: resuming from checkpoint", Duration::from_secs(20));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    q.stop();
+    let mut q = Qoeflow::serve(dir.path(), &args, &[flush]);
     wait_for_views(dir.path(), 120, Duration::from_secs(60));
     q.stop();
     assert_matches_reference(dir.path());
+    let windows = read_table(dir.path(), "qoe_window");
+    for col in ["attempts", "starts", "play_ms", "stall_ms", "active_views", "bytes_total"] {
+        assert_eq!(ch.scalar(&format!("SELECT sum({col}) FROM qoeflow.qoe_window FINAL")), sum(&windows, col), "ClickHouse qoe_window.{col}");
+    }
 }
