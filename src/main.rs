@@ -36,8 +36,8 @@ enum Command {
 }
 
 #[derive(Args)]
-struct PipelineArgs {
-    /// Kinesis stream to read.
+struct KinesisArgs {
+    /// Kinesis stream name.
     #[arg(long)]
     kinesis_stream: Option<String>,
     /// Kinesis endpoint override (e.g. the local emulator http://127.0.0.1:4568).
@@ -46,6 +46,23 @@ struct PipelineArgs {
     /// AWS region [default: from the AWS environment, else us-east-1].
     #[arg(long)]
     kinesis_region: Option<String>,
+}
+
+impl KinesisArgs {
+    /// Flags over config; the stream is required.
+    fn apply(self, k: &mut ingest::KinesisConfig, command: &str) -> anyhow::Result<()> {
+        k.stream = self.kinesis_stream.or(k.stream.take());
+        k.endpoint = self.kinesis_endpoint.or(k.endpoint.take());
+        k.region = self.kinesis_region.or(k.region.take());
+        anyhow::ensure!(k.stream.is_some(), "qoeflow {command} needs --kinesis-stream (or kinesis.stream in the config)");
+        Ok(())
+    }
+}
+
+#[derive(Args)]
+struct PipelineArgs {
+    #[command(flatten)]
+    kinesis: KinesisArgs,
     /// Data directory: Parquet dataset and checkpoints [default: ./data].
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -85,15 +102,8 @@ struct ServeArgs {
 struct IngestArgs {
     #[command(flatten)]
     common: CommonArgs,
-    /// Kinesis stream to write to.
-    #[arg(long)]
-    kinesis_stream: Option<String>,
-    /// Kinesis endpoint override (e.g. the local emulator http://127.0.0.1:4568).
-    #[arg(long)]
-    kinesis_endpoint: Option<String>,
-    /// AWS region [default: from the AWS environment, else us-east-1].
-    #[arg(long)]
-    kinesis_region: Option<String>,
+    #[command(flatten)]
+    kinesis: KinesisArgs,
 }
 
 impl CommonArgs {
@@ -125,19 +135,11 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Ingest(args) => {
             args.common.apply(&mut config);
-            let k = &mut config.kinesis;
-            k.stream = args.kinesis_stream.or(k.stream.take());
-            k.endpoint = args.kinesis_endpoint.or(k.endpoint.take());
-            k.region = args.kinesis_region.or(k.region.take());
-            anyhow::ensure!(k.stream.is_some(), "qoeflow ingest needs --kinesis-stream (or kinesis.stream in the config)");
+            args.kinesis.apply(&mut config.kinesis, "ingest")?;
             Mode::Ingest
         }
         Command::Pipeline(args) => {
-            let k = &mut config.kinesis;
-            k.stream = args.kinesis_stream.or(k.stream.take());
-            k.endpoint = args.kinesis_endpoint.or(k.endpoint.take());
-            k.region = args.kinesis_region.or(k.region.take());
-            anyhow::ensure!(k.stream.is_some(), "qoeflow pipeline needs --kinesis-stream (or kinesis.stream in the config)");
+            args.kinesis.apply(&mut config.kinesis, "pipeline")?;
             if let Some(dir) = args.data_dir {
                 config.data_dir = dir;
             }

@@ -201,3 +201,28 @@ async fn two_workers_split_the_shards_and_together_equal_the_reference() {
     // One dataset, no view written by both workers (view_measures panics on a duplicate), totals exact.
     assert_dataset_matches(dir.path(), &stream_records(&emu).await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_iterators_and_read_throttling_are_survived() {
+    let emu = Emulator::start();
+    create_stream(&emu.client().await, STREAM, 2).await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let collector = Qoeflow::ingest(STREAM, &emu.endpoint, &[], &[]);
+    post_views(&collector.beacon_url(), 0..20, now_ms() - 60_000).await;
+    // The pipeline reads through the proxy, which fails its first GetRecords calls.
+    let proxy = FaultProxy::start(&emu.endpoint, 9).await;
+    proxy.set(Fault::GetRecordsErrors(vec![
+        "ExpiredIteratorException",
+        "ProvisionedThroughputExceededException",
+        "ExpiredIteratorException",
+        "ProvisionedThroughputExceededException",
+    ]));
+    let mut p = pipeline(&proxy.endpoint, dir.path(), &[]);
+    p.wait_for_line("shard iterator expired", Duration::from_secs(30));
+    p.wait_for_line("GetRecords throttled", Duration::from_secs(30));
+    post_views(&collector.beacon_url(), 20..30, now_ms() - 60_000).await;
+    wait_for_views(dir.path(), 30, Duration::from_secs(60));
+    p.stop();
+    assert_eq!(proxy.stats().get_records_failed, 4, "all injected errors were served");
+    assert_dataset_matches(dir.path(), &stream_records(&emu).await);
+}

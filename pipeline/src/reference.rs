@@ -49,7 +49,7 @@ pub fn compute(records: &[Record], window_ms: i64, dims: &[Dim]) -> BatchResult 
     for (id, v) in views {
         let (totals, spans, points, vd) = timeline(&v.events);
         let vd = vd.unwrap_or_default();
-        let key: Vec<String> = dims.iter().map(|d| dim_value(*d, &vd, &v.client)).collect();
+        let key: Vec<String> = dims.iter().map(|d| d.value(&vd, &v.client)).collect();
         let win = |t: i64| (t + v.offset).div_euclid(window_ms) * window_ms;
         let mut active: BTreeSet<i64> = BTreeSet::new();
         for (from, to, kind) in spans {
@@ -109,21 +109,6 @@ pub fn compute(records: &[Record], window_ms: i64, dims: &[Dim]) -> BatchResult 
     }
     result.windows.retain(|_, d| *d != WindowDelta::default());
     result
-}
-
-fn dim_value(d: Dim, v: &ViewDims, c: &ClientInfo) -> String {
-    let s = |o: &Option<String>| o.clone().unwrap_or_default();
-    match d {
-        Dim::Cdn => s(&v.cdn),
-        Dim::Country => c.country.clone(),
-        Dim::DeviceType => c.device_type.clone(),
-        Dim::Os => c.os.clone(),
-        Dim::Browser => c.browser.clone(),
-        Dim::PlayerName => s(&v.player_name),
-        Dim::PlayerVersion => s(&v.player_version),
-        Dim::StreamType => crate::sessionizer::stream_type_str(v.stream_type).to_owned(),
-        Dim::VideoId => s(&v.video_id),
-    }
 }
 
 type Timeline = (Totals, Vec<(i64, i64, Kind)>, Vec<(i64, &'static str, i64)>, Option<ViewDims>);

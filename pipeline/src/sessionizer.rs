@@ -64,7 +64,8 @@ impl Dim {
         }
     }
 
-    fn value(self, v: &ViewDims, c: &ClientInfo) -> String {
+    /// This dimension's value for a view with these viewstart fields and enrichment.
+    pub fn value(self, v: &ViewDims, c: &ClientInfo) -> String {
         let s = |o: &Option<String>| o.clone().unwrap_or_default();
         match self {
             Dim::Cdn => s(&v.cdn),
@@ -194,6 +195,23 @@ struct ViewSlot {
     events: u64,
     duplicates: u64,
     gaps: u64,
+}
+
+impl ViewSlot {
+    /// The view's state machine, and an emitter routing its contributions to `windows`.
+    fn split<'a>(&'a mut self, windows: &'a mut Windows, dim_set: &'a [Dim], cutoff: i64) -> (&'a mut ViewMachine, WindowEmit<'a>) {
+        let emit = WindowEmit {
+            windows,
+            dims: &mut self.dims,
+            view_dims: &self.view_dims,
+            client: &self.client,
+            dim_set,
+            offset: self.offset_ms,
+            cutoff,
+            last_active: &mut self.last_active,
+        };
+        (&mut self.machine, emit)
+    }
 }
 
 /// Routes one view's contributions to the windows, placing client time at event time.
@@ -403,17 +421,8 @@ impl Sessionizer {
                     slot.view_dims = Some((**d).clone());
                 }
             }
-            let mut emit = WindowEmit {
-                windows: &mut self.windows,
-                dims: &mut slot.dims,
-                view_dims: &slot.view_dims,
-                client: &slot.client,
-                dim_set: &self.config.dims,
-                offset: slot.offset_ms,
-                cutoff,
-                last_active: &mut slot.last_active,
-            };
-            slot.machine.apply(&b.event, &mut emit);
+            let (machine, mut emit) = slot.split(&mut self.windows, &self.config.dims, cutoff);
+            machine.apply(&b.event, &mut emit);
             if slot.machine.is_ended() {
                 break;
             }
@@ -469,17 +478,8 @@ impl Sessionizer {
             if let Some(slot) = self.views.get_mut(&id) {
                 let cutoff = wm.saturating_sub(self.config.late_horizon_ms);
                 let last = slot.machine.last_ts.unwrap_or_default();
-                let mut emit = WindowEmit {
-                    windows: &mut self.windows,
-                    dims: &mut slot.dims,
-                    view_dims: &slot.view_dims,
-                    client: &slot.client,
-                    dim_set: &self.config.dims,
-                    offset: slot.offset_ms,
-                    cutoff,
-                    last_active: &mut slot.last_active,
-                };
-                slot.machine.end(last, &mut emit);
+                let (machine, mut emit) = slot.split(&mut self.windows, &self.config.dims, cutoff);
+                machine.end(last, &mut emit);
                 self.finalize(&id, "timeout");
             }
         }

@@ -151,10 +151,13 @@ pub enum Fault {
     FailCalls(u32),
     /// Hold PutRecords calls this long before forwarding.
     Stall(Duration),
+    /// Answer the next GetRecords calls with these errors, one per call, in order (then forward).
+    GetRecordsErrors(Vec<&'static str>),
 }
 
 #[derive(Default, Debug, Clone)]
 pub struct ProxyStats {
+    pub get_records_failed: u64,
     pub put_calls: u64,
     pub entries_forwarded: u64,
     pub entries_failed: u64,
@@ -233,6 +236,20 @@ fn error_response(status: StatusCode, kind: &str) -> Response {
 }
 
 async fn proxy(State(state): State<Arc<ProxyState>>, headers: HeaderMap, body: Bytes) -> Response {
+    let is_get_records = headers.get("x-amz-target").and_then(|v| v.to_str().ok()).is_some_and(|t| t.ends_with(".GetRecords"));
+    if is_get_records {
+        let injected = {
+            let mut fault = state.fault.lock().expect("lock");
+            match &mut *fault {
+                Fault::GetRecordsErrors(errors) if !errors.is_empty() => Some(errors.remove(0)),
+                _ => None,
+            }
+        };
+        if let Some(kind) = injected {
+            state.stats.lock().expect("lock").get_records_failed += 1;
+            return error_response(StatusCode::BAD_REQUEST, kind);
+        }
+    }
     let is_put_records = headers.get("x-amz-target").and_then(|v| v.to_str().ok()).is_some_and(|t| t.ends_with(".PutRecords"));
     if !is_put_records {
         return match forward(&state, &headers, body.to_vec()).await {
@@ -254,7 +271,7 @@ async fn proxy(State(state): State<Arc<ProxyState>>, headers: HeaderMap, body: B
                 error_response(StatusCode::INTERNAL_SERVER_ERROR, "InternalFailure")
             };
         }
-        Fault::FailCalls(_) | Fault::FailEntries(_) => {}
+        Fault::FailCalls(_) | Fault::FailEntries(_) | Fault::GetRecordsErrors(_) => {}
     }
     let p_fail = if let Fault::FailEntries(p) = fault { p } else { 0.0 };
     let Ok(mut request) = serde_json::from_slice::<Value>(&body) else {
