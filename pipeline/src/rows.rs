@@ -242,8 +242,13 @@ pub fn encode_rowbinary(cells: &[Cell], columns: &[Column], out: &mut Vec<u8>) {
         match cell {
             Cell::Null => {
                 if !col.nullable {
-                    // A non-nullable column never gets Null from the row functions; keep the stream valid.
-                    out.extend_from_slice(&[0u8; 8][..if matches!(col.ty, ColType::Bool) { 1 } else { 8 }]);
+                    // The row functions never put Null in a non-nullable column; should one appear, write
+                    // the type's zero value so the stream stays aligned.
+                    let zero_len = match col.ty {
+                        ColType::Bool | ColType::Utf8 | ColType::Binary => 1, // false / empty string
+                        ColType::Int64 | ColType::UInt64 | ColType::Float64 | ColType::TimestampMs => 8,
+                    };
+                    out.extend(std::iter::repeat_n(0u8, zero_len));
                 }
             }
             Cell::Bool(b) => out.push(u8::from(*b)),
@@ -259,5 +264,29 @@ pub fn encode_rowbinary(cells: &[Cell], columns: &[Column], out: &mut Vec<u8>) {
                 out.extend_from_slice(v);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use schemas::tables::Column;
+
+    #[test]
+    fn rowbinary_layout() {
+        let cols = [
+            Column { name: "s", ty: ColType::Utf8, nullable: false },
+            Column { name: "n", ty: ColType::Int64, nullable: true },
+            Column { name: "b", ty: ColType::Bool, nullable: false },
+            Column { name: "z", ty: ColType::Utf8, nullable: false },
+        ];
+        let mut out = Vec::new();
+        encode_rowbinary(&[Cell::Str("hé".into()), Cell::Null, Cell::Bool(true), Cell::Null], &cols, &mut out);
+        assert_eq!(out, vec![3, b'h', 0xc3, 0xa9, 1, 1, 0]);
+        out.clear();
+        encode_rowbinary(&[Cell::Str("x".repeat(200)), Cell::I64(-2), Cell::Bool(false), Cell::Str(String::new())], &cols, &mut out);
+        assert_eq!(&out[..2], &[0xc8, 0x01], "LEB128 length");
+        assert_eq!(&out[202..211], &[0, 0xfe, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]);
+        assert_eq!(&out[211..], &[0, 0]);
     }
 }
