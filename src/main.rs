@@ -33,6 +33,21 @@ enum Command {
     Ingest(IngestArgs),
     /// Pipeline alone, reading a Kinesis stream into Parquet (and ClickHouse).
     Pipeline(PipelineArgs),
+    /// SQL over the Parquet dataset (tables events, views, qoe_window, rejected; helper views
+    /// qoe_ratios, view_ratios; aggregate hdr_quantile(startup_hist, q)).
+    Query(QueryArgs),
+}
+
+#[derive(Args)]
+struct QueryArgs {
+    /// Data directory holding `parquet/` [default: ./data].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "table")]
+    format: query::output::Format,
+    /// The SQL statement.
+    sql: String,
 }
 
 #[derive(Args)]
@@ -122,6 +137,20 @@ impl CommonArgs {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let mut config = Config::load(cli.config.as_deref())?;
+    if let Command::Query(args) = cli.command {
+        // A one-shot command: results on stdout, nothing else.
+        let data_dir = args.data_dir.unwrap_or(config.data_dir);
+        let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+        return runtime.block_on(async {
+            let engine = query::Engine::open(&data_dir).await?;
+            let batches = engine.sql(&args.sql).await?;
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            query::output::write(&batches, args.format, &mut out)?;
+            std::io::Write::flush(&mut out)?;
+            Ok(())
+        });
+    }
     let command = match cli.command {
         Command::Serve(args) => {
             args.common.apply(&mut config);
@@ -154,6 +183,7 @@ fn main() -> anyhow::Result<()> {
             );
             Mode::Pipeline { worker_index: args.worker_index, worker_count: args.worker_count }
         }
+        Command::Query(_) => unreachable!("handled above"),
     };
     init_tracing(&config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;

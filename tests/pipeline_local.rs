@@ -46,6 +46,23 @@ async fn beacons_reach_parquet_and_equal_the_reference() {
     let got = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     let windows = read_table(dir.path(), "qoe_window");
     assert_eq!(got, format!("40|{}|1|TIMESTAMP WITH TIME ZONE", sum(&windows, "play_ms")));
+
+    // `qoeflow query` answers the same from the same files.
+    let query = |format: &str, sql: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_qoeflow"))
+            .args(["query", "--data-dir", dir.path().to_str().expect("path"), "--format", format, sql])
+            .output()
+            .expect("run qoeflow query")
+    };
+    let out = query("csv", "SELECT sum(attempts) AS a, sum(play_ms) AS p, count(DISTINCT cdn) AS c FROM qoe_ratios");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let expected = format!("a,p,c\n{},{},3\n", sum(&windows, "attempts"), sum(&windows, "play_ms"));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), expected);
+    let out = query("json", "SELECT count(*) AS views FROM views");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), r#"{"views":40}"#);
+    let out = query("table", "SELEC nothing");
+    assert!(!out.status.success(), "bad SQL fails");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("SELEC"), "the error names the problem");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -122,6 +139,9 @@ async fn a_crash_between_files_and_checkpoint_is_replayed_without_duplicates() {
     // Fill the log while the pipeline idles (its first, immediate tick found nothing), so that the
     // crashed epoch 1 is a big one.
     let mut q = Qoeflow::serve(dir.path(), &args, &[("QOEFLOW_PIPELINE__FLUSH_INTERVAL_MS", "3600000")]);
+    // Its one immediate tick comes right after it resumes; post only once that tick found nothing.
+    q.wait_for_line("pipeline: resuming from checkpoint", Duration::from_secs(30));
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let client = reqwest::Client::new();
     let stop = AtomicBool::new(false);
     let t0 = now_ms() - 60_000;

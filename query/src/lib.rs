@@ -1,0 +1,70 @@
+//! SQL over the Parquet dataset with DataFusion: the four tables registered as hive-partitioned
+//! listing tables (`dt`, `hour` usable for pruning), the `hdr_quantile` aggregate, and helper views
+//! that spell out the ratios of DESIGN.md §4 so analysts need not re-derive them.
+//!
+//! Tables get their schema from `schemas::tables` (the same one the pipeline writes), so a fresh data
+//! directory with no files yet still answers queries (with no rows).
+
+pub mod hdr;
+pub mod output;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::DataType;
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
+use datafusion::prelude::SessionContext;
+use schemas::tables::{DIM_COLUMNS, TABLES, arrow_schema};
+
+/// Helper views (created after the tables). Ratios are fractions (0..1) unless named `_pct`.
+pub const HELPER_VIEWS: &str = include_str!("helper_views.sql");
+
+pub struct Engine {
+    ctx: SessionContext,
+}
+
+impl Engine {
+    /// Registers the dataset under `data_dir/parquet` (created empty if missing) and the helpers.
+    pub async fn open(data_dir: &Path) -> anyhow::Result<Engine> {
+        let ctx = SessionContext::new();
+        let root = data_dir.join("parquet");
+        for (name, columns) in TABLES {
+            let dir = root.join(name);
+            std::fs::create_dir_all(&dir)?;
+            let dir = std::fs::canonicalize(&dir)?;
+            let url = ListingTableUrl::parse(format!("{}/", dir.display()))?;
+            let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
+                .with_file_extension(".parquet")
+                .with_table_partition_cols(vec![("dt".into(), DataType::Utf8), ("hour".into(), DataType::Utf8)]);
+            let config = ListingTableConfig::new(url).with_listing_options(options).with_schema(arrow_schema(columns));
+            ctx.register_table(name, Arc::new(ListingTable::try_new(config)?))?;
+        }
+        ctx.register_udaf(hdr::hdr_quantile());
+        for statement in helper_view_statements() {
+            ctx.sql(&statement).await?.collect().await?;
+        }
+        Ok(Engine { ctx })
+    }
+
+    pub fn context(&self) -> &SessionContext {
+        &self.ctx
+    }
+
+    /// Runs one SQL statement and collects its rows.
+    pub async fn sql(&self, sql: &str) -> anyhow::Result<Vec<RecordBatch>> {
+        Ok(self.ctx.sql(sql).await?.collect().await?)
+    }
+}
+
+/// The helper view statements, with the dimension list filled in.
+pub fn helper_view_statements() -> Vec<String> {
+    let dims = DIM_COLUMNS.join(", ");
+    HELPER_VIEWS
+        .split(';')
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty() && !s.lines().all(|l| l.trim_start().starts_with("--")))
+        .map(|s| s.replace("{dims}", &dims))
+        .collect()
+}
