@@ -125,9 +125,9 @@ async fn kill_9_mid_stream_replays_to_exactly_the_ground_truth() {
 }
 
 /// The crash lands after the epoch's ClickHouse rows and Parquet files, before its checkpoint; the
-/// restart reads at most 5 records per epoch. Only replaying the saved intent (the crashed epoch's exact
-/// range) makes the replay rewrite the same rows: without it, the smaller replay would leave rows of the
-/// crashed attempt behind in ClickHouse and count them twice.
+/// restart reads one record per epoch. Only replaying the saved intent (the crashed epoch's exact range)
+/// makes the replay rewrite the same rows: without it, the one-record replay (one CDN) would leave the
+/// crashed attempt's rows for the other CDNs behind in ClickHouse and count them twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_between_files_and_checkpoint_is_replayed_without_duplicates() {
     let dir = tempfile::tempdir().expect("tmp");
@@ -163,8 +163,9 @@ async fn a_crash_between_files_and_checkpoint_is_replayed_without_duplicates() {
     let leftovers = files(&dir.path().join("parquet")).iter().filter(|f| f.to_string_lossy().contains(&name)).count();
     assert!(leftovers > 0, "epoch {crash_epoch}'s files were written before the crash");
     let crashed_rows = ch.scalar(&format!("SELECT count() FROM qoeflow.qoe_window WHERE epoch = {crash_epoch}"));
-    assert!(crashed_rows > 5, "epoch {crash_epoch}'s rows reached ClickHouse before the crash ({crashed_rows})");
-    let mut q = Qoeflow::serve(dir.path(), &args, &[flush, ("QOEFLOW_PIPELINE__MAX_RECORDS_PER_EPOCH", "5")]);
+    let crashed_cdns = ch.scalar(&format!("SELECT uniqExact(cdn) FROM qoeflow.qoe_window WHERE epoch = {crash_epoch}"));
+    assert_eq!(crashed_cdns, 3, "epoch {crash_epoch}'s rows for every CDN reached ClickHouse before the crash ({crashed_rows} rows)");
+    let mut q = Qoeflow::serve(dir.path(), &args, &[flush, ("QOEFLOW_PIPELINE__MAX_RECORDS_PER_EPOCH", "1")]);
     let removed = q.wait_for_line("removed files of an unfinished epoch", Duration::from_secs(20));
     assert!(removed.contains(&format!("removed={leftovers}")), "{removed}");
     q.wait_for_line("pipeline: resuming from checkpoint", Duration::from_secs(20));
