@@ -190,6 +190,7 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(run(command, config))
 }
 
+#[derive(Clone, Copy)]
 enum Mode {
     Serve,
     Ingest,
@@ -250,13 +251,20 @@ async fn run(mode: Mode, config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
-    tracing::info!("collector listening on http://{addr}");
+    let mut app = ingest::router(state);
+    if matches!(mode, Mode::Serve) {
+        // The metrics API over the dataset this process writes.
+        let engine = query::Engine::open(&config.data_dir).await.context("opening the Parquet dataset for the API")?;
+        app = app.merge(query::api::router(std::sync::Arc::new(engine)));
+    }
+    let signals = shutdown_signal();
     tokio::spawn(async move {
-        shutdown_signal().await;
+        signals.await;
         let _ = stop_tx.send(true);
     });
+    tracing::info!("collector listening on http://{addr}");
     let mut server_stop = stop_rx.clone();
-    ingest::serve(listener, ingest::router(state), async move {
+    ingest::serve(listener, app, async move {
         let _ = server_stop.wait_for(|s| *s).await;
     })
     .await?;
@@ -275,31 +283,33 @@ async fn run_pipeline(config: Config, worker_index: u32, worker_count: u32) -> a
     tracing::info!(%stream, worker_index, worker_count, data_dir = %config.data_dir.display(), "pipeline reading Kinesis");
     let source = pipeline::kinesis::KinesisSource::new(client, stream, worker_index, worker_count);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let signals = shutdown_signal();
     tokio::spawn(async move {
-        shutdown_signal().await;
+        signals.await;
         let _ = stop_tx.send(true);
     });
     pipeline::runner::run(source, config.data_dir, config.pipeline, config.clickhouse, stop_rx).await
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+/// Resolves on SIGTERM or SIGINT. The handlers are installed when this is called (not when first
+/// polled), so a signal arriving right after start-up still shuts down cleanly.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
+    use tokio::signal::unix::{SignalKind, signal};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    async move {
+        match (term, int) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {},
+                    _ = int.recv() => {},
+                }
             }
-            Err(_) => std::future::pending::<()>().await,
+            _ => {
+                tracing::warn!("cannot install signal handlers; stop with SIGKILL");
+                std::future::pending::<()>().await;
+            }
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
+        tracing::info!("shutting down: finishing requests in flight");
     }
-    tracing::info!("shutting down: finishing requests in flight");
 }

@@ -5,7 +5,9 @@
 //! Tables get their schema from `schemas::tables` (the same one the pipeline writes), so a fresh data
 //! directory with no files yet still answers queries (with no rows).
 
+pub mod api;
 pub mod hdr;
+pub mod metrics;
 pub mod output;
 
 use std::path::Path;
@@ -65,6 +67,12 @@ pub fn helper_view_statements() -> Vec<String> {
         .split(';')
         .map(|s| s.trim())
         .filter(|s| !s.is_empty() && !s.lines().all(|l| l.trim_start().starts_with("--")))
-        .map(|s| s.replace("{dims}", &dims))
+        .map(|s| s.replace("{dims}", &dims).replace("{metrics}", &metrics::select_list()))
         .collect()
+}
+
+/// The `dt` partition value (YYYY-MM-DD, UTC) of an epoch-ms time, as the Parquet sink writes it.
+pub fn partition_date(ms: i64) -> String {
+    let p = pipeline::parquet::partition_of(ms);
+    p.split('/').next().and_then(|d| d.strip_prefix("dt=")).unwrap_or_default().to_owned()
 }
