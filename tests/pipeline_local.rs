@@ -65,6 +65,15 @@ async fn beacons_reach_parquet_and_equal_the_reference() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("SELEC"), "the error names the problem");
 }
 
+/// The last committed epoch of the local pipeline (0 before the first).
+fn committed_epoch(dir: &std::path::Path) -> u64 {
+    std::fs::read(dir.join("pipeline/checkpoint-local.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| v["epoch"].as_u64())
+        .unwrap_or(0)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_stream_replays_to_exactly_the_ground_truth() {
     let dir = tempfile::tempdir().expect("tmp");
@@ -99,7 +108,14 @@ async fn kill_9_mid_stream_replays_to_exactly_the_ground_truth() {
     let mut q = q;
     let mut resumed_epochs = Vec::new();
     for _ in 0..3 {
-        tokio::time::sleep(Duration::from_millis(800)).await;
+        // Kill once this process has committed at least one epoch of its own, mid-way into the next.
+        let before = committed_epoch(dir.path());
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while committed_epoch(dir.path()) <= before {
+            assert!(std::time::Instant::now() < deadline, "no epoch committed within 60 s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(150)).await;
         q.kill9();
         q = Qoeflow::serve(dir.path(), &args, &env);
         *url.lock().expect("lock") = q.beacon_url();
