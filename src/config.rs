@@ -27,6 +27,8 @@ pub struct Config {
     pub local_log: LocalLogConfig,
     pub pipeline: pipeline::PipelineConfig,
     pub clickhouse: pipeline::clickhouse::ClickHouseConfig,
+    /// `[sql]`: the `POST /api/v1/sql` endpoint of `qoeflow serve`.
+    pub sql: query::api::SqlConfig,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,6 +63,7 @@ impl Default for Config {
             local_log: LocalLogConfig::default(),
             pipeline: pipeline::PipelineConfig::default(),
             clickhouse: pipeline::clickhouse::ClickHouseConfig::default(),
+            sql: query::api::SqlConfig::default(),
         }
     }
 }
@@ -73,8 +76,9 @@ impl Config {
             anyhow::ensure!(path.is_file(), "config file {} does not exist", path.display());
             figment = figment.merge(Toml::file_exact(path));
         }
-        // QOEFLOW_CONFIG (the file itself) and QOEFLOW_FAILPOINT (test fault injection) are not settings.
-        figment = figment.merge(Env::prefixed("QOEFLOW_").split("__").filter(|k| k != "config" && k != "failpoint"));
+        // QOEFLOW_CONFIG (the file itself), QOEFLOW_ADMIN_TOKEN (the --admin-token flag's variable) and
+        // QOEFLOW_FAILPOINT (test fault injection) are not settings.
+        figment = figment.merge(Env::prefixed("QOEFLOW_").split("__").filter(|k| k != "config" && k != "failpoint" && k != "admin_token"));
         figment.extract().context("invalid configuration")
     }
 }

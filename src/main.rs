@@ -111,6 +111,9 @@ struct ServeArgs {
     /// Also write the tables to this ClickHouse server (HTTP URL, e.g. http://127.0.0.1:8123).
     #[arg(long)]
     clickhouse_url: Option<String>,
+    /// Enables `POST /api/v1/sql` for requests bearing this token.
+    #[arg(long, env = "QOEFLOW_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
 }
 
 #[derive(Args)]
@@ -159,6 +162,9 @@ fn main() -> anyhow::Result<()> {
             }
             if let Some(url) = args.clickhouse_url {
                 config.clickhouse.url = Some(url);
+            }
+            if let Some(token) = args.admin_token {
+                config.sql.admin_token = Some(token);
             }
             Mode::Serve
         }
@@ -255,7 +261,7 @@ async fn run(mode: Mode, config: Config) -> anyhow::Result<()> {
     if matches!(mode, Mode::Serve) {
         // The metrics API over the dataset this process writes.
         let engine = query::Engine::open(&config.data_dir).await.context("opening the Parquet dataset for the API")?;
-        app = app.merge(query::api::router(std::sync::Arc::new(engine)));
+        app = app.merge(query::api::router(std::sync::Arc::new(engine), config.sql.clone()));
     }
     let signals = shutdown_signal();
     tokio::spawn(async move {

@@ -89,3 +89,69 @@ async fn metrics_and_breakdown_answer_from_the_dataset() {
     }
     q.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sql_endpoint_is_read_only_authenticated_and_bounded() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let env = [("QOEFLOW_SQL__MAX_ROWS", "5"), ("QOEFLOW_SQL__TIMEOUT_MS", "300")];
+    let q = Qoeflow::serve(dir.path(), &["--admin-token", "s3cret"], &env);
+    let client = reqwest::Client::new();
+    let stop = AtomicBool::new(false);
+    for v in 0..8u64 {
+        for b in view_beacons(&format!("view-{v}"), v, now_ms() - 60_000) {
+            assert!(post_until_ok(&client, || q.beacon_url(), &b, &stop).await);
+        }
+    }
+    wait_for_views(dir.path(), 8, Duration::from_secs(30));
+    let url = format!("{}/api/v1/sql", q.url);
+    let sql = |token: Option<&str>, sql: &str| {
+        let mut req = client.post(&url).json(&serde_json::json!({"sql": sql}));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        async move {
+            let r = req.send().await.expect("post");
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.expect("json"))
+        }
+    };
+    let ok = Some("s3cret");
+    let (status, body) = sql(ok, "SELECT count(*) AS n FROM views").await;
+    assert_eq!((status, &body["rows"][0]["n"]), (200, &serde_json::json!(8)), "{body}");
+    assert_eq!(body["columns"], serde_json::json!(["n"]));
+    assert_eq!(body["truncated"], false);
+
+    let (status, body) = sql(ok, "SELECT view_id FROM views").await;
+    assert_eq!(status, 200);
+    assert_eq!(body["rows"].as_array().expect("rows").len(), 5, "row limit");
+    assert_eq!(body["truncated"], true);
+
+    assert_eq!(sql(None, "SELECT 1").await.0, 401);
+    assert_eq!(sql(Some("wrong"), "SELECT 1").await.0, 401);
+
+    for refused in [
+        "CREATE TABLE t (a INT)",
+        "CREATE EXTERNAL TABLE x STORED AS PARQUET LOCATION '/etc/'",
+        "CREATE VIEW v AS SELECT 1",
+        "DROP VIEW qoe_ratios",
+        "INSERT INTO views SELECT * FROM views",
+        "COPY (SELECT 1) TO '/tmp/qoeflow-sql-escape.csv'",
+        "SET datafusion.execution.batch_size = 1",
+        "SELECT * FROM '/etc/passwd'",
+        "SELECT * FROM read_parquet('/etc/passwd')",
+    ] {
+        let (status, body) = sql(ok, refused).await;
+        assert_eq!(status, 400, "{refused}: {body}");
+    }
+    assert!(!std::path::Path::new("/tmp/qoeflow-sql-escape.csv").exists(), "COPY wrote nothing");
+    let (status, body) = sql(ok, "SELECT count(*) FROM generate_series(1, 5000000000)").await;
+    assert_eq!((status, body["error"].as_str()), (400, Some("query_timeout")), "{body}");
+    // Still serving after all that.
+    assert_eq!(sql(ok, "SELECT count(*) AS n FROM qoe_ratios").await.0, 200);
+
+    // Without a token configured the endpoint is off.
+    let dir2 = tempfile::tempdir().expect("tmp");
+    let q2 = Qoeflow::serve(dir2.path(), &[], &[]);
+    let r = client.post(format!("{}/api/v1/sql", q2.url)).bearer_auth("x").json(&serde_json::json!({"sql": "SELECT 1"})).send().await.expect("post");
+    assert_eq!(r.status().as_u16(), 403);
+}

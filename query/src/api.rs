@@ -5,6 +5,10 @@
 //! - `GET /api/v1/breakdown?dimension=&from=&to=&filter=&limit=`: the top values of a dimension (by
 //!   attempts) with every metric.
 //!
+//! - `POST /api/v1/sql` with `{"sql": "SELECT …"}` and `Authorization: Bearer <admin token>`: read-only
+//!   SQL (no DDL, DML or statements such as SET; no URL/file tables), with a timeout and a row limit;
+//!   disabled unless an admin token is configured.
+//!
 //! Times are epoch milliseconds, `now`, or `now-<n><s|m|h|d>`; `step` is `<n><s|m|h|d>` (a multiple of
 //! the 10 s window is sensible); `filter` is `dimension:value[,dimension:value…]` (AND). A bad parameter
 //! gets 400 with a message naming it. Queries use the hive partition `dt` to prune files.
@@ -27,11 +31,89 @@ use crate::metrics::select_list;
 
 const MAX_POINTS: i64 = 10_000;
 
-pub fn router(engine: Arc<Engine>) -> axum::Router {
+/// Limits of `POST /api/v1/sql`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SqlConfig {
+    /// Bearer token required by `POST /api/v1/sql`; None disables the endpoint.
+    pub admin_token: Option<String>,
+    pub timeout_ms: u64,
+    pub max_rows: usize,
+}
+
+impl Default for SqlConfig {
+    fn default() -> Self {
+        SqlConfig { admin_token: None, timeout_ms: 10_000, max_rows: 10_000 }
+    }
+}
+
+#[derive(Clone)]
+struct ApiState {
+    engine: Arc<Engine>,
+    sql: Arc<SqlConfig>,
+}
+
+pub fn router(engine: Arc<Engine>, sql: SqlConfig) -> axum::Router {
+    let state = ApiState { engine, sql: Arc::new(sql) };
     axum::Router::new()
         .route("/api/v1/metrics", get(metrics))
         .route("/api/v1/breakdown", get(breakdown))
-        .with_state(engine)
+        .route("/api/v1/sql", axum::routing::post(sql_endpoint))
+        .with_state(state)
+}
+
+#[derive(serde::Deserialize)]
+struct SqlRequest {
+    sql: String,
+}
+
+async fn sql_endpoint(
+    State(state): State<ApiState>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    sql_inner(&state, &headers, &body).await.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn sql_inner(state: &ApiState, headers: &axum::http::HeaderMap, body: &[u8]) -> Result<Response, ApiError> {
+    let Some(token) = &state.sql.admin_token else {
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "sql_disabled", "the SQL endpoint is disabled (start with --admin-token)"));
+    };
+    let given = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if given != Some(token.as_str()) {
+        return Err(ApiError::unauthorized("missing or wrong admin token (Authorization: Bearer <token>)"));
+    }
+    let req: SqlRequest = serde_json::from_slice(body).map_err(|e| bad("sql", format!("body must be {{\"sql\": \"SELECT …\"}}: {e}")))?;
+    let options = datafusion::execution::context::SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false);
+    let df = state
+        .engine
+        .context()
+        .sql_with_options(&req.sql, options)
+        .await
+        .map_err(|e| ApiError::bad_request("invalid_sql", format!("{e}")))?;
+    let max = state.sql.max_rows;
+    let df = df.limit(0, Some(max + 1)).map_err(|e| ApiError::bad_request("invalid_sql", format!("{e}")))?;
+    let timeout = std::time::Duration::from_millis(state.sql.timeout_ms);
+    let batches = match tokio::time::timeout(timeout, df.collect()).await {
+        Err(_) => {
+            return Err(ApiError::bad_request(
+                "query_timeout",
+                format!("the query ran longer than the {} ms limit", state.sql.timeout_ms),
+            ));
+        }
+        Ok(r) => r.map_err(|e| ApiError::bad_request("query_failed", format!("{e}")))?,
+    };
+    let mut rows = json_rows(&batches)?;
+    let truncated = rows.len() > max;
+    rows.truncate(max);
+    let columns: Vec<String> = batches.first().map(|b| b.schema().fields().iter().map(|f| f.name().clone()).collect()).unwrap_or_default();
+    Ok(Json(json!({"columns": columns, "rows": rows, "truncated": truncated})).into_response())
 }
 
 fn bad(parameter: &str, message: impl std::fmt::Display) -> ApiError {
@@ -117,10 +199,15 @@ async fn rows(engine: &Engine, sql: &str) -> Result<Vec<serde_json::Map<String, 
         tracing::error!(error = format!("{e:#}"), sql, "metrics query failed");
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "query_failed", "the query failed")
     })?;
+    json_rows(&batches)
+}
+
+/// Record batches as JSON objects, one per row.
+fn json_rows(batches: &[RecordBatch]) -> Result<Vec<serde_json::Map<String, Value>>, ApiError> {
     let mut buf = Vec::new();
     {
         let mut w = arrow_json::ArrayWriter::new(&mut buf);
-        for b in &batches {
+        for b in batches {
             w.write(b).map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "encode_failed", "could not encode rows"))?;
         }
         w.finish().map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "encode_failed", "could not encode rows"))?;
@@ -131,8 +218,8 @@ async fn rows(engine: &Engine, sql: &str) -> Result<Vec<serde_json::Map<String, 
     serde_json::from_slice(&buf).map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "encode_failed", "could not encode rows"))
 }
 
-async fn metrics(State(engine): State<Arc<Engine>>, Query(q): Query<HashMap<String, String>>) -> Response {
-    metrics_inner(&engine, &q).await.unwrap_or_else(IntoResponse::into_response)
+async fn metrics(State(state): State<ApiState>, Query(q): Query<HashMap<String, String>>) -> Response {
+    metrics_inner(&state.engine, &q).await.unwrap_or_else(IntoResponse::into_response)
 }
 
 async fn metrics_inner(engine: &Engine, q: &HashMap<String, String>) -> Result<Response, ApiError> {
@@ -166,8 +253,8 @@ async fn metrics_inner(engine: &Engine, q: &HashMap<String, String>) -> Result<R
     Ok(Json(json!({"from": r.from, "to": r.to, "step": step, "group_by": group, "series": series})).into_response())
 }
 
-async fn breakdown(State(engine): State<Arc<Engine>>, Query(q): Query<HashMap<String, String>>) -> Response {
-    breakdown_inner(&engine, &q).await.unwrap_or_else(IntoResponse::into_response)
+async fn breakdown(State(state): State<ApiState>, Query(q): Query<HashMap<String, String>>) -> Response {
+    breakdown_inner(&state.engine, &q).await.unwrap_or_else(IntoResponse::into_response)
 }
 
 async fn breakdown_inner(engine: &Engine, q: &HashMap<String, String>) -> Result<Response, ApiError> {
