@@ -155,3 +155,31 @@ async fn the_sql_endpoint_is_read_only_authenticated_and_bounded() {
     let r = client.post(format!("{}/api/v1/sql", q2.url)).bearer_auth("x").json(&serde_json::json!({"sql": "SELECT 1"})).send().await.expect("post");
     assert_eq!(r.status().as_u16(), 403);
 }
+
+/// The served OpenAPI document is the one in the repository, and it documents every route and every
+/// parameter the handlers read (the ones the 400 tests above exercise).
+#[tokio::test]
+async fn the_openapi_document_matches_the_api() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let q = Qoeflow::serve(dir.path(), &[], &[]);
+    let (status, served) = get(&format!("{}/api/v1/openapi.json", q.url)).await;
+    assert_eq!(status, 200);
+    let file: Value = serde_json::from_slice(&std::fs::read(repo_root().join("query/openapi.json")).expect("read")).expect("json");
+    assert_eq!(served, file, "served document is the repository's");
+    let params = |path: &str, method: &str| -> Vec<String> {
+        served["paths"][path][method]["parameters"]
+            .as_array()
+            .map(|a| a.iter().map(|p| p["name"].as_str().expect("name").to_owned()).collect())
+            .unwrap_or_default()
+    };
+    assert_eq!(params("/api/v1/metrics", "get"), ["from", "to", "step", "group_by", "filter"]);
+    assert_eq!(params("/api/v1/breakdown", "get"), ["dimension", "from", "to", "filter", "limit"]);
+    assert!(served["paths"]["/api/v1/sql"]["post"]["requestBody"].is_object());
+    let dims: Vec<&str> = served["paths"]["/api/v1/metrics"]["get"]["parameters"][3]["schema"]["enum"]
+        .as_array()
+        .expect("enum")
+        .iter()
+        .map(|v| v.as_str().expect("str"))
+        .collect();
+    assert_eq!(dims, schemas::tables::DIM_COLUMNS, "dimensions documented = dimensions accepted");
+}

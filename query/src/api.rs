@@ -59,7 +59,15 @@ pub fn router(engine: Arc<Engine>, sql: SqlConfig) -> axum::Router {
         .route("/api/v1/metrics", get(metrics))
         .route("/api/v1/breakdown", get(breakdown))
         .route("/api/v1/sql", axum::routing::post(sql_endpoint))
+        .route("/api/v1/openapi.json", get(openapi))
         .with_state(state)
+}
+
+/// The OpenAPI description of this API, kept in the repository as `query/openapi.json`.
+pub const OPENAPI: &str = include_str!("../openapi.json");
+
+async fn openapi() -> Response {
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
 }
 
 #[derive(serde::Deserialize)]
