@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Query, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
@@ -79,10 +79,6 @@ impl AppState {
             limits,
             config,
         }))
-    }
-
-    pub fn metrics(&self) -> &Metrics {
-        &self.metrics
     }
 
     /// Drops rate-limiter state of clients not seen lately (call periodically).
@@ -394,6 +390,3 @@ fn encode_view(
     }
     accepted
 }
-
-/// Convenience for tests and the binary: the method list this router answers on `/v1/beacon`.
-pub const BEACON_METHODS: [Method; 2] = [Method::POST, Method::OPTIONS];

@@ -132,10 +132,6 @@ impl ParquetSink {
         ParquetSink { root: root.into(), source: source.into(), dims }
     }
 
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
     fn file_name(&self, epoch: u64) -> String {
         format!("part-{}-e{epoch:012}.parquet", self.source)
     }

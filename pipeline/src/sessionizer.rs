@@ -462,9 +462,13 @@ impl Sessionizer {
         for (id, slot) in &self.views {
             if wm.saturating_sub(slot.last_recv_ms) >= self.config.inactivity_timeout_ms {
                 inactive.push(id.clone());
-            } else if slot.buffer.values().next().is_some_and(|_| {
-                slot.buffer.values().map(|b| b.raw_recv_ms).min().is_some_and(|t| wm.saturating_sub(t) >= self.config.reorder_wait_ms)
-            }) {
+            } else if slot
+                .buffer
+                .values()
+                .map(|b| b.raw_recv_ms)
+                .min()
+                .is_some_and(|oldest| wm.saturating_sub(oldest) >= self.config.reorder_wait_ms)
+            {
                 waited.push(id.clone());
             }
         }

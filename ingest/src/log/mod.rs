@@ -132,10 +132,6 @@ impl LocalLog {
         self.healthy.load(Ordering::Relaxed) && !self.tx.is_closed()
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// A reader positioned at `from` that stops at the durable end.
     pub fn reader(&self, from: u64) -> Result<LogReader, LogError> {
         LogReader::open(&self.dir, from)

@@ -94,29 +94,25 @@ impl KinesisSource {
         Ok(())
     }
 
-    /// The lineage root of a shard among the listed shards.
-    fn root<'a>(&'a self, mut shard: &'a Shard) -> &'a str {
-        let by_id: HashMap<&str, &Shard> = self.shards.iter().map(|s| (s.shard_id(), s)).collect();
-        for _ in 0..1000 {
-            match shard.parent_shard_id().and_then(|p| by_id.get(p)) {
-                Some(parent) => shard = parent,
-                None => break,
-            }
-        }
-        shard.shard_id()
-    }
-
-    fn owned(&self, shard: &Shard) -> bool {
-        fnv1a(self.root(shard)) % u64::from(self.worker_count) == u64::from(self.worker_index)
-    }
-
     /// Owned shards that can be read now: not finished, parent finished (or gone), in shard-id order.
+    /// A shard is owned when its lineage root (following `parent_shard_id` among the listed shards)
+    /// hashes to this worker.
     fn readable(&self) -> Vec<String> {
         let listed: HashMap<&str, &Shard> = self.shards.iter().map(|s| (s.shard_id(), s)).collect();
+        fn root<'a>(listed: &HashMap<&'a str, &'a Shard>, mut shard: &'a Shard) -> &'a str {
+            for _ in 0..1000 {
+                match shard.parent_shard_id().and_then(|p| listed.get(p)) {
+                    Some(parent) => shard = parent,
+                    None => break,
+                }
+            }
+            shard.shard_id()
+        }
+        let owned = |s: &Shard| fnv1a(root(&listed, s)) % u64::from(self.worker_count) == u64::from(self.worker_index);
         let finished = |id: &str| self.positions.get(id).is_some_and(|p| p.finished);
         self.shards
             .iter()
-            .filter(|s| self.owned(s) && !finished(s.shard_id()))
+            .filter(|s| owned(s) && !finished(s.shard_id()))
             .filter(|s| match s.parent_shard_id() {
                 Some(p) if listed.contains_key(p) => finished(p),
                 _ => true,
