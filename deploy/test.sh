@@ -17,6 +17,9 @@ bash deploy/local/clickhouse.sh install
 python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore -r tests/requirements.txt
 
 echo "==> running the test suite"
+# A one-shot build gains nothing from incremental state, which would add gigabytes to target/.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+df -h . | tail -1 | awk '{print "    disk free here: " $4}'
 if cargo nextest --version >/dev/null 2>&1; then
   exec cargo nextest run --workspace --all-targets --no-fail-fast "$@"
 else

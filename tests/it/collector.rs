@@ -1,13 +1,13 @@
 //! `POST /v1/beacon` through real HTTP against `qoeflow serve` (local log sink): every answer of
 //! DESIGN.md §3, and what ends up durable in the log.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use reqwest::StatusCode;
 use schemas::Record;
 use serde_json::json;

@@ -1,13 +1,13 @@
 //! kill -9 `qoeflow serve` under load, restart it: every event that got a 2xx is in the local log,
 //! every record decodes (none torn or corrupt), and the restarted server keeps appending after them.
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_9_under_load_loses_nothing_acknowledged() {

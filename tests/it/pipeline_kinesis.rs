@@ -2,15 +2,15 @@
 //! reference over what the stream holds; KPL-aggregated records; a shard split mid-stream; kill -9 and a
 //! crash between files and checkpoint, restarted, exactly once.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::Duration;
 
-use common::kinesis::*;
-use common::parquet::*;
-use common::workload::*;
-use common::*;
+use crate::common::kinesis::*;
+use crate::common::parquet::*;
+use crate::common::workload::*;
+use crate::common::*;
 use schemas::Record;
 
 const STREAM: &str = "beacons";

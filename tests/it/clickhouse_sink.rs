@@ -1,16 +1,16 @@
 //! `qoeflow serve --clickhouse-url`: the same tables in a real ClickHouse server as in Parquet, and a
 //! ClickHouse outage under load that loses nothing and doubles nothing.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
-use common::clickhouse::ClickHouse;
-use common::parquet::*;
-use common::workload::*;
-use common::*;
+use crate::common::clickhouse::ClickHouse;
+use crate::common::parquet::*;
+use crate::common::workload::*;
+use crate::common::*;
 
 const WINDOW_SUMS: [&str; 12] = [
     "attempts", "starts", "startup_ms_sum", "vsf", "ebvs", "play_ms", "stall_ms", "seek_stall_ms", "bitrate_ms",

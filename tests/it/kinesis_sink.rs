@@ -2,13 +2,13 @@
 //! plays Kinesis under load. Under injected partial failures, every event that got a 2xx must be in the
 //! stream, and requests whose retries ran out must get 503.
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use common::kinesis::*;
-use common::*;
+use crate::common::kinesis::*;
+use crate::common::*;
 use reqwest::StatusCode;
 
 struct Setup {

@@ -1,15 +1,15 @@
 //! `qoeflow serve` end to end on the local log: beacons → Parquet, with totals equal to the batch
 //! reference computed from what the log holds; and kill -9 mid-stream, restarted, still exactly once.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use common::parquet::*;
-use common::workload::*;
-use common::*;
+use crate::common::parquet::*;
+use crate::common::workload::*;
+use crate::common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn beacons_reach_parquet_and_equal_the_reference() {

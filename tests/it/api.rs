@@ -1,14 +1,14 @@
 //! The metrics API of `qoeflow serve` on known traffic: every series sums to the dataset's totals, the
 //! breakdown ranks dimension values, and bad parameters get 400 naming the parameter.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use common::parquet::*;
-use common::workload::*;
-use common::*;
+use crate::common::parquet::*;
+use crate::common::workload::*;
+use crate::common::*;
 use serde_json::Value;
 
 async fn get(url: &str) -> (u16, Value) {

@@ -1,0 +1,13 @@
+//! End-to-end tests of the `qoeflow` binary against real services (the Kinesis emulator, ClickHouse,
+//! DuckDB). One test binary for all of them: each binary links the whole workspace, and several copies
+//! cost gigabytes of disk and minutes of linking on a 2-core CI machine.
+
+mod common;
+
+mod api;
+mod clickhouse_sink;
+mod collector;
+mod crash_local_log;
+mod kinesis_sink;
+mod pipeline_kinesis;
+mod pipeline_local;
