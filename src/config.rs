@@ -29,6 +29,15 @@ pub struct Config {
     pub clickhouse: pipeline::clickhouse::ClickHouseConfig,
     /// `[sql]`: the `POST /api/v1/sql` endpoint of `qoeflow serve`.
     pub sql: query::api::SqlConfig,
+    /// `[query]`: where the metrics API and the dashboard read from.
+    pub query: QueryConfig,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueryConfig {
+    /// `parquet` (the data directory's dataset, the default) or `clickhouse` (the `[clickhouse]` server).
+    pub backend: query::backend::BackendKind,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,6 +73,7 @@ impl Default for Config {
             pipeline: pipeline::PipelineConfig::default(),
             clickhouse: pipeline::clickhouse::ClickHouseConfig::default(),
             sql: query::api::SqlConfig::default(),
+            query: QueryConfig::default(),
         }
     }
 }

@@ -36,6 +36,27 @@ enum Command {
     /// SQL over the Parquet dataset (tables events, views, qoe_window, rejected; helper views
     /// qoe_ratios, view_ratios; aggregate hdr_quantile(startup_hist, q)).
     Query(QueryArgs),
+    /// The metrics API and dashboard alone, over the Parquet dataset or ClickHouse (production).
+    QueryServer(QueryServerArgs),
+}
+
+#[derive(Args)]
+struct QueryServerArgs {
+    /// Address to listen on [default: 127.0.0.1:8080]; port 0 picks a free port.
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
+    /// Data directory holding `parquet/` (the parquet backend) [default: ./data].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Which store to read [default: parquet].
+    #[arg(long, value_enum)]
+    backend: Option<query::backend::BackendKind>,
+    /// ClickHouse HTTP URL (the clickhouse backend).
+    #[arg(long)]
+    clickhouse_url: Option<String>,
+    /// Enables `POST /api/v1/sql` for requests bearing this token.
+    #[arg(long, env = "QOEFLOW_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
 }
 
 #[derive(Args)]
@@ -189,6 +210,24 @@ fn main() -> anyhow::Result<()> {
             );
             Mode::Pipeline { worker_index: args.worker_index, worker_count: args.worker_count }
         }
+        Command::QueryServer(args) => {
+            if let Some(listen) = args.listen {
+                config.listen = listen;
+            }
+            if let Some(dir) = args.data_dir {
+                config.data_dir = dir;
+            }
+            if let Some(backend) = args.backend {
+                config.query.backend = backend;
+            }
+            if let Some(url) = args.clickhouse_url {
+                config.clickhouse.url = Some(url);
+            }
+            if let Some(token) = args.admin_token {
+                config.sql.admin_token = Some(token);
+            }
+            Mode::QueryServer
+        }
         Command::Query(_) => unreachable!("handled above"),
     };
     init_tracing(&config)?;
@@ -201,6 +240,7 @@ enum Mode {
     Serve,
     Ingest,
     Pipeline { worker_index: u32, worker_count: u32 },
+    QueryServer,
 }
 
 fn init_tracing(config: &Config) -> anyhow::Result<()> {
@@ -218,6 +258,9 @@ async fn run(mode: Mode, config: Config) -> anyhow::Result<()> {
     if let Mode::Pipeline { worker_index, worker_count } = mode {
         return run_pipeline(config, worker_index, worker_count).await;
     }
+    if let Mode::QueryServer = mode {
+        return run_query_server(config).await;
+    }
     let metrics = Metrics::new();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut pipeline_task = None;
@@ -232,7 +275,7 @@ async fn run(mode: Mode, config: Config) -> anyhow::Result<()> {
             pipeline_task = Some(tokio::spawn(async move { pipeline::local::run(log2, data_dir, pcfg, ch, stop).await }));
             Sink::Local(log)
         }
-        Mode::Pipeline { .. } => unreachable!("handled above"),
+        Mode::Pipeline { .. } | Mode::QueryServer => unreachable!("handled above"),
         Mode::Ingest => {
             let client = ingest::sink::kinesis::client(&config.kinesis).await;
             let sink = KinesisSink::new(client, config.kinesis.clone(), metrics.clone()).map_err(anyhow::Error::msg)?;
@@ -260,8 +303,7 @@ async fn run(mode: Mode, config: Config) -> anyhow::Result<()> {
     let mut app = ingest::router(state);
     if matches!(mode, Mode::Serve) {
         // The metrics API over the dataset this process writes.
-        let engine = query::Engine::open(&config.data_dir).await.context("opening the Parquet dataset for the API")?;
-        app = app.merge(query::api::router(std::sync::Arc::new(engine), config.sql.clone()));
+        app = app.merge(api_router(&config).await?);
     }
     let signals = shutdown_signal();
     tokio::spawn(async move {
@@ -278,6 +320,26 @@ async fn run(mode: Mode, config: Config) -> anyhow::Result<()> {
     if let Some(task) = pipeline_task {
         task.await.context("pipeline task")??;
     }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// The metrics API on the configured backend.
+async fn api_router(config: &Config) -> anyhow::Result<axum::Router> {
+    let backend = query::backend::Backend::open(config.query.backend, &config.data_dir, &config.clickhouse).await?;
+    tracing::info!(backend = backend.name(), "metrics API ready");
+    Ok(query::api::router(backend, config.sql.clone()))
+}
+
+/// `qoeflow query-server`: the metrics API until SIGTERM/Ctrl-C.
+async fn run_query_server(config: Config) -> anyhow::Result<()> {
+    let app = api_router(&config).await?.route("/healthz", axum::routing::get(|| async { "ok" }));
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    tracing::info!("query server listening on http://{}", listener.local_addr()?);
+    let signals = shutdown_signal();
+    ingest::serve(listener, app, signals).await?;
     tracing::info!("stopped");
     Ok(())
 }

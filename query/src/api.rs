@@ -1,17 +1,19 @@
-//! The metrics HTTP API over the dataset (served by `qoeflow serve`):
+//! The metrics HTTP API over the dataset (served by `qoeflow serve` and `qoeflow query-server`), on
+//! either backend ([`Backend`]: Parquet through DataFusion, or ClickHouse):
 //!
-//! - `GET /api/v1/metrics?from=&to=&step=&group_by=&filter=`: time series of every metric in
-//!   [`crate::metrics::METRICS`], bucketed by `step`, optionally one series per value of a dimension;
+//! - `GET /api/v1/metrics?from=&to=&step=&group_by=&filter=`: time series of every metric of
+//!   [`crate::metrics`], bucketed by `step`, optionally one series per value of a dimension; each point
+//!   also has `concurrent_viewers`, the most views active in one window of the bucket;
+//! - `GET /api/v1/summary?from=&to=&filter=`: every metric over the whole range, with the concurrent
+//!   viewers of the latest window that had any and the peak;
 //! - `GET /api/v1/breakdown?dimension=&from=&to=&filter=&limit=`: the top values of a dimension (by
-//!   attempts) with every metric.
-//!
+//!   attempts) with every metric;
 //! - `POST /api/v1/sql` with `{"sql": "SELECT …"}` and `Authorization: Bearer <admin token>`: read-only
-//!   SQL (no DDL, DML or statements such as SET; no URL/file tables), with a timeout and a row limit;
-//!   disabled unless an admin token is configured.
+//!   SQL with a timeout and a row limit; disabled unless an admin token is configured.
 //!
 //! Times are epoch milliseconds, `now`, or `now-<n><s|m|h|d>`; `step` is `<n><s|m|h|d>` (a multiple of
 //! the 10 s window is sensible); `filter` is `dimension:value[,dimension:value…]` (AND). A bad parameter
-//! gets 400 with a message naming it. Queries use the hive partition `dt` to prune files.
+//! gets 400 with a message naming it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -21,13 +23,12 @@ use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use datafusion::arrow::record_batch::RecordBatch;
 use ingest::error::ApiError;
 use schemas::tables::DIM_COLUMNS;
 use serde_json::{Value, json};
 
-use crate::Engine;
-use crate::metrics::select_list;
+use crate::backend::{AggQuery, AggRow, Backend, SqlError};
+use crate::metrics::derive;
 
 const MAX_POINTS: i64 = 10_000;
 
@@ -49,14 +50,15 @@ impl Default for SqlConfig {
 
 #[derive(Clone)]
 struct ApiState {
-    engine: Arc<Engine>,
+    backend: Backend,
     sql: Arc<SqlConfig>,
 }
 
-pub fn router(engine: Arc<Engine>, sql: SqlConfig) -> axum::Router {
-    let state = ApiState { engine, sql: Arc::new(sql) };
+pub fn router(backend: Backend, sql: SqlConfig) -> axum::Router {
+    let state = ApiState { backend, sql: Arc::new(sql) };
     axum::Router::new()
         .route("/api/v1/metrics", get(metrics))
+        .route("/api/v1/summary", get(summary))
         .route("/api/v1/breakdown", get(breakdown))
         .route("/api/v1/sql", axum::routing::post(sql_endpoint))
         .route("/api/v1/openapi.json", get(openapi))
@@ -75,11 +77,7 @@ struct SqlRequest {
     sql: String,
 }
 
-async fn sql_endpoint(
-    State(state): State<ApiState>,
-    headers: axum::http::HeaderMap,
-    body: axum::body::Bytes,
-) -> Response {
+async fn sql_endpoint(State(state): State<ApiState>, headers: axum::http::HeaderMap, body: axum::body::Bytes) -> Response {
     sql_inner(&state, &headers, &body).await.unwrap_or_else(IntoResponse::into_response)
 }
 
@@ -95,33 +93,14 @@ async fn sql_inner(state: &ApiState, headers: &axum::http::HeaderMap, body: &[u8
         return Err(ApiError::unauthorized("missing or wrong admin token (Authorization: Bearer <token>)"));
     }
     let req: SqlRequest = serde_json::from_slice(body).map_err(|e| bad("sql", format!("body must be {{\"sql\": \"SELECT …\"}}: {e}")))?;
-    let options = datafusion::execution::context::SQLOptions::new()
-        .with_allow_ddl(false)
-        .with_allow_dml(false)
-        .with_allow_statements(false);
-    let df = state
-        .engine
-        .context()
-        .sql_with_options(&req.sql, options)
-        .await
-        .map_err(|e| ApiError::bad_request("invalid_sql", format!("{e}")))?;
     let max = state.sql.max_rows;
-    let df = df.limit(0, Some(max + 1)).map_err(|e| ApiError::bad_request("invalid_sql", format!("{e}")))?;
-    let timeout = std::time::Duration::from_millis(state.sql.timeout_ms);
-    let batches = match tokio::time::timeout(timeout, df.collect()).await {
-        Err(_) => {
-            return Err(ApiError::bad_request(
-                "query_timeout",
-                format!("the query ran longer than the {} ms limit", state.sql.timeout_ms),
-            ));
-        }
-        Ok(r) => r.map_err(|e| ApiError::bad_request("query_failed", format!("{e}")))?,
-    };
-    let mut rows = json_rows(&batches)?;
-    let truncated = rows.len() > max;
-    rows.truncate(max);
-    let columns: Vec<String> = batches.first().map(|b| b.schema().fields().iter().map(|f| f.name().clone()).collect()).unwrap_or_default();
-    Ok(Json(json!({"columns": columns, "rows": rows, "truncated": truncated})).into_response())
+    let mut out = state.backend.sql(&req.sql, max, state.sql.timeout_ms).await.map_err(|e| match e {
+        SqlError::Timeout(_) => ApiError::bad_request("query_timeout", e.to_string()),
+        SqlError::Invalid(m) => ApiError::bad_request("query_failed", m),
+    })?;
+    let truncated = out.rows.len() > max;
+    out.rows.truncate(max);
+    Ok(Json(json!({"columns": out.columns, "rows": out.rows, "truncated": truncated})).into_response())
 }
 
 fn bad(parameter: &str, message: impl std::fmt::Display) -> ApiError {
@@ -157,14 +136,8 @@ pub fn parse_time(s: &str, now: i64) -> Option<i64> {
     s.parse().ok()
 }
 
-struct Range {
-    from: i64,
-    to: i64,
-    where_sql: String,
-}
-
-/// Time range and filters as a WHERE clause (with partition pruning on `dt`).
-fn range(q: &HashMap<String, String>) -> Result<Range, ApiError> {
+/// The time range and filters of a request (default: the last hour).
+fn range(q: &HashMap<String, String>) -> Result<AggQuery, ApiError> {
     let now = now_ms();
     let time = |name: &str, default: i64| -> Result<i64, ApiError> {
         match q.get(name) {
@@ -176,22 +149,17 @@ fn range(q: &HashMap<String, String>) -> Result<Range, ApiError> {
     if from >= to {
         return Err(bad("from", "must be before `to`"));
     }
-    let day = |ms: i64| crate::partition_date(ms);
-    let mut clauses = vec![
-        format!("window_start >= to_timestamp_millis({from})"),
-        format!("window_start < to_timestamp_millis({to})"),
-        format!("dt >= '{}' AND dt <= '{}'", day(from), day(to)),
-    ];
+    let mut filters = Vec::new();
     if let Some(filter) = q.get("filter").filter(|f| !f.is_empty()) {
         for part in filter.split(',') {
             let (dim, value) = part.split_once(':').ok_or_else(|| bad("filter", format!("{part:?} is not dimension:value")))?;
             if !DIM_COLUMNS.contains(&dim) {
                 return Err(bad("filter", format!("unknown dimension {dim:?} (one of {})", DIM_COLUMNS.join(", "))));
             }
-            clauses.push(format!("{dim} = '{}'", value.replace('\'', "''")));
+            filters.push((dim.to_owned(), value.to_owned()));
         }
     }
-    Ok(Range { from, to, where_sql: clauses.join(" AND ") })
+    Ok(AggQuery { from, to, filters, ..AggQuery::default() })
 }
 
 fn dimension(q: &HashMap<String, String>, name: &str) -> Result<Option<String>, ApiError> {
@@ -202,83 +170,102 @@ fn dimension(q: &HashMap<String, String>, name: &str) -> Result<Option<String>, 
     }
 }
 
-async fn rows(engine: &Engine, sql: &str) -> Result<Vec<serde_json::Map<String, Value>>, ApiError> {
-    let batches: Vec<RecordBatch> = engine.sql(sql).await.map_err(|e| {
-        tracing::error!(error = format!("{e:#}"), sql, "metrics query failed");
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "query_failed", "the query failed")
-    })?;
-    json_rows(&batches)
+fn failed(e: anyhow::Error) -> ApiError {
+    tracing::error!(error = format!("{e:#}"), "metrics query failed");
+    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "query_failed", "the query failed")
 }
 
-/// Record batches as JSON objects, one per row.
-fn json_rows(batches: &[RecordBatch]) -> Result<Vec<serde_json::Map<String, Value>>, ApiError> {
-    let mut buf = Vec::new();
-    {
-        let mut w = arrow_json::ArrayWriter::new(&mut buf);
-        for b in batches {
-            w.write(b).map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "encode_failed", "could not encode rows"))?;
-        }
-        w.finish().map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "encode_failed", "could not encode rows"))?;
-    }
-    if buf.is_empty() {
-        return Ok(Vec::new());
-    }
-    serde_json::from_slice(&buf).map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "encode_failed", "could not encode rows"))
+fn metrics_of(row: &AggRow) -> serde_json::Map<String, Value> {
+    derive(&row.sums, &row.quantiles)
 }
 
 async fn metrics(State(state): State<ApiState>, Query(q): Query<HashMap<String, String>>) -> Response {
-    metrics_inner(&state.engine, &q).await.unwrap_or_else(IntoResponse::into_response)
+    metrics_inner(&state.backend, &q).await.unwrap_or_else(IntoResponse::into_response)
 }
 
-async fn metrics_inner(engine: &Engine, q: &HashMap<String, String>) -> Result<Response, ApiError> {
-    let r = range(q)?;
+async fn metrics_inner(backend: &Backend, q: &HashMap<String, String>) -> Result<Response, ApiError> {
+    let mut agg = range(q)?;
     let step = match q.get("step") {
         Some(s) => parse_duration(s).ok_or_else(|| bad("step", format!("{s:?} is not <n><s|m|h|d>")))?,
-        None => (((r.to - r.from) / 240).max(10_000) + 9_999) / 10_000 * 10_000,
+        None => (((agg.to - agg.from) / 240).max(10_000) + 9_999) / 10_000 * 10_000,
     };
-    if (r.to - r.from) / step > MAX_POINTS {
+    if (agg.to - agg.from) / step > MAX_POINTS {
         return Err(bad("step", format!("too small for the range: at most {MAX_POINTS} points")));
     }
-    let group = dimension(q, "group_by")?;
-    let group_sql = group.as_deref().map(|g| format!(", {g} AS grp")).unwrap_or_default();
-    let sql = format!(
-        "SELECT (CAST(window_start AS BIGINT) / {step}) * {step} AS t{group_sql},\n    {}\nFROM qoe_window WHERE {}\nGROUP BY 1{}\nORDER BY 1{}",
-        select_list(),
-        r.where_sql,
-        if group.is_some() { ", 2" } else { "" },
-        if group.is_some() { ", 2" } else { "" },
-    );
-    let mut series: Vec<(Value, Vec<Value>)> = Vec::new();
-    for mut row in rows(engine, &sql).await? {
-        let key = row.remove("grp").unwrap_or(Value::Null);
-        let point = Value::Object(row);
-        match series.iter_mut().find(|(k, _)| *k == key) {
-            Some((_, points)) => points.push(point),
-            None => series.push((key, vec![point])),
+    agg.bucket_ms = Some(step);
+    agg.group_by = dimension(q, "group_by")?;
+    let (rows, active) = tokio::try_join!(backend.aggregate(&agg), backend.active_per_window(&agg)).map_err(failed)?;
+    // Concurrent viewers of a bucket: the most views active in one of its windows.
+    let mut peak: HashMap<(i64, Option<String>), i64> = HashMap::new();
+    for (window, group, n) in active {
+        let e = peak.entry((window.div_euclid(step) * step, group)).or_default();
+        *e = (*e).max(n);
+    }
+    let mut series: Vec<(Option<String>, Vec<Value>)> = Vec::new();
+    for row in &rows {
+        let t = row.bucket.unwrap_or_default();
+        let mut point = serde_json::Map::new();
+        point.insert("t".into(), t.into());
+        point.extend(metrics_of(row));
+        point.insert("concurrent_viewers".into(), peak.get(&(t, row.group.clone())).copied().unwrap_or(0).into());
+        match series.iter_mut().find(|(k, _)| *k == row.group) {
+            Some((_, points)) => points.push(Value::Object(point)),
+            None => series.push((row.group.clone(), vec![Value::Object(point)])),
         }
     }
     let series: Vec<Value> = series.into_iter().map(|(k, points)| json!({"group": k, "points": points})).collect();
-    Ok(Json(json!({"from": r.from, "to": r.to, "step": step, "group_by": group, "series": series})).into_response())
+    Ok(Json(json!({"from": agg.from, "to": agg.to, "step": step, "group_by": agg.group_by, "series": series})).into_response())
+}
+
+async fn summary(State(state): State<ApiState>, Query(q): Query<HashMap<String, String>>) -> Response {
+    summary_inner(&state.backend, &q).await.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn summary_inner(backend: &Backend, q: &HashMap<String, String>) -> Result<Response, ApiError> {
+    let agg = range(q)?;
+    let (rows, active) = tokio::try_join!(backend.aggregate(&agg), backend.active_per_window(&agg)).map_err(failed)?;
+    let metrics = match rows.first() {
+        Some(row) => metrics_of(row),
+        None => derive(&vec![0; crate::metrics::SUMS.len()], &[]),
+    };
+    let latest = active.last().map(|(w, _, n)| json!({"window_start": w, "viewers": n}));
+    let peak = active.iter().map(|(_, _, n)| *n).max().unwrap_or(0);
+    Ok(Json(json!({
+        "from": agg.from,
+        "to": agg.to,
+        "metrics": metrics,
+        "concurrent_viewers": latest.as_ref().map_or(json!(0), |l| l["viewers"].clone()),
+        "concurrent_window_start": latest.map_or(Value::Null, |l| l["window_start"].clone()),
+        "peak_concurrent_viewers": peak,
+    }))
+    .into_response())
 }
 
 async fn breakdown(State(state): State<ApiState>, Query(q): Query<HashMap<String, String>>) -> Response {
-    breakdown_inner(&state.engine, &q).await.unwrap_or_else(IntoResponse::into_response)
+    breakdown_inner(&state.backend, &q).await.unwrap_or_else(IntoResponse::into_response)
 }
 
-async fn breakdown_inner(engine: &Engine, q: &HashMap<String, String>) -> Result<Response, ApiError> {
+async fn breakdown_inner(backend: &Backend, q: &HashMap<String, String>) -> Result<Response, ApiError> {
     let dim = dimension(q, "dimension")?.ok_or_else(|| bad("dimension", "required"))?;
-    let r = range(q)?;
-    let limit = match q.get("limit") {
+    let mut agg = range(q)?;
+    agg.top = Some(match q.get("limit") {
         None => 10,
         Some(l) => l.parse::<u32>().ok().filter(|l| (1..=1000).contains(l)).ok_or_else(|| bad("limit", "must be 1 to 1000"))?,
-    };
-    let sql = format!(
-        "SELECT {dim} AS value,\n    {}\nFROM qoe_window WHERE {}\nGROUP BY {dim}\nORDER BY attempts DESC, value\nLIMIT {limit}",
-        select_list(),
-        r.where_sql
-    );
-    let rows = rows(engine, &sql).await?;
-    Ok(Json(json!({"from": r.from, "to": r.to, "dimension": dim, "rows": rows})).into_response())
+    });
+    agg.group_by = Some(dim.clone());
+    let rows: Vec<Value> = backend
+        .aggregate(&agg)
+        .await
+        .map_err(failed)?
+        .iter()
+        .map(|row| {
+            let mut m = serde_json::Map::new();
+            m.insert("value".into(), row.group.clone().into());
+            m.extend(metrics_of(row));
+            Value::Object(m)
+        })
+        .collect();
+    Ok(Json(json!({"from": agg.from, "to": agg.to, "dimension": dim, "rows": rows})).into_response())
 }
 
 #[cfg(test)]

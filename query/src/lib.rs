@@ -6,6 +6,8 @@
 //! directory with no files yet still answers queries (with no rows).
 
 pub mod api;
+pub mod backend;
+pub mod clickhouse;
 pub mod hdr;
 pub mod metrics;
 pub mod output;
@@ -57,6 +59,26 @@ impl Engine {
     /// Runs one SQL statement and collects its rows.
     pub async fn sql(&self, sql: &str) -> anyhow::Result<Vec<RecordBatch>> {
         Ok(self.ctx.sql(sql).await?.collect().await?)
+    }
+
+    /// Runs an analyst's query: a read-only statement (no DDL, DML or statements such as SET; the
+    /// context has no URL or file tables), at most `max_rows + 1` rows (so a caller can tell it was cut),
+    /// within `timeout_ms`.
+    pub async fn read_only_sql(&self, sql: &str, max_rows: usize, timeout_ms: u64) -> Result<backend::SqlRows, backend::SqlError> {
+        use backend::SqlError::{Invalid, Timeout};
+        let options = datafusion::execution::context::SQLOptions::new()
+            .with_allow_ddl(false)
+            .with_allow_dml(false)
+            .with_allow_statements(false);
+        let df = self.ctx.sql_with_options(sql, options).await.map_err(|e| Invalid(e.to_string()))?;
+        let df = df.limit(0, Some(max_rows + 1)).map_err(|e| Invalid(e.to_string()))?;
+        let columns = df.schema().fields().iter().map(|f| f.name().clone()).collect();
+        let batches = match tokio::time::timeout(std::time::Duration::from_millis(timeout_ms), df.collect()).await {
+            Err(_) => return Err(Timeout(timeout_ms)),
+            Ok(r) => r.map_err(|e| Invalid(e.to_string()))?,
+        };
+        let rows = backend::json_rows(&batches).map_err(|e| Invalid(format!("could not encode rows: {e}")))?;
+        Ok(backend::SqlRows { columns, rows })
     }
 }
 

@@ -1,46 +1,145 @@
-//! The QoE metrics as SQL over `qoe_window` rows, defined once: the helper view `qoe_ratios` and the
-//! metrics API both aggregate with these expressions, so they cannot disagree.
+//! The QoE metrics of DESIGN.md §4 over `qoe_window` rows, defined once.
+//!
+//! Every metric is a sum of a `qoe_window` column, a start-time quantile of the merged histograms, or a
+//! ratio of sums. The helper view `qoe_ratios` gets its SQL from these definitions ([`select_list`]);
+//! the metrics API asks a backend for the sums and quantiles only and derives the ratios in Rust
+//! ([`derive`]), so DataFusion and ClickHouse answers cannot disagree on a formula.
 
-/// (name, SQL over a group of `qoe_window` rows). Sums are exact; ratios are fractions unless `_pct`.
-pub const METRICS: &[(&str, &str)] = &[
-    ("attempts", "sum(attempts)"),
-    ("starts", "sum(starts)"),
-    ("startup_ms_sum", "sum(startup_ms_sum)"),
-    ("startup_p50", "hdr_quantile(startup_hist, 0.5)"),
-    ("startup_p95", "hdr_quantile(startup_hist, 0.95)"),
-    ("vsf", "sum(vsf)"),
-    ("ebvs", "sum(ebvs)"),
-    ("playback_failures", "sum(playback_failures)"),
-    ("play_ms", "sum(play_ms)"),
-    ("stall_count", "sum(stall_count)"),
-    ("stall_ms", "sum(stall_ms)"),
-    ("seek_stall_ms", "sum(seek_stall_ms)"),
-    ("bitrate_ms", "sum(bitrate_ms)"),
-    ("bitrate_known_ms", "sum(bitrate_known_ms)"),
-    ("switches_up", "sum(switches_up)"),
-    ("switches_down", "sum(switches_down)"),
-    ("segments_hit", "sum(segments_hit)"),
-    ("segments_miss", "sum(segments_miss)"),
-    ("bytes_hit", "sum(bytes_hit)"),
-    ("bytes_total", "sum(bytes_total)"),
-    ("errors", "sum(errors)"),
-    ("fatal_errors", "sum(fatal_errors)"),
-    ("active_views", "sum(active_views)"),
-    ("rebuffer_ratio", "CAST(sum(stall_ms) AS DOUBLE) / NULLIF(CAST(sum(play_ms) + sum(stall_ms) AS DOUBLE), 0)"),
-    (
-        "connection_induced_rebuffer_ratio",
-        "CAST(sum(stall_ms) - sum(seek_stall_ms) AS DOUBLE) / NULLIF(CAST(sum(play_ms) + sum(stall_ms) AS DOUBLE), 0)",
-    ),
-    ("vsf_pct", "100.0 * CAST(sum(vsf) AS DOUBLE) / NULLIF(CAST(sum(attempts) AS DOUBLE), 0)"),
-    ("ebvs_pct", "100.0 * CAST(sum(ebvs) AS DOUBLE) / NULLIF(CAST(sum(attempts) AS DOUBLE), 0)"),
-    ("playback_failure_pct", "100.0 * CAST(sum(playback_failures) AS DOUBLE) / NULLIF(CAST(sum(attempts) AS DOUBLE), 0)"),
-    ("cache_hit_ratio", "CAST(sum(segments_hit) AS DOUBLE) / NULLIF(CAST(sum(segments_hit) + sum(segments_miss) AS DOUBLE), 0)"),
-    ("cache_hit_ratio_bytes", "CAST(sum(bytes_hit) AS DOUBLE) / NULLIF(CAST(sum(bytes_total) AS DOUBLE), 0)"),
-    ("avg_bitrate_kbps", "CAST(sum(bitrate_ms) AS DOUBLE) / NULLIF(CAST(sum(bitrate_known_ms) AS DOUBLE), 0)"),
-    ("rebuffer_frequency_per_min", "CAST(sum(stall_count) AS DOUBLE) / NULLIF(CAST(sum(play_ms) AS DOUBLE) / 60000.0, 0)"),
+use serde_json::{Map, Value};
+
+/// Summed `qoe_window` columns (all integers).
+pub const SUMS: &[&str] = &[
+    "attempts",
+    "starts",
+    "startup_ms_sum",
+    "vsf",
+    "ebvs",
+    "playback_failures",
+    "play_ms",
+    "stall_count",
+    "stall_ms",
+    "seek_stall_ms",
+    "bitrate_ms",
+    "bitrate_known_ms",
+    "switches_up",
+    "switches_down",
+    "segments_hit",
+    "segments_miss",
+    "bytes_hit",
+    "bytes_total",
+    "errors",
+    "fatal_errors",
+    "active_views",
 ];
 
-/// `expr AS name, …` for a SELECT list.
+/// Start-time quantiles from the merged `startup_hist` histograms: (name, q).
+pub const QUANTILES: &[(&str, f64)] = &[("startup_p50", 0.5), ("startup_p95", 0.95)];
+
+/// `scale × Σ(sign × num) / Σ den`, NULL when the denominator is 0.
+pub struct Ratio {
+    pub name: &'static str,
+    pub num: &'static [(i8, &'static str)],
+    pub den: &'static [&'static str],
+    pub scale: f64,
+}
+
+const fn ratio(name: &'static str, num: &'static [(i8, &'static str)], den: &'static [&'static str], scale: f64) -> Ratio {
+    Ratio { name, num, den, scale }
+}
+
+/// Ratios are fractions (0..1) unless named `_pct`.
+pub const RATIOS: &[Ratio] = &[
+    ratio("rebuffer_ratio", &[(1, "stall_ms")], &["play_ms", "stall_ms"], 1.0),
+    ratio("connection_induced_rebuffer_ratio", &[(1, "stall_ms"), (-1, "seek_stall_ms")], &["play_ms", "stall_ms"], 1.0),
+    ratio("vsf_pct", &[(1, "vsf")], &["attempts"], 100.0),
+    ratio("ebvs_pct", &[(1, "ebvs")], &["attempts"], 100.0),
+    ratio("playback_failure_pct", &[(1, "playback_failures")], &["attempts"], 100.0),
+    ratio("cache_hit_ratio", &[(1, "segments_hit")], &["segments_hit", "segments_miss"], 1.0),
+    ratio("cache_hit_ratio_bytes", &[(1, "bytes_hit")], &["bytes_total"], 1.0),
+    ratio("avg_bitrate_kbps", &[(1, "bitrate_ms")], &["bitrate_known_ms"], 1.0),
+    ratio("avg_startup_ms", &[(1, "startup_ms_sum")], &["starts"], 1.0),
+    ratio("rebuffer_frequency_per_min", &[(1, "stall_count")], &["play_ms"], 60_000.0),
+];
+
+/// Every metric name, in output order.
+pub fn names() -> impl Iterator<Item = &'static str> {
+    SUMS.iter().copied().chain(QUANTILES.iter().map(|(n, _)| *n)).chain(RATIOS.iter().map(|r| r.name))
+}
+
+fn sql_sum_of(terms: impl Iterator<Item = (i8, &'static str)>) -> String {
+    let mut s = String::new();
+    for (i, (sign, col)) in terms.enumerate() {
+        match (i, sign < 0) {
+            (0, false) => {}
+            (0, true) => s.push('-'),
+            (_, false) => s.push_str(" + "),
+            (_, true) => s.push_str(" - "),
+        }
+        s.push_str(&format!("sum({col})"));
+    }
+    s
+}
+
+/// The DataFusion SQL of a ratio over a group of `qoe_window` rows.
+pub fn ratio_sql(r: &Ratio) -> String {
+    let num = sql_sum_of(r.num.iter().copied());
+    let den = sql_sum_of(r.den.iter().map(|c| (1, *c)));
+    format!("{:?} * CAST({num} AS DOUBLE) / NULLIF(CAST({den} AS DOUBLE), 0)", r.scale)
+}
+
+/// `expr AS name, …` for a DataFusion SELECT list over `qoe_window` (used by the `qoe_ratios` view).
 pub fn select_list() -> String {
-    METRICS.iter().map(|(name, expr)| format!("{expr} AS {name}")).collect::<Vec<_>>().join(",\n    ")
+    let sums = SUMS.iter().map(|c| format!("sum({c}) AS {c}"));
+    let quantiles = QUANTILES.iter().map(|(n, q)| format!("hdr_quantile(startup_hist, {q:?}) AS {n}"));
+    let ratios = RATIOS.iter().map(|r| format!("{} AS {}", ratio_sql(r), r.name));
+    sums.chain(quantiles).chain(ratios).collect::<Vec<_>>().join(",\n    ")
+}
+
+/// The value of a ratio from the sums (in [`SUMS`] order), computed as its SQL does.
+pub fn ratio_value(r: &Ratio, sums: &[i64]) -> Option<f64> {
+    let get = |c: &str| SUMS.iter().position(|s| *s == c).map_or(0, |i| sums[i]);
+    let num: i64 = r.num.iter().map(|(sign, c)| i64::from(*sign) * get(c)).sum();
+    let den: i64 = r.den.iter().map(|c| get(c)).sum();
+    (den != 0).then(|| r.scale * num as f64 / den as f64)
+}
+
+/// All metrics of one group as JSON: the sums, the quantiles (given in [`QUANTILES`] order) and the
+/// ratios derived from the sums.
+pub fn derive(sums: &[i64], quantiles: &[Option<f64>]) -> Map<String, Value> {
+    let mut m = Map::new();
+    for (name, v) in SUMS.iter().zip(sums) {
+        m.insert((*name).into(), Value::from(*v));
+    }
+    for ((name, _), v) in QUANTILES.iter().zip(quantiles) {
+        m.insert((*name).into(), v.map_or(Value::Null, Value::from));
+    }
+    for r in RATIOS {
+        m.insert(r.name.into(), ratio_value(r, sums).map_or(Value::Null, Value::from));
+    }
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ratio_sql_and_value_agree_on_the_formula() {
+        let r = &RATIOS[1];
+        assert_eq!(
+            ratio_sql(r),
+            "1.0 * CAST(sum(stall_ms) - sum(seek_stall_ms) AS DOUBLE) / NULLIF(CAST(sum(play_ms) + sum(stall_ms) AS DOUBLE), 0)"
+        );
+        let mut sums = vec![0; SUMS.len()];
+        let at = |c: &str| SUMS.iter().position(|s| *s == c).unwrap();
+        sums[at("stall_ms")] = 300;
+        sums[at("seek_stall_ms")] = 100;
+        sums[at("play_ms")] = 700;
+        assert_eq!(ratio_value(r, &sums), Some(0.2));
+        assert_eq!(ratio_value(&RATIOS[2], &sums), None, "no attempts: no VSF %");
+        let all = derive(&sums, &[Some(10.0), None]);
+        assert_eq!(all.len(), names().count());
+        assert_eq!(all["rebuffer_ratio"], 0.3);
+        assert_eq!(all["startup_p95"], Value::Null);
+    }
 }

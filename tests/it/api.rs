@@ -1,7 +1,6 @@
 //! The metrics API of `qoeflow serve` on known traffic: every series sums to the dataset's totals, the
 //! breakdown ranks dimension values, and bad parameters get 400 naming the parameter.
 
-use crate::common;
 
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
@@ -58,6 +57,16 @@ async fn metrics_and_breakdown_answer_from_the_dataset() {
     assert_eq!(per_cdn, sum(&windows, "attempts"));
     let (_, body) = get(&format!("{api}/metrics?{range}&filter=cdn:nope")).await;
     assert!(body["series"].as_array().expect("series").is_empty(), "a filter that matches nothing");
+
+    assert!(points.iter().any(|p| p["concurrent_viewers"].as_i64() > Some(0)), "concurrent viewers per bucket");
+
+    let (status, body) = get(&format!("{api}/summary?{range}")).await;
+    assert_eq!(status, 200, "{body}");
+    for field in ["attempts", "starts", "play_ms", "stall_ms", "vsf", "ebvs", "errors"] {
+        assert_eq!(body["metrics"][field].as_i64(), Some(sum(&windows, field)), "summary {field}");
+    }
+    let peak = body["peak_concurrent_viewers"].as_i64().expect("peak");
+    assert!(peak > 0 && peak <= 30 && body["concurrent_viewers"].as_i64() <= Some(peak), "{body}");
 
     let (status, body) = get(&format!("{api}/breakdown?dimension=cdn&{range}&limit=2")).await;
     assert_eq!(status, 200, "{body}");
@@ -182,4 +191,12 @@ async fn the_openapi_document_matches_the_api() {
         .map(|v| v.as_str().expect("str"))
         .collect();
     assert_eq!(dims, schemas::tables::DIM_COLUMNS, "dimensions documented = dimensions accepted");
+    assert_eq!(params("/api/v1/summary", "get"), ["from", "to", "filter"]);
+    // The documented metrics are exactly the ones served.
+    let (_, summary) = get(&format!("{}/api/v1/summary", q.url)).await;
+    let mut served_metrics: Vec<&String> = summary["metrics"].as_object().expect("metrics").keys().collect();
+    let mut documented: Vec<&String> = served["components"]["schemas"]["Metrics"]["properties"].as_object().expect("props").keys().collect();
+    served_metrics.sort();
+    documented.sort();
+    assert_eq!(served_metrics, documented);
 }

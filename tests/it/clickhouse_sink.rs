@@ -1,7 +1,6 @@
 //! `qoeflow serve --clickhouse-url`: the same tables in a real ClickHouse server as in Parquet, and a
 //! ClickHouse outage under load that loses nothing and doubles nothing.
 
-use crate::common;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;

@@ -1,7 +1,6 @@
 //! `POST /v1/beacon` through real HTTP against `qoeflow serve` (local log sink): every answer of
 //! DESIGN.md §3, and what ends up durable in the log.
 
-use crate::common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

@@ -1,7 +1,6 @@
 //! kill -9 `qoeflow serve` under load, restart it: every event that got a 2xx is in the local log,
 //! every record decodes (none torn or corrupt), and the restarted server keeps appending after them.
 
-use crate::common;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};

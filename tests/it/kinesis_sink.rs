@@ -2,7 +2,6 @@
 //! plays Kinesis under load. Under injected partial failures, every event that got a 2xx must be in the
 //! stream, and requests whose retries ran out must get 503.
 
-use crate::common;
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};

@@ -2,7 +2,6 @@
 //! reference over what the stream holds; KPL-aggregated records; a shard split mid-stream; kill -9 and a
 //! crash between files and checkpoint, restarted, exactly once.
 
-use crate::common;
 
 use std::path::Path;
 use std::time::Duration;

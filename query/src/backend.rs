@@ -1,0 +1,242 @@
+//! Two backends behind the metrics API: the Parquet dataset through DataFusion (the embedded default)
+//! and ClickHouse (production). Both answer the same questions: sums of `qoe_window` columns and
+//! merged start-time quantiles, over a time range with dimension filters, optionally per time bucket
+//! and per dimension value. Ratios are derived from the sums by [`crate::metrics::derive`] for both.
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use datafusion::arrow::record_batch::RecordBatch;
+use serde_json::{Map, Value};
+
+use crate::Engine;
+use crate::clickhouse::ClickHouseReader;
+use crate::metrics::{QUANTILES, SUMS};
+
+/// One aggregation over `qoe_window`. Dimension names in `filters`/`group_by` are validated by the caller.
+#[derive(Debug, Clone, Default)]
+pub struct AggQuery {
+    /// Window start range [from, to), epoch ms.
+    pub from: i64,
+    pub to: i64,
+    /// `dimension = value`, all of them.
+    pub filters: Vec<(String, String)>,
+    /// One row per time bucket of this length (aligned to multiples of it).
+    pub bucket_ms: Option<i64>,
+    /// One row per value of this dimension.
+    pub group_by: Option<String>,
+    /// Keep the `n` groups with the most attempts (ties by value).
+    pub top: Option<u32>,
+}
+
+/// One group's sums (in [`SUMS`] order) and quantiles (in [`QUANTILES`] order).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AggRow {
+    pub bucket: Option<i64>,
+    pub group: Option<String>,
+    pub sums: Vec<i64>,
+    pub quantiles: Vec<Option<f64>>,
+}
+
+/// The rows and columns of an ad-hoc SQL query.
+#[derive(Debug, Default)]
+pub struct SqlRows {
+    pub columns: Vec<String>,
+    pub rows: Vec<Map<String, Value>>,
+}
+
+/// Where ad-hoc SQL failed: the analyst's query, or its time limit.
+#[derive(Debug, thiserror::Error)]
+pub enum SqlError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("the query ran longer than the {0} ms limit")]
+    Timeout(u64),
+}
+
+/// `[query] backend`: which store the metrics API reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// The Parquet dataset under the data directory, through DataFusion.
+    #[default]
+    Parquet,
+    /// The ClickHouse tables the pipeline writes (`[clickhouse]` url and database).
+    ClickHouse,
+}
+
+#[derive(Clone)]
+pub enum Backend {
+    DataFusion(Arc<Engine>),
+    ClickHouse(Arc<ClickHouseReader>),
+}
+
+/// How the two SQL dialects spell the pieces of an aggregation.
+struct Dialect {
+    from: String,
+    time_ge: fn(i64) -> String,
+    time_lt: fn(i64) -> String,
+    bucket: fn(i64) -> String,
+    quote: fn(&str) -> String,
+    quantiles: fn() -> String,
+}
+
+impl Backend {
+    /// Opens the configured backend: the Parquet dataset under `data_dir`, or ClickHouse.
+    pub async fn open(
+        kind: BackendKind,
+        data_dir: &std::path::Path,
+        clickhouse: &pipeline::clickhouse::ClickHouseConfig,
+    ) -> anyhow::Result<Backend> {
+        Ok(match kind {
+            BackendKind::Parquet => {
+                let engine = Engine::open(data_dir).await.context("opening the Parquet dataset")?;
+                Backend::DataFusion(Arc::new(engine))
+            }
+            BackendKind::ClickHouse => Backend::ClickHouse(Arc::new(ClickHouseReader::new(clickhouse)?)),
+        })
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Backend::DataFusion(_) => "parquet",
+            Backend::ClickHouse(_) => "clickhouse",
+        }
+    }
+
+    fn dialect(&self) -> Dialect {
+        match self {
+            Backend::DataFusion(_) => Dialect {
+                from: "qoe_window".into(),
+                time_ge: |ms| format!("window_start >= to_timestamp_millis({ms})"),
+                time_lt: |ms| format!("window_start < to_timestamp_millis({ms})"),
+                bucket: |step| format!("(CAST(window_start AS BIGINT) / {step}) * {step}"),
+                quote: |v| format!("'{}'", v.replace('\'', "''")),
+                quantiles: || {
+                    QUANTILES.iter().map(|(n, q)| format!("hdr_quantile(startup_hist, {q:?}) AS q_{n}")).collect::<Vec<_>>().join(", ")
+                },
+            },
+            Backend::ClickHouse(ch) => Dialect {
+                // FINAL: replays may have written a row twice until ReplacingMergeTree merges them.
+                from: format!("{}.qoe_window FINAL", ch.database()),
+                time_ge: |ms| format!("window_start >= {ms}"),
+                time_lt: |ms| format!("window_start < {ms}"),
+                bucket: |step| format!("intDiv(window_start, {step}) * {step}"),
+                quote: crate::clickhouse::quote,
+                // ClickHouse cannot merge HdrHistograms: fetch them and merge here.
+                quantiles: || "groupArrayIf(hex(startup_hist), starts > 0) AS hists".into(),
+            },
+        }
+    }
+
+    /// The aggregation's SQL; `active_only` sums only `active_views` (and keeps groups with some).
+    fn aggregate_sql(&self, q: &AggQuery, active_only: bool) -> String {
+        let d = self.dialect();
+        let mut select = Vec::new();
+        let mut keys = Vec::new();
+        if let Some(step) = q.bucket_ms {
+            select.push(format!("{} AS t", (d.bucket)(step)));
+            keys.push("t");
+        }
+        if let Some(g) = &q.group_by {
+            select.push(format!("{g} AS grp"));
+            keys.push("grp");
+        }
+        if active_only {
+            select.push("sum(active_views) AS s_active_views".into());
+        } else {
+            select.extend(SUMS.iter().map(|c| format!("sum({c}) AS s_{c}")));
+            select.push((d.quantiles)());
+        }
+        let mut clauses = vec![(d.time_ge)(q.from), (d.time_lt)(q.to)];
+        if matches!(self, Backend::DataFusion(_)) {
+            // Prune hive partitions (dt is a day; the range's last millisecond is to - 1).
+            clauses.push(format!("dt >= '{}' AND dt <= '{}'", crate::partition_date(q.from), crate::partition_date(q.to - 1)));
+        }
+        clauses.extend(q.filters.iter().map(|(dim, value)| format!("{dim} = {}", (d.quote)(value))));
+        let mut sql = format!("SELECT {}\nFROM {}\nWHERE {}", select.join(",\n    "), d.from, clauses.join(" AND "));
+        if !keys.is_empty() {
+            sql.push_str(&format!("\nGROUP BY {}", keys.join(", ")));
+            if active_only {
+                sql.push_str("\nHAVING sum(active_views) > 0");
+            }
+        }
+        if let Some(n) = q.top {
+            sql.push_str(&format!("\nORDER BY s_attempts DESC, grp\nLIMIT {n}"));
+        }
+        sql
+    }
+
+    /// Runs an aggregation. Rows come sorted: by attempts (descending) then value with `top`, otherwise
+    /// by bucket then value. A query with no keys over no rows gives one row of zeros.
+    pub async fn aggregate(&self, q: &AggQuery) -> anyhow::Result<Vec<AggRow>> {
+        self.run_aggregate(q, false).await
+    }
+
+    async fn run_aggregate(&self, q: &AggQuery, active_only: bool) -> anyhow::Result<Vec<AggRow>> {
+        let sql = self.aggregate_sql(q, active_only);
+        let raw = match self {
+            Backend::DataFusion(engine) => json_rows(&engine.sql(&sql).await.with_context(|| format!("query failed: {sql}"))?)?,
+            Backend::ClickHouse(ch) => ch.query_rows(&sql).await.with_context(|| format!("query failed: {sql}"))?,
+        };
+        let mut rows = raw.iter().map(agg_row).collect::<anyhow::Result<Vec<_>>>()?;
+        match q.top {
+            Some(_) => rows.sort_by(|a, b| b.sums[0].cmp(&a.sums[0]).then_with(|| a.group.cmp(&b.group))),
+            None => rows.sort_by(|a, b| (a.bucket, &a.group).cmp(&(b.bucket, &b.group))),
+        }
+        Ok(rows)
+    }
+
+    /// Active views per window (and per `group_by` value), for the windows of the range with any,
+    /// ascending by window start: concurrent viewers at window resolution.
+    pub async fn active_per_window(&self, q: &AggQuery) -> anyhow::Result<Vec<(i64, Option<String>, i64)>> {
+        // A bucket of 1 ms is the window start itself.
+        let per_window = AggQuery { bucket_ms: Some(1), top: None, ..q.clone() };
+        let rows = self.run_aggregate(&per_window, true).await?;
+        let active = SUMS.iter().position(|c| *c == "active_views").unwrap_or_default();
+        Ok(rows.into_iter().map(|r| (r.bucket.unwrap_or_default(), r.group, r.sums[active])).collect())
+    }
+
+    /// Ad-hoc read-only SQL with a row limit and a time limit.
+    pub async fn sql(&self, sql: &str, max_rows: usize, timeout_ms: u64) -> Result<SqlRows, SqlError> {
+        match self {
+            Backend::DataFusion(engine) => engine.read_only_sql(sql, max_rows, timeout_ms).await,
+            Backend::ClickHouse(ch) => ch.read_only_sql(sql, max_rows, timeout_ms).await,
+        }
+    }
+}
+
+fn agg_row(m: &Map<String, Value>) -> anyhow::Result<AggRow> {
+    let int = |v: &Value| -> Option<i64> { v.as_i64().or_else(|| v.as_str().and_then(|s| s.parse().ok())) };
+    let sums = SUMS
+        .iter()
+        .map(|c| m.get(&format!("s_{c}")).map_or(Some(0), |v| if v.is_null() { Some(0) } else { int(v) }))
+        .collect::<Option<Vec<_>>>()
+        .context("a sum is not an integer")?;
+    let quantiles = match m.get("hists") {
+        Some(hists) => crate::clickhouse::quantiles_of_hex(hists)?,
+        None => QUANTILES.iter().map(|(n, _)| m.get(&format!("q_{n}")).and_then(Value::as_f64)).collect(),
+    };
+    Ok(AggRow {
+        bucket: m.get("t").and_then(int),
+        group: m.get("grp").and_then(Value::as_str).map(str::to_owned),
+        sums,
+        quantiles,
+    })
+}
+
+/// Record batches as JSON objects, one per row.
+pub fn json_rows(batches: &[RecordBatch]) -> anyhow::Result<Vec<Map<String, Value>>> {
+    let mut buf = Vec::new();
+    {
+        let mut w = arrow_json::ArrayWriter::new(&mut buf);
+        for b in batches {
+            w.write(b)?;
+        }
+        w.finish()?;
+    }
+    if buf.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(serde_json::from_slice(&buf)?)
+}

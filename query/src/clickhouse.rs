@@ -1,0 +1,140 @@
+//! The ClickHouse backend of the metrics API: queries over ClickHouse's HTTP interface, rows as JSON.
+//!
+//! Works with ClickHouse 18.16 and current releases. Reads use `FINAL` (ReplacingMergeTree keeps a
+//! replayed row twice until it merges). Start-time histograms are fetched hex-encoded and merged here,
+//! as ClickHouse cannot merge HdrHistograms. Ad-hoc SQL runs with `readonly=1` (no writes, no
+//! settings changes, no table functions such as `file()` or `url()`), wrapped as a subquery so only a
+//! SELECT parses, with a row limit and `max_execution_time`.
+
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use hdrhistogram::Histogram;
+use pipeline::clickhouse::ClickHouseConfig;
+use pipeline::window::{deserialize_histogram, new_histogram};
+use serde_json::{Map, Value};
+
+use crate::backend::{SqlError, SqlRows};
+use crate::metrics::QUANTILES;
+
+pub struct ClickHouseReader {
+    http: reqwest::Client,
+    url: String,
+    config: ClickHouseConfig,
+}
+
+/// A ClickHouse string literal: backslash escapes, so both `\` and `'` are escaped.
+pub fn quote(v: &str) -> String {
+    format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+impl ClickHouseReader {
+    pub fn new(config: &ClickHouseConfig) -> anyhow::Result<ClickHouseReader> {
+        let url = config.url.clone().context("the ClickHouse backend needs clickhouse.url (--clickhouse-url)")?;
+        let http = reqwest::Client::builder().connect_timeout(Duration::from_secs(5)).build()?;
+        Ok(ClickHouseReader { http, url, config: config.clone() })
+    }
+
+    pub fn database(&self) -> &str {
+        &self.config.database
+    }
+
+    /// POSTs one statement; settings go in the URL, in order (`readonly` must come last).
+    async fn post(&self, sql: String, settings: &[(&str, String)], timeout: Duration) -> anyhow::Result<Result<String, String>> {
+        let mut params: Vec<(&str, String)> = vec![("database", self.config.database.clone())];
+        if let Some(u) = &self.config.user {
+            params.push(("user", u.clone()));
+        }
+        if let Some(p) = &self.config.password {
+            params.push(("password", p.clone()));
+        }
+        params.push(("output_format_json_quote_64bit_integers", "0".into()));
+        params.extend(settings.iter().cloned());
+        let url = reqwest::Url::parse_with_params(&self.url, &params)?;
+        let resp = self.http.post(url).body(sql).timeout(timeout).send().await?;
+        let ok = resp.status().is_success();
+        let text = resp.text().await?;
+        Ok(if ok { Ok(text) } else { Err(text.trim().to_owned()) })
+    }
+
+    /// Rows of a query (written without a FORMAT clause) as JSON objects.
+    pub async fn query_rows(&self, sql: &str) -> anyhow::Result<Vec<Map<String, Value>>> {
+        let text = match self.post(format!("{sql}\nFORMAT JSONEachRow"), &[], Duration::from_secs(60)).await? {
+            Ok(t) => t,
+            Err(e) => bail!("ClickHouse: {e}"),
+        };
+        text.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).context("ClickHouse returned a row that is not a JSON object"))
+            .collect()
+    }
+
+    pub async fn read_only_sql(&self, sql: &str, max_rows: usize, timeout_ms: u64) -> Result<SqlRows, SqlError> {
+        let inner = sql.trim().trim_end_matches(';');
+        let wrapped = format!("SELECT * FROM (\n{inner}\n) LIMIT {}\nFORMAT JSONCompact", max_rows + 1);
+        let settings = [("max_execution_time", timeout_ms.div_ceil(1000).max(1).to_string()), ("readonly", "1".into())];
+        let text = match self.post(wrapped, &settings, Duration::from_millis(timeout_ms + 5_000)).await {
+            Ok(Ok(t)) => t,
+            Ok(Err(e)) if e.contains("Code: 159") || e.contains("TIMEOUT_EXCEEDED") => return Err(SqlError::Timeout(timeout_ms)),
+            Ok(Err(e)) => return Err(SqlError::Invalid(e)),
+            Err(e) if e.downcast_ref::<reqwest::Error>().is_some_and(reqwest::Error::is_timeout) => {
+                return Err(SqlError::Timeout(timeout_ms));
+            }
+            Err(e) => return Err(SqlError::Invalid(format!("ClickHouse unreachable: {e:#}"))),
+        };
+        let body: Value = serde_json::from_str(&text).map_err(|e| SqlError::Invalid(format!("unreadable answer: {e}")))?;
+        let columns: Vec<String> =
+            body["meta"].as_array().into_iter().flatten().filter_map(|m| m["name"].as_str().map(str::to_owned)).collect();
+        let rows = body["data"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|r| {
+                let values = r.as_array().cloned().unwrap_or_default();
+                columns.iter().cloned().zip(values).collect::<Map<String, Value>>()
+            })
+            .collect();
+        Ok(SqlRows { columns, rows })
+    }
+}
+
+/// The [`QUANTILES`] of histograms given as a JSON array of hex-encoded HdrHistograms.
+pub fn quantiles_of_hex(hists: &Value) -> anyhow::Result<Vec<Option<f64>>> {
+    let mut merged: Histogram<u64> = new_histogram();
+    for h in hists.as_array().context("hists is not an array")? {
+        let bytes = hex_decode(h.as_str().context("a histogram is not a string")?).context("a histogram is not hex")?;
+        if bytes.is_empty() {
+            continue;
+        }
+        let h = deserialize_histogram(&bytes).map_err(|e| anyhow::anyhow!("not a serialized HdrHistogram: {e}"))?;
+        merged.add(&h).map_err(|e| anyhow::anyhow!("histogram merge: {e:?}"))?;
+    }
+    Ok(QUANTILES.iter().map(|(_, q)| (merged.len() > 0).then(|| merged.value_at_quantile(*q) as f64)).collect())
+}
+
+fn hex_decode(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn literals_and_hex() {
+        assert_eq!(quote(r"it's a \ path"), r"'it\'s a \\ path'");
+        assert_eq!(hex_decode("00ff10"), Some(vec![0, 255, 16]));
+        assert_eq!(hex_decode("0"), None);
+        assert_eq!(hex_decode("zz"), None);
+        let mut h = new_histogram();
+        for v in [100u64, 200, 300, 400] {
+            h.record(v).unwrap();
+        }
+        let hex: String = pipeline::window::serialize_histogram(&h).iter().map(|b| format!("{b:02X}")).collect();
+        let q = quantiles_of_hex(&serde_json::json!([hex, ""])).unwrap();
+        assert_eq!(q, vec![Some(200.0), Some(400.0)]);
+    }
+}
