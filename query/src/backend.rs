@@ -62,6 +62,7 @@ pub enum BackendKind {
     #[default]
     Parquet,
     /// The ClickHouse tables the pipeline writes (`[clickhouse]` url and database).
+    #[value(name = "clickhouse")]
     ClickHouse,
 }
 

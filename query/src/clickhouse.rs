@@ -71,6 +71,10 @@ impl ClickHouseReader {
 
     pub async fn read_only_sql(&self, sql: &str, max_rows: usize, timeout_ms: u64) -> Result<SqlRows, SqlError> {
         let inner = sql.trim().trim_end_matches(';');
+        let first = inner.split(|c: char| !c.is_ascii_alphabetic()).next().unwrap_or_default().to_ascii_uppercase();
+        if first != "SELECT" && first != "WITH" {
+            return Err(SqlError::Invalid(format!("only SELECT queries are allowed, not {first:?}")));
+        }
         let wrapped = format!("SELECT * FROM (\n{inner}\n) LIMIT {}\nFORMAT JSONCompact", max_rows + 1);
         let settings = [("max_execution_time", timeout_ms.div_ceil(1000).max(1).to_string()), ("readonly", "1".into())];
         let text = match self.post(wrapped, &settings, Duration::from_millis(timeout_ms + 5_000)).await {

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::common::clickhouse::ClickHouse;
 use crate::common::parquet::*;
@@ -32,14 +32,6 @@ fn assert_clickhouse_equals_parquet(ch: &ClickHouse, dir: &std::path::Path) {
     assert_eq!(ch.scalar("SELECT count() FROM qoeflow.rejected FINAL") as usize, num_rows(&read_table(dir, "rejected")));
 }
 
-fn wait_for_clickhouse_views(ch: &ClickHouse, n: i64, within: Duration) {
-    let deadline = Instant::now() + within;
-    while ch.scalar("SELECT count() FROM qoeflow.views FINAL") < n {
-        assert!(Instant::now() < deadline, "ClickHouse did not receive {n} views within {within:?}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_writes_the_same_tables_to_clickhouse() {
     let dir = tempfile::tempdir().expect("tmp");
@@ -58,7 +50,7 @@ async fn serve_writes_the_same_tables_to_clickhouse() {
     let bad = serde_json::json!({"sent_at": t0, "events": [{"view_id": "x", "seq": 0, "type": "nope", "ts": t0}]});
     assert_eq!(client.post(q.beacon_url()).json(&bad).send().await.expect("post").status().as_u16(), 200);
     wait_for_views(dir.path(), 60, Duration::from_secs(30));
-    wait_for_clickhouse_views(&ch, 60, Duration::from_secs(30));
+    ch.wait_for_views(60, Duration::from_secs(30));
     q.stop();
     assert_matches_reference(dir.path());
     assert_clickhouse_equals_parquet(&ch, dir.path());
@@ -107,7 +99,7 @@ async fn a_clickhouse_outage_under_load_loses_and_doubles_nothing() {
         tokio::time::timeout(Duration::from_secs(120), c).await.expect("clients finish").expect("client task");
     }
     wait_for_views(dir.path(), views as usize, Duration::from_secs(60));
-    wait_for_clickhouse_views(&ch, views as i64, Duration::from_secs(60));
+    ch.wait_for_views(views as i64, Duration::from_secs(60));
     q.stop();
     assert_matches_reference(dir.path());
     assert_clickhouse_equals_parquet(&ch, dir.path());

@@ -5,6 +5,7 @@
 mod common;
 
 mod api;
+mod api_backends;
 mod clickhouse_sink;
 mod collector;
 mod crash_local_log;

@@ -68,6 +68,15 @@ impl ClickHouse {
         }
     }
 
+    /// Waits until `qoeflow.views` (read with FINAL) holds `n` views.
+    pub fn wait_for_views(&self, n: i64, within: Duration) {
+        let deadline = std::time::Instant::now() + within;
+        while self.scalar("SELECT count() FROM qoeflow.views FINAL") < n {
+            assert!(std::time::Instant::now() < deadline, "ClickHouse did not receive {n} views within {within:?}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     pub fn scalar(&self, sql: &str) -> i64 {
         let out = self.query(sql);
         out.parse().unwrap_or_else(|_| panic!("{sql} returned {out:?}"))
