@@ -4,16 +4,27 @@
 #   ./deploy/test.sh            everything
 #   ./deploy/test.sh -E 'test(kinesis)'   extra arguments go to cargo-nextest (or cargo test)
 #
-# Needs: Rust (cargo), Node.js + npm, Python 3 + pip. Installs: DuckDB (PyPI, tests/requirements.txt), the Kinesis emulator (npm `kinesis-local`, pinned in
-# deploy/local/kinesis/package-lock.json) and, as root via apt, ClickHouse server (Debian
-# `clickhouse-server`). Tests start their own instances on free loopback ports.
+# Needs: Rust (cargo), Node.js + npm, Python 3 + pip. Installs: DuckDB (PyPI, tests/requirements.txt),
+# the Kinesis emulator (npm `kinesis-local`, pinned in deploy/local/kinesis/package-lock.json),
+# playwright-core (npm, pinned in tests/browser/package-lock.json) and, as root via apt (one
+# `apt-get update`), ClickHouse server (Debian `clickhouse-server`) and Chromium (Debian `chromium`).
+# Tests start their own instances on free loopback ports.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
 echo "==> installing test services"
-bash deploy/local/kinesis.sh install
+missing=()
+command -v clickhouse-server >/dev/null || missing+=(clickhouse-server)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+if [ "${#missing[@]}" -gt 0 ]; then
+  [ "$(id -u)" = 0 ] || { echo "deploy/test.sh: run as root to install ${missing[*]} (or install them yourself)" >&2; exit 1; }
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
 bash deploy/local/clickhouse.sh install
+bash deploy/local/kinesis.sh install
+(cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
 python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore -r tests/requirements.txt
 
 echo "==> running the test suite"

@@ -31,6 +31,8 @@ pub struct Config {
     pub sql: query::api::SqlConfig,
     /// `[query]`: where the metrics API and the dashboard read from.
     pub query: QueryConfig,
+    /// `[dashboard]`: the live dashboard's refresh period and KPI targets.
+    pub dashboard: crate::dashboard::DashboardConfig,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -74,6 +76,7 @@ impl Default for Config {
             clickhouse: pipeline::clickhouse::ClickHouseConfig::default(),
             sql: query::api::SqlConfig::default(),
             query: QueryConfig::default(),
+            dashboard: crate::dashboard::DashboardConfig::default(),
         }
     }
 }

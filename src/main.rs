@@ -2,6 +2,7 @@
 //! calls the library crates' run functions.
 
 mod config;
+mod dashboard;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -324,11 +325,12 @@ async fn run(mode: Mode, config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The metrics API on the configured backend.
+/// The metrics API on the configured backend, and the dashboard at `/`.
 async fn api_router(config: &Config) -> anyhow::Result<axum::Router> {
+    config.dashboard.validate()?;
     let backend = query::backend::Backend::open(config.query.backend, &config.data_dir, &config.clickhouse).await?;
-    tracing::info!(backend = backend.name(), "metrics API ready");
-    Ok(query::api::router(backend, config.sql.clone()))
+    tracing::info!(backend = backend.name(), "metrics API and dashboard ready");
+    Ok(query::api::router(backend, config.sql.clone()).merge(dashboard::router(config.dashboard.clone())))
 }
 
 /// `qoeflow query-server`: the metrics API until SIGTERM/Ctrl-C.

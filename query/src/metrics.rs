@@ -54,6 +54,7 @@ pub const RATIOS: &[Ratio] = &[
     ratio("vsf_pct", &[(1, "vsf")], &["attempts"], 100.0),
     ratio("ebvs_pct", &[(1, "ebvs")], &["attempts"], 100.0),
     ratio("playback_failure_pct", &[(1, "playback_failures")], &["attempts"], 100.0),
+    ratio("error_rate_pct", &[(1, "fatal_errors")], &["attempts"], 100.0),
     ratio("cache_hit_ratio", &[(1, "segments_hit")], &["segments_hit", "segments_miss"], 1.0),
     ratio("cache_hit_ratio_bytes", &[(1, "bytes_hit")], &["bytes_total"], 1.0),
     ratio("avg_bitrate_kbps", &[(1, "bitrate_ms")], &["bitrate_known_ms"], 1.0),

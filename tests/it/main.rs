@@ -9,6 +9,7 @@ mod api_backends;
 mod clickhouse_sink;
 mod collector;
 mod crash_local_log;
+mod dashboard;
 mod kinesis_sink;
 mod pipeline_kinesis;
 mod pipeline_local;
