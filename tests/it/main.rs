@@ -10,6 +10,7 @@ mod clickhouse_sink;
 mod collector;
 mod crash_local_log;
 mod dashboard;
+mod grafana;
 mod kinesis_sink;
 mod pipeline_kinesis;
 mod pipeline_local;
