@@ -32,6 +32,11 @@ pub struct PipelineConfig {
     /// How often an epoch is committed (window deltas become visible at this pace).
     pub flush_interval_ms: u64,
     pub max_records_per_epoch: usize,
+    /// Parquet compaction: an hour partition is merged once the watermark is this far past its end
+    /// (0 turns compaction off).
+    pub compact_after_ms: i64,
+    /// … and once it holds at least this many files of this pipeline.
+    pub compact_min_files: usize,
 }
 
 impl Default for PipelineConfig {
@@ -45,6 +50,8 @@ impl Default for PipelineConfig {
             reorder_wait_ms: s.reorder_wait_ms,
             flush_interval_ms: 1000,
             max_records_per_epoch: 100_000,
+            compact_after_ms: 10 * 60_000,
+            compact_min_files: 8,
         }
     }
 }

@@ -8,7 +8,16 @@
 //! them again. Files are plain Parquet with Arrow schemas from `schemas::tables`: DuckDB, Spark and
 //! DataFusion read them with hive partitioning and no qoeflow code.
 //!
-//! Limits: one file per epoch and partition means small files at low traffic (compaction is future work).
+//! **Compaction.** One file per epoch and partition would leave ~86,400 small files per table per day at
+//! one epoch a second, and every query lists and opens them all. Once the watermark has passed an hour
+//! partition by `compact_after_ms`, [`ParquetSink::compact`] merges this source's committed files there
+//! into one, `part-<source>-e<first>-<last>.parquet`, holding exactly their rows (row identity
+//! included). The merged file is made durable first, then the inputs are deleted; after a crash in
+//! between, [`ParquetSink::remove_uncommitted`] deletes the inputs a merged file supersedes. Late rows
+//! for a compacted hour land in new small files and are merged again later. Within `qoeflow serve` the
+//! swap holds [`DATASET_LOCK`] for writing and queries hold it for reading, so a query sees either the
+//! inputs or the merged file; a separate reader process may see both for the instant between the
+//! rename and the deletes.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -27,6 +36,69 @@ use schemas::tables::{self, ColType, Column};
 
 use crate::rows::{self, Cell};
 use crate::sessionizer::{Dim, Output};
+
+/// Held for reading by queries of the dataset in this process and for writing by a compaction's swap.
+pub static DATASET_LOCK: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
+/// What one compaction pass did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Compacted {
+    pub partitions: usize,
+    pub files_in: usize,
+    pub rows: usize,
+}
+
+/// The epochs a file of this source holds: `e<N>` or a merged `e<first>-<last>`.
+fn epochs_of(name: &str, prefix: &str) -> Option<(u64, u64)> {
+    let body = name.strip_prefix(prefix)?.strip_suffix(".parquet")?;
+    match body.split_once('-') {
+        None => body.parse().ok().map(|e| (e, e)),
+        Some((a, b)) => Some((a.parse().ok()?, b.parse().ok()?)),
+    }
+}
+
+/// Start (epoch ms, UTC) of an `.../dt=YYYY-MM-DD/hour=HH` partition directory.
+pub fn partition_start(dir: &Path) -> Option<i64> {
+    let hour: i64 = dir.file_name()?.to_str()?.strip_prefix("hour=")?.parse().ok()?;
+    let date = dir.parent()?.file_name()?.to_str()?.strip_prefix("dt=")?;
+    let mut it = date.split('-').map(|p| p.parse::<i64>().ok());
+    let (y, m, d) = (it.next()??, it.next()??, it.next()??);
+    // Days since 1970-01-01 from a civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days * 86_400_000 + hour * 3_600_000)
+}
+
+/// Every partition directory (`<table>/dt=…/hour=…`) under `root`.
+fn partition_dirs(root: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        let mut has_files = false;
+        for entry in entries {
+            let path = entry?.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                has_files = true;
+            }
+        }
+        if has_files && partition_start(&dir).is_some() {
+            out.push(dir);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
 
 pub struct ParquetSink {
     root: PathBuf,
@@ -123,6 +195,10 @@ pub fn partition_of(ms: i64) -> String {
     format!("dt={y:04}-{m:02}-{d:02}/hour={hour:02}")
 }
 
+fn writer_properties() -> anyhow::Result<WriterProperties> {
+    Ok(WriterProperties::builder().set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?)).build())
+}
+
 fn fsync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
@@ -156,12 +232,9 @@ impl ParquetSink {
                     continue;
                 }
                 let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-                let epoch = name
-                    .strip_prefix(&prefix)
-                    .and_then(|r| r.strip_suffix(".parquet"))
-                    .and_then(|e| e.parse::<u64>().ok());
+                let epochs = epochs_of(name, &prefix);
                 let stale_tmp = name.starts_with(&format!(".{prefix}")) && name.ends_with(".tmp");
-                if stale_tmp || epoch.is_some_and(|e| e > committed) {
+                if stale_tmp || epochs.is_some_and(|(_, last)| last > committed) {
                     std::fs::remove_file(&path)?;
                     deleted += 1;
                     changed = true;
@@ -170,8 +243,91 @@ impl ParquetSink {
             if changed {
                 fsync_dir(&dir)?;
             }
+            deleted += self.remove_superseded(&dir)?;
         }
         Ok(deleted)
+    }
+
+    /// This source's files in `dir` as (first epoch, last epoch, path), sorted.
+    fn own_files(&self, dir: &Path) -> std::io::Result<Vec<(u64, u64, PathBuf)>> {
+        let prefix = format!("part-{}-e", self.source);
+        let mut files = Vec::new();
+        for entry in std::fs::read_dir(dir)? {
+            let path = entry?.path();
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            if let Some((first, last)) = epochs_of(name, &prefix) {
+                files.push((first, last, path));
+            }
+        }
+        files.sort();
+        Ok(files)
+    }
+
+    /// Deletes files whose epochs a merged file in the same directory covers (left by a crash between a
+    /// compaction's rename and its deletes).
+    fn remove_superseded(&self, dir: &Path) -> std::io::Result<usize> {
+        let files = self.own_files(dir)?;
+        let mut deleted = 0;
+        for (first, last, path) in &files {
+            let covered = files.iter().any(|(a, b, p)| p != path && a <= first && last <= b && (a, b) != (first, last));
+            if covered {
+                std::fs::remove_file(path)?;
+                deleted += 1;
+            }
+        }
+        if deleted > 0 {
+            fsync_dir(dir)?;
+        }
+        Ok(deleted)
+    }
+
+    /// Merges this source's files in every hour partition that ended before `closed_before` (epoch ms)
+    /// and holds at least `min_files` of them, all of epochs up to `committed`, into one file each.
+    pub fn compact(&self, committed: u64, closed_before: i64, min_files: usize) -> anyhow::Result<Compacted> {
+        let mut done = Compacted::default();
+        for dir in partition_dirs(&self.root)? {
+            let Some(start) = partition_start(&dir) else { continue };
+            if start + 3_600_000 > closed_before {
+                continue;
+            }
+            let files: Vec<_> = self.own_files(&dir)?.into_iter().filter(|(_, last, _)| *last <= committed).collect();
+            if files.len() < min_files.max(2) {
+                continue;
+            }
+            let (first, last) = (files[0].0, files.iter().map(|f| f.1).max().unwrap_or(files[0].1));
+            let name = format!("part-{}-e{first:012}-{last:012}.parquet", self.source);
+            let tmp = dir.join(format!(".{name}.tmp"));
+            let mut writer: Option<ArrowWriter<File>> = None;
+            for (_, _, path) in &files {
+                let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(File::open(path)?)?
+                    .with_batch_size(8192)
+                    .build()?;
+                for batch in reader {
+                    let batch = batch?;
+                    if writer.is_none() {
+                        writer = Some(ArrowWriter::try_new(File::create(&tmp)?, batch.schema(), Some(writer_properties()?))?);
+                    }
+                    if let Some(w) = writer.as_mut() {
+                        w.write(&batch)?;
+                        done.rows += batch.num_rows();
+                    }
+                }
+            }
+            let Some(writer) = writer else { continue };
+            writer.into_inner()?.sync_all()?;
+            {
+                let _swap = DATASET_LOCK.blocking_write();
+                std::fs::rename(&tmp, dir.join(&name))?;
+                fsync_dir(&dir)?;
+                for (_, _, path) in &files {
+                    std::fs::remove_file(path)?;
+                }
+                fsync_dir(&dir)?;
+            }
+            done.partitions += 1;
+            done.files_in += files.len();
+        }
+        Ok(done)
     }
 
     /// Writes one epoch's output: one durable file per (table, partition) with rows.
@@ -203,11 +359,8 @@ impl ParquetSink {
         let name = self.file_name(epoch);
         let tmp = dir.join(format!(".{name}.tmp"));
         let batch = record_batch(columns, rows)?;
-        let props = WriterProperties::builder()
-            .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
-            .build();
         let file = File::create(&tmp)?;
-        let mut writer = ArrowWriter::try_new(file, batch.schema(), Some(props))?;
+        let mut writer = ArrowWriter::try_new(file, batch.schema(), Some(writer_properties()?))?;
         writer.write(&batch)?;
         let file = writer.into_inner()?;
         file.sync_all()?;
@@ -229,4 +382,135 @@ mod tests {
         assert_eq!(partition_of(951_782_400_000 + 3_600_000 * 5), "dt=2000-02-29/hour=05");
         assert_eq!(partition_of(4_102_444_799_999), "dt=2099-12-31/hour=23");
     }
+
+    #[test]
+    fn partition_start_inverts_partition_of() {
+        for ms in [0i64, 1_700_000_000_000, 951_782_400_000 + 3_600_000 * 5 + 17, 4_102_444_799_999, 1_795_000_000_123] {
+            let dir = PathBuf::from("/x/events").join(partition_of(ms));
+            assert_eq!(partition_start(&dir), Some(ms - ms.rem_euclid(3_600_000)), "{ms}");
+        }
+        assert_eq!(partition_start(Path::new("/x/events/dt=2023-11-14")), None);
+    }
+
+    /// Every row of `table` under `root` as its (source, epoch, row) identity and a measure, sorted.
+    fn rows_of(root: &Path, table: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        for dir in partition_dirs(&root.join(table)).unwrap() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.extension().is_none_or(|e| e != "parquet") {
+                    continue;
+                }
+                let reader =
+                    parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(File::open(&path).unwrap()).unwrap().build().unwrap();
+                let key: &[&str] = match table {
+                    "events" => &["view_id", "seq", "type"],
+                    "views" => &["view_id", "play_ms", "startup_ms"],
+                    _ => &["epoch", "row", "attempts", "play_ms"],
+                };
+                for batch in reader {
+                    let batch = batch.unwrap();
+                    for i in 0..batch.num_rows() {
+                        let cells: Vec<String> = key.iter().map(|n| cell(batch.column(batch.schema().index_of(n).unwrap()), i)).collect();
+                        out.push(format!("{}/{}", dir.display(), cells.join("/")));
+                    }
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    fn cell(array: &ArrayRef, i: usize) -> String {
+        use arrow_array::{Array, Int64Array, StringArray, UInt64Array};
+        if array.is_null(i) {
+            return "null".into();
+        }
+        let any = array.as_any();
+        if let Some(a) = any.downcast_ref::<StringArray>() {
+            a.value(i).to_owned()
+        } else if let Some(a) = any.downcast_ref::<UInt64Array>() {
+            a.value(i).to_string()
+        } else if let Some(a) = any.downcast_ref::<Int64Array>() {
+            a.value(i).to_string()
+        } else {
+            panic!("unexpected column type {:?}", array.data_type())
+        }
+    }
+
+    fn files_in(root: &Path) -> Vec<String> {
+        let mut names: Vec<String> = partition_dirs(root)
+            .unwrap()
+            .iter()
+            .flat_map(|d| std::fs::read_dir(d).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()))
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn compaction_merges_committed_files_of_closed_hours_and_survives_a_crash() {
+        use crate::sessionizer::{SessionConfig, Sessionizer};
+        use schemas::record::EventsRecord;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("parquet");
+        let sink = ParquetSink::new(&root, "local", Dim::DEFAULT.to_vec());
+        let mut session = Sessionizer::new(SessionConfig::default());
+        let t0 = 1_700_000_000_000 - 1_700_000_000_000 % 3_600_000; // an hour boundary
+        // Ten epochs, two views each, over two hours of event time.
+        for epoch in 1..=10u64 {
+            for v in 0..2 {
+                let t = t0 + (epoch as i64 - 1) * 700_000 + v * 1_000;
+                let id = format!("v{epoch}-{v}");
+                let events = [("playrequest", 0), ("playing", 300), ("viewend", 5_000)]
+                    .iter()
+                    .enumerate()
+                    .map(|(seq, (kind, dt))| {
+                        serde_json::json!({"view_id": id, "seq": seq, "type": kind, "ts": t + dt}).as_object().cloned().unwrap()
+                    })
+                    .collect();
+                let client = schemas::ClientInfo::default();
+                session.process(schemas::Record::Events(EventsRecord { recv_ms: t + 6_000, sent_at: t + 6_000, key: None, view_id: id, client, events }));
+            }
+            session.advance();
+            sink.write_epoch(epoch, &session.flush()).unwrap();
+        }
+        let before: Vec<_> = TABLES_UNDER_TEST.iter().map(|t| rows_of(&root, t)).collect();
+        assert!(before.iter().all(|r| !r.is_empty()));
+        let files_before = files_in(&root).len();
+
+        // Epochs up to 8 committed; only the first hour (t0..t0+1h) is closed.
+        let done = sink.compact(8, t0 + 3_600_000, 2).unwrap();
+        assert!(done.partitions >= 2 && done.files_in > done.partitions, "{done:?}");
+        let after: Vec<_> = TABLES_UNDER_TEST.iter().map(|t| rows_of(&root, t)).collect();
+        assert_eq!(after, before, "compaction keeps exactly the same rows");
+        let files = files_in(&root);
+        assert!(files.len() < files_before);
+        assert!(files.iter().any(|f| f.starts_with("part-local-e000000000001-0000000000")), "{files:?}");
+        // Nothing of the open hour or of uncommitted epochs was merged.
+        let second_hour = root.join("qoe_window").join(partition_of(t0 + 3_600_000));
+        assert!(sink.own_files(&second_hour).unwrap().iter().all(|(a, b, _)| a == b));
+
+        // A crash between the rename and the deletes leaves inputs next to the merged file: the
+        // start-up cleanup deletes exactly those.
+        let first_hour = root.join("qoe_window").join(partition_of(t0));
+        let merged = sink.own_files(&first_hour).unwrap();
+        assert_eq!(merged.len(), 1);
+        sink.write_epoch(1, &{
+            let mut s = Sessionizer::new(SessionConfig::default());
+            let events = vec![serde_json::json!({"view_id": "v1-0", "seq": 0, "type": "playrequest", "ts": t0}).as_object().cloned().unwrap()];
+            s.process(schemas::Record::Events(EventsRecord { recv_ms: t0, sent_at: t0, key: None, view_id: "v1-0".into(), client: Default::default(), events }));
+            s.advance();
+            s.flush()
+        })
+        .unwrap();
+        assert_eq!(sink.own_files(&first_hour).unwrap().len(), 2, "a leftover input beside the merged file");
+        assert!(sink.remove_uncommitted(10).unwrap() >= 1);
+        assert_eq!(sink.own_files(&first_hour).unwrap(), merged);
+        assert_eq!(TABLES_UNDER_TEST.iter().map(|t| rows_of(&root, t)).collect::<Vec<_>>(), before);
+        // Compacting again with nothing new changes nothing.
+        assert_eq!(sink.compact(8, t0 + 3_600_000, 2).unwrap(), Compacted::default());
+    }
+
+    const TABLES_UNDER_TEST: [&str; 3] = ["events", "views", "qoe_window"];
 }

@@ -150,6 +150,7 @@ async fn run_from_checkpoint<S: Source>(
     let mut epoch = ckpt.epoch;
     let mut position = ckpt.position;
     source.seek(&position).await.context("positioning the source at the checkpoint")?;
+    let mut last_compaction = std::time::Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(config.flush_interval_ms.max(10)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -201,9 +202,23 @@ async fn run_from_checkpoint<S: Source>(
         position = to;
         log_progress(epoch, &session.stats, session.open_views());
         source.committed(&position).await;
+        if config.compact_after_ms > 0 && last_compaction.elapsed() >= COMPACTION_EVERY {
+            last_compaction = std::time::Instant::now();
+            let (sink2, closed_before) = (sink.clone(), session.watermark() - config.compact_after_ms);
+            let min_files = config.compact_min_files;
+            // Only committed epochs are merged; a failure leaves the inputs in place and is retried later.
+            match tokio::task::spawn_blocking(move || sink2.compact(epoch, closed_before, min_files)).await? {
+                Ok(c) if c.partitions > 0 => tracing::info!(partitions = c.partitions, files = c.files_in, rows = c.rows, "pipeline: compacted Parquet partitions"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = format!("{e:#}"), "pipeline: Parquet compaction failed; will retry"),
+            }
+        }
     }
     Ok(())
 }
+
+/// How often (wall time) the runner looks for Parquet partitions to compact.
+const COMPACTION_EVERY: Duration = Duration::from_secs(30);
 
 /// Test failpoint: `QOEFLOW_FAILPOINT=pipeline_after_files:<epoch>` aborts the process after that
 /// epoch's files are written and before its checkpoint, the window a crash-safety test must hit.

@@ -58,6 +58,8 @@ impl Engine {
 
     /// Runs one SQL statement and collects its rows.
     pub async fn sql(&self, sql: &str) -> anyhow::Result<Vec<RecordBatch>> {
+        // A compaction's file swap in this process waits for running queries, and queries for it.
+        let _files = pipeline::parquet::DATASET_LOCK.read().await;
         Ok(self.ctx.sql(sql).await?.collect().await?)
     }
 
@@ -73,6 +75,7 @@ impl Engine {
         let df = self.ctx.sql_with_options(sql, options).await.map_err(|e| Invalid(e.to_string()))?;
         let df = df.limit(0, Some(max_rows + 1)).map_err(|e| Invalid(e.to_string()))?;
         let columns = df.schema().fields().iter().map(|f| f.name().clone()).collect();
+        let _files = pipeline::parquet::DATASET_LOCK.read().await;
         let batches = match tokio::time::timeout(std::time::Duration::from_millis(timeout_ms), df.collect()).await {
             Err(_) => return Err(Timeout(timeout_ms)),
             Ok(r) => r.map_err(|e| Invalid(e.to_string()))?,
