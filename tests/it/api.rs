@@ -24,14 +24,8 @@ fn total(points: &[Value], field: &str) -> i64 {
 async fn metrics_and_breakdown_answer_from_the_dataset() {
     let dir = tempfile::tempdir().expect("tmp");
     let mut q = Qoeflow::serve(dir.path(), &[], &[]);
-    let client = reqwest::Client::new();
-    let stop = AtomicBool::new(false);
     let t0 = now_ms() - 120_000;
-    for v in 0..30u64 {
-        for b in view_beacons(&format!("view-{v}"), v, t0 + v as i64 * 1000) {
-            assert!(post_until_ok(&client, || q.beacon_url(), &b, &stop).await);
-        }
-    }
+    post_views(&q, 30, t0, 1000).await;
     wait_for_views(dir.path(), 30, Duration::from_secs(30));
     let windows = read_table(dir.path(), "qoe_window");
     let api = format!("{}/api/v1", q.url);

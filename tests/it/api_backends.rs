@@ -2,7 +2,6 @@
 //! traffic to Parquet and ClickHouse, then a `qoeflow query-server` on each backend is asked the same
 //! questions and must give identical JSON. The ClickHouse SQL endpoint is read-only and bounded.
 
-use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use crate::common::clickhouse::ClickHouse;
@@ -29,13 +28,8 @@ async fn parquet_and_clickhouse_backends_answer_the_same() {
     let ch = ClickHouse::start(ch_dir.path());
     let mut q = Qoeflow::serve(dir.path(), &["--clickhouse-url", &ch.url()], &[]);
     let client = reqwest::Client::new();
-    let stop = AtomicBool::new(false);
     let t0 = now_ms() - 90_000;
-    for v in 0..45u64 {
-        for b in view_beacons(&format!("view-{v}"), v, t0 + v as i64 * 1_300) {
-            assert!(post_until_ok(&client, || q.beacon_url(), &b, &stop).await);
-        }
-    }
+    post_views(&q, 45, t0, 1_300).await;
     wait_for_views(dir.path(), 45, Duration::from_secs(30));
     ch.wait_for_views(45, Duration::from_secs(30));
     q.stop();

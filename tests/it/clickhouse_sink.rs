@@ -39,13 +39,8 @@ async fn serve_writes_the_same_tables_to_clickhouse() {
     let ch = ClickHouse::start(ch_dir.path());
     let mut q = Qoeflow::serve(dir.path(), &["--clickhouse-url", &ch.url()], &[]);
     let client = reqwest::Client::new();
-    let stop = AtomicBool::new(false);
     let t0 = now_ms() - 60_000;
-    for v in 0..60u64 {
-        for b in view_beacons(&format!("view-{v}"), v, t0 + v as i64 * 501) {
-            assert!(post_until_ok(&client, || q.beacon_url(), &b, &stop).await);
-        }
-    }
+    post_views(&q, 60, t0, 501).await;
     // One bad event, for the dead-letter table.
     let bad = serde_json::json!({"sent_at": t0, "events": [{"view_id": "x", "seq": 0, "type": "nope", "ts": t0}]});
     assert_eq!(client.post(q.beacon_url()).json(&bad).send().await.expect("post").status().as_u16(), 200);

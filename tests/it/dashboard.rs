@@ -6,7 +6,6 @@
 
 use std::collections::BTreeMap;
 use std::process::Command;
-use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use crate::common::workload::*;
@@ -82,14 +81,8 @@ fn assert_tiles(tiles: &Value, want: &BTreeMap<&'static str, Option<f64>>, when:
 async fn the_dashboard_shows_the_known_traffic_in_chromium() {
     let dir = tempfile::tempdir().expect("tmp");
     let mut q = Qoeflow::serve(dir.path(), &[], &[]);
-    let client = reqwest::Client::new();
-    let stop = AtomicBool::new(false);
     let t0 = now_ms() - 100_000;
-    for v in 0..36u64 {
-        for b in view_beacons(&format!("view-{v}"), v, t0 + v as i64 * 2_000) {
-            assert!(post_until_ok(&client, || q.beacon_url(), &b, &stop).await);
-        }
-    }
+    post_views(&q, 36, t0, 2_000).await;
     wait_for_views(dir.path(), 36, Duration::from_secs(30));
     let truth = reference::compute(&read_local_log(dir.path()), 10_000, &Dim::DEFAULT);
 

@@ -2,7 +2,6 @@
 //! panel's and variable's SQL, with Grafana's macros expanded as the plugin does, runs against a real
 //! ClickHouse server filled by the pipeline and returns rows.
 
-use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use crate::common::clickhouse::ClickHouse;
@@ -43,14 +42,8 @@ async fn every_grafana_panel_query_returns_rows_from_clickhouse() {
     let ch_dir = tempfile::tempdir().expect("tmp");
     let ch = ClickHouse::start(ch_dir.path());
     let mut q = Qoeflow::serve(dir.path(), &["--clickhouse-url", &ch.url()], &[]);
-    let client = reqwest::Client::new();
-    let stop = AtomicBool::new(false);
     let t0 = now_ms() - 60_000;
-    for v in 0..30u64 {
-        for b in view_beacons(&format!("view-{v}"), v, t0 + v as i64 * 1_000) {
-            assert!(post_until_ok(&client, || q.beacon_url(), &b, &stop).await);
-        }
-    }
+    post_views(&q, 30, t0, 1_000).await;
     ch.wait_for_views(30, Duration::from_secs(30));
     q.stop();
     let (from, to) = (now_ms() - 3_600_000, now_ms() + 60_000);

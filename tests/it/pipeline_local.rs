@@ -15,14 +15,8 @@ use crate::common::*;
 async fn beacons_reach_parquet_and_equal_the_reference() {
     let dir = tempfile::tempdir().expect("tmp");
     let mut q = Qoeflow::serve(dir.path(), &[], &[]);
-    let client = reqwest::Client::new();
-    let stop = AtomicBool::new(false);
     let t0 = now_ms() - 60_000;
-    for v in 0..40u64 {
-        for b in view_beacons(&format!("view-{v}"), v, t0 + v as i64 * 777) {
-            assert!(post_until_ok(&client, || q.beacon_url(), &b, &stop).await);
-        }
-    }
+    post_views(&q, 40, t0, 777).await;
     wait_for_views(dir.path(), 40, Duration::from_secs(30));
     q.stop();
     assert_matches_reference(dir.path());

@@ -69,6 +69,18 @@ pub fn view_beacons(view: &str, v: u64, t0: i64) -> Vec<Value> {
         .collect()
 }
 
+/// Posts `n` views (`view-0` …, the traces of [`view_beacons`], view `v` starting at
+/// `t0 + v × spacing_ms`) to `q`, retrying each beacon like an SDK.
+pub async fn post_views(q: &super::Qoeflow, n: u64, t0: i64, spacing_ms: i64) {
+    let client = reqwest::Client::new();
+    let stop = AtomicBool::new(false);
+    for v in 0..n {
+        for b in view_beacons(&format!("view-{v}"), v, t0 + v as i64 * spacing_ms) {
+            assert!(post_until_ok(&client, || q.beacon_url(), &b, &stop).await);
+        }
+    }
+}
+
 /// Posts until 2xx, like an SDK retrying through a restart (asking `url` for the current address each
 /// try). Returns false if `stop` was raised first.
 pub async fn post_until_ok(client: &reqwest::Client, url: impl Fn() -> String, body: &Value, stop: &AtomicBool) -> bool {
