@@ -32,7 +32,13 @@ pub struct Engine {
 impl Engine {
     /// Registers the dataset under `data_dir/parquet` (created empty if missing) and the helpers.
     pub async fn open(data_dir: &Path) -> anyhow::Result<Engine> {
-        let ctx = SessionContext::new();
+        // No list-files cache: it would hide the files the pipeline writes after the first query and
+        // keep listing the files a compaction deleted. (Files are immutable, so the statistics and
+        // footer caches, keyed by path and size/mtime, stay on.)
+        let runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
+            .with_cache_manager(datafusion::execution::cache::cache_manager::CacheManagerConfig::default().with_list_files_cache_limit(0))
+            .build_arc()?;
+        let ctx = SessionContext::new_with_config_rt(datafusion::prelude::SessionConfig::new(), runtime);
         let root = data_dir.join("parquet");
         for (name, columns) in TABLES {
             let dir = root.join(name);

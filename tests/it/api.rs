@@ -24,6 +24,9 @@ fn total(points: &[Value], field: &str) -> i64 {
 async fn metrics_and_breakdown_answer_from_the_dataset() {
     let dir = tempfile::tempdir().expect("tmp");
     let mut q = Qoeflow::serve(dir.path(), &[], &[]);
+    // Asked before any data: the files written later must still be seen (no stale listing).
+    let (status, empty) = get(&format!("{}/api/v1/summary?from=now-1h", q.url)).await;
+    assert_eq!((status, &empty["metrics"]["attempts"]), (200, &serde_json::json!(0)), "{empty}");
     let t0 = now_ms() - 120_000;
     post_views(&q, 30, t0, 1000).await;
     wait_for_views(dir.path(), 30, Duration::from_secs(30));
@@ -73,6 +76,18 @@ async fn metrics_and_breakdown_answer_from_the_dataset() {
     for r in body["rows"].as_array().expect("rows") {
         assert!(r["vsf_pct"].is_number() && r["rebuffer_ratio"].is_number() || r["rebuffer_ratio"].is_null());
     }
+
+    // More traffic after those queries: the new files are seen (no stale file listing).
+    let client = reqwest::Client::new();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    for v in 0..3u64 {
+        for b in view_beacons(&format!("more-{v}"), v, now_ms() - 20_000) {
+            assert!(post_until_ok(&client, || q.beacon_url(), &b, &stop).await);
+        }
+    }
+    wait_for_views(dir.path(), 33, Duration::from_secs(30));
+    let (_, body) = get(&format!("{api}/summary?{range}")).await;
+    assert_eq!(body["metrics"]["attempts"].as_i64(), Some(33), "{body}");
 
     for (query, parameter) in [
         ("metrics?step=abc", "step"),
