@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use hdrhistogram::Histogram;
 use pipeline::clickhouse::ClickHouseConfig;
-use pipeline::window::{deserialize_histogram, new_histogram};
+use pipeline::window::{add_serialized, new_histogram};
 use serde_json::{Map, Value};
 
 use crate::backend::{SqlError, SqlRows};
@@ -110,8 +110,7 @@ pub fn quantiles_of_hex(hists: &Value) -> anyhow::Result<Vec<Option<f64>>> {
         if bytes.is_empty() {
             continue;
         }
-        let h = deserialize_histogram(&bytes).map_err(|e| anyhow::anyhow!("not a serialized HdrHistogram: {e}"))?;
-        merged.add(&h).map_err(|e| anyhow::anyhow!("histogram merge: {e:?}"))?;
+        add_serialized(&mut merged, &bytes).map_err(|e| anyhow::anyhow!("not a serialized HdrHistogram: {e}"))?;
     }
     Ok(QUANTILES.iter().map(|(_, q)| (merged.len() > 0).then(|| merged.value_at_quantile(*q) as f64)).collect())
 }

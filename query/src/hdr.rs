@@ -10,7 +10,7 @@ use datafusion::common::{DataFusionError, Result, ScalarValue};
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
 use datafusion::logical_expr::{Accumulator, AggregateUDF, AggregateUDFImpl, Signature, Volatility};
 use hdrhistogram::Histogram;
-use pipeline::window::{deserialize_histogram, new_histogram, serialize_histogram};
+use pipeline::window::{add_serialized, new_histogram, serialize_histogram};
 
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub struct HdrQuantile {
@@ -61,9 +61,8 @@ impl HdrAccumulator {
                 self.q = Some(q);
             }
             if hists.is_valid(i) && !hists.value(i).is_empty() {
-                let h = deserialize_histogram(hists.value(i))
+                add_serialized(&mut self.hist, hists.value(i))
                     .map_err(|e| DataFusionError::Execution(format!("hdr_quantile: not a serialized HdrHistogram: {e}")))?;
-                self.hist.add(&h).map_err(|e| DataFusionError::Execution(format!("hdr_quantile: {e:?}")))?;
             }
         }
         Ok(())
