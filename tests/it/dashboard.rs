@@ -110,9 +110,10 @@ async fn the_dashboard_shows_the_known_traffic_in_chromium() {
     assert_eq!(before["vsf_pct"]["status"], "bad");
     assert_eq!(before["startup_p50"]["status"], "good");
     assert_eq!(before["attempts"]["status"], "neutral");
-    // Every chart drew its series (pixels in the series colour).
+    // Every chart drew its series (pixels in the series colour; an empty chart has none). The views
+    // are placed at their receive time, all within seconds, so a ratio's series may be a single dot.
     for (kpi, pixels) in seen["before"]["charts"].as_object().expect("charts") {
-        assert!(pixels.as_u64() > Some(50), "chart {kpi} drew {pixels} series pixels");
+        assert!(pixels.as_u64() >= Some(12), "chart {kpi} drew {pixels} series pixels");
     }
     let mut rows: Vec<&str> = seen["breakdown_rows"].as_array().expect("rows").iter().map(|r| r.as_str().expect("str")).collect();
     rows.sort();

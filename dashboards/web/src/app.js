@@ -89,7 +89,7 @@ function buildTiles() {
         { stroke: '#8a96a3', grid: { stroke: '#26313c' }, ticks: { show: false }, size: 44, font: '10px system-ui', values: (u, vals) => vals.map((v) => compact(kpi, v)) },
       ],
       // Dots as well as lines: a ratio with data in one bucket only is still visible.
-      series: [{}, { stroke: '#5aa9e6', width: 1.5, fill: 'rgba(90,169,230,0.15)', spanGaps: false, points: { show: true, size: 4, fill: '#5aa9e6' } }],
+      series: [{}, { stroke: '#5aa9e6', width: 1.5, fill: 'rgba(90,169,230,0.15)', spanGaps: false, points: { show: true, size: 6, fill: '#5aa9e6' } }],
     };
     state.charts[kpi.name] = new uPlot(opts, [[], []], chartEl);
   }
