@@ -28,7 +28,7 @@ use schemas::tables::DIM_COLUMNS;
 use serde_json::{Value, json};
 
 use crate::backend::{AggQuery, AggRow, Backend, SqlError};
-use crate::metrics::derive;
+use crate::metrics::{SUMS, derive};
 
 const MAX_POINTS: i64 = 10_000;
 
@@ -175,10 +175,6 @@ fn failed(e: anyhow::Error) -> ApiError {
     ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "query_failed", "the query failed")
 }
 
-fn metrics_of(row: &AggRow) -> serde_json::Map<String, Value> {
-    derive(&row.sums, &row.quantiles)
-}
-
 async fn metrics(State(state): State<ApiState>, Query(q): Query<HashMap<String, String>>) -> Response {
     metrics_inner(&state.backend, &q).await.unwrap_or_else(IntoResponse::into_response)
 }
@@ -206,7 +202,7 @@ async fn metrics_inner(backend: &Backend, q: &HashMap<String, String>) -> Result
         let t = row.bucket.unwrap_or_default();
         let mut point = serde_json::Map::new();
         point.insert("t".into(), t.into());
-        point.extend(metrics_of(row));
+        point.extend(row.metrics());
         point.insert("concurrent_viewers".into(), peak.get(&(t, row.group.clone())).copied().unwrap_or(0).into());
         match series.iter_mut().find(|(k, _)| *k == row.group) {
             Some((_, points)) => points.push(Value::Object(point)),
@@ -224,18 +220,16 @@ async fn summary(State(state): State<ApiState>, Query(q): Query<HashMap<String, 
 async fn summary_inner(backend: &Backend, q: &HashMap<String, String>) -> Result<Response, ApiError> {
     let agg = range(q)?;
     let (rows, active) = tokio::try_join!(backend.aggregate(&agg), backend.active_per_window(&agg)).map_err(failed)?;
-    let metrics = match rows.first() {
-        Some(row) => metrics_of(row),
-        None => derive(&vec![0; crate::metrics::SUMS.len()], &[]),
-    };
-    let latest = active.last().map(|(w, _, n)| json!({"window_start": w, "viewers": n}));
+    // An aggregation without keys answers one row on both backends, zeros when nothing matched.
+    let metrics = rows.first().map(AggRow::metrics).unwrap_or_else(|| derive(&[0; SUMS.len()], &[]));
+    let (concurrent, window) = active.last().map_or((0, None), |(w, _, n)| (*n, Some(*w)));
     let peak = active.iter().map(|(_, _, n)| *n).max().unwrap_or(0);
     Ok(Json(json!({
         "from": agg.from,
         "to": agg.to,
         "metrics": metrics,
-        "concurrent_viewers": latest.as_ref().map_or(json!(0), |l| l["viewers"].clone()),
-        "concurrent_window_start": latest.map_or(Value::Null, |l| l["window_start"].clone()),
+        "concurrent_viewers": concurrent,
+        "concurrent_window_start": window,
         "peak_concurrent_viewers": peak,
     }))
     .into_response())
@@ -261,7 +255,7 @@ async fn breakdown_inner(backend: &Backend, q: &HashMap<String, String>) -> Resu
         .map(|row| {
             let mut m = serde_json::Map::new();
             m.insert("value".into(), row.group.clone().into());
-            m.extend(metrics_of(row));
+            m.extend(row.metrics());
             Value::Object(m)
         })
         .collect();

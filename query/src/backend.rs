@@ -38,6 +38,13 @@ pub struct AggRow {
     pub quantiles: Vec<Option<f64>>,
 }
 
+impl AggRow {
+    /// Every metric of this group: the sums, the quantiles and the ratios derived from the sums.
+    pub fn metrics(&self) -> Map<String, Value> {
+        crate::metrics::derive(&self.sums, &self.quantiles)
+    }
+}
+
 /// The rows and columns of an ad-hoc SQL query.
 #[derive(Debug, Default)]
 pub struct SqlRows {

@@ -104,15 +104,15 @@ pub fn ratio_value(r: &Ratio, sums: &[i64]) -> Option<f64> {
     (den != 0).then(|| r.scale * num as f64 / den as f64)
 }
 
-/// All metrics of one group as JSON: the sums, the quantiles (given in [`QUANTILES`] order) and the
-/// ratios derived from the sums.
+/// All metrics of one group as JSON: the sums, the quantiles (given in [`QUANTILES`] order; missing
+/// ones are null) and the ratios derived from the sums.
 pub fn derive(sums: &[i64], quantiles: &[Option<f64>]) -> Map<String, Value> {
     let mut m = Map::new();
     for (name, v) in SUMS.iter().zip(sums) {
         m.insert((*name).into(), Value::from(*v));
     }
-    for ((name, _), v) in QUANTILES.iter().zip(quantiles) {
-        m.insert((*name).into(), v.map_or(Value::Null, Value::from));
+    for (i, (name, _)) in QUANTILES.iter().enumerate() {
+        m.insert((*name).into(), quantiles.get(i).copied().flatten().map_or(Value::Null, Value::from));
     }
     for r in RATIOS {
         m.insert(r.name.into(), ratio_value(r, sums).map_or(Value::Null, Value::from));
@@ -142,5 +142,6 @@ mod tests {
         assert_eq!(all.len(), names().count());
         assert_eq!(all["rebuffer_ratio"], 0.3);
         assert_eq!(all["startup_p95"], Value::Null);
+        assert_eq!(derive(&sums, &[]).len(), names().count(), "no quantiles given: null, not missing");
     }
 }
