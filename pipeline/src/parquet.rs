@@ -217,20 +217,11 @@ impl ParquetSink {
     pub fn remove_uncommitted(&self, committed: u64) -> std::io::Result<usize> {
         let prefix = format!("part-{}-e", self.source);
         let mut deleted = 0;
-        let mut stack = vec![self.root.clone()];
-        while let Some(dir) = stack.pop() {
-            let entries = match std::fs::read_dir(&dir) {
-                Ok(e) => e,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e),
-            };
+        // Files are only ever written into partition directories.
+        for dir in partition_dirs(&self.root)? {
             let mut changed = false;
-            for entry in entries {
+            for entry in std::fs::read_dir(&dir)? {
                 let path = entry?.path();
-                if path.is_dir() {
-                    stack.push(path);
-                    continue;
-                }
                 let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
                 let epochs = epochs_of(name, &prefix);
                 let stale_tmp = name.starts_with(&format!(".{prefix}")) && name.ends_with(".tmp");
