@@ -104,3 +104,24 @@ async fn asset(axum::extract::Path(file): axum::extract::Path<String>) -> Respon
         None => (StatusCode::NOT_FOUND, "no such asset").into_response(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_are_checked_at_start_up() {
+        assert!(DashboardConfig::default().validate().is_ok(), "the §6 defaults are valid");
+        let with = |name: &str, th: Threshold| {
+            let mut c = DashboardConfig::default();
+            c.thresholds.insert(name.into(), th);
+            c.validate().map_err(|e| e.to_string())
+        };
+        assert_eq!(with("nope", t(1.0, 2.0, false)), Err("dashboard.thresholds.nope: no such metric".into()));
+        let inverted = with("vsf_pct", t(5.0, 1.0, false)).unwrap_err();
+        assert!(inverted.contains("vsf_pct") && inverted.contains("better side"), "{inverted}");
+        assert!(with("cache_hit_ratio", t(0.9, 0.95, true)).is_err(), "higher is better: good must be the larger");
+        let slow = DashboardConfig { refresh_ms: 10_000, ..DashboardConfig::default() };
+        assert!(slow.validate().unwrap_err().to_string().contains("refresh_ms"));
+    }
+}

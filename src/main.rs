@@ -162,6 +162,8 @@ impl CommonArgs {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let mut config = Config::load(cli.config.as_deref())?;
+    // Before anything starts: a bad target fails start-up, not the API after the pipeline is running.
+    config.dashboard.validate()?;
     if let Command::Query(args) = cli.command {
         // A one-shot command: results on stdout, nothing else.
         let data_dir = args.data_dir.unwrap_or(config.data_dir);
@@ -297,9 +299,7 @@ async fn run(mode: Mode, config: Config) -> anyhow::Result<()> {
             }
         })
     };
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let listener = bind(config.listen).await?;
     let addr = listener.local_addr()?;
     let mut app = ingest::router(state);
     if matches!(mode, Mode::Serve) {
@@ -327,18 +327,19 @@ async fn run(mode: Mode, config: Config) -> anyhow::Result<()> {
 
 /// The metrics API on the configured backend, and the dashboard at `/`.
 async fn api_router(config: &Config) -> anyhow::Result<axum::Router> {
-    config.dashboard.validate()?;
     let backend = query::backend::Backend::open(config.query.backend, &config.data_dir, &config.clickhouse).await?;
     tracing::info!(backend = backend.name(), "metrics API and dashboard ready");
     Ok(query::api::router(backend, config.sql.clone()).merge(dashboard::router(config.dashboard.clone())))
 }
 
+async fn bind(addr: std::net::SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))
+}
+
 /// `qoeflow query-server`: the metrics API until SIGTERM/Ctrl-C.
 async fn run_query_server(config: Config) -> anyhow::Result<()> {
     let app = api_router(&config).await?.route("/healthz", axum::routing::get(|| async { "ok" }));
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let listener = bind(config.listen).await?;
     tracing::info!("query server listening on http://{}", listener.local_addr()?);
     let signals = shutdown_signal();
     ingest::serve(listener, app, signals).await?;
