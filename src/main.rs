@@ -39,6 +39,88 @@ enum Command {
     Query(QueryArgs),
     /// The metrics API and dashboard alone, over the Parquet dataset or ClickHouse (production).
     QueryServer(QueryServerArgs),
+    /// Simulated viewers posting real beacons to a collector, with the ground truth of what they did.
+    Loadgen(LoadgenArgs),
+}
+
+#[derive(Args)]
+struct LoadgenArgs {
+    /// Collector base URL; beacons go to `<target>/v1/beacon`.
+    #[arg(long)]
+    target: String,
+    /// Number of viewers (one view each).
+    #[arg(long, default_value_t = 100)]
+    viewers: u64,
+    /// Length of the run; every view ends by then (e.g. 60s, 5m).
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Viewers arrive uniformly over this first part of the run [default: half the duration].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    ramp_up: Option<Duration>,
+    /// Seed of the simulation: the same seed gives the same viewers and the same truth.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Ingest key to send.
+    #[arg(long)]
+    key: Option<String>,
+    /// Write the ground-truth totals here (JSON), and the per-view truth beside it (`<stem>.views.jsonl`).
+    #[arg(long)]
+    truth: Option<PathBuf>,
+    /// At most this many events per second, over all viewers.
+    #[arg(long, value_name = "EV/S")]
+    rate_limit: Option<u32>,
+    /// Simulated time runs this many times faster than the wall clock.
+    #[arg(long, default_value_t = 1.0)]
+    speed: f64,
+    /// Requests in flight at most.
+    #[arg(long, default_value_t = 256)]
+    max_in_flight: usize,
+    /// Share of beacons sent twice (duplicates).
+    #[arg(long, default_value_t = 0.0)]
+    duplicate_rate: f64,
+    /// Share of beacons with shuffled events, and of beacons overtaken by the next (out-of-order `seq`).
+    #[arg(long, default_value_t = 0.0)]
+    reorder_rate: f64,
+    /// Client clocks are off by up to ± this (e.g. 2m).
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    skew: Duration,
+    /// Share of views whose beacons, from one on, are delivered `--late-by` late.
+    #[arg(long, default_value_t = 0.0)]
+    late_rate: f64,
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    late_by: Duration,
+    /// Share of beacons (all but the final `text/plain` one) sent gzip-compressed.
+    #[arg(long, default_value_t = 0.3)]
+    gzip_rate: f64,
+    /// No progress display.
+    #[arg(long)]
+    quiet: bool,
+}
+
+impl LoadgenArgs {
+    fn options(self) -> qoeflow::loadgen::Options {
+        qoeflow::loadgen::Options {
+            target: self.target,
+            viewers: self.viewers,
+            duration: self.duration,
+            ramp: self.ramp_up.unwrap_or(self.duration / 2),
+            seed: self.seed,
+            key: self.key,
+            truth: self.truth,
+            rate_limit: self.rate_limit,
+            speed: self.speed,
+            max_in_flight: self.max_in_flight,
+            knobs: qoeflow::loadgen::Knobs {
+                duplicate_rate: self.duplicate_rate,
+                reorder_rate: self.reorder_rate,
+                skew_ms: self.skew.as_millis() as i64,
+                late_rate: self.late_rate,
+                late_ms: self.late_by.as_millis() as i64,
+                gzip_rate: self.gzip_rate,
+            },
+            progress: !self.quiet,
+        }
+    }
 }
 
 #[derive(Args)]
@@ -178,6 +260,19 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         });
     }
+    if let Command::Loadgen(args) = cli.command {
+        init_tracing(&config)?;
+        let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+        let report = runtime.block_on(qoeflow::loadgen::run(args.options()))?;
+        report.print(&mut std::io::stdout().lock())?;
+        anyhow::ensure!(
+            report.complete(),
+            "{} beacons were not delivered and {} events were rejected: the truth does not describe what the collector holds",
+            report.failed_beacons,
+            report.rejected_events
+        );
+        return Ok(());
+    }
     let command = match cli.command {
         Command::Serve(args) => {
             args.common.apply(&mut config);
@@ -231,7 +326,7 @@ fn main() -> anyhow::Result<()> {
             }
             Mode::QueryServer
         }
-        Command::Query(_) => unreachable!("handled above"),
+        Command::Query(_) | Command::Loadgen(_) => unreachable!("handled above"),
     };
     init_tracing(&config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;

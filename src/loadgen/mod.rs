@@ -1,0 +1,646 @@
+//! `qoeflow loadgen`: simulated viewers posting real beacons over HTTP, with the ground truth of what
+//! they did.
+//!
+//! Each viewer is a task: it waits for its arrival, draws its view from [`sim::ViewSim`] and sends the
+//! events like a player SDK would — queued and flushed every 10 s and at once after key events (play
+//! request, first frame, error, end), JSON or gzip, the final beacon as `text/plain` with the key in the
+//! query string (what `navigator.sendBeacon` sends), retried on 429/503/5xx and connection errors with
+//! exponential backoff, jitter and `Retry-After`. Knobs inject what real networks do to beacons:
+//! duplicates (a beacon sent twice), out-of-order `seq` (events shuffled in a beacon, a beacon overtaken
+//! by the next), client clock skew, and late delivery (a view's beacons held back, as by an offline
+//! player). None of the knobs changes what the viewers do: they draw from their own random streams, so
+//! a seed gives the same truth with or without them.
+//!
+//! The truth is the simulation's own accounting ([`sim::ViewTruth`]), summed into [`Totals`].
+
+pub mod sim;
+
+use std::io::{IsTerminal, Write};
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use rand::rngs::SmallRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use sim::{RunSpec, ViewSim, ViewTruth, view_seed};
+
+/// The SDK's periodic flush (sim time).
+pub const FLUSH_MS: i64 = 10_000;
+const MAX_ATTEMPTS: u32 = 20;
+
+/// What the network does to beacons.
+#[derive(Clone, Debug, Default)]
+pub struct Knobs {
+    /// Share of beacons sent twice.
+    pub duplicate_rate: f64,
+    /// Share of beacons whose events are shuffled, and (independently) of beacons overtaken by the next.
+    pub reorder_rate: f64,
+    /// Each client's clock is off by a uniform draw in ±this.
+    pub skew_ms: i64,
+    /// Share of views whose beacons, from a random one on, are delivered `late_ms` late.
+    pub late_rate: f64,
+    pub late_ms: i64,
+    /// Share of (non-final) beacons sent gzip-compressed.
+    pub gzip_rate: f64,
+}
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Collector base URL (`http://host:port`); beacons go to `<target>/v1/beacon`.
+    pub target: String,
+    pub viewers: u64,
+    pub duration: Duration,
+    /// Views arrive uniformly over this first part of the run.
+    pub ramp: Duration,
+    pub seed: u64,
+    pub key: Option<String>,
+    /// Ground-truth totals (JSON); the per-view truth goes beside it as `<stem>.views.jsonl`.
+    pub truth: Option<PathBuf>,
+    /// Events per second, over all viewers.
+    pub rate_limit: Option<u32>,
+    /// Simulated time runs this many times faster than the wall clock.
+    pub speed: f64,
+    /// Requests in flight at most.
+    pub max_in_flight: usize,
+    pub knobs: Knobs,
+    /// Live progress line on stderr (when it is a terminal; else a line every 10 s).
+    pub progress: bool,
+}
+
+/// Ground-truth totals over a run, the contract of `--truth`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Totals {
+    pub views: u64,
+    pub attempts: u64,
+    pub starts: u64,
+    pub vsf: u64,
+    pub ebvs: u64,
+    pub playback_failures: u64,
+    pub play_ms: i64,
+    pub stall_count: u64,
+    pub stall_ms: i64,
+    pub seek_stall_ms: i64,
+    pub switches_up: u64,
+    pub switches_down: u64,
+    pub segments_hit: u64,
+    pub segments_miss: u64,
+    pub bytes_hit: u64,
+    pub bytes_total: u64,
+    pub errors: u64,
+    pub fatal_errors: u64,
+    /// Nearest-rank percentiles (rank ⌈q·n⌉, as HdrHistogram ranks) of the exact start-up times; null
+    /// when no view started.
+    pub startup_ms_p50: Option<i64>,
+    pub startup_ms_p95: Option<i64>,
+}
+
+impl Totals {
+    pub fn of(views: &[ViewTruth]) -> Totals {
+        let mut t = Totals { views: views.len() as u64, ..Totals::default() };
+        let mut startups = Vec::new();
+        for v in views {
+            t.attempts += u64::from(v.attempt);
+            t.starts += u64::from(v.started);
+            t.vsf += u64::from(v.vsf);
+            t.ebvs += u64::from(v.ebvs);
+            t.playback_failures += u64::from(v.playback_failure);
+            t.play_ms += v.play_ms;
+            t.stall_count += v.stall_count;
+            t.stall_ms += v.stall_ms;
+            t.seek_stall_ms += v.seek_stall_ms;
+            t.switches_up += v.switches_up;
+            t.switches_down += v.switches_down;
+            t.segments_hit += v.segments_hit;
+            t.segments_miss += v.segments_miss;
+            t.bytes_hit += v.bytes_hit;
+            t.bytes_total += v.bytes_hit + v.bytes_miss;
+            t.errors += v.errors;
+            t.fatal_errors += v.fatal_errors;
+            startups.extend(v.startup_ms);
+        }
+        startups.sort_unstable();
+        t.startup_ms_p50 = nearest_rank(&startups, 0.5);
+        t.startup_ms_p95 = nearest_rank(&startups, 0.95);
+        t
+    }
+}
+
+/// The value of rank ⌈q·n⌉ (at least 1) of `sorted`, computed in f64 exactly as HdrHistogram does.
+pub fn nearest_rank(sorted: &[i64], q: f64) -> Option<i64> {
+    let rank = ((q * sorted.len() as f64).ceil() as usize).max(1);
+    sorted.get(rank - 1).copied()
+}
+
+/// Where the per-view truth goes for a totals file `truth`: `<stem>.views.jsonl` beside it.
+pub fn views_path(truth: &Path) -> PathBuf {
+    let stem = truth.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "truth".into());
+    truth.with_file_name(format!("{stem}.views.jsonl"))
+}
+
+/// Counters shared by the viewers (and read by the progress display).
+#[derive(Default)]
+struct Stats {
+    views_started: AtomicU64,
+    views_done: AtomicU64,
+    beacons_ok: AtomicU64,
+    events_ok: AtomicU64,
+    duplicates: AtomicU64,
+    retries: AtomicU64,
+    throttled: AtomicU64,
+    failed_beacons: AtomicU64,
+    rejected_events: AtomicU64,
+    latency_us: std::sync::Mutex<Option<hdrhistogram::Histogram<u64>>>,
+}
+
+impl Stats {
+    fn record_latency(&self, d: Duration) {
+        if let Ok(mut h) = self.latency_us.lock() {
+            let h = h.get_or_insert_with(|| hdrhistogram::Histogram::new(3).expect("valid sigfig"));
+            h.saturating_record(d.as_micros() as u64);
+        }
+    }
+
+    fn latency_ms(&self, q: f64) -> f64 {
+        self.latency_us.lock().ok().and_then(|h| h.as_ref().map(|h| h.value_at_quantile(q) as f64 / 1000.0)).unwrap_or(0.0)
+    }
+}
+
+/// The outcome of a run.
+pub struct Report {
+    pub totals: Totals,
+    pub views: Vec<ViewTruth>,
+    pub elapsed: Duration,
+    pub beacons: u64,
+    pub events: u64,
+    pub duplicates: u64,
+    pub retries: u64,
+    pub throttled: u64,
+    pub failed_beacons: u64,
+    pub rejected_events: u64,
+    pub latency_p50_ms: f64,
+    pub latency_p99_ms: f64,
+}
+
+impl Report {
+    /// Everything the simulation sent was acknowledged and accepted: the truth describes what the
+    /// collector holds.
+    pub fn complete(&self) -> bool {
+        self.failed_beacons == 0 && self.rejected_events == 0
+    }
+
+    pub fn print(&self, out: &mut impl Write) -> std::io::Result<()> {
+        let secs = self.elapsed.as_secs_f64().max(1e-9);
+        let t = &self.totals;
+        writeln!(out, "loadgen: {} views in {:.1} s", t.views, secs)?;
+        writeln!(
+            out,
+            "  beacons  {} acknowledged ({:.0}/s), {} duplicates, {} retries ({} throttled), {} failed",
+            self.beacons,
+            self.beacons as f64 / secs,
+            self.duplicates,
+            self.retries,
+            self.throttled,
+            self.failed_beacons
+        )?;
+        writeln!(out, "  events   {} sent ({:.0}/s), {} rejected", self.events, self.events as f64 / secs, self.rejected_events)?;
+        writeln!(out, "  latency  p50 {:.2} ms, p99 {:.2} ms", self.latency_p50_ms, self.latency_p99_ms)?;
+        let pct = |a: u64, b: u64| if b == 0 { 0.0 } else { 100.0 * a as f64 / b as f64 };
+        writeln!(
+            out,
+            "  truth    {} attempts, {} starts (p50 {} ms, p95 {} ms), VSF {:.2}%, EBVS {:.2}%, playback failures {}, rebuffer {:.2}%, cache hit {:.1}%",
+            t.attempts,
+            t.starts,
+            t.startup_ms_p50.unwrap_or(0),
+            t.startup_ms_p95.unwrap_or(0),
+            pct(t.vsf, t.attempts),
+            pct(t.ebvs, t.attempts),
+            t.playback_failures,
+            if t.play_ms + t.stall_ms > 0 { 100.0 * t.stall_ms as f64 / (t.play_ms + t.stall_ms) as f64 } else { 0.0 },
+            pct(t.segments_hit, t.segments_hit + t.segments_miss),
+        )
+    }
+}
+
+struct Shared {
+    client: reqwest::Client,
+    url: String,
+    key: Option<String>,
+    knobs: Knobs,
+    spec: RunSpec,
+    stats: Stats,
+    in_flight: tokio::sync::Semaphore,
+    limiter: Option<(DefaultDirectRateLimiter, NonZeroU32)>,
+    start: Instant,
+    /// Wall clock (epoch ms) at the start: sim time 0.
+    epoch0: i64,
+    speed: f64,
+}
+
+impl Shared {
+    /// Sleeps until sim time `at_ms`.
+    async fn sleep_until(&self, at_ms: i64) {
+        let wall = Duration::from_secs_f64(at_ms.max(0) as f64 / 1000.0 / self.speed);
+        tokio::time::sleep_until((self.start + wall).into()).await;
+    }
+
+    /// Sim time now.
+    fn now_ms(&self) -> i64 {
+        (self.start.elapsed().as_secs_f64() * 1000.0 * self.speed) as i64
+    }
+
+    async fn rate_limit(&self, events: usize) {
+        let Some((limiter, burst)) = &self.limiter else { return };
+        let mut left = events as u32;
+        while left > 0 {
+            let n = left.min(burst.get());
+            let _ = limiter.until_n_ready(NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN)).await;
+            left -= n;
+        }
+    }
+}
+
+fn epoch_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// Runs the load: every viewer to its end. Writes the truth files when asked.
+pub async fn run(opts: Options) -> anyhow::Result<Report> {
+    anyhow::ensure!(opts.viewers > 0, "--viewers must be at least 1");
+    anyhow::ensure!(opts.speed > 0.0 && opts.speed.is_finite(), "--speed must be a positive number");
+    anyhow::ensure!(!opts.duration.is_zero(), "--duration must be positive");
+    anyhow::ensure!(opts.ramp <= opts.duration, "--ramp-up must not exceed --duration");
+    for (name, rate) in [
+        ("--duplicate-rate", opts.knobs.duplicate_rate),
+        ("--reorder-rate", opts.knobs.reorder_rate),
+        ("--late-rate", opts.knobs.late_rate),
+        ("--gzip-rate", opts.knobs.gzip_rate),
+    ] {
+        anyhow::ensure!((0.0..=1.0).contains(&rate), "{name} must be between 0 and 1, got {rate}");
+    }
+    let target = opts.target.trim_end_matches('/');
+    anyhow::ensure!(target.starts_with("http://") || target.starts_with("https://"), "--target must be an http(s) URL, got {target:?}");
+    let limiter = match opts.rate_limit {
+        Some(0) => anyhow::bail!("--rate-limit must be at least 1 event/s"),
+        Some(n) => {
+            let n = NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN);
+            Some((RateLimiter::direct(Quota::per_second(n)), n))
+        }
+        None => None,
+    };
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(opts.max_in_flight)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .context("HTTP client")?;
+    let spec = RunSpec {
+        seed: opts.seed,
+        duration_ms: opts.duration.as_millis() as i64,
+        ramp_ms: opts.ramp.as_millis() as i64,
+    };
+    let shared = Arc::new(Shared {
+        client,
+        url: format!("{target}/v1/beacon"),
+        key: opts.key.clone(),
+        knobs: opts.knobs.clone(),
+        spec,
+        stats: Stats::default(),
+        in_flight: tokio::sync::Semaphore::new(opts.max_in_flight.max(1)),
+        limiter,
+        start: Instant::now(),
+        epoch0: epoch_ms(),
+        speed: opts.speed,
+    });
+    let progress = opts.progress.then(|| tokio::spawn(progress(Arc::clone(&shared), opts.viewers)));
+    let mut tasks = tokio::task::JoinSet::new();
+    for index in 0..opts.viewers {
+        tasks.spawn(viewer(Arc::clone(&shared), index));
+    }
+    let mut views = Vec::with_capacity(opts.viewers as usize);
+    while let Some(v) = tasks.join_next().await {
+        views.push(v.context("viewer task")?);
+    }
+    if let Some(p) = progress {
+        p.abort();
+        if std::io::stderr().is_terminal() {
+            eprintln!();
+        }
+    }
+    views.sort_by(|a, b| a.view_id.cmp(&b.view_id));
+    let s = &shared.stats;
+    let report = Report {
+        totals: Totals::of(&views),
+        views,
+        elapsed: shared.start.elapsed(),
+        beacons: s.beacons_ok.load(Ordering::Relaxed),
+        events: s.events_ok.load(Ordering::Relaxed),
+        duplicates: s.duplicates.load(Ordering::Relaxed),
+        retries: s.retries.load(Ordering::Relaxed),
+        throttled: s.throttled.load(Ordering::Relaxed),
+        failed_beacons: s.failed_beacons.load(Ordering::Relaxed),
+        rejected_events: s.rejected_events.load(Ordering::Relaxed),
+        latency_p50_ms: s.latency_ms(0.5),
+        latency_p99_ms: s.latency_ms(0.99),
+    };
+    if let Some(path) = &opts.truth {
+        write_truth(path, &report)?;
+    }
+    Ok(report)
+}
+
+fn write_truth(path: &Path, report: &Report) -> anyhow::Result<()> {
+    let mut json = serde_json::to_vec_pretty(&report.totals)?;
+    json.push(b'\n');
+    std::fs::write(path, json).with_context(|| format!("cannot write {}", path.display()))?;
+    let views = views_path(path);
+    let file = std::fs::File::create(&views).with_context(|| format!("cannot write {}", views.display()))?;
+    let mut out = std::io::BufWriter::new(file);
+    for v in &report.views {
+        serde_json::to_writer(&mut out, v)?;
+        out.write_all(b"\n")?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// One viewer: its view's events, queued and flushed like an SDK.
+async fn viewer(shared: Arc<Shared>, index: u64) -> ViewTruth {
+    let mut rng = SmallRng::seed_from_u64(view_seed(shared.spec.seed, index, 1));
+    let knobs = &shared.knobs;
+    let skew = if knobs.skew_ms > 0 { rng.random_range(-knobs.skew_ms..=knobs.skew_ms) } else { 0 };
+    let mut sim = ViewSim::new(&shared.spec, index, shared.epoch0 + skew);
+    let late_from = (knobs.late_rate > 0.0 && rng.random_bool(knobs.late_rate)).then(|| rng.random_range(1..=3usize));
+    let arrival = sim.arrival_ms();
+    shared.sleep_until(arrival).await;
+    shared.stats.views_started.fetch_add(1, Ordering::Relaxed);
+    let mut sender = ViewSender {
+        shared: Arc::clone(&shared),
+        rng,
+        skew,
+        user_agent: sim.user_agent(),
+        lag_ms: 0,
+        late_from,
+        beacons: 0,
+        held: None,
+        delivered: true,
+    };
+    let mut queue: Vec<Map<String, Value>> = Vec::new();
+    let mut next_flush = arrival + FLUSH_MS;
+    for e in sim.by_ref() {
+        while e.at_ms >= next_flush {
+            if !queue.is_empty() {
+                sender.send(std::mem::take(&mut queue), next_flush, false).await;
+            }
+            next_flush += FLUSH_MS;
+        }
+        queue.push(e.json);
+        if e.flush {
+            sender.send(std::mem::take(&mut queue), e.at_ms, e.last).await;
+            next_flush = e.at_ms + FLUSH_MS;
+        }
+    }
+    shared.stats.views_done.fetch_add(1, Ordering::Relaxed);
+    let mut truth = sim.into_truth();
+    truth.delivered = sender.delivered;
+    truth
+}
+
+struct Beacon {
+    events: Vec<Map<String, Value>>,
+    last: bool,
+}
+
+struct ViewSender {
+    shared: Arc<Shared>,
+    /// The sender's own random stream (never the simulation's).
+    rng: SmallRng,
+    skew: i64,
+    user_agent: &'static str,
+    /// Delay added to every send from beacon `late_from` on.
+    lag_ms: i64,
+    late_from: Option<usize>,
+    beacons: usize,
+    /// A beacon overtaken by the next one.
+    held: Option<Beacon>,
+    delivered: bool,
+}
+
+impl ViewSender {
+    /// Sends a flush of `events` due at sim time `at_ms`.
+    async fn send(&mut self, events: Vec<Map<String, Value>>, at_ms: i64, last: bool) {
+        if self.late_from == Some(self.beacons) {
+            self.lag_ms = self.shared.knobs.late_ms;
+        }
+        self.beacons += 1;
+        self.shared.sleep_until(at_ms + self.lag_ms).await;
+        let beacon = Beacon { events, last };
+        let reorder = self.shared.knobs.reorder_rate;
+        if !last && self.held.is_none() && reorder > 0.0 && self.rng.random_bool(reorder) {
+            self.held = Some(beacon);
+            return;
+        }
+        self.post(beacon).await;
+        if let Some(held) = self.held.take() {
+            self.post(held).await;
+        }
+    }
+
+    async fn post(&mut self, mut beacon: Beacon) {
+        let knobs = &self.shared.knobs;
+        if beacon.events.len() > 1 && knobs.reorder_rate > 0.0 && self.rng.random_bool(knobs.reorder_rate) {
+            beacon.events.shuffle(&mut self.rng);
+        }
+        let n = beacon.events.len();
+        self.shared.rate_limit(n).await;
+        let sent_at = self.shared.epoch0 + self.shared.now_ms() + self.skew;
+        let mut body = Map::new();
+        body.insert("sent_at".into(), sent_at.into());
+        body.insert("events".into(), Value::Array(beacon.events.into_iter().map(Value::Object).collect()));
+        let json = serde_json::to_vec(&body).unwrap_or_default();
+        let gzip = !beacon.last && knobs.gzip_rate > 0.0 && self.rng.random_bool(knobs.gzip_rate);
+        let request = Request { body: if gzip { gzip_bytes(&json) } else { json }, gzip, text_plain: beacon.last };
+        let copies = if knobs.duplicate_rate > 0.0 && self.rng.random_bool(knobs.duplicate_rate) { 2 } else { 1 };
+        for copy in 0..copies {
+            if !self.deliver(&request, n).await {
+                self.delivered = false;
+                return;
+            }
+            if copy > 0 {
+                self.shared.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Posts until acknowledged, retrying what an SDK retries. Returns whether every event was accepted.
+    async fn deliver(&mut self, req: &Request, events: usize) -> bool {
+        let shared = &self.shared;
+        let stats = &shared.stats;
+        let mut backoff = Duration::from_millis(100);
+        for attempt in 1..=MAX_ATTEMPTS {
+            let mut builder = shared.client.post(&shared.url).header("user-agent", self.user_agent);
+            if req.text_plain {
+                // sendBeacon: no custom headers, so the key rides in the query string.
+                builder = builder.header("content-type", "text/plain;charset=UTF-8");
+                if let Some(key) = &shared.key {
+                    builder = builder.query(&[("key", key)]);
+                }
+            } else {
+                builder = builder.header("content-type", "application/json");
+                if let Some(key) = &shared.key {
+                    builder = builder.header("x-qoeflow-key", key);
+                }
+            }
+            if req.gzip {
+                builder = builder.header("content-encoding", "gzip");
+            }
+            let started = Instant::now();
+            let result = {
+                let _permit = shared.in_flight.acquire().await;
+                match builder.body(req.body.clone()).send().await {
+                    Ok(r) => {
+                        let status = r.status();
+                        let retry_after = r.headers().get("retry-after").and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+                        let text = r.text().await.unwrap_or_default();
+                        Ok((status, retry_after, text))
+                    }
+                    Err(e) => Err(e),
+                }
+            };
+            let retry_after = match result {
+                Ok((status, _, text)) if status.is_success() => {
+                    stats.record_latency(started.elapsed());
+                    stats.beacons_ok.fetch_add(1, Ordering::Relaxed);
+                    let rejected = if status.as_u16() == 200 { rejected_count(&text) } else { 0 };
+                    stats.events_ok.fetch_add((events - rejected.min(events)) as u64, Ordering::Relaxed);
+                    if rejected > 0 {
+                        stats.rejected_events.fetch_add(rejected as u64, Ordering::Relaxed);
+                        tracing::warn!(rejected, body = %text, "collector rejected events");
+                        return false;
+                    }
+                    return true;
+                }
+                Ok((status, retry_after, _)) if status.as_u16() == 429 || status.is_server_error() => {
+                    if matches!(status.as_u16(), 429 | 503) {
+                        stats.throttled.fetch_add(1, Ordering::Relaxed);
+                    }
+                    retry_after.map(Duration::from_secs)
+                }
+                Ok((status, _, text)) => {
+                    // 400, 401, 413, 415: a real SDK drops the beacon; so do we, loudly.
+                    stats.failed_beacons.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(%status, body = %text, "beacon refused");
+                    return false;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, attempt, "beacon not delivered, retrying");
+                    None
+                }
+            };
+            if attempt == MAX_ATTEMPTS {
+                break;
+            }
+            stats.retries.fetch_add(1, Ordering::Relaxed);
+            let jitter = self.rng.random_range(0.5..1.5);
+            let wait = retry_after.unwrap_or(backoff).mul_f64(jitter);
+            tokio::time::sleep(wait).await;
+            backoff = (backoff * 2).min(Duration::from_secs(10));
+        }
+        stats.failed_beacons.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(attempts = MAX_ATTEMPTS, "beacon not delivered; giving up");
+        false
+    }
+}
+
+struct Request {
+    body: Vec<u8>,
+    gzip: bool,
+    text_plain: bool,
+}
+
+fn rejected_count(text: &str) -> usize {
+    serde_json::from_str::<Value>(text).ok().and_then(|v| v.get("rejected")?.as_array().map(Vec::len)).unwrap_or(0)
+}
+
+fn gzip_bytes(data: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::with_capacity(data.len() / 4), flate2::Compression::fast());
+    // Writing into a Vec cannot fail.
+    let _ = e.write_all(data);
+    e.finish().unwrap_or_default()
+}
+
+/// The progress display: rate, views active, errors.
+async fn progress(shared: Arc<Shared>, viewers: u64) {
+    let tty = std::io::stderr().is_terminal();
+    let every = if tty { Duration::from_secs(1) } else { Duration::from_secs(10) };
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    let s = &shared.stats;
+    let (mut last_events, mut last_beacons) = (0, 0);
+    loop {
+        tick.tick().await;
+        let events = s.events_ok.load(Ordering::Relaxed);
+        let beacons = s.beacons_ok.load(Ordering::Relaxed);
+        let started = s.views_started.load(Ordering::Relaxed);
+        let done = s.views_done.load(Ordering::Relaxed);
+        let secs = every.as_secs_f64();
+        let line = format!(
+            "[{:>6.1}s] views {started}/{viewers} active {} done {done} | {:.0} ev/s {:.0} beacons/s | retries {} failed {} rejected {}",
+            shared.start.elapsed().as_secs_f64(),
+            started - done,
+            (events - last_events) as f64 / secs,
+            (beacons - last_beacons) as f64 / secs,
+            s.retries.load(Ordering::Relaxed),
+            s.failed_beacons.load(Ordering::Relaxed),
+            s.rejected_events.load(Ordering::Relaxed),
+        );
+        (last_events, last_beacons) = (events, beacons);
+        if tty {
+            eprint!("\r\x1b[2K{line}");
+        } else {
+            eprintln!("{line}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank_matches_hdrhistogram_ranks() {
+        let values: Vec<i64> = (1..=1000).map(|v| v * 3).collect();
+        let mut h = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 3_600_000, 3).expect("histogram");
+        for v in &values {
+            h.record(*v as u64).expect("record");
+        }
+        for q in [0.5, 0.9, 0.95, 0.99] {
+            let exact = nearest_rank(&values, q).expect("non-empty");
+            assert_eq!(h.value_at_quantile(q), h.highest_equivalent(exact as u64), "q={q}");
+        }
+        assert_eq!(nearest_rank(&[], 0.5), None);
+        assert_eq!(nearest_rank(&[7], 0.95), Some(7));
+    }
+
+    #[test]
+    fn totals_have_exactly_the_contract_keys() {
+        let json = serde_json::to_value(Totals::default()).expect("json");
+        let keys: Vec<&str> = json.as_object().expect("object").keys().map(String::as_str).collect();
+        let mut want = vec![
+            "views", "attempts", "starts", "vsf", "ebvs", "playback_failures", "play_ms", "stall_count", "stall_ms",
+            "seek_stall_ms", "switches_up", "switches_down", "segments_hit", "segments_miss", "bytes_hit",
+            "bytes_total", "errors", "fatal_errors", "startup_ms_p50", "startup_ms_p95",
+        ];
+        want.sort_unstable();
+        let mut keys = keys;
+        keys.sort_unstable();
+        assert_eq!(keys, want);
+    }
+}
