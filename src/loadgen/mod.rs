@@ -164,7 +164,7 @@ struct Stats {
 impl Stats {
     fn record_latency(&self, d: Duration) {
         if let Ok(mut h) = self.latency_us.lock() {
-            let h = h.get_or_insert_with(|| hdrhistogram::Histogram::new(3).expect("valid sigfig"));
+            let h = h.get_or_insert_with(|| hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"));
             h.saturating_record(d.as_micros() as u64);
         }
     }

@@ -12,5 +12,6 @@ mod crash_local_log;
 mod dashboard;
 mod grafana;
 mod kinesis_sink;
+mod loadgen;
 mod pipeline_kinesis;
 mod pipeline_local;

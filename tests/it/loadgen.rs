@@ -1,0 +1,234 @@
+//! End to end: `qoeflow loadgen` (seeded, 1,000+ views, with duplicates, reordering, clock skew and late
+//! delivery) against the collector, then what qoeflow computed equals the simulation's own truth exactly:
+//! through `qoeflow serve` (local log, Parquet, read back with `qoeflow query`), and through Kinesis (the
+//! emulator) and `qoeflow pipeline` into Parquet and ClickHouse.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use qoeflow::loadgen::Totals;
+use serde_json::Value;
+
+use crate::common::clickhouse::ClickHouse;
+use crate::common::kinesis::*;
+use crate::common::*;
+
+const VIEWERS: &str = "1200";
+const KEY: &str = "loadgen-key";
+
+/// Runs `qoeflow loadgen` to its end against `target` with every network knob on; returns the truth.
+fn loadgen(target: &str, seed: &str, truth: &Path) -> Totals {
+    let out = Command::new(env!("CARGO_BIN_EXE_qoeflow"))
+        .args(["loadgen", "--target", target, "--viewers", VIEWERS, "--duration", "30s", "--ramp-up", "15s"])
+        .args(["--seed", seed, "--key", KEY, "--truth", truth.to_str().expect("utf-8 path"), "--quiet"])
+        .args(["--duplicate-rate", "0.05", "--reorder-rate", "0.05", "--skew", "3m", "--late-rate", "0.05", "--late-by", "25s"])
+        .env("QOEFLOW_LOG_LEVEL", "warn")
+        .output()
+        .expect("run qoeflow loadgen");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "loadgen failed: {}", out.status);
+    assert!(stdout.contains(" 0 failed") && stdout.contains(" 0 rejected"), "every beacon acknowledged: {stdout}");
+    let text = std::fs::read_to_string(truth).expect("truth file");
+    // `deny_unknown_fields` and no defaults: the file has exactly the contract's keys.
+    let totals: Totals = serde_json::from_str(&text).expect("truth JSON with exactly the contract keys");
+    let per_view = std::fs::read_to_string(qoeflow::loadgen::views_path(truth)).expect("per-view truth");
+    assert_eq!(per_view.lines().count() as u64, totals.views, "one truth line per view");
+    assert!(totals.views >= 1000);
+    // The traffic exercised every outcome and measure.
+    for (what, n) in [
+        ("vsf", totals.vsf),
+        ("ebvs", totals.ebvs),
+        ("playback failures", totals.playback_failures),
+        ("stalls", totals.stall_count),
+        ("seek stalls", totals.seek_stall_ms as u64),
+        ("switches up", totals.switches_up),
+        ("switches down", totals.switches_down),
+        ("cache misses", totals.segments_miss),
+        ("non-fatal errors", totals.errors - totals.fatal_errors),
+    ] {
+        assert!(n > 0, "the simulation produced no {what}: {totals:?}");
+    }
+    totals
+}
+
+/// The truth's keys as (name, value) for the counts and durations.
+fn truth_sums(t: &Totals) -> BTreeMap<String, i64> {
+    let mut m: BTreeMap<String, i64> = serde_json::from_value(serde_json::to_value(t).expect("json"))
+        .map(|m: BTreeMap<String, Value>| m.into_iter().filter_map(|(k, v)| Some((k, v.as_i64()?))).collect())
+        .expect("map");
+    m.remove("startup_ms_p50");
+    m.remove("startup_ms_p95");
+    m
+}
+
+/// SQL summing `views` into the truth's keys; `b` casts a boolean column to an integer.
+fn views_sql(table: &str, b: fn(&str) -> String) -> String {
+    format!(
+        "SELECT count(*) AS t_views, sum({}) AS t_attempts, sum({}) AS t_starts, sum({}) AS t_vsf, sum({}) AS t_ebvs, \
+         sum({}) AS t_playback_failures, sum(play_ms) AS t_play_ms, sum(stall_count) AS t_stall_count, \
+         sum(stall_ms) AS t_stall_ms, sum(seek_stall_ms) AS t_seek_stall_ms, sum(switches_up) AS t_switches_up, \
+         sum(switches_down) AS t_switches_down, sum(segments_hit) AS t_segments_hit, sum(segments_miss) AS t_segments_miss, \
+         sum(bytes_hit) AS t_bytes_hit, sum(bytes_hit + bytes_miss) AS t_bytes_total, sum(errors) AS t_errors, \
+         sum(fatal_errors) AS t_fatal_errors FROM {table}",
+        b("attempt"), b("started"), b("vsf"), b("ebvs"), b("playback_failure"),
+    )
+}
+
+/// SQL summing `qoe_window` into the truth's keys (every view ended, so the windows hold all of it).
+fn windows_sql(table: &str) -> String {
+    format!(
+        "SELECT sum(attempts) AS t_attempts, sum(starts) AS t_starts, sum(vsf) AS t_vsf, sum(ebvs) AS t_ebvs, \
+         sum(playback_failures) AS t_playback_failures, sum(play_ms) AS t_play_ms, sum(stall_count) AS t_stall_count, \
+         sum(stall_ms) AS t_stall_ms, sum(seek_stall_ms) AS t_seek_stall_ms, sum(switches_up) AS t_switches_up, \
+         sum(switches_down) AS t_switches_down, sum(segments_hit) AS t_segments_hit, sum(segments_miss) AS t_segments_miss, \
+         sum(bytes_hit) AS t_bytes_hit, sum(bytes_total) AS t_bytes_total, sum(errors) AS t_errors, \
+         sum(fatal_errors) AS t_fatal_errors FROM {table}"
+    )
+}
+
+/// The SQL of the exact start-up time of nearest rank ⌈q·starts⌉ in `views`.
+fn views_quantile_sql(table: &str, starts: u64, q: f64) -> String {
+    let rank = ((q * starts as f64).ceil() as u64).max(1);
+    format!("SELECT startup_ms FROM {table} WHERE startup_ms IS NOT NULL ORDER BY startup_ms LIMIT 1 OFFSET {}", rank - 1)
+}
+
+fn as_i64_map(row: &Value) -> BTreeMap<String, i64> {
+    row.as_object()
+        .expect("row object")
+        .iter()
+        .map(|(k, v)| {
+            // ClickHouse quotes 64-bit integers in JSON; DataFusion does not.
+            let n = v.as_i64().or_else(|| v.as_str()?.parse().ok()).or_else(|| v.as_f64().map(|f| f as i64));
+            // Aliases are `t_<key>`: ClickHouse would resolve an alias equal to a column inside other
+            // aggregates.
+            (k.strip_prefix("t_").unwrap_or(k).to_owned(), n.unwrap_or_else(|| panic!("{k} = {v} is not a number")))
+        })
+        .collect()
+}
+
+/// `qoeflow query --format json SQL` over `data`: the first row.
+fn qoeflow_query(data: &Path, sql: &str) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_qoeflow"))
+        .args(["query", "--data-dir", data.to_str().expect("utf-8 path"), "--format", "json", sql])
+        .env("QOEFLOW_LOG_LEVEL", "warn")
+        .output()
+        .expect("run qoeflow query");
+    assert!(out.status.success(), "qoeflow query failed: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.lines().next().unwrap_or("{}")).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+/// Polls `read` until it equals `want` (the pipeline catching up), then asserts it does.
+fn eventually_equal(what: &str, want: &BTreeMap<String, i64>, within: Duration, mut read: impl FnMut() -> BTreeMap<String, i64>) {
+    let deadline = Instant::now() + within;
+    loop {
+        let got = read();
+        let got: BTreeMap<String, i64> = got.into_iter().filter(|(k, _)| want.contains_key(k)).collect();
+        if &got == want || Instant::now() > deadline {
+            let diff: HashMap<&String, (i64, Option<&i64>)> =
+                want.iter().filter(|(k, v)| got.get(*k) != Some(v)).map(|(k, v)| (k, (*v, got.get(k)))).collect();
+            assert_eq!(&got, want, "{what} differs from the truth (truth, got): {diff:?}");
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// The Parquet dataset under `data`, read with `qoeflow query`, equals the truth: counts and durations
+/// exactly over `views` and over `qoe_window`; start-up percentiles exactly over `views`, and within the
+/// histogram's precision (the bucket holding the true value) over `qoe_window`.
+fn assert_parquet_equals_truth(data: &Path, truth: &Totals) {
+    let mut want = truth_sums(truth);
+    eventually_equal("views (Parquet)", &want, Duration::from_secs(90), || {
+        as_i64_map(&qoeflow_query(data, &views_sql("views", |c| format!("CAST({c} AS BIGINT)"))))
+    });
+    want.remove("views");
+    eventually_equal("qoe_window (Parquet)", &want, Duration::from_secs(30), || as_i64_map(&qoeflow_query(data, &windows_sql("qoe_window"))));
+    let hist = pipeline::window::new_histogram();
+    for (q, exact) in [(0.5, truth.startup_ms_p50), (0.95, truth.startup_ms_p95)] {
+        let exact = exact.expect("views started");
+        let row = qoeflow_query(data, &views_quantile_sql("views", truth.starts, q));
+        assert_eq!(row["startup_ms"].as_i64(), Some(exact), "views: start-up p{}", q * 100.0);
+        let row = qoeflow_query(data, &format!("SELECT hdr_quantile(startup_hist, {q}) AS v FROM qoe_window"));
+        let got = row["v"].as_f64().expect("quantile") as u64;
+        assert_eq!(got, hist.highest_equivalent(exact as u64), "qoe_window: start-up p{} (exact {exact})", q * 100.0);
+    }
+}
+
+/// What the collector's log shows the knobs did: duplicate beacons, events out of `seq` order, skewed
+/// clocks, beacons delivered late.
+fn assert_knobs_took_effect(records: &[schemas::Record]) {
+    let mut seen = std::collections::HashSet::new();
+    let (mut duplicates, mut shuffled, mut skewed, mut late) = (0, 0, 0, 0);
+    let mut offsets: HashMap<&str, i64> = HashMap::new();
+    for r in records {
+        let schemas::Record::Events(r) = r else { continue };
+        let seqs: Vec<u64> = r.events.iter().map(|e| e["seq"].as_u64().expect("seq")).collect();
+        shuffled += usize::from(seqs.windows(2).any(|w| w[0] > w[1]));
+        duplicates += seqs.iter().filter(|&&s| !seen.insert((r.view_id.clone(), s))).count();
+        let offset = *offsets.entry(&r.view_id).or_insert(r.recv_ms - r.sent_at);
+        skewed += usize::from((r.recv_ms - r.sent_at).abs() > 10_000);
+        // How long after its newest event (placed by the view's offset) the record arrived: the SDK's
+        // flush period is 10 s; the late knob adds 25 s.
+        let newest = r.events.iter().filter_map(|e| e["ts"].as_i64()).max().unwrap_or(0) + offset;
+        late += usize::from(r.recv_ms - newest > 24_000);
+    }
+    assert!(duplicates > 0 && shuffled > 0 && skewed > 0 && late > 0, "duplicates {duplicates}, shuffled {shuffled}, skewed {skewed}, late {late}");
+}
+
+#[test]
+fn loadgen_through_serve_equals_the_truth() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let q = Qoeflow::serve(dir.path(), &["--ingest-key", KEY], &[]);
+    let truth_path = dir.path().join("truth.json");
+    let truth = loadgen(&q.url, "11", &truth_path);
+    assert_parquet_equals_truth(dir.path(), &truth);
+    assert_knobs_took_effect(&read_local_log(dir.path()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loadgen_through_kinesis_into_parquet_and_clickhouse_equals_the_truth() {
+    const STREAM: &str = "loadgen";
+    let dir = tempfile::tempdir().expect("tmp");
+    let emu = Emulator::start();
+    create_stream(&emu.client().await, STREAM, 2).await;
+    let ch = ClickHouse::start(&dir.path().join("clickhouse"));
+    let data = dir.path().join("data");
+    let collector = Qoeflow::ingest(STREAM, &emu.endpoint, &["--ingest-key", KEY], &[]);
+    let mut env = AWS_ENV.to_vec();
+    env.push(("QOEFLOW_PIPELINE__FLUSH_INTERVAL_MS", "500"));
+    let data_arg = data.to_str().expect("utf-8 path");
+    let mut pipeline = Qoeflow::spawn_until(
+        &["pipeline", "--kinesis-stream", STREAM, "--kinesis-endpoint", &emu.endpoint, "--data-dir", data_arg, "--clickhouse-url", &ch.url()],
+        &env,
+        "pipeline: resuming from checkpoint",
+    );
+    let truth_path = dir.path().join("truth.json");
+    let target = collector.url.clone();
+    let truth = tokio::task::spawn_blocking(move || loadgen(&target, "12", &truth_path)).await.expect("loadgen");
+    let (data2, truth2) = (data.clone(), truth.clone());
+    tokio::task::spawn_blocking(move || assert_parquet_equals_truth(&data2, &truth2)).await.expect("parquet");
+
+    // ClickHouse (read with FINAL): the same totals.
+    ch.wait_for_views(truth.views as i64, Duration::from_secs(60));
+    let ch_row = |sql: String| -> Value {
+        let out = ch.query(&format!("{sql} FORMAT JSONEachRow"));
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+    };
+    let mut want = truth_sums(&truth);
+    eventually_equal("views (ClickHouse)", &want, Duration::from_secs(30), || {
+        as_i64_map(&ch_row(views_sql("qoeflow.views FINAL", |c| format!("toInt64({c})"))))
+    });
+    want.remove("views");
+    eventually_equal("qoe_window (ClickHouse)", &want, Duration::from_secs(30), || as_i64_map(&ch_row(windows_sql("qoeflow.qoe_window FINAL"))));
+    for (q, exact) in [(0.5, truth.startup_ms_p50), (0.95, truth.startup_ms_p95)] {
+        let row = ch_row(views_quantile_sql("qoeflow.views FINAL", truth.starts, q));
+        assert_eq!(as_i64_map(&row)["startup_ms"], exact.expect("views started"), "ClickHouse views: start-up p{}", q * 100.0);
+    }
+    pipeline.stop();
+    let records: Vec<schemas::Record> = read_stream(&emu.client().await, STREAM).await.into_iter().map(|r| r.record).collect();
+    assert_knobs_took_effect(&records);
+}
