@@ -1,4 +1,5 @@
-"""Freshness of `qoeflow serve`: from a beacon's 204 to its attempt being counted by GET /api/v1/summary.
+"""Freshness of `qoeflow serve`: from a beacon's 204 to its attempt being counted by GET /api/v1/metrics
+(the dashboard's series endpoint; the attempts of every point of the last 10 minutes, summed).
 
     python3 freshness.py URL N
 """
@@ -12,8 +13,8 @@ url, n = sys.argv[1], int(sys.argv[2])
 
 
 def attempts():
-    with urllib.request.urlopen(f"{url}/api/v1/summary?from=now-10m") as r:
-        return json.load(r)["metrics"]["attempts"]
+    with urllib.request.urlopen(f"{url}/api/v1/metrics?from=now-10m") as r:
+        return sum(p["attempts"] for s in json.load(r)["series"] for p in s["points"])
 
 
 base = attempts()
@@ -33,5 +34,5 @@ for i in range(n):
     lags.append((time.perf_counter() - accepted) * 1000)
     time.sleep(0.3)
 lags.sort()
-print(f"freshness over {n} beacons (accepted -> counted by /api/v1/summary), ms: "
+print(f"freshness over {n} beacons (accepted -> counted by /api/v1/metrics), ms: "
       f"median {statistics.median(lags):.0f}, p95 {lags[round((n - 1) * 0.95)]:.0f}, max {lags[-1]:.0f}")

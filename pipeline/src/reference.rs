@@ -9,7 +9,7 @@ use schemas::event::ViewDims;
 
 use crate::sessionizer::Dim;
 use crate::view::Totals;
-use crate::window::{HIST_MAX_MS, WindowDelta};
+use crate::window::WindowDelta;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Kind {
@@ -89,7 +89,7 @@ pub fn compute(records: &[Record], window_ms: i64, dims: &[Dim]) -> BatchResult 
                 "start" => {
                     d.starts += 1;
                     d.startup_ms_sum += value;
-                    let _ = d.startup_hist.record((value.max(0) as u64).min(HIST_MAX_MS));
+                    d.startup_hist.record(value);
                 }
                 "vsf" => d.vsf += 1,
                 "ebvs" => d.ebvs += 1,

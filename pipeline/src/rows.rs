@@ -5,7 +5,7 @@ use schemas::tables::{self, ColType, Column, DIM_COLUMNS};
 use schemas::{CacheStatus, Payload};
 
 use crate::sessionizer::{Dim, EventRow, Output, ViewRow, stream_type_str};
-use crate::window::{WindowRow, serialize_histogram};
+use crate::window::WindowRow;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Cell {
@@ -42,7 +42,7 @@ pub fn window_row(w: &WindowRow, dims: &[Dim], source: &str, epoch: u64, row: us
         Cell::U64(d.attempts),
         Cell::U64(d.starts),
         Cell::I64(d.startup_ms_sum),
-        Cell::Bin(serialize_histogram(&d.startup_hist)),
+        Cell::Bin(d.startup_hist.serialize()),
         q(0.5),
         q(0.9),
         q(0.95),

@@ -376,7 +376,7 @@ async fn viewer(shared: Arc<Shared>, index: u64) -> ViewTruth {
     let mut rng = SmallRng::seed_from_u64(view_seed(shared.spec.seed, index, 1));
     let knobs = &shared.knobs;
     let skew = if knobs.skew_ms > 0 { rng.random_range(-knobs.skew_ms..=knobs.skew_ms) } else { 0 };
-    let mut sim = ViewSim::new(&shared.spec, index, shared.epoch0 + skew);
+    let sim = ViewSim::new(&shared.spec, index, shared.epoch0 + skew);
     let late_from = (knobs.late_rate > 0.0 && rng.random_bool(knobs.late_rate)).then(|| rng.random_range(1..=3usize));
     let arrival = sim.arrival_ms();
     shared.sleep_until(arrival).await;
@@ -392,25 +392,96 @@ async fn viewer(shared: Arc<Shared>, index: u64) -> ViewTruth {
         held: None,
         delivered: true,
     };
-    let mut queue: Vec<Map<String, Value>> = Vec::new();
-    let mut next_flush = arrival + FLUSH_MS;
-    for e in sim.by_ref() {
-        while e.at_ms >= next_flush {
-            if !queue.is_empty() {
-                sender.send(std::mem::take(&mut queue), next_flush, false).await;
-            }
-            next_flush += FLUSH_MS;
-        }
-        queue.push(e.json);
-        if e.flush {
-            sender.send(std::mem::take(&mut queue), e.at_ms, e.last).await;
-            next_flush = e.at_ms + FLUSH_MS;
-        }
+    let mut flushes = Flushes::new(sim);
+    for f in flushes.by_ref() {
+        sender.send(f.events, f.at_ms, f.last).await;
     }
     shared.stats.views_done.fetch_add(1, Ordering::Relaxed);
-    let mut truth = sim.into_truth();
+    let mut truth = flushes.into_truth();
     truth.delivered = sender.delivered;
     truth
+}
+
+/// One flush of the SDK's queue: due at `at_ms` (sim time), the last one of the view if `last`.
+pub struct Flush {
+    pub at_ms: i64,
+    pub events: Vec<Map<String, Value>>,
+    pub last: bool,
+}
+
+/// A view's events as the SDK flushes them: every [`FLUSH_MS`] (when the queue is not empty) and at
+/// once after key events. The queue is empty at the end: the view's last event, `viewend`, is a key event.
+pub struct Flushes {
+    sim: ViewSim,
+    queue: Vec<Map<String, Value>>,
+    next_flush: i64,
+    /// An event taken from the simulation that belongs after the flush just returned.
+    carry: Option<sim::SimEvent>,
+}
+
+impl Flushes {
+    pub fn new(sim: ViewSim) -> Flushes {
+        let next_flush = sim.arrival_ms() + FLUSH_MS;
+        Flushes { sim, queue: Vec::new(), next_flush, carry: None }
+    }
+
+    pub fn into_truth(self) -> ViewTruth {
+        self.sim.into_truth()
+    }
+}
+
+impl Iterator for Flushes {
+    type Item = Flush;
+
+    fn next(&mut self) -> Option<Flush> {
+        loop {
+            let e = self.carry.take().or_else(|| self.sim.next())?;
+            if e.at_ms >= self.next_flush {
+                let at_ms = self.next_flush;
+                self.next_flush += FLUSH_MS;
+                self.carry = Some(e);
+                if !self.queue.is_empty() {
+                    return Some(Flush { at_ms, events: std::mem::take(&mut self.queue), last: false });
+                }
+                continue;
+            }
+            self.queue.push(e.json);
+            if e.flush {
+                self.next_flush = e.at_ms + FLUSH_MS;
+                return Some(Flush { at_ms: e.at_ms, events: std::mem::take(&mut self.queue), last: e.last });
+            }
+        }
+    }
+}
+
+/// The traffic of viewers `0..views` as the records the collector would write for it, without HTTP (for
+/// benchmarks that feed the pipeline directly): each flush is one record, received 35 ms after it was
+/// sent, enriched by the collector's own enricher from the viewer's user agent, with a country as a
+/// GeoIP database would give; records in arrival order. Returns the records, the number of events and
+/// the truth.
+pub fn collector_records(spec: &RunSpec, views: u64, clock0: i64) -> anyhow::Result<(Vec<bytes::Bytes>, u64, Totals)> {
+    const COUNTRIES: [&str; 8] = ["US", "DE", "BR", "IN", "JP", "NL", "FR", "GB"];
+    let enricher = ingest::enrich::Enricher::new(true, None)?;
+    let mut timed = Vec::new();
+    let mut truths = Vec::with_capacity(views as usize);
+    let mut events = 0;
+    for i in 0..views {
+        let sim = ViewSim::new(spec, i, clock0);
+        let ip = std::net::IpAddr::from([203, 0, 113, (i % 251) as u8]);
+        let mut client = enricher.client_info(ip, Some(sim.user_agent()));
+        client.country = COUNTRIES[(view_seed(spec.seed, i, 2) % COUNTRIES.len() as u64) as usize].into();
+        let view_id = sim.view_id().to_owned();
+        let mut flushes = Flushes::new(sim);
+        for f in flushes.by_ref() {
+            events += f.events.len() as u64;
+            let sent_at = clock0 + f.at_ms;
+            let r = schemas::EventsRecord { recv_ms: sent_at + 35, sent_at, key: None, view_id: view_id.clone(), client: client.clone(), events: f.events };
+            timed.push((sent_at, bytes::Bytes::from(schemas::Record::Events(r).encode())));
+        }
+        truths.push(flushes.into_truth());
+    }
+    timed.sort_by_key(|(at, _)| *at);
+    Ok((timed.into_iter().map(|(_, r)| r).collect(), events, Totals::of(&truths)))
 }
 
 struct Beacon {
@@ -613,6 +684,7 @@ async fn progress(shared: Arc<Shared>, viewers: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
 
     #[test]
     fn nearest_rank_matches_hdrhistogram_ranks() {
@@ -627,6 +699,29 @@ mod tests {
         }
         assert_eq!(nearest_rank(&[], 0.5), None);
         assert_eq!(nearest_rank(&[7], 0.95), Some(7));
+    }
+
+    #[test]
+    fn flushes_carry_every_event_once_in_order_like_an_sdk() {
+        let spec = RunSpec { seed: 3, duration_ms: 600_000, ramp_ms: 60_000 };
+        for i in 0..300 {
+            let events: Vec<_> = ViewSim::new(&spec, i, 0).collect();
+            let flushes: Vec<Flush> = Flushes::new(ViewSim::new(&spec, i, 0)).collect();
+            let sent: Vec<&Map<String, Value>> = flushes.iter().flat_map(|f| &f.events).collect();
+            let want: Vec<&Map<String, Value>> = events.iter().map(|e| &e.json).collect();
+            assert_eq!(sent, want, "view {i}: every event once, in seq order");
+            let at: HashMap<u64, i64> = events.iter().map(|e| (e.json["seq"].as_u64().unwrap_or(0), e.at_ms)).collect();
+            let mut last_due = i64::MIN;
+            for (n, f) in flushes.iter().enumerate() {
+                assert!(!f.events.is_empty() && f.at_ms >= last_due, "view {i}: flushes non-empty and in time order");
+                last_due = f.at_ms;
+                assert_eq!(f.last, n == flushes.len() - 1, "view {i}: only the final flush is the last");
+                for e in &f.events {
+                    let happened = at[&e["seq"].as_u64().unwrap_or(0)];
+                    assert!(happened <= f.at_ms && f.at_ms - happened <= FLUSH_MS, "view {i}: an event waits at most one flush period");
+                }
+            }
+        }
     }
 
     #[test]

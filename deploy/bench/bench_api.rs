@@ -1,79 +1,23 @@
-//! Dashboard API latency over a day of data. Writes a day of views (ending now) through the real
-//! pipeline into DATA_DIR, then times the dashboard's requests against the HTTP API on the Parquet
+//! Dashboard API latency over a day of data. Writes a day of `qoeflow loadgen` viewers (ending now,
+//! flushed into records as the SDK would send them) through the real pipeline into DATA_DIR, then times the dashboard's requests against the HTTP API on the Parquet
 //! backend, twice: with the files as the pipeline wrote them (one per epoch and partition) and after
 //! compacting the closed hours. Prints a table of medians and p95s; `deploy/bench/api.sh` adds a
 //! DuckDB baseline over the same files.
 //!
-//! cargo run --release -p query --example bench_api -- DATA_DIR [VIEWS=200000] [EPOCHS=8640] [RUNS=9]
+//! cargo run --release --example bench_api -- DATA_DIR [VIEWS=50000] [EPOCHS=8640] [RUNS=9]
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use ingest::log::{LocalLog, LogConfig};
 use pipeline::PipelineConfig;
 use pipeline::parquet::ParquetSink;
 use query::backend::Backend;
-use schemas::record::EventsRecord;
-use schemas::{ClientInfo, Record};
-use serde_json::{Map, Value, json};
+use qoeflow::loadgen::collector_records;
+use qoeflow::loadgen::sim::RunSpec;
+use serde_json::Value;
 
 const DAY: i64 = 86_400_000;
-
-fn view_records(v: u64, t: i64) -> Vec<Bytes> {
-    let id = format!("view-{v:08}");
-    let pick = |xs: &[&'static str], salt: u64| xs[((v / salt) % xs.len() as u64) as usize];
-    let cdn = pick(&["fastly", "akamai", "cloudfront"], 1);
-    let country = pick(&["US", "DE", "BR", "IN", "JP", "NL", "FR", "GB"], 3);
-    let (device, os, browser) = [("desktop", "Windows 10", "Chrome"), ("mobile", "iOS", "Safari"), ("mobile", "Android", "Chrome"), ("tv", "Tizen", "Other")]
-        [((v / 5) % 4) as usize];
-    let outcome = v % 20;
-    let mut kinds: Vec<(&str, i64, Value)> = vec![
-        ("viewstart", 0, json!({"cdn": cdn, "stream_type": pick(&["vod", "live"], 7), "player_name": pick(&["hls.js", "shaka"], 11), "video_id": format!("video-{}", v % 50)})),
-        ("playrequest", 10, json!({})),
-        ("quality_change", 5, json!({"bitrate_kbps": 800 + 900 * (v % 4)})),
-        ("segment", 100, json!({"bytes": 1_000_000, "cache": if v % 10 == 0 { "miss" } else { "hit" }})),
-    ];
-    match outcome {
-        0 => kinds.push(("error", 2_000, json!({"fatal": true, "code": "E1"}))),
-        1 => kinds.push(("viewend", 4_000, json!({}))),
-        _ => kinds.extend([
-            ("playing", 300 + (v % 13) as i64 * 90, json!({})),
-            ("segment", 2_000, json!({"bytes": 1_000_000, "cache": "hit"})),
-            ("heartbeat", 8_000, json!({})),
-            ("stall_start", 500, json!({})),
-            ("stall_end", 200 + (v % 7) as i64 * 150, json!({})),
-            ("quality_change", 3_000, json!({"bitrate_kbps": 3500})),
-            ("heartbeat", 10_000, json!({})),
-            ("seeking", 2_000, json!({})),
-            ("playing", 400, json!({})),
-            ("heartbeat", 10_000, json!({})),
-            ("viewend", 3_000, json!({})),
-        ]),
-    }
-    let mut ts = t;
-    let events: Vec<Map<String, Value>> = kinds
-        .into_iter()
-        .enumerate()
-        .map(|(i, (kind, dt, extra))| {
-            ts += dt;
-            let mut m = json!({"view_id": id, "seq": i, "type": kind, "ts": ts, "playhead_ms": 0}).as_object().cloned().unwrap_or_default();
-            if let Value::Object(x) = extra {
-                m.extend(x);
-            }
-            m
-        })
-        .collect();
-    events
-        .chunks(4)
-        .map(|chunk| {
-            let sent = chunk.last().and_then(|e| e["ts"].as_i64()).unwrap_or(t) + 20;
-            let client = ClientInfo { device_type: device.into(), os: os.into(), browser: browser.into(), country: country.into(), ..Default::default() };
-            let r = EventsRecord { recv_ms: sent + 30, sent_at: sent, key: None, view_id: id.clone(), client, events: chunk.to_vec() };
-            Bytes::from(Record::Events(r).encode())
-        })
-        .collect()
-}
 
 fn count_files(dir: &std::path::Path) -> usize {
     std::fs::read_dir(dir)
@@ -132,16 +76,16 @@ async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let data = PathBuf::from(args.first().ok_or_else(|| anyhow::anyhow!("usage: bench_api DATA_DIR [VIEWS] [EPOCHS] [RUNS]"))?);
     let num = |i: usize, d: u64| args.get(i).and_then(|a| a.parse().ok()).unwrap_or(d);
-    let (views, epochs, runs) = (num(1, 200_000), num(2, 8_640), num(3, 9) as usize);
+    let (views, epochs, runs) = (num(1, 50_000), num(2, 8_640), num(3, 9) as usize);
     anyhow::ensure!(!data.join("parquet").exists(), "{} already holds a dataset", data.display());
 
     // A day of views ending now, in the local log.
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
     let log = LocalLog::open(LogConfig::new(data.join("log")))?;
-    let mut records = Vec::new();
-    for v in 0..views {
-        records.extend(view_records(v, now - DAY + (v as i64 * (DAY - 120_000)) / views as i64));
-    }
+    // Viewers arriving over the day; the last ones leave two minutes ago.
+    let spec = RunSpec { seed: 1, duration_ms: DAY - 120_000, ramp_ms: DAY - 3_600_000 };
+    let (records, events, truth) = collector_records(&spec, views, now - DAY)?;
+    eprintln!("generated {views} views: {events} events, {} records; truth: {} attempts", records.len(), truth.attempts);
     let total = records.len() as u64;
     for chunk in records.chunks(10_000) {
         log.append(chunk.to_vec()).await?;
@@ -178,7 +122,7 @@ async fn main() -> anyhow::Result<()> {
     eprintln!("compacted {} partitions ({} files) in {:.1} s", done.partitions, done.files_in, t.elapsed().as_secs_f64());
     let compacted = time_requests(&url, runs).await?;
 
-    println!("dashboard API over a day ({views} views, {total} records), Parquet backend, {runs} timed runs each");
+    println!("dashboard API over a day ({views} views, {events} events, {total} records), Parquet backend, {runs} timed runs each");
     println!("{:<44} {:>22} {:>22}", "request", format!("as written ({window_files} f)"), format!("compacted ({compacted_files} f)"));
     println!("{:<44} {:>22} {:>22}", "", "median / p95 ms", "median / p95 ms");
     for ((r, m1, p1), (_, m2, p2)) in as_written.iter().zip(&compacted) {

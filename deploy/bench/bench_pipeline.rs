@@ -1,0 +1,163 @@
+//! Pipeline benchmark: events/s (wall and per CPU core) from the local log through sessionization and
+//! windows to Parquet, with the real runner (`pipeline::local::run`), over `qoeflow loadgen`'s simulated
+//! traffic (the same viewers, flushed into records as the SDK would send them). Next to it, measured in
+//! the same run: reading and decoding the same log only (the floor for any consumer). The dataset of the
+//! last round stays in DIR for the DuckDB baseline (`deploy/bench/duckdb_pipeline.py DIR`). Then memory
+//! per active view: RSS growth and checkpoint size with M views open and playing.
+//!
+//! cargo run --release --example bench_pipeline -- DIR [VIEWS=20000] [ROUNDS=3] [OPEN_VIEWS=100000]
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use ingest::log::{LocalLog, LogConfig, LogReader};
+use pipeline::{PipelineConfig, Sessionizer};
+use qoeflow::loadgen::sim::{RunSpec, ViewSim};
+use qoeflow::loadgen::{Flushes, collector_records};
+use schemas::Record;
+
+/// Sim time 0 of the generated traffic.
+const T0: i64 = 1_700_000_000_000;
+
+/// The pipeline's epoch length: its default (an epoch commits Parquet files and a checkpoint).
+const FLUSH_MS: u64 = 1_000;
+
+/// User + system CPU seconds of this process so far.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    statm.split_whitespace().nth(1).and_then(|p| p.parse::<u64>().ok()).unwrap_or(0) * 4096
+}
+
+fn committed_offset(data: &Path) -> u64 {
+    // The checkpoint starts with {"epoch":N,"position":M,...}: read just that prefix.
+    let Ok(bytes) = std::fs::read(data.join("pipeline/checkpoint-local.json")) else { return 0 };
+    let head = String::from_utf8_lossy(&bytes[..bytes.len().min(80)]).to_string();
+    head.split("\"position\":").nth(1).and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next()).and_then(|n| n.parse().ok()).unwrap_or(0)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let out = std::path::PathBuf::from(args.next().ok_or_else(|| anyhow::anyhow!("usage: bench_pipeline DIR [VIEWS] [ROUNDS] [OPEN_VIEWS]"))?);
+    let nums: Vec<u64> = args.filter_map(|a| a.parse().ok()).collect();
+    let views = *nums.first().unwrap_or(&20_000);
+    let rounds = *nums.get(1).unwrap_or(&3);
+    let open_views = *nums.get(2).unwrap_or(&100_000);
+    // An hour of traffic: `views` viewers arriving over the first 50 minutes.
+    let spec = RunSpec { seed: 1, duration_ms: 3_600_000, ramp_ms: 3_000_000 };
+    let (records, events, truth) = collector_records(&spec, views, T0)?;
+    let total = records.len() as u64;
+
+    let (mut base_rate, mut base_core, mut pipe_rate, mut pipe_core) = (vec![], vec![], vec![], vec![]);
+    for _ in 0..rounds {
+        let _ = std::fs::remove_dir_all(&out);
+        std::fs::create_dir_all(&out)?;
+        let log = LocalLog::open(LogConfig::new(out.join("log")))?;
+        for chunk in records.chunks(10_000) {
+            log.append(chunk.to_vec()).await?;
+        }
+
+        // Baseline: read and decode every record.
+        let (t, c) = (Instant::now(), cpu_seconds());
+        let mut reader = LogReader::open(&out.join("log"), 0)?;
+        let mut n = 0u64;
+        loop {
+            let batch = reader.read_batch(100_000, u64::MAX)?;
+            if batch.is_empty() {
+                break;
+            }
+            for e in batch {
+                if let Record::Events(r) = Record::decode(&e.data)? {
+                    n += r.events.len() as u64;
+                }
+            }
+        }
+        anyhow::ensure!(n == events, "decoded {n} of {events} events");
+        base_rate.push(events as f64 / t.elapsed().as_secs_f64());
+        base_core.push(events as f64 / (cpu_seconds() - c).max(0.01));
+
+        // qoeflow pipeline: the real runner until its checkpoint covers the whole log.
+        let config = PipelineConfig { flush_interval_ms: FLUSH_MS, ..PipelineConfig::default() };
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let (t, c) = (Instant::now(), cpu_seconds());
+        let task = tokio::spawn(pipeline::local::run(log.clone(), out.clone(), config, Default::default(), stop_rx));
+        while committed_offset(&out) < total {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let wall = t.elapsed().as_secs_f64();
+        let cpu = cpu_seconds() - c;
+        let _ = stop_tx.send(true);
+        task.await??;
+        pipe_rate.push(events as f64 / wall);
+        pipe_core.push(events as f64 / cpu.max(0.01));
+    }
+    std::fs::write(out.join("truth.json"), serde_json::to_vec_pretty(&truth)?)?;
+
+    // Memory per active view: views that started playing and have not ended, each fed the records of
+    // its first flushes up to the first frame.
+    let spec = RunSpec { seed: 2, duration_ms: 3_600_000, ramp_ms: 1 };
+    let client = schemas::ClientInfo { device_type: "mobile".into(), os: "iPhone".into(), browser: "Safari".into(), country: "DE".into(), ip: Some("203.0.113.0".into()), ..Default::default() };
+    let before = rss_bytes();
+    let mut s = Sessionizer::new(PipelineConfig::default().session());
+    let mut opened = 0u64;
+    let mut index = 0u64;
+    while opened < open_views {
+        let sim = ViewSim::new(&spec, index, T0);
+        index += 1;
+        let view_id = sim.view_id().to_owned();
+        let mut first = Vec::new();
+        let mut playing = false;
+        for f in Flushes::new(sim) {
+            playing = f.events.iter().any(|e| e["type"] == "playing");
+            let last = f.last;
+            first.push(f);
+            if playing || last {
+                break;
+            }
+        }
+        if !playing || first.last().is_some_and(|f| f.last) {
+            continue;
+        }
+        for f in first {
+            let sent_at = T0 + f.at_ms;
+            let r = schemas::EventsRecord { recv_ms: sent_at + 35, sent_at, key: None, view_id: view_id.clone(), client: client.clone(), events: f.events };
+            s.process(Record::Events(r));
+        }
+        opened += 1;
+    }
+    s.advance();
+    drop(s.flush());
+    let grown = rss_bytes().saturating_sub(before);
+    let snapshot = serde_json::to_vec(&s.snapshot())?.len();
+    anyhow::ensure!(s.open_views() as u64 == open_views, "{} views open, expected {open_views}", s.open_views());
+
+    let cpu = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpu.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).unwrap_or("?").trim().to_owned();
+    println!(
+        "machine: {} cores, {model}; loadgen traffic: {views} views, {events} events in {total} records, median of {rounds} rounds",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
+    );
+    println!("{:<52} {:>12} {:>16}", "stage", "events/s", "events/s/core");
+    println!("{:<52} {:>12.0} {:>16.0}", "baseline: read + decode the local log", median(base_rate.clone()), median(base_core.clone()));
+    println!("{:<52} {:>12.0} {:>16.0}", "qoeflow pipeline: log -> sessionize -> Parquet", median(pipe_rate.clone()), median(pipe_core.clone()));
+    println!("ratio pipeline / read+decode (per core): {:.2}", median(pipe_core) / median(base_core));
+    println!(
+        "active views: {open_views} open and playing; RSS growth {:.0} bytes/view; checkpoint state {:.0} bytes/view",
+        grown as f64 / open_views as f64,
+        snapshot as f64 / open_views as f64
+    );
+    println!("dataset kept in {} (events table for the DuckDB baseline; truth.json beside it)", out.display());
+    Ok(())
+}
