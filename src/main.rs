@@ -218,6 +218,10 @@ struct ServeArgs {
     /// Enables `POST /api/v1/sql` for requests bearing this token.
     #[arg(long, env = "QOEFLOW_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
+    /// Collector and local log only, no pipeline (the log is never trimmed): measures the collector
+    /// alone in the collector benchmark.
+    #[arg(long, hide = true)]
+    no_pipeline: bool,
 }
 
 #[derive(Args)]
@@ -285,7 +289,7 @@ fn main() -> anyhow::Result<()> {
             if let Some(token) = args.admin_token {
                 config.sql.admin_token = Some(token);
             }
-            Mode::Serve
+            Mode::Serve { pipeline: !args.no_pipeline }
         }
         Command::Ingest(args) => {
             args.common.apply(&mut config);
@@ -335,7 +339,7 @@ fn main() -> anyhow::Result<()> {
 
 #[derive(Clone, Copy)]
 enum Mode {
-    Serve,
+    Serve { pipeline: bool },
     Ingest,
     Pipeline { worker_index: u32, worker_count: u32 },
     QueryServer,
@@ -363,14 +367,18 @@ async fn run(mode: Mode, config: Config) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut pipeline_task = None;
     let sink = match mode {
-        Mode::Serve => {
+        Mode::Serve { pipeline } => {
             let dir = config.data_dir.join("log");
             let log = LocalLog::open(LogConfig { dir: dir.clone(), segment_bytes: config.local_log.segment_bytes })
                 .with_context(|| format!("cannot open the local log in {}", dir.display()))?;
             tracing::info!(dir = %dir.display(), durable_end = log.durable_end(), "local log open");
-            let (log2, data_dir, pcfg, stop) = (log.clone(), config.data_dir.clone(), config.pipeline.clone(), stop_rx.clone());
-            let ch = config.clickhouse.clone();
-            pipeline_task = Some(tokio::spawn(async move { pipeline::local::run(log2, data_dir, pcfg, ch, stop).await }));
+            if pipeline {
+                let (log2, data_dir, pcfg, stop) = (log.clone(), config.data_dir.clone(), config.pipeline.clone(), stop_rx.clone());
+                let ch = config.clickhouse.clone();
+                pipeline_task = Some(tokio::spawn(async move { pipeline::local::run(log2, data_dir, pcfg, ch, stop).await }));
+            } else {
+                tracing::warn!("--no-pipeline: collector and local log only; nothing reads or trims the log");
+            }
             Sink::Local(log)
         }
         Mode::Pipeline { .. } | Mode::QueryServer => unreachable!("handled above"),
@@ -397,7 +405,7 @@ async fn run(mode: Mode, config: Config) -> anyhow::Result<()> {
     let listener = bind(config.listen).await?;
     let addr = listener.local_addr()?;
     let mut app = ingest::router(state);
-    if matches!(mode, Mode::Serve) {
+    if matches!(mode, Mode::Serve { .. }) {
         // The metrics API over the dataset this process writes.
         app = app.merge(api_router(&config).await?);
     }

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Collector throughput benchmark: 20-event beacons on the local-log sink (`qoeflow serve`), next to a
-# minimal axum handler that reads the body and answers 204 (the machine's HTTP ceiling), measured in the
-# same run, alternating, ROUNDS times each; prints medians and the ratio.
+# Collector throughput benchmark: 20-event beacons on the local-log sink, next to a minimal axum handler
+# that reads the body and answers 204 (the machine's HTTP ceiling), measured in the same run, alternating,
+# ROUNDS times each; prints medians and the ratio. Two qoeflow targets: the collector alone on the local
+# log (`serve --no-pipeline`), and `qoeflow serve` as it runs (the pipeline sessionizing the same traffic
+# into Parquet in the same process, on the same 2 cores as wrk).
 #
 #   deploy/bench/collector.sh [DURATION_S=15] [CONNECTIONS=64] [ROUNDS=3]
 set -euo pipefail
@@ -15,9 +17,10 @@ cargo build --release -q -p ingest --example baseline_server
 
 work="$(mktemp -d)"
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
-QOEFLOW_LOG_LEVEL=warn target/release/qoeflow serve --listen 127.0.0.1:18480 --data-dir "$work/data" &
+QOEFLOW_LOG_LEVEL=error target/release/qoeflow serve --listen 127.0.0.1:18480 --data-dir "$work/data" &
+QOEFLOW_LOG_LEVEL=error target/release/qoeflow serve --listen 127.0.0.1:18482 --data-dir "$work/data-collector" --no-pipeline &
 target/release/examples/baseline_server 127.0.0.1:18481 2>/dev/null &
-for port in 18480 18481; do
+for port in 18480 18481 18482; do
   for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
 done
 
@@ -27,6 +30,7 @@ run() { # name port
 }
 for r in $(seq 1 "$rounds"); do
   run baseline 18481 >>"$work/results"
+  run collector 18482 >>"$work/results"
   run qoeflow 18480 >>"$work/results"
 done
 
@@ -40,9 +44,12 @@ for line in open(sys.argv[1]):
 def med(name, key): return statistics.median(float(r[key]) for r in rows[name])
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
 print(f"machine: {os.cpu_count()} cores, {cpu}; wrk -t1 -c{sys.argv[2]} -d{sys.argv[3]}s, median of {sys.argv[4]} alternating rounds")
-print(f"{'target':<34} {'beacons/s':>10} {'events/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
-for name, label in (("baseline", "axum read body + 204 (baseline)"), ("qoeflow", "qoeflow serve (local log, fsync)")):
+print(f"{'target':<40} {'beacons/s':>10} {'events/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
+for name, label in (("baseline", "axum read body + 204 (baseline)"),
+                    ("collector", "qoeflow collector (local log, fsync)"),
+                    ("qoeflow", "qoeflow serve (collector + pipeline)")):
     errs = sum(int(float(r["errors"])) + int(float(r["non2xx"])) for r in rows[name])
-    print(f"{label:<34} {med(name,'rps'):>10.0f} {med(name,'rps')*20:>10.0f} {med(name,'p50_ms'):>8.2f} {med(name,'p99_ms'):>8.2f} {errs:>7}")
-print(f"ratio qoeflow / baseline (throughput): {med('qoeflow','rps')/med('baseline','rps'):.2f}")
+    print(f"{label:<40} {med(name,'rps'):>10.0f} {med(name,'rps')*20:>10.0f} {med(name,'p50_ms'):>8.2f} {med(name,'p99_ms'):>8.2f} {errs:>7}")
+print(f"ratio collector / baseline (throughput): {med('collector','rps')/med('baseline','rps'):.2f}")
+print(f"ratio serve / baseline (throughput): {med('qoeflow','rps')/med('baseline','rps'):.2f}")
 PY

@@ -44,7 +44,8 @@ def row(name, pattern, group=0):
     return m.group(group) if m else "?"
 def nums(line):
     return [float(x) for x in re.findall(r"[\d.]+", line.split("  ", 1)[1])] if line != "?" else []
-c_q, c_b = nums(row("collector", r"^qoeflow serve.*$")), nums(row("collector", r"^axum.*$"))
+c_q, c_b = nums(row("collector", r"^qoeflow collector.*$")), nums(row("collector", r"^axum.*$"))
+c_s = nums(row("collector", r"^qoeflow serve.*$"))
 p_q, p_b = nums(row("pipeline", r"^qoeflow pipeline.*$")), nums(row("pipeline", r"^baseline: DuckDB.*$"))
 agree = row("pipeline", r"DuckDB totals equal the simulation's truth: (.*)$", 1)
 mem = row("pipeline", r"RSS growth (\d+) bytes/view; checkpoint state (\d+)", 0)
@@ -63,6 +64,8 @@ print(f"{'#':<3}{'measure':<46}{'qoeflow':>16}{'baseline':>16}{'ratio':>8}  base
 if c_q and c_b:
     print(f"{'1':<3}{'collector events/s (20-event beacons)':<46}{c_q[1]:>16.0f}{c_b[1]:>16.0f}{ratio(c_q[1], c_b[1]):>8}  axum read body + 204")
     print(f"{'':<3}{'collector latency p50 / p99 ms':<46}{f'{c_q[2]:.2f} / {c_q[3]:.2f}':>16}{f'{c_b[2]:.2f} / {c_b[3]:.2f}':>16}")
+if c_s and c_b:
+    print(f"{'':<3}{'serve (collector + pipeline) events/s':<46}{c_s[1]:>16.0f}{c_b[1]:>16.0f}{ratio(c_s[1], c_b[1]):>8}")
 if p_q and p_b:
     print(f"{'2':<3}{'pipeline events/s per core':<46}{p_q[1]:>16.0f}{p_b[1]:>16.0f}{ratio(p_q[1], p_b[1]):>8}  DuckDB batch SQL (agrees with truth: {agree})")
     print(f"{'':<3}{'pipeline events/s (wall, 2 cores)':<46}{p_q[0]:>16.0f}{p_b[0]:>16.0f}{ratio(p_q[0], p_b[0]):>8}")
