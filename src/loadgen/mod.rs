@@ -619,8 +619,10 @@ impl ViewSender {
                 break;
             }
             stats.retries.fetch_add(1, Ordering::Relaxed);
+            // Exponential backoff with jitter, never sooner than the server's Retry-After: a crowd of
+            // clients told "1 s" would otherwise come back together, attempt after attempt.
             let jitter = self.rng.random_range(0.5..1.5);
-            let wait = retry_after.unwrap_or(backoff).mul_f64(jitter);
+            let wait = backoff.mul_f64(jitter).max(retry_after.unwrap_or_default());
             tokio::time::sleep(wait).await;
             backoff = (backoff * 2).min(Duration::from_secs(10));
         }
@@ -665,7 +667,7 @@ async fn progress(shared: Arc<Shared>, viewers: u64) {
         let line = format!(
             "[{:>6.1}s] views {started}/{viewers} active {} done {done} | {:.0} ev/s {:.0} beacons/s | retries {} failed {} rejected {}",
             shared.start.elapsed().as_secs_f64(),
-            started - done,
+            started.saturating_sub(done),
             (events - last_events) as f64 / secs,
             (beacons - last_beacons) as f64 / secs,
             s.retries.load(Ordering::Relaxed),

@@ -18,16 +18,16 @@ use crate::common::*;
 const VIEWERS: &str = "1200";
 const KEY: &str = "loadgen-key";
 
-/// Runs `qoeflow loadgen` to its end against `target` with every network knob on; returns the truth.
-fn loadgen(target: &str, seed: &str, truth: &Path) -> Totals {
+/// Runs `qoeflow loadgen --target TARGET --truth TRUTH --key KEY --quiet ARGS` to its end; returns the
+/// truth and the summary it printed.
+fn run_loadgen(target: &str, truth: &Path, args: &[&str]) -> (Totals, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_qoeflow"))
-        .args(["loadgen", "--target", target, "--viewers", VIEWERS, "--duration", "30s", "--ramp-up", "15s"])
-        .args(["--seed", seed, "--key", KEY, "--truth", truth.to_str().expect("utf-8 path"), "--quiet"])
-        .args(["--duplicate-rate", "0.05", "--reorder-rate", "0.05", "--skew", "3m", "--late-rate", "0.05", "--late-by", "25s"])
+        .args(["loadgen", "--target", target, "--key", KEY, "--truth", truth.to_str().expect("utf-8 path"), "--quiet"])
+        .args(args)
         .env("QOEFLOW_LOG_LEVEL", "warn")
         .output()
         .expect("run qoeflow loadgen");
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     eprintln!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "loadgen failed: {}", out.status);
     assert!(stdout.contains(" 0 failed") && stdout.contains(" 0 rejected"), "every beacon acknowledged: {stdout}");
@@ -36,6 +36,15 @@ fn loadgen(target: &str, seed: &str, truth: &Path) -> Totals {
     let totals: Totals = serde_json::from_str(&text).expect("truth JSON with exactly the contract keys");
     let per_view = std::fs::read_to_string(qoeflow::loadgen::views_path(truth)).expect("per-view truth");
     assert_eq!(per_view.lines().count() as u64, totals.views, "one truth line per view");
+    (totals, stdout)
+}
+
+/// Runs `qoeflow loadgen` to its end against `target` with every network knob on; returns the truth.
+fn loadgen(target: &str, seed: &str, truth: &Path) -> Totals {
+    let (totals, _) = run_loadgen(target, truth, &[
+        "--viewers", VIEWERS, "--duration", "30s", "--ramp-up", "15s", "--seed", seed,
+        "--duplicate-rate", "0.05", "--reorder-rate", "0.05", "--skew", "3m", "--late-rate", "0.05", "--late-by", "25s",
+    ]);
     assert!(totals.views >= 1000);
     // The traffic exercised every outcome and measure.
     for (what, n) in [
@@ -187,6 +196,32 @@ fn loadgen_through_serve_equals_the_truth() {
     let truth = loadgen(&q.url, "11", &truth_path);
     assert_parquet_equals_truth(dir.path(), &truth);
     assert_knobs_took_effect(&read_local_log(dir.path()));
+}
+
+/// A collector that rate-limits the loadgen's address: the loadgen retries the 429s with backoff (and
+/// paces itself with `--rate-limit`) until every beacon is acknowledged, and the views still equal the
+/// truth.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loadgen_retries_429_until_everything_is_delivered() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let limits = [("QOEFLOW_INGEST__PER_IP_RPS", "40"), ("QOEFLOW_INGEST__PER_IP_BURST", "10")];
+    let q = Qoeflow::serve(dir.path(), &["--ingest-key", KEY], &limits);
+    let (truth, stdout) = run_loadgen(&q.url, &dir.path().join("truth.json"), &[
+        "--viewers", "300", "--duration", "12s", "--ramp-up", "3s", "--seed", "5", "--rate-limit", "3000",
+    ]);
+    let throttled: u64 = stdout
+        .split(" throttled)")
+        .next()
+        .and_then(|s| s.rsplit('(').next())
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no throttled count in {stdout}"));
+    assert!(throttled > 0, "the collector's rate limit answered 429: {stdout}");
+    let answered_429 = metric(&q.url, "qoeflow_ingest_requests_total{status=\"429\"}").await;
+    assert!(answered_429 > 0.0, "the collector counted its 429s");
+    let want = truth_sums(&truth);
+    eventually_equal("views after 429 retries (Parquet)", &want, Duration::from_secs(60), || {
+        as_i64_map(&qoeflow_query(dir.path(), &views_sql("views", |c| format!("CAST({c} AS BIGINT)"))))
+    });
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
