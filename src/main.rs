@@ -66,7 +66,7 @@ struct LoadgenArgs {
     /// Write the ground-truth totals here (JSON), and the per-view truth beside it (`<stem>.views.jsonl`).
     #[arg(long)]
     truth: Option<PathBuf>,
-    /// At most this many events per second, over all viewers.
+    /// At most this many events posted per second, over all viewers (retries and duplicates included).
     #[arg(long, value_name = "EV/S")]
     rate_limit: Option<u32>,
     /// Simulated time runs this many times faster than the wall clock.
@@ -271,9 +271,11 @@ fn main() -> anyhow::Result<()> {
         report.print(&mut std::io::stdout().lock())?;
         anyhow::ensure!(
             report.complete(),
-            "{} beacons were not delivered and {} events were rejected: the truth does not describe what the collector holds",
+            "{} beacons were not delivered, {} events were rejected and {} overtaken beacons came too late: the truth \
+             does not describe what qoeflow holds",
             report.failed_beacons,
-            report.rejected_events
+            report.rejected_events,
+            report.reorder_overdue
         );
         return Ok(());
     }

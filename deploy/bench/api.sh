@@ -26,5 +26,7 @@ for _ in $(seq 100); do curl -fs "http://127.0.0.1:$port/healthz" >/dev/null && 
   --seed 3 --quiet >"$work/loadgen.txt" 2>&1 &
 load_pid=$!
 sleep 25
+kill -0 "$load_pid" || { cat "$work/loadgen.txt"; echo "the background loadgen is not running" >&2; exit 1; }
 echo "background: $load simulated viewers posting to the same qoeflow serve"
 python3 deploy/bench/freshness.py "http://127.0.0.1:$port" 30
+kill -0 "$load_pid" || { cat "$work/loadgen.txt"; echo "the background loadgen ended during the measurement" >&2; exit 1; }

@@ -17,12 +17,21 @@ cargo build --release -q -p ingest --example baseline_server
 
 work="$(mktemp -d)"
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
-QOEFLOW_LOG_LEVEL=error target/release/qoeflow serve --listen 127.0.0.1:18480 --data-dir "$work/data" &
-QOEFLOW_LOG_LEVEL=error target/release/qoeflow serve --listen 127.0.0.1:18482 --data-dir "$work/data-collector" --no-pipeline &
 target/release/examples/baseline_server 127.0.0.1:18481 2>/dev/null &
-for port in 18480 18481 18482; do
-  for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
-done
+wait_port() { for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return; sleep 0.1; done; }
+wait_port 18481
+# Each qoeflow round gets a fresh process and data directory, stopped after its round: wrk's beacons
+# open views that never end, and a pipeline still working through one round's backlog (or checkpointing
+# its open views) must not take CPU from the next round of another target.
+qoeflow_round() { # name port [serve flags...]
+  local name=$1 port=$2; shift 2
+  rm -rf "$work/data"
+  QOEFLOW_LOG_LEVEL=error target/release/qoeflow serve --listen "127.0.0.1:$port" --data-dir "$work/data" "$@" &
+  local pid=$!
+  wait_port "$port"
+  run "$name" "$port" >>"$work/results"
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+}
 
 run() { # name port
   wrk -t1 -c"$conns" -d"${duration}s" --latency -s deploy/bench/beacon.lua "http://127.0.0.1:$2/v1/beacon" \
@@ -30,8 +39,8 @@ run() { # name port
 }
 for r in $(seq 1 "$rounds"); do
   run baseline 18481 >>"$work/results"
-  run collector 18482 >>"$work/results"
-  run qoeflow 18480 >>"$work/results"
+  qoeflow_round collector 18482 --no-pipeline
+  qoeflow_round qoeflow 18480
 done
 
 python3 - "$work/results" "$conns" "$duration" "$rounds" <<'PY'

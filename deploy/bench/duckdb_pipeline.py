@@ -9,7 +9,8 @@ The SQL is a batch state machine: dedupe on (view_id, seq); per view the first p
 first fatal error and end; the state each event leaves the view in (play, stall, pause, seek, off);
 spans from each event to the next, split at 10-second window boundaries; point measures in the window
 of their event. It follows §4 for the sequences players (and `qoeflow loadgen`) send; it does not
-replicate every corner of the streaming state machine (for example a `stall_start` while paused).
+replicate every corner of the streaming state machine (for example a `stall_start` while paused, or a
+`stall_end` while paused or seeking, which it takes as a resume).
 """
 import json
 import os
@@ -98,11 +99,11 @@ FROM (
 CREATE OR REPLACE TEMP TABLE per_view AS
 SELECT o.view_id, o.cdn, o.country, o.device_type, o.os, o.browser, o.player_name, o.stream_type,
        o.req_seq IS NOT NULL OR o.started AS attempt, o.started,
-       CASE WHEN o.started THEN o.play_t - coalesce(o.req_t, o.play_t) END AS startup_ms,
+       CASE WHEN o.started THEN o.play_t - least(coalesce(o.req_t, o.play_t), o.play_t) END AS startup_ms,
        o.vsf,
-       (o.req_seq IS NOT NULL OR o.started) AND NOT o.started AND NOT o.vsf AND o.fatal_seq IS NULL
-           AND o.end_seq IS NOT NULL AS ebvs,
-       o.started AND o.fatal_seq > o.play_seq AS playback_failure,
+       (o.req_seq IS NOT NULL OR o.started) AND NOT o.started AND NOT o.vsf
+           AND coalesce(o.fatal_seq, 9e18) > o.end_seq AND o.end_seq IS NOT NULL AS ebvs,
+       o.started AND o.fatal_seq > o.play_seq AND o.fatal_seq < coalesce(o.end_seq, 9e18) AS playback_failure,
        coalesce(sp.play_ms, 0) AS play_ms, coalesce(sp.stall_ms, 0) AS stall_ms,
        coalesce(sp.seek_stall_ms, 0) AS seek_stall_ms, coalesce(sp.bitrate_ms, 0) AS bitrate_ms,
        coalesce(pt.stall_count, 0) AS stall_count, coalesce(sw.up, 0) AS switches_up, coalesce(sw.down, 0) AS switches_down,
@@ -132,7 +133,8 @@ CREATE OR REPLACE TEMP TABLE per_window AS
 WITH points AS (
   SELECT view_id, req_t AS t, 1 AS attempts, 0 AS starts, 0 AS startup, 0 AS vsf, 0 AS ebvs, 0 AS pf
   FROM outcome WHERE req_seq IS NOT NULL AND (play_seq IS NULL OR req_seq < play_seq)
-  UNION ALL SELECT view_id, play_t, CASE WHEN req_seq IS NULL THEN 1 ELSE 0 END, 1, play_t - coalesce(req_t, play_t), 0, 0, 0
+  UNION ALL SELECT view_id, play_t, CASE WHEN req_seq IS NULL OR req_seq > play_seq THEN 1 ELSE 0 END, 1,
+         play_t - least(coalesce(req_t, play_t), play_t), 0, 0, 0
   FROM outcome WHERE started
   UNION ALL SELECT view_id, fatal_t, 0, 0, 0, CASE WHEN vsf THEN 1 ELSE 0 END, 0, CASE WHEN started THEN 1 ELSE 0 END
   FROM outcome WHERE fatal_seq IS NOT NULL AND fatal_seq < coalesce(end_seq, 9e18)

@@ -2,8 +2,8 @@
 # Every benchmark of BENCHMARKS.md in one command, each figure next to its baseline measured in the same
 # run; prints each benchmark's own table, then a summary table.
 #
-#   deploy/bench/run.sh            # full sizes (about 15 minutes after the release build)
-#   deploy/bench/run.sh --quick    # small sizes, to check that everything runs (about 4 minutes)
+#   deploy/bench/run.sh            # full sizes (about 20 minutes after the release build)
+#   deploy/bench/run.sh --quick    # small sizes, to check that everything runs (about 6 minutes)
 #
 # 1. collector: wrk, 20-event beacons, `qoeflow serve` vs a minimal axum server      (collector.sh)
 # 2. pipeline: local log -> sessionize -> Parquet vs DuckDB batch SQL over the events (bench_pipeline,
@@ -69,7 +69,7 @@ if c_s and c_b:
 if p_q and p_b:
     print(f"{'2':<3}{'pipeline events/s per core':<46}{p_q[1]:>16.0f}{p_b[1]:>16.0f}{ratio(p_q[1], p_b[1]):>8}  DuckDB batch SQL (agrees with truth: {agree})")
     print(f"{'':<3}{'pipeline events/s (wall, 2 cores)':<46}{p_q[0]:>16.0f}{p_b[0]:>16.0f}{ratio(p_q[0], p_b[0]):>8}")
-print(f"{'3':<3}{'freshness: ack -> /api/v1/metrics, ms':<46}{fresh.replace('median ', '').replace(', p95 ', ' / '):>16}{'1000':>16}{'':>8}  flush interval (one epoch)")
+print(f"{'3':<3}{'freshness: ack -> /api/v1/metrics, ms':<46}{fresh.replace('median ', '').replace(', p95 ', ' / '):>16}{'1000':>16}{'':>8}  epoch length (the longest a beacon waits for its epoch)")
 if mem != "?":
     rss, ckpt = re.findall(r"\d+", mem)
     print(f"{'4':<3}{'memory per active view, bytes (RSS)':<46}{rss:>16}{ckpt:>16}{ratio(rss, ckpt):>8}  its checkpointed state")

@@ -35,6 +35,11 @@ use sim::{RunSpec, ViewSim, ViewTruth, view_seed};
 /// The SDK's periodic flush (sim time).
 pub const FLUSH_MS: i64 = 10_000;
 const MAX_ATTEMPTS: u32 = 20;
+/// Longest wait honoured from a `Retry-After`.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
+/// An overtaken beacon must arrive within this of the one that overtook it: the pipeline waits 5 s
+/// (`pipeline.reorder_wait_ms`, in receive time) for a missing `seq`, then proceeds without it.
+const REORDER_SLACK: Duration = Duration::from_secs(4);
 
 /// What the network does to beacons.
 #[derive(Clone, Debug, Default)]
@@ -157,6 +162,8 @@ struct Stats {
     retries: AtomicU64,
     throttled: AtomicU64,
     failed_beacons: AtomicU64,
+    /// Overtaken beacons acknowledged more than [`REORDER_SLACK`] after the beacon that overtook them.
+    reorder_overdue: AtomicU64,
     rejected_events: AtomicU64,
     latency_us: std::sync::Mutex<Option<hdrhistogram::Histogram<u64>>>,
 }
@@ -186,6 +193,9 @@ pub struct Report {
     pub throttled: u64,
     pub failed_beacons: u64,
     pub rejected_events: u64,
+    /// Overtaken beacons that arrived too long after their successor for the pipeline to wait for
+    /// them (only when retries delayed them).
+    pub reorder_overdue: u64,
     pub latency_p50_ms: f64,
     pub latency_p99_ms: f64,
 }
@@ -194,7 +204,7 @@ impl Report {
     /// Everything the simulation sent was acknowledged and accepted: the truth describes what the
     /// collector holds.
     pub fn complete(&self) -> bool {
-        self.failed_beacons == 0 && self.rejected_events == 0
+        self.failed_beacons == 0 && self.rejected_events == 0 && self.reorder_overdue == 0
     }
 
     pub fn print(&self, out: &mut impl Write) -> std::io::Result<()> {
@@ -211,7 +221,14 @@ impl Report {
             self.throttled,
             self.failed_beacons
         )?;
-        writeln!(out, "  events   {} sent ({:.0}/s), {} rejected", self.events, self.events as f64 / secs, self.rejected_events)?;
+        writeln!(
+            out,
+            "  events   {} sent once each ({:.0}/s), {} rejected, {} overtaken beacons too late for the pipeline's reorder wait",
+            self.events,
+            self.events as f64 / secs,
+            self.rejected_events,
+            self.reorder_overdue
+        )?;
         writeln!(out, "  latency  p50 {:.2} ms, p99 {:.2} ms", self.latency_p50_ms, self.latency_p99_ms)?;
         let pct = |a: u64, b: u64| if b == 0 { 0.0 } else { 100.0 * a as f64 / b as f64 };
         writeln!(
@@ -347,6 +364,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         throttled: s.throttled.load(Ordering::Relaxed),
         failed_beacons: s.failed_beacons.load(Ordering::Relaxed),
         rejected_events: s.rejected_events.load(Ordering::Relaxed),
+        reorder_overdue: s.reorder_overdue.load(Ordering::Relaxed),
         latency_p50_ms: s.latency_ms(0.5),
         latency_p99_ms: s.latency_ms(0.99),
     };
@@ -520,7 +538,14 @@ impl ViewSender {
         }
         self.post(beacon).await;
         if let Some(held) = self.held.take() {
+            let overtaken_at = Instant::now();
             self.post(held).await;
+            if overtaken_at.elapsed() > REORDER_SLACK {
+                // Retries kept it back so long that the pipeline may have proceeded without it: the
+                // truth would no longer describe what qoeflow can compute. Said, not hidden.
+                self.shared.stats.reorder_overdue.fetch_add(1, Ordering::Relaxed);
+                self.delivered = false;
+            }
         }
     }
 
@@ -530,7 +555,6 @@ impl ViewSender {
             beacon.events.shuffle(&mut self.rng);
         }
         let n = beacon.events.len();
-        self.shared.rate_limit(n).await;
         let sent_at = self.shared.epoch0 + self.shared.now_ms() + self.skew;
         let mut body = Map::new();
         body.insert("sent_at".into(), sent_at.into());
@@ -540,7 +564,7 @@ impl ViewSender {
         let request = Request { body: if gzip { gzip_bytes(&json) } else { json }, gzip, text_plain: beacon.last };
         let copies = if knobs.duplicate_rate > 0.0 && self.rng.random_bool(knobs.duplicate_rate) { 2 } else { 1 };
         for copy in 0..copies {
-            if !self.deliver(&request, n).await {
+            if !self.deliver(&request, n, copy == 0).await {
                 self.delivered = false;
                 return;
             }
@@ -550,8 +574,9 @@ impl ViewSender {
         }
     }
 
-    /// Posts until acknowledged, retrying what an SDK retries. Returns whether every event was accepted.
-    async fn deliver(&mut self, req: &Request, events: usize) -> bool {
+    /// Posts until acknowledged, retrying what an SDK retries; counts the events as sent if `first`
+    /// (not a duplicate copy). Returns whether every event was accepted.
+    async fn deliver(&mut self, req: &Request, events: usize, first: bool) -> bool {
         let shared = &self.shared;
         let stats = &shared.stats;
         let mut backoff = Duration::from_millis(100);
@@ -572,9 +597,11 @@ impl ViewSender {
             if req.gzip {
                 builder = builder.header("content-encoding", "gzip");
             }
+            // Every request counts against `--rate-limit`: retries and duplicate copies too.
+            shared.rate_limit(events).await;
+            let permit = shared.in_flight.acquire().await;
             let started = Instant::now();
             let result = {
-                let _permit = shared.in_flight.acquire().await;
                 match builder.body(req.body.clone()).send().await {
                     Ok(r) => {
                         let status = r.status();
@@ -585,12 +612,16 @@ impl ViewSender {
                     Err(e) => Err(e),
                 }
             };
+            let latency = started.elapsed();
+            drop(permit);
             let retry_after = match result {
                 Ok((status, _, text)) if status.is_success() => {
-                    stats.record_latency(started.elapsed());
+                    stats.record_latency(latency);
                     stats.beacons_ok.fetch_add(1, Ordering::Relaxed);
                     let rejected = if status.as_u16() == 200 { rejected_count(&text) } else { 0 };
-                    stats.events_ok.fetch_add((events - rejected.min(events)) as u64, Ordering::Relaxed);
+                    if first {
+                        stats.events_ok.fetch_add((events - rejected.min(events)) as u64, Ordering::Relaxed);
+                    }
                     if rejected > 0 {
                         stats.rejected_events.fetch_add(rejected as u64, Ordering::Relaxed);
                         tracing::warn!(rejected, body = %text, "collector rejected events");
@@ -602,7 +633,7 @@ impl ViewSender {
                     if matches!(status.as_u16(), 429 | 503) {
                         stats.throttled.fetch_add(1, Ordering::Relaxed);
                     }
-                    retry_after.map(Duration::from_secs)
+                    retry_after.map(|s| Duration::from_secs(s).min(MAX_RETRY_AFTER))
                 }
                 Ok((status, _, text)) => {
                     // 400, 401, 413, 415: a real SDK drops the beacon; so do we, loudly.

@@ -11,8 +11,10 @@
 //!
 //! The truth is accounted as each decision is taken: the simulator knows how long it decided to play or
 //! stall, so it adds exactly that. The definitions it follows are DESIGN.md §4's; the simulator only
-//! produces sequences whose meaning under those rules is unambiguous (no stall while paused, no event
-//! after the fatal error but `viewend`).
+//! produces sequences whose meaning under those rules is unambiguous (no stall while paused; after a
+//! fatal error only heartbeats and `viewend`; a `stall_end` before the first frame only after a
+//! `stall_start` that start-up ignores, as the state machine does). Heartbeats go out every 10 s
+//! whatever the state, as SDKs that keep a view alive do.
 
 use std::collections::VecDeque;
 
@@ -553,10 +555,16 @@ impl ViewSim {
                 return self.viewend(self.end);
             }
             self.emit(resume, "playing", Value::Null);
-        } else if x < stall_p.min(0.5) + 0.14 && self.rung < self.top_rung {
-            self.quality(self.t, self.rung + 1);
-        } else if x < stall_p.min(0.5) + 0.16 && self.rung > 0 {
-            self.quality(self.t, self.rung - 1);
+        } else if x < stall_p.min(0.5) + 0.14 {
+            // ABR: up when the network and screen allow (a band of its own, so a viewer at the top
+            // rung does not switch down or fail more often).
+            if self.rung < self.top_rung {
+                self.quality(self.t, self.rung + 1);
+            }
+        } else if x < stall_p.min(0.5) + 0.16 {
+            if self.rung > 0 {
+                self.quality(self.t, self.rung - 1);
+            }
         } else if x < stall_p.min(0.5) + 0.165 {
             self.error(self.t, false);
         }

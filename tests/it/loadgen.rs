@@ -1,4 +1,4 @@
-//! End to end: `qoeflow loadgen` (seeded, 1,000+ views, with duplicates, reordering, clock skew and late
+//! End to end: `qoeflow loadgen` (seeded, 1,200 views, with duplicates, reordering, clock skew and late
 //! delivery) against the collector, then what qoeflow computed equals the simulation's own truth exactly:
 //! through `qoeflow serve` (local log, Parquet, read back with `qoeflow query`), and through Kinesis (the
 //! emulator) and `qoeflow pipeline` into Parquet and ClickHouse.
@@ -30,10 +30,20 @@ fn run_loadgen(target: &str, truth: &Path, args: &[&str]) -> (Totals, String) {
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     eprintln!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "loadgen failed: {}", out.status);
-    assert!(stdout.contains(" 0 failed") && stdout.contains(" 0 rejected"), "every beacon acknowledged: {stdout}");
+    assert!(
+        stdout.contains(" 0 failed") && stdout.contains(" 0 rejected") && stdout.contains(" 0 overtaken"),
+        "every beacon acknowledged, in time: {stdout}"
+    );
     let text = std::fs::read_to_string(truth).expect("truth file");
-    // `deny_unknown_fields` and no defaults: the file has exactly the contract's keys.
-    let totals: Totals = serde_json::from_str(&text).expect("truth JSON with exactly the contract keys");
+    let keys: std::collections::BTreeSet<String> =
+        serde_json::from_str::<serde_json::Map<String, Value>>(&text).expect("truth JSON object").keys().cloned().collect();
+    let contract = [
+        "views", "attempts", "starts", "vsf", "ebvs", "playback_failures", "play_ms", "stall_count", "stall_ms",
+        "seek_stall_ms", "switches_up", "switches_down", "segments_hit", "segments_miss", "bytes_hit", "bytes_total",
+        "errors", "fatal_errors", "startup_ms_p50", "startup_ms_p95",
+    ];
+    assert_eq!(keys, contract.iter().map(|k| k.to_string()).collect(), "the truth has exactly the contract's keys");
+    let totals: Totals = serde_json::from_str(&text).expect("truth JSON");
     let per_view = std::fs::read_to_string(qoeflow::loadgen::views_path(truth)).expect("per-view truth");
     assert_eq!(per_view.lines().count() as u64, totals.views, "one truth line per view");
     (totals, stdout)
@@ -43,7 +53,7 @@ fn run_loadgen(target: &str, truth: &Path, args: &[&str]) -> (Totals, String) {
 fn loadgen(target: &str, seed: &str, truth: &Path) -> Totals {
     let (totals, _) = run_loadgen(target, truth, &[
         "--viewers", VIEWERS, "--duration", "30s", "--ramp-up", "15s", "--seed", seed,
-        "--duplicate-rate", "0.05", "--reorder-rate", "0.05", "--skew", "3m", "--late-rate", "0.05", "--late-by", "25s",
+        "--duplicate-rate", "0.05", "--reorder-rate", "0.05", "--skew", "3m", "--late-rate", "0.05", "--late-by", "35s",
     ]);
     assert!(totals.views >= 1000);
     // The traffic exercised every outcome and measure.
@@ -181,9 +191,10 @@ fn assert_knobs_took_effect(records: &[schemas::Record]) {
         let offset = *offsets.entry(&r.view_id).or_insert(r.recv_ms - r.sent_at);
         skewed += usize::from((r.recv_ms - r.sent_at).abs() > 10_000);
         // How long after its newest event (placed by the view's offset) the record arrived: the SDK's
-        // flush period is 10 s; the late knob adds 25 s.
+        // flush period is 10 s, an overtaken beacon waits for the next flush (another 10 s or so); the
+        // late knob adds 35 s.
         let newest = r.events.iter().filter_map(|e| e["ts"].as_i64()).max().unwrap_or(0) + offset;
-        late += usize::from(r.recv_ms - newest > 24_000);
+        late += usize::from(r.recv_ms - newest > 31_000);
     }
     assert!(duplicates > 0 && shuffled > 0 && skewed > 0 && late > 0, "duplicates {duplicates}, shuffled {shuffled}, skewed {skewed}, late {late}");
 }
