@@ -6,6 +6,9 @@
 //!
 //! cargo run --release --example bench_api -- DATA_DIR [VIEWS=50000] [EPOCHS=8640] [RUNS=9]
 
+#[path = "common.rs"]
+mod common;
+
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -27,12 +30,6 @@ fn count_files(dir: &std::path::Path) -> usize {
                 .sum()
         })
         .unwrap_or(0)
-}
-
-fn checkpoint_epoch(data: &std::path::Path) -> (u64, u64) {
-    let Ok(text) = std::fs::read_to_string(data.join("pipeline/checkpoint-local.json")) else { return (0, 0) };
-    let v: Value = serde_json::from_str(&text).unwrap_or_default();
-    (v["epoch"].as_u64().unwrap_or(0), v["position"].as_u64().unwrap_or(0))
 }
 
 fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
@@ -98,12 +95,12 @@ async fn main() -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let t = Instant::now();
     let task = tokio::spawn(pipeline::local::run(log.clone(), data.clone(), config.clone(), Default::default(), stop_rx));
-    while checkpoint_epoch(&data).1 < total {
+    while common::checkpoint(&data).1 < total {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let _ = stop_tx.send(true);
     task.await??;
-    let (last_epoch, _) = checkpoint_epoch(&data);
+    let (last_epoch, _) = common::checkpoint(&data);
     eprintln!("wrote {views} views ({total} records) in {last_epoch} epochs in {:.1} s", t.elapsed().as_secs_f64());
 
     let backend = Backend::open(query::backend::BackendKind::Parquet, &data, &Default::default()).await?;

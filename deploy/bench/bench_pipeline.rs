@@ -7,7 +7,9 @@
 //!
 //! cargo run --release --example bench_pipeline -- DIR [VIEWS=20000] [ROUNDS=3] [OPEN_VIEWS=100000]
 
-use std::path::Path;
+#[path = "common.rs"]
+mod common;
+
 use std::time::{Duration, Instant};
 
 use ingest::log::{LocalLog, LogConfig, LogReader};
@@ -33,13 +35,6 @@ fn cpu_seconds() -> f64 {
 fn rss_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
     statm.split_whitespace().nth(1).and_then(|p| p.parse::<u64>().ok()).unwrap_or(0) * 4096
-}
-
-fn committed_offset(data: &Path) -> u64 {
-    // The checkpoint starts with {"epoch":N,"position":M,...}: read just that prefix.
-    let Ok(bytes) = std::fs::read(data.join("pipeline/checkpoint-local.json")) else { return 0 };
-    let head = String::from_utf8_lossy(&bytes[..bytes.len().min(80)]).to_string();
-    head.split("\"position\":").nth(1).and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next()).and_then(|n| n.parse().ok()).unwrap_or(0)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -93,7 +88,7 @@ async fn main() -> anyhow::Result<()> {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let (t, c) = (Instant::now(), cpu_seconds());
         let task = tokio::spawn(pipeline::local::run(log.clone(), out.clone(), config, Default::default(), stop_rx));
-        while committed_offset(&out) < total {
+        while common::checkpoint(&out).1 < total {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let wall = t.elapsed().as_secs_f64();
@@ -131,9 +126,7 @@ async fn main() -> anyhow::Result<()> {
             continue;
         }
         for f in first {
-            let sent_at = T0 + f.at_ms;
-            let r = schemas::EventsRecord { recv_ms: sent_at + 35, sent_at, key: None, view_id: view_id.clone(), client: client.clone(), events: f.events };
-            s.process(Record::Events(r));
+            s.process(Record::Events(f.record(&view_id, &client, T0)));
         }
         opened += 1;
     }

@@ -80,7 +80,14 @@ pub struct Options {
     pub progress: bool,
 }
 
-/// Ground-truth totals over a run, the contract of `--truth`.
+/// The keys of the `--truth` JSON object, exactly (the contract of issue 5 / README "Load generator").
+pub const TRUTH_KEYS: [&str; 20] = [
+    "views", "attempts", "starts", "vsf", "ebvs", "playback_failures", "play_ms", "stall_count", "stall_ms",
+    "seek_stall_ms", "switches_up", "switches_down", "segments_hit", "segments_miss", "bytes_hit", "bytes_total",
+    "errors", "fatal_errors", "startup_ms_p50", "startup_ms_p95",
+];
+
+/// Ground-truth totals over a run, the contract of `--truth` (serialized with exactly [`TRUTH_KEYS`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Totals {
@@ -427,6 +434,22 @@ pub struct Flush {
     pub last: bool,
 }
 
+impl Flush {
+    /// The record the collector would write for this flush of `view_id`'s events: sent at its due time
+    /// on the client clock `clock0` (sim time 0), received 35 ms later, enriched as `client`.
+    pub fn record(self, view_id: &str, client: &schemas::ClientInfo, clock0: i64) -> schemas::EventsRecord {
+        let sent_at = clock0 + self.at_ms;
+        schemas::EventsRecord {
+            recv_ms: sent_at + 35,
+            sent_at,
+            key: None,
+            view_id: view_id.to_owned(),
+            client: client.clone(),
+            events: self.events,
+        }
+    }
+}
+
 /// A view's events as the SDK flushes them: every [`FLUSH_MS`] (when the queue is not empty) and at
 /// once after key events. The queue is empty at the end: the view's last event, `viewend`, is a key event.
 pub struct Flushes {
@@ -492,9 +515,8 @@ pub fn collector_records(spec: &RunSpec, views: u64, clock0: i64) -> anyhow::Res
         let mut flushes = Flushes::new(sim);
         for f in flushes.by_ref() {
             events += f.events.len() as u64;
-            let sent_at = clock0 + f.at_ms;
-            let r = schemas::EventsRecord { recv_ms: sent_at + 35, sent_at, key: None, view_id: view_id.clone(), client: client.clone(), events: f.events };
-            timed.push((sent_at, bytes::Bytes::from(schemas::Record::Events(r).encode())));
+            let r = f.record(&view_id, &client, clock0);
+            timed.push((r.sent_at, bytes::Bytes::from(schemas::Record::Events(r).encode())));
         }
         truths.push(flushes.into_truth());
     }
@@ -760,14 +782,9 @@ mod tests {
     #[test]
     fn totals_have_exactly_the_contract_keys() {
         let json = serde_json::to_value(Totals::default()).expect("json");
-        let keys: Vec<&str> = json.as_object().expect("object").keys().map(String::as_str).collect();
-        let mut want = vec![
-            "views", "attempts", "starts", "vsf", "ebvs", "playback_failures", "play_ms", "stall_count", "stall_ms",
-            "seek_stall_ms", "switches_up", "switches_down", "segments_hit", "segments_miss", "bytes_hit",
-            "bytes_total", "errors", "fatal_errors", "startup_ms_p50", "startup_ms_p95",
-        ];
+        let mut keys: Vec<&str> = json.as_object().expect("object").keys().map(String::as_str).collect();
+        let mut want = TRUTH_KEYS.to_vec();
         want.sort_unstable();
-        let mut keys = keys;
         keys.sort_unstable();
         assert_eq!(keys, want);
     }

@@ -37,12 +37,8 @@ fn run_loadgen(target: &str, truth: &Path, args: &[&str]) -> (Totals, String) {
     let text = std::fs::read_to_string(truth).expect("truth file");
     let keys: std::collections::BTreeSet<String> =
         serde_json::from_str::<serde_json::Map<String, Value>>(&text).expect("truth JSON object").keys().cloned().collect();
-    let contract = [
-        "views", "attempts", "starts", "vsf", "ebvs", "playback_failures", "play_ms", "stall_count", "stall_ms",
-        "seek_stall_ms", "switches_up", "switches_down", "segments_hit", "segments_miss", "bytes_hit", "bytes_total",
-        "errors", "fatal_errors", "startup_ms_p50", "startup_ms_p95",
-    ];
-    assert_eq!(keys, contract.iter().map(|k| k.to_string()).collect(), "the truth has exactly the contract's keys");
+    let contract = qoeflow::loadgen::TRUTH_KEYS.iter().map(|k| k.to_string()).collect();
+    assert_eq!(keys, contract, "the truth has exactly the contract's keys");
     let totals: Totals = serde_json::from_str(&text).expect("truth JSON");
     let per_view = std::fs::read_to_string(qoeflow::loadgen::views_path(truth)).expect("per-view truth");
     assert_eq!(per_view.lines().count() as u64, totals.views, "one truth line per view");
