@@ -114,7 +114,7 @@ async fn main() -> anyhow::Result<()> {
 
     let t = Instant::now();
     let sink = ParquetSink::new(data.join("parquet"), "local", config.dims.clone());
-    let done = tokio::task::spawn_blocking(move || sink.compact(last_epoch, now - 10 * 60_000, 2)).await??;
+    let done = tokio::task::spawn_blocking(move || sink.compact(last_epoch, now - 10 * 60_000, 2, 128 << 20)).await??;
     let compacted_files = count_files(&data.join("parquet/qoe_window"));
     eprintln!("compacted {} partitions ({} files) in {:.1} s", done.partitions, done.files_in, t.elapsed().as_secs_f64());
     let compacted = time_requests(&url, runs).await?;

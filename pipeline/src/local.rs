@@ -3,14 +3,17 @@
 //! deleted. The epoch protocol itself is in [`crate::runner`].
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Context;
-use bytes::Bytes;
 use ingest::log::{LocalLog, LogReader};
 use serde::{Deserialize, Serialize};
 
 use crate::clickhouse::ClickHouseConfig;
-use crate::runner::Source;
+use crate::runner::{Batch, Source, SourceRecord};
+
+/// The local log is one partition.
+const PARTITION: &str = "local";
 use crate::sessionizer::SessionConfig;
 
 pub use crate::runner::parquet_dir;
@@ -37,6 +40,8 @@ pub struct PipelineConfig {
     pub compact_after_ms: i64,
     /// … and once it holds at least this many files of this pipeline.
     pub compact_min_files: usize,
+    /// Merged Parquet files roll over at about this size.
+    pub compact_target_bytes: u64,
 }
 
 impl Default for PipelineConfig {
@@ -52,6 +57,7 @@ impl Default for PipelineConfig {
             max_records_per_epoch: 100_000,
             compact_after_ms: 10 * 60_000,
             compact_min_files: 8,
+            compact_target_bytes: 128 << 20,
         }
     }
 }
@@ -79,13 +85,18 @@ impl LocalSource {
         LocalSource { log, reader: None }
     }
 
-    async fn read(&mut self, max: usize, upto: u64) -> anyhow::Result<(Vec<(String, Bytes)>, u64)> {
+    async fn read(&mut self, max: usize, upto: u64) -> anyhow::Result<(Vec<SourceRecord>, u64)> {
         let mut reader = self.reader.take().context("local source read before seek")?;
         let (entries, reader) = tokio::task::spawn_blocking(move || (reader.read_batch(max, upto), reader)).await?;
         let position = reader.position();
         self.reader = Some(reader);
         let entries = entries.context("reading the local log")?;
-        Ok((entries.into_iter().map(|e| (format!("log offset {}", e.offset), e.data)).collect(), position))
+        let partition: Arc<str> = Arc::from(PARTITION);
+        let records = entries
+            .into_iter()
+            .map(|e| SourceRecord { partition: partition.clone(), label: format!("log offset {}", e.offset), data: e.data })
+            .collect();
+        Ok((records, position))
     }
 }
 
@@ -101,12 +112,14 @@ impl Source for LocalSource {
         Ok(())
     }
 
-    async fn next(&mut self, max: usize) -> anyhow::Result<(Vec<(String, Bytes)>, u64)> {
+    async fn next(&mut self, max: usize) -> anyhow::Result<Batch<u64>> {
         let end = self.log.durable_end();
-        self.read(max, end).await
+        let (records, to) = self.read(max, end).await?;
+        let caught_up = if to >= end { vec![PARTITION.to_owned()] } else { Vec::new() };
+        Ok(Batch { records, to, caught_up })
     }
 
-    async fn next_until(&mut self, to: &u64) -> anyhow::Result<Vec<(String, Bytes)>> {
+    async fn next_until(&mut self, to: &u64) -> anyhow::Result<Vec<SourceRecord>> {
         let (records, position) = self.read(usize::MAX, *to).await?;
         anyhow::ensure!(position == *to, "the local log ends at {position}, before the recorded epoch end {to}");
         Ok(records)

@@ -11,8 +11,9 @@
 //! **Compaction.** One file per epoch and partition would leave ~86,400 small files per table per day at
 //! one epoch a second, and every query lists and opens them all. Once the watermark has passed an hour
 //! partition by `compact_after_ms`, [`ParquetSink::compact`] merges this source's committed files there
-//! into one, `part-<source>-e<first>-<last>.parquet`, holding exactly their rows (row identity
-//! included). The merged file is made durable first, then the inputs are deleted; after a crash in
+//! into `part-<source>-e<first>-<last>.parquet`, holding exactly their rows (row identity included).
+//! Files roll by age (each epoch, one flush interval, closes its files) and by size (merged files are
+//! cut at about `compact_target_bytes`, 128 MiB by default). The merged file is made durable first, then the inputs are deleted; after a crash in
 //! between, [`ParquetSink::remove_uncommitted`] deletes the inputs a merged file supersedes. Late rows
 //! for a compacted hour land in new small files and are merged again later. Within `qoeflow serve` the
 //! swap holds [`DATASET_LOCK`] for writing and queries hold it for reading, so a query sees either the
@@ -203,6 +204,29 @@ fn fsync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// Splits `files` (sorted by epoch) into runs of consecutive files of at most about `target_bytes`
+/// together; a file of `target_bytes` or more ends the run before it and stays alone, so no merged
+/// file's epoch range ever covers a file left out of it.
+fn size_groups(files: &[(u64, u64, PathBuf)], target_bytes: u64) -> std::io::Result<Vec<&[(u64, u64, PathBuf)]>> {
+    let mut groups = Vec::new();
+    let (mut start, mut bytes) = (0, 0u64);
+    for (i, (_, _, path)) in files.iter().enumerate() {
+        let size = std::fs::metadata(path)?.len();
+        if size >= target_bytes {
+            groups.push(&files[start..i]);
+            groups.push(&files[i..=i]);
+            (start, bytes) = (i + 1, 0);
+        } else if bytes + size > target_bytes {
+            groups.push(&files[start..i]);
+            (start, bytes) = (i, size);
+        } else {
+            bytes += size;
+        }
+    }
+    groups.push(&files[start..]);
+    Ok(groups.into_iter().filter(|g| !g.is_empty()).collect())
+}
+
 impl ParquetSink {
     pub fn new(root: impl Into<PathBuf>, source: impl Into<String>, dims: Vec<Dim>) -> ParquetSink {
         ParquetSink { root: root.into(), source: source.into(), dims }
@@ -273,8 +297,10 @@ impl ParquetSink {
     }
 
     /// Merges this source's files in every hour partition that ended before `closed_before` (epoch ms)
-    /// and holds at least `min_files` of them, all of epochs up to `committed`, into one file each.
-    pub fn compact(&self, committed: u64, closed_before: i64, min_files: usize) -> anyhow::Result<Compacted> {
+    /// and holds at least `min_files` of them, all of epochs up to `committed`. Files roll by size:
+    /// consecutive files (in epoch order) are merged into outputs of about `target_bytes` at most, and a
+    /// file already that big is left as it is.
+    pub fn compact(&self, committed: u64, closed_before: i64, min_files: usize, target_bytes: u64) -> anyhow::Result<Compacted> {
         let mut done = Compacted::default();
         for dir in partition_dirs(&self.root)? {
             let Some(start) = partition_start(&dir) else { continue };
@@ -285,40 +311,55 @@ impl ParquetSink {
             if files.len() < min_files.max(2) {
                 continue;
             }
-            let (first, last) = (files[0].0, files.iter().map(|f| f.1).max().unwrap_or(files[0].1));
-            let name = format!("part-{}-e{first:012}-{last:012}.parquet", self.source);
-            let tmp = dir.join(format!(".{name}.tmp"));
-            let mut writer: Option<ArrowWriter<File>> = None;
-            for (_, _, path) in &files {
-                let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(File::open(path)?)?
-                    .with_batch_size(8192)
-                    .build()?;
-                for batch in reader {
-                    let batch = batch?;
-                    if writer.is_none() {
-                        writer = Some(ArrowWriter::try_new(File::create(&tmp)?, batch.schema(), Some(writer_properties()?))?);
-                    }
-                    if let Some(w) = writer.as_mut() {
-                        w.write(&batch)?;
-                        done.rows += batch.num_rows();
-                    }
+            let mut merged_any = false;
+            for group in size_groups(&files, target_bytes)? {
+                if group.len() < 2 {
+                    continue;
                 }
+                done.rows += self.merge_files(&dir, group)?;
+                done.files_in += group.len();
+                merged_any = true;
             }
-            let Some(writer) = writer else { continue };
-            writer.into_inner()?.sync_all()?;
-            {
-                let _swap = DATASET_LOCK.blocking_write();
-                std::fs::rename(&tmp, dir.join(&name))?;
-                fsync_dir(&dir)?;
-                for (_, _, path) in &files {
-                    std::fs::remove_file(path)?;
-                }
-                fsync_dir(&dir)?;
+            if merged_any {
+                done.partitions += 1;
             }
-            done.partitions += 1;
-            done.files_in += files.len();
         }
         Ok(done)
+    }
+
+    /// Merges `files` (consecutive in epoch order, in `dir`) into one durable file named after their
+    /// epoch range, then deletes them. Returns the rows written.
+    fn merge_files(&self, dir: &Path, files: &[(u64, u64, PathBuf)]) -> anyhow::Result<usize> {
+        let (first, last) = (files[0].0, files.iter().map(|f| f.1).max().unwrap_or(files[0].1));
+        let name = format!("part-{}-e{first:012}-{last:012}.parquet", self.source);
+        let tmp = dir.join(format!(".{name}.tmp"));
+        let mut writer: Option<ArrowWriter<File>> = None;
+        let mut rows = 0;
+        for (_, _, path) in files {
+            let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(File::open(path)?)?
+                .with_batch_size(8192)
+                .build()?;
+            for batch in reader {
+                let batch = batch?;
+                if writer.is_none() {
+                    writer = Some(ArrowWriter::try_new(File::create(&tmp)?, batch.schema(), Some(writer_properties()?))?);
+                }
+                if let Some(w) = writer.as_mut() {
+                    w.write(&batch)?;
+                    rows += batch.num_rows();
+                }
+            }
+        }
+        let Some(writer) = writer else { return Ok(0) };
+        writer.into_inner()?.sync_all()?;
+        let _swap = DATASET_LOCK.blocking_write();
+        std::fs::rename(&tmp, dir.join(&name))?;
+        fsync_dir(dir)?;
+        for (_, _, path) in files {
+            std::fs::remove_file(path)?;
+        }
+        fsync_dir(dir)?;
+        Ok(rows)
     }
 
     /// Writes one epoch's output: one durable file per (table, partition) with rows.
@@ -471,7 +512,7 @@ mod tests {
         let files_before = files_in(&root).len();
 
         // Epochs up to 8 committed; only the first hour (t0..t0+1h) is closed.
-        let done = sink.compact(8, t0 + 3_600_000, 2).unwrap();
+        let done = sink.compact(8, t0 + 3_600_000, 2, u64::MAX).unwrap();
         assert!(done.partitions >= 2 && done.files_in > done.partitions, "{done:?}");
         let after: Vec<_> = TABLES_UNDER_TEST.iter().map(|t| rows_of(&root, t)).collect();
         assert_eq!(after, before, "compaction keeps exactly the same rows");
@@ -500,8 +541,26 @@ mod tests {
         assert_eq!(sink.own_files(&first_hour).unwrap(), merged);
         assert_eq!(TABLES_UNDER_TEST.iter().map(|t| rows_of(&root, t)).collect::<Vec<_>>(), before);
         // Compacting again with nothing new changes nothing.
-        assert_eq!(sink.compact(8, t0 + 3_600_000, 2).unwrap(), Compacted::default());
+        assert_eq!(sink.compact(8, t0 + 3_600_000, 2, u64::MAX).unwrap(), Compacted::default());
     }
 
     const TABLES_UNDER_TEST: [&str; 3] = ["events", "views", "qoe_window"];
+
+    #[test]
+    fn size_groups_roll_merged_files_and_leave_big_files_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let files: Vec<(u64, u64, PathBuf)> = [10u64, 10, 10, 50, 10, 10, 10, 10, 25]
+            .iter()
+            .enumerate()
+            .map(|(i, size)| {
+                let path = dir.path().join(format!("f{i}"));
+                std::fs::write(&path, vec![0u8; *size as usize]).unwrap();
+                (i as u64 + 1, i as u64 + 1, path)
+            })
+            .collect();
+        let groups: Vec<Vec<u64>> =
+            size_groups(&files, 25).unwrap().iter().map(|g| g.iter().map(|f| f.0).collect()).collect();
+        // Runs of at most 25 bytes; the 50-byte file and the 25-byte file stay alone, and no run spans them.
+        assert_eq!(groups, vec![vec![1, 2], vec![3], vec![4], vec![5, 6], vec![7, 8], vec![9]]);
+    }
 }

@@ -31,6 +31,27 @@ use crate::local::PipelineConfig;
 use crate::parquet::ParquetSink;
 use crate::sessionizer::{SessionState, Sessionizer, Stats};
 
+/// One record as the source stored it.
+#[derive(Debug, Clone)]
+pub struct SourceRecord {
+    /// The source partition it was read from (a shard; `local` for the local log): each partition has
+    /// its own clock in the sessionizer.
+    pub partition: Arc<str>,
+    /// Where it was read from, for error messages.
+    pub label: String,
+    pub data: Bytes,
+}
+
+/// What [`Source::next`] read.
+#[derive(Debug)]
+pub struct Batch<P> {
+    pub records: Vec<SourceRecord>,
+    /// The position after them.
+    pub to: P,
+    /// Partitions with nothing more to read right now (or ever): their clocks may move to the present.
+    pub caught_up: Vec<String>,
+}
+
 /// A replayable input. Positions are what checkpoints and intents store.
 pub trait Source: Send {
     type Position: Serialize + DeserializeOwned + Clone + Default + PartialEq + std::fmt::Debug + Send + Sync + 'static;
@@ -41,12 +62,12 @@ pub trait Source: Send {
     /// Positions the source just after `from`.
     fn seek(&mut self, from: &Self::Position) -> impl Future<Output = anyhow::Result<()>> + Send;
 
-    /// The next records (at most about `max`; data as stored, one entry per record, with a label for
-    /// error messages) and the position after them. No records and the same position: nothing new.
-    fn next(&mut self, max: usize) -> impl Future<Output = anyhow::Result<(Vec<(String, Bytes)>, Self::Position)>> + Send;
+    /// The next records (at most about `max`, one entry per stored record) and the position after
+    /// them. No records and the same position: nothing new.
+    fn next(&mut self, max: usize) -> impl Future<Output = anyhow::Result<Batch<Self::Position>>> + Send;
 
     /// Exactly the records up to `to` (replaying a recorded intent).
-    fn next_until(&mut self, to: &Self::Position) -> impl Future<Output = anyhow::Result<Vec<(String, Bytes)>>> + Send;
+    fn next_until(&mut self, to: &Self::Position) -> impl Future<Output = anyhow::Result<Vec<SourceRecord>>> + Send;
 
     /// Everything up to `position` is committed (the source may release it).
     fn committed(&mut self, position: &Self::Position) -> impl Future<Output = ()> + Send;
@@ -67,6 +88,24 @@ struct Intent<P> {
     epoch: u64,
     from: P,
     to: P,
+    /// Partitions the source reported caught up, and the clock they moved to (wall time when the epoch
+    /// was read): recorded so a replay makes the same time-based decisions.
+    #[serde(default)]
+    caught_up: Vec<String>,
+    #[serde(default)]
+    clock_ms: Option<i64>,
+}
+
+/// A caught-up partition's clock trails the wall clock by this much, for records still on their way
+/// from the collector's receive time into the stream.
+const CAUGHT_UP_LAG_MS: i64 = 1_000;
+
+/// With nothing new to read, an epoch still runs this often while views are open, so a quiet stream's
+/// clock moves on: views time out and gaps are proceeded past.
+const IDLE_EPOCH_EVERY: Duration = Duration::from_secs(5);
+
+fn wall_clock_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Writes `value` as JSON to `dir/name` atomically and durably (temp, fsync, rename, fsync dir).
@@ -151,6 +190,8 @@ async fn run_from_checkpoint<S: Source>(
     let mut position = ckpt.position;
     source.seek(&position).await.context("positioning the source at the checkpoint")?;
     let mut last_compaction = std::time::Instant::now();
+    let mut last_epoch = std::time::Instant::now();
+    let mut late_dropped_logged = session.stats.late_dropped;
     let mut tick = tokio::time::interval(Duration::from_millis(config.flush_interval_ms.max(10)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -158,30 +199,41 @@ async fn run_from_checkpoint<S: Source>(
             _ = shutdown.wait_for(|s| *s) => break,
             _ = tick.tick() => {}
         }
-        let (records, to) = match replay.take() {
-            Some(intent) => (source.next_until(&intent.to).await?, intent.to),
-            None => source.next(config.max_records_per_epoch).await?,
+        let (records, to, caught_up, clock) = match replay.take() {
+            Some(intent) => (source.next_until(&intent.to).await?, intent.to, intent.caught_up, intent.clock_ms),
+            None => {
+                let batch = source.next(config.max_records_per_epoch).await?;
+                let clock = (!batch.caught_up.is_empty()).then(|| wall_clock_ms() - CAUGHT_UP_LAG_MS);
+                (batch.records, batch.to, batch.caught_up, clock)
+            }
         };
-        if records.is_empty() && to == position {
+        if records.is_empty() && to == position && (session.open_views() == 0 || clock.is_none() || last_epoch.elapsed() < IDLE_EPOCH_EVERY) {
             continue;
         }
-        for (label, data) in records {
+        last_epoch = std::time::Instant::now();
+        for SourceRecord { partition, label, data } in records {
             match Record::decode(&data) {
-                Ok(record) => session.process(record),
-                Err(e) => session.process(Record::Rejected(RejectedRecord {
-                    recv_ms: session.watermark().max(0),
-                    key: None,
-                    index: None,
-                    tag: "poison_record".into(),
-                    reason: format!("{label}: {e}"),
-                    payload: RejectedRecord::truncate_payload(&String::from_utf8_lossy(&data)),
-                })),
+                Ok(record) => session.process_from(&partition, record),
+                Err(e) => session.process_from(
+                    &partition,
+                    Record::Rejected(RejectedRecord {
+                        recv_ms: session.watermark().max(0),
+                        key: None,
+                        index: None,
+                        tag: "poison_record".into(),
+                        reason: format!("{label}: {e}"),
+                        payload: RejectedRecord::truncate_payload(&String::from_utf8_lossy(&data)),
+                    }),
+                ),
             }
+        }
+        if let Some(clock) = clock {
+            session.tick(&caught_up, clock);
         }
         session.advance();
         let out = session.flush();
         epoch += 1;
-        save_json(&state_dir, &intent_name, &Intent { epoch, from: position.clone(), to: to.clone() })?;
+        save_json(&state_dir, &intent_name, &Intent { epoch, from: position.clone(), to: to.clone(), caught_up, clock_ms: clock })?;
         if let Some(ch) = &clickhouse {
             ch.write_epoch(epoch, &out).await.with_context(|| format!("ClickHouse insert of epoch {epoch}"))?;
         }
@@ -200,14 +252,14 @@ async fn run_from_checkpoint<S: Source>(
         // Not committed: stop rather than skip; the caller replays this epoch from the checkpoint.
         committed.with_context(|| format!("committing pipeline epoch {epoch}"))?;
         position = to;
-        log_progress(epoch, &session.stats, session.open_views());
+        log_progress(epoch, &session.stats, session.open_views(), &mut late_dropped_logged);
         source.committed(&position).await;
         if config.compact_after_ms > 0 && last_compaction.elapsed() >= COMPACTION_EVERY {
             last_compaction = std::time::Instant::now();
             let (sink2, closed_before) = (sink.clone(), session.watermark() - config.compact_after_ms);
-            let min_files = config.compact_min_files;
+            let (min_files, target_bytes) = (config.compact_min_files, config.compact_target_bytes);
             // Only committed epochs are merged; a failure leaves the inputs in place and is retried later.
-            match tokio::task::spawn_blocking(move || sink2.compact(epoch, closed_before, min_files)).await? {
+            match tokio::task::spawn_blocking(move || sink2.compact(epoch, closed_before, min_files, target_bytes)).await? {
                 Ok(c) if c.partitions > 0 => tracing::info!(partitions = c.partitions, files = c.files_in, rows = c.rows, "pipeline: compacted Parquet partitions"),
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = format!("{e:#}"), "pipeline: Parquet compaction failed; will retry"),
@@ -226,7 +278,16 @@ fn failpoint_after_files() -> Option<u64> {
     std::env::var("QOEFLOW_FAILPOINT").ok()?.strip_prefix("pipeline_after_files:")?.parse().ok()
 }
 
-fn log_progress(epoch: u64, stats: &Stats, open_views: usize) {
+fn log_progress(epoch: u64, stats: &Stats, open_views: usize, late_dropped_logged: &mut u64) {
+    if stats.late_dropped > *late_dropped_logged {
+        tracing::warn!(
+            epoch,
+            dropped = stats.late_dropped - *late_dropped_logged,
+            total = stats.late_dropped,
+            "pipeline: dropped events older than the late horizon (pipeline.late_horizon_ms)"
+        );
+        *late_dropped_logged = stats.late_dropped;
+    }
     tracing::debug!(
         epoch,
         records = stats.records,
@@ -234,6 +295,8 @@ fn log_progress(epoch: u64, stats: &Stats, open_views: usize) {
         duplicates = stats.duplicates,
         gaps = stats.gaps,
         late_dropped = stats.late_dropped,
+        stragglers = stats.stragglers,
+        after_end = stats.after_end,
         views_ended = stats.views_ended,
         open_views,
         "pipeline epoch committed"

@@ -2,16 +2,23 @@
 //!
 //! - **Dedupe and reorder.** Each view expects `seq` 0, 1, 2, …; an event with a `seq` already applied or
 //!   already waiting is a duplicate and dropped. Events ahead of a missing `seq` wait in the view's
-//!   buffer; once the oldest has waited `reorder_wait_ms` (of watermark time) the view proceeds past the
-//!   gap (counted in `gaps`), and a straggler for a skipped `seq` is then dropped as a duplicate.
+//!   buffer; once the event after a gap has waited `reorder_wait_ms` (of its partition's clock) the view
+//!   proceeds past that gap (counted in `gaps`); each gap waits on its own. A straggler for a skipped
+//!   `seq` still goes to the `events` table (counted in `stragglers`) but no longer changes the view.
 //! - **Clock.** A view's events are placed at `ts + offset`, `offset = recv_ms - sent_at` of the first
 //!   record seen for the view, kept for its life.
-//! - **Watermark** = the largest collector receive time seen in the input. Every time-based decision
-//!   (reorder wait, inactivity timeout, late horizon) uses it, never the wall clock, so replaying the same
+//! - **Clocks.** Each source partition (a Kinesis shard, the local log) has its own clock: the largest
+//!   collector receive time seen in its records. A view's time-based decisions (reorder wait, inactivity
+//!   timeout, late horizon) use the clock of the partition its records come from, so a shard that lags
+//!   while catching up a backlog never times out its views early because another shard ran ahead. A
+//!   partition the source reports as caught up (nothing more to read) is moved to the epoch's clock
+//!   ([`Sessionizer::tick`]), so views still end while a stream is quiet. Every input to these decisions
+//!   is part of an epoch's recorded input, never read from the wall clock here, so replaying the same
 //!   input from the same state produces the same output: what makes sink writes idempotent on replay.
 //! - **Views end** at `viewend`, or when no record arrived for `inactivity_timeout_ms` of watermark time
 //!   (ended at the last event's time). Ended view ids are remembered (for the late horizon) so a
-//!   straggler cannot resurrect them.
+//!   straggler cannot resurrect them; events sent after a view ended (a `seq` past its last) still go
+//!   to the `events` table, while resent ones are dropped as duplicates.
 //! - **Dimensions** of a view are fixed at its first window contribution (normally its `viewstart`, `seq`
 //!   0) from the viewstart fields and the enrichment of the view's first record, so one view never
 //!   splits across dimension values.
@@ -167,8 +174,11 @@ pub struct Stats {
     pub gaps: u64,
     /// Events whose window contributions were older than the late horizon.
     pub late_dropped: u64,
-    /// Events for views that had already ended.
+    /// Events for views that had already ended (kept in `events` when new, dropped when resent).
     pub after_end: u64,
+    /// Events for a `seq` the view had already proceeded past (kept in `events` only).
+    #[serde(default)]
+    pub stragglers: u64,
     /// Events in records that no longer validate (from a newer or broken writer).
     pub invalid: u64,
     pub views_ended: u64,
@@ -195,6 +205,47 @@ struct ViewSlot {
     events: u64,
     duplicates: u64,
     gaps: u64,
+    /// Index of the partition (in [`Clocks`]) the view's latest record came from.
+    #[serde(default)]
+    partition: u32,
+    /// `seq` ranges (half-open) the view proceeded past and has not received since.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    skipped: Vec<(u64, u64)>,
+}
+
+/// Per-partition clocks: the largest receive time seen in each source partition's records.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Clocks {
+    names: Vec<String>,
+    times: Vec<i64>,
+}
+
+impl Clocks {
+    fn index(&mut self, partition: &str) -> u32 {
+        match self.names.iter().position(|n| n == partition) {
+            Some(i) => i as u32,
+            None => {
+                self.names.push(partition.to_owned());
+                self.times.push(i64::MIN);
+                (self.names.len() - 1) as u32
+            }
+        }
+    }
+
+    fn get(&self, i: u32) -> i64 {
+        self.times.get(i as usize).copied().unwrap_or(i64::MIN)
+    }
+
+    fn raise(&mut self, i: u32, to: i64) {
+        if let Some(t) = self.times.get_mut(i as usize) {
+            *t = (*t).max(to);
+        }
+    }
+}
+
+/// The range of `ranges` holding `seq`, if any.
+fn in_ranges(ranges: &[(u64, u64)], seq: u64) -> Option<usize> {
+    ranges.iter().position(|&(a, b)| a <= seq && seq < b)
 }
 
 impl ViewSlot {
@@ -262,7 +313,12 @@ impl Emit for WindowEmit<'_> {
 pub struct SessionState {
     views: HashMap<String, ViewSlot>,
     ended: HashMap<u64, i64>,
+    /// Hash of ended view ids → the `seq` after the last one the view saw.
+    #[serde(default)]
+    ended_next_seq: HashMap<u64, u64>,
     watermark: i64,
+    #[serde(default)]
+    clocks: Clocks,
     stats: Stats,
 }
 
@@ -271,8 +327,11 @@ pub struct Sessionizer {
     views: HashMap<String, ViewSlot>,
     /// Hash of ended view ids → watermark when they ended.
     ended: HashMap<u64, i64>,
+    ended_next_seq: HashMap<u64, u64>,
     windows: Windows,
+    /// The largest receive time over all partitions.
     watermark: i64,
+    clocks: Clocks,
     out: Output,
     pub stats: Stats,
 }
@@ -290,7 +349,9 @@ impl Sessionizer {
             config,
             views: HashMap::new(),
             ended: HashMap::new(),
+            ended_next_seq: HashMap::new(),
             watermark: i64::MIN,
+            clocks: Clocks::default(),
             out: Output::default(),
             stats: Stats::default(),
         }
@@ -301,7 +362,9 @@ impl Sessionizer {
         let mut s = Sessionizer::new(config);
         s.views = state.views;
         s.ended = state.ended;
+        s.ended_next_seq = state.ended_next_seq;
         s.watermark = state.watermark;
+        s.clocks = state.clocks;
         s.stats = state.stats;
         s
     }
@@ -312,7 +375,9 @@ impl Sessionizer {
         SessionState {
             views: self.views.clone(),
             ended: self.ended.clone(),
+            ended_next_seq: self.ended_next_seq.clone(),
             watermark: self.watermark,
+            clocks: self.clocks.clone(),
             stats: self.stats.clone(),
         }
     }
@@ -325,23 +390,44 @@ impl Sessionizer {
         self.views.len()
     }
 
+    /// Processes a record of the single, unnamed partition (tests and batch computations).
     pub fn process(&mut self, record: Record) {
+        self.process_from("", record);
+    }
+
+    /// Processes a record read from source partition `partition`.
+    pub fn process_from(&mut self, partition: &str, record: Record) {
         self.stats.records += 1;
+        let p = self.clocks.index(partition);
         match record {
-            Record::Events(r) => self.process_events(r),
+            Record::Events(r) => self.process_events(p, r),
             Record::Rejected(r) => {
+                self.clocks.raise(p, r.recv_ms);
                 self.watermark = self.watermark.max(r.recv_ms);
                 self.out.rejected.push(r);
             }
         }
     }
 
-    fn process_events(&mut self, rec: EventsRecord) {
+    /// Moves the clocks of the partitions the source reported caught up (nothing more to read) to
+    /// `clock`, the epoch's time: what ends views and proceeds past gaps while a partition is quiet.
+    pub fn tick(&mut self, caught_up: &[String], clock: i64) {
+        for name in caught_up {
+            let p = self.clocks.index(name);
+            self.clocks.raise(p, clock);
+        }
+        self.watermark = self.watermark.max(clock);
+    }
+
+    fn process_events(&mut self, p: u32, rec: EventsRecord) {
+        self.clocks.raise(p, rec.recv_ms);
         self.watermark = self.watermark.max(rec.recv_ms);
         let n = rec.events.len() as u64;
         self.stats.events += n;
-        if self.ended.contains_key(&id_hash(&rec.view_id)) {
+        let hash = id_hash(&rec.view_id);
+        if self.ended.contains_key(&hash) {
             self.stats.after_end += n;
+            self.events_after_end(hash, &rec);
             return;
         }
         let offset = rec.offset_ms();
@@ -359,8 +445,11 @@ impl Sessionizer {
             events: 0,
             duplicates: 0,
             gaps: 0,
+            partition: p,
+            skipped: Vec::new(),
         });
         slot.last_recv_ms = slot.last_recv_ms.max(rec.recv_ms);
+        slot.partition = p;
         for raw in &rec.events {
             let event = match validate_event_map(raw) {
                 Ok(e) => e,
@@ -377,7 +466,10 @@ impl Sessionizer {
                     continue;
                 }
             };
-            if event.view_id != rec.view_id || event.seq < slot.next_seq || slot.buffer.contains_key(&event.seq) {
+            let straggler = event.view_id == rec.view_id && in_ranges(&slot.skipped, event.seq).is_some();
+            if !straggler
+                && (event.view_id != rec.view_id || event.seq < slot.next_seq || slot.buffer.contains_key(&event.seq))
+            {
                 slot.duplicates += 1;
                 self.stats.duplicates += 1;
                 continue;
@@ -392,24 +484,57 @@ impl Sessionizer {
                 raw: serde_json::Value::Object(raw.clone()).to_string(),
                 event: event.clone(),
             });
+            if straggler {
+                // Too late for the view, which proceeded past it; kept for the raw table, once.
+                if let Some(i) = in_ranges(&slot.skipped, event.seq) {
+                    let (a, b) = slot.skipped.remove(i);
+                    slot.skipped.extend([(a, event.seq), (event.seq + 1, b)].into_iter().filter(|(x, y)| x < y));
+                }
+                self.stats.stragglers += 1;
+                continue;
+            }
             slot.buffer.insert(event.seq, Buffered { event, raw_recv_ms: rec.recv_ms });
         }
-        self.drain_view(&rec.view_id, false);
+        self.drain_view(&rec.view_id, i64::MIN);
     }
 
-    /// Applies the view's buffered events that are next in `seq` order (with `skip_gaps`, all of them,
-    /// skipping missing `seq`s). Finalizes the view if it ended.
-    fn drain_view(&mut self, view_id: &str, skip_gaps: bool) {
+    /// Events for a view that already ended: new ones (past its last `seq`) go to the `events` table
+    /// only; resent ones are duplicates.
+    fn events_after_end(&mut self, hash: u64, rec: &EventsRecord) {
+        let next = self.ended_next_seq.entry(hash).or_insert(u64::MAX);
+        for raw in &rec.events {
+            let Ok(event) = validate_event_map(raw) else { continue };
+            if event.view_id != rec.view_id || event.seq < *next {
+                continue;
+            }
+            *next = event.seq + 1;
+            self.out.events.push(EventRow {
+                event_ms: event.ts + rec.offset_ms(),
+                recv_ms: rec.recv_ms,
+                sent_at: rec.sent_at,
+                key: rec.key.clone(),
+                client: Arc::new(rec.client.clone()),
+                raw: serde_json::Value::Object(raw.clone()).to_string(),
+                event,
+            });
+        }
+    }
+
+    /// Applies the view's buffered events that are next in `seq` order. A gap is skipped only when the
+    /// event after it was received at or before `skip_received_by` (`i64::MIN`: wait at every gap;
+    /// `i64::MAX`: skip them all). Finalizes the view if it ended.
+    fn drain_view(&mut self, view_id: &str, skip_received_by: i64) {
         let Some(slot) = self.views.get_mut(view_id) else { return };
-        let cutoff = self.watermark.saturating_sub(self.config.late_horizon_ms);
+        let cutoff = self.clocks.get(slot.partition).saturating_sub(self.config.late_horizon_ms);
         while let Some(entry) = slot.buffer.first_entry() {
             let seq = *entry.key();
             if seq != slot.next_seq {
-                if !skip_gaps {
+                if entry.get().raw_recv_ms > skip_received_by {
                     break;
                 }
                 slot.gaps += seq - slot.next_seq;
                 self.stats.gaps += seq - slot.next_seq;
+                slot.skipped.push((slot.next_seq, seq));
             }
             let b = entry.remove();
             slot.next_seq = seq + 1;
@@ -435,7 +560,10 @@ impl Sessionizer {
     fn finalize(&mut self, view_id: &str, reason: &'static str) {
         let Some(slot) = self.views.remove(view_id) else { return };
         self.stats.views_ended += 1;
-        self.ended.insert(id_hash(view_id), self.watermark);
+        let hash = id_hash(view_id);
+        self.ended.insert(hash, self.watermark);
+        let next_seq = slot.buffer.last_key_value().map_or(slot.next_seq, |(seq, _)| seq + 1).max(slot.next_seq);
+        self.ended_next_seq.insert(hash, next_seq);
         let first = slot.machine.first_ts.unwrap_or_default();
         let last = slot.machine.last_ts.unwrap_or(first);
         self.out.views.push(ViewRow {
@@ -453,42 +581,41 @@ impl Sessionizer {
         });
     }
 
-    /// Time-based decisions at the end of a batch: proceed past gaps that waited long enough, end
-    /// inactive views, forget ended views older than the late horizon.
+    /// Time-based decisions at the end of a batch, each on the clock of the view's partition: proceed
+    /// past gaps that waited long enough, end inactive views, forget ended views older than the late
+    /// horizon.
     pub fn advance(&mut self) {
-        let wm = self.watermark;
-        let mut waited: Vec<String> = Vec::new();
+        let mut waited: Vec<(String, i64)> = Vec::new();
         let mut inactive: Vec<String> = Vec::new();
         for (id, slot) in &self.views {
-            if wm.saturating_sub(slot.last_recv_ms) >= self.config.inactivity_timeout_ms {
+            let now = self.clocks.get(slot.partition);
+            if now.saturating_sub(slot.last_recv_ms) >= self.config.inactivity_timeout_ms {
                 inactive.push(id.clone());
-            } else if slot
-                .buffer
-                .values()
-                .map(|b| b.raw_recv_ms)
-                .min()
-                .is_some_and(|oldest| wm.saturating_sub(oldest) >= self.config.reorder_wait_ms)
+            } else if let Some((_, first)) = slot.buffer.first_key_value()
+                && now.saturating_sub(first.raw_recv_ms) >= self.config.reorder_wait_ms
             {
-                waited.push(id.clone());
+                waited.push((id.clone(), now.saturating_sub(self.config.reorder_wait_ms)));
             }
         }
         waited.sort();
         inactive.sort();
-        for id in waited {
-            self.drain_view(&id, true);
+        for (id, received_by) in waited {
+            self.drain_view(&id, received_by);
         }
         for id in inactive {
-            self.drain_view(&id, true);
+            self.drain_view(&id, i64::MAX);
             if let Some(slot) = self.views.get_mut(&id) {
-                let cutoff = wm.saturating_sub(self.config.late_horizon_ms);
+                let cutoff = self.clocks.get(slot.partition).saturating_sub(self.config.late_horizon_ms);
                 let last = slot.machine.last_ts.unwrap_or_default();
                 let (machine, mut emit) = slot.split(&mut self.windows, &self.config.dims, cutoff);
                 machine.end(last, &mut emit);
                 self.finalize(&id, "timeout");
             }
         }
-        let horizon = self.config.late_horizon_ms;
+        let (wm, horizon) = (self.watermark, self.config.late_horizon_ms);
         self.ended.retain(|_, at| wm.saturating_sub(*at) < horizon);
+        let ended = &self.ended;
+        self.ended_next_seq.retain(|h, _| ended.contains_key(h));
     }
 
     /// Ends every open view now (at its last event): for batch computations over a finished input.

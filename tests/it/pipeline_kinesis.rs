@@ -1,6 +1,7 @@
 //! `qoeflow pipeline` on Kinesis (the emulator): collector → stream → pipeline → Parquet equals the batch
-//! reference over what the stream holds; KPL-aggregated records; a shard split mid-stream; kill -9 and a
-//! crash between files and checkpoint, restarted, exactly once.
+//! reference over what the stream holds; KPL-aggregated records; a shard split and a shard merge
+//! mid-stream; kill -9 and a crash between files and checkpoint, restarted, exactly once in Parquet and
+//! ClickHouse.
 
 
 use std::path::Path;
@@ -13,6 +14,7 @@ use crate::common::*;
 use schemas::Record;
 
 const STREAM: &str = "beacons";
+const NO_REORDER_WAIT: (&str, &str) = ("QOEFLOW_PIPELINE__REORDER_WAIT_MS", "0");
 
 fn pipeline(endpoint: &str, data: &Path, env: &[(&str, &str)]) -> Qoeflow {
     pipeline_worker(endpoint, data, env, &[])
@@ -108,7 +110,8 @@ async fn a_shard_split_mid_stream_counts_every_event_once() {
     create_stream(&client, STREAM, 1).await;
     let dir = tempfile::tempdir().expect("tmp");
     let collector = Qoeflow::ingest(STREAM, &emu.endpoint, &[], &[]);
-    let mut p = pipeline(&emu.endpoint, dir.path(), &[]);
+    // No reorder wait: a child read before its parent finished would show as gaps, not be hidden.
+    let mut p = pipeline(&emu.endpoint, dir.path(), &[NO_REORDER_WAIT]);
     let t0 = now_ms() - 60_000;
     // First half of every view's beacons, then split the only shard, then the rest.
     let client_http = reqwest::Client::new();
@@ -167,18 +170,79 @@ async fn pipeline_crashes_are_replayed_exactly_once() {
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
     });
+    let ch_dir = tempfile::tempdir().expect("tmp");
+    let ch = crate::common::clickhouse::ClickHouse::start(ch_dir.path());
+    let ch_url = ch.url();
+    let with_ch = ["--clickhouse-url", ch_url.as_str()];
     // Crash exactly between epoch 2's files and its checkpoint, then kill -9 a restarted pipeline.
-    let mut p = pipeline(&emu.endpoint, dir.path(), &[("QOEFLOW_FAILPOINT", "pipeline_after_files:2")]);
+    let mut p = pipeline_worker(&emu.endpoint, dir.path(), &[("QOEFLOW_FAILPOINT", "pipeline_after_files:2")], &with_ch);
     assert!(p.wait_exit(Duration::from_secs(60)), "the failpoint aborts the pipeline");
-    let mut p = pipeline(&emu.endpoint, dir.path(), &[]);
+    assert!(ch.scalar("SELECT count() FROM qoeflow.qoe_window WHERE epoch = 2") > 0, "epoch 2 reached ClickHouse before the crash");
+    let mut p = pipeline_worker(&emu.endpoint, dir.path(), &[], &with_ch);
     p.wait_for_line("removed files of an unfinished epoch", Duration::from_secs(20));
     tokio::time::sleep(Duration::from_millis(700)).await;
     p.kill9();
-    let mut p = pipeline(&emu.endpoint, dir.path(), &[]);
+    let mut p = pipeline_worker(&emu.endpoint, dir.path(), &[], &with_ch);
     load.await.expect("load");
     wait_for_views(dir.path(), 60, Duration::from_secs(90));
+    ch.wait_for_views(60, Duration::from_secs(30));
     p.stop();
     assert_dataset_matches(dir.path(), &stream_records(&emu).await);
+    // ClickHouse got the replayed epochs too, and holds exactly one copy of each (read with FINAL).
+    ch.assert_matches_parquet(dir.path());
+}
+
+/// The merged child holds the second half of views whose first half sits in either parent. The
+/// pipeline starts after the merge, and the adjacent parent's reads are throttled for a while: reading
+/// the child before that parent is finished would apply views out of order (gaps, with no reorder wait).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_merge_reads_the_child_only_after_both_parents() {
+    let emu = Emulator::start();
+    let client = emu.client().await;
+    create_stream(&client, STREAM, 2).await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let collector = Qoeflow::ingest(STREAM, &emu.endpoint, &[], &[]);
+    let t0 = now_ms() - 60_000;
+    let client_http = reqwest::Client::new();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let beacons: Vec<Vec<serde_json::Value>> = (0..30u64).map(|v| view_beacons(&format!("view-{v}"), v, t0 + v as i64 * 307)).collect();
+    for bs in &beacons {
+        for b in &bs[..bs.len() / 2] {
+            assert!(post_until_ok(&client_http, || collector.beacon_url(), b, &stop).await);
+        }
+    }
+    let shards = client.list_shards().stream_name(STREAM).send().await.expect("ListShards");
+    let (a, b) = (shards.shards()[0].shard_id().to_owned(), shards.shards()[1].shard_id().to_owned());
+    client.merge_shards().stream_name(STREAM).shard_to_merge(&a).adjacent_shard_to_merge(&b).send().await.expect("MergeShards");
+    let mut merged = None;
+    for _ in 0..100 {
+        let s = client.list_shards().stream_name(STREAM).send().await.expect("ListShards");
+        merged = s.shards().iter().find(|s| s.adjacent_parent_shard_id() == Some(b.as_str())).map(|s| s.shard_id().to_owned());
+        if merged.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let merged = merged.expect("the merged shard is listed, with the adjacent parent");
+    for bs in &beacons {
+        for b in &bs[bs.len() / 2..] {
+            assert!(post_until_ok(&client_http, || collector.beacon_url(), b, &stop).await);
+        }
+    }
+    let proxy = FaultProxy::start(&emu.endpoint, 11).await;
+    proxy.set(Fault::ThrottleShardIterators(b.clone(), 6));
+    // No reorder wait: a child read before a parent is finished shows as gaps instead of being hidden.
+    let mut p = pipeline(&proxy.endpoint, dir.path(), &[NO_REORDER_WAIT]);
+    wait_for_views(dir.path(), 30, Duration::from_secs(90));
+    p.stop();
+    let stream = read_stream(&client, STREAM).await;
+    for shard in [&a, &b, &merged] {
+        assert!(stream.iter().any(|r| r.shard == *shard), "records landed in {shard}");
+    }
+    let views = read_table(dir.path(), "views");
+    assert_eq!(sum(&views, "gaps"), 0, "every view read in seq order across the merge");
+    assert_dataset_matches(dir.path(), &stream.into_iter().map(|r| r.record).collect::<Vec<_>>());
+    assert_eq!(proxy.stats().get_iterators_throttled, 6, "the adjacent parent's reads were throttled");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -218,7 +282,7 @@ async fn expired_iterators_and_read_throttling_are_survived() {
     ]));
     let mut p = pipeline(&proxy.endpoint, dir.path(), &[]);
     p.wait_for_line("shard iterator expired", Duration::from_secs(30));
-    p.wait_for_line("GetRecords throttled", Duration::from_secs(30));
+    p.wait_for_line("throttled reads of a shard; backing off", Duration::from_secs(30));
     post_views(&collector.beacon_url(), 20..30, now_ms() - 60_000).await;
     wait_for_views(dir.path(), 30, Duration::from_secs(60));
     p.stop();

@@ -2,21 +2,31 @@
 //!
 //! - **Shards.** Listed with ListShards at start and re-listed every `relist_interval`; one position per
 //!   shard: the last sequence number processed and whether the shard is finished (closed and read to its
-//!   end). A child shard (after a split or merge) is read only once its parent is finished, so a view's
-//!   events stay in order across a reshard.
+//!   end). A child shard is read only once its parents are finished: its parent after a split, both
+//!   its parents (`parent_shard_id` and `adjacent_parent_shard_id`) after a merge, so a view's events
+//!   stay in order across a reshard.
 //! - **Scale-out.** `--worker-index i --worker-count n`: a worker owns the shards whose lineage root
 //!   (following `parent_shard_id` up) hashes to `i` (stable FNV-1a), so children stay with their parent's
-//!   worker and a view never moves between workers on a split. After a merge of shards owned by two
-//!   workers, the child follows its first parent; views of the other parent that continue in it are split.
+//!   worker and a view never moves between workers on a split. The root of every shard ever listed is
+//!   kept in the checkpoint, so ownership does not move when an ancestor ages out of ListShards after
+//!   the stream's retention. After a merge of shards owned by two workers, the child follows its first
+//!   parent; views of the other parent that continue in it are split (a warning is logged). Changing
+//!   `--worker-count` moves shards between workers: stop all workers and start the new set from fresh
+//!   checkpoint directories only at a point where that is acceptable.
 //! - **Reads.** One GetRecords per readable shard per epoch, records in shard-id order, then record order:
 //!   deterministic, so an epoch's intent (positions per shard) can be replayed exactly. Expired iterators
-//!   are re-created from the position; throttling backs the shard off until the next epoch.
+//!   are re-created from the position. A throttled shard (GetRecords or GetShardIterator) backs off
+//!   exponentially with jitter, up to 10 s, while the other shards go on; a failed re-listing keeps the
+//!   previous shard list and is retried at the next interval.
+//! - **Clocks.** A shard whose GetRecords came back empty at the tip (`MillisBehindLatest` 0), or that is
+//!   finished, is reported caught up, so the views on it keep ending while it is quiet.
 //! - **KPL.** Aggregated records are deaggregated (magic, protobuf, MD5); plain records pass through.
 //!   An aggregated record is processed whole within one epoch, so positions need no sub-sequence.
 
 pub mod kpl;
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -26,7 +36,7 @@ use bytes::Bytes;
 use ingest::sink::kinesis::describe;
 use serde::{Deserialize, Serialize};
 
-use crate::runner::Source;
+use crate::runner::{Batch, Source, SourceRecord};
 
 /// Where a shard has been read to.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,7 +47,25 @@ pub struct ShardPosition {
     pub finished: bool,
 }
 
-pub type Positions = BTreeMap<String, ShardPosition>;
+/// A worker's position in the stream (what its checkpoints and intents store).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Positions {
+    /// Per owned shard read so far.
+    pub shards: BTreeMap<String, ShardPosition>,
+    /// Lineage root of every shard ever listed, so ownership is stable after ancestors expire.
+    #[serde(default)]
+    pub roots: BTreeMap<String, String>,
+}
+
+/// Throttling backoff of one shard.
+#[derive(Debug, Clone, Copy)]
+struct Backoff {
+    until: Instant,
+    delay: Duration,
+}
+
+const BACKOFF_FIRST: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
 
 pub struct KinesisSource {
     client: Client,
@@ -50,6 +78,8 @@ pub struct KinesisSource {
     positions: Positions,
     /// Iterators continuing from `positions` (dropped whenever a position is reset).
     iterators: HashMap<String, String>,
+    /// Shards throttled recently, and until when they are left alone.
+    throttled: HashMap<String, Backoff>,
     records_per_call: i32,
 }
 
@@ -67,8 +97,9 @@ impl KinesisSource {
             shards: Vec::new(),
             listed_at: None,
             relist_interval: Duration::from_secs(10),
-            positions: Positions::new(),
+            positions: Positions::default(),
             iterators: HashMap::new(),
+            throttled: HashMap::new(),
             records_per_call: 10_000,
         }
     }
@@ -91,56 +122,108 @@ impl KinesisSource {
         shards.sort_by(|a, b| a.shard_id().cmp(b.shard_id()));
         self.shards = shards;
         self.listed_at = Some(Instant::now());
+        self.record_roots();
         Ok(())
     }
 
-    /// Owned shards that can be read now: not finished, parent finished (or gone), in shard-id order.
-    /// A shard is owned when its lineage root (following `parent_shard_id` among the listed shards)
-    /// hashes to this worker.
-    fn readable(&self) -> Vec<String> {
-        let listed: HashMap<&str, &Shard> = self.shards.iter().map(|s| (s.shard_id(), s)).collect();
-        fn root<'a>(listed: &HashMap<&'a str, &'a Shard>, mut shard: &'a Shard) -> &'a str {
-            for _ in 0..1000 {
-                match shard.parent_shard_id().and_then(|p| listed.get(p)) {
-                    Some(parent) => shard = parent,
-                    None => break,
+    /// Records the lineage root of every listed shard: its parent's root when the parent is listed or
+    /// was recorded earlier, otherwise itself.
+    fn record_roots(&mut self) {
+        // Shard ids grow with creation, so parents come before their children in id order.
+        for s in &self.shards {
+            if self.positions.roots.contains_key(s.shard_id()) {
+                continue;
+            }
+            let root = s
+                .parent_shard_id()
+                .and_then(|p| self.positions.roots.get(p).cloned())
+                .unwrap_or_else(|| s.shard_id().to_owned());
+            if let (Some(adjacent), Some(parent)) = (s.adjacent_parent_shard_id(), s.parent_shard_id()) {
+                let adjacent_root = self.positions.roots.get(adjacent).map_or(adjacent, String::as_str);
+                if self.owner(adjacent_root) != self.owner(&root) {
+                    tracing::warn!(
+                        shard = s.shard_id(),
+                        parent,
+                        adjacent,
+                        "merged shard joins lineages owned by two workers; views of the adjacent parent that continue in it are split"
+                    );
                 }
             }
-            shard.shard_id()
+            self.positions.roots.insert(s.shard_id().to_owned(), root);
         }
-        let owned = |s: &Shard| fnv1a(root(&listed, s)) % u64::from(self.worker_count) == u64::from(self.worker_index);
-        let finished = |id: &str| self.positions.get(id).is_some_and(|p| p.finished);
+    }
+
+    fn owner(&self, root: &str) -> u32 {
+        (fnv1a(root) % u64::from(self.worker_count)) as u32
+    }
+
+    fn finished(&self, id: &str) -> bool {
+        self.positions.shards.get(id).is_some_and(|p| p.finished)
+    }
+
+    fn owned(&self, s: &Shard) -> bool {
+        let root = self.positions.roots.get(s.shard_id()).map_or(s.shard_id(), String::as_str);
+        self.owner(root) == self.worker_index
+    }
+
+    /// Owned shards that can be read now: not finished, every listed parent finished (both parents of
+    /// a merge), not backing off from throttling; in shard-id order.
+    fn readable(&self) -> Vec<String> {
+        let listed: HashMap<&str, &Shard> = self.shards.iter().map(|s| (s.shard_id(), s)).collect();
+        // A parent owned by another worker (one side of a merge across two workers' lineages) cannot
+        // be waited for without coordination: only parents owned here are.
+        let parent_done = |p: Option<&str>| {
+            p.is_none_or(|p| listed.get(p).is_none_or(|parent| !self.owned(parent) || self.finished(p)))
+        };
+        let now = Instant::now();
         self.shards
             .iter()
-            .filter(|s| owned(s) && !finished(s.shard_id()))
-            .filter(|s| match s.parent_shard_id() {
-                Some(p) if listed.contains_key(p) => finished(p),
-                _ => true,
-            })
+            .filter(|s| self.owned(s) && !self.finished(s.shard_id()))
+            .filter(|s| parent_done(s.parent_shard_id()) && parent_done(s.adjacent_parent_shard_id()))
+            .filter(|s| self.throttled.get(s.shard_id()).is_none_or(|b| b.until <= now))
             .map(|s| s.shard_id().to_owned())
             .collect()
     }
 
-    async fn iterator(&mut self, shard: &str) -> anyhow::Result<String> {
+    /// Owned shards that are finished (read to their end): caught up for good.
+    fn finished_shards(&self) -> impl Iterator<Item = &String> {
+        self.positions.shards.iter().filter(|(_, p)| p.finished).map(|(id, _)| id)
+    }
+
+    fn throttle(&mut self, shard: &str) {
+        let delay = self.throttled.get(shard).map_or(BACKOFF_FIRST, |b| (b.delay * 2).min(BACKOFF_MAX));
+        let jittered = delay.mul_f64(0.5 + rand::random::<f64>() * 0.5);
+        tracing::warn!(shard, backoff_ms = jittered.as_millis() as u64, "Kinesis throttled reads of a shard; backing off");
+        self.throttled.insert(shard.to_owned(), Backoff { until: Instant::now() + jittered, delay });
+    }
+
+    async fn iterator(&mut self, shard: &str) -> Result<String, ReadError> {
         if let Some(it) = self.iterators.get(shard) {
             return Ok(it.clone());
         }
-        let pos = self.positions.get(shard).cloned().unwrap_or_default();
+        let pos = self.positions.shards.get(shard).cloned().unwrap_or_default();
         let mut req = self.client.get_shard_iterator().stream_name(&self.stream).shard_id(shard);
         req = match &pos.sequence {
             Some(seq) => req.shard_iterator_type(ShardIteratorType::AfterSequenceNumber).starting_sequence_number(seq),
             None => req.shard_iterator_type(ShardIteratorType::TrimHorizon),
         };
-        let out = req.send().await.map_err(|e| anyhow::anyhow!("GetShardIterator {shard}: {}", describe(&e)))?;
+        let out = match req.send().await {
+            Ok(out) => out,
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_provisioned_throughput_exceeded_exception()) => {
+                return Err(ReadError::Throttled);
+            }
+            Err(e) => return Err(ReadError::Other(anyhow::anyhow!("GetShardIterator {shard}: {}", describe(&e)))),
+        };
         let it = out.shard_iterator().context("GetShardIterator returned no iterator")?.to_owned();
         self.iterators.insert(shard.to_owned(), it.clone());
         Ok(it)
     }
 
     /// One GetRecords on `shard`, up to `stop_at` (inclusive) if given. Updates the shard's position.
-    /// Returns the user records; throttling returns none (the shard is tried again next epoch).
-    async fn read_shard(&mut self, shard: &str, stop_at: Option<&ShardPosition>) -> anyhow::Result<Vec<(String, Bytes)>> {
+    /// Returns the user records, and whether the shard is caught up (empty read at the tip).
+    async fn read_shard(&mut self, shard: &str, stop_at: Option<&ShardPosition>) -> Result<(Vec<SourceRecord>, bool), ReadError> {
         let mut out = Vec::new();
+        let partition: Arc<str> = Arc::from(shard);
         for attempt in 0..3 {
             let it = self.iterator(shard).await?;
             let resp = self.client.get_records().shard_iterator(&it).limit(self.records_per_call).send().await;
@@ -154,18 +237,22 @@ impl KinesisSource {
                         continue;
                     }
                     if service.is_some_and(|s| s.is_provisioned_throughput_exceeded_exception()) {
-                        tracing::warn!(shard, "GetRecords throttled; retrying next epoch");
-                        return Ok(out);
+                        return Err(ReadError::Throttled);
                     }
-                    return Err(anyhow::anyhow!("GetRecords {shard}: {}", describe(&e)));
+                    return Err(ReadError::Other(anyhow::anyhow!("GetRecords {shard}: {}", describe(&e))));
                 }
             };
-            let pos = self.positions.entry(shard.to_owned()).or_default();
+            let caught_up = resp.records().is_empty() && resp.millis_behind_latest().unwrap_or(0) == 0;
+            let pos = self.positions.shards.entry(shard.to_owned()).or_default();
             let mut reached_stop = false;
             for r in resp.records() {
                 let seq = r.sequence_number().to_owned();
                 for u in kpl::deaggregate(&Bytes::copy_from_slice(r.data().as_ref()), r.partition_key()) {
-                    out.push((format!("shard {shard} seq {seq}/{}", u.sub_sequence), u.data));
+                    out.push(SourceRecord {
+                        partition: partition.clone(),
+                        label: format!("shard {shard} seq {seq}/{}", u.sub_sequence),
+                        data: u.data,
+                    });
                 }
                 let stop_here = stop_at.and_then(|s| s.sequence.as_ref()).is_some_and(|s| *s == seq);
                 pos.sequence = Some(seq);
@@ -180,7 +267,7 @@ impl KinesisSource {
                 if stop_at.is_some_and(|s| s.finished) {
                     pos.finished = true;
                 }
-                return Ok(out);
+                return Ok((out, false));
             }
             match resp.next_shard_iterator() {
                 Some(next) => {
@@ -191,10 +278,19 @@ impl KinesisSource {
                     self.iterators.remove(shard);
                 }
             }
-            return Ok(out);
+            return Ok((out, caught_up));
         }
-        Ok(out)
+        Ok((out, false))
     }
+}
+
+/// Why a shard read returned nothing.
+#[derive(Debug, thiserror::Error)]
+enum ReadError {
+    #[error("throttled")]
+    Throttled,
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
 }
 
 impl Source for KinesisSource {
@@ -210,31 +306,55 @@ impl Source for KinesisSource {
         self.list_shards().await
     }
 
-    async fn next(&mut self, _max: usize) -> anyhow::Result<(Vec<(String, Bytes)>, Positions)> {
+    async fn next(&mut self, _max: usize) -> anyhow::Result<Batch<Positions>> {
         if self.listed_at.is_none_or(|t| t.elapsed() >= self.relist_interval) {
-            self.list_shards().await?;
+            if let Err(e) = self.list_shards().await {
+                // Keep reading the shards already known; a new listing is tried at the next interval.
+                tracing::warn!(error = format!("{e:#}"), "re-listing shards failed; keeping the previous list");
+                self.listed_at = Some(Instant::now());
+            }
         }
         let mut records = Vec::new();
+        let mut caught_up: Vec<String> = self.finished_shards().cloned().collect();
         for shard in self.readable() {
-            records.extend(self.read_shard(&shard, None).await?);
+            match self.read_shard(&shard, None).await {
+                Ok((read, at_tip)) => {
+                    self.throttled.remove(&shard);
+                    records.extend(read);
+                    if at_tip || self.finished(&shard) {
+                        caught_up.push(shard);
+                    }
+                }
+                Err(ReadError::Throttled) => self.throttle(&shard),
+                Err(ReadError::Other(e)) => return Err(e),
+            }
         }
-        Ok((records, self.positions.clone()))
+        caught_up.sort();
+        caught_up.dedup();
+        Ok(Batch { records, to: self.positions.clone(), caught_up })
     }
 
-    async fn next_until(&mut self, to: &Positions) -> anyhow::Result<Vec<(String, Bytes)>> {
+    async fn next_until(&mut self, to: &Positions) -> anyhow::Result<Vec<SourceRecord>> {
         let mut records = Vec::new();
         // Same order as `next`: shard-id order, each shard up to its recorded position.
-        for (shard, stop) in to {
+        for (shard, stop) in &to.shards {
             let mut guard = 0;
-            while self.positions.get(shard).cloned().unwrap_or_default() != *stop {
-                let before = self.positions.get(shard).cloned();
-                records.extend(self.read_shard(shard, Some(stop)).await?);
-                if self.positions.get(shard) == before.as_ref() {
+            while self.positions.shards.get(shard).cloned().unwrap_or_default() != *stop {
+                let before = self.positions.shards.get(shard).cloned();
+                match self.read_shard(shard, Some(stop)).await {
+                    Ok((read, _)) => records.extend(read),
+                    Err(ReadError::Throttled) => {}
+                    Err(ReadError::Other(e)) => return Err(e),
+                }
+                if self.positions.shards.get(shard) == before.as_ref() {
                     guard += 1;
                     anyhow::ensure!(guard < 50, "cannot re-read shard {shard} up to its recorded position {stop:?}");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }
+        }
+        for (shard, root) in &to.roots {
+            self.positions.roots.entry(shard.clone()).or_insert_with(|| root.clone());
         }
         Ok(records)
     }

@@ -81,6 +81,20 @@ impl ClickHouse {
         let out = self.query(sql);
         out.parse().unwrap_or_else(|_| panic!("{sql} returned {out:?}"))
     }
+
+    /// ClickHouse (read with FINAL: one copy of each replayed row) holds the same totals as the Parquet
+    /// dataset under `data_dir`: window sums, `views` and `events` counts.
+    pub fn assert_matches_parquet(&self, data_dir: &std::path::Path) {
+        use super::parquet::{num_rows, read_table, sum};
+        let windows = read_table(data_dir, "qoe_window");
+        for col in ["attempts", "starts", "play_ms", "stall_ms", "active_views", "bytes_total"] {
+            assert_eq!(self.scalar(&format!("SELECT sum({col}) FROM qoeflow.qoe_window FINAL")), sum(&windows, col), "ClickHouse qoe_window.{col}");
+        }
+        for table in ["views", "events"] {
+            let parquet = num_rows(&read_table(data_dir, table)) as i64;
+            assert_eq!(self.scalar(&format!("SELECT count() FROM qoeflow.{table} FINAL")), parquet, "ClickHouse {table} rows");
+        }
+    }
 }
 
 impl Drop for ClickHouse {

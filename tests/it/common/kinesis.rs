@@ -153,11 +153,14 @@ pub enum Fault {
     Stall(Duration),
     /// Answer the next GetRecords calls with these errors, one per call, in order (then forward).
     GetRecordsErrors(Vec<&'static str>),
+    /// Throttle this many GetShardIterator calls for this shard (then forward).
+    ThrottleShardIterators(String, u32),
 }
 
 #[derive(Default, Debug, Clone)]
 pub struct ProxyStats {
     pub get_records_failed: u64,
+    pub get_iterators_throttled: u64,
     pub put_calls: u64,
     pub entries_forwarded: u64,
     pub entries_failed: u64,
@@ -236,6 +239,19 @@ fn error_response(status: StatusCode, kind: &str) -> Response {
 }
 
 async fn proxy(State(state): State<Arc<ProxyState>>, headers: HeaderMap, body: Bytes) -> Response {
+    let is_get_iterator = headers.get("x-amz-target").and_then(|v| v.to_str().ok()).is_some_and(|t| t.ends_with(".GetShardIterator"));
+    if is_get_iterator {
+        let shard = serde_json::from_slice::<Value>(&body).ok().and_then(|v| v["ShardId"].as_str().map(str::to_owned));
+        let mut fault = state.fault.lock().expect("lock");
+        if let Fault::ThrottleShardIterators(target, n) = &mut *fault
+            && *n > 0
+            && shard.as_deref() == Some(target.as_str())
+        {
+            *n -= 1;
+            state.stats.lock().expect("lock").get_iterators_throttled += 1;
+            return error_response(StatusCode::BAD_REQUEST, "ProvisionedThroughputExceededException");
+        }
+    }
     let is_get_records = headers.get("x-amz-target").and_then(|v| v.to_str().ok()).is_some_and(|t| t.ends_with(".GetRecords"));
     if is_get_records {
         let injected = {
@@ -271,7 +287,7 @@ async fn proxy(State(state): State<Arc<ProxyState>>, headers: HeaderMap, body: B
                 error_response(StatusCode::INTERNAL_SERVER_ERROR, "InternalFailure")
             };
         }
-        Fault::FailCalls(_) | Fault::FailEntries(_) | Fault::GetRecordsErrors(_) => {}
+        Fault::FailCalls(_) | Fault::FailEntries(_) | Fault::GetRecordsErrors(_) | Fault::ThrottleShardIterators(..) => {}
     }
     let p_fail = if let Fault::FailEntries(p) = fault { p } else { 0.0 };
     let Ok(mut request) = serde_json::from_slice::<Value>(&body) else {
