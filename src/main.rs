@@ -92,6 +92,9 @@ struct LoadgenArgs {
     /// Share of beacons (all but the final `text/plain` one) sent gzip-compressed.
     #[arg(long, default_value_t = 0.3)]
     gzip_rate: f64,
+    /// The target pipeline's `reorder_wait_ms`: an overtaken beacon must be acknowledged within it.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    reorder_wait: Duration,
     /// No progress display.
     #[arg(long)]
     quiet: bool,
@@ -117,6 +120,7 @@ impl LoadgenArgs {
                 late_rate: self.late_rate,
                 late_ms: self.late_by.as_millis() as i64,
                 gzip_rate: self.gzip_rate,
+                reorder_wait: self.reorder_wait,
             },
             progress: !self.quiet,
         }

@@ -37,12 +37,12 @@ pub const FLUSH_MS: i64 = 10_000;
 const MAX_ATTEMPTS: u32 = 20;
 /// Longest wait honoured from a `Retry-After`.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
-/// An overtaken beacon must arrive within this of the one that overtook it: the pipeline waits 5 s
-/// (`pipeline.reorder_wait_ms`, in receive time) for a missing `seq`, then proceeds without it.
-const REORDER_SLACK: Duration = Duration::from_secs(4);
+/// An overtaken beacon must arrive within the pipeline's reorder wait (`pipeline.reorder_wait_ms`, in
+/// receive time) of the one that overtook it, less this margin, or the pipeline proceeds without it.
+const REORDER_MARGIN: Duration = Duration::from_secs(1);
 
 /// What the network does to beacons.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Knobs {
     /// Share of beacons sent twice.
     pub duplicate_rate: f64,
@@ -55,6 +55,23 @@ pub struct Knobs {
     pub late_ms: i64,
     /// Share of (non-final) beacons sent gzip-compressed.
     pub gzip_rate: f64,
+    /// The target pipeline's reorder wait: an overtaken beacon acknowledged later than this (less a
+    /// margin) after the one that overtook it fails the run, since the truth no longer holds.
+    pub reorder_wait: Duration,
+}
+
+impl Default for Knobs {
+    fn default() -> Self {
+        Knobs {
+            duplicate_rate: 0.0,
+            reorder_rate: 0.0,
+            skew_ms: 0,
+            late_rate: 0.0,
+            late_ms: 0,
+            gzip_rate: 0.0,
+            reorder_wait: Duration::from_secs(5),
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -169,7 +186,7 @@ struct Stats {
     retries: AtomicU64,
     throttled: AtomicU64,
     failed_beacons: AtomicU64,
-    /// Overtaken beacons acknowledged more than [`REORDER_SLACK`] after the beacon that overtook them.
+    /// Overtaken beacons acknowledged too late after the beacon that overtook them (see [`Knobs::reorder_wait`]).
     reorder_overdue: AtomicU64,
     rejected_events: AtomicU64,
     latency_us: std::sync::Mutex<Option<hdrhistogram::Histogram<u64>>>,
@@ -562,7 +579,7 @@ impl ViewSender {
         if let Some(held) = self.held.take() {
             let overtaken_at = Instant::now();
             self.post(held).await;
-            if overtaken_at.elapsed() > REORDER_SLACK {
+            if overtaken_at.elapsed() > self.shared.knobs.reorder_wait.saturating_sub(REORDER_MARGIN) {
                 // Retries kept it back so long that the pipeline may have proceeded without it: the
                 // truth would no longer describe what qoeflow can compute. Said, not hidden.
                 self.shared.stats.reorder_overdue.fetch_add(1, Ordering::Relaxed);

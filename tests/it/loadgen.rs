@@ -46,10 +46,15 @@ fn run_loadgen(target: &str, truth: &Path, args: &[&str]) -> (Totals, String) {
 }
 
 /// Runs `qoeflow loadgen` to its end against `target` with every network knob on; returns the truth.
+/// The pipeline's reorder wait in these tests (`--reorder-wait` of the loadgen): long enough that an
+/// overtaken beacon slowed by a starved CPU still arrives within it.
+const REORDER_WAIT: (&str, &str) = ("QOEFLOW_PIPELINE__REORDER_WAIT_MS", "20000");
+
 fn loadgen(target: &str, seed: &str, truth: &Path) -> Totals {
     let (totals, _) = run_loadgen(target, truth, &[
         "--viewers", VIEWERS, "--duration", "30s", "--ramp-up", "15s", "--seed", seed,
         "--duplicate-rate", "0.05", "--reorder-rate", "0.05", "--skew", "3m", "--late-rate", "0.05", "--late-by", "35s",
+        "--reorder-wait", "20s",
     ]);
     assert!(totals.views >= 1000);
     // The traffic exercised every outcome and measure.
@@ -198,7 +203,7 @@ fn assert_knobs_took_effect(records: &[schemas::Record]) {
 #[test]
 fn loadgen_through_serve_equals_the_truth() {
     let dir = tempfile::tempdir().expect("tmp");
-    let q = Qoeflow::serve(dir.path(), &["--ingest-key", KEY], &[]);
+    let q = Qoeflow::serve(dir.path(), &["--ingest-key", KEY], &[REORDER_WAIT]);
     let truth_path = dir.path().join("truth.json");
     let truth = loadgen(&q.url, "11", &truth_path);
     assert_parquet_equals_truth(dir.path(), &truth);
@@ -242,6 +247,7 @@ async fn loadgen_through_kinesis_into_parquet_and_clickhouse_equals_the_truth() 
     let collector = Qoeflow::ingest(STREAM, &emu.endpoint, &["--ingest-key", KEY], &[]);
     let mut env = AWS_ENV.to_vec();
     env.push(("QOEFLOW_PIPELINE__FLUSH_INTERVAL_MS", "500"));
+    env.push(REORDER_WAIT);
     let data_arg = data.to_str().expect("utf-8 path");
     let mut pipeline = Qoeflow::spawn_until(
         &["pipeline", "--kinesis-stream", STREAM, "--kinesis-endpoint", &emu.endpoint, "--data-dir", data_arg, "--clickhouse-url", &ch.url()],
