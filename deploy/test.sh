@@ -25,7 +25,8 @@ fi
 bash deploy/local/clickhouse.sh install
 bash deploy/local/kinesis.sh install
 (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
-python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore -r tests/requirements.txt
+# A Debian system Python refuses pip installs outside a venv (PEP 668) unless told otherwise.
+PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore -r tests/requirements.txt
 
 echo "==> running the test suite"
 # A one-shot build gains nothing from incremental state, which would add gigabytes to target/.

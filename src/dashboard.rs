@@ -1,5 +1,5 @@
 //! The live dashboard at `/`: `dashboards/web/src` and the charting library (uPlot, installed from npm
-//! by `build.rs`) embedded in the binary, and `/dashboard/config.json` with the KPI targets.
+//! by `dashboards/build.rs`) embedded in the binary, and `/dashboard/config.json` with the KPI targets.
 
 use std::collections::BTreeMap;
 
