@@ -1,7 +1,10 @@
 //! Reading a beacon body with every limit enforced while it streams in: the wire limit on received bytes,
 //! the decoded limit on what gzip expands to, a shared memory budget across all requests, and a read
-//! timeout. A gzip bomb therefore costs at most `max_decoded_bytes` (and its share of the budget) before
-//! it is refused with 413; nothing is buffered unbounded.
+//! timeout. Every byte a request keeps (plain, or produced by gzip inflation) is covered by the shared
+//! budget *before* it is stored, so all bodies together hold at most `max_buffered_bytes` (plus a fixed
+//! ~64 KiB of decoder state per request): an exhausted budget answers 503 + `Retry-After` at once, and a
+//! request over `max_decoded_bytes` answers 413. A gzip bomb therefore stops at whichever bound it meets
+//! first; nothing is buffered unbounded.
 //!
 //! Gzip is used when declared (`Content-Encoding: gzip`) or detected by its magic bytes (`1f 8b`), since
 //! `navigator.sendBeacon` cannot set headers. Concatenated gzip members are accepted.
@@ -49,16 +52,17 @@ impl Budget {
         Budget { pool, permits: None, units: 0, retry_after_secs }
     }
 
-    /// Makes sure `bytes` are covered by the budget.
+    /// Makes sure `bytes` are covered by the budget. On refusal nothing more is held than before.
     fn reserve(&mut self, bytes: usize) -> Result<(), ApiError> {
         let need = bytes.div_ceil(BUDGET_UNIT);
         if need <= self.units {
             return Ok(());
         }
-        let extra = (need - self.units) as u32;
-        let permit = self.pool.clone().try_acquire_many_owned(extra).map_err(|_| {
+        let refused = || {
             ApiError::unavailable("overloaded", "the collector is at its memory bound, retry later", self.retry_after_secs)
-        })?;
+        };
+        let extra = u32::try_from(need - self.units).map_err(|_| refused())?;
+        let permit = self.pool.clone().try_acquire_many_owned(extra).map_err(|_| refused())?;
         match &mut self.permits {
             Some(p) => p.merge(permit),
             None => self.permits = Some(permit),
@@ -68,21 +72,54 @@ impl Budget {
     }
 }
 
-/// A `Write` sink that refuses to grow past a limit (the decoded side of gzip).
+/// Where decoded bytes go: it refuses to grow past `limit` and covers its whole allocation by the
+/// request's budget before growing, so inflation is charged as it happens, not after the fact.
 struct Bounded {
     buf: Vec<u8>,
+    /// `max_decoded` once gzip is known; unbounded before (plain bodies are bounded by the wire limit).
     limit: usize,
-    exceeded: bool,
+    budget: Budget,
+    /// Why the last write was refused: flate2 turns it into an `io::Error`, this keeps the real answer.
+    refused: Option<ApiError>,
+}
+
+impl Bounded {
+    fn new(budget: Budget) -> Bounded {
+        Bounded { buf: Vec::new(), limit: usize::MAX, budget, refused: None }
+    }
+
+    fn append(&mut self, data: &[u8]) -> Result<(), ApiError> {
+        let len = self.buf.len().saturating_add(data.len());
+        if len > self.limit {
+            return Err(ApiError::too_large(format!("decompressed body is over the {}-byte limit", self.limit)));
+        }
+        if len > self.buf.capacity() {
+            // Grow by doubling like `Vec` (appends stay amortised O(1)), but with the whole new allocation
+            // covered by the budget; when the doubled size does not fit, grow only to what is needed.
+            let doubled = self.buf.capacity().saturating_mul(2).max(len).min(self.limit);
+            let capacity = match self.budget.reserve(doubled) {
+                Ok(()) => doubled,
+                Err(_) => {
+                    self.budget.reserve(len)?;
+                    len
+                }
+            };
+            self.buf.reserve_exact(capacity - self.buf.len());
+        }
+        self.buf.extend_from_slice(data);
+        Ok(())
+    }
 }
 
 impl Write for Bounded {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        if self.buf.len() + data.len() > self.limit {
-            self.exceeded = true;
-            return Err(std::io::Error::other("decoded size limit"));
+        match self.append(data) {
+            Ok(()) => Ok(data.len()),
+            Err(e) => {
+                self.refused = Some(e);
+                Err(std::io::Error::other("decoded body refused"))
+            }
         }
-        self.buf.extend_from_slice(data);
-        Ok(data.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
@@ -90,62 +127,61 @@ impl Write for Bounded {
 }
 
 enum Decoder {
-    /// Fewer than two bytes seen and no declared encoding: cannot tell yet.
-    Sniff(Vec<u8>),
-    Plain(Vec<u8>),
+    /// Fewer than two bytes seen and no declared encoding: cannot tell yet (they wait in the sink).
+    Sniff(Bounded),
+    Plain(Bounded),
     Gzip(Box<flate2::write::MultiGzDecoder<Bounded>>),
 }
 
 impl Decoder {
-    fn gzip(limit: usize) -> Decoder {
-        Decoder::Gzip(Box::new(flate2::write::MultiGzDecoder::new(Bounded { buf: Vec::new(), limit, exceeded: false })))
+    fn new(declared_gzip: bool, limits: &BodyLimits, budget: Budget) -> Decoder {
+        let sink = Bounded::new(budget);
+        if declared_gzip { Decoder::gzip(sink, limits) } else { Decoder::Sniff(sink) }
     }
 
-    fn decoded_len(&self) -> usize {
+    fn gzip(mut sink: Bounded, limits: &BodyLimits) -> Decoder {
+        sink.limit = limits.max_decoded;
+        Decoder::Gzip(Box::new(flate2::write::MultiGzDecoder::new(sink)))
+    }
+
+    /// Feeds one chunk. Takes `self` so that sniffing can hand the sink to the decoder it picks.
+    fn push(self, chunk: &[u8], limits: &BodyLimits) -> Result<Decoder, ApiError> {
         match self {
-            Decoder::Sniff(b) | Decoder::Plain(b) => b.len(),
-            Decoder::Gzip(d) => d.get_ref().buf.len(),
-        }
-    }
-
-    fn push(&mut self, chunk: &[u8], limits: &BodyLimits) -> Result<(), ApiError> {
-        if let Decoder::Sniff(seen) = self {
-            seen.extend_from_slice(chunk);
-            if seen.len() < 2 {
-                return Ok(());
+            Decoder::Sniff(mut sink) => {
+                let take = (GZIP_MAGIC.len() - sink.buf.len()).min(chunk.len());
+                sink.append(&chunk[..take])?;
+                if sink.buf.len() < GZIP_MAGIC.len() {
+                    return Ok(Decoder::Sniff(sink));
+                }
+                let seen = std::mem::take(&mut sink.buf);
+                let next = if seen[..] == GZIP_MAGIC { Decoder::gzip(sink, limits) } else { Decoder::Plain(sink) };
+                next.push(&seen, limits)?.push(&chunk[take..], limits)
             }
-            let seen = std::mem::take(seen);
-            *self = if seen[..2] == GZIP_MAGIC { Decoder::gzip(limits.max_decoded) } else { Decoder::Plain(Vec::new()) };
-            return self.push(&seen, limits);
-        }
-        match self {
-            Decoder::Sniff(_) => Ok(()),
-            Decoder::Plain(buf) => {
-                buf.extend_from_slice(chunk);
-                Ok(())
+            Decoder::Plain(mut sink) => {
+                sink.append(chunk)?;
+                Ok(Decoder::Plain(sink))
             }
-            Decoder::Gzip(d) => d.write_all(chunk).map_err(|e| gzip_error(d.get_ref(), e, limits)),
-        }
-    }
-
-    fn finish(self, limits: &BodyLimits) -> Result<Vec<u8>, ApiError> {
-        match self {
-            Decoder::Sniff(b) | Decoder::Plain(b) => Ok(b),
             Decoder::Gzip(mut d) => {
-                d.try_finish().map_err(|e| gzip_error(d.get_ref(), e, limits))?;
-                let out = d.finish().map_err(|e| ApiError::bad_request("invalid_gzip", format!("invalid gzip body: {e}")))?;
-                Ok(out.buf)
+                d.write_all(chunk).map_err(|e| gzip_error(d.get_mut(), e))?;
+                Ok(Decoder::Gzip(d))
+            }
+        }
+    }
+
+    fn finish(self) -> Result<Bounded, ApiError> {
+        match self {
+            Decoder::Sniff(sink) | Decoder::Plain(sink) => Ok(sink),
+            Decoder::Gzip(mut d) => {
+                d.try_finish().map_err(|e| gzip_error(d.get_mut(), e))?;
+                d.finish().map_err(|e| ApiError::bad_request("invalid_gzip", format!("invalid gzip body: {e}")))
             }
         }
     }
 }
 
-fn gzip_error(sink: &Bounded, e: std::io::Error, limits: &BodyLimits) -> ApiError {
-    if sink.exceeded {
-        ApiError::too_large(format!("decompressed body is over the {}-byte limit", limits.max_decoded))
-    } else {
-        ApiError::bad_request("invalid_gzip", format!("invalid gzip body: {e}"))
-    }
+/// The answer for a failed gzip write: the sink's refusal (413/503) if it refused, else bad gzip.
+fn gzip_error(sink: &mut Bounded, e: std::io::Error) -> ApiError {
+    sink.refused.take().unwrap_or_else(|| ApiError::bad_request("invalid_gzip", format!("invalid gzip body: {e}")))
 }
 
 /// Reads and decodes a body within `limits`.
@@ -169,8 +205,8 @@ pub async fn read_body(
     }
 }
 
-async fn read_inner(mut body: Body, declared_gzip: bool, limits: &BodyLimits, mut budget: Budget) -> Result<DecodedBody, ApiError> {
-    let mut decoder = if declared_gzip { Decoder::gzip(limits.max_decoded) } else { Decoder::Sniff(Vec::new()) };
+async fn read_inner(mut body: Body, declared_gzip: bool, limits: &BodyLimits, budget: Budget) -> Result<DecodedBody, ApiError> {
+    let mut decoder = Decoder::new(declared_gzip, limits, budget);
     let mut wire_len = 0usize;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| ApiError::bad_request("body_read", format!("could not read the body: {e}")))?;
@@ -179,16 +215,11 @@ async fn read_inner(mut body: Body, declared_gzip: bool, limits: &BodyLimits, mu
         if wire_len > limits.max_wire {
             return Err(ApiError::too_large(format!("body is over the {}-byte limit", limits.max_wire)));
         }
-        // Reserve for the worst case of this chunk before decoding it: plain grows by the chunk, gzip by
-        // at most what the limit allows.
-        let before = decoder.decoded_len();
-        budget.reserve(wire_len.max(before + chunk.len()))?;
-        decoder.push(&chunk, limits)?;
-        budget.reserve(decoder.decoded_len().max(wire_len))?;
+        // The sink reserves budget for every byte it keeps, so a refusal comes before the memory is used.
+        decoder = decoder.push(&chunk, limits)?;
     }
-    let bytes = decoder.finish(limits)?;
-    budget.reserve(bytes.len())?;
-    Ok(DecodedBody { bytes, wire_len, _budget: budget })
+    let sink = decoder.finish()?;
+    Ok(DecodedBody { bytes: sink.buf, wire_len, _budget: sink.budget })
 }
 
 #[cfg(test)]
@@ -250,5 +281,54 @@ mod tests {
             .unwrap();
         assert_eq!((err.status.as_u16(), err.retry_after), (503, Some(3)));
         assert_eq!(tiny.available_permits(), 2, "a refused request gives its budget back");
+    }
+
+    async fn read_with(data: &[u8], declared: bool, pool: &Arc<Semaphore>) -> Result<DecodedBody, ApiError> {
+        read_body(Body::from(data.to_vec()), declared, None, &limits(), Budget::new(pool.clone(), 3)).await
+    }
+
+    #[tokio::test]
+    async fn gzip_inflation_is_charged_to_the_shared_budget_as_it_is_produced() {
+        let pool = Arc::new(Semaphore::new(4)); // 256 KiB shared by every request
+        // 2 MiB decoded: over the shared budget, well under the 10 MiB per-request limit.
+        let body = gz(&vec![b'x'; 2 << 20]);
+        for declared in [true, false] {
+            let err = read_with(&body, declared, &pool).await.err().expect("refused");
+            assert_eq!((err.status.as_u16(), err.tag, err.retry_after), (503, "overloaded", Some(3)), "{}", err.message);
+            assert_eq!(pool.available_permits(), 4, "a refused request gives its whole budget back");
+        }
+        // A bomb that would pass the per-request limit only after 10 MiB of inflation is stopped by the
+        // budget first: inflation never gets past what the budget covers.
+        let bomb = gz(&vec![0u8; 20 << 20]);
+        let err = read_with(&bomb, false, &pool).await.err().expect("refused");
+        assert_eq!((err.status.as_u16(), err.retry_after), (503, Some(3)), "{}", err.message);
+        assert_eq!(pool.available_permits(), 4);
+
+        // With budget to spare, the same bomb meets the per-request decoded limit instead.
+        let roomy = Arc::new(Semaphore::new((16 << 20) / BUDGET_UNIT));
+        let err = read_with(&bomb, true, &roomy).await.err().expect("refused");
+        assert_eq!((err.status.as_u16(), err.retry_after), (413, None), "{}", err.message);
+        assert_eq!(roomy.available_permits(), (16 << 20) / BUDGET_UNIT);
+        // An accepted body holds budget for its decoded bytes until it is dropped.
+        let ok = read_with(&gz(&vec![b'x'; 1 << 20]), false, &roomy).await.expect("accepted");
+        assert_eq!(ok.bytes.len(), 1 << 20);
+        let held = (16 << 20) / BUDGET_UNIT - roomy.available_permits();
+        assert!(((1 << 20) / BUDGET_UNIT..=(2 << 20) / BUDGET_UNIT).contains(&held), "{held} units held for 1 MiB");
+        drop(ok);
+        assert_eq!(roomy.available_permits(), (16 << 20) / BUDGET_UNIT);
+    }
+
+    #[test]
+    fn bodies_split_anywhere_decode_the_same() {
+        let data = b"{\"events\":[1,2,3]}".repeat(100);
+        for body in [data.clone(), gz(&data)] {
+            for split in [1, 2, 3, 17] {
+                let mut decoder = Decoder::new(false, &limits(), Budget::new(pool(), 1));
+                for chunk in body.chunks(split) {
+                    decoder = decoder.push(chunk, &limits()).expect("push");
+                }
+                assert_eq!(decoder.finish().expect("finish").buf, data, "split every {split} bytes");
+            }
+        }
     }
 }

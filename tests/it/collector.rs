@@ -182,6 +182,35 @@ async fn a_gzip_bomb_answers_413_with_bounded_memory() {
 }
 
 #[tokio::test]
+async fn gzip_inflation_is_bounded_by_the_shared_memory_budget() {
+    let dir = tempfile::tempdir().expect("tmp");
+    // 256 KiB for all bodies together, 10 MiB (the default) per decoded body.
+    let env = [("QOEFLOW_INGEST__MAX_BUFFERED_BYTES", "262144"), ("QOEFLOW_INGEST__RETRY_AFTER_SECS", "2")];
+    let q = Qoeflow::serve(dir.path(), &[], &env);
+    // Both inflate past the budget: 2 MiB (under the decoded limit) and a bomb (over it). The budget is
+    // charged as gzip inflates, so both stop at it with 503 before the 10 MiB limit could answer 413 (the
+    // ordering itself is pinned by `body.rs`'s unit test, where one frame holds the whole bomb).
+    for decoded in [2 << 20, 100 << 20] {
+        let resp = http()
+            .post(q.beacon_url())
+            .header("content-type", "text/plain")
+            .header("content-encoding", "gzip")
+            .body(gzip(&vec![b' '; decoded]))
+            .send()
+            .await
+            .expect("post");
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE, "{decoded} bytes decoded");
+        let retry_after = resp.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        assert_eq!(retry_after.as_deref(), Some("2"), "503 at the memory bound carries Retry-After");
+        let answer: serde_json::Value = resp.json().await.expect("json");
+        assert_eq!(answer["error"], "overloaded");
+    }
+    // The refused requests gave their budget back.
+    let ok = http().post(q.beacon_url()).json(&beacon("after", 0, 2)).send().await.expect("post");
+    assert_eq!(ok.status(), StatusCode::NO_CONTENT, "still serving");
+}
+
+#[tokio::test]
 async fn unsupported_types_and_encodings_answer_415() {
     let dir = tempfile::tempdir().expect("tmp");
     let q = Qoeflow::serve(dir.path(), &[], &[]);
@@ -217,6 +246,8 @@ async fn rate_limits_answer_429_with_retry_after() {
     assert_eq!(http().post(&url).json(&beacon("a", 0, 1)).send().await.expect("post").status(), StatusCode::NO_CONTENT);
     let resp = http().post(&url).json(&beacon("b", 0, 1)).send().await.expect("post");
     assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry_after = resp.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    assert_eq!(retry_after.as_deref(), Some("1"), "the per-key 429 carries Retry-After (default 1 s)");
     let answer: serde_json::Value = resp.json().await.expect("json");
     assert_eq!(answer["error"], "rate_limited_key");
 }

@@ -102,9 +102,17 @@ async fn partial_put_records_failures_are_retried_and_every_acked_event_lands() 
     assert!(acked.len() >= 20 * 140, "with 8 attempts at 30% failure nearly all succeed ({} acked)", acked.len());
     let stats = s.proxy.stats();
     assert!(stats.entries_failed > 50, "faults were injected: {stats:?}");
-    assert!(metric(&q.url, "qoeflow_ingest_kinesis_retried_records_total").await >= stats.entries_failed as f64);
     assert!(metric(&q.url, "qoeflow_ingest_kinesis_throttled_records_total").await > 0.0);
-    let stored = stream_ids(&read_stream(&s.client, s.stream).await);
+    // Only failed entries are sent again. Each beacon is one record, so every entry the proxy failed was
+    // either retried or was its record's last attempt (and its request got 503).
+    let retried = metric(&q.url, "qoeflow_ingest_kinesis_retried_records_total").await as u64;
+    let exhausted = statuses.iter().filter(|&&st| st == 503).count() as u64;
+    assert_eq!(retried + exhausted, stats.entries_failed, "retries are exactly the failed entries: {stats:?}");
+    let records = read_stream(&s.client, s.stream).await;
+    assert_eq!(stats.entries_forwarded, records.len() as u64, "the proxy forwarded each record once: {stats:?}");
+    let ids = event_ids(&records.iter().map(|r| r.record.clone()).collect::<Vec<_>>());
+    let stored: HashSet<(String, u64)> = ids.iter().cloned().collect();
+    assert_eq!(ids.len(), stored.len(), "an event landed twice: an accepted entry was sent again");
     let missing: Vec<_> = acked.iter().filter(|id| !stored.contains(*id)).take(5).collect();
     assert!(missing.is_empty(), "acknowledged events missing from the stream: {missing:?}");
 }
@@ -175,6 +183,8 @@ async fn stalled_kinesis_times_out_to_503_and_in_flight_work_is_bounded() {
     tokio::time::sleep(Duration::from_millis(150)).await;
     let over = http.post(q.beacon_url()).json(&beacon("over", 0, 1)).send().await.expect("post");
     assert_eq!(over.status(), StatusCode::SERVICE_UNAVAILABLE, "third request over the in-flight bound");
+    let retry_after = over.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    assert_eq!(retry_after.as_deref(), Some("1"), "503 at the in-flight bound carries Retry-After (default 1 s)");
     let answer: serde_json::Value = over.json().await.expect("json");
     assert_eq!(answer["error"], "overloaded");
     for t in slow {
@@ -196,4 +206,46 @@ async fn unreachable_kinesis_answers_503_and_readyz_says_so() {
     assert!(resp.headers().get("retry-after").is_some());
     let answer: serde_json::Value = resp.json().await.expect("json");
     assert_eq!(answer["message"], "events could not be stored durably, retry later", "no internals in a 5xx body");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_over_the_record_limit_is_rejected_alone_and_its_neighbours_land() {
+    let s = setup(1, 13).await;
+    // Records are zstd-compressed, so only incompressible data makes one event over 1 MiB (Kinesis'
+    // per-record limit); the wire limit is raised to let such a body in.
+    let q = Qoeflow::ingest(s.stream, &s.proxy.endpoint, &[], &[("QOEFLOW_INGEST__MAX_BODY_BYTES", "4194304")]);
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(13);
+    let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let blob: String = (0..(5 << 19)).map(|_| alphabet[rand::Rng::random_range(&mut rng, 0..64)] as char).collect();
+    let mut body = beacon("big", 0, 3);
+    body["events"][1]["x_blob"] = serde_json::json!(blob);
+    let resp = reqwest::Client::new()
+        .post(q.beacon_url())
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(resp.status(), StatusCode::OK, "a per-event rejection, not a failed request");
+    let answer: serde_json::Value = resp.json().await.expect("json");
+    assert_eq!(answer["accepted"], 2, "{answer}");
+    assert_eq!(answer["rejected"].as_array().map(Vec::len), Some(1), "{answer}");
+    assert_eq!(answer["rejected"][0]["index"], 1, "{answer}");
+    assert!(answer["rejected"][0]["reason"].as_str().expect("reason").contains("record limit"), "{answer}");
+    // No PutRecords call carried it: none failed, nothing was retried.
+    let stats = s.proxy.stats();
+    assert_eq!((stats.calls_failed, stats.entries_failed), (0, 0), "{stats:?}");
+    assert_eq!(metric(&q.url, "qoeflow_ingest_kinesis_retried_records_total").await, 0.0);
+    let records = read_stream(&s.client, s.stream).await;
+    assert_eq!(events_by_view(&records)["big"].1, vec![0, 2], "the other events of the beacon landed");
+    let dead: Vec<_> = records
+        .iter()
+        .filter_map(|r| match &r.record {
+            schemas::Record::Rejected(rj) => Some(rj),
+            schemas::Record::Events(_) => None,
+        })
+        .collect();
+    assert_eq!(dead.len(), 1, "the oversized event is dead-lettered");
+    assert_eq!((dead[0].tag.as_str(), dead[0].index), ("event_too_large", Some(1)));
+    assert!(dead[0].payload.len() < 1 << 20, "its payload is truncated to fit a record");
 }

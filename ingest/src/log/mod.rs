@@ -28,7 +28,7 @@ mod writer;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -84,20 +84,32 @@ pub struct LocalLog {
     tx: mpsc::Sender<Command>,
     durable_end: watch::Receiver<u64>,
     healthy: Arc<AtomicBool>,
+    stats: Arc<LogStats>,
     dir: Arc<PathBuf>,
+}
+
+/// Counters the writer thread keeps (relaxed atomics: cheap, for tests and diagnostics).
+#[derive(Debug, Default)]
+pub(crate) struct LogStats {
+    /// `fsync`/`fdatasync` calls the writer made after open: one per group commit, plus those of segment
+    /// rolls, repairs and retention.
+    pub(crate) fsyncs: AtomicU64,
+    /// Appends the writer made durable.
+    pub(crate) appends: AtomicU64,
 }
 
 impl LocalLog {
     /// Opens (creating if needed) the log in `config.dir`, recovering from a crash, and starts the writer.
     pub fn open(config: LogConfig) -> Result<LocalLog, LogError> {
         let healthy = Arc::new(AtomicBool::new(true));
-        let (writer, end) = writer::Writer::open(&config, healthy.clone())?;
+        let stats = Arc::new(LogStats::default());
+        let (writer, end) = writer::Writer::open(&config, healthy.clone(), stats.clone())?;
         let (end_tx, end_rx) = watch::channel(end);
         let (tx, rx) = mpsc::channel(4096);
         std::thread::Builder::new()
             .name("qoeflow-log-writer".into())
             .spawn(move || writer.run(rx, end_tx))?;
-        Ok(LocalLog { tx, durable_end: end_rx, healthy, dir: Arc::new(config.dir) })
+        Ok(LocalLog { tx, durable_end: end_rx, healthy, stats, dir: Arc::new(config.dir) })
     }
 
     /// Appends records; resolves once they are fsynced, with their offsets.
@@ -130,6 +142,17 @@ impl LocalLog {
     /// False while the last write failed and has not been repaired (disk full, I/O error).
     pub fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed) && !self.tx.is_closed()
+    }
+
+    /// How many `fsync`s the writer has made since open. With group commit this grows slower than
+    /// [`appends`](Self::appends) under concurrency: one fsync answers every append of its group.
+    pub fn fsyncs(&self) -> u64 {
+        self.stats.fsyncs.load(Ordering::Relaxed)
+    }
+
+    /// How many appends the writer has made durable since open.
+    pub fn appends(&self) -> u64 {
+        self.stats.appends.load(Ordering::Relaxed)
     }
 
     /// A reader positioned at `from` that stops at the durable end.

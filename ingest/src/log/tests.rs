@@ -129,3 +129,36 @@ async fn reader_reports_corruption_in_a_sealed_segment() {
     let err = LogReader::open(tmp.path(), 0).expect("open").read_batch(100, u64::MAX).unwrap_err();
     assert!(matches!(err, LogError::Corrupt { problem: "checksum mismatch", .. }), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_appends_share_fsyncs_by_group_commit() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let log = LocalLog::open(LogConfig::new(tmp.path())).expect("open");
+    assert_eq!((log.fsyncs(), log.appends()), (0, 0));
+    // Every task queues its append at once; while the writer fsyncs one group the others pile up behind
+    // it and go out together in the next.
+    const TASKS: u64 = 200;
+    let start = std::sync::Arc::new(tokio::sync::Barrier::new(TASKS as usize));
+    let mut tasks = Vec::new();
+    for t in 0..TASKS {
+        let (log, start) = (log.clone(), start.clone());
+        tasks.push(tokio::spawn(async move {
+            start.wait().await;
+            log.append(vec![rec(t)]).await.expect("append")
+        }));
+    }
+    let mut offsets = std::collections::BTreeSet::new();
+    for t in tasks {
+        let range = t.await.expect("task");
+        assert!(offsets.insert(range.start), "offset {} handed out twice", range.start);
+    }
+    assert_eq!(log.durable_end(), TASKS);
+    assert_eq!(log.appends(), TASKS);
+    let fsyncs = log.fsyncs();
+    assert!(fsyncs >= 1, "acknowledged appends were fsynced");
+    assert!(fsyncs < TASKS, "{TASKS} concurrent appends took {fsyncs} fsyncs: no group commit");
+    // One append alone is one fsync of its own.
+    log.append(vec![rec(TASKS)]).await.expect("append");
+    assert_eq!(log.fsyncs(), fsyncs + 1);
+    assert_eq!(read_all(tmp.path(), 0).len(), TASKS as usize + 1);
+}

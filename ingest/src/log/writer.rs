@@ -12,7 +12,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{
-    Command, HEADER_LEN, LogConfig, LogError, MAX_BATCH_BYTES, MAX_RECORD_BYTES, checksum, fsync_dir,
+    Command, HEADER_LEN, LogConfig, LogError, LogStats, MAX_BATCH_BYTES, MAX_RECORD_BYTES, checksum, fsync_dir,
     list_segments, segment_name,
 };
 
@@ -27,11 +27,12 @@ pub(crate) struct Writer {
     /// Set after a failed write until the file is truncated back to `active_len`.
     broken: Option<String>,
     healthy: Arc<AtomicBool>,
+    stats: Arc<LogStats>,
 }
 
 impl Writer {
     /// Opens the log directory, truncating a torn tail, and returns the writer and the durable end.
-    pub(crate) fn open(config: &LogConfig, healthy: Arc<AtomicBool>) -> Result<(Writer, u64), LogError> {
+    pub(crate) fn open(config: &LogConfig, healthy: Arc<AtomicBool>, stats: Arc<LogStats>) -> Result<(Writer, u64), LogError> {
         std::fs::create_dir_all(&config.dir)?;
         let segments = list_segments(&config.dir)?;
         let (base, path) = match segments.last() {
@@ -65,6 +66,7 @@ impl Writer {
             next_offset,
             broken: None,
             healthy,
+            stats,
         };
         Ok((writer, next_offset))
     }
@@ -92,6 +94,7 @@ impl Writer {
                 match result {
                     Ok(mut start) => {
                         let _ = end.send(self.next_offset);
+                        self.stats.appends.fetch_add(appends.len() as u64, Ordering::Relaxed);
                         for (records, reply) in appends.drain(..) {
                             let n = records.len() as u64;
                             let _ = reply.send(Ok(start..start + n));
@@ -132,7 +135,7 @@ impl Writer {
             buf.extend_from_slice(record);
             offset += 1;
         }
-        let written = self.active.write_all_at(&buf, self.active_len).and_then(|()| self.active.sync_data());
+        let written = self.active.write_all_at(&buf, self.active_len).and_then(|()| self.sync(File::sync_data));
         if let Err(e) = written {
             self.broken = Some(e.to_string());
             self.healthy.store(false, Ordering::Relaxed);
@@ -146,7 +149,7 @@ impl Writer {
     /// After a failed write, cut the file back to its durable length before writing anything else.
     fn repair(&mut self) -> Result<(), LogError> {
         if let Some(cause) = &self.broken {
-            let fixed = self.active.set_len(self.active_len).and_then(|()| self.active.sync_all());
+            let fixed = self.active.set_len(self.active_len).and_then(|()| self.sync(File::sync_all));
             if let Err(e) = fixed {
                 return Err(LogError::Broken(format!("{cause}; repair failed: {e}")));
             }
@@ -157,10 +160,17 @@ impl Writer {
         Ok(())
     }
 
+    /// One fsync of the active segment, counted.
+    fn sync(&self, how: fn(&File) -> std::io::Result<()>) -> std::io::Result<()> {
+        self.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
+        how(&self.active)
+    }
+
     fn roll(&mut self) -> Result<(), LogError> {
-        self.active.sync_all()?;
+        self.sync(File::sync_all)?;
         let path = self.dir.join(segment_name(self.next_offset));
         let file = OpenOptions::new().read(true).write(true).create_new(true).open(&path)?;
+        self.stats.fsyncs.fetch_add(2, Ordering::Relaxed);
         file.sync_all()?;
         fsync_dir(&self.dir)?;
         self.active = file;
@@ -181,6 +191,7 @@ impl Writer {
             }
         }
         if deleted > 0 {
+            self.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
             fsync_dir(&self.dir)?;
         }
         Ok(deleted)

@@ -25,6 +25,10 @@ pub enum SinkError {
     Log(#[from] LogError),
     #[error("kinesis: {0}")]
     Kinesis(String),
+    /// Refused before batching: one such entry would fail its whole PutRecords call, and with it the
+    /// records of every other request batched into that call.
+    #[error("record of {0} bytes (data plus partition key) is over the {MAX_RECORD_BYTES}-byte Kinesis record limit")]
+    RecordTooLarge(usize),
     #[error("sink has shut down")]
     Closed,
 }
