@@ -97,8 +97,10 @@ struct Intent<P> {
 }
 
 /// A caught-up partition's clock trails the wall clock by this much, for records still on their way
-/// from the collector's receive time into the stream.
-const CAUGHT_UP_LAG_MS: i64 = 1_000;
+/// from the collector's receive time into the stream (the collector retries a PutRecords for up to
+/// about 8 s; a local-log fsync can stall). It only matters while a partition is quiet: with traffic,
+/// its records' own receive times lead.
+const CAUGHT_UP_LAG_MS: i64 = 10_000;
 
 /// With nothing new to read, an epoch still runs this often while views are open, so a quiet stream's
 /// clock moves on: views time out and gaps are proceeded past.
@@ -199,6 +201,7 @@ async fn run_from_checkpoint<S: Source>(
             _ = shutdown.wait_for(|s| *s) => break,
             _ = tick.tick() => {}
         }
+        let replaying = replay.is_some();
         let (records, to, caught_up, clock) = match replay.take() {
             Some(intent) => (source.next_until(&intent.to).await?, intent.to, intent.caught_up, intent.clock_ms),
             None => {
@@ -207,7 +210,9 @@ async fn run_from_checkpoint<S: Source>(
                 (batch.records, batch.to, batch.caught_up, clock)
             }
         };
-        if records.is_empty() && to == position && (session.open_views() == 0 || clock.is_none() || last_epoch.elapsed() < IDLE_EPOCH_EVERY) {
+        // A recorded intent is always replayed, idle or not, so the epoch gets the same rows again.
+        let idle = records.is_empty() && to == position;
+        if !replaying && idle && (session.open_views() == 0 || clock.is_none() || last_epoch.elapsed() < IDLE_EPOCH_EVERY) {
             continue;
         }
         last_epoch = std::time::Instant::now();

@@ -213,15 +213,61 @@ struct ViewSlot {
     skipped: Vec<(u64, u64)>,
 }
 
+/// What an ended view still accepts for the `events` table: `seq`s at or past `next_seq`, or inside
+/// `skipped` (each once), placed with the view's own offset.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct EndedView {
+    next_seq: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    skipped: Vec<(u64, u64)>,
+    offset_ms: i64,
+}
+
+impl EndedView {
+    /// Whether `seq` is new for the view; if so, it is marked seen.
+    fn accept(&mut self, seq: u64) -> bool {
+        if seq >= self.next_seq {
+            if seq > self.next_seq {
+                self.skipped.push((self.next_seq, seq));
+            }
+            self.next_seq = seq + 1;
+            return true;
+        }
+        take_from_ranges(&mut self.skipped, seq)
+    }
+}
+
+/// Removes `seq` from the half-open ranges holding it; false if none does.
+fn take_from_ranges(ranges: &mut Vec<(u64, u64)>, seq: u64) -> bool {
+    let Some(i) = in_ranges(ranges, seq) else { return false };
+    let (a, b) = ranges.swap_remove(i);
+    ranges.extend([(a, seq), (seq + 1, b)].into_iter().filter(|(x, y)| x < y));
+    true
+}
+
+/// The partition of views restored from a state saved before partitions had clocks.
+const LEGACY_PARTITION: &str = "(before partition clocks)";
+
 /// Per-partition clocks: the largest receive time seen in each source partition's records.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct Clocks {
     names: Vec<String>,
     times: Vec<i64>,
+    #[serde(skip)]
+    last: u32,
 }
 
 impl Clocks {
     fn index(&mut self, partition: &str) -> u32 {
+        // Records come in runs from one partition: check the last one first.
+        if self.names.get(self.last as usize).is_some_and(|n| n == partition) {
+            return self.last;
+        }
+        self.last = self.find_or_add(partition);
+        self.last
+    }
+
+    fn find_or_add(&mut self, partition: &str) -> u32 {
         match self.names.iter().position(|n| n == partition) {
             Some(i) => i as u32,
             None => {
@@ -313,9 +359,9 @@ impl Emit for WindowEmit<'_> {
 pub struct SessionState {
     views: HashMap<String, ViewSlot>,
     ended: HashMap<u64, i64>,
-    /// Hash of ended view ids → the `seq` after the last one the view saw.
+    /// Hash of ended view ids → what they still accept for the `events` table.
     #[serde(default)]
-    ended_next_seq: HashMap<u64, u64>,
+    ended_views: HashMap<u64, EndedView>,
     watermark: i64,
     #[serde(default)]
     clocks: Clocks,
@@ -327,7 +373,7 @@ pub struct Sessionizer {
     views: HashMap<String, ViewSlot>,
     /// Hash of ended view ids → watermark when they ended.
     ended: HashMap<u64, i64>,
-    ended_next_seq: HashMap<u64, u64>,
+    ended_views: HashMap<u64, EndedView>,
     windows: Windows,
     /// The largest receive time over all partitions.
     watermark: i64,
@@ -349,7 +395,7 @@ impl Sessionizer {
             config,
             views: HashMap::new(),
             ended: HashMap::new(),
-            ended_next_seq: HashMap::new(),
+            ended_views: HashMap::new(),
             watermark: i64::MIN,
             clocks: Clocks::default(),
             out: Output::default(),
@@ -362,9 +408,15 @@ impl Sessionizer {
         let mut s = Sessionizer::new(config);
         s.views = state.views;
         s.ended = state.ended;
-        s.ended_next_seq = state.ended_next_seq;
+        s.ended_views = state.ended_views;
         s.watermark = state.watermark;
         s.clocks = state.clocks;
+        if s.clocks.names.is_empty() && !s.views.is_empty() {
+            // State saved before partitions had clocks: its views (partition 0) keep the old watermark,
+            // on a legacy partition that ticks with any caught-up one.
+            let legacy = s.clocks.index(LEGACY_PARTITION);
+            s.clocks.raise(legacy, state.watermark);
+        }
         s.stats = state.stats;
         s
     }
@@ -375,7 +427,7 @@ impl Sessionizer {
         SessionState {
             views: self.views.clone(),
             ended: self.ended.clone(),
-            ended_next_seq: self.ended_next_seq.clone(),
+            ended_views: self.ended_views.clone(),
             watermark: self.watermark,
             clocks: self.clocks.clone(),
             stats: self.stats.clone(),
@@ -415,6 +467,11 @@ impl Sessionizer {
         for name in caught_up {
             let p = self.clocks.index(name);
             self.clocks.raise(p, clock);
+        }
+        if !caught_up.is_empty()
+            && let Some(p) = self.clocks.names.iter().position(|n| n == LEGACY_PARTITION)
+        {
+            self.clocks.raise(p as u32, clock);
         }
         self.watermark = self.watermark.max(clock);
     }
@@ -486,10 +543,7 @@ impl Sessionizer {
             });
             if straggler {
                 // Too late for the view, which proceeded past it; kept for the raw table, once.
-                if let Some(i) = in_ranges(&slot.skipped, event.seq) {
-                    let (a, b) = slot.skipped.remove(i);
-                    slot.skipped.extend([(a, event.seq), (event.seq + 1, b)].into_iter().filter(|(x, y)| x < y));
-                }
+                take_from_ranges(&mut slot.skipped, event.seq);
                 self.stats.stragglers += 1;
                 continue;
             }
@@ -498,18 +552,17 @@ impl Sessionizer {
         self.drain_view(&rec.view_id, i64::MIN);
     }
 
-    /// Events for a view that already ended: new ones (past its last `seq`) go to the `events` table
-    /// only; resent ones are duplicates.
+    /// Events for a view that already ended: new ones (a `seq` it never saw) go to the `events` table
+    /// only, once; resent ones are duplicates.
     fn events_after_end(&mut self, hash: u64, rec: &EventsRecord) {
-        let next = self.ended_next_seq.entry(hash).or_insert(u64::MAX);
+        let Some(ended) = self.ended_views.get_mut(&hash) else { return };
         for raw in &rec.events {
             let Ok(event) = validate_event_map(raw) else { continue };
-            if event.view_id != rec.view_id || event.seq < *next {
+            if event.view_id != rec.view_id || !ended.accept(event.seq) {
                 continue;
             }
-            *next = event.seq + 1;
             self.out.events.push(EventRow {
-                event_ms: event.ts + rec.offset_ms(),
+                event_ms: event.ts + ended.offset_ms,
                 recv_ms: rec.recv_ms,
                 sent_at: rec.sent_at,
                 key: rec.key.clone(),
@@ -562,8 +615,13 @@ impl Sessionizer {
         self.stats.views_ended += 1;
         let hash = id_hash(view_id);
         self.ended.insert(hash, self.watermark);
-        let next_seq = slot.buffer.last_key_value().map_or(slot.next_seq, |(seq, _)| seq + 1).max(slot.next_seq);
-        self.ended_next_seq.insert(hash, next_seq);
+        // Seqs it never saw stay acceptable for the events table: the skipped ones, and any missing
+        // between what it applied and what it still held buffered.
+        let mut ended = EndedView { next_seq: slot.next_seq, skipped: slot.skipped.clone(), offset_ms: slot.offset_ms };
+        for &seq in slot.buffer.keys() {
+            ended.accept(seq);
+        }
+        self.ended_views.insert(hash, ended);
         let first = slot.machine.first_ts.unwrap_or_default();
         let last = slot.machine.last_ts.unwrap_or(first);
         self.out.views.push(ViewRow {
@@ -615,7 +673,7 @@ impl Sessionizer {
         let (wm, horizon) = (self.watermark, self.config.late_horizon_ms);
         self.ended.retain(|_, at| wm.saturating_sub(*at) < horizon);
         let ended = &self.ended;
-        self.ended_next_seq.retain(|h, _| ended.contains_key(h));
+        self.ended_views.retain(|h, _| ended.contains_key(h));
     }
 
     /// Ends every open view now (at its last event): for batch computations over a finished input.

@@ -104,4 +104,24 @@ fn events_sent_after_viewend_are_kept_once_and_do_not_reopen_the_view() {
     let seqs: Vec<u64> = out.events.iter().map(|e| e.event.seq).collect();
     assert_eq!(seqs, vec![3]);
     assert_eq!(s.stats.after_end, 3);
+    // Out of order after the end: 5 before 4, each kept once, at the view's own offset.
+    s.process(record("v", 3_000, 2_000, c(), &[ev(5, "heartbeat", 50)]));
+    s.process(record("v", 4_000, 3_000, c(), &[ev(4, "heartbeat", 40), ev(5, "heartbeat", 50), ev(4, "heartbeat", 40)]));
+    let out = s.flush();
+    let got: Vec<(u64, i64)> = out.events.iter().map(|e| (e.event.seq, e.event_ms - T0)).collect();
+    assert_eq!(got, vec![(5, 50), (4, 40)], "the view's offset (0), not the late beacons' (1 s)");
+}
+
+#[test]
+fn seqs_missing_behind_viewend_are_still_accepted_once_after_the_end() {
+    let mut s = Sessionizer::new(config());
+    let c = ClientInfo::default;
+    // seq 3 (viewend) applies once 2 arrives; 5 waits behind the missing 4 when the view ends.
+    s.process(record("v", 0, 0, c(), &[viewstart(0), ev(1, "playrequest", 10), ev(3, "viewend", 30), ev(5, "heartbeat", 50)]));
+    s.process(record("v", 100, 100, c(), &[ev(2, "playing", 20)]));
+    s.advance();
+    assert_eq!(s.flush().views.len(), 1);
+    s.process(record("v", 200, 200, c(), &[ev(4, "heartbeat", 40), ev(5, "heartbeat", 50), ev(6, "heartbeat", 60)]));
+    let seqs: Vec<u64> = s.flush().events.iter().map(|e| e.event.seq).collect();
+    assert_eq!(seqs, vec![4, 6], "4 was never seen, 5 was (buffered), 6 is new");
 }

@@ -59,6 +59,26 @@ async fn beacons_reach_parquet_and_equal_the_reference() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("SELEC"), "the error names the problem");
 }
 
+/// A player that vanishes without `viewend` on an otherwise quiet collector: the pipeline's clock still
+/// moves (caught-up ticks recorded in each epoch's intent), so the view ends by the inactivity timeout
+/// without any further traffic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_stream_still_ends_views_by_inactivity_timeout() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let env = [("QOEFLOW_PIPELINE__FLUSH_INTERVAL_MS", "100"), ("QOEFLOW_PIPELINE__INACTIVITY_TIMEOUT_MS", "2000")];
+    let mut q = Qoeflow::serve(dir.path(), &[], &env);
+    let first = view_beacons("vanished", 1, now_ms()).remove(0);
+    let stop = AtomicBool::new(false);
+    assert!(post_until_ok(&reqwest::Client::new(), || q.beacon_url(), &first, &stop).await);
+    // 2 s of timeout, behind a clock that trails the wall clock by 10 s while nothing arrives.
+    wait_for_views(dir.path(), 1, Duration::from_secs(40));
+    q.stop();
+    let views = read_table(dir.path(), "views");
+    assert_eq!(strings(&views, "end_reason"), vec!["timeout".to_owned()]);
+    let windows = read_table(dir.path(), "qoe_window");
+    assert_eq!(sum(&windows, "ebvs"), 1, "an attempt that never started and timed out is an exit before start");
+}
+
 /// The last committed epoch of the local pipeline (0 before the first).
 fn committed_epoch(dir: &std::path::Path) -> u64 {
     std::fs::read(dir.join("pipeline/checkpoint-local.json"))

@@ -18,8 +18,9 @@
 //!   are re-created from the position. A throttled shard (GetRecords or GetShardIterator) backs off
 //!   exponentially with jitter, up to 10 s, while the other shards go on; a failed re-listing keeps the
 //!   previous shard list and is retried at the next interval.
-//! - **Clocks.** A shard whose GetRecords came back empty at the tip (`MillisBehindLatest` 0), or that is
-//!   finished, is reported caught up, so the views on it keep ending while it is quiet.
+//! - **Clocks.** A shard whose GetRecords came back empty at the tip (`MillisBehindLatest` 0) is reported
+//!   caught up, so the views on it keep ending while it is quiet; a finished shard only once all its
+//!   owned children are caught up (its views continue in them).
 //! - **KPL.** Aggregated records are deaggregated (magic, protobuf, MD5); plain records pass through.
 //!   An aggregated record is processed whole within one epoch, so positions need no sub-sequence.
 
@@ -49,12 +50,34 @@ pub struct ShardPosition {
 
 /// A worker's position in the stream (what its checkpoints and intents store).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "PositionsFormat")]
 pub struct Positions {
     /// Per owned shard read so far.
     pub shards: BTreeMap<String, ShardPosition>,
     /// Lineage root of every shard ever listed, so ownership is stable after ancestors expire.
     #[serde(default)]
     pub roots: BTreeMap<String, String>,
+}
+
+/// Positions as stored now, or as a plain shard map (checkpoints written before lineage roots).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum PositionsFormat {
+    Current {
+        shards: BTreeMap<String, ShardPosition>,
+        #[serde(default)]
+        roots: BTreeMap<String, String>,
+    },
+    ShardsOnly(BTreeMap<String, ShardPosition>),
+}
+
+impl From<PositionsFormat> for Positions {
+    fn from(f: PositionsFormat) -> Positions {
+        match f {
+            PositionsFormat::Current { shards, roots } => Positions { shards, roots },
+            PositionsFormat::ShardsOnly(shards) => Positions { shards, roots: BTreeMap::new() },
+        }
+    }
 }
 
 /// Throttling backoff of one shard.
@@ -185,9 +208,29 @@ impl KinesisSource {
             .collect()
     }
 
-    /// Owned shards that are finished (read to their end): caught up for good.
-    fn finished_shards(&self) -> impl Iterator<Item = &String> {
-        self.positions.shards.iter().filter(|(_, p)| p.finished).map(|(id, _)| id)
+    /// Owned, finished shards (read to their end) whose owned children are all caught up (`at_tip`, or
+    /// finished and caught up themselves). A finished parent's views continue in its children, so its
+    /// clock must not run ahead of a child still catching up.
+    fn finished_caught_up(&self, at_tip: &[String]) -> Vec<String> {
+        fn caught_up(src: &KinesisSource, id: &str, at_tip: &[String], depth: u32) -> bool {
+            if at_tip.iter().any(|s| s == id) {
+                return true;
+            }
+            if !src.finished(id) || depth > 64 {
+                return false;
+            }
+            src.shards
+                .iter()
+                .filter(|c| c.parent_shard_id() == Some(id) || c.adjacent_parent_shard_id() == Some(id))
+                .filter(|c| src.owned(c))
+                .all(|c| caught_up(src, c.shard_id(), at_tip, depth + 1))
+        }
+        self.positions
+            .shards
+            .iter()
+            .filter(|(id, p)| p.finished && caught_up(self, id, at_tip, 0))
+            .map(|(id, _)| id.clone())
+            .collect()
     }
 
     fn throttle(&mut self, shard: &str) {
@@ -315,20 +358,22 @@ impl Source for KinesisSource {
             }
         }
         let mut records = Vec::new();
-        let mut caught_up: Vec<String> = self.finished_shards().cloned().collect();
+        let mut at_tip: Vec<String> = Vec::new();
         for shard in self.readable() {
             match self.read_shard(&shard, None).await {
-                Ok((read, at_tip)) => {
+                Ok((read, tip)) => {
                     self.throttled.remove(&shard);
                     records.extend(read);
-                    if at_tip || self.finished(&shard) {
-                        caught_up.push(shard);
+                    if tip {
+                        at_tip.push(shard);
                     }
                 }
                 Err(ReadError::Throttled) => self.throttle(&shard),
                 Err(ReadError::Other(e)) => return Err(e),
             }
         }
+        let mut caught_up = self.finished_caught_up(&at_tip);
+        caught_up.extend(at_tip);
         caught_up.sort();
         caught_up.dedup();
         Ok(Batch { records, to: self.positions.clone(), caught_up })
@@ -360,4 +405,23 @@ impl Source for KinesisSource {
     }
 
     async fn committed(&mut self, _position: &Positions) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_read_the_current_format_and_the_plain_shard_map_before_it() {
+        let current = Positions {
+            shards: BTreeMap::from([("shardId-1".into(), ShardPosition { sequence: Some("42".into()), finished: true })]),
+            roots: BTreeMap::from([("shardId-1".into(), "shardId-0".into())]),
+        };
+        let json = serde_json::to_string(&current).unwrap();
+        assert_eq!(serde_json::from_str::<Positions>(&json).unwrap(), current);
+        let legacy: Positions = serde_json::from_str(r#"{"shardId-1":{"sequence":"42","finished":true}}"#).unwrap();
+        assert_eq!(legacy.shards, current.shards);
+        assert!(legacy.roots.is_empty());
+        assert_eq!(serde_json::from_str::<Positions>("{}").unwrap(), Positions::default());
+    }
 }
