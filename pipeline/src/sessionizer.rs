@@ -150,6 +150,21 @@ pub struct EventRow {
     pub raw: String,
 }
 
+impl EventRow {
+    /// The row of `event` (`raw` as received) from `rec`, for a view placed at `offset_ms`.
+    fn new(event: Event, raw: &serde_json::Map<String, serde_json::Value>, rec: &EventsRecord, offset_ms: i64, client: Arc<ClientInfo>) -> EventRow {
+        EventRow {
+            event_ms: event.ts + offset_ms,
+            recv_ms: rec.recv_ms,
+            sent_at: rec.sent_at,
+            key: rec.key.clone(),
+            client,
+            raw: serde_json::Value::Object(raw.clone()).to_string(),
+            event,
+        }
+    }
+}
+
 /// What one flush hands to the sinks.
 #[derive(Debug, Default)]
 pub struct Output {
@@ -213,14 +228,40 @@ struct ViewSlot {
     skipped: Vec<(u64, u64)>,
 }
 
-/// What an ended view still accepts for the `events` table: `seq`s at or past `next_seq`, or inside
-/// `skipped` (each once), placed with the view's own offset.
+/// An ended view, remembered for the late horizon so a straggler cannot resurrect it: when it ended
+/// (watermark), and what it still accepts for the `events` table: `seq`s at or past `next_seq`, or
+/// inside `skipped` (each once), placed with the view's own offset.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "EndedFormat")]
 struct EndedView {
+    at: i64,
     next_seq: u64,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     skipped: Vec<(u64, u64)>,
     offset_ms: i64,
+}
+
+/// An ended view as stored now, or as the bare end time of states saved before (accepts nothing more).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum EndedFormat {
+    View {
+        at: i64,
+        next_seq: u64,
+        #[serde(default)]
+        skipped: Vec<(u64, u64)>,
+        offset_ms: i64,
+    },
+    At(i64),
+}
+
+impl From<EndedFormat> for EndedView {
+    fn from(f: EndedFormat) -> EndedView {
+        match f {
+            EndedFormat::View { at, next_seq, skipped, offset_ms } => EndedView { at, next_seq, skipped, offset_ms },
+            EndedFormat::At(at) => EndedView { at, next_seq: u64::MAX, skipped: Vec::new(), offset_ms: 0 },
+        }
+    }
 }
 
 impl EndedView {
@@ -358,10 +399,7 @@ impl Emit for WindowEmit<'_> {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct SessionState {
     views: HashMap<String, ViewSlot>,
-    ended: HashMap<u64, i64>,
-    /// Hash of ended view ids → what they still accept for the `events` table.
-    #[serde(default)]
-    ended_views: HashMap<u64, EndedView>,
+    ended: HashMap<u64, EndedView>,
     watermark: i64,
     #[serde(default)]
     clocks: Clocks,
@@ -371,9 +409,8 @@ pub struct SessionState {
 pub struct Sessionizer {
     config: SessionConfig,
     views: HashMap<String, ViewSlot>,
-    /// Hash of ended view ids → watermark when they ended.
-    ended: HashMap<u64, i64>,
-    ended_views: HashMap<u64, EndedView>,
+    /// Hash of ended view ids → when they ended and what they still accept.
+    ended: HashMap<u64, EndedView>,
     windows: Windows,
     /// The largest receive time over all partitions.
     watermark: i64,
@@ -395,7 +432,6 @@ impl Sessionizer {
             config,
             views: HashMap::new(),
             ended: HashMap::new(),
-            ended_views: HashMap::new(),
             watermark: i64::MIN,
             clocks: Clocks::default(),
             out: Output::default(),
@@ -408,7 +444,6 @@ impl Sessionizer {
         let mut s = Sessionizer::new(config);
         s.views = state.views;
         s.ended = state.ended;
-        s.ended_views = state.ended_views;
         s.watermark = state.watermark;
         s.clocks = state.clocks;
         if s.clocks.names.is_empty() && !s.views.is_empty() {
@@ -427,7 +462,6 @@ impl Sessionizer {
         SessionState {
             views: self.views.clone(),
             ended: self.ended.clone(),
-            ended_views: self.ended_views.clone(),
             watermark: self.watermark,
             clocks: self.clocks.clone(),
             stats: self.stats.clone(),
@@ -532,15 +566,7 @@ impl Sessionizer {
                 continue;
             }
             slot.events += 1;
-            self.out.events.push(EventRow {
-                event_ms: event.ts + slot.offset_ms,
-                recv_ms: rec.recv_ms,
-                sent_at: rec.sent_at,
-                key: rec.key.clone(),
-                client: slot.client.clone(),
-                raw: serde_json::Value::Object(raw.clone()).to_string(),
-                event: event.clone(),
-            });
+            self.out.events.push(EventRow::new(event.clone(), raw, &rec, slot.offset_ms, slot.client.clone()));
             if straggler {
                 // Too late for the view, which proceeded past it; kept for the raw table, once.
                 take_from_ranges(&mut slot.skipped, event.seq);
@@ -555,21 +581,13 @@ impl Sessionizer {
     /// Events for a view that already ended: new ones (a `seq` it never saw) go to the `events` table
     /// only, once; resent ones are duplicates.
     fn events_after_end(&mut self, hash: u64, rec: &EventsRecord) {
-        let Some(ended) = self.ended_views.get_mut(&hash) else { return };
+        let Some(ended) = self.ended.get_mut(&hash) else { return };
         for raw in &rec.events {
             let Ok(event) = validate_event_map(raw) else { continue };
             if event.view_id != rec.view_id || !ended.accept(event.seq) {
                 continue;
             }
-            self.out.events.push(EventRow {
-                event_ms: event.ts + ended.offset_ms,
-                recv_ms: rec.recv_ms,
-                sent_at: rec.sent_at,
-                key: rec.key.clone(),
-                client: Arc::new(rec.client.clone()),
-                raw: serde_json::Value::Object(raw.clone()).to_string(),
-                event,
-            });
+            self.out.events.push(EventRow::new(event, raw, rec, ended.offset_ms, Arc::new(rec.client.clone())));
         }
     }
 
@@ -614,14 +632,14 @@ impl Sessionizer {
         let Some(slot) = self.views.remove(view_id) else { return };
         self.stats.views_ended += 1;
         let hash = id_hash(view_id);
-        self.ended.insert(hash, self.watermark);
         // Seqs it never saw stay acceptable for the events table: the skipped ones, and any missing
         // between what it applied and what it still held buffered.
-        let mut ended = EndedView { next_seq: slot.next_seq, skipped: slot.skipped.clone(), offset_ms: slot.offset_ms };
+        let mut ended =
+            EndedView { at: self.watermark, next_seq: slot.next_seq, skipped: slot.skipped.clone(), offset_ms: slot.offset_ms };
         for &seq in slot.buffer.keys() {
             ended.accept(seq);
         }
-        self.ended_views.insert(hash, ended);
+        self.ended.insert(hash, ended);
         let first = slot.machine.first_ts.unwrap_or_default();
         let last = slot.machine.last_ts.unwrap_or(first);
         self.out.views.push(ViewRow {
@@ -671,9 +689,7 @@ impl Sessionizer {
             }
         }
         let (wm, horizon) = (self.watermark, self.config.late_horizon_ms);
-        self.ended.retain(|_, at| wm.saturating_sub(*at) < horizon);
-        let ended = &self.ended;
-        self.ended_views.retain(|h, _| ended.contains_key(h));
+        self.ended.retain(|_, e| wm.saturating_sub(e.at) < horizon);
     }
 
     /// Ends every open view now (at its last event): for batch computations over a finished input.

@@ -125,3 +125,27 @@ fn seqs_missing_behind_viewend_are_still_accepted_once_after_the_end() {
     let seqs: Vec<u64> = s.flush().events.iter().map(|e| e.event.seq).collect();
     assert_eq!(seqs, vec![4, 6], "4 was never seen, 5 was (buffered), 6 is new");
 }
+
+#[test]
+fn state_saved_before_ended_views_kept_their_seqs_still_restores() {
+    let mut s = Sessionizer::new(config());
+    let c = ClientInfo::default;
+    s.process(record("v", 0, 0, c(), &[viewstart(0), ev(1, "viewend", 10)]));
+    s.advance();
+    s.flush();
+    let mut state = serde_json::to_value(s.snapshot()).expect("state json");
+    // The earlier format: ended view hash → the watermark when it ended.
+    let ended = state["ended"].as_object_mut().expect("ended map");
+    assert_eq!(ended.len(), 1);
+    for v in ended.values_mut() {
+        let at = v["at"].clone();
+        *v = at;
+    }
+    let restored: pipeline::SessionState = serde_json::from_value(state).expect("the earlier format loads");
+    let mut s = Sessionizer::restore(config(), restored);
+    s.process(record("v", 1_000, 1_000, c(), &[ev(1, "viewend", 10), ev(2, "heartbeat", 20)]));
+    s.advance();
+    let out = s.flush();
+    assert!(out.views.is_empty() && out.events.is_empty(), "the ended view stays ended and accepts nothing unknown");
+    assert_eq!(s.stats.after_end, 2);
+}
