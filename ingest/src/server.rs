@@ -233,13 +233,6 @@ fn client_ip(state: &AppState, headers: &HeaderMap, peer: SocketAddr) -> IpAddr 
     peer.ip()
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
-}
-
 async fn handle(
     state: &AppState,
     peer: SocketAddr,
@@ -277,7 +270,7 @@ async fn handle(
     let body = read_body(body, declared_gzip, declared_len, &state.limits, Budget::new(state.memory.clone(), retry)).await?;
     state.metrics.received_bytes.inc_by(body.wire_len as u64);
     state.metrics.decoded_bytes.inc_by(body.bytes.len() as u64);
-    let recv_ms = now_ms();
+    let recv_ms = schemas::now_ms();
 
     let beacon = match parse_beacon(&body.bytes) {
         Ok(b) => b,

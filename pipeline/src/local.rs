@@ -11,12 +11,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::clickhouse::ClickHouseConfig;
 use crate::runner::{Batch, Source, SourceRecord};
-
-/// The local log is one partition.
-const PARTITION: &str = "local";
 use crate::sessionizer::SessionConfig;
 
 pub use crate::runner::parquet_dir;
+
+/// The local log is one partition.
+const PARTITION: &str = "local";
 
 /// `[pipeline]` configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -106,10 +106,6 @@ const CAUGHT_UP_LAG_MS: i64 = 10_000;
 /// clock moves on: views time out and gaps are proceeded past.
 const IDLE_EPOCH_EVERY: Duration = Duration::from_secs(5);
 
-fn wall_clock_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-}
-
 /// Writes `value` as JSON to `dir/name` atomically and durably (temp, fsync, rename, fsync dir).
 fn save_json(dir: &Path, name: &str, value: &impl Serialize) -> anyhow::Result<()> {
     use std::io::Write;
@@ -206,7 +202,7 @@ async fn run_from_checkpoint<S: Source>(
             Some(intent) => (source.next_until(&intent.to).await?, intent.to, intent.caught_up, intent.clock_ms),
             None => {
                 let batch = source.next(config.max_records_per_epoch).await?;
-                let clock = (!batch.caught_up.is_empty()).then(|| wall_clock_ms() - CAUGHT_UP_LAG_MS);
+                let clock = (!batch.caught_up.is_empty()).then(|| schemas::now_ms() - CAUGHT_UP_LAG_MS);
                 (batch.records, batch.to, batch.caught_up, clock)
             }
         };

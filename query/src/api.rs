@@ -107,9 +107,6 @@ fn bad(parameter: &str, message: impl std::fmt::Display) -> ApiError {
     ApiError::bad_request("invalid_parameter", format!("parameter `{parameter}`: {message}"))
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
-}
 
 /// `<n><s|m|h|d>` in milliseconds.
 pub fn parse_duration(s: &str) -> Option<i64> {
@@ -138,7 +135,7 @@ pub fn parse_time(s: &str, now: i64) -> Option<i64> {
 
 /// The time range and filters of a request (default: the last hour).
 fn range(q: &HashMap<String, String>) -> Result<AggQuery, ApiError> {
-    let now = now_ms();
+    let now = schemas::now_ms();
     let time = |name: &str, default: i64| -> Result<i64, ApiError> {
         match q.get(name) {
             None => Ok(default),

@@ -15,3 +15,8 @@ pub mod tables;
 pub use beacon::{BeaconError, EventRejection, ParsedBeacon, parse_beacon, validate_event, validate_event_map};
 pub use event::{CacheStatus, ClientInfo, Event, EventKind, Payload, StreamType};
 pub use record::{EventsRecord, Record, RecordError, RejectedRecord};
+
+/// The wall clock in epoch milliseconds (the unit of every timestamp in beacons and records).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}

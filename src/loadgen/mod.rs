@@ -309,10 +309,6 @@ impl Shared {
     }
 }
 
-fn epoch_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
-}
-
 /// Runs the load: every viewer to its end. Writes the truth files when asked.
 pub async fn run(opts: Options) -> anyhow::Result<Report> {
     anyhow::ensure!(opts.viewers > 0, "--viewers must be at least 1");
@@ -357,7 +353,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         in_flight: tokio::sync::Semaphore::new(opts.max_in_flight.max(1)),
         limiter,
         start: Instant::now(),
-        epoch0: epoch_ms(),
+        epoch0: schemas::now_ms(),
         speed: opts.speed,
     });
     let progress = opts.progress.then(|| tokio::spawn(progress(Arc::clone(&shared), opts.viewers)));

@@ -44,6 +44,31 @@ async fn post_views(url: &str, views: std::ops::Range<u64>, t0: i64) {
     }
 }
 
+/// The beacons of 30 views, posted in two halves around a reshard by [`post_half`].
+fn reshard_views() -> Vec<Vec<serde_json::Value>> {
+    let t0 = now_ms() - 60_000;
+    (0..30u64).map(|v| view_beacons(&format!("view-{v}"), v, t0 + v as i64 * 307)).collect()
+}
+
+/// Posts the first (or `second`) half of every view's beacons, in order, retrying like an SDK.
+async fn post_half(url: &str, views: &[Vec<serde_json::Value>], second: bool) {
+    let client = reqwest::Client::new();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    for bs in views {
+        let half = if second { &bs[bs.len() / 2..] } else { &bs[..bs.len() / 2] };
+        for b in half {
+            assert!(post_until_ok(&client, || url.to_owned(), b, &stop).await);
+        }
+    }
+}
+
+/// After a reshard: no view skipped a `seq` (read in order across it), and the dataset equals the
+/// reference over the stream.
+fn assert_read_in_order_across_the_reshard(data: &Path, stream: Vec<StreamRecord>) {
+    assert_eq!(sum(&read_table(data, "views"), "gaps"), 0, "every view read in seq order across the reshard");
+    assert_dataset_matches(data, &stream.into_iter().map(|r| r.record).collect::<Vec<_>>());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn collector_to_kinesis_to_parquet_equals_the_reference() {
     let emu = Emulator::start();
@@ -112,16 +137,9 @@ async fn a_shard_split_mid_stream_counts_every_event_once() {
     let collector = Qoeflow::ingest(STREAM, &emu.endpoint, &[], &[]);
     // No reorder wait: a child read before its parent finished would show as gaps, not be hidden.
     let mut p = pipeline(&emu.endpoint, dir.path(), &[NO_REORDER_WAIT]);
-    let t0 = now_ms() - 60_000;
     // First half of every view's beacons, then split the only shard, then the rest.
-    let client_http = reqwest::Client::new();
-    let stop = std::sync::atomic::AtomicBool::new(false);
-    let beacons: Vec<Vec<serde_json::Value>> = (0..30u64).map(|v| view_beacons(&format!("view-{v}"), v, t0 + v as i64 * 307)).collect();
-    for bs in &beacons {
-        for b in &bs[..bs.len() / 2] {
-            assert!(post_until_ok(&client_http, || collector.beacon_url(), b, &stop).await);
-        }
-    }
+    let views = reshard_views();
+    post_half(&collector.beacon_url(), &views, false).await;
     let shards = client.list_shards().stream_name(STREAM).send().await.expect("ListShards");
     let parent = shards.shards()[0].clone();
     let range = parent.hash_key_range().expect("hash range");
@@ -141,19 +159,12 @@ async fn a_shard_split_mid_stream_counts_every_event_once() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    for bs in &beacons {
-        for b in &bs[bs.len() / 2..] {
-            assert!(post_until_ok(&client_http, || collector.beacon_url(), b, &stop).await);
-        }
-    }
+    post_half(&collector.beacon_url(), &views, true).await;
     wait_for_views(dir.path(), 30, Duration::from_secs(90));
     p.stop();
     let stream = read_stream(&client, STREAM).await;
-    let children: std::collections::HashSet<&str> = stream.iter().map(|r| r.shard.as_str()).filter(|s| *s != parent.shard_id()).collect();
-    assert!(!children.is_empty(), "records landed in the child shards after the split");
-    assert_dataset_matches(dir.path(), &stream.into_iter().map(|r| r.record).collect::<Vec<_>>());
-    let views = read_table(dir.path(), "views");
-    assert_eq!(sum(&views, "gaps"), 0, "every view read in seq order across the split");
+    assert!(stream.iter().any(|r| r.shard != parent.shard_id()), "records landed in the child shards after the split");
+    assert_read_in_order_across_the_reshard(dir.path(), stream);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -202,15 +213,8 @@ async fn a_shard_merge_reads_the_child_only_after_both_parents() {
     create_stream(&client, STREAM, 2).await;
     let dir = tempfile::tempdir().expect("tmp");
     let collector = Qoeflow::ingest(STREAM, &emu.endpoint, &[], &[]);
-    let t0 = now_ms() - 60_000;
-    let client_http = reqwest::Client::new();
-    let stop = std::sync::atomic::AtomicBool::new(false);
-    let beacons: Vec<Vec<serde_json::Value>> = (0..30u64).map(|v| view_beacons(&format!("view-{v}"), v, t0 + v as i64 * 307)).collect();
-    for bs in &beacons {
-        for b in &bs[..bs.len() / 2] {
-            assert!(post_until_ok(&client_http, || collector.beacon_url(), b, &stop).await);
-        }
-    }
+    let views = reshard_views();
+    post_half(&collector.beacon_url(), &views, false).await;
     let shards = client.list_shards().stream_name(STREAM).send().await.expect("ListShards");
     let (a, b) = (shards.shards()[0].shard_id().to_owned(), shards.shards()[1].shard_id().to_owned());
     client.merge_shards().stream_name(STREAM).shard_to_merge(&a).adjacent_shard_to_merge(&b).send().await.expect("MergeShards");
@@ -224,11 +228,7 @@ async fn a_shard_merge_reads_the_child_only_after_both_parents() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let merged = merged.expect("the merged shard is listed, with the adjacent parent");
-    for bs in &beacons {
-        for b in &bs[bs.len() / 2..] {
-            assert!(post_until_ok(&client_http, || collector.beacon_url(), b, &stop).await);
-        }
-    }
+    post_half(&collector.beacon_url(), &views, true).await;
     let proxy = FaultProxy::start(&emu.endpoint, 11).await;
     proxy.set(Fault::ThrottleShardIterators(b.clone(), 6));
     // No reorder wait: a child read before a parent is finished shows as gaps instead of being hidden.
@@ -239,9 +239,7 @@ async fn a_shard_merge_reads_the_child_only_after_both_parents() {
     for shard in [&a, &b, &merged] {
         assert!(stream.iter().any(|r| r.shard == *shard), "records landed in {shard}");
     }
-    let views = read_table(dir.path(), "views");
-    assert_eq!(sum(&views, "gaps"), 0, "every view read in seq order across the merge");
-    assert_dataset_matches(dir.path(), &stream.into_iter().map(|r| r.record).collect::<Vec<_>>());
+    assert_read_in_order_across_the_reshard(dir.path(), stream);
     assert_eq!(proxy.stats().get_iterators_throttled, 6, "the adjacent parent's reads were throttled");
 }
 

@@ -350,12 +350,12 @@ impl Source for KinesisSource {
     }
 
     async fn next(&mut self, _max: usize) -> anyhow::Result<Batch<Positions>> {
-        if self.listed_at.is_none_or(|t| t.elapsed() >= self.relist_interval) {
-            if let Err(e) = self.list_shards().await {
-                // Keep reading the shards already known; a new listing is tried at the next interval.
-                tracing::warn!(error = format!("{e:#}"), "re-listing shards failed; keeping the previous list");
-                self.listed_at = Some(Instant::now());
-            }
+        if self.listed_at.is_none_or(|t| t.elapsed() >= self.relist_interval)
+            && let Err(e) = self.list_shards().await
+        {
+            // Keep reading the shards already known; a new listing is tried at the next interval.
+            tracing::warn!(error = format!("{e:#}"), "re-listing shards failed; keeping the previous list");
+            self.listed_at = Some(Instant::now());
         }
         let mut records = Vec::new();
         let mut at_tip: Vec<String> = Vec::new();
