@@ -20,7 +20,13 @@
 //! Retention deletes whole segments that lie entirely before an offset the pipeline has checkpointed
 //! past; the active segment is never deleted. After a write error the writer truncates back to the last
 //! durable length before accepting more (and refuses appends until that succeeds), so one failed fsync
-//! (disk full) cannot leave a hole that later acknowledged records would sit behind.
+//! (disk full) cannot leave a hole that later acknowledged records would sit behind. Readers never keep
+//! buffered bytes past the durable end, so bytes a failed write left and the repair cut off are never
+//! returned in place of the records written there afterwards.
+//!
+//! One process owns a log: `open` takes an exclusive OS lock on `<dir>/LOCK` (released when the process
+//! exits, however it exits), and a second `open` of the same directory fails with
+//! [`LogError::InUse`] instead of writing over acknowledged records.
 
 mod reader;
 mod writer;
@@ -58,6 +64,22 @@ pub enum LogError {
     Closed,
     #[error("local log cannot write until an earlier write error is repaired: {0}")]
     Broken(String),
+    #[error("{0} is in use by another process (another qoeflow on the same --data-dir?)")]
+    InUse(PathBuf),
+}
+
+/// Takes an exclusive OS lock on `path` (created if missing) for as long as the returned file is open:
+/// the way one process claims a directory. Fails with [`LogError::InUse`] if another process holds it.
+pub fn lock_exclusive(path: &Path) -> Result<std::fs::File, LogError> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(path)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(LogError::InUse(path.parent().unwrap_or(path).to_owned())),
+        Err(std::fs::TryLockError::Error(e)) => Err(e.into()),
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -86,6 +108,8 @@ pub struct LocalLog {
     healthy: Arc<AtomicBool>,
     stats: Arc<LogStats>,
     dir: Arc<PathBuf>,
+    /// The directory's lock, held while any handle lives.
+    _lock: Arc<std::fs::File>,
 }
 
 /// Counters the writer thread keeps (relaxed atomics: cheap, for tests and diagnostics).
@@ -101,6 +125,7 @@ pub(crate) struct LogStats {
 impl LocalLog {
     /// Opens (creating if needed) the log in `config.dir`, recovering from a crash, and starts the writer.
     pub fn open(config: LogConfig) -> Result<LocalLog, LogError> {
+        let lock = Arc::new(lock_exclusive(&config.dir.join("LOCK"))?);
         let healthy = Arc::new(AtomicBool::new(true));
         let stats = Arc::new(LogStats::default());
         let (writer, end) = writer::Writer::open(&config, healthy.clone(), stats.clone())?;
@@ -109,7 +134,7 @@ impl LocalLog {
         std::thread::Builder::new()
             .name("qoeflow-log-writer".into())
             .spawn(move || writer.run(rx, end_tx))?;
-        Ok(LocalLog { tx, durable_end: end_rx, healthy, stats, dir: Arc::new(config.dir) })
+        Ok(LocalLog { tx, durable_end: end_rx, healthy, stats, dir: Arc::new(config.dir), _lock: lock })
     }
 
     /// Appends records; resolves once they are fsynced, with their offsets.

@@ -68,13 +68,35 @@ impl LogReader {
     /// Reads up to `max` records with offsets below `upto` (the durable end; `u64::MAX` for everything that
     /// is whole on disk, as after a restart).
     pub fn read_batch(&mut self, max: usize, upto: u64) -> Result<Vec<LogEntry>, LogError> {
+        self.read_batch_bytes(max, usize::MAX, upto)
+    }
+
+    /// [`read_batch`](Self::read_batch), also stopping once the records read hold `max_bytes` (at least
+    /// one record is read).
+    pub fn read_batch_bytes(&mut self, max: usize, max_bytes: usize, upto: u64) -> Result<Vec<LogEntry>, LogError> {
+        let out = self.read_frames(max, max_bytes, upto);
+        // Bytes read ahead past `upto` are not durable: a failed write may have left them, and the
+        // writer's repair cuts them off and writes other records there. Never keep them buffered.
+        if let Some(seg) = self.segment.as_mut()
+            && !seg.reader.buffer().is_empty()
+        {
+            seg.reader.seek(SeekFrom::Start(seg.position))?;
+        }
+        out
+    }
+
+    fn read_frames(&mut self, max: usize, max_bytes: usize, upto: u64) -> Result<Vec<LogEntry>, LogError> {
         let mut out = Vec::new();
-        while out.len() < max && self.next_offset < upto {
+        let mut bytes = 0usize;
+        while out.len() < max && bytes < max_bytes && self.next_offset < upto {
             if self.segment.is_none() && !self.advance_segment()? {
                 break;
             }
             match self.read_frame(false)? {
-                Frame::Entry(e) => out.push(e),
+                Frame::Entry(e) => {
+                    bytes = bytes.saturating_add(e.data.len());
+                    out.push(e)
+                }
                 Frame::End => {
                     if !self.advance_segment()? {
                         if upto != u64::MAX {
