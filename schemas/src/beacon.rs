@@ -8,6 +8,9 @@
 //! checks that both accept and reject the same example files. Integers follow JSON Schema's meaning: a
 //! number with a zero fractional part (`3.0`) is an integer.
 
+use std::cell::{Cell, RefCell};
+
+use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
 use crate::event::{CacheStatus, Event, EventKind, Payload, StreamType, ViewDims};
@@ -25,6 +28,12 @@ const MAX_SHORT_STRING: usize = 256;
 const MAX_TITLE_LEN: usize = 1024;
 const MAX_URL_LEN: usize = 2048;
 const MAX_CUSTOM_DIMS: usize = 32;
+/// Most JSON values (objects, arrays, strings, numbers, …) one body may hold. A parsed value costs
+/// 32 to 100 bytes of memory however few bytes of text it took (`0,` is two), so the count is enforced
+/// while parsing, before the tree grows: 10 MiB of `[0,0,0,…]` (a few KiB of gzip) stops here.
+pub const MAX_JSON_VALUES: usize = 100_000;
+/// What one parsed value is charged against the caller's memory budget.
+pub const JSON_VALUE_COST: usize = 64;
 
 /// Why a whole beacon could not be used (HTTP 400).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -35,6 +44,10 @@ pub enum BeaconError {
     NotAnObject,
     #[error("field `{field}`: {problem}")]
     Field { field: &'static str, problem: String },
+    #[error("body holds more than {0} JSON values")]
+    TooManyValues(usize),
+    #[error("parsing the body would exceed the collector's memory budget")]
+    OverBudget,
 }
 
 /// Why one event was rejected. `tag` is stable (a metric label); the display form is the reason sent to
@@ -67,9 +80,22 @@ pub struct ParsedBeacon {
     pub events: Vec<Value>,
 }
 
-/// Decodes a (decompressed) body and checks the envelope.
+/// Decodes a (decompressed) body and checks the envelope, with at most [`MAX_JSON_VALUES`] values.
 pub fn parse_beacon(body: &[u8]) -> Result<ParsedBeacon, BeaconError> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| BeaconError::InvalidJson(e.to_string()))?;
+    parse_beacon_limited(body, MAX_JSON_VALUES, &mut |_| true)
+}
+
+/// [`parse_beacon`] with at most `max_values` JSON values, counted as they are parsed. Before the tree
+/// grows past `n` values, `charge(n)` is asked (every 1024 values) and may refuse: the caller's memory
+/// budget ([`JSON_VALUE_COST`] bytes a value is a fair price).
+pub fn parse_beacon_limited(body: &[u8], max_values: usize, charge: &mut dyn FnMut(usize) -> bool) -> Result<ParsedBeacon, BeaconError> {
+    let counter = Counter { count: Cell::new(0), max: max_values, charge: RefCell::new(charge), failure: Cell::new(None) };
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let parsed = Counted(&counter).deserialize(&mut de).and_then(|v| de.end().map(|()| v));
+    let value = match parsed {
+        Ok(v) => v,
+        Err(e) => return Err(counter.failure.take().unwrap_or_else(|| BeaconError::InvalidJson(e.to_string()))),
+    };
     let Value::Object(mut obj) = value else {
         return Err(BeaconError::NotAnObject);
     };
@@ -99,6 +125,101 @@ pub fn parse_beacon(body: &[u8]) -> Result<ParsedBeacon, BeaconError> {
         });
     }
     Ok(ParsedBeacon { key, sent_at, events })
+}
+
+/// Counts the values a parse builds (see [`parse_beacon_limited`]).
+struct Counter<'c> {
+    count: Cell<usize>,
+    max: usize,
+    charge: RefCell<&'c mut dyn FnMut(usize) -> bool>,
+    /// Why the parse was stopped, when the counter stopped it.
+    failure: Cell<Option<BeaconError>>,
+}
+
+const CHARGE_EVERY: usize = 1024;
+
+impl Counter<'_> {
+    fn tick<E: de::Error>(&self) -> Result<(), E> {
+        let n = self.count.get() + 1;
+        self.count.set(n);
+        let failure = if n > self.max {
+            BeaconError::TooManyValues(self.max)
+        } else if n % CHARGE_EVERY == 1 && !(self.charge.borrow_mut())(n + CHARGE_EVERY) {
+            BeaconError::OverBudget
+        } else {
+            return Ok(());
+        };
+        let message = failure.to_string();
+        self.failure.set(Some(failure));
+        Err(E::custom(message))
+    }
+}
+
+/// Builds a `serde_json::Value` exactly as its own `Deserialize` would, ticking the counter per value.
+#[derive(Clone, Copy)]
+struct Counted<'a, 'c>(&'a Counter<'c>);
+
+impl<'de> DeserializeSeed<'de> for Counted<'_, '_> {
+    type Value = Value;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Counted<'_, '_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Value, E> {
+        self.0.tick()?;
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Value, E> {
+        self.0.tick()?;
+        Ok(Value::Number(v.into()))
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Value, E> {
+        self.0.tick()?;
+        Ok(Value::Number(v.into()))
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Value, E> {
+        self.0.tick()?;
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Value, E> {
+        self.0.tick()?;
+        Ok(Value::String(v.to_owned()))
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Value, E> {
+        self.0.tick()?;
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Value, E> {
+        self.0.tick()?;
+        Ok(Value::Null)
+    }
+    fn visit_none<E: de::Error>(self) -> Result<Value, E> {
+        self.visit_unit()
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        self.0.tick()?;
+        let mut out = Vec::new();
+        while let Some(v) = seq.next_element_seed(self)? {
+            out.push(v);
+        }
+        Ok(Value::Array(out))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        self.0.tick()?;
+        let mut out = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let v = map.next_value_seed(self)?;
+            out.insert(key, v);
+        }
+        Ok(Value::Object(out))
+    }
 }
 
 /// Validates one event of a beacon.
@@ -367,6 +488,27 @@ mod tests {
         assert!(e.to_string().starts_with("field `sent_at`: must be an integer"));
         let e = parse_beacon(br#"{"key":5,"sent_at":1700000000000,"events":[]}"#).unwrap_err();
         assert!(e.to_string().starts_with("field `key`"));
+    }
+
+    #[test]
+    fn json_values_are_counted_while_parsing() {
+        let body = |n: usize| format!(r#"{{"sent_at":1700000000000,"events":[{}]}}"#, vec!["0"; n].join(","));
+        // The envelope object, `sent_at`, the events array: 3 values besides the elements.
+        assert!(parse_beacon_limited(body(97).as_bytes(), 100, &mut |_| true).is_ok());
+        assert_eq!(parse_beacon_limited(body(98).as_bytes(), 100, &mut |_| true), Err(BeaconError::TooManyValues(100)));
+        let mut asked = Vec::new();
+        let mut budget = |n: usize| {
+            asked.push(n);
+            n < 10_000
+        };
+        assert_eq!(parse_beacon_limited(body(20_000).as_bytes(), 1 << 20, &mut budget), Err(BeaconError::OverBudget));
+        assert_eq!(asked, (1..=10).map(|k| k * 1024 + 1).collect::<Vec<_>>(), "charged ahead, every 1024 values, until refused");
+        // What is parsed is exactly serde_json's own tree.
+        let text = r#"{"key":"k","sent_at":1700000000000,"events":[{"a":[1,-2,3.5,"x",null,true,{"b":{}}]}]}"#;
+        let ours = parse_beacon(text.as_bytes()).unwrap();
+        let theirs: Value = serde_json::from_str(text).unwrap();
+        assert_eq!(ours.events, theirs["events"].as_array().unwrap().clone());
+        assert!(matches!(parse_beacon(br#"{"sent_at":1} x"#), Err(BeaconError::InvalidJson(_))), "trailing data");
     }
 
     #[test]

@@ -12,7 +12,9 @@ pub mod event;
 pub mod record;
 pub mod tables;
 
-pub use beacon::{BeaconError, EventRejection, ParsedBeacon, parse_beacon, validate_event, validate_event_map};
+pub use beacon::{
+    BeaconError, EventRejection, ParsedBeacon, parse_beacon, parse_beacon_limited, validate_event, validate_event_map,
+};
 pub use event::{CacheStatus, ClientInfo, Event, EventKind, Payload, StreamType};
 pub use record::{EventsRecord, Record, RecordError, RejectedRecord};
 
