@@ -29,17 +29,10 @@ pub struct Config {
     pub clickhouse: pipeline::clickhouse::ClickHouseConfig,
     /// `[sql]`: the `POST /api/v1/sql` endpoint of `qoeflow serve`.
     pub sql: query::api::SqlConfig,
-    /// `[query]`: where the metrics API and the dashboard read from.
-    pub query: QueryConfig,
+    /// `[query]`: where the metrics API and the dashboard read from, listen, and their bounds.
+    pub query: query::api::QueryConfig,
     /// `[dashboard]`: the live dashboard's refresh period and KPI targets.
     pub dashboard: crate::dashboard::DashboardConfig,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct QueryConfig {
-    /// `parquet` (the data directory's dataset, the default) or `clickhouse` (the `[clickhouse]` server).
-    pub backend: query::backend::BackendKind,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,7 +68,7 @@ impl Default for Config {
             pipeline: pipeline::PipelineConfig::default(),
             clickhouse: pipeline::clickhouse::ClickHouseConfig::default(),
             sql: query::api::SqlConfig::default(),
-            query: QueryConfig::default(),
+            query: query::api::QueryConfig::default(),
             dashboard: crate::dashboard::DashboardConfig::default(),
         }
     }
@@ -89,10 +82,14 @@ impl Config {
             anyhow::ensure!(path.is_file(), "config file {} does not exist", path.display());
             figment = figment.merge(Toml::file_exact(path));
         }
-        // QOEFLOW_CONFIG (the file itself), QOEFLOW_ADMIN_TOKEN (the --admin-token flag's variable) and
-        // QOEFLOW_FAILPOINT (test fault injection) are not settings.
-        figment = figment.merge(Env::prefixed("QOEFLOW_").split("__").filter(|k| k != "config" && k != "failpoint" && k != "admin_token"));
-        figment.extract().context("invalid configuration")
+        // QOEFLOW_CONFIG (the file itself), QOEFLOW_ADMIN_TOKEN and QOEFLOW_API_TOKEN (the variables of
+        // the --admin-token and --api-token flags) and QOEFLOW_FAILPOINT (test fault injection) are not
+        // settings.
+        const NOT_SETTINGS: [&str; 4] = ["config", "failpoint", "admin_token", "api_token"];
+        figment = figment.merge(Env::prefixed("QOEFLOW_").split("__").filter(|k| !NOT_SETTINGS.iter().any(|n| k.as_str().eq_ignore_ascii_case(n))));
+        let config: Config = figment.extract().context("invalid configuration")?;
+        config.pipeline.validate().map_err(anyhow::Error::msg).context("invalid configuration")?;
+        Ok(config)
     }
 }
 

@@ -144,6 +144,23 @@ struct QueryServerArgs {
     /// Enables `POST /api/v1/sql` for requests bearing this token.
     #[arg(long, env = "QOEFLOW_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
+    #[command(flatten)]
+    api: ApiArgs,
+}
+
+#[derive(Args)]
+struct ApiArgs {
+    /// Every `/api/` route requires `Authorization: Bearer <token>` (the dashboard: open `/#token=…`).
+    #[arg(long, env = "QOEFLOW_API_TOKEN", hide_env_values = true)]
+    api_token: Option<String>,
+}
+
+impl ApiArgs {
+    fn apply(self, q: &mut query::api::QueryConfig) {
+        if let Some(t) = self.api_token {
+            q.api_token = Some(t);
+        }
+    }
 }
 
 #[derive(Args)]
@@ -222,6 +239,11 @@ struct ServeArgs {
     /// Enables `POST /api/v1/sql` for requests bearing this token.
     #[arg(long, env = "QOEFLOW_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
+    /// Serve the metrics API and the dashboard on this address instead of the beacon listener.
+    #[arg(long)]
+    api_listen: Option<std::net::SocketAddr>,
+    #[command(flatten)]
+    api: ApiArgs,
     /// Collector and local log only, no pipeline (the log is never trimmed): measures the collector
     /// alone in the collector benchmark.
     #[arg(long, hide = true)]
@@ -259,7 +281,7 @@ fn main() -> anyhow::Result<()> {
         let data_dir = args.data_dir.unwrap_or(config.data_dir);
         let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
         return runtime.block_on(async {
-            let engine = query::Engine::open(&data_dir).await?;
+            let engine = query::Engine::open_with_memory_limit(&data_dir, config.query.memory_limit_bytes).await?;
             let batches = engine.sql(&args.sql).await?;
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());
@@ -295,6 +317,10 @@ fn main() -> anyhow::Result<()> {
             if let Some(token) = args.admin_token {
                 config.sql.admin_token = Some(token);
             }
+            if let Some(listen) = args.api_listen {
+                config.query.listen = Some(listen);
+            }
+            args.api.apply(&mut config.query);
             Mode::Serve { pipeline: !args.no_pipeline }
         }
         Command::Ingest(args) => {
@@ -334,13 +360,34 @@ fn main() -> anyhow::Result<()> {
             if let Some(token) = args.admin_token {
                 config.sql.admin_token = Some(token);
             }
+            args.api.apply(&mut config.query);
             Mode::QueryServer
         }
         Command::Query(_) | Command::Loadgen(_) => unreachable!("handled above"),
     };
     init_tracing(&config)?;
+    raise_open_files_limit(&mut config.ingest);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(run(command, config))
+}
+
+/// Raises the soft limit of open files to the hard one (servers need more than the usual 1024), and
+/// keeps `ingest.max_connections` below what is left for connections.
+fn raise_open_files_limit(ingest: &mut ingest::IngestConfig) {
+    /// Descriptors kept for everything but client connections: log segments, Parquet files, sockets
+    /// to ClickHouse and Kinesis.
+    const RESERVED: u64 = 128;
+    let limit = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(1024);
+    let room = limit.saturating_sub(RESERVED).max(16) as usize;
+    if ingest.max_connections > room {
+        tracing::warn!(
+            configured = ingest.max_connections,
+            open_files_limit = limit,
+            using = room,
+            "ingest.max_connections is above what the open-files limit allows; lowering it"
+        );
+        ingest.max_connections = room;
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -372,6 +419,7 @@ async fn run(mode: Mode, config: Config) -> anyhow::Result<()> {
     let metrics = Metrics::new();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut pipeline_task = None;
+    let mut readiness: Vec<Arc<dyn ingest::Readiness>> = Vec::new();
     let sink = match mode {
         Mode::Serve { pipeline } => {
             let dir = config.data_dir.join("log");
@@ -379,9 +427,11 @@ async fn run(mode: Mode, config: Config) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot open the local log in {}", dir.display()))?;
             tracing::info!(dir = %dir.display(), durable_end = log.durable_end(), "local log open");
             if pipeline {
+                let status = Arc::new(pipeline_status(&config, &metrics.registry));
+                readiness.push(status.clone());
                 let (log2, data_dir, pcfg, stop) = (log.clone(), config.data_dir.clone(), config.pipeline.clone(), stop_rx.clone());
                 let ch = config.clickhouse.clone();
-                pipeline_task = Some(tokio::spawn(async move { pipeline::local::run(log2, data_dir, pcfg, ch, stop).await }));
+                pipeline_task = Some(tokio::spawn(async move { pipeline::local::run(log2, data_dir, pcfg, ch, status, stop).await }));
             } else {
                 tracing::warn!("--no-pipeline: collector and local log only; nothing reads or trims the log");
             }
@@ -397,7 +447,8 @@ async fn run(mode: Mode, config: Config) -> anyhow::Result<()> {
             Sink::Kinesis(sink)
         }
     };
-    let state = AppState::new(config.ingest.clone(), sink, metrics)?;
+    let limits = ingest::ConnLimits::from_config(&config.ingest);
+    let state = AppState::new(config.ingest.clone(), sink, metrics.clone(), readiness)?;
     let pruner = {
         let state = Arc::clone(&state);
         tokio::spawn(async move {
@@ -411,22 +462,38 @@ async fn run(mode: Mode, config: Config) -> anyhow::Result<()> {
     let listener = bind(config.listen).await?;
     let addr = listener.local_addr()?;
     let mut app = ingest::router(state);
+    // `qoeflow serve`: the metrics API over the dataset this process writes, on the beacon listener
+    // or on a listener of its own.
+    let mut api = None;
     if matches!(mode, Mode::Serve { .. }) {
-        // The metrics API over the dataset this process writes.
-        app = app.merge(api_router(&config).await?);
+        let router = api_router(&config).await?;
+        match config.query.listen {
+            Some(api_addr) => api = Some((bind(api_addr).await?, router.route("/healthz", axum::routing::get(|| async { "ok" })))),
+            None => app = app.merge(router),
+        }
     }
     let signals = shutdown_signal();
     tokio::spawn(async move {
         signals.await;
         let _ = stop_tx.send(true);
     });
+    let stopped = |mut stop: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
     tracing::info!("collector listening on http://{addr}");
-    let mut server_stop = stop_rx.clone();
-    ingest::serve(listener, app, async move {
-        let _ = server_stop.wait_for(|s| *s).await;
-    })
-    .await?;
+    let api_task = match api {
+        Some((listener, router)) => {
+            tracing::info!("metrics API listening on http://{}", listener.local_addr()?);
+            let (limits, stop) = (limits.clone(), stopped(stop_rx.clone()));
+            Some(tokio::spawn(ingest::serve(listener, router, limits, None, stop)))
+        }
+        None => None,
+    };
+    ingest::serve(listener, app, limits, Some(metrics), stopped(stop_rx.clone())).await?;
     pruner.abort();
+    if let Some(task) = api_task {
+        task.await.context("metrics API listener")??;
+    }
     if let Some(task) = pipeline_task {
         task.await.context("pipeline task")??;
     }
@@ -434,11 +501,16 @@ async fn run(mode: Mode, config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The pipeline's status (metrics in `registry`, readiness for `/readyz`).
+fn pipeline_status(config: &Config, registry: &prometheus::Registry) -> pipeline::PipelineStatus {
+    pipeline::PipelineStatus::new(registry, config.pipeline.stall_after_ms, config.pipeline.max_lag_ms)
+}
+
 /// The metrics API on the configured backend, and the dashboard at `/`.
 async fn api_router(config: &Config) -> anyhow::Result<axum::Router> {
-    let backend = query::backend::Backend::open(config.query.backend, &config.data_dir, &config.clickhouse).await?;
+    let backend = query::backend::Backend::open(&config.query, &config.data_dir, &config.clickhouse).await?;
     tracing::info!(backend = backend.name(), "metrics API and dashboard ready");
-    Ok(query::api::router(backend, config.sql.clone()).merge(dashboard::router(config.dashboard.clone())))
+    Ok(query::api::router(backend, config.sql.clone(), &config.query).merge(dashboard::router(config.dashboard.clone())))
 }
 
 async fn bind(addr: std::net::SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
@@ -451,7 +523,7 @@ async fn run_query_server(config: Config) -> anyhow::Result<()> {
     let listener = bind(config.listen).await?;
     tracing::info!("query server listening on http://{}", listener.local_addr()?);
     let signals = shutdown_signal();
-    ingest::serve(listener, app, signals).await?;
+    ingest::serve(listener, app, ingest::ConnLimits::from_config(&config.ingest), None, signals).await?;
     tracing::info!("stopped");
     Ok(())
 }
@@ -468,7 +540,8 @@ async fn run_pipeline(config: Config, worker_index: u32, worker_count: u32) -> a
         signals.await;
         let _ = stop_tx.send(true);
     });
-    pipeline::runner::run(source, config.data_dir, config.pipeline, config.clickhouse, stop_rx).await
+    let status = Arc::new(pipeline_status(&config, &prometheus::Registry::new()));
+    pipeline::runner::run(source, config.data_dir, config.pipeline, config.clickhouse, status, stop_rx).await
 }
 
 /// Resolves on SIGTERM or SIGINT. The handlers are installed when this is called (not when first

@@ -94,7 +94,7 @@ async fn main() -> anyhow::Result<()> {
     let config = PipelineConfig { flush_interval_ms: 10, max_records_per_epoch: per_epoch, compact_after_ms: 0, ..PipelineConfig::default() };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let t = Instant::now();
-    let task = tokio::spawn(pipeline::local::run(log.clone(), data.clone(), config.clone(), Default::default(), stop_rx));
+    let task = tokio::spawn(pipeline::local::run(log.clone(), data.clone(), config.clone(), Default::default(), common::status(), stop_rx));
     while common::checkpoint(&data).1 < total {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -103,10 +103,10 @@ async fn main() -> anyhow::Result<()> {
     let (last_epoch, _) = common::checkpoint(&data);
     eprintln!("wrote {views} views ({total} records) in {last_epoch} epochs in {:.1} s", t.elapsed().as_secs_f64());
 
-    let backend = Backend::open(query::backend::BackendKind::Parquet, &data, &Default::default()).await?;
+    let backend = Backend::open(&Default::default(), &data, &Default::default()).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
-    tokio::spawn(async move { axum::serve(listener, query::api::router(backend, Default::default())).await });
+    tokio::spawn(async move { axum::serve(listener, query::api::router(backend, Default::default(), &Default::default())).await });
 
     let window_files = count_files(&data.join("parquet/qoe_window"));
     eprintln!("timing the API over {} Parquet files ({window_files} of qoe_window), as written", count_files(&data.join("parquet")));

@@ -87,7 +87,7 @@ async fn main() -> anyhow::Result<()> {
         let config = PipelineConfig { flush_interval_ms: FLUSH_MS, ..PipelineConfig::default() };
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let (t, c) = (Instant::now(), cpu_seconds());
-        let task = tokio::spawn(pipeline::local::run(log.clone(), out.clone(), config, Default::default(), stop_rx));
+        let task = tokio::spawn(pipeline::local::run(log.clone(), out.clone(), config, Default::default(), common::status(), stop_rx));
         while common::checkpoint(&out).1 < total {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }

@@ -17,3 +17,8 @@ pub fn checkpoint(data: &Path) -> (u64, u64) {
     };
     (field("epoch"), field("position"))
 }
+
+/// A pipeline status for a benchmark's pipeline (its metrics are not exported).
+pub fn status() -> std::sync::Arc<pipeline::PipelineStatus> {
+    std::sync::Arc::new(pipeline::PipelineStatus::new(&prometheus::Registry::new(), 60_000, 300_000))
+}

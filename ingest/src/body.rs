@@ -35,8 +35,8 @@ pub struct BodyLimits {
 pub struct DecodedBody {
     pub bytes: Vec<u8>,
     pub wire_len: usize,
-    /// Budget held for `bytes` (released on drop).
-    pub _budget: Budget,
+    /// Budget held for `bytes` (released on drop); what is parsed from them may reserve more.
+    pub budget: Budget,
 }
 
 /// A request's share of the memory budget.
@@ -53,7 +53,7 @@ impl Budget {
     }
 
     /// Makes sure `bytes` are covered by the budget. On refusal nothing more is held than before.
-    fn reserve(&mut self, bytes: usize) -> Result<(), ApiError> {
+    pub fn reserve(&mut self, bytes: usize) -> Result<(), ApiError> {
         let need = bytes.div_ceil(BUDGET_UNIT);
         if need <= self.units {
             return Ok(());
@@ -219,7 +219,7 @@ async fn read_inner(mut body: Body, declared_gzip: bool, limits: &BodyLimits, bu
         decoder = decoder.push(&chunk, limits)?;
     }
     let sink = decoder.finish()?;
-    Ok(DecodedBody { bytes: sink.buf, wire_len, _budget: sink.budget })
+    Ok(DecodedBody { bytes: sink.buf, wire_len, budget: sink.budget })
 }
 
 #[cfg(test)]

@@ -29,12 +29,24 @@ pub struct IngestConfig {
     pub per_key_burst: u32,
     /// Zero the last IPv4 octet / last 80 bits of IPv6 before anything is stored.
     pub anonymize_ip: bool,
-    /// Take the client IP from the first `X-Forwarded-For` entry (only behind a trusted proxy).
-    pub trust_x_forwarded_for: bool,
+    /// Proxies (CIDRs, e.g. `10.0.0.0/8`) whose `X-Forwarded-For` is believed: the client is the
+    /// right-most hop that is not one of them. Empty: the header is ignored, the socket address counts.
+    pub trusted_proxies: Vec<String>,
     /// MaxMind (GeoIP2 / GeoLite2 Country or City) database for the `country` dimension.
     pub geoip_db: Option<PathBuf>,
     /// `Retry-After` seconds sent with 503 and 429.
     pub retry_after_secs: u32,
+    /// Events whose skew-corrected time (`ts + recv - sent_at`) is more than this after the receive
+    /// time are rejected (`future_ts`): no client sends what it has not yet seen.
+    pub max_event_future_ms: i64,
+    /// JSON values one body may hold (counted while parsing; 413 `too_many_values` above it).
+    pub max_json_values: usize,
+    /// Open connections at most; more are answered 503 and closed at once.
+    pub max_connections: usize,
+    /// A request's headers must arrive within this of its first byte (of the connection, for the first).
+    pub header_read_timeout_ms: u64,
+    /// A kept-alive connection with no request for this long is closed.
+    pub idle_timeout_ms: u64,
 }
 
 impl Default for IngestConfig {
@@ -51,9 +63,14 @@ impl Default for IngestConfig {
             per_key_rps: 0,
             per_key_burst: 10_000,
             anonymize_ip: true,
-            trust_x_forwarded_for: false,
+            trusted_proxies: Vec::new(),
             geoip_db: None,
             retry_after_secs: 1,
+            max_event_future_ms: 3_600_000,
+            max_json_values: schemas::beacon::MAX_JSON_VALUES,
+            max_connections: 10_000,
+            header_read_timeout_ms: 10_000,
+            idle_timeout_ms: 75_000,
         }
     }
 }

@@ -1,6 +1,11 @@
 //! Request enrichment: client IP (anonymised by default), user agent → device type / OS / browser and
 //! bot flag (the `woothee` parser plus TV/tablet rules it lacks), and country from an optional MaxMind
 //! database. The full IP is used only in memory for the GeoIP lookup; what is stored is anonymised.
+//!
+//! IPv6 addresses that carry an IPv4 address are handled for what they are: IPv4-mapped, NAT64
+//! (`64:ff9b::/96`) and IPv4-compatible addresses are the IPv4 client ([`canonical`]); a 6to4 address
+//! (`2002:AABB:CCDD::/48`) keeps its IPv4 in the /48 that anonymisation would otherwise keep, so it is
+//! cut to the anonymised IPv4's /40; Teredo (`2001::/32`) keeps only its prefix.
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -25,6 +30,7 @@ impl Enricher {
     }
 
     pub fn client_info(&self, ip: IpAddr, user_agent: Option<&str>) -> ClientInfo {
+        let ip = canonical(ip);
         let mut info = ClientInfo {
             ip: Some(if self.anonymize_ip { anonymize(ip) } else { ip }.to_string()),
             country: self.country(ip).unwrap_or_default(),
@@ -86,21 +92,41 @@ fn device_type(category: &str, os: &str, ua: &str) -> &'static str {
     }
 }
 
-/// Zeroes the last IPv4 octet, or the last 80 bits of an IPv6 address (keeping the /48).
+/// The address a client really has: IPv4-mapped, NAT64 and IPv4-compatible IPv6 addresses as their
+/// IPv4 address; anything else as it is.
+pub fn canonical(ip: IpAddr) -> IpAddr {
+    let IpAddr::V6(v6) = ip else { return ip };
+    let seg = v6.segments();
+    let low = std::net::Ipv4Addr::new((seg[6] >> 8) as u8, seg[6] as u8, (seg[7] >> 8) as u8, seg[7] as u8);
+    if let Some(v4) = v6.to_ipv4_mapped() {
+        return IpAddr::V4(v4);
+    }
+    let nat64 = seg[..6] == [0x64, 0xff9b, 0, 0, 0, 0];
+    // IPv4-compatible (`::a.b.c.d`, deprecated but still seen); not `::` or `::1`.
+    let compatible = seg[..6] == [0; 6] && u32::from(low) > 1;
+    if nat64 || compatible { IpAddr::V4(low) } else { ip }
+}
+
+/// Zeroes the last IPv4 octet, or the last 80 bits of an IPv6 address (keeping the /48) — less where
+/// the /48 would still carry an IPv4 address (see the module header).
 pub fn anonymize(ip: IpAddr) -> IpAddr {
-    match ip {
+    match canonical(ip) {
         IpAddr::V4(v4) => {
             let [a, b, c, _] = v4.octets();
             IpAddr::from([a, b, c, 0])
         }
         IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return anonymize(IpAddr::V4(v4));
-            }
             let mut seg = v6.segments();
-            for s in &mut seg[3..] {
-                *s = 0;
-            }
+            let keep = match seg[0] {
+                0x2002 => {
+                    // 6to4: 2002:AABB:CCDD::/48 holds AA.BB.CC.DD; keep AA.BB.CC (a /40).
+                    seg[2] &= 0xff00;
+                    3
+                }
+                0x2001 if seg[1] == 0 => 2, // Teredo: server and client IPv4 follow the /32
+                _ => 3,
+            };
+            seg[keep..].fill(0);
             IpAddr::from(seg)
         }
     }
@@ -115,6 +141,22 @@ mod tests {
         assert_eq!(anonymize("203.0.113.77".parse().unwrap()).to_string(), "203.0.113.0");
         assert_eq!(anonymize("2001:db8:abcd:12:1:2:3:4".parse().unwrap()).to_string(), "2001:db8:abcd::");
         assert_eq!(anonymize("::ffff:10.1.2.3".parse().unwrap()).to_string(), "10.1.2.0");
+    }
+
+    #[test]
+    fn embedded_ipv4_never_survives_anonymisation() {
+        let a = |s: &str| anonymize(s.parse().unwrap()).to_string();
+        // 6to4 of 203.0.113.77: the anonymised IPv4's /24 at most.
+        assert_eq!(a("2002:cb00:714d:1:2:3:4:5"), "2002:cb00:7100::");
+        // NAT64 and IPv4-compatible addresses are their IPv4 client.
+        assert_eq!(a("64:ff9b::203.0.113.77"), "203.0.113.0");
+        assert_eq!(a("::203.0.113.77"), "203.0.113.0");
+        assert_eq!(canonical("64:ff9b::cb00:714d".parse().unwrap()).to_string(), "203.0.113.77");
+        // Teredo: the client's (obfuscated) IPv4 and port, and the server's IPv4, all go.
+        assert_eq!(a("2001:0:4136:e378:8000:63bf:3fff:fdd2"), "2001::");
+        // Loopback and unspecified stay IPv6.
+        assert_eq!(canonical("::1".parse().unwrap()).to_string(), "::1");
+        assert_eq!(a("2001:db8:1:2::1"), "2001:db8:1::");
     }
 
     #[test]

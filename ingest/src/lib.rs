@@ -2,12 +2,14 @@
 //! acknowledged.
 //!
 //! - [`server`]: the axum routes and the beacon handler (limits, keys, CORS, validation, enrichment).
+//! - [`conn`]: the listener: a cap on connections, header and idle timeouts, graceful shutdown.
 //! - [`body`]: streaming body reading with wire, decoded and memory limits.
 //! - [`sink`]: the local log and Kinesis sinks behind one `append` that resolves on durability.
 //! - [`log`]: the embedded durable local log (also the pipeline's source in `qoeflow serve`).
 //! - [`enrich`], [`metrics`], [`config`], [`error`].
 
 pub mod body;
+pub mod conn;
 pub mod config;
 pub mod enrich;
 pub mod error;
@@ -18,5 +20,6 @@ pub mod sink;
 
 pub use config::{IngestConfig, KeyConfig, KinesisConfig};
 pub use metrics::Metrics;
-pub use server::{AppState, router, serve};
+pub use conn::{ConnLimits, serve};
+pub use server::{AppState, Readiness, router};
 pub use sink::{Sink, SinkError, SinkRecord};

@@ -24,6 +24,10 @@ pub struct Metrics {
     pub kinesis_throttles: IntCounter,
     /// Requests answered 503 because some record ran out of attempts.
     pub kinesis_exhausted: IntCounter,
+    /// Connections being served.
+    pub connections: IntGauge,
+    /// Connections answered 503 at `max_connections`.
+    pub connections_refused: IntCounter,
 }
 
 fn buckets() -> Vec<f64> {
@@ -48,9 +52,12 @@ impl Metrics {
             registry.register(Box::new(h.clone())).expect("unique metric");
             h
         };
-        let in_flight = IntGauge::new("qoeflow_ingest_in_flight_requests", "Beacon requests being handled")
-            .expect("valid metric name");
-        registry.register(Box::new(in_flight.clone())).expect("unique metric");
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("valid metric name");
+            registry.register(Box::new(g.clone())).expect("unique metric");
+            g
+        };
+        let in_flight = gauge("qoeflow_ingest_in_flight_requests", "Beacon requests being handled");
         Metrics {
             requests: counter_vec("qoeflow_ingest_requests_total", "Beacon requests by HTTP status", "status"),
             events_accepted: counter("qoeflow_ingest_events_accepted_total", "Events durably accepted"),
@@ -82,6 +89,11 @@ impl Metrics {
             kinesis_exhausted: counter(
                 "qoeflow_ingest_kinesis_exhausted_requests_total",
                 "Requests answered 503 because a record ran out of attempts",
+            ),
+            connections: gauge("qoeflow_ingest_open_connections", "Connections being served"),
+            connections_refused: counter(
+                "qoeflow_ingest_connections_refused_total",
+                "Connections answered 503 at ingest.max_connections",
             ),
             registry,
         }

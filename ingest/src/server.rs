@@ -3,9 +3,17 @@
 //! Order of checks for a beacon, cheapest first so refusals cost little: in-flight bound (503), per-IP
 //! rate limit (429), content type and encoding (415), key from header or query (401/403), declared length
 //! (413), then the body is streamed in under the wire, decoded and memory limits (413/503/408), parsed
-//! (400), the body key is checked (401/403), the per-key rate limit (429), events are validated and
-//! enriched, and the records are handed to the sink. Only when the sink says they are durable does the
-//! client get 204 (all accepted) or 200 with the rejected indexes; a sink failure is 503 + Retry-After.
+//! with its JSON values counted and charged to the memory budget as the tree grows (413/503, else 400),
+//! the body key is checked (401/403), the per-key rate limit (429), events are validated (an event
+//! dated implausibly far after its receive time is rejected as `future_ts`) and enriched, and the
+//! records are handed to the sink. Only when the sink says they are durable does the client get 204
+//! (all accepted) or 200 with the rejected indexes; a sink failure is 503 + Retry-After.
+//!
+//! **Client IP.** The socket address, unless it is one of `trusted_proxies`: then `X-Forwarded-For` is
+//! walked from the right and the first hop that is not a trusted proxy is the client (what a client
+//! writes into the header itself is never believed). Addresses that embed an IPv4 address (mapped,
+//! NAT64, IPv4-compatible) count as that IPv4 address; IPv6 clients are rate limited per /64, since one
+//! subscriber usually has a whole /64.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -22,14 +30,15 @@ use axum::routing::{get, post};
 use bytes::Bytes;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use schemas::record::{EventsRecord, Record, RejectedRecord};
-use schemas::{ClientInfo, parse_beacon, validate_event};
+use schemas::beacon::JSON_VALUE_COST;
+use schemas::{BeaconError, ClientInfo, parse_beacon_limited, validate_event};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use tokio::sync::Semaphore;
 
 use crate::body::{BUDGET_UNIT, BodyLimits, Budget, read_body};
 use crate::config::IngestConfig;
-use crate::enrich::Enricher;
+use crate::enrich::{Enricher, canonical};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::sink::{MAX_RECORD_BYTES, Sink, SinkRecord};
@@ -47,11 +56,29 @@ pub struct AppState {
     ip_limiter: Option<DefaultKeyedRateLimiter<IpAddr>>,
     key_limiter: Option<DefaultKeyedRateLimiter<String>>,
     limits: BodyLimits,
+    trusted_proxies: Vec<ipnet::IpNet>,
+    readiness: Vec<Arc<dyn Readiness>>,
+}
+
+/// Something besides the sink that `/readyz` vouches for (the pipeline of `qoeflow serve`).
+pub trait Readiness: Send + Sync {
+    /// `Err(why)` when not ready.
+    fn check(&self) -> Result<(), String>;
 }
 
 impl AppState {
-    pub fn new(config: IngestConfig, sink: Sink, metrics: Metrics) -> anyhow::Result<Arc<AppState>> {
+    /// The collector's state; `/readyz` also asks every one of `readiness`.
+    pub fn new(config: IngestConfig, sink: Sink, metrics: Metrics, readiness: Vec<Arc<dyn Readiness>>) -> anyhow::Result<Arc<AppState>> {
         let enricher = Enricher::new(config.anonymize_ip, config.geoip_db.as_deref())?;
+        let trusted_proxies = config
+            .trusted_proxies
+            .iter()
+            .map(|p| {
+                p.parse::<ipnet::IpNet>()
+                    .or_else(|_| p.parse::<IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| anyhow::anyhow!("ingest.trusted_proxies: {p:?} is not an IP address or CIDR (e.g. 10.0.0.0/8)"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
         if config.keys.is_empty() {
             tracing::warn!("no ingest keys configured: the collector accepts beacons from anyone (set --ingest-key)");
         }
@@ -77,8 +104,14 @@ impl AppState {
             metrics,
             enricher,
             limits,
+            trusted_proxies,
+            readiness,
             config,
         }))
+    }
+
+    fn trusted(&self, ip: IpAddr) -> bool {
+        self.trusted_proxies.iter().any(|net| net.contains(&ip))
     }
 
     /// Drops rate-limiter state of clients not seen lately (call periodically).
@@ -133,25 +166,18 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-/// Serves the collector on `listener` until `shutdown` resolves, then drains requests in flight.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    app: Router,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown)
-        .await
-}
-
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
-    match state.sink.ready().await {
-        Ok(()) => (StatusCode::OK, "ready").into_response(),
-        Err(why) => {
-            tracing::warn!(sink = state.sink.name(), %why, "not ready");
-            (StatusCode::SERVICE_UNAVAILABLE, format!("{} sink not ready", state.sink.name())).into_response()
+    if let Err(why) = state.sink.ready().await {
+        tracing::warn!(sink = state.sink.name(), %why, "not ready");
+        return (StatusCode::SERVICE_UNAVAILABLE, format!("{} sink not ready", state.sink.name())).into_response();
+    }
+    for r in &state.readiness {
+        if let Err(why) = r.check() {
+            tracing::warn!(%why, "not ready");
+            return (StatusCode::SERVICE_UNAVAILABLE, why).into_response();
         }
     }
+    (StatusCode::OK, "ready").into_response()
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
@@ -221,16 +247,45 @@ async fn beacon(
     resp
 }
 
+/// The client's address (see the module header): the right-most `X-Forwarded-For` hop that is not a
+/// trusted proxy, when the socket peer is one.
 fn client_ip(state: &AppState, headers: &HeaderMap, peer: SocketAddr) -> IpAddr {
-    if state.config.trust_x_forwarded_for {
-        if let Some(ip) = header_str(headers, "x-forwarded-for")
-            .and_then(|v| v.split(',').next())
-            .and_then(|first| first.trim().parse().ok())
-        {
-            return ip;
+    let mut client = canonical(peer.ip());
+    if !state.trusted(client) {
+        return client;
+    }
+    // Several headers are one list, in order.
+    let hops: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|h| !h.is_empty())
+        .collect();
+    for hop in hops.iter().rev().take(64) {
+        let Some(ip) = hop.parse::<IpAddr>().ok().or_else(|| hop.parse::<SocketAddr>().ok().map(|s| s.ip())) else {
+            // Garbage written by whoever is left of the last trusted hop: that hop saw the client.
+            return client;
+        };
+        client = canonical(ip);
+        if !state.trusted(client) {
+            return client;
         }
     }
-    peer.ip()
+    client
+}
+
+/// What a client is rate limited by: its IPv4 address, or its IPv6 /64.
+fn rate_limit_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => {
+            let mut seg = v6.segments();
+            seg[4..].fill(0);
+            IpAddr::from(seg)
+        }
+    }
 }
 
 async fn handle(
@@ -247,7 +302,7 @@ async fn handle(
     })?;
     let ip = client_ip(state, headers, peer);
     if let Some(limiter) = &state.ip_limiter {
-        limiter.check_key(&ip).map_err(|_| ApiError::rate_limited("rate_limited_ip", retry))?;
+        limiter.check_key(&rate_limit_key(ip)).map_err(|_| ApiError::rate_limited("rate_limited_ip", retry))?;
     }
     let declared_gzip = match header_str(headers, header::CONTENT_ENCODING).map(str::to_ascii_lowercase).as_deref() {
         None | Some("identity") => false,
@@ -267,13 +322,25 @@ async fn handle(
         state.authorize(header_key.as_deref(), origin)?;
     }
     let declared_len = header_str(headers, header::CONTENT_LENGTH).and_then(|v| v.parse().ok());
-    let body = read_body(body, declared_gzip, declared_len, &state.limits, Budget::new(state.memory.clone(), retry)).await?;
+    let mut body = read_body(body, declared_gzip, declared_len, &state.limits, Budget::new(state.memory.clone(), retry)).await?;
     state.metrics.received_bytes.inc_by(body.wire_len as u64);
     state.metrics.decoded_bytes.inc_by(body.bytes.len() as u64);
     let recv_ms = schemas::now_ms();
 
-    let beacon = match parse_beacon(&body.bytes) {
+    // The parsed tree is charged to the request's memory budget as it grows, beside the body itself.
+    let text_len = body.bytes.len();
+    let budget = &mut body.budget;
+    // Every value takes at least a byte of text, so a small body is never charged for more than it holds.
+    let mut charge = |values: usize| budget.reserve(text_len + values.min(text_len + 1) * JSON_VALUE_COST).is_ok();
+    let beacon = match parse_beacon_limited(&body.bytes, state.config.max_json_values, &mut charge) {
         Ok(b) => b,
+        Err(e @ BeaconError::TooManyValues(_)) => {
+            state.metrics.events_rejected.with_label_values(&["too_many_values"]).inc();
+            return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_many_values", format!("{e} (ingest.max_json_values)")));
+        }
+        Err(BeaconError::OverBudget) => {
+            return Err(ApiError::unavailable("overloaded", "the collector is at its memory bound, retry later", retry));
+        }
         Err(e) => {
             state.metrics.events_rejected.with_label_values(&["body_invalid"]).inc();
             return Err(ApiError::bad_request("invalid_body", e.to_string()));
@@ -292,8 +359,17 @@ async fn handle(
     let mut views: Vec<(String, Vec<(usize, Map<String, Value>)>)> = Vec::new();
     let mut view_index: HashMap<String, usize> = HashMap::new();
     let mut rejected: Vec<(usize, &'static str, String, String)> = Vec::new();
+    let max_future = state.config.max_event_future_ms;
     for (i, raw) in beacon.events.into_iter().enumerate() {
         match validate_event(&raw) {
+            Ok(ev) if ev.ts.saturating_sub(beacon.sent_at) > max_future => {
+                // Skew-corrected, `ts + (recv_ms - sent_at)` is this far after the receive time.
+                let reason = format!(
+                    "ts: {} ms in the future of the receive time once corrected for the client's clock (`sent_at`); at most {max_future} ms",
+                    ev.ts.saturating_sub(beacon.sent_at)
+                );
+                rejected.push((i, "future_ts", reason, raw.to_string()));
+            }
             Ok(ev) => {
                 let Value::Object(obj) = raw else { continue };
                 let slot = match view_index.get(&ev.view_id) {

@@ -64,22 +64,64 @@ impl ClickHouseSink {
         Ok(())
     }
 
-    /// Inserts one epoch's rows (one INSERT per table with rows).
+    /// Inserts one epoch's rows: per table, one INSERT per [`MAX_DAYS_PER_INSERT`] days of rows.
     pub async fn write_epoch(&self, epoch: u64, out: &Output) -> anyhow::Result<()> {
-        for (table, columns, rows) in tables_of(out, &self.dims, &self.source, epoch) {
-            if rows.is_empty() {
-                continue;
-            }
-            let mut data = Vec::with_capacity(rows.len() * 128);
-            for (_, cells) in &rows {
-                encode_rowbinary(cells, columns, &mut data);
-            }
+        for (table, columns, mut rows) in tables_of(out, &self.dims, &self.source, epoch) {
+            rows.sort_by_key(|(t, _)| t.div_euclid(DAY_MS));
             let names: Vec<&str> = columns.iter().map(|c| c.name).collect();
-            let sql = format!("INSERT INTO {}.{table} ({}) FORMAT RowBinary", self.database, names.join(", "));
-            let mut insert = self.client.insert_formatted_with(sql);
-            insert.send(Bytes::from(data)).await?;
-            insert.end().await?;
+            for chunk in day_chunks(&rows, MAX_DAYS_PER_INSERT) {
+                let mut data = Vec::with_capacity(chunk.len() * 128);
+                for (_, cells) in chunk {
+                    encode_rowbinary(cells, columns, &mut data);
+                }
+                let sql = format!("INSERT INTO {}.{table} ({}) FORMAT RowBinary", self.database, names.join(", "));
+                let mut insert = self.client.insert_formatted_with(sql);
+                insert.send(Bytes::from(data)).await?;
+                insert.end().await?;
+            }
         }
         Ok(())
+    }
+}
+
+const DAY_MS: i64 = 86_400_000;
+
+/// Tables are partitioned by day, and ClickHouse refuses an INSERT whose rows fall in more than
+/// `max_partitions_per_insert_block` partitions (100 by default): one INSERT carries at most this many
+/// days (with room for `intDiv` rounding negative times the other way).
+const MAX_DAYS_PER_INSERT: usize = 40;
+
+/// Consecutive runs of `rows` (sorted by day) covering at most `max_days` days each.
+fn day_chunks<T>(rows: &[(i64, T)], max_days: usize) -> Vec<&[(i64, T)]> {
+    let mut chunks = Vec::new();
+    let (mut start, mut days, mut last_day) = (0, 0usize, None);
+    for (i, (t, _)) in rows.iter().enumerate() {
+        let day = t.div_euclid(DAY_MS);
+        if last_day != Some(day) {
+            if days == max_days {
+                chunks.push(&rows[start..i]);
+                (start, days) = (i, 0);
+            }
+            days += 1;
+            last_day = Some(day);
+        }
+    }
+    if start < rows.len() {
+        chunks.push(&rows[start..]);
+    }
+    chunks
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inserts_cover_a_bounded_number_of_days() {
+        let rows: Vec<(i64, usize)> = (0..101).flat_map(|d| [(d * DAY_MS, 0), (d * DAY_MS + 5, 1)]).collect();
+        let chunks = day_chunks(&rows, 40);
+        assert_eq!(chunks.iter().map(|c| c.len()).collect::<Vec<_>>(), vec![80, 80, 42]);
+        assert_eq!(chunks.concat(), rows);
+        assert!(day_chunks::<()>(&[], 40).is_empty());
     }
 }

@@ -9,6 +9,7 @@
 //! - [`runner`]: the epoch protocol (intent → sinks → checkpoint) shared by every source.
 //! - [`kinesis`]: the Kinesis source (shards, lineage, KPL deaggregation, worker assignment).
 //! - [`local`]: the pipeline's configuration and its local-log source.
+//! - [`status`]: the pipeline's metrics and readiness (stalled, far behind).
 //! - [`reference`]: a plain batch computation of the same definitions, for differential tests.
 
 pub mod clickhouse;
@@ -19,8 +20,10 @@ pub mod reference;
 pub mod rows;
 pub mod runner;
 pub mod sessionizer;
+pub mod status;
 pub mod view;
 pub mod window;
 
 pub use local::PipelineConfig;
+pub use status::PipelineStatus;
 pub use sessionizer::{Dim, EventRow, Output, SessionConfig, SessionState, Sessionizer, Stats, ViewRow};

@@ -42,6 +42,19 @@ pub struct PipelineConfig {
     pub compact_min_files: usize,
     /// Merged Parquet files roll over at about this size.
     pub compact_target_bytes: u64,
+    /// Caps on the sessionizer's state (see [`SessionConfig`]).
+    pub max_open_views: usize,
+    pub max_ended_views: usize,
+    pub max_gaps_per_view: usize,
+    pub max_buffered_events: usize,
+    /// Record bytes one epoch reads at most (besides `max_records_per_epoch`).
+    pub max_epoch_bytes: usize,
+    /// Attempts at a record whose processing fails before it is quarantined (dead-lettered).
+    pub poison_attempts: u32,
+    /// `/readyz` reports the pipeline stalled when it has failed to commit for this long.
+    pub stall_after_ms: u64,
+    /// … and far behind when it has not caught up with its input for this long.
+    pub max_lag_ms: u64,
 }
 
 impl Default for PipelineConfig {
@@ -58,6 +71,14 @@ impl Default for PipelineConfig {
             compact_after_ms: 10 * 60_000,
             compact_min_files: 8,
             compact_target_bytes: 128 << 20,
+            max_open_views: s.max_open_views,
+            max_ended_views: s.max_ended_views,
+            max_gaps_per_view: s.max_gaps_per_view,
+            max_buffered_events: s.max_buffered_events,
+            max_epoch_bytes: 64 << 20,
+            poison_attempts: 3,
+            stall_after_ms: 60_000,
+            max_lag_ms: 300_000,
         }
     }
 }
@@ -70,7 +91,39 @@ impl PipelineConfig {
             inactivity_timeout_ms: self.inactivity_timeout_ms,
             late_horizon_ms: self.late_horizon_ms,
             reorder_wait_ms: self.reorder_wait_ms,
+            max_open_views: self.max_open_views,
+            max_ended_views: self.max_ended_views,
+            max_gaps_per_view: self.max_gaps_per_view,
+            max_buffered_events: self.max_buffered_events,
         }
+    }
+
+    /// Refuses settings that would let one event cost unbounded work (checked at start-up).
+    pub fn validate(&self) -> Result<(), String> {
+        const MAX_WINDOWS_PER_SPAN: i64 = 100_000;
+        if self.window_ms < 1000 {
+            return Err(format!("pipeline.window_ms = {} is below 1000", self.window_ms));
+        }
+        if self.inactivity_timeout_ms < 1 || self.inactivity_timeout_ms / self.window_ms > MAX_WINDOWS_PER_SPAN {
+            return Err(format!(
+                "pipeline.inactivity_timeout_ms = {} must be positive and at most {MAX_WINDOWS_PER_SPAN} windows \
+                 (pipeline.window_ms = {}): it bounds the windows one event can touch",
+                self.inactivity_timeout_ms, self.window_ms
+            ));
+        }
+        for (name, v) in [
+            ("max_open_views", self.max_open_views),
+            ("max_ended_views", self.max_ended_views),
+            ("max_gaps_per_view", self.max_gaps_per_view),
+            ("max_records_per_epoch", self.max_records_per_epoch),
+            ("max_epoch_bytes", self.max_epoch_bytes),
+            ("poison_attempts", self.poison_attempts as usize),
+        ] {
+            if v == 0 {
+                return Err(format!("pipeline.{name} must be at least 1"));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -85,9 +138,10 @@ impl LocalSource {
         LocalSource { log, reader: None }
     }
 
-    async fn read(&mut self, max: usize, upto: u64) -> anyhow::Result<(Vec<SourceRecord>, u64)> {
+    async fn read(&mut self, max: usize, max_bytes: usize, upto: u64) -> anyhow::Result<(Vec<SourceRecord>, u64)> {
         let mut reader = self.reader.take().context("local source read before seek")?;
-        let (entries, reader) = tokio::task::spawn_blocking(move || (reader.read_batch(max, upto), reader)).await?;
+        let (entries, reader) =
+            tokio::task::spawn_blocking(move || (reader.read_batch_bytes(max, max_bytes, upto), reader)).await?;
         let position = reader.position();
         self.reader = Some(reader);
         let entries = entries.context("reading the local log")?;
@@ -112,15 +166,15 @@ impl Source for LocalSource {
         Ok(())
     }
 
-    async fn next(&mut self, max: usize) -> anyhow::Result<Batch<u64>> {
+    async fn next(&mut self, max: usize, max_bytes: usize) -> anyhow::Result<Batch<u64>> {
         let end = self.log.durable_end();
-        let (records, to) = self.read(max, end).await?;
+        let (records, to) = self.read(max, max_bytes, end).await?;
         let caught_up = if to >= end { vec![PARTITION.to_owned()] } else { Vec::new() };
-        Ok(Batch { records, to, caught_up })
+        Ok(Batch { records, to, caught_up, behind: to < end })
     }
 
     async fn next_until(&mut self, to: &u64) -> anyhow::Result<Vec<SourceRecord>> {
-        let (records, position) = self.read(usize::MAX, *to).await?;
+        let (records, position) = self.read(usize::MAX, usize::MAX, *to).await?;
         anyhow::ensure!(position == *to, "the local log ends at {position}, before the recorded epoch end {to}");
         Ok(records)
     }
@@ -138,7 +192,8 @@ pub async fn run(
     data_dir: PathBuf,
     config: PipelineConfig,
     clickhouse: ClickHouseConfig,
+    status: Arc<crate::PipelineStatus>,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    crate::runner::run(LocalSource::new(log), data_dir, config, clickhouse, shutdown).await
+    crate::runner::run(LocalSource::new(log), data_dir, config, clickhouse, status, shutdown).await
 }

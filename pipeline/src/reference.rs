@@ -31,6 +31,12 @@ struct ViewInput {
 }
 
 pub fn compute(records: &[Record], window_ms: i64, dims: &[Dim]) -> BatchResult {
+    compute_with_timeout(records, window_ms, dims, crate::SessionConfig::default().inactivity_timeout_ms)
+}
+
+/// [`compute`] where a view ends at an event followed by more than `inactivity_timeout_ms` of the
+/// client's clock without another (DESIGN.md §4).
+pub fn compute_with_timeout(records: &[Record], window_ms: i64, dims: &[Dim], inactivity_timeout_ms: i64) -> BatchResult {
     let mut views: HashMap<String, ViewInput> = HashMap::new();
     for r in records {
         let Record::Events(r) = r else { continue };
@@ -47,7 +53,7 @@ pub fn compute(records: &[Record], window_ms: i64, dims: &[Dim]) -> BatchResult 
     }
     let mut result = BatchResult::default();
     for (id, v) in views {
-        let (totals, spans, points, vd) = timeline(&v.events);
+        let (totals, spans, points, vd) = timeline(&v.events, inactivity_timeout_ms);
         let vd = vd.unwrap_or_default();
         let key: Vec<String> = dims.iter().map(|d| d.value(&vd, &v.client)).collect();
         let win = |t: i64| (t + v.offset).div_euclid(window_ms) * window_ms;
@@ -114,7 +120,7 @@ pub fn compute(records: &[Record], window_ms: i64, dims: &[Dim]) -> BatchResult 
 type Timeline = (Totals, Vec<(i64, i64, Kind)>, Vec<(i64, &'static str, i64)>, Option<ViewDims>);
 
 /// Walks a view's events in seq order into spans (playing / stalled) and point measures.
-fn timeline(events: &BTreeMap<u64, Event>) -> Timeline {
+fn timeline(events: &BTreeMap<u64, Event>, inactivity_timeout_ms: i64) -> Timeline {
     let mut spans = Vec::new();
     let mut points = Vec::new();
     let mut dims = None;
@@ -130,6 +136,11 @@ fn timeline(events: &BTreeMap<u64, Event>) -> Timeline {
     let mut t_end = None;
     let mut totals = Totals::default();
     for e in events.values() {
+        if now != i64::MIN && e.ts.saturating_sub(now) > inactivity_timeout_ms {
+            // Nothing for longer than the timeout: the view ended at its previous event.
+            t_end = Some(now);
+            break;
+        }
         now = now.max(e.ts);
         let t = now;
         let close = |mode: &mut Option<Kind>, since: &mut i64, spans: &mut Vec<(i64, i64, Kind)>| {

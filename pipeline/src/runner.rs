@@ -14,6 +14,18 @@
 //! the watermark from the input), so the replay produces the same rows with the same identities: Parquet
 //! files are rewritten, ClickHouse's ReplacingMergeTree keeps one copy. A failed epoch pauses the
 //! pipeline with backoff; nothing is skipped. Records that do not decode become dead-letter rows.
+//!
+//! **Poison records.** A record whose processing fails (a panic, caught per record) fails its epoch; once
+//! the same record has failed `poison_attempts` times in a row it is **quarantined**: it becomes a
+//! dead-letter row (`rejected`, tag `quarantined`, with the error) and the epoch goes on without it. The
+//! quarantined records are part of the epoch's intent, so a replay quarantines the same ones. Sink
+//! failures are never blamed on a record: an outage pauses the pipeline (reported by `/readyz` through
+//! [`PipelineStatus`]) until the sink is back.
+//!
+//! **Ownership and identity.** A runner holds an exclusive lock on its checkpoint
+//! (`pipeline/<source>.lock`) for its whole life, so a second process on the same checkpoint refuses to
+//! start. Its rows carry `source` = `<source>-<instance id>`, the id persisted in `<data dir>/instance-id`
+//! at first start: two instances, or one restarted on a new data directory, never share a row identity.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -30,6 +42,7 @@ use crate::clickhouse::{ClickHouseConfig, ClickHouseSink};
 use crate::local::PipelineConfig;
 use crate::parquet::ParquetSink;
 use crate::sessionizer::{SessionState, Sessionizer, Stats};
+pub use crate::status::PipelineStatus;
 
 /// One record as the source stored it.
 #[derive(Debug, Clone)]
@@ -50,6 +63,8 @@ pub struct Batch<P> {
     pub to: P,
     /// Partitions with nothing more to read right now (or ever): their clocks may move to the present.
     pub caught_up: Vec<String>,
+    /// Some partition has more to read right now (the epoch was cut short, or a shard is behind).
+    pub behind: bool,
 }
 
 /// A replayable input. Positions are what checkpoints and intents store.
@@ -62,9 +77,9 @@ pub trait Source: Send {
     /// Positions the source just after `from`.
     fn seek(&mut self, from: &Self::Position) -> impl Future<Output = anyhow::Result<()>> + Send;
 
-    /// The next records (at most about `max`, one entry per stored record) and the position after
-    /// them. No records and the same position: nothing new.
-    fn next(&mut self, max: usize) -> impl Future<Output = anyhow::Result<Batch<Self::Position>>> + Send;
+    /// The next records (at most about `max` of them and `max_bytes` of data, one entry per stored
+    /// record) and the position after them. No records and the same position: nothing new.
+    fn next(&mut self, max: usize, max_bytes: usize) -> impl Future<Output = anyhow::Result<Batch<Self::Position>>> + Send;
 
     /// Exactly the records up to `to` (replaying a recorded intent).
     fn next_until(&mut self, to: &Self::Position) -> impl Future<Output = anyhow::Result<Vec<SourceRecord>>> + Send;
@@ -94,6 +109,64 @@ struct Intent<P> {
     caught_up: Vec<String>,
     #[serde(default)]
     clock_ms: Option<i64>,
+    /// Records of the range processed as dead letters instead (poison records).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    quarantined: Vec<Quarantined>,
+}
+
+/// A record taken out of processing after failing `poison_attempts` times.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+struct Quarantined {
+    /// The record's position label ([`SourceRecord::label`]).
+    label: String,
+    reason: String,
+}
+
+/// Processing a record failed (it panicked): the epoch cannot be committed with it.
+#[derive(Debug, thiserror::Error)]
+#[error("processing the record at {label} failed: {reason}")]
+pub struct PoisonRecord {
+    pub label: String,
+    pub reason: String,
+}
+
+/// How the records that failed processing are tracked across attempts.
+#[derive(Debug, Default)]
+struct Poison {
+    /// The record that failed last, and how many attempts in a row it failed.
+    last: Option<(String, u32)>,
+    /// Records to quarantine in the next epoch that reads them (label → reason).
+    pending: std::collections::BTreeMap<String, String>,
+}
+
+impl Poison {
+    /// Counts a failure; returns true when the record has now failed `attempts` times in a row and
+    /// was queued for quarantine.
+    fn failed(&mut self, p: &PoisonRecord, attempts: u32) -> bool {
+        let count = match &self.last {
+            Some((label, n)) if *label == p.label => n + 1,
+            _ => 1,
+        };
+        self.last = Some((p.label.clone(), count));
+        if count >= attempts {
+            self.pending.insert(p.label.clone(), p.reason.clone());
+            self.last = None;
+            return true;
+        }
+        false
+    }
+}
+
+/// What a run needs besides its source.
+struct Ctx<'a> {
+    data_dir: &'a Path,
+    /// The checkpoint's name: `source.name()`.
+    name: String,
+    /// The row identity: `<name>-<instance id>`.
+    identity: String,
+    config: &'a PipelineConfig,
+    clickhouse: &'a ClickHouseConfig,
+    status: &'a PipelineStatus,
 }
 
 /// A caught-up partition's clock trails the wall clock by this much, for records still on their way
@@ -132,20 +205,73 @@ pub fn parquet_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("parquet")
 }
 
+/// The persisted id of the instance owning `data_dir` (created at first start): what makes this
+/// instance's row identities its own.
+pub fn instance_id(data_dir: &Path) -> anyhow::Result<String> {
+    use std::io::Write;
+    let path = data_dir.join("instance-id");
+    if let Ok(id) = std::fs::read_to_string(&path) {
+        let id = id.trim();
+        anyhow::ensure!(
+            !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric()),
+            "{} is corrupt: expected letters and digits, found {id:?}",
+            path.display()
+        );
+        return Ok(id.to_owned());
+    }
+    std::fs::create_dir_all(data_dir)?;
+    // Letters and digits, starting with a letter other than `e` (file names read `-e<epoch>`).
+    const ALPHABET: &[u8] = b"abcdfghijkmnpqrstuvwxyz23456789";
+    let mut id: String = (0..12).map(|_| ALPHABET[rand::random_range(0..ALPHABET.len())] as char).collect();
+    id.replace_range(0..1, &((b'a' + rand::random_range(0..4)) as char).to_string());
+    // Written beside and linked into place: of two processes starting at once, one id wins.
+    let tmp = data_dir.join(format!(".instance-id.{}.tmp", std::process::id()));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(format!("{id}\n").as_bytes())?;
+    f.sync_all()?;
+    let linked = std::fs::hard_link(&tmp, &path);
+    std::fs::remove_file(&tmp)?;
+    match linked {
+        Ok(()) => {
+            std::fs::File::open(data_dir)?.sync_all()?;
+            tracing::info!(instance = %id, dir = %data_dir.display(), "new instance id for this data directory");
+            Ok(id)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => instance_id(data_dir),
+        Err(e) => Err(e).with_context(|| format!("writing {}", path.display())),
+    }
+}
+
 /// Runs `source` until `shutdown` turns true. An epoch that cannot be committed (disk full, ClickHouse
-/// down) pauses the pipeline: it retries from the last checkpoint with backoff, and nothing is skipped.
+/// down) pauses the pipeline: it retries from the last checkpoint with backoff, and nothing is skipped
+/// but records quarantined as poison (see the module header).
 pub async fn run<S: Source>(
     mut source: S,
     data_dir: PathBuf,
     config: PipelineConfig,
     clickhouse: ClickHouseConfig,
+    status: Arc<PipelineStatus>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
+    config.validate().map_err(anyhow::Error::msg)?;
+    let name = source.name();
+    let lock_path = data_dir.join("pipeline").join(format!("{name}.lock"));
+    let _lock = ingest::log::lock_exclusive(&lock_path).with_context(|| format!("pipeline checkpoint {name} in {}", data_dir.display()))?;
+    let identity = format!("{name}-{}", instance_id(&data_dir)?);
+    let ctx = Ctx { data_dir: &data_dir, name, identity, config: &config, clickhouse: &clickhouse, status: &status };
+    let mut poison = Poison::default();
     let mut backoff = Duration::from_millis(200);
     loop {
-        let Err(e) = run_from_checkpoint(&mut source, &data_dir, &config, &clickhouse, shutdown.clone()).await else {
+        let Err(e) = run_from_checkpoint(&mut source, &ctx, &mut poison, shutdown.clone()).await else {
             return Ok(());
         };
+        if let Some(p) = e.downcast_ref::<PoisonRecord>()
+            && poison.failed(p, config.poison_attempts)
+        {
+            status.quarantined();
+            tracing::error!(record = %p.label, reason = %p.reason, attempts = config.poison_attempts, "pipeline: record quarantined after failing every attempt; it goes to the dead letters");
+        }
+        status.failed(&format!("{e:#}"));
         tracing::error!(error = format!("{e:#}"), retry_in_ms = backoff.as_millis() as u64, "pipeline paused: epoch not committed");
         tokio::select! {
             _ = shutdown.wait_for(|s| *s) => return Ok(()),
@@ -155,20 +281,71 @@ pub async fn run<S: Source>(
     }
 }
 
+/// The message of a caught panic.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    match (panic.downcast_ref::<&str>(), panic.downcast_ref::<String>()) {
+        (Some(s), _) => format!("panicked: {s}"),
+        (_, Some(s)) => format!("panicked: {s}"),
+        _ => "panicked".to_owned(),
+    }
+}
+
+/// Decodes and sessionizes one record; an undecodable one becomes a dead letter. Panics are the
+/// caller's to catch.
+fn process_record(session: &mut Sessionizer, partition: &str, label: &str, data: &[u8], panic_view: Option<&str>) {
+    match Record::decode(data) {
+        Ok(record) => {
+            if let (Some(view), Record::Events(e)) = (panic_view, &record)
+                && e.view_id == view
+            {
+                panic!("failpoint pipeline_panic_view: view {view}");
+            }
+            session.process_from(partition, record)
+        }
+        Err(e) => session.process_from(
+            partition,
+            Record::Rejected(RejectedRecord {
+                recv_ms: session.watermark().max(0),
+                key: None,
+                index: None,
+                tag: "poison_record".into(),
+                reason: format!("{label}: {e}"),
+                payload: RejectedRecord::truncate_payload(&String::from_utf8_lossy(data)),
+            }),
+        ),
+    }
+}
+
+/// The dead letter standing for a quarantined record: its content (decoded when possible) and why.
+fn quarantined_record(session: &Sessionizer, label: &str, reason: &str, data: &[u8]) -> RejectedRecord {
+    let (recv_ms, key, payload) = match Record::decode(data) {
+        Ok(Record::Events(e)) => (e.recv_ms, e.key.clone(), serde_json::to_string(&e).unwrap_or_default()),
+        Ok(Record::Rejected(r)) => (r.recv_ms, r.key.clone(), serde_json::to_string(&r).unwrap_or_default()),
+        Err(_) => (session.watermark().max(0), None, String::from_utf8_lossy(data).into_owned()),
+    };
+    RejectedRecord {
+        recv_ms,
+        key,
+        index: None,
+        tag: "quarantined".into(),
+        reason: format!("{label}: {reason}"),
+        payload: RejectedRecord::truncate_payload(&payload),
+    }
+}
+
 async fn run_from_checkpoint<S: Source>(
     source: &mut S,
-    data_dir: &Path,
-    config: &PipelineConfig,
-    clickhouse: &ClickHouseConfig,
+    ctx: &Ctx<'_>,
+    poison: &mut Poison,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let name = source.name();
-    let state_dir = data_dir.join("pipeline");
+    let (config, name, status) = (ctx.config, &ctx.name, ctx.status);
+    let state_dir = ctx.data_dir.join("pipeline");
     let (ckpt_name, intent_name) = (format!("checkpoint-{name}.json"), format!("intent-{name}.json"));
-    let sink = Arc::new(ParquetSink::new(parquet_dir(data_dir), &name, config.dims.clone()));
-    let clickhouse = match &clickhouse.url {
+    let sink = Arc::new(ParquetSink::new(parquet_dir(ctx.data_dir), &ctx.identity, config.dims.clone()));
+    let clickhouse = match &ctx.clickhouse.url {
         Some(url) => {
-            let ch = ClickHouseSink::new(clickhouse, url, config.dims.clone(), &name);
+            let ch = ClickHouseSink::new(ctx.clickhouse, url, config.dims.clone(), &ctx.identity);
             ch.ensure_schema().await.context("applying ClickHouse DDL")?;
             Some(ch)
         }
@@ -178,12 +355,16 @@ async fn run_from_checkpoint<S: Source>(
     // An epoch started but not committed is replayed over exactly its recorded range.
     let mut replay = load_json::<Intent<S::Position>>(&state_dir.join(&intent_name))?
         .filter(|i| i.epoch == ckpt.epoch + 1 && i.from == ckpt.position);
-    let removed = sink.remove_uncommitted(ckpt.epoch)?;
+    // Files of this checkpoint written before row identities carried an instance id are cleaned too.
+    let legacy = ParquetSink::new(parquet_dir(ctx.data_dir), name, config.dims.clone());
+    let removed = sink.remove_uncommitted(ckpt.epoch)? + legacy.remove_uncommitted(ckpt.epoch)?;
     if removed > 0 {
         tracing::info!(removed, epoch = ckpt.epoch, "pipeline: removed files of an unfinished epoch; replaying it");
     }
-    tracing::info!(source = %name, epoch = ckpt.epoch, position = ?ckpt.position, "pipeline: resuming from checkpoint");
+    tracing::info!(source = %name, identity = %ctx.identity, epoch = ckpt.epoch, position = ?ckpt.position, "pipeline: resuming from checkpoint");
     let mut session = Sessionizer::restore(config.session(), ckpt.state);
+    status.restored(&session.stats);
+    let panic_view = failpoint("pipeline_panic_view");
     let mut epoch = ckpt.epoch;
     let mut position = ckpt.position;
     source.seek(&position).await.context("positioning the source at the checkpoint")?;
@@ -198,34 +379,41 @@ async fn run_from_checkpoint<S: Source>(
             _ = tick.tick() => {}
         }
         let replaying = replay.is_some();
-        let (records, to, caught_up, clock) = match replay.take() {
-            Some(intent) => (source.next_until(&intent.to).await?, intent.to, intent.caught_up, intent.clock_ms),
+        let (records, to, caught_up, clock, behind) = match replay.take() {
+            Some(intent) => {
+                // A replay quarantines what its first run did.
+                for q in intent.quarantined {
+                    poison.pending.entry(q.label).or_insert(q.reason);
+                }
+                (source.next_until(&intent.to).await?, intent.to, intent.caught_up, intent.clock_ms, false)
+            }
             None => {
-                let batch = source.next(config.max_records_per_epoch).await?;
+                let batch = source.next(config.max_records_per_epoch, config.max_epoch_bytes).await?;
                 let clock = (!batch.caught_up.is_empty()).then(|| schemas::now_ms() - CAUGHT_UP_LAG_MS);
-                (batch.records, batch.to, batch.caught_up, clock)
+                (batch.records, batch.to, batch.caught_up, clock, batch.behind)
             }
         };
         // A recorded intent is always replayed, idle or not, so the epoch gets the same rows again.
         let idle = records.is_empty() && to == position;
         if !replaying && idle && (session.open_views() == 0 || clock.is_none() || last_epoch.elapsed() < IDLE_EPOCH_EVERY) {
+            status.idle(session.open_views());
             continue;
         }
         last_epoch = std::time::Instant::now();
+        let mut quarantined = Vec::new();
         for SourceRecord { partition, label, data } in records {
-            match Record::decode(&data) {
-                Ok(record) => session.process_from(&partition, record),
-                Err(e) => session.process_from(
-                    &partition,
-                    Record::Rejected(RejectedRecord {
-                        recv_ms: session.watermark().max(0),
-                        key: None,
-                        index: None,
-                        tag: "poison_record".into(),
-                        reason: format!("{label}: {e}"),
-                        payload: RejectedRecord::truncate_payload(&String::from_utf8_lossy(&data)),
-                    }),
-                ),
+            if let Some(reason) = poison.pending.get(&label) {
+                let dead = quarantined_record(&session, &label, reason, &data);
+                session.process_from(&partition, Record::Rejected(dead));
+                quarantined.push(Quarantined { label, reason: reason.clone() });
+                continue;
+            }
+            let processed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                process_record(&mut session, &partition, &label, &data, panic_view.as_deref())
+            }));
+            if let Err(panic) = processed {
+                // The sessionizer may be half-way through the record: the caller restores the checkpoint.
+                return Err(PoisonRecord { label, reason: panic_message(panic.as_ref()) }.into());
             }
         }
         if let Some(clock) = clock {
@@ -234,13 +422,14 @@ async fn run_from_checkpoint<S: Source>(
         session.advance();
         let out = session.flush();
         epoch += 1;
-        save_json(&state_dir, &intent_name, &Intent { epoch, from: position.clone(), to: to.clone(), caught_up, clock_ms: clock })?;
+        let intent = Intent { epoch, from: position.clone(), to: to.clone(), caught_up, clock_ms: clock, quarantined };
+        save_json(&state_dir, &intent_name, &intent)?;
         if let Some(ch) = &clickhouse {
             ch.write_epoch(epoch, &out).await.with_context(|| format!("ClickHouse insert of epoch {epoch}"))?;
         }
         let next = Checkpoint { epoch, position: to.clone(), state: session.snapshot() };
         let (sink2, dir, ckpt_name2) = (sink.clone(), state_dir.clone(), ckpt_name.clone());
-        let crash_at = failpoint_after_files();
+        let crash_at = failpoint("pipeline_after_files").and_then(|e| e.parse::<u64>().ok());
         let committed = tokio::task::spawn_blocking(move || {
             sink2.write_epoch(epoch, &out)?;
             if crash_at == Some(epoch) {
@@ -253,6 +442,11 @@ async fn run_from_checkpoint<S: Source>(
         // Not committed: stop rather than skip; the caller replays this epoch from the checkpoint.
         committed.with_context(|| format!("committing pipeline epoch {epoch}"))?;
         position = to;
+        for q in &intent.quarantined {
+            poison.pending.remove(&q.label);
+        }
+        let lag_ms = if behind { schemas::now_ms().saturating_sub(session.watermark()) } else { 0 };
+        status.committed(&session.stats, session.open_views(), lag_ms);
         log_progress(epoch, &session.stats, session.open_views(), &mut late_dropped_logged);
         source.committed(&position).await;
         if config.compact_after_ms > 0 && last_compaction.elapsed() >= COMPACTION_EVERY {
@@ -273,10 +467,13 @@ async fn run_from_checkpoint<S: Source>(
 /// How often (wall time) the runner looks for Parquet partitions to compact.
 const COMPACTION_EVERY: Duration = Duration::from_secs(30);
 
-/// Test failpoint: `QOEFLOW_FAILPOINT=pipeline_after_files:<epoch>` aborts the process after that
-/// epoch's files are written and before its checkpoint, the window a crash-safety test must hit.
-fn failpoint_after_files() -> Option<u64> {
-    std::env::var("QOEFLOW_FAILPOINT").ok()?.strip_prefix("pipeline_after_files:")?.parse().ok()
+/// Test failpoints, `QOEFLOW_FAILPOINT=<name>:<argument>`:
+/// - `pipeline_after_files:<epoch>` aborts the process after that epoch's files are written and before
+///   its checkpoint, the window a crash-safety test must hit;
+/// - `pipeline_panic_view:<view id>` panics while processing any record of that view (a poison record).
+fn failpoint(name: &str) -> Option<String> {
+    let value = std::env::var("QOEFLOW_FAILPOINT").ok()?;
+    value.strip_prefix(name)?.strip_prefix(':').map(str::to_owned)
 }
 
 fn log_progress(epoch: u64, stats: &Stats, open_views: usize, late_dropped_logged: &mut u64) {

@@ -16,9 +16,17 @@
 //!   is part of an epoch's recorded input, never read from the wall clock here, so replaying the same
 //!   input from the same state produces the same output: what makes sink writes idempotent on replay.
 //! - **Views end** at `viewend`, or when no record arrived for `inactivity_timeout_ms` of watermark time
-//!   (ended at the last event's time). Ended view ids are remembered (for the late horizon) so a
-//!   straggler cannot resurrect them; events sent after a view ended (a `seq` past its last) still go
-//!   to the `events` table, while resent ones are dropped as duplicates.
+//!   (ended at the last event's time), or when the next event in `seq` order comes more than
+//!   `inactivity_timeout_ms` of the client's clock after the previous one (ended at the previous one:
+//!   no interval stretches across the gap, so no event costs more than `inactivity_timeout_ms /
+//!   window_ms + 1` windows). Ended view ids are remembered (for the late horizon) so a straggler
+//!   cannot resurrect them; events sent after a view ended (a `seq` past its last) still go to the
+//!   `events` table, while resent ones are dropped as duplicates.
+//! - **Bounded state.** At `max_open_views` the views idle longest are ended (`evicted`, counted); at
+//!   `max_ended_views` the oldest ended views are forgotten; a view remembers at most
+//!   `max_gaps_per_view` skipped ranges (in a map, so a lookup is logarithmic); past
+//!   `max_buffered_events` waiting for missing `seq`s, the view being fed stops waiting. Every cap acts
+//!   on the input and the state alone, so a replay makes the same decisions.
 //! - **Dimensions** of a view are fixed at its first window contribution (normally its `viewstart`, `seq`
 //!   0) from the viewstart fields and the enrichment of the view's first record, so one view never
 //!   splits across dimension values.
@@ -104,6 +112,15 @@ pub struct SessionConfig {
     pub inactivity_timeout_ms: i64,
     pub late_horizon_ms: i64,
     pub reorder_wait_ms: i64,
+    /// Open views kept at most; past it the views idle longest are ended (`evicted`).
+    pub max_open_views: usize,
+    /// Ended views remembered (for stragglers) at most; past it the oldest are forgotten early.
+    pub max_ended_views: usize,
+    /// Skipped `seq` ranges remembered per view at most; past it the lowest are forgotten.
+    pub max_gaps_per_view: usize,
+    /// Events waiting for a missing `seq`, over all views, at most; past it the view being fed
+    /// proceeds past its gaps at once.
+    pub max_buffered_events: usize,
 }
 
 impl Default for SessionConfig {
@@ -114,6 +131,10 @@ impl Default for SessionConfig {
             inactivity_timeout_ms: 30 * 60_000,
             late_horizon_ms: 24 * 3_600_000,
             reorder_wait_ms: 5_000,
+            max_open_views: 500_000,
+            max_ended_views: 2_000_000,
+            max_gaps_per_view: 1_000,
+            max_buffered_events: 1_000_000,
         }
     }
 }
@@ -197,6 +218,19 @@ pub struct Stats {
     /// Events in records that no longer validate (from a newer or broken writer).
     pub invalid: u64,
     pub views_ended: u64,
+    /// Views ended early because `max_open_views` was reached (`end_reason` `evicted`).
+    #[serde(default)]
+    pub evicted: u64,
+    /// Ended views forgotten before the late horizon because `max_ended_views` was reached.
+    #[serde(default)]
+    pub ended_forgotten: u64,
+    /// Skipped `seq` ranges forgotten because a view had `max_gaps_per_view` of them (a straggler for
+    /// one of them counts as a duplicate).
+    #[serde(default)]
+    pub gaps_forgotten: u64,
+    /// Views that proceeded past their gaps early because `max_buffered_events` was reached.
+    #[serde(default)]
+    pub buffer_overflows: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -224,8 +258,8 @@ struct ViewSlot {
     #[serde(default)]
     partition: u32,
     /// `seq` ranges (half-open) the view proceeded past and has not received since.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    skipped: Vec<(u64, u64)>,
+    #[serde(default, skip_serializing_if = "SeqRanges::is_empty")]
+    skipped: SeqRanges,
 }
 
 /// An ended view, remembered for the late horizon so a straggler cannot resurrect it: when it ended
@@ -236,8 +270,8 @@ struct ViewSlot {
 struct EndedView {
     at: i64,
     next_seq: u64,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    skipped: Vec<(u64, u64)>,
+    #[serde(default, skip_serializing_if = "SeqRanges::is_empty")]
+    skipped: SeqRanges,
     offset_ms: i64,
 }
 
@@ -249,7 +283,7 @@ enum EndedFormat {
         at: i64,
         next_seq: u64,
         #[serde(default)]
-        skipped: Vec<(u64, u64)>,
+        skipped: SeqRanges,
         offset_ms: i64,
     },
     At(i64),
@@ -259,31 +293,85 @@ impl From<EndedFormat> for EndedView {
     fn from(f: EndedFormat) -> EndedView {
         match f {
             EndedFormat::View { at, next_seq, skipped, offset_ms } => EndedView { at, next_seq, skipped, offset_ms },
-            EndedFormat::At(at) => EndedView { at, next_seq: u64::MAX, skipped: Vec::new(), offset_ms: 0 },
+            EndedFormat::At(at) => EndedView { at, next_seq: u64::MAX, skipped: SeqRanges::default(), offset_ms: 0 },
         }
     }
 }
 
 impl EndedView {
-    /// Whether `seq` is new for the view; if so, it is marked seen.
-    fn accept(&mut self, seq: u64) -> bool {
+    /// Whether `seq` is new for the view; if so, it is marked seen. At most `cap` ranges of unseen
+    /// `seq`s are remembered.
+    fn accept(&mut self, seq: u64, cap: usize) -> bool {
         if seq >= self.next_seq {
             if seq > self.next_seq {
-                self.skipped.push((self.next_seq, seq));
+                self.skipped.push(self.next_seq, seq, cap);
             }
             self.next_seq = seq + 1;
             return true;
         }
-        take_from_ranges(&mut self.skipped, seq)
+        self.skipped.take(seq, cap)
     }
 }
 
-/// Removes `seq` from the half-open ranges holding it; false if none does.
-fn take_from_ranges(ranges: &mut Vec<(u64, u64)>, seq: u64) -> bool {
-    let Some(i) = in_ranges(ranges, seq) else { return false };
-    let (a, b) = ranges.swap_remove(i);
-    ranges.extend([(a, seq), (seq + 1, b)].into_iter().filter(|(x, y)| x < y));
-    true
+/// Disjoint half-open `seq` ranges, keyed by their start: membership is O(log n), so a view that skips
+/// every other `seq` costs no more per event than any other. At most `cap` ranges are kept; past it
+/// the lowest are forgotten (a straggler for one of them then counts as a duplicate).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "Vec<(u64, u64)>", into = "Vec<(u64, u64)>")]
+struct SeqRanges(BTreeMap<u64, u64>);
+
+impl From<Vec<(u64, u64)>> for SeqRanges {
+    fn from(v: Vec<(u64, u64)>) -> SeqRanges {
+        SeqRanges(v.into_iter().filter(|(a, b)| a < b).collect())
+    }
+}
+
+impl From<SeqRanges> for Vec<(u64, u64)> {
+    fn from(r: SeqRanges) -> Vec<(u64, u64)> {
+        r.0.into_iter().collect()
+    }
+}
+
+impl SeqRanges {
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Adds `[a, b)` (disjoint from the others); returns how many ranges were forgotten for `cap`.
+    fn push(&mut self, a: u64, b: u64, cap: usize) -> u64 {
+        self.0.insert(a, b);
+        self.trim(cap)
+    }
+
+    fn trim(&mut self, cap: usize) -> u64 {
+        let mut forgotten = 0;
+        while self.0.len() > cap.max(1) {
+            self.0.pop_first();
+            forgotten += 1;
+        }
+        forgotten
+    }
+
+    fn contains(&self, seq: u64) -> bool {
+        self.0.range(..=seq).next_back().is_some_and(|(_, &b)| seq < b)
+    }
+
+    /// Removes `seq` from the range holding it; false if none does.
+    fn take(&mut self, seq: u64, cap: usize) -> bool {
+        let Some((&a, &b)) = self.0.range(..=seq).next_back() else { return false };
+        if seq >= b {
+            return false;
+        }
+        self.0.remove(&a);
+        if a < seq {
+            self.0.insert(a, seq);
+        }
+        if seq + 1 < b {
+            self.0.insert(seq + 1, b);
+        }
+        self.trim(cap);
+        true
+    }
 }
 
 /// The partition of views restored from a state saved before partitions had clocks.
@@ -328,11 +416,6 @@ impl Clocks {
             *t = (*t).max(to);
         }
     }
-}
-
-/// The range of `ranges` holding `seq`, if any.
-fn in_ranges(ranges: &[(u64, u64)], seq: u64) -> Option<usize> {
-    ranges.iter().position(|&(a, b)| a <= seq && seq < b)
 }
 
 impl ViewSlot {
@@ -417,6 +500,8 @@ pub struct Sessionizer {
     clocks: Clocks,
     out: Output,
     pub stats: Stats,
+    /// Events waiting in the views' buffers, over all views (bounded by `max_buffered_events`).
+    buffered: usize,
 }
 
 fn id_hash(view_id: &str) -> u64 {
@@ -436,6 +521,7 @@ impl Sessionizer {
             clocks: Clocks::default(),
             out: Output::default(),
             stats: Stats::default(),
+            buffered: 0,
         }
     }
 
@@ -453,6 +539,7 @@ impl Sessionizer {
             s.clocks.raise(legacy, state.watermark);
         }
         s.stats = state.stats;
+        s.buffered = s.views.values().map(|v| v.buffer.len()).sum();
         s
     }
 
@@ -521,6 +608,9 @@ impl Sessionizer {
             self.events_after_end(hash, &rec);
             return;
         }
+        if self.views.len() >= self.config.max_open_views && !self.views.contains_key(&rec.view_id) {
+            self.evict_idle();
+        }
         let offset = rec.offset_ms();
         let slot = self.views.entry(rec.view_id.clone()).or_insert_with(|| ViewSlot {
             machine: ViewMachine::new(),
@@ -537,7 +627,7 @@ impl Sessionizer {
             duplicates: 0,
             gaps: 0,
             partition: p,
-            skipped: Vec::new(),
+            skipped: SeqRanges::default(),
         });
         slot.last_recv_ms = slot.last_recv_ms.max(rec.recv_ms);
         slot.partition = p;
@@ -557,7 +647,7 @@ impl Sessionizer {
                     continue;
                 }
             };
-            let straggler = event.view_id == rec.view_id && in_ranges(&slot.skipped, event.seq).is_some();
+            let straggler = event.view_id == rec.view_id && slot.skipped.contains(event.seq);
             if !straggler
                 && (event.view_id != rec.view_id || event.seq < slot.next_seq || slot.buffer.contains_key(&event.seq))
             {
@@ -569,13 +659,52 @@ impl Sessionizer {
             self.out.events.push(EventRow::new(event.clone(), raw, &rec, slot.offset_ms, slot.client.clone()));
             if straggler {
                 // Too late for the view, which proceeded past it; kept for the raw table, once.
-                take_from_ranges(&mut slot.skipped, event.seq);
+                slot.skipped.take(event.seq, self.config.max_gaps_per_view);
                 self.stats.stragglers += 1;
                 continue;
             }
             slot.buffer.insert(event.seq, Buffered { event, raw_recv_ms: rec.recv_ms });
+            self.buffered += 1;
         }
-        self.drain_view(&rec.view_id, i64::MIN);
+        // Too much is waiting for missing `seq`s overall: this view stops waiting for its own.
+        let skip_received_by = if self.buffered > self.config.max_buffered_events {
+            self.stats.buffer_overflows += 1;
+            i64::MAX
+        } else {
+            i64::MIN
+        };
+        self.drain_view(&rec.view_id, skip_received_by);
+    }
+
+    /// Ends the views idle longest (least recent record first; ties by id), a sixteenth of
+    /// `max_open_views` at a time so the scan is amortised over many new views.
+    fn evict_idle(&mut self) {
+        let n = (self.config.max_open_views / 16).clamp(1, self.views.len().max(1));
+        let mut order: Vec<(i64, &String)> = self.views.iter().map(|(id, v)| (v.last_recv_ms, id)).collect();
+        if order.is_empty() {
+            return;
+        }
+        order.select_nth_unstable(n - 1);
+        let mut ids: Vec<String> = order[..n].iter().map(|(_, id)| (*id).clone()).collect();
+        ids.sort();
+        for id in ids {
+            self.stats.evicted += 1;
+            self.close_view(&id, "evicted");
+        }
+    }
+
+    /// Ends a view now, at its last event: proceeds past its gaps, closes what is open (an exit before
+    /// start if it never started) and finalizes it with `reason` (unless a buffered `viewend` or an
+    /// inactivity gap ended it first).
+    fn close_view(&mut self, id: &str, reason: &'static str) {
+        self.drain_view(id, i64::MAX);
+        if let Some(slot) = self.views.get_mut(id) {
+            let cutoff = self.clocks.get(slot.partition).saturating_sub(self.config.late_horizon_ms);
+            let last = slot.machine.last_ts.unwrap_or_default();
+            let (machine, mut emit) = slot.split(&mut self.windows, &self.config.dims, cutoff);
+            machine.end(last, &mut emit);
+            self.finalize(id, reason);
+        }
     }
 
     /// Events for a view that already ended: new ones (a `seq` it never saw) go to the `events` table
@@ -584,7 +713,7 @@ impl Sessionizer {
         let Some(ended) = self.ended.get_mut(&hash) else { return };
         for raw in &rec.events {
             let Ok(event) = validate_event_map(raw) else { continue };
-            if event.view_id != rec.view_id || !ended.accept(event.seq) {
+            if event.view_id != rec.view_id || !ended.accept(event.seq, self.config.max_gaps_per_view) {
                 continue;
             }
             self.out.events.push(EventRow::new(event, raw, rec, ended.offset_ms, Arc::new(rec.client.clone())));
@@ -597,6 +726,7 @@ impl Sessionizer {
     fn drain_view(&mut self, view_id: &str, skip_received_by: i64) {
         let Some(slot) = self.views.get_mut(view_id) else { return };
         let cutoff = self.clocks.get(slot.partition).saturating_sub(self.config.late_horizon_ms);
+        let mut reason = "viewend";
         while let Some(entry) = slot.buffer.first_entry() {
             let seq = *entry.key();
             if seq != slot.next_seq {
@@ -605,10 +735,22 @@ impl Sessionizer {
                 }
                 slot.gaps += seq - slot.next_seq;
                 self.stats.gaps += seq - slot.next_seq;
-                slot.skipped.push((slot.next_seq, seq));
+                self.stats.gaps_forgotten += slot.skipped.push(slot.next_seq, seq, self.config.max_gaps_per_view);
             }
             let b = entry.remove();
+            self.buffered -= 1;
             slot.next_seq = seq + 1;
+            if let Some(last) = slot.machine.last_ts
+                && b.event.ts.saturating_sub(last) > self.config.inactivity_timeout_ms
+            {
+                // DESIGN.md §4: the view had ended at its previous event; this one (already in `events`)
+                // changes no measure, and no interval stretches across the gap.
+                let (machine, mut emit) = slot.split(&mut self.windows, &self.config.dims, cutoff);
+                machine.end(last, &mut emit);
+                self.stats.after_end += 1;
+                reason = "timeout";
+                break;
+            }
             if b.event.ts + slot.offset_ms < cutoff {
                 self.stats.late_dropped += 1;
             }
@@ -624,22 +766,26 @@ impl Sessionizer {
             }
         }
         if slot.machine.is_ended() {
-            self.finalize(view_id, "viewend");
+            self.finalize(view_id, reason);
         }
     }
 
     fn finalize(&mut self, view_id: &str, reason: &'static str) {
         let Some(slot) = self.views.remove(view_id) else { return };
         self.stats.views_ended += 1;
+        self.buffered -= slot.buffer.len();
         let hash = id_hash(view_id);
         // Seqs it never saw stay acceptable for the events table: the skipped ones, and any missing
         // between what it applied and what it still held buffered.
         let mut ended =
             EndedView { at: self.watermark, next_seq: slot.next_seq, skipped: slot.skipped.clone(), offset_ms: slot.offset_ms };
         for &seq in slot.buffer.keys() {
-            ended.accept(seq);
+            ended.accept(seq, self.config.max_gaps_per_view);
         }
         self.ended.insert(hash, ended);
+        if self.ended.len() > self.config.max_ended_views {
+            self.forget_oldest_ended();
+        }
         let first = slot.machine.first_ts.unwrap_or_default();
         let last = slot.machine.last_ts.unwrap_or(first);
         self.out.views.push(ViewRow {
@@ -679,17 +825,22 @@ impl Sessionizer {
             self.drain_view(&id, received_by);
         }
         for id in inactive {
-            self.drain_view(&id, i64::MAX);
-            if let Some(slot) = self.views.get_mut(&id) {
-                let cutoff = self.clocks.get(slot.partition).saturating_sub(self.config.late_horizon_ms);
-                let last = slot.machine.last_ts.unwrap_or_default();
-                let (machine, mut emit) = slot.split(&mut self.windows, &self.config.dims, cutoff);
-                machine.end(last, &mut emit);
-                self.finalize(&id, "timeout");
-            }
+            self.close_view(&id, "timeout");
         }
         let (wm, horizon) = (self.watermark, self.config.late_horizon_ms);
         self.ended.retain(|_, e| wm.saturating_sub(e.at) < horizon);
+    }
+
+    /// Forgets the ended views that ended first (ties by id hash), a sixteenth of `max_ended_views` at
+    /// a time: a straggler for one of them would start a new view.
+    fn forget_oldest_ended(&mut self) {
+        let n = (self.config.max_ended_views / 16).clamp(1, self.ended.len());
+        let mut order: Vec<(i64, u64)> = self.ended.iter().map(|(h, e)| (e.at, *h)).collect();
+        order.select_nth_unstable(n - 1);
+        for (_, hash) in &order[..n] {
+            self.ended.remove(hash);
+        }
+        self.stats.ended_forgotten += n as u64;
     }
 
     /// Ends every open view now (at its last event): for batch computations over a finished input.

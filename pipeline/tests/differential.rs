@@ -107,6 +107,7 @@ fn run(
         inactivity_timeout_ms: i64::MAX / 4,
         late_horizon_ms: i64::MAX / 4,
         reorder_wait_ms: i64::MAX / 4,
+        ..SessionConfig::default()
     };
     let mut s = Sessionizer::new(config);
     let mut got = Collected::default();

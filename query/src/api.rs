@@ -11,9 +11,16 @@
 //! - `POST /api/v1/sql` with `{"sql": "SELECT …"}` and `Authorization: Bearer <admin token>`: read-only
 //!   SQL with a timeout and a row limit; disabled unless an admin token is configured.
 //!
-//! Times are epoch milliseconds, `now`, or `now-<n><s|m|h|d>`; `step` is `<n><s|m|h|d>` (a multiple of
-//! the 10 s window is sensible); `filter` is `dimension:value[,dimension:value…]` (AND). A bad parameter
-//! gets 400 with a message naming it.
+//! Times are epoch milliseconds, `now`, or `now-<n><s|m|h|d>`, from 1970 to 2100; `step` is
+//! `<n><s|m|h|d>` (a multiple of the 10 s window is sensible); `filter` is
+//! `dimension:value[,dimension:value…]` (AND). A bad or out-of-range parameter gets 400 with a message
+//! naming it.
+//!
+//! **Bounds.** Every query runs within `[query] timeout_ms` (503 `query_timeout`) and the engine's
+//! memory limit (`memory_limit_bytes`: 503 `query_resources_exhausted`, 400 for ad-hoc SQL), so one
+//! request cannot take the process down. With `[query] api_token` (`--api-token`) every `/api/` route
+//! wants `Authorization: Bearer <token>` (the admin token also passes); the dashboard page sends the
+//! token it finds in its URL fragment (`/#token=…`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -31,6 +38,36 @@ use crate::backend::{AggQuery, AggRow, Backend, SqlError};
 use crate::metrics::{SUMS, derive};
 
 const MAX_POINTS: i64 = 10_000;
+/// Latest time a parameter may name (2100-01-01, the end of the beacon protocol's range).
+const MAX_TIME_MS: i64 = schemas::beacon::TS_MAX_MS;
+
+/// `[query]`: where the metrics API and the dashboard read, where they listen and how they are bounded.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueryConfig {
+    /// `parquet` (the data directory's dataset, the default) or `clickhouse` (the `[clickhouse]` server).
+    pub backend: crate::backend::BackendKind,
+    /// `qoeflow serve`: serve the API and dashboard on this address instead of the beacon listener.
+    pub listen: Option<std::net::SocketAddr>,
+    /// Bearer token every `/api/` route requires; None: open.
+    pub api_token: Option<String>,
+    /// Memory the queries' operators may hold together (DataFusion's pool); over it a query fails.
+    pub memory_limit_bytes: usize,
+    /// Longest a metrics API query may run.
+    pub timeout_ms: u64,
+}
+
+impl Default for QueryConfig {
+    fn default() -> Self {
+        QueryConfig {
+            backend: crate::backend::BackendKind::default(),
+            listen: None,
+            api_token: None,
+            memory_limit_bytes: 1 << 30,
+            timeout_ms: 30_000,
+        }
+    }
+}
 
 /// Limits of `POST /api/v1/sql`.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -52,17 +89,37 @@ impl Default for SqlConfig {
 struct ApiState {
     backend: Backend,
     sql: Arc<SqlConfig>,
+    timeout: std::time::Duration,
 }
 
-pub fn router(backend: Backend, sql: SqlConfig) -> axum::Router {
-    let state = ApiState { backend, sql: Arc::new(sql) };
-    axum::Router::new()
+pub fn router(backend: Backend, sql: SqlConfig, query: &QueryConfig) -> axum::Router {
+    let tokens: Arc<Vec<String>> = Arc::new(query.api_token.iter().chain(&sql.admin_token).cloned().collect());
+    let state = ApiState { backend, sql: Arc::new(sql), timeout: std::time::Duration::from_millis(query.timeout_ms.max(1)) };
+    let router = axum::Router::new()
         .route("/api/v1/metrics", get(metrics))
         .route("/api/v1/summary", get(summary))
         .route("/api/v1/breakdown", get(breakdown))
         .route("/api/v1/sql", axum::routing::post(sql_endpoint))
         .route("/api/v1/openapi.json", get(openapi))
-        .with_state(state)
+        .with_state(state);
+    if query.api_token.is_none() {
+        return router;
+    }
+    router.layer(axum::middleware::from_fn(move |req: axum::extract::Request, next: axum::middleware::Next| {
+        let tokens = tokens.clone();
+        async move {
+            let given = req
+                .headers()
+                .get(axum::http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "));
+            if given.is_some_and(|g| tokens.iter().any(|t| t == g)) {
+                next.run(req).await
+            } else {
+                ApiError::unauthorized("missing or wrong API token (Authorization: Bearer <token>)").into_response()
+            }
+        }
+    }))
 }
 
 /// The OpenAPI description of this API, kept in the repository as `query/openapi.json`.
@@ -96,6 +153,7 @@ async fn sql_inner(state: &ApiState, headers: &axum::http::HeaderMap, body: &[u8
     let max = state.sql.max_rows;
     let mut out = state.backend.sql(&req.sql, max, state.sql.timeout_ms).await.map_err(|e| match e {
         SqlError::Timeout(_) => ApiError::bad_request("query_timeout", e.to_string()),
+        SqlError::ResourcesExhausted(_) => ApiError::bad_request("query_resources_exhausted", e.to_string()),
         SqlError::Invalid(m) => ApiError::bad_request("query_failed", m),
     })?;
     let truncated = out.rows.len() > max;
@@ -137,10 +195,14 @@ pub fn parse_time(s: &str, now: i64) -> Option<i64> {
 fn range(q: &HashMap<String, String>) -> Result<AggQuery, ApiError> {
     let now = schemas::now_ms();
     let time = |name: &str, default: i64| -> Result<i64, ApiError> {
-        match q.get(name) {
-            None => Ok(default),
-            Some(v) => parse_time(v, now).ok_or_else(|| bad(name, format!("{v:?} is not epoch ms, `now` or `now-<n><s|m|h|d>`"))),
+        let t = match q.get(name) {
+            None => default,
+            Some(v) => parse_time(v, now).ok_or_else(|| bad(name, format!("{v:?} is not epoch ms, `now` or `now-<n><s|m|h|d>`")))?,
+        };
+        if !(0..=MAX_TIME_MS).contains(&t) {
+            return Err(bad(name, format!("{t} is out of range: epoch ms from 0 to {MAX_TIME_MS} (1970 to 2100)")));
         }
+        Ok(t)
     };
     let (from, to) = (time("from", now - 3_600_000)?, time("to", now)?);
     if from >= to {
@@ -168,15 +230,33 @@ fn dimension(q: &HashMap<String, String>, name: &str) -> Result<Option<String>, 
 }
 
 fn failed(e: anyhow::Error) -> ApiError {
+    let exhausted = e.chain().any(|c| c.downcast_ref::<datafusion::error::DataFusionError>().is_some_and(crate::is_resources_exhausted));
+    if exhausted {
+        tracing::warn!(error = format!("{e:#}"), "metrics query over the memory limit");
+        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "query_resources_exhausted", "the query needs more memory than query.memory_limit_bytes allows");
+    }
     tracing::error!(error = format!("{e:#}"), "metrics query failed");
     ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "query_failed", "the query failed")
 }
 
-async fn metrics(State(state): State<ApiState>, Query(q): Query<HashMap<String, String>>) -> Response {
-    metrics_inner(&state.backend, &q).await.unwrap_or_else(IntoResponse::into_response)
+/// Runs a metrics query within `[query] timeout_ms`.
+async fn bounded<T>(state: &ApiState, query: impl std::future::Future<Output = anyhow::Result<T>>) -> Result<T, ApiError> {
+    match tokio::time::timeout(state.timeout, query).await {
+        Ok(r) => r.map_err(failed),
+        Err(_) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "query_timeout",
+            format!("the query ran longer than query.timeout_ms ({} ms)", state.timeout.as_millis()),
+        )),
+    }
 }
 
-async fn metrics_inner(backend: &Backend, q: &HashMap<String, String>) -> Result<Response, ApiError> {
+async fn metrics(State(state): State<ApiState>, Query(q): Query<HashMap<String, String>>) -> Response {
+    metrics_inner(&state, &q).await.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn metrics_inner(state: &ApiState, q: &HashMap<String, String>) -> Result<Response, ApiError> {
+    let backend = &state.backend;
     let mut agg = range(q)?;
     let step = match q.get("step") {
         Some(s) => parse_duration(s).ok_or_else(|| bad("step", format!("{s:?} is not <n><s|m|h|d>")))?,
@@ -187,7 +267,7 @@ async fn metrics_inner(backend: &Backend, q: &HashMap<String, String>) -> Result
     }
     agg.bucket_ms = Some(step);
     agg.group_by = dimension(q, "group_by")?;
-    let (rows, active) = tokio::try_join!(backend.aggregate(&agg), backend.active_per_window(&agg)).map_err(failed)?;
+    let (rows, active) = bounded(state, async { tokio::try_join!(backend.aggregate(&agg), backend.active_per_window(&agg)) }).await?;
     // Concurrent viewers of a bucket: the most views active in one of its windows.
     let mut peak: HashMap<(i64, Option<String>), i64> = HashMap::new();
     for (window, group, n) in active {
@@ -211,12 +291,13 @@ async fn metrics_inner(backend: &Backend, q: &HashMap<String, String>) -> Result
 }
 
 async fn summary(State(state): State<ApiState>, Query(q): Query<HashMap<String, String>>) -> Response {
-    summary_inner(&state.backend, &q).await.unwrap_or_else(IntoResponse::into_response)
+    summary_inner(&state, &q).await.unwrap_or_else(IntoResponse::into_response)
 }
 
-async fn summary_inner(backend: &Backend, q: &HashMap<String, String>) -> Result<Response, ApiError> {
+async fn summary_inner(state: &ApiState, q: &HashMap<String, String>) -> Result<Response, ApiError> {
+    let backend = &state.backend;
     let agg = range(q)?;
-    let (rows, active) = tokio::try_join!(backend.aggregate(&agg), backend.active_per_window(&agg)).map_err(failed)?;
+    let (rows, active) = bounded(state, async { tokio::try_join!(backend.aggregate(&agg), backend.active_per_window(&agg)) }).await?;
     // An aggregation without keys answers one row on both backends, zeros when nothing matched.
     let metrics = rows.first().map(AggRow::metrics).unwrap_or_else(|| derive(&[0; SUMS.len()], &[]));
     let (concurrent, window) = active.last().map_or((0, None), |(w, _, n)| (*n, Some(*w)));
@@ -233,10 +314,10 @@ async fn summary_inner(backend: &Backend, q: &HashMap<String, String>) -> Result
 }
 
 async fn breakdown(State(state): State<ApiState>, Query(q): Query<HashMap<String, String>>) -> Response {
-    breakdown_inner(&state.backend, &q).await.unwrap_or_else(IntoResponse::into_response)
+    breakdown_inner(&state, &q).await.unwrap_or_else(IntoResponse::into_response)
 }
 
-async fn breakdown_inner(backend: &Backend, q: &HashMap<String, String>) -> Result<Response, ApiError> {
+async fn breakdown_inner(state: &ApiState, q: &HashMap<String, String>) -> Result<Response, ApiError> {
     let dim = dimension(q, "dimension")?.ok_or_else(|| bad("dimension", "required"))?;
     let mut agg = range(q)?;
     agg.top = Some(match q.get("limit") {
@@ -244,10 +325,8 @@ async fn breakdown_inner(backend: &Backend, q: &HashMap<String, String>) -> Resu
         Some(l) => l.parse::<u32>().ok().filter(|l| (1..=1000).contains(l)).ok_or_else(|| bad("limit", "must be 1 to 1000"))?,
     });
     agg.group_by = Some(dim.clone());
-    let rows: Vec<Value> = backend
-        .aggregate(&agg)
-        .await
-        .map_err(failed)?
+    let rows: Vec<Value> = bounded(state, state.backend.aggregate(&agg))
+        .await?
         .iter()
         .map(|row| {
             let mut m = serde_json::Map::new();

@@ -59,6 +59,9 @@ pub enum SqlError {
     Invalid(String),
     #[error("the query ran longer than the {0} ms limit")]
     Timeout(u64),
+    /// Over the engine's memory limit (`query.memory_limit_bytes`).
+    #[error("the query needs more memory than query.memory_limit_bytes allows: {0}")]
+    ResourcesExhausted(String),
 }
 
 /// `[query] backend`: which store the metrics API reads.
@@ -92,13 +95,15 @@ struct Dialect {
 impl Backend {
     /// Opens the configured backend: the Parquet dataset under `data_dir`, or ClickHouse.
     pub async fn open(
-        kind: BackendKind,
+        config: &crate::api::QueryConfig,
         data_dir: &std::path::Path,
         clickhouse: &pipeline::clickhouse::ClickHouseConfig,
     ) -> anyhow::Result<Backend> {
-        Ok(match kind {
+        Ok(match config.backend {
             BackendKind::Parquet => {
-                let engine = Engine::open(data_dir).await.context("opening the Parquet dataset")?;
+                let engine = Engine::open_with_memory_limit(data_dir, config.memory_limit_bytes)
+                    .await
+                    .context("opening the Parquet dataset")?;
                 Backend::DataFusion(Arc::new(engine))
             }
             BackendKind::ClickHouse => Backend::ClickHouse(Arc::new(ClickHouseReader::new(clickhouse)?)),

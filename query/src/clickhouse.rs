@@ -80,6 +80,7 @@ impl ClickHouseReader {
         let text = match self.post(wrapped, &settings, Duration::from_millis(timeout_ms + 5_000)).await {
             Ok(Ok(t)) => t,
             Ok(Err(e)) if e.contains("Code: 159") || e.contains("TIMEOUT_EXCEEDED") => return Err(SqlError::Timeout(timeout_ms)),
+            Ok(Err(e)) if e.contains("Code: 241") || e.contains("MEMORY_LIMIT_EXCEEDED") => return Err(SqlError::ResourcesExhausted(e)),
             Ok(Err(e)) => return Err(SqlError::Invalid(e)),
             Err(e) if e.downcast_ref::<reqwest::Error>().is_some_and(reqwest::Error::is_timeout) => {
                 return Err(SqlError::Timeout(timeout_ms));

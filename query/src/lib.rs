@@ -30,13 +30,24 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Registers the dataset under `data_dir/parquet` (created empty if missing) and the helpers.
+    /// Registers the dataset under `data_dir/parquet` (created empty if missing) and the helpers, with
+    /// the default memory limit of `[query]`.
     pub async fn open(data_dir: &Path) -> anyhow::Result<Engine> {
+        Engine::open_with_memory_limit(data_dir, api::QueryConfig::default().memory_limit_bytes).await
+    }
+
+    /// [`Engine::open`] where the queries together may hold at most `memory_limit` bytes in their
+    /// operators (aggregations, sorts, joins): past it a query fails with "Resources exhausted" instead
+    /// of growing the process. Nothing spills to disk.
+    pub async fn open_with_memory_limit(data_dir: &Path, memory_limit: usize) -> anyhow::Result<Engine> {
+        use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
         // No list-files cache: it would hide the files the pipeline writes after the first query and
         // keep listing the files a compaction deleted. (Files are immutable, so the statistics and
         // footer caches, keyed by path and size/mtime, stay on.)
         let runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
             .with_cache_manager(datafusion::execution::cache::cache_manager::CacheManagerConfig::default().with_list_files_cache_limit(0))
+            .with_memory_limit(memory_limit, 1.0)
+            .with_disk_manager_builder(DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled))
             .build_arc()?;
         let ctx = SessionContext::new_with_config_rt(datafusion::prelude::SessionConfig::new(), runtime);
         let root = data_dir.join("parquet");
@@ -84,11 +95,17 @@ impl Engine {
         let _files = pipeline::parquet::DATASET_LOCK.read().await;
         let batches = match tokio::time::timeout(std::time::Duration::from_millis(timeout_ms), df.collect()).await {
             Err(_) => return Err(Timeout(timeout_ms)),
+            Ok(Err(e)) if is_resources_exhausted(&e) => return Err(backend::SqlError::ResourcesExhausted(e.to_string())),
             Ok(r) => r.map_err(|e| Invalid(e.to_string()))?,
         };
         let rows = backend::json_rows(&batches).map_err(|e| Invalid(format!("could not encode rows: {e}")))?;
         Ok(backend::SqlRows { columns, rows })
     }
+}
+
+/// Whether a query failed for want of memory (the engine's limit).
+pub fn is_resources_exhausted(e: &datafusion::error::DataFusionError) -> bool {
+    matches!(e.find_root(), datafusion::error::DataFusionError::ResourcesExhausted(_))
 }
 
 /// The helper view statements, with the dimension list filled in.

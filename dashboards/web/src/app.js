@@ -114,8 +114,13 @@ function query(extra) {
   return p.toString();
 }
 
+// With an API token (`qoeflow serve --api-token`), open the dashboard as `/#token=<token>`: a fragment
+// never leaves the browser, and the token goes with every API call.
+const TOKEN = new URLSearchParams(location.hash.slice(1)).get('token');
+
 async function getJSON(path) {
-  const r = await fetch(path, { cache: 'no-store' });
+  const headers = TOKEN && path.includes('api/v1/') ? { authorization: `Bearer ${TOKEN}` } : {};
+  const r = await fetch(path, { cache: 'no-store', headers });
   const body = await r.json().catch(() => ({}));
   if (!r.ok) throw new Error(`${path.split('?')[0]}: ${body.message || r.status}`);
   return body;

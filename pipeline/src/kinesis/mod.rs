@@ -263,8 +263,9 @@ impl KinesisSource {
     }
 
     /// One GetRecords on `shard`, up to `stop_at` (inclusive) if given. Updates the shard's position.
-    /// Returns the user records, and whether the shard is caught up (empty read at the tip).
-    async fn read_shard(&mut self, shard: &str, stop_at: Option<&ShardPosition>) -> Result<(Vec<SourceRecord>, bool), ReadError> {
+    /// Returns the user records, whether the shard is caught up (empty read at the tip), and whether it
+    /// is behind (`MillisBehindLatest` above 0).
+    async fn read_shard(&mut self, shard: &str, stop_at: Option<&ShardPosition>) -> Result<(Vec<SourceRecord>, bool, bool), ReadError> {
         let mut out = Vec::new();
         let partition: Arc<str> = Arc::from(shard);
         for attempt in 0..3 {
@@ -285,7 +286,8 @@ impl KinesisSource {
                     return Err(ReadError::Other(anyhow::anyhow!("GetRecords {shard}: {}", describe(&e))));
                 }
             };
-            let caught_up = resp.records().is_empty() && resp.millis_behind_latest().unwrap_or(0) == 0;
+            let behind = resp.millis_behind_latest().unwrap_or(0) > 0;
+            let caught_up = resp.records().is_empty() && !behind;
             let pos = self.positions.shards.entry(shard.to_owned()).or_default();
             let mut reached_stop = false;
             for r in resp.records() {
@@ -310,7 +312,7 @@ impl KinesisSource {
                 if stop_at.is_some_and(|s| s.finished) {
                     pos.finished = true;
                 }
-                return Ok((out, false));
+                return Ok((out, false, behind));
             }
             match resp.next_shard_iterator() {
                 Some(next) => {
@@ -321,9 +323,9 @@ impl KinesisSource {
                     self.iterators.remove(shard);
                 }
             }
-            return Ok((out, caught_up));
+            return Ok((out, caught_up, behind));
         }
-        Ok((out, false))
+        Ok((out, false, true))
     }
 }
 
@@ -349,7 +351,8 @@ impl Source for KinesisSource {
         self.list_shards().await
     }
 
-    async fn next(&mut self, _max: usize) -> anyhow::Result<Batch<Positions>> {
+    /// One GetRecords per readable shard (at most 10 MB each, the service's own bound on a call).
+    async fn next(&mut self, _max: usize, _max_bytes: usize) -> anyhow::Result<Batch<Positions>> {
         if self.listed_at.is_none_or(|t| t.elapsed() >= self.relist_interval)
             && let Err(e) = self.list_shards().await
         {
@@ -359,16 +362,21 @@ impl Source for KinesisSource {
         }
         let mut records = Vec::new();
         let mut at_tip: Vec<String> = Vec::new();
+        let mut behind = false;
         for shard in self.readable() {
             match self.read_shard(&shard, None).await {
-                Ok((read, tip)) => {
+                Ok((read, tip, shard_behind)) => {
                     self.throttled.remove(&shard);
                     records.extend(read);
+                    behind |= shard_behind;
                     if tip {
                         at_tip.push(shard);
                     }
                 }
-                Err(ReadError::Throttled) => self.throttle(&shard),
+                Err(ReadError::Throttled) => {
+                    behind = true;
+                    self.throttle(&shard);
+                }
                 Err(ReadError::Other(e)) => return Err(e),
             }
         }
@@ -376,7 +384,7 @@ impl Source for KinesisSource {
         caught_up.extend(at_tip);
         caught_up.sort();
         caught_up.dedup();
-        Ok(Batch { records, to: self.positions.clone(), caught_up })
+        Ok(Batch { records, to: self.positions.clone(), caught_up, behind })
     }
 
     async fn next_until(&mut self, to: &Positions) -> anyhow::Result<Vec<SourceRecord>> {
@@ -387,7 +395,7 @@ impl Source for KinesisSource {
             while self.positions.shards.get(shard).cloned().unwrap_or_default() != *stop {
                 let before = self.positions.shards.get(shard).cloned();
                 match self.read_shard(shard, Some(stop)).await {
-                    Ok((read, _)) => records.extend(read),
+                    Ok((read, _, _)) => records.extend(read),
                     Err(ReadError::Throttled) => {}
                     Err(ReadError::Other(e)) => return Err(e),
                 }
