@@ -214,6 +214,9 @@ struct PipelineArgs {
     worker_index: u32,
     #[arg(long, default_value_t = 1)]
     worker_count: u32,
+    /// Serve `/healthz`, `/readyz` (stalled or far behind: 503) and `/metrics` on this address.
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Args)]
@@ -342,7 +345,7 @@ fn main() -> anyhow::Result<()> {
                 args.worker_index,
                 args.worker_count
             );
-            Mode::Pipeline { worker_index: args.worker_index, worker_count: args.worker_count }
+            Mode::Pipeline { worker_index: args.worker_index, worker_count: args.worker_count, listen: args.listen }
         }
         Command::QueryServer(args) => {
             if let Some(listen) = args.listen {
@@ -394,7 +397,7 @@ fn raise_open_files_limit(ingest: &mut ingest::IngestConfig) {
 enum Mode {
     Serve { pipeline: bool },
     Ingest,
-    Pipeline { worker_index: u32, worker_count: u32 },
+    Pipeline { worker_index: u32, worker_count: u32, listen: Option<std::net::SocketAddr> },
     QueryServer,
 }
 
@@ -410,8 +413,8 @@ fn init_tracing(config: &Config) -> anyhow::Result<()> {
 }
 
 async fn run(mode: Mode, config: Config) -> anyhow::Result<()> {
-    if let Mode::Pipeline { worker_index, worker_count } = mode {
-        return run_pipeline(config, worker_index, worker_count).await;
+    if let Mode::Pipeline { worker_index, worker_count, listen } = mode {
+        return run_pipeline(config, worker_index, worker_count, listen).await;
     }
     if let Mode::QueryServer = mode {
         return run_query_server(config).await;
@@ -529,7 +532,7 @@ async fn run_query_server(config: Config) -> anyhow::Result<()> {
 }
 
 /// `qoeflow pipeline`: the Kinesis source into Parquet (and ClickHouse) until SIGTERM/Ctrl-C.
-async fn run_pipeline(config: Config, worker_index: u32, worker_count: u32) -> anyhow::Result<()> {
+async fn run_pipeline(config: Config, worker_index: u32, worker_count: u32, listen: Option<std::net::SocketAddr>) -> anyhow::Result<()> {
     let client = ingest::sink::kinesis::client(&config.kinesis).await;
     let stream = config.kinesis.stream.clone().unwrap_or_default();
     tracing::info!(%stream, worker_index, worker_count, data_dir = %config.data_dir.display(), "pipeline reading Kinesis");
@@ -540,7 +543,18 @@ async fn run_pipeline(config: Config, worker_index: u32, worker_count: u32) -> a
         signals.await;
         let _ = stop_tx.send(true);
     });
-    let status = Arc::new(pipeline_status(&config, &prometheus::Registry::new()));
+    let registry = prometheus::Registry::new();
+    let status = Arc::new(pipeline_status(&config, &registry));
+    if let Some(addr) = listen {
+        let listener = bind(addr).await?;
+        tracing::info!("pipeline health listening on http://{}", listener.local_addr()?);
+        let app = ingest::health_router(vec![status.clone()], registry);
+        let mut stop = stop_rx.clone();
+        let stopped = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        tokio::spawn(ingest::serve(listener, app, ingest::ConnLimits::from_config(&config.ingest), None, stopped));
+    }
     pipeline::runner::run(source, config.data_dir, config.pipeline, config.clickhouse, status, stop_rx).await
 }
 

@@ -21,5 +21,5 @@ pub mod sink;
 pub use config::{IngestConfig, KeyConfig, KinesisConfig};
 pub use metrics::Metrics;
 pub use conn::{ConnLimits, serve};
-pub use server::{AppState, Readiness, router};
+pub use server::{AppState, Readiness, health_router, router};
 pub use sink::{Sink, SinkError, SinkRecord};

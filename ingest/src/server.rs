@@ -166,6 +166,33 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
+/// `/healthz`, `/readyz` and `/metrics` of a process without a collector (`qoeflow pipeline --listen`):
+/// ready while every one of `readiness` is; metrics from `registry`.
+pub fn health_router(readiness: Vec<Arc<dyn Readiness>>, registry: prometheus::Registry) -> Router {
+    let readiness = Arc::new(readiness);
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let readiness = readiness.clone();
+                async move {
+                    match readiness.iter().try_for_each(|r| r.check()) {
+                        Ok(()) => (StatusCode::OK, "ready".to_owned()).into_response(),
+                        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why).into_response(),
+                    }
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(move || {
+                let text = crate::metrics::render(&registry);
+                async move { ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response() }
+            }),
+        )
+}
+
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     if let Err(why) = state.sink.ready().await {
         tracing::warn!(sink = state.sink.name(), %why, "not ready");

@@ -738,7 +738,7 @@ impl Sessionizer {
                 self.stats.gaps_forgotten += slot.skipped.push(slot.next_seq, seq, self.config.max_gaps_per_view);
             }
             let b = entry.remove();
-            self.buffered -= 1;
+            self.buffered = self.buffered.saturating_sub(1);
             slot.next_seq = seq + 1;
             if let Some(last) = slot.machine.last_ts
                 && b.event.ts.saturating_sub(last) > self.config.inactivity_timeout_ms
@@ -773,7 +773,7 @@ impl Sessionizer {
     fn finalize(&mut self, view_id: &str, reason: &'static str) {
         let Some(slot) = self.views.remove(view_id) else { return };
         self.stats.views_ended += 1;
-        self.buffered -= slot.buffer.len();
+        self.buffered = self.buffered.saturating_sub(slot.buffer.len());
         let hash = id_hash(view_id);
         // Seqs it never saw stay acceptable for the events table: the skipped ones, and any missing
         // between what it applied and what it still held buffered.
