@@ -4,8 +4,10 @@
 
 mod common;
 
+mod abuse;
 mod api;
 mod api_backends;
+mod chaos;
 mod clickhouse_sink;
 mod collector;
 mod crash_local_log;
