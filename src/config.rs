@@ -30,7 +30,7 @@ pub struct Config {
     /// `[sql]`: the `POST /api/v1/sql` endpoint of `qoeflow serve`.
     pub sql: query::api::SqlConfig,
     /// `[query]`: where the metrics API and the dashboard read from, listen, and their bounds.
-    pub query: query::api::QueryConfig,
+    pub query: query::QueryConfig,
     /// `[dashboard]`: the live dashboard's refresh period and KPI targets.
     pub dashboard: crate::dashboard::DashboardConfig,
 }
@@ -68,7 +68,7 @@ impl Default for Config {
             pipeline: pipeline::PipelineConfig::default(),
             clickhouse: pipeline::clickhouse::ClickHouseConfig::default(),
             sql: query::api::SqlConfig::default(),
-            query: query::api::QueryConfig::default(),
+            query: query::QueryConfig::default(),
             dashboard: crate::dashboard::DashboardConfig::default(),
         }
     }

@@ -156,7 +156,7 @@ struct ApiArgs {
 }
 
 impl ApiArgs {
-    fn apply(self, q: &mut query::api::QueryConfig) {
+    fn apply(self, q: &mut query::QueryConfig) {
         if let Some(t) = self.api_token {
             q.api_token = Some(t);
         }

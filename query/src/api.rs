@@ -41,34 +41,6 @@ const MAX_POINTS: i64 = 10_000;
 /// Latest time a parameter may name (2100-01-01, the end of the beacon protocol's range).
 const MAX_TIME_MS: i64 = schemas::beacon::TS_MAX_MS;
 
-/// `[query]`: where the metrics API and the dashboard read, where they listen and how they are bounded.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct QueryConfig {
-    /// `parquet` (the data directory's dataset, the default) or `clickhouse` (the `[clickhouse]` server).
-    pub backend: crate::backend::BackendKind,
-    /// `qoeflow serve`: serve the API and dashboard on this address instead of the beacon listener.
-    pub listen: Option<std::net::SocketAddr>,
-    /// Bearer token every `/api/` route requires; None: open.
-    pub api_token: Option<String>,
-    /// Memory the queries' operators may hold together (DataFusion's pool); over it a query fails.
-    pub memory_limit_bytes: usize,
-    /// Longest a metrics API query may run.
-    pub timeout_ms: u64,
-}
-
-impl Default for QueryConfig {
-    fn default() -> Self {
-        QueryConfig {
-            backend: crate::backend::BackendKind::default(),
-            listen: None,
-            api_token: None,
-            memory_limit_bytes: 1 << 30,
-            timeout_ms: 30_000,
-        }
-    }
-}
-
 /// Limits of `POST /api/v1/sql`.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -92,7 +64,7 @@ struct ApiState {
     timeout: std::time::Duration,
 }
 
-pub fn router(backend: Backend, sql: SqlConfig, query: &QueryConfig) -> axum::Router {
+pub fn router(backend: Backend, sql: SqlConfig, query: &crate::QueryConfig) -> axum::Router {
     let tokens: Arc<Vec<String>> = Arc::new(query.api_token.iter().chain(&sql.admin_token).cloned().collect());
     let state = ApiState { backend, sql: Arc::new(sql), timeout: std::time::Duration::from_millis(query.timeout_ms.max(1)) };
     let router = axum::Router::new()

@@ -64,17 +64,7 @@ pub enum SqlError {
     ResourcesExhausted(String),
 }
 
-/// `[query] backend`: which store the metrics API reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum BackendKind {
-    /// The Parquet dataset under the data directory, through DataFusion.
-    #[default]
-    Parquet,
-    /// The ClickHouse tables the pipeline writes (`[clickhouse]` url and database).
-    #[value(name = "clickhouse")]
-    ClickHouse,
-}
+pub use crate::config::BackendKind;
 
 #[derive(Clone)]
 pub enum Backend {
@@ -95,7 +85,7 @@ struct Dialect {
 impl Backend {
     /// Opens the configured backend: the Parquet dataset under `data_dir`, or ClickHouse.
     pub async fn open(
-        config: &crate::api::QueryConfig,
+        config: &crate::QueryConfig,
         data_dir: &std::path::Path,
         clickhouse: &pipeline::clickhouse::ClickHouseConfig,
     ) -> anyhow::Result<Backend> {

@@ -8,9 +8,12 @@
 pub mod api;
 pub mod backend;
 pub mod clickhouse;
+pub mod config;
 pub mod hdr;
 pub mod metrics;
 pub mod output;
+
+pub use config::QueryConfig;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -33,7 +36,7 @@ impl Engine {
     /// Registers the dataset under `data_dir/parquet` (created empty if missing) and the helpers, with
     /// the default memory limit of `[query]`.
     pub async fn open(data_dir: &Path) -> anyhow::Result<Engine> {
-        Engine::open_with_memory_limit(data_dir, api::QueryConfig::default().memory_limit_bytes).await
+        Engine::open_with_memory_limit(data_dir, QueryConfig::default().memory_limit_bytes).await
     }
 
     /// [`Engine::open`] where the queries together may hold at most `memory_limit` bytes in their
