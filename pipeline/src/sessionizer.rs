@@ -847,15 +847,9 @@ impl Sessionizer {
     pub fn end_all(&mut self) {
         let mut ids: Vec<String> = self.views.keys().cloned().collect();
         ids.sort();
-        let saved = self.config.inactivity_timeout_ms;
-        self.config.inactivity_timeout_ms = i64::MIN;
         for id in &ids {
-            if let Some(s) = self.views.get_mut(id) {
-                s.last_recv_ms = i64::MIN / 2;
-            }
+            self.close_view(id, "timeout");
         }
-        self.advance();
-        self.config.inactivity_timeout_ms = saved;
     }
 
     /// Everything produced since the last flush: window deltas, finished views, events, dead letters.

@@ -251,3 +251,29 @@ fn a_pause_in_2099_after_playing_now_costs_a_handful_of_windows() {
     assert_eq!((out.views[0].end_reason, out.views[0].totals.play_ms), ("timeout", 0));
     assert_eq!(out.events.len(), 2, "both events are kept in `events`");
 }
+
+/// Ending every view of a finished input proceeds past the gaps each still waits at, with the real
+/// inactivity rule: an event a second after its predecessor does not end the view.
+#[test]
+fn end_all_proceeds_past_gaps_and_keeps_the_inactivity_rule() {
+    let t = 1_795_000_000_000i64;
+    let events = [
+        json!({"view_id": "w", "seq": 0, "type": "playing", "ts": t}),
+        json!({"view_id": "w", "seq": 2, "type": "pause", "ts": t + 1_000}),
+    ];
+    let mut s = Sessionizer::new(SessionConfig::default());
+    s.process(Record::Events(EventsRecord {
+        recv_ms: t,
+        sent_at: t,
+        key: None,
+        view_id: "w".into(),
+        client: ClientInfo::default(),
+        events: events.iter().map(|e| e.as_object().cloned().expect("object")).collect(),
+    }));
+    s.advance();
+    assert!(s.flush().views.is_empty(), "seq 2 waits for seq 1");
+    s.end_all();
+    let out = s.flush();
+    assert_eq!(out.views.len(), 1);
+    assert_eq!((out.views[0].end_reason, out.views[0].totals.play_ms, out.views[0].gaps), ("timeout", 1_000, 1));
+}
