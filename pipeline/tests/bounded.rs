@@ -229,6 +229,18 @@ proptest! {
     }
 }
 
+/// A record of `events` for `view_id`, received and sent at `at`.
+fn one_record(view_id: &str, at: i64, events: &[Value]) -> Record {
+    Record::Events(EventsRecord {
+        recv_ms: at,
+        sent_at: at,
+        key: None,
+        view_id: view_id.into(),
+        client: ClientInfo::default(),
+        events: events.iter().map(|e| e.as_object().cloned().expect("object")).collect(),
+    })
+}
+
 /// The beacon, as the pipeline would see it if a collector let it through: one `playing` now
 /// and a `pause` at the end of 2099 cost a handful of windows, not a walk to 2100.
 #[test]
@@ -236,14 +248,7 @@ fn a_pause_in_2099_after_playing_now_costs_a_handful_of_windows() {
     let now = 1_795_000_000_000i64;
     let events = [json!({"view_id": "b", "seq": 0, "type": "playing", "ts": now}), json!({"view_id": "b", "seq": 1, "type": "pause", "ts": TS_MAX_MS - 1})];
     let mut s = Sessionizer::new(SessionConfig::default());
-    s.process(Record::Events(EventsRecord {
-        recv_ms: now,
-        sent_at: now,
-        key: None,
-        view_id: "b".into(),
-        client: ClientInfo::default(),
-        events: events.iter().map(|e| e.as_object().cloned().expect("object")).collect(),
-    }));
+    s.process(one_record("b", now, &events));
     s.advance();
     let out = s.flush();
     assert!(out.windows.len() <= 2, "{} windows", out.windows.len());
@@ -262,14 +267,7 @@ fn end_all_proceeds_past_gaps_and_keeps_the_inactivity_rule() {
         json!({"view_id": "w", "seq": 2, "type": "pause", "ts": t + 1_000}),
     ];
     let mut s = Sessionizer::new(SessionConfig::default());
-    s.process(Record::Events(EventsRecord {
-        recv_ms: t,
-        sent_at: t,
-        key: None,
-        view_id: "w".into(),
-        client: ClientInfo::default(),
-        events: events.iter().map(|e| e.as_object().cloned().expect("object")).collect(),
-    }));
+    s.process(one_record("w", t, &events));
     s.advance();
     assert!(s.flush().views.is_empty(), "seq 2 waits for seq 1");
     s.end_all();

@@ -157,19 +157,23 @@ async fn poison_readyz_reports_a_stalled_pipeline() {
     let env = [("QOEFLOW_PIPELINE__STALL_AFTER_MS", "1000")];
     let q = Qoeflow::serve(dir.path(), &["--clickhouse-url", &dead], &env);
     assert_eq!(post(&q, &beacon("stalled", 0, 3)).await.0, 204, "the collector still accepts");
+    let why = not_ready(&q.url).await;
+    assert!(why.contains("pipeline stalled") && why.contains("ClickHouse"), "{why}");
+    assert_eq!(metric(&q.url, "qoeflow_pipeline_stalled").await, 1.0);
+}
+
+/// Polls `/readyz` until it answers 503 (within 30 s); returns why.
+async fn not_ready(url: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let r = http().get(format!("{}/readyz", q.url)).send().await.expect("readyz");
-        let status = r.status().as_u16();
-        let text = r.text().await.unwrap_or_default();
+        let r = http().get(format!("{url}/readyz")).send().await.expect("readyz");
+        let (status, text) = (r.status().as_u16(), r.text().await.unwrap_or_default());
         if status == 503 {
-            assert!(text.contains("pipeline") && text.contains("stalled"), "{text}");
-            break;
+            return text;
         }
         assert!(Instant::now() < deadline, "/readyz still says {status} {text}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert_eq!(metric(&q.url, "qoeflow_pipeline_stalled").await, 1.0);
 }
 
 /// `qoeflow pipeline --listen` serves the same readiness for a Kinesis worker: a worker that cannot
@@ -184,17 +188,8 @@ async fn poison_readyz_of_a_kinesis_worker_reports_it_stalled() {
     let args = ["pipeline", "--kinesis-stream", "s", "--kinesis-endpoint", &dead, "--data-dir", path, "--listen", "127.0.0.1:0"];
     let worker = Qoeflow::spawn(&args, &env, None);
     assert_eq!(http().get(format!("{}/healthz", worker.url)).send().await.expect("healthz").status().as_u16(), 200);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let r = http().get(format!("{}/readyz", worker.url)).send().await.expect("readyz");
-        let (status, text) = (r.status().as_u16(), r.text().await.unwrap_or_default());
-        if status == 503 {
-            assert!(text.contains("pipeline stalled") && text.contains("ListShards"), "{text}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "/readyz still says {status} {text}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let why = not_ready(&worker.url).await;
+    assert!(why.contains("pipeline stalled") && why.contains("ListShards"), "{why}");
     assert_eq!(metric(&worker.url, "qoeflow_pipeline_stalled").await, 1.0);
     assert!(metric(&worker.url, "qoeflow_pipeline_epoch_failures_total").await >= 2.0);
 }
