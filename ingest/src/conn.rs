@@ -12,8 +12,10 @@
 //!   are closing.
 //!
 //! While a request is being handled neither timeout runs: the handler bounds its own work (the beacon
-//! body timeout, query timeouts). Shutdown stops accepting, lets every connection finish its request in
-//! flight, and waits for them (at most 30 s).
+//! body timeout, query timeouts); a backstop closes a connection whose request has not finished within
+//! 5 minutes. A response the client does not read is given the idle timeout from the last byte it took.
+//! Shutdown stops accepting, lets every connection finish its request in flight, and waits for them (at
+//! most 30 s).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -57,6 +59,8 @@ impl ConnLimits {
 
 /// How long shutdown waits for connections to finish their requests.
 const DRAIN: Duration = Duration::from_secs(30);
+/// Longest a request may take from its head to its response, whatever its handler does.
+const REQUEST_BACKSTOP: Duration = Duration::from_secs(300);
 
 /// Serves `app` on `listener` until `shutdown` resolves, then drains the connections.
 pub async fn serve(
@@ -129,10 +133,12 @@ async fn connection(stream: TcpStream, peer: SocketAddr, app: Router, limits: &C
         phase: phase.clone(),
         limits: limits.clone(),
         sleep: Box::pin(tokio::time::sleep(limits.header_read_timeout)),
+        last_write: Instant::now(),
+        write_sleep: Box::pin(tokio::time::sleep(limits.idle_timeout)),
     });
     let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         req.extensions_mut().insert(ConnectInfo(peer));
-        set(&phase, Phase::InRequest);
+        set(&phase, Phase::InRequest { since: Instant::now() });
         let (app, phase) = (app.clone(), phase.clone());
         async move {
             let response = app.oneshot(req.map(Body::new)).await;
@@ -163,8 +169,8 @@ async fn connection(stream: TcpStream, peer: SocketAddr, app: Router, limits: &C
 enum Phase {
     /// Reading a request head that began at `since` (the accept, for the first request).
     Head { since: Instant },
-    /// A request is being handled: no timeout here.
-    InRequest,
+    /// A request is being handled since `since`: only the backstop runs.
+    InRequest { since: Instant },
     /// Between requests since `since` (the last byte written).
     Idle { since: Instant },
 }
@@ -173,12 +179,16 @@ fn set(phase: &Mutex<Phase>, to: Phase) {
     *phase.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = to;
 }
 
-/// The socket, with the header and idle timeouts enforced on its reads.
+/// The socket, with the header and idle timeouts enforced on its reads, and the idle timeout on
+/// writes the client does not take.
 struct Guarded {
     io: TcpStream,
     phase: Arc<Mutex<Phase>>,
     limits: ConnLimits,
     sleep: Pin<Box<Sleep>>,
+    /// When a write last made progress.
+    last_write: Instant,
+    write_sleep: Pin<Box<Sleep>>,
 }
 
 impl Guarded {
@@ -193,7 +203,7 @@ impl Guarded {
         let deadline = match *self.phase() {
             Phase::Head { since } => since + self.limits.header_read_timeout,
             Phase::Idle { since } => since + self.limits.idle_timeout,
-            Phase::InRequest => return false,
+            Phase::InRequest { since } => since + REQUEST_BACKSTOP,
         };
         if self.sleep.deadline() != deadline {
             self.sleep.as_mut().reset(deadline);
@@ -201,12 +211,29 @@ impl Guarded {
         self.sleep.as_mut().poll(cx).is_ready()
     }
 
-    fn wrote(&self, written: &Poll<std::io::Result<usize>>) {
-        if matches!(written, Poll::Ready(Ok(n)) if *n > 0) {
-            // A response still being written keeps the connection from counting as idle.
-            if let Phase::Idle { since } = &mut *self.phase() {
-                *since = Instant::now();
+    /// After a write: progress keeps the connection from counting as idle; a write the client has not
+    /// taken for the idle timeout fails.
+    fn wrote(&mut self, cx: &mut Context<'_>, written: Poll<std::io::Result<usize>>) -> Poll<std::io::Result<usize>> {
+        match written {
+            Poll::Ready(Ok(n)) if n > 0 => {
+                let now = Instant::now();
+                self.last_write = now;
+                if let Phase::Idle { since } = &mut *self.phase() {
+                    *since = now;
+                }
+                written
             }
+            Poll::Pending => {
+                let deadline = self.last_write + self.limits.idle_timeout;
+                if self.write_sleep.deadline() != deadline {
+                    self.write_sleep.as_mut().reset(deadline);
+                }
+                match self.write_sleep.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "client stopped reading"))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+            other => other,
         }
     }
 }
@@ -237,8 +264,7 @@ impl AsyncWrite for Guarded {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
         let written = Pin::new(&mut this.io).poll_write(cx, data);
-        this.wrote(&written);
-        written
+        this.wrote(cx, written)
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
@@ -254,8 +280,7 @@ impl AsyncWrite for Guarded {
     fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[std::io::IoSlice<'_>]) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
         let written = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
-        this.wrote(&written);
-        written
+        this.wrote(cx, written)
     }
     fn is_write_vectored(&self) -> bool {
         self.io.is_write_vectored()

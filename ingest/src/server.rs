@@ -281,13 +281,13 @@ fn client_ip(state: &AppState, headers: &HeaderMap, peer: SocketAddr) -> IpAddr 
     if !state.trusted(client) {
         return client;
     }
-    // Several headers are one list, in order.
+    // Several headers are one list, in order. Split as bytes: garbage (even non-ASCII) a client wrote
+    // left of the proxy's own hop must not cost that hop.
     let hops: Vec<&str> = headers
         .get_all("x-forwarded-for")
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(|h| std::str::from_utf8(h).map_or("\u{fffd}", str::trim))
         .filter(|h| !h.is_empty())
         .collect();
     for hop in hops.iter().rev().take(64) {

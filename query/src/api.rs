@@ -80,12 +80,7 @@ pub fn router(backend: Backend, sql: SqlConfig, query: &crate::QueryConfig) -> a
     router.layer(axum::middleware::from_fn(move |req: axum::extract::Request, next: axum::middleware::Next| {
         let tokens = tokens.clone();
         async move {
-            let given = req
-                .headers()
-                .get(axum::http::header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "));
-            if given.is_some_and(|g| tokens.iter().any(|t| t == g)) {
+            if bearer(req.headers()).is_some_and(|g| tokens.iter().any(|t| token_matches(g, t))) {
                 next.run(req).await
             } else {
                 ApiError::unauthorized("missing or wrong API token (Authorization: Bearer <token>)").into_response()
@@ -106,22 +101,49 @@ struct SqlRequest {
     sql: String,
 }
 
-async fn sql_endpoint(State(state): State<ApiState>, headers: axum::http::HeaderMap, body: axum::body::Bytes) -> Response {
-    sql_inner(&state, &headers, &body).await.unwrap_or_else(IntoResponse::into_response)
+async fn sql_endpoint(State(state): State<ApiState>, headers: axum::http::HeaderMap, body: axum::body::Body) -> Response {
+    sql_inner(&state, &headers, body).await.unwrap_or_else(IntoResponse::into_response)
 }
 
-async fn sql_inner(state: &ApiState, headers: &axum::http::HeaderMap, body: &[u8]) -> Result<Response, ApiError> {
+/// Largest `POST /api/v1/sql` body, and how long it may take to arrive.
+const SQL_BODY_MAX: usize = 64 << 10;
+const SQL_BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The bearer token of a request, if any.
+fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "))
+}
+
+/// Compares a given token with an expected one in time that does not depend on where they differ.
+fn token_matches(given: &str, expected: &str) -> bool {
+    let (g, e) = (given.as_bytes(), expected.as_bytes());
+    let diff = (0..g.len().max(e.len())).fold(g.len() ^ e.len(), |acc, i| {
+        acc | usize::from(g.get(i).copied().unwrap_or(0) ^ e.get(i).copied().unwrap_or(0))
+    });
+    diff == 0
+}
+
+async fn sql_inner(state: &ApiState, headers: &axum::http::HeaderMap, body: axum::body::Body) -> Result<Response, ApiError> {
     let Some(token) = &state.sql.admin_token else {
         return Err(ApiError::new(StatusCode::FORBIDDEN, "sql_disabled", "the SQL endpoint is disabled (start with --admin-token)"));
     };
-    let given = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    if given != Some(token.as_str()) {
+    // The token is checked before the body is read: nobody without it can hold a connection open by
+    // sending a body slowly.
+    if !bearer(headers).is_some_and(|g| token_matches(g, token)) {
         return Err(ApiError::unauthorized("missing or wrong admin token (Authorization: Bearer <token>)"));
     }
-    let req: SqlRequest = serde_json::from_slice(body).map_err(|e| bad("sql", format!("body must be {{\"sql\": \"SELECT …\"}}: {e}")))?;
+    let body = match tokio::time::timeout(SQL_BODY_TIMEOUT, axum::body::to_bytes(body, SQL_BODY_MAX)).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(e)) => return Err(ApiError::too_large(format!("body: at most {SQL_BODY_MAX} bytes ({e})"))),
+        Err(_) => {
+            return Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                format!("body not received within {} s", SQL_BODY_TIMEOUT.as_secs()),
+            ));
+        }
+    };
+    let req: SqlRequest = serde_json::from_slice(&body).map_err(|e| bad("sql", format!("body must be {{\"sql\": \"SELECT …\"}}: {e}")))?;
     let max = state.sql.max_rows;
     let mut out = state.backend.sql(&req.sql, max, state.sql.timeout_ms).await.map_err(|e| match e {
         SqlError::Timeout(_) => ApiError::bad_request("query_timeout", e.to_string()),
@@ -313,6 +335,14 @@ async fn breakdown_inner(state: &ApiState, q: &HashMap<String, String>) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tokens_match_exactly() {
+        assert!(token_matches("s3cret", "s3cret"));
+        for wrong in ["", "s3cre", "s3crett", "S3cret", "x3cret"] {
+            assert!(!token_matches(wrong, "s3cret"), "{wrong}");
+        }
+    }
 
     #[test]
     fn durations_and_times() {

@@ -367,6 +367,28 @@ async fn connections_are_capped_and_idle_or_slow_ones_closed() {
     assert!(metric(&q.url, "qoeflow_ingest_connections_refused_total").await >= 250.0);
 }
 
+/// A request whose body never comes cannot hold a connection: the SQL endpoint checks its token before
+/// reading the body (401 at once without it), and reads a body only within its time limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_a_request_body_that_never_comes_cannot_hold_a_connection() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let q = Qoeflow::serve(dir.path(), &["--admin-token", "t"], &[]);
+    let ask = |auth: &str| {
+        let mut s = TcpStream::connect(&q.addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+        write!(s, "POST /api/v1/sql HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: 100000\r\n\r\n{{\"sql\"").expect("write");
+        let started = Instant::now();
+        let mut buf = [0u8; 512];
+        let n = s.read(&mut buf).unwrap_or(0);
+        (String::from_utf8_lossy(&buf[..n]).into_owned(), started.elapsed())
+    };
+    let (answer, waited) = ask("");
+    assert!(answer.starts_with("HTTP/1.1 401") && waited < Duration::from_secs(2), "{waited:?}: {answer}");
+    let (answer, waited) = ask("Authorization: Bearer t\r\n");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(waited < Duration::from_secs(15), "the body's time limit held the connection {waited:?}");
+}
+
 /// 10 MiB of `[0,0,0,…]` is a few KiB of gzip: it is refused by counting JSON values while parsing, with
 /// a clear 413, and concurrent copies leave the collector's memory where it was.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -594,6 +616,10 @@ async fn client_ip_forwarded_for_only_from_trusted_proxies() {
     assert_eq!(send("2001:db8:1:3::1", "v6-c").await, 204);
     // 6to4: 2002:cb00:7101::/48 embeds 203.0.113.1.
     assert_eq!(send("2002:cb00:7101:7:8::9", "6to4").await, 204);
+    // Bytes that are not text in the client's part of the header do not cost the proxy's hop.
+    let garbage = reqwest::header::HeaderValue::from_bytes(b"\x80\xff, 198.51.100.9").expect("header");
+    let r = http().post(q.beacon_url()).header("x-forwarded-for", garbage).json(&beacon("binary", 0, 1)).send().await.expect("post");
+    assert_eq!(r.status().as_u16(), 204);
     q.stop();
     let ips: std::collections::BTreeMap<String, String> = read_local_log(dir.path())
         .into_iter()
@@ -606,6 +632,7 @@ async fn client_ip_forwarded_for_only_from_trusted_proxies() {
     assert_eq!(ips["v6-a"], "2001:db8:1::");
     let six_to_four = &ips["6to4"];
     assert!(!six_to_four.contains("7101") && six_to_four.starts_with("2002:cb00:71"), "{six_to_four}");
+    assert_eq!(ips["binary"], "198.51.100.0", "the proxy's hop survives garbage left of it");
 
     // Without trusted proxies the header is ignored: the socket address counts.
     let dir2 = tempfile::tempdir().expect("tmp");
@@ -650,8 +677,12 @@ async fn recovery_a_reader_never_returns_rolled_back_bytes_after_a_write_error()
     std::fs::OpenOptions::new().append(true).open(&segment).expect("open").write_all(&frame).expect("write");
     let first = reader.read_batch(100, log.durable_end()).expect("read");
     assert_eq!(first.len(), 2);
+    // A reader opened now, skipping to the durable end, has read the rolled-back frame ahead too.
+    let mut opened = log.reader(2).expect("reader at the durable end");
     // The writer writes the next acknowledged record at the durable length, over the rolled-back frame.
     assert_eq!(log.append(vec![bytes::Bytes::from_static(b"acked-2")]).await.expect("append"), 2..3);
-    let next = reader.read_batch(100, log.durable_end()).expect("read");
-    assert_eq!(next.iter().map(|e| e.data.as_ref()).collect::<Vec<_>>(), vec![b"acked-2".as_ref()]);
+    for r in [&mut reader, &mut opened] {
+        let next = r.read_batch(100, log.durable_end()).expect("read");
+        assert_eq!(next.iter().map(|e| e.data.as_ref()).collect::<Vec<_>>(), vec![b"acked-2".as_ref()]);
+    }
 }

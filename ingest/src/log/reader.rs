@@ -57,6 +57,8 @@ impl LogReader {
         if reader.next_offset != from {
             return Err(LogError::OffsetBeyondEnd { requested: from, end: reader.next_offset });
         }
+        // Skipping forward read ahead past `from`: those bytes need not be durable yet.
+        reader.drop_read_ahead()?;
         Ok(reader)
     }
 
@@ -75,14 +77,19 @@ impl LogReader {
     /// one record is read).
     pub fn read_batch_bytes(&mut self, max: usize, max_bytes: usize, upto: u64) -> Result<Vec<LogEntry>, LogError> {
         let out = self.read_frames(max, max_bytes, upto);
-        // Bytes read ahead past `upto` are not durable: a failed write may have left them, and the
-        // writer's repair cuts them off and writes other records there. Never keep them buffered.
+        self.drop_read_ahead()?;
+        out
+    }
+
+    /// Bytes read ahead past what was returned need not be durable: a failed write may have left them,
+    /// and the writer's repair cuts them off and writes other records there. Never keep them buffered.
+    fn drop_read_ahead(&mut self) -> Result<(), LogError> {
         if let Some(seg) = self.segment.as_mut()
             && !seg.reader.buffer().is_empty()
         {
             seg.reader.seek(SeekFrom::Start(seg.position))?;
         }
-        out
+        Ok(())
     }
 
     fn read_frames(&mut self, max: usize, max_bytes: usize, upto: u64) -> Result<Vec<LogEntry>, LogError> {
