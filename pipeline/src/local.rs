@@ -53,7 +53,7 @@ pub struct PipelineConfig {
     pub poison_attempts: u32,
     /// `/readyz` reports the pipeline stalled when it has failed to commit for this long.
     pub stall_after_ms: u64,
-    /// … and far behind when it has not caught up with its input for this long.
+    /// … and far behind when its last epoch trailed its input by more than this.
     pub max_lag_ms: u64,
 }
 
@@ -170,7 +170,7 @@ impl Source for LocalSource {
         let end = self.log.durable_end();
         let (records, to) = self.read(max, max_bytes, end).await?;
         let caught_up = if to >= end { vec![PARTITION.to_owned()] } else { Vec::new() };
-        Ok(Batch { records, to, caught_up, behind: to < end })
+        Ok(Batch { records, to, caught_up, behind: to < end, behind_ms: None })
     }
 
     async fn next_until(&mut self, to: &u64) -> anyhow::Result<Vec<SourceRecord>> {

@@ -65,6 +65,9 @@ pub struct Batch<P> {
     pub caught_up: Vec<String>,
     /// Some partition has more to read right now (the epoch was cut short, or a shard is behind).
     pub behind: bool,
+    /// How far behind, when the source knows (Kinesis: the largest `MillisBehindLatest`); otherwise the
+    /// runner takes the wall clock less the watermark.
+    pub behind_ms: Option<i64>,
 }
 
 /// A replayable input. Positions are what checkpoints and intents store.
@@ -321,7 +324,7 @@ fn quarantined_record(session: &Sessionizer, label: &str, reason: &str, data: &[
     let (recv_ms, key, payload) = match Record::decode(data) {
         Ok(Record::Events(e)) => (e.recv_ms, e.key.clone(), serde_json::to_string(&e).unwrap_or_default()),
         Ok(Record::Rejected(r)) => (r.recv_ms, r.key.clone(), serde_json::to_string(&r).unwrap_or_default()),
-        Err(_) => (session.watermark().max(0), None, String::from_utf8_lossy(data).into_owned()),
+        Err(_) => return raw_dead_letter(session, label, reason, data),
     };
     RejectedRecord {
         recv_ms,
@@ -330,6 +333,18 @@ fn quarantined_record(session: &Sessionizer, label: &str, reason: &str, data: &[
         tag: "quarantined".into(),
         reason: format!("{label}: {reason}"),
         payload: RejectedRecord::truncate_payload(&payload),
+    }
+}
+
+/// A quarantined record's dead letter from its bytes alone.
+fn raw_dead_letter(session: &Sessionizer, label: &str, reason: &str, data: &[u8]) -> RejectedRecord {
+    RejectedRecord {
+        recv_ms: session.watermark().max(0),
+        key: None,
+        index: None,
+        tag: "quarantined".into(),
+        reason: format!("{label}: {reason}"),
+        payload: RejectedRecord::truncate_payload(&String::from_utf8_lossy(data)),
     }
 }
 
@@ -385,12 +400,13 @@ async fn run_from_checkpoint<S: Source>(
                 for q in intent.quarantined {
                     poison.pending.entry(q.label).or_insert(q.reason);
                 }
-                (source.next_until(&intent.to).await?, intent.to, intent.caught_up, intent.clock_ms, false)
+                (source.next_until(&intent.to).await?, intent.to, intent.caught_up, intent.clock_ms, None)
             }
             None => {
                 let batch = source.next(config.max_records_per_epoch, config.max_epoch_bytes).await?;
                 let clock = (!batch.caught_up.is_empty()).then(|| schemas::now_ms() - CAUGHT_UP_LAG_MS);
-                (batch.records, batch.to, batch.caught_up, clock, batch.behind)
+                let behind = batch.behind.then(|| batch.behind_ms.unwrap_or(-1));
+                (batch.records, batch.to, batch.caught_up, clock, behind)
             }
         };
         // A recorded intent is always replayed, idle or not, so the epoch gets the same rows again.
@@ -403,7 +419,9 @@ async fn run_from_checkpoint<S: Source>(
         let mut quarantined = Vec::new();
         for SourceRecord { partition, label, data } in records {
             if let Some(reason) = poison.pending.get(&label) {
-                let dead = quarantined_record(&session, &label, reason, &data);
+                // Decoding failed before, maybe by panicking: the dead letter does not depend on it.
+                let dead = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| quarantined_record(&session, &label, reason, &data)))
+                    .unwrap_or_else(|_| raw_dead_letter(&session, &label, reason, &data));
                 session.process_from(&partition, Record::Rejected(dead));
                 quarantined.push(Quarantined { label, reason: reason.clone() });
                 continue;
@@ -419,7 +437,9 @@ async fn run_from_checkpoint<S: Source>(
         if let Some(clock) = clock {
             session.tick(&caught_up, clock);
         }
-        session.advance();
+        // A panic here belongs to no one record: the epoch fails and is retried (reported as stalled).
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| session.advance()))
+            .map_err(|panic| anyhow::anyhow!("advancing the views' clocks {}", panic_message(panic.as_ref())))?;
         let out = session.flush();
         epoch += 1;
         let intent = Intent { epoch, from: position.clone(), to: to.clone(), caught_up, clock_ms: clock, quarantined };
@@ -445,7 +465,11 @@ async fn run_from_checkpoint<S: Source>(
         for q in &intent.quarantined {
             poison.pending.remove(&q.label);
         }
-        let lag_ms = if behind { schemas::now_ms().saturating_sub(session.watermark()) } else { 0 };
+        let lag_ms = match behind {
+            None => 0,
+            Some(ms) if ms >= 0 => ms,
+            Some(_) => schemas::now_ms().saturating_sub(session.watermark()),
+        };
         status.committed(&session.stats, session.open_views(), lag_ms);
         log_progress(epoch, &session.stats, session.open_views(), &mut late_dropped_logged);
         source.committed(&position).await;

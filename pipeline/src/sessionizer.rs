@@ -228,7 +228,8 @@ pub struct Stats {
     /// one of them counts as a duplicate).
     #[serde(default)]
     pub gaps_forgotten: u64,
-    /// Views that proceeded past their gaps early because `max_buffered_events` was reached.
+    /// Records after which their view proceeded past its gaps at once because `max_buffered_events`
+    /// was reached.
     #[serde(default)]
     pub buffer_overflows: u64,
 }
@@ -299,15 +300,13 @@ impl From<EndedFormat> for EndedView {
 }
 
 impl EndedView {
-    /// Whether `seq` is new for the view; if so, it is marked seen. At most `cap` ranges of unseen
-    /// `seq`s are remembered.
-    fn accept(&mut self, seq: u64, cap: usize) -> bool {
+    /// Whether `seq` is new for the view (`None`: seen before); if so it is marked seen, and at most
+    /// `cap` ranges of unseen `seq`s are remembered: how many were forgotten for that.
+    fn accept(&mut self, seq: u64, cap: usize) -> Option<u64> {
         if seq >= self.next_seq {
-            if seq > self.next_seq {
-                self.skipped.push(self.next_seq, seq, cap);
-            }
+            let forgotten = if seq > self.next_seq { self.skipped.push(self.next_seq, seq, cap) } else { 0 };
             self.next_seq = seq + 1;
-            return true;
+            return Some(forgotten);
         }
         self.skipped.take(seq, cap)
     }
@@ -356,11 +355,12 @@ impl SeqRanges {
         self.0.range(..=seq).next_back().is_some_and(|(_, &b)| seq < b)
     }
 
-    /// Removes `seq` from the range holding it; false if none does.
-    fn take(&mut self, seq: u64, cap: usize) -> bool {
-        let Some((&a, &b)) = self.0.range(..=seq).next_back() else { return false };
+    /// Removes `seq` from the range holding it (`None` if none does); returns how many ranges were
+    /// forgotten for `cap` (splitting a range adds one).
+    fn take(&mut self, seq: u64, cap: usize) -> Option<u64> {
+        let (&a, &b) = self.0.range(..=seq).next_back()?;
         if seq >= b {
-            return false;
+            return None;
         }
         self.0.remove(&a);
         if a < seq {
@@ -369,8 +369,7 @@ impl SeqRanges {
         if seq + 1 < b {
             self.0.insert(seq + 1, b);
         }
-        self.trim(cap);
-        true
+        Some(self.trim(cap))
     }
 }
 
@@ -659,7 +658,7 @@ impl Sessionizer {
             self.out.events.push(EventRow::new(event.clone(), raw, &rec, slot.offset_ms, slot.client.clone()));
             if straggler {
                 // Too late for the view, which proceeded past it; kept for the raw table, once.
-                slot.skipped.take(event.seq, self.config.max_gaps_per_view);
+                self.stats.gaps_forgotten += slot.skipped.take(event.seq, self.config.max_gaps_per_view).unwrap_or(0);
                 self.stats.stragglers += 1;
                 continue;
             }
@@ -688,23 +687,24 @@ impl Sessionizer {
         let mut ids: Vec<String> = order[..n].iter().map(|(_, id)| (*id).clone()).collect();
         ids.sort();
         for id in ids {
-            self.stats.evicted += 1;
-            self.close_view(&id, "evicted");
+            if self.close_view(&id, "evicted") {
+                self.stats.evicted += 1;
+            }
         }
     }
 
     /// Ends a view now, at its last event: proceeds past its gaps, closes what is open (an exit before
     /// start if it never started) and finalizes it with `reason` (unless a buffered `viewend` or an
-    /// inactivity gap ended it first).
-    fn close_view(&mut self, id: &str, reason: &'static str) {
+    /// inactivity gap ended it first). Returns whether it was ended with `reason`.
+    fn close_view(&mut self, id: &str, reason: &'static str) -> bool {
         self.drain_view(id, i64::MAX);
-        if let Some(slot) = self.views.get_mut(id) {
-            let cutoff = self.clocks.get(slot.partition).saturating_sub(self.config.late_horizon_ms);
-            let last = slot.machine.last_ts.unwrap_or_default();
-            let (machine, mut emit) = slot.split(&mut self.windows, &self.config.dims, cutoff);
-            machine.end(last, &mut emit);
-            self.finalize(id, reason);
-        }
+        let Some(slot) = self.views.get_mut(id) else { return false };
+        let cutoff = self.clocks.get(slot.partition).saturating_sub(self.config.late_horizon_ms);
+        let last = slot.machine.last_ts.unwrap_or_default();
+        let (machine, mut emit) = slot.split(&mut self.windows, &self.config.dims, cutoff);
+        machine.end(last, &mut emit);
+        self.finalize(id, reason);
+        true
     }
 
     /// Events for a view that already ended: new ones (a `seq` it never saw) go to the `events` table
@@ -713,9 +713,11 @@ impl Sessionizer {
         let Some(ended) = self.ended.get_mut(&hash) else { return };
         for raw in &rec.events {
             let Ok(event) = validate_event_map(raw) else { continue };
-            if event.view_id != rec.view_id || !ended.accept(event.seq, self.config.max_gaps_per_view) {
+            if event.view_id != rec.view_id {
                 continue;
             }
+            let Some(forgotten) = ended.accept(event.seq, self.config.max_gaps_per_view) else { continue };
+            self.stats.gaps_forgotten += forgotten;
             self.out.events.push(EventRow::new(event, raw, rec, ended.offset_ms, Arc::new(rec.client.clone())));
         }
     }
@@ -780,7 +782,7 @@ impl Sessionizer {
         let mut ended =
             EndedView { at: self.watermark, next_seq: slot.next_seq, skipped: slot.skipped.clone(), offset_ms: slot.offset_ms };
         for &seq in slot.buffer.keys() {
-            ended.accept(seq, self.config.max_gaps_per_view);
+            self.stats.gaps_forgotten += ended.accept(seq, self.config.max_gaps_per_view).unwrap_or(0);
         }
         self.ended.insert(hash, ended);
         if self.ended.len() > self.config.max_ended_views {

@@ -87,15 +87,14 @@ impl PipelineStatus {
         self.stalled.set(0);
     }
 
-    /// The loop turned without anything to commit (caught up and idle).
+    /// The loop turned without anything to commit: restored, read its source, caught up and idle. A
+    /// failure before is over.
     pub fn idle(&self, open_views: usize) {
         let mut s = self.state();
         let now = Instant::now();
-        s.last_turn = now;
-        if s.failing.is_none() {
-            (s.last_commit, s.lag_ms) = (now, 0);
-            self.lag.set(0);
-        }
+        (s.last_turn, s.last_commit, s.failing, s.lag_ms) = (now, now, None, 0);
+        self.lag.set(0);
+        self.stalled.set(0);
         self.open_views.set(open_views as i64);
     }
 
@@ -166,5 +165,10 @@ mod tests {
         assert!(status.check().expect_err("behind").contains("far behind"));
         status.committed(&Stats::default(), 3, 0);
         assert!(status.check().is_ok());
+        // A failure followed by idle turns (nothing to commit on a quiet stream) is over.
+        status.failed("GetRecords: throttled");
+        std::thread::sleep(Duration::from_millis(60));
+        status.idle(0);
+        assert!(status.check().is_ok(), "{:?}", status.check());
     }
 }

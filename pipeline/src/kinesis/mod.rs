@@ -263,9 +263,9 @@ impl KinesisSource {
     }
 
     /// One GetRecords on `shard`, up to `stop_at` (inclusive) if given. Updates the shard's position.
-    /// Returns the user records, whether the shard is caught up (empty read at the tip), and whether it
-    /// is behind (`MillisBehindLatest` above 0).
-    async fn read_shard(&mut self, shard: &str, stop_at: Option<&ShardPosition>) -> Result<(Vec<SourceRecord>, bool, bool), ReadError> {
+    /// Returns the user records, whether the shard is caught up (empty read at the tip), and how far it
+    /// is behind (`MillisBehindLatest`).
+    async fn read_shard(&mut self, shard: &str, stop_at: Option<&ShardPosition>) -> Result<(Vec<SourceRecord>, bool, i64), ReadError> {
         let mut out = Vec::new();
         let partition: Arc<str> = Arc::from(shard);
         for attempt in 0..3 {
@@ -286,8 +286,8 @@ impl KinesisSource {
                     return Err(ReadError::Other(anyhow::anyhow!("GetRecords {shard}: {}", describe(&e))));
                 }
             };
-            let behind = resp.millis_behind_latest().unwrap_or(0) > 0;
-            let caught_up = resp.records().is_empty() && !behind;
+            let behind = resp.millis_behind_latest().unwrap_or(0).max(0);
+            let caught_up = resp.records().is_empty() && behind == 0;
             let pos = self.positions.shards.entry(shard.to_owned()).or_default();
             let mut reached_stop = false;
             for r in resp.records() {
@@ -325,7 +325,7 @@ impl KinesisSource {
             }
             return Ok((out, caught_up, behind));
         }
-        Ok((out, false, true))
+        Ok((out, false, 0))
     }
 }
 
@@ -362,13 +362,14 @@ impl Source for KinesisSource {
         }
         let mut records = Vec::new();
         let mut at_tip: Vec<String> = Vec::new();
-        let mut behind = false;
+        let (mut behind, mut behind_ms) = (false, 0i64);
         for shard in self.readable() {
             match self.read_shard(&shard, None).await {
-                Ok((read, tip, shard_behind)) => {
+                Ok((read, tip, shard_behind_ms)) => {
                     self.throttled.remove(&shard);
                     records.extend(read);
-                    behind |= shard_behind;
+                    behind |= shard_behind_ms > 0;
+                    behind_ms = behind_ms.max(shard_behind_ms);
                     if tip {
                         at_tip.push(shard);
                     }
@@ -384,7 +385,8 @@ impl Source for KinesisSource {
         caught_up.extend(at_tip);
         caught_up.sort();
         caught_up.dedup();
-        Ok(Batch { records, to: self.positions.clone(), caught_up, behind })
+        // A throttled shard's lag is unknown: the largest a shard reported stands for it.
+        Ok(Batch { records, to: self.positions.clone(), caught_up, behind, behind_ms: Some(behind_ms) })
     }
 
     async fn next_until(&mut self, to: &Positions) -> anyhow::Result<Vec<SourceRecord>> {
