@@ -305,44 +305,32 @@ fn process_record(session: &mut Sessionizer, partition: &str, label: &str, data:
             }
             session.process_from(partition, record)
         }
-        Err(e) => session.process_from(
-            partition,
-            Record::Rejected(RejectedRecord {
-                recv_ms: session.watermark().max(0),
-                key: None,
-                index: None,
-                tag: "poison_record".into(),
-                reason: format!("{label}: {e}"),
-                payload: RejectedRecord::truncate_payload(&String::from_utf8_lossy(data)),
-            }),
-        ),
+        Err(e) => {
+            let dead = raw_dead_letter(session, "poison_record", label, &e.to_string(), data);
+            session.process_from(partition, Record::Rejected(dead))
+        }
     }
 }
 
 /// The dead letter standing for a quarantined record: its content (decoded when possible) and why.
 fn quarantined_record(session: &Sessionizer, label: &str, reason: &str, data: &[u8]) -> RejectedRecord {
+    let mut dead = raw_dead_letter(session, "quarantined", label, reason, data);
     let (recv_ms, key, payload) = match Record::decode(data) {
         Ok(Record::Events(e)) => (e.recv_ms, e.key.clone(), serde_json::to_string(&e).unwrap_or_default()),
         Ok(Record::Rejected(r)) => (r.recv_ms, r.key.clone(), serde_json::to_string(&r).unwrap_or_default()),
-        Err(_) => return raw_dead_letter(session, label, reason, data),
+        Err(_) => return dead,
     };
-    RejectedRecord {
-        recv_ms,
-        key,
-        index: None,
-        tag: "quarantined".into(),
-        reason: format!("{label}: {reason}"),
-        payload: RejectedRecord::truncate_payload(&payload),
-    }
+    (dead.recv_ms, dead.key, dead.payload) = (recv_ms, key, RejectedRecord::truncate_payload(&payload));
+    dead
 }
 
-/// A quarantined record's dead letter from its bytes alone.
-fn raw_dead_letter(session: &Sessionizer, label: &str, reason: &str, data: &[u8]) -> RejectedRecord {
+/// A dead letter for a stored record from its bytes alone (`tag`: why it could not be processed).
+fn raw_dead_letter(session: &Sessionizer, tag: &str, label: &str, reason: &str, data: &[u8]) -> RejectedRecord {
     RejectedRecord {
         recv_ms: session.watermark().max(0),
         key: None,
         index: None,
-        tag: "quarantined".into(),
+        tag: tag.into(),
         reason: format!("{label}: {reason}"),
         payload: RejectedRecord::truncate_payload(&String::from_utf8_lossy(data)),
     }
@@ -421,7 +409,7 @@ async fn run_from_checkpoint<S: Source>(
             if let Some(reason) = poison.pending.get(&label) {
                 // Decoding failed before, maybe by panicking: the dead letter does not depend on it.
                 let dead = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| quarantined_record(&session, &label, reason, &data)))
-                    .unwrap_or_else(|_| raw_dead_letter(&session, &label, reason, &data));
+                    .unwrap_or_else(|_| raw_dead_letter(&session, "quarantined", &label, reason, &data));
                 session.process_from(&partition, Record::Rejected(dead));
                 quarantined.push(Quarantined { label, reason: reason.clone() });
                 continue;
