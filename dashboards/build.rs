@@ -1,6 +1,6 @@
 //! Builds the live dashboard's assets into the binary: installs the charting library (uPlot) from npm
 //! with `npm ci` (exact versions from `dashboards/web/package-lock.json`) into OUT_DIR, and copies its
-//! files next to the dashboard's own sources for `src/dashboard.rs` to embed. The served page then
+//! files next to the dashboard's own sources for `query/src/dashboard.rs` to embed. The served page then
 //! works offline and fetches nothing from the internet.
 
 use std::path::{Path, PathBuf};
@@ -9,7 +9,10 @@ use std::process::Command;
 const VENDOR_FILES: [&str; 2] = ["uplot/dist/uPlot.iife.min.js", "uplot/dist/uPlot.min.css"];
 
 fn main() {
-    let web = Path::new("dashboards/web");
+    // This script builds the `query` crate, whose manifest is one level below the repository root.
+    let root = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let web = root.join("../dashboards/web");
+    let web = web.as_path();
     for f in ["package.json", "package-lock.json", "src"] {
         println!("cargo:rerun-if-changed={}", web.join(f).display());
     }

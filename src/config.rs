@@ -8,7 +8,10 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
-use ingest::{IngestConfig, KinesisConfig};
+use ingest::IngestConfig;
+use kinesis::KinesisConfig;
+use query::config::{DashboardConfig, SqlConfig};
+use schemas::tables::ClickHouseConfig;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -26,13 +29,13 @@ pub struct Config {
     pub kinesis: KinesisConfig,
     pub local_log: LocalLogConfig,
     pub pipeline: pipeline::PipelineConfig,
-    pub clickhouse: pipeline::clickhouse::ClickHouseConfig,
+    pub clickhouse: ClickHouseConfig,
     /// `[sql]`: the `POST /api/v1/sql` endpoint of `qoeflow serve`.
-    pub sql: query::api::SqlConfig,
+    pub sql: SqlConfig,
     /// `[query]`: where the metrics API and the dashboard read from, listen, and their bounds.
     pub query: query::QueryConfig,
     /// `[dashboard]`: the live dashboard's refresh period and KPI targets.
-    pub dashboard: crate::dashboard::DashboardConfig,
+    pub dashboard: DashboardConfig,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,7 +54,7 @@ pub struct LocalLogConfig {
 
 impl Default for LocalLogConfig {
     fn default() -> Self {
-        LocalLogConfig { segment_bytes: ingest::log::DEFAULT_SEGMENT_BYTES }
+        LocalLogConfig { segment_bytes: locallog::DEFAULT_SEGMENT_BYTES }
     }
 }
 
@@ -66,10 +69,10 @@ impl Default for Config {
             kinesis: KinesisConfig::default(),
             local_log: LocalLogConfig::default(),
             pipeline: pipeline::PipelineConfig::default(),
-            clickhouse: pipeline::clickhouse::ClickHouseConfig::default(),
-            sql: query::api::SqlConfig::default(),
+            clickhouse: ClickHouseConfig::default(),
+            sql: SqlConfig::default(),
             query: query::QueryConfig::default(),
-            dashboard: crate::dashboard::DashboardConfig::default(),
+            dashboard: DashboardConfig::default(),
         }
     }
 }
@@ -89,7 +92,20 @@ impl Config {
         figment = figment.merge(Env::prefixed("QOEFLOW_").split("__").filter(|k| !NOT_SETTINGS.iter().any(|n| k.as_str().eq_ignore_ascii_case(n))));
         let config: Config = figment.extract().context("invalid configuration")?;
         config.pipeline.validate().map_err(anyhow::Error::msg).context("invalid configuration")?;
+        // Before anything starts: a bad target fails start-up, not the API after the pipeline is running.
+        config.dashboard.validate()?;
         Ok(config)
+    }
+
+    /// What the metrics API and the dashboard need of the configuration.
+    pub fn api_settings(&self) -> query::server::ApiSettings {
+        query::server::ApiSettings {
+            query: self.query.clone(),
+            sql: self.sql.clone(),
+            dashboard: self.dashboard.clone(),
+            data_dir: self.data_dir.clone(),
+            clickhouse: self.clickhouse.clone(),
+        }
     }
 }
 

@@ -11,9 +11,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 views="${1:-50000}"; epochs="${2:-8640}"; runs="${3:-9}"; load="${4:-3000}"
 work="$(mktemp -d)"; trap 'kill "${serve_pid:-0}" "${load_pid:-0}" 2>/dev/null || true; rm -rf "$work"' EXIT
 
-cargo build --release -q -p qoeflow --bin qoeflow --example bench_api
+cargo build --release -q -p qoeflow --bin qoeflow -p bench --bin bench_api
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r)"
-./target/release/examples/bench_api "$work/day" "$views" "$epochs" "$runs"
+./target/release/bench_api "$work/day" "$views" "$epochs" "$runs"
 echo
 python3 deploy/bench/duckdb_api.py "$work/day" "$runs"
 echo

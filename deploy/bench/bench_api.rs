@@ -4,7 +4,7 @@
 //! compacting the closed hours. Prints a table of medians and p95s; `deploy/bench/api.sh` adds a
 //! DuckDB baseline over the same files.
 //!
-//! cargo run --release --example bench_api -- DATA_DIR [VIEWS=50000] [EPOCHS=8640] [RUNS=9]
+//! cargo run --release -p bench --bin bench_api -- DATA_DIR [VIEWS=50000] [EPOCHS=8640] [RUNS=9]
 
 #[path = "common.rs"]
 mod common;
@@ -12,12 +12,12 @@ mod common;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use ingest::log::{LocalLog, LogConfig};
+use locallog::{LocalLog, LogConfig};
 use pipeline::PipelineConfig;
 use pipeline::parquet::ParquetSink;
 use query::backend::Backend;
-use qoeflow::loadgen::collector_records;
-use qoeflow::loadgen::sim::RunSpec;
+use loadgen::collector_records;
+use loadgen::sim::RunSpec;
 use serde_json::Value;
 
 const DAY: i64 = 86_400_000;
@@ -81,8 +81,8 @@ async fn main() -> anyhow::Result<()> {
     let log = LocalLog::open(LogConfig::new(data.join("log")))?;
     // Viewers arriving over the day; the last ones leave two minutes ago.
     let spec = RunSpec { seed: 1, duration_ms: DAY - 120_000, ramp_ms: DAY - 3_600_000 };
-    let (records, events, truth) = collector_records(&spec, views, now - DAY)?;
-    eprintln!("generated {views} views: {events} events, {} records; truth: {} attempts", records.len(), truth.attempts);
+    let (records, events, truth) = collector_records(&spec, views, now - DAY, common::enrich());
+    eprintln!("generated {views} views: {events} events, {} records; truth: {} attempts", records.len(), truth.sums[schemas::measures::Measure::Attempt]);
     let total = records.len() as u64;
     for chunk in records.chunks(10_000) {
         log.append(chunk.to_vec()).await?;

@@ -5,17 +5,17 @@
 //! last round stays in DIR for the DuckDB baseline (`deploy/bench/duckdb_pipeline.py DIR`). Then memory
 //! per active view: RSS growth and checkpoint size with M views open and playing.
 //!
-//! cargo run --release --example bench_pipeline -- DIR [VIEWS=20000] [ROUNDS=3] [OPEN_VIEWS=100000]
+//! cargo run --release -p bench --bin bench_pipeline -- DIR [VIEWS=20000] [ROUNDS=3] [OPEN_VIEWS=100000]
 
 #[path = "common.rs"]
 mod common;
 
 use std::time::{Duration, Instant};
 
-use ingest::log::{LocalLog, LogConfig, LogReader};
+use locallog::{LocalLog, LogConfig, LogReader};
 use pipeline::{PipelineConfig, Sessionizer};
-use qoeflow::loadgen::sim::{RunSpec, ViewSim};
-use qoeflow::loadgen::{Flushes, collector_records};
+use loadgen::sim::{RunSpec, ViewSim};
+use loadgen::{Flushes, collector_records};
 use schemas::Record;
 
 /// Sim time 0 of the generated traffic.
@@ -52,7 +52,7 @@ async fn main() -> anyhow::Result<()> {
     let open_views = *nums.get(2).unwrap_or(&100_000);
     // An hour of traffic: `views` viewers arriving over the first 50 minutes.
     let spec = RunSpec { seed: 1, duration_ms: 3_600_000, ramp_ms: 3_000_000 };
-    let (records, events, truth) = collector_records(&spec, views, T0)?;
+    let (records, events, truth) = collector_records(&spec, views, T0, common::enrich());
     let total = records.len() as u64;
 
     let (mut base_rate, mut base_core, mut pipe_rate, mut pipe_core) = (vec![], vec![], vec![], vec![]);

@@ -6,6 +6,9 @@
 # into Parquet in the same process, on the same 2 cores as wrk).
 #
 #   deploy/bench/collector.sh [DURATION_S=15] [CONNECTIONS=64] [ROUNDS=3]
+#
+# With QOEFLOW_AB=/path/to/another/qoeflow (an older build, say), that binary runs the same two targets in
+# the same alternating rounds, and the table gets its rows and its ratio to this build.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$root"
@@ -13,11 +16,11 @@ duration="${1:-15}"; conns="${2:-64}"; rounds="${3:-3}"
 
 command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
 cargo build --release -q --bin qoeflow
-cargo build --release -q -p ingest --example baseline_server
+cargo build --release -q -p bench --bin baseline_server
 
 work="$(mktemp -d)"
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
-target/release/examples/baseline_server 127.0.0.1:18481 2>/dev/null &
+target/release/baseline_server 127.0.0.1:18481 2>/dev/null &
 wait_port() { for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return; sleep 0.1; done; }
 wait_port 18481
 # Each qoeflow round gets a fresh process and data directory, stopped after its round: wrk's beacons
@@ -25,8 +28,10 @@ wait_port 18481
 # its open views) must not take CPU from the next round of another target.
 qoeflow_round() { # name port [serve flags...]
   local name=$1 port=$2; shift 2
+  local bin=target/release/qoeflow
+  [[ $name == *_b ]] && bin="$QOEFLOW_AB"
   rm -rf "$work/data"
-  QOEFLOW_LOG_LEVEL=error target/release/qoeflow serve --listen "127.0.0.1:$port" --data-dir "$work/data" "$@" &
+  QOEFLOW_LOG_LEVEL=error "$bin" serve --listen "127.0.0.1:$port" --data-dir "$work/data" "$@" &
   local pid=$!
   wait_port "$port"
   run "$name" "$port" >>"$work/results"
@@ -41,6 +46,10 @@ for r in $(seq 1 "$rounds"); do
   run baseline 18481 >>"$work/results"
   qoeflow_round collector 18482 --no-pipeline
   qoeflow_round qoeflow 18480
+  if [[ -n "${QOEFLOW_AB:-}" ]]; then
+    qoeflow_round collector_b 18483 --no-pipeline
+    qoeflow_round qoeflow_b 18484
+  fi
 done
 
 python3 - "$work/results" "$conns" "$duration" "$rounds" <<'PY'
@@ -54,11 +63,16 @@ def med(name, key): return statistics.median(float(r[key]) for r in rows[name])
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
 print(f"machine: {os.cpu_count()} cores, {cpu}; wrk -t1 -c{sys.argv[2]} -d{sys.argv[3]}s, median of {sys.argv[4]} alternating rounds")
 print(f"{'target':<40} {'beacons/s':>10} {'events/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
-for name, label in (("baseline", "axum read body + 204 (baseline)"),
-                    ("collector", "qoeflow collector (local log, fsync)"),
-                    ("qoeflow", "qoeflow serve (collector + pipeline)")):
+targets = [("baseline", "axum read body + 204 (baseline)"),
+           ("collector", "qoeflow collector (local log, fsync)"),
+           ("qoeflow", "qoeflow serve (collector + pipeline)")]
+if "collector_b" in rows:
+    targets += [("collector_b", "QOEFLOW_AB collector"), ("qoeflow_b", "QOEFLOW_AB serve")]
+for name, label in targets:
     errs = sum(int(float(r["errors"])) + int(float(r["non2xx"])) for r in rows[name])
     print(f"{label:<40} {med(name,'rps'):>10.0f} {med(name,'rps')*20:>10.0f} {med(name,'p50_ms'):>8.2f} {med(name,'p99_ms'):>8.2f} {errs:>7}")
 print(f"ratio collector / baseline (throughput): {med('collector','rps')/med('baseline','rps'):.2f}")
 print(f"ratio serve / baseline (throughput): {med('qoeflow','rps')/med('baseline','rps'):.2f}")
+if "collector_b" in rows:
+    print(f"ratio this build / QOEFLOW_AB: collector {med('collector','rps')/med('collector_b','rps'):.2f}, serve {med('qoeflow','rps')/med('qoeflow_b','rps'):.2f}")
 PY

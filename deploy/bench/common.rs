@@ -22,3 +22,9 @@ pub fn checkpoint(data: &Path) -> (u64, u64) {
 pub fn status() -> std::sync::Arc<pipeline::PipelineStatus> {
     std::sync::Arc::new(pipeline::PipelineStatus::new(&prometheus::Registry::new(), 60_000, 300_000))
 }
+
+/// The collector's own enrichment of a client (anonymised address, user agent parsed, no GeoIP).
+pub fn enrich() -> impl Fn(std::net::IpAddr, &str) -> schemas::ClientInfo {
+    let enricher = ingest::enrich::Enricher::new(true, None).expect("an enricher without a GeoIP database");
+    move |ip, user_agent| enricher.client_info(ip, Some(user_agent))
+}

@@ -1,4 +1,4 @@
-"""Pipeline baseline: DuckDB computing the per-view and per-window QoE metrics of DESIGN.md §4 in batch
+"""Pipeline baseline: DuckDB computing the per-view and per-window QoE metrics of `docs/metrics.md` in batch
 SQL over the same events, stored as Parquet (the `events` table qoeflow's pipeline wrote), writing both
 results to Parquet. Prints events/s (wall and per CPU core, median of ROUNDS), and checks that its totals
 equal the simulation's truth (DIR/truth.json), so the baseline is known to do the same work.

@@ -22,13 +22,13 @@ else
 fi
 python3 -c 'import duckdb' 2>/dev/null || pip install -q -r tests/requirements.txt
 out="$(mktemp -d)"; trap 'rm -rf "$out"' EXIT
-cargo build --release -q -p qoeflow --bin qoeflow --examples
+cargo build --release -q -p qoeflow --bin qoeflow -p bench
 
 echo "== 1. collector =="
 deploy/bench/collector.sh "${collector[@]}" | tee "$out/collector.txt"
 echo
 echo "== 2 and 4. pipeline throughput and memory =="
-./target/release/examples/bench_pipeline "$out/pipeline" "${pipeline[@]}" | tee "$out/pipeline.txt"
+./target/release/bench_pipeline "$out/pipeline" "${pipeline[@]}" | tee "$out/pipeline.txt"
 python3 deploy/bench/duckdb_pipeline.py "$out/pipeline" "${pipeline[1]}" | tee -a "$out/pipeline.txt"
 rm -rf "$out/pipeline"
 echo

@@ -17,7 +17,7 @@ use axum::body::Body;
 use http_body_util::BodyExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::error::ApiError;
+use service::ApiError;
 
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 /// Granularity of the shared memory budget.

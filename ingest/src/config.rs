@@ -1,4 +1,4 @@
-//! Configuration of the collector and of its Kinesis sink. Defaults live here, in `Default` impls;
+//! Configuration of the collector (`[ingest]`; the `[kinesis]` section is `kinesis::KinesisConfig`). Defaults live here, in `Default` impls;
 //! the binary layers the TOML file, `QOEFLOW_*` env vars and flags on top.
 
 use std::path::PathBuf;
@@ -84,40 +84,15 @@ pub struct KeyConfig {
     pub allowed_origins: Vec<String>,
 }
 
-/// `[kinesis]`: the Kinesis sink of `qoeflow ingest` (and the source of `qoeflow pipeline`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct KinesisConfig {
-    pub stream: Option<String>,
-    /// Endpoint override (the local emulator, a VPC endpoint). Default: the region's AWS endpoint.
-    pub endpoint: Option<String>,
-    /// Region; default from the standard AWS environment/profile, else us-east-1.
-    pub region: Option<String>,
-    /// How long a PutRecords batch waits to fill up with records of concurrent requests.
-    pub linger_ms: u64,
-    /// PutRecords calls in flight at once.
-    pub max_concurrent_puts: usize,
-    /// Attempts per record (the first try included) before its request gets 503.
-    pub max_attempts: u32,
-    /// Backoff between attempts: exponential from `retry_base_ms`, capped at `retry_max_ms`, full jitter.
-    pub retry_base_ms: u64,
-    pub retry_max_ms: u64,
-    /// Timeout of one PutRecords call.
-    pub call_timeout_ms: u64,
-}
-
-impl Default for KinesisConfig {
-    fn default() -> Self {
-        KinesisConfig {
-            stream: None,
-            endpoint: None,
-            region: None,
-            linger_ms: 5,
-            max_concurrent_puts: 16,
-            max_attempts: 8,
-            retry_base_ms: 25,
-            retry_max_ms: 1000,
-            call_timeout_ms: 5000,
+impl IngestConfig {
+    /// The listener's bounds from these settings.
+    pub fn conn_limits(&self) -> service::ConnLimits {
+        use std::time::Duration;
+        service::ConnLimits {
+            max_connections: self.max_connections.max(1),
+            header_read_timeout: Duration::from_millis(self.header_read_timeout_ms.max(1)),
+            idle_timeout: Duration::from_millis(self.idle_timeout_ms.max(1)),
+            retry_after_secs: self.retry_after_secs.max(1),
         }
     }
 }

@@ -19,12 +19,13 @@ pub struct Enricher {
 }
 
 impl Enricher {
-    pub fn new(anonymize_ip: bool, geoip_db: Option<&Path>) -> anyhow::Result<Enricher> {
+    pub fn new(anonymize_ip: bool, geoip_db: Option<&Path>) -> crate::Result<Enricher> {
         let geoip = match geoip_db {
             None => None,
-            Some(path) => Some(maxminddb::Reader::open_readfile(path).map_err(|e| {
-                anyhow::anyhow!("cannot open GeoIP database {}: {e}", path.display())
-            })?),
+            Some(path) => Some(
+                maxminddb::Reader::open_readfile(path)
+                    .map_err(|e| crate::Error::GeoIp { path: path.to_owned(), message: e.to_string() })?,
+            ),
         };
         Ok(Enricher { anonymize_ip, geoip, ua: woothee::parser::Parser::new() })
     }

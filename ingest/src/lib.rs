@@ -2,24 +2,28 @@
 //! acknowledged.
 //!
 //! - [`server`]: the axum routes and the beacon handler (limits, keys, CORS, validation, enrichment).
-//! - [`conn`]: the listener: a cap on connections, header and idle timeouts, graceful shutdown.
 //! - [`body`]: streaming body reading with wire, decoded and memory limits.
-//! - [`sink`]: the local log and Kinesis sinks behind one `append` that resolves on durability.
-//! - [`log`]: the embedded durable local log (also the pipeline's source in `qoeflow serve`).
+//! - [`sink`]: the local log and Kinesis sinks behind one `append` that resolves on durability (the
+//!   Kinesis sink with the `kinesis` feature).
+//! - [`run`]: the collector process: state, listener, rate-limiter pruning, until stopped.
 //! - [`enrich`], [`metrics`], [`config`], [`error`].
+//!
+//! The listener, health routes and JSON errors come from `service`; the local log from `locallog`.
 
 pub mod body;
-pub mod conn;
 pub mod config;
 pub mod enrich;
 pub mod error;
-pub mod log;
 pub mod metrics;
 pub mod server;
+pub mod run;
 pub mod sink;
 
-pub use config::{IngestConfig, KeyConfig, KinesisConfig};
+pub use config::{IngestConfig, KeyConfig};
+pub use error::{Error, Result};
+#[cfg(feature = "kinesis")]
+pub use run::kinesis_sink;
+pub use run::{Bound, Collector, bind, run};
 pub use metrics::Metrics;
-pub use conn::{ConnLimits, serve};
-pub use server::{AppState, Readiness, health_router, router};
+pub use server::{AppState, router};
 pub use sink::{Sink, SinkError, SinkRecord};

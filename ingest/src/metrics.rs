@@ -1,7 +1,7 @@
 //! Prometheus metrics of the collector and its sinks (`GET /metrics`). Names follow
 //! `qoeflow_<component>_<name>_<unit>[_total]`; every label has a bounded set of values.
 
-use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 #[derive(Clone)]
 pub struct Metrics {
@@ -100,20 +100,13 @@ impl Metrics {
     }
 
     /// The text exposition format.
+    /// The listener's gauges, registered here.
+    pub fn conn_metrics(&self) -> service::ConnMetrics {
+        service::ConnMetrics { connections: self.connections.clone(), refused: self.connections_refused.clone() }
+    }
+
     pub fn render(&self) -> String {
-        render(&self.registry)
+        service::render_metrics(&self.registry)
     }
 }
 
-/// A registry in the text exposition format.
-pub fn render(registry: &Registry) -> String {
-    let mut buf = Vec::new();
-    let _ = prometheus::TextEncoder::new().encode(&registry.gather(), &mut buf);
-    String::from_utf8(buf).unwrap_or_default()
-}
-
-impl Default for Metrics {
-    fn default() -> Self {
-        Self::new()
-    }
-}

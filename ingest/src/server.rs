@@ -39,7 +39,7 @@ use tokio::sync::Semaphore;
 use crate::body::{BUDGET_UNIT, BodyLimits, Budget, read_body};
 use crate::config::IngestConfig;
 use crate::enrich::{Enricher, canonical};
-use crate::error::ApiError;
+use service::{ApiError, Readiness};
 use crate::metrics::Metrics;
 use crate::sink::{MAX_RECORD_BYTES, Sink, SinkRecord};
 
@@ -60,15 +60,9 @@ pub struct AppState {
     readiness: Vec<Arc<dyn Readiness>>,
 }
 
-/// Something besides the sink that `/readyz` vouches for (the pipeline of `qoeflow serve`).
-pub trait Readiness: Send + Sync {
-    /// `Err(why)` when not ready.
-    fn check(&self) -> Result<(), String>;
-}
-
 impl AppState {
     /// The collector's state; `/readyz` also asks every one of `readiness`.
-    pub fn new(config: IngestConfig, sink: Sink, metrics: Metrics, readiness: Vec<Arc<dyn Readiness>>) -> anyhow::Result<Arc<AppState>> {
+    pub fn new(config: IngestConfig, sink: Sink, metrics: Metrics, readiness: Vec<Arc<dyn Readiness>>) -> crate::Result<Arc<AppState>> {
         let enricher = Enricher::new(config.anonymize_ip, config.geoip_db.as_deref())?;
         let trusted_proxies = config
             .trusted_proxies
@@ -76,9 +70,9 @@ impl AppState {
             .map(|p| {
                 p.parse::<ipnet::IpNet>()
                     .or_else(|_| p.parse::<IpAddr>().map(ipnet::IpNet::from))
-                    .map_err(|_| anyhow::anyhow!("ingest.trusted_proxies: {p:?} is not an IP address or CIDR (e.g. 10.0.0.0/8)"))
+                    .map_err(|_| crate::Error::Config(format!("ingest.trusted_proxies: {p:?} is not an IP address or CIDR (e.g. 10.0.0.0/8)")))
             })
-            .collect::<anyhow::Result<Vec<_>>>()?;
+            .collect::<crate::Result<Vec<_>>>()?;
         if config.keys.is_empty() {
             tracing::warn!("no ingest keys configured: the collector accepts beacons from anyone (set --ingest-key)");
         }
@@ -164,33 +158,6 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(state)
-}
-
-/// `/healthz`, `/readyz` and `/metrics` of a process without a collector (`qoeflow pipeline --listen`):
-/// ready while every one of `readiness` is; metrics from `registry`.
-pub fn health_router(readiness: Vec<Arc<dyn Readiness>>, registry: prometheus::Registry) -> Router {
-    let readiness = Arc::new(readiness);
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route(
-            "/readyz",
-            get(move || {
-                let readiness = readiness.clone();
-                async move {
-                    match readiness.iter().try_for_each(|r| r.check()) {
-                        Ok(()) => (StatusCode::OK, "ready".to_owned()).into_response(),
-                        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why).into_response(),
-                    }
-                }
-            }),
-        )
-        .route(
-            "/metrics",
-            get(move || {
-                let text = crate::metrics::render(&registry);
-                async move { ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response() }
-            }),
-        )
 }
 
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {

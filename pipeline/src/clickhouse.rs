@@ -10,28 +10,10 @@
 //! collector keeps accepting into the durable log meanwhile, so nothing is dropped.
 
 use bytes::Bytes;
-use schemas::tables::{TABLES, clickhouse_ddl};
-use serde::{Deserialize, Serialize};
+use schemas::tables::{ClickHouseConfig, clickhouse_ddl, tables};
 
 use crate::rows::{encode_rowbinary, tables_of};
 use crate::sessionizer::{Dim, Output};
-
-/// `[clickhouse]` configuration.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ClickHouseConfig {
-    /// HTTP URL, e.g. `http://127.0.0.1:8123`. None: no ClickHouse sink.
-    pub url: Option<String>,
-    pub database: String,
-    pub user: Option<String>,
-    pub password: Option<String>,
-}
-
-impl Default for ClickHouseConfig {
-    fn default() -> Self {
-        ClickHouseConfig { url: None, database: "qoeflow".into(), user: None, password: None }
-    }
-}
 
 pub struct ClickHouseSink {
     client: clickhouse::Client,
@@ -54,9 +36,9 @@ impl ClickHouseSink {
     }
 
     /// Creates the database and tables if missing.
-    pub async fn ensure_schema(&self) -> anyhow::Result<()> {
+    pub async fn ensure_schema(&self) -> crate::Result<()> {
         self.client.query(&format!("CREATE DATABASE IF NOT EXISTS {}", self.database)).execute().await?;
-        for (table, _) in TABLES {
+        for (table, _) in tables() {
             if let Some(ddl) = clickhouse_ddl(&self.database, table) {
                 self.client.query(&ddl).execute().await?;
             }
@@ -65,7 +47,7 @@ impl ClickHouseSink {
     }
 
     /// Inserts one epoch's rows: per table, one INSERT per [`MAX_DAYS_PER_INSERT`] days of rows.
-    pub async fn write_epoch(&self, epoch: u64, out: &Output) -> anyhow::Result<()> {
+    pub async fn write_epoch(&self, epoch: u64, out: &Output) -> crate::Result<()> {
         for (table, columns, mut rows) in tables_of(out, &self.dims, &self.source, epoch) {
             rows.sort_by_key(|(t, _)| t.div_euclid(DAY_MS));
             let names: Vec<&str> = columns.iter().map(|c| c.name).collect();

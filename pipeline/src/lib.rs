@@ -1,5 +1,5 @@
 //! The qoeflow pipeline: rebuilds every view from the record stream and computes the QoE metrics of
-//! DESIGN.md §4 as mergeable window deltas and per-view rows.
+//! `docs/metrics.md` as mergeable window deltas and per-view rows.
 //!
 //! - [`view`]: the per-view state machine (the metric definitions).
 //! - [`window`]: event-time tumbling windows, accumulated as deltas, with start-time histograms.
@@ -7,16 +7,19 @@
 //! - [`rows`], [`parquet`]: output rows in the columns of `schemas::tables`, and the Parquet sink.
 //! - [`clickhouse`]: the ClickHouse sink (same tables, RowBinary, ReplacingMergeTree).
 //! - [`runner`]: the epoch protocol (intent → sinks → checkpoint) shared by every source.
-//! - [`kinesis`]: the Kinesis source (shards, lineage, KPL deaggregation, worker assignment).
-//! - [`local`]: the pipeline's configuration and its local-log source.
+//! - `kinesis`: the Kinesis source (shards, lineage, KPL deaggregation, worker assignment); the
+//!   `kinesis` feature.
+//! - [`local`]: the local-log source (`qoeflow serve`).
+//! - [`config`], [`error`]: `[pipeline]` settings; the error type.
 //! - [`status`]: the pipeline's metrics and readiness (stalled, far behind).
-//! - [`reference`]: a plain batch computation of the same definitions, for differential tests.
 
 pub mod clickhouse;
+pub mod config;
+pub mod error;
+#[cfg(feature = "kinesis")]
 pub mod kinesis;
 pub mod local;
 pub mod parquet;
-pub mod reference;
 pub mod rows;
 pub mod runner;
 pub mod sessionizer;
@@ -24,6 +27,7 @@ pub mod status;
 pub mod view;
 pub mod window;
 
-pub use local::PipelineConfig;
+pub use config::PipelineConfig;
+pub use error::{Error, Result};
 pub use status::PipelineStatus;
 pub use sessionizer::{Dim, EventRow, Output, SessionConfig, SessionState, Sessionizer, Stats, ViewRow};

@@ -33,13 +33,11 @@ use arrow_array::{ArrayRef, RecordBatch};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
+use schemas::dataset::{DATASET_LOCK, epochs_of, file_name, merged_file_name, partition_of, partition_start, source_prefix};
 use schemas::tables::{self, ColType, Column};
 
 use crate::rows::{self, Cell};
 use crate::sessionizer::{Dim, Output};
-
-/// Held for reading by queries of the dataset in this process and for writing by a compaction's swap.
-pub static DATASET_LOCK: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
 
 /// What one compaction pass did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -47,31 +45,6 @@ pub struct Compacted {
     pub partitions: usize,
     pub files_in: usize,
     pub rows: usize,
-}
-
-/// The epochs a file of this source holds: `e<N>` or a merged `e<first>-<last>`.
-fn epochs_of(name: &str, prefix: &str) -> Option<(u64, u64)> {
-    let body = name.strip_prefix(prefix)?.strip_suffix(".parquet")?;
-    match body.split_once('-') {
-        None => body.parse().ok().map(|e| (e, e)),
-        Some((a, b)) => Some((a.parse().ok()?, b.parse().ok()?)),
-    }
-}
-
-/// Start (epoch ms, UTC) of an `.../dt=YYYY-MM-DD/hour=HH` partition directory.
-pub fn partition_start(dir: &Path) -> Option<i64> {
-    let hour: i64 = dir.file_name()?.to_str()?.strip_prefix("hour=")?.parse().ok()?;
-    let date = dir.parent()?.file_name()?.to_str()?.strip_prefix("dt=")?;
-    let mut it = date.split('-').map(|p| p.parse::<i64>().ok());
-    let (y, m, d) = (it.next()??, it.next()??, it.next()??);
-    // Days since 1970-01-01 from a civil date (Howard Hinnant's algorithm).
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some(days * 86_400_000 + hour * 3_600_000)
 }
 
 /// Every partition directory (`<table>/dt=…/hour=…`) under `root`.
@@ -166,10 +139,10 @@ impl Builder {
 }
 
 /// Builds a record batch of `rows` (cells in column order).
-pub fn record_batch(columns: &[Column], rows: &[Vec<Cell>]) -> anyhow::Result<RecordBatch> {
+pub fn record_batch(columns: &[Column], rows: &[Vec<Cell>]) -> crate::Result<RecordBatch> {
     let mut builders: Vec<Builder> = columns.iter().map(|c| Builder::new(c.ty)).collect();
     for row in rows {
-        anyhow::ensure!(row.len() == columns.len(), "row has {} cells for {} columns", row.len(), columns.len());
+        crate::error::ensure!(row.len() == columns.len(), "row has {} cells for {} columns", row.len(), columns.len());
         for ((b, cell), col) in builders.iter_mut().zip(row).zip(columns) {
             b.push(cell, col);
         }
@@ -178,25 +151,7 @@ pub fn record_batch(columns: &[Column], rows: &[Vec<Cell>]) -> anyhow::Result<Re
     Ok(RecordBatch::try_new(tables::arrow_schema(columns), arrays)?)
 }
 
-/// `dt=YYYY-MM-DD/hour=HH` of an epoch-ms timestamp (UTC).
-pub fn partition_of(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    let days = secs.div_euclid(86_400);
-    let hour = secs.rem_euclid(86_400) / 3600;
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("dt={y:04}-{m:02}-{d:02}/hour={hour:02}")
-}
-
-fn writer_properties() -> anyhow::Result<WriterProperties> {
+fn writer_properties() -> crate::Result<WriterProperties> {
     Ok(WriterProperties::builder().set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?)).build())
 }
 
@@ -233,13 +188,13 @@ impl ParquetSink {
     }
 
     fn file_name(&self, epoch: u64) -> String {
-        format!("part-{}-e{epoch:012}.parquet", self.source)
+        file_name(&self.source, epoch)
     }
 
     /// Deletes this source's files of epochs after `committed` and any temporary files (left by a
     /// crash before the checkpoint of their epoch). Returns how many files were deleted.
     pub fn remove_uncommitted(&self, committed: u64) -> std::io::Result<usize> {
-        let prefix = format!("part-{}-e", self.source);
+        let prefix = source_prefix(&self.source);
         let mut deleted = 0;
         // Files are only ever written into partition directories.
         for dir in partition_dirs(&self.root)? {
@@ -265,7 +220,7 @@ impl ParquetSink {
 
     /// This source's files in `dir` as (first epoch, last epoch, path), sorted.
     fn own_files(&self, dir: &Path) -> std::io::Result<Vec<(u64, u64, PathBuf)>> {
-        let prefix = format!("part-{}-e", self.source);
+        let prefix = source_prefix(&self.source);
         let mut files = Vec::new();
         for entry in std::fs::read_dir(dir)? {
             let path = entry?.path();
@@ -300,7 +255,7 @@ impl ParquetSink {
     /// and holds at least `min_files` of them, all of epochs up to `committed`. Files roll by size:
     /// consecutive files (in epoch order) are merged into outputs of about `target_bytes` at most, and a
     /// file already that big is left as it is.
-    pub fn compact(&self, committed: u64, closed_before: i64, min_files: usize, target_bytes: u64) -> anyhow::Result<Compacted> {
+    pub fn compact(&self, committed: u64, closed_before: i64, min_files: usize, target_bytes: u64) -> crate::Result<Compacted> {
         let mut done = Compacted::default();
         for dir in partition_dirs(&self.root)? {
             let Some(start) = partition_start(&dir) else { continue };
@@ -329,9 +284,9 @@ impl ParquetSink {
 
     /// Merges `files` (consecutive in epoch order, in `dir`) into one durable file named after their
     /// epoch range, then deletes them. Returns the rows written.
-    fn merge_files(&self, dir: &Path, files: &[(u64, u64, PathBuf)]) -> anyhow::Result<usize> {
+    fn merge_files(&self, dir: &Path, files: &[(u64, u64, PathBuf)]) -> crate::Result<usize> {
         let (first, last) = (files[0].0, files.iter().map(|f| f.1).max().unwrap_or(files[0].1));
-        let name = format!("part-{}-e{first:012}-{last:012}.parquet", self.source);
+        let name = merged_file_name(&self.source, first, last);
         let tmp = dir.join(format!(".{name}.tmp"));
         let mut writer: Option<ArrowWriter<File>> = None;
         let mut rows = 0;
@@ -363,7 +318,7 @@ impl ParquetSink {
     }
 
     /// Writes one epoch's output: one durable file per (table, partition) with rows.
-    pub fn write_epoch(&self, epoch: u64, out: &Output) -> anyhow::Result<Vec<PathBuf>> {
+    pub fn write_epoch(&self, epoch: u64, out: &Output) -> crate::Result<Vec<PathBuf>> {
         let mut written = Vec::new();
         for (table, columns, rows) in rows::tables_of(out, &self.dims, &self.source, epoch) {
             let mut parts: BTreeMap<String, Vec<Vec<Cell>>> = BTreeMap::new();
@@ -378,7 +333,7 @@ impl ParquetSink {
         Ok(written)
     }
 
-    fn write_file(&self, dir: &Path, epoch: u64, columns: &[Column], rows: &[Vec<Cell>]) -> anyhow::Result<PathBuf> {
+    fn write_file(&self, dir: &Path, epoch: u64, columns: &[Column], rows: &[Vec<Cell>]) -> crate::Result<PathBuf> {
         let new_dir = !dir.exists();
         std::fs::create_dir_all(dir)?;
         if new_dir {
@@ -406,23 +361,6 @@ impl ParquetSink {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn partitions_are_utc_dates_and_hours() {
-        assert_eq!(partition_of(0), "dt=1970-01-01/hour=00");
-        assert_eq!(partition_of(1_700_000_000_000), "dt=2023-11-14/hour=22");
-        assert_eq!(partition_of(951_782_400_000 + 3_600_000 * 5), "dt=2000-02-29/hour=05");
-        assert_eq!(partition_of(4_102_444_799_999), "dt=2099-12-31/hour=23");
-    }
-
-    #[test]
-    fn partition_start_inverts_partition_of() {
-        for ms in [0i64, 1_700_000_000_000, 951_782_400_000 + 3_600_000 * 5 + 17, 4_102_444_799_999, 1_795_000_000_123] {
-            let dir = PathBuf::from("/x/events").join(partition_of(ms));
-            assert_eq!(partition_start(&dir), Some(ms - ms.rem_euclid(3_600_000)), "{ms}");
-        }
-        assert_eq!(partition_start(Path::new("/x/events/dt=2023-11-14")), None);
-    }
 
     /// Every row of `table` under `root` as its (source, epoch, row) identity and a measure, sorted.
     fn rows_of(root: &Path, table: &str) -> Vec<String> {

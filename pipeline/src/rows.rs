@@ -1,6 +1,7 @@
 //! Output rows as cells in the column order of `schemas::tables` (shared by every sink).
 
 use schemas::record::RejectedRecord;
+use schemas::measures::{HISTOGRAM_MEASURE, MEASURES, Measure, WINDOW_QUANTILES};
 use schemas::tables::{self, ColType, Column, DIM_COLUMNS};
 use schemas::{CacheStatus, Payload};
 
@@ -37,40 +38,25 @@ pub fn window_row(w: &WindowRow, dims: &[Dim], source: &str, epoch: u64, row: us
         let value = dims.iter().position(|dim| dim.name() == name).and_then(|i| w.dims.get(i));
         cells.push(Cell::Str(value.cloned().unwrap_or_default()));
     }
-    let q = |q: f64| d.startup_quantile(q).map_or(Cell::Null, |v| Cell::F64(v as f64));
-    cells.extend([
-        Cell::U64(d.attempts),
-        Cell::U64(d.starts),
-        Cell::I64(d.startup_ms_sum),
-        Cell::Bin(d.startup_hist.serialize()),
-        q(0.5),
-        q(0.9),
-        q(0.95),
-        q(0.99),
-        Cell::U64(d.vsf),
-        Cell::U64(d.ebvs),
-        Cell::U64(d.playback_failures),
-        Cell::I64(d.play_ms),
-        Cell::U64(d.stall_count),
-        Cell::I64(d.stall_ms),
-        Cell::I64(d.seek_stall_ms),
-        Cell::I64(d.bitrate_ms),
-        Cell::I64(d.bitrate_known_ms),
-        Cell::U64(d.switches_up),
-        Cell::U64(d.switches_down),
-        Cell::U64(d.segments_hit),
-        Cell::U64(d.segments_miss),
-        Cell::U64(d.segments_unknown),
-        Cell::U64(d.bytes_hit),
-        Cell::U64(d.bytes_total),
-        Cell::U64(d.errors),
-        Cell::U64(d.fatal_errors),
-        Cell::U64(d.active_views),
-        s(source),
-        Cell::U64(epoch),
-        Cell::U64(row as u64),
-    ]);
+    for def in &MEASURES {
+        let Some((_, ty)) = def.window else { continue };
+        cells.push(measure_cell(d.sums[def.measure], ty));
+        if def.measure == HISTOGRAM_MEASURE {
+            cells.push(Cell::Bin(d.startup_hist.serialize()));
+            cells.extend(WINDOW_QUANTILES.iter().map(|(_, q)| d.startup_quantile(*q).map_or(Cell::Null, |v| Cell::F64(v as f64))));
+        }
+    }
+    cells.extend([s(source), Cell::U64(epoch), Cell::U64(row as u64)]);
     cells
+}
+
+/// A measure's value in a column of type `ty` (flags are 0 or 1, counts never negative).
+fn measure_cell(v: i64, ty: ColType) -> Cell {
+    match ty {
+        ColType::Bool => Cell::Bool(v != 0),
+        ColType::UInt64 => Cell::U64(v as u64),
+        _ => Cell::I64(v),
+    }
 }
 
 pub fn view_row(v: &ViewRow, source: &str, epoch: u64, row: usize) -> Vec<Cell> {
@@ -78,7 +64,7 @@ pub fn view_row(v: &ViewRow, source: &str, epoch: u64, row: usize) -> Vec<Cell> 
     let d = &v.dims;
     let custom: serde_json::Map<String, serde_json::Value> =
         d.custom.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect();
-    vec![
+    let mut cells = vec![
         s(&v.view_id),
         opt_s(&v.key),
         Cell::Ts(v.start_ms),
@@ -100,35 +86,22 @@ pub fn view_row(v: &ViewRow, source: &str, epoch: u64, row: usize) -> Vec<Cell> 
         s(&v.client.browser_version),
         Cell::Str(v.client.ip.clone().unwrap_or_default()),
         Cell::Bool(v.client.bot),
-        Cell::Bool(t.attempt),
-        Cell::Bool(t.started),
-        t.startup_ms.map_or(Cell::Null, Cell::I64),
-        Cell::Bool(t.vsf),
-        Cell::Bool(t.ebvs),
-        Cell::Bool(t.playback_failure),
-        Cell::I64(t.play_ms),
-        Cell::U64(t.stall_count),
-        Cell::I64(t.stall_ms),
-        Cell::I64(t.seek_stall_ms),
-        Cell::I64(t.bitrate_ms),
-        Cell::I64(t.bitrate_known_ms),
-        Cell::U64(t.switches_up),
-        Cell::U64(t.switches_down),
-        Cell::U64(t.segments_hit),
-        Cell::U64(t.segments_miss),
-        Cell::U64(t.segments_unknown),
-        Cell::U64(t.bytes_hit),
-        Cell::U64(t.bytes_miss),
-        Cell::U64(t.bytes_unknown),
-        Cell::U64(t.errors),
-        Cell::U64(t.fatal_errors),
+    ];
+    for def in &MEASURES {
+        let Some((_, ty)) = def.view else { continue };
+        // The start time of a view that did not start is NULL, not 0.
+        let unset = def.measure == HISTOGRAM_MEASURE && !t.flag(Measure::Started);
+        cells.push(if unset { Cell::Null } else { measure_cell(t[def.measure], ty) });
+    }
+    cells.extend([
         Cell::U64(v.events),
         Cell::U64(v.duplicates),
         Cell::U64(v.gaps),
         s(source),
         Cell::U64(epoch),
         Cell::U64(row as u64),
-    ]
+    ]);
+    cells
 }
 
 pub fn event_row(e: &EventRow) -> Vec<Cell> {
@@ -212,10 +185,10 @@ pub fn rejected_row(r: &RejectedRecord, source: &str, epoch: u64, row: usize) ->
 pub fn tables_of(out: &Output, dims: &[Dim], source: &str, epoch: u64) -> [(&'static str, &'static [Column], Vec<(i64, Vec<Cell>)>); 4] {
     [
         ("events", tables::EVENTS, out.events.iter().map(|e| (e.event_ms, event_row(e))).collect()),
-        ("views", tables::VIEWS, out.views.iter().enumerate().map(|(i, v)| (v.end_ms, view_row(v, source, epoch, i))).collect()),
+        ("views", tables::views(), out.views.iter().enumerate().map(|(i, v)| (v.end_ms, view_row(v, source, epoch, i))).collect()),
         (
             "qoe_window",
-            tables::QOE_WINDOW,
+            tables::qoe_window(),
             out.windows.iter().enumerate().map(|(i, w)| (w.window_start, window_row(w, dims, source, epoch, i))).collect(),
         ),
         ("rejected", tables::REJECTED, out.rejected.iter().enumerate().map(|(i, r)| (r.recv_ms, rejected_row(r, source, epoch, i))).collect()),

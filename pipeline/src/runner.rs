@@ -1,4 +1,5 @@
-//! The epoch runner shared by every source: read → sessionize → sinks → checkpoint, exactly once.
+//! The epoch runner shared by every source: read → sessionize → sinks → checkpoint, exactly once
+//! (`docs/architecture.md` §7).
 //!
 //! Work goes in **epochs**. An epoch reads what the source has past the checkpointed position (up to
 //! `max_records_per_epoch`), sessionizes it, flushes the window deltas, finished views, events and dead
@@ -31,15 +32,17 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
+use crate::error::Context;
 use bytes::Bytes;
 use schemas::Record;
 use schemas::record::RejectedRecord;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::clickhouse::{ClickHouseConfig, ClickHouseSink};
-use crate::local::PipelineConfig;
+use schemas::tables::ClickHouseConfig;
+
+use crate::clickhouse::ClickHouseSink;
+use crate::config::PipelineConfig;
 use crate::parquet::ParquetSink;
 use crate::sessionizer::{SessionState, Sessionizer, Stats};
 pub use crate::status::PipelineStatus;
@@ -78,14 +81,14 @@ pub trait Source: Send {
     fn name(&self) -> String;
 
     /// Positions the source just after `from`.
-    fn seek(&mut self, from: &Self::Position) -> impl Future<Output = anyhow::Result<()>> + Send;
+    fn seek(&mut self, from: &Self::Position) -> impl Future<Output = crate::Result<()>> + Send;
 
     /// The next records (at most about `max` of them and `max_bytes` of data, one entry per stored
     /// record) and the position after them. No records and the same position: nothing new.
-    fn next(&mut self, max: usize, max_bytes: usize) -> impl Future<Output = anyhow::Result<Batch<Self::Position>>> + Send;
+    fn next(&mut self, max: usize, max_bytes: usize) -> impl Future<Output = crate::Result<Batch<Self::Position>>> + Send;
 
     /// Exactly the records up to `to` (replaying a recorded intent).
-    fn next_until(&mut self, to: &Self::Position) -> impl Future<Output = anyhow::Result<Vec<SourceRecord>>> + Send;
+    fn next_until(&mut self, to: &Self::Position) -> impl Future<Output = crate::Result<Vec<SourceRecord>>> + Send;
 
     /// Everything up to `position` is committed (the source may release it).
     fn committed(&mut self, position: &Self::Position) -> impl Future<Output = ()> + Send;
@@ -108,9 +111,7 @@ struct Intent<P> {
     to: P,
     /// Partitions the source reported caught up, and the clock they moved to (wall time when the epoch
     /// was read): recorded so a replay makes the same time-based decisions.
-    #[serde(default)]
     caught_up: Vec<String>,
-    #[serde(default)]
     clock_ms: Option<i64>,
     /// Records of the range processed as dead letters instead (poison records).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -126,12 +127,6 @@ struct Quarantined {
 }
 
 /// Processing a record failed (it panicked): the epoch cannot be committed with it.
-#[derive(Debug, thiserror::Error)]
-#[error("processing the record at {label} failed: {reason}")]
-pub struct PoisonRecord {
-    pub label: String,
-    pub reason: String,
-}
 
 /// How the records that failed processing are tracked across attempts.
 #[derive(Debug, Default)]
@@ -145,14 +140,14 @@ struct Poison {
 impl Poison {
     /// Counts a failure; returns true when the record has now failed `attempts` times in a row and
     /// was queued for quarantine.
-    fn failed(&mut self, p: &PoisonRecord, attempts: u32) -> bool {
+    fn failed(&mut self, label: &str, reason: &str, attempts: u32) -> bool {
         let count = match &self.last {
-            Some((label, n)) if *label == p.label => n + 1,
+            Some((last, n)) if last == label => n + 1,
             _ => 1,
         };
-        self.last = Some((p.label.clone(), count));
+        self.last = Some((label.to_owned(), count));
         if count >= attempts {
-            self.pending.insert(p.label.clone(), p.reason.clone());
+            self.pending.insert(label.to_owned(), reason.to_owned());
             self.last = None;
             return true;
         }
@@ -183,7 +178,7 @@ const CAUGHT_UP_LAG_MS: i64 = 10_000;
 const IDLE_EPOCH_EVERY: Duration = Duration::from_secs(5);
 
 /// Writes `value` as JSON to `dir/name` atomically and durably (temp, fsync, rename, fsync dir).
-fn save_json(dir: &Path, name: &str, value: &impl Serialize) -> anyhow::Result<()> {
+fn save_json(dir: &Path, name: &str, value: &impl Serialize) -> crate::Result<()> {
     use std::io::Write;
     std::fs::create_dir_all(dir)?;
     let tmp = dir.join(format!(".{name}.tmp"));
@@ -195,7 +190,7 @@ fn save_json(dir: &Path, name: &str, value: &impl Serialize) -> anyhow::Result<(
     Ok(())
 }
 
-fn load_json<T: DeserializeOwned>(path: &Path) -> anyhow::Result<Option<T>> {
+fn load_json<T: DeserializeOwned>(path: &Path) -> crate::Result<Option<T>> {
     match std::fs::read(path) {
         Ok(bytes) => Ok(Some(serde_json::from_slice(&bytes).with_context(|| format!("corrupt {}", path.display()))?)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -210,12 +205,12 @@ pub fn parquet_dir(data_dir: &Path) -> PathBuf {
 
 /// The persisted id of the instance owning `data_dir` (created at first start): what makes this
 /// instance's row identities its own.
-pub fn instance_id(data_dir: &Path) -> anyhow::Result<String> {
+pub fn instance_id(data_dir: &Path) -> crate::Result<String> {
     use std::io::Write;
     let path = data_dir.join("instance-id");
     if let Ok(id) = std::fs::read_to_string(&path) {
         let id = id.trim();
-        anyhow::ensure!(
+        crate::error::ensure!(
             !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric()),
             "{} is corrupt: expected letters and digits, found {id:?}",
             path.display()
@@ -255,11 +250,11 @@ pub async fn run<S: Source>(
     clickhouse: ClickHouseConfig,
     status: Arc<PipelineStatus>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
-) -> anyhow::Result<()> {
-    config.validate().map_err(anyhow::Error::msg)?;
+) -> crate::Result<()> {
+    config.validate().map_err(crate::Error::Config)?;
     let name = source.name();
     let lock_path = data_dir.join("pipeline").join(format!("{name}.lock"));
-    let _lock = ingest::log::lock_exclusive(&lock_path).with_context(|| format!("pipeline checkpoint {name} in {}", data_dir.display()))?;
+    let _lock = locallog::lock_exclusive(&lock_path).with_context(|| format!("pipeline checkpoint {name} in {}", data_dir.display()))?;
     let identity = format!("{name}-{}", instance_id(&data_dir)?);
     let ctx = Ctx { data_dir: &data_dir, name, identity, config: &config, clickhouse: &clickhouse, status: &status };
     let mut poison = Poison::default();
@@ -268,11 +263,11 @@ pub async fn run<S: Source>(
         let Err(e) = run_from_checkpoint(&mut source, &ctx, &mut poison, shutdown.clone()).await else {
             return Ok(());
         };
-        if let Some(p) = e.downcast_ref::<PoisonRecord>()
-            && poison.failed(p, config.poison_attempts)
+        if let crate::Error::Poison { label, reason } = &e
+            && poison.failed(label, reason, config.poison_attempts)
         {
             status.quarantined();
-            tracing::error!(record = %p.label, reason = %p.reason, attempts = config.poison_attempts, "pipeline: record quarantined after failing every attempt; it goes to the dead letters");
+            tracing::error!(record = %label, reason = %reason, attempts = config.poison_attempts, "pipeline: record quarantined after failing every attempt; it goes to the dead letters");
         }
         status.failed(&format!("{e:#}"));
         tracing::error!(error = format!("{e:#}"), retry_in_ms = backoff.as_millis() as u64, "pipeline paused: epoch not committed");
@@ -341,7 +336,7 @@ async fn run_from_checkpoint<S: Source>(
     ctx: &Ctx<'_>,
     poison: &mut Poison,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
-) -> anyhow::Result<()> {
+) -> crate::Result<()> {
     let (config, name, status) = (ctx.config, &ctx.name, ctx.status);
     let state_dir = ctx.data_dir.join("pipeline");
     let (ckpt_name, intent_name) = (format!("checkpoint-{name}.json"), format!("intent-{name}.json"));
@@ -358,9 +353,7 @@ async fn run_from_checkpoint<S: Source>(
     // An epoch started but not committed is replayed over exactly its recorded range.
     let mut replay = load_json::<Intent<S::Position>>(&state_dir.join(&intent_name))?
         .filter(|i| i.epoch == ckpt.epoch + 1 && i.from == ckpt.position);
-    // Files of this checkpoint written before row identities carried an instance id are cleaned too.
-    let legacy = ParquetSink::new(parquet_dir(ctx.data_dir), name, config.dims.clone());
-    let removed = sink.remove_uncommitted(ckpt.epoch)? + legacy.remove_uncommitted(ckpt.epoch)?;
+    let removed = sink.remove_uncommitted(ckpt.epoch)?;
     if removed > 0 {
         tracing::info!(removed, epoch = ckpt.epoch, "pipeline: removed files of an unfinished epoch; replaying it");
     }
@@ -419,7 +412,7 @@ async fn run_from_checkpoint<S: Source>(
             }));
             if let Err(panic) = processed {
                 // The sessionizer may be half-way through the record: the caller restores the checkpoint.
-                return Err(PoisonRecord { label, reason: panic_message(panic.as_ref()) }.into());
+                return Err(crate::Error::Poison { label, reason: panic_message(panic.as_ref()) });
             }
         }
         if let Some(clock) = clock {
@@ -427,7 +420,7 @@ async fn run_from_checkpoint<S: Source>(
         }
         // A panic here belongs to no one record: the epoch fails and is retried (reported as stalled).
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| session.advance()))
-            .map_err(|panic| anyhow::anyhow!("advancing the views' clocks {}", panic_message(panic.as_ref())))?;
+            .map_err(|panic| crate::Error::msg(format!("advancing the views' clocks {}", panic_message(panic.as_ref()))))?;
         let out = session.flush();
         epoch += 1;
         let intent = Intent { epoch, from: position.clone(), to: to.clone(), caught_up, clock_ms: clock, quarantined };

@@ -1,4 +1,5 @@
-//! Sessionization: turns the record stream into per-view state machines and window deltas.
+//! Sessionization: turns the record stream into per-view state machines and window deltas
+//! (`docs/metrics.md` §3–§7: clock, order and duplicates, view end, bounded state, dimensions).
 //!
 //! - **Dedupe and reorder.** Each view expects `seq` 0, 1, 2, …; an event with a `seq` already applied or
 //!   already waiting is a duplicate and dropped. Events ahead of a missing `seq` wait in the view's
@@ -33,111 +34,22 @@
 //! - **Late data.** Contributions placed before `watermark - late_horizon_ms` are dropped and counted in
 //!   `late_dropped`; everything else, however late, becomes another delta row for its old window.
 
-use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, HashMap};
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use schemas::event::ViewDims;
 use schemas::record::{EventsRecord, RejectedRecord};
-use schemas::{ClientInfo, Event, EventKind, Payload, Record, StreamType, validate_event_map};
+use schemas::{ClientInfo, Event, EventKind, Payload, Record, validate_event_map};
 use serde::{Deserialize, Serialize};
 
-use crate::view::{Emit, Point, Span, Totals, ViewMachine};
+use schemas::measures::Measure;
+
+use crate::view::{Emit, Span, Totals, ViewMachine};
 use crate::window::{DimValues, WindowRow, Windows};
 
-/// A dimension windows can be keyed by.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Dim {
-    Cdn,
-    Country,
-    DeviceType,
-    Os,
-    Browser,
-    PlayerName,
-    PlayerVersion,
-    StreamType,
-    VideoId,
-}
+pub use schemas::dims::{Dim, stream_type_str};
 
-impl Dim {
-    pub const DEFAULT: [Dim; 7] =
-        [Dim::Cdn, Dim::Country, Dim::DeviceType, Dim::Os, Dim::Browser, Dim::PlayerName, Dim::StreamType];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Dim::Cdn => "cdn",
-            Dim::Country => "country",
-            Dim::DeviceType => "device_type",
-            Dim::Os => "os",
-            Dim::Browser => "browser",
-            Dim::PlayerName => "player_name",
-            Dim::PlayerVersion => "player_version",
-            Dim::StreamType => "stream_type",
-            Dim::VideoId => "video_id",
-        }
-    }
-
-    /// This dimension's value for a view with these viewstart fields and enrichment.
-    pub fn value(self, v: &ViewDims, c: &ClientInfo) -> String {
-        let s = |o: &Option<String>| o.clone().unwrap_or_default();
-        match self {
-            Dim::Cdn => s(&v.cdn),
-            Dim::Country => c.country.clone(),
-            Dim::DeviceType => c.device_type.clone(),
-            Dim::Os => c.os.clone(),
-            Dim::Browser => c.browser.clone(),
-            Dim::PlayerName => s(&v.player_name),
-            Dim::PlayerVersion => s(&v.player_version),
-            Dim::StreamType => stream_type_str(v.stream_type).to_owned(),
-            Dim::VideoId => s(&v.video_id),
-        }
-    }
-}
-
-pub fn stream_type_str(t: Option<StreamType>) -> &'static str {
-    match t {
-        Some(StreamType::Vod) => "vod",
-        Some(StreamType::Live) => "live",
-        None => "",
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SessionConfig {
-    pub window_ms: i64,
-    pub dims: Vec<Dim>,
-    pub inactivity_timeout_ms: i64,
-    pub late_horizon_ms: i64,
-    pub reorder_wait_ms: i64,
-    /// Open views kept at most; past it the views idle longest are ended (`evicted`).
-    pub max_open_views: usize,
-    /// Ended views remembered (for stragglers) at most; past it the oldest are forgotten early.
-    pub max_ended_views: usize,
-    /// Skipped `seq` ranges remembered per view at most; past it the lowest are forgotten.
-    pub max_gaps_per_view: usize,
-    /// Events waiting for a missing `seq`, over all views, at most; past it the view being fed
-    /// proceeds past its gaps at once.
-    pub max_buffered_events: usize,
-}
-
-impl Default for SessionConfig {
-    fn default() -> Self {
-        SessionConfig {
-            window_ms: 10_000,
-            dims: Dim::DEFAULT.to_vec(),
-            inactivity_timeout_ms: 30 * 60_000,
-            late_horizon_ms: 24 * 3_600_000,
-            reorder_wait_ms: 5_000,
-            max_open_views: 500_000,
-            max_ended_views: 2_000_000,
-            max_gaps_per_view: 1_000,
-            max_buffered_events: 1_000_000,
-        }
-    }
-}
+pub use crate::config::SessionConfig;
 
 /// A finished view (the `views` table).
 #[derive(Debug, Clone, PartialEq)]
@@ -213,24 +125,19 @@ pub struct Stats {
     /// Events for views that had already ended (kept in `events` when new, dropped when resent).
     pub after_end: u64,
     /// Events for a `seq` the view had already proceeded past (kept in `events` only).
-    #[serde(default)]
     pub stragglers: u64,
     /// Events in records that no longer validate (from a newer or broken writer).
     pub invalid: u64,
     pub views_ended: u64,
     /// Views ended early because `max_open_views` was reached (`end_reason` `evicted`).
-    #[serde(default)]
     pub evicted: u64,
     /// Ended views forgotten before the late horizon because `max_ended_views` was reached.
-    #[serde(default)]
     pub ended_forgotten: u64,
     /// Skipped `seq` ranges forgotten because a view had `max_gaps_per_view` of them (a straggler for
     /// one of them counts as a duplicate).
-    #[serde(default)]
     pub gaps_forgotten: u64,
     /// Records after which their view proceeded past its gaps at once because `max_buffered_events`
     /// was reached.
-    #[serde(default)]
     pub buffer_overflows: u64,
 }
 
@@ -256,7 +163,6 @@ struct ViewSlot {
     duplicates: u64,
     gaps: u64,
     /// Index of the partition (in [`Clocks`]) the view's latest record came from.
-    #[serde(default)]
     partition: u32,
     /// `seq` ranges (half-open) the view proceeded past and has not received since.
     #[serde(default, skip_serializing_if = "SeqRanges::is_empty")]
@@ -267,36 +173,12 @@ struct ViewSlot {
 /// (watermark), and what it still accepts for the `events` table: `seq`s at or past `next_seq`, or
 /// inside `skipped` (each once), placed with the view's own offset.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(from = "EndedFormat")]
 struct EndedView {
     at: i64,
     next_seq: u64,
     #[serde(default, skip_serializing_if = "SeqRanges::is_empty")]
     skipped: SeqRanges,
     offset_ms: i64,
-}
-
-/// An ended view as stored now, or as the bare end time of states saved before (accepts nothing more).
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum EndedFormat {
-    View {
-        at: i64,
-        next_seq: u64,
-        #[serde(default)]
-        skipped: SeqRanges,
-        offset_ms: i64,
-    },
-    At(i64),
-}
-
-impl From<EndedFormat> for EndedView {
-    fn from(f: EndedFormat) -> EndedView {
-        match f {
-            EndedFormat::View { at, next_seq, skipped, offset_ms } => EndedView { at, next_seq, skipped, offset_ms },
-            EndedFormat::At(at) => EndedView { at, next_seq: u64::MAX, skipped: SeqRanges::default(), offset_ms: 0 },
-        }
-    }
 }
 
 impl EndedView {
@@ -372,9 +254,6 @@ impl SeqRanges {
         Some(self.trim(cap))
     }
 }
-
-/// The partition of views restored from a state saved before partitions had clocks.
-const LEGACY_PARTITION: &str = "(before partition clocks)";
 
 /// Per-partition clocks: the largest receive time seen in each source partition's records.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -460,11 +339,11 @@ impl WindowEmit<'_> {
 }
 
 impl Emit for WindowEmit<'_> {
-    fn point(&mut self, at: i64, point: Point) {
+    fn add(&mut self, at: i64, adds: &[(Measure, i64)]) {
         let at = at + self.offset;
         if at >= self.cutoff {
             let dims = self.dims();
-            self.windows.point(at, &dims, point);
+            self.windows.add(at, &dims, adds);
         }
     }
     fn span(&mut self, from: i64, to: i64, span: Span) {
@@ -483,7 +362,6 @@ pub struct SessionState {
     views: HashMap<String, ViewSlot>,
     ended: HashMap<u64, EndedView>,
     watermark: i64,
-    #[serde(default)]
     clocks: Clocks,
     stats: Stats,
 }
@@ -503,10 +381,10 @@ pub struct Sessionizer {
     buffered: usize,
 }
 
+/// The key of an ended view. Persisted in checkpoints, so the hash must not change between builds or
+/// Rust releases (std's `DefaultHasher` may): XXH3-64, a specified algorithm, with seed 0.
 fn id_hash(view_id: &str) -> u64 {
-    let mut h = DefaultHasher::new();
-    view_id.hash(&mut h);
-    h.finish()
+    twox_hash::XxHash3_64::oneshot(view_id.as_bytes())
 }
 
 impl Sessionizer {
@@ -531,12 +409,6 @@ impl Sessionizer {
         s.ended = state.ended;
         s.watermark = state.watermark;
         s.clocks = state.clocks;
-        if s.clocks.names.is_empty() && !s.views.is_empty() {
-            // State saved before partitions had clocks: its views (partition 0) keep the old watermark,
-            // on a legacy partition that ticks with any caught-up one.
-            let legacy = s.clocks.index(LEGACY_PARTITION);
-            s.clocks.raise(legacy, state.watermark);
-        }
         s.stats = state.stats;
         s.buffered = s.views.values().map(|v| v.buffer.len()).sum();
         s
@@ -587,11 +459,6 @@ impl Sessionizer {
         for name in caught_up {
             let p = self.clocks.index(name);
             self.clocks.raise(p, clock);
-        }
-        if !caught_up.is_empty()
-            && let Some(p) = self.clocks.names.iter().position(|n| n == LEGACY_PARTITION)
-        {
-            self.clocks.raise(p as u32, clock);
         }
         self.watermark = self.watermark.max(clock);
     }
@@ -745,7 +612,7 @@ impl Sessionizer {
             if let Some(last) = slot.machine.last_ts
                 && b.event.ts.saturating_sub(last) > self.config.inactivity_timeout_ms
             {
-                // DESIGN.md §4: the view had ended at its previous event; this one (already in `events`)
+                // docs/metrics.md §5: the view had ended at its previous event; this one (already in `events`)
                 // changes no measure, and no interval stretches across the gap.
                 let (machine, mut emit) = slot.split(&mut self.windows, &self.config.dims, cutoff);
                 machine.end(last, &mut emit);

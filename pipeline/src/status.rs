@@ -40,6 +40,11 @@ struct State {
 
 impl PipelineStatus {
     /// Registers the metrics in `registry` (the process's `/metrics`).
+    /// The status of a pipeline run with `config` (its `stall_after_ms` and `max_lag_ms`).
+    pub fn of(config: &crate::PipelineConfig, registry: &Registry) -> PipelineStatus {
+        PipelineStatus::new(registry, config.stall_after_ms, config.max_lag_ms)
+    }
+
     pub fn new(registry: &Registry, stall_after_ms: u64, max_lag_ms: u64) -> PipelineStatus {
         let counter = |name: &str, help: &str| {
             let c = IntCounter::new(name, help).expect("valid metric name");
@@ -140,7 +145,7 @@ impl PipelineStatus {
     }
 }
 
-impl ingest::Readiness for PipelineStatus {
+impl service::Readiness for PipelineStatus {
     fn check(&self) -> Result<(), String> {
         PipelineStatus::check(self)
     }

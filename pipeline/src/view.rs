@@ -1,4 +1,4 @@
-//! The per-view state machine: DESIGN.md §4 "Metric definitions" and "State rules", nothing else.
+//! The per-view state machine: `docs/metrics.md` §8–§9, nothing else.
 //!
 //! Events are fed in `seq` order (reordering and duplicate removal happen before, in the sessionizer).
 //! Each event updates the view's totals and reports what it contributes, at which client time, to an
@@ -10,23 +10,10 @@
 //! event's counts as the previous event's time), so a jumping client clock can never produce negative
 //! durations. States: idle, playing, paused, seeking, stalled, failed, ended.
 
+use schemas::measures::Measure::{self, *};
+use schemas::measures::Values;
 use schemas::{CacheStatus, Event, EventKind, Payload};
 use serde::{Deserialize, Serialize};
-
-/// A point measure, counted in the window of its defining event.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Point {
-    Attempt,
-    Start { startup_ms: i64 },
-    Vsf,
-    Ebvs,
-    PlaybackFailure,
-    Stall,
-    SwitchUp,
-    SwitchDown,
-    Segment { cache: CacheStatus, bytes: u64 },
-    Error { fatal: bool },
-}
 
 /// A closed span of client time `[from, to)`.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -37,8 +24,24 @@ pub enum Span {
     Stall { seek: bool },
 }
 
+impl Span {
+    /// What `ms` of this span adds to the measures (unused slots add 0).
+    #[inline]
+    pub fn adds(self, ms: i64) -> [(Measure, i64); 3] {
+        match self {
+            Span::Play { bitrate_kbps: Some(b) } => [(PlayMs, ms), (BitrateMs, b * ms), (BitrateKnownMs, ms)],
+            Span::Play { bitrate_kbps: None } => [(PlayMs, ms), (BitrateMs, 0), (BitrateKnownMs, 0)],
+            Span::Stall { seek } => [(StallMs, ms), (SeekStallMs, if seek { ms } else { 0 }), (StallCount, 0)],
+        }
+    }
+}
+
+/// Where a view's contributions go (the event-time windows), besides its own totals.
 pub trait Emit {
-    fn point(&mut self, at: i64, point: Point);
+    /// Point measures at client time `at`: amounts of measures defined by one event (counts, bytes,
+    /// the start time).
+    fn add(&mut self, at: i64, adds: &[(Measure, i64)]);
+    /// A closed span of play or stall time, split by the windows.
     fn span(&mut self, from: i64, to: i64, span: Span);
 }
 
@@ -54,35 +57,9 @@ pub enum State {
     Ended,
 }
 
-/// Per-view totals (the `views` table's measures).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Totals {
-    pub attempt: bool,
-    pub started: bool,
-    pub startup_ms: Option<i64>,
-    pub vsf: bool,
-    pub ebvs: bool,
-    pub playback_failure: bool,
-    pub play_ms: i64,
-    pub stall_count: u64,
-    pub stall_ms: i64,
-    pub seek_stall_ms: i64,
-    /// Σ bitrate (kbps, rounded to an integer) × play time (ms) at that bitrate. Integer so sums are
-    /// exact and merge in any order.
-    pub bitrate_ms: i64,
-    /// Play time at a known bitrate (the denominator of the view's own average bitrate).
-    pub bitrate_known_ms: i64,
-    pub switches_up: u64,
-    pub switches_down: u64,
-    pub segments_hit: u64,
-    pub segments_miss: u64,
-    pub segments_unknown: u64,
-    pub bytes_hit: u64,
-    pub bytes_miss: u64,
-    pub bytes_unknown: u64,
-    pub errors: u64,
-    pub fatal_errors: u64,
-}
+/// Per-view totals: one value per measure of `schemas::measures` (flags are 0 or 1); the `views`
+/// table's measure columns.
+pub type Totals = Values;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ViewMachine {
@@ -136,14 +113,12 @@ impl ViewMachine {
                 if self.state == State::Failed {
                     return;
                 }
-                if !self.totals.started {
-                    if !self.totals.attempt {
+                if !self.totals.flag(Started) {
+                    if !self.totals.flag(Attempt) {
                         self.attempt(t, out);
                     }
                     let startup_ms = t - self.attempt_at.unwrap_or(t);
-                    self.totals.started = true;
-                    self.totals.startup_ms = Some(startup_ms);
-                    out.point(t, Point::Start { startup_ms });
+                    self.count(t, &[(Started, 1), (StartupMs, startup_ms)], out);
                 }
                 self.close_span(t, out);
                 self.enter(State::Playing, t);
@@ -158,14 +133,13 @@ impl ViewMachine {
             }
             EventKind::StallStart => {
                 let seek = match self.state {
-                    _ if !self.totals.started => return,
+                    _ if !self.totals.flag(Started) => return,
                     State::Playing => false,
                     State::Seeking => true,
                     _ => return, // paused, already stalled, failed
                 };
                 self.close_span(t, out);
-                self.totals.stall_count += 1;
-                out.point(t, Point::Stall);
+                self.count(t, &[(StallCount, 1)], out);
                 self.enter(State::Stalled { seek }, t);
             }
             EventKind::StallEnd => {
@@ -179,16 +153,10 @@ impl ViewMachine {
                 let bitrate_kbps = bitrate_kbps.round() as i64;
                 // The old bitrate applies up to now, the new one from now on.
                 self.checkpoint_span(t, out);
-                if self.totals.started {
+                if self.totals.flag(Started) {
                     match self.bitrate_kbps {
-                        Some(prev) if bitrate_kbps > prev => {
-                            self.totals.switches_up += 1;
-                            out.point(t, Point::SwitchUp);
-                        }
-                        Some(prev) if bitrate_kbps < prev => {
-                            self.totals.switches_down += 1;
-                            out.point(t, Point::SwitchDown);
-                        }
+                        Some(prev) if bitrate_kbps > prev => self.count(t, &[(SwitchesUp, 1)], out),
+                        Some(prev) if bitrate_kbps < prev => self.count(t, &[(SwitchesDown, 1)], out),
                         _ => {}
                     }
                 }
@@ -196,28 +164,22 @@ impl ViewMachine {
             }
             EventKind::Segment => {
                 let Payload::Segment { cache, bytes, .. } = event.payload else { return };
-                let t_ = &mut self.totals;
-                match cache {
-                    CacheStatus::Hit => (t_.segments_hit += 1, t_.bytes_hit += bytes),
-                    CacheStatus::Miss => (t_.segments_miss += 1, t_.bytes_miss += bytes),
-                    CacheStatus::Unknown => (t_.segments_unknown += 1, t_.bytes_unknown += bytes),
+                let bytes = bytes as i64;
+                let adds = match cache {
+                    CacheStatus::Hit => [(SegmentsHit, 1), (BytesHit, bytes), (BytesTotal, bytes)],
+                    CacheStatus::Miss => [(SegmentsMiss, 1), (BytesMiss, bytes), (BytesTotal, bytes)],
+                    CacheStatus::Unknown => [(SegmentsUnknown, 1), (BytesUnknown, bytes), (BytesTotal, 0)],
                 };
-                out.point(t, Point::Segment { cache, bytes });
+                self.count(t, &adds, out);
             }
             EventKind::Error => {
                 let Payload::Error { fatal, .. } = event.payload else { return };
-                self.totals.errors += 1;
-                if fatal {
-                    self.totals.fatal_errors += 1;
-                }
-                out.point(t, Point::Error { fatal });
+                self.count(t, &[(Errors, 1), (FatalErrors, i64::from(fatal))], out);
                 if fatal && self.state != State::Failed {
-                    if self.totals.started {
-                        self.totals.playback_failure = true;
-                        out.point(t, Point::PlaybackFailure);
-                    } else if self.totals.attempt {
-                        self.totals.vsf = true;
-                        out.point(t, Point::Vsf);
+                    if self.totals.flag(Started) {
+                        self.count(t, &[(PlaybackFailure, 1)], out);
+                    } else if self.totals.flag(Attempt) {
+                        self.count(t, &[(Vsf, 1)], out);
                     }
                     self.close_span(t, out);
                     self.enter(State::Failed, t);
@@ -235,19 +197,25 @@ impl ViewMachine {
         let t = self.last_ts.map_or(t, |last| t.max(last));
         self.close_span(t, out);
         let t_ = &self.totals;
-        if t_.attempt && !t_.started && !t_.vsf && self.state != State::Failed {
-            self.totals.ebvs = true;
-            out.point(t, Point::Ebvs);
+        if t_.flag(Attempt) && !t_.flag(Started) && !t_.flag(Vsf) && self.state != State::Failed {
+            self.count(t, &[(Ebvs, 1)], out);
         }
         self.enter(State::Ended, t);
     }
 
     fn attempt(&mut self, t: i64, out: &mut impl Emit) {
-        if !self.totals.attempt {
-            self.totals.attempt = true;
+        if !self.totals.flag(Attempt) {
             self.attempt_at = Some(t);
-            out.point(t, Point::Attempt);
+            self.count(t, &[(Attempt, 1)], out);
         }
+    }
+
+    /// Adds point measures to the totals and emits them at `t`.
+    fn count(&mut self, t: i64, adds: &[(Measure, i64)], out: &mut impl Emit) {
+        for &(m, amount) in adds {
+            self.totals[m] += amount;
+        }
+        out.add(t, adds);
     }
 
     fn enter(&mut self, state: State, t: i64) {
@@ -268,27 +236,18 @@ impl ViewMachine {
     fn close_span(&mut self, t: i64, out: &mut impl Emit) {
         let from = self.span_from;
         let d = t - from;
-        match self.state {
-            State::Playing => {
-                self.totals.play_ms += d;
-                if let Some(b) = self.bitrate_kbps {
-                    self.totals.bitrate_ms += b * d;
-                    self.totals.bitrate_known_ms += d;
-                }
-                if d > 0 {
-                    out.span(from, t, Span::Play { bitrate_kbps: self.bitrate_kbps });
-                }
+        let span = match self.state {
+            State::Playing => Some(Span::Play { bitrate_kbps: self.bitrate_kbps }),
+            State::Stalled { seek } => Some(Span::Stall { seek }),
+            _ => None,
+        };
+        if let Some(span) = span {
+            for (m, amount) in span.adds(d) {
+                self.totals[m] += amount;
             }
-            State::Stalled { seek } => {
-                self.totals.stall_ms += d;
-                if seek {
-                    self.totals.seek_stall_ms += d;
-                }
-                if d > 0 {
-                    out.span(from, t, Span::Stall { seek });
-                }
+            if d > 0 {
+                out.span(from, t, span);
             }
-            _ => {}
         }
         self.span_from = t;
     }
@@ -298,6 +257,6 @@ impl ViewMachine {
 pub struct Discard;
 
 impl Emit for Discard {
-    fn point(&mut self, _: i64, _: Point) {}
+    fn add(&mut self, _: i64, _: &[(Measure, i64)]) {}
     fn span(&mut self, _: i64, _: i64, _: Span) {}
 }

@@ -253,7 +253,7 @@ fn a_pause_in_2099_after_playing_now_costs_a_handful_of_windows() {
     let out = s.flush();
     assert!(out.windows.len() <= 2, "{} windows", out.windows.len());
     assert_eq!(out.views.len(), 1, "the view ended at `playing`");
-    assert_eq!((out.views[0].end_reason, out.views[0].totals.play_ms), ("timeout", 0));
+    assert_eq!((out.views[0].end_reason, out.views[0].totals[schemas::measures::Measure::PlayMs]), ("timeout", 0));
     assert_eq!(out.events.len(), 2, "both events are kept in `events`");
 }
 
@@ -273,5 +273,5 @@ fn end_all_proceeds_past_gaps_and_keeps_the_inactivity_rule() {
     s.end_all();
     let out = s.flush();
     assert_eq!(out.views.len(), 1);
-    assert_eq!((out.views[0].end_reason, out.views[0].totals.play_ms, out.views[0].gaps), ("timeout", 1_000, 1));
+    assert_eq!((out.views[0].end_reason, out.views[0].totals[schemas::measures::Measure::PlayMs], out.views[0].gaps), ("timeout", 1_000, 1));
 }

@@ -5,6 +5,8 @@
 use std::collections::BTreeMap;
 
 use pipeline::window::WindowDelta;
+use schemas::measures::{HISTOGRAM_MEASURE, MEASURES, Measure, window_sums};
+use schemas::tables::ColType;
 use pipeline::{Output, ViewRow};
 use schemas::record::EventsRecord;
 use schemas::{ClientInfo, Record};
@@ -55,36 +57,22 @@ pub fn view_json(v: &ViewRow) -> Value {
     m.insert("end_reason".into(), json!(v.end_reason));
     m.insert("start_ms".into(), json!(v.start_ms - T0));
     m.insert("end_ms".into(), json!(v.end_ms - T0));
-    for (k, val) in [
-        ("attempt", json!(t.attempt)),
-        ("started", json!(t.started)),
-        ("vsf", json!(t.vsf)),
-        ("ebvs", json!(t.ebvs)),
-        ("playback_failure", json!(t.playback_failure)),
-        ("play_ms", json!(t.play_ms)),
-        ("stall_count", json!(t.stall_count)),
-        ("stall_ms", json!(t.stall_ms)),
-        ("seek_stall_ms", json!(t.seek_stall_ms)),
-        ("bitrate_ms", json!(t.bitrate_ms)),
-        ("bitrate_known_ms", json!(t.bitrate_known_ms)),
-        ("switches_up", json!(t.switches_up)),
-        ("switches_down", json!(t.switches_down)),
-        ("segments_hit", json!(t.segments_hit)),
-        ("segments_miss", json!(t.segments_miss)),
-        ("segments_unknown", json!(t.segments_unknown)),
-        ("bytes_hit", json!(t.bytes_hit)),
-        ("bytes_miss", json!(t.bytes_miss)),
-        ("bytes_unknown", json!(t.bytes_unknown)),
-        ("errors", json!(t.errors)),
-        ("fatal_errors", json!(t.fatal_errors)),
-        ("duplicates", json!(v.duplicates)),
-        ("gaps", json!(v.gaps)),
-    ] {
-        nonzero(&mut m, k, val);
+    // Every per-view measure (`schemas::measures`), flags as booleans; the start time when started.
+    for def in &MEASURES {
+        let Some((name, ty)) = def.view else { continue };
+        let value = t[def.measure];
+        if def.measure == HISTOGRAM_MEASURE {
+            if t.flag(Measure::Started) {
+                m.insert(name.into(), json!(value));
+            }
+        } else if ty == ColType::Bool {
+            nonzero(&mut m, name, json!(value != 0));
+        } else {
+            nonzero(&mut m, name, json!(value));
+        }
     }
-    if let Some(s) = t.startup_ms {
-        m.insert("startup_ms".into(), json!(s));
-    }
+    nonzero(&mut m, "duplicates", json!(v.duplicates));
+    nonzero(&mut m, "gaps", json!(v.gaps));
     Value::Object(m)
 }
 
@@ -92,31 +80,8 @@ pub fn delta_json(window_start: i64, dims: &[String], d: &WindowDelta) -> Value 
     let mut m = Map::new();
     m.insert("window_start".into(), json!(window_start - T0));
     m.insert("dims".into(), json!(dims));
-    for (k, val) in [
-        ("attempts", json!(d.attempts)),
-        ("starts", json!(d.starts)),
-        ("startup_ms_sum", json!(d.startup_ms_sum)),
-        ("vsf", json!(d.vsf)),
-        ("ebvs", json!(d.ebvs)),
-        ("playback_failures", json!(d.playback_failures)),
-        ("play_ms", json!(d.play_ms)),
-        ("stall_count", json!(d.stall_count)),
-        ("stall_ms", json!(d.stall_ms)),
-        ("seek_stall_ms", json!(d.seek_stall_ms)),
-        ("bitrate_ms", json!(d.bitrate_ms)),
-        ("bitrate_known_ms", json!(d.bitrate_known_ms)),
-        ("switches_up", json!(d.switches_up)),
-        ("switches_down", json!(d.switches_down)),
-        ("segments_hit", json!(d.segments_hit)),
-        ("segments_miss", json!(d.segments_miss)),
-        ("segments_unknown", json!(d.segments_unknown)),
-        ("bytes_hit", json!(d.bytes_hit)),
-        ("bytes_total", json!(d.bytes_total)),
-        ("errors", json!(d.errors)),
-        ("fatal_errors", json!(d.fatal_errors)),
-        ("active_views", json!(d.active_views)),
-    ] {
-        nonzero(&mut m, k, val);
+    for (measure, name) in window_sums() {
+        nonzero(&mut m, name, json!(d.sums[measure]));
     }
     Value::Object(m)
 }

@@ -1,12 +1,13 @@
 //! Differential: on randomized traces, the streaming results — delta emission at random flush points,
 //! shuffled arrival across and within views, duplicated beacons, clock-skewed clients — equal the plain
-//! batch computation (`pipeline::reference`) of the same definitions: per-view totals and every window
+//! batch computation (`pipeline/tests/oracle/reference.rs`) of the same definitions: per-view totals and every window
 //! measure, start-time histograms included.
 
 mod common;
+#[path = "oracle/reference.rs"]
+mod reference;
 
 use common::*;
-use pipeline::reference;
 use pipeline::{Dim, SessionConfig, Sessionizer};
 use proptest::prelude::*;
 use schemas::{ClientInfo, Record};

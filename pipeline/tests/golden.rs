@@ -1,5 +1,5 @@
 //! Golden traces: `tests/golden/*.json` hold records in (batches of input) and the expected `views` and
-//! `qoe_window` rows out, computed by hand from DESIGN.md §4. Every measure is compared: a field absent
+//! `qoe_window` rows out, computed by hand from `docs/metrics.md`. Every measure is compared: a field absent
 //! from an expected row must be zero/false. Times in the files are relative to T0.
 //!
 //! File format: `{"config": {SessionConfig fields}, "batches": [[record, …], …], "end_all": bool,

@@ -30,32 +30,18 @@ use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use ingest::error::ApiError;
+use service::ApiError;
 use schemas::tables::DIM_COLUMNS;
 use serde_json::{Value, json};
 
-use crate::backend::{AggQuery, AggRow, Backend, SqlError};
-use crate::metrics::{SUMS, derive};
+use crate::backend::{AggQuery, AggRow, Backend};
+use crate::config::SqlConfig;
+use crate::sql::SqlError;
+use crate::metrics::{derive, sum_count};
 
 const MAX_POINTS: i64 = 10_000;
 /// Latest time a parameter may name (2100-01-01, the end of the beacon protocol's range).
 const MAX_TIME_MS: i64 = schemas::beacon::TS_MAX_MS;
-
-/// Limits of `POST /api/v1/sql`.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SqlConfig {
-    /// Bearer token required by `POST /api/v1/sql`; None disables the endpoint.
-    pub admin_token: Option<String>,
-    pub timeout_ms: u64,
-    pub max_rows: usize,
-}
-
-impl Default for SqlConfig {
-    fn default() -> Self {
-        SqlConfig { admin_token: None, timeout_ms: 10_000, max_rows: 10_000 }
-    }
-}
 
 #[derive(Clone)]
 struct ApiState {
@@ -223,9 +209,8 @@ fn dimension(q: &HashMap<String, String>, name: &str) -> Result<Option<String>, 
     }
 }
 
-fn failed(e: anyhow::Error) -> ApiError {
-    let exhausted = e.chain().any(|c| c.downcast_ref::<datafusion::error::DataFusionError>().is_some_and(crate::is_resources_exhausted));
-    if exhausted {
+fn failed(e: crate::Error) -> ApiError {
+    if e.is_resources_exhausted() {
         tracing::warn!(error = format!("{e:#}"), "metrics query over the memory limit");
         return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "query_resources_exhausted", "the query needs more memory than query.memory_limit_bytes allows");
     }
@@ -234,7 +219,7 @@ fn failed(e: anyhow::Error) -> ApiError {
 }
 
 /// Runs a metrics query within `[query] timeout_ms`.
-async fn bounded<T>(state: &ApiState, query: impl std::future::Future<Output = anyhow::Result<T>>) -> Result<T, ApiError> {
+async fn bounded<T>(state: &ApiState, query: impl std::future::Future<Output = crate::Result<T>>) -> Result<T, ApiError> {
     match tokio::time::timeout(state.timeout, query).await {
         Ok(r) => r.map_err(failed),
         Err(_) => Err(ApiError::new(
@@ -293,7 +278,7 @@ async fn summary_inner(state: &ApiState, q: &HashMap<String, String>) -> Result<
     let agg = range(q)?;
     let (rows, active) = bounded(state, async { tokio::try_join!(backend.aggregate(&agg), backend.active_per_window(&agg)) }).await?;
     // An aggregation without keys answers one row on both backends, zeros when nothing matched.
-    let metrics = rows.first().map(AggRow::metrics).unwrap_or_else(|| derive(&[0; SUMS.len()], &[]));
+    let metrics = rows.first().map(AggRow::metrics).unwrap_or_else(|| derive(&vec![0; sum_count()], &[]));
     let (concurrent, window) = active.last().map_or((0, None), |(w, _, n)| (*n, Some(*w)));
     let peak = active.iter().map(|(_, _, n)| *n).max().unwrap_or(0);
     Ok(Json(json!({

@@ -2,16 +2,19 @@
 //! and ClickHouse (production). Both answer the same questions: sums of `qoe_window` columns and
 //! merged start-time quantiles, over a time range with dimension filters, optionally per time bucket
 //! and per dimension value. Ratios are derived from the sums by [`crate::metrics::derive`] for both.
+//! Ad-hoc SQL's types are in [`crate::sql`].
 
 use std::sync::Arc;
 
-use anyhow::Context as _;
-use datafusion::arrow::record_batch::RecordBatch;
 use serde_json::{Map, Value};
 
-use crate::Engine;
+use schemas::tables::ClickHouseConfig;
+
 use crate::clickhouse::ClickHouseReader;
-use crate::metrics::{QUANTILES, SUMS};
+use crate::engine::Engine;
+use crate::error::Context as _;
+use crate::metrics::{QUANTILES, sums};
+use crate::sql::{SqlError, SqlRows, json_rows};
 
 /// One aggregation over `qoe_window`. Dimension names in `filters`/`group_by` are validated by the caller.
 #[derive(Debug, Clone, Default)]
@@ -29,7 +32,7 @@ pub struct AggQuery {
     pub top: Option<u32>,
 }
 
-/// One group's sums (in [`SUMS`] order) and quantiles (in [`QUANTILES`] order).
+/// One group's sums (in [`crate::metrics::sums`] order) and quantiles (in [`QUANTILES`] order).
 #[derive(Debug, Clone, PartialEq)]
 pub struct AggRow {
     pub bucket: Option<i64>,
@@ -43,25 +46,6 @@ impl AggRow {
     pub fn metrics(&self) -> Map<String, Value> {
         crate::metrics::derive(&self.sums, &self.quantiles)
     }
-}
-
-/// The rows and columns of an ad-hoc SQL query.
-#[derive(Debug, Default)]
-pub struct SqlRows {
-    pub columns: Vec<String>,
-    pub rows: Vec<Map<String, Value>>,
-}
-
-/// Where ad-hoc SQL failed: the analyst's query, or its time limit.
-#[derive(Debug, thiserror::Error)]
-pub enum SqlError {
-    #[error("{0}")]
-    Invalid(String),
-    #[error("the query ran longer than the {0} ms limit")]
-    Timeout(u64),
-    /// Over the engine's memory limit (`query.memory_limit_bytes`).
-    #[error("the query needs more memory than query.memory_limit_bytes allows: {0}")]
-    ResourcesExhausted(String),
 }
 
 pub use crate::config::BackendKind;
@@ -87,8 +71,8 @@ impl Backend {
     pub async fn open(
         config: &crate::QueryConfig,
         data_dir: &std::path::Path,
-        clickhouse: &pipeline::clickhouse::ClickHouseConfig,
-    ) -> anyhow::Result<Backend> {
+        clickhouse: &ClickHouseConfig,
+    ) -> crate::Result<Backend> {
         Ok(match config.backend {
             BackendKind::Parquet => {
                 let engine = Engine::open_with_memory_limit(data_dir, config.memory_limit_bytes)
@@ -148,13 +132,13 @@ impl Backend {
         if active_only {
             select.push("sum(active_views) AS s_active_views".into());
         } else {
-            select.extend(SUMS.iter().map(|c| format!("sum({c}) AS s_{c}")));
+            select.extend(sums().map(|c| format!("sum({c}) AS s_{c}")));
             select.push((d.quantiles)());
         }
         let mut clauses = vec![(d.time_ge)(q.from), (d.time_lt)(q.to)];
         if matches!(self, Backend::DataFusion(_)) {
             // Prune hive partitions (dt is a day; the range's last millisecond is to - 1).
-            clauses.push(format!("dt >= '{}' AND dt <= '{}'", crate::partition_date(q.from), crate::partition_date(q.to - 1)));
+            clauses.push(format!("dt >= '{}' AND dt <= '{}'", schemas::dataset::partition_date(q.from), schemas::dataset::partition_date(q.to - 1)));
         }
         clauses.extend(q.filters.iter().map(|(dim, value)| format!("{dim} = {}", (d.quote)(value))));
         let mut sql = format!("SELECT {}\nFROM {}\nWHERE {}", select.join(",\n    "), d.from, clauses.join(" AND "));
@@ -172,17 +156,17 @@ impl Backend {
 
     /// Runs an aggregation. Rows come sorted: by attempts (descending) then value with `top`, otherwise
     /// by bucket then value. A query with no keys over no rows gives one row of zeros.
-    pub async fn aggregate(&self, q: &AggQuery) -> anyhow::Result<Vec<AggRow>> {
+    pub async fn aggregate(&self, q: &AggQuery) -> crate::Result<Vec<AggRow>> {
         self.run_aggregate(q, false).await
     }
 
-    async fn run_aggregate(&self, q: &AggQuery, active_only: bool) -> anyhow::Result<Vec<AggRow>> {
+    async fn run_aggregate(&self, q: &AggQuery, active_only: bool) -> crate::Result<Vec<AggRow>> {
         let sql = self.aggregate_sql(q, active_only);
         let raw = match self {
             Backend::DataFusion(engine) => json_rows(&engine.sql(&sql).await.with_context(|| format!("query failed: {sql}"))?)?,
             Backend::ClickHouse(ch) => ch.query_rows(&sql).await.with_context(|| format!("query failed: {sql}"))?,
         };
-        let mut rows = raw.iter().map(agg_row).collect::<anyhow::Result<Vec<_>>>()?;
+        let mut rows = raw.iter().map(agg_row).collect::<crate::Result<Vec<_>>>()?;
         match q.top {
             Some(_) => rows.sort_by(|a, b| b.sums[0].cmp(&a.sums[0]).then_with(|| a.group.cmp(&b.group))),
             None => rows.sort_by(|a, b| (a.bucket, &a.group).cmp(&(b.bucket, &b.group))),
@@ -192,11 +176,11 @@ impl Backend {
 
     /// Active views per window (and per `group_by` value), for the windows of the range with any,
     /// ascending by window start: concurrent viewers at window resolution.
-    pub async fn active_per_window(&self, q: &AggQuery) -> anyhow::Result<Vec<(i64, Option<String>, i64)>> {
+    pub async fn active_per_window(&self, q: &AggQuery) -> crate::Result<Vec<(i64, Option<String>, i64)>> {
         // A bucket of 1 ms is the window start itself.
         let per_window = AggQuery { bucket_ms: Some(1), top: None, ..q.clone() };
         let rows = self.run_aggregate(&per_window, true).await?;
-        let active = SUMS.iter().position(|c| *c == "active_views").unwrap_or_default();
+        let active = sums().position(|c| c == "active_views").unwrap_or_default();
         Ok(rows.into_iter().map(|r| (r.bucket.unwrap_or_default(), r.group, r.sums[active])).collect())
     }
 
@@ -209,10 +193,9 @@ impl Backend {
     }
 }
 
-fn agg_row(m: &Map<String, Value>) -> anyhow::Result<AggRow> {
+fn agg_row(m: &Map<String, Value>) -> crate::Result<AggRow> {
     let int = |v: &Value| -> Option<i64> { v.as_i64().or_else(|| v.as_str().and_then(|s| s.parse().ok())) };
-    let sums = SUMS
-        .iter()
+    let sums = sums()
         .map(|c| m.get(&format!("s_{c}")).map_or(Some(0), |v| if v.is_null() { Some(0) } else { int(v) }))
         .collect::<Option<Vec<_>>>()
         .context("a sum is not an integer")?;
@@ -226,20 +209,4 @@ fn agg_row(m: &Map<String, Value>) -> anyhow::Result<AggRow> {
         sums,
         quantiles,
     })
-}
-
-/// Record batches as JSON objects, one per row.
-pub fn json_rows(batches: &[RecordBatch]) -> anyhow::Result<Vec<Map<String, Value>>> {
-    let mut buf = Vec::new();
-    {
-        let mut w = arrow_json::ArrayWriter::new(&mut buf);
-        for b in batches {
-            w.write(b)?;
-        }
-        w.finish()?;
-    }
-    if buf.is_empty() {
-        return Ok(Vec::new());
-    }
-    Ok(serde_json::from_slice(&buf)?)
 }

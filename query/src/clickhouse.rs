@@ -8,13 +8,13 @@
 
 use std::time::Duration;
 
-use anyhow::{Context as _, bail};
 use hdrhistogram::Histogram;
-use pipeline::clickhouse::ClickHouseConfig;
-use pipeline::window::{add_serialized, new_histogram};
+use schemas::hist::{add_serialized, new_histogram};
+use schemas::tables::ClickHouseConfig;
 use serde_json::{Map, Value};
 
-use crate::backend::{SqlError, SqlRows};
+use crate::error::Context as _;
+use crate::sql::{SqlError, SqlRows};
 use crate::metrics::QUANTILES;
 
 pub struct ClickHouseReader {
@@ -29,7 +29,7 @@ pub fn quote(v: &str) -> String {
 }
 
 impl ClickHouseReader {
-    pub fn new(config: &ClickHouseConfig) -> anyhow::Result<ClickHouseReader> {
+    pub fn new(config: &ClickHouseConfig) -> crate::Result<ClickHouseReader> {
         let url = config.url.clone().context("the ClickHouse backend needs clickhouse.url (--clickhouse-url)")?;
         let http = reqwest::Client::builder().connect_timeout(Duration::from_secs(5)).build()?;
         Ok(ClickHouseReader { http, url, config: config.clone() })
@@ -40,7 +40,7 @@ impl ClickHouseReader {
     }
 
     /// POSTs one statement; settings go in the URL, in order (`readonly` must come last).
-    async fn post(&self, sql: String, settings: &[(&str, String)], timeout: Duration) -> anyhow::Result<Result<String, String>> {
+    async fn post(&self, sql: String, settings: &[(&str, String)], timeout: Duration) -> crate::Result<Result<String, String>> {
         let mut params: Vec<(&str, String)> = vec![("database", self.config.database.clone())];
         if let Some(u) = &self.config.user {
             params.push(("user", u.clone()));
@@ -50,7 +50,7 @@ impl ClickHouseReader {
         }
         params.push(("output_format_json_quote_64bit_integers", "0".into()));
         params.extend(settings.iter().cloned());
-        let url = reqwest::Url::parse_with_params(&self.url, &params)?;
+        let url = reqwest::Url::parse_with_params(&self.url, &params).map_err(|e| crate::Error::msg(format!("clickhouse.url {:?}: {e}", self.url)))?;
         let resp = self.http.post(url).body(sql).timeout(timeout).send().await?;
         let ok = resp.status().is_success();
         let text = resp.text().await?;
@@ -58,10 +58,10 @@ impl ClickHouseReader {
     }
 
     /// Rows of a query (written without a FORMAT clause) as JSON objects.
-    pub async fn query_rows(&self, sql: &str) -> anyhow::Result<Vec<Map<String, Value>>> {
+    pub async fn query_rows(&self, sql: &str) -> crate::Result<Vec<Map<String, Value>>> {
         let text = match self.post(format!("{sql}\nFORMAT JSONEachRow"), &[], Duration::from_secs(60)).await? {
             Ok(t) => t,
-            Err(e) => bail!("ClickHouse: {e}"),
+            Err(e) => return Err(crate::Error::msg(format!("ClickHouse: {e}"))),
         };
         text.lines()
             .filter(|l| !l.trim().is_empty())
@@ -82,7 +82,7 @@ impl ClickHouseReader {
             Ok(Err(e)) if e.contains("Code: 159") || e.contains("TIMEOUT_EXCEEDED") => return Err(SqlError::Timeout(timeout_ms)),
             Ok(Err(e)) if e.contains("Code: 241") || e.contains("MEMORY_LIMIT_EXCEEDED") => return Err(SqlError::ResourcesExhausted(e)),
             Ok(Err(e)) => return Err(SqlError::Invalid(e)),
-            Err(e) if e.downcast_ref::<reqwest::Error>().is_some_and(reqwest::Error::is_timeout) => {
+            Err(crate::Error::Http(e)) if e.is_timeout() => {
                 return Err(SqlError::Timeout(timeout_ms));
             }
             Err(e) => return Err(SqlError::Invalid(format!("ClickHouse unreachable: {e:#}"))),
@@ -104,14 +104,14 @@ impl ClickHouseReader {
 }
 
 /// The [`QUANTILES`] of histograms given as a JSON array of hex-encoded HdrHistograms.
-pub fn quantiles_of_hex(hists: &Value) -> anyhow::Result<Vec<Option<f64>>> {
+pub fn quantiles_of_hex(hists: &Value) -> crate::Result<Vec<Option<f64>>> {
     let mut merged: Histogram<u64> = new_histogram();
     for h in hists.as_array().context("hists is not an array")? {
         let bytes = hex_decode(h.as_str().context("a histogram is not a string")?).context("a histogram is not hex")?;
         if bytes.is_empty() {
             continue;
         }
-        add_serialized(&mut merged, &bytes).map_err(|e| anyhow::anyhow!("not a serialized HdrHistogram: {e}"))?;
+        add_serialized(&mut merged, &bytes).map_err(|e| crate::Error::msg(format!("not a serialized HdrHistogram: {e}")))?;
     }
     Ok(QUANTILES.iter().map(|(_, q)| (merged.len() > 0).then(|| merged.value_at_quantile(*q) as f64)).collect())
 }
@@ -137,7 +137,7 @@ mod tests {
         for v in [100u64, 200, 300, 400] {
             h.record(v).unwrap();
         }
-        let hex: String = pipeline::window::serialize_histogram(&h).iter().map(|b| format!("{b:02X}")).collect();
+        let hex: String = schemas::hist::serialize_histogram(&h).iter().map(|b| format!("{b:02X}")).collect();
         let q = quantiles_of_hex(&serde_json::json!([hex, ""])).unwrap();
         assert_eq!(q, vec![Some(200.0), Some(400.0)]);
     }

@@ -10,7 +10,7 @@ use datafusion::common::{DataFusionError, Result, ScalarValue};
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
 use datafusion::logical_expr::{Accumulator, AggregateUDF, AggregateUDFImpl, Signature, Volatility};
 use hdrhistogram::Histogram;
-use pipeline::window::{add_serialized, new_histogram, serialize_histogram};
+use schemas::hist::{add_serialized, new_histogram, serialize_histogram};
 
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub struct HdrQuantile {

@@ -1,5 +1,5 @@
 -- Helper views registered by `qoeflow query` (and the metrics API). `qoe_window` rows are deltas:
--- these views sum them per (window, dimensions) and add the ratios of DESIGN.md §4.
+-- these views sum them per (window, dimensions) and add the ratios of docs/metrics.md §15.
 
 CREATE VIEW qoe_ratios AS
 SELECT

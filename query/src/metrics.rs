@@ -1,4 +1,4 @@
-//! The QoE metrics of DESIGN.md §4 over `qoe_window` rows, defined once.
+//! The QoE metrics of `docs/metrics.md` §15 over `qoe_window` rows, defined once.
 //!
 //! Every metric is a sum of a `qoe_window` column, a start-time quantile of the merged histograms, or a
 //! ratio of sums. The helper view `qoe_ratios` gets its SQL from these definitions ([`select_list`]);
@@ -7,33 +7,19 @@
 
 use serde_json::{Map, Value};
 
-/// Summed `qoe_window` columns (all integers).
-pub const SUMS: &[&str] = &[
-    "attempts",
-    "starts",
-    "startup_ms_sum",
-    "vsf",
-    "ebvs",
-    "playback_failures",
-    "play_ms",
-    "stall_count",
-    "stall_ms",
-    "seek_stall_ms",
-    "bitrate_ms",
-    "bitrate_known_ms",
-    "switches_up",
-    "switches_down",
-    "segments_hit",
-    "segments_miss",
-    "bytes_hit",
-    "bytes_total",
-    "errors",
-    "fatal_errors",
-    "active_views",
-];
+/// Summed `qoe_window` columns (all integers), in column order: every window sum of
+/// `schemas::measures`.
+pub fn sums() -> impl Iterator<Item = &'static str> {
+    schemas::measures::window_sums().map(|(_, name)| name)
+}
+
+/// How many sums [`sums`] yields.
+pub fn sum_count() -> usize {
+    sums().count()
+}
 
 /// Start-time quantiles from the merged `startup_hist` histograms: (name, q).
-pub const QUANTILES: &[(&str, f64)] = &[("startup_p50", 0.5), ("startup_p95", 0.95)];
+pub const QUANTILES: &[(&str, f64)] = &schemas::measures::API_QUANTILES;
 
 /// `scale × Σ(sign × num) / Σ den`, NULL when the denominator is 0.
 pub struct Ratio {
@@ -64,7 +50,7 @@ pub const RATIOS: &[Ratio] = &[
 
 /// Every metric name, in output order.
 pub fn names() -> impl Iterator<Item = &'static str> {
-    SUMS.iter().copied().chain(QUANTILES.iter().map(|(n, _)| *n)).chain(RATIOS.iter().map(|r| r.name))
+    sums().chain(QUANTILES.iter().map(|(n, _)| *n)).chain(RATIOS.iter().map(|r| r.name))
 }
 
 fn sql_sum_of(terms: impl Iterator<Item = (i8, &'static str)>) -> String {
@@ -90,15 +76,15 @@ pub fn ratio_sql(r: &Ratio) -> String {
 
 /// `expr AS name, …` for a DataFusion SELECT list over `qoe_window` (used by the `qoe_ratios` view).
 pub fn select_list() -> String {
-    let sums = SUMS.iter().map(|c| format!("sum({c}) AS {c}"));
+    let sums = sums().map(|c| format!("sum({c}) AS {c}"));
     let quantiles = QUANTILES.iter().map(|(n, q)| format!("hdr_quantile(startup_hist, {q:?}) AS {n}"));
     let ratios = RATIOS.iter().map(|r| format!("{} AS {}", ratio_sql(r), r.name));
     sums.chain(quantiles).chain(ratios).collect::<Vec<_>>().join(",\n    ")
 }
 
-/// The value of a ratio from the sums (in [`SUMS`] order), computed as its SQL does.
+/// The value of a ratio from the sums (in [`sums`] order), computed as its SQL does.
 pub fn ratio_value(r: &Ratio, sums: &[i64]) -> Option<f64> {
-    let get = |c: &str| SUMS.iter().position(|s| *s == c).map_or(0, |i| sums[i]);
+    let get = |c: &str| self::sums().position(|s| s == c).map_or(0, |i| sums[i]);
     let num: i64 = r.num.iter().map(|(sign, c)| i64::from(*sign) * get(c)).sum();
     let den: i64 = r.den.iter().map(|c| get(c)).sum();
     (den != 0).then(|| r.scale * num as f64 / den as f64)
@@ -108,8 +94,8 @@ pub fn ratio_value(r: &Ratio, sums: &[i64]) -> Option<f64> {
 /// ones are null) and the ratios derived from the sums.
 pub fn derive(sums: &[i64], quantiles: &[Option<f64>]) -> Map<String, Value> {
     let mut m = Map::new();
-    for (name, v) in SUMS.iter().zip(sums) {
-        m.insert((*name).into(), Value::from(*v));
+    for (name, v) in self::sums().zip(sums) {
+        m.insert(name.into(), Value::from(*v));
     }
     for (i, (name, _)) in QUANTILES.iter().enumerate() {
         m.insert((*name).into(), quantiles.get(i).copied().flatten().map_or(Value::Null, Value::from));
@@ -131,8 +117,8 @@ mod tests {
             ratio_sql(r),
             "1.0 * CAST(sum(stall_ms) - sum(seek_stall_ms) AS DOUBLE) / NULLIF(CAST(sum(play_ms) + sum(stall_ms) AS DOUBLE), 0)"
         );
-        let mut sums = vec![0; SUMS.len()];
-        let at = |c: &str| SUMS.iter().position(|s| *s == c).unwrap();
+        let mut sums = vec![0; sum_count()];
+        let at = |c: &str| self::sums().position(|s| s == c).unwrap();
         sums[at("stall_ms")] = 300;
         sums[at("seek_stall_ms")] = 100;
         sums[at("play_ms")] = 700;
@@ -143,5 +129,19 @@ mod tests {
         assert_eq!(all["rebuffer_ratio"], 0.3);
         assert_eq!(all["startup_p95"], Value::Null);
         assert_eq!(derive(&sums, &[]).len(), names().count(), "no quantiles given: null, not missing");
+    }
+
+    /// The API serves every window sum of the measure list, and every ratio is over such sums.
+    #[test]
+    fn every_window_measure_is_served() {
+        let all = derive(&vec![0; sum_count()], &[]);
+        for (_, column) in schemas::measures::window_sums() {
+            assert!(all.contains_key(column), "{column} is served by the metrics API");
+        }
+        for r in RATIOS {
+            for c in r.num.iter().map(|(_, c)| *c).chain(r.den.iter().copied()) {
+                assert!(sums().any(|s| s == c), "{}: {c} is a window sum", r.name);
+            }
+        }
     }
 }

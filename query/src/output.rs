@@ -6,7 +6,7 @@ use std::io::Write;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::util::pretty::pretty_format_batches;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
     Table,
     Csv,
@@ -14,7 +14,20 @@ pub enum Format {
     Parquet,
 }
 
-pub fn write(batches: &[RecordBatch], format: Format, out: &mut impl Write) -> anyhow::Result<()> {
+impl std::str::FromStr for Format {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Format, String> {
+        match s {
+            "table" => Ok(Format::Table),
+            "csv" => Ok(Format::Csv),
+            "json" => Ok(Format::Json),
+            "parquet" => Ok(Format::Parquet),
+            other => Err(format!("unknown format {other:?} (one of table, csv, json, parquet)")),
+        }
+    }
+}
+
+pub fn write(batches: &[RecordBatch], format: Format, out: &mut impl Write) -> crate::Result<()> {
     match format {
         Format::Table => writeln!(out, "{}", pretty_format_batches(batches)?)?,
         Format::Csv => {
@@ -33,7 +46,7 @@ pub fn write(batches: &[RecordBatch], format: Format, out: &mut impl Write) -> a
         Format::Parquet => {
             let schema = match batches.first() {
                 Some(b) => b.schema(),
-                None => anyhow::bail!("no rows to write as Parquet"),
+                None => return Err(crate::Error::msg("no rows to write as Parquet")),
             };
             let mut buf = Vec::new();
             let mut w = parquet::arrow::ArrowWriter::try_new(&mut buf, schema, None)?;

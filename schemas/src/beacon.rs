@@ -1,4 +1,5 @@
-//! Beacon protocol v1: decoding of the body and validation of each event, with precise reasons.
+//! Beacon protocol v1 (`schemas/README.md`): decoding of the body and validation of each event, with
+//! precise reasons.
 //!
 //! A beacon is `{"key": ..., "sent_at": <client epoch ms>, "events": [...]}`. Envelope problems make the
 //! whole beacon unusable ([`BeaconError`], answered with 400); a bad event only rejects that event

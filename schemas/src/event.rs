@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-/// The event types of beacon protocol v1 (DESIGN.md §3).
+/// The event types of beacon protocol v1 (`schemas/README.md`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {
@@ -133,7 +133,7 @@ pub struct Event {
     pub payload: Payload,
 }
 
-/// What the collector learned about the client from the request itself (DESIGN.md §3 "Enrichment").
+/// What the collector learned about the client from the request itself (`schemas/README.md`).
 /// Fixed for a view by its first beacon.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClientInfo {

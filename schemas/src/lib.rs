@@ -6,9 +6,19 @@
 //! - [`event`]: a validated event and its typed payload, and the enrichment the collector adds.
 //! - [`record`]: the versioned, compressed record format written to Kinesis and to the local log
 //!   (documented in `schemas/README.md`).
+//! - [`tables`]: the output tables' columns (Arrow and ClickHouse), and where ClickHouse is.
+//! - [`measures`]: the QoE measures, declared once (`docs/metrics.md`).
+//! - [`dataset`]: the Parquet dataset's layout: partitions, file names, the in-process swap lock.
+//! - [`hist`]: the start-time histogram codec.
+//! - [`dims`]: the dimension vocabulary.
 
 pub mod beacon;
+pub mod column;
+pub mod dataset;
+pub mod dims;
 pub mod event;
+pub mod hist;
+pub mod measures;
 pub mod record;
 pub mod tables;
 

@@ -1,4 +1,5 @@
-//! The record format written to Kinesis and to the embedded local log (version 1).
+//! The record format written to Kinesis and to the embedded local log (version 1; documented in
+//! `schemas/README.md`).
 //!
 //! One record per (beacon, view): the events one beacon carried for one `view_id`, with the collector's
 //! enrichment of that request, so the partition key (`view_id`) keeps a view's records on one shard and in
@@ -63,7 +64,7 @@ pub struct EventsRecord {
 }
 
 impl EventsRecord {
-    /// `recv_ms - sent_at`: the clock offset this beacon measured (DESIGN.md §4 "Clock").
+    /// `recv_ms - sent_at`: the clock offset this beacon measured (`docs/metrics.md` §3).
     pub fn offset_ms(&self) -> i64 {
         self.recv_ms - self.sent_at
     }

@@ -6,86 +6,61 @@
 //! DataFusion read them as timestamps. Every row of `qoe_window` and `views` carries its identity
 //! (`source`, `epoch`, `row`): a replay of the same input rewrites the same identities.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use ::arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ColType {
-    Bool,
-    Int64,
-    UInt64,
-    Float64,
-    Utf8,
-    Binary,
-    TimestampMs,
-}
-
-#[derive(Debug, Clone, Copy)]
-pub struct Column {
-    pub name: &'static str,
-    pub ty: ColType,
-    pub nullable: bool,
-}
-
-const fn c(name: &'static str, ty: ColType) -> Column {
-    Column { name, ty, nullable: false }
-}
-const fn n(name: &'static str, ty: ColType) -> Column {
-    Column { name, ty, nullable: true }
-}
+pub use crate::column::{ColType, Column};
+use crate::column::{c, n};
 
 use ColType::*;
 
-/// Dimension columns of `qoe_window`, in the pipeline's `Dim` order; unconfigured ones are "".
-pub const DIM_COLUMNS: [&str; 9] =
-    ["cdn", "country", "device_type", "os", "browser", "player_name", "player_version", "stream_type", "video_id"];
+use crate::measures;
 
-pub const QOE_WINDOW: &[Column] = &[
-    c("window_start", TimestampMs),
-    c("window_ms", Int64),
-    c("cdn", Utf8),
-    c("country", Utf8),
-    c("device_type", Utf8),
-    c("os", Utf8),
-    c("browser", Utf8),
-    c("player_name", Utf8),
-    c("player_version", Utf8),
-    c("stream_type", Utf8),
-    c("video_id", Utf8),
-    c("attempts", UInt64),
-    c("starts", UInt64),
-    c("startup_ms_sum", Int64),
-    c("startup_hist", Binary),
-    n("startup_p50", Float64),
-    n("startup_p90", Float64),
-    n("startup_p95", Float64),
-    n("startup_p99", Float64),
-    c("vsf", UInt64),
-    c("ebvs", UInt64),
-    c("playback_failures", UInt64),
-    c("play_ms", Int64),
-    c("stall_count", UInt64),
-    c("stall_ms", Int64),
-    c("seek_stall_ms", Int64),
-    c("bitrate_ms", Int64),
-    c("bitrate_known_ms", Int64),
-    c("switches_up", UInt64),
-    c("switches_down", UInt64),
-    c("segments_hit", UInt64),
-    c("segments_miss", UInt64),
-    c("segments_unknown", UInt64),
-    c("bytes_hit", UInt64),
-    c("bytes_total", UInt64),
-    c("errors", UInt64),
-    c("fatal_errors", UInt64),
-    c("active_views", UInt64),
-    c("source", Utf8),
-    c("epoch", UInt64),
-    c("row", UInt64),
-];
+pub use crate::dims::DIM_COLUMNS;
 
-pub const VIEWS: &[Column] = &[
+/// `qoe_window`: the window and its dimensions, the window sums of `crate::measures` (the start-time
+/// histogram and its quantiles after the start-time sum), then the row identity.
+pub fn qoe_window() -> &'static [Column] {
+    static COLUMNS: LazyLock<Vec<Column>> = LazyLock::new(|| {
+        let mut cols = vec![c("window_start", TimestampMs), c("window_ms", Int64)];
+        cols.extend(DIM_COLUMNS.iter().map(|d| c(d, Utf8)));
+        for def in &measures::MEASURES {
+            let Some((name, ty)) = def.window else { continue };
+            cols.push(c(name, ty));
+            if def.measure == measures::HISTOGRAM_MEASURE {
+                cols.push(c("startup_hist", Binary));
+                cols.extend(measures::WINDOW_QUANTILES.iter().map(|(name, _)| n(name, Float64)));
+            }
+        }
+        cols.extend(IDENTITY);
+        cols
+    });
+    &COLUMNS
+}
+
+/// `views`: the view, its dimensions and client, the per-view totals of `crate::measures` (the start
+/// time NULL for a view that did not start), the dedupe counters, then the row identity.
+pub fn views() -> &'static [Column] {
+    static COLUMNS: LazyLock<Vec<Column>> = LazyLock::new(|| {
+        let mut cols = VIEW_HEAD.to_vec();
+        for def in &measures::MEASURES {
+            let Some((name, ty)) = def.view else { continue };
+            cols.push(if def.measure == measures::HISTOGRAM_MEASURE { n(name, ty) } else { c(name, ty) });
+        }
+        cols.extend([c("events", UInt64), c("duplicates", UInt64), c("gaps", UInt64)]);
+        cols.extend(IDENTITY);
+        cols
+    });
+    &COLUMNS
+}
+
+/// The identity every `qoe_window`, `views` and `rejected` row ends with: a replay of the same input
+/// rewrites the same identities.
+const IDENTITY: [Column; 3] = [c("source", Utf8), c("epoch", UInt64), c("row", UInt64)];
+
+const VIEW_HEAD: &[Column] = &[
     c("view_id", Utf8),
     n("key", Utf8),
     c("start_ms", TimestampMs),
@@ -107,34 +82,6 @@ pub const VIEWS: &[Column] = &[
     c("browser_version", Utf8),
     c("ip", Utf8),
     c("bot", Bool),
-    c("attempt", Bool),
-    c("started", Bool),
-    n("startup_ms", Int64),
-    c("vsf", Bool),
-    c("ebvs", Bool),
-    c("playback_failure", Bool),
-    c("play_ms", Int64),
-    c("stall_count", UInt64),
-    c("stall_ms", Int64),
-    c("seek_stall_ms", Int64),
-    c("bitrate_ms", Int64),
-    c("bitrate_known_ms", Int64),
-    c("switches_up", UInt64),
-    c("switches_down", UInt64),
-    c("segments_hit", UInt64),
-    c("segments_miss", UInt64),
-    c("segments_unknown", UInt64),
-    c("bytes_hit", UInt64),
-    c("bytes_miss", UInt64),
-    c("bytes_unknown", UInt64),
-    c("errors", UInt64),
-    c("fatal_errors", UInt64),
-    c("events", UInt64),
-    c("duplicates", UInt64),
-    c("gaps", UInt64),
-    c("source", Utf8),
-    c("epoch", UInt64),
-    c("row", UInt64),
 ];
 
 pub const EVENTS: &[Column] = &[
@@ -181,8 +128,32 @@ pub const REJECTED: &[Column] = &[
 ];
 
 /// The four tables, by name.
-pub const TABLES: [(&str, &[Column]); 4] =
-    [("events", EVENTS), ("views", VIEWS), ("qoe_window", QOE_WINDOW), ("rejected", REJECTED)];
+pub fn tables() -> [(&'static str, &'static [Column]); 4] {
+    [("events", EVENTS), ("views", views()), ("qoe_window", qoe_window()), ("rejected", REJECTED)]
+}
+
+/// One table's columns by name.
+pub fn columns_of(table: &str) -> Option<&'static [Column]> {
+    tables().into_iter().find(|(name, _)| *name == table).map(|(_, cols)| cols)
+}
+
+/// `[clickhouse]`: the server holding the same four tables (written by the pipeline's ClickHouse sink,
+/// read by the query server's ClickHouse backend).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClickHouseConfig {
+    /// HTTP URL, e.g. `http://127.0.0.1:8123`. None: no ClickHouse sink.
+    pub url: Option<String>,
+    pub database: String,
+    pub user: Option<String>,
+    pub password: Option<String>,
+}
+
+impl Default for ClickHouseConfig {
+    fn default() -> Self {
+        ClickHouseConfig { url: None, database: "qoeflow".into(), user: None, password: None }
+    }
+}
 
 /// ClickHouse column type (works on 18.16 and current releases: no DateTime64, Map, LowCardinality).
 /// Timestamps are Int64 epoch milliseconds under the same column names.
@@ -202,8 +173,8 @@ pub fn clickhouse_type(col: &Column) -> String {
 pub fn clickhouse_ddl(database: &str, table: &str) -> Option<String> {
     let (columns, partition, order) = match table {
         "events" => (EVENTS, "intDiv(event_ms, 86400000)", "view_id, seq"),
-        "views" => (VIEWS, "intDiv(end_ms, 86400000)", "view_id"),
-        "qoe_window" => (QOE_WINDOW, "intDiv(window_start, 86400000)", "source, epoch, row"),
+        "views" => (views(), "intDiv(end_ms, 86400000)", "view_id"),
+        "qoe_window" => (qoe_window(), "intDiv(window_start, 86400000)", "source, epoch, row"),
         "rejected" => (REJECTED, "intDiv(recv_ms, 86400000)", "source, epoch, row"),
         _ => return None,
     };
@@ -230,4 +201,63 @@ pub fn arrow_schema(columns: &[Column]) -> SchemaRef {
     Arc::new(Schema::new(
         columns.iter().map(|c| Field::new(c.name, arrow_type(c.ty), c.nullable)).collect::<Vec<_>>(),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The columns derived from the measure list are the tables' columns as released: same names,
+    /// types, nullability and order (Parquet files and ClickHouse tables already hold them).
+    #[test]
+    fn derived_tables_keep_their_columns() {
+        // As released: `name type`, `?` when nullable.
+        let window = concat!(
+            "window_start TimestampMs, window_ms Int64, cdn Utf8, country Utf8, device_type Utf8, os Utf8, \
+             browser Utf8, player_name Utf8, player_version Utf8, stream_type Utf8, video_id Utf8, \
+             attempts UInt64, starts UInt64, startup_ms_sum Int64, startup_hist Binary, startup_p50 Float64?, \
+             startup_p90 Float64?, startup_p95 Float64?, startup_p99 Float64?, vsf UInt64, ebvs UInt64, \
+             playback_failures UInt64, play_ms Int64, stall_count UInt64, stall_ms Int64, \
+             seek_stall_ms Int64, bitrate_ms Int64, bitrate_known_ms Int64, switches_up UInt64, \
+             switches_down UInt64, segments_hit UInt64, segments_miss UInt64, segments_unknown UInt64, \
+             bytes_hit UInt64, bytes_total UInt64, errors UInt64, fatal_errors UInt64, active_views UInt64, \
+             source Utf8, epoch UInt64, row UInt64",
+        );
+        let views_cols = concat!(
+            "view_id Utf8, key Utf8?, start_ms TimestampMs, end_ms TimestampMs, end_reason Utf8, \
+             video_id Utf8, video_title Utf8, stream_type Utf8, player_name Utf8, player_version Utf8, \
+             page_url Utf8, cdn Utf8, custom Utf8, country Utf8, device_type Utf8, os Utf8, os_version Utf8, \
+             browser Utf8, browser_version Utf8, ip Utf8, bot Bool, attempt Bool, started Bool, \
+             startup_ms Int64?, vsf Bool, ebvs Bool, playback_failure Bool, play_ms Int64, \
+             stall_count UInt64, stall_ms Int64, seek_stall_ms Int64, bitrate_ms Int64, \
+             bitrate_known_ms Int64, switches_up UInt64, switches_down UInt64, segments_hit UInt64, \
+             segments_miss UInt64, segments_unknown UInt64, bytes_hit UInt64, bytes_miss UInt64, \
+             bytes_unknown UInt64, errors UInt64, fatal_errors UInt64, events UInt64, duplicates UInt64, \
+             gaps UInt64, source Utf8, epoch UInt64, row UInt64",
+        );
+        let show = |cols: &[Column]| {
+            cols.iter().map(|c| format!("{} {:?}{}", c.name, c.ty, if c.nullable { "?" } else { "" })).collect::<Vec<_>>().join(", ")
+        };
+        assert_eq!(show(qoe_window()), window);
+        assert_eq!(show(views()), views_cols);
+    }
+
+    /// Every measure is in the tables the list says, and every measure column of the tables is a
+    /// measure: the list is the single source.
+    #[test]
+    fn every_measure_is_in_its_tables() {
+        let names = |cols: &[Column]| cols.iter().map(|c| c.name).collect::<Vec<_>>();
+        for def in &measures::MEASURES {
+            if let Some((col, ty)) = def.window {
+                assert!(qoe_window().iter().any(|c| c.name == col && c.ty == ty), "{col} in qoe_window");
+            }
+            if let Some((col, ty)) = def.view {
+                assert!(views().iter().any(|c| c.name == col && c.ty == ty), "{col} in views");
+            }
+        }
+        let fixed = names(VIEW_HEAD).len() + 3 + IDENTITY.len();
+        assert_eq!(views().len() - fixed, measures::MEASURES.iter().filter(|d| d.view.is_some()).count());
+        let window_fixed = 2 + DIM_COLUMNS.len() + 1 + measures::WINDOW_QUANTILES.len() + IDENTITY.len();
+        assert_eq!(qoe_window().len() - window_fixed, measures::window_sums().count());
+    }
 }

@@ -653,7 +653,7 @@ async fn client_ip_forwarded_for_only_from_trusted_proxies() {
 /// frames, with the same offsets) must return the records acknowledged later, never the rolled-back ones.
 #[tokio::test]
 async fn recovery_a_reader_never_returns_rolled_back_bytes_after_a_write_error() {
-    use ingest::log::{LocalLog, LogConfig};
+    use locallog::{LocalLog, LogConfig};
     let dir = tempfile::tempdir().expect("tmp");
     let log = LocalLog::open(LogConfig::new(dir.path())).expect("open");
     log.append(vec![bytes::Bytes::from_static(b"acked-0"), bytes::Bytes::from_static(b"acked-1")]).await.expect("append");

@@ -1,5 +1,5 @@
 //! `POST /v1/beacon` through real HTTP against `qoeflow serve` (local log sink): every answer of
-//! DESIGN.md §3, and what ends up durable in the log.
+//! `schemas/README.md`, and what ends up durable in the log.
 
 
 use std::io::{Read, Write};

@@ -10,9 +10,11 @@ use std::time::Duration;
 
 use crate::common::workload::*;
 use crate::common::*;
-use pipeline::reference::{self, BatchResult};
+use crate::oracle::reference::{self, BatchResult};
 use pipeline::sessionizer::Dim;
-use pipeline::window::{WindowDelta, new_histogram};
+use pipeline::window::WindowDelta;
+use schemas::hist::new_histogram;
+use schemas::measures::Measure::*;
 use serde_json::Value;
 
 /// What each tile must show for the views whose CDN is `cdn` (all views for None), from the reference.
@@ -28,25 +30,25 @@ fn expected(truth: &BatchResult, cdn: Option<&str>) -> BTreeMap<&'static str, Op
         if let Some(h) = d.startup_hist.histogram() {
             hist.add(h).expect("merge");
         }
-        *active.entry(*w).or_default() += d.active_views;
+        *active.entry(*w).or_default() += d.sums[ActiveViews] as u64;
     }
     let latest_active = active.values().rev().find(|n| **n > 0).copied().unwrap_or(0);
     let quantile = |q: f64| (hist.len() > 0).then(|| hist.value_at_quantile(q) as f64);
-    let (attempts, play, stall) = (sum(|d| d.attempts as i64), sum(|d| d.play_ms), sum(|d| d.stall_ms));
-    let (hit, miss) = (sum(|d| d.segments_hit as i64), sum(|d| d.segments_miss as i64));
+    let (attempts, play, stall) = (sum(|d| d.sums[Attempt]), sum(|d| d.sums[PlayMs]), sum(|d| d.sums[StallMs]));
+    let (hit, miss) = (sum(|d| d.sums[SegmentsHit]), sum(|d| d.sums[SegmentsMiss]));
     BTreeMap::from([
         ("concurrent_viewers", Some(latest_active as f64)),
         ("attempts", Some(attempts)),
         ("startup_p50", quantile(0.5)),
         ("startup_p95", quantile(0.95)),
         ("rebuffer_ratio", ratio(stall, play + stall)),
-        ("connection_induced_rebuffer_ratio", ratio(stall - sum(|d| d.seek_stall_ms), play + stall)),
-        ("vsf_pct", ratio(100.0 * sum(|d| d.vsf as i64), attempts)),
-        ("ebvs_pct", ratio(100.0 * sum(|d| d.ebvs as i64), attempts)),
-        ("playback_failure_pct", ratio(100.0 * sum(|d| d.playback_failures as i64), attempts)),
+        ("connection_induced_rebuffer_ratio", ratio(stall - sum(|d| d.sums[SeekStallMs]), play + stall)),
+        ("vsf_pct", ratio(100.0 * sum(|d| d.sums[Vsf]), attempts)),
+        ("ebvs_pct", ratio(100.0 * sum(|d| d.sums[Ebvs]), attempts)),
+        ("playback_failure_pct", ratio(100.0 * sum(|d| d.sums[PlaybackFailure]), attempts)),
         ("cache_hit_ratio", ratio(hit, hit + miss)),
-        ("avg_bitrate_kbps", ratio(sum(|d| d.bitrate_ms), sum(|d| d.bitrate_known_ms))),
-        ("errors", Some(sum(|d| d.errors as i64))),
+        ("avg_bitrate_kbps", ratio(sum(|d| d.sums[BitrateMs]), sum(|d| d.sums[BitrateKnownMs]))),
+        ("errors", Some(sum(|d| d.sums[Errors]))),
     ])
 }
 

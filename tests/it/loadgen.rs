@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use qoeflow::loadgen::Totals;
+use loadgen::Totals;
 use serde_json::Value;
 
 use crate::common::clickhouse::ClickHouse;
@@ -37,10 +37,10 @@ fn run_loadgen(target: &str, truth: &Path, args: &[&str]) -> (Totals, String) {
     let text = std::fs::read_to_string(truth).expect("truth file");
     let keys: std::collections::BTreeSet<String> =
         serde_json::from_str::<serde_json::Map<String, Value>>(&text).expect("truth JSON object").keys().cloned().collect();
-    let contract = qoeflow::loadgen::TRUTH_KEYS.iter().map(|k| k.to_string()).collect();
+    let contract = loadgen::truth_keys().iter().map(|k| k.to_string()).collect();
     assert_eq!(keys, contract, "the truth has exactly the contract's keys");
     let totals: Totals = serde_json::from_str(&text).expect("truth JSON");
-    let per_view = std::fs::read_to_string(qoeflow::loadgen::views_path(truth)).expect("per-view truth");
+    let per_view = std::fs::read_to_string(loadgen::views_path(truth)).expect("per-view truth");
     assert_eq!(per_view.lines().count() as u64, totals.views, "one truth line per view");
     (totals, stdout)
 }
@@ -59,19 +59,24 @@ fn loadgen(target: &str, seed: &str, truth: &Path) -> Totals {
     assert!(totals.views >= 1000);
     // The traffic exercised every outcome and measure.
     for (what, n) in [
-        ("vsf", totals.vsf),
-        ("ebvs", totals.ebvs),
-        ("playback failures", totals.playback_failures),
-        ("stalls", totals.stall_count),
-        ("seek stalls", totals.seek_stall_ms as u64),
-        ("switches up", totals.switches_up),
-        ("switches down", totals.switches_down),
-        ("cache misses", totals.segments_miss),
-        ("non-fatal errors", totals.errors - totals.fatal_errors),
+        ("vsf", get(&totals, "vsf")),
+        ("ebvs", get(&totals, "ebvs")),
+        ("playback failures", get(&totals, "playback_failures")),
+        ("stalls", get(&totals, "stall_count")),
+        ("seek stalls", get(&totals, "seek_stall_ms")),
+        ("switches up", get(&totals, "switches_up")),
+        ("switches down", get(&totals, "switches_down")),
+        ("cache misses", get(&totals, "segments_miss")),
+        ("non-fatal errors", get(&totals, "errors") - get(&totals, "fatal_errors")),
     ] {
         assert!(n > 0, "the simulation produced no {what}: {totals:?}");
     }
     totals
+}
+
+/// The truth's value under `key`.
+fn get(t: &Totals, key: &str) -> i64 {
+    t.get(key).unwrap_or_else(|| panic!("{key} is a truth key"))
 }
 
 /// The truth's keys as (name, value) for the counts and durations.
@@ -167,10 +172,10 @@ fn assert_parquet_equals_truth(data: &Path, truth: &Totals) {
     });
     want.remove("views");
     eventually_equal("qoe_window (Parquet)", &want, Duration::from_secs(30), || as_i64_map(&qoeflow_query(data, &windows_sql("qoe_window"))));
-    let hist = pipeline::window::new_histogram();
+    let hist = schemas::hist::new_histogram();
     for (q, exact) in [(0.5, truth.startup_ms_p50), (0.95, truth.startup_ms_p95)] {
         let exact = exact.expect("views started");
-        let row = qoeflow_query(data, &views_quantile_sql("views", truth.starts, q));
+        let row = qoeflow_query(data, &views_quantile_sql("views", get(truth, "starts") as u64, q));
         assert_eq!(row["startup_ms"].as_i64(), Some(exact), "views: start-up p{}", q * 100.0);
         let row = qoeflow_query(data, &format!("SELECT hdr_quantile(startup_hist, {q}) AS v FROM qoe_window"));
         let got = row["v"].as_f64().expect("quantile") as u64;
@@ -273,7 +278,7 @@ async fn loadgen_through_kinesis_into_parquet_and_clickhouse_equals_the_truth() 
     want.remove("views");
     eventually_equal("qoe_window (ClickHouse)", &want, Duration::from_secs(30), || as_i64_map(&ch_row(windows_sql("qoeflow.qoe_window FINAL"))));
     for (q, exact) in [(0.5, truth.startup_ms_p50), (0.95, truth.startup_ms_p95)] {
-        let row = ch_row(views_quantile_sql("qoeflow.views FINAL", truth.starts, q));
+        let row = ch_row(views_quantile_sql("qoeflow.views FINAL", get(&truth, "starts") as u64, q));
         assert_eq!(as_i64_map(&row)["startup_ms"], exact.expect("views started"), "ClickHouse views: start-up p{}", q * 100.0);
     }
     pipeline.stop();

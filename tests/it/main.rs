@@ -4,6 +4,17 @@
 
 mod common;
 
+/// The test oracles of `pipeline/tests/oracle` (the batch reference computation, the KPL producer).
+#[allow(dead_code)]
+#[path = "../../pipeline/tests/oracle/reference.rs"]
+pub mod reference;
+#[allow(dead_code)]
+#[path = "../../pipeline/tests/oracle/kpl.rs"]
+pub mod kpl;
+mod oracle {
+    pub use super::{kpl, reference};
+}
+
 mod abuse;
 mod api;
 mod api_backends;
@@ -17,3 +28,4 @@ mod kinesis_sink;
 mod loadgen;
 mod pipeline_kinesis;
 mod pipeline_local;
+mod slt;

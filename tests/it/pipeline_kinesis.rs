@@ -109,7 +109,7 @@ async fn kpl_aggregated_records_are_deaggregated() {
     // Aggregate per view group so each view's records stay in order within one Kinesis record stream.
     for group in user_records.chunk_by(|a, b| a.0 == b.0).collect::<Vec<_>>().chunks(3) {
         let flat: Vec<(String, bytes::Bytes)> = group.iter().flat_map(|g| g.iter().cloned()).collect();
-        let data = pipeline::kinesis::kpl::aggregate(&flat);
+        let data = crate::oracle::kpl::aggregate(&flat);
         client
             .put_record()
             .stream_name(STREAM)

@@ -19,57 +19,17 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aws_sdk_kinesis::Client;
-use aws_sdk_kinesis::config::retry::RetryConfig;
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::PutRecordsRequestEntry;
 use rand::Rng;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::{MAX_RECORD_BYTES, SinkError, SinkRecord};
-use crate::config::KinesisConfig;
+use ::kinesis::{KinesisConfig, describe};
 use crate::metrics::Metrics;
 
 const MAX_RECORDS_PER_CALL: usize = 500;
 const MAX_BYTES_PER_CALL: usize = 5 << 20;
-
-/// A one-line description of an SDK error: the service's code and message, or the transport failure.
-pub fn describe<E, R>(err: &aws_sdk_kinesis::error::SdkError<E, R>) -> String
-where
-    E: aws_sdk_kinesis::error::ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug,
-{
-    match err.as_service_error() {
-        Some(e) => format!("{}: {}", e.code().unwrap_or("unknown error"), e.message().unwrap_or("")),
-        None => {
-            let mut msg = err.to_string();
-            let mut source = std::error::Error::source(err);
-            while let Some(s) = source {
-                msg.push_str(": ");
-                msg.push_str(&s.to_string());
-                source = s.source();
-            }
-            msg
-        }
-    }
-}
-
-/// Builds a Kinesis client from the config and the standard AWS environment (credentials, profile,
-/// region). The SDK's retries are disabled: callers own their retry policy.
-pub async fn client(config: &KinesisConfig) -> Client {
-    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
-    if let Some(region) = &config.region {
-        loader = loader.region(aws_config::Region::new(region.clone()));
-    }
-    let shared = loader.load().await;
-    let mut builder = aws_sdk_kinesis::config::Builder::from(&shared).retry_config(RetryConfig::disabled());
-    if shared.region().is_none() {
-        builder = builder.region(aws_config::Region::new("us-east-1"));
-    }
-    if let Some(endpoint) = &config.endpoint {
-        builder = builder.endpoint_url(endpoint);
-    }
-    Client::from_conf(builder.build())
-}
 
 #[derive(Clone)]
 pub struct KinesisSink {

@@ -1,11 +1,13 @@
 //! Where accepted records go: the embedded local log (default) or a Kinesis stream. Both resolve
 //! `append` only once the records are durable, which is what lets the collector answer 2xx.
 
+#[cfg(feature = "kinesis")]
 pub mod kinesis;
 
 use bytes::Bytes;
 
-use crate::log::{LocalLog, LogError};
+use locallog::{LocalLog, LogError};
+#[cfg(feature = "kinesis")]
 pub use kinesis::KinesisSink;
 
 /// Largest record Kinesis accepts (data plus partition key); the local log uses the same bound so one
@@ -36,6 +38,7 @@ pub enum SinkError {
 #[derive(Clone)]
 pub enum Sink {
     Local(LocalLog),
+    #[cfg(feature = "kinesis")]
     Kinesis(KinesisSink),
 }
 
@@ -50,6 +53,7 @@ impl Sink {
                 log.append(records.into_iter().map(|r| r.data).collect()).await?;
                 Ok(())
             }
+            #[cfg(feature = "kinesis")]
             Sink::Kinesis(k) => k.append(records).await,
         }
     }
@@ -59,6 +63,7 @@ impl Sink {
         match self {
             Sink::Local(log) if log.is_healthy() => Ok(()),
             Sink::Local(_) => Err("local log has a failed write that is not yet repaired".into()),
+            #[cfg(feature = "kinesis")]
             Sink::Kinesis(k) => k.ready().await,
         }
     }
@@ -66,6 +71,7 @@ impl Sink {
     pub fn name(&self) -> &'static str {
         match self {
             Sink::Local(_) => "local_log",
+            #[cfg(feature = "kinesis")]
             Sink::Kinesis(_) => "kinesis",
         }
     }

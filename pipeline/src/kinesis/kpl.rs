@@ -9,8 +9,8 @@
 //! ```
 //!
 //! [`deaggregate`] returns the user records; anything without the magic, too short, with a bad digest or
-//! an unparsable body is a plain record and passes through whole (what the KCL does). [`aggregate`] is the
-//! producer side, for tests and tools that need KPL-shaped records.
+//! an unparsable body is a plain record and passes through whole (what the KCL does). The producer side
+//! (aggregation) is test support: `pipeline/tests/oracle/kpl.rs`.
 
 use bytes::Bytes;
 use md5::{Digest, Md5};
@@ -111,76 +111,4 @@ pub fn deaggregate(data: &Bytes, partition_key: Option<&str>) -> Vec<UserRecord>
         return plain();
     }
     parse_aggregated(body).unwrap_or_else(plain)
-}
-
-fn put_varint(mut v: u64, out: &mut Vec<u8>) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
-fn put_bytes(field: u64, bytes: &[u8], out: &mut Vec<u8>) {
-    put_varint(field << 3 | 2, out);
-    put_varint(bytes.len() as u64, out);
-    out.extend_from_slice(bytes);
-}
-
-/// Packs user records (partition key, data) into one KPL aggregated record.
-pub fn aggregate(records: &[(String, Bytes)]) -> Vec<u8> {
-    let mut keys: Vec<&str> = Vec::new();
-    let mut body = Vec::new();
-    let mut entries = Vec::new();
-    for (key, data) in records {
-        let index = keys.iter().position(|k| k == key).unwrap_or_else(|| {
-            keys.push(key);
-            keys.len() - 1
-        });
-        let mut r = Vec::new();
-        put_varint(1 << 3, &mut r);
-        put_varint(index as u64, &mut r);
-        put_bytes(3, data, &mut r);
-        entries.push(r);
-    }
-    for k in &keys {
-        put_bytes(1, k.as_bytes(), &mut body);
-    }
-    for r in &entries {
-        put_bytes(3, r, &mut body);
-    }
-    let mut out = MAGIC.to_vec();
-    out.extend_from_slice(&body);
-    out.extend_from_slice(&Md5::digest(&body));
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn roundtrip_and_passthrough() {
-        let recs: Vec<(String, Bytes)> =
-            (0..5).map(|i| (format!("view-{}", i % 2), Bytes::from(format!("payload {i}")))).collect();
-        let agg = Bytes::from(aggregate(&recs));
-        let out = deaggregate(&agg, Some("ignored"));
-        assert_eq!(out.len(), 5);
-        for (i, (u, (k, d))) in out.iter().zip(&recs).enumerate() {
-            assert_eq!((u.partition_key.as_deref(), &u.data, u.sub_sequence), (Some(k.as_str()), d, i as u64));
-        }
-        // Plain records, a bad digest and garbage after the magic all pass through whole.
-        let plain = Bytes::from_static(b"QF\x01\x00{}");
-        assert_eq!(deaggregate(&plain, Some("k")), vec![UserRecord { partition_key: Some("k".into()), data: plain.clone(), sub_sequence: 0 }]);
-        let mut bad = agg.to_vec();
-        let last = bad.len() - 1;
-        bad[last] ^= 1;
-        let bad = Bytes::from(bad);
-        assert_eq!(deaggregate(&bad, None)[0].data, bad);
-        let mut junk = MAGIC.to_vec();
-        junk.extend_from_slice(&[0xff; 3]);
-        junk.extend_from_slice(&Md5::digest([0xff; 3]));
-        let junk = Bytes::from(junk);
-        assert_eq!(deaggregate(&junk, None)[0].data, junk);
-    }
 }

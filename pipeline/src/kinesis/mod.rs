@@ -30,11 +30,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
+use crate::error::Context;
 use aws_sdk_kinesis::Client;
 use aws_sdk_kinesis::types::{Shard, ShardIteratorType};
 use bytes::Bytes;
-use ingest::sink::kinesis::describe;
+use ::kinesis::describe;
 use serde::{Deserialize, Serialize};
 
 use crate::runner::{Batch, Source, SourceRecord};
@@ -50,34 +50,11 @@ pub struct ShardPosition {
 
 /// A worker's position in the stream (what its checkpoints and intents store).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(from = "PositionsFormat")]
 pub struct Positions {
     /// Per owned shard read so far.
     pub shards: BTreeMap<String, ShardPosition>,
     /// Lineage root of every shard ever listed, so ownership is stable after ancestors expire.
-    #[serde(default)]
     pub roots: BTreeMap<String, String>,
-}
-
-/// Positions as stored now, or as a plain shard map (checkpoints written before lineage roots).
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum PositionsFormat {
-    Current {
-        shards: BTreeMap<String, ShardPosition>,
-        #[serde(default)]
-        roots: BTreeMap<String, String>,
-    },
-    ShardsOnly(BTreeMap<String, ShardPosition>),
-}
-
-impl From<PositionsFormat> for Positions {
-    fn from(f: PositionsFormat) -> Positions {
-        match f {
-            PositionsFormat::Current { shards, roots } => Positions { shards, roots },
-            PositionsFormat::ShardsOnly(shards) => Positions { shards, roots: BTreeMap::new() },
-        }
-    }
 }
 
 /// Throttling backoff of one shard.
@@ -127,7 +104,7 @@ impl KinesisSource {
         }
     }
 
-    async fn list_shards(&mut self) -> anyhow::Result<()> {
+    async fn list_shards(&mut self) -> crate::Result<()> {
         let mut shards = Vec::new();
         let mut token: Option<String> = None;
         loop {
@@ -135,7 +112,7 @@ impl KinesisSource {
                 Some(t) => self.client.list_shards().next_token(t),
                 None => self.client.list_shards().stream_name(&self.stream),
             };
-            let out = req.send().await.map_err(|e| anyhow::anyhow!("ListShards {}: {}", self.stream, describe(&e)))?;
+            let out = req.send().await.map_err(|e| crate::Error::msg(format!("ListShards {}: {}", self.stream, describe(&e))))?;
             shards.extend(out.shards().iter().cloned());
             token = out.next_token().map(str::to_owned);
             if token.is_none() {
@@ -255,7 +232,7 @@ impl KinesisSource {
             Err(e) if e.as_service_error().is_some_and(|s| s.is_provisioned_throughput_exceeded_exception()) => {
                 return Err(ReadError::Throttled);
             }
-            Err(e) => return Err(ReadError::Other(anyhow::anyhow!("GetShardIterator {shard}: {}", describe(&e)))),
+            Err(e) => return Err(ReadError::Other(crate::Error::msg(format!("GetShardIterator {shard}: {}", describe(&e))))),
         };
         let it = out.shard_iterator().context("GetShardIterator returned no iterator")?.to_owned();
         self.iterators.insert(shard.to_owned(), it.clone());
@@ -283,7 +260,7 @@ impl KinesisSource {
                     if service.is_some_and(|s| s.is_provisioned_throughput_exceeded_exception()) {
                         return Err(ReadError::Throttled);
                     }
-                    return Err(ReadError::Other(anyhow::anyhow!("GetRecords {shard}: {}", describe(&e))));
+                    return Err(ReadError::Other(crate::Error::msg(format!("GetRecords {shard}: {}", describe(&e)))));
                 }
             };
             let behind = resp.millis_behind_latest().unwrap_or(0).max(0);
@@ -335,7 +312,7 @@ enum ReadError {
     #[error("throttled")]
     Throttled,
     #[error(transparent)]
-    Other(#[from] anyhow::Error),
+    Other(#[from] crate::Error),
 }
 
 impl Source for KinesisSource {
@@ -345,14 +322,14 @@ impl Source for KinesisSource {
         format!("kinesis-w{}", self.worker_index)
     }
 
-    async fn seek(&mut self, from: &Positions) -> anyhow::Result<()> {
+    async fn seek(&mut self, from: &Positions) -> crate::Result<()> {
         self.positions = from.clone();
         self.iterators.clear();
         self.list_shards().await
     }
 
     /// One GetRecords per readable shard (at most 10 MB each, the service's own bound on a call).
-    async fn next(&mut self, _max: usize, _max_bytes: usize) -> anyhow::Result<Batch<Positions>> {
+    async fn next(&mut self, _max: usize, _max_bytes: usize) -> crate::Result<Batch<Positions>> {
         if self.listed_at.is_none_or(|t| t.elapsed() >= self.relist_interval)
             && let Err(e) = self.list_shards().await
         {
@@ -389,7 +366,7 @@ impl Source for KinesisSource {
         Ok(Batch { records, to: self.positions.clone(), caught_up, behind, behind_ms: Some(behind_ms) })
     }
 
-    async fn next_until(&mut self, to: &Positions) -> anyhow::Result<Vec<SourceRecord>> {
+    async fn next_until(&mut self, to: &Positions) -> crate::Result<Vec<SourceRecord>> {
         let mut records = Vec::new();
         // Same order as `next`: shard-id order, each shard up to its recorded position.
         for (shard, stop) in &to.shards {
@@ -403,7 +380,7 @@ impl Source for KinesisSource {
                 }
                 if self.positions.shards.get(shard) == before.as_ref() {
                     guard += 1;
-                    anyhow::ensure!(guard < 50, "cannot re-read shard {shard} up to its recorded position {stop:?}");
+                    crate::error::ensure!(guard < 50, "cannot re-read shard {shard} up to its recorded position {stop:?}");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }
@@ -422,16 +399,49 @@ mod tests {
     use super::*;
 
     #[test]
-    fn positions_read_the_current_format_and_the_plain_shard_map_before_it() {
+    fn positions_roundtrip() {
         let current = Positions {
             shards: BTreeMap::from([("shardId-1".into(), ShardPosition { sequence: Some("42".into()), finished: true })]),
             roots: BTreeMap::from([("shardId-1".into(), "shardId-0".into())]),
         };
         let json = serde_json::to_string(&current).unwrap();
         assert_eq!(serde_json::from_str::<Positions>(&json).unwrap(), current);
-        let legacy: Positions = serde_json::from_str(r#"{"shardId-1":{"sequence":"42","finished":true}}"#).unwrap();
-        assert_eq!(legacy.shards, current.shards);
-        assert!(legacy.roots.is_empty());
-        assert_eq!(serde_json::from_str::<Positions>("{}").unwrap(), Positions::default());
+        let empty = serde_json::to_string(&Positions::default()).unwrap();
+        assert_eq!(serde_json::from_str::<Positions>(&empty).unwrap(), Positions::default());
     }
+}
+
+/// One `qoeflow pipeline` worker: its share of the stream's shards, where it writes, and an optional
+/// health listener (`/healthz`, `/readyz`, `/metrics`).
+pub struct Worker {
+    pub kinesis: ::kinesis::KinesisConfig,
+    /// This worker's index among `worker_count` (each owns a disjoint, stable set of shards).
+    pub worker_index: u32,
+    pub worker_count: u32,
+    pub data_dir: std::path::PathBuf,
+    pub config: crate::PipelineConfig,
+    pub clickhouse: schemas::tables::ClickHouseConfig,
+    pub health: Option<(std::net::SocketAddr, service::ConnLimits)>,
+}
+
+/// Runs a worker on its Kinesis shards until `stop` is set (see [`crate::runner::run`]).
+pub async fn run_worker(worker: Worker, stop: service::Stop) -> crate::Result<()> {
+    let Worker { kinesis, worker_index, worker_count, data_dir, config, clickhouse, health } = worker;
+    crate::error::ensure!(
+        worker_index < worker_count,
+        "--worker-index {worker_index} must be below --worker-count {worker_count}"
+    );
+    let stream = kinesis.stream.clone().ok_or_else(|| crate::Error::Config("the pipeline needs kinesis.stream (--kinesis-stream)".into()))?;
+    let client = ::kinesis::client(&kinesis).await;
+    tracing::info!(%stream, worker_index, worker_count, data_dir = %data_dir.display(), "pipeline reading Kinesis");
+    let source = KinesisSource::new(client, stream, worker_index, worker_count);
+    let registry = prometheus::Registry::new();
+    let status = std::sync::Arc::new(crate::PipelineStatus::of(&config, &registry));
+    if let Some((addr, limits)) = health {
+        let listener = service::bind(addr).await?;
+        tracing::info!("pipeline health listening on http://{}", listener.local_addr()?);
+        let app = service::health_router(vec![status.clone()], registry);
+        tokio::spawn(service::serve(listener, app, limits, None, stop.stopped()));
+    }
+    crate::runner::run(source, data_dir, config, clickhouse, status, stop.receiver()).await
 }

@@ -14,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use ingest::log::LogReader;
+use locallog::LogReader;
 use schemas::Record;
 
 pub const T0: i64 = 1_700_000_000_000;

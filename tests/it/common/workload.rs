@@ -6,7 +6,10 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use pipeline::{Dim, reference};
+use pipeline::Dim;
+use schemas::measures::Measure::*;
+
+use crate::oracle::reference;
 use serde_json::{Value, json};
 
 use super::parquet::*;
@@ -127,14 +130,14 @@ pub fn assert_dataset_matches(dir: &Path, records: &[schemas::Record]) {
     for (id, t) in &truth.views {
         let g = &got[id];
         let want: BTreeMap<&str, i64> = [
-            ("attempt", t.attempt as i64), ("started", t.started as i64), ("startup_ms", t.startup_ms.unwrap_or(-1)),
-            ("vsf", t.vsf as i64), ("ebvs", t.ebvs as i64), ("playback_failure", t.playback_failure as i64),
-            ("play_ms", t.play_ms), ("stall_count", t.stall_count as i64), ("stall_ms", t.stall_ms),
-            ("seek_stall_ms", t.seek_stall_ms), ("bitrate_ms", t.bitrate_ms), ("switches_up", t.switches_up as i64),
-            ("switches_down", t.switches_down as i64), ("segments_hit", t.segments_hit as i64),
-            ("segments_miss", t.segments_miss as i64), ("segments_unknown", t.segments_unknown as i64),
-            ("bytes_hit", t.bytes_hit as i64), ("bytes_miss", t.bytes_miss as i64), ("errors", t.errors as i64),
-            ("fatal_errors", t.fatal_errors as i64),
+            ("attempt", t[Attempt]), ("started", t[Started]), ("startup_ms", if t.flag(Started) { t[StartupMs] } else { -1 }),
+            ("vsf", t[Vsf]), ("ebvs", t[Ebvs]), ("playback_failure", t[PlaybackFailure]),
+            ("play_ms", t[PlayMs]), ("stall_count", t[StallCount]), ("stall_ms", t[StallMs]),
+            ("seek_stall_ms", t[SeekStallMs]), ("bitrate_ms", t[BitrateMs]), ("switches_up", t[SwitchesUp]),
+            ("switches_down", t[SwitchesDown]), ("segments_hit", t[SegmentsHit]),
+            ("segments_miss", t[SegmentsMiss]), ("segments_unknown", t[SegmentsUnknown]),
+            ("bytes_hit", t[BytesHit]), ("bytes_miss", t[BytesMiss]), ("errors", t[Errors]),
+            ("fatal_errors", t[FatalErrors]),
         ]
         .into_iter()
         .collect();
@@ -144,26 +147,26 @@ pub fn assert_dataset_matches(dir: &Path, records: &[schemas::Record]) {
     let windows = read_table(dir, "qoe_window");
     let total = |f: fn(&pipeline::window::WindowDelta) -> i64| truth.windows.values().map(f).sum::<i64>();
     for (col, want) in [
-        ("attempts", total(|d| d.attempts as i64)),
-        ("starts", total(|d| d.starts as i64)),
-        ("startup_ms_sum", total(|d| d.startup_ms_sum)),
-        ("vsf", total(|d| d.vsf as i64)),
-        ("ebvs", total(|d| d.ebvs as i64)),
-        ("playback_failures", total(|d| d.playback_failures as i64)),
-        ("play_ms", total(|d| d.play_ms)),
-        ("stall_count", total(|d| d.stall_count as i64)),
-        ("stall_ms", total(|d| d.stall_ms)),
-        ("seek_stall_ms", total(|d| d.seek_stall_ms)),
-        ("bitrate_ms", total(|d| d.bitrate_ms)),
-        ("switches_up", total(|d| d.switches_up as i64)),
-        ("switches_down", total(|d| d.switches_down as i64)),
-        ("segments_hit", total(|d| d.segments_hit as i64)),
-        ("segments_miss", total(|d| d.segments_miss as i64)),
-        ("bytes_hit", total(|d| d.bytes_hit as i64)),
-        ("bytes_total", total(|d| d.bytes_total as i64)),
-        ("errors", total(|d| d.errors as i64)),
-        ("fatal_errors", total(|d| d.fatal_errors as i64)),
-        ("active_views", total(|d| d.active_views as i64)),
+        ("attempts", total(|d| d.sums[Attempt])),
+        ("starts", total(|d| d.sums[Started])),
+        ("startup_ms_sum", total(|d| d.sums[StartupMs])),
+        ("vsf", total(|d| d.sums[Vsf])),
+        ("ebvs", total(|d| d.sums[Ebvs])),
+        ("playback_failures", total(|d| d.sums[PlaybackFailure])),
+        ("play_ms", total(|d| d.sums[PlayMs])),
+        ("stall_count", total(|d| d.sums[StallCount])),
+        ("stall_ms", total(|d| d.sums[StallMs])),
+        ("seek_stall_ms", total(|d| d.sums[SeekStallMs])),
+        ("bitrate_ms", total(|d| d.sums[BitrateMs])),
+        ("switches_up", total(|d| d.sums[SwitchesUp])),
+        ("switches_down", total(|d| d.sums[SwitchesDown])),
+        ("segments_hit", total(|d| d.sums[SegmentsHit])),
+        ("segments_miss", total(|d| d.sums[SegmentsMiss])),
+        ("bytes_hit", total(|d| d.sums[BytesHit])),
+        ("bytes_total", total(|d| d.sums[BytesTotal])),
+        ("errors", total(|d| d.sums[Errors])),
+        ("fatal_errors", total(|d| d.sums[FatalErrors])),
+        ("active_views", total(|d| d.sums[ActiveViews])),
     ] {
         assert_eq!(sum(&windows, col), want, "qoe_window.{col}");
     }

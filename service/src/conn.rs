@@ -35,7 +35,14 @@ use tokio::sync::{Semaphore, watch};
 use tokio::time::{Instant, Sleep};
 use tower::ServiceExt;
 
-use crate::metrics::Metrics;
+/// The listener's own gauges (the collector registers them; other listeners pass none).
+#[derive(Clone)]
+pub struct ConnMetrics {
+    /// Connections being served.
+    pub connections: prometheus::IntGauge,
+    /// Connections answered 503 at `max_connections`.
+    pub refused: prometheus::IntCounter,
+}
 
 /// How connections are bounded.
 #[derive(Debug, Clone)]
@@ -44,17 +51,6 @@ pub struct ConnLimits {
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
     pub retry_after_secs: u32,
-}
-
-impl ConnLimits {
-    pub fn from_config(c: &crate::IngestConfig) -> ConnLimits {
-        ConnLimits {
-            max_connections: c.max_connections.max(1),
-            header_read_timeout: Duration::from_millis(c.header_read_timeout_ms.max(1)),
-            idle_timeout: Duration::from_millis(c.idle_timeout_ms.max(1)),
-            retry_after_secs: c.retry_after_secs.max(1),
-        }
-    }
 }
 
 /// How long shutdown waits for connections to finish their requests.
@@ -67,7 +63,7 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     app: Router,
     limits: ConnLimits,
-    metrics: Option<Metrics>,
+    metrics: Option<ConnMetrics>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
@@ -90,7 +86,7 @@ pub async fn serve(
             // Never blocks: a few hundred bytes fit any socket buffer; if not, the client gets a reset.
             let _ = stream.try_write(&refusal);
             if let Some(m) = &metrics {
-                m.connections_refused.inc();
+                m.refused.inc();
             }
             continue;
         };

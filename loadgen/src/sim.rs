@@ -10,7 +10,7 @@
 //! every 10 s, and a `viewend` when the viewer leaves or the run ends.
 //!
 //! The truth is accounted as each decision is taken: the simulator knows how long it decided to play or
-//! stall, so it adds exactly that. The definitions it follows are DESIGN.md §4's; the simulator only
+//! stall, so it adds exactly that. The definitions it follows are `docs/metrics.md`'s; the simulator only
 //! produces sequences whose meaning under those rules is unambiguous (no stall while paused; after a
 //! fatal error only heartbeats and `viewend`; a `stall_end` before the first frame only after a
 //! `stall_start` that start-up ignores, as the state machine does). Heartbeats go out every 10 s
@@ -21,7 +21,11 @@ use std::collections::VecDeque;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, LogNormal};
+use schemas::measures::Measure::*;
+use schemas::measures::{HISTOGRAM_MEASURE, MEASURES, Values};
+use schemas::tables::ColType;
 use serde::Serialize;
+use serde::ser::SerializeMap;
 use serde_json::{Map, Value, json};
 
 /// Heartbeat period of the simulated SDK (sim time).
@@ -130,7 +134,7 @@ pub struct RunSpec {
     pub ramp_ms: i64,
 }
 
-/// One view's ground truth: its profile and every per-view measure of DESIGN.md §4, as the simulation
+/// One view's ground truth: its profile and every per-view measure of `docs/metrics.md`, as the simulation
 /// decided them.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct ViewTruth {
@@ -141,31 +145,36 @@ pub struct ViewTruth {
     pub network: &'static str,
     pub stream_type: &'static str,
     pub video_id: String,
-    pub attempt: bool,
-    pub started: bool,
-    pub startup_ms: Option<i64>,
-    pub vsf: bool,
-    pub ebvs: bool,
-    pub playback_failure: bool,
-    pub play_ms: i64,
-    pub stall_count: u64,
-    pub stall_ms: i64,
-    pub seek_stall_ms: i64,
-    pub bitrate_ms: i64,
-    pub switches_up: u64,
-    pub switches_down: u64,
-    pub segments_hit: u64,
-    pub segments_miss: u64,
-    pub segments_unknown: u64,
-    pub bytes_hit: u64,
-    pub bytes_miss: u64,
-    pub bytes_unknown: u64,
-    pub errors: u64,
-    pub fatal_errors: u64,
+    /// Every per-view measure of `schemas::measures` (and the window-only byte total).
+    #[serde(flatten)]
+    pub measures: ViewMeasures,
     /// Events the view generated (each sent once by the simulation; duplicates are the sender's).
     pub events: u64,
     /// Every beacon of the view was acknowledged (set by the sender).
     pub delivered: bool,
+}
+
+/// A view's measures, serialized by their `views` column names (flags as booleans, the start time
+/// null when the view did not start), as the `views` table holds them.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ViewMeasures(pub Values);
+
+impl Serialize for ViewMeasures {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(None)?;
+        for def in &MEASURES {
+            let Some((name, ty)) = def.view else { continue };
+            let v = self.0[def.measure];
+            if def.measure == HISTOGRAM_MEASURE {
+                map.serialize_entry(name, &self.0.flag(Started).then_some(v))?;
+            } else if ty == ColType::Bool {
+                map.serialize_entry(name, &(v != 0))?;
+            } else {
+                map.serialize_entry(name, &v)?;
+            }
+        }
+        map.end()
+    }
 }
 
 /// One generated event: when it happens (sim ms since the run start), its JSON, and whether the SDK
@@ -340,16 +349,18 @@ impl ViewSim {
         let bytes = kbps as u64 * self.segment_ms as u64 / 8;
         let x = self.rng.random::<f64>();
         let cache = if x < self.cdn.unknown_prob {
-            self.truth.segments_unknown += 1;
-            self.truth.bytes_unknown += bytes;
+            self.truth.measures.0[SegmentsUnknown] += 1;
+            self.truth.measures.0[BytesUnknown] += bytes as i64;
             Value::Null
         } else if x < self.cdn.unknown_prob + (1.0 - self.cdn.unknown_prob) * self.cdn.hit_prob {
-            self.truth.segments_hit += 1;
-            self.truth.bytes_hit += bytes;
+            self.truth.measures.0[SegmentsHit] += 1;
+            self.truth.measures.0[BytesHit] += bytes as i64;
+            self.truth.measures.0[BytesTotal] += bytes as i64;
             "hit".into()
         } else {
-            self.truth.segments_miss += 1;
-            self.truth.bytes_miss += bytes;
+            self.truth.measures.0[SegmentsMiss] += 1;
+            self.truth.measures.0[BytesMiss] += bytes as i64;
+            self.truth.measures.0[BytesTotal] += bytes as i64;
             "miss".into()
         };
         let ttfb = lognormal(&mut self.rng, 40.0, 0.6, 5, 5_000);
@@ -362,12 +373,12 @@ impl ViewSim {
 
     fn quality(&mut self, at: i64, rung: usize) {
         let (kbps, height) = LADDER[rung];
-        if self.truth.started {
+        if self.truth.measures.0.flag(Started) {
             let (prev, _) = LADDER[self.rung];
             if kbps > prev {
-                self.truth.switches_up += 1;
+                self.truth.measures.0[SwitchesUp] += 1;
             } else if kbps < prev {
-                self.truth.switches_down += 1;
+                self.truth.measures.0[SwitchesDown] += 1;
             }
         }
         self.rung = rung;
@@ -375,10 +386,10 @@ impl ViewSim {
     }
 
     fn error(&mut self, at: i64, fatal: bool) {
-        self.truth.errors += 1;
+        self.truth.measures.0[Errors] += 1;
         let (code, message) = if fatal { ("MEDIA_ERR_NETWORK", "fragment load failed after retries") } else { ("FRAG_LOAD_TIMEOUT", "fragment load timed out, retrying") };
         if fatal {
-            self.truth.fatal_errors += 1;
+            self.truth.measures.0[FatalErrors] += 1;
         }
         self.emit(at, "error", json!({"code": code, "message": message, "fatal": fatal}));
     }
@@ -388,8 +399,10 @@ impl ViewSim {
     fn play(&mut self, d: i64) -> bool {
         let until = (self.t + d).min(self.end);
         let d = until - self.t;
-        self.truth.play_ms += d;
-        self.truth.bitrate_ms += LADDER[self.rung].0 as i64 * d;
+        self.truth.measures.0[PlayMs] += d;
+        self.truth.measures.0[BitrateMs] += LADDER[self.rung].0 as i64 * d;
+        // The initial rendition is chosen before the first frame: every played ms has a bitrate.
+        self.truth.measures.0[BitrateKnownMs] += d;
         self.playhead_ms += d;
         self.t = until;
         if until >= self.end {
@@ -403,12 +416,12 @@ impl ViewSim {
     /// the time it ends, or `None` if the view ended during it.
     fn stall(&mut self, d: i64, seek: bool) -> Option<i64> {
         let start = self.t;
-        self.truth.stall_count += 1;
+        self.truth.measures.0[StallCount] += 1;
         self.emit(start, "stall_start", Value::Null);
         let until = (start + d).min(self.end);
-        self.truth.stall_ms += until - start;
+        self.truth.measures.0[StallMs] += until - start;
         if seek {
-            self.truth.seek_stall_ms += until - start;
+            self.truth.measures.0[SeekStallMs] += until - start;
         }
         if until >= self.end {
             self.viewend(until);
@@ -418,8 +431,8 @@ impl ViewSim {
     }
 
     fn viewend(&mut self, at: i64) {
-        if self.truth.attempt && !self.truth.started && !self.truth.vsf {
-            self.truth.ebvs = true;
+        if self.truth.measures.0.flag(Attempt) && !self.truth.measures.0.flag(Started) && !self.truth.measures.0.flag(Vsf) {
+            self.truth.measures.0.set_flag(Ebvs, true);
         }
         self.emit(at, "viewend", Value::Null);
         self.phase = Phase::Done;
@@ -448,7 +461,7 @@ impl ViewSim {
         if request >= self.end {
             return self.viewend(self.end);
         }
-        self.truth.attempt = true;
+        self.truth.measures.0.set_flag(Attempt, true);
         self.emit(request, "playrequest", Value::Null);
         let median = self.cdn.startup_ms * self.device.startup_factor * self.network.startup_factor;
         let startup = lognormal(&mut self.rng, median, 0.45, 120, 60_000);
@@ -496,15 +509,15 @@ impl ViewSim {
         }
         match stop {
             "vsf" => {
-                self.truth.vsf = true;
+                self.truth.measures.0.set_flag(Vsf, true);
                 self.error(stop_at, true);
                 let leave = (stop_at + self.rng.random_range(300..3_000)).min(self.end.max(stop_at));
                 self.viewend(leave);
             }
             "ebvs" => self.viewend(stop_at),
             _ => {
-                self.truth.started = true;
-                self.truth.startup_ms = Some(startup);
+                self.truth.measures.0.set_flag(Started, true);
+                self.truth.measures.0[StartupMs] = startup;
                 self.emit(first_frame, "playing", Value::Null);
                 self.phase = Phase::Playing;
             }
@@ -521,7 +534,7 @@ impl ViewSim {
             if !self.play(d) {
                 return;
             }
-            self.truth.playback_failure = true;
+            self.truth.measures.0.set_flag(PlaybackFailure, true);
             self.error(self.t, true);
             let leave = (self.t + self.rng.random_range(300..2_000)).min(self.end.max(self.t));
             return self.viewend(leave);
@@ -651,18 +664,14 @@ mod tests {
             assert!(machine.is_ended(), "view {i} ended");
             assert_eq!(seqs, (0..seqs.len() as u64).collect::<Vec<_>>());
             let t = sim.truth();
-            let m = &machine.totals;
-            let got = (m.attempt, m.started, m.startup_ms, m.vsf, m.ebvs, m.playback_failure, m.play_ms, m.stall_count, m.stall_ms, m.seek_stall_ms, m.bitrate_ms);
-            let want = (t.attempt, t.started, t.startup_ms, t.vsf, t.ebvs, t.playback_failure, t.play_ms, t.stall_count, t.stall_ms, t.seek_stall_ms, t.bitrate_ms);
-            assert_eq!(got, want, "view {i}");
-            let got = (m.switches_up, m.switches_down, m.segments_hit, m.segments_miss, m.segments_unknown, m.bytes_hit, m.bytes_miss, m.bytes_unknown, m.errors, m.fatal_errors);
-            let want = (t.switches_up, t.switches_down, t.segments_hit, t.segments_miss, t.segments_unknown, t.bytes_hit, t.bytes_miss, t.bytes_unknown, t.errors, t.fatal_errors);
-            assert_eq!(got, want, "view {i}");
-            outcomes[0] += u64::from(t.started);
-            outcomes[1] += u64::from(t.vsf);
-            outcomes[2] += u64::from(t.ebvs);
-            outcomes[3] += u64::from(t.playback_failure);
-            outcomes[4] += u64::from(!t.attempt);
+            // Every measure (the byte total and the bitrate's known time included).
+            assert_eq!(machine.totals, t.measures.0, "view {i}");
+            let m = &t.measures.0;
+            outcomes[0] += u64::from(m.flag(Started));
+            outcomes[1] += u64::from(m.flag(Vsf));
+            outcomes[2] += u64::from(m.flag(Ebvs));
+            outcomes[3] += u64::from(m.flag(PlaybackFailure));
+            outcomes[4] += u64::from(!m.flag(Attempt));
         }
         // Every outcome occurs: the traffic exercises every rule.
         assert!(outcomes.iter().all(|&n| n > 0), "outcomes (started, vsf, ebvs, playback failure, no attempt): {outcomes:?}");

@@ -22,7 +22,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use rand::rngs::SmallRng;
 use rand::seq::SliceRandom;
@@ -30,7 +29,22 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use schemas::measures::{Measure, Values};
 use sim::{RunSpec, ViewSim, ViewTruth, view_seed};
+
+/// Why a run could not be made or its truth not written.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An option that cannot work, named as its flag.
+    #[error("{0}")]
+    Options(String),
+    #[error("cannot write {path}: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+}
+
+fn ensure(ok: bool, message: impl FnOnce() -> String) -> Result<(), Error> {
+    if ok { Ok(()) } else { Err(Error::Options(message())) }
+}
 
 /// The SDK's periodic flush (sim time).
 pub const FLUSH_MS: i64 = 10_000;
@@ -97,35 +111,25 @@ pub struct Options {
     pub progress: bool,
 }
 
-/// The keys of the `--truth` JSON object, exactly (the contract of issue 5 / README "Load generator").
-pub const TRUTH_KEYS: [&str; 20] = [
-    "views", "attempts", "starts", "vsf", "ebvs", "playback_failures", "play_ms", "stall_count", "stall_ms",
-    "seek_stall_ms", "switches_up", "switches_down", "segments_hit", "segments_miss", "bytes_hit", "bytes_total",
-    "errors", "fatal_errors", "startup_ms_p50", "startup_ms_p95",
-];
+/// The keys of the `--truth` JSON object, exactly (the contract of README "Load generator"): `views`, the
+/// measures `schemas::measures` marks for the truth (by their `qoe_window` names), and the start-time
+/// quantiles.
+pub fn truth_keys() -> Vec<&'static str> {
+    let mut keys = vec!["views"];
+    keys.extend(schemas::measures::truth_keys());
+    keys.extend(TRUTH_QUANTILES.iter().map(|(k, _)| *k));
+    keys
+}
 
-/// Ground-truth totals over a run, the contract of `--truth` (serialized with exactly [`TRUTH_KEYS`]).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// The truth's start-time quantiles: (key, q).
+const TRUTH_QUANTILES: [(&str, f64); 2] = [("startup_ms_p50", 0.5), ("startup_ms_p95", 0.95)];
+
+/// Ground-truth totals over a run, the contract of `--truth` (serialized with exactly [`truth_keys`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Totals {
     pub views: u64,
-    pub attempts: u64,
-    pub starts: u64,
-    pub vsf: u64,
-    pub ebvs: u64,
-    pub playback_failures: u64,
-    pub play_ms: i64,
-    pub stall_count: u64,
-    pub stall_ms: i64,
-    pub seek_stall_ms: i64,
-    pub switches_up: u64,
-    pub switches_down: u64,
-    pub segments_hit: u64,
-    pub segments_miss: u64,
-    pub bytes_hit: u64,
-    pub bytes_total: u64,
-    pub errors: u64,
-    pub fatal_errors: u64,
+    /// Per measure, the sum over the views (a flag sums to the number of views with it).
+    pub sums: Values,
     /// Nearest-rank percentiles (rank ⌈q·n⌉, as HdrHistogram ranks) of the exact start-up times; null
     /// when no view started.
     pub startup_ms_p50: Option<i64>,
@@ -137,29 +141,57 @@ impl Totals {
         let mut t = Totals { views: views.len() as u64, ..Totals::default() };
         let mut startups = Vec::new();
         for v in views {
-            t.attempts += u64::from(v.attempt);
-            t.starts += u64::from(v.started);
-            t.vsf += u64::from(v.vsf);
-            t.ebvs += u64::from(v.ebvs);
-            t.playback_failures += u64::from(v.playback_failure);
-            t.play_ms += v.play_ms;
-            t.stall_count += v.stall_count;
-            t.stall_ms += v.stall_ms;
-            t.seek_stall_ms += v.seek_stall_ms;
-            t.switches_up += v.switches_up;
-            t.switches_down += v.switches_down;
-            t.segments_hit += v.segments_hit;
-            t.segments_miss += v.segments_miss;
-            t.bytes_hit += v.bytes_hit;
-            t.bytes_total += v.bytes_hit + v.bytes_miss;
-            t.errors += v.errors;
-            t.fatal_errors += v.fatal_errors;
-            startups.extend(v.startup_ms);
+            t.sums.merge(&v.measures.0);
+            if v.measures.0.flag(Measure::Started) {
+                startups.push(v.measures.0[Measure::StartupMs]);
+            }
         }
         startups.sort_unstable();
-        t.startup_ms_p50 = nearest_rank(&startups, 0.5);
-        t.startup_ms_p95 = nearest_rank(&startups, 0.95);
+        t.startup_ms_p50 = nearest_rank(&startups, TRUTH_QUANTILES[0].1);
+        t.startup_ms_p95 = nearest_rank(&startups, TRUTH_QUANTILES[1].1);
         t
+    }
+
+    /// The truth's value under `key` (one of [`truth_keys`] but the quantiles).
+    pub fn get(&self, key: &str) -> Option<i64> {
+        if key == "views" {
+            return Some(self.views as i64);
+        }
+        schemas::measures::MEASURES.iter().find(|d| d.truth && d.window.is_some_and(|w| w.0 == key)).map(|d| self.sums[d.measure])
+    }
+}
+
+impl Serialize for Totals {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(None)?;
+        map.serialize_entry("views", &self.views)?;
+        for key in schemas::measures::truth_keys() {
+            map.serialize_entry(key, &self.get(key))?;
+        }
+        map.serialize_entry(TRUTH_QUANTILES[0].0, &self.startup_ms_p50)?;
+        map.serialize_entry(TRUTH_QUANTILES[1].0, &self.startup_ms_p95)?;
+        map.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for Totals {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Totals, D::Error> {
+        use serde::de::Error;
+        let mut m = Map::<String, Value>::deserialize(d)?;
+        let mut take = |key: &str| m.remove(key).ok_or_else(|| D::Error::custom(format!("missing truth key {key:?}")));
+        let int = |key: &str, v: Value| v.as_i64().ok_or_else(|| D::Error::custom(format!("truth key {key:?} is not an integer")));
+        let mut t = Totals { views: int("views", take("views")?)? as u64, ..Totals::default() };
+        for def in schemas::measures::MEASURES.iter().filter(|d| d.truth) {
+            let key = def.window.map_or("", |w| w.0);
+            t.sums[def.measure] = int(key, take(key)?)?;
+        }
+        t.startup_ms_p50 = take(TRUTH_QUANTILES[0].0)?.as_i64();
+        t.startup_ms_p95 = take(TRUTH_QUANTILES[1].0)?.as_i64();
+        match m.keys().next() {
+            Some(k) => Err(D::Error::custom(format!("unknown truth key {k:?}"))),
+            None => Ok(t),
+        }
     }
 }
 
@@ -254,19 +286,21 @@ impl Report {
             self.reorder_overdue
         )?;
         writeln!(out, "  latency  p50 {:.2} ms, p99 {:.2} ms", self.latency_p50_ms, self.latency_p99_ms)?;
-        let pct = |a: u64, b: u64| if b == 0 { 0.0 } else { 100.0 * a as f64 / b as f64 };
+        let pct = |a: i64, b: i64| if b == 0 { 0.0 } else { 100.0 * a as f64 / b as f64 };
+        use Measure::*;
+        let v = &t.sums;
         writeln!(
             out,
             "  truth    {} attempts, {} starts (p50 {} ms, p95 {} ms), VSF {:.2}%, EBVS {:.2}%, playback failures {}, rebuffer {:.2}%, cache hit {:.1}%",
-            t.attempts,
-            t.starts,
+            v[Attempt],
+            v[Started],
             t.startup_ms_p50.unwrap_or(0),
             t.startup_ms_p95.unwrap_or(0),
-            pct(t.vsf, t.attempts),
-            pct(t.ebvs, t.attempts),
-            t.playback_failures,
-            if t.play_ms + t.stall_ms > 0 { 100.0 * t.stall_ms as f64 / (t.play_ms + t.stall_ms) as f64 } else { 0.0 },
-            pct(t.segments_hit, t.segments_hit + t.segments_miss),
+            pct(v[Vsf], v[Attempt]),
+            pct(v[Ebvs], v[Attempt]),
+            v[PlaybackFailure],
+            pct(v[StallMs], v[PlayMs] + v[StallMs]),
+            pct(v[SegmentsHit], v[SegmentsHit] + v[SegmentsMiss]),
         )
     }
 }
@@ -310,23 +344,23 @@ impl Shared {
 }
 
 /// Runs the load: every viewer to its end. Writes the truth files when asked.
-pub async fn run(opts: Options) -> anyhow::Result<Report> {
-    anyhow::ensure!(opts.viewers > 0, "--viewers must be at least 1");
-    anyhow::ensure!(opts.speed > 0.0 && opts.speed.is_finite(), "--speed must be a positive number");
-    anyhow::ensure!(!opts.duration.is_zero(), "--duration must be positive");
-    anyhow::ensure!(opts.ramp <= opts.duration, "--ramp-up must not exceed --duration");
+pub async fn run(opts: Options) -> Result<Report, Error> {
+    ensure(opts.viewers > 0, || format!("--viewers must be at least 1"))?;
+    ensure(opts.speed > 0.0 && opts.speed.is_finite(), || format!("--speed must be a positive number"))?;
+    ensure(!opts.duration.is_zero(), || format!("--duration must be positive"))?;
+    ensure(opts.ramp <= opts.duration, || format!("--ramp-up must not exceed --duration"))?;
     for (name, rate) in [
         ("--duplicate-rate", opts.knobs.duplicate_rate),
         ("--reorder-rate", opts.knobs.reorder_rate),
         ("--late-rate", opts.knobs.late_rate),
         ("--gzip-rate", opts.knobs.gzip_rate),
     ] {
-        anyhow::ensure!((0.0..=1.0).contains(&rate), "{name} must be between 0 and 1, got {rate}");
+        ensure((0.0..=1.0).contains(&rate), || format!("{name} must be between 0 and 1, got {rate}"))?;
     }
     let target = opts.target.trim_end_matches('/');
-    anyhow::ensure!(target.starts_with("http://") || target.starts_with("https://"), "--target must be an http(s) URL, got {target:?}");
+    ensure(target.starts_with("http://") || target.starts_with("https://"), || format!("--target must be an http(s) URL, got {target:?}"))?;
     let limiter = match opts.rate_limit {
-        Some(0) => anyhow::bail!("--rate-limit must be at least 1 event/s"),
+        Some(0) => return Err(Error::Options("--rate-limit must be at least 1 event/s".into())),
         Some(n) => {
             let n = NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN);
             Some((RateLimiter::direct(Quota::per_second(n)), n))
@@ -337,7 +371,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         .pool_max_idle_per_host(opts.max_in_flight)
         .timeout(Duration::from_secs(30))
         .build()
-        .context("HTTP client")?;
+        .map_err(|e| Error::Options(format!("HTTP client: {e}")))?;
     let spec = RunSpec {
         seed: opts.seed,
         duration_ms: opts.duration.as_millis() as i64,
@@ -363,7 +397,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
     }
     let mut views = Vec::with_capacity(opts.viewers as usize);
     while let Some(v) = tasks.join_next().await {
-        views.push(v.context("viewer task")?);
+        views.push(v.map_err(|e| Error::Options(format!("viewer task: {e}")))?);
     }
     if let Some(p) = progress {
         p.abort();
@@ -394,19 +428,27 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
     Ok(report)
 }
 
-fn write_truth(path: &Path, report: &Report) -> anyhow::Result<()> {
-    let mut json = serde_json::to_vec_pretty(&report.totals)?;
-    json.push(b'\n');
-    std::fs::write(path, json).with_context(|| format!("cannot write {}", path.display()))?;
+fn write_truth(path: &Path, report: &Report) -> Result<(), Error> {
+    let write = |path: &Path, f: &mut dyn FnMut(&mut std::io::BufWriter<std::fs::File>) -> std::io::Result<()>| {
+        let file = std::fs::File::create(path)?;
+        let mut out = std::io::BufWriter::new(file);
+        f(&mut out)?;
+        out.flush()
+    };
+    write(path, &mut |out| {
+        serde_json::to_writer_pretty(&mut *out, &report.totals)?;
+        out.write_all(b"\n")
+    })
+    .map_err(|source| Error::Write { path: path.to_owned(), source })?;
     let views = views_path(path);
-    let file = std::fs::File::create(&views).with_context(|| format!("cannot write {}", views.display()))?;
-    let mut out = std::io::BufWriter::new(file);
-    for v in &report.views {
-        serde_json::to_writer(&mut out, v)?;
-        out.write_all(b"\n")?;
-    }
-    out.flush()?;
-    Ok(())
+    write(&views, &mut |out| {
+        for v in &report.views {
+            serde_json::to_writer(&mut *out, v)?;
+            out.write_all(b"\n")?;
+        }
+        Ok(())
+    })
+    .map_err(|source| Error::Write { path: views.clone(), source })
 }
 
 /// One viewer: its view's events, queued and flushed like an SDK.
@@ -512,17 +554,21 @@ impl Iterator for Flushes {
 /// benchmarks that feed the pipeline directly): each flush is one record, received 35 ms after it was
 /// sent, enriched by the collector's own enricher from the viewer's user agent, with a country as a
 /// GeoIP database would give; records in arrival order. Returns the records, the number of events and
-/// the truth.
-pub fn collector_records(spec: &RunSpec, views: u64, clock0: i64) -> anyhow::Result<(Vec<bytes::Bytes>, u64, Totals)> {
+/// the truth. `enrich` is the collector's enrichment of a client address and user agent.
+pub fn collector_records(
+    spec: &RunSpec,
+    views: u64,
+    clock0: i64,
+    enrich: impl Fn(std::net::IpAddr, &str) -> schemas::ClientInfo,
+) -> (Vec<bytes::Bytes>, u64, Totals) {
     const COUNTRIES: [&str; 8] = ["US", "DE", "BR", "IN", "JP", "NL", "FR", "GB"];
-    let enricher = ingest::enrich::Enricher::new(true, None)?;
     let mut timed = Vec::new();
     let mut truths = Vec::with_capacity(views as usize);
     let mut events = 0;
     for i in 0..views {
         let sim = ViewSim::new(spec, i, clock0);
         let ip = std::net::IpAddr::from([203, 0, 113, (i % 251) as u8]);
-        let mut client = enricher.client_info(ip, Some(sim.user_agent()));
+        let mut client = enrich(ip, sim.user_agent());
         client.country = COUNTRIES[(view_seed(spec.seed, i, 2) % COUNTRIES.len() as u64) as usize].into();
         let view_id = sim.view_id().to_owned();
         let mut flushes = Flushes::new(sim);
@@ -534,7 +580,7 @@ pub fn collector_records(spec: &RunSpec, views: u64, clock0: i64) -> anyhow::Res
         truths.push(flushes.into_truth());
     }
     timed.sort_by_key(|(at, _)| *at);
-    Ok((timed.into_iter().map(|(_, r)| r).collect(), events, Totals::of(&truths)))
+    (timed.into_iter().map(|(_, r)| r).collect(), events, Totals::of(&truths))
 }
 
 struct Beacon {
@@ -794,9 +840,12 @@ mod tests {
 
     #[test]
     fn totals_have_exactly_the_contract_keys() {
-        let json = serde_json::to_value(Totals::default()).expect("json");
+        let mut t = Totals { views: 3, startup_ms_p50: Some(7), ..Totals::default() };
+        t.sums[Measure::BytesTotal] = 11;
+        let json = serde_json::to_value(&t).expect("json");
+        assert_eq!(serde_json::from_value::<Totals>(json.clone()).expect("read back"), t);
         let mut keys: Vec<&str> = json.as_object().expect("object").keys().map(String::as_str).collect();
-        let mut want = TRUTH_KEYS.to_vec();
+        let mut want = truth_keys();
         want.sort_unstable();
         keys.sort_unstable();
         assert_eq!(keys, want);

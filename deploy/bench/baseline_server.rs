@@ -2,7 +2,7 @@
 //! throughput is the HTTP ceiling of the machine that the collector is compared against
 //! (`deploy/bench/collector.sh`).
 //!
-//! cargo run --release -p ingest --example baseline_server -- 127.0.0.1:8081
+//! cargo run --release -p bench --bin baseline_server -- 127.0.0.1:8081
 
 use axum::body::Bytes;
 use axum::http::StatusCode;

@@ -1,4 +1,4 @@
-//! A plain batch computation of the metric definitions, written independently of the streaming code
+//! The test oracle: a plain batch computation of the metric definitions (`docs/metrics.md`), written independently of the streaming code
 //! (timeline first, then totals and windows from it) so the differential tests compare two
 //! implementations: all records in, every view ended at its `viewend` or last event, every window summed.
 
@@ -7,9 +7,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use schemas::{CacheStatus, ClientInfo, Event, EventKind, Payload, Record, validate_event_map};
 use schemas::event::ViewDims;
 
-use crate::sessionizer::Dim;
-use crate::view::Totals;
-use crate::window::WindowDelta;
+use pipeline::sessionizer::Dim;
+use pipeline::view::Totals;
+use pipeline::window::WindowDelta;
+use schemas::measures::Measure::*;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Kind {
@@ -31,11 +32,11 @@ struct ViewInput {
 }
 
 pub fn compute(records: &[Record], window_ms: i64, dims: &[Dim]) -> BatchResult {
-    compute_with_timeout(records, window_ms, dims, crate::SessionConfig::default().inactivity_timeout_ms)
+    compute_with_timeout(records, window_ms, dims, pipeline::SessionConfig::default().inactivity_timeout_ms)
 }
 
 /// [`compute`] where a view ends at an event followed by more than `inactivity_timeout_ms` of the
-/// client's clock without another (DESIGN.md §4).
+/// client's clock without another (`docs/metrics.md` §5).
 pub fn compute_with_timeout(records: &[Record], window_ms: i64, dims: &[Dim], inactivity_timeout_ms: i64) -> BatchResult {
     let mut views: HashMap<String, ViewInput> = HashMap::new();
     for r in records {
@@ -68,16 +69,16 @@ pub fn compute_with_timeout(records: &[Record], window_ms: i64, dims: &[Dim], in
                     let d = result.windows.entry((w, key.clone())).or_default();
                     match kind {
                         Kind::Play(b) => {
-                            d.play_ms += overlap;
+                            d.sums[PlayMs] += overlap;
                             if let Some(b) = b {
-                                d.bitrate_ms += b * overlap;
-                                d.bitrate_known_ms += overlap;
+                                d.sums[BitrateMs] += b * overlap;
+                                d.sums[BitrateKnownMs] += overlap;
                             }
                         }
                         Kind::Stall(seek) => {
-                            d.stall_ms += overlap;
+                            d.sums[StallMs] += overlap;
                             if seek {
-                                d.seek_stall_ms += overlap;
+                                d.sums[SeekStallMs] += overlap;
                             }
                         }
                     }
@@ -86,28 +87,28 @@ pub fn compute_with_timeout(records: &[Record], window_ms: i64, dims: &[Dim], in
             }
         }
         for w in active {
-            result.windows.entry((w, key.clone())).or_default().active_views += 1;
+            result.windows.entry((w, key.clone())).or_default().sums[ActiveViews] += 1;
         }
         for (t, name, value) in points {
             let d = result.windows.entry((win(t), key.clone())).or_default();
             match name {
-                "attempt" => d.attempts += 1,
+                "attempt" => d.sums[Attempt] += 1,
                 "start" => {
-                    d.starts += 1;
-                    d.startup_ms_sum += value;
-                    d.startup_hist.record(value);
+                    d.sums[Started] += 1;
+                    d.sums[StartupMs] += value;
+                    d.startup_hist.record(value);  // startup_hist
                 }
-                "vsf" => d.vsf += 1,
-                "ebvs" => d.ebvs += 1,
-                "pbf" => d.playback_failures += 1,
-                "stall" => d.stall_count += 1,
-                "up" => d.switches_up += 1,
-                "down" => d.switches_down += 1,
-                "hit" => (d.segments_hit += 1, d.bytes_hit += value as u64, d.bytes_total += value as u64).0,
-                "miss" => (d.segments_miss += 1, d.bytes_total += value as u64).0,
-                "unknown" => d.segments_unknown += 1,
-                "error" => d.errors += 1,
-                "fatal" => (d.errors += 1, d.fatal_errors += 1).0,
+                "vsf" => d.sums[Vsf] += 1,
+                "ebvs" => d.sums[Ebvs] += 1,
+                "pbf" => d.sums[PlaybackFailure] += 1,
+                "stall" => d.sums[StallCount] += 1,
+                "up" => d.sums[SwitchesUp] += 1,
+                "down" => d.sums[SwitchesDown] += 1,
+                "hit" => (d.sums[SegmentsHit] += 1, d.sums[BytesHit] += value, d.sums[BytesTotal] += value).0,
+                "miss" => (d.sums[SegmentsMiss] += 1, d.sums[BytesTotal] += value).0,
+                "unknown" => d.sums[SegmentsUnknown] += 1,
+                "error" => d.sums[Errors] += 1,
+                "fatal" => (d.sums[Errors] += 1, d.sums[FatalErrors] += 1).0,
                 _ => unreachable!("point names are the ones above"),
             }
         }
@@ -220,16 +221,16 @@ fn timeline(events: &BTreeMap<u64, Event>, inactivity_timeout_ms: i64) -> Timeli
                 };
                 points.push((t, name, *bytes as i64));
                 match cache {
-                    CacheStatus::Hit => (totals.segments_hit += 1, totals.bytes_hit += bytes).0,
-                    CacheStatus::Miss => (totals.segments_miss += 1, totals.bytes_miss += bytes).0,
-                    CacheStatus::Unknown => (totals.segments_unknown += 1, totals.bytes_unknown += bytes).0,
+                    CacheStatus::Hit => (totals[SegmentsHit] += 1, totals[BytesHit] += *bytes as i64, totals[BytesTotal] += *bytes as i64).0,
+                    CacheStatus::Miss => (totals[SegmentsMiss] += 1, totals[BytesMiss] += *bytes as i64, totals[BytesTotal] += *bytes as i64).0,
+                    CacheStatus::Unknown => (totals[SegmentsUnknown] += 1, totals[BytesUnknown] += *bytes as i64).0,
                 }
             }
             (EventKind::Error, Payload::Error { fatal, .. }) => {
                 points.push((t, if *fatal { "fatal" } else { "error" }, 0));
-                totals.errors += 1;
+                totals[Errors] += 1;
                 if *fatal {
-                    totals.fatal_errors += 1;
+                    totals[FatalErrors] += 1;
                     if !failed {
                         if started_at.is_some() {
                             pbf = true;
@@ -259,33 +260,33 @@ fn timeline(events: &BTreeMap<u64, Event>, inactivity_timeout_ms: i64) -> Timeli
     }
     if attempt_at.is_some() && started_at.is_none() && !failed {
         points.push((end, "ebvs", 0));
-        totals.ebvs = true;
+        totals.set_flag(Ebvs, true);
     }
-    totals.attempt = attempt_at.is_some();
-    totals.started = started_at.is_some();
-    totals.startup_ms = started_at.zip(attempt_at).map(|(s, a)| s - a);
-    totals.vsf = vsf;
-    totals.playback_failure = pbf;
+    totals.set_flag(Attempt, attempt_at.is_some());
+    totals.set_flag(Started, started_at.is_some());
+    totals[StartupMs] = started_at.zip(attempt_at).map_or(0, |(s, a)| s - a);
+    totals.set_flag(Vsf, vsf);
+    totals.set_flag(PlaybackFailure, pbf);
     for (from, to, k) in &spans {
         let d = to - from;
         match k {
             Kind::Play(b) => {
-                totals.play_ms += d;
+                totals[PlayMs] += d;
                 if let Some(b) = b {
-                    totals.bitrate_ms += b * d;
-                    totals.bitrate_known_ms += d;
+                    totals[BitrateMs] += b * d;
+                    totals[BitrateKnownMs] += d;
                 }
             }
             Kind::Stall(seek) => {
-                totals.stall_ms += d;
+                totals[StallMs] += d;
                 if *seek {
-                    totals.seek_stall_ms += d;
+                    totals[SeekStallMs] += d;
                 }
             }
         }
     }
-    totals.stall_count = points.iter().filter(|p| p.1 == "stall").count() as u64;
-    totals.switches_up = points.iter().filter(|p| p.1 == "up").count() as u64;
-    totals.switches_down = points.iter().filter(|p| p.1 == "down").count() as u64;
+    totals[StallCount] = points.iter().filter(|p| p.1 == "stall").count() as i64;
+    totals[SwitchesUp] = points.iter().filter(|p| p.1 == "up").count() as i64;
+    totals[SwitchesDown] = points.iter().filter(|p| p.1 == "down").count() as i64;
     (totals, spans, points, dims)
 }

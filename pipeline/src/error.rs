@@ -1,0 +1,54 @@
+//! The pipeline's error type: what stops a run or fails an epoch (which the runner retries).
+
+/// An error of the pipeline; its message names what failed and where.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A setting that cannot work, named.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Log(#[from] locallog::LogError),
+    #[error("Parquet: {0}")]
+    Parquet(#[from] parquet::errors::ParquetError),
+    #[error("Arrow: {0}")]
+    Arrow(#[from] arrow_schema::ArrowError),
+    #[error("ClickHouse: {0}")]
+    ClickHouse(#[from] clickhouse::error::Error),
+    #[error("JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error(transparent)]
+    Service(#[from] service::Error),
+    #[error("task: {0}")]
+    Join(#[from] tokio::task::JoinError),
+    /// A record whose processing failed (it panicked); quarantined after `poison_attempts` in a row.
+    #[error("processing the record at {label} failed: {reason}")]
+    Poison { label: String, reason: String },
+    /// Anything else, described.
+    #[error("{0}")]
+    Other(String),
+    /// An error with what was being done when it happened.
+    #[error("{context}: {inner}")]
+    Context { context: String, inner: Box<Error> },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn msg(message: impl Into<String>) -> Error {
+        Error::Other(message.into())
+    }
+}
+
+service::define_context!(Error);
+
+/// Returns `Error::Other(format!(…))` unless the condition holds.
+macro_rules! ensure {
+    ($cond:expr, $($fmt:tt)+) => {
+        if !$cond {
+            return Err($crate::Error::Other(format!($($fmt)+)));
+        }
+    };
+}
+pub(crate) use ensure;

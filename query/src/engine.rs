@@ -1,0 +1,114 @@
+//! The DataFusion engine over the Parquet dataset: the four tables registered as hive-partitioned
+//! listing tables, the `hdr_quantile` aggregate, the helper views, and read-only analyst SQL.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::DataType;
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
+use datafusion::prelude::SessionContext;
+use schemas::dataset::DATASET_LOCK;
+use schemas::tables::{DIM_COLUMNS, arrow_schema, tables};
+
+use crate::metrics;
+use crate::sql::{SqlError, SqlRows, json_rows};
+use crate::{QueryConfig, hdr};
+
+/// Helper views (created after the tables). Ratios are fractions (0..1) unless named `_pct`.
+pub const HELPER_VIEWS: &str = include_str!("helper_views.sql");
+
+pub struct Engine {
+    ctx: SessionContext,
+}
+
+impl Engine {
+    /// Registers the dataset under `data_dir/parquet` (created empty if missing) and the helpers, with
+    /// the default memory limit of `[query]`.
+    pub async fn open(data_dir: &Path) -> crate::Result<Engine> {
+        Engine::open_with_memory_limit(data_dir, QueryConfig::default().memory_limit_bytes).await
+    }
+
+    /// [`Engine::open`] where the queries together may hold at most `memory_limit` bytes in their
+    /// operators (aggregations, sorts, joins): past it a query fails with "Resources exhausted" instead
+    /// of growing the process. Nothing spills to disk.
+    pub async fn open_with_memory_limit(data_dir: &Path, memory_limit: usize) -> crate::Result<Engine> {
+        use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+        // No list-files cache: it would hide the files the pipeline writes after the first query and
+        // keep listing the files a compaction deleted. (Files are immutable, so the statistics and
+        // footer caches, keyed by path and size/mtime, stay on.)
+        let runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
+            .with_cache_manager(datafusion::execution::cache::cache_manager::CacheManagerConfig::default().with_list_files_cache_limit(0))
+            .with_memory_limit(memory_limit, 1.0)
+            .with_disk_manager_builder(DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled))
+            .build_arc()?;
+        let ctx = SessionContext::new_with_config_rt(datafusion::prelude::SessionConfig::new(), runtime);
+        let root = data_dir.join("parquet");
+        for (name, columns) in tables() {
+            let dir = root.join(name);
+            std::fs::create_dir_all(&dir)?;
+            let dir = std::fs::canonicalize(&dir)?;
+            let url = ListingTableUrl::parse(format!("{}/", dir.display()))?;
+            let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
+                .with_file_extension(".parquet")
+                .with_table_partition_cols(vec![("dt".into(), DataType::Utf8), ("hour".into(), DataType::Utf8)]);
+            let config = ListingTableConfig::new(url).with_listing_options(options).with_schema(arrow_schema(columns));
+            ctx.register_table(name, Arc::new(ListingTable::try_new(config)?))?;
+        }
+        ctx.register_udaf(hdr::hdr_quantile());
+        for statement in helper_view_statements() {
+            ctx.sql(&statement).await?.collect().await?;
+        }
+        Ok(Engine { ctx })
+    }
+
+    pub fn context(&self) -> &SessionContext {
+        &self.ctx
+    }
+
+    /// Runs one SQL statement and collects its rows.
+    pub async fn sql(&self, sql: &str) -> crate::Result<Vec<RecordBatch>> {
+        // A compaction's file swap in this process waits for running queries, and queries for it.
+        let _files = DATASET_LOCK.read().await;
+        Ok(self.ctx.sql(sql).await?.collect().await?)
+    }
+
+    /// Runs an analyst's query: a read-only statement (no DDL, DML or statements such as SET; the
+    /// context has no URL or file tables), at most `max_rows + 1` rows (so a caller can tell it was cut),
+    /// within `timeout_ms`.
+    pub async fn read_only_sql(&self, sql: &str, max_rows: usize, timeout_ms: u64) -> Result<SqlRows, SqlError> {
+        use SqlError::{Invalid, Timeout};
+        let options = datafusion::execution::context::SQLOptions::new()
+            .with_allow_ddl(false)
+            .with_allow_dml(false)
+            .with_allow_statements(false);
+        let df = self.ctx.sql_with_options(sql, options).await.map_err(|e| Invalid(e.to_string()))?;
+        let df = df.limit(0, Some(max_rows + 1)).map_err(|e| Invalid(e.to_string()))?;
+        let columns = df.schema().fields().iter().map(|f| f.name().clone()).collect();
+        let _files = DATASET_LOCK.read().await;
+        let batches = match tokio::time::timeout(std::time::Duration::from_millis(timeout_ms), df.collect()).await {
+            Err(_) => return Err(Timeout(timeout_ms)),
+            Ok(Err(e)) if is_resources_exhausted(&e) => return Err(SqlError::ResourcesExhausted(e.to_string())),
+            Ok(r) => r.map_err(|e| Invalid(e.to_string()))?,
+        };
+        let rows = json_rows(&batches).map_err(|e| Invalid(format!("could not encode rows: {e}")))?;
+        Ok(SqlRows { columns, rows })
+    }
+}
+
+/// Whether a query failed for want of memory (the engine's limit).
+pub fn is_resources_exhausted(e: &datafusion::error::DataFusionError) -> bool {
+    matches!(e.find_root(), datafusion::error::DataFusionError::ResourcesExhausted(_))
+}
+
+/// The helper view statements, with the dimension list filled in.
+pub fn helper_view_statements() -> Vec<String> {
+    let dims = DIM_COLUMNS.join(", ");
+    HELPER_VIEWS
+        .split(';')
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty() && !s.lines().all(|l| l.trim_start().starts_with("--")))
+        .map(|s| s.replace("{dims}", &dims).replace("{metrics}", &metrics::select_list()))
+        .collect()
+}

@@ -1,0 +1,103 @@
+//! The Parquet dataset's layout, which every writer and reader honours:
+//!
+//! ```text
+//! <root>/<table>/dt=YYYY-MM-DD/hour=HH/part-<source>-e<epoch, 12 digits>.parquet          one epoch
+//! <root>/<table>/dt=YYYY-MM-DD/hour=HH/part-<source>-e<first>-<last>.parquet              merged epochs
+//! <root>/<table>/dt=YYYY-MM-DD/hour=HH/.part-….parquet.tmp                                never read
+//! ```
+//!
+//! Partitions are hive-style (UTC date and hour of the row's partition time: `event_ms` for events,
+//! `end_ms` for views, `window_start` for windows, `recv_ms` for dead letters), so DuckDB, Spark and
+//! DataFusion prune on `dt` and `hour` with no qoeflow code. Names are deterministic per (source, epoch):
+//! a replay rewrites the same names. See `docs/architecture.md` for the commit rule.
+
+/// Held for reading by queries of the dataset in this process and for writing by a compaction's swap.
+pub static DATASET_LOCK: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
+/// `part-<source>-e`: the prefix of every file of `source`.
+pub fn source_prefix(source: &str) -> String {
+    format!("part-{source}-e")
+}
+
+/// The file one epoch of `source` writes in a partition.
+pub fn file_name(source: &str, epoch: u64) -> String {
+    format!("part-{source}-e{epoch:012}.parquet")
+}
+
+/// The file a compaction of epochs `first..=last` of `source` writes.
+pub fn merged_file_name(source: &str, first: u64, last: u64) -> String {
+    format!("part-{source}-e{first:012}-{last:012}.parquet")
+}
+
+/// The epochs a file of this source holds: `e<N>` or a merged `e<first>-<last>`.
+pub fn epochs_of(name: &str, prefix: &str) -> Option<(u64, u64)> {
+    let body = name.strip_prefix(prefix)?.strip_suffix(".parquet")?;
+    match body.split_once('-') {
+        None => body.parse().ok().map(|e| (e, e)),
+        Some((a, b)) => Some((a.parse().ok()?, b.parse().ok()?)),
+    }
+}
+
+/// Start (epoch ms, UTC) of an `.../dt=YYYY-MM-DD/hour=HH` partition directory.
+pub fn partition_start(dir: &std::path::Path) -> Option<i64> {
+    let hour: i64 = dir.file_name()?.to_str()?.strip_prefix("hour=")?.parse().ok()?;
+    let date = dir.parent()?.file_name()?.to_str()?.strip_prefix("dt=")?;
+    let mut it = date.split('-').map(|p| p.parse::<i64>().ok());
+    let (y, m, d) = (it.next()??, it.next()??, it.next()??);
+    // Days since 1970-01-01 from a civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days * 86_400_000 + hour * 3_600_000)
+}
+
+/// `dt=YYYY-MM-DD/hour=HH` of an epoch-ms timestamp (UTC).
+pub fn partition_of(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let hour = secs.rem_euclid(86_400) / 3600;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("dt={y:04}-{m:02}-{d:02}/hour={hour:02}")
+}
+
+/// The `dt` partition value (YYYY-MM-DD, UTC) of an epoch-ms time.
+pub fn partition_date(ms: i64) -> String {
+    let p = partition_of(ms);
+    p.split('/').next().and_then(|d| d.strip_prefix("dt=")).unwrap_or_default().to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+
+    use super::*;
+
+    #[test]
+    fn partitions_are_utc_dates_and_hours() {
+        assert_eq!(partition_of(0), "dt=1970-01-01/hour=00");
+        assert_eq!(partition_of(1_700_000_000_000), "dt=2023-11-14/hour=22");
+        assert_eq!(partition_of(951_782_400_000 + 3_600_000 * 5), "dt=2000-02-29/hour=05");
+        assert_eq!(partition_of(4_102_444_799_999), "dt=2099-12-31/hour=23");
+    }
+
+    #[test]
+    fn partition_start_inverts_partition_of() {
+        for ms in [0i64, 1_700_000_000_000, 951_782_400_000 + 3_600_000 * 5 + 17, 4_102_444_799_999, 1_795_000_000_123] {
+            let dir = PathBuf::from("/x/events").join(partition_of(ms));
+            assert_eq!(partition_start(&dir), Some(ms - ms.rem_euclid(3_600_000)), "{ms}");
+        }
+        assert_eq!(partition_start(Path::new("/x/events/dt=2023-11-14")), None);
+    }
+}
