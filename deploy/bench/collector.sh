@@ -7,8 +7,9 @@
 #
 #   deploy/bench/collector.sh [DURATION_S=15] [CONNECTIONS=64] [ROUNDS=3]
 #
-# With QOEFLOW_AB=/path/to/another/qoeflow (an older build, say), that binary runs the same two targets in
-# the same alternating rounds, and the table gets its rows and its ratio to this build.
+# With AB_QOEFLOW=/path/to/another/qoeflow (an older build, say), that binary runs the same two targets in
+# the same alternating rounds, and the table gets its rows and its ratio to this build. (Not QOEFLOW_*:
+# qoeflow reads every QOEFLOW_ variable as a setting and refuses unknown ones.)
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$root"
@@ -29,7 +30,7 @@ wait_port 18481
 qoeflow_round() { # name port [serve flags...]
   local name=$1 port=$2; shift 2
   local bin=target/release/qoeflow
-  [[ $name == *_b ]] && bin="$QOEFLOW_AB"
+  [[ $name == *_b ]] && bin="$AB_QOEFLOW"
   rm -rf "$work/data"
   QOEFLOW_LOG_LEVEL=error "$bin" serve --listen "127.0.0.1:$port" --data-dir "$work/data" "$@" &
   local pid=$!
@@ -46,7 +47,7 @@ for r in $(seq 1 "$rounds"); do
   run baseline 18481 >>"$work/results"
   qoeflow_round collector 18482 --no-pipeline
   qoeflow_round qoeflow 18480
-  if [[ -n "${QOEFLOW_AB:-}" ]]; then
+  if [[ -n "${AB_QOEFLOW:-}" ]]; then
     qoeflow_round collector_b 18483 --no-pipeline
     qoeflow_round qoeflow_b 18484
   fi
@@ -67,12 +68,12 @@ targets = [("baseline", "axum read body + 204 (baseline)"),
            ("collector", "qoeflow collector (local log, fsync)"),
            ("qoeflow", "qoeflow serve (collector + pipeline)")]
 if "collector_b" in rows:
-    targets += [("collector_b", "QOEFLOW_AB collector"), ("qoeflow_b", "QOEFLOW_AB serve")]
+    targets += [("collector_b", "AB_QOEFLOW collector"), ("qoeflow_b", "AB_QOEFLOW serve")]
 for name, label in targets:
     errs = sum(int(float(r["errors"])) + int(float(r["non2xx"])) for r in rows[name])
     print(f"{label:<40} {med(name,'rps'):>10.0f} {med(name,'rps')*20:>10.0f} {med(name,'p50_ms'):>8.2f} {med(name,'p99_ms'):>8.2f} {errs:>7}")
 print(f"ratio collector / baseline (throughput): {med('collector','rps')/med('baseline','rps'):.2f}")
 print(f"ratio serve / baseline (throughput): {med('qoeflow','rps')/med('baseline','rps'):.2f}")
 if "collector_b" in rows:
-    print(f"ratio this build / QOEFLOW_AB: collector {med('collector','rps')/med('collector_b','rps'):.2f}, serve {med('qoeflow','rps')/med('qoeflow_b','rps'):.2f}")
+    print(f"ratio this build / AB_QOEFLOW: collector {med('collector','rps')/med('collector_b','rps'):.2f}, serve {med('qoeflow','rps')/med('qoeflow_b','rps'):.2f}")
 PY
