@@ -113,19 +113,10 @@ pub const WINDOW_QUANTILES: [(&str, f64); 4] = [("startup_p50", 0.5), ("startup_
 pub const API_QUANTILES: [(&str, f64); 2] = [("startup_p50", 0.5), ("startup_p95", 0.95)];
 
 impl Measure {
-    pub fn def(self) -> &'static Def {
-        &MEASURES[self as usize]
-    }
-
     /// Whether windows sum this measure (it has a `qoe_window` column).
     #[inline]
     pub const fn in_window(self) -> bool {
         MEASURES[self as usize].window.is_some()
-    }
-
-    /// Every measure, in list order.
-    pub fn all() -> impl Iterator<Item = Measure> {
-        MEASURES.iter().map(|d| d.measure)
     }
 }
 
@@ -156,10 +147,6 @@ impl Values {
         for (a, b) in self.0.iter_mut().zip(other.0.iter()) {
             *a += *b;
         }
-    }
-
-    pub fn is_zero(&self) -> bool {
-        self.0.iter().all(|v| *v == 0)
     }
 
     /// Whether a flag measure (a `Bool` view column) is set.

@@ -132,11 +132,6 @@ pub fn tables() -> [(&'static str, &'static [Column]); 4] {
     [("events", EVENTS), ("views", views()), ("qoe_window", qoe_window()), ("rejected", REJECTED)]
 }
 
-/// One table's columns by name.
-pub fn columns_of(table: &str) -> Option<&'static [Column]> {
-    tables().into_iter().find(|(name, _)| *name == table).map(|(_, cols)| cols)
-}
-
 /// `[clickhouse]`: the server holding the same four tables (written by the pipeline's ClickHouse sink,
 /// read by the query server's ClickHouse backend).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
