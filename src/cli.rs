@@ -29,7 +29,7 @@ pub enum Command {
     /// Pipeline alone, reading a Kinesis stream into Parquet (and ClickHouse).
     Pipeline(PipelineArgs),
     /// SQL over the Parquet dataset (tables events, views, qoe_window, rejected; helper views
-    /// qoe_ratios, view_ratios; aggregate hdr_quantile(startup_hist, q)).
+    /// qoe_ratios, view_ratios; aggregate hdr_quantile(startup_hist, startup_hist_retract, q)).
     Query(QueryArgs),
     /// The metrics API and dashboard alone, over the Parquet dataset or ClickHouse (production).
     QueryServer(QueryServerArgs),

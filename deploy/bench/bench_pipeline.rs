@@ -105,7 +105,11 @@ async fn main() -> anyhow::Result<()> {
     let spec = RunSpec { seed: 2, duration_ms: 3_600_000, ramp_ms: 1 };
     let client = schemas::ClientInfo { device_type: "mobile".into(), os: "iPhone".into(), browser: "Safari".into(), country: "DE".into(), ip: Some("203.0.113.0".into()), ..Default::default() };
     let before = rss_bytes();
-    let mut s = Sessionizer::new(PipelineConfig::default().session());
+    // On a state store on disk, as the runner keeps it: the open views' state is committed to it.
+    let state_path = out.join("open-views.state.redb");
+    let _ = std::fs::remove_file(&state_path);
+    let store = pipeline::StateStore::open(&state_path)?;
+    let (mut s, _) = Sessionizer::open(PipelineConfig::default().session(), store.clone())?;
     let mut opened = 0u64;
     let mut index = 0u64;
     while opened < open_views {
@@ -132,8 +136,10 @@ async fn main() -> anyhow::Result<()> {
     }
     s.advance();
     drop(s.flush());
+    let commit = s.take_commit(None)?;
+    store.commit(commit)?;
     let grown = rss_bytes().saturating_sub(before);
-    let snapshot = serde_json::to_vec(&s.snapshot())?.len();
+    let snapshot = store.disk_bytes();
     anyhow::ensure!(s.open_views() as u64 == open_views, "{} views open, expected {open_views}", s.open_views());
 
     let cpu = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
@@ -147,7 +153,7 @@ async fn main() -> anyhow::Result<()> {
     println!("{:<52} {:>12.0} {:>16.0}", "qoeflow pipeline: log -> sessionize -> Parquet", median(pipe_rate.clone()), median(pipe_core.clone()));
     println!("ratio pipeline / read+decode (per core): {:.2}", median(pipe_core) / median(base_core));
     println!(
-        "active views: {open_views} open and playing; RSS growth {:.0} bytes/view; checkpoint state {:.0} bytes/view",
+        "active views: {open_views} open and playing; RSS growth {:.0} bytes/view; state store on disk {:.0} bytes/view",
         grown as f64 / open_views as f64,
         snapshot as f64 / open_views as f64
     );

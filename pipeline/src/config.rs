@@ -34,6 +34,7 @@ pub struct PipelineConfig {
     pub max_ended_views: usize,
     pub max_gaps_per_view: usize,
     pub max_buffered_events: usize,
+    pub max_view_history: usize,
     /// Record bytes one epoch reads at most (besides `max_records_per_epoch`).
     pub max_epoch_bytes: usize,
     /// Attempts at a record whose processing fails before it is quarantined (dead-lettered).
@@ -62,6 +63,7 @@ impl Default for PipelineConfig {
             max_ended_views: s.max_ended_views,
             max_gaps_per_view: s.max_gaps_per_view,
             max_buffered_events: s.max_buffered_events,
+            max_view_history: s.max_view_history,
             max_epoch_bytes: 64 << 20,
             poison_attempts: 3,
             stall_after_ms: 60_000,
@@ -82,6 +84,7 @@ impl PipelineConfig {
             max_ended_views: self.max_ended_views,
             max_gaps_per_view: self.max_gaps_per_view,
             max_buffered_events: self.max_buffered_events,
+            max_view_history: self.max_view_history,
         }
     }
 
@@ -132,6 +135,9 @@ pub struct SessionConfig {
     /// Events waiting for a missing `seq`, over all views, at most; past it the view being fed
     /// proceeds past its gaps at once.
     pub max_buffered_events: usize,
+    /// Events kept in a view's history (what a correction re-derives it from) at most; past it the
+    /// view's stragglers are kept in `events` only (`uncorrected`).
+    pub max_view_history: usize,
 }
 
 impl Default for SessionConfig {
@@ -146,6 +152,7 @@ impl Default for SessionConfig {
             max_ended_views: 2_000_000,
             max_gaps_per_view: 1_000,
             max_buffered_events: 1_000_000,
+            max_view_history: 50_000,
         }
     }
 }

@@ -3,7 +3,8 @@
 //!
 //! - [`view`]: the per-view state machine (the metric definitions).
 //! - [`window`]: event-time tumbling windows, accumulated as deltas, with start-time histograms.
-//! - [`sessionizer`]: dedupe, reorder, view lifecycle, dimensions, watermark, late horizon.
+//! - [`sessionizer`]: dedupe, reorder, corrections, view lifecycle, dimensions, watermark, late horizon.
+//! - [`store`]: the state store (open and ended views, view histories, checkpoints) on disk.
 //! - [`rows`], [`parquet`]: output rows in the columns of `schemas::tables`, and the Parquet sink.
 //! - [`clickhouse`]: the ClickHouse sink (same tables, RowBinary, ReplacingMergeTree).
 //! - [`runner`]: the epoch protocol (intent → sinks → checkpoint) shared by every source.
@@ -24,10 +25,12 @@ pub mod rows;
 pub mod runner;
 pub mod sessionizer;
 pub mod status;
+pub mod store;
 pub mod view;
 pub mod window;
 
 pub use config::PipelineConfig;
 pub use error::{Error, Result};
 pub use status::PipelineStatus;
-pub use sessionizer::{Dim, EventRow, Output, SessionConfig, SessionState, Sessionizer, Stats, ViewRow};
+pub use sessionizer::{Dim, EventRow, Output, SessionConfig, Sessionizer, StateSizes, Stats, ViewRow};
+pub use store::StateStore;

@@ -43,6 +43,8 @@ pub fn window_row(w: &WindowRow, dims: &[Dim], source: &str, epoch: u64, row: us
         cells.push(measure_cell(d.sums[def.measure], ty));
         if def.measure == HISTOGRAM_MEASURE {
             cells.push(Cell::Bin(d.startup_hist.serialize()));
+            // Empty bytes when the row retracts no start (most rows).
+            cells.push(Cell::Bin(d.startup_retract.histogram().map_or_else(Vec::new, schemas::hist::serialize_histogram)));
             cells.extend(WINDOW_QUANTILES.iter().map(|(_, q)| d.startup_quantile(*q).map_or(Cell::Null, |v| Cell::F64(v as f64))));
         }
     }
@@ -97,6 +99,7 @@ pub fn view_row(v: &ViewRow, source: &str, epoch: u64, row: usize) -> Vec<Cell> 
         Cell::U64(v.events),
         Cell::U64(v.duplicates),
         Cell::U64(v.gaps),
+        Cell::U64(v.version),
         s(source),
         Cell::U64(epoch),
         Cell::U64(row as u64),

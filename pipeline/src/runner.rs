@@ -8,7 +8,9 @@
 //! 1. the epoch's **intent** (its exact input range) is saved;
 //! 2. ClickHouse rows are inserted (if configured);
 //! 3. Parquet files named after the epoch are written durably;
-//! 4. the **checkpoint** (epoch, position, sessionizer state) is saved with temp/fsync/rename.
+//! 4. the **checkpoint** (epoch, position) and what the epoch changed in the sessionizer's state are
+//!    committed in one transaction of the state store (`pipeline/<source>.state.redb`, see
+//!    [`crate::store`]): only what changed is written.
 //!
 //! After a crash or a sink failure, the runner restores the checkpoint, deletes the unfinished epoch's
 //! Parquet files, and replays exactly the intent's range. The sessionizer is deterministic (its time is
@@ -44,7 +46,8 @@ use schemas::tables::ClickHouseConfig;
 use crate::clickhouse::ClickHouseSink;
 use crate::config::PipelineConfig;
 use crate::parquet::ParquetSink;
-use crate::sessionizer::{SessionState, Sessionizer, Stats};
+use crate::sessionizer::{Sessionizer, Stats};
+use crate::store::StateStore;
 pub use crate::status::PipelineStatus;
 
 /// One record as the source stored it.
@@ -94,12 +97,12 @@ pub trait Source: Send {
     fn committed(&mut self, position: &Self::Position) -> impl Future<Output = ()> + Send;
 }
 
+/// The runner's part of a commit, saved in the state store with the sessionizer's changes.
 #[derive(Debug, Default, Serialize, serde::Deserialize)]
 #[serde(bound = "P: Serialize + DeserializeOwned + Default")]
 struct Checkpoint<P> {
     epoch: u64,
     position: P,
-    state: SessionState,
 }
 
 /// The input range of an epoch, saved before any sink write.
@@ -165,6 +168,7 @@ struct Ctx<'a> {
     config: &'a PipelineConfig,
     clickhouse: &'a ClickHouseConfig,
     status: &'a PipelineStatus,
+    store: StateStore,
 }
 
 /// A caught-up partition's clock trails the wall clock by this much, for records still on their way
@@ -256,7 +260,8 @@ pub async fn run<S: Source>(
     let lock_path = data_dir.join("pipeline").join(format!("{name}.lock"));
     let _lock = locallog::lock_exclusive(&lock_path).with_context(|| format!("pipeline checkpoint {name} in {}", data_dir.display()))?;
     let identity = format!("{name}-{}", instance_id(&data_dir)?);
-    let ctx = Ctx { data_dir: &data_dir, name, identity, config: &config, clickhouse: &clickhouse, status: &status };
+    let store = StateStore::open(&data_dir.join("pipeline").join(format!("{name}.state.redb")))?;
+    let ctx = Ctx { data_dir: &data_dir, name, identity, config: &config, clickhouse: &clickhouse, status: &status, store };
     let mut poison = Poison::default();
     let mut backoff = Duration::from_millis(200);
     loop {
@@ -339,7 +344,7 @@ async fn run_from_checkpoint<S: Source>(
 ) -> crate::Result<()> {
     let (config, name, status) = (ctx.config, &ctx.name, ctx.status);
     let state_dir = ctx.data_dir.join("pipeline");
-    let (ckpt_name, intent_name) = (format!("checkpoint-{name}.json"), format!("intent-{name}.json"));
+    let intent_name = format!("intent-{name}.json");
     let sink = Arc::new(ParquetSink::new(parquet_dir(ctx.data_dir), &ctx.identity, config.dims.clone()));
     let clickhouse = match &ctx.clickhouse.url {
         Some(url) => {
@@ -349,7 +354,11 @@ async fn run_from_checkpoint<S: Source>(
         }
         None => None,
     };
-    let ckpt: Checkpoint<S::Position> = load_json(&state_dir.join(&ckpt_name))?.unwrap_or_default();
+    let (mut session, ckpt) = Sessionizer::open(config.session(), ctx.store.clone())?;
+    let ckpt: Checkpoint<S::Position> = match ckpt {
+        Some(bytes) => serde_json::from_slice(&bytes).context("the checkpoint in the state store")?,
+        None => Checkpoint::default(),
+    };
     // An epoch started but not committed is replayed over exactly its recorded range.
     let mut replay = load_json::<Intent<S::Position>>(&state_dir.join(&intent_name))?
         .filter(|i| i.epoch == ckpt.epoch + 1 && i.from == ckpt.position);
@@ -358,7 +367,6 @@ async fn run_from_checkpoint<S: Source>(
         tracing::info!(removed, epoch = ckpt.epoch, "pipeline: removed files of an unfinished epoch; replaying it");
     }
     tracing::info!(source = %name, identity = %ctx.identity, epoch = ckpt.epoch, position = ?ckpt.position, "pipeline: resuming from checkpoint");
-    let mut session = Sessionizer::restore(config.session(), ckpt.state);
     status.restored(&session.stats);
     let panic_view = failpoint("pipeline_panic_view");
     let mut epoch = ckpt.epoch;
@@ -428,8 +436,9 @@ async fn run_from_checkpoint<S: Source>(
         if let Some(ch) = &clickhouse {
             ch.write_epoch(epoch, &out).await.with_context(|| format!("ClickHouse insert of epoch {epoch}"))?;
         }
-        let next = Checkpoint { epoch, position: to.clone(), state: session.snapshot() };
-        let (sink2, dir, ckpt_name2) = (sink.clone(), state_dir.clone(), ckpt_name.clone());
+        let next = serde_json::to_vec(&Checkpoint { epoch, position: to.clone() })?;
+        let commit = session.take_commit(Some(next)).with_context(|| format!("state of epoch {epoch}"))?;
+        let (sink2, store) = (sink.clone(), ctx.store.clone());
         let crash_at = failpoint("pipeline_after_files").and_then(|e| e.parse::<u64>().ok());
         let committed = tokio::task::spawn_blocking(move || {
             sink2.write_epoch(epoch, &out)?;
@@ -437,11 +446,12 @@ async fn run_from_checkpoint<S: Source>(
                 tracing::error!(epoch, "failpoint pipeline_after_files: aborting before the checkpoint");
                 std::process::abort();
             }
-            save_json(&dir, &ckpt_name2, &next)
+            store.commit(commit)
         })
         .await?;
         // Not committed: stop rather than skip; the caller replays this epoch from the checkpoint.
-        committed.with_context(|| format!("committing pipeline epoch {epoch}"))?;
+        let forgotten = committed.with_context(|| format!("committing pipeline epoch {epoch}"))?;
+        session.committed(forgotten);
         position = to;
         for q in &intent.quarantined {
             poison.pending.remove(&q.label);

@@ -4,10 +4,18 @@
 //! - **Dedupe and reorder.** Each view expects `seq` 0, 1, 2, …; an event with a `seq` already applied or
 //!   already waiting is a duplicate and dropped. Events ahead of a missing `seq` wait in the view's
 //!   buffer; once the event after a gap has waited `reorder_wait_ms` (of its partition's clock) the view
-//!   proceeds past that gap (counted in `gaps`); each gap waits on its own. A straggler for a skipped
-//!   `seq` still goes to the `events` table (counted in `stragglers`) but no longer changes the view.
-//! - **Clock.** A view's events are placed at `ts + offset`, `offset = recv_ms - sent_at` of the first
-//!   record seen for the view, kept for its life.
+//!   proceeds past that gap (counted in `gaps`); each gap waits on its own. The wait only saves work:
+//! - **Corrections.** A straggler for a skipped `seq` (counted in `stragglers`), for an open view or for
+//!   one that ended within the late horizon, joins the view's history, and the view is **re-derived**
+//!   from its complete, ordered history: the difference between the new and the old derivation goes out
+//!   as window deltas (negative and positive; a start time that moved is retracted from its old
+//!   window's histogram and added to its new one), and an ended view's `views` row is emitted again
+//!   with the next `version`. So any arrival order gives the measures of in-order arrival.
+//! - **Clock.** A view's events are placed at `ts + offset`, `offset = recv_ms - sent_at` of the record
+//!   that carried the view's lowest `seq` (in order: its first record); should a record with a lower
+//!   `seq` arrive later, its offset and client replace them and the view is re-derived.
+//! - **History and state** live in the [`StateStore`]: open views in memory and in the store, their
+//!   events and the ended views on disk only; an epoch's changes are committed with its checkpoint.
 //! - **Clocks.** Each source partition (a Kinesis shard, the local log) has its own clock: the largest
 //!   collector receive time seen in its records. A view's time-based decisions (reorder wait, inactivity
 //!   timeout, late horizon) use the clock of the partition its records come from, so a shard that lags
@@ -20,11 +28,13 @@
 //!   (ended at the last event's time), or when the next event in `seq` order comes more than
 //!   `inactivity_timeout_ms` of the client's clock after the previous one (ended at the previous one:
 //!   no interval stretches across the gap, so no event costs more than `inactivity_timeout_ms /
-//!   window_ms + 1` windows). Ended view ids are remembered (for the late horizon) so a straggler
-//!   cannot resurrect them; events sent after a view ended (a `seq` past its last) still go to the
+//!   window_ms + 1` windows). Ended views are kept (for the late horizon) so a straggler
+//!   corrects them instead of starting a new view; events sent after a view ended (a `seq` past its last) still go to the
 //!   `events` table, while resent ones are dropped as duplicates.
 //! - **Bounded state.** At `max_open_views` the views idle longest are ended (`evicted`, counted); at
-//!   `max_ended_views` the oldest ended views are forgotten; a view remembers at most
+//!   `max_ended_views` the oldest ended views are forgotten; a view's history holds at most
+//!   `max_view_history` events (past it the view can no longer be corrected: `uncorrected`); a view
+//!   remembers at most
 //!   `max_gaps_per_view` skipped ranges (in a map, so a lookup is logarithmic); past
 //!   `max_buffered_events` waiting for missing `seq`s, the view being fed stops waiting. Every cap acts
 //!   on the input and the state alone, so a replay makes the same decisions.
@@ -32,9 +42,10 @@
 //!   0) from the viewstart fields and the enrichment of the view's first record, so one view never
 //!   splits across dimension values.
 //! - **Late data.** Contributions placed before `watermark - late_horizon_ms` are dropped and counted in
-//!   `late_dropped`; everything else, however late, becomes another delta row for its old window.
+//!   `late_dropped`; everything else, however late, becomes another delta row for its old window. An
+//!   ended view is kept (with its history) until `late_horizon_ms` after it ended.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use schemas::event::ViewDims;
@@ -44,6 +55,7 @@ use serde::{Deserialize, Serialize};
 
 use schemas::measures::Measure;
 
+use crate::store::{Commit, Forgotten, StateStore};
 use crate::view::{Emit, Span, Totals, ViewMachine};
 use crate::window::{DimValues, WindowRow, Windows};
 
@@ -66,7 +78,10 @@ pub struct ViewRow {
     pub totals: Totals,
     pub events: u64,
     pub duplicates: u64,
+    /// `seq`s skipped and never received.
     pub gaps: u64,
+    /// 1 for the first row of a view, then one more for each correction: read the highest.
+    pub version: u64,
 }
 
 /// An accepted event (the `events` table): first occurrence of each `(view_id, seq)`.
@@ -124,8 +139,14 @@ pub struct Stats {
     pub late_dropped: u64,
     /// Events for views that had already ended (kept in `events` when new, dropped when resent).
     pub after_end: u64,
-    /// Events for a `seq` the view had already proceeded past (kept in `events` only).
+    /// Events for a `seq` the view had already proceeded past (each corrects its view).
     pub stragglers: u64,
+    /// Views re-derived from their history (for stragglers, or a lower `seq` arriving last).
+    pub corrections: u64,
+    /// Events replayed by those re-derivations (old and new derivation): the cost of corrections.
+    pub rederived_events: u64,
+    /// Stragglers of views whose history was full (`max_view_history`): kept in `events` only.
+    pub uncorrected: u64,
     /// Events in records that no longer validate (from a newer or broken writer).
     pub invalid: u64,
     pub views_ended: u64,
@@ -147,18 +168,122 @@ struct Buffered {
     raw_recv_ms: i64,
 }
 
+/// What a view's events derive, besides its totals: the machine, the viewstart's dimensions, the
+/// dimension values its contributions go to, and the last window it was counted active in.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct ViewCore {
+    machine: ViewMachine,
+    view_dims: Option<ViewDims>,
+    dims: Option<DimValues>,
+    last_active: Option<i64>,
+}
+
+/// Where a view's contributions are placed: its clock offset and client, the dimension set, the late
+/// horizon's cutoff (`i64::MIN` when re-deriving) and the inactivity timeout.
+struct Place<'a> {
+    offset: i64,
+    client: &'a ClientInfo,
+    dim_set: &'a [Dim],
+    cutoff: i64,
+    inactivity: i64,
+}
+
+impl ViewCore {
+    /// Applies the next event in `seq` order. Returns false when the event comes more than the
+    /// inactivity timeout after the previous one: the view then ended at the previous one, and this
+    /// event changes nothing (`docs/metrics.md` §5).
+    fn step(&mut self, event: &Event, place: &Place, windows: &mut Windows) -> bool {
+        if let Some(last) = self.machine.last_ts
+            && event.ts.saturating_sub(last) > place.inactivity
+        {
+            self.end(place, windows);
+            return false;
+        }
+        if event.kind == EventKind::Viewstart
+            && self.view_dims.is_none()
+            && let Payload::Viewstart(d) = &event.payload
+        {
+            self.view_dims = Some((**d).clone());
+        }
+        let (machine, mut emit) = self.split(windows, place);
+        machine.apply(event, &mut emit);
+        true
+    }
+
+    /// Ends the view at its last event: closes what is open (an exit before start if it never started).
+    fn end(&mut self, place: &Place, windows: &mut Windows) {
+        let last = self.machine.last_ts.unwrap_or_default();
+        let (machine, mut emit) = self.split(windows, place);
+        machine.end(last, &mut emit);
+    }
+
+    /// The state machine, and an emitter routing its contributions to `windows`.
+    fn split<'a>(&'a mut self, windows: &'a mut Windows, place: &'a Place) -> (&'a mut ViewMachine, WindowEmit<'a>) {
+        let emit = WindowEmit {
+            windows,
+            dims: &mut self.dims,
+            view_dims: &self.view_dims,
+            client: place.client,
+            dim_set: place.dim_set,
+            offset: place.offset,
+            cutoff: place.cutoff,
+            last_active: &mut self.last_active,
+        };
+        (&mut self.machine, emit)
+    }
+}
+
+/// What a view's complete history derives.
+struct Derived {
+    core: ViewCore,
+    /// The view's whole contribution to the windows.
+    windows: Windows,
+    /// How it ended, if it did.
+    ended: Option<&'static str>,
+    /// It ended by `close`, not by its own events.
+    closed: bool,
+}
+
+/// Derives a view from its history (events in `seq` order) from scratch: what in-order arrival would
+/// have computed. `close`: the view was ended from outside (a timeout, an eviction), with this reason,
+/// unless its history ends it first.
+fn derive(config: &SessionConfig, history: &[Event], offset: i64, client: &ClientInfo, close: Option<&'static str>) -> Derived {
+    let place = Place { offset, client, dim_set: &config.dims, cutoff: i64::MIN, inactivity: config.inactivity_timeout_ms };
+    let mut core = ViewCore::default();
+    let mut windows = Windows::new(config.window_ms);
+    let mut ended = None;
+    let mut closed = false;
+    for event in history {
+        if !core.step(event, &place, &mut windows) {
+            ended = Some("timeout");
+            break;
+        }
+        if core.machine.is_ended() {
+            ended = Some("viewend");
+            break;
+        }
+    }
+    if ended.is_none()
+        && let Some(reason) = close
+    {
+        core.end(&place, &mut windows);
+        ended = Some(reason);
+        closed = true;
+    }
+    Derived { core, windows, ended, closed }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct ViewSlot {
-    machine: ViewMachine,
+    core: ViewCore,
     next_seq: u64,
     buffer: BTreeMap<u64, Buffered>,
     offset_ms: i64,
+    /// The lowest `seq` of the record that set `offset_ms` and `client`.
+    offset_seq: u64,
     key: Option<String>,
     client: Arc<ClientInfo>,
-    view_dims: Option<ViewDims>,
-    dims: Option<DimValues>,
     last_recv_ms: i64,
-    last_active: Option<i64>,
     events: u64,
     duplicates: u64,
     gaps: u64,
@@ -167,18 +292,38 @@ struct ViewSlot {
     /// `seq` ranges (half-open) the view proceeded past and has not received since.
     #[serde(default, skip_serializing_if = "SeqRanges::is_empty")]
     skipped: SeqRanges,
+    /// Events in the view's history (in the store or pending).
+    history_len: u64,
+    /// The history reached `max_view_history`: no longer recorded, so the view cannot be corrected.
+    history_full: bool,
+    /// `views` rows emitted so far.
+    version: u64,
 }
 
-/// An ended view, remembered for the late horizon so a straggler cannot resurrect it: when it ended
-/// (watermark), and what it still accepts for the `events` table: `seq`s at or past `next_seq`, or
-/// inside `skipped` (each once), placed with the view's own offset.
+/// An ended view, kept for the late horizon: its state (a straggler re-derives it), when it ended
+/// (watermark), why, and what it still accepts for the `events` table past its end: `seq`s at or past
+/// `after.next_seq`, or inside `after.skipped` (each once).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct EndedSlot {
+    slot: ViewSlot,
+    at: i64,
+    reason: String,
+    /// The view's `next_seq` when it ended: stragglers are below it.
+    frontier: u64,
+    /// Closed from outside (no record for the inactivity timeout, evicted, or a batch's end) rather
+    /// than by its own events (`viewend`, an inactivity gap in its clock): events past its end still
+    /// belong to it, as they would have in order, and correct it.
+    #[serde(default)]
+    external: bool,
+    after: EndedView,
+}
+
+/// The `seq`s past an ended view's end it has seen (for the `events` table only).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct EndedView {
-    at: i64,
     next_seq: u64,
     #[serde(default, skip_serializing_if = "SeqRanges::is_empty")]
     skipped: SeqRanges,
-    offset_ms: i64,
 }
 
 impl EndedView {
@@ -191,6 +336,15 @@ impl EndedView {
             return Some(forgotten);
         }
         self.skipped.take(seq, cap)
+    }
+}
+
+/// The reason an ended view was stored with, as the static string rows carry.
+fn end_reason(reason: &str) -> &'static str {
+    match reason {
+        "viewend" => "viewend",
+        "evicted" => "evicted",
+        _ => "timeout",
     }
 }
 
@@ -296,23 +450,6 @@ impl Clocks {
     }
 }
 
-impl ViewSlot {
-    /// The view's state machine, and an emitter routing its contributions to `windows`.
-    fn split<'a>(&'a mut self, windows: &'a mut Windows, dim_set: &'a [Dim], cutoff: i64) -> (&'a mut ViewMachine, WindowEmit<'a>) {
-        let emit = WindowEmit {
-            windows,
-            dims: &mut self.dims,
-            view_dims: &self.view_dims,
-            client: &self.client,
-            dim_set,
-            offset: self.offset_ms,
-            cutoff,
-            last_active: &mut self.last_active,
-        };
-        (&mut self.machine, emit)
-    }
-}
-
 /// Routes one view's contributions to the windows, placing client time at event time.
 struct WindowEmit<'a> {
     windows: &'a mut Windows,
@@ -355,22 +492,42 @@ impl Emit for WindowEmit<'_> {
     }
 }
 
-/// The part of a sessionizer that must survive a restart (saved in checkpoints after a flush, when no
-/// window delta or output is pending).
+/// Sizes of a sessionizer's state ([`Sessionizer::sizes`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StateSizes {
+    pub open_views: usize,
+    /// Events waiting for a missing `seq`.
+    pub buffered_events: usize,
+    /// The most skipped `seq` ranges one open view remembers.
+    pub max_skipped_ranges: usize,
+    /// Ended views kept for the late horizon (committed, and ended since).
+    pub ended_views: u64,
+    /// Events added to histories since the last commit.
+    pub pending_history_events: usize,
+}
+
+/// The sessionizer's own part of the store's `meta`: clocks and counters.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct SessionState {
-    views: HashMap<String, ViewSlot>,
-    ended: HashMap<u64, EndedView>,
+struct SessionMeta {
     watermark: i64,
     clocks: Clocks,
     stats: Stats,
 }
 
+/// What an epoch changed in the state, not yet committed to the store.
+#[derive(Debug, Default)]
+struct Pending {
+    /// Open views written or ended (deleted from `open`) since the last commit.
+    dirty: HashSet<String>,
+    /// Ended views written since the last commit, and whether each is new to the store.
+    ended: HashMap<String, (EndedSlot, bool)>,
+    /// Events that joined views' histories since the last commit.
+    history: HashMap<String, Vec<Event>>,
+}
+
 pub struct Sessionizer {
     config: SessionConfig,
     views: HashMap<String, ViewSlot>,
-    /// Hash of ended view ids → when they ended and what they still accept.
-    ended: HashMap<u64, EndedView>,
     windows: Windows,
     /// The largest receive time over all partitions.
     watermark: i64,
@@ -379,51 +536,105 @@ pub struct Sessionizer {
     pub stats: Stats,
     /// Events waiting in the views' buffers, over all views (bounded by `max_buffered_events`).
     buffered: usize,
-}
-
-/// The key of an ended view. Persisted in checkpoints, so the hash must not change between builds or
-/// Rust releases (std's `DefaultHasher` may): XXH3-64, a specified algorithm, with seed 0.
-fn id_hash(view_id: &str) -> u64 {
-    twox_hash::XxHash3_64::oneshot(view_id.as_bytes())
+    store: StateStore,
+    pending: Pending,
+    /// Commit to the store at every flush (a sessionizer without a runner: tests, batch).
+    autocommit: bool,
+    /// The first store error since the last commit: the epoch cannot be committed.
+    store_error: Option<String>,
 }
 
 impl Sessionizer {
+    /// A sessionizer on a store in memory, committing at every flush (tests, batch computations).
     pub fn new(config: SessionConfig) -> Sessionizer {
+        let mut s = Sessionizer::with_store(config, StateStore::in_memory());
+        s.autocommit = true;
+        s
+    }
+
+    fn with_store(config: SessionConfig, store: StateStore) -> Sessionizer {
         Sessionizer {
             windows: Windows::new(config.window_ms),
             config,
             views: HashMap::new(),
-            ended: HashMap::new(),
             watermark: i64::MIN,
             clocks: Clocks::default(),
             out: Output::default(),
             stats: Stats::default(),
             buffered: 0,
+            store,
+            pending: Pending::default(),
+            autocommit: false,
+            store_error: None,
         }
     }
 
-    /// Restores a sessionizer from a checkpointed state.
-    pub fn restore(config: SessionConfig, state: SessionState) -> Sessionizer {
-        let mut s = Sessionizer::new(config);
-        s.views = state.views;
-        s.ended = state.ended;
-        s.watermark = state.watermark;
-        s.clocks = state.clocks;
-        s.stats = state.stats;
-        s.buffered = s.views.values().map(|v| v.buffer.len()).sum();
-        s
+    /// Opens the sessionizer on the committed state of `store`; also returns the runner's checkpoint
+    /// saved with it ([`Sessionizer::take_commit`]).
+    pub fn open(config: SessionConfig, store: StateStore) -> crate::Result<(Sessionizer, Option<Vec<u8>>)> {
+        use crate::error::Context;
+        let loaded = store.load()?;
+        let mut s = Sessionizer::with_store(config, store);
+        if let Some(meta) = loaded.session {
+            let meta: SessionMeta = serde_json::from_slice(&meta).context("state store: the sessionizer's meta")?;
+            (s.watermark, s.clocks, s.stats) = (meta.watermark, meta.clocks, meta.stats);
+        }
+        for (id, v) in loaded.open {
+            let slot: ViewSlot = serde_json::from_slice(&v).with_context(|| format!("state store: open view {id:?}"))?;
+            s.buffered += slot.buffer.len();
+            s.views.insert(id, slot);
+        }
+        Ok((s, loaded.checkpoint))
     }
 
-    /// The state to checkpoint. Call right after [`Sessionizer::flush`] (nothing pending).
-    pub fn snapshot(&self) -> SessionState {
-        debug_assert!(self.windows.is_empty() && self.out.is_empty(), "snapshot with unflushed output");
-        SessionState {
-            views: self.views.clone(),
-            ended: self.ended.clone(),
-            watermark: self.watermark,
-            clocks: self.clocks.clone(),
-            stats: self.stats.clone(),
+    /// What the last epoch changed, with the runner's `checkpoint`, to write in one transaction
+    /// ([`StateStore::commit`]). Call right after [`Sessionizer::flush`]. Fails if the store failed
+    /// during the epoch.
+    pub fn take_commit(&mut self, checkpoint: Option<Vec<u8>>) -> crate::Result<Commit> {
+        debug_assert!(self.windows.is_empty() && self.out.is_empty(), "commit with unflushed output");
+        if let Some(e) = self.store_error.take() {
+            return Err(crate::Error::msg(e));
         }
+        let pending = std::mem::take(&mut self.pending);
+        let mut c = Commit { checkpoint, max_ended: self.config.max_ended_views, ..Commit::default() };
+        c.expire_before = self.watermark.saturating_sub(self.config.late_horizon_ms);
+        for id in pending.dirty {
+            match self.views.get(&id) {
+                Some(slot) => c.open_put.push((id.clone(), serde_json::to_vec(slot)?)),
+                None => c.open_delete.push(id),
+            }
+        }
+        for (id, (e, new)) in pending.ended {
+            c.ended_put.push((id, e.at, new, serde_json::to_vec(&e)?));
+        }
+        for (id, events) in pending.history {
+            if let Some(lowest) = events.iter().map(|e| e.seq).min() {
+                c.history_put.push((id, lowest, serde_json::to_vec(&events)?));
+            }
+        }
+        let meta = SessionMeta { watermark: self.watermark, clocks: self.clocks.clone(), stats: self.stats.clone() };
+        c.session = serde_json::to_vec(&meta)?;
+        Ok(c)
+    }
+
+    /// Counts what a commit forgot.
+    pub fn committed(&mut self, forgotten: Forgotten) {
+        self.stats.ended_forgotten += forgotten.over_cap;
+    }
+
+    /// How big the state is (for bounds checks and benchmarks).
+    pub fn sizes(&self) -> StateSizes {
+        StateSizes {
+            open_views: self.views.len(),
+            buffered_events: self.views.values().map(|v| v.buffer.len()).sum(),
+            max_skipped_ranges: self.views.values().map(|v| v.skipped.0.len()).max().unwrap_or(0),
+            ended_views: self.store.ended_count().unwrap_or(0) + self.pending.ended.values().filter(|(_, new)| *new).count() as u64,
+            pending_history_events: self.pending.history.values().map(Vec::len).sum(),
+        }
+    }
+
+    pub fn store(&self) -> &StateStore {
+        &self.store
     }
 
     pub fn watermark(&self) -> i64 {
@@ -463,40 +674,113 @@ impl Sessionizer {
         self.watermark = self.watermark.max(clock);
     }
 
+    /// Records a store failure: the epoch will not commit (the runner retries it from the checkpoint).
+    fn store_failed(&mut self, e: impl std::fmt::Display) {
+        if self.store_error.is_none() {
+            self.store_error = Some(format!("{e}"));
+        }
+    }
+
+    /// An ended view (pending or committed) and whether it is new to the store; taken out of pending.
+    fn take_ended(&mut self, view_id: &str) -> Option<(EndedSlot, bool)> {
+        if let Some(e) = self.pending.ended.remove(view_id) {
+            return Some(e);
+        }
+        match self.store.ended(view_id) {
+            Ok(Some(bytes)) => match serde_json::from_slice(&bytes) {
+                Ok(e) => Some((e, false)),
+                Err(e) => {
+                    self.store_failed(format!("state store: ended view {view_id:?}: {e}"));
+                    None
+                }
+            },
+            Ok(None) => None,
+            Err(e) => {
+                self.store_failed(e);
+                None
+            }
+        }
+    }
+
+    /// A view's complete history (committed and pending), in `seq` order.
+    fn history_of(&mut self, view_id: &str) -> Vec<Event> {
+        let mut events = Vec::new();
+        match self.store.history(view_id) {
+            Ok(chunks) => {
+                for chunk in chunks {
+                    match serde_json::from_slice::<Vec<Event>>(&chunk) {
+                        Ok(v) => events.extend(v),
+                        Err(e) => self.store_failed(format!("state store: history of {view_id:?}: {e}")),
+                    }
+                }
+            }
+            Err(e) => self.store_failed(e),
+        }
+        if let Some(p) = self.pending.history.get(view_id) {
+            events.extend(p.iter().cloned());
+        }
+        events.sort_by_key(|e| e.seq);
+        events.dedup_by_key(|e| e.seq);
+        events
+    }
+
+    /// Adds events to a view's history (unless it is full). Returns whether they were recorded.
+    fn record_history(pending: &mut Pending, config: &SessionConfig, view_id: &str, slot: &mut ViewSlot, events: Vec<Event>) -> bool {
+        if events.is_empty() {
+            return true;
+        }
+        if slot.history_full || slot.history_len + events.len() as u64 > config.max_view_history as u64 {
+            slot.history_full = true;
+            return false;
+        }
+        slot.history_len += events.len() as u64;
+        match pending.history.get_mut(view_id) {
+            Some(h) => h.extend(events),
+            None => {
+                pending.history.insert(view_id.to_owned(), events);
+            }
+        }
+        true
+    }
+
     fn process_events(&mut self, p: u32, rec: EventsRecord) {
         self.clocks.raise(p, rec.recv_ms);
         self.watermark = self.watermark.max(rec.recv_ms);
         let n = rec.events.len() as u64;
         self.stats.events += n;
-        let hash = id_hash(&rec.view_id);
-        if self.ended.contains_key(&hash) {
-            self.stats.after_end += n;
-            self.events_after_end(hash, &rec);
-            return;
-        }
-        if self.views.len() >= self.config.max_open_views && !self.views.contains_key(&rec.view_id) {
-            self.evict_idle();
+        if !self.views.contains_key(&rec.view_id) {
+            if let Some((ended, new)) = self.take_ended(&rec.view_id) {
+                self.events_for_ended(ended, new, &rec);
+                return;
+            }
+            if self.views.len() >= self.config.max_open_views {
+                self.evict_idle();
+            }
         }
         let offset = rec.offset_ms();
         let slot = self.views.entry(rec.view_id.clone()).or_insert_with(|| ViewSlot {
-            machine: ViewMachine::new(),
+            core: ViewCore::default(),
             next_seq: 0,
             buffer: BTreeMap::new(),
             offset_ms: offset,
+            offset_seq: u64::MAX,
             key: rec.key.clone(),
             client: Arc::new(rec.client.clone()),
-            view_dims: None,
-            dims: None,
             last_recv_ms: rec.recv_ms,
-            last_active: None,
             events: 0,
             duplicates: 0,
             gaps: 0,
             partition: p,
             skipped: SeqRanges::default(),
+            history_len: 0,
+            history_full: false,
+            version: 0,
         });
+        self.pending.dirty.insert(rec.view_id.clone());
         slot.last_recv_ms = slot.last_recv_ms.max(rec.recv_ms);
         slot.partition = p;
+        let mut late = Vec::new();
+        let mut lowest = u64::MAX;
         for raw in &rec.events {
             let event = match validate_event_map(raw) {
                 Ok(e) => e,
@@ -522,15 +806,28 @@ impl Sessionizer {
                 continue;
             }
             slot.events += 1;
+            lowest = lowest.min(event.seq);
             self.out.events.push(EventRow::new(event.clone(), raw, &rec, slot.offset_ms, slot.client.clone()));
             if straggler {
-                // Too late for the view, which proceeded past it; kept for the raw table, once.
                 self.stats.gaps_forgotten += slot.skipped.take(event.seq, self.config.max_gaps_per_view).unwrap_or(0);
                 self.stats.stragglers += 1;
+                slot.gaps = slot.gaps.saturating_sub(1);
+                late.push(event);
                 continue;
             }
             slot.buffer.insert(event.seq, Buffered { event, raw_recv_ms: rec.recv_ms });
             self.buffered += 1;
+        }
+        // The record with the view's lowest `seq` places the view (in order: its first record).
+        let mut replace = None;
+        if lowest < slot.offset_seq {
+            slot.offset_seq = lowest;
+            if offset != slot.offset_ms || *slot.client != rec.client {
+                replace = Some((offset, rec.client.clone()));
+            }
+        }
+        if !late.is_empty() || replace.is_some() {
+            self.correct_open(&rec.view_id, late, replace);
         }
         // Too much is waiting for missing `seq`s overall: this view stops waiting for its own.
         let skip_received_by = if self.buffered > self.config.max_buffered_events {
@@ -540,6 +837,142 @@ impl Sessionizer {
             i64::MIN
         };
         self.drain_view(&rec.view_id, skip_received_by);
+    }
+
+    /// Re-derives the open view `view_id` with `late` events added to its history and, if given, a new
+    /// offset and client; emits the difference to the windows. Finalizes the view if the new
+    /// derivation ends it.
+    fn correct_open(&mut self, view_id: &str, late: Vec<Event>, replace: Option<(i64, ClientInfo)>) {
+        let added = late.len();
+        let full = self.views.get(view_id).is_none_or(|slot| slot.history_full || slot.history_len + added as u64 > self.config.max_view_history as u64);
+        if full {
+            // Not re-derivable: the view stays where it was placed, without these events.
+            self.stats.uncorrected += added as u64;
+            if let Some(slot) = self.views.get_mut(view_id) {
+                slot.history_full = true;
+            }
+            return;
+        }
+        let mut history = self.history_of(view_id);
+        let Some(slot) = self.views.get_mut(view_id) else { return };
+        let old = derive(&self.config, &history, slot.offset_ms, &slot.client, None);
+        if let Some((offset, client)) = replace {
+            (slot.offset_ms, slot.client) = (offset, Arc::new(client));
+        }
+        history.extend(late.iter().cloned());
+        history.sort_by_key(|e| e.seq);
+        Self::record_history(&mut self.pending, &self.config, view_id, slot, late);
+        let new = derive(&self.config, &history, slot.offset_ms, &slot.client, None);
+        let cutoff = self.clocks.get(slot.partition).saturating_sub(self.config.late_horizon_ms);
+        self.stats.late_dropped += self.windows.add_difference(old.windows, new.windows, cutoff);
+        self.stats.corrections += 1;
+        self.stats.rederived_events += (2 * history.len() - added) as u64;
+        slot.core = new.core;
+        if let Some(reason) = new.ended {
+            self.finalize(view_id, reason);
+        }
+    }
+
+    /// Events for a view that already ended: a straggler for a `seq` it skipped corrects it (a new
+    /// `views` row version); a `seq` past its end goes to the `events` table only, once; resent ones
+    /// are duplicates.
+    fn events_for_ended(&mut self, mut e: EndedSlot, new: bool, rec: &EventsRecord) {
+        let mut late: Vec<Event> = Vec::new();
+        let cap = self.config.max_gaps_per_view;
+        for raw in &rec.events {
+            let Ok(event) = validate_event_map(raw) else { continue };
+            if event.view_id != rec.view_id {
+                continue;
+            }
+            if event.seq < e.frontier {
+                match e.slot.skipped.take(event.seq, cap) {
+                    Some(forgotten) => {
+                        self.stats.gaps_forgotten += forgotten;
+                        self.stats.stragglers += 1;
+                        e.slot.gaps = e.slot.gaps.saturating_sub(1);
+                        e.slot.events += 1;
+                        self.out.events.push(EventRow::new(event.clone(), raw, rec, e.slot.offset_ms, e.slot.client.clone()));
+                        late.push(event);
+                    }
+                    None => {
+                        e.slot.duplicates += 1;
+                        self.stats.duplicates += 1;
+                    }
+                }
+                continue;
+            }
+            if e.external {
+                // Closed only for want of records: what it missed joins its history.
+                if event.seq > e.frontier {
+                    e.slot.gaps += event.seq - e.frontier;
+                    self.stats.gaps_forgotten += e.slot.skipped.push(e.frontier, event.seq, cap);
+                }
+                e.frontier = event.seq + 1;
+                e.slot.next_seq = e.frontier;
+                self.stats.stragglers += 1;
+                e.slot.events += 1;
+                self.out.events.push(EventRow::new(event.clone(), raw, rec, e.slot.offset_ms, e.slot.client.clone()));
+                late.push(event);
+                continue;
+            }
+            match e.after.accept(event.seq, cap) {
+                Some(forgotten) => {
+                    self.stats.gaps_forgotten += forgotten;
+                    self.stats.after_end += 1;
+                    self.out.events.push(EventRow::new(event, raw, rec, e.slot.offset_ms, e.slot.client.clone()));
+                }
+                None => {
+                    e.slot.duplicates += 1;
+                    self.stats.duplicates += 1;
+                }
+            }
+        }
+        // As for an open view, the record with the lowest `seq` places the view.
+        let mut replace = None;
+        if let Some(lowest) = late.iter().map(|e| e.seq).min()
+            && lowest < e.slot.offset_seq
+        {
+            e.slot.offset_seq = lowest;
+            if rec.offset_ms() != e.slot.offset_ms || *e.slot.client != rec.client {
+                replace = Some((rec.offset_ms(), rec.client.clone()));
+            }
+        }
+        if !late.is_empty() {
+            self.correct_ended(&rec.view_id, &mut e, late, replace);
+        }
+        self.pending.ended.insert(rec.view_id.clone(), (e, new));
+    }
+
+    /// Re-derives an ended view with `late` events added to its history: window differences, and its
+    /// `views` row again with the next version.
+    fn correct_ended(&mut self, view_id: &str, e: &mut EndedSlot, late: Vec<Event>, replace: Option<(i64, ClientInfo)>) {
+        let added = late.len();
+        if e.slot.history_full || e.slot.history_len + added as u64 > self.config.max_view_history as u64 {
+            e.slot.history_full = true;
+            self.stats.uncorrected += added as u64;
+            return;
+        }
+        let mut history = self.history_of(view_id);
+        let close = Some(end_reason(&e.reason));
+        let old = derive(&self.config, &history, e.slot.offset_ms, &e.slot.client, close);
+        if let Some((offset, client)) = replace {
+            (e.slot.offset_ms, e.slot.client) = (offset, Arc::new(client));
+        }
+        history.extend(late.iter().cloned());
+        history.sort_by_key(|e| e.seq);
+        Self::record_history(&mut self.pending, &self.config, view_id, &mut e.slot, late);
+        let new = derive(&self.config, &history, e.slot.offset_ms, &e.slot.client, close);
+        let cutoff = self.clocks.get(e.slot.partition).saturating_sub(self.config.late_horizon_ms);
+        self.stats.late_dropped += self.windows.add_difference(old.windows, new.windows, cutoff);
+        self.stats.corrections += 1;
+        self.stats.rederived_events += (2 * history.len() - added) as u64;
+        e.slot.core = new.core;
+        let reason = new.ended.unwrap_or("timeout");
+        // Ended by its own events now (a late `viewend`), or still closed from outside.
+        e.external = new.closed;
+        e.reason = reason.to_owned();
+        e.slot.version += 1;
+        self.out.views.push(view_row(view_id, &e.slot, reason));
     }
 
     /// Ends the views idle longest (least recent record first; ties by id), a sixteenth of
@@ -567,26 +1000,16 @@ impl Sessionizer {
         self.drain_view(id, i64::MAX);
         let Some(slot) = self.views.get_mut(id) else { return false };
         let cutoff = self.clocks.get(slot.partition).saturating_sub(self.config.late_horizon_ms);
-        let last = slot.machine.last_ts.unwrap_or_default();
-        let (machine, mut emit) = slot.split(&mut self.windows, &self.config.dims, cutoff);
-        machine.end(last, &mut emit);
-        self.finalize(id, reason);
+        let place = Place {
+            offset: slot.offset_ms,
+            client: &slot.client,
+            dim_set: &self.config.dims,
+            cutoff,
+            inactivity: self.config.inactivity_timeout_ms,
+        };
+        slot.core.end(&place, &mut self.windows);
+        self.finalize_as(id, reason, true);
         true
-    }
-
-    /// Events for a view that already ended: new ones (a `seq` it never saw) go to the `events` table
-    /// only, once; resent ones are duplicates.
-    fn events_after_end(&mut self, hash: u64, rec: &EventsRecord) {
-        let Some(ended) = self.ended.get_mut(&hash) else { return };
-        for raw in &rec.events {
-            let Ok(event) = validate_event_map(raw) else { continue };
-            if event.view_id != rec.view_id {
-                continue;
-            }
-            let Some(forgotten) = ended.accept(event.seq, self.config.max_gaps_per_view) else { continue };
-            self.stats.gaps_forgotten += forgotten;
-            self.out.events.push(EventRow::new(event, raw, rec, ended.offset_ms, Arc::new(rec.client.clone())));
-        }
     }
 
     /// Applies the view's buffered events that are next in `seq` order. A gap is skipped only when the
@@ -596,6 +1019,7 @@ impl Sessionizer {
         let Some(slot) = self.views.get_mut(view_id) else { return };
         let cutoff = self.clocks.get(slot.partition).saturating_sub(self.config.late_horizon_ms);
         let mut reason = "viewend";
+        let mut applied = Vec::new();
         while let Some(entry) = slot.buffer.first_entry() {
             let seq = *entry.key();
             if seq != slot.next_seq {
@@ -609,72 +1033,65 @@ impl Sessionizer {
             let b = entry.remove();
             self.buffered = self.buffered.saturating_sub(1);
             slot.next_seq = seq + 1;
-            if let Some(last) = slot.machine.last_ts
-                && b.event.ts.saturating_sub(last) > self.config.inactivity_timeout_ms
-            {
-                // docs/metrics.md §5: the view had ended at its previous event; this one (already in `events`)
-                // changes no measure, and no interval stretches across the gap.
-                let (machine, mut emit) = slot.split(&mut self.windows, &self.config.dims, cutoff);
-                machine.end(last, &mut emit);
+            let place = Place {
+                offset: slot.offset_ms,
+                client: &slot.client,
+                dim_set: &self.config.dims,
+                cutoff,
+                inactivity: self.config.inactivity_timeout_ms,
+            };
+            let placed = b.event.ts + slot.offset_ms;
+            if !slot.core.step(&b.event, &place, &mut self.windows) {
+                // The view had ended at its previous event; this one (already in `events`) changes no
+                // measure, and no interval stretches across the gap.
                 self.stats.after_end += 1;
                 reason = "timeout";
                 break;
             }
-            if b.event.ts + slot.offset_ms < cutoff {
+            if placed < cutoff {
                 self.stats.late_dropped += 1;
             }
-            if b.event.kind == EventKind::Viewstart && slot.view_dims.is_none() {
-                if let Payload::Viewstart(d) = &b.event.payload {
-                    slot.view_dims = Some((**d).clone());
-                }
-            }
-            let (machine, mut emit) = slot.split(&mut self.windows, &self.config.dims, cutoff);
-            machine.apply(&b.event, &mut emit);
-            if slot.machine.is_ended() {
+            applied.push(b.event);
+            if slot.core.machine.is_ended() {
                 break;
             }
         }
-        if slot.machine.is_ended() {
+        if !applied.is_empty() {
+            self.pending.dirty.insert(view_id.to_owned());
+            // A full history only means the view can no longer be corrected.
+            let _ = Self::record_history(&mut self.pending, &self.config, view_id, slot, applied);
+        }
+        if slot.core.machine.is_ended() {
             self.finalize(view_id, reason);
         }
     }
 
     fn finalize(&mut self, view_id: &str, reason: &'static str) {
-        let Some(slot) = self.views.remove(view_id) else { return };
+        self.finalize_as(view_id, reason, false);
+    }
+
+    /// Finalizes an open view; `external`: closed from outside, not by its own events.
+    fn finalize_as(&mut self, view_id: &str, reason: &'static str, external: bool) {
+        let Some(mut slot) = self.views.remove(view_id) else { return };
         self.stats.views_ended += 1;
         self.buffered = self.buffered.saturating_sub(slot.buffer.len());
-        let hash = id_hash(view_id);
-        // Seqs it never saw stay acceptable for the events table: the skipped ones, and any missing
-        // between what it applied and what it still held buffered.
-        let mut ended =
-            EndedView { at: self.watermark, next_seq: slot.next_seq, skipped: slot.skipped.clone(), offset_ms: slot.offset_ms };
+        self.pending.dirty.insert(view_id.to_owned());
+        // Seqs past the end it never saw stay acceptable for the events table; the ones it held
+        // buffered were seen.
+        let mut after = EndedView { next_seq: slot.next_seq, skipped: SeqRanges::default() };
         for &seq in slot.buffer.keys() {
-            self.stats.gaps_forgotten += ended.accept(seq, self.config.max_gaps_per_view).unwrap_or(0);
+            self.stats.gaps_forgotten += after.accept(seq, self.config.max_gaps_per_view).unwrap_or(0);
         }
-        self.ended.insert(hash, ended);
-        if self.ended.len() > self.config.max_ended_views {
-            self.forget_oldest_ended();
-        }
-        let first = slot.machine.first_ts.unwrap_or_default();
-        let last = slot.machine.last_ts.unwrap_or(first);
-        self.out.views.push(ViewRow {
-            view_id: view_id.to_owned(),
-            key: slot.key,
-            start_ms: first + slot.offset_ms,
-            end_ms: last + slot.offset_ms,
-            end_reason: reason,
-            dims: slot.view_dims.unwrap_or_default(),
-            client: (*slot.client).clone(),
-            totals: slot.machine.totals,
-            events: slot.events,
-            duplicates: slot.duplicates,
-            gaps: slot.gaps,
-        });
+        slot.buffer.clear();
+        slot.version += 1;
+        self.out.views.push(view_row(view_id, &slot, reason));
+        let ended = EndedSlot { frontier: slot.next_seq, slot, at: self.watermark, reason: reason.to_owned(), external, after };
+        self.pending.ended.insert(view_id.to_owned(), (ended, true));
     }
 
     /// Time-based decisions at the end of a batch, each on the clock of the view's partition: proceed
-    /// past gaps that waited long enough, end inactive views, forget ended views older than the late
-    /// horizon.
+    /// past gaps that waited long enough, end inactive views. (Ended views older than the late horizon
+    /// are forgotten by the commit.)
     pub fn advance(&mut self) {
         let mut waited: Vec<(String, i64)> = Vec::new();
         let mut inactive: Vec<String> = Vec::new();
@@ -696,20 +1113,6 @@ impl Sessionizer {
         for id in inactive {
             self.close_view(&id, "timeout");
         }
-        let (wm, horizon) = (self.watermark, self.config.late_horizon_ms);
-        self.ended.retain(|_, e| wm.saturating_sub(e.at) < horizon);
-    }
-
-    /// Forgets the ended views that ended first (ties by id hash), a sixteenth of `max_ended_views` at
-    /// a time: a straggler for one of them would start a new view.
-    fn forget_oldest_ended(&mut self) {
-        let n = (self.config.max_ended_views / 16).clamp(1, self.ended.len());
-        let mut order: Vec<(i64, u64)> = self.ended.iter().map(|(h, e)| (e.at, *h)).collect();
-        order.select_nth_unstable(n - 1);
-        for (_, hash) in &order[..n] {
-            self.ended.remove(hash);
-        }
-        self.stats.ended_forgotten += n as u64;
     }
 
     /// Ends every open view now (at its last event): for batch computations over a finished input.
@@ -721,11 +1124,49 @@ impl Sessionizer {
         }
     }
 
-    /// Everything produced since the last flush: window deltas, finished views, events, dead letters.
+    /// Everything produced since the last flush: window deltas, finished views (the latest version of
+    /// each), events, dead letters. A sessionizer made by [`Sessionizer::new`] also commits its state.
     pub fn flush(&mut self) -> Output {
         let mut out = std::mem::take(&mut self.out);
         out.windows = self.windows.drain();
-        out.views.sort_by(|a, b| a.view_id.cmp(&b.view_id));
+        out.views.sort_by(|a, b| (&a.view_id, a.version).cmp(&(&b.view_id, b.version)));
+        // Of several versions in one flush, the last supersedes the others.
+        let mut views: Vec<ViewRow> = Vec::with_capacity(out.views.len());
+        for v in out.views {
+            match views.last_mut() {
+                Some(last) if last.view_id == v.view_id => *last = v,
+                _ => views.push(v),
+            }
+        }
+        out.views = views;
+        if self.autocommit {
+            let committed = self.take_commit(None).and_then(|c| self.store.commit(c));
+            match committed {
+                Ok(f) => self.committed(f),
+                Err(e) => self.store_failed(e),
+            }
+        }
         out
+    }
+}
+
+/// The `views` row of a view (finished with `reason`).
+fn view_row(view_id: &str, slot: &ViewSlot, reason: &'static str) -> ViewRow {
+    let machine = &slot.core.machine;
+    let first = machine.first_ts.unwrap_or_default();
+    let last = machine.last_ts.unwrap_or(first);
+    ViewRow {
+        view_id: view_id.to_owned(),
+        key: slot.key.clone(),
+        start_ms: first + slot.offset_ms,
+        end_ms: last + slot.offset_ms,
+        end_reason: reason,
+        dims: slot.core.view_dims.clone().unwrap_or_default(),
+        client: (*slot.client).clone(),
+        totals: machine.totals,
+        events: slot.events,
+        duplicates: slot.duplicates,
+        gaps: slot.gaps,
+        version: slot.version,
     }
 }

@@ -76,12 +76,14 @@ impl PartialEq for StartupHist {
     }
 }
 
-/// Summable measures of one (window, dims) delta: the window sums of `schemas::measures` and the
-/// start-time histogram.
+/// Summable measures of one (window, dims) delta: the window sums of `schemas::measures` (negative in
+/// a correction), the start-time histogram of the starts it adds, and the one of the starts it
+/// retracts (a correction's; readers subtract it after merging every row of the window).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct WindowDelta {
     pub sums: Values,
     pub startup_hist: StartupHist,
+    pub startup_retract: StartupHist,
 }
 
 impl WindowDelta {
@@ -89,6 +91,7 @@ impl WindowDelta {
     pub fn merge(&mut self, o: &WindowDelta) {
         self.sums.merge(&o.sums);
         self.startup_hist.add(&o.startup_hist);
+        self.startup_retract.add(&o.startup_retract);
     }
 
     /// Adds point measures that windows sum (the histogram measure is also recorded in the
@@ -172,6 +175,37 @@ impl Windows {
 
     pub fn is_empty(&self) -> bool {
         self.deltas.is_empty()
+    }
+
+    /// Adds the difference `new - old` of one view's whole contribution (both derived from its
+    /// history, in windows of the same width): sums subtract; a start-time histogram that differs is
+    /// retracted and re-added. Cells before `cutoff` (the late horizon) are left alone; returns how
+    /// many changed cells that skipped.
+    pub fn add_difference(&mut self, old: Windows, new: Windows, cutoff: i64) -> u64 {
+        let mut cells: HashMap<(i64, DimValues), (WindowDelta, WindowDelta)> = HashMap::new();
+        for (key, d) in old.deltas {
+            cells.entry(key).or_default().0 = d;
+        }
+        for (key, d) in new.deltas {
+            cells.entry(key).or_default().1 = d;
+        }
+        let mut skipped = 0;
+        for ((window, dims), (old, new)) in cells {
+            if old == new {
+                continue;
+            }
+            if window < cutoff {
+                skipped += 1;
+                continue;
+            }
+            let d = self.at(window, &dims);
+            d.sums.add_difference(&new.sums, &old.sums);
+            if new.startup_hist != old.startup_hist {
+                d.startup_hist.add(&new.startup_hist);
+                d.startup_retract.add(&old.startup_hist);
+            }
+        }
+        skipped
     }
 
     /// Drains every pending delta, ordered by (window, dims) so output is deterministic.

@@ -100,7 +100,7 @@ impl Backend {
                 bucket: |step| format!("(CAST(window_start AS BIGINT) / {step}) * {step}"),
                 quote: |v| format!("'{}'", v.replace('\'', "''")),
                 quantiles: || {
-                    QUANTILES.iter().map(|(n, q)| format!("hdr_quantile(startup_hist, {q:?}) AS q_{n}")).collect::<Vec<_>>().join(", ")
+                    QUANTILES.iter().map(|(n, q)| format!("hdr_quantile(startup_hist, startup_hist_retract, {q:?}) AS q_{n}")).collect::<Vec<_>>().join(", ")
                 },
             },
             Backend::ClickHouse(ch) => Dialect {
@@ -111,7 +111,12 @@ impl Backend {
                 bucket: |step| format!("intDiv(window_start, {step}) * {step}"),
                 quote: crate::clickhouse::quote,
                 // ClickHouse cannot merge HdrHistograms: fetch them and merge here.
-                quantiles: || "groupArrayIf(hex(startup_hist), starts > 0) AS hists".into(),
+                // Rows that add or retract a start: the histograms, and the corrections' retractions.
+                quantiles: || {
+                    "groupArrayIf(hex(startup_hist), starts != 0 OR startup_hist_retract != '') AS hists, \
+                     groupArrayIf(hex(startup_hist_retract), startup_hist_retract != '') AS retracts"
+                        .into()
+                },
             },
         }
     }
@@ -200,7 +205,7 @@ fn agg_row(m: &Map<String, Value>) -> crate::Result<AggRow> {
         .collect::<Option<Vec<_>>>()
         .context("a sum is not an integer")?;
     let quantiles = match m.get("hists") {
-        Some(hists) => crate::clickhouse::quantiles_of_hex(hists)?,
+        Some(hists) => crate::clickhouse::quantiles_of_hex(hists, m.get("retracts"))?,
         None => QUANTILES.iter().map(|(n, _)| m.get(&format!("q_{n}")).and_then(Value::as_f64)).collect(),
     };
     Ok(AggRow {

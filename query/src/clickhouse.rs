@@ -103,15 +103,27 @@ impl ClickHouseReader {
     }
 }
 
-/// The [`QUANTILES`] of histograms given as a JSON array of hex-encoded HdrHistograms.
-pub fn quantiles_of_hex(hists: &Value) -> crate::Result<Vec<Option<f64>>> {
-    let mut merged: Histogram<u64> = new_histogram();
-    for h in hists.as_array().context("hists is not an array")? {
-        let bytes = hex_decode(h.as_str().context("a histogram is not a string")?).context("a histogram is not hex")?;
-        if bytes.is_empty() {
-            continue;
+/// The [`QUANTILES`] of histograms given as a JSON array of hex-encoded HdrHistograms, less the
+/// corrections' retractions (another such array) when given.
+pub fn quantiles_of_hex(hists: &Value, retracts: Option<&Value>) -> crate::Result<Vec<Option<f64>>> {
+    fn merge(into: &mut Histogram<u64>, hists: &Value) -> crate::Result<()> {
+        for h in hists.as_array().context("hists is not an array")? {
+            let bytes = hex_decode(h.as_str().context("a histogram is not a string")?).context("a histogram is not hex")?;
+            if bytes.is_empty() {
+                continue;
+            }
+            add_serialized(into, &bytes).map_err(|e| crate::Error::msg(format!("not a serialized HdrHistogram: {e}")))?;
         }
-        add_serialized(&mut merged, &bytes).map_err(|e| crate::Error::msg(format!("not a serialized HdrHistogram: {e}")))?;
+        Ok(())
+    }
+    let mut merged: Histogram<u64> = new_histogram();
+    merge(&mut merged, hists)?;
+    if let Some(r) = retracts {
+        let mut retracted: Histogram<u64> = new_histogram();
+        merge(&mut retracted, r)?;
+        merged
+            .subtract(&retracted)
+            .map_err(|e| crate::Error::msg(format!("the retracted start times exceed the added ones: {e:?}")))?;
     }
     Ok(QUANTILES.iter().map(|(_, q)| (merged.len() > 0).then(|| merged.value_at_quantile(*q) as f64)).collect())
 }
@@ -138,7 +150,16 @@ mod tests {
             h.record(v).unwrap();
         }
         let hex: String = schemas::hist::serialize_histogram(&h).iter().map(|b| format!("{b:02X}")).collect();
-        let q = quantiles_of_hex(&serde_json::json!([hex, ""])).unwrap();
+        let q = quantiles_of_hex(&serde_json::json!([hex, ""]), None).unwrap();
         assert_eq!(q, vec![Some(200.0), Some(400.0)]);
+        // A correction retracted 400 (and added 50 in another row).
+        let mut r = new_histogram();
+        r.record(400).unwrap();
+        let mut a = new_histogram();
+        a.record(50).unwrap();
+        let hex_of = |h: &Histogram<u64>| -> String { schemas::hist::serialize_histogram(h).iter().map(|b| format!("{b:02X}")).collect() };
+        let q = quantiles_of_hex(&serde_json::json!([hex, hex_of(&a)]), Some(&serde_json::json!([hex_of(&r)]))).unwrap();
+        assert_eq!(q, vec![Some(100.0), Some(300.0)], "50, 100, 200, 300");
+        assert!(quantiles_of_hex(&serde_json::json!([hex_of(&a)]), Some(&serde_json::json!([hex_of(&r)]))).is_err());
     }
 }

@@ -1,5 +1,6 @@
 //! The DataFusion engine over the Parquet dataset: the four tables registered as hive-partitioned
-//! listing tables, the `hdr_quantile` aggregate, the helper views, and read-only analyst SQL.
+//! listing tables (`views` as `views_versions`, read through the `views` helper view: the latest
+//! version of each view), the `hdr_quantile` aggregate, the helper views, and read-only analyst SQL.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -15,6 +16,9 @@ use schemas::tables::{DIM_COLUMNS, arrow_schema, tables};
 use crate::metrics;
 use crate::sql::{SqlError, SqlRows, json_rows};
 use crate::{QueryConfig, hdr};
+
+/// The name the `views` files are registered under: every version of every view.
+pub const VIEWS_VERSIONS: &str = "views_versions";
 
 /// Helper views (created after the tables). Ratios are fractions (0..1) unless named `_pct`.
 pub const HELPER_VIEWS: &str = include_str!("helper_views.sql");
@@ -54,6 +58,7 @@ impl Engine {
                 .with_file_extension(".parquet")
                 .with_table_partition_cols(vec![("dt".into(), DataType::Utf8), ("hour".into(), DataType::Utf8)]);
             let config = ListingTableConfig::new(url).with_listing_options(options).with_schema(arrow_schema(columns));
+            let name = if name == "views" { VIEWS_VERSIONS } else { name };
             ctx.register_table(name, Arc::new(ListingTable::try_new(config)?))?;
         }
         ctx.register_udaf(hdr::hdr_quantile());
@@ -109,6 +114,10 @@ pub fn helper_view_statements() -> Vec<String> {
         .split(';')
         .map(|s| s.trim())
         .filter(|s| !s.is_empty() && !s.lines().all(|l| l.trim_start().starts_with("--")))
-        .map(|s| s.replace("{dims}", &dims).replace("{metrics}", &metrics::select_list()))
+        .map(|s| {
+            s.replace("{dims}", &dims)
+                .replace("{metrics}", &metrics::select_list())
+                .replace("{views_columns}", &schemas::tables::views().iter().map(|c| c.name).collect::<Vec<_>>().join(", "))
+        })
         .collect()
 }

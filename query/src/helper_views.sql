@@ -1,6 +1,16 @@
 -- Helper views registered by `qoeflow query` (and the metrics API). `qoe_window` rows are deltas:
 -- these views sum them per (window, dimensions) and add the ratios of docs/metrics.md §15.
 
+-- `views`: the latest version of each view (a corrected row supersedes the earlier ones; every
+-- version is in `views_versions`, the files as written).
+CREATE VIEW views AS
+SELECT {views_columns}, dt, hour
+FROM (
+    SELECT *, row_number() OVER (PARTITION BY view_id ORDER BY version DESC) AS version_rank
+    FROM views_versions
+)
+WHERE version_rank = 1;
+
 CREATE VIEW qoe_ratios AS
 SELECT
     window_start, window_ms, {dims},

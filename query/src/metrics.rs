@@ -77,7 +77,7 @@ pub fn ratio_sql(r: &Ratio) -> String {
 /// `expr AS name, …` for a DataFusion SELECT list over `qoe_window` (used by the `qoe_ratios` view).
 pub fn select_list() -> String {
     let sums = sums().map(|c| format!("sum({c}) AS {c}"));
-    let quantiles = QUANTILES.iter().map(|(n, q)| format!("hdr_quantile(startup_hist, {q:?}) AS {n}"));
+    let quantiles = QUANTILES.iter().map(|(n, q)| format!("hdr_quantile(startup_hist, startup_hist_retract, {q:?}) AS {n}"));
     let ratios = RATIOS.iter().map(|r| format!("{} AS {}", ratio_sql(r), r.name));
     sums.chain(quantiles).chain(ratios).collect::<Vec<_>>().join(",\n    ")
 }

@@ -53,22 +53,22 @@ macro_rules! measures {
 
 measures! {
     /// The view asked to play (a `playrequest`, or a first `playing` without one).
-    Attempt { view: Some(("attempt", Bool)), window: Some(("attempts", UInt64)), truth: true }
+    Attempt { view: Some(("attempt", Bool)), window: Some(("attempts", Int64)), truth: true }
     /// The view showed its first frame after an attempt.
-    Started { view: Some(("started", Bool)), window: Some(("starts", UInt64)), truth: true }
+    Started { view: Some(("started", Bool)), window: Some(("starts", Int64)), truth: true }
     /// Video start time: first `playing` minus the attempt (ms). Also recorded in the window's
     /// start-time histogram (`startup_hist`) and its quantiles.
     StartupMs { view: Some(("startup_ms", Int64)), window: Some(("startup_ms_sum", Int64)), truth: false }
     /// Video start failure: a fatal error after the attempt, before the first frame.
-    Vsf { view: Some(("vsf", Bool)), window: Some(("vsf", UInt64)), truth: true }
+    Vsf { view: Some(("vsf", Bool)), window: Some(("vsf", Int64)), truth: true }
     /// Exit before video start: attempted, never started, no fatal error, ended.
-    Ebvs { view: Some(("ebvs", Bool)), window: Some(("ebvs", UInt64)), truth: true }
+    Ebvs { view: Some(("ebvs", Bool)), window: Some(("ebvs", Int64)), truth: true }
     /// A fatal error after the first frame.
-    PlaybackFailure { view: Some(("playback_failure", Bool)), window: Some(("playback_failures", UInt64)), truth: true }
+    PlaybackFailure { view: Some(("playback_failure", Bool)), window: Some(("playback_failures", Int64)), truth: true }
     /// Time playing (ms).
     PlayMs { view: Some(("play_ms", Int64)), window: Some(("play_ms", Int64)), truth: true }
     /// Rebuffering stalls begun (after the first frame, while playing or seeking).
-    StallCount { view: Some(("stall_count", UInt64)), window: Some(("stall_count", UInt64)), truth: true }
+    StallCount { view: Some(("stall_count", UInt64)), window: Some(("stall_count", Int64)), truth: true }
     /// Time stalled (ms), seek stalls included.
     StallMs { view: Some(("stall_ms", Int64)), window: Some(("stall_ms", Int64)), truth: true }
     /// Time stalled in stalls that began while seeking (ms).
@@ -78,30 +78,30 @@ measures! {
     /// Play time at a known bitrate (ms): the average bitrate's denominator.
     BitrateKnownMs { view: Some(("bitrate_known_ms", Int64)), window: Some(("bitrate_known_ms", Int64)), truth: false }
     /// Quality switches to a higher bitrate, after the first frame.
-    SwitchesUp { view: Some(("switches_up", UInt64)), window: Some(("switches_up", UInt64)), truth: true }
+    SwitchesUp { view: Some(("switches_up", UInt64)), window: Some(("switches_up", Int64)), truth: true }
     /// Quality switches to a lower bitrate, after the first frame.
-    SwitchesDown { view: Some(("switches_down", UInt64)), window: Some(("switches_down", UInt64)), truth: true }
+    SwitchesDown { view: Some(("switches_down", UInt64)), window: Some(("switches_down", Int64)), truth: true }
     /// Segments served from the CDN's cache.
-    SegmentsHit { view: Some(("segments_hit", UInt64)), window: Some(("segments_hit", UInt64)), truth: true }
+    SegmentsHit { view: Some(("segments_hit", UInt64)), window: Some(("segments_hit", Int64)), truth: true }
     /// Segments the CDN fetched from the origin.
-    SegmentsMiss { view: Some(("segments_miss", UInt64)), window: Some(("segments_miss", UInt64)), truth: true }
+    SegmentsMiss { view: Some(("segments_miss", UInt64)), window: Some(("segments_miss", Int64)), truth: true }
     /// Segments whose cache status the player could not see.
-    SegmentsUnknown { view: Some(("segments_unknown", UInt64)), window: Some(("segments_unknown", UInt64)), truth: false }
+    SegmentsUnknown { view: Some(("segments_unknown", UInt64)), window: Some(("segments_unknown", Int64)), truth: false }
     /// Bytes of cache hits.
-    BytesHit { view: Some(("bytes_hit", UInt64)), window: Some(("bytes_hit", UInt64)), truth: true }
+    BytesHit { view: Some(("bytes_hit", UInt64)), window: Some(("bytes_hit", Int64)), truth: true }
     /// Bytes of cache misses.
     BytesMiss { view: Some(("bytes_miss", UInt64)), window: None, truth: false }
     /// Bytes of segments of unknown cache status.
     BytesUnknown { view: Some(("bytes_unknown", UInt64)), window: None, truth: false }
     /// Bytes of segments of known cache status (hits and misses): the byte-weighted hit ratio's
     /// denominator.
-    BytesTotal { view: None, window: Some(("bytes_total", UInt64)), truth: true }
+    BytesTotal { view: None, window: Some(("bytes_total", Int64)), truth: true }
     /// Error events, fatal or not.
-    Errors { view: Some(("errors", UInt64)), window: Some(("errors", UInt64)), truth: true }
+    Errors { view: Some(("errors", UInt64)), window: Some(("errors", Int64)), truth: true }
     /// Fatal error events.
-    FatalErrors { view: Some(("fatal_errors", UInt64)), window: Some(("fatal_errors", UInt64)), truth: true }
+    FatalErrors { view: Some(("fatal_errors", UInt64)), window: Some(("fatal_errors", Int64)), truth: true }
     /// Views playing or stalled at some time in the window (concurrent viewers).
-    ActiveViews { view: None, window: Some(("active_views", UInt64)), truth: false }
+    ActiveViews { view: None, window: Some(("active_views", Int64)), truth: false }
 }
 
 /// The measure whose values also go into the start-time histogram (and whose `views` column is NULL
@@ -146,6 +146,14 @@ impl Values {
     pub fn merge(&mut self, other: &Values) {
         for (a, b) in self.0.iter_mut().zip(other.0.iter()) {
             *a += *b;
+        }
+    }
+
+    /// Adds `new - old` of every measure (a correction's delta).
+    #[inline]
+    pub fn add_difference(&mut self, new: &Values, old: &Values) {
+        for ((a, n), o) in self.0.iter_mut().zip(new.0.iter()).zip(old.0.iter()) {
+            *a += *n - *o;
         }
     }
 

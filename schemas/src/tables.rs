@@ -20,8 +20,13 @@ use crate::measures;
 
 pub use crate::dims::DIM_COLUMNS;
 
-/// `qoe_window`: the window and its dimensions, the window sums of `crate::measures` (the start-time
-/// histogram and its quantiles after the start-time sum), then the row identity.
+/// The `qoe_window` column of the start times a correction row retracts.
+pub const HISTOGRAM_RETRACT_COLUMN: &str = "startup_hist_retract";
+
+/// `qoe_window`: the window and its dimensions, the window sums of `crate::measures` (signed: a
+/// correction is a negative delta), the start-time histogram of the starts the row adds and the one of
+/// the starts it retracts (`startup_hist_retract`, empty bytes when none; readers subtract it after
+/// merging) and the added histogram's quantiles after the start-time sum, then the row identity.
 pub fn qoe_window() -> &'static [Column] {
     static COLUMNS: LazyLock<Vec<Column>> = LazyLock::new(|| {
         let mut cols = vec![c("window_start", TimestampMs), c("window_ms", Int64)];
@@ -31,6 +36,7 @@ pub fn qoe_window() -> &'static [Column] {
             cols.push(c(name, ty));
             if def.measure == measures::HISTOGRAM_MEASURE {
                 cols.push(c("startup_hist", Binary));
+                cols.push(c(HISTOGRAM_RETRACT_COLUMN, Binary));
                 cols.extend(measures::WINDOW_QUANTILES.iter().map(|(name, _)| n(name, Float64)));
             }
         }
@@ -41,7 +47,8 @@ pub fn qoe_window() -> &'static [Column] {
 }
 
 /// `views`: the view, its dimensions and client, the per-view totals of `crate::measures` (the start
-/// time NULL for a view that did not start), the dedupe counters, then the row identity.
+/// time NULL for a view that did not start), the dedupe counters, the row's `version` (a corrected row
+/// supersedes the earlier versions of its view: read the highest), then the row identity.
 pub fn views() -> &'static [Column] {
     static COLUMNS: LazyLock<Vec<Column>> = LazyLock::new(|| {
         let mut cols = VIEW_HEAD.to_vec();
@@ -49,7 +56,7 @@ pub fn views() -> &'static [Column] {
             let Some((name, ty)) = def.view else { continue };
             cols.push(if def.measure == measures::HISTOGRAM_MEASURE { n(name, ty) } else { c(name, ty) });
         }
-        cols.extend([c("events", UInt64), c("duplicates", UInt64), c("gaps", UInt64)]);
+        cols.extend([c("events", UInt64), c("duplicates", UInt64), c("gaps", UInt64), c("version", UInt64)]);
         cols.extend(IDENTITY);
         cols
     });
@@ -166,16 +173,21 @@ pub fn clickhouse_type(col: &Column) -> String {
 /// `CREATE TABLE IF NOT EXISTS` for `table`: ReplacingMergeTree keyed on the row identity, so a replay
 /// that rewrites the same rows converges to one copy (read with `FINAL` for exact totals before merges).
 pub fn clickhouse_ddl(database: &str, table: &str) -> Option<String> {
+    // `views` keeps the highest `version` of each view (a corrected row supersedes the earlier ones);
+    // the other tables one copy of each row identity.
+    let version = if table == "views" { "(version)" } else { "" };
     let (columns, partition, order) = match table {
         "events" => (EVENTS, "intDiv(event_ms, 86400000)", "view_id, seq"),
-        "views" => (views(), "intDiv(end_ms, 86400000)", "view_id"),
+        // Not partitioned by time: a corrected row may move to another day, and ReplacingMergeTree
+        // replaces only within a partition.
+        "views" => (views(), "tuple()", "view_id"),
         "qoe_window" => (qoe_window(), "intDiv(window_start, 86400000)", "source, epoch, row"),
         "rejected" => (REJECTED, "intDiv(recv_ms, 86400000)", "source, epoch, row"),
         _ => return None,
     };
     let cols: Vec<String> = columns.iter().map(|c| format!("    {} {}", c.name, clickhouse_type(c))).collect();
     Some(format!(
-        "CREATE TABLE IF NOT EXISTS {database}.{table} (\n{}\n) ENGINE = ReplacingMergeTree PARTITION BY {partition} ORDER BY ({order})",
+        "CREATE TABLE IF NOT EXISTS {database}.{table} (\n{}\n) ENGINE = ReplacingMergeTree{version} PARTITION BY {partition} ORDER BY ({order})",
         cols.join(",\n")
     ))
 }
@@ -206,16 +218,17 @@ mod tests {
     /// types, nullability and order (Parquet files and ClickHouse tables already hold them).
     #[test]
     fn derived_tables_keep_their_columns() {
-        // As released: `name type`, `?` when nullable.
+        // As released, with issue 16's changes: signed window sums, `startup_hist_retract`, `version`.
+        // `name type`, `?` when nullable.
         let window = concat!(
             "window_start TimestampMs, window_ms Int64, cdn Utf8, country Utf8, device_type Utf8, os Utf8, \
              browser Utf8, player_name Utf8, player_version Utf8, stream_type Utf8, video_id Utf8, \
-             attempts UInt64, starts UInt64, startup_ms_sum Int64, startup_hist Binary, startup_p50 Float64?, \
-             startup_p90 Float64?, startup_p95 Float64?, startup_p99 Float64?, vsf UInt64, ebvs UInt64, \
-             playback_failures UInt64, play_ms Int64, stall_count UInt64, stall_ms Int64, \
-             seek_stall_ms Int64, bitrate_ms Int64, bitrate_known_ms Int64, switches_up UInt64, \
-             switches_down UInt64, segments_hit UInt64, segments_miss UInt64, segments_unknown UInt64, \
-             bytes_hit UInt64, bytes_total UInt64, errors UInt64, fatal_errors UInt64, active_views UInt64, \
+             attempts Int64, starts Int64, startup_ms_sum Int64, startup_hist Binary, startup_hist_retract Binary, \
+             startup_p50 Float64?, startup_p90 Float64?, startup_p95 Float64?, startup_p99 Float64?, vsf Int64, \
+             ebvs Int64, playback_failures Int64, play_ms Int64, stall_count Int64, stall_ms Int64, \
+             seek_stall_ms Int64, bitrate_ms Int64, bitrate_known_ms Int64, switches_up Int64, \
+             switches_down Int64, segments_hit Int64, segments_miss Int64, segments_unknown Int64, \
+             bytes_hit Int64, bytes_total Int64, errors Int64, fatal_errors Int64, active_views Int64, \
              source Utf8, epoch UInt64, row UInt64",
         );
         let views_cols = concat!(
@@ -228,7 +241,7 @@ mod tests {
              bitrate_known_ms Int64, switches_up UInt64, switches_down UInt64, segments_hit UInt64, \
              segments_miss UInt64, segments_unknown UInt64, bytes_hit UInt64, bytes_miss UInt64, \
              bytes_unknown UInt64, errors UInt64, fatal_errors UInt64, events UInt64, duplicates UInt64, \
-             gaps UInt64, source Utf8, epoch UInt64, row UInt64",
+             gaps UInt64, version UInt64, source Utf8, epoch UInt64, row UInt64",
         );
         let show = |cols: &[Column]| {
             cols.iter().map(|c| format!("{} {:?}{}", c.name, c.ty, if c.nullable { "?" } else { "" })).collect::<Vec<_>>().join(", ")
@@ -250,9 +263,9 @@ mod tests {
                 assert!(views().iter().any(|c| c.name == col && c.ty == ty), "{col} in views");
             }
         }
-        let fixed = names(VIEW_HEAD).len() + 3 + IDENTITY.len();
+        let fixed = names(VIEW_HEAD).len() + 4 + IDENTITY.len();
         assert_eq!(views().len() - fixed, measures::MEASURES.iter().filter(|d| d.view.is_some()).count());
-        let window_fixed = 2 + DIM_COLUMNS.len() + 1 + measures::WINDOW_QUANTILES.len() + IDENTITY.len();
+        let window_fixed = 2 + DIM_COLUMNS.len() + 2 + measures::WINDOW_QUANTILES.len() + IDENTITY.len();
         assert_eq!(qoe_window().len() - window_fixed, measures::window_sums().count());
     }
 }

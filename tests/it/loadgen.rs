@@ -177,7 +177,7 @@ fn assert_parquet_equals_truth(data: &Path, truth: &Totals) {
         let exact = exact.expect("views started");
         let row = qoeflow_query(data, &views_quantile_sql("views", get(truth, "starts") as u64, q));
         assert_eq!(row["startup_ms"].as_i64(), Some(exact), "views: start-up p{}", q * 100.0);
-        let row = qoeflow_query(data, &format!("SELECT hdr_quantile(startup_hist, {q}) AS v FROM qoe_window"));
+        let row = qoeflow_query(data, &format!("SELECT hdr_quantile(startup_hist, startup_hist_retract, {q}) AS v FROM qoe_window"));
         let got = row["v"].as_f64().expect("quantile") as u64;
         assert_eq!(got, hist.highest_equivalent(exact as u64), "qoe_window: start-up p{} (exact {exact})", q * 100.0);
     }

@@ -1,0 +1,236 @@
+//! The sessionizer's state store: open views, ended views kept for the late horizon, and every view's
+//! event history, in an embedded, crash-safe database ([redb]) on disk (`docs/architecture.md` §8).
+//!
+//! One redb file per pipeline source (`pipeline/<source>.state.redb`). Tables:
+//!
+//! - `open`: view id → the open view's state (without its history);
+//! - `ended`: view id → an ended view's state, kept until the late horizon so a late event corrects it;
+//! - `ended_at`: (when it ended, view id), the order in which ended views expire;
+//! - `history`: (view id, lowest `seq` of the chunk) → a chunk of the view's events (JSON), one chunk
+//!   per view and epoch: what a correction re-derives the view from;
+//! - `meta`: the sessionizer's clocks and counters, and the runner's checkpoint (epoch, position).
+//!
+//! The sessionizer reads from the last committed state and keeps what an epoch changes in memory
+//! ([`Commit`]); the runner writes it in **one transaction** together with the checkpoint, after the
+//! epoch's sink writes. A crash before the commit leaves the previous epoch's state, which the replay
+//! of the epoch starts from: effectively-once as before, and a checkpoint writes only what changed.
+//! Expiry (past the late horizon, or past `max_ended_views`) happens inside the commit, so it is part
+//! of the recorded epoch and a replay makes the same decisions.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+
+use crate::error::Context;
+
+const OPEN: TableDefinition<&str, &[u8]> = TableDefinition::new("open");
+const ENDED: TableDefinition<&str, &[u8]> = TableDefinition::new("ended");
+const ENDED_AT: TableDefinition<(i64, &str), ()> = TableDefinition::new("ended_at");
+const HISTORY: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("history");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+
+/// Key of the sessionizer's own state in `meta`.
+const META_SESSION: &str = "session";
+/// Key of the runner's checkpoint (epoch, position) in `meta`.
+const META_CHECKPOINT: &str = "checkpoint";
+
+fn db_err(what: &str) -> impl FnOnce(redb::Error) -> crate::Error + '_ {
+    move |e| crate::Error::msg(format!("state store: {what}: {e}"))
+}
+
+/// The store: cheap to clone (one database).
+#[derive(Clone)]
+pub struct StateStore {
+    db: Arc<Database>,
+    path: Option<std::path::PathBuf>,
+}
+
+impl std::fmt::Debug for StateStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateStore").field("path", &self.path).finish()
+    }
+}
+
+/// What a store holds at open.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub session: Option<Vec<u8>>,
+    pub checkpoint: Option<Vec<u8>>,
+    pub open: Vec<(String, Vec<u8>)>,
+}
+
+/// What one epoch changed, written in one transaction.
+#[derive(Debug, Default)]
+pub struct Commit {
+    pub open_put: Vec<(String, Vec<u8>)>,
+    pub open_delete: Vec<String>,
+    /// (view id, when it ended, whether it is new to `ended`, state).
+    pub ended_put: Vec<(String, i64, bool, Vec<u8>)>,
+    /// (view id, lowest seq, events as JSON).
+    pub history_put: Vec<(String, u64, Vec<u8>)>,
+    pub session: Vec<u8>,
+    pub checkpoint: Option<Vec<u8>>,
+    /// Ended views that ended before this are forgotten with their history (the late horizon).
+    pub expire_before: i64,
+    /// At most this many ended views are kept; past it the oldest are forgotten.
+    pub max_ended: usize,
+}
+
+/// What a commit forgot.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Forgotten {
+    /// Ended views past the late horizon.
+    pub expired: u64,
+    /// Ended views forgotten early for `max_ended_views`.
+    pub over_cap: u64,
+}
+
+impl StateStore {
+    /// Opens (or creates) the store at `path`.
+    pub fn open(path: &Path) -> crate::Result<StateStore> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let db = Database::create(path).map_err(|e| db_err("opening")(e.into())).with_context(|| format!("{}", path.display()))?;
+        let store = StateStore { db: Arc::new(db), path: Some(path.to_owned()) };
+        store.create_tables()?;
+        Ok(store)
+    }
+
+    /// A store in memory (tests, benchmarks, batch computations).
+    pub fn in_memory() -> StateStore {
+        let db = Database::builder()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .unwrap_or_else(|e| panic!("an in-memory redb database cannot fail to open: {e}"));
+        let store = StateStore { db: Arc::new(db), path: None };
+        if let Err(e) = store.create_tables() {
+            panic!("an in-memory redb database cannot fail to create its tables: {e}");
+        }
+        store
+    }
+
+    fn create_tables(&self) -> crate::Result<()> {
+        let tx = self.db.begin_write().map_err(|e| db_err("begin")(e.into()))?;
+        {
+            tx.open_table(OPEN).map_err(|e| db_err("open table")(e.into()))?;
+            tx.open_table(ENDED).map_err(|e| db_err("open table")(e.into()))?;
+            tx.open_table(ENDED_AT).map_err(|e| db_err("open table")(e.into()))?;
+            tx.open_table(HISTORY).map_err(|e| db_err("open table")(e.into()))?;
+            tx.open_table(META).map_err(|e| db_err("open table")(e.into()))?;
+        }
+        tx.commit().map_err(|e| db_err("commit")(e.into()))
+    }
+
+    /// The file's size on disk (0 in memory).
+    pub fn disk_bytes(&self) -> u64 {
+        self.path.as_ref().and_then(|p| std::fs::metadata(p).ok()).map_or(0, |m| m.len())
+    }
+
+    /// The committed state: the sessionizer's meta, the runner's checkpoint and every open view.
+    pub fn load(&self) -> crate::Result<Loaded> {
+        let tx = self.db.begin_read().map_err(|e| db_err("begin read")(e.into()))?;
+        let meta = tx.open_table(META).map_err(|e| db_err("meta")(e.into()))?;
+        let get = |k: &str| -> crate::Result<Option<Vec<u8>>> {
+            Ok(meta.get(k).map_err(|e| db_err("meta")(e.into()))?.map(|v| v.value().to_vec()))
+        };
+        let (session, checkpoint) = (get(META_SESSION)?, get(META_CHECKPOINT)?);
+        let open_table = tx.open_table(OPEN).map_err(|e| db_err("open views")(e.into()))?;
+        let mut open = Vec::with_capacity(open_table.len().unwrap_or(0) as usize);
+        for entry in open_table.iter().map_err(|e| db_err("open views")(e.into()))? {
+            let (k, v) = entry.map_err(|e| db_err("open views")(e.into()))?;
+            open.push((k.value().to_owned(), v.value().to_vec()));
+        }
+        Ok(Loaded { session, checkpoint, open })
+    }
+
+    /// An ended view's committed state.
+    pub fn ended(&self, view_id: &str) -> crate::Result<Option<Vec<u8>>> {
+        let tx = self.db.begin_read().map_err(|e| db_err("begin read")(e.into()))?;
+        let t = tx.open_table(ENDED).map_err(|e| db_err("ended views")(e.into()))?;
+        Ok(t.get(view_id).map_err(|e| db_err("ended views")(e.into()))?.map(|v| v.value().to_vec()))
+    }
+
+    /// A view's committed history chunks, by lowest seq.
+    pub fn history(&self, view_id: &str) -> crate::Result<Vec<Vec<u8>>> {
+        let tx = self.db.begin_read().map_err(|e| db_err("begin read")(e.into()))?;
+        let t = tx.open_table(HISTORY).map_err(|e| db_err("history")(e.into()))?;
+        let mut chunks = Vec::new();
+        for entry in t.range((view_id, 0)..=(view_id, u64::MAX)).map_err(|e| db_err("history")(e.into()))? {
+            chunks.push(entry.map_err(|e| db_err("history")(e.into()))?.1.value().to_vec());
+        }
+        Ok(chunks)
+    }
+
+    /// How many ended views are kept (committed).
+    pub fn ended_count(&self) -> crate::Result<u64> {
+        let tx = self.db.begin_read().map_err(|e| db_err("begin read")(e.into()))?;
+        let t = tx.open_table(ENDED).map_err(|e| db_err("ended views")(e.into()))?;
+        t.len().map_err(|e| db_err("ended views")(e.into()))
+    }
+
+    /// Writes one epoch's changes and the checkpoint durably, in one transaction; then forgets what
+    /// expired.
+    pub fn commit(&self, c: Commit) -> crate::Result<Forgotten> {
+        let err = |what: &'static str| db_err(what);
+        let mut tx = self.db.begin_write().map_err(|e| err("begin")(e.into()))?;
+        // Durable when commit returns (the default, said explicitly: effectively-once depends on it).
+        tx.set_durability(redb::Durability::Immediate).map_err(|e| crate::Error::msg(format!("state store: durability: {e}")))?;
+        let mut forgotten = Forgotten::default();
+        {
+            let mut open = tx.open_table(OPEN).map_err(|e| err("open views")(e.into()))?;
+            for id in &c.open_delete {
+                open.remove(id.as_str()).map_err(|e| err("open views")(e.into()))?;
+            }
+            for (id, v) in &c.open_put {
+                open.insert(id.as_str(), v.as_slice()).map_err(|e| err("open views")(e.into()))?;
+            }
+            let mut ended = tx.open_table(ENDED).map_err(|e| err("ended views")(e.into()))?;
+            let mut ended_at = tx.open_table(ENDED_AT).map_err(|e| err("ended views")(e.into()))?;
+            let mut history = tx.open_table(HISTORY).map_err(|e| err("history")(e.into()))?;
+            for (id, at, new, v) in &c.ended_put {
+                ended.insert(id.as_str(), v.as_slice()).map_err(|e| err("ended views")(e.into()))?;
+                if *new {
+                    ended_at.insert((*at, id.as_str()), ()).map_err(|e| err("ended views")(e.into()))?;
+                }
+            }
+            for (id, seq, v) in &c.history_put {
+                history.insert((id.as_str(), *seq), v.as_slice()).map_err(|e| err("history")(e.into()))?;
+            }
+            // The late horizon, then the cap: oldest first.
+            let len = ended.len().map_err(|e| err("ended views")(e.into()))?;
+            let over = len.saturating_sub(c.max_ended as u64);
+            let mut doomed: Vec<(i64, String, bool)> = Vec::new();
+            for entry in ended_at.iter().map_err(|e| err("ended views")(e.into()))? {
+                let (k, _) = entry.map_err(|e| err("ended views")(e.into()))?;
+                let (at, id) = k.value();
+                let expired = at < c.expire_before;
+                if !expired && (doomed.len() as u64) >= over {
+                    break;
+                }
+                doomed.push((at, id.to_owned(), expired));
+            }
+            for (at, id, expired) in doomed {
+                ended_at.remove((at, id.as_str())).map_err(|e| err("ended views")(e.into()))?;
+                ended.remove(id.as_str()).map_err(|e| err("ended views")(e.into()))?;
+                let keys: Vec<u64> = history
+                    .range((id.as_str(), 0)..=(id.as_str(), u64::MAX))
+                    .map_err(|e| err("history")(e.into()))?
+                    .map(|e| e.map(|(k, _)| k.value().1))
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| err("history")(e.into()))?;
+                for seq in keys {
+                    history.remove((id.as_str(), seq)).map_err(|e| err("history")(e.into()))?;
+                }
+                if expired { forgotten.expired += 1 } else { forgotten.over_cap += 1 }
+            }
+            let mut meta = tx.open_table(META).map_err(|e| err("meta")(e.into()))?;
+            meta.insert(META_SESSION, c.session.as_slice()).map_err(|e| err("meta")(e.into()))?;
+            if let Some(ckpt) = &c.checkpoint {
+                meta.insert(META_CHECKPOINT, ckpt.as_slice()).map_err(|e| err("meta")(e.into()))?;
+            }
+        }
+        tx.commit().map_err(|e| err("commit")(e.into()))?;
+        Ok(forgotten)
+    }
+}
