@@ -272,9 +272,10 @@ pub struct LoadgenArgs {
     /// Share of beacons (all but the final `text/plain` one) sent gzip-compressed.
     #[arg(long, default_value_t = 0.3)]
     gzip_rate: f64,
-    /// The target pipeline's `reorder_wait_ms`: an overtaken beacon must be acknowledged within it.
-    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
-    reorder_wait: Duration,
+    /// An overtaken beacon is sent between a quarter of this and this after the one that overtook it
+    /// (0: right after). The pipeline corrects its views however late it comes (within the late horizon).
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    overtake_by: Duration,
     /// No progress display.
     #[arg(long)]
     quiet: bool,
@@ -300,7 +301,7 @@ impl LoadgenArgs {
                 late_rate: self.late_rate,
                 late_ms: self.late_by.as_millis() as i64,
                 gzip_rate: self.gzip_rate,
-                reorder_wait: self.reorder_wait,
+                overtake_ms: self.overtake_by.as_millis() as i64,
             },
             progress: !self.quiet,
         }

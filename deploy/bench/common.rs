@@ -2,9 +2,9 @@
 
 use std::path::Path;
 
-/// The local pipeline's committed (epoch, log position), or (0, 0) before its first checkpoint. The
-/// checkpoint starts with `{"epoch":N,"position":M,` and then holds every open view's state, so only that
-/// prefix is read (the benchmarks poll it every few milliseconds).
+/// The local pipeline's committed (epoch, log position), or (0, 0) before its first checkpoint, from
+/// its progress file, which starts with `{"epoch":N,"position":M,` (only that prefix is read: the
+/// benchmarks poll it every few milliseconds).
 pub fn checkpoint(data: &Path) -> (u64, u64) {
     let Ok(bytes) = std::fs::read(data.join("pipeline/checkpoint-local.json")) else { return (0, 0) };
     let head = String::from_utf8_lossy(&bytes[..bytes.len().min(80)]).into_owned();

@@ -38,11 +38,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 KEY = "chaos-key"
 STREAM = "chaos"
 AWS_ENV = {"AWS_ACCESS_KEY_ID": "chaos", "AWS_SECRET_ACCESS_KEY": "chaos", "AWS_REGION": "us-east-1"}
-# Long enough that a beacon delayed by a restart still arrives within the pipeline's reorder wait.
-REORDER_WAIT_S = 60
+# The pipeline's default reorder wait (5 s): beacons delayed by a restart, and overtaken ones (the
+# loadgen's --overtake-by), come later than it and correct their views.
 PIPELINE_ENV = {
     "QOEFLOW_PIPELINE__FLUSH_INTERVAL_MS": "200",
-    "QOEFLOW_PIPELINE__REORDER_WAIT_MS": str(REORDER_WAIT_S * 1000),
     "QOEFLOW_LOG_LEVEL": "warn",
 }
 
@@ -340,7 +339,7 @@ def main():
         loadgen = subprocess.Popen(
             [args.bin, "loadgen", "--target", target, "--viewers", str(args.viewers), "--duration", f"{duration}s",
              "--seed", str(args.seed), "--key", KEY, "--truth", truth_path, "--quiet", "--duplicate-rate", "0.02",
-             "--skew", "1m", "--reorder-wait", f"{REORDER_WAIT_S}s"],
+             "--skew", "1m", "--reorder-rate", "0.05", "--overtake-by", "40s"],
             stdout=subprocess.PIPE, stderr=open(os.path.join(work, "loadgen.log"), "ab"), text=True,
             env={**os.environ, "QOEFLOW_LOG_LEVEL": "warn"})
         kills = {p.name: 0 for p in procs}

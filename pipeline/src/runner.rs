@@ -452,6 +452,7 @@ async fn run_from_checkpoint<S: Source>(
         // Not committed: stop rather than skip; the caller replays this epoch from the checkpoint.
         let forgotten = committed.with_context(|| format!("committing pipeline epoch {epoch}"))?;
         session.committed(forgotten);
+        write_progress(&state_dir, name, epoch, &to, &session, &ctx.store);
         position = to;
         for q in &intent.quarantined {
             poison.pending.remove(&q.label);
@@ -477,6 +478,43 @@ async fn run_from_checkpoint<S: Source>(
         }
     }
     Ok(())
+}
+
+/// What `pipeline/checkpoint-<source>.json` shows (for operators, tests and benchmarks; the state
+/// store is the authority): the committed epoch and position first, then the state's sizes.
+#[derive(Serialize)]
+struct Progress<'a, P> {
+    epoch: u64,
+    position: &'a P,
+    watermark: i64,
+    open_views: usize,
+    ended_views: u64,
+    buffered_events: usize,
+    max_skipped_ranges: usize,
+    state_store_bytes: u64,
+    stats: &'a Stats,
+}
+
+/// Writes the progress file after a commit (replaced by rename; not fsynced: it is informational, and
+/// never ahead of the commit it describes).
+fn write_progress<P: Serialize>(dir: &Path, name: &str, epoch: u64, position: &P, session: &Sessionizer, store: &StateStore) {
+    let sizes = session.sizes();
+    let progress = Progress {
+        epoch,
+        position,
+        watermark: session.watermark(),
+        open_views: sizes.open_views,
+        ended_views: sizes.ended_views,
+        buffered_events: sizes.buffered_events,
+        max_skipped_ranges: sizes.max_skipped_ranges,
+        state_store_bytes: store.disk_bytes(),
+        stats: &session.stats,
+    };
+    let (tmp, path) = (dir.join(format!(".checkpoint-{name}.json.tmp")), dir.join(format!("checkpoint-{name}.json")));
+    let written = serde_json::to_vec(&progress).map_err(std::io::Error::other).and_then(|b| std::fs::write(&tmp, b)).and_then(|()| std::fs::rename(&tmp, &path));
+    if let Err(e) = written {
+        tracing::warn!(error = %e, path = %path.display(), "pipeline: could not write the progress file");
+    }
 }
 
 /// How often (wall time) the runner looks for Parquet partitions to compact.

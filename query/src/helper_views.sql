@@ -1,7 +1,7 @@
 -- Helper views registered by `qoeflow query` (and the metrics API). `qoe_window` rows are deltas:
 -- these views sum them per (window, dimensions) and add the ratios of docs/metrics.md §15.
 
--- `views`: the latest version of each view (a corrected row supersedes the earlier ones; every
+-- `views`: the latest version of each view (a corrected row supersedes the earlier ones, and every
 -- version is in `views_versions`, the files as written).
 CREATE VIEW views AS
 SELECT {views_columns}, dt, hour

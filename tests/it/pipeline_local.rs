@@ -79,7 +79,7 @@ async fn a_quiet_stream_still_ends_views_by_inactivity_timeout() {
     assert_eq!(sum(&windows, "ebvs"), 1, "an attempt that never started and timed out is an exit before start");
 }
 
-/// The last committed epoch of the local pipeline (0 before the first).
+/// The last committed epoch of the local pipeline (0 before the first), from its progress file.
 fn committed_epoch(dir: &std::path::Path) -> u64 {
     std::fs::read(dir.join("pipeline/checkpoint-local.json"))
         .ok()
@@ -200,6 +200,63 @@ async fn a_crash_between_files_and_checkpoint_is_replayed_without_duplicates() {
     let mut q = Qoeflow::serve(dir.path(), &args, &[flush]);
     wait_for_views(dir.path(), 120, Duration::from_secs(60));
     q.stop();
+    assert_matches_reference(dir.path());
+    ch.assert_matches_parquet(dir.path());
+}
+
+/// kill -9 (the failpoint's abort) in an epoch that corrects views. Each view's first beacon (viewstart,
+/// playrequest, …) is overtaken by the rest of the view for longer than the reorder wait, so the
+/// pipeline proceeds without it and the views end; then the first beacons arrive, in one epoch that
+/// re-derives every view, and the process dies after that epoch's ClickHouse rows and Parquet files,
+/// before its commit. The restart replays the epoch from the state store's last commit: each correction
+/// counts once, and the dataset equals the in-order reference, in Parquet and in ClickHouse.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_while_correcting_views_replays_exactly() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let ch_dir = tempfile::tempdir().expect("tmp");
+    let ch = common::clickhouse::ClickHouse::start(ch_dir.path());
+    let ch_url = ch.url();
+    let args = ["--clickhouse-url", ch_url.as_str()];
+    let flush = ("QOEFLOW_PIPELINE__FLUSH_INTERVAL_MS", "100");
+    let no_wait = ("QOEFLOW_PIPELINE__REORDER_WAIT_MS", "0");
+    let views = 60u64;
+    let t0 = now_ms() - 60_000;
+    let beacons: Vec<Vec<serde_json::Value>> = (0..views).map(|v| view_beacons(&format!("view-{v}"), v, t0 + v as i64 * 97)).collect();
+    let client = reqwest::Client::new();
+    let stop = AtomicBool::new(false);
+    let mut q = Qoeflow::serve(dir.path(), &args, &[flush, no_wait]);
+    for b in beacons.iter().flat_map(|bs| &bs[1..]) {
+        assert!(post_until_ok(&client, || q.beacon_url(), b, &stop).await);
+    }
+    // Every view ends (each has its viewend) without its first beacon.
+    wait_for_views(dir.path(), views as usize, Duration::from_secs(60));
+    q.stop();
+    // The first beacons reach the log while the pipeline idles.
+    let mut q = Qoeflow::serve(dir.path(), &args, &[("QOEFLOW_PIPELINE__FLUSH_INTERVAL_MS", "3600000")]);
+    q.wait_for_line("pipeline: resuming from checkpoint", Duration::from_secs(30));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for bs in &beacons {
+        assert!(post_until_ok(&client, || q.beacon_url(), &bs[0], &stop).await);
+    }
+    q.stop();
+    let crash_epoch = committed_epoch(dir.path()) + 1;
+    let failpoint = format!("pipeline_after_files:{crash_epoch}");
+    let mut q = Qoeflow::serve(dir.path(), &args, &[flush, no_wait, ("QOEFLOW_FAILPOINT", failpoint.as_str())]);
+    assert!(q.wait_exit(Duration::from_secs(30)), "the failpoint aborts the process after epoch {crash_epoch}'s files");
+    // The crashed epoch held the corrections: retracted start times and second versions of the views.
+    let retracting = ch.scalar(&format!("SELECT count() FROM qoeflow.qoe_window WHERE epoch = {crash_epoch} AND startup_hist_retract != ''"));
+    let corrected = ch.scalar(&format!("SELECT count() FROM qoeflow.views WHERE epoch = {crash_epoch} AND version = 2"));
+    assert!(retracting > 0 && corrected == views as i64, "epoch {crash_epoch}: {retracting} retracting rows, {corrected} corrected views");
+    let mut q = Qoeflow::serve(dir.path(), &args, &[flush, no_wait]);
+    q.wait_for_line("removed files of an unfinished epoch", Duration::from_secs(20));
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while committed_epoch(dir.path()) < crash_epoch {
+        assert!(std::time::Instant::now() < deadline, "epoch {crash_epoch} was not replayed within 60 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    q.stop();
+    let versions = read_table(dir.path(), "views");
+    assert_eq!(num_rows(&versions), 2 * views as usize, "each view once, then once corrected (the replay rewrote the same files)");
     assert_matches_reference(dir.path());
     ch.assert_matches_parquet(dir.path());
 }

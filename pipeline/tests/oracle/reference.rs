@@ -28,6 +28,8 @@ pub struct BatchResult {
 struct ViewInput {
     offset: i64,
     client: ClientInfo,
+    /// The lowest `seq` of the record that set `offset` and `client`.
+    offset_seq: u64,
     events: BTreeMap<u64, Event>,
 }
 
@@ -44,12 +46,22 @@ pub fn compute_with_timeout(records: &[Record], window_ms: i64, dims: &[Dim], in
         let v = views.entry(r.view_id.clone()).or_insert_with(|| ViewInput {
             offset: r.offset_ms(),
             client: r.client.clone(),
+            offset_seq: u64::MAX,
             events: BTreeMap::new(),
         });
+        let mut lowest = u64::MAX;
         for raw in &r.events {
-            if let Ok(e) = validate_event_map(raw) {
-                v.events.entry(e.seq).or_insert(e);
+            if let Ok(e) = validate_event_map(raw)
+                && e.view_id == r.view_id
+                && !v.events.contains_key(&e.seq)
+            {
+                lowest = lowest.min(e.seq);
+                v.events.insert(e.seq, e);
             }
+        }
+        // The record that brought the view's lowest `seq` places it (docs/metrics.md §4).
+        if lowest < v.offset_seq {
+            (v.offset_seq, v.offset, v.client) = (lowest, r.offset_ms(), r.client.clone());
         }
     }
     let mut result = BatchResult::default();

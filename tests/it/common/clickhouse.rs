@@ -85,15 +85,20 @@ impl ClickHouse {
     /// ClickHouse (read with FINAL: one copy of each replayed row) holds the same totals as the Parquet
     /// dataset under `data_dir`: window sums, `views` and `events` counts.
     pub fn assert_matches_parquet(&self, data_dir: &std::path::Path) {
-        use super::parquet::{num_rows, read_table, sum};
+        use super::parquet::{num_rows, read_table, sum, view_measures};
         let windows = read_table(data_dir, "qoe_window");
         for col in ["attempts", "starts", "play_ms", "stall_ms", "active_views", "bytes_total"] {
             assert_eq!(self.scalar(&format!("SELECT sum({col}) FROM qoeflow.qoe_window FINAL")), sum(&windows, col), "ClickHouse qoe_window.{col}");
         }
-        for table in ["views", "events"] {
-            let parquet = num_rows(&read_table(data_dir, table)) as i64;
-            assert_eq!(self.scalar(&format!("SELECT count() FROM qoeflow.{table} FINAL")), parquet, "ClickHouse {table} rows");
+        // Views: the latest version of each on both sides (FINAL keeps the highest `version`).
+        let views = view_measures(&read_table(data_dir, "views"), &["play_ms", "stall_ms", "attempt", "started"]);
+        assert_eq!(self.scalar("SELECT count() FROM qoeflow.views FINAL"), views.len() as i64, "ClickHouse views rows");
+        for col in ["play_ms", "stall_ms", "attempt", "started"] {
+            let parquet: i64 = views.values().map(|m| m[col]).sum();
+            assert_eq!(self.scalar(&format!("SELECT sum(toInt64({col})) FROM qoeflow.views FINAL")), parquet, "ClickHouse views.{col}");
         }
+        let parquet = num_rows(&read_table(data_dir, "events")) as i64;
+        assert_eq!(self.scalar("SELECT count() FROM qoeflow.events FINAL"), parquet, "ClickHouse events rows");
     }
 }
 

@@ -75,9 +75,19 @@ pub fn strings(batches: &[RecordBatch], column: &str) -> Vec<String> {
 /// Per-view integer measures from the `views` table: view_id → (column → value).
 pub fn view_measures(batches: &[RecordBatch], columns: &[&str]) -> BTreeMap<String, BTreeMap<String, i64>> {
     let mut out: BTreeMap<String, BTreeMap<String, i64>> = BTreeMap::new();
+    let mut versions: BTreeMap<String, u64> = BTreeMap::new();
     for b in batches {
         let ids = b.column_by_name("view_id").expect("view_id").as_string::<i32>();
+        let version = b.column_by_name("version").expect("version").as_primitive::<UInt64Type>();
         for i in 0..b.num_rows() {
+            // The latest version of each view (a correction supersedes the earlier rows); one row per
+            // version.
+            let seen = versions.entry(ids.value(i).to_owned()).or_insert(0);
+            assert_ne!(*seen, version.value(i), "view {} version {} written twice", ids.value(i), version.value(i));
+            if version.value(i) < *seen {
+                continue;
+            }
+            *seen = version.value(i);
             let mut m = BTreeMap::new();
             for c in columns {
                 let col = b.column_by_name(c).unwrap_or_else(|| panic!("no column {c}"));
@@ -92,7 +102,7 @@ pub fn view_measures(batches: &[RecordBatch], columns: &[&str]) -> BTreeMap<Stri
                 };
                 m.insert((*c).to_owned(), v);
             }
-            assert!(out.insert(ids.value(i).to_owned(), m).is_none(), "view {} written twice", ids.value(i));
+            out.insert(ids.value(i).to_owned(), m);
         }
     }
     out
