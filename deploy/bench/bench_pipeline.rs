@@ -3,7 +3,10 @@
 //! traffic (the same viewers, flushed into records as the SDK would send them). Next to it, measured in
 //! the same run: reading and decoding the same log only (the floor for any consumer). The dataset of the
 //! last round stays in DIR for the DuckDB baseline (`deploy/bench/duckdb_pipeline.py DIR`). Then memory
-//! per active view: RSS growth and checkpoint size with M views open and playing.
+//! per active view: RSS growth and state-store size with M views open and playing. Then the cost of
+//! corrections: the same traffic sessionized on a state store on disk in order, and with 5 % of the
+//! beacons overtaken by the next one of their view by 60 s (beyond the reorder wait): CPU per event, and
+//! the events re-derived per late event.
 //!
 //! cargo run --release -p bench --bin bench_pipeline -- DIR [VIEWS=20000] [ROUNDS=3] [OPEN_VIEWS=100000]
 
@@ -157,6 +160,79 @@ async fn main() -> anyhow::Result<()> {
         grown as f64 / open_views as f64,
         snapshot as f64 / open_views as f64
     );
+    corrections(&records, &out)?;
     println!("dataset kept in {} (events table for the DuckDB baseline; truth.json beside it)", out.display());
+    Ok(())
+}
+
+/// Sessionizes `records` on a state store at `path`, committing every 10,000 records (an epoch);
+/// returns the CPU seconds, the counters and the store's size on disk at the end.
+fn sessionize(records: &[Record], path: &std::path::Path) -> anyhow::Result<(f64, pipeline::Stats, u64)> {
+    let _ = std::fs::remove_file(path);
+    let store = pipeline::StateStore::open(path)?;
+    let (mut s, _) = Sessionizer::open(PipelineConfig::default().session(), store.clone())?;
+    let c = cpu_seconds();
+    let epoch = |s: &mut Sessionizer| -> anyhow::Result<()> {
+        drop(s.flush());
+        let forgotten = store.commit(s.take_commit(None)?)?;
+        s.committed(forgotten);
+        Ok(())
+    };
+    for chunk in records.chunks(10_000) {
+        for r in chunk {
+            s.process(r.clone());
+        }
+        s.advance();
+        epoch(&mut s)?;
+    }
+    s.end_all();
+    epoch(&mut s)?;
+    Ok((cpu_seconds() - c, s.stats.clone(), store.disk_bytes()))
+}
+
+/// The cost of corrections (see the module header).
+fn corrections(encoded: &[impl AsRef<[u8]>], out: &std::path::Path) -> anyhow::Result<()> {
+    let records: Vec<schemas::record::EventsRecord> = encoded
+        .iter()
+        .filter_map(|b| match Record::decode(b.as_ref()) {
+            Ok(Record::Events(e)) => Some(e),
+            _ => None,
+        })
+        .collect();
+    let events: u64 = records.iter().map(|r| r.events.len() as u64).sum();
+    // Every 20th beacon of a view that is not its last is sent 60 s later (sent_at and receipt).
+    let mut last_of_view = std::collections::HashMap::new();
+    for (i, r) in records.iter().enumerate() {
+        last_of_view.insert(r.view_id.as_str(), i);
+    }
+    let mut late = records.clone();
+    for (i, r) in late.iter_mut().enumerate() {
+        if i % 20 == 7 && last_of_view.get(r.view_id.as_str()) != Some(&i) {
+            r.sent_at += 60_000;
+            r.recv_ms += 60_000;
+        }
+    }
+    late.sort_by_key(|r| r.recv_ms);
+    let in_order: Vec<Record> = records.into_iter().map(Record::Events).collect();
+    let late: Vec<Record> = late.into_iter().map(Record::Events).collect();
+    let (cpu_a, stats_a, disk_a) = sessionize(&in_order, &out.join("corrections-in-order.redb"))?;
+    let (cpu_b, stats_b, disk_b) = sessionize(&late, &out.join("corrections-overtaken.redb"))?;
+    println!(
+        "state store, in order: {:.0} events/s/core, {} corrections, store {:.1} MB at the end",
+        events as f64 / cpu_a.max(0.01),
+        stats_a.corrections,
+        disk_a as f64 / 1e6
+    );
+    println!(
+        "state store, 5% of beacons overtaken by 60 s: {:.0} events/s/core (ratio {:.2}), {} late events corrected {} views, \
+         {} events re-derived ({:.1} per late event), store {:.1} MB",
+        events as f64 / cpu_b.max(0.01),
+        cpu_a / cpu_b.max(0.01),
+        stats_b.stragglers,
+        stats_b.corrections,
+        stats_b.rederived_events,
+        stats_b.rederived_events as f64 / stats_b.stragglers.max(1) as f64,
+        disk_b as f64 / 1e6
+    );
     Ok(())
 }
