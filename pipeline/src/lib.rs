@@ -4,6 +4,7 @@
 //! - [`view`]: the per-view state machine (the metric definitions).
 //! - [`window`]: event-time tumbling windows, accumulated as deltas, with start-time histograms.
 //! - [`sessionizer`]: dedupe, reorder, corrections, view lifecycle, dimensions, watermark, late horizon.
+//! - `replay`: a view's state, and its re-derivation from its history (corrections).
 //! - [`store`]: the state store (open and ended views, view histories, checkpoints) on disk.
 //! - [`rows`], [`parquet`]: output rows in the columns of `schemas::tables`, and the Parquet sink.
 //! - [`clickhouse`]: the ClickHouse sink (same tables, RowBinary, ReplacingMergeTree).
@@ -21,6 +22,7 @@ pub mod error;
 pub mod kinesis;
 pub mod local;
 pub mod parquet;
+mod replay;
 pub mod rows;
 pub mod runner;
 pub mod sessionizer;

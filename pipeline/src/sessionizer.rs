@@ -50,14 +50,13 @@ use std::sync::Arc;
 
 use schemas::event::ViewDims;
 use schemas::record::{EventsRecord, RejectedRecord};
-use schemas::{ClientInfo, Event, EventKind, Payload, Record, validate_event_map};
+use schemas::{ClientInfo, Event, Record, validate_event_map};
 use serde::{Deserialize, Serialize};
 
-use schemas::measures::Measure;
-
+use crate::replay::{Place, ViewCore, derive};
 use crate::store::{Commit, Forgotten, StateStore};
-use crate::view::{Emit, Span, Totals, ViewMachine};
-use crate::window::{DimValues, WindowRow, Windows};
+use crate::view::Totals;
+use crate::window::{WindowRow, Windows};
 
 pub use schemas::dims::{Dim, stream_type_str};
 
@@ -166,111 +165,6 @@ pub struct Stats {
 struct Buffered {
     event: Event,
     raw_recv_ms: i64,
-}
-
-/// What a view's events derive, besides its totals: the machine, the viewstart's dimensions, the
-/// dimension values its contributions go to, and the last window it was counted active in.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct ViewCore {
-    machine: ViewMachine,
-    view_dims: Option<ViewDims>,
-    dims: Option<DimValues>,
-    last_active: Option<i64>,
-}
-
-/// Where a view's contributions are placed: its clock offset and client, the dimension set, the late
-/// horizon's cutoff (`i64::MIN` when re-deriving) and the inactivity timeout.
-struct Place<'a> {
-    offset: i64,
-    client: &'a ClientInfo,
-    dim_set: &'a [Dim],
-    cutoff: i64,
-    inactivity: i64,
-}
-
-impl ViewCore {
-    /// Applies the next event in `seq` order. Returns false when the event comes more than the
-    /// inactivity timeout after the previous one: the view then ended at the previous one, and this
-    /// event changes nothing (`docs/metrics.md` §5).
-    fn step(&mut self, event: &Event, place: &Place, windows: &mut Windows) -> bool {
-        if let Some(last) = self.machine.last_ts
-            && event.ts.saturating_sub(last) > place.inactivity
-        {
-            self.end(place, windows);
-            return false;
-        }
-        if event.kind == EventKind::Viewstart
-            && self.view_dims.is_none()
-            && let Payload::Viewstart(d) = &event.payload
-        {
-            self.view_dims = Some((**d).clone());
-        }
-        let (machine, mut emit) = self.split(windows, place);
-        machine.apply(event, &mut emit);
-        true
-    }
-
-    /// Ends the view at its last event: closes what is open (an exit before start if it never started).
-    fn end(&mut self, place: &Place, windows: &mut Windows) {
-        let last = self.machine.last_ts.unwrap_or_default();
-        let (machine, mut emit) = self.split(windows, place);
-        machine.end(last, &mut emit);
-    }
-
-    /// The state machine, and an emitter routing its contributions to `windows`.
-    fn split<'a>(&'a mut self, windows: &'a mut Windows, place: &'a Place) -> (&'a mut ViewMachine, WindowEmit<'a>) {
-        let emit = WindowEmit {
-            windows,
-            dims: &mut self.dims,
-            view_dims: &self.view_dims,
-            client: place.client,
-            dim_set: place.dim_set,
-            offset: place.offset,
-            cutoff: place.cutoff,
-            last_active: &mut self.last_active,
-        };
-        (&mut self.machine, emit)
-    }
-}
-
-/// What a view's complete history derives.
-struct Derived {
-    core: ViewCore,
-    /// The view's whole contribution to the windows.
-    windows: Windows,
-    /// How it ended, if it did.
-    ended: Option<&'static str>,
-    /// It ended by `close`, not by its own events.
-    closed: bool,
-}
-
-/// Derives a view from its history (events in `seq` order) from scratch: what in-order arrival would
-/// have computed. `close`: the view was ended from outside (a timeout, an eviction), with this reason,
-/// unless its history ends it first.
-fn derive(config: &SessionConfig, history: &[Event], offset: i64, client: &ClientInfo, close: Option<&'static str>) -> Derived {
-    let place = Place { offset, client, dim_set: &config.dims, cutoff: i64::MIN, inactivity: config.inactivity_timeout_ms };
-    let mut core = ViewCore::default();
-    let mut windows = Windows::new(config.window_ms);
-    let mut ended = None;
-    let mut closed = false;
-    for event in history {
-        if !core.step(event, &place, &mut windows) {
-            ended = Some("timeout");
-            break;
-        }
-        if core.machine.is_ended() {
-            ended = Some("viewend");
-            break;
-        }
-    }
-    if ended.is_none()
-        && let Some(reason) = close
-    {
-        core.end(&place, &mut windows);
-        ended = Some(reason);
-        closed = true;
-    }
-    Derived { core, windows, ended, closed }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -446,48 +340,6 @@ impl Clocks {
     fn raise(&mut self, i: u32, to: i64) {
         if let Some(t) = self.times.get_mut(i as usize) {
             *t = (*t).max(to);
-        }
-    }
-}
-
-/// Routes one view's contributions to the windows, placing client time at event time.
-struct WindowEmit<'a> {
-    windows: &'a mut Windows,
-    dims: &'a mut Option<DimValues>,
-    view_dims: &'a Option<ViewDims>,
-    client: &'a ClientInfo,
-    dim_set: &'a [Dim],
-    offset: i64,
-    cutoff: i64,
-    last_active: &'a mut Option<i64>,
-}
-
-impl WindowEmit<'_> {
-    fn dims(&mut self) -> DimValues {
-        let (view_dims, client, set) = (self.view_dims, self.client, self.dim_set);
-        self.dims
-            .get_or_insert_with(|| {
-                let empty = ViewDims::default();
-                let v = view_dims.as_ref().unwrap_or(&empty);
-                set.iter().map(|d| d.value(v, client)).collect::<Vec<_>>().into()
-            })
-            .clone()
-    }
-}
-
-impl Emit for WindowEmit<'_> {
-    fn add(&mut self, at: i64, adds: &[(Measure, i64)]) {
-        let at = at + self.offset;
-        if at >= self.cutoff {
-            let dims = self.dims();
-            self.windows.add(at, &dims, adds);
-        }
-    }
-    fn span(&mut self, from: i64, to: i64, span: Span) {
-        let (from, to) = ((from + self.offset).max(self.cutoff), to + self.offset);
-        if from < to {
-            let dims = self.dims();
-            self.windows.span(from, to, &dims, span, self.last_active);
         }
     }
 }
@@ -1000,13 +852,7 @@ impl Sessionizer {
         self.drain_view(id, i64::MAX);
         let Some(slot) = self.views.get_mut(id) else { return false };
         let cutoff = self.clocks.get(slot.partition).saturating_sub(self.config.late_horizon_ms);
-        let place = Place {
-            offset: slot.offset_ms,
-            client: &slot.client,
-            dim_set: &self.config.dims,
-            cutoff,
-            inactivity: self.config.inactivity_timeout_ms,
-        };
+        let place = Place::new(&self.config, slot.offset_ms, &slot.client, cutoff);
         slot.core.end(&place, &mut self.windows);
         self.finalize_as(id, reason, true);
         true
@@ -1033,13 +879,7 @@ impl Sessionizer {
             let b = entry.remove();
             self.buffered = self.buffered.saturating_sub(1);
             slot.next_seq = seq + 1;
-            let place = Place {
-                offset: slot.offset_ms,
-                client: &slot.client,
-                dim_set: &self.config.dims,
-                cutoff,
-                inactivity: self.config.inactivity_timeout_ms,
-            };
+            let place = Place::new(&self.config, slot.offset_ms, &slot.client, cutoff);
             let placed = b.event.ts + slot.offset_ms;
             if !slot.core.step(&b.event, &place, &mut self.windows) {
                 // The view had ended at its previous event; this one (already in `events`) changes no

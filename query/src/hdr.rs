@@ -132,3 +132,44 @@ impl Accumulator for HdrAccumulator {
         std::mem::size_of_val(self) + (self.hist.distinct_values() + self.retract.distinct_values()) * 8
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::datatypes::Schema;
+    use datafusion::arrow::record_batch::RecordBatch;
+    use datafusion::prelude::SessionContext;
+
+    fn hist(values: &[u64]) -> Vec<u8> {
+        let mut h = new_histogram();
+        for v in values {
+            h.record(*v).expect("in range");
+        }
+        serialize_histogram(&h)
+    }
+
+    /// A window's rows: two starts added (100, 900), then a correction row that moves 900 to 300.
+    #[tokio::test]
+    async fn retractions_are_subtracted_after_merging() {
+        let schema = Arc::new(Schema::new(vec![Field::new("h", DataType::Binary, false), Field::new("r", DataType::Binary, false)]));
+        let (a, b, none, r) = (hist(&[100, 900]), hist(&[300]), Vec::new(), hist(&[900]));
+        let h = BinaryArray::from_vec(vec![a.as_slice(), b.as_slice()]);
+        let r = BinaryArray::from_vec(vec![none.as_slice(), r.as_slice()]);
+        let batch = RecordBatch::try_new(schema, vec![Arc::new(h), Arc::new(r)]).expect("batch");
+        let ctx = SessionContext::new();
+        ctx.register_batch("t", batch).expect("table");
+        ctx.register_udaf(hdr_quantile());
+        let rows = ctx
+            .sql("SELECT hdr_quantile(h, r, 1.0) AS net, hdr_quantile(h, 1.0) AS added, hdr_quantile(h, r, 0.0) AS low FROM t")
+            .await
+            .expect("plan")
+            .collect()
+            .await
+            .expect("run");
+        let col = |i: usize| rows[0].column(i).as_primitive::<Float64Type>().value(0);
+        assert_eq!((col(0), col(1), col(2)), (300.0, 900.0, 100.0), "900 was retracted; the 2-argument form ignores retractions");
+        // Retracting what was never added (a partial read of a window) is an error, not a wrong value.
+        let err = ctx.sql("SELECT hdr_quantile(r, h, 0.5) FROM t").await.expect("plan").collect().await;
+        assert!(err.is_err_and(|e| e.to_string().contains("exceed")));
+    }
+}

@@ -23,10 +23,12 @@ async fn beacons_reach_parquet_and_equal_the_reference() {
     let rejected = read_table(dir.path(), "rejected");
     assert_eq!(num_rows(&rejected), 0);
 
-    // DuckDB reads the dataset as plain hive-partitioned Parquet, no qoeflow code involved.
+    // DuckDB reads the dataset as plain hive-partitioned Parquet, no qoeflow code involved (views: the
+    // latest version of each, as README shows).
     let root = dir.path().join("parquet");
     let sql = format!(
-        "select (select count(*) from read_parquet('{r}/views/*/*/*.parquet', hive_partitioning=true)), \
+        "select (select count(*) from (select * from read_parquet('{r}/views/*/*/*.parquet', hive_partitioning=true) \
+                 qualify row_number() over (partition by view_id order by version desc) = 1)), \
                 (select sum(play_ms) from read_parquet('{r}/qoe_window/*/*/*.parquet', hive_partitioning=true)), \
                 (select count(distinct dt) from read_parquet('{r}/events/*/*/*.parquet', hive_partitioning=true)), \
                 (select typeof(window_start) from read_parquet('{r}/qoe_window/*/*/*.parquet') limit 1)",
