@@ -3,7 +3,8 @@
 //! traffic (the same viewers, flushed into records as the SDK would send them). Next to it, measured in
 //! the same run: reading and decoding the same log only (the floor for any consumer). The dataset of the
 //! last round stays in DIR for the DuckDB baseline (`deploy/bench/duckdb_pipeline.py DIR`). Then memory
-//! per active view: RSS growth and state-store size with M views open and playing. Then the cost of
+//! per active view: RSS growth and state-store size with M views open and playing, each in a process of
+//! its own: with every open view in memory, and with a tenth of them (`max_cached_views`). Then the cost of
 //! corrections: the same traffic sessionized on a state store on disk in order, and with 5 % of the
 //! beacons overtaken by the next one of their view by 60 s (beyond the reorder wait): CPU per event, and
 //! the events re-derived per late event.
@@ -45,8 +46,85 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// Runs `bench_pipeline memory DIR OPEN_VIEWS MAX_CACHED_VIEWS` and returns what it printed.
+fn memory_in_child(out: &std::path::Path, open_views: u64, cached: usize) -> anyhow::Result<String> {
+    let child = std::process::Command::new(std::env::current_exe()?)
+        .args(["memory".as_ref(), out.as_os_str(), open_views.to_string().as_ref(), cached.to_string().as_ref()])
+        .output()?;
+    anyhow::ensure!(child.status.success(), "memory benchmark failed: {}", String::from_utf8_lossy(&child.stderr));
+    Ok(String::from_utf8(child.stdout)?)
+}
+
+/// Memory per active view: `open_views` loadgen views that started playing and have not ended, each
+/// fed the records of its first flushes up to the first frame, on a state store on disk as the runner
+/// keeps it (an epoch commits every 5,000 views opened), with at most `cached` views in memory.
+fn memory(out: &std::path::Path, open_views: u64, cached: usize) -> anyhow::Result<()> {
+    let spec = RunSpec { seed: 2, duration_ms: 3_600_000, ramp_ms: 1 };
+    let client = schemas::ClientInfo { device_type: "mobile".into(), os: "iPhone".into(), browser: "Safari".into(), country: "DE".into(), ip: Some("203.0.113.0".into()), ..Default::default() };
+    std::fs::create_dir_all(out)?;
+    let state_path = out.join(format!("open-views-{cached}.state.redb"));
+    let _ = std::fs::remove_file(&state_path);
+    let config = PipelineConfig { max_cached_views: cached, ..PipelineConfig::default() };
+    let before = rss_bytes();
+    let store = pipeline::StateStore::open(&state_path, config.state_cache_mb << 20)?;
+    let (mut s, _) = Sessionizer::open(config.session(), store.clone())?;
+    let commit = |s: &mut Sessionizer| -> anyhow::Result<()> {
+        s.advance();
+        drop(s.flush());
+        let forgotten = store.commit(s.take_commit(None)?)?;
+        s.committed(forgotten);
+        Ok(())
+    };
+    let mut opened = 0u64;
+    let mut index = 0u64;
+    while opened < open_views {
+        let sim = ViewSim::new(&spec, index, T0);
+        index += 1;
+        let view_id = sim.view_id().to_owned();
+        let mut first = Vec::new();
+        let mut playing = false;
+        for f in Flushes::new(sim) {
+            playing = f.events.iter().any(|e| e["type"] == "playing");
+            let last = f.last;
+            first.push(f);
+            if playing || last {
+                break;
+            }
+        }
+        if !playing || first.last().is_some_and(|f| f.last) {
+            continue;
+        }
+        for f in first {
+            s.process(Record::Events(f.record(&view_id, &client, T0)));
+        }
+        opened += 1;
+        if opened % 5_000 == 0 {
+            commit(&mut s)?;
+        }
+    }
+    commit(&mut s)?;
+    let grown = rss_bytes().saturating_sub(before);
+    let sizes = s.sizes();
+    anyhow::ensure!(sizes.open_views as u64 == open_views, "{} views open, expected {open_views}", sizes.open_views);
+    println!(
+        "active views: {open_views} open and playing, {} in memory (max_cached_views {cached}); RSS growth {:.0} bytes/view; \
+         state store on disk {:.0} bytes/view",
+        sizes.cached_views,
+        grown as f64 / open_views as f64,
+        store.disk_bytes() as f64 / open_views as f64
+    );
+    Ok(())
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
+    if std::env::args().nth(1).as_deref() == Some("memory") {
+        let a: Vec<String> = std::env::args().skip(2).collect();
+        let (Some(dir), Some(open), Some(cached)) = (a.first(), a.get(1).and_then(|n| n.parse().ok()), a.get(2).and_then(|n| n.parse().ok())) else {
+            anyhow::bail!("usage: bench_pipeline memory DIR OPEN_VIEWS MAX_CACHED_VIEWS");
+        };
+        return memory(std::path::Path::new(dir), open, cached);
+    }
     let mut args = std::env::args().skip(1);
     let out = std::path::PathBuf::from(args.next().ok_or_else(|| anyhow::anyhow!("usage: bench_pipeline DIR [VIEWS] [ROUNDS] [OPEN_VIEWS]"))?);
     let nums: Vec<u64> = args.filter_map(|a| a.parse().ok()).collect();
@@ -103,48 +181,11 @@ async fn main() -> anyhow::Result<()> {
     }
     std::fs::write(out.join("truth.json"), serde_json::to_vec_pretty(&truth)?)?;
 
-    // Memory per active view: views that started playing and have not ended, each fed the records of
-    // its first flushes up to the first frame.
-    let spec = RunSpec { seed: 2, duration_ms: 3_600_000, ramp_ms: 1 };
-    let client = schemas::ClientInfo { device_type: "mobile".into(), os: "iPhone".into(), browser: "Safari".into(), country: "DE".into(), ip: Some("203.0.113.0".into()), ..Default::default() };
-    let before = rss_bytes();
-    // On a state store on disk, as the runner keeps it: the open views' state is committed to it.
-    let state_path = out.join("open-views.state.redb");
-    let _ = std::fs::remove_file(&state_path);
-    let store = pipeline::StateStore::open(&state_path)?;
-    let (mut s, _) = Sessionizer::open(PipelineConfig::default().session(), store.clone())?;
-    let mut opened = 0u64;
-    let mut index = 0u64;
-    while opened < open_views {
-        let sim = ViewSim::new(&spec, index, T0);
-        index += 1;
-        let view_id = sim.view_id().to_owned();
-        let mut first = Vec::new();
-        let mut playing = false;
-        for f in Flushes::new(sim) {
-            playing = f.events.iter().any(|e| e["type"] == "playing");
-            let last = f.last;
-            first.push(f);
-            if playing || last {
-                break;
-            }
-        }
-        if !playing || first.last().is_some_and(|f| f.last) {
-            continue;
-        }
-        for f in first {
-            s.process(Record::Events(f.record(&view_id, &client, T0)));
-        }
-        opened += 1;
-    }
-    s.advance();
-    drop(s.flush());
-    let commit = s.take_commit(None)?;
-    store.commit(commit)?;
-    let grown = rss_bytes().saturating_sub(before);
-    let snapshot = store.disk_bytes();
-    anyhow::ensure!(s.open_views() as u64 == open_views, "{} views open, expected {open_views}", s.open_views());
-
+    // Memory per active view, each measured in a process of its own (memory freed by one measurement
+    // would be reused by the next): all open views in memory (the default cache), and a tenth of them.
+    let all = PipelineConfig::default().max_cached_views.max(open_views as usize);
+    let memory_default = memory_in_child(&out, open_views, all)?;
+    let memory_tenth = memory_in_child(&out, open_views, (open_views as usize / 10).max(1))?;
     let cpu = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpu.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).unwrap_or("?").trim().to_owned();
     println!(
@@ -155,11 +196,7 @@ async fn main() -> anyhow::Result<()> {
     println!("{:<52} {:>12.0} {:>16.0}", "baseline: read + decode the local log", median(base_rate.clone()), median(base_core.clone()));
     println!("{:<52} {:>12.0} {:>16.0}", "qoeflow pipeline: log -> sessionize -> Parquet", median(pipe_rate.clone()), median(pipe_core.clone()));
     println!("ratio pipeline / read+decode (per core): {:.2}", median(pipe_core) / median(base_core));
-    println!(
-        "active views: {open_views} open and playing; RSS growth {:.0} bytes/view; state store on disk {:.0} bytes/view",
-        grown as f64 / open_views as f64,
-        snapshot as f64 / open_views as f64
-    );
+    print!("{memory_default}{memory_tenth}");
     corrections(&records, &out)?;
     println!("dataset kept in {} (events table for the DuckDB baseline; truth.json beside it)", out.display());
     Ok(())
@@ -169,7 +206,7 @@ async fn main() -> anyhow::Result<()> {
 /// returns the CPU seconds, the counters and the store's size on disk at the end.
 fn sessionize(records: &[Record], path: &std::path::Path) -> anyhow::Result<(f64, pipeline::Stats, u64)> {
     let _ = std::fs::remove_file(path);
-    let store = pipeline::StateStore::open(path)?;
+    let store = pipeline::StateStore::open(path, pipeline::store::DEFAULT_CACHE_BYTES)?;
     let (mut s, _) = Sessionizer::open(PipelineConfig::default().session(), store.clone())?;
     let c = cpu_seconds();
     let epoch = |s: &mut Sessionizer| -> anyhow::Result<()> {

@@ -48,7 +48,7 @@ c_q, c_b = nums(row("collector", r"^qoeflow collector.*$")), nums(row("collector
 c_s = nums(row("collector", r"^qoeflow serve.*$"))
 p_q, p_b = nums(row("pipeline", r"^qoeflow pipeline.*$")), nums(row("pipeline", r"^baseline: DuckDB.*$"))
 agree = row("pipeline", r"DuckDB totals equal the simulation's truth: (.*)$", 1)
-mem = row("pipeline", r"RSS growth (\d+) bytes/view; checkpoint state (\d+)", 0)
+mem = row("pipeline", r"RSS growth (\d+) bytes/view; state store on disk (\d+)", 0)
 fresh = row("api", r"median (\d+), p95 (\d+)", 0)
 def api(label):
     line = row("api", rf"^GET /api/v1/{re.escape(label)}\s.*$")
@@ -72,7 +72,7 @@ if p_q and p_b:
 print(f"{'3':<3}{'freshness: ack -> /api/v1/metrics, ms':<46}{fresh.replace('median ', '').replace(', p95 ', ' / '):>16}{'1000':>16}{'':>8}  epoch length (the longest a beacon waits for its epoch)")
 if mem != "?":
     rss, ckpt = re.findall(r"\d+", mem)
-    print(f"{'4':<3}{'memory per active view, bytes (RSS)':<46}{rss:>16}{ckpt:>16}{ratio(rss, ckpt):>8}  its checkpointed state")
+    print(f"{'4':<3}{'memory per active view, bytes (RSS)':<46}{rss:>16}{ckpt:>16}{ratio(rss, ckpt):>8}  its state on disk (all views in memory)")
 s, sd = api("summary?from=now-24h"), duck("summary, 24h")
 m, md = api("metrics?from=now-24h"), duck("metrics, 24h")
 b, bd = api("breakdown?dimension=country&from=now-24h"), duck("breakdown by country")

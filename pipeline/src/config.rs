@@ -35,6 +35,9 @@ pub struct PipelineConfig {
     pub max_gaps_per_view: usize,
     pub max_buffered_events: usize,
     pub max_view_history: usize,
+    pub max_cached_views: usize,
+    /// The state store's page cache (redb), in MiB.
+    pub state_cache_mb: usize,
     /// Record bytes one epoch reads at most (besides `max_records_per_epoch`).
     pub max_epoch_bytes: usize,
     /// Attempts at a record whose processing fails before it is quarantined (dead-lettered).
@@ -64,6 +67,8 @@ impl Default for PipelineConfig {
             max_gaps_per_view: s.max_gaps_per_view,
             max_buffered_events: s.max_buffered_events,
             max_view_history: s.max_view_history,
+            max_cached_views: s.max_cached_views,
+            state_cache_mb: crate::store::DEFAULT_CACHE_BYTES >> 20,
             max_epoch_bytes: 64 << 20,
             poison_attempts: 3,
             stall_after_ms: 60_000,
@@ -85,6 +90,7 @@ impl PipelineConfig {
             max_gaps_per_view: self.max_gaps_per_view,
             max_buffered_events: self.max_buffered_events,
             max_view_history: self.max_view_history,
+            max_cached_views: self.max_cached_views,
         }
     }
 
@@ -105,6 +111,8 @@ impl PipelineConfig {
             ("max_open_views", self.max_open_views),
             ("max_ended_views", self.max_ended_views),
             ("max_gaps_per_view", self.max_gaps_per_view),
+            ("max_cached_views", self.max_cached_views),
+            ("state_cache_mb", self.state_cache_mb),
             ("max_records_per_epoch", self.max_records_per_epoch),
             ("max_epoch_bytes", self.max_epoch_bytes),
             ("poison_attempts", self.poison_attempts as usize),
@@ -138,6 +146,9 @@ pub struct SessionConfig {
     /// Events kept in a view's history (what a correction re-derives it from) at most; past it the
     /// view's stragglers are kept in `events` only (`uncorrected`).
     pub max_view_history: usize,
+    /// Open views kept in memory at most after each commit; the others are read back from the state
+    /// store when a record or a clock decision needs them.
+    pub max_cached_views: usize,
 }
 
 impl Default for SessionConfig {
@@ -153,6 +164,7 @@ impl Default for SessionConfig {
             max_gaps_per_view: 1_000,
             max_buffered_events: 1_000_000,
             max_view_history: 50_000,
+            max_cached_views: 100_000,
         }
     }
 }

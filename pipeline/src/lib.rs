@@ -4,6 +4,7 @@
 //! - [`view`]: the per-view state machine (the metric definitions).
 //! - [`window`]: event-time tumbling windows, accumulated as deltas, with start-time histograms.
 //! - [`sessionizer`]: dedupe, reorder, corrections, view lifecycle, dimensions, watermark, late horizon.
+//! - `open`: the open views, the hot ones in memory and the others in the store.
 //! - `replay`: a view's state, and its re-derivation from its history (corrections).
 //! - [`store`]: the state store (open and ended views, view histories, checkpoints) on disk.
 //! - [`rows`], [`parquet`]: output rows in the columns of `schemas::tables`, and the Parquet sink.
@@ -21,6 +22,7 @@ pub mod error;
 #[cfg(feature = "kinesis")]
 pub mod kinesis;
 pub mod local;
+mod open;
 pub mod parquet;
 mod replay;
 pub mod rows;

@@ -260,7 +260,7 @@ pub async fn run<S: Source>(
     let lock_path = data_dir.join("pipeline").join(format!("{name}.lock"));
     let _lock = locallog::lock_exclusive(&lock_path).with_context(|| format!("pipeline checkpoint {name} in {}", data_dir.display()))?;
     let identity = format!("{name}-{}", instance_id(&data_dir)?);
-    let store = StateStore::open(&data_dir.join("pipeline").join(format!("{name}.state.redb")))?;
+    let store = StateStore::open(&data_dir.join("pipeline").join(format!("{name}.state.redb")), config.state_cache_mb << 20)?;
     let ctx = Ctx { data_dir: &data_dir, name, identity, config: &config, clickhouse: &clickhouse, status: &status, store };
     let mut poison = Poison::default();
     let mut backoff = Duration::from_millis(200);
@@ -488,6 +488,7 @@ struct Progress<'a, P> {
     position: &'a P,
     watermark: i64,
     open_views: usize,
+    cached_views: usize,
     ended_views: u64,
     buffered_events: usize,
     max_skipped_ranges: usize,
@@ -504,6 +505,7 @@ fn write_progress<P: Serialize>(dir: &Path, name: &str, epoch: u64, position: &P
         position,
         watermark: session.watermark(),
         open_views: sizes.open_views,
+        cached_views: sizes.cached_views,
         ended_views: sizes.ended_views,
         buffered_events: sizes.buffered_events,
         max_skipped_ranges: sizes.max_skipped_ranges,

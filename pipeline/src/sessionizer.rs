@@ -53,6 +53,7 @@ use schemas::record::{EventsRecord, RejectedRecord};
 use schemas::{ClientInfo, Event, Record, validate_event_map};
 use serde::{Deserialize, Serialize};
 
+use crate::open::{Cold, OpenViews, Slot};
 use crate::replay::{Place, ViewCore, derive};
 use crate::store::{Commit, Forgotten, StateStore};
 use crate::view::Totals;
@@ -153,6 +154,9 @@ pub struct Stats {
     pub evicted: u64,
     /// Ended views forgotten before the late horizon because `max_ended_views` was reached.
     pub ended_forgotten: u64,
+    /// Open views read back from the state store because they were not in memory
+    /// (`max_cached_views`).
+    pub cold_loads: u64,
     /// Skipped `seq` ranges forgotten because a view had `max_gaps_per_view` of them (a straggler for
     /// one of them counts as a duplicate).
     pub gaps_forgotten: u64,
@@ -192,6 +196,18 @@ struct ViewSlot {
     history_full: bool,
     /// `views` rows emitted so far.
     version: u64,
+}
+
+impl Slot for ViewSlot {
+    fn cold(&self) -> Cold {
+        Cold {
+            last_recv_ms: self.last_recv_ms,
+            waiting_since: self.buffer.first_key_value().map(|(_, b)| b.raw_recv_ms),
+            partition: self.partition,
+            buffered: self.buffer.len() as u32,
+            skipped: self.skipped.0.len() as u32,
+        }
+    }
 }
 
 /// An ended view, kept for the late horizon: its state (a straggler re-derives it), when it ended
@@ -348,6 +364,8 @@ impl Clocks {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StateSizes {
     pub open_views: usize,
+    /// Open views in memory (the others are in the store only).
+    pub cached_views: usize,
     /// Events waiting for a missing `seq`.
     pub buffered_events: usize,
     /// The most skipped `seq` ranges one open view remembers.
@@ -379,7 +397,7 @@ struct Pending {
 
 pub struct Sessionizer {
     config: SessionConfig,
-    views: HashMap<String, ViewSlot>,
+    views: OpenViews<ViewSlot>,
     windows: Windows,
     /// The largest receive time over all partitions.
     watermark: i64,
@@ -407,8 +425,8 @@ impl Sessionizer {
     fn with_store(config: SessionConfig, store: StateStore) -> Sessionizer {
         Sessionizer {
             windows: Windows::new(config.window_ms),
+            views: OpenViews::new(config.max_cached_views),
             config,
-            views: HashMap::new(),
             watermark: i64::MIN,
             clocks: Clocks::default(),
             out: Output::default(),
@@ -425,16 +443,16 @@ impl Sessionizer {
     /// saved with it ([`Sessionizer::take_commit`]).
     pub fn open(config: SessionConfig, store: StateStore) -> crate::Result<(Sessionizer, Option<Vec<u8>>)> {
         use crate::error::Context;
-        let loaded = store.load()?;
-        let mut s = Sessionizer::with_store(config, store);
+        let mut s = Sessionizer::with_store(config, store.clone());
+        let loaded = store.load(|id, v| {
+            let slot: ViewSlot = serde_json::from_slice(v).with_context(|| format!("state store: open view {id:?}"))?;
+            s.buffered += slot.buffer.len();
+            s.views.insert_loaded(id.to_owned(), slot);
+            Ok(())
+        })?;
         if let Some(meta) = loaded.session {
             let meta: SessionMeta = serde_json::from_slice(&meta).context("state store: the sessionizer's meta")?;
             (s.watermark, s.clocks, s.stats) = (meta.watermark, meta.clocks, meta.stats);
-        }
-        for (id, v) in loaded.open {
-            let slot: ViewSlot = serde_json::from_slice(&v).with_context(|| format!("state store: open view {id:?}"))?;
-            s.buffered += slot.buffer.len();
-            s.views.insert(id, slot);
         }
         Ok((s, loaded.checkpoint))
     }
@@ -451,9 +469,11 @@ impl Sessionizer {
         let mut c = Commit { checkpoint, max_ended: self.config.max_ended_views, ..Commit::default() };
         c.expire_before = self.watermark.saturating_sub(self.config.late_horizon_ms);
         for id in pending.dirty {
-            match self.views.get(&id) {
+            match self.views.hot.get(&id) {
                 Some(slot) => c.open_put.push((id.clone(), serde_json::to_vec(slot)?)),
-                None => c.open_delete.push(id),
+                // (A dirty view is hot until its commit; a cold one is unchanged in the store.)
+                None if !self.views.contains(&id) => c.open_delete.push(id),
+                None => {}
             }
         }
         for (id, (e, new)) in pending.ended {
@@ -469,17 +489,20 @@ impl Sessionizer {
         Ok(c)
     }
 
-    /// Counts what a commit forgot.
+    /// After a commit: counts what it forgot, and lets the views received least recently leave memory
+    /// (their state is in the store now) down to `max_cached_views`.
     pub fn committed(&mut self, forgotten: Forgotten) {
         self.stats.ended_forgotten += forgotten.over_cap;
+        self.views.shed();
     }
 
     /// How big the state is (for bounds checks and benchmarks).
     pub fn sizes(&self) -> StateSizes {
         StateSizes {
             open_views: self.views.len(),
-            buffered_events: self.views.values().map(|v| v.buffer.len()).sum(),
-            max_skipped_ranges: self.views.values().map(|v| v.skipped.0.len()).max().unwrap_or(0),
+            cached_views: self.views.hot_len(),
+            buffered_events: self.views.summaries().map(|(_, c)| c.buffered as usize).sum(),
+            max_skipped_ranges: self.views.summaries().map(|(_, c)| c.skipped as usize).max().unwrap_or(0),
             ended_views: self.store.ended_count().unwrap_or(0) + self.pending.ended.values().filter(|(_, new)| *new).count() as u64,
             pending_history_events: self.pending.history.values().map(Vec::len).sum(),
         }
@@ -530,6 +553,14 @@ impl Sessionizer {
     fn store_failed(&mut self, e: impl std::fmt::Display) {
         if self.store_error.is_none() {
             self.store_error = Some(format!("{e}"));
+        }
+    }
+
+    /// Brings an open view that is not in memory back from the store (a failure fails the epoch).
+    fn load_view(&mut self, view_id: &str) {
+        match self.views.make_hot(view_id, &self.store) {
+            Ok(loaded) => self.stats.cold_loads += u64::from(loaded),
+            Err(e) => self.store_failed(e),
         }
     }
 
@@ -600,7 +631,8 @@ impl Sessionizer {
         self.watermark = self.watermark.max(rec.recv_ms);
         let n = rec.events.len() as u64;
         self.stats.events += n;
-        if !self.views.contains_key(&rec.view_id) {
+        self.load_view(&rec.view_id);
+        if !self.views.contains(&rec.view_id) {
             if let Some((ended, new)) = self.take_ended(&rec.view_id) {
                 self.events_for_ended(ended, new, &rec);
                 return;
@@ -610,7 +642,7 @@ impl Sessionizer {
             }
         }
         let offset = rec.offset_ms();
-        let slot = self.views.entry(rec.view_id.clone()).or_insert_with(|| ViewSlot {
+        let slot = self.views.hot.entry(rec.view_id.clone()).or_insert_with(|| ViewSlot {
             core: ViewCore::default(),
             next_seq: 0,
             buffer: BTreeMap::new(),
@@ -696,17 +728,17 @@ impl Sessionizer {
     /// derivation ends it.
     fn correct_open(&mut self, view_id: &str, late: Vec<Event>, replace: Option<(i64, ClientInfo)>) {
         let added = late.len();
-        let full = self.views.get(view_id).is_none_or(|slot| slot.history_full || slot.history_len + added as u64 > self.config.max_view_history as u64);
+        let full = self.views.hot.get(view_id).is_none_or(|slot| slot.history_full || slot.history_len + added as u64 > self.config.max_view_history as u64);
         if full {
             // Not re-derivable: the view stays where it was placed, without these events.
             self.stats.uncorrected += added as u64;
-            if let Some(slot) = self.views.get_mut(view_id) {
+            if let Some(slot) = self.views.hot.get_mut(view_id) {
                 slot.history_full = true;
             }
             return;
         }
         let mut history = self.history_of(view_id);
-        let Some(slot) = self.views.get_mut(view_id) else { return };
+        let Some(slot) = self.views.hot.get_mut(view_id) else { return };
         let old = derive(&self.config, &history, slot.offset_ms, &slot.client, None);
         if let Some((offset, client)) = replace {
             (slot.offset_ms, slot.client) = (offset, Arc::new(client));
@@ -831,7 +863,7 @@ impl Sessionizer {
     /// `max_open_views` at a time so the scan is amortised over many new views.
     fn evict_idle(&mut self) {
         let n = (self.config.max_open_views / 16).clamp(1, self.views.len().max(1));
-        let mut order: Vec<(i64, &String)> = self.views.iter().map(|(id, v)| (v.last_recv_ms, id)).collect();
+        let mut order: Vec<(i64, &String)> = self.views.summaries().map(|(id, c)| (c.last_recv_ms, id)).collect();
         if order.is_empty() {
             return;
         }
@@ -850,7 +882,7 @@ impl Sessionizer {
     /// inactivity gap ended it first). Returns whether it was ended with `reason`.
     fn close_view(&mut self, id: &str, reason: &'static str) -> bool {
         self.drain_view(id, i64::MAX);
-        let Some(slot) = self.views.get_mut(id) else { return false };
+        let Some(slot) = self.views.hot.get_mut(id) else { return false };
         let cutoff = self.clocks.get(slot.partition).saturating_sub(self.config.late_horizon_ms);
         let place = Place::new(&self.config, slot.offset_ms, &slot.client, cutoff);
         slot.core.end(&place, &mut self.windows);
@@ -862,7 +894,8 @@ impl Sessionizer {
     /// event after it was received at or before `skip_received_by` (`i64::MIN`: wait at every gap;
     /// `i64::MAX`: skip them all). Finalizes the view if it ended.
     fn drain_view(&mut self, view_id: &str, skip_received_by: i64) {
-        let Some(slot) = self.views.get_mut(view_id) else { return };
+        self.load_view(view_id);
+        let Some(slot) = self.views.hot.get_mut(view_id) else { return };
         let cutoff = self.clocks.get(slot.partition).saturating_sub(self.config.late_horizon_ms);
         let mut reason = "viewend";
         let mut applied = Vec::new();
@@ -912,7 +945,7 @@ impl Sessionizer {
 
     /// Finalizes an open view; `external`: closed from outside, not by its own events.
     fn finalize_as(&mut self, view_id: &str, reason: &'static str, external: bool) {
-        let Some(mut slot) = self.views.remove(view_id) else { return };
+        let Some(mut slot) = self.views.hot.remove(view_id) else { return };
         self.stats.views_ended += 1;
         self.buffered = self.buffered.saturating_sub(slot.buffer.len());
         self.pending.dirty.insert(view_id.to_owned());
@@ -935,12 +968,12 @@ impl Sessionizer {
     pub fn advance(&mut self) {
         let mut waited: Vec<(String, i64)> = Vec::new();
         let mut inactive: Vec<String> = Vec::new();
-        for (id, slot) in &self.views {
-            let now = self.clocks.get(slot.partition);
-            if now.saturating_sub(slot.last_recv_ms) >= self.config.inactivity_timeout_ms {
+        for (id, view) in self.views.summaries() {
+            let now = self.clocks.get(view.partition);
+            if now.saturating_sub(view.last_recv_ms) >= self.config.inactivity_timeout_ms {
                 inactive.push(id.clone());
-            } else if let Some((_, first)) = slot.buffer.first_key_value()
-                && now.saturating_sub(first.raw_recv_ms) >= self.config.reorder_wait_ms
+            } else if let Some(first) = view.waiting_since
+                && now.saturating_sub(first) >= self.config.reorder_wait_ms
             {
                 waited.push((id.clone(), now.saturating_sub(self.config.reorder_wait_ms)));
             }
@@ -957,7 +990,7 @@ impl Sessionizer {
 
     /// Ends every open view now (at its last event): for batch computations over a finished input.
     pub fn end_all(&mut self) {
-        let mut ids: Vec<String> = self.views.keys().cloned().collect();
+        let mut ids: Vec<String> = self.views.summaries().map(|(id, _)| id.clone()).collect();
         ids.sort();
         for id in &ids {
             self.close_view(id, "timeout");

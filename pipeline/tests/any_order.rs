@@ -139,8 +139,10 @@ struct Seen {
     windows: BTreeMap<(i64, Vec<String>), (Vec<(String, i64)>, Histogram<u64>)>,
 }
 
-fn run(records: &[Record], flush_every: usize) -> Seen {
-    let config = SessionConfig { window_ms: 10_000, dims: vec![Dim::Cdn, Dim::Country], ..SessionConfig::default() };
+/// `max_cached_views`: how many open views stay in memory after each flush; the others are read back
+/// from the state store when needed, which must change nothing.
+fn run(records: &[Record], flush_every: usize, max_cached_views: usize) -> Seen {
+    let config = SessionConfig { window_ms: 10_000, dims: vec![Dim::Cdn, Dim::Country], max_cached_views, ..SessionConfig::default() };
     let mut s = Sessionizer::new(config);
     let mut views: BTreeMap<String, (u64, Value)> = BTreeMap::new();
     let mut deltas: BTreeMap<(i64, Vec<String>), WindowDelta> = BTreeMap::new();
@@ -160,6 +162,7 @@ fn run(records: &[Record], flush_every: usize) -> Seen {
         }
         s.advance();
         collect(s.flush());
+        assert!(s.sizes().cached_views <= max_cached_views, "{} views in memory, at most {max_cached_views}", s.sizes().cached_views);
     }
     s.end_all();
     collect(s.flush());
@@ -187,9 +190,11 @@ proptest! {
         views in prop::collection::vec(arb_view(), 1..6),
         deliveries in prop::collection::vec(arb_delivery(), 1..50),
         flush_every in 1usize..12,
+        cached in prop_oneof![Just(1usize), Just(2), Just(100_000)],
     ) {
-        let in_order = run(&records(&views, &deliveries, false), flush_every);
-        let any_order = run(&records(&views, &deliveries, true), flush_every);
+        // In order with every view in memory; in any order with most of them in the store only.
+        let in_order = run(&records(&views, &deliveries, false), flush_every, 100_000);
+        let any_order = run(&records(&views, &deliveries, true), flush_every, cached);
         prop_assert_eq!(&any_order.views, &in_order.views);
         prop_assert_eq!(&any_order.windows, &in_order.windows);
     }
@@ -201,8 +206,8 @@ proptest! {
 fn a_late_playrequest_corrects_the_start_time() {
     let view = ViewSpec { start_ms: 0, events: vec![(0, 100, 0), (1, 1_400, 0), (10, 10_000, 0)], viewend: true, beacon_sizes: vec![2, 3], cdn: 0 };
     // Beacon 0 (viewstart, playrequest) is sent 60 s late; beacon 1 (playing, heartbeat, viewend) on time.
-    let in_order = run(&records(std::slice::from_ref(&view), &[(35, 0)], false), 1);
-    let late = run(&records(std::slice::from_ref(&view), &[(35, 60_000), (35, 0)], true), 1);
+    let in_order = run(&records(std::slice::from_ref(&view), &[(35, 0)], false), 1, 100_000);
+    let late = run(&records(std::slice::from_ref(&view), &[(35, 60_000), (35, 0)], true), 1, 100_000);
     assert_eq!(in_order.views["v0"]["startup_ms"], json!(1_400));
     assert_eq!(late.views, in_order.views);
     assert_eq!(late.windows, in_order.windows);

@@ -2,7 +2,7 @@
 //! (timestamps at both ends of 2000–2100, clocks skewed by decades, huge gaps between events, `seq`
 //! gaps up to 2^53, duplicates, bursts of fresh views), fed to the sessionizer and the windows with small
 //! caps. Nothing may panic, and the work and memory per event stay bounded — asserted as counts: window
-//! rows per event, view and event rows, open and remembered views, gaps and waiting events per view.
+//! rows per event, view and event rows, open, cached and remembered views, gaps and waiting events per view.
 
 use pipeline::{Dim, SessionConfig, Sessionizer};
 use proptest::prelude::*;
@@ -22,6 +22,7 @@ const MAX_OPEN: usize = 40;
 const MAX_ENDED: usize = 60;
 const MAX_GAPS: usize = 8;
 const MAX_BUFFERED: usize = 300;
+const MAX_CACHED: usize = 5;
 
 /// How the next event's time relates to the previous one of its view.
 #[derive(Debug, Clone)]
@@ -157,6 +158,7 @@ fn records(beacons: &[Beacon]) -> (Vec<Record>, usize) {
 fn assert_state_bounded(s: &Sessionizer) -> Result<(), TestCaseError> {
     let sizes = s.sizes();
     prop_assert!(sizes.open_views <= MAX_OPEN, "{} open views", sizes.open_views);
+    prop_assert!(sizes.cached_views <= MAX_CACHED, "{} open views in memory", sizes.cached_views);
     prop_assert!(sizes.ended_views <= MAX_ENDED as u64, "{} ended views kept", sizes.ended_views);
     prop_assert!(sizes.max_skipped_ranges <= MAX_GAPS, "a view keeps {} gap ranges", sizes.max_skipped_ranges);
     // The cap is checked after each record: one record's events may wait beyond it.
@@ -176,6 +178,7 @@ fn run(beacons: &[Beacon], flush_every: usize) -> Result<(), TestCaseError> {
         max_ended_views: MAX_ENDED,
         max_gaps_per_view: MAX_GAPS,
         max_buffered_events: MAX_BUFFERED,
+        max_cached_views: MAX_CACHED,
         ..SessionConfig::default()
     };
     let mut s = Sessionizer::new(config);

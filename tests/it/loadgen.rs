@@ -261,6 +261,9 @@ async fn loadgen_through_kinesis_into_parquet_and_clickhouse_equals_the_truth() 
     let collector = Qoeflow::ingest(STREAM, &emu.endpoint, &["--ingest-key", KEY], &[]);
     let mut env = AWS_ENV.to_vec();
     env.push(("QOEFLOW_PIPELINE__FLUSH_INTERVAL_MS", "500"));
+    // Far fewer views in memory than the loadgen opens: the others live in the state store only and
+    // are read back when their next beacon comes, which must change nothing.
+    env.push(("QOEFLOW_PIPELINE__MAX_CACHED_VIEWS", "100"));
     let data_arg = data.to_str().expect("utf-8 path");
     let mut pipeline = Qoeflow::spawn_until(
         &["pipeline", "--kinesis-stream", STREAM, "--kinesis-endpoint", &emu.endpoint, "--data-dir", data_arg, "--clickhouse-url", &ch.url()],
@@ -290,6 +293,21 @@ async fn loadgen_through_kinesis_into_parquet_and_clickhouse_equals_the_truth() 
         assert_eq!(as_i64_map(&row)["startup_ms"], exact.expect("views started"), "ClickHouse views: start-up p{}", q * 100.0);
     }
     pipeline.stop();
+    assert!(cold_loads(&data) > 0, "open views were read back from the state store");
     let records: Vec<schemas::Record> = read_stream(&emu.client().await, STREAM).await.into_iter().map(|r| r.record).collect();
     assert_knobs_took_effect(&records);
+}
+
+/// Open views the pipeline read back from its state stores (the progress files' `cold_loads`).
+fn cold_loads(data: &Path) -> u64 {
+    let dir = std::fs::read_dir(data.join("pipeline")).expect("the pipeline's state directory");
+    let mut loads = 0;
+    for entry in dir.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("checkpoint-") && name.ends_with(".json") {
+            let progress: Value = serde_json::from_slice(&std::fs::read(entry.path()).expect("progress file")).expect("progress JSON");
+            loads += progress["stats"]["cold_loads"].as_u64().unwrap_or_else(|| panic!("no stats.cold_loads in {name}: {progress}"));
+        }
+    }
+    loads
 }
