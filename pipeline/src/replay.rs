@@ -3,13 +3,13 @@
 //! for a correction (`docs/metrics.md` §12). The sessionizer's in-order path steps the same
 //! [`ViewCore`] one event at a time, so a re-derivation follows exactly the rules of in-order processing.
 
+use schemas::dims::Dim;
 use schemas::event::ViewDims;
 use schemas::measures::Measure;
 use schemas::{ClientInfo, Event, EventKind, Payload};
 use serde::{Deserialize, Serialize};
 
 use crate::config::SessionConfig;
-use crate::sessionizer::Dim;
 use crate::view::{Emit, Span, ViewMachine};
 use crate::window::{DimValues, Windows};
 
