@@ -157,7 +157,26 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route(SDK_PATH, get(sdk_script))
         .with_state(state)
+}
+
+/// Where the collector serves the web player SDK (`sdk/web`), built into the binary by `build.rs`.
+pub const SDK_PATH: &str = "/sdk/v1/qoeflow.min.js";
+const SDK_SCRIPT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/sdk/dist/qoeflow.min.js"));
+
+/// The SDK for a `<script src>` on any page: cacheable for an hour (the path names the major version,
+/// so a compatible update reaches pages within that hour).
+async fn sdk_script() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+            (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
+        ],
+        SDK_SCRIPT,
+    )
+        .into_response()
 }
 
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
@@ -192,6 +211,8 @@ fn cors_headers(resp: &mut Response, origin: &str) {
         resp.headers_mut().insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
     }
     resp.headers_mut().insert(header::VARY, HeaderValue::from_static("Origin"));
+    // The SDK backs off for as long as a 429/503 asks; a cross-origin page can read only exposed headers.
+    resp.headers_mut().insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static("Retry-After"));
 }
 
 async fn preflight(State(state): State<Arc<AppState>>, Query(q): Query<KeyQuery>, headers: HeaderMap) -> Response {
