@@ -6,8 +6,10 @@
 #
 # Needs: Rust (cargo), Node.js + npm, Python 3 + pip. Installs: DuckDB (PyPI, tests/requirements.txt),
 # the Kinesis emulator (npm `kinesis-local`, pinned in deploy/local/kinesis/package-lock.json),
-# playwright-core (npm, pinned in tests/browser/package-lock.json) and, as root via apt (one
-# `apt-get update`), ClickHouse server (Debian `clickhouse-server`) and Chromium (Debian `chromium`).
+# playwright-core and the web players hls.js, dash.js, Shaka Player, video.js (npm, pinned in
+# tests/browser/package-lock.json), the player SDK's build tools (npm, sdk/web/package-lock.json) and, as
+# root via apt (one `apt-get update`), ClickHouse server (Debian `clickhouse-server`), Chromium (Debian
+# `chromium`) and ffmpeg (Debian `ffmpeg`, which makes the SDK tests' media).
 # Tests start their own instances on free loopback ports.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -17,6 +19,7 @@ echo "==> installing test services"
 missing=()
 command -v clickhouse-server >/dev/null || missing+=(clickhouse-server)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
+command -v ffmpeg >/dev/null || missing+=(ffmpeg)
 if [ "${#missing[@]}" -gt 0 ]; then
   [ "$(id -u)" = 0 ] || { echo "deploy/test.sh: run as root to install ${missing[*]} (or install them yourself)" >&2; exit 1; }
   apt-get update -qq
@@ -25,6 +28,7 @@ fi
 bash deploy/local/clickhouse.sh install
 bash deploy/local/kinesis.sh install
 (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
+(cd sdk/web && npm ci --no-audit --no-fund --loglevel=error)
 # A Debian system Python refuses pip installs outside a venv (PEP 668) unless told otherwise.
 PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore -r tests/requirements.txt
 

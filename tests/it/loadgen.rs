@@ -135,14 +135,7 @@ fn as_i64_map(row: &Value) -> BTreeMap<String, i64> {
 
 /// `qoeflow query --format json SQL` over `data`: the first row.
 fn qoeflow_query(data: &Path, sql: &str) -> Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_qoeflow"))
-        .args(["query", "--data-dir", data.to_str().expect("utf-8 path"), "--format", "json", sql])
-        .env("QOEFLOW_LOG_LEVEL", "warn")
-        .output()
-        .expect("run qoeflow query");
-    assert!(out.status.success(), "qoeflow query failed: {}", String::from_utf8_lossy(&out.stderr));
-    let text = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(text.lines().next().unwrap_or("{}")).unwrap_or_else(|e| panic!("{e}: {text}"))
+    query_json(data, sql).into_iter().next().unwrap_or_else(|| serde_json::json!({}))
 }
 
 /// Polls `read` until it equals `want` (the pipeline catching up), then asserts it does.

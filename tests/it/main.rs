@@ -28,4 +28,5 @@ mod kinesis_sink;
 mod loadgen;
 mod pipeline_kinesis;
 mod pipeline_local;
+mod sdk;
 mod slt;

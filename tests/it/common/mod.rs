@@ -182,6 +182,18 @@ impl Drop for Qoeflow {
     }
 }
 
+/// `qoeflow query --data-dir DATA --format json SQL`: its rows (one JSON object per line).
+pub fn query_json(data: &Path, sql: &str) -> Vec<serde_json::Value> {
+    let out = Command::new(env!("CARGO_BIN_EXE_qoeflow"))
+        .args(["query", "--data-dir", data.to_str().expect("utf-8 path"), "--format", "json", sql])
+        .env("QOEFLOW_LOG_LEVEL", "warn")
+        .output()
+        .expect("run qoeflow query");
+    assert!(out.status.success(), "qoeflow query failed: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect()
+}
+
 /// Every record in the local log under `data_dir`, decoded (panics on corruption).
 pub fn read_local_log(data_dir: &Path) -> Vec<Record> {
     let mut reader = LogReader::open(&data_dir.join("log"), 0).expect("open log reader");
