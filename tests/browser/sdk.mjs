@@ -4,6 +4,7 @@
 //
 //   node sdk.mjs COLLECTOR_URL ARTIFACT_DIR MEDIA_DIR RUNS
 //
+// QOEFLOW_SDK_KEY, if set, is the ingest key the SDK sends (`?key=`).
 // RUNS: comma-separated adapter:scenario pairs, e.g. hls:main,hls:fail,video:leave,hls:down.
 // Scenarios:
 //   main    bandwidth capped at 3.2 Mbit/s, throttled to 120 kbit/s for 10 s from 8 s after the first
@@ -11,6 +12,8 @@
 //           500, a seek from 20 s to 30 s (past the buffer), played to the end
 //   fail    a start failure: a manifest that cannot play (for video.js, media no decoder accepts)
 //   leave   the page is left at 6 s of playback (the last beacon goes by sendBeacon)
+//   exit    media trickles at 16 kbit/s and the page is left 2 s after the play request, before the
+//           first frame (an exit before video start)
 //   down    the collector is unreachable for 30 s from 4 s of playback, played to the end
 // Every page is left at the end (about:blank), which ends a view that is still open.
 import { chromium } from 'playwright-core';
@@ -39,6 +42,7 @@ const PLANS = {
   fail: { broken: 'manifest' },
   'fail-videojs': { broken: 'media' },
   leave: { capBytesPerSec: 400_000 },
+  exit: { throttle: { afterMs: 0, forMs: 600_000, bytesPerSec: 2_000 } },
   down: { capBytesPerSec: 400_000 },
 };
 
@@ -64,12 +68,14 @@ try {
     const query = new URLSearchParams({
       adapter, run, scenario,
       collector: `http://127.0.0.1:${proxy.port}`,
+      key: process.env.QOEFLOW_SDK_KEY || '',
       sdk: `${collectorUrl.replace(/\/$/, '')}/sdk/v1/qoeflow.min.js`,
       media: `http://127.0.0.1:${origin.port}/m/${run}`,
     });
     // The page on `localhost`, media and collector on `127.0.0.1`: every request of the SDK and the
     // players is cross-origin, as on a real site.
-    await page.goto(`http://localhost:${origin.port}/page.html?${query}`);
+    // Not `load`: a media element delays the page's load event until its first frame.
+    await page.goto(`http://localhost:${origin.port}/page.html?${query}`, { waitUntil: 'domcontentloaded' });
     const started = Date.now();
     let maxQueue = 0;
     let outage;

@@ -21,6 +21,8 @@ use crate::common::*;
 /// page's own measurement (`play()` called to the first frame presented, requestVideoFrameCallback).
 const STARTUP_TOLERANCE_MS: i64 = 250;
 
+const KEY: &str = "sdk-test-key";
+
 const ADAPTERS: [&str; 5] = ["video", "hls", "dash", "shaka", "videojs"];
 
 #[test]
@@ -136,7 +138,9 @@ fn got(view: &Value) -> Expected {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_players_in_chromium_report_exactly_what_they_did() {
     let dir = tempfile::tempdir().expect("tmp");
-    let mut q = Qoeflow::serve(dir.path(), &[], &[]);
+    // With an ingest key: beacons without it are refused (401), so every view below proves the SDK sent
+    // `?key=` by fetch and by sendBeacon.
+    let mut q = Qoeflow::serve(dir.path(), &["--ingest-key", KEY], &[]);
 
     // The SDK for one script tag, from the collector.
     let script = reqwest::get(format!("{}/sdk/v1/qoeflow.min.js", q.url)).await.expect("GET the SDK");
@@ -145,7 +149,7 @@ async fn real_players_in_chromium_report_exactly_what_they_did() {
     let body = script.text().await.expect("body");
     assert!(body.contains("qoeflow") && body.len() < 64 * 1024, "{} bytes", body.len());
 
-    let mut runs: Vec<String> = ADAPTERS.iter().flat_map(|a| ["main", "fail", "leave"].map(|s| format!("{a}:{s}"))).collect();
+    let mut runs: Vec<String> = ADAPTERS.iter().flat_map(|a| ["main", "fail", "leave", "exit"].map(|s| format!("{a}:{s}"))).collect();
     runs.push("hls:down".to_owned());
     let artifacts = repo_root().join("target/test-artifacts");
     let media = repo_root().join("target/test-media");
@@ -154,6 +158,7 @@ async fn real_players_in_chromium_report_exactly_what_they_did() {
         .arg(browser.join("sdk.mjs"))
         .args([q.url.as_str(), artifacts.to_str().expect("utf-8"), media.to_str().expect("utf-8"), &runs.join(",")])
         .current_dir(&browser)
+        .env("QOEFLOW_SDK_KEY", KEY)
         .output()
         .expect("node (deploy/test.sh installs playwright-core, the players, chromium and ffmpeg)");
     eprintln!("{}", String::from_utf8_lossy(&out.stderr));
@@ -241,6 +246,7 @@ async fn real_players_in_chromium_report_exactly_what_they_did() {
             // on the failed segment (a playback failure) or retry it.
             "main" => assert!(want.stall_count >= 1, "{run}: the scenario did not happen: {want:?}"),
             "fail" => assert!(want.vsf, "{run}: a start failure: {want:?}"),
+            "exit" => assert!(want.ebvs, "{run}: an exit before video start: {want:?}"),
             "leave" | "down" => assert!(want.started && !want.playback_failure, "{run}: {want:?}"),
             _ => {}
         }

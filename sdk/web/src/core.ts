@@ -120,6 +120,7 @@ export class Monitor {
   private bitrate = 0;
   private source: string | undefined;
   private playhead: () => number | undefined = () => undefined;
+  private playIntent: () => boolean = () => false;
   private timer: ReturnType<typeof setInterval> | undefined;
   private beats = 0;
   private readonly beatEvery: number;
@@ -162,9 +163,11 @@ export class Monitor {
     return this.viewId;
   }
 
-  /** Where the playhead is, read when each event is made. */
-  setPlayhead(read: () => number | undefined): void {
+  /** Where the playhead is, read when each event is made; and whether playback was asked for (an
+   *  element's `paused` turns false inside `play()`, before its `play` event is dispatched). */
+  setPlayhead(read: () => number | undefined, intent?: () => boolean): void {
     this.playhead = read;
+    if (intent) this.playIntent = intent;
   }
 
   /** Runs `f` when the monitor is destroyed (adapters remove their listeners this way). */
@@ -261,6 +264,9 @@ export class Monitor {
 
   onError(code: string | number | undefined, message: string | undefined, fatal: boolean): void {
     if (this.state === 'ended') return;
+    // A player can fail (a manifest that does not parse) before the element's `play` event is
+    // dispatched: if play() was already called, the request came first.
+    if (fatal && !this.requested && this.playIntent()) this.onPlayRequest();
     this.emit('error', {
       code: typeof code === 'string' ? code.slice(0, 128) : code,
       message: message ? String(message).slice(0, 1024) : undefined,

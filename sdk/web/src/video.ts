@@ -16,7 +16,7 @@ const MEDIA_ERRORS = ['', 'MEDIA_ERR_ABORTED', 'MEDIA_ERR_NETWORK', 'MEDIA_ERR_D
 
 /** Listens to `video` for `monitor`; the listeners go when the monitor is destroyed. */
 export function attachVideo(monitor: Monitor, video: HTMLMediaElement, opts: VideoOptions = {}): void {
-  monitor.setPlayhead(() => video.currentTime * 1000);
+  monitor.setPlayhead(() => video.currentTime * 1000, () => !video.paused);
   const on: Record<string, () => void> = {
     play: () => monitor.onPlayRequest(),
     playing: () => monitor.onPlaying(),

@@ -158,6 +158,16 @@ test('a fatal error fails the view and is sent at once; nothing plays after it',
   m.destroy();
 });
 
+test('a fatal error that comes before the `play` event of a play() already called is a start failure', async () => {
+  const { video, rec, m } = setup();
+  video.paused = false; // inside play(), before the `play` event is dispatched
+  m.onError('manifestParsingError', 'no EXTM3U', true);
+  video.fire('play');
+  await done(m);
+  assert.deepEqual(rec.types(), ['viewstart', 'playrequest', 'error']);
+  m.destroy();
+});
+
 test('leaving the page sends viewend through sendBeacon; destroy removes every listener', async () => {
   const page = new EventTarget();
   Object.assign(globalThis, { document: { visibilityState: 'visible' }, addEventListener: page.addEventListener.bind(page), removeEventListener: page.removeEventListener.bind(page) });

@@ -4,7 +4,7 @@
 // quality switches and errors. The test runner reads `window.__truth`.
 //
 // Query: adapter (video|hls|dash|shaka|videojs), run (the id of this playback, also its video_id),
-// scenario (main|fail|leave|down), collector (where beacons go), sdk (the script's URL), media (base
+// scenario (main|fail|leave|exit|down), collector (where beacons go), key (the ingest key), sdk (the script's URL), media (base
 // URL of this run's media on the origin).
 (async () => {
   const q = new URLSearchParams(location.search);
@@ -53,6 +53,7 @@
   const dashUrl = media + '/dash/manifest.mpd';
   const options = {
     collector: q.get('collector'),
+    key: q.get('key') || undefined,
     metadata: { video_id: run, video_title: `${adapter} ${scenario}`, cdn: run, stream_type: 'vod', custom: { scenario } },
   };
   const switched = (kbps) => truth.switches.push({ i: seen++, t: Date.now(), kbps });
@@ -120,6 +121,8 @@
   if (scenario === 'fail') {
     await until(() => truth.errors.some((e) => e.fatal), 20_000);
     await new Promise((r) => setTimeout(r, 1000));
+  } else if (scenario === 'exit') {
+    await new Promise((r) => setTimeout(r, 2000));
   } else if (scenario === 'leave') {
     await until(() => video.currentTime >= 6, 30_000);
   } else {
