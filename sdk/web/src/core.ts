@@ -3,6 +3,9 @@
 // the calls of `Monitor`; they never build events themselves.
 
 import { Sender, type Transport } from './sender';
+import type { EventType, QoeEvent } from './types';
+
+export type { EventType, QoeEvent } from './types';
 
 /** The dimensions of a view, sent once in its `viewstart` (schemas/README.md). */
 export interface Metadata {
@@ -26,6 +29,9 @@ export interface Options {
   metadata?: Metadata;
   /** Heartbeat period while playing or stalled, ms (default 10 000). */
   heartbeatMs?: number;
+  /** Heartbeat period of an open view that is not playing (paused, not yet started), ms (default
+   *  300 000): keeps the view open past the pipeline's inactivity timeout (30 min by default). */
+  idleHeartbeatMs?: number;
   /** Queue flush period, ms (default 10 000). */
   flushMs?: number;
   /** Most events kept while the collector cannot be reached (default 1 000). */
@@ -34,20 +40,6 @@ export interface Options {
   now?: () => number;
   transport?: Transport;
 }
-
-/** A beacon event: the protocol's required fields and the type's own. */
-export interface QoeEvent {
-  view_id: string;
-  seq: number;
-  type: EventType;
-  ts: number;
-  playhead_ms?: number;
-  [field: string]: unknown;
-}
-
-export type EventType =
-  | 'viewstart' | 'playrequest' | 'playing' | 'pause' | 'seeking' | 'seeked' | 'stall_start' | 'stall_end'
-  | 'quality_change' | 'segment' | 'error' | 'heartbeat' | 'viewend';
 
 /** A media request as an adapter saw it. */
 export interface Segment {
@@ -84,6 +76,21 @@ export function cacheStatus(get: (name: string) => string | null | undefined): '
   return 'unknown';
 }
 
+/** `s` as a string of at most `n` UTF-16 units that is well-formed: a cut never splits a surrogate
+ *  pair, and a lone surrogate becomes U+FFFD (the collector's JSON parser refuses lone surrogates, and
+ *  with them the whole beacon). */
+export function cut(s: unknown, n: number): string {
+  let t = String(s);
+  if (t.length > n) {
+    t = t.slice(0, n);
+    const last = t.charCodeAt(t.length - 1);
+    if (last >= 0xd800 && last <= 0xdbff) t = t.slice(0, -1);
+  }
+  return t.replace(/[\ud800-\udbff](?![\udc00-\udfff])|(^|[^\ud800-\udbff])[\udc00-\udfff]/g, (m) =>
+    m.length === 2 ? m[0] + '\ufffd' : '\ufffd',
+  );
+}
+
 function randomId(): string {
   const c = typeof crypto !== 'undefined' ? crypto : undefined;
   if (c && c.randomUUID) return c.randomUUID();
@@ -118,12 +125,17 @@ export class Monitor {
   private requested = false;
   private started = false;
   private bitrate = 0;
+  /** The rendition last reported, sent again at the start of a new view of the same source (a replay):
+   *  players announce only changes. */
+  private lastQuality: Quality | undefined;
   private source: string | undefined;
   private playhead: () => number | undefined = () => undefined;
   private playIntent: () => boolean = () => false;
   private timer: ReturnType<typeof setInterval> | undefined;
   private beats = 0;
+  private idleBeats = 0;
   private readonly beatEvery: number;
+  private readonly idleBeatEvery: number;
   private readonly cleanups: Array<() => void> = [];
 
   constructor(options: Options, defaults: Metadata = {}) {
@@ -133,6 +145,7 @@ export class Monitor {
     const flushMs = options.flushMs || 10_000;
     const tick = Math.min(flushMs, options.heartbeatMs || 10_000, 1_000);
     this.beatEvery = Math.max(1, Math.round((options.heartbeatMs || 10_000) / tick));
+    this.idleBeatEvery = Math.max(1, Math.round((options.idleHeartbeatMs || 300_000) / tick));
     this.sender = new Sender(options.collector, options.key, options.maxQueue || 1_000, this.now, options.transport);
     let ticks = 0;
     const flushEvery = Math.max(1, Math.round(flushMs / tick));
@@ -140,17 +153,19 @@ export class Monitor {
       if (++ticks % flushEvery === 0) this.sender.flush();
       if (this.state === 'playing' || this.state === 'stalled') {
         if (++this.beats % this.beatEvery === 0) this.emit('heartbeat');
+      } else if (this.viewId && this.state !== 'ended' && this.state !== 'failed') {
+        if (++this.idleBeats % this.idleBeatEvery === 0) this.emit('heartbeat');
       }
     }, tick);
     if (typeof addEventListener === 'function' && typeof document !== 'undefined') {
       const hide = () => {
-        if (document.visibilityState === 'hidden') this.sender.flushOnUnload();
+        if (document.visibilityState === 'hidden') this.sender.flushOnUnload(false);
       };
       // The page goes away: the view ends, and everything queued leaves through sendBeacon, which
       // outlives the page (a fetch started now might not).
       const leave = () => {
         this.finish(false);
-        this.sender.flushOnUnload();
+        this.sender.flushOnUnload(true);
       };
       addEventListener('visibilitychange', hide);
       addEventListener('pagehide', leave);
@@ -190,6 +205,7 @@ export class Monitor {
     if (previous === undefined) return;
     this.endView();
     this.state = 'idle';
+    this.lastQuality = undefined;
   }
 
   onPlayRequest(): void {
@@ -245,10 +261,13 @@ export class Monitor {
 
   onQuality(q: Quality): void {
     if (!(q.bitrate_kbps > 0) || this.state === 'ended') return;
+    if (!this.viewId) this.openView();
     const kbps = Math.min(1e6, q.bitrate_kbps);
     if (kbps === this.bitrate) return;
     this.bitrate = kbps;
-    this.emit('quality_change', { bitrate_kbps: kbps, width: q.width, height: q.height, codec: q.codec });
+    const dim = (x?: number) => (x !== undefined && Number.isInteger(x) && x >= 0 && x <= 100_000 ? x : undefined);
+    this.lastQuality = { bitrate_kbps: kbps, width: dim(q.width), height: dim(q.height), codec: q.codec ? cut(q.codec, 64) : undefined };
+    this.emit('quality_change', { ...this.lastQuality });
   }
 
   onSegment(s: Segment): void {
@@ -268,8 +287,8 @@ export class Monitor {
     // dispatched: if play() was already called, the request came first.
     if (fatal && !this.requested && this.playIntent()) this.onPlayRequest();
     this.emit('error', {
-      code: typeof code === 'string' ? code.slice(0, 128) : code,
-      message: message ? String(message).slice(0, 1024) : undefined,
+      code: typeof code === 'number' && Number.isInteger(code) ? code : code === undefined ? undefined : cut(code, 128),
+      message: message ? cut(message, 1024) : undefined,
       fatal,
     });
     if (fatal) this.state = 'failed';
@@ -293,11 +312,14 @@ export class Monitor {
     }
     this.viewId = '';
     this.state = 'ended';
+    this.requested = false;
+    this.started = false;
   }
 
   /** Ends the view, sends what is queued and stops every timer and listener. */
   destroy(): void {
     this.endView();
+    this.sender.close();
     if (this.timer !== undefined) clearInterval(this.timer);
     this.timer = undefined;
     for (const f of this.cleanups.splice(0)) f();
@@ -320,20 +342,21 @@ export class Monitor {
     this.started = false;
     this.bitrate = 0;
     this.beats = 0;
+    this.idleBeats = 0;
     const m = this.metadata;
     const dims: Record<string, unknown> = {};
-    for (const k of ['video_id', 'player_name', 'player_version', 'cdn'] as const) if (m[k]) dims[k] = String(m[k]).slice(0, 256);
-    if (m.video_title) dims.video_title = String(m.video_title).slice(0, 1024);
+    for (const k of ['video_id', 'player_name', 'player_version', 'cdn'] as const) if (m[k]) dims[k] = cut(m[k], 256);
+    if (m.video_title) dims.video_title = cut(m.video_title, 1024);
     if (m.stream_type === 'vod' || m.stream_type === 'live') dims.stream_type = m.stream_type;
     const page = m.page_url || (typeof location !== 'undefined' ? location.href : undefined);
-    if (page) dims.page_url = String(page).slice(0, 2048);
+    if (page) dims.page_url = cut(page, 2048);
     if (m.custom) {
       const custom: Record<string, unknown> = {};
       let n = 0;
       for (const k in m.custom) {
         const v = m.custom[k];
         if (n >= 32) break;
-        if (typeof v === 'string') custom[k] = v.slice(0, 256);
+        if (typeof v === 'string') custom[k] = cut(v, 256);
         else if (typeof v === 'boolean' || (typeof v === 'number' && isFinite(v))) custom[k] = v;
         else continue;
         n++;
@@ -341,5 +364,9 @@ export class Monitor {
       dims.custom = custom;
     }
     this.emit('viewstart', dims);
+    if (this.lastQuality) {
+      this.bitrate = this.lastQuality.bitrate_kbps;
+      this.emit('quality_change', { ...this.lastQuality });
+    }
   }
 }

@@ -1,7 +1,7 @@
 // dash.js: the rendered quality (`qualityChangeRendered`), media segments with timing and cache headers
 // (a response interceptor: dash.js ≥ 5 gives it the response headers and the FragmentRequest), errors
-// (`error`: dash.js raises them once its retries are spent, so each is fatal to the playback), and a new
-// view for each new MPD.
+// (`error`: dash.js raises them once its retries are spent, fatal to the playback except a failed clock
+// sync and unparsable subtitles, which it plays on without), and a new view for each new MPD.
 
 import { Monitor, cacheStatus, type Options } from './core';
 import { attachVideo } from './video';
@@ -16,6 +16,10 @@ export interface DashLike {
   addResponseInterceptor?(f: (r: any) => Promise<any>): void;
   removeResponseInterceptor?(f: (r: any) => Promise<any>): void;
 }
+
+/** dash.js error codes it plays on after: TIME_SYNC_FAILED (16, the local clock is used), REMOVE_ERROR
+ *  (21, a buffer prune), TIMED_TEXT_ERROR_ID_PARSE (33, subtitles only). */
+const RECOVERABLE = [16, 21, 33];
 
 const time = (d: unknown): number | undefined => (d instanceof Date ? d.getTime() : typeof d === 'number' ? d : undefined);
 
@@ -46,7 +50,7 @@ export function monitorDash(player: DashLike, video: HTMLMediaElement | undefine
     },
     error: (e) => {
       const err = (e && e.error) || {};
-      monitor.onError(err.code, err.message, true);
+      monitor.onError(err.code, err.message, RECOVERABLE.indexOf(err.code) < 0);
     },
     playbackError: (e) => {
       const err = (e && e.error) || {};

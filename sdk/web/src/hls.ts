@@ -39,11 +39,14 @@ export function monitorHls(hls: HlsLike, video: HTMLMediaElement | undefined, op
     hlsFragLoaded: (_e, d) => {
       const frag = d.frag;
       if (!frag || frag.sn === 'initSegment') return;
-      const s = frag.stats || {};
+      // Low-latency HLS loads a segment in parts, one event each, and the fragment's stats add up
+      // across them: each part is its own request.
+      const piece = d.part || frag;
+      const s = piece.stats || {};
       const l = s.loading || {};
       monitor.onSegment({
         bytes: s.loaded || (d.payload && d.payload.byteLength) || 0,
-        url: frag.url,
+        url: piece.url,
         ttfb_ms: l.first - l.start,
         duration_ms: l.end - l.start,
         cache: cacheStatus(headerOf(d.networkDetails)),

@@ -9,7 +9,7 @@ import { monitorShaka, type ShakaLike } from './shaka';
 import { monitorVideo } from './video';
 import { monitorVideojs, type VideojsLike } from './videojs';
 
-export { Monitor, cacheStatus, type Options, type Metadata, type QoeEvent, type Segment, type Quality } from './core';
+export { Monitor, cacheStatus, cut, type Options, type Metadata, type QoeEvent, type Segment, type Quality } from './core';
 export { Sender, type Transport, type SendResult } from './sender';
 export { monitorVideo, attachVideo } from './video';
 export { monitorHls, type HlsLike } from './hls';

@@ -1,7 +1,8 @@
-// Sending: a bounded queue of events, flushed as beacons of at most ~60 KB (under sendBeacon's 64 KiB),
-// one request at a time, retried with backoff on 429/503/network errors, honouring Retry-After.
+// Sending: a bounded queue of events, flushed as beacons of at most 30 KB of UTF-8 (so a keepalive fetch
+// in flight and a sendBeacon at unload fit together in the browser's shared 64 KiB keepalive quota), one
+// request at a time, retried with backoff on 429/503/network errors, honouring Retry-After.
 
-import type { QoeEvent } from './core';
+import type { QoeEvent } from './types';
 
 /** What a send returned: an HTTP status (0 for a network error) and the Retry-After header. */
 export interface SendResult {
@@ -15,17 +16,40 @@ export interface Transport {
   beacon(url: string, body: string): boolean;
 }
 
-export const MAX_BEACON_BYTES = 60_000;
+export const MAX_BEACON_BYTES = 30_000;
+/** A send that has not answered in this long counts as a network error. */
+const SEND_TIMEOUT_MS = 20_000;
+
+/** The UTF-8 length of `s` (what the browser's quotas count), without encoding it. */
+export function utf8Length(s: string): number {
+  let n = s.length;
+  for (let i = 0; i < s.length; i++) {
+    const c = s.charCodeAt(i);
+    if (c >= 0xd800 && c <= 0xdbff) {
+      n += 2;
+      i++;
+    } else if (c >= 0x800) n += 2;
+    else if (c >= 0x80) n += 1;
+  }
+  return n;
+}
 /** The protocol's bound on events per beacon. */
 const MAX_EVENTS_PER_BEACON = 1000;
 /** Dropped first when the queue is full (oldest first); then the rest. */
 const DROP_ORDER = ['heartbeat', 'segment', 'quality_change'];
 
 const browserTransport: Transport = {
-  post: (url, body) =>
-    fetch(url, { method: 'POST', body, keepalive: body.length < MAX_BEACON_BYTES, headers: { 'content-type': 'text/plain' }, credentials: 'omit' })
+  post: (url, body) => {
+    const ctl = typeof AbortController !== 'undefined' ? new AbortController() : undefined;
+    const timer = ctl ? setTimeout(() => ctl.abort(), SEND_TIMEOUT_MS) : undefined;
+    return fetch(url, { method: 'POST', body, keepalive: true, headers: { 'content-type': 'text/plain' }, credentials: 'omit', signal: ctl && ctl.signal })
       .then((r) => ({ status: r.status, retryAfter: r.headers.get('retry-after') }))
-      .catch(() => ({ status: 0 })),
+      .catch(() => ({ status: 0 }))
+      .then((r) => {
+        clearTimeout(timer);
+        return r;
+      });
+  },
   beacon: (url, body) =>
     typeof navigator !== 'undefined' && typeof navigator.sendBeacon === 'function'
       ? navigator.sendBeacon(url, new Blob([body], { type: 'text/plain' }))
@@ -33,8 +57,9 @@ const browserTransport: Transport = {
 };
 
 export class Sender {
-  /** Events waiting, with their serialized size. */
-  private queue: Array<{ ev: QoeEvent; json: string }> = [];
+  /** Events waiting, with their JSON and its UTF-8 size. */
+  private queue: Array<{ ev: QoeEvent; json: string; bytes: number }> = [];
+  private closed = false;
   private inFlight = false;
   private failures = 0;
   private retryAt = 0;
@@ -63,13 +88,8 @@ export class Sender {
   }
 
   push(ev: QoeEvent): void {
-    let json = JSON.stringify(ev);
-    if (json.length > MAX_BEACON_BYTES / 2) {
-      // Only an absurd error message can be this big: cut it, the event must still go.
-      ev.message = String(ev.message || '').slice(0, 256);
-      json = JSON.stringify(ev);
-    }
-    this.queue.push({ ev, json });
+    const json = JSON.stringify(ev);
+    this.queue.push({ ev, json, bytes: utf8Length(json) });
     if (this.queue.length > this.maxQueue) this.shed();
   }
 
@@ -89,12 +109,14 @@ export class Sender {
   }
 
   /** Takes the next beacon's events off the queue and returns its body. */
-  private take(): { body: string; taken: Array<{ ev: QoeEvent; json: string }> } | undefined {
+  private take(): { body: string; taken: Array<{ ev: QoeEvent; json: string; bytes: number }> } | undefined {
     if (this.queue.length === 0) return undefined;
+    // The largest event the core makes is about 8 KB (a viewstart with every dimension at its limit, in
+    // 3-byte characters), so one always fits.
     let size = 40;
     let n = 0;
-    while (n < this.queue.length && n < MAX_EVENTS_PER_BEACON && size + this.queue[n].json.length + 1 <= MAX_BEACON_BYTES) {
-      size += this.queue[n].json.length + 1;
+    while (n < this.queue.length && n < MAX_EVENTS_PER_BEACON && size + this.queue[n].bytes + 1 <= MAX_BEACON_BYTES) {
+      size += this.queue[n].bytes + 1;
       n++;
     }
     const taken = this.queue.splice(0, Math.max(1, n));
@@ -103,7 +125,7 @@ export class Sender {
 
   /** Sends what is queued, one beacon at a time; waits out a backoff first. */
   flush(): void {
-    if (this.inFlight || this.queue.length === 0) return;
+    if (this.closed || this.inFlight || this.queue.length === 0) return;
     const wait = this.retryAt - this.now();
     if (wait > 0) {
       if (this.retryTimer === undefined) {
@@ -130,12 +152,21 @@ export class Sender {
         // of events it already has (view_id, seq), so a lost response costs nothing.
         this.queue = next.taken.concat(this.queue);
         while (this.queue.length > this.maxQueue) this.shed();
+        if (this.closed) return this.flushOnUnload(true);
         this.failures++;
         this.retryAt = this.now() + this.backoff(r.retryAfter);
         this.flush();
       }
       // Anything else (400, 401, 403, 413, 415) is refused for good: resending cannot help.
     });
+  }
+
+  /** Stops sending: a pending retry is cancelled and what is still queued goes by `sendBeacon`. */
+  close(): void {
+    if (this.retryTimer !== undefined) clearTimeout(this.retryTimer);
+    this.retryTimer = undefined;
+    this.flushOnUnload(true);
+    this.closed = true;
   }
 
   /** Retry-After if the collector sent one, else 1 s doubling to 60 s, with jitter. */
@@ -146,8 +177,11 @@ export class Sender {
     return base / 2 + Math.random() * (base / 2);
   }
 
-  /** The page is going away: hand everything to `sendBeacon`, which outlives the page. */
-  flushOnUnload(): void {
+  /** Hands what is queued to `sendBeacon`, which outlives the page: always when the page goes away
+   *  (`force`), and when it is hidden only if the collector is not asking to wait (a beacon's outcome is
+   *  unknown, so a refused one would be lost while the page still lives). */
+  flushOnUnload(force: boolean): void {
+    if (!force && this.retryAt > this.now()) return;
     for (let next = this.take(); next; next = this.take()) {
       if (!this.transport.beacon(this.url, next.body)) {
         // Over the browser's beacon quota: keep the rest for a normal send if the page stays.

@@ -23,8 +23,9 @@ export function monitorVideojs(player: VideojsLike, video: HTMLMediaElement | un
   const monitor = new Monitor(options, { player_name: 'video.js', player_version: version });
   let attached: HTMLMediaElement | undefined;
   const attach = () => {
+    // The tech's element first: on iOS video.js replaces the page's <video> with a clone.
     const tech = player.tech(true);
-    const media = video || (tech && tech.el && tech.el());
+    const media = (tech && tech.el && tech.el()) || video;
     if (media && media !== attached) {
       attached = media;
       attachVideo(monitor, media);

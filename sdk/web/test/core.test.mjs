@@ -1,7 +1,7 @@
 // The core's playback rules, driven through the native adapter with a fake media element.
 import { test, mock, beforeEach, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
-import { monitorVideo, cacheStatus } from '../dist/index.js';
+import { monitorVideo, cacheStatus, cut } from '../dist/index.js';
 import { FakeVideo, recorder, settle } from './fake.mjs';
 
 beforeEach(() => mock.timers.enable({ apis: ['setInterval', 'setTimeout', 'Date'], now: 1_750_000_000_000 }));
@@ -143,6 +143,44 @@ test('heartbeats every 10 s while playing or stalled, none while paused; the que
   assert.equal(beats.length, 3);
   assert.ok(rec.posts.length >= 4, `posts: ${rec.posts.length}`);
   m.destroy();
+});
+
+test('a paused view sends a heartbeat every 5 min, so the pipeline does not end it for inactivity', async () => {
+  const { video, rec, m } = setup();
+  video.play();
+  video.frames();
+  video.fire('pause', { paused: true });
+  mock.timers.tick(40 * 60_000);
+  await done(m);
+  assert.equal(rec.events().filter((e) => e.type === 'heartbeat').length, 8);
+  m.destroy();
+});
+
+test('a replay of the same source starts with the rendition last reported; a new source does not', async () => {
+  const { video, rec, m } = setup();
+  video.fire('loadstart', { currentSrc: 'https://cdn/a.m3u8' });
+  m.onQuality({ bitrate_kbps: 800, width: 640, height: 360, codec: 'avc1.4d401e' });
+  video.play();
+  video.frames();
+  video.fire('pause', { paused: true, ended: true });
+  video.fire('ended');
+  video.fire('play', { paused: false, ended: false });
+  video.frames();
+  m.sourceChanged('https://cdn/b.m3u8');
+  video.play();
+  await done(m);
+  const types = rec.types();
+  assert.deepEqual(types, ['viewstart', 'quality_change', 'playrequest', 'playing', 'viewend', 'viewstart', 'quality_change', 'playrequest', 'playing', 'viewend', 'viewstart', 'playrequest']);
+  assert.equal(rec.events()[6].bitrate_kbps, 800);
+  m.destroy();
+});
+
+test('cut strings stay well-formed UTF-16 (the collector refuses lone surrogates)', () => {
+  assert.equal(cut('ab😀cd', 3), 'ab');
+  assert.equal(cut('ab😀cd', 4), 'ab😀');
+  assert.equal(cut('x\ud83dy', 10), 'x\ufffdy');
+  assert.equal(cut('\ude00z', 10), '\ufffdz');
+  assert.equal(cut('é'.repeat(300), 256).length, 256);
 });
 
 test('a fatal error fails the view and is sent at once; nothing plays after it', async () => {

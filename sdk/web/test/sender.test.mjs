@@ -67,6 +67,8 @@ test('a dead collector cannot grow the queue; heartbeats go first, play/stall ev
     mock.timers.tick(61_000);
     await settle();
   }
+  m.sender.flush(); // the paused view's idle heartbeat of the last minute
+  await settle();
   assert.equal(m.sender.size, 0);
   const kept = rec.events().filter((e) => e.ts <= back).map((e) => e.type);
   const count = (t) => kept.filter((k) => k === t).length;
@@ -76,6 +78,35 @@ test('a dead collector cannot grow the queue; heartbeats go first, play/stall ev
   assert.equal(count('heartbeat'), 50 - 24);
   assert.equal(m.sender.dropped, 60 - 26);
   m.destroy();
+});
+
+test('beacon sizes count UTF-8 bytes: titles in CJK script stay under the limit in bytes', async () => {
+  const { video, rec, m } = start([{ status: 0 }]);
+  video.frames();
+  for (let i = 0; i < 30; i++) {
+    m.update({ video_title: '視聴'.repeat(500), custom: { note: '字'.repeat(256) } });
+    m.endView();
+    video.play();
+  }
+  for (let i = 0; i < 10; i++) {
+    mock.timers.tick(5_000);
+    await settle();
+  }
+  assert.ok(rec.posts.length > 3);
+  for (const p of rec.posts) assert.ok(new TextEncoder().encode(p.body).length <= 30_000, `${new TextEncoder().encode(p.body).length} B`);
+  m.destroy();
+});
+
+test('destroy stops retrying: what is queued leaves by sendBeacon, no timer is left', async () => {
+  const { video, rec, m } = start(Array.from({ length: 50 }, () => ({ status: 503, retryAfter: '30' })));
+  video.frames();
+  await settle();
+  const posts = rec.posts.length;
+  m.destroy();
+  assert.deepEqual(rec.beacons.flatMap((b) => JSON.parse(b.body).events.map((e) => e.type)).slice(-1), ['viewend']);
+  mock.timers.tick(600_000);
+  await settle();
+  assert.equal(rec.posts.length, posts);
 });
 
 test('every beacon stays under the 64 KiB sendBeacon limit and under 1000 events', async () => {

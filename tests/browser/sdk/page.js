@@ -78,7 +78,8 @@
     const player = dashjs.MediaPlayer().create();
     player.updateSettings({ streaming: { buffer: { bufferTimeAtTopQuality: BUFFER_S, bufferTimeAtTopQualityLongForm: BUFFER_S, bufferToKeep: 10 } } });
     player.on('qualityChangeRendered', (e) => e.mediaType === 'video' && switched(e.newRepresentation.bandwidth / 1000));
-    player.on('error', (e) => failed(true, e.error && e.error.code));
+    // dash.js plays on after a failed clock sync (16), a buffer prune error (21), unparsable subtitles (33).
+    player.on('error', (e) => failed(![16, 21, 33].includes(e.error && e.error.code), e.error && e.error.code));
     player.on('playbackError', (e) => failed(true, e.error && e.error.code));
     player.initialize(video, undefined, false);
     monitor = qoeflow.monitor(player, video, options);
