@@ -14,6 +14,15 @@ function setup(extra = {}) {
   return { video, rec, m };
 }
 
+/** The events of a playback, an end, and a second playback: two views, each numbered from 0. */
+function twoViews(rec) {
+  const evs = rec.events();
+  assert.deepEqual(evs.map((e) => e.type), ['viewstart', 'playrequest', 'playing', 'viewend', 'viewstart', 'playrequest', 'playing']);
+  assert.notEqual(evs[0].view_id, evs[4].view_id);
+  assert.deepEqual(evs.slice(4).map((e) => e.seq), [0, 1, 2]);
+  return evs;
+}
+
 async function done(m) {
   m.sender.flush();
   await settle();
@@ -88,10 +97,7 @@ test('the end of the media ends the view; playing again is a new view', async ()
   video.fire('play', { paused: false, ended: false });
   video.frames();
   await done(m);
-  const evs = rec.events();
-  assert.deepEqual(evs.map((e) => e.type), ['viewstart', 'playrequest', 'playing', 'viewend', 'viewstart', 'playrequest', 'playing']);
-  assert.notEqual(evs[0].view_id, evs[4].view_id);
-  assert.deepEqual(evs.slice(4).map((e) => e.seq), [0, 1, 2]);
+  twoViews(rec);
   m.destroy();
 });
 
@@ -105,9 +111,7 @@ test('a new source ends the view and starts another', async () => {
   video.play();
   video.frames();
   await done(m);
-  const evs = rec.events();
-  assert.deepEqual(evs.map((e) => e.type), ['viewstart', 'playrequest', 'playing', 'viewend', 'viewstart', 'playrequest', 'playing']);
-  assert.notEqual(evs[0].view_id, evs[4].view_id);
+  twoViews(rec);
   m.destroy();
 });
 
