@@ -11,7 +11,11 @@ use clap::{Args, Parser, Subcommand};
 use crate::config::Config;
 
 #[derive(Parser)]
-#[command(name = "qoeflow", version, about = "Real-time video Quality-of-Experience analytics")]
+#[command(
+    name = "qoeflow",
+    version,
+    about = "Real-time video Quality-of-Experience analytics"
+)]
 pub struct Cli {
     /// TOML configuration file (see README "Configuration").
     #[arg(long, global = true, env = "QOEFLOW_CONFIG")]
@@ -59,15 +63,23 @@ impl Apply for ListenArgs {
 
 #[derive(Args)]
 pub struct DataDirArgs {
-    /// Data directory: local log, Parquet dataset (`parquet/`), pipeline checkpoints [default: ./data].
+    /// Data directory: local log, pipeline state and checkpoints, and the Parquet dataset (`parquet/`)
+    /// unless --dataset moves it [default: ./data].
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// The Parquet dataset: a directory or s3://bucket/prefix (AWS settings from the environment)
+    /// [default: <data-dir>/parquet].
+    #[arg(long)]
+    dataset: Option<String>,
 }
 
 impl Apply for DataDirArgs {
     fn apply(self, config: &mut Config) {
         if let Some(dir) = self.data_dir {
             config.data_dir = dir;
+        }
+        if let Some(dataset) = self.dataset {
+            config.dataset = Some(dataset);
         }
     }
 }
@@ -120,7 +132,10 @@ impl Apply for IngestKeyArgs {
     fn apply(self, config: &mut Config) {
         for key in self.ingest_keys {
             if !config.ingest.keys.iter().any(|k| k.key == key) {
-                config.ingest.keys.push(ingest::KeyConfig { key, allowed_origins: Vec::new() });
+                config.ingest.keys.push(ingest::KeyConfig {
+                    key,
+                    allowed_origins: Vec::new(),
+                });
             }
         }
     }

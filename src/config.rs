@@ -19,8 +19,13 @@ use serde::{Deserialize, Serialize};
 pub struct Config {
     /// Address of the HTTP server (collector, health, metrics).
     pub listen: SocketAddr,
-    /// Where `qoeflow serve` keeps its local log (and, later, its Parquet dataset and checkpoints).
+    /// Local state: `serve`'s log, the pipeline's state store and checkpoint, the instance id; and the
+    /// Parquet dataset (`<data_dir>/parquet`) unless `dataset` says otherwise.
     pub data_dir: PathBuf,
+    /// Where the Parquet dataset lives: a directory or `s3://bucket/prefix` (S3 settings from the
+    /// standard AWS environment: `AWS_REGION`, `AWS_ENDPOINT_URL`, credentials chain). Default:
+    /// `<data_dir>/parquet`.
+    pub dataset: Option<String>,
     /// `tracing` filter, e.g. `info` or `qoeflow=debug,ingest=debug`.
     pub log_level: String,
     /// `text` or `json`.
@@ -54,7 +59,9 @@ pub struct LocalLogConfig {
 
 impl Default for LocalLogConfig {
     fn default() -> Self {
-        LocalLogConfig { segment_bytes: locallog::DEFAULT_SEGMENT_BYTES }
+        LocalLogConfig {
+            segment_bytes: locallog::DEFAULT_SEGMENT_BYTES,
+        }
     }
 }
 
@@ -63,6 +70,7 @@ impl Default for Config {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             data_dir: PathBuf::from("./data"),
+            dataset: None,
             log_level: "info".into(),
             log_format: LogFormat::Text,
             ingest: IngestConfig::default(),
@@ -82,30 +90,52 @@ impl Config {
     pub fn load(file: Option<&Path>) -> anyhow::Result<Config> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         if let Some(path) = file {
-            anyhow::ensure!(path.is_file(), "config file {} does not exist", path.display());
+            anyhow::ensure!(
+                path.is_file(),
+                "config file {} does not exist",
+                path.display()
+            );
             figment = figment.merge(Toml::file_exact(path));
         }
         // QOEFLOW_CONFIG (the file itself), QOEFLOW_ADMIN_TOKEN and QOEFLOW_API_TOKEN (the variables of
         // the --admin-token and --api-token flags) and QOEFLOW_FAILPOINT (test fault injection) are not
         // settings.
         const NOT_SETTINGS: [&str; 4] = ["config", "failpoint", "admin_token", "api_token"];
-        figment = figment.merge(Env::prefixed("QOEFLOW_").split("__").filter(|k| !NOT_SETTINGS.iter().any(|n| k.as_str().eq_ignore_ascii_case(n))));
+        figment = figment.merge(Env::prefixed("QOEFLOW_").split("__").filter(|k| {
+            !NOT_SETTINGS
+                .iter()
+                .any(|n| k.as_str().eq_ignore_ascii_case(n))
+        }));
         let config: Config = figment.extract().context("invalid configuration")?;
-        config.pipeline.validate().map_err(anyhow::Error::msg).context("invalid configuration")?;
+        config
+            .pipeline
+            .validate()
+            .map_err(anyhow::Error::msg)
+            .context("invalid configuration")?;
         // Before anything starts: a bad target fails start-up, not the API after the pipeline is running.
         config.dashboard.validate()?;
         Ok(config)
     }
 
+    /// The Parquet dataset's location: `dataset`, or `<data_dir>/parquet`.
+    pub fn dataset(&self) -> anyhow::Result<objstore::Location> {
+        match &self.dataset {
+            Some(url) => {
+                objstore::Location::parse(url).with_context(|| format!("invalid dataset {url:?}"))
+            }
+            None => Ok(objstore::Location::local(self.data_dir.join("parquet"))),
+        }
+    }
+
     /// What the metrics API and the dashboard need of the configuration.
-    pub fn api_settings(&self) -> query::server::ApiSettings {
-        query::server::ApiSettings {
+    pub fn api_settings(&self) -> anyhow::Result<query::server::ApiSettings> {
+        Ok(query::server::ApiSettings {
             query: self.query.clone(),
             sql: self.sql.clone(),
             dashboard: self.dashboard.clone(),
-            data_dir: self.data_dir.clone(),
+            dataset: self.dataset()?,
             clickhouse: self.clickhouse.clone(),
-        }
+        })
     }
 }
 
@@ -132,15 +162,27 @@ mod tests {
             assert_eq!(c.listen.port(), 9000);
             assert_eq!(c.ingest.max_body_bytes, 2048);
             assert_eq!(c.ingest.per_ip_rps, 50);
-            assert_eq!(c.ingest.keys[0].allowed_origins, vec!["https://a.example".to_string()]);
-            assert_eq!(c.ingest.max_decoded_bytes, IngestConfig::default().max_decoded_bytes);
+            assert_eq!(
+                c.ingest.keys[0].allowed_origins,
+                vec!["https://a.example".to_string()]
+            );
+            assert_eq!(
+                c.ingest.max_decoded_bytes,
+                IngestConfig::default().max_decoded_bytes
+            );
 
             jail.create_file("bad.toml", "[ingest]\nmax_body_byte = 1\n")?;
-            let err = format!("{:#}", Config::load(Some(Path::new("bad.toml"))).unwrap_err());
+            let err = format!(
+                "{:#}",
+                Config::load(Some(Path::new("bad.toml"))).unwrap_err()
+            );
             assert!(err.contains("max_body_byte"), "{err}");
 
             jail.set_env("QOEFLOW_CONFIG", "q.toml");
-            assert!(Config::load(None).is_ok(), "QOEFLOW_CONFIG names the file, it is not a key");
+            assert!(
+                Config::load(None).is_ok(),
+                "QOEFLOW_CONFIG names the file, it is not a key"
+            );
             jail.set_env("QOEFLOW_LISTN", "1");
             let err = format!("{:#}", Config::load(None).unwrap_err());
             assert!(err.contains("listn"), "{err}");

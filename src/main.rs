@@ -17,13 +17,22 @@ use crate::config::{Config, LogFormat};
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let mut config = Config::load(cli.config.as_deref())?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     match cli.command {
         Command::Query(args) => {
             // A one-shot command: results on stdout, nothing else.
             args.data_dir.apply(&mut config);
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-            let run = query::server::run_sql(&config.data_dir, config.query.memory_limit_bytes, &args.sql, args.format, &mut out);
+            let dataset = config.dataset()?;
+            let run = query::server::run_sql(
+                &dataset,
+                config.query.memory_limit_bytes,
+                &args.sql,
+                args.format,
+                &mut out,
+            );
             Ok(runtime.block_on(run)?)
         }
         Command::Loadgen(args) => {
@@ -48,20 +57,33 @@ fn main() -> anyhow::Result<()> {
                 config.query.listen = Some(listen);
             }
             let config = start(config)?;
-            runtime.block_on(async { embedded::run(config, !args.no_pipeline, Stop::on(service::shutdown_signal())).await })
+            runtime.block_on(async {
+                embedded::run(
+                    config,
+                    !args.no_pipeline,
+                    Stop::on(service::shutdown_signal()),
+                )
+                .await
+            })
         }
         Command::Ingest(args) => {
             args.listen.apply(&mut config);
             args.keys.apply(&mut config);
             args.kinesis.apply(&mut config);
-            anyhow::ensure!(config.kinesis.stream.is_some(), "qoeflow ingest needs --kinesis-stream (or kinesis.stream in the config)");
+            anyhow::ensure!(
+                config.kinesis.stream.is_some(),
+                "qoeflow ingest needs --kinesis-stream (or kinesis.stream in the config)"
+            );
             runtime.block_on(production::ingest(start(config)?))
         }
         Command::Pipeline(args) => {
             args.kinesis.apply(&mut config);
             args.data_dir.apply(&mut config);
             args.clickhouse.apply(&mut config);
-            anyhow::ensure!(config.kinesis.stream.is_some(), "qoeflow pipeline needs --kinesis-stream (or kinesis.stream in the config)");
+            anyhow::ensure!(
+                config.kinesis.stream.is_some(),
+                "qoeflow pipeline needs --kinesis-stream (or kinesis.stream in the config)"
+            );
             let worker = (args.worker_index, args.worker_count, args.listen);
             runtime.block_on(production::pipeline(start(config)?, worker))
         }
@@ -74,8 +96,20 @@ fn main() -> anyhow::Result<()> {
                 config.query.backend = backend;
             }
             let config = start(config)?;
-            let (settings, listen, limits) = (config.api_settings(), config.listen, config.ingest.conn_limits());
-            Ok(runtime.block_on(async { query::server::run(settings, listen, limits, Stop::on(service::shutdown_signal())).await })?)
+            let (settings, listen, limits) = (
+                config.api_settings()?,
+                config.listen,
+                config.ingest.conn_limits(),
+            );
+            Ok(runtime.block_on(async {
+                query::server::run(
+                    settings,
+                    listen,
+                    limits,
+                    Stop::on(service::shutdown_signal()),
+                )
+                .await
+            })?)
         }
     }
 }
@@ -109,10 +143,14 @@ fn raise_open_files_limit(ingest: &mut ingest::IngestConfig) {
 fn init_tracing(config: &Config) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level)
         .with_context(|| format!("invalid log_level {:?}", config.log_level))?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match config.log_format {
         LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init(),
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
     }
     Ok(())
 }

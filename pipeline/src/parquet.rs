@@ -1,41 +1,50 @@
 //! Parquet sink: `<root>/<table>/dt=YYYY-MM-DD/hour=HH/part-<source>-e<epoch>.parquet`, zstd.
 //!
-//! Each committed epoch writes at most one file per (table, partition). A file is written to a
-//! temporary name, fsynced, renamed into place, and its directory fsynced, so a reader never sees a torn
-//! file. Names are deterministic per (source, epoch): before an epoch is committed (its checkpoint
-//! saved), a crash may leave some of its files behind; at start-up [`ParquetSink::remove_uncommitted`]
-//! deletes every file of this source with an epoch above the last committed one, and the replay writes
-//! them again. Files are plain Parquet with Arrow schemas from `schemas::tables`: DuckDB, Spark and
-//! DataFusion read them with hive partitioning and no qoeflow code.
+//! The dataset is an [`objstore::Location`]: a local directory or an S3 prefix. Each committed epoch
+//! writes at most one file per (table, partition), in two steps around its checkpoint: the files are
+//! **staged** before it (a hidden `.part-….tmp` file fsynced locally; an uncompleted multipart upload on
+//! S3), their handles saved in the checkpoint, and **published** after it (a rename; completing the
+//! upload), so a reader never sees a torn file nor a file of an epoch that did not commit, and no step
+//! needs an atomic rename on S3. Names are deterministic per (source, epoch): at start-up
+//! [`ParquetSink::recover`] publishes what the checkpointed epoch staged (a crash may have come between
+//! the checkpoint and the publication), deletes whatever else this source staged, and the replay of the
+//! next epoch stages its files again. Files are plain Parquet with Arrow schemas from
+//! `schemas::tables`: DuckDB, Spark and DataFusion read them with hive partitioning and no qoeflow code.
 //!
 //! **Compaction.** One file per epoch and partition would leave ~86,400 small files per table per day at
 //! one epoch a second, and every query lists and opens them all. Once the watermark has passed an hour
 //! partition by `compact_after_ms`, [`ParquetSink::compact`] merges this source's committed files there
 //! into `part-<source>-e<first>-<last>.parquet`, holding exactly their rows (row identity included).
 //! Files roll by age (each epoch, one flush interval, closes its files) and by size (merged files are
-//! cut at about `compact_target_bytes`, 128 MiB by default). The merged file is made durable first, then the inputs are deleted; after a crash in
-//! between, [`ParquetSink::remove_uncommitted`] deletes the inputs a merged file supersedes. Late rows
+//! cut at about `compact_target_bytes`, 128 MiB by default). The merged file is written whole and durably
+//! first, then the inputs are deleted; after a crash in between, [`ParquetSink::recover`] deletes the
+//! inputs a merged file supersedes. Late rows
 //! for a compacted hour land in new small files and are merged again later. Within `qoeflow serve` the
-//! swap holds [`DATASET_LOCK`] for writing and queries hold it for reading, so a query sees either the
+//! deletes hold [`DATASET_LOCK`] for writing and queries hold it for reading, so a query sees either the
 //! inputs or the merged file; a separate reader process may see both for the instant between the
-//! rename and the deletes.
+//! merged file's appearance and the deletes.
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use arrow_array::builder::{
-    BinaryBuilder, BooleanBuilder, Float64Builder, Int64Builder, StringBuilder, TimestampMillisecondBuilder,
-    UInt64Builder,
+    BinaryBuilder, BooleanBuilder, Float64Builder, Int64Builder, StringBuilder,
+    TimestampMillisecondBuilder, UInt64Builder,
 };
 use arrow_array::{ArrayRef, RecordBatch};
+use bytes::Bytes;
+use objstore::{Location, Staged};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
-use schemas::dataset::{DATASET_LOCK, epochs_of, file_name, merged_file_name, partition_of, partition_start, source_prefix};
+use schemas::dataset::{
+    DATASET_LOCK, epochs_of, file_name, merged_file_name, partition_of, partition_start,
+    source_prefix,
+};
 use schemas::tables::{self, ColType, Column};
 
+use crate::error::Context;
 use crate::rows::{self, Cell};
 use crate::sessionizer::{Dim, Output};
 
@@ -47,35 +56,24 @@ pub struct Compacted {
     pub rows: usize,
 }
 
-/// Every partition directory (`<table>/dt=…/hour=…`) under `root`.
-fn partition_dirs(root: &Path) -> std::io::Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e),
-        };
-        let mut has_files = false;
-        for entry in entries {
-            let path = entry?.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                has_files = true;
-            }
-        }
-        if has_files && partition_start(&dir).is_some() {
-            out.push(dir);
-        }
-    }
-    out.sort();
-    Ok(out)
+/// One of this source's files in a partition: its epochs, key and size.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct OwnFile {
+    first: u64,
+    last: u64,
+    key: String,
+    size: u64,
+}
+
+/// `<table>/dt=…/hour=…` and the file name, for a key of a file in a partition.
+fn split_key(key: &str) -> Option<(&str, &str)> {
+    let (dir, name) = key.rsplit_once('/')?;
+    partition_start(Path::new(dir))?;
+    Some((dir, name))
 }
 
 pub struct ParquetSink {
-    root: PathBuf,
+    dataset: Location,
     source: String,
     dims: Vec<Dim>,
 }
@@ -99,7 +97,9 @@ impl Builder {
             ColType::Float64 => Builder::F64(Float64Builder::new()),
             ColType::Utf8 => Builder::Str(StringBuilder::new()),
             ColType::Binary => Builder::Bin(BinaryBuilder::new()),
-            ColType::TimestampMs => Builder::Ts(TimestampMillisecondBuilder::new().with_timezone("UTC")),
+            ColType::TimestampMs => {
+                Builder::Ts(TimestampMillisecondBuilder::new().with_timezone("UTC"))
+            }
         }
     }
 
@@ -121,7 +121,10 @@ impl Builder {
             (Builder::Str(b), Cell::Null) => b.append_null(),
             (Builder::Bin(b), Cell::Null) => b.append_null(),
             (Builder::Ts(b), Cell::Null) => b.append_null(),
-            (_, cell) => panic!("column {} ({:?}) cannot take {cell:?}", column.name, column.ty),
+            (_, cell) => panic!(
+                "column {} ({:?}) cannot take {cell:?}",
+                column.name, column.ty
+            ),
         }
     }
 
@@ -142,7 +145,12 @@ impl Builder {
 pub fn record_batch(columns: &[Column], rows: &[Vec<Cell>]) -> crate::Result<RecordBatch> {
     let mut builders: Vec<Builder> = columns.iter().map(|c| Builder::new(c.ty)).collect();
     for row in rows {
-        crate::error::ensure!(row.len() == columns.len(), "row has {} cells for {} columns", row.len(), columns.len());
+        crate::error::ensure!(
+            row.len() == columns.len(),
+            "row has {} cells for {} columns",
+            row.len(),
+            columns.len()
+        );
         for ((b, cell), col) in builders.iter_mut().zip(row).zip(columns) {
             b.push(cell, col);
         }
@@ -152,21 +160,19 @@ pub fn record_batch(columns: &[Column], rows: &[Vec<Cell>]) -> crate::Result<Rec
 }
 
 fn writer_properties() -> crate::Result<WriterProperties> {
-    Ok(WriterProperties::builder().set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?)).build())
-}
-
-fn fsync_dir(dir: &Path) -> std::io::Result<()> {
-    File::open(dir)?.sync_all()
+    Ok(WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
+        .build())
 }
 
 /// Splits `files` (sorted by epoch) into runs of consecutive files of at most about `target_bytes`
 /// together; a file of `target_bytes` or more ends the run before it and stays alone, so no merged
 /// file's epoch range ever covers a file left out of it.
-fn size_groups(files: &[(u64, u64, PathBuf)], target_bytes: u64) -> std::io::Result<Vec<&[(u64, u64, PathBuf)]>> {
+fn size_groups(files: &[OwnFile], target_bytes: u64) -> Vec<&[OwnFile]> {
     let mut groups = Vec::new();
     let (mut start, mut bytes) = (0, 0u64);
-    for (i, (_, _, path)) in files.iter().enumerate() {
-        let size = std::fs::metadata(path)?.len();
+    for (i, file) in files.iter().enumerate() {
+        let size = file.size;
         if size >= target_bytes {
             groups.push(&files[start..i]);
             groups.push(&files[i..=i]);
@@ -179,74 +185,96 @@ fn size_groups(files: &[(u64, u64, PathBuf)], target_bytes: u64) -> std::io::Res
         }
     }
     groups.push(&files[start..]);
-    Ok(groups.into_iter().filter(|g| !g.is_empty()).collect())
+    groups.into_iter().filter(|g| !g.is_empty()).collect()
+}
+
+/// Encodes `batch` as one zstd Parquet file.
+fn encode(
+    batches: impl IntoIterator<Item = crate::Result<RecordBatch>>,
+) -> crate::Result<Option<(Bytes, usize)>> {
+    let mut writer: Option<ArrowWriter<Vec<u8>>> = None;
+    let mut rows = 0;
+    for batch in batches {
+        let batch = batch?;
+        if writer.is_none() {
+            writer = Some(ArrowWriter::try_new(
+                Vec::new(),
+                batch.schema(),
+                Some(writer_properties()?),
+            )?);
+        }
+        if let Some(w) = writer.as_mut() {
+            w.write(&batch)?;
+            rows += batch.num_rows();
+        }
+    }
+    let Some(writer) = writer else {
+        return Ok(None);
+    };
+    Ok(Some((Bytes::from(writer.into_inner()?), rows)))
 }
 
 impl ParquetSink {
-    pub fn new(root: impl Into<PathBuf>, source: impl Into<String>, dims: Vec<Dim>) -> ParquetSink {
-        ParquetSink { root: root.into(), source: source.into(), dims }
+    pub fn new(dataset: Location, source: impl Into<String>, dims: Vec<Dim>) -> ParquetSink {
+        ParquetSink {
+            dataset,
+            source: source.into(),
+            dims,
+        }
     }
 
-    fn file_name(&self, epoch: u64) -> String {
-        file_name(&self.source, epoch)
+    /// Where the files go.
+    pub fn dataset(&self) -> &Location {
+        &self.dataset
     }
 
-    /// Deletes this source's files of epochs after `committed` and any temporary files (left by a
-    /// crash before the checkpoint of their epoch). Returns how many files were deleted.
-    pub fn remove_uncommitted(&self, committed: u64) -> std::io::Result<usize> {
+    /// This source's files in the dataset, by partition directory (`<table>/dt=…/hour=…`), and its
+    /// staged local files (`.part-….tmp`).
+    async fn own_files(&self) -> crate::Result<(BTreeMap<String, Vec<OwnFile>>, Vec<String>)> {
         let prefix = source_prefix(&self.source);
+        let (mut by_dir, mut staged): (BTreeMap<String, Vec<OwnFile>>, Vec<String>) =
+            Default::default();
+        for entry in self.dataset.list("").await? {
+            let Some((dir, name)) = split_key(&entry.key) else {
+                continue;
+            };
+            if name.starts_with(&format!(".{prefix}")) && name.ends_with(".tmp") {
+                staged.push(entry.key);
+            } else if let Some((first, last)) = epochs_of(name, &prefix) {
+                by_dir.entry(dir.to_owned()).or_default().push(OwnFile {
+                    first,
+                    last,
+                    key: entry.key,
+                    size: entry.size,
+                });
+            }
+        }
+        by_dir.values_mut().for_each(|files| files.sort());
+        Ok((by_dir, staged))
+    }
+
+    /// After a restart from the checkpoint of epoch `committed`: publishes the files that epoch staged
+    /// (`pending`, in case the crash came between the checkpoint and their publication), then deletes
+    /// this source's staged files of later epochs, files of epochs after `committed`, and files a merged
+    /// file supersedes (a crash in the middle of a compaction). Returns how many files were deleted.
+    pub async fn recover(&self, committed: u64, pending: &[Staged]) -> crate::Result<usize> {
+        self.publish(pending).await?;
+        let (by_dir, staged) = self.own_files().await?;
         let mut deleted = 0;
-        // Files are only ever written into partition directories.
-        for dir in partition_dirs(&self.root)? {
-            let mut changed = false;
-            for entry in std::fs::read_dir(&dir)? {
-                let path = entry?.path();
-                let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-                let epochs = epochs_of(name, &prefix);
-                let stale_tmp = name.starts_with(&format!(".{prefix}")) && name.ends_with(".tmp");
-                if stale_tmp || epochs.is_some_and(|(_, last)| last > committed) {
-                    std::fs::remove_file(&path)?;
+        for key in staged {
+            self.dataset.delete(&key).await?;
+            deleted += 1;
+        }
+        for files in by_dir.values() {
+            for file in files {
+                let covered = files
+                    .iter()
+                    .any(|o| o != file && o.first <= file.first && file.last <= o.last);
+                if file.last > committed || covered {
+                    self.dataset.delete(&file.key).await?;
                     deleted += 1;
-                    changed = true;
                 }
             }
-            if changed {
-                fsync_dir(&dir)?;
-            }
-            deleted += self.remove_superseded(&dir)?;
-        }
-        Ok(deleted)
-    }
-
-    /// This source's files in `dir` as (first epoch, last epoch, path), sorted.
-    fn own_files(&self, dir: &Path) -> std::io::Result<Vec<(u64, u64, PathBuf)>> {
-        let prefix = source_prefix(&self.source);
-        let mut files = Vec::new();
-        for entry in std::fs::read_dir(dir)? {
-            let path = entry?.path();
-            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-            if let Some((first, last)) = epochs_of(name, &prefix) {
-                files.push((first, last, path));
-            }
-        }
-        files.sort();
-        Ok(files)
-    }
-
-    /// Deletes files whose epochs a merged file in the same directory covers (left by a crash between a
-    /// compaction's rename and its deletes).
-    fn remove_superseded(&self, dir: &Path) -> std::io::Result<usize> {
-        let files = self.own_files(dir)?;
-        let mut deleted = 0;
-        for (first, last, path) in &files {
-            let covered = files.iter().any(|(a, b, p)| p != path && a <= first && last <= b && (a, b) != (first, last));
-            if covered {
-                std::fs::remove_file(path)?;
-                deleted += 1;
-            }
-        }
-        if deleted > 0 {
-            fsync_dir(dir)?;
         }
         Ok(deleted)
     }
@@ -255,23 +283,31 @@ impl ParquetSink {
     /// and holds at least `min_files` of them, all of epochs up to `committed`. Files roll by size:
     /// consecutive files (in epoch order) are merged into outputs of about `target_bytes` at most, and a
     /// file already that big is left as it is.
-    pub fn compact(&self, committed: u64, closed_before: i64, min_files: usize, target_bytes: u64) -> crate::Result<Compacted> {
+    pub async fn compact(
+        &self,
+        committed: u64,
+        closed_before: i64,
+        min_files: usize,
+        target_bytes: u64,
+    ) -> crate::Result<Compacted> {
         let mut done = Compacted::default();
-        for dir in partition_dirs(&self.root)? {
-            let Some(start) = partition_start(&dir) else { continue };
+        for (dir, files) in self.own_files().await?.0 {
+            let Some(start) = partition_start(Path::new(&dir)) else {
+                continue;
+            };
             if start + 3_600_000 > closed_before {
                 continue;
             }
-            let files: Vec<_> = self.own_files(&dir)?.into_iter().filter(|(_, last, _)| *last <= committed).collect();
+            let files: Vec<_> = files.into_iter().filter(|f| f.last <= committed).collect();
             if files.len() < min_files.max(2) {
                 continue;
             }
             let mut merged_any = false;
-            for group in size_groups(&files, target_bytes)? {
+            for group in size_groups(&files, target_bytes) {
                 if group.len() < 2 {
                     continue;
                 }
-                done.rows += self.merge_files(&dir, group)?;
+                done.rows += self.merge_files(&dir, group).await?;
                 done.files_in += group.len();
                 merged_any = true;
             }
@@ -282,97 +318,152 @@ impl ParquetSink {
         Ok(done)
     }
 
-    /// Merges `files` (consecutive in epoch order, in `dir`) into one durable file named after their
-    /// epoch range, then deletes them. Returns the rows written.
-    fn merge_files(&self, dir: &Path, files: &[(u64, u64, PathBuf)]) -> crate::Result<usize> {
-        let (first, last) = (files[0].0, files.iter().map(|f| f.1).max().unwrap_or(files[0].1));
-        let name = merged_file_name(&self.source, first, last);
-        let tmp = dir.join(format!(".{name}.tmp"));
-        let mut writer: Option<ArrowWriter<File>> = None;
-        let mut rows = 0;
-        for (_, _, path) in files {
-            let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(File::open(path)?)?
-                .with_batch_size(8192)
-                .build()?;
-            for batch in reader {
-                let batch = batch?;
-                if writer.is_none() {
-                    writer = Some(ArrowWriter::try_new(File::create(&tmp)?, batch.schema(), Some(writer_properties()?))?);
-                }
-                if let Some(w) = writer.as_mut() {
-                    w.write(&batch)?;
-                    rows += batch.num_rows();
-                }
+    /// Merges `files` (consecutive in epoch order, in partition `dir`) into one file named after their
+    /// epoch range, written whole and durably, then deletes them. Returns the rows written.
+    async fn merge_files(&self, dir: &str, files: &[OwnFile]) -> crate::Result<usize> {
+        let (first, last) = (
+            files[0].first,
+            files.iter().map(|f| f.last).max().unwrap_or(files[0].last),
+        );
+        let mut inputs = Vec::with_capacity(files.len());
+        for file in files {
+            let bytes = self
+                .dataset
+                .get(&file.key)
+                .await?
+                .with_context(|| format!("{} vanished during compaction", file.key))?;
+            inputs.push(bytes);
+        }
+        let merged = tokio::task::spawn_blocking(move || {
+            let batches = inputs.into_iter().map(|bytes| {
+                Ok(
+                    parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)?
+                        .with_batch_size(8192)
+                        .build()?,
+                )
+            });
+            let mut all = Vec::new();
+            for reader in batches {
+                let reader: parquet::arrow::arrow_reader::ParquetRecordBatchReader =
+                    reader.map_err(|e: crate::Error| e)?;
+                all.extend(reader.map(|b| b.map_err(crate::Error::from)));
             }
+            encode(all)
+        })
+        .await??;
+        let Some((bytes, rows)) = merged else {
+            return Ok(0);
+        };
+        let key = format!("{dir}/{}", merged_file_name(&self.source, first, last));
+        self.dataset.put(&key, bytes).await?;
+        let _swap = DATASET_LOCK.write().await;
+        for file in files {
+            self.dataset.delete(&file.key).await?;
         }
-        let Some(writer) = writer else { return Ok(0) };
-        writer.into_inner()?.sync_all()?;
-        let _swap = DATASET_LOCK.blocking_write();
-        std::fs::rename(&tmp, dir.join(&name))?;
-        fsync_dir(dir)?;
-        for (_, _, path) in files {
-            std::fs::remove_file(path)?;
-        }
-        fsync_dir(dir)?;
         Ok(rows)
     }
 
-    /// Writes one epoch's output: one durable file per (table, partition) with rows.
-    pub fn write_epoch(&self, epoch: u64, out: &Output) -> crate::Result<Vec<PathBuf>> {
-        let mut written = Vec::new();
+    /// Encodes one epoch's output: one Parquet file per (table, partition) with rows, as (key, bytes).
+    pub fn encode_epoch(&self, epoch: u64, out: &Output) -> crate::Result<Vec<(String, Bytes)>> {
+        let mut files = Vec::new();
+        let name = file_name(&self.source, epoch);
         for (table, columns, rows) in rows::tables_of(out, &self.dims, &self.source, epoch) {
             let mut parts: BTreeMap<String, Vec<Vec<Cell>>> = BTreeMap::new();
             for (ts, row) in rows {
                 parts.entry(partition_of(ts)).or_default().push(row);
             }
             for (part, rows) in parts {
-                let dir = self.root.join(table).join(part);
-                written.push(self.write_file(&dir, epoch, columns, &rows)?);
+                if let Some((bytes, _)) = encode([record_batch(columns, &rows)])? {
+                    files.push((format!("{table}/{part}/{name}"), bytes));
+                }
             }
         }
-        Ok(written)
+        Ok(files)
     }
 
-    fn write_file(&self, dir: &Path, epoch: u64, columns: &[Column], rows: &[Vec<Cell>]) -> crate::Result<PathBuf> {
-        let new_dir = !dir.exists();
-        std::fs::create_dir_all(dir)?;
-        if new_dir {
-            // Make the new partition directories themselves durable.
-            let mut d = dir.to_path_buf();
-            while d != self.root && d.pop() {
-                fsync_dir(&d)?;
-            }
+    /// Uploads encoded files where no reader sees them yet ([`objstore::Location::stage`]).
+    pub async fn stage(&self, files: Vec<(String, Bytes)>) -> crate::Result<Vec<Staged>> {
+        let mut staged = Vec::with_capacity(files.len());
+        for (key, bytes) in files {
+            staged.push(self.dataset.stage(&key, bytes).await?);
         }
-        let name = self.file_name(epoch);
-        let tmp = dir.join(format!(".{name}.tmp"));
-        let batch = record_batch(columns, rows)?;
-        let file = File::create(&tmp)?;
-        let mut writer = ArrowWriter::try_new(file, batch.schema(), Some(writer_properties()?))?;
-        writer.write(&batch)?;
-        let file = writer.into_inner()?;
-        file.sync_all()?;
-        let path = dir.join(name);
-        std::fs::rename(&tmp, &path)?;
-        fsync_dir(dir)?;
-        Ok(path)
+        Ok(staged)
+    }
+
+    /// Makes staged files visible (after their epoch's checkpoint); repeating it is harmless.
+    pub async fn publish(&self, staged: &[Staged]) -> crate::Result<()> {
+        for file in staged {
+            self.dataset.publish(file).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes one epoch's files visibly at once (no checkpoint between): for tools and tests.
+    pub async fn write_epoch(&self, epoch: u64, out: &Output) -> crate::Result<Vec<String>> {
+        let files = self.encode_epoch(epoch, out)?;
+        let keys = files.iter().map(|(k, _)| k.clone()).collect();
+        for (key, bytes) in files {
+            self.dataset.put(&key, bytes).await?;
+        }
+        Ok(keys)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::File;
+    use std::path::PathBuf;
+
+    /// Every partition directory (`<table>/dt=…/hour=…`) under `root`.
+    fn partition_dirs(root: &Path) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(dir) = stack.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    stack.push(path);
+                }
+            }
+            if partition_start(&dir).is_some() {
+                out.push(dir);
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// This source's files in one partition directory (`<table>/dt=…/hour=…`) as (first, last) epochs.
+    async fn own_in(sink: &ParquetSink, dir: &str) -> Vec<(u64, u64)> {
+        sink.own_files()
+            .await
+            .unwrap()
+            .0
+            .get(dir)
+            .map(|f| f.iter().map(|f| (f.first, f.last)).collect())
+            .unwrap_or_default()
+    }
 
     /// Every row of `table` under `root` as its (source, epoch, row) identity and a measure, sorted.
     fn rows_of(root: &Path, table: &str) -> Vec<String> {
         let mut out = Vec::new();
-        for dir in partition_dirs(&root.join(table)).unwrap() {
+        for dir in partition_dirs(&root.join(table)) {
             for entry in std::fs::read_dir(&dir).unwrap() {
                 let path = entry.unwrap().path();
                 if path.extension().is_none_or(|e| e != "parquet") {
                     continue;
                 }
                 let reader =
-                    parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(File::open(&path).unwrap()).unwrap().build().unwrap();
+                    parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+                        File::open(&path).unwrap(),
+                    )
+                    .unwrap()
+                    .build()
+                    .unwrap();
                 let key: &[&str] = match table {
                     "events" => &["view_id", "seq", "type"],
                     "views" => &["view_id", "play_ms", "startup_ms"],
@@ -381,7 +472,10 @@ mod tests {
                 for batch in reader {
                     let batch = batch.unwrap();
                     for i in 0..batch.num_rows() {
-                        let cells: Vec<String> = key.iter().map(|n| cell(batch.column(batch.schema().index_of(n).unwrap()), i)).collect();
+                        let cells: Vec<String> = key
+                            .iter()
+                            .map(|n| cell(batch.column(batch.schema().index_of(n).unwrap()), i))
+                            .collect();
                         out.push(format!("{}/{}", dir.display(), cells.join("/")));
                     }
                 }
@@ -410,21 +504,24 @@ mod tests {
 
     fn files_in(root: &Path) -> Vec<String> {
         let mut names: Vec<String> = partition_dirs(root)
-            .unwrap()
             .iter()
-            .flat_map(|d| std::fs::read_dir(d).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()))
+            .flat_map(|d| {
+                std::fs::read_dir(d)
+                    .unwrap()
+                    .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            })
             .collect();
         names.sort();
         names
     }
 
-    #[test]
-    fn compaction_merges_committed_files_of_closed_hours_and_survives_a_crash() {
+    #[tokio::test]
+    async fn compaction_merges_committed_files_of_closed_hours_and_survives_a_crash() {
         use crate::sessionizer::{SessionConfig, Sessionizer};
         use schemas::record::EventsRecord;
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("parquet");
-        let sink = ParquetSink::new(&root, "local", Dim::DEFAULT.to_vec());
+        let sink = ParquetSink::new(Location::local(&root), "local", Dim::DEFAULT.to_vec());
         let mut session = Sessionizer::new(SessionConfig::default());
         let t0 = 1_700_000_000_000 - 1_700_000_000_000 % 3_600_000; // an hour boundary
         // Ten epochs, two views each, over two hours of event time.
@@ -436,69 +533,189 @@ mod tests {
                     .iter()
                     .enumerate()
                     .map(|(seq, (kind, dt))| {
-                        serde_json::json!({"view_id": id, "seq": seq, "type": kind, "ts": t + dt}).as_object().cloned().unwrap()
+                        serde_json::json!({"view_id": id, "seq": seq, "type": kind, "ts": t + dt})
+                            .as_object()
+                            .cloned()
+                            .unwrap()
                     })
                     .collect();
                 let client = schemas::ClientInfo::default();
-                session.process(schemas::Record::Events(EventsRecord { recv_ms: t + 6_000, sent_at: t + 6_000, key: None, view_id: id, client, events }));
+                session.process(schemas::Record::Events(EventsRecord {
+                    recv_ms: t + 6_000,
+                    sent_at: t + 6_000,
+                    key: None,
+                    view_id: id,
+                    client,
+                    events,
+                }));
             }
             session.advance();
-            sink.write_epoch(epoch, &session.flush()).unwrap();
+            sink.write_epoch(epoch, &session.flush()).await.unwrap();
         }
-        let before: Vec<_> = TABLES_UNDER_TEST.iter().map(|t| rows_of(&root, t)).collect();
+        let before: Vec<_> = TABLES_UNDER_TEST
+            .iter()
+            .map(|t| rows_of(&root, t))
+            .collect();
         assert!(before.iter().all(|r| !r.is_empty()));
         let files_before = files_in(&root).len();
 
         // Epochs up to 8 committed; only the first hour (t0..t0+1h) is closed.
-        let done = sink.compact(8, t0 + 3_600_000, 2, u64::MAX).unwrap();
-        assert!(done.partitions >= 2 && done.files_in > done.partitions, "{done:?}");
-        let after: Vec<_> = TABLES_UNDER_TEST.iter().map(|t| rows_of(&root, t)).collect();
+        let done = sink.compact(8, t0 + 3_600_000, 2, u64::MAX).await.unwrap();
+        assert!(
+            done.partitions >= 2 && done.files_in > done.partitions,
+            "{done:?}"
+        );
+        let after: Vec<_> = TABLES_UNDER_TEST
+            .iter()
+            .map(|t| rows_of(&root, t))
+            .collect();
         assert_eq!(after, before, "compaction keeps exactly the same rows");
         let files = files_in(&root);
         assert!(files.len() < files_before);
-        assert!(files.iter().any(|f| f.starts_with("part-local-e000000000001-0000000000")), "{files:?}");
+        assert!(
+            files
+                .iter()
+                .any(|f| f.starts_with("part-local-e000000000001-0000000000")),
+            "{files:?}"
+        );
         // Nothing of the open hour or of uncommitted epochs was merged.
-        let second_hour = root.join("qoe_window").join(partition_of(t0 + 3_600_000));
-        assert!(sink.own_files(&second_hour).unwrap().iter().all(|(a, b, _)| a == b));
+        let second_hour = format!("qoe_window/{}", partition_of(t0 + 3_600_000));
+        assert!(
+            own_in(&sink, &second_hour)
+                .await
+                .iter()
+                .all(|(a, b)| a == b)
+        );
 
         // A crash between the rename and the deletes leaves inputs next to the merged file: the
         // start-up cleanup deletes exactly those.
-        let first_hour = root.join("qoe_window").join(partition_of(t0));
-        let merged = sink.own_files(&first_hour).unwrap();
+        let first_hour = format!("qoe_window/{}", partition_of(t0));
+        let merged = own_in(&sink, &first_hour).await;
         assert_eq!(merged.len(), 1);
         sink.write_epoch(1, &{
             let mut s = Sessionizer::new(SessionConfig::default());
-            let events = vec![serde_json::json!({"view_id": "v1-0", "seq": 0, "type": "playrequest", "ts": t0}).as_object().cloned().unwrap()];
-            s.process(schemas::Record::Events(EventsRecord { recv_ms: t0, sent_at: t0, key: None, view_id: "v1-0".into(), client: Default::default(), events }));
+            let events = vec![
+                serde_json::json!({"view_id": "v1-0", "seq": 0, "type": "playrequest", "ts": t0})
+                    .as_object()
+                    .cloned()
+                    .unwrap(),
+            ];
+            s.process(schemas::Record::Events(EventsRecord {
+                recv_ms: t0,
+                sent_at: t0,
+                key: None,
+                view_id: "v1-0".into(),
+                client: Default::default(),
+                events,
+            }));
             s.advance();
             s.flush()
         })
+        .await
         .unwrap();
-        assert_eq!(sink.own_files(&first_hour).unwrap().len(), 2, "a leftover input beside the merged file");
-        assert!(sink.remove_uncommitted(10).unwrap() >= 1);
-        assert_eq!(sink.own_files(&first_hour).unwrap(), merged);
-        assert_eq!(TABLES_UNDER_TEST.iter().map(|t| rows_of(&root, t)).collect::<Vec<_>>(), before);
+        assert_eq!(
+            own_in(&sink, &first_hour).await.len(),
+            2,
+            "a leftover input beside the merged file"
+        );
+        assert!(sink.recover(10, &[]).await.unwrap() >= 1);
+        assert_eq!(own_in(&sink, &first_hour).await, merged);
+        assert_eq!(
+            TABLES_UNDER_TEST
+                .iter()
+                .map(|t| rows_of(&root, t))
+                .collect::<Vec<_>>(),
+            before
+        );
         // Compacting again with nothing new changes nothing.
-        assert_eq!(sink.compact(8, t0 + 3_600_000, 2, u64::MAX).unwrap(), Compacted::default());
+        assert_eq!(
+            sink.compact(8, t0 + 3_600_000, 2, u64::MAX).await.unwrap(),
+            Compacted::default()
+        );
     }
 
     const TABLES_UNDER_TEST: [&str; 3] = ["events", "views", "qoe_window"];
 
     #[test]
     fn size_groups_roll_merged_files_and_leave_big_files_alone() {
-        let dir = tempfile::tempdir().unwrap();
-        let files: Vec<(u64, u64, PathBuf)> = [10u64, 10, 10, 50, 10, 10, 10, 10, 25]
+        let files: Vec<OwnFile> = [10u64, 10, 10, 50, 10, 10, 10, 10, 25]
             .iter()
             .enumerate()
-            .map(|(i, size)| {
-                let path = dir.path().join(format!("f{i}"));
-                std::fs::write(&path, vec![0u8; *size as usize]).unwrap();
-                (i as u64 + 1, i as u64 + 1, path)
+            .map(|(i, size)| OwnFile {
+                first: i as u64 + 1,
+                last: i as u64 + 1,
+                key: format!("f{i}"),
+                size: *size,
             })
             .collect();
-        let groups: Vec<Vec<u64>> =
-            size_groups(&files, 25).unwrap().iter().map(|g| g.iter().map(|f| f.0).collect()).collect();
+        let groups: Vec<Vec<u64>> = size_groups(&files, 25)
+            .iter()
+            .map(|g| g.iter().map(|f| f.first).collect())
+            .collect();
         // Runs of at most 25 bytes; the 50-byte file and the 25-byte file stay alone, and no run spans them.
-        assert_eq!(groups, vec![vec![1, 2], vec![3], vec![4], vec![5, 6], vec![7, 8], vec![9]]);
+        assert_eq!(
+            groups,
+            vec![
+                vec![1, 2],
+                vec![3],
+                vec![4],
+                vec![5, 6],
+                vec![7, 8],
+                vec![9]
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn staged_files_are_invisible_until_published_and_recovery_finishes_a_committed_epoch() {
+        use crate::sessionizer::{SessionConfig, Sessionizer};
+        use schemas::record::EventsRecord;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("parquet");
+        let sink = ParquetSink::new(Location::local(&root), "w", Dim::DEFAULT.to_vec());
+        let mut session = Sessionizer::new(SessionConfig::default());
+        let t = 1_700_000_000_000;
+        let events = vec![
+            serde_json::json!({"view_id": "a", "seq": 0, "type": "playrequest", "ts": t})
+                .as_object()
+                .cloned()
+                .unwrap(),
+        ];
+        session.process(schemas::Record::Events(EventsRecord {
+            recv_ms: t,
+            sent_at: t,
+            key: None,
+            view_id: "a".into(),
+            client: Default::default(),
+            events,
+        }));
+        session.advance();
+        let out = session.flush();
+        let epoch1 = sink
+            .stage(sink.encode_epoch(1, &out).unwrap())
+            .await
+            .unwrap();
+        let epoch2 = sink
+            .stage(sink.encode_epoch(2, &out).unwrap())
+            .await
+            .unwrap();
+        assert!(!epoch1.is_empty());
+        assert!(
+            files_in(&root).iter().all(|f| f.starts_with('.')),
+            "staged files are hidden: {:?}",
+            files_in(&root)
+        );
+        // Epoch 1 was checkpointed (its staged files are in the checkpoint), epoch 2 was not.
+        sink.recover(1, &epoch1).await.unwrap();
+        let files = files_in(&root);
+        assert!(
+            files.iter().all(|f| f.starts_with("part-w-e000000000001")),
+            "{files:?}"
+        );
+        assert_eq!(files.len(), epoch1.len());
+        assert!(
+            sink.publish(&epoch2).await.is_err(),
+            "an uncommitted epoch's staged files are gone"
+        );
     }
 }

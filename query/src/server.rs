@@ -2,7 +2,6 @@
 //! (`qoeflow query-server`, and the API part of `qoeflow serve`), and one-shot SQL (`qoeflow query`).
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 
 use axum::Router;
 use axum::routing::get;
@@ -20,21 +19,29 @@ pub struct ApiSettings {
     pub query: QueryConfig,
     pub sql: SqlConfig,
     pub dashboard: DashboardConfig,
-    /// Holds `parquet/` (the parquet backend).
-    pub data_dir: PathBuf,
+    /// The Parquet dataset (the parquet backend).
+    pub dataset: objstore::Location,
     pub clickhouse: ClickHouseConfig,
 }
 
 /// The metrics API on the configured backend, and the dashboard at `/`.
 pub async fn router(settings: &ApiSettings) -> crate::Result<Router> {
-    let backend = Backend::open(&settings.query, &settings.data_dir, &settings.clickhouse).await?;
+    let backend = Backend::open(&settings.query, &settings.dataset, &settings.clickhouse).await?;
     tracing::info!(backend = backend.name(), "metrics API and dashboard ready");
-    Ok(crate::api::router(backend, settings.sql.clone(), &settings.query).merge(crate::dashboard::router(settings.dashboard.clone())))
+    Ok(
+        crate::api::router(backend, settings.sql.clone(), &settings.query)
+            .merge(crate::dashboard::router(settings.dashboard.clone())),
+    )
 }
 
 /// Serves `router` (and `/healthz`) on a listener of its own until `stop` is set: `qoeflow query-server`,
 /// or the API listener of `qoeflow serve --api-listen`.
-pub async fn serve(listener: tokio::net::TcpListener, router: Router, limits: ConnLimits, stop: Stop) -> crate::Result<()> {
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    limits: ConnLimits,
+    stop: Stop,
+) -> crate::Result<()> {
     let app = router.route("/healthz", get(|| async { "ok" }));
     tracing::info!("metrics API listening on http://{}", listener.local_addr()?);
     service::serve(listener, app, limits, None, stop.stopped()).await?;
@@ -42,16 +49,27 @@ pub async fn serve(listener: tokio::net::TcpListener, router: Router, limits: Co
 }
 
 /// `qoeflow query-server`: the metrics API and dashboard until `stop` is set.
-pub async fn run(settings: ApiSettings, listen: SocketAddr, limits: ConnLimits, stop: Stop) -> crate::Result<()> {
+pub async fn run(
+    settings: ApiSettings,
+    listen: SocketAddr,
+    limits: ConnLimits,
+    stop: Stop,
+) -> crate::Result<()> {
     let app = router(&settings).await?;
     serve(service::bind(listen).await?, app, limits, stop).await?;
     tracing::info!("stopped");
     Ok(())
 }
 
-/// `qoeflow query`: one statement over the dataset under `data_dir`, its rows written to `out`.
-pub async fn run_sql(data_dir: &Path, memory_limit: usize, sql: &str, format: Format, out: &mut impl std::io::Write) -> crate::Result<()> {
-    let engine = Engine::open_with_memory_limit(data_dir, memory_limit).await?;
+/// `qoeflow query`: one statement over the dataset, its rows written to `out`.
+pub async fn run_sql(
+    dataset: &objstore::Location,
+    memory_limit: usize,
+    sql: &str,
+    format: Format,
+    out: &mut impl std::io::Write,
+) -> crate::Result<()> {
+    let engine = Engine::open_with_memory_limit(dataset, memory_limit).await?;
     let batches = engine.sql(sql).await?;
     crate::output::write(&batches, format, out)?;
     out.flush()?;
