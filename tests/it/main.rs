@@ -26,6 +26,7 @@ mod dashboard;
 mod grafana;
 mod kinesis_sink;
 mod loadgen;
+mod object_storage;
 mod pipeline_kinesis;
 mod pipeline_local;
 mod sdk;

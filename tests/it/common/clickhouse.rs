@@ -156,7 +156,7 @@ impl Drop for ClickHouse {
 }
 
 /// Minimal blocking HTTP client for the harness (the tests' reqwest client is async).
-mod http {
+pub mod http {
     use std::io::{Read, Write};
     use std::net::TcpStream;
 
@@ -192,5 +192,9 @@ mod http {
 
     pub fn blocking_post(url: &str, body: &str) -> Result<String, String> {
         request(&format!("{url}/"), "POST", body)
+    }
+
+    pub fn blocking_put(url: &str) -> Result<String, String> {
+        request(url, "PUT", "")
     }
 }

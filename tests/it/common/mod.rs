@@ -5,6 +5,7 @@
 
 pub mod clickhouse;
 pub mod kinesis;
+pub mod moto;
 pub mod parquet;
 pub mod workload;
 

@@ -1,0 +1,91 @@
+//! moto's server mode (PyPI `moto[server]`, installed by `deploy/test.sh`): S3 and DynamoDB in one
+//! process on a free loopback port, started and stopped by the test.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Moto {
+    child: Child,
+    pub port: u16,
+}
+
+impl Moto {
+    pub fn start() -> Moto {
+        let port = super::kinesis::free_port();
+        let child = Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("moto_server (deploy/test.sh installs moto[server] from PyPI)");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "moto_server did not listen on port {port} within 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Moto { child, port }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The AWS environment pointing a qoeflow process (or DuckDB's s3fs) at this server.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ENDPOINT_URL", self.endpoint()),
+            ("AWS_ALLOW_HTTP", "true".into()),
+            ("AWS_REGION", "us-east-1".into()),
+            ("AWS_ACCESS_KEY_ID", "test".into()),
+            ("AWS_SECRET_ACCESS_KEY", "test".into()),
+        ]
+    }
+
+    /// An `objstore::Location` on this server (what a qoeflow process with [`Moto::env`] opens).
+    pub fn location(&self, url: &str) -> objstore::Location {
+        let endpoint = self.endpoint();
+        let options = [
+            ("endpoint", endpoint.as_str()),
+            ("allow_http", "true"),
+            ("region", "us-east-1"),
+            ("access_key_id", "test"),
+            ("secret_access_key", "test"),
+        ];
+        objstore::Location::parse_with(url, &options).expect("S3 location")
+    }
+
+    /// Creates a bucket (moto does not check signatures: a plain PUT).
+    pub fn create_bucket(&self, bucket: &str) {
+        if let Err(e) =
+            super::clickhouse::http::blocking_put(&format!("{}/{bucket}", self.endpoint()))
+        {
+            panic!("creating bucket {bucket}: {e}");
+        }
+    }
+
+    /// Copies every object under `location` into `dir` (same relative paths): the S3 dataset as a
+    /// local directory the Parquet helpers read.
+    pub async fn mirror(location: &objstore::Location, dir: &Path) {
+        for entry in location.list("").await.expect("list") {
+            let bytes = location
+                .get(&entry.key)
+                .await
+                .expect("get")
+                .expect("listed object");
+            let path = dir.join(&entry.key);
+            std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+            std::fs::write(path, bytes).expect("write");
+        }
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
