@@ -23,6 +23,7 @@ mod clickhouse_sink;
 mod collector;
 mod crash_local_log;
 mod dashboard;
+mod deploy;
 mod grafana;
 mod kinesis_sink;
 mod loadgen;
