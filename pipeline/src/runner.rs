@@ -7,13 +7,14 @@
 //!
 //! 1. the epoch's **intent** (its exact input range) is saved;
 //! 2. ClickHouse rows are inserted (if configured);
-//! 3. Parquet files named after the epoch are written durably;
-//! 4. the **checkpoint** (epoch, position) and what the epoch changed in the sessionizer's state are
-//!    committed in one transaction of the state store (`pipeline/<source>.state.redb`, see
-//!    [`crate::store`]): only what changed is written.
+//! 3. Parquet files named after the epoch are **staged** (invisible to readers: [`objstore::Location::stage`]);
+//! 4. the **checkpoint** (epoch, position, the staged files' handles) and what the epoch changed in the
+//!    sessionizer's state are committed in one transaction of the state store
+//!    (`pipeline/<source>.state.redb`, see [`crate::store`]): only what changed is written;
+//! 5. the staged files are **published** (renamed, or their multipart uploads completed on S3).
 //!
-//! After a crash or a sink failure, the runner restores the checkpoint, deletes the unfinished epoch's
-//! Parquet files, and replays exactly the intent's range. The sessionizer is deterministic (its time is
+//! After a crash or a sink failure, the runner restores the checkpoint, publishes what the checkpointed
+//! epoch staged, deletes what the unfinished epoch staged, and replays exactly the intent's range. The sessionizer is deterministic (its time is
 //! the watermark from the input), so the replay produces the same rows with the same identities: Parquet
 //! files are rewritten, ClickHouse's ReplacingMergeTree keeps one copy. A failed epoch pauses the
 //! pipeline with backoff; nothing is skipped. Records that do not decode become dead-letter rows.
