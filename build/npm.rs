@@ -13,13 +13,10 @@ pub fn install(package: &Path, into: &Path, expect: &[&str], what: &str) {
         println!("cargo:rerun-if-changed={}", package.join(f).display());
     }
     std::fs::create_dir_all(into).expect("create the npm directory under OUT_DIR");
-    let lock = std::fs::read(package.join("package-lock.json"))
-        .unwrap_or_else(|e| panic!("{}/package-lock.json: {e}", package.display()));
+    let lock = std::fs::read(package.join("package-lock.json")).unwrap_or_else(|e| panic!("{}/package-lock.json: {e}", package.display()));
     let installed_lock = into.join("installed-lock.json");
-    let up_to_date = std::fs::read(&installed_lock).is_ok_and(|l| l == lock)
-        && expect
-            .iter()
-            .all(|f| into.join("node_modules").join(f).exists());
+    let up_to_date =
+        std::fs::read(&installed_lock).is_ok_and(|l| l == lock) && expect.iter().all(|f| into.join("node_modules").join(f).exists());
     if up_to_date {
         return;
     }
@@ -27,13 +24,7 @@ pub fn install(package: &Path, into: &Path, expect: &[&str], what: &str) {
         std::fs::copy(package.join(f), into.join(f)).expect("copy package files");
     }
     let status = Command::new("npm")
-        .args([
-            "ci",
-            "--no-audit",
-            "--no-fund",
-            "--ignore-scripts",
-            "--loglevel=error",
-        ])
+        .args(["ci", "--no-audit", "--no-fund", "--ignore-scripts", "--loglevel=error"])
         .current_dir(into)
         .status();
     match status {

@@ -12,16 +12,13 @@ const VENDOR_FILES: [&str; 2] = ["uplot/dist/uPlot.iife.min.js", "uplot/dist/uPl
 
 fn main() {
     // This script builds the `query` crate, whose manifest is one level below the repository root.
-    let root = PathBuf::from(
-        std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"),
-    );
+    let root = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let web = root.join("../dashboards/web");
     println!("cargo:rerun-if-changed={}", web.join("src").display());
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR")).join("web");
     npm::install(&web, &out, &VENDOR_FILES, "the dashboard");
     for f in VENDOR_FILES {
         let name = Path::new(f).file_name().expect("file name");
-        std::fs::copy(out.join("node_modules").join(f), out.join(name))
-            .expect("copy the charting library");
+        std::fs::copy(out.join("node_modules").join(f), out.join(name)).expect("copy the charting library");
     }
 }

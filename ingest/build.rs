@@ -18,9 +18,7 @@ fn copy_dir(from: &Path, to: &Path) {
 }
 
 fn main() {
-    let root = PathBuf::from(
-        std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"),
-    );
+    let root = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let sdk = root.join("../sdk/web");
     for f in ["src", "build.mjs"] {
         println!("cargo:rerun-if-changed={}", sdk.join(f).display());
@@ -29,18 +27,10 @@ fn main() {
     npm::install(&sdk, &out, &["esbuild"], "the player SDK");
     copy_dir(&sdk.join("src"), &out.join("src"));
     std::fs::copy(sdk.join("build.mjs"), out.join("build.mjs")).expect("copy build.mjs");
-    let built = Command::new("node")
-        .arg(out.join("build.mjs"))
-        .arg(out.join("dist"))
-        .current_dir(&out)
-        .output();
+    let built = Command::new("node").arg(out.join("build.mjs")).arg(out.join("dist")).current_dir(&out).output();
     match built {
         Ok(o) if o.status.success() => {}
-        Ok(o) => panic!(
-            "building the player SDK failed:\n{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        ),
+        Ok(o) => panic!("building the player SDK failed:\n{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)),
         Err(e) => panic!("the player SDK needs Node.js to build: {e}"),
     }
 }

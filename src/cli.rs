@@ -11,11 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::config::Config;
 
 #[derive(Parser)]
-#[command(
-    name = "qoeflow",
-    version,
-    about = "Real-time video Quality-of-Experience analytics"
-)]
+#[command(name = "qoeflow", version, about = "Real-time video Quality-of-Experience analytics")]
 pub struct Cli {
     /// TOML configuration file (see README "Configuration").
     #[arg(long, global = true, env = "QOEFLOW_CONFIG")]
@@ -132,10 +128,7 @@ impl Apply for IngestKeyArgs {
     fn apply(self, config: &mut Config) {
         for key in self.ingest_keys {
             if !config.ingest.keys.iter().any(|k| k.key == key) {
-                config.ingest.keys.push(ingest::KeyConfig {
-                    key,
-                    allowed_origins: Vec::new(),
-                });
+                config.ingest.keys.push(ingest::KeyConfig { key, allowed_origins: Vec::new() });
             }
         }
     }

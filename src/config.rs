@@ -59,9 +59,7 @@ pub struct LocalLogConfig {
 
 impl Default for LocalLogConfig {
     fn default() -> Self {
-        LocalLogConfig {
-            segment_bytes: locallog::DEFAULT_SEGMENT_BYTES,
-        }
+        LocalLogConfig { segment_bytes: locallog::DEFAULT_SEGMENT_BYTES }
     }
 }
 
@@ -90,28 +88,16 @@ impl Config {
     pub fn load(file: Option<&Path>) -> anyhow::Result<Config> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         if let Some(path) = file {
-            anyhow::ensure!(
-                path.is_file(),
-                "config file {} does not exist",
-                path.display()
-            );
+            anyhow::ensure!(path.is_file(), "config file {} does not exist", path.display());
             figment = figment.merge(Toml::file_exact(path));
         }
         // QOEFLOW_CONFIG (the file itself), QOEFLOW_ADMIN_TOKEN and QOEFLOW_API_TOKEN (the variables of
         // the --admin-token and --api-token flags) and QOEFLOW_FAILPOINT (test fault injection) are not
         // settings.
         const NOT_SETTINGS: [&str; 4] = ["config", "failpoint", "admin_token", "api_token"];
-        figment = figment.merge(Env::prefixed("QOEFLOW_").split("__").filter(|k| {
-            !NOT_SETTINGS
-                .iter()
-                .any(|n| k.as_str().eq_ignore_ascii_case(n))
-        }));
+        figment = figment.merge(Env::prefixed("QOEFLOW_").split("__").filter(|k| !NOT_SETTINGS.iter().any(|n| k.as_str().eq_ignore_ascii_case(n))));
         let config: Config = figment.extract().context("invalid configuration")?;
-        config
-            .pipeline
-            .validate()
-            .map_err(anyhow::Error::msg)
-            .context("invalid configuration")?;
+        config.pipeline.validate().map_err(anyhow::Error::msg).context("invalid configuration")?;
         // Before anything starts: a bad target fails start-up, not the API after the pipeline is running.
         config.dashboard.validate()?;
         Ok(config)
@@ -162,27 +148,15 @@ mod tests {
             assert_eq!(c.listen.port(), 9000);
             assert_eq!(c.ingest.max_body_bytes, 2048);
             assert_eq!(c.ingest.per_ip_rps, 50);
-            assert_eq!(
-                c.ingest.keys[0].allowed_origins,
-                vec!["https://a.example".to_string()]
-            );
-            assert_eq!(
-                c.ingest.max_decoded_bytes,
-                IngestConfig::default().max_decoded_bytes
-            );
+            assert_eq!(c.ingest.keys[0].allowed_origins, vec!["https://a.example".to_string()]);
+            assert_eq!(c.ingest.max_decoded_bytes, IngestConfig::default().max_decoded_bytes);
 
             jail.create_file("bad.toml", "[ingest]\nmax_body_byte = 1\n")?;
-            let err = format!(
-                "{:#}",
-                Config::load(Some(Path::new("bad.toml"))).unwrap_err()
-            );
+            let err = format!("{:#}", Config::load(Some(Path::new("bad.toml"))).unwrap_err());
             assert!(err.contains("max_body_byte"), "{err}");
 
             jail.set_env("QOEFLOW_CONFIG", "q.toml");
-            assert!(
-                Config::load(None).is_ok(),
-                "QOEFLOW_CONFIG names the file, it is not a key"
-            );
+            assert!(Config::load(None).is_ok(), "QOEFLOW_CONFIG names the file, it is not a key");
             jail.set_env("QOEFLOW_LISTN", "1");
             let err = format!("{:#}", Config::load(None).unwrap_err());
             assert!(err.contains("listn"), "{err}");

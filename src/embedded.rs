@@ -12,19 +12,13 @@ use crate::config::Config;
 /// collector benchmark).
 pub async fn run(config: Config, pipeline: bool, stop: Stop) -> anyhow::Result<()> {
     let dir = config.data_dir.join("log");
-    let log = locallog::LocalLog::open(locallog::LogConfig {
-        dir: dir.clone(),
-        segment_bytes: config.local_log.segment_bytes,
-    })
-    .with_context(|| format!("cannot open the local log in {}", dir.display()))?;
+    let log = locallog::LocalLog::open(locallog::LogConfig { dir: dir.clone(), segment_bytes: config.local_log.segment_bytes })
+        .with_context(|| format!("cannot open the local log in {}", dir.display()))?;
     tracing::info!(dir = %dir.display(), durable_end = log.durable_end(), "local log open");
     let metrics = ingest::Metrics::new();
     let mut readiness: Vec<Arc<dyn Readiness>> = Vec::new();
     let pipeline_task = if pipeline {
-        let status = Arc::new(pipeline::PipelineStatus::of(
-            &config.pipeline,
-            &metrics.registry,
-        ));
+        let status = Arc::new(pipeline::PipelineStatus::of(&config.pipeline, &metrics.registry));
         readiness.push(status.clone());
         let (log, data_dir, pcfg, ch) = (
             log.clone(),
@@ -42,9 +36,7 @@ pub async fn run(config: Config, pipeline: bool, stop: Stop) -> anyhow::Result<(
             stop.receiver(),
         )))
     } else {
-        tracing::warn!(
-            "--no-pipeline: collector and local log only; nothing reads or trims the log"
-        );
+        tracing::warn!("--no-pipeline: collector and local log only; nothing reads or trims the log");
         None
     };
     // The metrics API over the dataset this process writes: on the beacon listener, or its own.
@@ -65,12 +57,7 @@ pub async fn run(config: Config, pipeline: bool, stop: Stop) -> anyhow::Result<(
     // The collector's listener first: its address is the first one the log announces.
     let collector = ingest::bind(collector).await?;
     let api_task = match own_listener {
-        Some((addr, api)) => Some(tokio::spawn(query::server::serve(
-            service::bind(addr).await?,
-            api,
-            limits,
-            stop.clone(),
-        ))),
+        Some((addr, api)) => Some(tokio::spawn(query::server::serve(service::bind(addr).await?, api, limits, stop.clone()))),
         None => None,
     };
     collector.run(stop).await?;

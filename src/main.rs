@@ -17,9 +17,7 @@ use crate::config::{Config, LogFormat};
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let mut config = Config::load(cli.config.as_deref())?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.command {
         Command::Query(args) => {
             // A one-shot command: results on stdout, nothing else.
@@ -57,33 +55,20 @@ fn main() -> anyhow::Result<()> {
                 config.query.listen = Some(listen);
             }
             let config = start(config)?;
-            runtime.block_on(async {
-                embedded::run(
-                    config,
-                    !args.no_pipeline,
-                    Stop::on(service::shutdown_signal()),
-                )
-                .await
-            })
+            runtime.block_on(async { embedded::run(config, !args.no_pipeline, Stop::on(service::shutdown_signal())).await })
         }
         Command::Ingest(args) => {
             args.listen.apply(&mut config);
             args.keys.apply(&mut config);
             args.kinesis.apply(&mut config);
-            anyhow::ensure!(
-                config.kinesis.stream.is_some(),
-                "qoeflow ingest needs --kinesis-stream (or kinesis.stream in the config)"
-            );
+            anyhow::ensure!(config.kinesis.stream.is_some(), "qoeflow ingest needs --kinesis-stream (or kinesis.stream in the config)");
             runtime.block_on(production::ingest(start(config)?))
         }
         Command::Pipeline(args) => {
             args.kinesis.apply(&mut config);
             args.data_dir.apply(&mut config);
             args.clickhouse.apply(&mut config);
-            anyhow::ensure!(
-                config.kinesis.stream.is_some(),
-                "qoeflow pipeline needs --kinesis-stream (or kinesis.stream in the config)"
-            );
+            anyhow::ensure!(config.kinesis.stream.is_some(), "qoeflow pipeline needs --kinesis-stream (or kinesis.stream in the config)");
             let worker = (args.worker_index, args.worker_count, args.listen);
             runtime.block_on(production::pipeline(start(config)?, worker))
         }
@@ -143,14 +128,10 @@ fn raise_open_files_limit(ingest: &mut ingest::IngestConfig) {
 fn init_tracing(config: &Config) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level)
         .with_context(|| format!("invalid log_level {:?}", config.log_level))?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match config.log_format {
         LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .init(),
+        LogFormat::Text => builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init(),
     }
     Ok(())
 }

@@ -13,14 +13,8 @@ pub type WorkerArgs = (u32, u32, Option<SocketAddr>);
 pub async fn ingest(config: Config) -> anyhow::Result<()> {
     let metrics = ingest::Metrics::new();
     let sink = ingest::kinesis_sink(&config.kinesis, &metrics).await?;
-    let collector = ingest::Collector {
-        listen: config.listen,
-        config: config.ingest,
-        sink,
-        metrics,
-        readiness: Vec::new(),
-        extra_routes: None,
-    };
+    let collector =
+        ingest::Collector { listen: config.listen, config: config.ingest, sink, metrics, readiness: Vec::new(), extra_routes: None };
     ingest::run(collector, service::Stop::on(service::shutdown_signal())).await?;
     tracing::info!("stopped");
     Ok(())
@@ -42,10 +36,7 @@ pub async fn pipeline(
         config: config.pipeline,
         clickhouse: config.clickhouse,
     };
-    Ok(
-        pipeline::kinesis::run_worker(worker, service::Stop::on(service::shutdown_signal()))
-            .await?,
-    )
+    Ok(pipeline::kinesis::run_worker(worker, service::Stop::on(service::shutdown_signal())).await?)
 }
 
 #[cfg(not(feature = "kinesis"))]

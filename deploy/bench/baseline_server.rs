@@ -10,16 +10,11 @@ use axum::routing::post;
 
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
-    let addr = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "127.0.0.1:8081".into());
-    let app = axum::Router::new().route(
-        "/v1/beacon",
-        post(|body: Bytes| async move {
-            std::hint::black_box(body.len());
-            StatusCode::NO_CONTENT
-        }),
-    );
+    let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:8081".into());
+    let app = axum::Router::new().route("/v1/beacon", post(|body: Bytes| async move {
+        std::hint::black_box(body.len());
+        StatusCode::NO_CONTENT
+    }));
     let listener = tokio::net::TcpListener::bind(&addr).await?;
     eprintln!("baseline listening on http://{}", listener.local_addr()?);
     axum::serve(listener, app).await

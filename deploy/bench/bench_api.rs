@@ -12,12 +12,12 @@ mod common;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use loadgen::collector_records;
-use loadgen::sim::RunSpec;
 use locallog::{LocalLog, LogConfig};
 use pipeline::PipelineConfig;
 use pipeline::parquet::ParquetSink;
 use query::backend::Backend;
+use loadgen::collector_records;
+use loadgen::sim::RunSpec;
 use serde_json::Value;
 
 const DAY: i64 = 86_400_000;
@@ -26,13 +26,7 @@ fn count_files(dir: &std::path::Path) -> usize {
     std::fs::read_dir(dir)
         .map(|rd| {
             rd.filter_map(Result::ok)
-                .map(|e| {
-                    if e.path().is_dir() {
-                        count_files(&e.path())
-                    } else {
-                        usize::from(e.path().extension().is_some_and(|x| x == "parquet"))
-                    }
-                })
+                .map(|e| if e.path().is_dir() { count_files(&e.path()) } else { usize::from(e.path().extension().is_some_and(|x| x == "parquet")) })
                 .sum()
         })
         .unwrap_or(0)
@@ -69,11 +63,7 @@ async fn time_requests(url: &str, runs: usize) -> anyhow::Result<Vec<(String, f6
                 eprintln!("  24h attempts: {}", body["metrics"]["attempts"]);
             }
         }
-        out.push((
-            r.to_owned(),
-            percentile(times.clone(), 0.5),
-            percentile(times, 0.95),
-        ));
+        out.push((r.to_owned(), percentile(times.clone(), 0.5), percentile(times, 0.95)));
     }
     Ok(out)
 }
@@ -81,35 +71,18 @@ async fn time_requests(url: &str, runs: usize) -> anyhow::Result<Vec<(String, f6
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let data = PathBuf::from(
-        args.first()
-            .ok_or_else(|| anyhow::anyhow!("usage: bench_api DATA_DIR [VIEWS] [EPOCHS] [RUNS]"))?,
-    );
+    let data = PathBuf::from(args.first().ok_or_else(|| anyhow::anyhow!("usage: bench_api DATA_DIR [VIEWS] [EPOCHS] [RUNS]"))?);
     let num = |i: usize, d: u64| args.get(i).and_then(|a| a.parse().ok()).unwrap_or(d);
     let (views, epochs, runs) = (num(1, 50_000), num(2, 8_640), num(3, 9) as usize);
-    anyhow::ensure!(
-        !data.join("parquet").exists(),
-        "{} already holds a dataset",
-        data.display()
-    );
+    anyhow::ensure!(!data.join("parquet").exists(), "{} already holds a dataset", data.display());
 
     // A day of views ending now, in the local log.
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_millis() as i64;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
     let log = LocalLog::open(LogConfig::new(data.join("log")))?;
     // Viewers arriving over the day; the last ones leave two minutes ago.
-    let spec = RunSpec {
-        seed: 1,
-        duration_ms: DAY - 120_000,
-        ramp_ms: DAY - 3_600_000,
-    };
+    let spec = RunSpec { seed: 1, duration_ms: DAY - 120_000, ramp_ms: DAY - 3_600_000 };
     let (records, events, truth) = collector_records(&spec, views, now - DAY, common::enrich());
-    eprintln!(
-        "generated {views} views: {events} events, {} records; truth: {} attempts",
-        records.len(),
-        truth.sums[schemas::measures::Measure::Attempt]
-    );
+    eprintln!("generated {views} views: {events} events, {} records; truth: {} attempts", records.len(), truth.sums[schemas::measures::Measure::Attempt]);
     let total = records.len() as u64;
     for chunk in records.chunks(10_000) {
         log.append(chunk.to_vec()).await?;
@@ -118,12 +91,7 @@ async fn main() -> anyhow::Result<()> {
 
     // The pipeline, cutting `epochs` epochs over the day (a live pipeline cuts one a second: 86,400).
     let per_epoch = (total / epochs).max(1) as usize;
-    let config = PipelineConfig {
-        flush_interval_ms: 10,
-        max_records_per_epoch: per_epoch,
-        compact_after_ms: 0,
-        ..PipelineConfig::default()
-    };
+    let config = PipelineConfig { flush_interval_ms: 10, max_records_per_epoch: per_epoch, compact_after_ms: 0, ..PipelineConfig::default() };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let t = Instant::now();
     let task = tokio::spawn(pipeline::local::run(
@@ -141,10 +109,7 @@ async fn main() -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     task.await??;
     let (last_epoch, _) = common::checkpoint(&data);
-    eprintln!(
-        "wrote {views} views ({total} records) in {last_epoch} epochs in {:.1} s",
-        t.elapsed().as_secs_f64()
-    );
+    eprintln!("wrote {views} views ({total} records) in {last_epoch} epochs in {:.1} s", t.elapsed().as_secs_f64());
 
     let backend = Backend::open(
         &Default::default(),
@@ -154,19 +119,10 @@ async fn main() -> anyhow::Result<()> {
     .await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            query::api::router(backend, Default::default(), &Default::default()),
-        )
-        .await
-    });
+    tokio::spawn(async move { axum::serve(listener, query::api::router(backend, Default::default(), &Default::default())).await });
 
     let window_files = count_files(&data.join("parquet/qoe_window"));
-    eprintln!(
-        "timing the API over {} Parquet files ({window_files} of qoe_window), as written",
-        count_files(&data.join("parquet"))
-    );
+    eprintln!("timing the API over {} Parquet files ({window_files} of qoe_window), as written", count_files(&data.join("parquet")));
     let as_written = time_requests(&url, runs).await?;
 
     let t = Instant::now();
@@ -179,34 +135,14 @@ async fn main() -> anyhow::Result<()> {
         .compact(last_epoch, now - 10 * 60_000, 2, 128 << 20)
         .await?;
     let compacted_files = count_files(&data.join("parquet/qoe_window"));
-    eprintln!(
-        "compacted {} partitions ({} files) in {:.1} s",
-        done.partitions,
-        done.files_in,
-        t.elapsed().as_secs_f64()
-    );
+    eprintln!("compacted {} partitions ({} files) in {:.1} s", done.partitions, done.files_in, t.elapsed().as_secs_f64());
     let compacted = time_requests(&url, runs).await?;
 
-    println!(
-        "dashboard API over a day ({views} views, {events} events, {total} records), Parquet backend, {runs} timed runs each"
-    );
-    println!(
-        "{:<44} {:>22} {:>22}",
-        "request",
-        format!("as written ({window_files} f)"),
-        format!("compacted ({compacted_files} f)")
-    );
-    println!(
-        "{:<44} {:>22} {:>22}",
-        "", "median / p95 ms", "median / p95 ms"
-    );
+    println!("dashboard API over a day ({views} views, {events} events, {total} records), Parquet backend, {runs} timed runs each");
+    println!("{:<44} {:>22} {:>22}", "request", format!("as written ({window_files} f)"), format!("compacted ({compacted_files} f)"));
+    println!("{:<44} {:>22} {:>22}", "", "median / p95 ms", "median / p95 ms");
     for ((r, m1, p1), (_, m2, p2)) in as_written.iter().zip(&compacted) {
-        println!(
-            "{:<44} {:>22} {:>22}",
-            format!("GET /api/v1/{r}"),
-            format!("{m1:.1} / {p1:.1}"),
-            format!("{m2:.1} / {p2:.1}")
-        );
+        println!("{:<44} {:>22} {:>22}", format!("GET /api/v1/{r}"), format!("{m1:.1} / {p1:.1}"), format!("{m2:.1} / {p2:.1}"));
     }
     Ok(())
 }

@@ -16,10 +16,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use loadgen::sim::{RunSpec, ViewSim};
-use loadgen::{Flushes, collector_records};
 use locallog::{LocalLog, LogConfig, LogReader};
 use pipeline::{PipelineConfig, Sessionizer};
+use loadgen::sim::{RunSpec, ViewSim};
+use loadgen::{Flushes, collector_records};
 use schemas::Record;
 
 /// Sim time 0 of the generated traffic.
@@ -31,29 +31,14 @@ const FLUSH_MS: u64 = 1_000;
 /// User + system CPU seconds of this process so far.
 fn cpu_seconds() -> f64 {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
     (ticks(11) + ticks(12)) / 100.0
 }
 
 fn rss_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|p| p.parse::<u64>().ok())
-        .unwrap_or(0)
-        * 4096
+    statm.split_whitespace().nth(1).and_then(|p| p.parse::<u64>().ok()).unwrap_or(0) * 4096
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -62,24 +47,11 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// Runs `bench_pipeline memory DIR OPEN_VIEWS MAX_CACHED_VIEWS` and returns what it printed.
-fn memory_in_child(
-    out: &std::path::Path,
-    open_views: u64,
-    cached: usize,
-) -> anyhow::Result<String> {
+fn memory_in_child(out: &std::path::Path, open_views: u64, cached: usize) -> anyhow::Result<String> {
     let child = std::process::Command::new(std::env::current_exe()?)
-        .args([
-            "memory".as_ref(),
-            out.as_os_str(),
-            open_views.to_string().as_ref(),
-            cached.to_string().as_ref(),
-        ])
+        .args(["memory".as_ref(), out.as_os_str(), open_views.to_string().as_ref(), cached.to_string().as_ref()])
         .output()?;
-    anyhow::ensure!(
-        child.status.success(),
-        "memory benchmark failed: {}",
-        String::from_utf8_lossy(&child.stderr)
-    );
+    anyhow::ensure!(child.status.success(), "memory benchmark failed: {}", String::from_utf8_lossy(&child.stderr));
     Ok(String::from_utf8(child.stdout)?)
 }
 
@@ -87,26 +59,12 @@ fn memory_in_child(
 /// fed the records of its first flushes up to the first frame, on a state store on disk as the runner
 /// keeps it (an epoch commits every 5,000 views opened), with at most `cached` views in memory.
 fn memory(out: &std::path::Path, open_views: u64, cached: usize) -> anyhow::Result<()> {
-    let spec = RunSpec {
-        seed: 2,
-        duration_ms: 3_600_000,
-        ramp_ms: 1,
-    };
-    let client = schemas::ClientInfo {
-        device_type: "mobile".into(),
-        os: "iPhone".into(),
-        browser: "Safari".into(),
-        country: "DE".into(),
-        ip: Some("203.0.113.0".into()),
-        ..Default::default()
-    };
+    let spec = RunSpec { seed: 2, duration_ms: 3_600_000, ramp_ms: 1 };
+    let client = schemas::ClientInfo { device_type: "mobile".into(), os: "iPhone".into(), browser: "Safari".into(), country: "DE".into(), ip: Some("203.0.113.0".into()), ..Default::default() };
     std::fs::create_dir_all(out)?;
     let state_path = out.join(format!("open-views-{cached}.state.redb"));
     let _ = std::fs::remove_file(&state_path);
-    let config = PipelineConfig {
-        max_cached_views: cached,
-        ..PipelineConfig::default()
-    };
+    let config = PipelineConfig { max_cached_views: cached, ..PipelineConfig::default() };
     let before = rss_bytes();
     let store = pipeline::StateStore::open(&state_path, config.state_cache_mb << 20)?;
     let (mut s, _) = Sessionizer::open(config.session(), store.clone())?;
@@ -147,11 +105,7 @@ fn memory(out: &std::path::Path, open_views: u64, cached: usize) -> anyhow::Resu
     commit(&mut s)?;
     let grown = rss_bytes().saturating_sub(before);
     let sizes = s.sizes();
-    anyhow::ensure!(
-        sizes.open_views as u64 == open_views,
-        "{} views open, expected {open_views}",
-        sizes.open_views
-    );
+    anyhow::ensure!(sizes.open_views as u64 == open_views, "{} views open, expected {open_views}", sizes.open_views);
     println!(
         "active views: {open_views} open and playing, {} in memory (max_cached_views {cached}); RSS growth {:.0} bytes/view; \
          state store on disk {:.0} bytes/view",
@@ -166,34 +120,23 @@ fn memory(out: &std::path::Path, open_views: u64, cached: usize) -> anyhow::Resu
 async fn main() -> anyhow::Result<()> {
     if std::env::args().nth(1).as_deref() == Some("memory") {
         let a: Vec<String> = std::env::args().skip(2).collect();
-        let (Some(dir), Some(open), Some(cached)) = (
-            a.first(),
-            a.get(1).and_then(|n| n.parse().ok()),
-            a.get(2).and_then(|n| n.parse().ok()),
-        ) else {
+        let (Some(dir), Some(open), Some(cached)) = (a.first(), a.get(1).and_then(|n| n.parse().ok()), a.get(2).and_then(|n| n.parse().ok())) else {
             anyhow::bail!("usage: bench_pipeline memory DIR OPEN_VIEWS MAX_CACHED_VIEWS");
         };
         return memory(std::path::Path::new(dir), open, cached);
     }
     let mut args = std::env::args().skip(1);
-    let out = std::path::PathBuf::from(args.next().ok_or_else(|| {
-        anyhow::anyhow!("usage: bench_pipeline DIR [VIEWS] [ROUNDS] [OPEN_VIEWS]")
-    })?);
+    let out = std::path::PathBuf::from(args.next().ok_or_else(|| anyhow::anyhow!("usage: bench_pipeline DIR [VIEWS] [ROUNDS] [OPEN_VIEWS]"))?);
     let nums: Vec<u64> = args.filter_map(|a| a.parse().ok()).collect();
     let views = *nums.first().unwrap_or(&20_000);
     let rounds = *nums.get(1).unwrap_or(&3);
     let open_views = *nums.get(2).unwrap_or(&100_000);
     // An hour of traffic: `views` viewers arriving over the first 50 minutes.
-    let spec = RunSpec {
-        seed: 1,
-        duration_ms: 3_600_000,
-        ramp_ms: 3_000_000,
-    };
+    let spec = RunSpec { seed: 1, duration_ms: 3_600_000, ramp_ms: 3_000_000 };
     let (records, events, truth) = collector_records(&spec, views, T0, common::enrich());
     let total = records.len() as u64;
 
-    let (mut base_rate, mut base_core, mut pipe_rate, mut pipe_core) =
-        (vec![], vec![], vec![], vec![]);
+    let (mut base_rate, mut base_core, mut pipe_rate, mut pipe_core) = (vec![], vec![], vec![], vec![]);
     for _ in 0..rounds {
         let _ = std::fs::remove_dir_all(&out);
         std::fs::create_dir_all(&out)?;
@@ -222,10 +165,7 @@ async fn main() -> anyhow::Result<()> {
         base_core.push(events as f64 / (cpu_seconds() - c).max(0.01));
 
         // qoeflow pipeline: the real runner until its checkpoint covers the whole log.
-        let config = PipelineConfig {
-            flush_interval_ms: FLUSH_MS,
-            ..PipelineConfig::default()
-        };
+        let config = PipelineConfig { flush_interval_ms: FLUSH_MS, ..PipelineConfig::default() };
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let (t, c) = (Instant::now(), cpu_seconds());
         let task = tokio::spawn(pipeline::local::run(
@@ -251,57 +191,28 @@ async fn main() -> anyhow::Result<()> {
 
     // Memory per active view, each measured in a process of its own (memory freed by one measurement
     // would be reused by the next): all open views in memory (the default cache), and a tenth of them.
-    let all = PipelineConfig::default()
-        .max_cached_views
-        .max(open_views as usize);
+    let all = PipelineConfig::default().max_cached_views.max(open_views as usize);
     let memory_default = memory_in_child(&out, open_views, all)?;
     let memory_tenth = memory_in_child(&out, open_views, (open_views as usize / 10).max(1))?;
     let cpu = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpu
-        .lines()
-        .find(|l| l.starts_with("model name"))
-        .and_then(|l| l.split(':').nth(1))
-        .unwrap_or("?")
-        .trim()
-        .to_owned();
+    let model = cpu.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).unwrap_or("?").trim().to_owned();
     println!(
         "machine: {} cores, {model}; loadgen traffic: {views} views, {events} events in {total} records, median of {rounds} rounds",
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(0)
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
     );
     println!("{:<52} {:>12} {:>16}", "stage", "events/s", "events/s/core");
-    println!(
-        "{:<52} {:>12.0} {:>16.0}",
-        "baseline: read + decode the local log",
-        median(base_rate.clone()),
-        median(base_core.clone())
-    );
-    println!(
-        "{:<52} {:>12.0} {:>16.0}",
-        "qoeflow pipeline: log -> sessionize -> Parquet",
-        median(pipe_rate.clone()),
-        median(pipe_core.clone())
-    );
-    println!(
-        "ratio pipeline / read+decode (per core): {:.2}",
-        median(pipe_core) / median(base_core)
-    );
+    println!("{:<52} {:>12.0} {:>16.0}", "baseline: read + decode the local log", median(base_rate.clone()), median(base_core.clone()));
+    println!("{:<52} {:>12.0} {:>16.0}", "qoeflow pipeline: log -> sessionize -> Parquet", median(pipe_rate.clone()), median(pipe_core.clone()));
+    println!("ratio pipeline / read+decode (per core): {:.2}", median(pipe_core) / median(base_core));
     print!("{memory_default}{memory_tenth}");
     corrections(&records, &out)?;
-    println!(
-        "dataset kept in {} (events table for the DuckDB baseline; truth.json beside it)",
-        out.display()
-    );
+    println!("dataset kept in {} (events table for the DuckDB baseline; truth.json beside it)", out.display());
     Ok(())
 }
 
 /// Sessionizes `records` on a state store at `path`, committing every 10,000 records (an epoch);
 /// returns the CPU seconds, the counters and the store's size on disk at the end.
-fn sessionize(
-    records: &[Record],
-    path: &std::path::Path,
-) -> anyhow::Result<(f64, pipeline::Stats, u64)> {
+fn sessionize(records: &[Record], path: &std::path::Path) -> anyhow::Result<(f64, pipeline::Stats, u64)> {
     let _ = std::fs::remove_file(path);
     let store = pipeline::StateStore::open(path, pipeline::store::DEFAULT_CACHE_BYTES)?;
     let (mut s, _) = Sessionizer::open(PipelineConfig::default().session(), store.clone())?;

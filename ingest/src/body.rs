@@ -49,12 +49,7 @@ pub struct Budget {
 
 impl Budget {
     pub fn new(pool: Arc<Semaphore>, retry_after_secs: u32) -> Budget {
-        Budget {
-            pool,
-            permits: None,
-            units: 0,
-            retry_after_secs,
-        }
+        Budget { pool, permits: None, units: 0, retry_after_secs }
     }
 
     /// Makes sure `bytes` are covered by the budget. On refusal nothing more is held than before.
@@ -64,18 +59,10 @@ impl Budget {
             return Ok(());
         }
         let refused = || {
-            ApiError::unavailable(
-                "overloaded",
-                "the collector is at its memory bound, retry later",
-                self.retry_after_secs,
-            )
+            ApiError::unavailable("overloaded", "the collector is at its memory bound, retry later", self.retry_after_secs)
         };
         let extra = u32::try_from(need - self.units).map_err(|_| refused())?;
-        let permit = self
-            .pool
-            .clone()
-            .try_acquire_many_owned(extra)
-            .map_err(|_| refused())?;
+        let permit = self.pool.clone().try_acquire_many_owned(extra).map_err(|_| refused())?;
         match &mut self.permits {
             Some(p) => p.merge(permit),
             None => self.permits = Some(permit),
@@ -98,31 +85,18 @@ struct Bounded {
 
 impl Bounded {
     fn new(budget: Budget) -> Bounded {
-        Bounded {
-            buf: Vec::new(),
-            limit: usize::MAX,
-            budget,
-            refused: None,
-        }
+        Bounded { buf: Vec::new(), limit: usize::MAX, budget, refused: None }
     }
 
     fn append(&mut self, data: &[u8]) -> Result<(), ApiError> {
         let len = self.buf.len().saturating_add(data.len());
         if len > self.limit {
-            return Err(ApiError::too_large(format!(
-                "decompressed body is over the {}-byte limit",
-                self.limit
-            )));
+            return Err(ApiError::too_large(format!("decompressed body is over the {}-byte limit", self.limit)));
         }
         if len > self.buf.capacity() {
             // Grow by doubling like `Vec` (appends stay amortised O(1)), but with the whole new allocation
             // covered by the budget; when the doubled size does not fit, grow only to what is needed.
-            let doubled = self
-                .buf
-                .capacity()
-                .saturating_mul(2)
-                .max(len)
-                .min(self.limit);
+            let doubled = self.buf.capacity().saturating_mul(2).max(len).min(self.limit);
             let capacity = match self.budget.reserve(doubled) {
                 Ok(()) => doubled,
                 Err(_) => {
@@ -162,11 +136,7 @@ enum Decoder {
 impl Decoder {
     fn new(declared_gzip: bool, limits: &BodyLimits, budget: Budget) -> Decoder {
         let sink = Bounded::new(budget);
-        if declared_gzip {
-            Decoder::gzip(sink, limits)
-        } else {
-            Decoder::Sniff(sink)
-        }
+        if declared_gzip { Decoder::gzip(sink, limits) } else { Decoder::Sniff(sink) }
     }
 
     fn gzip(mut sink: Bounded, limits: &BodyLimits) -> Decoder {
@@ -184,11 +154,7 @@ impl Decoder {
                     return Ok(Decoder::Sniff(sink));
                 }
                 let seen = std::mem::take(&mut sink.buf);
-                let next = if seen[..] == GZIP_MAGIC {
-                    Decoder::gzip(sink, limits)
-                } else {
-                    Decoder::Plain(sink)
-                };
+                let next = if seen[..] == GZIP_MAGIC { Decoder::gzip(sink, limits) } else { Decoder::Plain(sink) };
                 next.push(&seen, limits)?.push(&chunk[take..], limits)
             }
             Decoder::Plain(mut sink) => {
@@ -207,9 +173,7 @@ impl Decoder {
             Decoder::Sniff(sink) | Decoder::Plain(sink) => Ok(sink),
             Decoder::Gzip(mut d) => {
                 d.try_finish().map_err(|e| gzip_error(d.get_mut(), e))?;
-                d.finish().map_err(|e| {
-                    ApiError::bad_request("invalid_gzip", format!("invalid gzip body: {e}"))
-                })
+                d.finish().map_err(|e| ApiError::bad_request("invalid_gzip", format!("invalid gzip body: {e}")))
             }
         }
     }
@@ -217,9 +181,7 @@ impl Decoder {
 
 /// The answer for a failed gzip write: the sink's refusal (413/503) if it refused, else bad gzip.
 fn gzip_error(sink: &mut Bounded, e: std::io::Error) -> ApiError {
-    sink.refused
-        .take()
-        .unwrap_or_else(|| ApiError::bad_request("invalid_gzip", format!("invalid gzip body: {e}")))
+    sink.refused.take().unwrap_or_else(|| ApiError::bad_request("invalid_gzip", format!("invalid gzip body: {e}")))
 }
 
 /// Reads and decodes a body within `limits`.
@@ -231,17 +193,9 @@ pub async fn read_body(
     budget: Budget,
 ) -> Result<DecodedBody, ApiError> {
     if declared_len.is_some_and(|n| n > limits.max_wire as u64) {
-        return Err(ApiError::too_large(format!(
-            "body is over the {}-byte limit",
-            limits.max_wire
-        )));
+        return Err(ApiError::too_large(format!("body is over the {}-byte limit", limits.max_wire)));
     }
-    match tokio::time::timeout(
-        limits.timeout,
-        read_inner(body, declared_gzip, limits, budget),
-    )
-    .await
-    {
+    match tokio::time::timeout(limits.timeout, read_inner(body, declared_gzip, limits, budget)).await {
         Ok(result) => result,
         Err(_) => Err(ApiError::new(
             axum::http::StatusCode::REQUEST_TIMEOUT,
@@ -251,37 +205,21 @@ pub async fn read_body(
     }
 }
 
-async fn read_inner(
-    mut body: Body,
-    declared_gzip: bool,
-    limits: &BodyLimits,
-    budget: Budget,
-) -> Result<DecodedBody, ApiError> {
+async fn read_inner(mut body: Body, declared_gzip: bool, limits: &BodyLimits, budget: Budget) -> Result<DecodedBody, ApiError> {
     let mut decoder = Decoder::new(declared_gzip, limits, budget);
     let mut wire_len = 0usize;
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| {
-            ApiError::bad_request("body_read", format!("could not read the body: {e}"))
-        })?;
-        let Ok(chunk) = frame.into_data() else {
-            continue;
-        };
+        let frame = frame.map_err(|e| ApiError::bad_request("body_read", format!("could not read the body: {e}")))?;
+        let Ok(chunk) = frame.into_data() else { continue };
         wire_len += chunk.len();
         if wire_len > limits.max_wire {
-            return Err(ApiError::too_large(format!(
-                "body is over the {}-byte limit",
-                limits.max_wire
-            )));
+            return Err(ApiError::too_large(format!("body is over the {}-byte limit", limits.max_wire)));
         }
         // The sink reserves budget for every byte it keeps, so a refusal comes before the memory is used.
         decoder = decoder.push(&chunk, limits)?;
     }
     let sink = decoder.finish()?;
-    Ok(DecodedBody {
-        bytes: sink.buf,
-        wire_len,
-        budget: sink.budget,
-    })
+    Ok(DecodedBody { bytes: sink.buf, wire_len, budget: sink.budget })
 }
 
 #[cfg(test)]
@@ -291,12 +229,7 @@ mod tests {
     use flate2::write::GzEncoder;
 
     fn limits() -> BodyLimits {
-        BodyLimits {
-            max_wire: 1 << 20,
-            max_decoded: 10 << 20,
-            timeout: Duration::from_secs(5),
-            retry_after_secs: 1,
-        }
+        BodyLimits { max_wire: 1 << 20, max_decoded: 10 << 20, timeout: Duration::from_secs(5), retry_after_secs: 1 }
     }
 
     fn pool() -> Arc<Semaphore> {
@@ -310,15 +243,7 @@ mod tests {
     }
 
     async fn read(data: Vec<u8>, declared: bool) -> Result<Vec<u8>, ApiError> {
-        read_body(
-            Body::from(data),
-            declared,
-            None,
-            &limits(),
-            Budget::new(pool(), 1),
-        )
-        .await
-        .map(|b| b.bytes)
+        read_body(Body::from(data), declared, None, &limits(), Budget::new(pool(), 1)).await.map(|b| b.bytes)
     }
 
     #[tokio::test]
@@ -350,37 +275,16 @@ mod tests {
     #[tokio::test]
     async fn the_shared_budget_refuses_with_503() {
         let tiny = Arc::new(Semaphore::new(2)); // 128 KiB in all
-        let err = read_body(
-            Body::from(vec![b' '; 200 << 10]),
-            false,
-            None,
-            &limits(),
-            Budget::new(tiny.clone(), 3),
-        )
-        .await
-        .err()
-        .unwrap();
+        let err = read_body(Body::from(vec![b' '; 200 << 10]), false, None, &limits(), Budget::new(tiny.clone(), 3))
+            .await
+            .err()
+            .unwrap();
         assert_eq!((err.status.as_u16(), err.retry_after), (503, Some(3)));
-        assert_eq!(
-            tiny.available_permits(),
-            2,
-            "a refused request gives its budget back"
-        );
+        assert_eq!(tiny.available_permits(), 2, "a refused request gives its budget back");
     }
 
-    async fn read_with(
-        data: &[u8],
-        declared: bool,
-        pool: &Arc<Semaphore>,
-    ) -> Result<DecodedBody, ApiError> {
-        read_body(
-            Body::from(data.to_vec()),
-            declared,
-            None,
-            &limits(),
-            Budget::new(pool.clone(), 3),
-        )
-        .await
+    async fn read_with(data: &[u8], declared: bool, pool: &Arc<Semaphore>) -> Result<DecodedBody, ApiError> {
+        read_body(Body::from(data.to_vec()), declared, None, &limits(), Budget::new(pool.clone(), 3)).await
     }
 
     #[tokio::test]
@@ -389,54 +293,27 @@ mod tests {
         // 2 MiB decoded: over the shared budget, well under the 10 MiB per-request limit.
         let body = gz(&vec![b'x'; 2 << 20]);
         for declared in [true, false] {
-            let err = read_with(&body, declared, &pool)
-                .await
-                .err()
-                .expect("refused");
-            assert_eq!(
-                (err.status.as_u16(), err.tag, err.retry_after),
-                (503, "overloaded", Some(3)),
-                "{}",
-                err.message
-            );
-            assert_eq!(
-                pool.available_permits(),
-                4,
-                "a refused request gives its whole budget back"
-            );
+            let err = read_with(&body, declared, &pool).await.err().expect("refused");
+            assert_eq!((err.status.as_u16(), err.tag, err.retry_after), (503, "overloaded", Some(3)), "{}", err.message);
+            assert_eq!(pool.available_permits(), 4, "a refused request gives its whole budget back");
         }
         // A bomb that would pass the per-request limit only after 10 MiB of inflation is stopped by the
         // budget first: inflation never gets past what the budget covers.
         let bomb = gz(&vec![0u8; 20 << 20]);
         let err = read_with(&bomb, false, &pool).await.err().expect("refused");
-        assert_eq!(
-            (err.status.as_u16(), err.retry_after),
-            (503, Some(3)),
-            "{}",
-            err.message
-        );
+        assert_eq!((err.status.as_u16(), err.retry_after), (503, Some(3)), "{}", err.message);
         assert_eq!(pool.available_permits(), 4);
 
         // With budget to spare, the same bomb meets the per-request decoded limit instead.
         let roomy = Arc::new(Semaphore::new((16 << 20) / BUDGET_UNIT));
         let err = read_with(&bomb, true, &roomy).await.err().expect("refused");
-        assert_eq!(
-            (err.status.as_u16(), err.retry_after),
-            (413, None),
-            "{}",
-            err.message
-        );
+        assert_eq!((err.status.as_u16(), err.retry_after), (413, None), "{}", err.message);
         assert_eq!(roomy.available_permits(), (16 << 20) / BUDGET_UNIT);
         // An accepted body holds budget for its decoded bytes until it is dropped.
-        let ok = read_with(&gz(&vec![b'x'; 1 << 20]), false, &roomy)
-            .await
-            .expect("accepted");
+        let ok = read_with(&gz(&vec![b'x'; 1 << 20]), false, &roomy).await.expect("accepted");
         assert_eq!(ok.bytes.len(), 1 << 20);
         let held = (16 << 20) / BUDGET_UNIT - roomy.available_permits();
-        assert!(
-            ((1 << 20) / BUDGET_UNIT..=(2 << 20) / BUDGET_UNIT).contains(&held),
-            "{held} units held for 1 MiB"
-        );
+        assert!(((1 << 20) / BUDGET_UNIT..=(2 << 20) / BUDGET_UNIT).contains(&held), "{held} units held for 1 MiB");
         drop(ok);
         assert_eq!(roomy.available_permits(), (16 << 20) / BUDGET_UNIT);
     }
@@ -450,11 +327,7 @@ mod tests {
                 for chunk in body.chunks(split) {
                     decoder = decoder.push(chunk, &limits()).expect("push");
                 }
-                assert_eq!(
-                    decoder.finish().expect("finish").buf,
-                    data,
-                    "split every {split} bytes"
-                );
+                assert_eq!(decoder.finish().expect("finish").buf, data, "split every {split} bytes");
             }
         }
     }

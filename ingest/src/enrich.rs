@@ -20,21 +20,14 @@ pub struct Enricher {
 
 impl Enricher {
     pub fn new(anonymize_ip: bool, geoip_db: Option<&Path>) -> crate::Result<Enricher> {
-        let geoip =
-            match geoip_db {
-                None => None,
-                Some(path) => Some(maxminddb::Reader::open_readfile(path).map_err(|e| {
-                    crate::Error::GeoIp {
-                        path: path.to_owned(),
-                        message: e.to_string(),
-                    }
-                })?),
-            };
-        Ok(Enricher {
-            anonymize_ip,
-            geoip,
-            ua: woothee::parser::Parser::new(),
-        })
+        let geoip = match geoip_db {
+            None => None,
+            Some(path) => Some(
+                maxminddb::Reader::open_readfile(path)
+                    .map_err(|e| crate::Error::GeoIp { path: path.to_owned(), message: e.to_string() })?,
+            ),
+        };
+        Ok(Enricher { anonymize_ip, geoip, ua: woothee::parser::Parser::new() })
     }
 
     pub fn client_info(&self, ip: IpAddr, user_agent: Option<&str>) -> ClientInfo {
@@ -62,57 +55,39 @@ impl Enricher {
     fn country(&self, ip: IpAddr) -> Option<String> {
         let reader = self.geoip.as_ref()?;
         let result = reader.lookup(ip).ok()?;
-        let code: Option<&str> = result
-            .decode_path(&maxminddb::path!["country", "iso_code"])
-            .ok()?;
+        let code: Option<&str> = result.decode_path(&maxminddb::path!["country", "iso_code"]).ok()?;
         code.map(str::to_owned)
     }
 }
 
 fn known(s: &str) -> String {
-    if s == woothee::woothee::VALUE_UNKNOWN {
-        String::new()
-    } else {
-        s.to_owned()
-    }
+    if s == woothee::woothee::VALUE_UNKNOWN { String::new() } else { s.to_owned() }
 }
 
 /// desktop | mobile | tablet | tv | console | bot | other
 fn device_type(category: &str, os: &str, ua: &str) -> &'static str {
-    const TV_MARKERS: [&str; 10] = [
-        "smart-tv", "smarttv", "tizen", "web0s", "webos", "appletv", "crkey", "bravia", "hbbtv",
-        "roku",
-    ];
+    const TV_MARKERS: [&str; 10] =
+        ["smart-tv", "smarttv", "tizen", "web0s", "webos", "appletv", "crkey", "bravia", "hbbtv", "roku"];
     let lower = ua.to_ascii_lowercase();
-    if TV_MARKERS.iter().any(|m| lower.contains(m))
-        || lower.contains("android tv")
-        || lower.contains("aft") && lower.contains("amazon")
-    {
+    if TV_MARKERS.iter().any(|m| lower.contains(m)) || lower.contains("android tv") || lower.contains("aft") && lower.contains("amazon") {
         return "tv";
     }
     match category {
         "crawler" => "bot",
         "appliance" => {
-            if lower.contains("playstation") || lower.contains("xbox") || lower.contains("nintendo")
-            {
+            if lower.contains("playstation") || lower.contains("xbox") || lower.contains("nintendo") {
                 "console"
             } else {
                 "tv"
             }
         }
         "smartphone" | "mobilephone" => {
-            let tablet = os == "iPad"
-                || (lower.contains("android") && !lower.contains("mobile"))
-                || lower.contains("tablet");
+            let tablet = os == "iPad" || (lower.contains("android") && !lower.contains("mobile")) || lower.contains("tablet");
             if tablet { "tablet" } else { "mobile" }
         }
         "pc" => {
             // iPadOS 13+ Safari claims to be a Mac; SDKs can't tell either, so it stays desktop.
-            if lower.contains("xbox") {
-                "console"
-            } else {
-                "desktop"
-            }
+            if lower.contains("xbox") { "console" } else { "desktop" }
         }
         _ => "other",
     }
@@ -123,23 +98,14 @@ fn device_type(category: &str, os: &str, ua: &str) -> &'static str {
 pub fn canonical(ip: IpAddr) -> IpAddr {
     let IpAddr::V6(v6) = ip else { return ip };
     let seg = v6.segments();
-    let low = std::net::Ipv4Addr::new(
-        (seg[6] >> 8) as u8,
-        seg[6] as u8,
-        (seg[7] >> 8) as u8,
-        seg[7] as u8,
-    );
+    let low = std::net::Ipv4Addr::new((seg[6] >> 8) as u8, seg[6] as u8, (seg[7] >> 8) as u8, seg[7] as u8);
     if let Some(v4) = v6.to_ipv4_mapped() {
         return IpAddr::V4(v4);
     }
     let nat64 = seg[..6] == [0x64, 0xff9b, 0, 0, 0, 0];
     // IPv4-compatible (`::a.b.c.d`, deprecated but still seen); not `::` or `::1`.
     let compatible = seg[..6] == [0; 6] && u32::from(low) > 1;
-    if nat64 || compatible {
-        IpAddr::V4(low)
-    } else {
-        ip
-    }
+    if nat64 || compatible { IpAddr::V4(low) } else { ip }
 }
 
 /// Zeroes the last IPv4 octet, or the last 80 bits of an IPv6 address (keeping the /48) — less where
@@ -173,18 +139,9 @@ mod tests {
 
     #[test]
     fn anonymizes_v4_and_v6() {
-        assert_eq!(
-            anonymize("203.0.113.77".parse().unwrap()).to_string(),
-            "203.0.113.0"
-        );
-        assert_eq!(
-            anonymize("2001:db8:abcd:12:1:2:3:4".parse().unwrap()).to_string(),
-            "2001:db8:abcd::"
-        );
-        assert_eq!(
-            anonymize("::ffff:10.1.2.3".parse().unwrap()).to_string(),
-            "10.1.2.0"
-        );
+        assert_eq!(anonymize("203.0.113.77".parse().unwrap()).to_string(), "203.0.113.0");
+        assert_eq!(anonymize("2001:db8:abcd:12:1:2:3:4".parse().unwrap()).to_string(), "2001:db8:abcd::");
+        assert_eq!(anonymize("::ffff:10.1.2.3".parse().unwrap()).to_string(), "10.1.2.0");
     }
 
     #[test]
@@ -195,10 +152,7 @@ mod tests {
         // NAT64 and IPv4-compatible addresses are their IPv4 client.
         assert_eq!(a("64:ff9b::203.0.113.77"), "203.0.113.0");
         assert_eq!(a("::203.0.113.77"), "203.0.113.0");
-        assert_eq!(
-            canonical("64:ff9b::cb00:714d".parse().unwrap()).to_string(),
-            "203.0.113.77"
-        );
+        assert_eq!(canonical("64:ff9b::cb00:714d".parse().unwrap()).to_string(), "203.0.113.77");
         // Teredo: the client's (obfuscated) IPv4 and port, and the server's IPv4, all go.
         assert_eq!(a("2001:0:4136:e378:8000:63bf:3fff:fdd2"), "2001::");
         // Loopback and unspecified stay IPv6.
@@ -212,22 +166,11 @@ mod tests {
         let ip: IpAddr = "198.51.100.9".parse().unwrap();
         let chrome = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0.0.0 Safari/537.36";
         let c = e.client_info(ip, Some(chrome));
-        assert_eq!(
-            (
-                c.device_type.as_str(),
-                c.os.as_str(),
-                c.browser.as_str(),
-                c.bot
-            ),
-            ("desktop", "Windows 10", "Chrome", false)
-        );
+        assert_eq!((c.device_type.as_str(), c.os.as_str(), c.browser.as_str(), c.bot), ("desktop", "Windows 10", "Chrome", false));
         assert_eq!(c.ip.as_deref(), Some("198.51.100.0"));
         let iphone = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.5 Mobile/15E148 Safari/604.1";
         let c = e.client_info(ip, Some(iphone));
-        assert_eq!(
-            (c.device_type.as_str(), c.os.as_str(), c.browser.as_str()),
-            ("mobile", "iPhone", "Safari")
-        );
+        assert_eq!((c.device_type.as_str(), c.os.as_str(), c.browser.as_str()), ("mobile", "iPhone", "Safari"));
         let ipad = "Mozilla/5.0 (iPad; CPU OS 16_6 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/16.6 Mobile/15E148 Safari/604.1";
         assert_eq!(e.client_info(ip, Some(ipad)).device_type, "tablet");
         let tv = "Mozilla/5.0 (SMART-TV; Linux; Tizen 6.0) AppleWebKit/537.36 (KHTML, like Gecko) SamsungBrowser/4.0 Chrome/76.0.3809.146 TV Safari/537.36";
@@ -247,11 +190,7 @@ mod tests {
             out.extend_from_slice(s.as_bytes());
         }
         fn uint(out: &mut Vec<u8>, ty: u8, v: u64) {
-            let bytes: Vec<u8> = v
-                .to_be_bytes()
-                .into_iter()
-                .skip_while(|b| *b == 0)
-                .collect();
+            let bytes: Vec<u8> = v.to_be_bytes().into_iter().skip_while(|b| *b == 0).collect();
             if ty <= 7 {
                 out.push((ty << 5) | bytes.len() as u8);
             } else {
@@ -266,11 +205,7 @@ mod tests {
         for i in 0..24u32 {
             let bit = (bits >> (31 - i)) & 1;
             let next = if i == 23 { node_count + 16 } else { i + 1 };
-            let (left, right) = if bit == 0 {
-                (next, node_count)
-            } else {
-                (node_count, next)
-            };
+            let (left, right) = if bit == 0 { (next, node_count) } else { (node_count, next) };
             tree.extend_from_slice(&left.to_be_bytes()[1..]);
             tree.extend_from_slice(&right.to_be_bytes()[1..]);
         }
@@ -313,17 +248,12 @@ mod tests {
         let c = e.client_info("198.51.100.77".parse().unwrap(), None);
         assert_eq!(c.country, "NL");
         assert_eq!(c.ip.as_deref(), Some("198.51.100.0"));
-        assert_eq!(
-            e.client_info("203.0.113.5".parse().unwrap(), None).country,
-            ""
-        );
+        assert_eq!(e.client_info("203.0.113.5".parse().unwrap(), None).country, "");
     }
 
     #[test]
     fn a_missing_geoip_database_is_a_clear_error() {
-        let err = Enricher::new(true, Some(Path::new("/nonexistent/x.mmdb")))
-            .err()
-            .unwrap();
+        let err = Enricher::new(true, Some(Path::new("/nonexistent/x.mmdb"))).err().unwrap();
         assert!(err.to_string().contains("/nonexistent/x.mmdb"));
     }
 }

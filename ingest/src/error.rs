@@ -7,10 +7,7 @@ pub enum Error {
     #[error("invalid configuration: {0}")]
     Config(String),
     #[error("cannot open GeoIP database {path}: {message}")]
-    GeoIp {
-        path: std::path::PathBuf,
-        message: String,
-    },
+    GeoIp { path: std::path::PathBuf, message: String },
     #[error(transparent)]
     Service(#[from] service::Error),
     #[error("collector listener: {0}")]

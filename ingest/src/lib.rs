@@ -15,15 +15,15 @@ pub mod config;
 pub mod enrich;
 pub mod error;
 pub mod metrics;
-pub mod run;
 pub mod server;
+pub mod run;
 pub mod sink;
 
 pub use config::{IngestConfig, KeyConfig};
 pub use error::{Error, Result};
-pub use metrics::Metrics;
 #[cfg(feature = "kinesis")]
 pub use run::kinesis_sink;
 pub use run::{Bound, Collector, bind, run};
+pub use metrics::Metrics;
 pub use server::{AppState, router};
 pub use sink::{Sink, SinkError, SinkRecord};

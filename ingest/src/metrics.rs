@@ -31,9 +31,7 @@ pub struct Metrics {
 }
 
 fn buckets() -> Vec<f64> {
-    vec![
-        0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
-    ]
+    vec![0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0]
 }
 
 impl Metrics {
@@ -41,60 +39,35 @@ impl Metrics {
         let registry = Registry::new();
         let counter = |name: &str, help: &str| {
             let c = IntCounter::new(name, help).expect("valid metric name");
-            registry
-                .register(Box::new(c.clone()))
-                .expect("unique metric");
+            registry.register(Box::new(c.clone())).expect("unique metric");
             c
         };
         let counter_vec = |name: &str, help: &str, label: &str| {
             let c = IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric name");
-            registry
-                .register(Box::new(c.clone()))
-                .expect("unique metric");
+            registry.register(Box::new(c.clone())).expect("unique metric");
             c
         };
         let histogram = |name: &str, help: &str| {
-            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets()))
-                .expect("valid metric");
-            registry
-                .register(Box::new(h.clone()))
-                .expect("unique metric");
+            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets())).expect("valid metric");
+            registry.register(Box::new(h.clone())).expect("unique metric");
             h
         };
         let gauge = |name: &str, help: &str| {
             let g = IntGauge::new(name, help).expect("valid metric name");
-            registry
-                .register(Box::new(g.clone()))
-                .expect("unique metric");
+            registry.register(Box::new(g.clone())).expect("unique metric");
             g
         };
-        let in_flight = gauge(
-            "qoeflow_ingest_in_flight_requests",
-            "Beacon requests being handled",
-        );
+        let in_flight = gauge("qoeflow_ingest_in_flight_requests", "Beacon requests being handled");
         Metrics {
-            requests: counter_vec(
-                "qoeflow_ingest_requests_total",
-                "Beacon requests by HTTP status",
-                "status",
-            ),
-            events_accepted: counter(
-                "qoeflow_ingest_events_accepted_total",
-                "Events durably accepted",
-            ),
+            requests: counter_vec("qoeflow_ingest_requests_total", "Beacon requests by HTTP status", "status"),
+            events_accepted: counter("qoeflow_ingest_events_accepted_total", "Events durably accepted"),
             events_rejected: counter_vec(
                 "qoeflow_ingest_events_rejected_total",
                 "Events rejected, by reason",
                 "reason",
             ),
-            received_bytes: counter(
-                "qoeflow_ingest_received_bytes_total",
-                "Body bytes received on the wire",
-            ),
-            decoded_bytes: counter(
-                "qoeflow_ingest_decoded_bytes_total",
-                "Body bytes after decompression",
-            ),
+            received_bytes: counter("qoeflow_ingest_received_bytes_total", "Body bytes received on the wire"),
+            decoded_bytes: counter("qoeflow_ingest_decoded_bytes_total", "Body bytes after decompression"),
             sink_latency: histogram(
                 "qoeflow_ingest_sink_latency_seconds",
                 "Time for the sink to make a request's records durable",
@@ -104,10 +77,7 @@ impl Metrics {
                 "Beacon request handling time",
             ),
             in_flight,
-            kinesis_put_calls: counter(
-                "qoeflow_ingest_kinesis_put_records_calls_total",
-                "PutRecords calls",
-            ),
+            kinesis_put_calls: counter("qoeflow_ingest_kinesis_put_records_calls_total", "PutRecords calls"),
             kinesis_retries: counter(
                 "qoeflow_ingest_kinesis_retried_records_total",
                 "Records sent again after a failed attempt",
@@ -120,10 +90,7 @@ impl Metrics {
                 "qoeflow_ingest_kinesis_exhausted_requests_total",
                 "Requests answered 503 because a record ran out of attempts",
             ),
-            connections: gauge(
-                "qoeflow_ingest_open_connections",
-                "Connections being served",
-            ),
+            connections: gauge("qoeflow_ingest_open_connections", "Connections being served"),
             connections_refused: counter(
                 "qoeflow_ingest_connections_refused_total",
                 "Connections answered 503 at ingest.max_connections",
@@ -135,13 +102,11 @@ impl Metrics {
     /// The text exposition format.
     /// The listener's gauges, registered here.
     pub fn conn_metrics(&self) -> service::ConnMetrics {
-        service::ConnMetrics {
-            connections: self.connections.clone(),
-            refused: self.connections_refused.clone(),
-        }
+        service::ConnMetrics { connections: self.connections.clone(), refused: self.connections_refused.clone() }
     }
 
     pub fn render(&self) -> String {
         service::render_metrics(&self.registry)
     }
 }
+

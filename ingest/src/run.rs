@@ -36,14 +36,7 @@ pub struct Bound {
 /// Makes the collector's state and binds its listener: configuration errors and a taken address fail
 /// here, before anything is served.
 pub async fn bind(collector: Collector) -> crate::Result<Bound> {
-    let Collector {
-        listen,
-        config,
-        sink,
-        metrics,
-        readiness,
-        extra_routes,
-    } = collector;
+    let Collector { listen, config, sink, metrics, readiness, extra_routes } = collector;
     let limits = config.conn_limits();
     let state = AppState::new(config, sink, metrics.clone(), readiness)?;
     let listener = service::bind(listen).await?;
@@ -52,25 +45,13 @@ pub async fn bind(collector: Collector) -> crate::Result<Bound> {
         app = app.merge(extra);
     }
     tracing::info!("collector listening on http://{}", listener.local_addr()?);
-    Ok(Bound {
-        listener,
-        app,
-        state,
-        limits,
-        metrics,
-    })
+    Ok(Bound { listener, app, state, limits, metrics })
 }
 
 impl Bound {
     /// Serves until `stop` is set, then drains the connections.
     pub async fn run(self, stop: Stop) -> crate::Result<()> {
-        let Bound {
-            listener,
-            app,
-            state,
-            limits,
-            metrics,
-        } = self;
+        let Bound { listener, app, state, limits, metrics } = self;
         let pruner = tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(60));
             loop {
@@ -78,14 +59,7 @@ impl Bound {
                 state.prune_rate_limiters();
             }
         });
-        let served = service::serve(
-            listener,
-            app,
-            limits,
-            Some(metrics.conn_metrics()),
-            stop.stopped(),
-        )
-        .await;
+        let served = service::serve(listener, app, limits, Some(metrics.conn_metrics()), stop.stopped()).await;
         pruner.abort();
         Ok(served?)
     }
@@ -99,13 +73,9 @@ pub async fn run(collector: Collector, stop: Stop) -> crate::Result<()> {
 #[cfg(feature = "kinesis")]
 /// The Kinesis sink of `qoeflow ingest`, on a client from `config` and the AWS environment. An
 /// unreachable stream is logged, not fatal: `/readyz` reports it and beacons get 503 until it is reachable.
-pub async fn kinesis_sink(
-    config: &::kinesis::KinesisConfig,
-    metrics: &Metrics,
-) -> crate::Result<Sink> {
+pub async fn kinesis_sink(config: &::kinesis::KinesisConfig, metrics: &Metrics) -> crate::Result<Sink> {
     let client = ::kinesis::client(config).await;
-    let sink = crate::sink::KinesisSink::new(client, config.clone(), metrics.clone())
-        .map_err(crate::Error::Config)?;
+    let sink = crate::sink::KinesisSink::new(client, config.clone(), metrics.clone()).map_err(crate::Error::Config)?;
     if let Err(why) = sink.ready().await {
         tracing::warn!(%why, "Kinesis stream not reachable yet; /readyz reports it and beacons get 503 until it is");
     }

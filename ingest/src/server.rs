@@ -29,8 +29,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use schemas::beacon::JSON_VALUE_COST;
 use schemas::record::{EventsRecord, Record, RejectedRecord};
+use schemas::beacon::JSON_VALUE_COST;
 use schemas::{BeaconError, ClientInfo, parse_beacon_limited, validate_event};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -39,9 +39,9 @@ use tokio::sync::Semaphore;
 use crate::body::{BUDGET_UNIT, BodyLimits, Budget, read_body};
 use crate::config::IngestConfig;
 use crate::enrich::{Enricher, canonical};
+use service::{ApiError, Readiness};
 use crate::metrics::Metrics;
 use crate::sink::{MAX_RECORD_BYTES, Sink, SinkRecord};
-use service::{ApiError, Readiness};
 
 /// Everything the handlers share.
 pub struct AppState {
@@ -62,12 +62,7 @@ pub struct AppState {
 
 impl AppState {
     /// The collector's state; `/readyz` also asks every one of `readiness`.
-    pub fn new(
-        config: IngestConfig,
-        sink: Sink,
-        metrics: Metrics,
-        readiness: Vec<Arc<dyn Readiness>>,
-    ) -> crate::Result<Arc<AppState>> {
+    pub fn new(config: IngestConfig, sink: Sink, metrics: Metrics, readiness: Vec<Arc<dyn Readiness>>) -> crate::Result<Arc<AppState>> {
         let enricher = Enricher::new(config.anonymize_ip, config.geoip_db.as_deref())?;
         let trusted_proxies = config
             .trusted_proxies
@@ -79,23 +74,12 @@ impl AppState {
             })
             .collect::<crate::Result<Vec<_>>>()?;
         if config.keys.is_empty() {
-            tracing::warn!(
-                "no ingest keys configured: the collector accepts beacons from anyone (set --ingest-key)"
-            );
+            tracing::warn!("no ingest keys configured: the collector accepts beacons from anyone (set --ingest-key)");
         }
-        let keys = config
-            .keys
-            .iter()
-            .map(|k| (k.key.clone(), k.allowed_origins.clone()))
-            .collect();
-        fn limiter<K: std::hash::Hash + Eq + Clone>(
-            rps: u32,
-            burst: u32,
-        ) -> Option<DefaultKeyedRateLimiter<K>> {
+        let keys = config.keys.iter().map(|k| (k.key.clone(), k.allowed_origins.clone())).collect();
+        fn limiter<K: std::hash::Hash + Eq + Clone>(rps: u32, burst: u32) -> Option<DefaultKeyedRateLimiter<K>> {
             NonZeroU32::new(rps).map(|rps| {
-                RateLimiter::keyed(
-                    Quota::per_second(rps).allow_burst(NonZeroU32::new(burst).unwrap_or(rps)),
-                )
+                RateLimiter::keyed(Quota::per_second(rps).allow_burst(NonZeroU32::new(burst).unwrap_or(rps)))
             })
         }
         let limits = BodyLimits {
@@ -108,9 +92,7 @@ impl AppState {
             ip_limiter: limiter(config.per_ip_rps, config.per_ip_burst),
             key_limiter: limiter(config.per_key_rps, config.per_key_burst),
             in_flight: Arc::new(Semaphore::new(config.max_in_flight.max(1))),
-            memory: Arc::new(Semaphore::new(
-                (config.max_buffered_bytes / BUDGET_UNIT).max(1),
-            )),
+            memory: Arc::new(Semaphore::new((config.max_buffered_bytes / BUDGET_UNIT).max(1))),
             keys,
             sink,
             metrics,
@@ -142,8 +124,7 @@ impl AppState {
 
     /// Is `origin` allowed to use `key` (or, when no key is known yet, some key)?
     fn origin_allowed(&self, key: Option<&str>, origin: &str) -> bool {
-        let allowed =
-            |list: &Vec<String>| list.is_empty() || list.iter().any(|o| o == origin || o == "*");
+        let allowed = |list: &Vec<String>| list.is_empty() || list.iter().any(|o| o == origin || o == "*");
         match key {
             _ if self.is_open() => true,
             Some(k) => self.keys.get(k).is_some_and(allowed),
@@ -156,20 +137,14 @@ impl AppState {
             return Ok(());
         }
         let Some(key) = key else {
-            return Err(ApiError::unauthorized(
-                "missing ingest key (body `key`, ?key= or X-Qoeflow-Key)",
-            ));
+            return Err(ApiError::unauthorized("missing ingest key (body `key`, ?key= or X-Qoeflow-Key)"));
         };
         if !self.keys.contains_key(key) {
             return Err(ApiError::unauthorized("unknown ingest key"));
         }
         if let Some(origin) = origin {
             if !self.origin_allowed(Some(key), origin) {
-                return Err(ApiError::new(
-                    StatusCode::FORBIDDEN,
-                    "origin_not_allowed",
-                    format!("origin {origin} is not allowed for this ingest key"),
-                ));
+                return Err(ApiError::new(StatusCode::FORBIDDEN, "origin_not_allowed", format!("origin {origin} is not allowed for this ingest key")));
             }
         }
         Ok(())
@@ -207,11 +182,7 @@ async fn sdk_script() -> Response {
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     if let Err(why) = state.sink.ready().await {
         tracing::warn!(sink = state.sink.name(), %why, "not ready");
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("{} sink not ready", state.sink.name()),
-        )
-            .into_response();
+        return (StatusCode::SERVICE_UNAVAILABLE, format!("{} sink not ready", state.sink.name())).into_response();
     }
     for r in &state.readiness {
         if let Err(why) = r.check() {
@@ -223,11 +194,7 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(),
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render()).into_response()
 }
 
 #[derive(Deserialize)]
@@ -236,32 +203,19 @@ struct KeyQuery {
 }
 
 fn header_str<'a>(headers: &'a HeaderMap, name: impl header::AsHeaderName) -> Option<&'a str> {
-    headers
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
+    headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim).filter(|s| !s.is_empty())
 }
 
 fn cors_headers(resp: &mut Response, origin: &str) {
     if let Ok(v) = HeaderValue::from_str(origin) {
-        resp.headers_mut()
-            .insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
+        resp.headers_mut().insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
     }
-    resp.headers_mut()
-        .insert(header::VARY, HeaderValue::from_static("Origin"));
+    resp.headers_mut().insert(header::VARY, HeaderValue::from_static("Origin"));
     // The SDK backs off for as long as a 429/503 asks; a cross-origin page can read only exposed headers.
-    resp.headers_mut().insert(
-        header::ACCESS_CONTROL_EXPOSE_HEADERS,
-        HeaderValue::from_static("Retry-After"),
-    );
+    resp.headers_mut().insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static("Retry-After"));
 }
 
-async fn preflight(
-    State(state): State<Arc<AppState>>,
-    Query(q): Query<KeyQuery>,
-    headers: HeaderMap,
-) -> Response {
+async fn preflight(State(state): State<Arc<AppState>>, Query(q): Query<KeyQuery>, headers: HeaderMap) -> Response {
     let Some(origin) = header_str(&headers, header::ORIGIN) else {
         return (StatusCode::NO_CONTENT, [(header::ALLOW, "POST, OPTIONS")]).into_response();
     };
@@ -272,18 +226,12 @@ async fn preflight(
     let mut resp = StatusCode::NO_CONTENT.into_response();
     cors_headers(&mut resp, origin);
     let h = resp.headers_mut();
-    h.insert(
-        header::ACCESS_CONTROL_ALLOW_METHODS,
-        HeaderValue::from_static("POST, OPTIONS"),
-    );
+    h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("POST, OPTIONS"));
     h.insert(
         header::ACCESS_CONTROL_ALLOW_HEADERS,
         HeaderValue::from_static("content-type, content-encoding, x-qoeflow-key"),
     );
-    h.insert(
-        header::ACCESS_CONTROL_MAX_AGE,
-        HeaderValue::from_static("86400"),
-    );
+    h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("86400"));
     resp
 }
 
@@ -297,9 +245,7 @@ async fn beacon(
     let started = Instant::now();
     state.metrics.in_flight.inc();
     let origin = header_str(&headers, header::ORIGIN).map(str::to_owned);
-    let header_key = header_str(&headers, "x-qoeflow-key")
-        .map(str::to_owned)
-        .or(q.key);
+    let header_key = header_str(&headers, "x-qoeflow-key").map(str::to_owned).or(q.key);
     let mut resolved_key = header_key.clone();
     let mut resp = match handle(&state, peer, &headers, header_key, &mut resolved_key, body).await {
         Ok(resp) => resp,
@@ -311,15 +257,8 @@ async fn beacon(
         }
     }
     state.metrics.in_flight.dec();
-    state
-        .metrics
-        .requests
-        .with_label_values(&[resp.status().as_str()])
-        .inc();
-    state
-        .metrics
-        .request_duration
-        .observe(started.elapsed().as_secs_f64());
+    state.metrics.requests.with_label_values(&[resp.status().as_str()]).inc();
+    state.metrics.request_duration.observe(started.elapsed().as_secs_f64());
     resp
 }
 
@@ -340,11 +279,7 @@ fn client_ip(state: &AppState, headers: &HeaderMap, peer: SocketAddr) -> IpAddr 
         .filter(|h| !h.is_empty())
         .collect();
     for hop in hops.iter().rev().take(64) {
-        let Some(ip) = hop
-            .parse::<IpAddr>()
-            .ok()
-            .or_else(|| hop.parse::<SocketAddr>().ok().map(|s| s.ip()))
-        else {
+        let Some(ip) = hop.parse::<IpAddr>().ok().or_else(|| hop.parse::<SocketAddr>().ok().map(|s| s.ip())) else {
             // Garbage written by whoever is left of the last trusted hop: that hop saw the client.
             return client;
         };
@@ -378,37 +313,19 @@ async fn handle(
 ) -> Result<Response, ApiError> {
     let retry = state.config.retry_after_secs;
     let _permit = state.in_flight.clone().try_acquire_owned().map_err(|_| {
-        ApiError::unavailable(
-            "overloaded",
-            "too many requests in flight, retry later",
-            retry,
-        )
+        ApiError::unavailable("overloaded", "too many requests in flight, retry later", retry)
     })?;
     let ip = client_ip(state, headers, peer);
     if let Some(limiter) = &state.ip_limiter {
-        limiter
-            .check_key(&rate_limit_key(ip))
-            .map_err(|_| ApiError::rate_limited("rate_limited_ip", retry))?;
+        limiter.check_key(&rate_limit_key(ip)).map_err(|_| ApiError::rate_limited("rate_limited_ip", retry))?;
     }
-    let declared_gzip = match header_str(headers, header::CONTENT_ENCODING)
-        .map(str::to_ascii_lowercase)
-        .as_deref()
-    {
+    let declared_gzip = match header_str(headers, header::CONTENT_ENCODING).map(str::to_ascii_lowercase).as_deref() {
         None | Some("identity") => false,
         Some("gzip") | Some("x-gzip") => true,
-        Some(other) => {
-            return Err(ApiError::unsupported(format!(
-                "Content-Encoding {other:?} is not supported (use gzip or none)"
-            )));
-        }
+        Some(other) => return Err(ApiError::unsupported(format!("Content-Encoding {other:?} is not supported (use gzip or none)"))),
     };
     if let Some(ct) = header_str(headers, header::CONTENT_TYPE) {
-        let mime = ct
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase();
+        let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
         if mime != "application/json" && mime != "text/plain" {
             return Err(ApiError::unsupported(format!(
                 "Content-Type {mime:?} is not supported (use application/json or text/plain)"
@@ -420,14 +337,7 @@ async fn handle(
         state.authorize(header_key.as_deref(), origin)?;
     }
     let declared_len = header_str(headers, header::CONTENT_LENGTH).and_then(|v| v.parse().ok());
-    let mut body = read_body(
-        body,
-        declared_gzip,
-        declared_len,
-        &state.limits,
-        Budget::new(state.memory.clone(), retry),
-    )
-    .await?;
+    let mut body = read_body(body, declared_gzip, declared_len, &state.limits, Budget::new(state.memory.clone(), retry)).await?;
     state.metrics.received_bytes.inc_by(body.wire_len as u64);
     state.metrics.decoded_bytes.inc_by(body.bytes.len() as u64);
     let recv_ms = schemas::now_ms();
@@ -436,39 +346,18 @@ async fn handle(
     let text_len = body.bytes.len();
     let budget = &mut body.budget;
     // Every value takes at least a byte of text, so a small body is never charged for more than it holds.
-    let mut charge = |values: usize| {
-        budget
-            .reserve(text_len + values.min(text_len + 1) * JSON_VALUE_COST)
-            .is_ok()
-    };
-    let beacon = match parse_beacon_limited(&body.bytes, state.config.max_json_values, &mut charge)
-    {
+    let mut charge = |values: usize| budget.reserve(text_len + values.min(text_len + 1) * JSON_VALUE_COST).is_ok();
+    let beacon = match parse_beacon_limited(&body.bytes, state.config.max_json_values, &mut charge) {
         Ok(b) => b,
         Err(e @ BeaconError::TooManyValues(_)) => {
-            state
-                .metrics
-                .events_rejected
-                .with_label_values(&["too_many_values"])
-                .inc();
-            return Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too_many_values",
-                format!("{e} (ingest.max_json_values)"),
-            ));
+            state.metrics.events_rejected.with_label_values(&["too_many_values"]).inc();
+            return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_many_values", format!("{e} (ingest.max_json_values)")));
         }
         Err(BeaconError::OverBudget) => {
-            return Err(ApiError::unavailable(
-                "overloaded",
-                "the collector is at its memory bound, retry later",
-                retry,
-            ));
+            return Err(ApiError::unavailable("overloaded", "the collector is at its memory bound, retry later", retry));
         }
         Err(e) => {
-            state
-                .metrics
-                .events_rejected
-                .with_label_values(&["body_invalid"])
-                .inc();
+            state.metrics.events_rejected.with_label_values(&["body_invalid"]).inc();
             return Err(ApiError::bad_request("invalid_body", e.to_string()));
         }
     };
@@ -478,14 +367,10 @@ async fn handle(
     }
     let key = header_key.or(beacon.key);
     if let (Some(limiter), Some(k)) = (&state.key_limiter, &key) {
-        limiter
-            .check_key(k)
-            .map_err(|_| ApiError::rate_limited("rate_limited_key", retry))?;
+        limiter.check_key(k).map_err(|_| ApiError::rate_limited("rate_limited_key", retry))?;
     }
 
-    let client = state
-        .enricher
-        .client_info(ip, header_str(headers, header::USER_AGENT));
+    let client = state.enricher.client_info(ip, header_str(headers, header::USER_AGENT));
     let mut views: Vec<(String, Vec<(usize, Map<String, Value>)>)> = Vec::new();
     let mut view_index: HashMap<String, usize> = HashMap::new();
     let mut rejected: Vec<(usize, &'static str, String, String)> = Vec::new();
@@ -519,24 +404,11 @@ async fn handle(
     let mut records = Vec::with_capacity(views.len() + rejected.len());
     let mut accepted = 0usize;
     for (view_id, events) in views {
-        accepted += encode_view(
-            view_id,
-            events,
-            recv_ms,
-            beacon.sent_at,
-            &key,
-            &client,
-            &mut records,
-            &mut rejected,
-        );
+        accepted += encode_view(view_id, events, recv_ms, beacon.sent_at, &key, &client, &mut records, &mut rejected);
     }
     rejected.sort_by_key(|r| r.0);
     for (index, tag, reason, payload) in &rejected {
-        state
-            .metrics
-            .events_rejected
-            .with_label_values(&[tag])
-            .inc();
+        state.metrics.events_rejected.with_label_values(&[tag]).inc();
         let rec = Record::Rejected(RejectedRecord {
             recv_ms,
             key: key.clone(),
@@ -545,39 +417,22 @@ async fn handle(
             reason: reason.clone(),
             payload: RejectedRecord::truncate_payload(payload),
         });
-        records.push(SinkRecord {
-            partition_key: format!("rejected-{recv_ms}-{index}"),
-            data: Bytes::from(rec.encode()),
-        });
+        records.push(SinkRecord { partition_key: format!("rejected-{recv_ms}-{index}"), data: Bytes::from(rec.encode()) });
     }
 
     let sink_started = Instant::now();
     if let Err(e) = state.sink.append(records).await {
         tracing::error!(sink = state.sink.name(), error = %e, "sink could not make the beacon durable");
-        return Err(ApiError::unavailable(
-            "sink_unavailable",
-            "events could not be stored durably, retry later",
-            retry,
-        ));
+        return Err(ApiError::unavailable("sink_unavailable", "events could not be stored durably, retry later", retry));
     }
-    state
-        .metrics
-        .sink_latency
-        .observe(sink_started.elapsed().as_secs_f64());
+    state.metrics.sink_latency.observe(sink_started.elapsed().as_secs_f64());
     state.metrics.events_accepted.inc_by(accepted as u64);
 
     if rejected.is_empty() {
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
-    let rejected: Vec<Value> = rejected
-        .iter()
-        .map(|(i, _, reason, _)| json!({"index": i, "reason": reason}))
-        .collect();
-    Ok((
-        StatusCode::OK,
-        axum::Json(json!({"accepted": accepted, "rejected": rejected})),
-    )
-        .into_response())
+    let rejected: Vec<Value> = rejected.iter().map(|(i, _, reason, _)| json!({"index": i, "reason": reason})).collect();
+    Ok((StatusCode::OK, axum::Json(json!({"accepted": accepted, "rejected": rejected}))).into_response())
 }
 
 /// Encodes one view's events (moved in, never copied) into records within the record limit; an event that
@@ -595,19 +450,9 @@ fn encode_view(
 ) -> usize {
     let limit = MAX_RECORD_BYTES - view_id.len();
     let (indexes, maps): (Vec<usize>, Vec<Map<String, Value>>) = events.into_iter().unzip();
-    let record = EventsRecord {
-        recv_ms,
-        sent_at,
-        key: key.clone(),
-        view_id,
-        client: client.clone(),
-        events: maps,
-    };
+    let record = EventsRecord { recv_ms, sent_at, key: key.clone(), view_id, client: client.clone(), events: maps };
     let push = |data: Vec<u8>, records: &mut Vec<SinkRecord>| {
-        records.push(SinkRecord {
-            partition_key: record.view_id.clone(),
-            data: Bytes::from(data),
-        });
+        records.push(SinkRecord { partition_key: record.view_id.clone(), data: Bytes::from(data) });
     };
     if let Ok(chunks) = record.encode_chunks(limit) {
         for chunk in chunks {
@@ -623,16 +468,8 @@ fn encode_view(
             push(data, records);
             accepted += 1;
         } else {
-            let reason = format!(
-                "event: encodes to {} bytes, over the {limit}-byte record limit",
-                data.len()
-            );
-            rejected.push((
-                i,
-                "event_too_large",
-                reason,
-                Value::Object(event.clone()).to_string(),
-            ));
+            let reason = format!("event: encodes to {} bytes, over the {limit}-byte record limit", data.len());
+            rejected.push((i, "event_too_large", reason, Value::Object(event.clone()).to_string()));
         }
     }
     accepted

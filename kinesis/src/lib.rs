@@ -59,11 +59,7 @@ mod client {
         R: std::fmt::Debug,
     {
         match err.as_service_error() {
-            Some(e) => format!(
-                "{}: {}",
-                e.code().unwrap_or("unknown error"),
-                e.message().unwrap_or("")
-            ),
+            Some(e) => format!("{}: {}", e.code().unwrap_or("unknown error"), e.message().unwrap_or("")),
             None => {
                 let mut msg = err.to_string();
                 let mut source = std::error::Error::source(err);
@@ -85,8 +81,7 @@ mod client {
             loader = loader.region(aws_config::Region::new(region.clone()));
         }
         let shared = loader.load().await;
-        let mut builder =
-            aws_sdk_kinesis::config::Builder::from(&shared).retry_config(RetryConfig::disabled());
+        let mut builder = aws_sdk_kinesis::config::Builder::from(&shared).retry_config(RetryConfig::disabled());
         if shared.region().is_none() {
             builder = builder.region(aws_config::Region::new("us-east-1"));
         }

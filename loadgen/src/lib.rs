@@ -39,18 +39,11 @@ pub enum Error {
     #[error("{0}")]
     Options(String),
     #[error("cannot write {path}: {source}")]
-    Write {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Write { path: PathBuf, source: std::io::Error },
 }
 
 fn ensure(ok: bool, message: impl FnOnce() -> String) -> Result<(), Error> {
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::Options(message()))
-    }
+    if ok { Ok(()) } else { Err(Error::Options(message())) }
 }
 
 /// The SDK's periodic flush (sim time).
@@ -143,10 +136,7 @@ pub struct Totals {
 
 impl Totals {
     pub fn of(views: &[ViewTruth]) -> Totals {
-        let mut t = Totals {
-            views: views.len() as u64,
-            ..Totals::default()
-        };
+        let mut t = Totals { views: views.len() as u64, ..Totals::default() };
         let mut startups = Vec::new();
         for v in views {
             t.sums.merge(&v.measures.0);
@@ -165,10 +155,7 @@ impl Totals {
         if key == "views" {
             return Some(self.views as i64);
         }
-        schemas::measures::MEASURES
-            .iter()
-            .find(|d| d.truth && d.window.is_some_and(|w| w.0 == key))
-            .map(|d| self.sums[d.measure])
+        schemas::measures::MEASURES.iter().find(|d| d.truth && d.window.is_some_and(|w| w.0 == key)).map(|d| self.sums[d.measure])
     }
 }
 
@@ -190,18 +177,9 @@ impl<'de> Deserialize<'de> for Totals {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Totals, D::Error> {
         use serde::de::Error;
         let mut m = Map::<String, Value>::deserialize(d)?;
-        let mut take = |key: &str| {
-            m.remove(key)
-                .ok_or_else(|| D::Error::custom(format!("missing truth key {key:?}")))
-        };
-        let int = |key: &str, v: Value| {
-            v.as_i64()
-                .ok_or_else(|| D::Error::custom(format!("truth key {key:?} is not an integer")))
-        };
-        let mut t = Totals {
-            views: int("views", take("views")?)? as u64,
-            ..Totals::default()
-        };
+        let mut take = |key: &str| m.remove(key).ok_or_else(|| D::Error::custom(format!("missing truth key {key:?}")));
+        let int = |key: &str, v: Value| v.as_i64().ok_or_else(|| D::Error::custom(format!("truth key {key:?} is not an integer")));
+        let mut t = Totals { views: int("views", take("views")?)? as u64, ..Totals::default() };
         for def in schemas::measures::MEASURES.iter().filter(|d| d.truth) {
             let key = def.window.map_or("", |w| w.0);
             t.sums[def.measure] = int(key, take(key)?)?;
@@ -223,10 +201,7 @@ pub fn nearest_rank(sorted: &[i64], q: f64) -> Option<i64> {
 
 /// Where the per-view truth goes for a totals file `truth`: `<stem>.views.jsonl` beside it.
 pub fn views_path(truth: &Path) -> PathBuf {
-    let stem = truth
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "truth".into());
+    let stem = truth.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "truth".into());
     truth.with_file_name(format!("{stem}.views.jsonl"))
 }
 
@@ -250,19 +225,13 @@ struct Stats {
 impl Stats {
     fn record_latency(&self, d: Duration) {
         if let Ok(mut h) = self.latency_us.lock() {
-            let h = h.get_or_insert_with(|| {
-                hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")
-            });
+            let h = h.get_or_insert_with(|| hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"));
             h.saturating_record(d.as_micros() as u64);
         }
     }
 
     fn latency_ms(&self, q: f64) -> f64 {
-        self.latency_us
-            .lock()
-            .ok()
-            .and_then(|h| h.as_ref().map(|h| h.value_at_quantile(q) as f64 / 1000.0))
-            .unwrap_or(0.0)
+        self.latency_us.lock().ok().and_then(|h| h.as_ref().map(|h| h.value_at_quantile(q) as f64 / 1000.0)).unwrap_or(0.0)
     }
 }
 
@@ -313,18 +282,8 @@ impl Report {
             self.rejected_events,
             self.overtaken
         )?;
-        writeln!(
-            out,
-            "  latency  p50 {:.2} ms, p99 {:.2} ms",
-            self.latency_p50_ms, self.latency_p99_ms
-        )?;
-        let pct = |a: i64, b: i64| {
-            if b == 0 {
-                0.0
-            } else {
-                100.0 * a as f64 / b as f64
-            }
-        };
+        writeln!(out, "  latency  p50 {:.2} ms, p99 {:.2} ms", self.latency_p50_ms, self.latency_p99_ms)?;
+        let pct = |a: i64, b: i64| if b == 0 { 0.0 } else { 100.0 * a as f64 / b as f64 };
         use Measure::*;
         let v = &t.sums;
         writeln!(
@@ -371,15 +330,11 @@ impl Shared {
     }
 
     async fn rate_limit(&self, events: usize) {
-        let Some((limiter, burst)) = &self.limiter else {
-            return;
-        };
+        let Some((limiter, burst)) = &self.limiter else { return };
         let mut left = events as u32;
         while left > 0 {
             let n = left.min(burst.get());
-            let _ = limiter
-                .until_n_ready(NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN))
-                .await;
+            let _ = limiter.until_n_ready(NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN)).await;
             left -= n;
         }
     }
@@ -388,36 +343,21 @@ impl Shared {
 /// Runs the load: every viewer to its end. Writes the truth files when asked.
 pub async fn run(opts: Options) -> Result<Report, Error> {
     ensure(opts.viewers > 0, || format!("--viewers must be at least 1"))?;
-    ensure(opts.speed > 0.0 && opts.speed.is_finite(), || {
-        format!("--speed must be a positive number")
-    })?;
-    ensure(!opts.duration.is_zero(), || {
-        format!("--duration must be positive")
-    })?;
-    ensure(opts.ramp <= opts.duration, || {
-        format!("--ramp-up must not exceed --duration")
-    })?;
+    ensure(opts.speed > 0.0 && opts.speed.is_finite(), || format!("--speed must be a positive number"))?;
+    ensure(!opts.duration.is_zero(), || format!("--duration must be positive"))?;
+    ensure(opts.ramp <= opts.duration, || format!("--ramp-up must not exceed --duration"))?;
     for (name, rate) in [
         ("--duplicate-rate", opts.knobs.duplicate_rate),
         ("--reorder-rate", opts.knobs.reorder_rate),
         ("--late-rate", opts.knobs.late_rate),
         ("--gzip-rate", opts.knobs.gzip_rate),
     ] {
-        ensure((0.0..=1.0).contains(&rate), || {
-            format!("{name} must be between 0 and 1, got {rate}")
-        })?;
+        ensure((0.0..=1.0).contains(&rate), || format!("{name} must be between 0 and 1, got {rate}"))?;
     }
     let target = opts.target.trim_end_matches('/');
-    ensure(
-        target.starts_with("http://") || target.starts_with("https://"),
-        || format!("--target must be an http(s) URL, got {target:?}"),
-    )?;
+    ensure(target.starts_with("http://") || target.starts_with("https://"), || format!("--target must be an http(s) URL, got {target:?}"))?;
     let limiter = match opts.rate_limit {
-        Some(0) => {
-            return Err(Error::Options(
-                "--rate-limit must be at least 1 event/s".into(),
-            ));
-        }
+        Some(0) => return Err(Error::Options("--rate-limit must be at least 1 event/s".into())),
         Some(n) => {
             let n = NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN);
             Some((RateLimiter::direct(Quota::per_second(n)), n))
@@ -447,9 +387,7 @@ pub async fn run(opts: Options) -> Result<Report, Error> {
         epoch0: schemas::now_ms(),
         speed: opts.speed,
     });
-    let progress = opts
-        .progress
-        .then(|| tokio::spawn(progress(Arc::clone(&shared), opts.viewers)));
+    let progress = opts.progress.then(|| tokio::spawn(progress(Arc::clone(&shared), opts.viewers)));
     let mut tasks = tokio::task::JoinSet::new();
     for index in 0..opts.viewers {
         tasks.spawn(viewer(Arc::clone(&shared), index));
@@ -488,22 +426,17 @@ pub async fn run(opts: Options) -> Result<Report, Error> {
 }
 
 fn write_truth(path: &Path, report: &Report) -> Result<(), Error> {
-    let write =
-        |path: &Path,
-         f: &mut dyn FnMut(&mut std::io::BufWriter<std::fs::File>) -> std::io::Result<()>| {
-            let file = std::fs::File::create(path)?;
-            let mut out = std::io::BufWriter::new(file);
-            f(&mut out)?;
-            out.flush()
-        };
+    let write = |path: &Path, f: &mut dyn FnMut(&mut std::io::BufWriter<std::fs::File>) -> std::io::Result<()>| {
+        let file = std::fs::File::create(path)?;
+        let mut out = std::io::BufWriter::new(file);
+        f(&mut out)?;
+        out.flush()
+    };
     write(path, &mut |out| {
         serde_json::to_writer_pretty(&mut *out, &report.totals)?;
         out.write_all(b"\n")
     })
-    .map_err(|source| Error::Write {
-        path: path.to_owned(),
-        source,
-    })?;
+    .map_err(|source| Error::Write { path: path.to_owned(), source })?;
     let views = views_path(path);
     write(&views, &mut |out| {
         for v in &report.views {
@@ -512,24 +445,16 @@ fn write_truth(path: &Path, report: &Report) -> Result<(), Error> {
         }
         Ok(())
     })
-    .map_err(|source| Error::Write {
-        path: views.clone(),
-        source,
-    })
+    .map_err(|source| Error::Write { path: views.clone(), source })
 }
 
 /// One viewer: its view's events, queued and flushed like an SDK.
 async fn viewer(shared: Arc<Shared>, index: u64) -> ViewTruth {
     let mut rng = SmallRng::seed_from_u64(view_seed(shared.spec.seed, index, 1));
     let knobs = &shared.knobs;
-    let skew = if knobs.skew_ms > 0 {
-        rng.random_range(-knobs.skew_ms..=knobs.skew_ms)
-    } else {
-        0
-    };
+    let skew = if knobs.skew_ms > 0 { rng.random_range(-knobs.skew_ms..=knobs.skew_ms) } else { 0 };
     let sim = ViewSim::new(&shared.spec, index, shared.epoch0 + skew);
-    let late_from = (knobs.late_rate > 0.0 && rng.random_bool(knobs.late_rate))
-        .then(|| rng.random_range(1..=3usize));
+    let late_from = (knobs.late_rate > 0.0 && rng.random_bool(knobs.late_rate)).then(|| rng.random_range(1..=3usize));
     let arrival = sim.arrival_ms();
     shared.sleep_until(arrival).await;
     shared.stats.views_started.fetch_add(1, Ordering::Relaxed);
@@ -569,12 +494,7 @@ pub struct Flush {
 impl Flush {
     /// The record the collector would write for this flush of `view_id`'s events: sent at its due time
     /// on the client clock `clock0` (sim time 0), received 35 ms later, enriched as `client`.
-    pub fn record(
-        self,
-        view_id: &str,
-        client: &schemas::ClientInfo,
-        clock0: i64,
-    ) -> schemas::EventsRecord {
+    pub fn record(self, view_id: &str, client: &schemas::ClientInfo, clock0: i64) -> schemas::EventsRecord {
         let sent_at = clock0 + self.at_ms;
         schemas::EventsRecord {
             recv_ms: sent_at + 35,
@@ -600,12 +520,7 @@ pub struct Flushes {
 impl Flushes {
     pub fn new(sim: ViewSim) -> Flushes {
         let next_flush = sim.arrival_ms() + FLUSH_MS;
-        Flushes {
-            sim,
-            queue: Vec::new(),
-            next_flush,
-            carry: None,
-        }
+        Flushes { sim, queue: Vec::new(), next_flush, carry: None }
     }
 
     pub fn into_truth(self) -> ViewTruth {
@@ -624,22 +539,14 @@ impl Iterator for Flushes {
                 self.next_flush += FLUSH_MS;
                 self.carry = Some(e);
                 if !self.queue.is_empty() {
-                    return Some(Flush {
-                        at_ms,
-                        events: std::mem::take(&mut self.queue),
-                        last: false,
-                    });
+                    return Some(Flush { at_ms, events: std::mem::take(&mut self.queue), last: false });
                 }
                 continue;
             }
             self.queue.push(e.json);
             if e.flush {
                 self.next_flush = e.at_ms + FLUSH_MS;
-                return Some(Flush {
-                    at_ms: e.at_ms,
-                    events: std::mem::take(&mut self.queue),
-                    last: e.last,
-                });
+                return Some(Flush { at_ms: e.at_ms, events: std::mem::take(&mut self.queue), last: e.last });
             }
         }
     }
@@ -664,26 +571,18 @@ pub fn collector_records(
         let sim = ViewSim::new(spec, i, clock0);
         let ip = std::net::IpAddr::from([203, 0, 113, (i % 251) as u8]);
         let mut client = enrich(ip, sim.user_agent());
-        client.country =
-            COUNTRIES[(view_seed(spec.seed, i, 2) % COUNTRIES.len() as u64) as usize].into();
+        client.country = COUNTRIES[(view_seed(spec.seed, i, 2) % COUNTRIES.len() as u64) as usize].into();
         let view_id = sim.view_id().to_owned();
         let mut flushes = Flushes::new(sim);
         for f in flushes.by_ref() {
             events += f.events.len() as u64;
             let r = f.record(&view_id, &client, clock0);
-            timed.push((
-                r.sent_at,
-                bytes::Bytes::from(schemas::Record::Events(r).encode()),
-            ));
+            timed.push((r.sent_at, bytes::Bytes::from(schemas::Record::Events(r).encode())));
         }
         truths.push(flushes.into_truth());
     }
     timed.sort_by_key(|(at, _)| *at);
-    (
-        timed.into_iter().map(|(_, r)| r).collect(),
-        events,
-        Totals::of(&truths),
-    )
+    (timed.into_iter().map(|(_, r)| r).collect(), events, Totals::of(&truths))
 }
 
 struct Beacon {
@@ -755,32 +654,18 @@ impl ViewSender {
 
     async fn post(&mut self, mut beacon: Beacon) {
         let knobs = &self.shared.knobs;
-        if beacon.events.len() > 1
-            && knobs.reorder_rate > 0.0
-            && self.rng.random_bool(knobs.reorder_rate)
-        {
+        if beacon.events.len() > 1 && knobs.reorder_rate > 0.0 && self.rng.random_bool(knobs.reorder_rate) {
             beacon.events.shuffle(&mut self.rng);
         }
         let n = beacon.events.len();
         let sent_at = self.shared.epoch0 + self.shared.now_ms() + self.skew;
         let mut body = Map::new();
         body.insert("sent_at".into(), sent_at.into());
-        body.insert(
-            "events".into(),
-            Value::Array(beacon.events.into_iter().map(Value::Object).collect()),
-        );
+        body.insert("events".into(), Value::Array(beacon.events.into_iter().map(Value::Object).collect()));
         let json = serde_json::to_vec(&body).unwrap_or_default();
         let gzip = !beacon.last && knobs.gzip_rate > 0.0 && self.rng.random_bool(knobs.gzip_rate);
-        let request = Request {
-            body: if gzip { gzip_bytes(&json) } else { json },
-            gzip,
-            text_plain: beacon.last,
-        };
-        let copies = if knobs.duplicate_rate > 0.0 && self.rng.random_bool(knobs.duplicate_rate) {
-            2
-        } else {
-            1
-        };
+        let request = Request { body: if gzip { gzip_bytes(&json) } else { json }, gzip, text_plain: beacon.last };
+        let copies = if knobs.duplicate_rate > 0.0 && self.rng.random_bool(knobs.duplicate_rate) { 2 } else { 1 };
         for copy in 0..copies {
             if !self.deliver(&request, n, copy == 0).await {
                 self.delivered = false;
@@ -799,10 +684,7 @@ impl ViewSender {
         let stats = &shared.stats;
         let mut backoff = Duration::from_millis(100);
         for attempt in 1..=MAX_ATTEMPTS {
-            let mut builder = shared
-                .client
-                .post(&shared.url)
-                .header("user-agent", self.user_agent);
+            let mut builder = shared.client.post(&shared.url).header("user-agent", self.user_agent);
             if req.text_plain {
                 // sendBeacon: no custom headers, so the key rides in the query string.
                 builder = builder.header("content-type", "text/plain;charset=UTF-8");
@@ -826,10 +708,7 @@ impl ViewSender {
                 match builder.body(req.body.clone()).send().await {
                     Ok(r) => {
                         let status = r.status();
-                        let retry_after = r
-                            .headers()
-                            .get("retry-after")
-                            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+                        let retry_after = r.headers().get("retry-after").and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
                         let text = r.text().await.unwrap_or_default();
                         Ok((status, retry_after, text))
                     }
@@ -842,28 +721,18 @@ impl ViewSender {
                 Ok((status, _, text)) if status.is_success() => {
                     stats.record_latency(latency);
                     stats.beacons_ok.fetch_add(1, Ordering::Relaxed);
-                    let rejected = if status.as_u16() == 200 {
-                        rejected_count(&text)
-                    } else {
-                        0
-                    };
+                    let rejected = if status.as_u16() == 200 { rejected_count(&text) } else { 0 };
                     if first {
-                        stats
-                            .events_ok
-                            .fetch_add((events - rejected.min(events)) as u64, Ordering::Relaxed);
+                        stats.events_ok.fetch_add((events - rejected.min(events)) as u64, Ordering::Relaxed);
                     }
                     if rejected > 0 {
-                        stats
-                            .rejected_events
-                            .fetch_add(rejected as u64, Ordering::Relaxed);
+                        stats.rejected_events.fetch_add(rejected as u64, Ordering::Relaxed);
                         tracing::warn!(rejected, body = %text, "collector rejected events");
                         return false;
                     }
                     return true;
                 }
-                Ok((status, retry_after, _))
-                    if status.as_u16() == 429 || status.is_server_error() =>
-                {
+                Ok((status, retry_after, _)) if status.as_u16() == 429 || status.is_server_error() => {
                     if matches!(status.as_u16(), 429 | 503) {
                         stats.throttled.fetch_add(1, Ordering::Relaxed);
                     }
@@ -904,17 +773,11 @@ struct Request {
 }
 
 fn rejected_count(text: &str) -> usize {
-    serde_json::from_str::<Value>(text)
-        .ok()
-        .and_then(|v| v.get("rejected")?.as_array().map(Vec::len))
-        .unwrap_or(0)
+    serde_json::from_str::<Value>(text).ok().and_then(|v| v.get("rejected")?.as_array().map(Vec::len)).unwrap_or(0)
 }
 
 fn gzip_bytes(data: &[u8]) -> Vec<u8> {
-    let mut e = flate2::write::GzEncoder::new(
-        Vec::with_capacity(data.len() / 4),
-        flate2::Compression::fast(),
-    );
+    let mut e = flate2::write::GzEncoder::new(Vec::with_capacity(data.len() / 4), flate2::Compression::fast());
     // Writing into a Vec cannot fail.
     let _ = e.write_all(data);
     e.finish().unwrap_or_default()
@@ -923,11 +786,7 @@ fn gzip_bytes(data: &[u8]) -> Vec<u8> {
 /// The progress display: rate, views active, errors.
 async fn progress(shared: Arc<Shared>, viewers: u64) {
     let tty = std::io::stderr().is_terminal();
-    let every = if tty {
-        Duration::from_secs(1)
-    } else {
-        Duration::from_secs(10)
-    };
+    let every = if tty { Duration::from_secs(1) } else { Duration::from_secs(10) };
     let mut tick = tokio::time::interval(every);
     tick.tick().await;
     let s = &shared.stats;
@@ -966,18 +825,13 @@ mod tests {
     #[test]
     fn nearest_rank_matches_hdrhistogram_ranks() {
         let values: Vec<i64> = (1..=1000).map(|v| v * 3).collect();
-        let mut h =
-            hdrhistogram::Histogram::<u64>::new_with_bounds(1, 3_600_000, 3).expect("histogram");
+        let mut h = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 3_600_000, 3).expect("histogram");
         for v in &values {
             h.record(*v as u64).expect("record");
         }
         for q in [0.5, 0.9, 0.95, 0.99] {
             let exact = nearest_rank(&values, q).expect("non-empty");
-            assert_eq!(
-                h.value_at_quantile(q),
-                h.highest_equivalent(exact as u64),
-                "q={q}"
-            );
+            assert_eq!(h.value_at_quantile(q), h.highest_equivalent(exact as u64), "q={q}");
         }
         assert_eq!(nearest_rank(&[], 0.5), None);
         assert_eq!(nearest_rank(&[7], 0.95), Some(7));
@@ -985,39 +839,22 @@ mod tests {
 
     #[test]
     fn flushes_carry_every_event_once_in_order_like_an_sdk() {
-        let spec = RunSpec {
-            seed: 3,
-            duration_ms: 600_000,
-            ramp_ms: 60_000,
-        };
+        let spec = RunSpec { seed: 3, duration_ms: 600_000, ramp_ms: 60_000 };
         for i in 0..300 {
             let events: Vec<_> = ViewSim::new(&spec, i, 0).collect();
             let flushes: Vec<Flush> = Flushes::new(ViewSim::new(&spec, i, 0)).collect();
             let sent: Vec<&Map<String, Value>> = flushes.iter().flat_map(|f| &f.events).collect();
             let want: Vec<&Map<String, Value>> = events.iter().map(|e| &e.json).collect();
             assert_eq!(sent, want, "view {i}: every event once, in seq order");
-            let at: HashMap<u64, i64> = events
-                .iter()
-                .map(|e| (e.json["seq"].as_u64().unwrap_or(0), e.at_ms))
-                .collect();
+            let at: HashMap<u64, i64> = events.iter().map(|e| (e.json["seq"].as_u64().unwrap_or(0), e.at_ms)).collect();
             let mut last_due = i64::MIN;
             for (n, f) in flushes.iter().enumerate() {
-                assert!(
-                    !f.events.is_empty() && f.at_ms >= last_due,
-                    "view {i}: flushes non-empty and in time order"
-                );
+                assert!(!f.events.is_empty() && f.at_ms >= last_due, "view {i}: flushes non-empty and in time order");
                 last_due = f.at_ms;
-                assert_eq!(
-                    f.last,
-                    n == flushes.len() - 1,
-                    "view {i}: only the final flush is the last"
-                );
+                assert_eq!(f.last, n == flushes.len() - 1, "view {i}: only the final flush is the last");
                 for e in &f.events {
                     let happened = at[&e["seq"].as_u64().unwrap_or(0)];
-                    assert!(
-                        happened <= f.at_ms && f.at_ms - happened <= FLUSH_MS,
-                        "view {i}: an event waits at most one flush period"
-                    );
+                    assert!(happened <= f.at_ms && f.at_ms - happened <= FLUSH_MS, "view {i}: an event waits at most one flush period");
                 }
             }
         }
@@ -1025,23 +862,11 @@ mod tests {
 
     #[test]
     fn totals_have_exactly_the_contract_keys() {
-        let mut t = Totals {
-            views: 3,
-            startup_ms_p50: Some(7),
-            ..Totals::default()
-        };
+        let mut t = Totals { views: 3, startup_ms_p50: Some(7), ..Totals::default() };
         t.sums[Measure::BytesTotal] = 11;
         let json = serde_json::to_value(&t).expect("json");
-        assert_eq!(
-            serde_json::from_value::<Totals>(json.clone()).expect("read back"),
-            t
-        );
-        let mut keys: Vec<&str> = json
-            .as_object()
-            .expect("object")
-            .keys()
-            .map(String::as_str)
-            .collect();
+        assert_eq!(serde_json::from_value::<Totals>(json.clone()).expect("read back"), t);
+        let mut keys: Vec<&str> = json.as_object().expect("object").keys().map(String::as_str).collect();
         let mut want = truth_keys();
         want.sort_unstable();
         keys.sort_unstable();

@@ -32,14 +32,7 @@ use serde_json::{Map, Value, json};
 pub const HEARTBEAT_MS: i64 = 10_000;
 
 /// The bitrate ladder (kbps, height).
-const LADDER: [(u32, u32); 6] = [
-    (400, 240),
-    (800, 360),
-    (1_600, 480),
-    (3_000, 720),
-    (4_500, 1080),
-    (6_500, 1080),
-];
+const LADDER: [(u32, u32); 6] = [(400, 240), (800, 360), (1_600, 480), (3_000, 720), (4_500, 1080), (6_500, 1080)];
 
 struct Cdn {
     name: &'static str,
@@ -53,30 +46,9 @@ struct Cdn {
 }
 
 const CDNS: [Cdn; 3] = [
-    Cdn {
-        name: "akamai",
-        host: "vod.akamaized.net",
-        weight: 0.45,
-        hit_prob: 0.96,
-        unknown_prob: 0.01,
-        startup_ms: 850.0,
-    },
-    Cdn {
-        name: "fastly",
-        host: "media.fastly.net",
-        weight: 0.35,
-        hit_prob: 0.92,
-        unknown_prob: 0.02,
-        startup_ms: 800.0,
-    },
-    Cdn {
-        name: "cloudfront",
-        host: "d1.cloudfront.net",
-        weight: 0.20,
-        hit_prob: 0.84,
-        unknown_prob: 0.05,
-        startup_ms: 1_050.0,
-    },
+    Cdn { name: "akamai", host: "vod.akamaized.net", weight: 0.45, hit_prob: 0.96, unknown_prob: 0.01, startup_ms: 850.0 },
+    Cdn { name: "fastly", host: "media.fastly.net", weight: 0.35, hit_prob: 0.92, unknown_prob: 0.02, startup_ms: 800.0 },
+    Cdn { name: "cloudfront", host: "d1.cloudfront.net", weight: 0.20, hit_prob: 0.84, unknown_prob: 0.05, startup_ms: 1_050.0 },
 ];
 
 struct Device {
@@ -146,46 +118,10 @@ struct Network {
 }
 
 const NETWORKS: [Network; 4] = [
-    Network {
-        name: "fiber",
-        weight: 0.30,
-        startup_factor: 0.8,
-        stalls_per_min: 0.03,
-        stall_ms: 600.0,
-        top_rung: 5,
-        vsf_prob: 0.006,
-        failures_per_min: 0.005,
-    },
-    Network {
-        name: "cable",
-        weight: 0.35,
-        startup_factor: 1.0,
-        stalls_per_min: 0.08,
-        stall_ms: 900.0,
-        top_rung: 4,
-        vsf_prob: 0.01,
-        failures_per_min: 0.01,
-    },
-    Network {
-        name: "4g",
-        weight: 0.25,
-        startup_factor: 1.4,
-        stalls_per_min: 0.25,
-        stall_ms: 1_500.0,
-        top_rung: 3,
-        vsf_prob: 0.02,
-        failures_per_min: 0.02,
-    },
-    Network {
-        name: "3g",
-        weight: 0.10,
-        startup_factor: 2.6,
-        stalls_per_min: 0.9,
-        stall_ms: 2_800.0,
-        top_rung: 1,
-        vsf_prob: 0.05,
-        failures_per_min: 0.05,
-    },
+    Network { name: "fiber", weight: 0.30, startup_factor: 0.8, stalls_per_min: 0.03, stall_ms: 600.0, top_rung: 5, vsf_prob: 0.006, failures_per_min: 0.005 },
+    Network { name: "cable", weight: 0.35, startup_factor: 1.0, stalls_per_min: 0.08, stall_ms: 900.0, top_rung: 4, vsf_prob: 0.01, failures_per_min: 0.01 },
+    Network { name: "4g", weight: 0.25, startup_factor: 1.4, stalls_per_min: 0.25, stall_ms: 1_500.0, top_rung: 3, vsf_prob: 0.02, failures_per_min: 0.02 },
+    Network { name: "3g", weight: 0.10, startup_factor: 2.6, stalls_per_min: 0.9, stall_ms: 2_800.0, top_rung: 1, vsf_prob: 0.05, failures_per_min: 0.05 },
 ];
 
 /// What every view of a run shares.
@@ -305,9 +241,7 @@ fn lognormal(rng: &mut SmallRng, median: f64, sigma: f64, lo: i64, hi: i64) -> i
 /// different `stream`, so its knobs never change what the viewers do).
 pub fn view_seed(seed: u64, index: u64, stream: u64) -> u64 {
     // SplitMix64 finalizer over the three inputs: nearby indices get unrelated streams.
-    let mut z = seed
-        ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15)
-        ^ stream.wrapping_mul(0xD1B5_4A32_D192_ED03);
+    let mut z = seed ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ stream.wrapping_mul(0xD1B5_4A32_D192_ED03);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
@@ -323,16 +257,8 @@ impl ViewSim {
         let device = pick(&mut rng, &DEVICES, |d| d.weight);
         let network = pick(&mut rng, &NETWORKS, |n| n.weight);
         let live = rng.random_bool(0.2);
-        let watch = if live {
-            lognormal(&mut rng, 600_000.0, 1.0, 5_000, 4 * 3_600_000)
-        } else {
-            lognormal(&mut rng, 180_000.0, 1.0, 5_000, 3 * 3_600_000)
-        };
-        let video = if live {
-            rng.random_range(0..8)
-        } else {
-            rng.random_range(0..400)
-        };
+        let watch = if live { lognormal(&mut rng, 600_000.0, 1.0, 5_000, 4 * 3_600_000) } else { lognormal(&mut rng, 180_000.0, 1.0, 5_000, 3 * 3_600_000) };
+        let video = if live { rng.random_range(0..8) } else { rng.random_range(0..400) };
         let truth = ViewTruth {
             view_id: format!("lg-{:x}-{index:08}", spec.seed),
             arrival_ms: arrival,
@@ -340,11 +266,7 @@ impl ViewSim {
             device: device.name,
             network: network.name,
             stream_type: if live { "live" } else { "vod" },
-            video_id: if live {
-                format!("live-{video}")
-            } else {
-                format!("vod-{video:04}")
-            },
+            video_id: if live { format!("live-{video}") } else { format!("vod-{video:04}") },
             ..ViewTruth::default()
         };
         ViewSim {
@@ -419,12 +341,7 @@ impl ViewSim {
             "playing" => self.phase == Phase::Arrive,
             _ => false,
         };
-        self.out.push_back(SimEvent {
-            at_ms: at,
-            json: m,
-            flush,
-            last: kind == "viewend",
-        });
+        self.out.push_back(SimEvent { at_ms: at, json: m, flush, last: kind == "viewend" });
     }
 
     fn segment(&mut self, at: i64) {
@@ -470,19 +387,11 @@ impl ViewSim {
 
     fn error(&mut self, at: i64, fatal: bool) {
         self.truth.measures.0[Errors] += 1;
-        let (code, message) = if fatal {
-            ("MEDIA_ERR_NETWORK", "fragment load failed after retries")
-        } else {
-            ("FRAG_LOAD_TIMEOUT", "fragment load timed out, retrying")
-        };
+        let (code, message) = if fatal { ("MEDIA_ERR_NETWORK", "fragment load failed after retries") } else { ("FRAG_LOAD_TIMEOUT", "fragment load timed out, retrying") };
         if fatal {
             self.truth.measures.0[FatalErrors] += 1;
         }
-        self.emit(
-            at,
-            "error",
-            json!({"code": code, "message": message, "fatal": fatal}),
-        );
+        self.emit(at, "error", json!({"code": code, "message": message, "fatal": fatal}));
     }
 
     /// Plays from the current time for `d` ms (or until the viewer leaves); returns false if the view
@@ -522,10 +431,7 @@ impl ViewSim {
     }
 
     fn viewend(&mut self, at: i64) {
-        if self.truth.measures.0.flag(Attempt)
-            && !self.truth.measures.0.flag(Started)
-            && !self.truth.measures.0.flag(Vsf)
-        {
+        if self.truth.measures.0.flag(Attempt) && !self.truth.measures.0.flag(Started) && !self.truth.measures.0.flag(Vsf) {
             self.truth.measures.0.set_flag(Ebvs, true);
         }
         self.emit(at, "viewend", Value::Null);
@@ -564,23 +470,13 @@ impl ViewSim {
         // start, the likelier the viewer leaves.
         let give_up = 0.01 + (startup as f64 / 40_000.0).min(0.4);
         let (stop_at, stop) = if self.rng.random_bool(self.network.vsf_prob) {
-            (
-                request + (startup as f64 * self.rng.random_range(0.2..0.95)) as i64,
-                "vsf",
-            )
+            (request + (startup as f64 * self.rng.random_range(0.2..0.95)) as i64, "vsf")
         } else if self.rng.random_bool(give_up) {
-            (
-                request + (startup as f64 * self.rng.random_range(0.3..0.98)) as i64,
-                "ebvs",
-            )
+            (request + (startup as f64 * self.rng.random_range(0.3..0.98)) as i64, "ebvs")
         } else {
             (first_frame, "start")
         };
-        let (stop_at, stop) = if stop_at >= self.end {
-            (self.end, "ebvs")
-        } else {
-            (stop_at, stop)
-        };
+        let (stop_at, stop) = if stop_at >= self.end { (self.end, "ebvs") } else { (stop_at, stop) };
         // Start-up activity before `stop_at`, in time order.
         self.rung = if self.top_rung >= 2 { 2 } else { self.top_rung };
         let initial = self.rung;
@@ -615,8 +511,7 @@ impl ViewSim {
             "vsf" => {
                 self.truth.measures.0.set_flag(Vsf, true);
                 self.error(stop_at, true);
-                let leave =
-                    (stop_at + self.rng.random_range(300..3_000)).min(self.end.max(stop_at));
+                let leave = (stop_at + self.rng.random_range(300..3_000)).min(self.end.max(stop_at));
                 self.viewend(leave);
             }
             "ebvs" => self.viewend(stop_at),
@@ -634,10 +529,7 @@ impl ViewSim {
         let seg = self.segment_ms;
         self.segment(self.t);
         // A playback failure somewhere in this segment.
-        if self
-            .rng
-            .random_bool((self.network.failures_per_min * seg as f64 / 60_000.0).min(1.0))
-        {
+        if self.rng.random_bool((self.network.failures_per_min * seg as f64 / 60_000.0).min(1.0)) {
             let d = self.rng.random_range(0..seg);
             if !self.play(d) {
                 return;
@@ -650,27 +542,18 @@ impl ViewSim {
         if !self.play(seg) {
             return;
         }
-        let stall_p = self.network.stalls_per_min * seg as f64 / 60_000.0
-            * (1.0 + 0.6 * self.rung.saturating_sub(1) as f64 / 4.0);
+        let stall_p = self.network.stalls_per_min * seg as f64 / 60_000.0 * (1.0 + 0.6 * self.rung.saturating_sub(1) as f64 / 4.0);
         let x = self.rng.random::<f64>();
         if x < stall_p.min(0.5) {
             let d = lognormal(&mut self.rng, self.network.stall_ms, 0.8, 80, 30_000);
             if self.rng.random_bool(0.1) {
                 // The viewer seeks out of the stall: the stall ends at the seek (a normal stall).
                 let cut = (d as f64 * self.rng.random_range(0.3..0.9)) as i64;
-                let Some(at) = self.stall(cut, false) else {
-                    return;
-                };
+                let Some(at) = self.stall(cut, false) else { return };
                 return self.seek(at);
             }
-            let Some(at) = self.stall(d, false) else {
-                return;
-            };
-            let resume = if self.rng.random_bool(0.2) {
-                "playing"
-            } else {
-                "stall_end"
-            };
+            let Some(at) = self.stall(d, false) else { return };
+            let resume = if self.rng.random_bool(0.2) { "playing" } else { "stall_end" };
             self.emit(at, resume, Value::Null);
             if self.rung > 0 && self.rng.random_bool(0.6) {
                 self.quality(at, self.rung - 1);
@@ -716,9 +599,7 @@ impl ViewSim {
             }
             self.t = stall_at;
             let d = lognormal(&mut self.rng, 500.0, 0.7, 40, 10_000);
-            let Some(resume) = self.stall(d, true) else {
-                return;
-            };
+            let Some(resume) = self.stall(d, true) else { return };
             self.emit(resume, "playing", Value::Null);
         } else {
             let resume = seeked + self.rng.random_range(20..200);
@@ -751,11 +632,7 @@ mod tests {
     use pipeline::view::{Discard, ViewMachine};
 
     fn spec() -> RunSpec {
-        RunSpec {
-            seed: 42,
-            duration_ms: 600_000,
-            ramp_ms: 300_000,
-        }
+        RunSpec { seed: 42, duration_ms: 600_000, ramp_ms: 300_000 }
     }
 
     #[test]
@@ -797,9 +674,6 @@ mod tests {
             outcomes[4] += u64::from(!m.flag(Attempt));
         }
         // Every outcome occurs: the traffic exercises every rule.
-        assert!(
-            outcomes.iter().all(|&n| n > 0),
-            "outcomes (started, vsf, ebvs, playback failure, no attempt): {outcomes:?}"
-        );
+        assert!(outcomes.iter().all(|&n| n > 0), "outcomes (started, vsf, ebvs, playback failure, no attempt): {outcomes:?}");
     }
 }

@@ -53,11 +53,7 @@ pub enum LogError {
     #[error("local log I/O error: {0}")]
     Io(#[from] std::io::Error),
     #[error("local log is corrupt in {segment} at byte {position}: {problem}")]
-    Corrupt {
-        segment: PathBuf,
-        position: u64,
-        problem: &'static str,
-    },
+    Corrupt { segment: PathBuf, position: u64, problem: &'static str },
     #[error("offset {requested} is no longer retained (first retained offset is {first})")]
     OffsetRetained { requested: u64, first: u64 },
     #[error("offset {requested} is beyond the end of the log ({end})")]
@@ -78,16 +74,10 @@ pub fn lock_exclusive(path: &Path) -> Result<std::fs::File, LogError> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path)?;
+    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(path)?;
     match file.try_lock() {
         Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => {
-            Err(LogError::InUse(path.parent().unwrap_or(path).to_owned()))
-        }
+        Err(std::fs::TryLockError::WouldBlock) => Err(LogError::InUse(path.parent().unwrap_or(path).to_owned())),
         Err(std::fs::TryLockError::Error(e)) => Err(e.into()),
     }
 }
@@ -100,22 +90,13 @@ pub struct LogConfig {
 
 impl LogConfig {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        LogConfig {
-            dir: dir.into(),
-            segment_bytes: DEFAULT_SEGMENT_BYTES,
-        }
+        LogConfig { dir: dir.into(), segment_bytes: DEFAULT_SEGMENT_BYTES }
     }
 }
 
 pub(crate) enum Command {
-    Append {
-        records: Vec<Bytes>,
-        reply: oneshot::Sender<Result<Range<u64>, LogError>>,
-    },
-    Retain {
-        from: u64,
-        reply: oneshot::Sender<Result<usize, LogError>>,
-    },
+    Append { records: Vec<Bytes>, reply: oneshot::Sender<Result<Range<u64>, LogError>> },
+    Retain { from: u64, reply: oneshot::Sender<Result<usize, LogError>> },
 }
 
 /// Handle to an open local log (cheap to clone). Dropping every handle stops the writer thread after it
@@ -153,14 +134,7 @@ impl LocalLog {
         std::thread::Builder::new()
             .name("qoeflow-log-writer".into())
             .spawn(move || writer.run(rx, end_tx))?;
-        Ok(LocalLog {
-            tx,
-            durable_end: end_rx,
-            healthy,
-            stats,
-            dir: Arc::new(config.dir),
-            _lock: lock,
-        })
+        Ok(LocalLog { tx, durable_end: end_rx, healthy, stats, dir: Arc::new(config.dir), _lock: lock })
     }
 
     /// Appends records; resolves once they are fsynced, with their offsets.
@@ -169,20 +143,14 @@ impl LocalLog {
             return Err(LogError::RecordTooLarge(r.len()));
         }
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Command::Append { records, reply })
-            .await
-            .map_err(|_| LogError::Closed)?;
+        self.tx.send(Command::Append { records, reply }).await.map_err(|_| LogError::Closed)?;
         rx.await.map_err(|_| LogError::Closed)?
     }
 
     /// Deletes segments that hold only records before `from`. Returns how many were deleted.
     pub async fn retain_from(&self, from: u64) -> Result<usize, LogError> {
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Command::Retain { from, reply })
-            .await
-            .map_err(|_| LogError::Closed)?;
+        self.tx.send(Command::Retain { from, reply }).await.map_err(|_| LogError::Closed)?;
         rx.await.map_err(|_| LogError::Closed)?
     }
 
@@ -227,12 +195,8 @@ pub(crate) fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, LogError>
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
-        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
-            continue;
-        };
-        let Some(stem) = name.strip_suffix(".log") else {
-            continue;
-        };
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else { continue };
+        let Some(stem) = name.strip_suffix(".log") else { continue };
         if stem.len() == 20 {
             if let Ok(base) = stem.parse::<u64>() {
                 out.push((base, path));

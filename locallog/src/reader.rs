@@ -40,16 +40,9 @@ impl LogReader {
         let segments = list_segments(dir)?;
         let first = segments.first().map(|(b, _)| *b).unwrap_or(0);
         if from < first {
-            return Err(LogError::OffsetRetained {
-                requested: from,
-                first,
-            });
+            return Err(LogError::OffsetRetained { requested: from, first });
         }
-        let mut reader = LogReader {
-            dir: dir.to_owned(),
-            segment: None,
-            next_offset: from,
-        };
+        let mut reader = LogReader { dir: dir.to_owned(), segment: None, next_offset: from };
         // The segment holding `from` is the last one whose base is <= from.
         if let Some((base, path)) = segments.iter().rev().find(|(b, _)| *b <= from) {
             reader.next_offset = *base;
@@ -62,10 +55,7 @@ impl LogReader {
             }
         }
         if reader.next_offset != from {
-            return Err(LogError::OffsetBeyondEnd {
-                requested: from,
-                end: reader.next_offset,
-            });
+            return Err(LogError::OffsetBeyondEnd { requested: from, end: reader.next_offset });
         }
         // Skipping forward read ahead past `from`: those bytes need not be durable yet.
         reader.drop_read_ahead()?;
@@ -85,12 +75,7 @@ impl LogReader {
 
     /// [`read_batch`](Self::read_batch), also stopping once the records read hold `max_bytes` (at least
     /// one record is read).
-    pub fn read_batch_bytes(
-        &mut self,
-        max: usize,
-        max_bytes: usize,
-        upto: u64,
-    ) -> Result<Vec<LogEntry>, LogError> {
+    pub fn read_batch_bytes(&mut self, max: usize, max_bytes: usize, upto: u64) -> Result<Vec<LogEntry>, LogError> {
         let out = self.read_frames(max, max_bytes, upto);
         self.drop_read_ahead()?;
         out
@@ -107,12 +92,7 @@ impl LogReader {
         Ok(())
     }
 
-    fn read_frames(
-        &mut self,
-        max: usize,
-        max_bytes: usize,
-        upto: u64,
-    ) -> Result<Vec<LogEntry>, LogError> {
+    fn read_frames(&mut self, max: usize, max_bytes: usize, upto: u64) -> Result<Vec<LogEntry>, LogError> {
         let mut out = Vec::new();
         let mut bytes = 0usize;
         while out.len() < max && bytes < max_bytes && self.next_offset < upto {
@@ -127,11 +107,7 @@ impl LogReader {
                 Frame::End => {
                     if !self.advance_segment()? {
                         if upto != u64::MAX {
-                            let path = self
-                                .segment
-                                .as_ref()
-                                .map(|s| s.path.clone())
-                                .unwrap_or_default();
+                            let path = self.segment.as_ref().map(|s| s.path.clone()).unwrap_or_default();
                             return Err(LogError::Corrupt {
                                 segment: path,
                                 position: self.segment.as_ref().map_or(0, |s| s.position),
@@ -160,9 +136,7 @@ impl LogReader {
     }
 
     fn read_frame(&mut self, skip_payload: bool) -> Result<Frame, LogError> {
-        let Some(seg) = self.segment.as_mut() else {
-            return Ok(Frame::End);
-        };
+        let Some(seg) = self.segment.as_mut() else { return Ok(Frame::End) };
         let corrupt = |seg: &OpenSegment, problem| LogError::Corrupt {
             segment: seg.path.clone(),
             position: seg.position,
@@ -194,10 +168,7 @@ impl LogReader {
             seg.reader.seek_relative(len as i64)?;
             seg.position = end;
             self.next_offset += 1;
-            return Ok(Frame::Entry(LogEntry {
-                offset,
-                data: Bytes::new(),
-            }));
+            return Ok(Frame::Entry(LogEntry { offset, data: Bytes::new() }));
         }
         let mut payload = vec![0u8; len];
         if read_full(&mut seg.reader, &mut payload)? < len {
@@ -209,20 +180,13 @@ impl LogReader {
         }
         seg.position += (HEADER_LEN + len) as u64;
         self.next_offset += 1;
-        Ok(Frame::Entry(LogEntry {
-            offset,
-            data: Bytes::from(payload),
-        }))
+        Ok(Frame::Entry(LogEntry { offset, data: Bytes::from(payload) }))
     }
 }
 
 impl OpenSegment {
     fn open(path: &Path) -> Result<OpenSegment, LogError> {
         let file = File::open(path)?;
-        Ok(OpenSegment {
-            path: path.to_owned(),
-            reader: BufReader::with_capacity(256 << 10, file),
-            position: 0,
-        })
+        Ok(OpenSegment { path: path.to_owned(), reader: BufReader::with_capacity(256 << 10, file), position: 0 })
     }
 }

@@ -7,20 +7,13 @@ fn rec(i: u64) -> Bytes {
 }
 
 fn read_all(dir: &Path, from: u64) -> Vec<LogEntry> {
-    LogReader::open(dir, from)
-        .expect("reader")
-        .read_batch(usize::MAX, u64::MAX)
-        .expect("read")
+    LogReader::open(dir, from).expect("reader").read_batch(usize::MAX, u64::MAX).expect("read")
 }
 
 #[tokio::test]
 async fn appends_are_numbered_and_read_back_across_segments() {
     let tmp = tempfile::tempdir().expect("tmp");
-    let log = LocalLog::open(LogConfig {
-        dir: tmp.path().into(),
-        segment_bytes: 500,
-    })
-    .expect("open");
+    let log = LocalLog::open(LogConfig { dir: tmp.path().into(), segment_bytes: 500 }).expect("open");
     let mut tasks = Vec::new();
     for t in 0..8u64 {
         let log = log.clone();
@@ -38,18 +31,12 @@ async fn appends_are_numbered_and_read_back_across_segments() {
         for (range, recs) in t.await.expect("task") {
             assert_eq!(range.end - range.start, 2);
             for (o, r) in range.zip(recs) {
-                assert!(
-                    expected.insert(o, r).is_none(),
-                    "offset {o} handed out twice"
-                );
+                assert!(expected.insert(o, r).is_none(), "offset {o} handed out twice");
             }
         }
     }
     assert_eq!(log.durable_end(), 400);
-    assert!(
-        list_segments(tmp.path()).expect("list").len() > 5,
-        "small segments roll"
-    );
+    assert!(list_segments(tmp.path()).expect("list").len() > 5, "small segments roll");
     let all = read_all(tmp.path(), 0);
     assert_eq!(all.len(), 400);
     for e in &all {
@@ -58,24 +45,14 @@ async fn appends_are_numbered_and_read_back_across_segments() {
     // Reading from the middle, and bounded by `upto`.
     let mut r = log.reader(123).expect("reader");
     let part = r.read_batch(1000, 130).expect("read");
-    assert_eq!(
-        part.iter().map(|e| e.offset).collect::<Vec<_>>(),
-        (123..130).collect::<Vec<_>>()
-    );
-    assert!(matches!(
-        LogReader::open(tmp.path(), 401),
-        Err(LogError::OffsetBeyondEnd { .. })
-    ));
+    assert_eq!(part.iter().map(|e| e.offset).collect::<Vec<_>>(), (123..130).collect::<Vec<_>>());
+    assert!(matches!(LogReader::open(tmp.path(), 401), Err(LogError::OffsetBeyondEnd { .. })));
 }
 
 #[tokio::test]
 async fn retention_deletes_only_whole_segments_before_the_offset() {
     let tmp = tempfile::tempdir().expect("tmp");
-    let log = LocalLog::open(LogConfig {
-        dir: tmp.path().into(),
-        segment_bytes: 200,
-    })
-    .expect("open");
+    let log = LocalLog::open(LogConfig { dir: tmp.path().into(), segment_bytes: 200 }).expect("open");
     for i in 0..60 {
         log.append(vec![rec(i)]).await.expect("append");
     }
@@ -87,10 +64,7 @@ async fn retention_deletes_only_whole_segments_before_the_offset() {
     let first = after[0].0;
     assert!(first <= 30, "the segment holding offset 30 is kept");
     assert_eq!(read_all(tmp.path(), 30).len(), 30);
-    assert!(matches!(
-        LogReader::open(tmp.path(), 0),
-        Err(LogError::OffsetRetained { .. })
-    ));
+    assert!(matches!(LogReader::open(tmp.path(), 0), Err(LogError::OffsetRetained { .. })));
     // Retaining everything never deletes the active segment.
     log.retain_from(u64::MAX).await.expect("retain");
     assert!(!list_segments(tmp.path()).expect("list").is_empty());
@@ -106,16 +80,10 @@ async fn recovery_truncates_a_torn_tail_and_continues_numbering() {
             log.append(vec![rec(i)]).await.expect("append");
         }
     }
-    let (_, path) = list_segments(tmp.path())
-        .expect("list")
-        .pop()
-        .expect("segment");
+    let (_, path) = list_segments(tmp.path()).expect("list").pop().expect("segment");
     let good_len = std::fs::metadata(&path).expect("meta").len();
     // A crash mid-write: a header promising 100 bytes and half of them.
-    let mut f = std::fs::OpenOptions::new()
-        .append(true)
-        .open(&path)
-        .expect("open seg");
+    let mut f = std::fs::OpenOptions::new().append(true).open(&path).expect("open seg");
     f.write_all(&100u32.to_le_bytes()).expect("w");
     f.write_all(&[0u8; 4]).expect("w");
     f.write_all(&10u64.to_le_bytes()).expect("w");
@@ -135,14 +103,9 @@ async fn recovery_drops_a_tail_frame_with_a_bad_checksum() {
     let tmp = tempfile::tempdir().expect("tmp");
     {
         let log = LocalLog::open(LogConfig::new(tmp.path())).expect("open");
-        log.append(vec![rec(0), rec(1), rec(2)])
-            .await
-            .expect("append");
+        log.append(vec![rec(0), rec(1), rec(2)]).await.expect("append");
     }
-    let (_, path) = list_segments(tmp.path())
-        .expect("list")
-        .pop()
-        .expect("segment");
+    let (_, path) = list_segments(tmp.path()).expect("list").pop().expect("segment");
     let mut bytes = std::fs::read(&path).expect("read");
     let last = bytes.len() - 1;
     bytes[last] ^= 0xff;
@@ -155,11 +118,7 @@ async fn recovery_drops_a_tail_frame_with_a_bad_checksum() {
 #[tokio::test]
 async fn reader_reports_corruption_in_a_sealed_segment() {
     let tmp = tempfile::tempdir().expect("tmp");
-    let log = LocalLog::open(LogConfig {
-        dir: tmp.path().into(),
-        segment_bytes: 100,
-    })
-    .expect("open");
+    let log = LocalLog::open(LogConfig { dir: tmp.path().into(), segment_bytes: 100 }).expect("open");
     for i in 0..20 {
         log.append(vec![rec(i)]).await.expect("append");
     }
@@ -167,20 +126,8 @@ async fn reader_reports_corruption_in_a_sealed_segment() {
     let mut bytes = std::fs::read(&first).expect("read");
     bytes[HEADER_LEN + 2] ^= 0x01;
     std::fs::write(&first, &bytes).expect("write");
-    let err = LogReader::open(tmp.path(), 0)
-        .expect("open")
-        .read_batch(100, u64::MAX)
-        .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            LogError::Corrupt {
-                problem: "checksum mismatch",
-                ..
-            }
-        ),
-        "{err}"
-    );
+    let err = LogReader::open(tmp.path(), 0).expect("open").read_batch(100, u64::MAX).unwrap_err();
+    assert!(matches!(err, LogError::Corrupt { problem: "checksum mismatch", .. }), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -203,20 +150,13 @@ async fn concurrent_appends_share_fsyncs_by_group_commit() {
     let mut offsets = std::collections::BTreeSet::new();
     for t in tasks {
         let range = t.await.expect("task");
-        assert!(
-            offsets.insert(range.start),
-            "offset {} handed out twice",
-            range.start
-        );
+        assert!(offsets.insert(range.start), "offset {} handed out twice", range.start);
     }
     assert_eq!(log.durable_end(), TASKS);
     assert_eq!(log.appends(), TASKS);
     let fsyncs = log.fsyncs();
     assert!(fsyncs >= 1, "acknowledged appends were fsynced");
-    assert!(
-        fsyncs < TASKS,
-        "{TASKS} concurrent appends took {fsyncs} fsyncs: no group commit"
-    );
+    assert!(fsyncs < TASKS, "{TASKS} concurrent appends took {fsyncs} fsyncs: no group commit");
     // One append alone is one fsync of its own.
     log.append(vec![rec(TASKS)]).await.expect("append");
     assert_eq!(log.fsyncs(), fsyncs + 1);

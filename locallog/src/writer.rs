@@ -12,8 +12,8 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{
-    Command, HEADER_LEN, LogConfig, LogError, LogStats, MAX_BATCH_BYTES, MAX_RECORD_BYTES,
-    checksum, fsync_dir, list_segments, segment_name,
+    Command, HEADER_LEN, LogConfig, LogError, LogStats, MAX_BATCH_BYTES, MAX_RECORD_BYTES, checksum, fsync_dir,
+    list_segments, segment_name,
 };
 
 pub(crate) struct Writer {
@@ -32,11 +32,7 @@ pub(crate) struct Writer {
 
 impl Writer {
     /// Opens the log directory, truncating a torn tail, and returns the writer and the durable end.
-    pub(crate) fn open(
-        config: &LogConfig,
-        healthy: Arc<AtomicBool>,
-        stats: Arc<LogStats>,
-    ) -> Result<(Writer, u64), LogError> {
+    pub(crate) fn open(config: &LogConfig, healthy: Arc<AtomicBool>, stats: Arc<LogStats>) -> Result<(Writer, u64), LogError> {
         std::fs::create_dir_all(&config.dir)?;
         let segments = list_segments(&config.dir)?;
         let (base, path) = match segments.last() {
@@ -76,8 +72,7 @@ impl Writer {
     }
 
     pub(crate) fn run(mut self, mut rx: mpsc::Receiver<Command>, end: watch::Sender<u64>) {
-        let mut appends: Vec<(Vec<Bytes>, oneshot::Sender<Result<Range<u64>, LogError>>)> =
-            Vec::new();
+        let mut appends: Vec<(Vec<Bytes>, oneshot::Sender<Result<Range<u64>, LogError>>)> = Vec::new();
         while let Some(first) = rx.blocking_recv() {
             let mut batch_bytes = 0usize;
             let mut retains = Vec::new();
@@ -99,9 +94,7 @@ impl Writer {
                 match result {
                     Ok(mut start) => {
                         let _ = end.send(self.next_offset);
-                        self.stats
-                            .appends
-                            .fetch_add(appends.len() as u64, Ordering::Relaxed);
+                        self.stats.appends.fetch_add(appends.len() as u64, Ordering::Relaxed);
                         for (records, reply) in appends.drain(..) {
                             let n = records.len() as u64;
                             let _ = reply.send(Ok(start..start + n));
@@ -125,16 +118,9 @@ impl Writer {
     }
 
     /// Writes and fsyncs one group; returns the first offset. On error nothing of the group is durable.
-    fn commit(
-        &mut self,
-        appends: &[(Vec<Bytes>, oneshot::Sender<Result<Range<u64>, LogError>>)],
-    ) -> Result<u64, LogError> {
+    fn commit(&mut self, appends: &[(Vec<Bytes>, oneshot::Sender<Result<Range<u64>, LogError>>)]) -> Result<u64, LogError> {
         self.repair()?;
-        let total: usize = appends
-            .iter()
-            .flat_map(|(r, _)| r.iter())
-            .map(|r| r.len() + HEADER_LEN)
-            .sum();
+        let total: usize = appends.iter().flat_map(|(r, _)| r.iter()).map(|r| r.len() + HEADER_LEN).sum();
         if self.active_len > 0 && self.active_len + total as u64 > self.segment_bytes {
             self.roll()?;
         }
@@ -149,10 +135,7 @@ impl Writer {
             buf.extend_from_slice(record);
             offset += 1;
         }
-        let written = self
-            .active
-            .write_all_at(&buf, self.active_len)
-            .and_then(|()| self.sync(File::sync_data));
+        let written = self.active.write_all_at(&buf, self.active_len).and_then(|()| self.sync(File::sync_data));
         if let Err(e) = written {
             self.broken = Some(e.to_string());
             self.healthy.store(false, Ordering::Relaxed);
@@ -166,10 +149,7 @@ impl Writer {
     /// After a failed write, cut the file back to its durable length before writing anything else.
     fn repair(&mut self) -> Result<(), LogError> {
         if let Some(cause) = &self.broken {
-            let fixed = self
-                .active
-                .set_len(self.active_len)
-                .and_then(|()| self.sync(File::sync_all));
+            let fixed = self.active.set_len(self.active_len).and_then(|()| self.sync(File::sync_all));
             if let Err(e) = fixed {
                 return Err(LogError::Broken(format!("{cause}; repair failed: {e}")));
             }
@@ -189,11 +169,7 @@ impl Writer {
     fn roll(&mut self) -> Result<(), LogError> {
         self.sync(File::sync_all)?;
         let path = self.dir.join(segment_name(self.next_offset));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)?;
+        let file = OpenOptions::new().read(true).write(true).create_new(true).open(&path)?;
         self.stats.fsyncs.fetch_add(2, Ordering::Relaxed);
         file.sync_all()?;
         fsync_dir(&self.dir)?;

@@ -23,36 +23,21 @@ pub struct ClickHouseSink {
 }
 
 impl ClickHouseSink {
-    pub fn new(
-        config: &ClickHouseConfig,
-        url: &str,
-        dims: Vec<Dim>,
-        source: &str,
-    ) -> ClickHouseSink {
+    pub fn new(config: &ClickHouseConfig, url: &str, dims: Vec<Dim>, source: &str) -> ClickHouseSink {
         // No default database on the client: DDL creates it, and every statement names it.
-        let mut client = clickhouse::Client::default()
-            .with_url(url)
-            .with_validation(false);
+        let mut client = clickhouse::Client::default().with_url(url).with_validation(false);
         if let Some(u) = &config.user {
             client = client.with_user(u);
         }
         if let Some(p) = &config.password {
             client = client.with_password(p);
         }
-        ClickHouseSink {
-            client,
-            database: config.database.clone(),
-            dims,
-            source: source.to_owned(),
-        }
+        ClickHouseSink { client, database: config.database.clone(), dims, source: source.to_owned() }
     }
 
     /// Creates the database and tables if missing.
     pub async fn ensure_schema(&self) -> crate::Result<()> {
-        self.client
-            .query(&format!("CREATE DATABASE IF NOT EXISTS {}", self.database))
-            .execute()
-            .await?;
+        self.client.query(&format!("CREATE DATABASE IF NOT EXISTS {}", self.database)).execute().await?;
         for (table, _) in tables() {
             if let Some(ddl) = clickhouse_ddl(&self.database, table) {
                 self.client.query(&ddl).execute().await?;
@@ -71,11 +56,7 @@ impl ClickHouseSink {
                 for (_, cells) in chunk {
                     encode_rowbinary(cells, columns, &mut data);
                 }
-                let sql = format!(
-                    "INSERT INTO {}.{table} ({}) FORMAT RowBinary",
-                    self.database,
-                    names.join(", ")
-                );
+                let sql = format!("INSERT INTO {}.{table} ({}) FORMAT RowBinary", self.database, names.join(", "));
                 let mut insert = self.client.insert_formatted_with(sql);
                 insert.send(Bytes::from(data)).await?;
                 insert.end().await?;
@@ -119,14 +100,9 @@ mod tests {
 
     #[test]
     fn inserts_cover_a_bounded_number_of_days() {
-        let rows: Vec<(i64, usize)> = (0..101)
-            .flat_map(|d| [(d * DAY_MS, 0), (d * DAY_MS + 5, 1)])
-            .collect();
+        let rows: Vec<(i64, usize)> = (0..101).flat_map(|d| [(d * DAY_MS, 0), (d * DAY_MS + 5, 1)]).collect();
         let chunks = day_chunks(&rows, 40);
-        assert_eq!(
-            chunks.iter().map(|c| c.len()).collect::<Vec<_>>(),
-            vec![80, 80, 42]
-        );
+        assert_eq!(chunks.iter().map(|c| c.len()).collect::<Vec<_>>(), vec![80, 80, 42]);
         assert_eq!(chunks.concat(), rows);
         assert!(day_chunks::<()>(&[], 40).is_empty());
     }

@@ -98,14 +98,9 @@ impl PipelineConfig {
     pub fn validate(&self) -> Result<(), String> {
         const MAX_WINDOWS_PER_SPAN: i64 = 100_000;
         if self.window_ms < 1000 {
-            return Err(format!(
-                "pipeline.window_ms = {} is below 1000",
-                self.window_ms
-            ));
+            return Err(format!("pipeline.window_ms = {} is below 1000", self.window_ms));
         }
-        if self.inactivity_timeout_ms < 1
-            || self.inactivity_timeout_ms / self.window_ms > MAX_WINDOWS_PER_SPAN
-        {
+        if self.inactivity_timeout_ms < 1 || self.inactivity_timeout_ms / self.window_ms > MAX_WINDOWS_PER_SPAN {
             return Err(format!(
                 "pipeline.inactivity_timeout_ms = {} must be positive and at most {MAX_WINDOWS_PER_SPAN} windows \
                  (pipeline.window_ms = {}): it bounds the windows one event can touch",

@@ -35,8 +35,6 @@ pub mod window;
 
 pub use config::PipelineConfig;
 pub use error::{Error, Result};
-pub use sessionizer::{
-    Dim, EventRow, Output, SessionConfig, Sessionizer, StateSizes, Stats, ViewRow,
-};
 pub use status::PipelineStatus;
+pub use sessionizer::{Dim, EventRow, Output, SessionConfig, Sessionizer, StateSizes, Stats, ViewRow};
 pub use store::StateStore;

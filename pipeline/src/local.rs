@@ -27,31 +27,17 @@ impl LocalSource {
         LocalSource { log, reader: None }
     }
 
-    async fn read(
-        &mut self,
-        max: usize,
-        max_bytes: usize,
-        upto: u64,
-    ) -> crate::Result<(Vec<SourceRecord>, u64)> {
-        let mut reader = self
-            .reader
-            .take()
-            .context("local source read before seek")?;
-        let (entries, reader) = tokio::task::spawn_blocking(move || {
-            (reader.read_batch_bytes(max, max_bytes, upto), reader)
-        })
-        .await?;
+    async fn read(&mut self, max: usize, max_bytes: usize, upto: u64) -> crate::Result<(Vec<SourceRecord>, u64)> {
+        let mut reader = self.reader.take().context("local source read before seek")?;
+        let (entries, reader) =
+            tokio::task::spawn_blocking(move || (reader.read_batch_bytes(max, max_bytes, upto), reader)).await?;
         let position = reader.position();
         self.reader = Some(reader);
         let entries = entries.context("reading the local log")?;
         let partition: Arc<str> = Arc::from(PARTITION);
         let records = entries
             .into_iter()
-            .map(|e| SourceRecord {
-                partition: partition.clone(),
-                label: format!("log offset {}", e.offset),
-                data: e.data,
-            })
+            .map(|e| SourceRecord { partition: partition.clone(), label: format!("log offset {}", e.offset), data: e.data })
             .collect();
         Ok((records, position))
     }
@@ -72,26 +58,13 @@ impl Source for LocalSource {
     async fn next(&mut self, max: usize, max_bytes: usize) -> crate::Result<Batch<u64>> {
         let end = self.log.durable_end();
         let (records, to) = self.read(max, max_bytes, end).await?;
-        let caught_up = if to >= end {
-            vec![PARTITION.to_owned()]
-        } else {
-            Vec::new()
-        };
-        Ok(Batch {
-            records,
-            to,
-            caught_up,
-            behind: to < end,
-            behind_ms: None,
-        })
+        let caught_up = if to >= end { vec![PARTITION.to_owned()] } else { Vec::new() };
+        Ok(Batch { records, to, caught_up, behind: to < end, behind_ms: None })
     }
 
     async fn next_until(&mut self, to: &u64) -> crate::Result<Vec<SourceRecord>> {
         let (records, position) = self.read(usize::MAX, usize::MAX, *to).await?;
-        crate::error::ensure!(
-            position == *to,
-            "the local log ends at {position}, before the recorded epoch end {to}"
-        );
+        crate::error::ensure!(position == *to, "the local log ends at {position}, before the recorded epoch end {to}");
         Ok(records)
     }
 

@@ -47,11 +47,7 @@ pub(crate) struct OpenViews<S> {
 
 impl<S: Slot> OpenViews<S> {
     pub(crate) fn new(cap: usize) -> OpenViews<S> {
-        OpenViews {
-            hot: HashMap::new(),
-            cold: HashMap::new(),
-            cap: cap.max(1),
-        }
+        OpenViews { hot: HashMap::new(), cold: HashMap::new(), cap: cap.max(1) }
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -81,11 +77,8 @@ impl<S: Slot> OpenViews<S> {
         if !self.cold.contains_key(id) {
             return Ok(false);
         }
-        let bytes = store.open_view(id)?.ok_or_else(|| {
-            crate::Error::msg(format!("state store: open view {id:?} is missing"))
-        })?;
-        let slot: S = serde_json::from_slice(&bytes)
-            .map_err(|e| crate::Error::msg(format!("state store: open view {id:?}: {e}")))?;
+        let bytes = store.open_view(id)?.ok_or_else(|| crate::Error::msg(format!("state store: open view {id:?} is missing")))?;
+        let slot: S = serde_json::from_slice(&bytes).map_err(|e| crate::Error::msg(format!("state store: open view {id:?}: {e}")))?;
         self.cold.remove(id);
         self.hot.insert(id.to_owned(), slot);
         Ok(true)
@@ -93,10 +86,7 @@ impl<S: Slot> OpenViews<S> {
 
     /// What the clock needs of every open view, hot or cold (in no particular order).
     pub(crate) fn summaries(&self) -> impl Iterator<Item = (&String, Cold)> {
-        self.hot
-            .iter()
-            .map(|(id, s)| (id, s.cold()))
-            .chain(self.cold.iter().map(|(id, c)| (id, *c)))
+        self.hot.iter().map(|(id, s)| (id, s.cold())).chain(self.cold.iter().map(|(id, c)| (id, *c)))
     }
 
     /// Lets the views received least recently go cold, down to the cap. Only right after a commit:
@@ -107,11 +97,7 @@ impl<S: Slot> OpenViews<S> {
         }
         // Down to 7/8 of the cap, so that the selection is amortised over many epochs.
         let keep = self.cap - self.cap / 8;
-        let mut order: Vec<(i64, &String)> = self
-            .hot
-            .iter()
-            .map(|(id, s)| (s.cold().last_recv_ms, id))
-            .collect();
+        let mut order: Vec<(i64, &String)> = self.hot.iter().map(|(id, s)| (s.cold().last_recv_ms, id)).collect();
         let n = order.len() - keep;
         order.select_nth_unstable(n - 1);
         let ids: Vec<String> = order[..n].iter().map(|(_, id)| (*id).clone()).collect();

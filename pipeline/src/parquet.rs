@@ -29,8 +29,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use arrow_array::builder::{
-    BinaryBuilder, BooleanBuilder, Float64Builder, Int64Builder, StringBuilder,
-    TimestampMillisecondBuilder, UInt64Builder,
+    BinaryBuilder, BooleanBuilder, Float64Builder, Int64Builder, StringBuilder, TimestampMillisecondBuilder,
+    UInt64Builder,
 };
 use arrow_array::{ArrayRef, RecordBatch};
 use bytes::Bytes;
@@ -38,10 +38,7 @@ use objstore::{Location, Staged};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
-use schemas::dataset::{
-    DATASET_LOCK, epochs_of, file_name, merged_file_name, partition_of, partition_start,
-    source_prefix,
-};
+use schemas::dataset::{DATASET_LOCK, epochs_of, file_name, merged_file_name, partition_of, partition_start, source_prefix};
 use schemas::tables::{self, ColType, Column};
 
 use crate::error::Context;
@@ -97,9 +94,7 @@ impl Builder {
             ColType::Float64 => Builder::F64(Float64Builder::new()),
             ColType::Utf8 => Builder::Str(StringBuilder::new()),
             ColType::Binary => Builder::Bin(BinaryBuilder::new()),
-            ColType::TimestampMs => {
-                Builder::Ts(TimestampMillisecondBuilder::new().with_timezone("UTC"))
-            }
+            ColType::TimestampMs => Builder::Ts(TimestampMillisecondBuilder::new().with_timezone("UTC")),
         }
     }
 
@@ -121,10 +116,7 @@ impl Builder {
             (Builder::Str(b), Cell::Null) => b.append_null(),
             (Builder::Bin(b), Cell::Null) => b.append_null(),
             (Builder::Ts(b), Cell::Null) => b.append_null(),
-            (_, cell) => panic!(
-                "column {} ({:?}) cannot take {cell:?}",
-                column.name, column.ty
-            ),
+            (_, cell) => panic!("column {} ({:?}) cannot take {cell:?}", column.name, column.ty),
         }
     }
 
@@ -145,12 +137,7 @@ impl Builder {
 pub fn record_batch(columns: &[Column], rows: &[Vec<Cell>]) -> crate::Result<RecordBatch> {
     let mut builders: Vec<Builder> = columns.iter().map(|c| Builder::new(c.ty)).collect();
     for row in rows {
-        crate::error::ensure!(
-            row.len() == columns.len(),
-            "row has {} cells for {} columns",
-            row.len(),
-            columns.len()
-        );
+        crate::error::ensure!(row.len() == columns.len(), "row has {} cells for {} columns", row.len(), columns.len());
         for ((b, cell), col) in builders.iter_mut().zip(row).zip(columns) {
             b.push(cell, col);
         }
@@ -160,9 +147,7 @@ pub fn record_batch(columns: &[Column], rows: &[Vec<Cell>]) -> crate::Result<Rec
 }
 
 fn writer_properties() -> crate::Result<WriterProperties> {
-    Ok(WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
-        .build())
+    Ok(WriterProperties::builder().set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?)).build())
 }
 
 /// Splits `files` (sorted by epoch) into runs of consecutive files of at most about `target_bytes`
@@ -458,12 +443,7 @@ mod tests {
                     continue;
                 }
                 let reader =
-                    parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
-                        File::open(&path).unwrap(),
-                    )
-                    .unwrap()
-                    .build()
-                    .unwrap();
+                    parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(File::open(&path).unwrap()).unwrap().build().unwrap();
                 let key: &[&str] = match table {
                     "events" => &["view_id", "seq", "type"],
                     "views" => &["view_id", "play_ms", "startup_ms"],
@@ -472,10 +452,7 @@ mod tests {
                 for batch in reader {
                     let batch = batch.unwrap();
                     for i in 0..batch.num_rows() {
-                        let cells: Vec<String> = key
-                            .iter()
-                            .map(|n| cell(batch.column(batch.schema().index_of(n).unwrap()), i))
-                            .collect();
+                        let cells: Vec<String> = key.iter().map(|n| cell(batch.column(batch.schema().index_of(n).unwrap()), i)).collect();
                         out.push(format!("{}/{}", dir.display(), cells.join("/")));
                     }
                 }
@@ -505,11 +482,7 @@ mod tests {
     fn files_in(root: &Path) -> Vec<String> {
         let mut names: Vec<String> = partition_dirs(root)
             .iter()
-            .flat_map(|d| {
-                std::fs::read_dir(d)
-                    .unwrap()
-                    .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            })
+            .flat_map(|d| std::fs::read_dir(d).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()))
             .collect();
         names.sort();
         names
@@ -533,29 +506,16 @@ mod tests {
                     .iter()
                     .enumerate()
                     .map(|(seq, (kind, dt))| {
-                        serde_json::json!({"view_id": id, "seq": seq, "type": kind, "ts": t + dt})
-                            .as_object()
-                            .cloned()
-                            .unwrap()
+                        serde_json::json!({"view_id": id, "seq": seq, "type": kind, "ts": t + dt}).as_object().cloned().unwrap()
                     })
                     .collect();
                 let client = schemas::ClientInfo::default();
-                session.process(schemas::Record::Events(EventsRecord {
-                    recv_ms: t + 6_000,
-                    sent_at: t + 6_000,
-                    key: None,
-                    view_id: id,
-                    client,
-                    events,
-                }));
+                session.process(schemas::Record::Events(EventsRecord { recv_ms: t + 6_000, sent_at: t + 6_000, key: None, view_id: id, client, events }));
             }
             session.advance();
             sink.write_epoch(epoch, &session.flush()).await.unwrap();
         }
-        let before: Vec<_> = TABLES_UNDER_TEST
-            .iter()
-            .map(|t| rows_of(&root, t))
-            .collect();
+        let before: Vec<_> = TABLES_UNDER_TEST.iter().map(|t| rows_of(&root, t)).collect();
         assert!(before.iter().all(|r| !r.is_empty()));
         let files_before = files_in(&root).len();
 
@@ -572,12 +532,7 @@ mod tests {
         assert_eq!(after, before, "compaction keeps exactly the same rows");
         let files = files_in(&root);
         assert!(files.len() < files_before);
-        assert!(
-            files
-                .iter()
-                .any(|f| f.starts_with("part-local-e000000000001-0000000000")),
-            "{files:?}"
-        );
+        assert!(files.iter().any(|f| f.starts_with("part-local-e000000000001-0000000000")), "{files:?}");
         // Nothing of the open hour or of uncommitted epochs was merged.
         let second_hour = format!("qoe_window/{}", partition_of(t0 + 3_600_000));
         assert!(
@@ -594,20 +549,8 @@ mod tests {
         assert_eq!(merged.len(), 1);
         sink.write_epoch(1, &{
             let mut s = Sessionizer::new(SessionConfig::default());
-            let events = vec![
-                serde_json::json!({"view_id": "v1-0", "seq": 0, "type": "playrequest", "ts": t0})
-                    .as_object()
-                    .cloned()
-                    .unwrap(),
-            ];
-            s.process(schemas::Record::Events(EventsRecord {
-                recv_ms: t0,
-                sent_at: t0,
-                key: None,
-                view_id: "v1-0".into(),
-                client: Default::default(),
-                events,
-            }));
+            let events = vec![serde_json::json!({"view_id": "v1-0", "seq": 0, "type": "playrequest", "ts": t0}).as_object().cloned().unwrap()];
+            s.process(schemas::Record::Events(EventsRecord { recv_ms: t0, sent_at: t0, key: None, view_id: "v1-0".into(), client: Default::default(), events }));
             s.advance();
             s.flush()
         })
@@ -653,17 +596,7 @@ mod tests {
             .map(|g| g.iter().map(|f| f.first).collect())
             .collect();
         // Runs of at most 25 bytes; the 50-byte file and the 25-byte file stay alone, and no run spans them.
-        assert_eq!(
-            groups,
-            vec![
-                vec![1, 2],
-                vec![3],
-                vec![4],
-                vec![5, 6],
-                vec![7, 8],
-                vec![9]
-            ]
-        );
+        assert_eq!(groups, vec![vec![1, 2], vec![3], vec![4], vec![5, 6], vec![7, 8], vec![9]]);
     }
 
     #[tokio::test]

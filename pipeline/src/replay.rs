@@ -34,19 +34,8 @@ pub(crate) struct Place<'a> {
 }
 
 impl<'a> Place<'a> {
-    pub(crate) fn new(
-        config: &'a SessionConfig,
-        offset: i64,
-        client: &'a ClientInfo,
-        cutoff: i64,
-    ) -> Place<'a> {
-        Place {
-            offset,
-            client,
-            dim_set: &config.dims,
-            cutoff,
-            inactivity: config.inactivity_timeout_ms,
-        }
+    pub(crate) fn new(config: &'a SessionConfig, offset: i64, client: &'a ClientInfo, cutoff: i64) -> Place<'a> {
+        Place { offset, client, dim_set: &config.dims, cutoff, inactivity: config.inactivity_timeout_ms }
     }
 }
 
@@ -80,11 +69,7 @@ impl ViewCore {
     }
 
     /// The state machine, and an emitter routing its contributions to `windows`.
-    fn split<'a>(
-        &'a mut self,
-        windows: &'a mut Windows,
-        place: &'a Place,
-    ) -> (&'a mut ViewMachine, WindowEmit<'a>) {
+    fn split<'a>(&'a mut self, windows: &'a mut Windows, place: &'a Place) -> (&'a mut ViewMachine, WindowEmit<'a>) {
         let emit = WindowEmit {
             windows,
             dims: &mut self.dims,
@@ -113,13 +98,7 @@ pub(crate) struct Derived {
 /// Derives a view from its history (events in `seq` order) from scratch: what in-order arrival would
 /// have computed. `close`: the view was ended from outside (a timeout, an eviction), with this reason,
 /// unless its history ends it first.
-pub(crate) fn derive(
-    config: &SessionConfig,
-    history: &[Event],
-    offset: i64,
-    client: &ClientInfo,
-    close: Option<&'static str>,
-) -> Derived {
+pub(crate) fn derive(config: &SessionConfig, history: &[Event], offset: i64, client: &ClientInfo, close: Option<&'static str>) -> Derived {
     let place = Place::new(config, offset, client, i64::MIN);
     let mut core = ViewCore::default();
     let mut windows = Windows::new(config.window_ms);
@@ -142,13 +121,9 @@ pub(crate) fn derive(
         ended = Some(reason);
         closed = true;
     }
-    Derived {
-        core,
-        windows,
-        ended,
-        closed,
-    }
+    Derived { core, windows, ended, closed }
 }
+
 
 /// Routes one view's contributions to the windows, placing client time at event time.
 struct WindowEmit<'a> {
@@ -169,10 +144,7 @@ impl WindowEmit<'_> {
             .get_or_insert_with(|| {
                 let empty = ViewDims::default();
                 let v = view_dims.as_ref().unwrap_or(&empty);
-                set.iter()
-                    .map(|d| d.value(v, client))
-                    .collect::<Vec<_>>()
-                    .into()
+                set.iter().map(|d| d.value(v, client)).collect::<Vec<_>>().into()
             })
             .clone()
     }
@@ -194,3 +166,4 @@ impl Emit for WindowEmit<'_> {
         }
     }
 }
+

@@ -1,7 +1,7 @@
 //! Output rows as cells in the column order of `schemas::tables` (shared by every sink).
 
-use schemas::measures::{HISTOGRAM_MEASURE, MEASURES, Measure, WINDOW_QUANTILES};
 use schemas::record::RejectedRecord;
+use schemas::measures::{HISTOGRAM_MEASURE, MEASURES, Measure, WINDOW_QUANTILES};
 use schemas::tables::{self, ColType, Column, DIM_COLUMNS};
 use schemas::{CacheStatus, Payload};
 
@@ -35,10 +35,7 @@ pub fn window_row(w: &WindowRow, dims: &[Dim], source: &str, epoch: u64, row: us
     let d = &w.delta;
     let mut cells = vec![Cell::Ts(w.window_start), Cell::I64(w.window_ms)];
     for name in DIM_COLUMNS {
-        let value = dims
-            .iter()
-            .position(|dim| dim.name() == name)
-            .and_then(|i| w.dims.get(i));
+        let value = dims.iter().position(|dim| dim.name() == name).and_then(|i| w.dims.get(i));
         cells.push(Cell::Str(value.cloned().unwrap_or_default()));
     }
     for def in &MEASURES {
@@ -47,15 +44,8 @@ pub fn window_row(w: &WindowRow, dims: &[Dim], source: &str, epoch: u64, row: us
         if def.measure == HISTOGRAM_MEASURE {
             cells.push(Cell::Bin(d.startup_hist.serialize()));
             // Empty bytes when the row retracts no start (most rows).
-            cells.push(Cell::Bin(
-                d.startup_retract
-                    .histogram()
-                    .map_or_else(Vec::new, schemas::hist::serialize_histogram),
-            ));
-            cells.extend(WINDOW_QUANTILES.iter().map(|(_, q)| {
-                d.startup_quantile(*q)
-                    .map_or(Cell::Null, |v| Cell::F64(v as f64))
-            }));
+            cells.push(Cell::Bin(d.startup_retract.histogram().map_or_else(Vec::new, schemas::hist::serialize_histogram)));
+            cells.extend(WINDOW_QUANTILES.iter().map(|(_, q)| d.startup_quantile(*q).map_or(Cell::Null, |v| Cell::F64(v as f64))));
         }
     }
     cells.extend([s(source), Cell::U64(epoch), Cell::U64(row as u64)]);
@@ -74,11 +64,8 @@ fn measure_cell(v: i64, ty: ColType) -> Cell {
 pub fn view_row(v: &ViewRow, source: &str, epoch: u64, row: usize) -> Vec<Cell> {
     let t = &v.totals;
     let d = &v.dims;
-    let custom: serde_json::Map<String, serde_json::Value> = d
-        .custom
-        .iter()
-        .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
-        .collect();
+    let custom: serde_json::Map<String, serde_json::Value> =
+        d.custom.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect();
     let mut cells = vec![
         s(&v.view_id),
         opt_s(&v.key),
@@ -106,11 +93,7 @@ pub fn view_row(v: &ViewRow, source: &str, epoch: u64, row: usize) -> Vec<Cell> 
         let Some((_, ty)) = def.view else { continue };
         // The start time of a view that did not start is NULL, not 0.
         let unset = def.measure == HISTOGRAM_MEASURE && !t.flag(Measure::Started);
-        cells.push(if unset {
-            Cell::Null
-        } else {
-            measure_cell(t[def.measure], ty)
-        });
+        cells.push(if unset { Cell::Null } else { measure_cell(t[def.measure], ty) });
     }
     cells.extend([
         Cell::U64(v.events),
@@ -127,30 +110,17 @@ pub fn view_row(v: &ViewRow, source: &str, epoch: u64, row: usize) -> Vec<Cell> 
 pub fn event_row(e: &EventRow) -> Vec<Cell> {
     let ev = &e.event;
     let c = &e.client;
-    let (mut bitrate, mut width, mut height, mut codec) =
-        (Cell::Null, Cell::Null, Cell::Null, Cell::Null);
-    let (mut host, mut bytes, mut duration, mut ttfb, mut cache) =
-        (Cell::Null, Cell::Null, Cell::Null, Cell::Null, Cell::Null);
+    let (mut bitrate, mut width, mut height, mut codec) = (Cell::Null, Cell::Null, Cell::Null, Cell::Null);
+    let (mut host, mut bytes, mut duration, mut ttfb, mut cache) = (Cell::Null, Cell::Null, Cell::Null, Cell::Null, Cell::Null);
     let (mut code, mut message, mut fatal) = (Cell::Null, Cell::Null, Cell::Null);
     match &ev.payload {
-        Payload::QualityChange {
-            bitrate_kbps,
-            width: w,
-            height: h,
-            codec: cd,
-        } => {
+        Payload::QualityChange { bitrate_kbps, width: w, height: h, codec: cd } => {
             bitrate = Cell::F64(*bitrate_kbps);
             width = w.map_or(Cell::Null, |v| Cell::I64(v.into()));
             height = h.map_or(Cell::Null, |v| Cell::I64(v.into()));
             codec = opt_s(cd);
         }
-        Payload::Segment {
-            host: hs,
-            bytes: b,
-            duration_ms,
-            ttfb_ms,
-            cache: ch,
-        } => {
+        Payload::Segment { host: hs, bytes: b, duration_ms, ttfb_ms, cache: ch } => {
             host = opt_s(hs);
             bytes = Cell::U64(*b);
             duration = opt_f(*duration_ms);
@@ -161,11 +131,7 @@ pub fn event_row(e: &EventRow) -> Vec<Cell> {
                 CacheStatus::Unknown => "unknown",
             });
         }
-        Payload::Error {
-            code: cd,
-            message: m,
-            fatal: f,
-        } => {
+        Payload::Error { code: cd, message: m, fatal: f } => {
             code = opt_s(cd);
             message = opt_s(m);
             fatal = Cell::Bool(*f);
@@ -219,48 +185,16 @@ pub fn rejected_row(r: &RejectedRecord, source: &str, epoch: u64, row: usize) ->
 }
 
 /// One epoch's output as rows of each table: (table, columns, [(partition timestamp, cells)]).
-pub fn tables_of(
-    out: &Output,
-    dims: &[Dim],
-    source: &str,
-    epoch: u64,
-) -> [(&'static str, &'static [Column], Vec<(i64, Vec<Cell>)>); 4] {
+pub fn tables_of(out: &Output, dims: &[Dim], source: &str, epoch: u64) -> [(&'static str, &'static [Column], Vec<(i64, Vec<Cell>)>); 4] {
     [
-        (
-            "events",
-            tables::EVENTS,
-            out.events
-                .iter()
-                .map(|e| (e.event_ms, event_row(e)))
-                .collect(),
-        ),
-        (
-            "views",
-            tables::views(),
-            out.views
-                .iter()
-                .enumerate()
-                .map(|(i, v)| (v.end_ms, view_row(v, source, epoch, i)))
-                .collect(),
-        ),
+        ("events", tables::EVENTS, out.events.iter().map(|e| (e.event_ms, event_row(e))).collect()),
+        ("views", tables::views(), out.views.iter().enumerate().map(|(i, v)| (v.end_ms, view_row(v, source, epoch, i))).collect()),
         (
             "qoe_window",
             tables::qoe_window(),
-            out.windows
-                .iter()
-                .enumerate()
-                .map(|(i, w)| (w.window_start, window_row(w, dims, source, epoch, i)))
-                .collect(),
+            out.windows.iter().enumerate().map(|(i, w)| (w.window_start, window_row(w, dims, source, epoch, i))).collect(),
         ),
-        (
-            "rejected",
-            tables::REJECTED,
-            out.rejected
-                .iter()
-                .enumerate()
-                .map(|(i, r)| (r.recv_ms, rejected_row(r, source, epoch, i)))
-                .collect(),
-        ),
+        ("rejected", tables::REJECTED, out.rejected.iter().enumerate().map(|(i, r)| (r.recv_ms, rejected_row(r, source, epoch, i))).collect()),
     ]
 }
 
@@ -288,10 +222,7 @@ pub fn encode_rowbinary(cells: &[Cell], columns: &[Column], out: &mut Vec<u8>) {
                     // the type's zero value so the stream stays aligned.
                     let zero_len = match col.ty {
                         ColType::Bool | ColType::Utf8 | ColType::Binary => 1, // false / empty string
-                        ColType::Int64
-                        | ColType::UInt64
-                        | ColType::Float64
-                        | ColType::TimestampMs => 8,
+                        ColType::Int64 | ColType::UInt64 | ColType::Float64 | ColType::TimestampMs => 8,
                     };
                     out.extend(std::iter::repeat_n(0u8, zero_len));
                 }
@@ -320,55 +251,18 @@ mod tests {
     #[test]
     fn rowbinary_layout() {
         let cols = [
-            Column {
-                name: "s",
-                ty: ColType::Utf8,
-                nullable: false,
-            },
-            Column {
-                name: "n",
-                ty: ColType::Int64,
-                nullable: true,
-            },
-            Column {
-                name: "b",
-                ty: ColType::Bool,
-                nullable: false,
-            },
-            Column {
-                name: "z",
-                ty: ColType::Utf8,
-                nullable: false,
-            },
+            Column { name: "s", ty: ColType::Utf8, nullable: false },
+            Column { name: "n", ty: ColType::Int64, nullable: true },
+            Column { name: "b", ty: ColType::Bool, nullable: false },
+            Column { name: "z", ty: ColType::Utf8, nullable: false },
         ];
         let mut out = Vec::new();
-        encode_rowbinary(
-            &[
-                Cell::Str("hé".into()),
-                Cell::Null,
-                Cell::Bool(true),
-                Cell::Null,
-            ],
-            &cols,
-            &mut out,
-        );
+        encode_rowbinary(&[Cell::Str("hé".into()), Cell::Null, Cell::Bool(true), Cell::Null], &cols, &mut out);
         assert_eq!(out, vec![3, b'h', 0xc3, 0xa9, 1, 1, 0]);
         out.clear();
-        encode_rowbinary(
-            &[
-                Cell::Str("x".repeat(200)),
-                Cell::I64(-2),
-                Cell::Bool(false),
-                Cell::Str(String::new()),
-            ],
-            &cols,
-            &mut out,
-        );
+        encode_rowbinary(&[Cell::Str("x".repeat(200)), Cell::I64(-2), Cell::Bool(false), Cell::Str(String::new())], &cols, &mut out);
         assert_eq!(&out[..2], &[0xc8, 0x01], "LEB128 length");
-        assert_eq!(
-            &out[202..211],
-            &[0, 0xfe, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]
-        );
+        assert_eq!(&out[202..211], &[0, 0xfe, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]);
         assert_eq!(&out[211..], &[0, 0]);
     }
 }

@@ -48,8 +48,8 @@ use crate::clickhouse::ClickHouseSink;
 use crate::config::PipelineConfig;
 use crate::parquet::ParquetSink;
 use crate::sessionizer::{Sessionizer, Stats};
-pub use crate::status::PipelineStatus;
 use crate::store::StateStore;
+pub use crate::status::PipelineStatus;
 
 /// One record as the source stored it.
 #[derive(Debug, Clone)]
@@ -79,15 +79,7 @@ pub struct Batch<P> {
 
 /// A replayable input. Positions are what checkpoints and intents store.
 pub trait Source: Send {
-    type Position: Serialize
-        + DeserializeOwned
-        + Clone
-        + Default
-        + PartialEq
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static;
+    type Position: Serialize + DeserializeOwned + Clone + Default + PartialEq + std::fmt::Debug + Send + Sync + 'static;
 
     /// Names the checkpoint, the intent and the row identities (`local`, `kinesis-w0`, …).
     fn name(&self) -> String;
@@ -97,17 +89,10 @@ pub trait Source: Send {
 
     /// The next records (at most about `max` of them and `max_bytes` of data, one entry per stored
     /// record) and the position after them. No records and the same position: nothing new.
-    fn next(
-        &mut self,
-        max: usize,
-        max_bytes: usize,
-    ) -> impl Future<Output = crate::Result<Batch<Self::Position>>> + Send;
+    fn next(&mut self, max: usize, max_bytes: usize) -> impl Future<Output = crate::Result<Batch<Self::Position>>> + Send;
 
     /// Exactly the records up to `to` (replaying a recorded intent).
-    fn next_until(
-        &mut self,
-        to: &Self::Position,
-    ) -> impl Future<Output = crate::Result<Vec<SourceRecord>>> + Send;
+    fn next_until(&mut self, to: &Self::Position) -> impl Future<Output = crate::Result<Vec<SourceRecord>>> + Send;
 
     /// Everything up to `position` is committed (the source may release it).
     fn committed(&mut self, position: &Self::Position) -> impl Future<Output = ()> + Send;
@@ -218,10 +203,7 @@ fn save_json(dir: &Path, name: &str, value: &impl Serialize) -> crate::Result<()
 
 fn load_json<T: DeserializeOwned>(path: &Path) -> crate::Result<Option<T>> {
     match std::fs::read(path) {
-        Ok(bytes) => Ok(Some(
-            serde_json::from_slice(&bytes)
-                .with_context(|| format!("corrupt {}", path.display()))?,
-        )),
+        Ok(bytes) => Ok(Some(serde_json::from_slice(&bytes).with_context(|| format!("corrupt {}", path.display()))?)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
     }
@@ -249,13 +231,8 @@ pub fn instance_id(data_dir: &Path) -> crate::Result<String> {
     std::fs::create_dir_all(data_dir)?;
     // Letters and digits, starting with a letter other than `e` (file names read `-e<epoch>`).
     const ALPHABET: &[u8] = b"abcdfghijkmnpqrstuvwxyz23456789";
-    let mut id: String = (0..12)
-        .map(|_| ALPHABET[rand::random_range(0..ALPHABET.len())] as char)
-        .collect();
-    id.replace_range(
-        0..1,
-        &((b'a' + rand::random_range(0..4)) as char).to_string(),
-    );
+    let mut id: String = (0..12).map(|_| ALPHABET[rand::random_range(0..ALPHABET.len())] as char).collect();
+    id.replace_range(0..1, &((b'a' + rand::random_range(0..4)) as char).to_string());
     // Written beside and linked into place: of two processes starting at once, one id wins.
     let tmp = data_dir.join(format!(".instance-id.{}.tmp", std::process::id()));
     let mut f = std::fs::File::create(&tmp)?;
@@ -289,8 +266,7 @@ pub async fn run<S: Source>(
     config.validate().map_err(crate::Error::Config)?;
     let name = source.name();
     let lock_path = data_dir.join("pipeline").join(format!("{name}.lock"));
-    let _lock = locallog::lock_exclusive(&lock_path)
-        .with_context(|| format!("pipeline checkpoint {name} in {}", data_dir.display()))?;
+    let _lock = locallog::lock_exclusive(&lock_path).with_context(|| format!("pipeline checkpoint {name} in {}", data_dir.display()))?;
     let identity = format!("{name}-{}", instance_id(&data_dir)?);
     let store = StateStore::open(
         &data_dir.join("pipeline").join(format!("{name}.state.redb")),
@@ -309,8 +285,7 @@ pub async fn run<S: Source>(
     let mut poison = Poison::default();
     let mut backoff = Duration::from_millis(200);
     loop {
-        let Err(e) = run_from_checkpoint(&mut source, &ctx, &mut poison, shutdown.clone()).await
-        else {
+        let Err(e) = run_from_checkpoint(&mut source, &ctx, &mut poison, shutdown.clone()).await else {
             return Ok(());
         };
         if let crate::Error::Poison { label, reason } = &e
@@ -320,11 +295,7 @@ pub async fn run<S: Source>(
             tracing::error!(record = %label, reason = %reason, attempts = config.poison_attempts, "pipeline: record quarantined after failing every attempt; it goes to the dead letters");
         }
         status.failed(&format!("{e:#}"));
-        tracing::error!(
-            error = format!("{e:#}"),
-            retry_in_ms = backoff.as_millis() as u64,
-            "pipeline paused: epoch not committed"
-        );
+        tracing::error!(error = format!("{e:#}"), retry_in_ms = backoff.as_millis() as u64, "pipeline paused: epoch not committed");
         tokio::select! {
             _ = shutdown.wait_for(|s| *s) => return Ok(()),
             _ = tokio::time::sleep(backoff) => {}
@@ -344,13 +315,7 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 
 /// Decodes and sessionizes one record; an undecodable one becomes a dead letter. Panics are the
 /// caller's to catch.
-fn process_record(
-    session: &mut Sessionizer,
-    partition: &str,
-    label: &str,
-    data: &[u8],
-    panic_view: Option<&str>,
-) {
+fn process_record(session: &mut Sessionizer, partition: &str, label: &str, data: &[u8], panic_view: Option<&str>) {
     match Record::decode(data) {
         Ok(record) => {
             if let (Some(view), Record::Events(e)) = (panic_view, &record)
@@ -368,39 +333,19 @@ fn process_record(
 }
 
 /// The dead letter standing for a quarantined record: its content (decoded when possible) and why.
-fn quarantined_record(
-    session: &Sessionizer,
-    label: &str,
-    reason: &str,
-    data: &[u8],
-) -> RejectedRecord {
+fn quarantined_record(session: &Sessionizer, label: &str, reason: &str, data: &[u8]) -> RejectedRecord {
     let mut dead = raw_dead_letter(session, "quarantined", label, reason, data);
     let (recv_ms, key, payload) = match Record::decode(data) {
-        Ok(Record::Events(e)) => (
-            e.recv_ms,
-            e.key.clone(),
-            serde_json::to_string(&e).unwrap_or_default(),
-        ),
-        Ok(Record::Rejected(r)) => (
-            r.recv_ms,
-            r.key.clone(),
-            serde_json::to_string(&r).unwrap_or_default(),
-        ),
+        Ok(Record::Events(e)) => (e.recv_ms, e.key.clone(), serde_json::to_string(&e).unwrap_or_default()),
+        Ok(Record::Rejected(r)) => (r.recv_ms, r.key.clone(), serde_json::to_string(&r).unwrap_or_default()),
         Err(_) => return dead,
     };
-    (dead.recv_ms, dead.key, dead.payload) =
-        (recv_ms, key, RejectedRecord::truncate_payload(&payload));
+    (dead.recv_ms, dead.key, dead.payload) = (recv_ms, key, RejectedRecord::truncate_payload(&payload));
     dead
 }
 
 /// A dead letter for a stored record from its bytes alone (`tag`: why it could not be processed).
-fn raw_dead_letter(
-    session: &Sessionizer,
-    tag: &str,
-    label: &str,
-    reason: &str,
-    data: &[u8],
-) -> RejectedRecord {
+fn raw_dead_letter(session: &Sessionizer, tag: &str, label: &str, reason: &str, data: &[u8]) -> RejectedRecord {
     RejectedRecord {
         recv_ms: session.watermark().max(0),
         key: None,
@@ -428,18 +373,14 @@ async fn run_from_checkpoint<S: Source>(
     let clickhouse = match &ctx.clickhouse.url {
         Some(url) => {
             let ch = ClickHouseSink::new(ctx.clickhouse, url, config.dims.clone(), &ctx.identity);
-            ch.ensure_schema()
-                .await
-                .context("applying ClickHouse DDL")?;
+            ch.ensure_schema().await.context("applying ClickHouse DDL")?;
             Some(ch)
         }
         None => None,
     };
     let (mut session, ckpt) = Sessionizer::open(config.session(), ctx.store.clone())?;
     let ckpt: Checkpoint<S::Position> = match ckpt {
-        Some(bytes) => {
-            serde_json::from_slice(&bytes).context("the checkpoint in the state store")?
-        }
+        Some(bytes) => serde_json::from_slice(&bytes).context("the checkpoint in the state store")?,
         None => Checkpoint::default(),
     };
     // An epoch started but not committed is replayed over exactly its recorded range.
@@ -450,21 +391,14 @@ async fn run_from_checkpoint<S: Source>(
         .await
         .context("recovering the Parquet dataset")?;
     if removed > 0 {
-        tracing::info!(
-            removed,
-            epoch = ckpt.epoch,
-            "pipeline: removed files of an unfinished epoch; replaying it"
-        );
+        tracing::info!(removed, epoch = ckpt.epoch, "pipeline: removed files of an unfinished epoch; replaying it");
     }
     tracing::info!(source = %name, identity = %ctx.identity, epoch = ckpt.epoch, position = ?ckpt.position, "pipeline: resuming from checkpoint");
     status.restored(&session.stats);
     let panic_view = failpoint("pipeline_panic_view");
     let mut epoch = ckpt.epoch;
     let mut position = ckpt.position;
-    source
-        .seek(&position)
-        .await
-        .context("positioning the source at the checkpoint")?;
+    source.seek(&position).await.context("positioning the source at the checkpoint")?;
     let mut last_compaction = std::time::Instant::now();
     let mut last_epoch = std::time::Instant::now();
     let mut late_dropped_logged = session.stats.late_dropped;
@@ -482,102 +416,52 @@ async fn run_from_checkpoint<S: Source>(
                 for q in intent.quarantined {
                     poison.pending.entry(q.label).or_insert(q.reason);
                 }
-                (
-                    source.next_until(&intent.to).await?,
-                    intent.to,
-                    intent.caught_up,
-                    intent.clock_ms,
-                    None,
-                )
+                (source.next_until(&intent.to).await?, intent.to, intent.caught_up, intent.clock_ms, None)
             }
             None => {
-                let batch = source
-                    .next(config.max_records_per_epoch, config.max_epoch_bytes)
-                    .await?;
-                let clock =
-                    (!batch.caught_up.is_empty()).then(|| schemas::now_ms() - CAUGHT_UP_LAG_MS);
+                let batch = source.next(config.max_records_per_epoch, config.max_epoch_bytes).await?;
+                let clock = (!batch.caught_up.is_empty()).then(|| schemas::now_ms() - CAUGHT_UP_LAG_MS);
                 let behind = batch.behind.then(|| batch.behind_ms.unwrap_or(-1));
                 (batch.records, batch.to, batch.caught_up, clock, behind)
             }
         };
         // A recorded intent is always replayed, idle or not, so the epoch gets the same rows again.
         let idle = records.is_empty() && to == position;
-        if !replaying
-            && idle
-            && (session.open_views() == 0
-                || clock.is_none()
-                || last_epoch.elapsed() < IDLE_EPOCH_EVERY)
-        {
+        if !replaying && idle && (session.open_views() == 0 || clock.is_none() || last_epoch.elapsed() < IDLE_EPOCH_EVERY) {
             status.idle(session.open_views());
             continue;
         }
         last_epoch = std::time::Instant::now();
         let mut quarantined = Vec::new();
-        for SourceRecord {
-            partition,
-            label,
-            data,
-        } in records
-        {
+        for SourceRecord { partition, label, data } in records {
             if let Some(reason) = poison.pending.get(&label) {
                 // Decoding failed before, maybe by panicking: the dead letter does not depend on it.
-                let dead = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    quarantined_record(&session, &label, reason, &data)
-                }))
-                .unwrap_or_else(|_| {
-                    raw_dead_letter(&session, "quarantined", &label, reason, &data)
-                });
+                let dead = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| quarantined_record(&session, &label, reason, &data)))
+                    .unwrap_or_else(|_| raw_dead_letter(&session, "quarantined", &label, reason, &data));
                 session.process_from(&partition, Record::Rejected(dead));
-                quarantined.push(Quarantined {
-                    label,
-                    reason: reason.clone(),
-                });
+                quarantined.push(Quarantined { label, reason: reason.clone() });
                 continue;
             }
             let processed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                process_record(
-                    &mut session,
-                    &partition,
-                    &label,
-                    &data,
-                    panic_view.as_deref(),
-                )
+                process_record(&mut session, &partition, &label, &data, panic_view.as_deref())
             }));
             if let Err(panic) = processed {
                 // The sessionizer may be half-way through the record: the caller restores the checkpoint.
-                return Err(crate::Error::Poison {
-                    label,
-                    reason: panic_message(panic.as_ref()),
-                });
+                return Err(crate::Error::Poison { label, reason: panic_message(panic.as_ref()) });
             }
         }
         if let Some(clock) = clock {
             session.tick(&caught_up, clock);
         }
         // A panic here belongs to no one record: the epoch fails and is retried (reported as stalled).
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| session.advance())).map_err(
-            |panic| {
-                crate::Error::msg(format!(
-                    "advancing the views' clocks {}",
-                    panic_message(panic.as_ref())
-                ))
-            },
-        )?;
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| session.advance()))
+            .map_err(|panic| crate::Error::msg(format!("advancing the views' clocks {}", panic_message(panic.as_ref()))))?;
         let out = session.flush();
         epoch += 1;
-        let intent = Intent {
-            epoch,
-            from: position.clone(),
-            to: to.clone(),
-            caught_up,
-            clock_ms: clock,
-            quarantined,
-        };
+        let intent = Intent { epoch, from: position.clone(), to: to.clone(), caught_up, clock_ms: clock, quarantined };
         save_json(&state_dir, &intent_name, &intent)?;
         if let Some(ch) = &clickhouse {
-            ch.write_epoch(epoch, &out)
-                .await
-                .with_context(|| format!("ClickHouse insert of epoch {epoch}"))?;
+            ch.write_epoch(epoch, &out).await.with_context(|| format!("ClickHouse insert of epoch {epoch}"))?;
         }
         // Staged: invisible until published after the checkpoint below.
         let (sink2, epoch_out) = (sink.clone(), out);
@@ -622,12 +506,7 @@ async fn run_from_checkpoint<S: Source>(
             Some(_) => schemas::now_ms().saturating_sub(session.watermark()),
         };
         status.committed(&session.stats, session.open_views(), lag_ms);
-        log_progress(
-            epoch,
-            &session.stats,
-            session.open_views(),
-            &mut late_dropped_logged,
-        );
+        log_progress(epoch, &session.stats, session.open_views(), &mut late_dropped_logged);
         source.committed(&position).await;
         if config.compact_after_ms > 0 && last_compaction.elapsed() >= COMPACTION_EVERY {
             last_compaction = std::time::Instant::now();
@@ -649,10 +528,7 @@ async fn run_from_checkpoint<S: Source>(
                     "pipeline: compacted Parquet partitions"
                 ),
                 Ok(_) => {}
-                Err(e) => tracing::warn!(
-                    error = format!("{e:#}"),
-                    "pipeline: Parquet compaction failed; will retry"
-                ),
+                Err(e) => tracing::warn!(error = format!("{e:#}"), "pipeline: Parquet compaction failed; will retry"),
             }
         }
     }
@@ -677,14 +553,7 @@ struct Progress<'a, P> {
 
 /// Writes the progress file after a commit (replaced by rename; not fsynced: it is informational, and
 /// never ahead of the commit it describes).
-fn write_progress<P: Serialize>(
-    dir: &Path,
-    name: &str,
-    epoch: u64,
-    position: &P,
-    session: &Sessionizer,
-    store: &StateStore,
-) {
+fn write_progress<P: Serialize>(dir: &Path, name: &str, epoch: u64, position: &P, session: &Sessionizer, store: &StateStore) {
     let sizes = session.sizes();
     let progress = Progress {
         epoch,
@@ -698,14 +567,8 @@ fn write_progress<P: Serialize>(
         state_store_bytes: store.disk_bytes(),
         stats: &session.stats,
     };
-    let (tmp, path) = (
-        dir.join(format!(".checkpoint-{name}.json.tmp")),
-        dir.join(format!("checkpoint-{name}.json")),
-    );
-    let written = serde_json::to_vec(&progress)
-        .map_err(std::io::Error::other)
-        .and_then(|b| std::fs::write(&tmp, b))
-        .and_then(|()| std::fs::rename(&tmp, &path));
+    let (tmp, path) = (dir.join(format!(".checkpoint-{name}.json.tmp")), dir.join(format!("checkpoint-{name}.json")));
+    let written = serde_json::to_vec(&progress).map_err(std::io::Error::other).and_then(|b| std::fs::write(&tmp, b)).and_then(|()| std::fs::rename(&tmp, &path));
     if let Err(e) = written {
         tracing::warn!(error = %e, path = %path.display(), "pipeline: could not write the progress file");
     }
@@ -720,10 +583,7 @@ const COMPACTION_EVERY: Duration = Duration::from_secs(30);
 /// - `pipeline_panic_view:<view id>` panics while processing any record of that view (a poison record).
 fn failpoint(name: &str) -> Option<String> {
     let value = std::env::var("QOEFLOW_FAILPOINT").ok()?;
-    value
-        .strip_prefix(name)?
-        .strip_prefix(':')
-        .map(str::to_owned)
+    value.strip_prefix(name)?.strip_prefix(':').map(str::to_owned)
 }
 
 fn log_progress(epoch: u64, stats: &Stats, open_views: usize, late_dropped_logged: &mut u64) {

@@ -100,13 +100,7 @@ pub struct EventRow {
 
 impl EventRow {
     /// The row of `event` (`raw` as received) from `rec`, for a view placed at `offset_ms`.
-    fn new(
-        event: Event,
-        raw: &serde_json::Map<String, serde_json::Value>,
-        rec: &EventsRecord,
-        offset_ms: i64,
-        client: Arc<ClientInfo>,
-    ) -> EventRow {
+    fn new(event: Event, raw: &serde_json::Map<String, serde_json::Value>, rec: &EventsRecord, offset_ms: i64, client: Arc<ClientInfo>) -> EventRow {
         EventRow {
             event_ms: event.ts + offset_ms,
             recv_ms: rec.recv_ms,
@@ -130,10 +124,7 @@ pub struct Output {
 
 impl Output {
     pub fn is_empty(&self) -> bool {
-        self.events.is_empty()
-            && self.views.is_empty()
-            && self.windows.is_empty()
-            && self.rejected.is_empty()
+        self.events.is_empty() && self.views.is_empty() && self.windows.is_empty() && self.rejected.is_empty()
     }
 }
 
@@ -250,11 +241,7 @@ impl EndedView {
     /// `cap` ranges of unseen `seq`s are remembered: how many were forgotten for that.
     fn accept(&mut self, seq: u64, cap: usize) -> Option<u64> {
         if seq >= self.next_seq {
-            let forgotten = if seq > self.next_seq {
-                self.skipped.push(self.next_seq, seq, cap)
-            } else {
-                0
-            };
+            let forgotten = if seq > self.next_seq { self.skipped.push(self.next_seq, seq, cap) } else { 0 };
             self.next_seq = seq + 1;
             return Some(forgotten);
         }
@@ -311,10 +298,7 @@ impl SeqRanges {
     }
 
     fn contains(&self, seq: u64) -> bool {
-        self.0
-            .range(..=seq)
-            .next_back()
-            .is_some_and(|(_, &b)| seq < b)
+        self.0.range(..=seq).next_back().is_some_and(|(_, &b)| seq < b)
     }
 
     /// Removes `seq` from the range holding it (`None` if none does); returns how many ranges were
@@ -347,11 +331,7 @@ struct Clocks {
 impl Clocks {
     fn index(&mut self, partition: &str) -> u32 {
         // Records come in runs from one partition: check the last one first.
-        if self
-            .names
-            .get(self.last as usize)
-            .is_some_and(|n| n == partition)
-        {
+        if self.names.get(self.last as usize).is_some_and(|n| n == partition) {
             return self.last;
         }
         self.last = self.find_or_add(partition);
@@ -461,22 +441,17 @@ impl Sessionizer {
 
     /// Opens the sessionizer on the committed state of `store`; also returns the runner's checkpoint
     /// saved with it ([`Sessionizer::take_commit`]).
-    pub fn open(
-        config: SessionConfig,
-        store: StateStore,
-    ) -> crate::Result<(Sessionizer, Option<Vec<u8>>)> {
+    pub fn open(config: SessionConfig, store: StateStore) -> crate::Result<(Sessionizer, Option<Vec<u8>>)> {
         use crate::error::Context;
         let mut s = Sessionizer::with_store(config, store.clone());
         let loaded = store.load(|id, v| {
-            let slot: ViewSlot = serde_json::from_slice(v)
-                .with_context(|| format!("state store: open view {id:?}"))?;
+            let slot: ViewSlot = serde_json::from_slice(v).with_context(|| format!("state store: open view {id:?}"))?;
             s.buffered += slot.buffer.len();
             s.views.insert_loaded(id.to_owned(), slot);
             Ok(())
         })?;
         if let Some(meta) = loaded.session {
-            let meta: SessionMeta =
-                serde_json::from_slice(&meta).context("state store: the sessionizer's meta")?;
+            let meta: SessionMeta = serde_json::from_slice(&meta).context("state store: the sessionizer's meta")?;
             (s.watermark, s.clocks, s.stats) = (meta.watermark, meta.clocks, meta.stats);
         }
         Ok((s, loaded.checkpoint))
@@ -486,19 +461,12 @@ impl Sessionizer {
     /// ([`StateStore::commit`]). Call right after [`Sessionizer::flush`]. Fails if the store failed
     /// during the epoch.
     pub fn take_commit(&mut self, checkpoint: Option<Vec<u8>>) -> crate::Result<Commit> {
-        debug_assert!(
-            self.windows.is_empty() && self.out.is_empty(),
-            "commit with unflushed output"
-        );
+        debug_assert!(self.windows.is_empty() && self.out.is_empty(), "commit with unflushed output");
         if let Some(e) = self.store_error.take() {
             return Err(crate::Error::msg(e));
         }
         let pending = std::mem::take(&mut self.pending);
-        let mut c = Commit {
-            checkpoint,
-            max_ended: self.config.max_ended_views,
-            ..Commit::default()
-        };
+        let mut c = Commit { checkpoint, max_ended: self.config.max_ended_views, ..Commit::default() };
         c.expire_before = self.watermark.saturating_sub(self.config.late_horizon_ms);
         for id in pending.dirty {
             match self.views.hot.get(&id) {
@@ -513,15 +481,10 @@ impl Sessionizer {
         }
         for (id, events) in pending.history {
             if let Some(lowest) = events.iter().map(|e| e.seq).min() {
-                c.history_put
-                    .push((id, lowest, serde_json::to_vec(&events)?));
+                c.history_put.push((id, lowest, serde_json::to_vec(&events)?));
             }
         }
-        let meta = SessionMeta {
-            watermark: self.watermark,
-            clocks: self.clocks.clone(),
-            stats: self.stats.clone(),
-        };
+        let meta = SessionMeta { watermark: self.watermark, clocks: self.clocks.clone(), stats: self.stats.clone() };
         c.session = serde_json::to_vec(&meta)?;
         Ok(c)
     }
@@ -538,19 +501,9 @@ impl Sessionizer {
         StateSizes {
             open_views: self.views.len(),
             cached_views: self.views.hot_len(),
-            buffered_events: self
-                .views
-                .summaries()
-                .map(|(_, c)| c.buffered as usize)
-                .sum(),
-            max_skipped_ranges: self
-                .views
-                .summaries()
-                .map(|(_, c)| c.skipped as usize)
-                .max()
-                .unwrap_or(0),
-            ended_views: self.store.ended_count().unwrap_or(0)
-                + self.pending.ended.values().filter(|(_, new)| *new).count() as u64,
+            buffered_events: self.views.summaries().map(|(_, c)| c.buffered as usize).sum(),
+            max_skipped_ranges: self.views.summaries().map(|(_, c)| c.skipped as usize).max().unwrap_or(0),
+            ended_views: self.store.ended_count().unwrap_or(0) + self.pending.ended.values().filter(|(_, new)| *new).count() as u64,
             pending_history_events: self.pending.history.values().map(Vec::len).sum(),
         }
     }
@@ -640,9 +593,7 @@ impl Sessionizer {
                 for chunk in chunks {
                     match serde_json::from_slice::<Vec<Event>>(&chunk) {
                         Ok(v) => events.extend(v),
-                        Err(e) => {
-                            self.store_failed(format!("state store: history of {view_id:?}: {e}"))
-                        }
+                        Err(e) => self.store_failed(format!("state store: history of {view_id:?}: {e}")),
                     }
                 }
             }
@@ -657,19 +608,11 @@ impl Sessionizer {
     }
 
     /// Adds events to a view's history (unless it is full). Returns whether they were recorded.
-    fn record_history(
-        pending: &mut Pending,
-        config: &SessionConfig,
-        view_id: &str,
-        slot: &mut ViewSlot,
-        events: Vec<Event>,
-    ) -> bool {
+    fn record_history(pending: &mut Pending, config: &SessionConfig, view_id: &str, slot: &mut ViewSlot, events: Vec<Event>) -> bool {
         if events.is_empty() {
             return true;
         }
-        if slot.history_full
-            || slot.history_len + events.len() as u64 > config.max_view_history as u64
-        {
+        if slot.history_full || slot.history_len + events.len() as u64 > config.max_view_history as u64 {
             slot.history_full = true;
             return false;
         }
@@ -699,28 +642,24 @@ impl Sessionizer {
             }
         }
         let offset = rec.offset_ms();
-        let slot = self
-            .views
-            .hot
-            .entry(rec.view_id.clone())
-            .or_insert_with(|| ViewSlot {
-                core: ViewCore::default(),
-                next_seq: 0,
-                buffer: BTreeMap::new(),
-                offset_ms: offset,
-                offset_seq: u64::MAX,
-                key: rec.key.clone(),
-                client: Arc::new(rec.client.clone()),
-                last_recv_ms: rec.recv_ms,
-                events: 0,
-                duplicates: 0,
-                gaps: 0,
-                partition: p,
-                skipped: SeqRanges::default(),
-                history_len: 0,
-                history_full: false,
-                version: 0,
-            });
+        let slot = self.views.hot.entry(rec.view_id.clone()).or_insert_with(|| ViewSlot {
+            core: ViewCore::default(),
+            next_seq: 0,
+            buffer: BTreeMap::new(),
+            offset_ms: offset,
+            offset_seq: u64::MAX,
+            key: rec.key.clone(),
+            client: Arc::new(rec.client.clone()),
+            last_recv_ms: rec.recv_ms,
+            events: 0,
+            duplicates: 0,
+            gaps: 0,
+            partition: p,
+            skipped: SeqRanges::default(),
+            history_len: 0,
+            history_full: false,
+            version: 0,
+        });
         self.pending.dirty.insert(rec.view_id.clone());
         slot.last_recv_ms = slot.last_recv_ms.max(rec.recv_ms);
         slot.partition = p;
@@ -737,18 +676,14 @@ impl Sessionizer {
                         index: None,
                         tag: r.tag.to_owned(),
                         reason: r.to_string(),
-                        payload: RejectedRecord::truncate_payload(
-                            &serde_json::Value::Object(raw.clone()).to_string(),
-                        ),
+                        payload: RejectedRecord::truncate_payload(&serde_json::Value::Object(raw.clone()).to_string()),
                     });
                     continue;
                 }
             };
             let straggler = event.view_id == rec.view_id && slot.skipped.contains(event.seq);
             if !straggler
-                && (event.view_id != rec.view_id
-                    || event.seq < slot.next_seq
-                    || slot.buffer.contains_key(&event.seq))
+                && (event.view_id != rec.view_id || event.seq < slot.next_seq || slot.buffer.contains_key(&event.seq))
             {
                 slot.duplicates += 1;
                 self.stats.duplicates += 1;
@@ -756,30 +691,15 @@ impl Sessionizer {
             }
             slot.events += 1;
             lowest = lowest.min(event.seq);
-            self.out.events.push(EventRow::new(
-                event.clone(),
-                raw,
-                &rec,
-                slot.offset_ms,
-                slot.client.clone(),
-            ));
+            self.out.events.push(EventRow::new(event.clone(), raw, &rec, slot.offset_ms, slot.client.clone()));
             if straggler {
-                self.stats.gaps_forgotten += slot
-                    .skipped
-                    .take(event.seq, self.config.max_gaps_per_view)
-                    .unwrap_or(0);
+                self.stats.gaps_forgotten += slot.skipped.take(event.seq, self.config.max_gaps_per_view).unwrap_or(0);
                 self.stats.stragglers += 1;
                 slot.gaps = slot.gaps.saturating_sub(1);
                 late.push(event);
                 continue;
             }
-            slot.buffer.insert(
-                event.seq,
-                Buffered {
-                    event,
-                    raw_recv_ms: rec.recv_ms,
-                },
-            );
+            slot.buffer.insert(event.seq, Buffered { event, raw_recv_ms: rec.recv_ms });
             self.buffered += 1;
         }
         // The record with the view's lowest `seq` places the view (in order: its first record).
@@ -806,17 +726,9 @@ impl Sessionizer {
     /// Re-derives the open view `view_id` with `late` events added to its history and, if given, a new
     /// offset and client; emits the difference to the windows. Finalizes the view if the new
     /// derivation ends it.
-    fn correct_open(
-        &mut self,
-        view_id: &str,
-        late: Vec<Event>,
-        replace: Option<(i64, ClientInfo)>,
-    ) {
+    fn correct_open(&mut self, view_id: &str, late: Vec<Event>, replace: Option<(i64, ClientInfo)>) {
         let added = late.len();
-        let full = self.views.hot.get(view_id).is_none_or(|slot| {
-            slot.history_full
-                || slot.history_len + added as u64 > self.config.max_view_history as u64
-        });
+        let full = self.views.hot.get(view_id).is_none_or(|slot| slot.history_full || slot.history_len + added as u64 > self.config.max_view_history as u64);
         if full {
             // Not re-derivable: the view stays where it was placed, without these events.
             self.stats.uncorrected += added as u64;
@@ -826,9 +738,7 @@ impl Sessionizer {
             return;
         }
         let mut history = self.history_of(view_id);
-        let Some(slot) = self.views.hot.get_mut(view_id) else {
-            return;
-        };
+        let Some(slot) = self.views.hot.get_mut(view_id) else { return };
         let old = derive(&self.config, &history, slot.offset_ms, &slot.client, None);
         if let Some((offset, client)) = replace {
             (slot.offset_ms, slot.client) = (offset, Arc::new(client));
@@ -837,13 +747,8 @@ impl Sessionizer {
         history.sort_by_key(|e| e.seq);
         Self::record_history(&mut self.pending, &self.config, view_id, slot, late);
         let new = derive(&self.config, &history, slot.offset_ms, &slot.client, None);
-        let cutoff = self
-            .clocks
-            .get(slot.partition)
-            .saturating_sub(self.config.late_horizon_ms);
-        self.stats.late_dropped += self
-            .windows
-            .add_difference(old.windows, new.windows, cutoff);
+        let cutoff = self.clocks.get(slot.partition).saturating_sub(self.config.late_horizon_ms);
+        self.stats.late_dropped += self.windows.add_difference(old.windows, new.windows, cutoff);
         self.stats.corrections += 1;
         self.stats.rederived_events += (2 * history.len() - added) as u64;
         slot.core = new.core;
@@ -859,9 +764,7 @@ impl Sessionizer {
         let mut late: Vec<Event> = Vec::new();
         let cap = self.config.max_gaps_per_view;
         for raw in &rec.events {
-            let Ok(event) = validate_event_map(raw) else {
-                continue;
-            };
+            let Ok(event) = validate_event_map(raw) else { continue };
             if event.view_id != rec.view_id {
                 continue;
             }
@@ -872,13 +775,7 @@ impl Sessionizer {
                         self.stats.stragglers += 1;
                         e.slot.gaps = e.slot.gaps.saturating_sub(1);
                         e.slot.events += 1;
-                        self.out.events.push(EventRow::new(
-                            event.clone(),
-                            raw,
-                            rec,
-                            e.slot.offset_ms,
-                            e.slot.client.clone(),
-                        ));
+                        self.out.events.push(EventRow::new(event.clone(), raw, rec, e.slot.offset_ms, e.slot.client.clone()));
                         late.push(event);
                     }
                     None => {
@@ -898,13 +795,7 @@ impl Sessionizer {
                 e.slot.next_seq = e.frontier;
                 self.stats.stragglers += 1;
                 e.slot.events += 1;
-                self.out.events.push(EventRow::new(
-                    event.clone(),
-                    raw,
-                    rec,
-                    e.slot.offset_ms,
-                    e.slot.client.clone(),
-                ));
+                self.out.events.push(EventRow::new(event.clone(), raw, rec, e.slot.offset_ms, e.slot.client.clone()));
                 late.push(event);
                 continue;
             }
@@ -912,13 +803,7 @@ impl Sessionizer {
                 Some(forgotten) => {
                     self.stats.gaps_forgotten += forgotten;
                     self.stats.after_end += 1;
-                    self.out.events.push(EventRow::new(
-                        event,
-                        raw,
-                        rec,
-                        e.slot.offset_ms,
-                        e.slot.client.clone(),
-                    ));
+                    self.out.events.push(EventRow::new(event, raw, rec, e.slot.offset_ms, e.slot.client.clone()));
                 }
                 None => {
                     e.slot.duplicates += 1;
@@ -944,50 +829,25 @@ impl Sessionizer {
 
     /// Re-derives an ended view with `late` events added to its history: window differences, and its
     /// `views` row again with the next version.
-    fn correct_ended(
-        &mut self,
-        view_id: &str,
-        e: &mut EndedSlot,
-        late: Vec<Event>,
-        replace: Option<(i64, ClientInfo)>,
-    ) {
+    fn correct_ended(&mut self, view_id: &str, e: &mut EndedSlot, late: Vec<Event>, replace: Option<(i64, ClientInfo)>) {
         let added = late.len();
-        if e.slot.history_full
-            || e.slot.history_len + added as u64 > self.config.max_view_history as u64
-        {
+        if e.slot.history_full || e.slot.history_len + added as u64 > self.config.max_view_history as u64 {
             e.slot.history_full = true;
             self.stats.uncorrected += added as u64;
             return;
         }
         let mut history = self.history_of(view_id);
         let close = Some(end_reason(&e.reason));
-        let old = derive(
-            &self.config,
-            &history,
-            e.slot.offset_ms,
-            &e.slot.client,
-            close,
-        );
+        let old = derive(&self.config, &history, e.slot.offset_ms, &e.slot.client, close);
         if let Some((offset, client)) = replace {
             (e.slot.offset_ms, e.slot.client) = (offset, Arc::new(client));
         }
         history.extend(late.iter().cloned());
         history.sort_by_key(|e| e.seq);
         Self::record_history(&mut self.pending, &self.config, view_id, &mut e.slot, late);
-        let new = derive(
-            &self.config,
-            &history,
-            e.slot.offset_ms,
-            &e.slot.client,
-            close,
-        );
-        let cutoff = self
-            .clocks
-            .get(e.slot.partition)
-            .saturating_sub(self.config.late_horizon_ms);
-        self.stats.late_dropped += self
-            .windows
-            .add_difference(old.windows, new.windows, cutoff);
+        let new = derive(&self.config, &history, e.slot.offset_ms, &e.slot.client, close);
+        let cutoff = self.clocks.get(e.slot.partition).saturating_sub(self.config.late_horizon_ms);
+        self.stats.late_dropped += self.windows.add_difference(old.windows, new.windows, cutoff);
         self.stats.corrections += 1;
         self.stats.rederived_events += (2 * history.len() - added) as u64;
         e.slot.core = new.core;
@@ -1003,11 +863,7 @@ impl Sessionizer {
     /// `max_open_views` at a time so the scan is amortised over many new views.
     fn evict_idle(&mut self) {
         let n = (self.config.max_open_views / 16).clamp(1, self.views.len().max(1));
-        let mut order: Vec<(i64, &String)> = self
-            .views
-            .summaries()
-            .map(|(id, c)| (c.last_recv_ms, id))
-            .collect();
+        let mut order: Vec<(i64, &String)> = self.views.summaries().map(|(id, c)| (c.last_recv_ms, id)).collect();
         if order.is_empty() {
             return;
         }
@@ -1026,13 +882,8 @@ impl Sessionizer {
     /// inactivity gap ended it first). Returns whether it was ended with `reason`.
     fn close_view(&mut self, id: &str, reason: &'static str) -> bool {
         self.drain_view(id, i64::MAX);
-        let Some(slot) = self.views.hot.get_mut(id) else {
-            return false;
-        };
-        let cutoff = self
-            .clocks
-            .get(slot.partition)
-            .saturating_sub(self.config.late_horizon_ms);
+        let Some(slot) = self.views.hot.get_mut(id) else { return false };
+        let cutoff = self.clocks.get(slot.partition).saturating_sub(self.config.late_horizon_ms);
         let place = Place::new(&self.config, slot.offset_ms, &slot.client, cutoff);
         slot.core.end(&place, &mut self.windows);
         self.finalize_as(id, reason, true);
@@ -1044,13 +895,8 @@ impl Sessionizer {
     /// `i64::MAX`: skip them all). Finalizes the view if it ended.
     fn drain_view(&mut self, view_id: &str, skip_received_by: i64) {
         self.load_view(view_id);
-        let Some(slot) = self.views.hot.get_mut(view_id) else {
-            return;
-        };
-        let cutoff = self
-            .clocks
-            .get(slot.partition)
-            .saturating_sub(self.config.late_horizon_ms);
+        let Some(slot) = self.views.hot.get_mut(view_id) else { return };
+        let cutoff = self.clocks.get(slot.partition).saturating_sub(self.config.late_horizon_ms);
         let mut reason = "viewend";
         let mut applied = Vec::new();
         while let Some(entry) = slot.buffer.first_entry() {
@@ -1061,9 +907,7 @@ impl Sessionizer {
                 }
                 slot.gaps += seq - slot.next_seq;
                 self.stats.gaps += seq - slot.next_seq;
-                self.stats.gaps_forgotten +=
-                    slot.skipped
-                        .push(slot.next_seq, seq, self.config.max_gaps_per_view);
+                self.stats.gaps_forgotten += slot.skipped.push(slot.next_seq, seq, self.config.max_gaps_per_view);
             }
             let b = entry.remove();
             self.buffered = self.buffered.saturating_sub(1);
@@ -1101,34 +945,20 @@ impl Sessionizer {
 
     /// Finalizes an open view; `external`: closed from outside, not by its own events.
     fn finalize_as(&mut self, view_id: &str, reason: &'static str, external: bool) {
-        let Some(mut slot) = self.views.hot.remove(view_id) else {
-            return;
-        };
+        let Some(mut slot) = self.views.hot.remove(view_id) else { return };
         self.stats.views_ended += 1;
         self.buffered = self.buffered.saturating_sub(slot.buffer.len());
         self.pending.dirty.insert(view_id.to_owned());
         // Seqs past the end it never saw stay acceptable for the events table; the ones it held
         // buffered were seen.
-        let mut after = EndedView {
-            next_seq: slot.next_seq,
-            skipped: SeqRanges::default(),
-        };
+        let mut after = EndedView { next_seq: slot.next_seq, skipped: SeqRanges::default() };
         for &seq in slot.buffer.keys() {
-            self.stats.gaps_forgotten += after
-                .accept(seq, self.config.max_gaps_per_view)
-                .unwrap_or(0);
+            self.stats.gaps_forgotten += after.accept(seq, self.config.max_gaps_per_view).unwrap_or(0);
         }
         slot.buffer.clear();
         slot.version += 1;
         self.out.views.push(view_row(view_id, &slot, reason));
-        let ended = EndedSlot {
-            frontier: slot.next_seq,
-            slot,
-            at: self.watermark,
-            reason: reason.to_owned(),
-            external,
-            after,
-        };
+        let ended = EndedSlot { frontier: slot.next_seq, slot, at: self.watermark, reason: reason.to_owned(), external, after };
         self.pending.ended.insert(view_id.to_owned(), (ended, true));
     }
 
@@ -1172,8 +1002,7 @@ impl Sessionizer {
     pub fn flush(&mut self) -> Output {
         let mut out = std::mem::take(&mut self.out);
         out.windows = self.windows.drain();
-        out.views
-            .sort_by(|a, b| (&a.view_id, a.version).cmp(&(&b.view_id, b.version)));
+        out.views.sort_by(|a, b| (&a.view_id, a.version).cmp(&(&b.view_id, b.version)));
         // Of several versions in one flush, the last supersedes the others.
         let mut views: Vec<ViewRow> = Vec::with_capacity(out.views.len());
         for v in out.views {

@@ -60,48 +60,22 @@ impl PipelineStatus {
         PipelineStatus {
             stall_after: Duration::from_millis(stall_after_ms),
             max_lag_ms: max_lag_ms.min(i64::MAX as u64) as i64,
-            state: Mutex::new(State {
-                last_commit: now,
-                last_turn: now,
-                failing: None,
-                lag_ms: 0,
-                evicted_seen: None,
-            }),
+            state: Mutex::new(State { last_commit: now, last_turn: now, failing: None, lag_ms: 0, evicted_seen: None }),
             quarantined: counter(
                 "qoeflow_pipeline_quarantined_records_total",
                 "Records whose processing failed every attempt, dead-lettered as `quarantined`",
             ),
-            evicted: counter(
-                "qoeflow_pipeline_views_evicted_total",
-                "Views ended early at pipeline.max_open_views",
-            ),
-            epochs: counter(
-                "qoeflow_pipeline_epochs_committed_total",
-                "Epochs committed to every sink",
-            ),
-            failures: counter(
-                "qoeflow_pipeline_epoch_failures_total",
-                "Epoch attempts that failed and were retried",
-            ),
-            open_views: gauge(
-                "qoeflow_pipeline_open_views",
-                "Views open in the sessionizer",
-            ),
-            stalled: gauge(
-                "qoeflow_pipeline_stalled",
-                "1 while the pipeline has failed to commit for pipeline.stall_after_ms",
-            ),
-            lag: gauge(
-                "qoeflow_pipeline_lag_milliseconds",
-                "How far the last committed epoch trailed its input",
-            ),
+            evicted: counter("qoeflow_pipeline_views_evicted_total", "Views ended early at pipeline.max_open_views"),
+            epochs: counter("qoeflow_pipeline_epochs_committed_total", "Epochs committed to every sink"),
+            failures: counter("qoeflow_pipeline_epoch_failures_total", "Epoch attempts that failed and were retried"),
+            open_views: gauge("qoeflow_pipeline_open_views", "Views open in the sessionizer"),
+            stalled: gauge("qoeflow_pipeline_stalled", "1 while the pipeline has failed to commit for pipeline.stall_after_ms"),
+            lag: gauge("qoeflow_pipeline_lag_milliseconds", "How far the last committed epoch trailed its input"),
         }
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// An epoch was committed; `lag_ms` is how far it trailed the input (0: caught up).
@@ -140,8 +114,7 @@ impl PipelineStatus {
         s.last_turn = Instant::now();
         s.failing = Some(error.to_owned());
         self.failures.inc();
-        self.stalled
-            .set(i64::from(s.last_commit.elapsed() >= self.stall_after));
+        self.stalled.set(i64::from(s.last_commit.elapsed() >= self.stall_after));
     }
 
     /// A record was quarantined.
@@ -163,16 +136,10 @@ impl PipelineStatus {
         }
         if s.last_turn.elapsed() >= self.stall_after {
             self.stalled.set(1);
-            return Err(format!(
-                "pipeline stalled: its loop has not run for {} s",
-                s.last_turn.elapsed().as_secs()
-            ));
+            return Err(format!("pipeline stalled: its loop has not run for {} s", s.last_turn.elapsed().as_secs()));
         }
         if s.lag_ms > self.max_lag_ms {
-            return Err(format!(
-                "pipeline far behind: its last epoch trailed the input by {} s",
-                s.lag_ms / 1000
-            ));
+            return Err(format!("pipeline far behind: its last epoch trailed the input by {} s", s.lag_ms / 1000));
         }
         Ok(())
     }
@@ -196,10 +163,7 @@ mod tests {
         std::thread::sleep(Duration::from_millis(60));
         status.failed("ClickHouse insert: connection refused");
         let err = status.check().expect_err("stalled");
-        assert!(
-            err.contains("stalled") && err.contains("connection refused"),
-            "{err}"
-        );
+        assert!(err.contains("stalled") && err.contains("connection refused"), "{err}");
         assert_eq!(status.stalled.get(), 1);
         status.committed(&Stats::default(), 3, 20_000);
         assert_eq!(status.stalled.get(), 0);

@@ -48,9 +48,7 @@ pub struct StateStore {
 
 impl std::fmt::Debug for StateStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StateStore")
-            .field("path", &self.path)
-            .finish()
+        f.debug_struct("StateStore").field("path", &self.path).finish()
     }
 }
 
@@ -100,13 +98,8 @@ impl StateStore {
         }
         let db = Database::builder()
             .set_cache_size(cache_bytes)
-            .create(path)
-            .map_err(|e| db_err("opening")(e.into()))
-            .with_context(|| format!("{}", path.display()))?;
-        let store = StateStore {
-            db: Arc::new(db),
-            path: Some(path.to_owned()),
-        };
+            .create(path).map_err(|e| db_err("opening")(e.into())).with_context(|| format!("{}", path.display()))?;
+        let store = StateStore { db: Arc::new(db), path: Some(path.to_owned()) };
         store.create_tables()?;
         Ok(store)
     }
@@ -116,10 +109,7 @@ impl StateStore {
         let db = Database::builder()
             .create_with_backend(redb::backends::InMemoryBackend::new())
             .unwrap_or_else(|e| panic!("an in-memory redb database cannot fail to open: {e}"));
-        let store = StateStore {
-            db: Arc::new(db),
-            path: None,
-        };
+        let store = StateStore { db: Arc::new(db), path: None };
         if let Err(e) = store.create_tables() {
             panic!("an in-memory redb database cannot fail to create its tables: {e}");
         }
@@ -127,129 +117,68 @@ impl StateStore {
     }
 
     fn create_tables(&self) -> crate::Result<()> {
-        let tx = self
-            .db
-            .begin_write()
-            .map_err(|e| db_err("begin")(e.into()))?;
+        let tx = self.db.begin_write().map_err(|e| db_err("begin")(e.into()))?;
         {
-            tx.open_table(OPEN)
-                .map_err(|e| db_err("open table")(e.into()))?;
-            tx.open_table(ENDED)
-                .map_err(|e| db_err("open table")(e.into()))?;
-            tx.open_table(ENDED_AT)
-                .map_err(|e| db_err("open table")(e.into()))?;
-            tx.open_table(HISTORY)
-                .map_err(|e| db_err("open table")(e.into()))?;
-            tx.open_table(META)
-                .map_err(|e| db_err("open table")(e.into()))?;
+            tx.open_table(OPEN).map_err(|e| db_err("open table")(e.into()))?;
+            tx.open_table(ENDED).map_err(|e| db_err("open table")(e.into()))?;
+            tx.open_table(ENDED_AT).map_err(|e| db_err("open table")(e.into()))?;
+            tx.open_table(HISTORY).map_err(|e| db_err("open table")(e.into()))?;
+            tx.open_table(META).map_err(|e| db_err("open table")(e.into()))?;
         }
         tx.commit().map_err(|e| db_err("commit")(e.into()))
     }
 
     /// The file's size on disk (0 in memory).
     pub fn disk_bytes(&self) -> u64 {
-        self.path
-            .as_ref()
-            .and_then(|p| std::fs::metadata(p).ok())
-            .map_or(0, |m| m.len())
+        self.path.as_ref().and_then(|p| std::fs::metadata(p).ok()).map_or(0, |m| m.len())
     }
 
     /// The committed state: the sessionizer's meta and the runner's checkpoint; every open view is handed
     /// to `each_open` (id, state) as it is read, so loading holds one view's bytes at a time.
-    pub fn load(
-        &self,
-        mut each_open: impl FnMut(&str, &[u8]) -> crate::Result<()>,
-    ) -> crate::Result<Loaded> {
-        let tx = self
-            .db
-            .begin_read()
-            .map_err(|e| db_err("begin read")(e.into()))?;
+    pub fn load(&self, mut each_open: impl FnMut(&str, &[u8]) -> crate::Result<()>) -> crate::Result<Loaded> {
+        let tx = self.db.begin_read().map_err(|e| db_err("begin read")(e.into()))?;
         let meta = tx.open_table(META).map_err(|e| db_err("meta")(e.into()))?;
         let get = |k: &str| -> crate::Result<Option<Vec<u8>>> {
-            Ok(meta
-                .get(k)
-                .map_err(|e| db_err("meta")(e.into()))?
-                .map(|v| v.value().to_vec()))
+            Ok(meta.get(k).map_err(|e| db_err("meta")(e.into()))?.map(|v| v.value().to_vec()))
         };
         let (session, checkpoint) = (get(META_SESSION)?, get(META_CHECKPOINT)?);
-        let open_table = tx
-            .open_table(OPEN)
-            .map_err(|e| db_err("open views")(e.into()))?;
-        for entry in open_table
-            .iter()
-            .map_err(|e| db_err("open views")(e.into()))?
-        {
+        let open_table = tx.open_table(OPEN).map_err(|e| db_err("open views")(e.into()))?;
+        for entry in open_table.iter().map_err(|e| db_err("open views")(e.into()))? {
             let (k, v) = entry.map_err(|e| db_err("open views")(e.into()))?;
             each_open(k.value(), v.value())?;
         }
-        Ok(Loaded {
-            session,
-            checkpoint,
-        })
+        Ok(Loaded { session, checkpoint })
     }
 
     /// An open view's committed state (a view the sessionizer no longer keeps in memory).
     pub fn open_view(&self, view_id: &str) -> crate::Result<Option<Vec<u8>>> {
-        let tx = self
-            .db
-            .begin_read()
-            .map_err(|e| db_err("begin read")(e.into()))?;
-        let t = tx
-            .open_table(OPEN)
-            .map_err(|e| db_err("open views")(e.into()))?;
-        Ok(t.get(view_id)
-            .map_err(|e| db_err("open views")(e.into()))?
-            .map(|v| v.value().to_vec()))
+        let tx = self.db.begin_read().map_err(|e| db_err("begin read")(e.into()))?;
+        let t = tx.open_table(OPEN).map_err(|e| db_err("open views")(e.into()))?;
+        Ok(t.get(view_id).map_err(|e| db_err("open views")(e.into()))?.map(|v| v.value().to_vec()))
     }
 
     /// An ended view's committed state.
     pub fn ended(&self, view_id: &str) -> crate::Result<Option<Vec<u8>>> {
-        let tx = self
-            .db
-            .begin_read()
-            .map_err(|e| db_err("begin read")(e.into()))?;
-        let t = tx
-            .open_table(ENDED)
-            .map_err(|e| db_err("ended views")(e.into()))?;
-        Ok(t.get(view_id)
-            .map_err(|e| db_err("ended views")(e.into()))?
-            .map(|v| v.value().to_vec()))
+        let tx = self.db.begin_read().map_err(|e| db_err("begin read")(e.into()))?;
+        let t = tx.open_table(ENDED).map_err(|e| db_err("ended views")(e.into()))?;
+        Ok(t.get(view_id).map_err(|e| db_err("ended views")(e.into()))?.map(|v| v.value().to_vec()))
     }
 
     /// A view's committed history chunks, by lowest seq.
     pub fn history(&self, view_id: &str) -> crate::Result<Vec<Vec<u8>>> {
-        let tx = self
-            .db
-            .begin_read()
-            .map_err(|e| db_err("begin read")(e.into()))?;
-        let t = tx
-            .open_table(HISTORY)
-            .map_err(|e| db_err("history")(e.into()))?;
+        let tx = self.db.begin_read().map_err(|e| db_err("begin read")(e.into()))?;
+        let t = tx.open_table(HISTORY).map_err(|e| db_err("history")(e.into()))?;
         let mut chunks = Vec::new();
-        for entry in t
-            .range((view_id, 0)..=(view_id, u64::MAX))
-            .map_err(|e| db_err("history")(e.into()))?
-        {
-            chunks.push(
-                entry
-                    .map_err(|e| db_err("history")(e.into()))?
-                    .1
-                    .value()
-                    .to_vec(),
-            );
+        for entry in t.range((view_id, 0)..=(view_id, u64::MAX)).map_err(|e| db_err("history")(e.into()))? {
+            chunks.push(entry.map_err(|e| db_err("history")(e.into()))?.1.value().to_vec());
         }
         Ok(chunks)
     }
 
     /// How many ended views are kept (committed).
     pub fn ended_count(&self) -> crate::Result<u64> {
-        let tx = self
-            .db
-            .begin_read()
-            .map_err(|e| db_err("begin read")(e.into()))?;
-        let t = tx
-            .open_table(ENDED)
-            .map_err(|e| db_err("ended views")(e.into()))?;
+        let tx = self.db.begin_read().map_err(|e| db_err("begin read")(e.into()))?;
+        let t = tx.open_table(ENDED).map_err(|e| db_err("ended views")(e.into()))?;
         t.len().map_err(|e| db_err("ended views")(e.into()))
     }
 
@@ -259,44 +188,27 @@ impl StateStore {
         let err = |what: &'static str| db_err(what);
         let mut tx = self.db.begin_write().map_err(|e| err("begin")(e.into()))?;
         // Durable when commit returns (the default, said explicitly: effectively-once depends on it).
-        tx.set_durability(redb::Durability::Immediate)
-            .map_err(|e| crate::Error::msg(format!("state store: durability: {e}")))?;
+        tx.set_durability(redb::Durability::Immediate).map_err(|e| crate::Error::msg(format!("state store: durability: {e}")))?;
         let mut forgotten = Forgotten::default();
         {
-            let mut open = tx
-                .open_table(OPEN)
-                .map_err(|e| err("open views")(e.into()))?;
+            let mut open = tx.open_table(OPEN).map_err(|e| err("open views")(e.into()))?;
             for id in &c.open_delete {
-                open.remove(id.as_str())
-                    .map_err(|e| err("open views")(e.into()))?;
+                open.remove(id.as_str()).map_err(|e| err("open views")(e.into()))?;
             }
             for (id, v) in &c.open_put {
-                open.insert(id.as_str(), v.as_slice())
-                    .map_err(|e| err("open views")(e.into()))?;
+                open.insert(id.as_str(), v.as_slice()).map_err(|e| err("open views")(e.into()))?;
             }
-            let mut ended = tx
-                .open_table(ENDED)
-                .map_err(|e| err("ended views")(e.into()))?;
-            let mut ended_at = tx
-                .open_table(ENDED_AT)
-                .map_err(|e| err("ended views")(e.into()))?;
-            let mut history = tx
-                .open_table(HISTORY)
-                .map_err(|e| err("history")(e.into()))?;
+            let mut ended = tx.open_table(ENDED).map_err(|e| err("ended views")(e.into()))?;
+            let mut ended_at = tx.open_table(ENDED_AT).map_err(|e| err("ended views")(e.into()))?;
+            let mut history = tx.open_table(HISTORY).map_err(|e| err("history")(e.into()))?;
             for (id, at, new, v) in &c.ended_put {
-                ended
-                    .insert(id.as_str(), v.as_slice())
-                    .map_err(|e| err("ended views")(e.into()))?;
+                ended.insert(id.as_str(), v.as_slice()).map_err(|e| err("ended views")(e.into()))?;
                 if *new {
-                    ended_at
-                        .insert((*at, id.as_str()), ())
-                        .map_err(|e| err("ended views")(e.into()))?;
+                    ended_at.insert((*at, id.as_str()), ()).map_err(|e| err("ended views")(e.into()))?;
                 }
             }
             for (id, seq, v) in &c.history_put {
-                history
-                    .insert((id.as_str(), *seq), v.as_slice())
-                    .map_err(|e| err("history")(e.into()))?;
+                history.insert((id.as_str(), *seq), v.as_slice()).map_err(|e| err("history")(e.into()))?;
             }
             // The late horizon, then the cap: oldest first.
             let len = ended.len().map_err(|e| err("ended views")(e.into()))?;
@@ -312,12 +224,8 @@ impl StateStore {
                 doomed.push((at, id.to_owned(), expired));
             }
             for (at, id, expired) in doomed {
-                ended_at
-                    .remove((at, id.as_str()))
-                    .map_err(|e| err("ended views")(e.into()))?;
-                ended
-                    .remove(id.as_str())
-                    .map_err(|e| err("ended views")(e.into()))?;
+                ended_at.remove((at, id.as_str())).map_err(|e| err("ended views")(e.into()))?;
+                ended.remove(id.as_str()).map_err(|e| err("ended views")(e.into()))?;
                 let keys: Vec<u64> = history
                     .range((id.as_str(), 0)..=(id.as_str(), u64::MAX))
                     .map_err(|e| err("history")(e.into()))?
@@ -325,22 +233,14 @@ impl StateStore {
                     .collect::<Result<_, _>>()
                     .map_err(|e| err("history")(e.into()))?;
                 for seq in keys {
-                    history
-                        .remove((id.as_str(), seq))
-                        .map_err(|e| err("history")(e.into()))?;
+                    history.remove((id.as_str(), seq)).map_err(|e| err("history")(e.into()))?;
                 }
-                if expired {
-                    forgotten.expired += 1
-                } else {
-                    forgotten.over_cap += 1
-                }
+                if expired { forgotten.expired += 1 } else { forgotten.over_cap += 1 }
             }
             let mut meta = tx.open_table(META).map_err(|e| err("meta")(e.into()))?;
-            meta.insert(META_SESSION, c.session.as_slice())
-                .map_err(|e| err("meta")(e.into()))?;
+            meta.insert(META_SESSION, c.session.as_slice()).map_err(|e| err("meta")(e.into()))?;
             if let Some(ckpt) = &c.checkpoint {
-                meta.insert(META_CHECKPOINT, ckpt.as_slice())
-                    .map_err(|e| err("meta")(e.into()))?;
+                meta.insert(META_CHECKPOINT, ckpt.as_slice()).map_err(|e| err("meta")(e.into()))?;
             }
         }
         tx.commit().map_err(|e| err("commit")(e.into()))?;

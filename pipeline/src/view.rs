@@ -29,17 +29,9 @@ impl Span {
     #[inline]
     pub fn adds(self, ms: i64) -> [(Measure, i64); 3] {
         match self {
-            Span::Play {
-                bitrate_kbps: Some(b),
-            } => [(PlayMs, ms), (BitrateMs, b * ms), (BitrateKnownMs, ms)],
-            Span::Play { bitrate_kbps: None } => {
-                [(PlayMs, ms), (BitrateMs, 0), (BitrateKnownMs, 0)]
-            }
-            Span::Stall { seek } => [
-                (StallMs, ms),
-                (SeekStallMs, if seek { ms } else { 0 }),
-                (StallCount, 0),
-            ],
+            Span::Play { bitrate_kbps: Some(b) } => [(PlayMs, ms), (BitrateMs, b * ms), (BitrateKnownMs, ms)],
+            Span::Play { bitrate_kbps: None } => [(PlayMs, ms), (BitrateMs, 0), (BitrateKnownMs, 0)],
+            Span::Stall { seek } => [(StallMs, ms), (SeekStallMs, if seek { ms } else { 0 }), (StallCount, 0)],
         }
     }
 }
@@ -60,9 +52,7 @@ pub enum State {
     Paused,
     Seeking,
     /// Stalled; `seek` when the stall began while seeking.
-    Stalled {
-        seek: bool,
-    },
+    Stalled { seek: bool },
     Failed,
     Ended,
 }
@@ -138,11 +128,7 @@ impl ViewMachine {
                     return;
                 }
                 self.close_span(t, out);
-                let next = if event.kind == EventKind::Pause {
-                    State::Paused
-                } else {
-                    State::Seeking
-                };
+                let next = if event.kind == EventKind::Pause { State::Paused } else { State::Seeking };
                 self.enter(next, t);
             }
             EventKind::StallStart => {
@@ -163,43 +149,31 @@ impl ViewMachine {
                 }
             }
             EventKind::QualityChange => {
-                let Payload::QualityChange { bitrate_kbps, .. } = event.payload else {
-                    return;
-                };
+                let Payload::QualityChange { bitrate_kbps, .. } = event.payload else { return };
                 let bitrate_kbps = bitrate_kbps.round() as i64;
                 // The old bitrate applies up to now, the new one from now on.
                 self.checkpoint_span(t, out);
                 if self.totals.flag(Started) {
                     match self.bitrate_kbps {
                         Some(prev) if bitrate_kbps > prev => self.count(t, &[(SwitchesUp, 1)], out),
-                        Some(prev) if bitrate_kbps < prev => {
-                            self.count(t, &[(SwitchesDown, 1)], out)
-                        }
+                        Some(prev) if bitrate_kbps < prev => self.count(t, &[(SwitchesDown, 1)], out),
                         _ => {}
                     }
                 }
                 self.bitrate_kbps = Some(bitrate_kbps);
             }
             EventKind::Segment => {
-                let Payload::Segment { cache, bytes, .. } = event.payload else {
-                    return;
-                };
+                let Payload::Segment { cache, bytes, .. } = event.payload else { return };
                 let bytes = bytes as i64;
                 let adds = match cache {
                     CacheStatus::Hit => [(SegmentsHit, 1), (BytesHit, bytes), (BytesTotal, bytes)],
-                    CacheStatus::Miss => {
-                        [(SegmentsMiss, 1), (BytesMiss, bytes), (BytesTotal, bytes)]
-                    }
-                    CacheStatus::Unknown => {
-                        [(SegmentsUnknown, 1), (BytesUnknown, bytes), (BytesTotal, 0)]
-                    }
+                    CacheStatus::Miss => [(SegmentsMiss, 1), (BytesMiss, bytes), (BytesTotal, bytes)],
+                    CacheStatus::Unknown => [(SegmentsUnknown, 1), (BytesUnknown, bytes), (BytesTotal, 0)],
                 };
                 self.count(t, &adds, out);
             }
             EventKind::Error => {
-                let Payload::Error { fatal, .. } = event.payload else {
-                    return;
-                };
+                let Payload::Error { fatal, .. } = event.payload else { return };
                 self.count(t, &[(Errors, 1), (FatalErrors, i64::from(fatal))], out);
                 if fatal && self.state != State::Failed {
                     if self.totals.flag(Started) {
@@ -263,9 +237,7 @@ impl ViewMachine {
         let from = self.span_from;
         let d = t - from;
         let span = match self.state {
-            State::Playing => Some(Span::Play {
-                bitrate_kbps: self.bitrate_kbps,
-            }),
+            State::Playing => Some(Span::Play { bitrate_kbps: self.bitrate_kbps }),
             State::Stalled { seek } => Some(Span::Stall { seek }),
             _ => None,
         };

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use hdrhistogram::Histogram;
-use schemas::hist::{HIST_MAX_MS, new_histogram, serialize_histogram};
+use schemas::hist::{new_histogram, serialize_histogram, HIST_MAX_MS};
 
 use schemas::measures::Measure::{self, *};
 use schemas::measures::{HISTOGRAM_MEASURE, Values};
@@ -30,8 +30,7 @@ pub type DimValues = Arc<[String]>;
 pub struct StartupHist(Option<Box<Histogram<u64>>>);
 
 /// The serialized empty histogram, made once.
-static EMPTY_HISTOGRAM: std::sync::LazyLock<Vec<u8>> =
-    std::sync::LazyLock::new(|| serialize_histogram(&new_histogram()));
+static EMPTY_HISTOGRAM: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(|| serialize_histogram(&new_histogram()));
 
 impl StartupHist {
     /// Records a start-up time (clamped to the tracked range).
@@ -64,9 +63,7 @@ impl StartupHist {
 
     /// HdrHistogram V2 bytes (an empty histogram's when nothing was recorded).
     pub fn serialize(&self) -> Vec<u8> {
-        self.0
-            .as_deref()
-            .map_or_else(|| EMPTY_HISTOGRAM.clone(), serialize_histogram)
+        self.0.as_deref().map_or_else(|| EMPTY_HISTOGRAM.clone(), serialize_histogram)
     }
 }
 
@@ -114,10 +111,7 @@ impl WindowDelta {
 
     /// The start-time quantile `q` (0..=1) of this delta's histogram, or None without starts.
     pub fn startup_quantile(&self, q: f64) -> Option<u64> {
-        self.startup_hist
-            .histogram()
-            .filter(|h| h.len() > 0)
-            .map(|h| h.value_at_quantile(q))
+        self.startup_hist.histogram().filter(|h| h.len() > 0).map(|h| h.value_at_quantile(q))
     }
 }
 
@@ -139,10 +133,7 @@ pub struct WindowRow {
 
 impl Windows {
     pub fn new(window_ms: i64) -> Windows {
-        Windows {
-            window_ms: window_ms.max(1),
-            deltas: HashMap::new(),
-        }
+        Windows { window_ms: window_ms.max(1), deltas: HashMap::new() }
     }
 
     pub fn window_of(&self, event_ms: i64) -> i64 {
@@ -161,14 +152,7 @@ impl Windows {
 
     /// Adds the span `[from, to)` of event time, split across windows; counts the view active in each
     /// window it overlaps that is later than `last_active` (updated).
-    pub fn span(
-        &mut self,
-        from: i64,
-        to: i64,
-        dims: &DimValues,
-        span: Span,
-        last_active: &mut Option<i64>,
-    ) {
+    pub fn span(&mut self, from: i64, to: i64, dims: &DimValues, span: Span, last_active: &mut Option<i64>) {
         let mut start = from;
         while start < to {
             let w = self.window_of(start);
@@ -230,12 +214,7 @@ impl Windows {
         let mut rows: Vec<WindowRow> = self
             .deltas
             .drain()
-            .map(|((window_start, dims), delta)| WindowRow {
-                window_start,
-                window_ms,
-                dims,
-                delta,
-            })
+            .map(|((window_start, dims), delta)| WindowRow { window_start, window_ms, dims, delta })
             .collect();
         rows.sort_by(|a, b| (a.window_start, &a.dims).cmp(&(b.window_start, &b.dims)));
         rows
@@ -255,51 +234,15 @@ mod tests {
     fn spans_split_at_window_boundaries_and_count_active_once() {
         let mut w = Windows::new(10_000);
         let mut last = None;
-        w.span(
-            5_000,
-            25_000,
-            &dims(),
-            Span::Play {
-                bitrate_kbps: Some(1000),
-            },
-            &mut last,
-        );
-        w.span(
-            25_000,
-            27_000,
-            &dims(),
-            Span::Stall { seek: false },
-            &mut last,
-        );
+        w.span(5_000, 25_000, &dims(), Span::Play { bitrate_kbps: Some(1000) }, &mut last);
+        w.span(25_000, 27_000, &dims(), Span::Stall { seek: false }, &mut last);
         let rows = w.drain();
-        let got: Vec<_> = rows
-            .iter()
-            .map(|r| {
-                (
-                    r.window_start,
-                    r.delta.sums[PlayMs],
-                    r.delta.sums[StallMs],
-                    r.delta.sums[ActiveViews],
-                )
-            })
-            .collect();
-        assert_eq!(
-            got,
-            vec![
-                (0, 5_000, 0, 1),
-                (10_000, 10_000, 0, 1),
-                (20_000, 5_000, 2_000, 1)
-            ]
-        );
+        let got: Vec<_> =
+            rows.iter().map(|r| (r.window_start, r.delta.sums[PlayMs], r.delta.sums[StallMs], r.delta.sums[ActiveViews])).collect();
+        assert_eq!(got, vec![(0, 5_000, 0, 1), (10_000, 10_000, 0, 1), (20_000, 5_000, 2_000, 1)]);
         assert_eq!(rows[1].delta.sums[BitrateMs], 10_000 * 1000);
         // Later flushes do not count the view again in a window it was already counted in.
-        w.span(
-            27_000,
-            29_000,
-            &dims(),
-            Span::Play { bitrate_kbps: None },
-            &mut last,
-        );
+        w.span(27_000, 29_000, &dims(), Span::Play { bitrate_kbps: None }, &mut last);
         assert_eq!(w.drain()[0].delta.sums[ActiveViews], 0);
     }
 
@@ -308,11 +251,7 @@ mod tests {
         let mut a = WindowDelta::default();
         let mut b = WindowDelta::default();
         let empty = WindowDelta::default();
-        assert_eq!(
-            empty.startup_hist.serialize(),
-            serialize_histogram(&new_histogram()),
-            "empty serializes as before"
-        );
+        assert_eq!(empty.startup_hist.serialize(), serialize_histogram(&new_histogram()), "empty serializes as before");
         for v in [0, 100, 250, 900] {
             a.startup_hist.record(v);
         }

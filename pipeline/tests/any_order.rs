@@ -23,18 +23,8 @@ use schemas::{ClientInfo, Record};
 use serde_json::{Map, Value, json};
 
 const KINDS: [&str; 12] = [
-    "playrequest",
-    "playing",
-    "pause",
-    "seeking",
-    "seeked",
-    "stall_start",
-    "stall_end",
-    "quality_change",
-    "segment",
-    "error",
-    "heartbeat",
-    "playing",
+    "playrequest", "playing", "pause", "seeking", "seeked", "stall_start", "stall_end", "quality_change", "segment",
+    "error", "heartbeat", "playing",
 ];
 
 /// One view: its events after the `viewstart` (kind, gap to the previous event in ms, payload knob),
@@ -56,13 +46,7 @@ fn arb_view() -> impl Strategy<Value = ViewSpec> {
         prop::collection::vec(1usize..6, 1..40),
         0u32..3,
     )
-        .prop_map(|(start_ms, events, viewend, beacon_sizes, cdn)| ViewSpec {
-            start_ms,
-            events,
-            viewend,
-            beacon_sizes,
-            cdn,
-        })
+        .prop_map(|(start_ms, events, viewend, beacon_sizes, cdn)| ViewSpec { start_ms, events, viewend, beacon_sizes, cdn })
 }
 
 /// How one beacon travels: latency in ms, and how much later than due it is finally sent (0 for most).
@@ -125,10 +109,7 @@ fn beacons(index: usize, v: &ViewSpec) -> Vec<(i64, Vec<Map<String, Value>>)> {
         let n = (*sizes.next().unwrap_or(&1)).min(rest.len());
         let (chunk, tail) = rest.split_at(n);
         rest = tail;
-        out.push((
-            chunk[n - 1].0,
-            chunk.iter().map(|(_, m)| m.clone()).collect(),
-        ));
+        out.push((chunk[n - 1].0, chunk.iter().map(|(_, m)| m.clone()).collect()));
     }
     out
 }
@@ -141,19 +122,8 @@ fn records(views: &[ViewSpec], deliveries: &[(i64, i64)], late: bool) -> Vec<Rec
         for (due, events) in beacons(i, v) {
             let (latency, lateness) = *d.next().unwrap_or(&(35, 0));
             let sent_at = due + if late { lateness } else { 0 };
-            let client = ClientInfo {
-                country: "DE".into(),
-                device_type: "desktop".into(),
-                ..ClientInfo::default()
-            };
-            let rec = EventsRecord {
-                recv_ms: sent_at + latency,
-                sent_at,
-                key: None,
-                view_id: format!("v{i}"),
-                client,
-                events,
-            };
+            let client = ClientInfo { country: "DE".into(), device_type: "desktop".into(), ..ClientInfo::default() };
+            let rec = EventsRecord { recv_ms: sent_at + latency, sent_at, key: None, view_id: format!("v{i}"), client, events };
             timed.push((rec.recv_ms, timed.len(), Record::Events(rec)));
         }
     }
@@ -172,31 +142,18 @@ struct Seen {
 /// `max_cached_views`: how many open views stay in memory after each flush; the others are read back
 /// from the state store when needed, which must change nothing.
 fn run(records: &[Record], flush_every: usize, max_cached_views: usize) -> Seen {
-    let config = SessionConfig {
-        window_ms: 10_000,
-        dims: vec![Dim::Cdn, Dim::Country],
-        max_cached_views,
-        ..SessionConfig::default()
-    };
+    let config = SessionConfig { window_ms: 10_000, dims: vec![Dim::Cdn, Dim::Country], max_cached_views, ..SessionConfig::default() };
     let mut s = Sessionizer::new(config);
     let mut views: BTreeMap<String, (u64, Value)> = BTreeMap::new();
     let mut deltas: BTreeMap<(i64, Vec<String>), WindowDelta> = BTreeMap::new();
     let mut collect = |out: pipeline::Output| {
         for v in out.views {
             let e = views.entry(v.view_id.clone()).or_insert((0, Value::Null));
-            assert!(
-                v.version > e.0,
-                "versions grow: {} after {}",
-                v.version,
-                e.0
-            );
+            assert!(v.version > e.0, "versions grow: {} after {}", v.version, e.0);
             *e = (v.version, view_json(&v));
         }
         for w in out.windows {
-            deltas
-                .entry((w.window_start, w.dims.to_vec()))
-                .or_default()
-                .merge(&w.delta);
+            deltas.entry((w.window_start, w.dims.to_vec())).or_default().merge(&w.delta);
         }
     };
     for chunk in records.chunks(flush_every) {
@@ -205,11 +162,7 @@ fn run(records: &[Record], flush_every: usize, max_cached_views: usize) -> Seen 
         }
         s.advance();
         collect(s.flush());
-        assert!(
-            s.sizes().cached_views <= max_cached_views,
-            "{} views in memory, at most {max_cached_views}",
-            s.sizes().cached_views
-        );
+        assert!(s.sizes().cached_views <= max_cached_views, "{} views in memory, at most {max_cached_views}", s.sizes().cached_views);
     }
     s.end_all();
     collect(s.flush());
@@ -217,26 +170,16 @@ fn run(records: &[Record], flush_every: usize, max_cached_views: usize) -> Seen 
     let windows = deltas
         .into_iter()
         .filter_map(|(key, d)| {
-            let mut net = d
-                .startup_hist
-                .histogram()
-                .cloned()
-                .unwrap_or_else(new_histogram);
+            let mut net = d.startup_hist.histogram().cloned().unwrap_or_else(new_histogram);
             if let Some(r) = d.startup_retract.histogram() {
-                net.subtract(r)
-                    .expect("a retraction never exceeds what was added");
+                net.subtract(r).expect("a retraction never exceeds what was added");
             }
-            let sums: Vec<(String, i64)> = window_sums()
-                .filter(|(m, _)| d.sums[*m] != 0)
-                .map(|(m, name)| (name.to_owned(), d.sums[m]))
-                .collect();
+            let sums: Vec<(String, i64)> =
+                window_sums().filter(|(m, _)| d.sums[*m] != 0).map(|(m, name)| (name.to_owned(), d.sums[m])).collect();
             (!sums.is_empty() || net.len() > 0).then_some((key, (sums, net)))
         })
         .collect();
-    Seen {
-        views: views.into_iter().map(|(k, (_, v))| (k, v)).collect(),
-        windows,
-    }
+    Seen { views: views.into_iter().map(|(k, (_, v))| (k, v)).collect(), windows }
 }
 
 proptest! {
@@ -261,35 +204,13 @@ proptest! {
 /// `playing` after it, for longer than the reorder wait. The correction retracts the 0 ms start.
 #[test]
 fn a_late_playrequest_corrects_the_start_time() {
-    let view = ViewSpec {
-        start_ms: 0,
-        events: vec![(0, 100, 0), (1, 1_400, 0), (10, 10_000, 0)],
-        viewend: true,
-        beacon_sizes: vec![2, 3],
-        cdn: 0,
-    };
+    let view = ViewSpec { start_ms: 0, events: vec![(0, 100, 0), (1, 1_400, 0), (10, 10_000, 0)], viewend: true, beacon_sizes: vec![2, 3], cdn: 0 };
     // Beacon 0 (viewstart, playrequest) is sent 60 s late; beacon 1 (playing, heartbeat, viewend) on time.
-    let in_order = run(
-        &records(std::slice::from_ref(&view), &[(35, 0)], false),
-        1,
-        100_000,
-    );
-    let late = run(
-        &records(std::slice::from_ref(&view), &[(35, 60_000), (35, 0)], true),
-        1,
-        100_000,
-    );
+    let in_order = run(&records(std::slice::from_ref(&view), &[(35, 0)], false), 1, 100_000);
+    let late = run(&records(std::slice::from_ref(&view), &[(35, 60_000), (35, 0)], true), 1, 100_000);
     assert_eq!(in_order.views["v0"]["startup_ms"], json!(1_400));
     assert_eq!(late.views, in_order.views);
     assert_eq!(late.windows, in_order.windows);
-    let (_, hist) = &late
-        .windows
-        .values()
-        .find(|(_, h)| h.len() > 0)
-        .expect("a start");
-    assert_eq!(
-        (hist.len(), hist.min()),
-        (1, 1_400),
-        "the 0 ms start was retracted"
-    );
+    let (_, hist) = &late.windows.values().find(|(_, h)| h.len() > 0).expect("a start");
+    assert_eq!((hist.len(), hist.min()), (1, 1_400), "the 0 ms start was retracted");
 }

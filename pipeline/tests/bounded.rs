@@ -12,20 +12,8 @@ use schemas::{ClientInfo, Record};
 use serde_json::{Map, Value, json};
 
 const KINDS: [&str; 14] = [
-    "viewstart",
-    "playrequest",
-    "playing",
-    "pause",
-    "seeking",
-    "seeked",
-    "stall_start",
-    "stall_end",
-    "quality_change",
-    "segment",
-    "error",
-    "heartbeat",
-    "viewend",
-    "playing",
+    "viewstart", "playrequest", "playing", "pause", "seeking", "seeked", "stall_start", "stall_end", "quality_change",
+    "segment", "error", "heartbeat", "viewend", "playing",
 ];
 
 const WINDOW_MS: i64 = 10_000;
@@ -92,22 +80,13 @@ fn arb_beacon() -> impl Strategy<Value = Beacon> {
         prop_oneof![Just(TS_MIN_MS), Just(TS_MAX_MS), TS_MIN_MS..=TS_MAX_MS],
         0i64..100_000,
     )
-        .prop_map(|(view, fresh_views, events, sent_at, recv_step)| Beacon {
-            view,
-            fresh_views,
-            events,
-            sent_at,
-            recv_step,
-        })
+        .prop_map(|(view, fresh_views, events, sent_at, recv_step)| Beacon { view, fresh_views, events, sent_at, recv_step })
 }
 
 fn payload(kind: &str, knob: u32) -> Value {
     let k = knob as usize;
     let bitrate = [1.0, 500.0, 2500.4, 1_000_000.0][k % 4];
-    let (bytes, cache) = (
-        [0u64, 1, SEQ_MAX][k % 3],
-        ["hit", "miss", "unknown"][k / 3 % 3],
-    );
+    let (bytes, cache) = ([0u64, 1, SEQ_MAX][k % 3], ["hit", "miss", "unknown"][k / 3 % 3]);
     match kind {
         "quality_change" => json!({"bitrate_kbps": bitrate}),
         "segment" => json!({"bytes": bytes, "cache": cache}),
@@ -159,10 +138,7 @@ fn records(beacons: &[Beacon]) -> (Vec<Record>, usize) {
                 m.insert("type".into(), json!(KINDS[*kind]));
                 m.insert("ts".into(), json!(ts));
                 let event = Value::Object(m.clone());
-                assert!(
-                    schemas::validate_event(&event).is_ok(),
-                    "the strategy makes valid events only: {event}"
-                );
+                assert!(schemas::validate_event(&event).is_ok(), "the strategy makes valid events only: {event}");
                 events.push(m.clone());
             }
             out.push(Record::Events(EventsRecord {
@@ -181,47 +157,18 @@ fn records(beacons: &[Beacon]) -> (Vec<Record>, usize) {
 /// Inspects the state's sizes (after a flush: committed to the store).
 fn assert_state_bounded(s: &Sessionizer) -> Result<(), TestCaseError> {
     let sizes = s.sizes();
-    prop_assert!(
-        sizes.open_views <= MAX_OPEN,
-        "{} open views",
-        sizes.open_views
-    );
-    prop_assert!(
-        sizes.cached_views <= MAX_CACHED,
-        "{} open views in memory",
-        sizes.cached_views
-    );
-    prop_assert!(
-        sizes.ended_views <= MAX_ENDED as u64,
-        "{} ended views kept",
-        sizes.ended_views
-    );
-    prop_assert!(
-        sizes.max_skipped_ranges <= MAX_GAPS,
-        "a view keeps {} gap ranges",
-        sizes.max_skipped_ranges
-    );
+    prop_assert!(sizes.open_views <= MAX_OPEN, "{} open views", sizes.open_views);
+    prop_assert!(sizes.cached_views <= MAX_CACHED, "{} open views in memory", sizes.cached_views);
+    prop_assert!(sizes.ended_views <= MAX_ENDED as u64, "{} ended views kept", sizes.ended_views);
+    prop_assert!(sizes.max_skipped_ranges <= MAX_GAPS, "a view keeps {} gap ranges", sizes.max_skipped_ranges);
     // The cap is checked after each record: one record's events may wait beyond it.
-    prop_assert!(
-        sizes.buffered_events <= MAX_BUFFERED + 40,
-        "{} events waiting",
-        sizes.buffered_events
-    );
+    prop_assert!(sizes.buffered_events <= MAX_BUFFERED + 40, "{} events waiting", sizes.buffered_events);
     Ok(())
 }
 
 fn run(beacons: &[Beacon], flush_every: usize) -> Result<(), TestCaseError> {
     let (records, distinct_views) = records(beacons);
-    let input_events: u64 = records
-        .iter()
-        .map(|r| {
-            if let Record::Events(e) = r {
-                e.events.len() as u64
-            } else {
-                0
-            }
-        })
-        .sum();
+    let input_events: u64 = records.iter().map(|r| if let Record::Events(e) = r { e.events.len() as u64 } else { 0 }).sum();
     let config = SessionConfig {
         window_ms: WINDOW_MS,
         dims: vec![Dim::Cdn, Dim::StreamType],
@@ -240,15 +187,10 @@ fn run(beacons: &[Beacon], flush_every: usize) -> Result<(), TestCaseError> {
     let per_event = (TIMEOUT_MS / WINDOW_MS + 2) as u64 + 1;
     let (mut event_rows, mut view_rows) = (0u64, 0u64);
     // A correction re-derives its view: its work is the events it replays.
-    let mut flush = |s: &mut Sessionizer,
-                     before: (u64, u64, u64, u64)|
-     -> Result<(), TestCaseError> {
+    let mut flush = |s: &mut Sessionizer, before: (u64, u64, u64, u64)| -> Result<(), TestCaseError> {
         let out = s.flush();
         let (events, ended) = (s.stats.events - before.0, s.stats.views_ended - before.1);
-        let (corrections, rederived) = (
-            s.stats.corrections - before.2,
-            s.stats.rederived_events - before.3,
-        );
+        let (corrections, rederived) = (s.stats.corrections - before.2, s.stats.rederived_events - before.3);
         let bound = (events + ended + rederived) * per_event;
         prop_assert!(
             out.windows.len() as u64 <= bound,
@@ -258,19 +200,10 @@ fn run(beacons: &[Beacon], flush_every: usize) -> Result<(), TestCaseError> {
         event_rows += out.events.len() as u64;
         view_rows += out.views.len() as u64;
         // A view's end, and a correction of an ended view, each give a row (one per view and flush).
-        prop_assert!(
-            out.views.len() as u64 >= ended.min(1) && out.views.len() as u64 <= ended + corrections
-        );
+        prop_assert!(out.views.len() as u64 >= ended.min(1) && out.views.len() as u64 <= ended + corrections);
         assert_state_bounded(s)
     };
-    let stamp = |s: &Sessionizer| {
-        (
-            s.stats.events,
-            s.stats.views_ended,
-            s.stats.corrections,
-            s.stats.rederived_events,
-        )
-    };
+    let stamp = |s: &Sessionizer| (s.stats.events, s.stats.views_ended, s.stats.corrections, s.stats.rederived_events);
     for chunk in records.chunks(flush_every.max(1)) {
         let before = stamp(&s);
         for r in chunk {
@@ -282,16 +215,10 @@ fn run(beacons: &[Beacon], flush_every: usize) -> Result<(), TestCaseError> {
     let before = stamp(&s);
     s.end_all();
     flush(&mut s, before)?;
-    prop_assert!(
-        event_rows <= input_events,
-        "{event_rows} event rows from {input_events} events"
-    );
+    prop_assert!(event_rows <= input_events, "{event_rows} event rows from {input_events} events");
     // Every view ends once; one forgotten early may come back as a new view, at most once per record;
     // a record may correct an ended view once more.
-    prop_assert!(
-        (distinct_views as u64..=2 * records.len() as u64).contains(&view_rows),
-        "{view_rows} view rows, {distinct_views} views"
-    );
+    prop_assert!((distinct_views as u64..=2 * records.len() as u64).contains(&view_rows), "{view_rows} view rows, {distinct_views} views");
     prop_assert_eq!(s.open_views(), 0);
     Ok(())
 }
@@ -316,10 +243,7 @@ fn one_record(view_id: &str, at: i64, events: &[Value]) -> Record {
         key: None,
         view_id: view_id.into(),
         client: ClientInfo::default(),
-        events: events
-            .iter()
-            .map(|e| e.as_object().cloned().expect("object"))
-            .collect(),
+        events: events.iter().map(|e| e.as_object().cloned().expect("object")).collect(),
     })
 }
 
@@ -328,23 +252,14 @@ fn one_record(view_id: &str, at: i64, events: &[Value]) -> Record {
 #[test]
 fn a_pause_in_2099_after_playing_now_costs_a_handful_of_windows() {
     let now = 1_795_000_000_000i64;
-    let events = [
-        json!({"view_id": "b", "seq": 0, "type": "playing", "ts": now}),
-        json!({"view_id": "b", "seq": 1, "type": "pause", "ts": TS_MAX_MS - 1}),
-    ];
+    let events = [json!({"view_id": "b", "seq": 0, "type": "playing", "ts": now}), json!({"view_id": "b", "seq": 1, "type": "pause", "ts": TS_MAX_MS - 1})];
     let mut s = Sessionizer::new(SessionConfig::default());
     s.process(one_record("b", now, &events));
     s.advance();
     let out = s.flush();
     assert!(out.windows.len() <= 2, "{} windows", out.windows.len());
     assert_eq!(out.views.len(), 1, "the view ended at `playing`");
-    assert_eq!(
-        (
-            out.views[0].end_reason,
-            out.views[0].totals[schemas::measures::Measure::PlayMs]
-        ),
-        ("timeout", 0)
-    );
+    assert_eq!((out.views[0].end_reason, out.views[0].totals[schemas::measures::Measure::PlayMs]), ("timeout", 0));
     assert_eq!(out.events.len(), 2, "both events are kept in `events`");
 }
 
@@ -364,12 +279,5 @@ fn end_all_proceeds_past_gaps_and_keeps_the_inactivity_rule() {
     s.end_all();
     let out = s.flush();
     assert_eq!(out.views.len(), 1);
-    assert_eq!(
-        (
-            out.views[0].end_reason,
-            out.views[0].totals[schemas::measures::Measure::PlayMs],
-            out.views[0].gaps
-        ),
-        ("timeout", 1_000, 1)
-    );
+    assert_eq!((out.views[0].end_reason, out.views[0].totals[schemas::measures::Measure::PlayMs], out.views[0].gaps), ("timeout", 1_000, 1));
 }

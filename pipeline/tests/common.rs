@@ -5,23 +5,17 @@
 use std::collections::BTreeMap;
 
 use pipeline::window::WindowDelta;
-use pipeline::{Output, ViewRow};
 use schemas::measures::{HISTOGRAM_MEASURE, MEASURES, Measure, window_sums};
-use schemas::record::EventsRecord;
 use schemas::tables::ColType;
+use pipeline::{Output, ViewRow};
+use schemas::record::EventsRecord;
 use schemas::{ClientInfo, Record};
 use serde_json::{Map, Value, json};
 
 pub const T0: i64 = 1_700_000_000_000;
 
 /// A record from relative times: events get `view_id` and `T0 + ts`.
-pub fn record(
-    view_id: &str,
-    recv: i64,
-    sent_at: i64,
-    client: ClientInfo,
-    events: &[Value],
-) -> Record {
+pub fn record(view_id: &str, recv: i64, sent_at: i64, client: ClientInfo, events: &[Value]) -> Record {
     let events = events
         .iter()
         .map(|e| {
@@ -107,10 +101,7 @@ impl Collected {
         self.events += out.events.len();
         for row in out.windows {
             self.window_rows += 1;
-            self.windows
-                .entry((row.window_start, row.dims.to_vec()))
-                .or_default()
-                .merge(&row.delta);
+            self.windows.entry((row.window_start, row.dims.to_vec())).or_default().merge(&row.delta);
         }
     }
 
@@ -121,9 +112,6 @@ impl Collected {
     }
 
     pub fn windows_json(&self) -> Vec<Value> {
-        self.windows
-            .iter()
-            .map(|((w, dims), d)| delta_json(*w, dims, d))
-            .collect()
+        self.windows.iter().map(|((w, dims), d)| delta_json(*w, dims, d)).collect()
     }
 }

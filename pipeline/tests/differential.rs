@@ -14,33 +14,20 @@ use schemas::{ClientInfo, Record};
 use serde_json::{Value, json};
 
 const KINDS: [&str; 12] = [
-    "playrequest",
-    "playing",
-    "playing",
-    "pause",
-    "seeking",
-    "seeked",
-    "stall_start",
-    "stall_end",
-    "quality_change",
-    "segment",
-    "error",
-    "heartbeat",
+    "playrequest", "playing", "playing", "pause", "seeking", "seeked", "stall_start", "stall_end",
+    "quality_change", "segment", "error", "heartbeat",
 ];
 
 fn arb_view() -> impl Strategy<Value = (bool, Vec<(usize, i64, u32)>, bool, i64)> {
     (
-        prop::bool::weighted(0.9), // starts with viewstart
+        prop::bool::weighted(0.9),                                         // starts with viewstart
         prop::collection::vec((0..KINDS.len(), -500i64..4000, any::<u32>()), 1..30), // kind, dt, knob
-        prop::bool::weighted(0.7), // ends with viewend
-        -5000i64..5000,            // client clock skew
+        prop::bool::weighted(0.7),                                         // ends with viewend
+        -5000i64..5000,                                                    // client clock skew
     )
 }
 
-fn view_events(
-    idx: usize,
-    (viewstart, body, viewend, _): &(bool, Vec<(usize, i64, u32)>, bool, i64),
-) -> Vec<Value> {
+fn view_events(idx: usize, (viewstart, body, viewend, _): &(bool, Vec<(usize, i64, u32)>, bool, i64)) -> Vec<Value> {
     let mut events = Vec::new();
     let mut ts = 1000 + idx as i64 * 700;
     let mut push = |kind: &str, ts: i64, extra: Value| {
@@ -51,11 +38,7 @@ fn view_events(
         events.push(e);
     };
     if *viewstart {
-        push(
-            "viewstart",
-            ts,
-            json!({"cdn": if idx % 2 == 0 { "a" } else { "b" }}),
-        );
+        push("viewstart", ts, json!({"cdn": if idx % 2 == 0 { "a" } else { "b" }}));
     }
     for (k, dt, knob) in body {
         ts += dt;
@@ -100,14 +83,7 @@ fn run(
             rest = &rest[n..];
         }
     }
-    let mut keyed: Vec<(u32, usize)> = (0..beacons.len())
-        .map(|i| {
-            (
-                order_keys[i % order_keys.len()].wrapping_mul(i as u32 + 1),
-                i,
-            )
-        })
-        .collect();
+    let mut keyed: Vec<(u32, usize)> = (0..beacons.len()).map(|i| (order_keys[i % order_keys.len()].wrapping_mul(i as u32 + 1), i)).collect();
     keyed.sort();
     let mut order: Vec<usize> = keyed.into_iter().map(|(_, i)| i).collect();
     if dup_every > 0 {
@@ -120,10 +96,7 @@ fn run(
         .map(|(arrival, &b)| {
             let (view, skew, events) = &beacons[b];
             let recv = 50_000 + arrival as i64 * 10;
-            let client = ClientInfo {
-                country: "NL".into(),
-                ..Default::default()
-            };
+            let client = ClientInfo { country: "NL".into(), ..Default::default() };
             record(view, recv, recv - skew, client, events)
         })
         .collect();
@@ -155,11 +128,8 @@ fn run(
     got.add(s.flush());
 
     let want = reference::compute(&records, window_ms, &dims);
-    let streamed: std::collections::BTreeMap<String, _> = got
-        .views
-        .iter()
-        .map(|v| (v.view_id.clone(), v.totals.clone()))
-        .collect();
+    let streamed: std::collections::BTreeMap<String, _> =
+        got.views.iter().map(|v| (v.view_id.clone(), v.totals.clone())).collect();
     prop_assert_eq!(streamed, want.views);
     prop_assert_eq!(&got.windows, &want.windows);
     Ok(())

@@ -18,25 +18,16 @@ use serde_json::Value;
 
 fn run_golden(path: &Path) {
     let text = std::fs::read_to_string(path).expect("read golden");
-    let spec: Value =
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let spec: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let config: SessionConfig = serde_json::from_value(spec["config"].clone()).expect("config");
     let mut s = Sessionizer::new(config);
     let mut got = Collected::default();
     for batch in spec["batches"].as_array().expect("batches") {
         for r in batch.as_array().expect("batch") {
-            let client: ClientInfo =
-                serde_json::from_value(r.get("client").cloned().unwrap_or(Value::Null))
-                    .unwrap_or_default();
+            let client: ClientInfo = serde_json::from_value(r.get("client").cloned().unwrap_or(Value::Null)).unwrap_or_default();
             let recv = r["recv"].as_i64().expect("recv");
             let sent_at = r.get("sent_at").and_then(Value::as_i64).unwrap_or(recv);
-            s.process(record(
-                r["view"].as_str().expect("view"),
-                recv,
-                sent_at,
-                client,
-                r["events"].as_array().expect("events"),
-            ));
+            s.process(record(r["view"].as_str().expect("view"), recv, sent_at, client, r["events"].as_array().expect("events")));
         }
         s.advance();
         got.add(s.flush());
@@ -45,10 +36,7 @@ fn run_golden(path: &Path) {
         s.end_all();
         got.add(s.flush());
     }
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or_default();
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
     assert_eq!(
         Value::Array(got.views_json()),
         spec["expect"]["views"],
@@ -72,10 +60,7 @@ fn run_golden(path: &Path) {
 #[test]
 fn golden_traces() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .expect("golden dir")
-        .map(|e| e.expect("entry").path())
-        .collect();
+    let mut files: Vec<_> = std::fs::read_dir(&dir).expect("golden dir").map(|e| e.expect("entry").path()).collect();
     files.sort();
     assert!(files.len() >= 8, "golden traces missing");
     for f in files {

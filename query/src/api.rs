@@ -30,14 +30,14 @@ use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use service::ApiError;
 use schemas::tables::DIM_COLUMNS;
 use serde_json::{Value, json};
-use service::ApiError;
 
 use crate::backend::{AggQuery, AggRow, Backend};
 use crate::config::SqlConfig;
-use crate::metrics::{derive, sum_count};
 use crate::sql::SqlError;
+use crate::metrics::{derive, sum_count};
 
 const MAX_POINTS: i64 = 10_000;
 /// Latest time a parameter may name (2100-01-01, the end of the beacon protocol's range).
@@ -51,19 +51,8 @@ struct ApiState {
 }
 
 pub fn router(backend: Backend, sql: SqlConfig, query: &crate::QueryConfig) -> axum::Router {
-    let tokens: Arc<Vec<String>> = Arc::new(
-        query
-            .api_token
-            .iter()
-            .chain(&sql.admin_token)
-            .cloned()
-            .collect(),
-    );
-    let state = ApiState {
-        backend,
-        sql: Arc::new(sql),
-        timeout: std::time::Duration::from_millis(query.timeout_ms.max(1)),
-    };
+    let tokens: Arc<Vec<String>> = Arc::new(query.api_token.iter().chain(&sql.admin_token).cloned().collect());
+    let state = ApiState { backend, sql: Arc::new(sql), timeout: std::time::Duration::from_millis(query.timeout_ms.max(1)) };
     let router = axum::Router::new()
         .route("/api/v1/metrics", get(metrics))
         .route("/api/v1/summary", get(summary))
@@ -74,33 +63,23 @@ pub fn router(backend: Backend, sql: SqlConfig, query: &crate::QueryConfig) -> a
     if query.api_token.is_none() {
         return router;
     }
-    router.layer(axum::middleware::from_fn(
-        move |req: axum::extract::Request, next: axum::middleware::Next| {
-            let tokens = tokens.clone();
-            async move {
-                if bearer(req.headers()).is_some_and(|g| tokens.iter().any(|t| token_matches(g, t)))
-                {
-                    next.run(req).await
-                } else {
-                    ApiError::unauthorized(
-                        "missing or wrong API token (Authorization: Bearer <token>)",
-                    )
-                    .into_response()
-                }
+    router.layer(axum::middleware::from_fn(move |req: axum::extract::Request, next: axum::middleware::Next| {
+        let tokens = tokens.clone();
+        async move {
+            if bearer(req.headers()).is_some_and(|g| tokens.iter().any(|t| token_matches(g, t))) {
+                next.run(req).await
+            } else {
+                ApiError::unauthorized("missing or wrong API token (Authorization: Bearer <token>)").into_response()
             }
-        },
-    ))
+        }
+    }))
 }
 
 /// The OpenAPI description of this API, kept in the repository as `query/openapi.json`.
 pub const OPENAPI: &str = include_str!("../openapi.json");
 
 async fn openapi() -> Response {
-    (
-        [(axum::http::header::CONTENT_TYPE, "application/json")],
-        OPENAPI,
-    )
-        .into_response()
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
 }
 
 #[derive(serde::Deserialize)]
@@ -108,14 +87,8 @@ struct SqlRequest {
     sql: String,
 }
 
-async fn sql_endpoint(
-    State(state): State<ApiState>,
-    headers: axum::http::HeaderMap,
-    body: axum::body::Body,
-) -> Response {
-    sql_inner(&state, &headers, body)
-        .await
-        .unwrap_or_else(IntoResponse::into_response)
+async fn sql_endpoint(State(state): State<ApiState>, headers: axum::http::HeaderMap, body: axum::body::Body) -> Response {
+    sql_inner(&state, &headers, body).await.unwrap_or_else(IntoResponse::into_response)
 }
 
 /// Largest `POST /api/v1/sql` body, and how long it may take to arrive.
@@ -124,10 +97,7 @@ const SQL_BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10)
 
 /// The bearer token of a request, if any.
 fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
-    headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+    headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "))
 }
 
 /// Compares a given token with an expected one in time that does not depend on where they differ.
@@ -139,37 +109,18 @@ fn token_matches(given: &str, expected: &str) -> bool {
     diff == 0
 }
 
-async fn sql_inner(
-    state: &ApiState,
-    headers: &axum::http::HeaderMap,
-    body: axum::body::Body,
-) -> Result<Response, ApiError> {
+async fn sql_inner(state: &ApiState, headers: &axum::http::HeaderMap, body: axum::body::Body) -> Result<Response, ApiError> {
     let Some(token) = &state.sql.admin_token else {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "sql_disabled",
-            "the SQL endpoint is disabled (start with --admin-token)",
-        ));
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "sql_disabled", "the SQL endpoint is disabled (start with --admin-token)"));
     };
     // The token is checked before the body is read: nobody without it can hold a connection open by
     // sending a body slowly.
     if !bearer(headers).is_some_and(|g| token_matches(g, token)) {
-        return Err(ApiError::unauthorized(
-            "missing or wrong admin token (Authorization: Bearer <token>)",
-        ));
+        return Err(ApiError::unauthorized("missing or wrong admin token (Authorization: Bearer <token>)"));
     }
-    let body = match tokio::time::timeout(
-        SQL_BODY_TIMEOUT,
-        axum::body::to_bytes(body, SQL_BODY_MAX),
-    )
-    .await
-    {
+    let body = match tokio::time::timeout(SQL_BODY_TIMEOUT, axum::body::to_bytes(body, SQL_BODY_MAX)).await {
         Ok(Ok(b)) => b,
-        Ok(Err(e)) => {
-            return Err(ApiError::too_large(format!(
-                "body: at most {SQL_BODY_MAX} bytes ({e})"
-            )));
-        }
+        Ok(Err(e)) => return Err(ApiError::too_large(format!("body: at most {SQL_BODY_MAX} bytes ({e})"))),
         Err(_) => {
             return Err(ApiError::new(
                 StatusCode::REQUEST_TIMEOUT,
@@ -178,38 +129,22 @@ async fn sql_inner(
             ));
         }
     };
-    let req: SqlRequest = serde_json::from_slice(&body).map_err(|e| {
-        bad(
-            "sql",
-            format!("body must be {{\"sql\": \"SELECT …\"}}: {e}"),
-        )
-    })?;
+    let req: SqlRequest = serde_json::from_slice(&body).map_err(|e| bad("sql", format!("body must be {{\"sql\": \"SELECT …\"}}: {e}")))?;
     let max = state.sql.max_rows;
-    let mut out = state
-        .backend
-        .sql(&req.sql, max, state.sql.timeout_ms)
-        .await
-        .map_err(|e| match e {
-            SqlError::Timeout(_) => ApiError::bad_request("query_timeout", e.to_string()),
-            SqlError::ResourcesExhausted(_) => {
-                ApiError::bad_request("query_resources_exhausted", e.to_string())
-            }
-            SqlError::Invalid(m) => ApiError::bad_request("query_failed", m),
-        })?;
+    let mut out = state.backend.sql(&req.sql, max, state.sql.timeout_ms).await.map_err(|e| match e {
+        SqlError::Timeout(_) => ApiError::bad_request("query_timeout", e.to_string()),
+        SqlError::ResourcesExhausted(_) => ApiError::bad_request("query_resources_exhausted", e.to_string()),
+        SqlError::Invalid(m) => ApiError::bad_request("query_failed", m),
+    })?;
     let truncated = out.rows.len() > max;
     out.rows.truncate(max);
-    Ok(
-        Json(json!({"columns": out.columns, "rows": out.rows, "truncated": truncated}))
-            .into_response(),
-    )
+    Ok(Json(json!({"columns": out.columns, "rows": out.rows, "truncated": truncated})).into_response())
 }
 
 fn bad(parameter: &str, message: impl std::fmt::Display) -> ApiError {
-    ApiError::bad_request(
-        "invalid_parameter",
-        format!("parameter `{parameter}`: {message}"),
-    )
+    ApiError::bad_request("invalid_parameter", format!("parameter `{parameter}`: {message}"))
 }
+
 
 /// `<n><s|m|h|d>` in milliseconds.
 pub fn parse_duration(s: &str) -> Option<i64> {
@@ -242,18 +177,10 @@ fn range(q: &HashMap<String, String>) -> Result<AggQuery, ApiError> {
     let time = |name: &str, default: i64| -> Result<i64, ApiError> {
         let t = match q.get(name) {
             None => default,
-            Some(v) => parse_time(v, now).ok_or_else(|| {
-                bad(
-                    name,
-                    format!("{v:?} is not epoch ms, `now` or `now-<n><s|m|h|d>`"),
-                )
-            })?,
+            Some(v) => parse_time(v, now).ok_or_else(|| bad(name, format!("{v:?} is not epoch ms, `now` or `now-<n><s|m|h|d>`")))?,
         };
         if !(0..=MAX_TIME_MS).contains(&t) {
-            return Err(bad(
-                name,
-                format!("{t} is out of range: epoch ms from 0 to {MAX_TIME_MS} (1970 to 2100)"),
-            ));
+            return Err(bad(name, format!("{t} is out of range: epoch ms from 0 to {MAX_TIME_MS} (1970 to 2100)")));
         }
         Ok(t)
     };
@@ -264,120 +191,66 @@ fn range(q: &HashMap<String, String>) -> Result<AggQuery, ApiError> {
     let mut filters = Vec::new();
     if let Some(filter) = q.get("filter").filter(|f| !f.is_empty()) {
         for part in filter.split(',') {
-            let (dim, value) = part
-                .split_once(':')
-                .ok_or_else(|| bad("filter", format!("{part:?} is not dimension:value")))?;
+            let (dim, value) = part.split_once(':').ok_or_else(|| bad("filter", format!("{part:?} is not dimension:value")))?;
             if !DIM_COLUMNS.contains(&dim) {
-                return Err(bad(
-                    "filter",
-                    format!(
-                        "unknown dimension {dim:?} (one of {})",
-                        DIM_COLUMNS.join(", ")
-                    ),
-                ));
+                return Err(bad("filter", format!("unknown dimension {dim:?} (one of {})", DIM_COLUMNS.join(", "))));
             }
             filters.push((dim.to_owned(), value.to_owned()));
         }
     }
-    Ok(AggQuery {
-        from,
-        to,
-        filters,
-        ..AggQuery::default()
-    })
+    Ok(AggQuery { from, to, filters, ..AggQuery::default() })
 }
 
 fn dimension(q: &HashMap<String, String>, name: &str) -> Result<Option<String>, ApiError> {
     match q.get(name).filter(|v| !v.is_empty()) {
         None => Ok(None),
         Some(d) if DIM_COLUMNS.contains(&d.as_str()) => Ok(Some(d.clone())),
-        Some(d) => Err(bad(
-            name,
-            format!(
-                "unknown dimension {d:?} (one of {})",
-                DIM_COLUMNS.join(", ")
-            ),
-        )),
+        Some(d) => Err(bad(name, format!("unknown dimension {d:?} (one of {})", DIM_COLUMNS.join(", ")))),
     }
 }
 
 fn failed(e: crate::Error) -> ApiError {
     if e.is_resources_exhausted() {
-        tracing::warn!(
-            error = format!("{e:#}"),
-            "metrics query over the memory limit"
-        );
-        return ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "query_resources_exhausted",
-            "the query needs more memory than query.memory_limit_bytes allows",
-        );
+        tracing::warn!(error = format!("{e:#}"), "metrics query over the memory limit");
+        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "query_resources_exhausted", "the query needs more memory than query.memory_limit_bytes allows");
     }
     tracing::error!(error = format!("{e:#}"), "metrics query failed");
-    ApiError::new(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "query_failed",
-        "the query failed",
-    )
+    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "query_failed", "the query failed")
 }
 
 /// Runs a metrics query within `[query] timeout_ms`.
-async fn bounded<T>(
-    state: &ApiState,
-    query: impl std::future::Future<Output = crate::Result<T>>,
-) -> Result<T, ApiError> {
+async fn bounded<T>(state: &ApiState, query: impl std::future::Future<Output = crate::Result<T>>) -> Result<T, ApiError> {
     match tokio::time::timeout(state.timeout, query).await {
         Ok(r) => r.map_err(failed),
         Err(_) => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "query_timeout",
-            format!(
-                "the query ran longer than query.timeout_ms ({} ms)",
-                state.timeout.as_millis()
-            ),
+            format!("the query ran longer than query.timeout_ms ({} ms)", state.timeout.as_millis()),
         )),
     }
 }
 
-async fn metrics(
-    State(state): State<ApiState>,
-    Query(q): Query<HashMap<String, String>>,
-) -> Response {
-    metrics_inner(&state, &q)
-        .await
-        .unwrap_or_else(IntoResponse::into_response)
+async fn metrics(State(state): State<ApiState>, Query(q): Query<HashMap<String, String>>) -> Response {
+    metrics_inner(&state, &q).await.unwrap_or_else(IntoResponse::into_response)
 }
 
-async fn metrics_inner(
-    state: &ApiState,
-    q: &HashMap<String, String>,
-) -> Result<Response, ApiError> {
+async fn metrics_inner(state: &ApiState, q: &HashMap<String, String>) -> Result<Response, ApiError> {
     let backend = &state.backend;
     let mut agg = range(q)?;
     let step = match q.get("step") {
-        Some(s) => {
-            parse_duration(s).ok_or_else(|| bad("step", format!("{s:?} is not <n><s|m|h|d>")))?
-        }
+        Some(s) => parse_duration(s).ok_or_else(|| bad("step", format!("{s:?} is not <n><s|m|h|d>")))?,
         None => (((agg.to - agg.from) / 240).max(10_000) + 9_999) / 10_000 * 10_000,
     };
     if (agg.to - agg.from) / step > MAX_POINTS {
-        return Err(bad(
-            "step",
-            format!("too small for the range: at most {MAX_POINTS} points"),
-        ));
+        return Err(bad("step", format!("too small for the range: at most {MAX_POINTS} points")));
     }
     agg.bucket_ms = Some(step);
     agg.group_by = dimension(q, "group_by")?;
-    let (rows, active) = bounded(state, async {
-        tokio::try_join!(backend.aggregate(&agg), backend.active_per_window(&agg))
-    })
-    .await?;
+    let (rows, active) = bounded(state, async { tokio::try_join!(backend.aggregate(&agg), backend.active_per_window(&agg)) }).await?;
     // Concurrent viewers of a bucket: the most views active in one of its windows.
     let mut peak: HashMap<(i64, Option<String>), i64> = HashMap::new();
     for (window, group, n) in active {
-        let e = peak
-            .entry((window.div_euclid(step) * step, group))
-            .or_default();
+        let e = peak.entry((window.div_euclid(step) * step, group)).or_default();
         *e = (*e).max(n);
     }
     let mut series: Vec<(Option<String>, Vec<Value>)> = Vec::new();
@@ -386,49 +259,26 @@ async fn metrics_inner(
         let mut point = serde_json::Map::new();
         point.insert("t".into(), t.into());
         point.extend(row.metrics());
-        point.insert(
-            "concurrent_viewers".into(),
-            peak.get(&(t, row.group.clone()))
-                .copied()
-                .unwrap_or(0)
-                .into(),
-        );
+        point.insert("concurrent_viewers".into(), peak.get(&(t, row.group.clone())).copied().unwrap_or(0).into());
         match series.iter_mut().find(|(k, _)| *k == row.group) {
             Some((_, points)) => points.push(Value::Object(point)),
             None => series.push((row.group.clone(), vec![Value::Object(point)])),
         }
     }
-    let series: Vec<Value> = series
-        .into_iter()
-        .map(|(k, points)| json!({"group": k, "points": points}))
-        .collect();
+    let series: Vec<Value> = series.into_iter().map(|(k, points)| json!({"group": k, "points": points})).collect();
     Ok(Json(json!({"from": agg.from, "to": agg.to, "step": step, "group_by": agg.group_by, "series": series})).into_response())
 }
 
-async fn summary(
-    State(state): State<ApiState>,
-    Query(q): Query<HashMap<String, String>>,
-) -> Response {
-    summary_inner(&state, &q)
-        .await
-        .unwrap_or_else(IntoResponse::into_response)
+async fn summary(State(state): State<ApiState>, Query(q): Query<HashMap<String, String>>) -> Response {
+    summary_inner(&state, &q).await.unwrap_or_else(IntoResponse::into_response)
 }
 
-async fn summary_inner(
-    state: &ApiState,
-    q: &HashMap<String, String>,
-) -> Result<Response, ApiError> {
+async fn summary_inner(state: &ApiState, q: &HashMap<String, String>) -> Result<Response, ApiError> {
     let backend = &state.backend;
     let agg = range(q)?;
-    let (rows, active) = bounded(state, async {
-        tokio::try_join!(backend.aggregate(&agg), backend.active_per_window(&agg))
-    })
-    .await?;
+    let (rows, active) = bounded(state, async { tokio::try_join!(backend.aggregate(&agg), backend.active_per_window(&agg)) }).await?;
     // An aggregation without keys answers one row on both backends, zeros when nothing matched.
-    let metrics = rows
-        .first()
-        .map(AggRow::metrics)
-        .unwrap_or_else(|| derive(&vec![0; sum_count()], &[]));
+    let metrics = rows.first().map(AggRow::metrics).unwrap_or_else(|| derive(&vec![0; sum_count()], &[]));
     let (concurrent, window) = active.last().map_or((0, None), |(w, _, n)| (*n, Some(*w)));
     let peak = active.iter().map(|(_, _, n)| *n).max().unwrap_or(0);
     Ok(Json(json!({
@@ -442,28 +292,16 @@ async fn summary_inner(
     .into_response())
 }
 
-async fn breakdown(
-    State(state): State<ApiState>,
-    Query(q): Query<HashMap<String, String>>,
-) -> Response {
-    breakdown_inner(&state, &q)
-        .await
-        .unwrap_or_else(IntoResponse::into_response)
+async fn breakdown(State(state): State<ApiState>, Query(q): Query<HashMap<String, String>>) -> Response {
+    breakdown_inner(&state, &q).await.unwrap_or_else(IntoResponse::into_response)
 }
 
-async fn breakdown_inner(
-    state: &ApiState,
-    q: &HashMap<String, String>,
-) -> Result<Response, ApiError> {
+async fn breakdown_inner(state: &ApiState, q: &HashMap<String, String>) -> Result<Response, ApiError> {
     let dim = dimension(q, "dimension")?.ok_or_else(|| bad("dimension", "required"))?;
     let mut agg = range(q)?;
     agg.top = Some(match q.get("limit") {
         None => 10,
-        Some(l) => l
-            .parse::<u32>()
-            .ok()
-            .filter(|l| (1..=1000).contains(l))
-            .ok_or_else(|| bad("limit", "must be 1 to 1000"))?,
+        Some(l) => l.parse::<u32>().ok().filter(|l| (1..=1000).contains(l)).ok_or_else(|| bad("limit", "must be 1 to 1000"))?,
     });
     agg.group_by = Some(dim.clone());
     let rows: Vec<Value> = bounded(state, state.backend.aggregate(&agg))
@@ -476,10 +314,7 @@ async fn breakdown_inner(
             Value::Object(m)
         })
         .collect();
-    Ok(
-        Json(json!({"from": agg.from, "to": agg.to, "dimension": dim, "rows": rows}))
-            .into_response(),
-    )
+    Ok(Json(json!({"from": agg.from, "to": agg.to, "dimension": dim, "rows": rows})).into_response())
 }
 
 #[cfg(test)]

@@ -80,9 +80,7 @@ impl Backend {
                     .context("opening the Parquet dataset")?;
                 Backend::DataFusion(Arc::new(engine))
             }
-            BackendKind::ClickHouse => {
-                Backend::ClickHouse(Arc::new(ClickHouseReader::new(clickhouse)?))
-            }
+            BackendKind::ClickHouse => Backend::ClickHouse(Arc::new(ClickHouseReader::new(clickhouse)?)),
         })
     }
 
@@ -95,18 +93,16 @@ impl Backend {
 
     fn dialect(&self) -> Dialect {
         match self {
-            Backend::DataFusion(_) => {
-                Dialect {
-                    from: "qoe_window".into(),
-                    time_ge: |ms| format!("window_start >= to_timestamp_millis({ms})"),
-                    time_lt: |ms| format!("window_start < to_timestamp_millis({ms})"),
-                    bucket: |step| format!("(CAST(window_start AS BIGINT) / {step}) * {step}"),
-                    quote: |v| format!("'{}'", v.replace('\'', "''")),
-                    quantiles: || {
-                        QUANTILES.iter().map(|(n, q)| format!("hdr_quantile(startup_hist, startup_hist_retract, {q:?}) AS q_{n}")).collect::<Vec<_>>().join(", ")
-                    },
-                }
-            }
+            Backend::DataFusion(_) => Dialect {
+                from: "qoe_window".into(),
+                time_ge: |ms| format!("window_start >= to_timestamp_millis({ms})"),
+                time_lt: |ms| format!("window_start < to_timestamp_millis({ms})"),
+                bucket: |step| format!("(CAST(window_start AS BIGINT) / {step}) * {step}"),
+                quote: |v| format!("'{}'", v.replace('\'', "''")),
+                quantiles: || {
+                    QUANTILES.iter().map(|(n, q)| format!("hdr_quantile(startup_hist, startup_hist_retract, {q:?}) AS q_{n}")).collect::<Vec<_>>().join(", ")
+                },
+            },
             Backend::ClickHouse(ch) => Dialect {
                 // FINAL: replays may have written a row twice until ReplacingMergeTree merges them.
                 from: format!("{}.qoe_window FINAL", ch.database()),
@@ -147,23 +143,10 @@ impl Backend {
         let mut clauses = vec![(d.time_ge)(q.from), (d.time_lt)(q.to)];
         if matches!(self, Backend::DataFusion(_)) {
             // Prune hive partitions (dt is a day; the range's last millisecond is to - 1).
-            clauses.push(format!(
-                "dt >= '{}' AND dt <= '{}'",
-                schemas::dataset::partition_date(q.from),
-                schemas::dataset::partition_date(q.to - 1)
-            ));
+            clauses.push(format!("dt >= '{}' AND dt <= '{}'", schemas::dataset::partition_date(q.from), schemas::dataset::partition_date(q.to - 1)));
         }
-        clauses.extend(
-            q.filters
-                .iter()
-                .map(|(dim, value)| format!("{dim} = {}", (d.quote)(value))),
-        );
-        let mut sql = format!(
-            "SELECT {}\nFROM {}\nWHERE {}",
-            select.join(",\n    "),
-            d.from,
-            clauses.join(" AND ")
-        );
+        clauses.extend(q.filters.iter().map(|(dim, value)| format!("{dim} = {}", (d.quote)(value))));
+        let mut sql = format!("SELECT {}\nFROM {}\nWHERE {}", select.join(",\n    "), d.from, clauses.join(" AND "));
         if !keys.is_empty() {
             sql.push_str(&format!("\nGROUP BY {}", keys.join(", ")));
             if active_only {
@@ -185,24 +168,12 @@ impl Backend {
     async fn run_aggregate(&self, q: &AggQuery, active_only: bool) -> crate::Result<Vec<AggRow>> {
         let sql = self.aggregate_sql(q, active_only);
         let raw = match self {
-            Backend::DataFusion(engine) => json_rows(
-                &engine
-                    .sql(&sql)
-                    .await
-                    .with_context(|| format!("query failed: {sql}"))?,
-            )?,
-            Backend::ClickHouse(ch) => ch
-                .query_rows(&sql)
-                .await
-                .with_context(|| format!("query failed: {sql}"))?,
+            Backend::DataFusion(engine) => json_rows(&engine.sql(&sql).await.with_context(|| format!("query failed: {sql}"))?)?,
+            Backend::ClickHouse(ch) => ch.query_rows(&sql).await.with_context(|| format!("query failed: {sql}"))?,
         };
         let mut rows = raw.iter().map(agg_row).collect::<crate::Result<Vec<_>>>()?;
         match q.top {
-            Some(_) => rows.sort_by(|a, b| {
-                b.sums[0]
-                    .cmp(&a.sums[0])
-                    .then_with(|| a.group.cmp(&b.group))
-            }),
+            Some(_) => rows.sort_by(|a, b| b.sums[0].cmp(&a.sums[0]).then_with(|| a.group.cmp(&b.group))),
             None => rows.sort_by(|a, b| (a.bucket, &a.group).cmp(&(b.bucket, &b.group))),
         }
         Ok(rows)
@@ -210,31 +181,16 @@ impl Backend {
 
     /// Active views per window (and per `group_by` value), for the windows of the range with any,
     /// ascending by window start: concurrent viewers at window resolution.
-    pub async fn active_per_window(
-        &self,
-        q: &AggQuery,
-    ) -> crate::Result<Vec<(i64, Option<String>, i64)>> {
+    pub async fn active_per_window(&self, q: &AggQuery) -> crate::Result<Vec<(i64, Option<String>, i64)>> {
         // A bucket of 1 ms is the window start itself.
-        let per_window = AggQuery {
-            bucket_ms: Some(1),
-            top: None,
-            ..q.clone()
-        };
+        let per_window = AggQuery { bucket_ms: Some(1), top: None, ..q.clone() };
         let rows = self.run_aggregate(&per_window, true).await?;
         let active = sums().position(|c| c == "active_views").unwrap_or_default();
-        Ok(rows
-            .into_iter()
-            .map(|r| (r.bucket.unwrap_or_default(), r.group, r.sums[active]))
-            .collect())
+        Ok(rows.into_iter().map(|r| (r.bucket.unwrap_or_default(), r.group, r.sums[active])).collect())
     }
 
     /// Ad-hoc read-only SQL with a row limit and a time limit.
-    pub async fn sql(
-        &self,
-        sql: &str,
-        max_rows: usize,
-        timeout_ms: u64,
-    ) -> Result<SqlRows, SqlError> {
+    pub async fn sql(&self, sql: &str, max_rows: usize, timeout_ms: u64) -> Result<SqlRows, SqlError> {
         match self {
             Backend::DataFusion(engine) => engine.read_only_sql(sql, max_rows, timeout_ms).await,
             Backend::ClickHouse(ch) => ch.read_only_sql(sql, max_rows, timeout_ms).await,
@@ -243,23 +199,14 @@ impl Backend {
 }
 
 fn agg_row(m: &Map<String, Value>) -> crate::Result<AggRow> {
-    let int = |v: &Value| -> Option<i64> {
-        v.as_i64()
-            .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
-    };
+    let int = |v: &Value| -> Option<i64> { v.as_i64().or_else(|| v.as_str().and_then(|s| s.parse().ok())) };
     let sums = sums()
-        .map(|c| {
-            m.get(&format!("s_{c}"))
-                .map_or(Some(0), |v| if v.is_null() { Some(0) } else { int(v) })
-        })
+        .map(|c| m.get(&format!("s_{c}")).map_or(Some(0), |v| if v.is_null() { Some(0) } else { int(v) }))
         .collect::<Option<Vec<_>>>()
         .context("a sum is not an integer")?;
     let quantiles = match m.get("hists") {
         Some(hists) => crate::clickhouse::quantiles_of_hex(hists, m.get("retracts"))?,
-        None => QUANTILES
-            .iter()
-            .map(|(n, _)| m.get(&format!("q_{n}")).and_then(Value::as_f64))
-            .collect(),
+        None => QUANTILES.iter().map(|(n, _)| m.get(&format!("q_{n}")).and_then(Value::as_f64)).collect(),
     };
     Ok(AggRow {
         bucket: m.get("t").and_then(int),

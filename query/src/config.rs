@@ -67,11 +67,7 @@ pub struct SqlConfig {
 
 impl Default for SqlConfig {
     fn default() -> Self {
-        SqlConfig {
-            admin_token: None,
-            timeout_ms: 10_000,
-            max_rows: 10_000,
-        }
+        SqlConfig { admin_token: None, timeout_ms: 10_000, max_rows: 10_000 }
     }
 }
 
@@ -97,11 +93,7 @@ pub struct DashboardConfig {
 }
 
 fn t(good: f64, bad: f64, higher_is_better: bool) -> Threshold {
-    Threshold {
-        good,
-        bad,
-        higher_is_better,
-    }
+    Threshold { good, bad, higher_is_better }
 }
 
 impl Default for DashboardConfig {
@@ -125,31 +117,18 @@ impl Default for DashboardConfig {
         ];
         DashboardConfig {
             refresh_ms: 5_000,
-            thresholds: thresholds
-                .into_iter()
-                .map(|(k, v)| (k.to_owned(), v))
-                .collect(),
+            thresholds: thresholds.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
         }
     }
 }
 
 impl DashboardConfig {
     pub fn validate(&self) -> crate::Result<()> {
-        crate::error::ensure_config((500..=5_000).contains(&self.refresh_ms), || {
-            format!("dashboard.refresh_ms must be 500 to 5000")
-        })?;
+        crate::error::ensure_config((500..=5_000).contains(&self.refresh_ms), || format!("dashboard.refresh_ms must be 500 to 5000"))?;
         for (name, th) in &self.thresholds {
-            crate::error::ensure_config(crate::metrics::names().any(|n| n == name), || {
-                format!("dashboard.thresholds.{name}: no such metric")
-            })?;
-            let ordered = if th.higher_is_better {
-                th.good >= th.bad
-            } else {
-                th.good <= th.bad
-            };
-            crate::error::ensure_config(ordered, || {
-                format!("dashboard.thresholds.{name}: `good` must be on the better side of `bad`")
-            })?;
+            crate::error::ensure_config(crate::metrics::names().any(|n| n == name), || format!("dashboard.thresholds.{name}: no such metric"))?;
+            let ordered = if th.higher_is_better { th.good >= th.bad } else { th.good <= th.bad };
+            crate::error::ensure_config(ordered, || format!("dashboard.thresholds.{name}: `good` must be on the better side of `bad`"))?;
         }
         Ok(())
     }
@@ -161,37 +140,17 @@ mod tests {
 
     #[test]
     fn targets_are_checked_at_start_up() {
-        assert!(
-            DashboardConfig::default().validate().is_ok(),
-            "the default targets are valid"
-        );
+        assert!(DashboardConfig::default().validate().is_ok(), "the default targets are valid");
         let with = |name: &str, th: Threshold| {
             let mut c = DashboardConfig::default();
             c.thresholds.insert(name.into(), th);
             c.validate().map_err(|e| e.to_string())
         };
-        assert_eq!(
-            with("nope", t(1.0, 2.0, false)),
-            Err("dashboard.thresholds.nope: no such metric".into())
-        );
+        assert_eq!(with("nope", t(1.0, 2.0, false)), Err("dashboard.thresholds.nope: no such metric".into()));
         let inverted = with("vsf_pct", t(5.0, 1.0, false)).unwrap_err();
-        assert!(
-            inverted.contains("vsf_pct") && inverted.contains("better side"),
-            "{inverted}"
-        );
-        assert!(
-            with("cache_hit_ratio", t(0.9, 0.95, true)).is_err(),
-            "higher is better: good must be the larger"
-        );
-        let slow = DashboardConfig {
-            refresh_ms: 10_000,
-            ..DashboardConfig::default()
-        };
-        assert!(
-            slow.validate()
-                .unwrap_err()
-                .to_string()
-                .contains("refresh_ms")
-        );
+        assert!(inverted.contains("vsf_pct") && inverted.contains("better side"), "{inverted}");
+        assert!(with("cache_hit_ratio", t(0.9, 0.95, true)).is_err(), "higher is better: good must be the larger");
+        let slow = DashboardConfig { refresh_ms: 10_000, ..DashboardConfig::default() };
+        assert!(slow.validate().unwrap_err().to_string().contains("refresh_ms"));
     }
 }

@@ -8,9 +8,7 @@ use std::sync::Arc;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
-use datafusion::datasource::listing::{
-    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
-};
+use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
 use datafusion::prelude::SessionContext;
 use schemas::dataset::DATASET_LOCK;
 use schemas::tables::{DIM_COLUMNS, arrow_schema, tables};
@@ -51,14 +49,9 @@ impl Engine {
         // keep listing the files a compaction deleted. (Files are immutable, so the statistics and
         // footer caches, keyed by path and size/mtime, stay on.)
         let runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
-            .with_cache_manager(
-                datafusion::execution::cache::cache_manager::CacheManagerConfig::default()
-                    .with_list_files_cache_limit(0),
-            )
+            .with_cache_manager(datafusion::execution::cache::cache_manager::CacheManagerConfig::default().with_list_files_cache_limit(0))
             .with_memory_limit(memory_limit, 1.0)
-            .with_disk_manager_builder(
-                DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled),
-            )
+            .with_disk_manager_builder(DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled))
             .build_arc()?;
         if let Some((bucket, store)) = dataset.object_store() {
             let url = datafusion::execution::object_store::ObjectStoreUrl::parse(&bucket)?;
@@ -77,18 +70,9 @@ impl Engine {
             };
             let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
                 .with_file_extension(".parquet")
-                .with_table_partition_cols(vec![
-                    ("dt".into(), DataType::Utf8),
-                    ("hour".into(), DataType::Utf8),
-                ]);
-            let config = ListingTableConfig::new(url)
-                .with_listing_options(options)
-                .with_schema(arrow_schema(columns));
-            let name = if name == "views" {
-                VIEWS_VERSIONS
-            } else {
-                name
-            };
+                .with_table_partition_cols(vec![("dt".into(), DataType::Utf8), ("hour".into(), DataType::Utf8)]);
+            let config = ListingTableConfig::new(url).with_listing_options(options).with_schema(arrow_schema(columns));
+            let name = if name == "views" { VIEWS_VERSIONS } else { name };
             ctx.register_table(name, Arc::new(ListingTable::try_new(config)?))?;
         }
         ctx.register_udaf(hdr::hdr_quantile());
@@ -112,54 +96,29 @@ impl Engine {
     /// Runs an analyst's query: a read-only statement (no DDL, DML or statements such as SET; the
     /// context has no URL or file tables), at most `max_rows + 1` rows (so a caller can tell it was cut),
     /// within `timeout_ms`.
-    pub async fn read_only_sql(
-        &self,
-        sql: &str,
-        max_rows: usize,
-        timeout_ms: u64,
-    ) -> Result<SqlRows, SqlError> {
+    pub async fn read_only_sql(&self, sql: &str, max_rows: usize, timeout_ms: u64) -> Result<SqlRows, SqlError> {
         use SqlError::{Invalid, Timeout};
         let options = datafusion::execution::context::SQLOptions::new()
             .with_allow_ddl(false)
             .with_allow_dml(false)
             .with_allow_statements(false);
-        let df = self
-            .ctx
-            .sql_with_options(sql, options)
-            .await
-            .map_err(|e| Invalid(e.to_string()))?;
-        let df = df
-            .limit(0, Some(max_rows + 1))
-            .map_err(|e| Invalid(e.to_string()))?;
-        let columns = df
-            .schema()
-            .fields()
-            .iter()
-            .map(|f| f.name().clone())
-            .collect();
+        let df = self.ctx.sql_with_options(sql, options).await.map_err(|e| Invalid(e.to_string()))?;
+        let df = df.limit(0, Some(max_rows + 1)).map_err(|e| Invalid(e.to_string()))?;
+        let columns = df.schema().fields().iter().map(|f| f.name().clone()).collect();
         let _files = DATASET_LOCK.read().await;
-        let batches =
-            match tokio::time::timeout(std::time::Duration::from_millis(timeout_ms), df.collect())
-                .await
-            {
-                Err(_) => return Err(Timeout(timeout_ms)),
-                Ok(Err(e)) if is_resources_exhausted(&e) => {
-                    return Err(SqlError::ResourcesExhausted(e.to_string()));
-                }
-                Ok(r) => r.map_err(|e| Invalid(e.to_string()))?,
-            };
-        let rows =
-            json_rows(&batches).map_err(|e| Invalid(format!("could not encode rows: {e}")))?;
+        let batches = match tokio::time::timeout(std::time::Duration::from_millis(timeout_ms), df.collect()).await {
+            Err(_) => return Err(Timeout(timeout_ms)),
+            Ok(Err(e)) if is_resources_exhausted(&e) => return Err(SqlError::ResourcesExhausted(e.to_string())),
+            Ok(r) => r.map_err(|e| Invalid(e.to_string()))?,
+        };
+        let rows = json_rows(&batches).map_err(|e| Invalid(format!("could not encode rows: {e}")))?;
         Ok(SqlRows { columns, rows })
     }
 }
 
 /// Whether a query failed for want of memory (the engine's limit).
 pub fn is_resources_exhausted(e: &datafusion::error::DataFusionError) -> bool {
-    matches!(
-        e.find_root(),
-        datafusion::error::DataFusionError::ResourcesExhausted(_)
-    )
+    matches!(e.find_root(), datafusion::error::DataFusionError::ResourcesExhausted(_))
 }
 
 /// The helper view statements, with the dimension list filled in.
@@ -172,14 +131,7 @@ pub fn helper_view_statements() -> Vec<String> {
         .map(|s| {
             s.replace("{dims}", &dims)
                 .replace("{metrics}", &metrics::select_list())
-                .replace(
-                    "{views_columns}",
-                    &schemas::tables::views()
-                        .iter()
-                        .map(|c| c.name)
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                )
+                .replace("{views_columns}", &schemas::tables::views().iter().map(|c| c.name).collect::<Vec<_>>().join(", "))
         })
         .collect()
 }

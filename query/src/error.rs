@@ -49,9 +49,5 @@ service::define_context!(Error);
 
 /// `Err(Error::Config(message))` unless `ok`.
 pub(crate) fn ensure_config(ok: bool, message: impl FnOnce() -> String) -> Result<()> {
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::Config(message()))
-    }
+    if ok { Ok(()) } else { Err(Error::Config(message())) }
 }

@@ -10,9 +10,7 @@ use datafusion::arrow::array::{Array, ArrayRef, AsArray, BinaryArray, Float64Arr
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Float64Type};
 use datafusion::common::{DataFusionError, Result, ScalarValue};
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
-use datafusion::logical_expr::{
-    Accumulator, AggregateUDF, AggregateUDFImpl, Signature, TypeSignature, Volatility,
-};
+use datafusion::logical_expr::{Accumulator, AggregateUDF, AggregateUDFImpl, Signature, TypeSignature, Volatility};
 use hdrhistogram::Histogram;
 use schemas::hist::{add_serialized, new_histogram, serialize_histogram};
 
@@ -44,11 +42,7 @@ impl AggregateUDFImpl for HdrQuantile {
         Ok(DataType::Float64)
     }
     fn accumulator(&self, _args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
-        Ok(Box::new(HdrAccumulator {
-            hist: new_histogram(),
-            retract: new_histogram(),
-            q: None,
-        }))
+        Ok(Box::new(HdrAccumulator { hist: new_histogram(), retract: new_histogram(), q: None }))
     }
     fn state_fields(&self, _args: StateFieldsArgs) -> Result<Vec<FieldRef>> {
         Ok(vec![
@@ -70,11 +64,8 @@ struct HdrAccumulator {
 fn merge_into(into: &mut Histogram<u64>, hists: &BinaryArray) -> Result<()> {
     for i in 0..hists.len() {
         if hists.is_valid(i) && !hists.value(i).is_empty() {
-            add_serialized(into, hists.value(i)).map_err(|e| {
-                DataFusionError::Execution(format!(
-                    "hdr_quantile: not a serialized HdrHistogram: {e}"
-                ))
-            })?;
+            add_serialized(into, hists.value(i))
+                .map_err(|e| DataFusionError::Execution(format!("hdr_quantile: not a serialized HdrHistogram: {e}")))?;
         }
     }
     Ok(())
@@ -86,11 +77,7 @@ impl HdrAccumulator {
         let (hists, retracts, qs) = match values {
             [h, q] => (h, None, q),
             [h, r, q] => (h, Some(r), q),
-            _ => {
-                return Err(DataFusionError::Execution(
-                    "hdr_quantile takes (hist, q) or (hist, retract, q)".into(),
-                ));
-            }
+            _ => return Err(DataFusionError::Execution("hdr_quantile takes (hist, q) or (hist, retract, q)".into())),
         };
         if let Some(r) = retracts {
             merge_into(&mut self.retract, r.as_binary::<i32>())?;
@@ -103,9 +90,7 @@ impl HdrAccumulator {
             if self.q.is_none() && qs.is_valid(i) {
                 let q = qs.value(i);
                 if !(0.0..=1.0).contains(&q) {
-                    return Err(DataFusionError::Execution(format!(
-                        "hdr_quantile: q must be between 0 and 1, got {q}"
-                    )));
+                    return Err(DataFusionError::Execution(format!("hdr_quantile: q must be between 0 and 1, got {q}")));
                 }
                 self.q = Some(q);
             }
@@ -144,8 +129,7 @@ impl Accumulator for HdrAccumulator {
         Ok(ScalarValue::Float64(v))
     }
     fn size(&self) -> usize {
-        std::mem::size_of_val(self)
-            + (self.hist.distinct_values() + self.retract.distinct_values()) * 8
+        std::mem::size_of_val(self) + (self.hist.distinct_values() + self.retract.distinct_values()) * 8
     }
 }
 
@@ -167,10 +151,7 @@ mod tests {
     /// A window's rows: two starts added (100, 900), then a correction row that moves 900 to 300.
     #[tokio::test]
     async fn retractions_are_subtracted_after_merging() {
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("h", DataType::Binary, false),
-            Field::new("r", DataType::Binary, false),
-        ]));
+        let schema = Arc::new(Schema::new(vec![Field::new("h", DataType::Binary, false), Field::new("r", DataType::Binary, false)]));
         let (a, b, none, r) = (hist(&[100, 900]), hist(&[300]), Vec::new(), hist(&[900]));
         let h = BinaryArray::from_vec(vec![a.as_slice(), b.as_slice()]);
         let r = BinaryArray::from_vec(vec![none.as_slice(), r.as_slice()]);
@@ -186,18 +167,9 @@ mod tests {
             .await
             .expect("run");
         let col = |i: usize| rows[0].column(i).as_primitive::<Float64Type>().value(0);
-        assert_eq!(
-            (col(0), col(1), col(2)),
-            (300.0, 900.0, 100.0),
-            "900 was retracted; the 2-argument form ignores retractions"
-        );
+        assert_eq!((col(0), col(1), col(2)), (300.0, 900.0, 100.0), "900 was retracted; the 2-argument form ignores retractions");
         // Retracting what was never added (a partial read of a window) is an error, not a wrong value.
-        let err = ctx
-            .sql("SELECT hdr_quantile(r, h, 0.5) FROM t")
-            .await
-            .expect("plan")
-            .collect()
-            .await;
+        let err = ctx.sql("SELECT hdr_quantile(r, h, 0.5) FROM t").await.expect("plan").collect().await;
         assert!(err.is_err_and(|e| e.to_string().contains("exceed")));
     }
 }

@@ -29,80 +29,28 @@ pub struct Ratio {
     pub scale: f64,
 }
 
-const fn ratio(
-    name: &'static str,
-    num: &'static [(i8, &'static str)],
-    den: &'static [&'static str],
-    scale: f64,
-) -> Ratio {
-    Ratio {
-        name,
-        num,
-        den,
-        scale,
-    }
+const fn ratio(name: &'static str, num: &'static [(i8, &'static str)], den: &'static [&'static str], scale: f64) -> Ratio {
+    Ratio { name, num, den, scale }
 }
 
 /// Ratios are fractions (0..1) unless named `_pct`.
 pub const RATIOS: &[Ratio] = &[
-    ratio(
-        "rebuffer_ratio",
-        &[(1, "stall_ms")],
-        &["play_ms", "stall_ms"],
-        1.0,
-    ),
-    ratio(
-        "connection_induced_rebuffer_ratio",
-        &[(1, "stall_ms"), (-1, "seek_stall_ms")],
-        &["play_ms", "stall_ms"],
-        1.0,
-    ),
+    ratio("rebuffer_ratio", &[(1, "stall_ms")], &["play_ms", "stall_ms"], 1.0),
+    ratio("connection_induced_rebuffer_ratio", &[(1, "stall_ms"), (-1, "seek_stall_ms")], &["play_ms", "stall_ms"], 1.0),
     ratio("vsf_pct", &[(1, "vsf")], &["attempts"], 100.0),
     ratio("ebvs_pct", &[(1, "ebvs")], &["attempts"], 100.0),
-    ratio(
-        "playback_failure_pct",
-        &[(1, "playback_failures")],
-        &["attempts"],
-        100.0,
-    ),
-    ratio(
-        "error_rate_pct",
-        &[(1, "fatal_errors")],
-        &["attempts"],
-        100.0,
-    ),
-    ratio(
-        "cache_hit_ratio",
-        &[(1, "segments_hit")],
-        &["segments_hit", "segments_miss"],
-        1.0,
-    ),
-    ratio(
-        "cache_hit_ratio_bytes",
-        &[(1, "bytes_hit")],
-        &["bytes_total"],
-        1.0,
-    ),
-    ratio(
-        "avg_bitrate_kbps",
-        &[(1, "bitrate_ms")],
-        &["bitrate_known_ms"],
-        1.0,
-    ),
+    ratio("playback_failure_pct", &[(1, "playback_failures")], &["attempts"], 100.0),
+    ratio("error_rate_pct", &[(1, "fatal_errors")], &["attempts"], 100.0),
+    ratio("cache_hit_ratio", &[(1, "segments_hit")], &["segments_hit", "segments_miss"], 1.0),
+    ratio("cache_hit_ratio_bytes", &[(1, "bytes_hit")], &["bytes_total"], 1.0),
+    ratio("avg_bitrate_kbps", &[(1, "bitrate_ms")], &["bitrate_known_ms"], 1.0),
     ratio("avg_startup_ms", &[(1, "startup_ms_sum")], &["starts"], 1.0),
-    ratio(
-        "rebuffer_frequency_per_min",
-        &[(1, "stall_count")],
-        &["play_ms"],
-        60_000.0,
-    ),
+    ratio("rebuffer_frequency_per_min", &[(1, "stall_count")], &["play_ms"], 60_000.0),
 ];
 
 /// Every metric name, in output order.
 pub fn names() -> impl Iterator<Item = &'static str> {
-    sums()
-        .chain(QUANTILES.iter().map(|(n, _)| *n))
-        .chain(RATIOS.iter().map(|r| r.name))
+    sums().chain(QUANTILES.iter().map(|(n, _)| *n)).chain(RATIOS.iter().map(|r| r.name))
 }
 
 fn sql_sum_of(terms: impl Iterator<Item = (i8, &'static str)>) -> String {
@@ -123,35 +71,21 @@ fn sql_sum_of(terms: impl Iterator<Item = (i8, &'static str)>) -> String {
 pub fn ratio_sql(r: &Ratio) -> String {
     let num = sql_sum_of(r.num.iter().copied());
     let den = sql_sum_of(r.den.iter().map(|c| (1, *c)));
-    format!(
-        "{:?} * CAST({num} AS DOUBLE) / NULLIF(CAST({den} AS DOUBLE), 0)",
-        r.scale
-    )
+    format!("{:?} * CAST({num} AS DOUBLE) / NULLIF(CAST({den} AS DOUBLE), 0)", r.scale)
 }
 
 /// `expr AS name, …` for a DataFusion SELECT list over `qoe_window` (used by the `qoe_ratios` view).
 pub fn select_list() -> String {
     let sums = sums().map(|c| format!("sum({c}) AS {c}"));
-    let quantiles = QUANTILES
-        .iter()
-        .map(|(n, q)| format!("hdr_quantile(startup_hist, startup_hist_retract, {q:?}) AS {n}"));
-    let ratios = RATIOS
-        .iter()
-        .map(|r| format!("{} AS {}", ratio_sql(r), r.name));
-    sums.chain(quantiles)
-        .chain(ratios)
-        .collect::<Vec<_>>()
-        .join(",\n    ")
+    let quantiles = QUANTILES.iter().map(|(n, q)| format!("hdr_quantile(startup_hist, startup_hist_retract, {q:?}) AS {n}"));
+    let ratios = RATIOS.iter().map(|r| format!("{} AS {}", ratio_sql(r), r.name));
+    sums.chain(quantiles).chain(ratios).collect::<Vec<_>>().join(",\n    ")
 }
 
 /// The value of a ratio from the sums (in [`sums`] order), computed as its SQL does.
 pub fn ratio_value(r: &Ratio, sums: &[i64]) -> Option<f64> {
     let get = |c: &str| self::sums().position(|s| s == c).map_or(0, |i| sums[i]);
-    let num: i64 = r
-        .num
-        .iter()
-        .map(|(sign, c)| i64::from(*sign) * get(c))
-        .sum();
+    let num: i64 = r.num.iter().map(|(sign, c)| i64::from(*sign) * get(c)).sum();
     let den: i64 = r.den.iter().map(|c| get(c)).sum();
     (den != 0).then(|| r.scale * num as f64 / den as f64)
 }
@@ -164,20 +98,10 @@ pub fn derive(sums: &[i64], quantiles: &[Option<f64>]) -> Map<String, Value> {
         m.insert(name.into(), Value::from(*v));
     }
     for (i, (name, _)) in QUANTILES.iter().enumerate() {
-        m.insert(
-            (*name).into(),
-            quantiles
-                .get(i)
-                .copied()
-                .flatten()
-                .map_or(Value::Null, Value::from),
-        );
+        m.insert((*name).into(), quantiles.get(i).copied().flatten().map_or(Value::Null, Value::from));
     }
     for r in RATIOS {
-        m.insert(
-            r.name.into(),
-            ratio_value(r, sums).map_or(Value::Null, Value::from),
-        );
+        m.insert(r.name.into(), ratio_value(r, sums).map_or(Value::Null, Value::from));
     }
     m
 }
@@ -199,20 +123,12 @@ mod tests {
         sums[at("seek_stall_ms")] = 100;
         sums[at("play_ms")] = 700;
         assert_eq!(ratio_value(r, &sums), Some(0.2));
-        assert_eq!(
-            ratio_value(&RATIOS[2], &sums),
-            None,
-            "no attempts: no VSF %"
-        );
+        assert_eq!(ratio_value(&RATIOS[2], &sums), None, "no attempts: no VSF %");
         let all = derive(&sums, &[Some(10.0), None]);
         assert_eq!(all.len(), names().count());
         assert_eq!(all["rebuffer_ratio"], 0.3);
         assert_eq!(all["startup_p95"], Value::Null);
-        assert_eq!(
-            derive(&sums, &[]).len(),
-            names().count(),
-            "no quantiles given: null, not missing"
-        );
+        assert_eq!(derive(&sums, &[]).len(), names().count(), "no quantiles given: null, not missing");
     }
 
     /// The API serves every window sum of the measure list, and every ratio is over such sums.
@@ -220,10 +136,7 @@ mod tests {
     fn every_window_measure_is_served() {
         let all = derive(&vec![0; sum_count()], &[]);
         for (_, column) in schemas::measures::window_sums() {
-            assert!(
-                all.contains_key(column),
-                "{column} is served by the metrics API"
-            );
+            assert!(all.contains_key(column), "{column} is served by the metrics API");
         }
         for r in RATIOS {
             for c in r.num.iter().map(|(_, c)| *c).chain(r.den.iter().copied()) {

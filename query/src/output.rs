@@ -22,9 +22,7 @@ impl std::str::FromStr for Format {
             "csv" => Ok(Format::Csv),
             "json" => Ok(Format::Json),
             "parquet" => Ok(Format::Parquet),
-            other => Err(format!(
-                "unknown format {other:?} (one of table, csv, json, parquet)"
-            )),
+            other => Err(format!("unknown format {other:?} (one of table, csv, json, parquet)")),
         }
     }
 }
@@ -33,9 +31,7 @@ pub fn write(batches: &[RecordBatch], format: Format, out: &mut impl Write) -> c
     match format {
         Format::Table => writeln!(out, "{}", pretty_format_batches(batches)?)?,
         Format::Csv => {
-            let mut w = arrow_csv::WriterBuilder::new()
-                .with_header(true)
-                .build(&mut *out);
+            let mut w = arrow_csv::WriterBuilder::new().with_header(true).build(&mut *out);
             for b in batches {
                 w.write(b)?;
             }

@@ -28,20 +28,12 @@ pub struct ApiSettings {
 pub async fn router(settings: &ApiSettings) -> crate::Result<Router> {
     let backend = Backend::open(&settings.query, &settings.dataset, &settings.clickhouse).await?;
     tracing::info!(backend = backend.name(), "metrics API and dashboard ready");
-    Ok(
-        crate::api::router(backend, settings.sql.clone(), &settings.query)
-            .merge(crate::dashboard::router(settings.dashboard.clone())),
-    )
+    Ok(crate::api::router(backend, settings.sql.clone(), &settings.query).merge(crate::dashboard::router(settings.dashboard.clone())))
 }
 
 /// Serves `router` (and `/healthz`) on a listener of its own until `stop` is set: `qoeflow query-server`,
 /// or the API listener of `qoeflow serve --api-listen`.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    router: Router,
-    limits: ConnLimits,
-    stop: Stop,
-) -> crate::Result<()> {
+pub async fn serve(listener: tokio::net::TcpListener, router: Router, limits: ConnLimits, stop: Stop) -> crate::Result<()> {
     let app = router.route("/healthz", get(|| async { "ok" }));
     tracing::info!("metrics API listening on http://{}", listener.local_addr()?);
     service::serve(listener, app, limits, None, stop.stopped()).await?;
@@ -49,12 +41,7 @@ pub async fn serve(
 }
 
 /// `qoeflow query-server`: the metrics API and dashboard until `stop` is set.
-pub async fn run(
-    settings: ApiSettings,
-    listen: SocketAddr,
-    limits: ConnLimits,
-    stop: Stop,
-) -> crate::Result<()> {
+pub async fn run(settings: ApiSettings, listen: SocketAddr, limits: ConnLimits, stop: Stop) -> crate::Result<()> {
     let app = router(&settings).await?;
     serve(service::bind(listen).await?, app, limits, stop).await?;
     tracing::info!("stopped");

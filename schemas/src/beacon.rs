@@ -44,10 +44,7 @@ pub enum BeaconError {
     #[error("body must be a JSON object")]
     NotAnObject,
     #[error("field `{field}`: {problem}")]
-    Field {
-        field: &'static str,
-        problem: String,
-    },
+    Field { field: &'static str, problem: String },
     #[error("body holds more than {0} JSON values")]
     TooManyValues(usize),
     #[error("parsing the body would exceed the collector's memory budget")]
@@ -66,11 +63,7 @@ pub struct EventRejection {
 
 impl EventRejection {
     fn new(field: impl Into<String>, tag: &'static str, message: impl Into<String>) -> Self {
-        EventRejection {
-            field: field.into(),
-            tag,
-            message: message.into(),
-        }
+        EventRejection { field: field.into(), tag, message: message.into() }
     }
     fn missing(field: &str) -> Self {
         Self::new(field, "missing_field", "required field is missing")
@@ -96,29 +89,13 @@ pub fn parse_beacon(body: &[u8]) -> Result<ParsedBeacon, BeaconError> {
 /// [`parse_beacon`] with at most `max_values` JSON values, counted as they are parsed. Before the tree
 /// grows past `n` values, `charge(n)` is asked (every 1024 values) and may refuse: the caller's memory
 /// budget ([`JSON_VALUE_COST`] bytes a value is a fair price).
-pub fn parse_beacon_limited(
-    body: &[u8],
-    max_values: usize,
-    charge: &mut dyn FnMut(usize) -> bool,
-) -> Result<ParsedBeacon, BeaconError> {
-    let counter = Counter {
-        count: Cell::new(0),
-        max: max_values,
-        charge: RefCell::new(charge),
-        failure: Cell::new(None),
-    };
+pub fn parse_beacon_limited(body: &[u8], max_values: usize, charge: &mut dyn FnMut(usize) -> bool) -> Result<ParsedBeacon, BeaconError> {
+    let counter = Counter { count: Cell::new(0), max: max_values, charge: RefCell::new(charge), failure: Cell::new(None) };
     let mut de = serde_json::Deserializer::from_slice(body);
-    let parsed = Counted(&counter)
-        .deserialize(&mut de)
-        .and_then(|v| de.end().map(|()| v));
+    let parsed = Counted(&counter).deserialize(&mut de).and_then(|v| de.end().map(|()| v));
     let value = match parsed {
         Ok(v) => v,
-        Err(e) => {
-            return Err(counter
-                .failure
-                .take()
-                .unwrap_or_else(|| BeaconError::InvalidJson(e.to_string())));
-        }
+        Err(e) => return Err(counter.failure.take().unwrap_or_else(|| BeaconError::InvalidJson(e.to_string()))),
     };
     let Value::Object(mut obj) = value else {
         return Err(BeaconError::NotAnObject);
@@ -134,46 +111,21 @@ pub fn parse_beacon_limited(
         }
     };
     let sent_at = match obj.get("sent_at") {
-        None => {
-            return Err(BeaconError::Field {
-                field: "sent_at",
-                problem: "required field is missing".into(),
-            });
-        }
-        Some(v) => epoch_ms(v).map_err(|problem| BeaconError::Field {
-            field: "sent_at",
-            problem,
-        })?,
+        None => return Err(BeaconError::Field { field: "sent_at", problem: "required field is missing".into() }),
+        Some(v) => epoch_ms(v).map_err(|problem| BeaconError::Field { field: "sent_at", problem })?,
     };
     let events = match obj.remove("events") {
-        None => {
-            return Err(BeaconError::Field {
-                field: "events",
-                problem: "required field is missing".into(),
-            });
-        }
+        None => return Err(BeaconError::Field { field: "events", problem: "required field is missing".into() }),
         Some(Value::Array(events)) => events,
-        Some(_) => {
-            return Err(BeaconError::Field {
-                field: "events",
-                problem: "must be an array".into(),
-            });
-        }
+        Some(_) => return Err(BeaconError::Field { field: "events", problem: "must be an array".into() }),
     };
     if events.len() > MAX_EVENTS_PER_BEACON {
         return Err(BeaconError::Field {
             field: "events",
-            problem: format!(
-                "at most {MAX_EVENTS_PER_BEACON} events per beacon, got {}",
-                events.len()
-            ),
+            problem: format!("at most {MAX_EVENTS_PER_BEACON} events per beacon, got {}", events.len()),
         });
     }
-    Ok(ParsedBeacon {
-        key,
-        sent_at,
-        events,
-    })
+    Ok(ParsedBeacon { key, sent_at, events })
 }
 
 /// Counts the values a parse builds (see [`parse_beacon_limited`]).
@@ -274,11 +226,7 @@ impl<'de> Visitor<'de> for Counted<'_, '_> {
 /// Validates one event of a beacon.
 pub fn validate_event(value: &Value) -> Result<Event, EventRejection> {
     let Value::Object(obj) = value else {
-        return Err(EventRejection::new(
-            "event",
-            "not_object",
-            "must be a JSON object",
-        ));
+        return Err(EventRejection::new("event", "not_object", "must be a JSON object"));
     };
     validate_event_map(obj)
 }
@@ -287,9 +235,7 @@ pub fn validate_event(value: &Value) -> Result<Event, EventRejection> {
 pub fn validate_event_map(obj: &Map<String, Value>) -> Result<Event, EventRejection> {
     let view_id = match obj.get("view_id") {
         None => return Err(EventRejection::missing("view_id")),
-        Some(Value::String(s)) if !s.is_empty() && s.chars().count() <= MAX_VIEW_ID_LEN => {
-            s.clone()
-        }
+        Some(Value::String(s)) if !s.is_empty() && s.chars().count() <= MAX_VIEW_ID_LEN => s.clone(),
         Some(_) => {
             return Err(EventRejection::new(
                 "view_id",
@@ -388,9 +334,7 @@ pub fn validate_event_map(obj: &Map<String, Value>) -> Result<Event, EventReject
             let code = match obj.get("code") {
                 None | Some(Value::Null) => None,
                 Some(Value::String(s)) if s.chars().count() <= 128 => Some(s.clone()),
-                Some(v @ Value::Number(_)) if integer(v).is_some() => {
-                    integer(v).map(|n| n.to_string())
-                }
+                Some(v @ Value::Number(_)) if integer(v).is_some() => integer(v).map(|n| n.to_string()),
                 Some(_) => {
                     return Err(EventRejection::wrong_type(
                         "code",
@@ -403,22 +347,11 @@ pub fn validate_event_map(obj: &Map<String, Value>) -> Result<Event, EventReject
                 Some(Value::Bool(b)) => *b,
                 Some(_) => return Err(EventRejection::wrong_type("fatal", "a boolean")),
             };
-            Payload::Error {
-                code,
-                message: opt_string(obj, "message", MAX_TITLE_LEN)?,
-                fatal,
-            }
+            Payload::Error { code, message: opt_string(obj, "message", MAX_TITLE_LEN)?, fatal }
         }
         _ => Payload::None,
     };
-    Ok(Event {
-        view_id,
-        seq,
-        kind,
-        ts,
-        playhead_ms,
-        payload,
-    })
+    Ok(Event { view_id, seq, kind, ts, playhead_ms, payload })
 }
 
 fn view_dims(obj: &Map<String, Value>) -> Result<ViewDims, EventRejection> {
@@ -427,11 +360,7 @@ fn view_dims(obj: &Map<String, Value>) -> Result<ViewDims, EventRejection> {
         Some(Value::String(s)) if s == "vod" => Some(StreamType::Vod),
         Some(Value::String(s)) if s == "live" => Some(StreamType::Live),
         Some(_) => {
-            return Err(EventRejection::new(
-                "stream_type",
-                "invalid_value",
-                "must be \"vod\" or \"live\"",
-            ));
+            return Err(EventRejection::new("stream_type", "invalid_value", "must be \"vod\" or \"live\""));
         }
     };
     let custom = match obj.get("custom") {
@@ -498,19 +427,13 @@ fn epoch_ms(v: &Value) -> Result<i64, String> {
     }
 }
 
-fn opt_string(
-    obj: &Map<String, Value>,
-    field: &str,
-    max_chars: usize,
-) -> Result<Option<String>, EventRejection> {
+fn opt_string(obj: &Map<String, Value>, field: &str, max_chars: usize) -> Result<Option<String>, EventRejection> {
     match obj.get(field) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) if s.chars().count() <= max_chars => Ok(Some(s.clone())),
-        Some(Value::String(_)) => Err(EventRejection::new(
-            field,
-            "too_long",
-            format!("must be at most {max_chars} characters"),
-        )),
+        Some(Value::String(_)) => {
+            Err(EventRejection::new(field, "too_long", format!("must be at most {max_chars} characters")))
+        }
         Some(_) => Err(EventRejection::wrong_type(field, "a string")),
     }
 }
@@ -525,11 +448,7 @@ fn opt_number(
         None | Some(Value::Null) => Ok(None),
         Some(Value::Number(n)) => match n.as_f64() {
             Some(f) if f >= min && max.is_none_or(|m| f <= m) => Ok(Some(f)),
-            _ => Err(EventRejection::new(
-                field,
-                "out_of_range",
-                format!("must be a number of at least {min}"),
-            )),
+            _ => Err(EventRejection::new(field, "out_of_range", format!("must be a number of at least {min}"))),
         },
         Some(_) => Err(EventRejection::wrong_type(field, "a number")),
     }
@@ -540,11 +459,7 @@ fn opt_u32(obj: &Map<String, Value>, field: &str) -> Result<Option<u32>, EventRe
         None | Some(Value::Null) => Ok(None),
         Some(v) => match integer(v) {
             Some(n) if (0..=100_000).contains(&n) => Ok(Some(n as u32)),
-            _ => Err(EventRejection::new(
-                field,
-                "out_of_range",
-                "must be an integer from 0 to 100000",
-            )),
+            _ => Err(EventRejection::new(field, "out_of_range", "must be an integer from 0 to 100000")),
         },
     }
 }
@@ -555,8 +470,7 @@ mod tests {
     use serde_json::json;
 
     fn ev(extra: Value) -> Value {
-        let mut base =
-            json!({"view_id": "v1", "seq": 0, "type": "playing", "ts": 1_700_000_000_000i64});
+        let mut base = json!({"view_id": "v1", "seq": 0, "type": "playing", "ts": 1_700_000_000_000i64});
         if let (Value::Object(b), Value::Object(e)) = (&mut base, extra) {
             b.extend(e);
         }
@@ -565,123 +479,62 @@ mod tests {
 
     #[test]
     fn envelope_errors_name_the_field() {
-        assert!(matches!(
-            parse_beacon(b"{"),
-            Err(BeaconError::InvalidJson(_))
-        ));
+        assert!(matches!(parse_beacon(b"{"), Err(BeaconError::InvalidJson(_))));
         assert_eq!(parse_beacon(b"[1]"), Err(BeaconError::NotAnObject));
         let e = parse_beacon(br#"{"events":[]}"#).unwrap_err();
         assert_eq!(e.to_string(), "field `sent_at`: required field is missing");
         let e = parse_beacon(br#"{"sent_at":1700000000000,"events":{}}"#).unwrap_err();
         assert_eq!(e.to_string(), "field `events`: must be an array");
         let e = parse_beacon(br#"{"sent_at":"x","events":[]}"#).unwrap_err();
-        assert!(
-            e.to_string()
-                .starts_with("field `sent_at`: must be an integer")
-        );
+        assert!(e.to_string().starts_with("field `sent_at`: must be an integer"));
         let e = parse_beacon(br#"{"key":5,"sent_at":1700000000000,"events":[]}"#).unwrap_err();
         assert!(e.to_string().starts_with("field `key`"));
     }
 
     #[test]
     fn json_values_are_counted_while_parsing() {
-        let body = |n: usize| {
-            format!(
-                r#"{{"sent_at":1700000000000,"events":[{}]}}"#,
-                vec!["0"; n].join(",")
-            )
-        };
+        let body = |n: usize| format!(r#"{{"sent_at":1700000000000,"events":[{}]}}"#, vec!["0"; n].join(","));
         // The envelope object, `sent_at`, the events array: 3 values besides the elements.
         assert!(parse_beacon_limited(body(97).as_bytes(), 100, &mut |_| true).is_ok());
-        assert_eq!(
-            parse_beacon_limited(body(98).as_bytes(), 100, &mut |_| true),
-            Err(BeaconError::TooManyValues(100))
-        );
+        assert_eq!(parse_beacon_limited(body(98).as_bytes(), 100, &mut |_| true), Err(BeaconError::TooManyValues(100)));
         let mut asked = Vec::new();
         let mut budget = |n: usize| {
             asked.push(n);
             n < 10_000
         };
-        assert_eq!(
-            parse_beacon_limited(body(20_000).as_bytes(), 1 << 20, &mut budget),
-            Err(BeaconError::OverBudget)
-        );
-        assert_eq!(
-            asked,
-            (1..=10).map(|k| k * 1024 + 1).collect::<Vec<_>>(),
-            "charged ahead, every 1024 values, until refused"
-        );
+        assert_eq!(parse_beacon_limited(body(20_000).as_bytes(), 1 << 20, &mut budget), Err(BeaconError::OverBudget));
+        assert_eq!(asked, (1..=10).map(|k| k * 1024 + 1).collect::<Vec<_>>(), "charged ahead, every 1024 values, until refused");
         // What is parsed is exactly serde_json's own tree.
         let text = r#"{"key":"k","sent_at":1700000000000,"events":[{"a":[1,-2,3.5,"x",null,true,{"b":{}}]}]}"#;
         let ours = parse_beacon(text.as_bytes()).unwrap();
         let theirs: Value = serde_json::from_str(text).unwrap();
         assert_eq!(ours.events, theirs["events"].as_array().unwrap().clone());
-        assert!(
-            matches!(
-                parse_beacon(br#"{"sent_at":1} x"#),
-                Err(BeaconError::InvalidJson(_))
-            ),
-            "trailing data"
-        );
+        assert!(matches!(parse_beacon(br#"{"sent_at":1} x"#), Err(BeaconError::InvalidJson(_))), "trailing data");
     }
 
     #[test]
     fn event_reasons_name_the_field() {
         let reason = |v: Value| validate_event(&v).unwrap_err().to_string();
         assert_eq!(reason(json!(3)), "event: must be a JSON object");
-        assert_eq!(
-            reason(json!({"seq": 1})),
-            "view_id: required field is missing"
-        );
+        assert_eq!(reason(json!({"seq": 1})), "view_id: required field is missing");
         assert!(reason(ev(json!({"seq": -1}))).starts_with("seq: must be an integer from 0"));
         assert!(reason(ev(json!({"seq": 1.5}))).starts_with("seq: must be an integer"));
-        assert_eq!(
-            reason(ev(json!({"type": "jump"}))),
-            "type: unknown event type \"jump\""
-        );
+        assert_eq!(reason(ev(json!({"type": "jump"}))), "type: unknown event type \"jump\"");
         assert!(reason(ev(json!({"ts": 12}))).starts_with("ts: must be epoch milliseconds"));
-        assert_eq!(
-            reason(ev(json!({"type": "quality_change"}))),
-            "bitrate_kbps: required field is missing"
-        );
-        assert!(
-            reason(ev(json!({"type": "segment", "bytes": 10, "cache": "HIT"})))
-                .starts_with("cache:")
-        );
-        assert!(
-            reason(ev(json!({"type": "error", "fatal": "yes"})))
-                .starts_with("fatal: must be a boolean")
-        );
-        assert!(
-            reason(ev(json!({"type": "viewstart", "stream_type": "tv"})))
-                .starts_with("stream_type:")
-        );
+        assert_eq!(reason(ev(json!({"type": "quality_change"}))), "bitrate_kbps: required field is missing");
+        assert!(reason(ev(json!({"type": "segment", "bytes": 10, "cache": "HIT"}))).starts_with("cache:"));
+        assert!(reason(ev(json!({"type": "error", "fatal": "yes"}))).starts_with("fatal: must be a boolean"));
+        assert!(reason(ev(json!({"type": "viewstart", "stream_type": "tv"}))).starts_with("stream_type:"));
         assert!(reason(ev(json!({"playhead_ms": -5}))).starts_with("playhead_ms:"));
     }
 
     #[test]
     fn typed_payloads() {
-        let e = validate_event(&ev(
-            json!({"type": "segment", "bytes": 2048.0, "cache": "hit", "x_custom": [1]}),
-        ))
-        .unwrap();
+        let e = validate_event(&ev(json!({"type": "segment", "bytes": 2048.0, "cache": "hit", "x_custom": [1]})))
+            .unwrap();
         assert_eq!(e.seq, 0);
-        assert!(matches!(
-            e.payload,
-            Payload::Segment {
-                bytes: 2048,
-                cache: CacheStatus::Hit,
-                ..
-            }
-        ));
+        assert!(matches!(e.payload, Payload::Segment { bytes: 2048, cache: CacheStatus::Hit, .. }));
         let e = validate_event(&ev(json!({"type": "error", "code": 4001, "fatal": true}))).unwrap();
-        assert_eq!(
-            e.payload,
-            Payload::Error {
-                code: Some("4001".into()),
-                message: None,
-                fatal: true
-            }
-        );
+        assert_eq!(e.payload, Payload::Error { code: Some("4001".into()), message: None, fatal: true });
     }
 }

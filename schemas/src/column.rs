@@ -21,16 +21,8 @@ pub struct Column {
 }
 
 pub(crate) const fn c(name: &'static str, ty: ColType) -> Column {
-    Column {
-        name,
-        ty,
-        nullable: false,
-    }
+    Column { name, ty, nullable: false }
 }
 pub(crate) const fn n(name: &'static str, ty: ColType) -> Column {
-    Column {
-        name,
-        ty,
-        nullable: true,
-    }
+    Column { name, ty, nullable: true }
 }

@@ -40,12 +40,7 @@ pub fn epochs_of(name: &str, prefix: &str) -> Option<(u64, u64)> {
 
 /// Start (epoch ms, UTC) of an `.../dt=YYYY-MM-DD/hour=HH` partition directory.
 pub fn partition_start(dir: &std::path::Path) -> Option<i64> {
-    let hour: i64 = dir
-        .file_name()?
-        .to_str()?
-        .strip_prefix("hour=")?
-        .parse()
-        .ok()?;
+    let hour: i64 = dir.file_name()?.to_str()?.strip_prefix("hour=")?.parse().ok()?;
     let date = dir.parent()?.file_name()?.to_str()?.strip_prefix("dt=")?;
     let mut it = date.split('-').map(|p| p.parse::<i64>().ok());
     let (y, m, d) = (it.next()??, it.next()??, it.next()??);
@@ -80,11 +75,7 @@ pub fn partition_of(ms: i64) -> String {
 /// The `dt` partition value (YYYY-MM-DD, UTC) of an epoch-ms time.
 pub fn partition_date(ms: i64) -> String {
     let p = partition_of(ms);
-    p.split('/')
-        .next()
-        .and_then(|d| d.strip_prefix("dt="))
-        .unwrap_or_default()
-        .to_owned()
+    p.split('/').next().and_then(|d| d.strip_prefix("dt=")).unwrap_or_default().to_owned()
 }
 
 #[cfg(test)]
@@ -97,28 +88,15 @@ mod tests {
     fn partitions_are_utc_dates_and_hours() {
         assert_eq!(partition_of(0), "dt=1970-01-01/hour=00");
         assert_eq!(partition_of(1_700_000_000_000), "dt=2023-11-14/hour=22");
-        assert_eq!(
-            partition_of(951_782_400_000 + 3_600_000 * 5),
-            "dt=2000-02-29/hour=05"
-        );
+        assert_eq!(partition_of(951_782_400_000 + 3_600_000 * 5), "dt=2000-02-29/hour=05");
         assert_eq!(partition_of(4_102_444_799_999), "dt=2099-12-31/hour=23");
     }
 
     #[test]
     fn partition_start_inverts_partition_of() {
-        for ms in [
-            0i64,
-            1_700_000_000_000,
-            951_782_400_000 + 3_600_000 * 5 + 17,
-            4_102_444_799_999,
-            1_795_000_000_123,
-        ] {
+        for ms in [0i64, 1_700_000_000_000, 951_782_400_000 + 3_600_000 * 5 + 17, 4_102_444_799_999, 1_795_000_000_123] {
             let dir = PathBuf::from("/x/events").join(partition_of(ms));
-            assert_eq!(
-                partition_start(&dir),
-                Some(ms - ms.rem_euclid(3_600_000)),
-                "{ms}"
-            );
+            assert_eq!(partition_start(&dir), Some(ms - ms.rem_euclid(3_600_000)), "{ms}");
         }
         assert_eq!(partition_start(Path::new("/x/events/dt=2023-11-14")), None);
     }

@@ -35,15 +35,8 @@ impl Dim {
     ];
 
     /// The dimensions windows are keyed by unless configured otherwise.
-    pub const DEFAULT: [Dim; 7] = [
-        Dim::Cdn,
-        Dim::Country,
-        Dim::DeviceType,
-        Dim::Os,
-        Dim::Browser,
-        Dim::PlayerName,
-        Dim::StreamType,
-    ];
+    pub const DEFAULT: [Dim; 7] =
+        [Dim::Cdn, Dim::Country, Dim::DeviceType, Dim::Os, Dim::Browser, Dim::PlayerName, Dim::StreamType];
 
     /// Its column name (in `qoe_window`, the API's `group_by` and filters).
     pub const fn name(self) -> &'static str {

@@ -24,18 +24,12 @@ pub fn serialize_histogram(h: &Histogram<u64>) -> Vec<u8> {
 }
 
 pub fn deserialize_histogram(bytes: &[u8]) -> Result<Histogram<u64>, String> {
-    Deserializer::new()
-        .deserialize(&mut std::io::Cursor::new(bytes))
-        .map_err(|e| format!("{e:?}"))
+    Deserializer::new().deserialize(&mut std::io::Cursor::new(bytes)).map_err(|e| format!("{e:?}"))
 }
 
 /// The value each bucket index of a [`new_histogram`] stands for (its highest equivalent value).
-static INDEX_VALUES: std::sync::LazyLock<Vec<u64>> = std::sync::LazyLock::new(|| {
-    new_histogram()
-        .iter_all()
-        .map(|v| v.value_iterated_to())
-        .collect()
-});
+static INDEX_VALUES: std::sync::LazyLock<Vec<u64>> =
+    std::sync::LazyLock::new(|| new_histogram().iter_all().map(|v| v.value_iterated_to()).collect());
 
 /// Adds a serialized histogram into `acc` (a [`new_histogram`]) without building it: the V2 payload is
 /// a run-length list of bucket counts, and a window's histogram has only a few non-zero buckets, while
@@ -44,17 +38,8 @@ static INDEX_VALUES: std::sync::LazyLock<Vec<u64>> = std::sync::LazyLock::new(||
 pub fn add_serialized(acc: &mut Histogram<u64>, bytes: &[u8]) -> Result<(), String> {
     const V2_COOKIE: u32 = 0x1c84_9313;
     const HEADER: usize = 40;
-    let be32 = |at: usize| {
-        bytes
-            .get(at..at + 4)
-            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-    };
-    let be64 = |at: usize| {
-        bytes
-            .get(at..at + 8)
-            .and_then(|b| <[u8; 8]>::try_from(b).ok())
-            .map(u64::from_be_bytes)
-    };
+    let be32 = |at: usize| bytes.get(at..at + 4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+    let be64 = |at: usize| bytes.get(at..at + 8).and_then(|b| <[u8; 8]>::try_from(b).ok()).map(u64::from_be_bytes);
     let fast = be32(0) == Some(V2_COOKIE)
         && be32(8) == Some(0)
         && be32(12) == Some(u32::from(acc.sigfig()))
@@ -94,8 +79,7 @@ pub fn add_serialized(acc: &mut Histogram<u64>, bytes: &[u8]) -> Result<(), Stri
         } else {
             if n > 0 {
                 let value = *table.get(index).ok_or("histogram bucket out of range")?;
-                acc.record_n(value, n as u64)
-                    .map_err(|e| format!("{e:?}"))?;
+                acc.record_n(value, n as u64).map_err(|e| format!("{e:?}"))?;
             }
             index += 1;
         }
@@ -127,11 +111,7 @@ mod tests {
                     2 => next() % (2 * HIST_MAX_MS),
                     _ => 1_234,
                 };
-                h.record_n(
-                    v.min(HIST_MAX_MS),
-                    1 + next() % (if round % 7 == 0 { 100_000 } else { 3 }),
-                )
-                .unwrap();
+                h.record_n(v.min(HIST_MAX_MS), 1 + next() % (if round % 7 == 0 { 100_000 } else { 3 })).unwrap();
             }
             let bytes = serialize_histogram(&h);
             add_serialized(&mut fast, &bytes).unwrap();
@@ -140,25 +120,15 @@ mod tests {
         assert!(fast.len() > 1000);
         assert_eq!(fast.len(), slow.len());
         for q in [0.0, 0.01, 0.25, 0.5, 0.9, 0.95, 0.99, 0.999, 1.0] {
-            assert_eq!(
-                fast.value_at_quantile(q),
-                slow.value_at_quantile(q),
-                "q={q}"
-            );
+            assert_eq!(fast.value_at_quantile(q), slow.value_at_quantile(q), "q={q}");
         }
         assert_eq!(serialize_histogram(&fast), serialize_histogram(&slow));
-        assert!(
-            add_serialized(&mut fast, &[0x1c, 0x84]).is_err(),
-            "garbage is an error"
-        );
+        assert!(add_serialized(&mut fast, &[0x1c, 0x84]).is_err(), "garbage is an error");
         // Long varints: a count needing 8 bytes.
         let mut big = new_histogram();
         big.record_n(777, 1 << 50).unwrap();
         let mut acc = new_histogram();
         add_serialized(&mut acc, &serialize_histogram(&big)).unwrap();
-        assert_eq!(
-            (acc.len(), acc.value_at_quantile(0.5)),
-            (1 << 50, big.value_at_quantile(0.5))
-        );
+        assert_eq!((acc.len(), acc.value_at_quantile(0.5)), (1 << 50, big.value_at_quantile(0.5)));
     }
 }

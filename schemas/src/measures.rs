@@ -108,12 +108,7 @@ measures! {
 /// for a view that did not start).
 pub const HISTOGRAM_MEASURE: Measure = Measure::StartupMs;
 /// The start-time quantiles `qoe_window` stores beside the histogram: (column, q).
-pub const WINDOW_QUANTILES: [(&str, f64); 4] = [
-    ("startup_p50", 0.5),
-    ("startup_p90", 0.9),
-    ("startup_p95", 0.95),
-    ("startup_p99", 0.99),
-];
+pub const WINDOW_QUANTILES: [(&str, f64); 4] = [("startup_p50", 0.5), ("startup_p90", 0.9), ("startup_p95", 0.95), ("startup_p99", 0.99)];
 /// The start-time quantiles the metrics API and the truth report: (name, q).
 pub const API_QUANTILES: [(&str, f64); 2] = [("startup_p50", 0.5), ("startup_p95", 0.95)];
 
@@ -127,17 +122,12 @@ impl Measure {
 
 /// The `qoe_window` sums, in column order: (measure, column).
 pub fn window_sums() -> impl Iterator<Item = (Measure, &'static str)> {
-    MEASURES
-        .iter()
-        .filter_map(|d| Some((d.measure, d.window?.0)))
+    MEASURES.iter().filter_map(|d| Some((d.measure, d.window?.0)))
 }
 
 /// The truth's measure keys, in list order (the truth adds `views` and the start-time quantiles).
 pub fn truth_keys() -> impl Iterator<Item = &'static str> {
-    MEASURES
-        .iter()
-        .filter(|d| d.truth)
-        .filter_map(|d| d.window.map(|w| w.0))
+    MEASURES.iter().filter(|d| d.truth).filter_map(|d| d.window.map(|w| w.0))
 }
 
 /// One value per measure: a view's totals, or the sums of a window. Adding is the only merge.
@@ -207,8 +197,7 @@ mod values_serde {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[i64; COUNT], D::Error> {
         let v = Vec::<i64>::deserialize(d)?;
         let n = v.len();
-        v.try_into()
-            .map_err(|_| D::Error::custom(format!("expected {COUNT} measures, got {n}")))
+        v.try_into().map_err(|_| D::Error::custom(format!("expected {COUNT} measures, got {n}")))
     }
 }
 
@@ -220,35 +209,17 @@ mod tests {
     fn the_list_is_consistent() {
         for (i, d) in MEASURES.iter().enumerate() {
             assert_eq!(d.measure as usize, i, "{:?} is at its own index", d.measure);
-            assert!(
-                d.view.is_some() || d.window.is_some(),
-                "{:?} appears in some table",
-                d.measure
-            );
-            assert!(
-                !d.truth || d.window.is_some(),
-                "{:?}: the truth reports window sums",
-                d.measure
-            );
+            assert!(d.view.is_some() || d.window.is_some(), "{:?} appears in some table", d.measure);
+            assert!(!d.truth || d.window.is_some(), "{:?}: the truth reports window sums", d.measure);
             assert!(!d.doc.trim().is_empty(), "{:?} is documented", d.measure);
         }
         let mut names: Vec<_> = window_sums().map(|(_, n)| n).collect();
         names.sort_unstable();
         names.dedup();
-        assert_eq!(
-            names.len(),
-            window_sums().count(),
-            "window columns are unique"
-        );
+        assert_eq!(names.len(), window_sums().count(), "window columns are unique");
         let v = Values::default();
         let json = serde_json::to_string(&v).expect("serialize");
-        assert_eq!(
-            serde_json::from_str::<Values>(&json).expect("deserialize"),
-            v
-        );
-        assert!(
-            serde_json::from_str::<Values>("[1,2]").is_err(),
-            "a wrong length is an error"
-        );
+        assert_eq!(serde_json::from_str::<Values>(&json).expect("deserialize"), v);
+        assert!(serde_json::from_str::<Values>("[1,2]").is_err(), "a wrong length is an error");
     }
 }

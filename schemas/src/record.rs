@@ -111,10 +111,7 @@ impl EventsRecord {
             return Ok(());
         }
         if events.len() <= 1 {
-            return Err(RecordError::EventTooLarge {
-                size: encoded.len(),
-                limit,
-            });
+            return Err(RecordError::EventTooLarge { size: encoded.len(), limit });
         }
         let (left, right) = events.split_at(events.len() / 2);
         self.encode_slice_into(left, limit, out)?;
@@ -216,14 +213,10 @@ impl Record {
 /// a measurable share of pipeline CPU); anything else takes the generic path.
 fn decode_body(json: &[u8]) -> Result<Record, RecordError> {
     if json.starts_with(br#"{"kind":"events","#) {
-        return serde_json::from_slice::<EventsRecord>(json)
-            .map(Record::Events)
-            .map_err(RecordError::Body);
+        return serde_json::from_slice::<EventsRecord>(json).map(Record::Events).map_err(RecordError::Body);
     }
     if json.starts_with(br#"{"kind":"rejected","#) {
-        return serde_json::from_slice::<RejectedRecord>(json)
-            .map(Record::Rejected)
-            .map_err(RecordError::Body);
+        return serde_json::from_slice::<RejectedRecord>(json).map(Record::Rejected).map_err(RecordError::Body);
     }
     serde_json::from_slice(json).map_err(RecordError::Body)
 }
@@ -279,10 +272,7 @@ mod tests {
             sent_at: 1_700_000_000_000,
             key: Some("k".into()),
             view_id: "v".into(),
-            client: ClientInfo {
-                device_type: "desktop".into(),
-                ..Default::default()
-            },
+            client: ClientInfo { device_type: "desktop".into(), ..Default::default() },
             events,
         }
     }
@@ -295,13 +285,8 @@ mod tests {
             assert_eq!(&bytes[..3], b"QF\x01");
             assert_eq!(Record::decode(&bytes).unwrap(), rec);
             // The borrowed encoding is the same record.
-            let Record::Events(events) = &rec else {
-                unreachable!()
-            };
-            assert_eq!(
-                Record::decode(&events.encode_with(&events.events)).unwrap(),
-                rec
-            );
+            let Record::Events(events) = &rec else { unreachable!() };
+            assert_eq!(Record::decode(&events.encode_with(&events.events)).unwrap(), rec);
         }
         let big = Record::Events(sample(40)).encode();
         assert_eq!(big[3], CODEC_ZSTD, "large bodies are compressed");
@@ -311,62 +296,29 @@ mod tests {
     fn fast_and_generic_decoding_agree() {
         let rec = Record::Events(sample(3));
         let json = serde_json::to_vec(&rec).unwrap();
-        assert!(
-            json.starts_with(br#"{"kind":"events","#),
-            "writers put the tag first"
-        );
+        assert!(json.starts_with(br#"{"kind":"events","#), "writers put the tag first");
         assert_eq!(decode_body(&json).unwrap(), rec);
         // Tag elsewhere (another writer): the generic path.
         let mut v = serde_json::to_value(&rec).unwrap();
         let kind = v.as_object_mut().unwrap().remove("kind").unwrap();
-        v.as_object_mut()
-            .unwrap()
-            .insert("zkind".into(), kind.clone());
-        let mut moved = serde_json::to_string(&v)
-            .unwrap()
-            .replace("\"zkind\"", "\"kind\"");
+        v.as_object_mut().unwrap().insert("zkind".into(), kind.clone());
+        let mut moved = serde_json::to_string(&v).unwrap().replace("\"zkind\"", "\"kind\"");
         moved.push(' ');
         assert_eq!(decode_body(moved.as_bytes()).unwrap(), rec);
         let rej = Record::Rejected(RejectedRecord {
-            recv_ms: 1,
-            key: None,
-            index: Some(2),
-            tag: "t".into(),
-            reason: "r".into(),
-            payload: "p".into(),
+            recv_ms: 1, key: None, index: Some(2), tag: "t".into(), reason: "r".into(), payload: "p".into(),
         });
-        assert_eq!(
-            decode_body(&serde_json::to_vec(&rej).unwrap()).unwrap(),
-            rej
-        );
+        assert_eq!(decode_body(&serde_json::to_vec(&rej).unwrap()).unwrap(), rej);
     }
 
     #[test]
     fn decode_rejects_garbage_clearly() {
-        assert!(matches!(
-            Record::decode(b"QF"),
-            Err(RecordError::TooShort(2))
-        ));
-        assert!(matches!(
-            Record::decode(b"XX\x01\x00{}"),
-            Err(RecordError::BadMagic)
-        ));
-        assert!(matches!(
-            Record::decode(b"QF\x09\x00{}"),
-            Err(RecordError::UnsupportedVersion(9))
-        ));
-        assert!(matches!(
-            Record::decode(b"QF\x01\x07{}"),
-            Err(RecordError::UnknownCodec(7))
-        ));
-        assert!(matches!(
-            Record::decode(b"QF\x01\x01garbage"),
-            Err(RecordError::Decompress(_))
-        ));
-        assert!(matches!(
-            Record::decode(b"QF\x01\x00{}"),
-            Err(RecordError::Body(_))
-        ));
+        assert!(matches!(Record::decode(b"QF"), Err(RecordError::TooShort(2))));
+        assert!(matches!(Record::decode(b"XX\x01\x00{}"), Err(RecordError::BadMagic)));
+        assert!(matches!(Record::decode(b"QF\x09\x00{}"), Err(RecordError::UnsupportedVersion(9))));
+        assert!(matches!(Record::decode(b"QF\x01\x07{}"), Err(RecordError::UnknownCodec(7))));
+        assert!(matches!(Record::decode(b"QF\x01\x01garbage"), Err(RecordError::Decompress(_))));
+        assert!(matches!(Record::decode(b"QF\x01\x00{}"), Err(RecordError::Body(_))));
     }
 
     #[test]
@@ -377,16 +329,11 @@ mod tests {
         let mut seqs = Vec::new();
         for c in &chunks {
             assert!(c.len() <= 1500);
-            let Record::Events(r) = Record::decode(c).unwrap() else {
-                panic!("kind")
-            };
+            let Record::Events(r) = Record::decode(c).unwrap() else { panic!("kind") };
             seqs.extend(r.events.iter().map(|e| e["seq"].as_u64().unwrap()));
         }
         assert_eq!(seqs, (0..400).collect::<Vec<_>>());
-        assert!(matches!(
-            sample(1).encode_chunks(10),
-            Err(RecordError::EventTooLarge { .. })
-        ));
+        assert!(matches!(sample(1).encode_chunks(10), Err(RecordError::EventTooLarge { .. })));
     }
 
     #[test]

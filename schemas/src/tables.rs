@@ -32,18 +32,12 @@ pub fn qoe_window() -> &'static [Column] {
         let mut cols = vec![c("window_start", TimestampMs), c("window_ms", Int64)];
         cols.extend(DIM_COLUMNS.iter().map(|d| c(d, Utf8)));
         for def in &measures::MEASURES {
-            let Some((name, ty)) = def.window else {
-                continue;
-            };
+            let Some((name, ty)) = def.window else { continue };
             cols.push(c(name, ty));
             if def.measure == measures::HISTOGRAM_MEASURE {
                 cols.push(c("startup_hist", Binary));
                 cols.push(c(HISTOGRAM_RETRACT_COLUMN, Binary));
-                cols.extend(
-                    measures::WINDOW_QUANTILES
-                        .iter()
-                        .map(|(name, _)| n(name, Float64)),
-                );
+                cols.extend(measures::WINDOW_QUANTILES.iter().map(|(name, _)| n(name, Float64)));
             }
         }
         cols.extend(IDENTITY);
@@ -60,18 +54,9 @@ pub fn views() -> &'static [Column] {
         let mut cols = VIEW_HEAD.to_vec();
         for def in &measures::MEASURES {
             let Some((name, ty)) = def.view else { continue };
-            cols.push(if def.measure == measures::HISTOGRAM_MEASURE {
-                n(name, ty)
-            } else {
-                c(name, ty)
-            });
+            cols.push(if def.measure == measures::HISTOGRAM_MEASURE { n(name, ty) } else { c(name, ty) });
         }
-        cols.extend([
-            c("events", UInt64),
-            c("duplicates", UInt64),
-            c("gaps", UInt64),
-            c("version", UInt64),
-        ]);
+        cols.extend([c("events", UInt64), c("duplicates", UInt64), c("gaps", UInt64), c("version", UInt64)]);
         cols.extend(IDENTITY);
         cols
     });
@@ -151,12 +136,7 @@ pub const REJECTED: &[Column] = &[
 
 /// The four tables, by name.
 pub fn tables() -> [(&'static str, &'static [Column]); 4] {
-    [
-        ("events", EVENTS),
-        ("views", views()),
-        ("qoe_window", qoe_window()),
-        ("rejected", REJECTED),
-    ]
+    [("events", EVENTS), ("views", views()), ("qoe_window", qoe_window()), ("rejected", REJECTED)]
 }
 
 /// `[clickhouse]`: the server holding the same four tables (written by the pipeline's ClickHouse sink,
@@ -173,12 +153,7 @@ pub struct ClickHouseConfig {
 
 impl Default for ClickHouseConfig {
     fn default() -> Self {
-        ClickHouseConfig {
-            url: None,
-            database: "qoeflow".into(),
-            user: None,
-            password: None,
-        }
+        ClickHouseConfig { url: None, database: "qoeflow".into(), user: None, password: None }
     }
 }
 
@@ -192,11 +167,7 @@ pub fn clickhouse_type(col: &Column) -> String {
         Float64 => "Float64",
         Utf8 | Binary => "String",
     };
-    if col.nullable {
-        format!("Nullable({t})")
-    } else {
-        t.to_owned()
-    }
+    if col.nullable { format!("Nullable({t})") } else { t.to_owned() }
 }
 
 /// `CREATE TABLE IF NOT EXISTS` for `table`: ReplacingMergeTree keyed on the row identity, so a replay
@@ -210,18 +181,11 @@ pub fn clickhouse_ddl(database: &str, table: &str) -> Option<String> {
         // Not partitioned by time: a corrected row may move to another day, and ReplacingMergeTree
         // replaces only within a partition.
         "views" => (views(), "tuple()", "view_id"),
-        "qoe_window" => (
-            qoe_window(),
-            "intDiv(window_start, 86400000)",
-            "source, epoch, row",
-        ),
+        "qoe_window" => (qoe_window(), "intDiv(window_start, 86400000)", "source, epoch, row"),
         "rejected" => (REJECTED, "intDiv(recv_ms, 86400000)", "source, epoch, row"),
         _ => return None,
     };
-    let cols: Vec<String> = columns
-        .iter()
-        .map(|c| format!("    {} {}", c.name, clickhouse_type(c)))
-        .collect();
+    let cols: Vec<String> = columns.iter().map(|c| format!("    {} {}", c.name, clickhouse_type(c))).collect();
     Some(format!(
         "CREATE TABLE IF NOT EXISTS {database}.{table} (\n{}\n) ENGINE = ReplacingMergeTree{version} PARTITION BY {partition} ORDER BY ({order})",
         cols.join(",\n")
@@ -242,10 +206,7 @@ pub fn arrow_type(t: ColType) -> DataType {
 
 pub fn arrow_schema(columns: &[Column]) -> SchemaRef {
     Arc::new(Schema::new(
-        columns
-            .iter()
-            .map(|c| Field::new(c.name, arrow_type(c.ty), c.nullable))
-            .collect::<Vec<_>>(),
+        columns.iter().map(|c| Field::new(c.name, arrow_type(c.ty), c.nullable)).collect::<Vec<_>>(),
     ))
 }
 
@@ -283,10 +244,7 @@ mod tests {
              gaps UInt64, version UInt64, source Utf8, epoch UInt64, row UInt64",
         );
         let show = |cols: &[Column]| {
-            cols.iter()
-                .map(|c| format!("{} {:?}{}", c.name, c.ty, if c.nullable { "?" } else { "" }))
-                .collect::<Vec<_>>()
-                .join(", ")
+            cols.iter().map(|c| format!("{} {:?}{}", c.name, c.ty, if c.nullable { "?" } else { "" })).collect::<Vec<_>>().join(", ")
         };
         assert_eq!(show(qoe_window()), window);
         assert_eq!(show(views()), views_cols);
@@ -299,31 +257,15 @@ mod tests {
         let names = |cols: &[Column]| cols.iter().map(|c| c.name).collect::<Vec<_>>();
         for def in &measures::MEASURES {
             if let Some((col, ty)) = def.window {
-                assert!(
-                    qoe_window().iter().any(|c| c.name == col && c.ty == ty),
-                    "{col} in qoe_window"
-                );
+                assert!(qoe_window().iter().any(|c| c.name == col && c.ty == ty), "{col} in qoe_window");
             }
             if let Some((col, ty)) = def.view {
-                assert!(
-                    views().iter().any(|c| c.name == col && c.ty == ty),
-                    "{col} in views"
-                );
+                assert!(views().iter().any(|c| c.name == col && c.ty == ty), "{col} in views");
             }
         }
         let fixed = names(VIEW_HEAD).len() + 4 + IDENTITY.len();
-        assert_eq!(
-            views().len() - fixed,
-            measures::MEASURES
-                .iter()
-                .filter(|d| d.view.is_some())
-                .count()
-        );
-        let window_fixed =
-            2 + DIM_COLUMNS.len() + 2 + measures::WINDOW_QUANTILES.len() + IDENTITY.len();
-        assert_eq!(
-            qoe_window().len() - window_fixed,
-            measures::window_sums().count()
-        );
+        assert_eq!(views().len() - fixed, measures::MEASURES.iter().filter(|d| d.view.is_some()).count());
+        let window_fixed = 2 + DIM_COLUMNS.len() + 2 + measures::WINDOW_QUANTILES.len() + IDENTITY.len();
+        assert_eq!(qoe_window().len() - window_fixed, measures::window_sums().count());
     }
 }

@@ -8,9 +8,7 @@ use schemas::{parse_beacon, validate_event};
 use serde_json::Value;
 
 fn examples(kind: &str) -> Vec<(PathBuf, Vec<u8>)> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("examples")
-        .join(kind);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples").join(kind);
     let mut out: Vec<_> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
         .map(|entry| {
@@ -20,11 +18,7 @@ fn examples(kind: &str) -> Vec<(PathBuf, Vec<u8>)> {
         })
         .collect();
     out.sort();
-    assert!(
-        out.len() >= 5,
-        "expected example files in {}",
-        dir.display()
-    );
+    assert!(out.len() >= 5, "expected example files in {}", dir.display());
     out
 }
 
@@ -37,8 +31,7 @@ fn rust_accepts_all(bytes: &[u8]) -> bool {
 
 fn schema() -> jsonschema::Validator {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("beacon.v1.schema.json");
-    let schema: Value =
-        serde_json::from_slice(&std::fs::read(path).expect("schema file")).expect("schema json");
+    let schema: Value = serde_json::from_slice(&std::fs::read(path).expect("schema file")).expect("schema json");
     jsonschema::validator_for(&schema).expect("schema compiles")
 }
 
@@ -47,20 +40,9 @@ fn valid_examples_pass_both() {
     let validator = schema();
     for (path, bytes) in examples("valid") {
         let instance: Value = serde_json::from_slice(&bytes).expect("example is JSON");
-        let schema_errors: Vec<String> = validator
-            .iter_errors(&instance)
-            .map(|e| e.to_string())
-            .collect();
-        assert!(
-            schema_errors.is_empty(),
-            "{}: JSON Schema refuses: {schema_errors:?}",
-            path.display()
-        );
-        assert!(
-            rust_accepts_all(&bytes),
-            "{}: Rust validation refuses",
-            path.display()
-        );
+        let schema_errors: Vec<String> = validator.iter_errors(&instance).map(|e| e.to_string()).collect();
+        assert!(schema_errors.is_empty(), "{}: JSON Schema refuses: {schema_errors:?}", path.display());
+        assert!(rust_accepts_all(&bytes), "{}: Rust validation refuses", path.display());
     }
 }
 
@@ -69,15 +51,7 @@ fn invalid_examples_fail_both() {
     let validator = schema();
     for (path, bytes) in examples("invalid") {
         let instance: Value = serde_json::from_slice(&bytes).expect("example is JSON");
-        assert!(
-            !validator.is_valid(&instance),
-            "{}: JSON Schema accepts it",
-            path.display()
-        );
-        assert!(
-            !rust_accepts_all(&bytes),
-            "{}: Rust validation accepts it",
-            path.display()
-        );
+        assert!(!validator.is_valid(&instance), "{}: JSON Schema accepts it", path.display());
+        assert!(!rust_accepts_all(&bytes), "{}: Rust validation accepts it", path.display());
     }
 }

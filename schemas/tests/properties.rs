@@ -10,9 +10,7 @@ fn arb_json() -> impl Strategy<Value = Value> {
         Just(Value::Null),
         any::<bool>().prop_map(Value::Bool),
         any::<i64>().prop_map(|n| json!(n)),
-        any::<f64>()
-            .prop_filter("finite", |f| f.is_finite())
-            .prop_map(|f| json!(f)),
+        any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(|f| json!(f)),
         "[a-z_]{0,12}".prop_map(Value::String),
         prop::sample::select(EventKind::ALL.map(|k| k.as_str()).to_vec()).prop_map(|s| json!(s)),
     ];
@@ -21,15 +19,9 @@ fn arb_json() -> impl Strategy<Value = Value> {
             prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
             prop::collection::btree_map(
                 prop_oneof![
-                    Just("view_id".to_string()),
-                    Just("seq".to_string()),
-                    Just("type".to_string()),
-                    Just("ts".to_string()),
-                    Just("bytes".to_string()),
-                    Just("bitrate_kbps".to_string()),
-                    Just("cache".to_string()),
-                    Just("fatal".to_string()),
-                    Just("custom".to_string()),
+                    Just("view_id".to_string()), Just("seq".to_string()), Just("type".to_string()),
+                    Just("ts".to_string()), Just("bytes".to_string()), Just("bitrate_kbps".to_string()),
+                    Just("cache".to_string()), Just("fatal".to_string()), Just("custom".to_string()),
                     "[a-z_]{1,8}"
                 ],
                 inner,

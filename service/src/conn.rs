@@ -91,12 +91,7 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let (app, limits, stop, metrics) = (
-            app.clone(),
-            limits.clone(),
-            stop_rx.clone(),
-            metrics.clone(),
-        );
+        let (app, limits, stop, metrics) = (app.clone(), limits.clone(), stop_rx.clone(), metrics.clone());
         tokio::spawn(async move {
             if let Some(m) = &metrics {
                 m.connections.inc();
@@ -110,14 +105,8 @@ pub async fn serve(
     }
     let _ = stop_tx.send(true);
     let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
-    if tokio::time::timeout(DRAIN, slots.acquire_many(all))
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            "connections still open {} s after shutdown began; closing them",
-            DRAIN.as_secs()
-        );
+    if tokio::time::timeout(DRAIN, slots.acquire_many(all)).await.is_err() {
+        tracing::warn!("connections still open {} s after shutdown began; closing them", DRAIN.as_secs());
     }
     Ok(())
 }
@@ -133,16 +122,8 @@ fn refusal(retry_after_secs: u32) -> Vec<u8> {
     .into_bytes()
 }
 
-async fn connection(
-    stream: TcpStream,
-    peer: SocketAddr,
-    app: Router,
-    limits: &ConnLimits,
-    mut stop: watch::Receiver<bool>,
-) {
-    let phase = Arc::new(Mutex::new(Phase::Head {
-        since: Instant::now(),
-    }));
+async fn connection(stream: TcpStream, peer: SocketAddr, app: Router, limits: &ConnLimits, mut stop: watch::Receiver<bool>) {
+    let phase = Arc::new(Mutex::new(Phase::Head { since: Instant::now() }));
     let io = TokioIo::new(Guarded {
         io: stream,
         phase: phase.clone(),
@@ -153,27 +134,15 @@ async fn connection(
     });
     let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         req.extensions_mut().insert(ConnectInfo(peer));
-        set(
-            &phase,
-            Phase::InRequest {
-                since: Instant::now(),
-            },
-        );
+        set(&phase, Phase::InRequest { since: Instant::now() });
         let (app, phase) = (app.clone(), phase.clone());
         async move {
             let response = app.oneshot(req.map(Body::new)).await;
-            set(
-                &phase,
-                Phase::Idle {
-                    since: Instant::now(),
-                },
-            );
+            set(&phase, Phase::Idle { since: Instant::now() });
             response
         }
     });
-    let conn = hyper::server::conn::http1::Builder::new()
-        .keep_alive(true)
-        .serve_connection(io, service);
+    let conn = hyper::server::conn::http1::Builder::new().keep_alive(true).serve_connection(io, service);
     let mut conn = pin!(conn);
     let stopping = async move {
         let _ = stop.wait_for(|s| *s).await;
@@ -203,9 +172,7 @@ enum Phase {
 }
 
 fn set(phase: &Mutex<Phase>, to: Phase) {
-    *phase
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner) = to;
+    *phase.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = to;
 }
 
 /// The socket, with the header and idle timeouts enforced on its reads, and the idle timeout on
@@ -222,9 +189,7 @@ struct Guarded {
 
 impl Guarded {
     fn phase(&self) -> std::sync::MutexGuard<'_, Phase> {
-        self.phase
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.phase.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Sets the timer to the current phase's deadline and registers the task to wake at it; true once
@@ -244,11 +209,7 @@ impl Guarded {
 
     /// After a write: progress keeps the connection from counting as idle; a write the client has not
     /// taken for the idle timeout fails.
-    fn wrote(
-        &mut self,
-        cx: &mut Context<'_>,
-        written: Poll<std::io::Result<usize>>,
-    ) -> Poll<std::io::Result<usize>> {
+    fn wrote(&mut self, cx: &mut Context<'_>, written: Poll<std::io::Result<usize>>) -> Poll<std::io::Result<usize>> {
         match written {
             Poll::Ready(Ok(n)) if n > 0 => {
                 let now = Instant::now();
@@ -264,10 +225,7 @@ impl Guarded {
                     self.write_sleep.as_mut().reset(deadline);
                 }
                 match self.write_sleep.as_mut().poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        "client stopped reading",
-                    ))),
+                    Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "client stopped reading"))),
                     Poll::Pending => Poll::Pending,
                 }
             }
@@ -277,20 +235,14 @@ impl Guarded {
 }
 
 impl AsyncRead for Guarded {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
         let before = buf.filled().len();
         match Pin::new(&mut this.io).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
                 let mut phase = this.phase();
                 if buf.filled().len() > before && matches!(*phase, Phase::Idle { .. }) {
-                    *phase = Phase::Head {
-                        since: Instant::now(),
-                    };
+                    *phase = Phase::Head { since: Instant::now() };
                 }
                 return Poll::Ready(Ok(()));
             }
@@ -298,21 +250,14 @@ impl AsyncRead for Guarded {
             Poll::Pending => {}
         }
         if this.arm(cx) {
-            return Poll::Ready(Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "connection timed out",
-            )));
+            return Poll::Ready(Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "connection timed out")));
         }
         Poll::Pending
     }
 }
 
 impl AsyncWrite for Guarded {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
         let written = Pin::new(&mut this.io).poll_write(cx, data);
         this.wrote(cx, written)
@@ -328,11 +273,7 @@ impl AsyncWrite for Guarded {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
     }
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
+    fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[std::io::IoSlice<'_>]) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
         let written = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
         this.wrote(cx, written)

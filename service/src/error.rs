@@ -16,12 +16,7 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, tag: &'static str, message: impl Into<String>) -> Self {
-        ApiError {
-            status,
-            tag,
-            message: message.into(),
-            retry_after: None,
-        }
+        ApiError { status, tag, message: message.into(), retry_after: None }
     }
     pub fn bad_request(tag: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, tag, message)
@@ -30,11 +25,7 @@ impl ApiError {
         Self::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", message)
     }
     pub fn unsupported(message: impl Into<String>) -> Self {
-        Self::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            message,
-        )
+        Self::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", message)
     }
     pub fn unauthorized(message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
@@ -42,19 +33,12 @@ impl ApiError {
     pub fn rate_limited(tag: &'static str, retry_after: u32) -> Self {
         ApiError {
             retry_after: Some(retry_after.max(1)),
-            ..Self::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                tag,
-                "rate limit exceeded, retry later",
-            )
+            ..Self::new(StatusCode::TOO_MANY_REQUESTS, tag, "rate limit exceeded, retry later")
         }
     }
     /// 503: the request was not accepted and may be retried as is.
     pub fn unavailable(tag: &'static str, message: impl Into<String>, retry_after: u32) -> Self {
-        ApiError {
-            retry_after: Some(retry_after.max(1)),
-            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, tag, message)
-        }
+        ApiError { retry_after: Some(retry_after.max(1)), ..Self::new(StatusCode::SERVICE_UNAVAILABLE, tag, message) }
     }
 }
 
@@ -65,14 +49,9 @@ impl IntoResponse for ApiError {
         } else {
             tracing::warn!(status = self.status.as_u16(), tag = self.tag, message = %self.message, "request refused");
         }
-        let mut resp = (
-            self.status,
-            Json(json!({"error": self.tag, "message": self.message})),
-        )
-            .into_response();
+        let mut resp = (self.status, Json(json!({"error": self.tag, "message": self.message}))).into_response();
         if let Some(secs) = self.retry_after {
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         resp
     }
@@ -87,27 +66,15 @@ macro_rules! define_context {
         /// `.context(…)` on results and options.
         pub trait Context<T> {
             fn context(self, context: impl Into<String>) -> Result<T, $error>;
-            fn with_context<C: Into<String>>(
-                self,
-                context: impl FnOnce() -> C,
-            ) -> Result<T, $error>;
+            fn with_context<C: Into<String>>(self, context: impl FnOnce() -> C) -> Result<T, $error>;
         }
 
         impl<T, E: Into<$error>> Context<T> for std::result::Result<T, E> {
             fn context(self, context: impl Into<String>) -> Result<T, $error> {
-                self.map_err(|e| $error::Context {
-                    context: context.into(),
-                    inner: Box::new(e.into()),
-                })
+                self.map_err(|e| $error::Context { context: context.into(), inner: Box::new(e.into()) })
             }
-            fn with_context<C: Into<String>>(
-                self,
-                context: impl FnOnce() -> C,
-            ) -> Result<T, $error> {
-                self.map_err(|e| $error::Context {
-                    context: context().into(),
-                    inner: Box::new(e.into()),
-                })
+            fn with_context<C: Into<String>>(self, context: impl FnOnce() -> C) -> Result<T, $error> {
+                self.map_err(|e| $error::Context { context: context().into(), inner: Box::new(e.into()) })
             }
         }
 
@@ -115,10 +82,7 @@ macro_rules! define_context {
             fn context(self, context: impl Into<String>) -> Result<T, $error> {
                 self.ok_or_else(|| $error::Other(context.into()))
             }
-            fn with_context<C: Into<String>>(
-                self,
-                context: impl FnOnce() -> C,
-            ) -> Result<T, $error> {
+            fn with_context<C: Into<String>>(self, context: impl FnOnce() -> C) -> Result<T, $error> {
                 self.ok_or_else(|| $error::Other(context().into()))
             }
         }

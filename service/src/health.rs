@@ -16,11 +16,7 @@ pub trait Readiness: Send + Sync {
 /// The Prometheus text exposition of `registry`.
 pub fn render_metrics(registry: &prometheus::Registry) -> String {
     let mut buf = Vec::new();
-    let _ = prometheus::Encoder::encode(
-        &prometheus::TextEncoder::new(),
-        &registry.gather(),
-        &mut buf,
-    );
+    let _ = prometheus::Encoder::encode(&prometheus::TextEncoder::new(), &registry.gather(), &mut buf);
     String::from_utf8(buf).unwrap_or_default()
 }
 
@@ -46,9 +42,7 @@ pub fn health_router(readiness: Vec<Arc<dyn Readiness>>, registry: prometheus::R
             "/metrics",
             get(move || {
                 let text = render_metrics(&registry);
-                async move {
-                    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
-                }
+                async move { ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response() }
             }),
         )
 }

@@ -18,17 +18,12 @@ pub use health::{Readiness, health_router, render_metrics};
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: std::net::SocketAddr,
-        source: std::io::Error,
-    },
+    Bind { addr: std::net::SocketAddr, source: std::io::Error },
 }
 
 /// Binds a TCP listener, naming the address in the error.
 pub async fn bind(addr: std::net::SocketAddr) -> Result<tokio::net::TcpListener, Error> {
-    tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| Error::Bind { addr, source })
+    tokio::net::TcpListener::bind(addr).await.map_err(|source| Error::Bind { addr, source })
 }
 
 /// Resolves on SIGTERM or SIGINT. The handlers are installed when this is called (not when first

@@ -35,22 +35,9 @@ async fn parquet_and_clickhouse_backends_answer_the_same() {
     q.stop();
 
     let data_dir = dir.path().to_str().expect("utf-8");
-    let env = [
-        ("QOEFLOW_SQL__MAX_ROWS", "5"),
-        ("QOEFLOW_SQL__TIMEOUT_MS", "1000"),
-    ];
+    let env = [("QOEFLOW_SQL__MAX_ROWS", "5"), ("QOEFLOW_SQL__TIMEOUT_MS", "1000")];
     let parquet = query_server(&["--data-dir", data_dir, "--backend", "parquet"], &[]);
-    let clickhouse = query_server(
-        &[
-            "--backend",
-            "clickhouse",
-            "--clickhouse-url",
-            &ch.url(),
-            "--admin-token",
-            "t",
-        ],
-        &env,
-    );
+    let clickhouse = query_server(&["--backend", "clickhouse", "--clickhouse-url", &ch.url(), "--admin-token", "t"], &env);
 
     // Fixed times, so both servers see the same range.
     let range = format!("from={}&to={}", t0 - 3_600_000, now_ms() + 3_600_000);
@@ -63,16 +50,7 @@ async fn parquet_and_clickhouse_backends_answer_the_same() {
         format!("breakdown?dimension=cdn&{range}&limit=2"),
         format!("breakdown?dimension=cdn&{range}&filter=cdn:it's%20\\%20odd"),
     ];
-    for dim in [
-        "cdn",
-        "country",
-        "device_type",
-        "os",
-        "browser",
-        "player_name",
-        "stream_type",
-        "video_id",
-    ] {
+    for dim in ["cdn", "country", "device_type", "os", "browser", "player_name", "stream_type", "video_id"] {
         questions.push(format!("breakdown?dimension={dim}&{range}"));
     }
     for question in &questions {
@@ -83,52 +61,23 @@ async fn parquet_and_clickhouse_backends_answer_the_same() {
     // And the answers are about the traffic, not empty on both sides.
     let summary = get(&format!("{}/api/v1/summary?{range}", clickhouse.url)).await;
     assert_eq!(summary["metrics"]["attempts"], 45, "{summary}");
-    assert!(
-        summary["metrics"]["startup_p95"].as_f64() > Some(0.0),
-        "{summary}"
-    );
-    assert!(
-        summary["peak_concurrent_viewers"].as_i64() > Some(0),
-        "{summary}"
-    );
-    let empty = get(&format!(
-        "{}/api/v1/breakdown?dimension=cdn&{range}&filter=cdn:it's%20\\%20odd",
-        clickhouse.url
-    ))
-    .await;
-    assert_eq!(
-        empty["rows"],
-        json!([]),
-        "a quote and a backslash in a filter value are data, not SQL"
-    );
+    assert!(summary["metrics"]["startup_p95"].as_f64() > Some(0.0), "{summary}");
+    assert!(summary["peak_concurrent_viewers"].as_i64() > Some(0), "{summary}");
+    let empty = get(&format!("{}/api/v1/breakdown?dimension=cdn&{range}&filter=cdn:it's%20\\%20odd", clickhouse.url)).await;
+    assert_eq!(empty["rows"], json!([]), "a quote and a backslash in a filter value are data, not SQL");
 
     // POST /api/v1/sql on ClickHouse: read-only, row limit, time limit.
     let sql = |sql: &str| {
-        let req = client
-            .post(format!("{}/api/v1/sql", clickhouse.url))
-            .bearer_auth("t")
-            .json(&json!({"sql": sql}));
+        let req = client.post(format!("{}/api/v1/sql", clickhouse.url)).bearer_auth("t").json(&json!({"sql": sql}));
         async move {
             let r = req.send().await.expect("post");
             (r.status().as_u16(), r.json::<Value>().await.expect("json"))
         }
     };
     let (status, body) = sql("SELECT count() AS n FROM views FINAL").await;
-    assert_eq!(
-        (status, &body["rows"][0]["n"], &body["columns"]),
-        (200, &json!(45), &json!(["n"])),
-        "{body}"
-    );
+    assert_eq!((status, &body["rows"][0]["n"], &body["columns"]), (200, &json!(45), &json!(["n"])), "{body}");
     let (status, body) = sql("SELECT view_id FROM views FINAL ORDER BY view_id;").await;
-    assert_eq!(
-        (
-            status,
-            body["rows"].as_array().map(Vec::len),
-            &body["truncated"]
-        ),
-        (200, Some(5), &json!(true)),
-        "{body}"
-    );
+    assert_eq!((status, body["rows"].as_array().map(Vec::len), &body["truncated"]), (200, Some(5), &json!(true)), "{body}");
     for refused in [
         "DROP TABLE views",
         "INSERT INTO views SELECT * FROM views",
@@ -141,31 +90,13 @@ async fn parquet_and_clickhouse_backends_answer_the_same() {
         let (status, body) = sql(refused).await;
         assert_eq!(status, 400, "{refused}: {body}");
         if refused.starts_with(['D', 'I', 'C', 'S']) && !refused.starts_with("SELECT") {
-            assert!(
-                body["message"]
-                    .as_str()
-                    .is_some_and(|m| m.contains("only SELECT")),
-                "{refused}: {body}"
-            );
+            assert!(body["message"].as_str().is_some_and(|m| m.contains("only SELECT")), "{refused}: {body}");
         }
         if refused.starts_with("SELECT * FROM") {
-            assert!(
-                body["message"]
-                    .as_str()
-                    .is_some_and(|m| m.contains("readonly")),
-                "{refused}: {body}"
-            );
+            assert!(body["message"].as_str().is_some_and(|m| m.contains("readonly")), "{refused}: {body}");
         }
     }
     let (status, body) = sql("SELECT count() FROM system.numbers").await;
-    assert_eq!(
-        (status, body["error"].as_str()),
-        (400, Some("query_timeout")),
-        "{body}"
-    );
-    assert_eq!(
-        ch.scalar("SELECT count() FROM qoeflow.views FINAL"),
-        45,
-        "nothing was dropped or added"
-    );
+    assert_eq!((status, body["error"].as_str()), (400, Some("query_timeout")), "{body}");
+    assert_eq!(ch.scalar("SELECT count() FROM qoeflow.views FINAL"), 45, "nothing was dropped or added");
 }

@@ -12,19 +12,7 @@ fn chaos(mode: &str) {
     let work = tempfile::tempdir().expect("tmp");
     let out = Command::new("python3")
         .arg(script)
-        .args([
-            mode,
-            "--bin",
-            env!("CARGO_BIN_EXE_qoeflow"),
-            "--kills",
-            "10",
-            "--viewers",
-            "300",
-            "--duration",
-            "20",
-            "--seed",
-            "7",
-        ])
+        .args([mode, "--bin", env!("CARGO_BIN_EXE_qoeflow"), "--kills", "10", "--viewers", "300", "--duration", "20", "--seed", "7"])
         .arg("--work")
         .arg(work.path())
         .output()
@@ -35,18 +23,12 @@ fn chaos(mode: &str) {
         for log in ["serve.log", "ingest.log", "pipeline.log", "loadgen.log"] {
             if let Ok(text) = std::fs::read_to_string(work.path().join(log)) {
                 let tail: Vec<&str> = text.lines().rev().take(40).collect();
-                eprintln!(
-                    "--- last lines of {log}:\n{}",
-                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-                );
+                eprintln!("--- last lines of {log}:\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
             }
         }
         panic!("the chaos run failed ({})", out.status);
     }
-    assert!(
-        stdout.contains("10 kills") && stdout.contains("OK: every total"),
-        "{stdout}"
-    );
+    assert!(stdout.contains("10 kills") && stdout.contains("OK: every total"), "{stdout}");
 }
 
 #[test]

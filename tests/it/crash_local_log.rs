@@ -1,6 +1,7 @@
 //! kill -9 `qoeflow serve` under load, restart it: every event that got a 2xx is in the local log,
 //! every record decodes (none torn or corrupt), and the restarted server keeps appending after them.
 
+
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -13,10 +14,7 @@ async fn kill_9_under_load_loses_nothing_acknowledged() {
     let mut q = Qoeflow::serve(dir.path(), &[], &[]);
     let url = q.beacon_url();
     let acked: Arc<Mutex<Vec<(String, u64)>>> = Arc::default();
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .expect("client");
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().expect("client");
     let mut tasks = Vec::new();
     for worker in 0..16 {
         let (url, acked, client) = (url.clone(), acked.clone(), client.clone());
@@ -46,37 +44,18 @@ async fn kill_9_under_load_loses_nothing_acknowledged() {
         rounds += t.await.expect("worker");
     }
     let acked = acked.lock().expect("lock").clone();
-    assert!(
-        rounds > 50 && acked.len() > 1000,
-        "load was too light to mean anything ({rounds} requests)"
-    );
+    assert!(rounds > 50 && acked.len() > 1000, "load was too light to mean anything ({rounds} requests)");
 
     // Restart: recovery truncates any torn tail; the server serves again and numbering continues.
     let mut q = Qoeflow::serve(dir.path(), &[], &[]);
-    let resp = reqwest::Client::new()
-        .post(q.beacon_url())
-        .json(&beacon("after-restart", 0, 3))
-        .send()
-        .await
-        .expect("post");
+    let resp = reqwest::Client::new().post(q.beacon_url()).json(&beacon("after-restart", 0, 3)).send().await.expect("post");
     assert_eq!(resp.status().as_u16(), 204);
     q.stop();
 
     let records = read_local_log(dir.path());
     let stored: HashSet<(String, u64)> = event_ids(&records).into_iter().collect();
-    let lost: Vec<_> = acked
-        .iter()
-        .filter(|id| !stored.contains(*id))
-        .take(5)
-        .collect();
-    assert!(
-        lost.is_empty(),
-        "acknowledged events lost after kill -9: {lost:?} (of {})",
-        acked.len()
-    );
+    let lost: Vec<_> = acked.iter().filter(|id| !stored.contains(*id)).take(5).collect();
+    assert!(lost.is_empty(), "acknowledged events lost after kill -9: {lost:?} (of {})", acked.len());
     assert!(stored.contains(&("after-restart".to_string(), 2)));
-    eprintln!(
-        "{} acknowledged events from {rounds} requests all present after kill -9",
-        acked.len()
-    );
+    eprintln!("{} acknowledged events from {rounds} requests all present after kill -9", acked.len());
 }

@@ -19,16 +19,9 @@ use serde_json::Value;
 
 /// What each tile must show for the views whose CDN is `cdn` (all views for None), from the reference.
 fn expected(truth: &BatchResult, cdn: Option<&str>) -> BTreeMap<&'static str, Option<f64>> {
-    let at = Dim::DEFAULT
-        .iter()
-        .position(|d| *d == Dim::Cdn)
-        .expect("cdn is a default dimension");
-    let windows: Vec<(i64, &WindowDelta)> = truth
-        .windows
-        .iter()
-        .filter(|((_, dims), _)| cdn.is_none_or(|c| dims[at] == c))
-        .map(|((w, _), d)| (*w, d))
-        .collect();
+    let at = Dim::DEFAULT.iter().position(|d| *d == Dim::Cdn).expect("cdn is a default dimension");
+    let windows: Vec<(i64, &WindowDelta)> =
+        truth.windows.iter().filter(|((_, dims), _)| cdn.is_none_or(|c| dims[at] == c)).map(|((w, _), d)| (*w, d)).collect();
     let sum = |f: fn(&WindowDelta) -> i64| windows.iter().map(|(_, d)| f(d)).sum::<i64>() as f64;
     let ratio = |n: f64, d: f64| (d != 0.0).then(|| n / d);
     let mut hist = new_histogram();
@@ -39,18 +32,9 @@ fn expected(truth: &BatchResult, cdn: Option<&str>) -> BTreeMap<&'static str, Op
         }
         *active.entry(*w).or_default() += d.sums[ActiveViews] as u64;
     }
-    let latest_active = active
-        .values()
-        .rev()
-        .find(|n| **n > 0)
-        .copied()
-        .unwrap_or(0);
+    let latest_active = active.values().rev().find(|n| **n > 0).copied().unwrap_or(0);
     let quantile = |q: f64| (hist.len() > 0).then(|| hist.value_at_quantile(q) as f64);
-    let (attempts, play, stall) = (
-        sum(|d| d.sums[Attempt]),
-        sum(|d| d.sums[PlayMs]),
-        sum(|d| d.sums[StallMs]),
-    );
+    let (attempts, play, stall) = (sum(|d| d.sums[Attempt]), sum(|d| d.sums[PlayMs]), sum(|d| d.sums[StallMs]));
     let (hit, miss) = (sum(|d| d.sums[SegmentsHit]), sum(|d| d.sums[SegmentsMiss]));
     BTreeMap::from([
         ("concurrent_viewers", Some(latest_active as f64)),
@@ -58,21 +42,12 @@ fn expected(truth: &BatchResult, cdn: Option<&str>) -> BTreeMap<&'static str, Op
         ("startup_p50", quantile(0.5)),
         ("startup_p95", quantile(0.95)),
         ("rebuffer_ratio", ratio(stall, play + stall)),
-        (
-            "connection_induced_rebuffer_ratio",
-            ratio(stall - sum(|d| d.sums[SeekStallMs]), play + stall),
-        ),
+        ("connection_induced_rebuffer_ratio", ratio(stall - sum(|d| d.sums[SeekStallMs]), play + stall)),
         ("vsf_pct", ratio(100.0 * sum(|d| d.sums[Vsf]), attempts)),
         ("ebvs_pct", ratio(100.0 * sum(|d| d.sums[Ebvs]), attempts)),
-        (
-            "playback_failure_pct",
-            ratio(100.0 * sum(|d| d.sums[PlaybackFailure]), attempts),
-        ),
+        ("playback_failure_pct", ratio(100.0 * sum(|d| d.sums[PlaybackFailure]), attempts)),
         ("cache_hit_ratio", ratio(hit, hit + miss)),
-        (
-            "avg_bitrate_kbps",
-            ratio(sum(|d| d.sums[BitrateMs]), sum(|d| d.sums[BitrateKnownMs])),
-        ),
+        ("avg_bitrate_kbps", ratio(sum(|d| d.sums[BitrateMs]), sum(|d| d.sums[BitrateKnownMs]))),
         ("errors", Some(sum(|d| d.sums[Errors]))),
     ])
 }
@@ -82,18 +57,8 @@ fn shown(kpi: &str, text: &str) -> Option<f64> {
     if text == "—" {
         return None;
     }
-    let number: f64 = text
-        .trim_end_matches(" %")
-        .trim_end_matches(" ms")
-        .trim_end_matches(" kbps")
-        .replace(',', "")
-        .parse()
-        .ok()?;
-    Some(if kpi.ends_with("_ratio") {
-        number / 100.0
-    } else {
-        number
-    })
+    let number: f64 = text.trim_end_matches(" %").trim_end_matches(" ms").trim_end_matches(" kbps").replace(',', "").parse().ok()?;
+    Some(if kpi.ends_with("_ratio") { number / 100.0 } else { number })
 }
 
 fn assert_tiles(tiles: &Value, want: &BTreeMap<&'static str, Option<f64>>, when: &str) {
@@ -103,26 +68,14 @@ fn assert_tiles(tiles: &Value, want: &BTreeMap<&'static str, Option<f64>>, when:
         let tile = &tiles[*kpi];
         let value = tile["value"].as_f64();
         match (value, want) {
-            (Some(v), Some(w)) => assert!(
-                (v - w).abs() <= 1e-9 * w.abs().max(1.0),
-                "{when}: {kpi} = {v}, expected {w}"
-            ),
+            (Some(v), Some(w)) => assert!((v - w).abs() <= 1e-9 * w.abs().max(1.0), "{when}: {kpi} = {v}, expected {w}"),
             _ => assert_eq!(value, *want, "{when}: {kpi}"),
         }
         // The text is the same number, rounded for display (2 decimals of percent, whole ms and kbps).
         let text = tile["text"].as_str().expect("text");
-        let tolerance = if kpi.ends_with("_ratio") {
-            0.00005
-        } else if kpi.ends_with("_pct") {
-            0.005
-        } else {
-            0.5
-        };
+        let tolerance = if kpi.ends_with("_ratio") { 0.00005 } else if kpi.ends_with("_pct") { 0.005 } else { 0.5 };
         match (shown(kpi, text), want) {
-            (Some(s), Some(w)) => assert!(
-                (s - w).abs() <= tolerance + 1e-12,
-                "{when}: {kpi} shows {text:?}, expected {w}"
-            ),
+            (Some(s), Some(w)) => assert!((s - w).abs() <= tolerance + 1e-12, "{when}: {kpi} shows {text:?}, expected {w}"),
             (s, w) => assert_eq!(s, *w, "{when}: {kpi} shows {text:?}"),
         }
     }
@@ -142,40 +95,19 @@ async fn the_dashboard_shows_the_known_traffic_in_chromium() {
     let browser_dir = repo_root().join("tests/browser");
     let out = Command::new("node")
         .arg(browser_dir.join("dashboard.mjs"))
-        .args([
-            &format!("{}/", q.url),
-            shots.to_str().expect("utf-8"),
-            "cdn",
-            "akamai",
-        ])
+        .args([&format!("{}/", q.url), shots.to_str().expect("utf-8"), "cdn", "akamai"])
         .current_dir(&browser_dir)
         .output()
         .expect("node (deploy/test.sh installs playwright-core and chromium)");
-    assert!(
-        out.status.success(),
-        "browser script failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "browser script failed: {}", String::from_utf8_lossy(&out.stderr));
     let seen: Value = serde_json::from_slice(&out.stdout).expect("the script prints JSON");
     q.stop();
 
-    assert_eq!(
-        seen["console_errors"],
-        serde_json::json!([]),
-        "the page logged errors"
-    );
-    assert_eq!(
-        seen["foreign_requests"],
-        serde_json::json!([]),
-        "the page fetched something from elsewhere"
-    );
+    assert_eq!(seen["console_errors"], serde_json::json!([]), "the page logged errors");
+    assert_eq!(seen["foreign_requests"], serde_json::json!([]), "the page fetched something from elsewhere");
     let before = &seen["before"]["tiles"];
     let all = expected(&truth, None);
-    assert!(
-        all["attempts"] == Some(36.0)
-            && all["vsf_pct"] > Some(0.0)
-            && all["concurrent_viewers"] > Some(0.0)
-    );
+    assert!(all["attempts"] == Some(36.0) && all["vsf_pct"] > Some(0.0) && all["concurrent_viewers"] > Some(0.0));
     assert_tiles(before, &all, "unfiltered");
     // Coloured against the §6 targets: 20 % start failures is bad, a ~0.3 s start is good, attempts
     // have no target.
@@ -185,17 +117,9 @@ async fn the_dashboard_shows_the_known_traffic_in_chromium() {
     // Every chart drew its series (pixels in the series colour; an empty chart has none). The views
     // are placed at their receive time, all within seconds, so a ratio's series may be a single dot.
     for (kpi, pixels) in seen["before"]["charts"].as_object().expect("charts") {
-        assert!(
-            pixels.as_u64() >= Some(12),
-            "chart {kpi} drew {pixels} series pixels"
-        );
+        assert!(pixels.as_u64() >= Some(12), "chart {kpi} drew {pixels} series pixels");
     }
-    let mut rows: Vec<&str> = seen["breakdown_rows"]
-        .as_array()
-        .expect("rows")
-        .iter()
-        .map(|r| r.as_str().expect("str"))
-        .collect();
+    let mut rows: Vec<&str> = seen["breakdown_rows"].as_array().expect("rows").iter().map(|r| r.as_str().expect("str")).collect();
     rows.sort();
     assert_eq!(rows, ["akamai", "cloudfront", "fastly"]);
 
@@ -204,7 +128,5 @@ async fn the_dashboard_shows_the_known_traffic_in_chromium() {
     let akamai = expected(&truth, Some("akamai"));
     assert!(akamai["attempts"] < all["attempts"] && akamai["attempts"] > Some(0.0));
     assert_tiles(&seen["after"]["tiles"], &akamai, "filtered by cdn:akamai");
-    assert!(
-        shots.join("dashboard.png").is_file() && shots.join("dashboard-filtered.png").is_file()
-    );
+    assert!(shots.join("dashboard.png").is_file() && shots.join("dashboard-filtered.png").is_file());
 }

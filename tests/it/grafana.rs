@@ -10,15 +10,7 @@ use crate::common::*;
 use serde_json::Value;
 
 const PLUGIN: &str = "grafana-clickhouse-datasource";
-const FILTER_VARIABLES: [&str; 7] = [
-    "cdn",
-    "country",
-    "device_type",
-    "os",
-    "browser",
-    "player_name",
-    "stream_type",
-];
+const FILTER_VARIABLES: [&str; 7] = ["cdn", "country", "device_type", "os", "browser", "player_name", "stream_type"];
 
 /// Every panel, rows' nested panels included.
 fn panels(dashboard: &Value) -> Vec<&Value> {
@@ -34,16 +26,11 @@ fn panels(dashboard: &Value) -> Vec<&Value> {
 /// the filter variables.
 fn expand(sql: &str, from_ms: i64, to_ms: i64) -> String {
     let mut s = sql
-        .replace(
-            "$__fromTime",
-            &format!("toDateTime(intDiv({from_ms}, 1000))"),
-        )
+        .replace("$__fromTime", &format!("toDateTime(intDiv({from_ms}, 1000))"))
         .replace("$__toTime", &format!("toDateTime(intDiv({to_ms}, 1000))"))
         .replace("$__interval_s", "10");
     for v in FILTER_VARIABLES {
-        s = s
-            .replace(&format!("${{{v}}}"), "%")
-            .replace(&format!("${v}"), "%");
+        s = s.replace(&format!("${{{v}}}"), "%").replace(&format!("${v}"), "%");
     }
     assert!(!s.contains('$'), "an unexpanded macro or variable in:\n{s}");
     s
@@ -70,19 +57,11 @@ async fn every_grafana_panel_query_returns_rows_from_clickhouse() {
     let mut titles = Vec::new();
     let mut queries = 0;
     for file in &files {
-        let dashboard: Value =
-            serde_json::from_slice(&std::fs::read(file).expect("read")).expect("dashboard JSON");
-        for v in dashboard["templating"]["list"]
-            .as_array()
-            .expect("templating")
-        {
+        let dashboard: Value = serde_json::from_slice(&std::fs::read(file).expect("read")).expect("dashboard JSON");
+        for v in dashboard["templating"]["list"].as_array().expect("templating") {
             if v["type"] == "query" {
                 let sql = expand(v["query"].as_str().expect("variable query"), from, to);
-                assert!(
-                    !ch.query(&format!("{sql}\nFORMAT JSONEachRow")).is_empty(),
-                    "variable {} has no values:\n{sql}",
-                    v["name"]
-                );
+                assert!(!ch.query(&format!("{sql}\nFORMAT JSONEachRow")).is_empty(), "variable {} has no values:\n{sql}", v["name"]);
                 queries += 1;
             }
         }
@@ -92,63 +71,31 @@ async fn every_grafana_panel_query_returns_rows_from_clickhouse() {
             }
             let title = p["title"].as_str().expect("title");
             titles.push(title.to_owned());
-            let targets = p["targets"]
-                .as_array()
-                .filter(|t| !t.is_empty())
-                .unwrap_or_else(|| panic!("{title}: no query"));
+            let targets = p["targets"].as_array().filter(|t| !t.is_empty()).unwrap_or_else(|| panic!("{title}: no query"));
             for t in targets {
                 assert_eq!(t["datasource"]["type"], PLUGIN, "{title}");
                 let sql = expand(t["rawSql"].as_str().expect("rawSql"), from, to);
                 let rows = ch.query(&format!("{sql}\nFORMAT JSONEachRow"));
                 assert!(!rows.is_empty(), "{title}: no rows from\n{sql}");
                 if p["type"] == "stat" {
-                    assert!(
-                        !rows.contains(":null") && !rows.contains("nan"),
-                        "{title}: no value in {rows}"
-                    );
+                    assert!(!rows.contains(":null") && !rows.contains("nan"), "{title}: no value in {rows}");
                 }
                 if title == "Attempts" && p["type"] == "stat" {
-                    assert_eq!(
-                        rows, r#"{"attempts":"30"}"#,
-                        "the filter variables' All value matches every row"
-                    );
+                    assert_eq!(rows, r#"{"attempts":"30"}"#, "the filter variables' All value matches every row");
                 }
                 queries += 1;
             }
         }
     }
     for kpi in [
-        "Concurrent viewers",
-        "Attempts",
-        "Video start time p50",
-        "Video start time p95",
-        "Rebuffer ratio",
-        "Connection-induced rebuffer ratio",
-        "Video start failures",
-        "Exits before video start",
-        "Playback failures",
-        "CDN cache-hit ratio",
-        "Average bitrate",
-        "Errors",
+        "Concurrent viewers", "Attempts", "Video start time p50", "Video start time p95", "Rebuffer ratio",
+        "Connection-induced rebuffer ratio", "Video start failures", "Exits before video start", "Playback failures",
+        "CDN cache-hit ratio", "Average bitrate", "Errors",
     ] {
-        assert!(
-            titles.iter().filter(|t| t.starts_with(kpi)).count() >= 2,
-            "{kpi}: a tile and a time series"
-        );
+        assert!(titles.iter().filter(|t| t.starts_with(kpi)).count() >= 2, "{kpi}: a tile and a time series");
     }
-    for breakdown in [
-        "By CDN",
-        "By country",
-        "By device",
-        "By os",
-        "By browser",
-        "By player",
-        "By stream type",
-    ] {
-        assert!(
-            titles.iter().any(|t| t == breakdown),
-            "breakdown {breakdown:?} missing from {titles:?}"
-        );
+    for breakdown in ["By CDN", "By country", "By device", "By os", "By browser", "By player", "By stream type"] {
+        assert!(titles.iter().any(|t| t == breakdown), "breakdown {breakdown:?} missing from {titles:?}");
     }
     assert!(queries >= 30, "{queries} queries checked");
 }

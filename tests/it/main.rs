@@ -4,13 +4,13 @@
 
 mod common;
 
-#[allow(dead_code)]
-#[path = "../../pipeline/tests/oracle/kpl.rs"]
-pub mod kpl;
 /// The test oracles of `pipeline/tests/oracle` (the batch reference computation, the KPL producer).
 #[allow(dead_code)]
 #[path = "../../pipeline/tests/oracle/reference.rs"]
 pub mod reference;
+#[allow(dead_code)]
+#[path = "../../pipeline/tests/oracle/kpl.rs"]
+pub mod kpl;
 mod oracle {
     pub use super::{kpl, reference};
 }

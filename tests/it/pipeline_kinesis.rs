@@ -3,6 +3,7 @@
 //! mid-stream; kill -9 and a crash between files and checkpoint, restarted, exactly once in Parquet and
 //! ClickHouse.
 
+
 use std::path::Path;
 use std::time::Duration;
 
@@ -21,15 +22,7 @@ fn pipeline(endpoint: &str, data: &Path, env: &[(&str, &str)]) -> Qoeflow {
 
 fn pipeline_worker(endpoint: &str, data: &Path, env: &[(&str, &str)], extra: &[&str]) -> Qoeflow {
     let data = data.to_str().expect("utf-8 path");
-    let mut args = vec![
-        "pipeline",
-        "--kinesis-stream",
-        STREAM,
-        "--kinesis-endpoint",
-        endpoint,
-        "--data-dir",
-        data,
-    ];
+    let mut args = vec!["pipeline", "--kinesis-stream", STREAM, "--kinesis-endpoint", endpoint, "--data-dir", data];
     args.extend_from_slice(extra);
     let mut env = env.to_vec();
     env.extend_from_slice(&AWS_ENV);
@@ -38,11 +31,7 @@ fn pipeline_worker(endpoint: &str, data: &Path, env: &[(&str, &str)], extra: &[&
 }
 
 async fn stream_records(emu: &Emulator) -> Vec<Record> {
-    read_stream(&emu.client().await, STREAM)
-        .await
-        .into_iter()
-        .map(|r| r.record)
-        .collect()
+    read_stream(&emu.client().await, STREAM).await.into_iter().map(|r| r.record).collect()
 }
 
 async fn post_views(url: &str, views: std::ops::Range<u64>, t0: i64) {
@@ -58,9 +47,7 @@ async fn post_views(url: &str, views: std::ops::Range<u64>, t0: i64) {
 /// The beacons of 30 views, posted in two halves around a reshard by [`post_half`].
 fn reshard_views() -> Vec<Vec<serde_json::Value>> {
     let t0 = now_ms() - 60_000;
-    (0..30u64)
-        .map(|v| view_beacons(&format!("view-{v}"), v, t0 + v as i64 * 307))
-        .collect()
+    (0..30u64).map(|v| view_beacons(&format!("view-{v}"), v, t0 + v as i64 * 307)).collect()
 }
 
 /// Posts the first (or `second`) half of every view's beacons, in order, retrying like an SDK.
@@ -68,11 +55,7 @@ async fn post_half(url: &str, views: &[Vec<serde_json::Value>], second: bool) {
     let client = reqwest::Client::new();
     let stop = std::sync::atomic::AtomicBool::new(false);
     for bs in views {
-        let half = if second {
-            &bs[bs.len() / 2..]
-        } else {
-            &bs[..bs.len() / 2]
-        };
+        let half = if second { &bs[bs.len() / 2..] } else { &bs[..bs.len() / 2] };
         for b in half {
             assert!(post_until_ok(&client, || url.to_owned(), b, &stop).await);
         }
@@ -82,15 +65,8 @@ async fn post_half(url: &str, views: &[Vec<serde_json::Value>], second: bool) {
 /// After a reshard: no view skipped a `seq` (read in order across it), and the dataset equals the
 /// reference over the stream.
 fn assert_read_in_order_across_the_reshard(data: &Path, stream: Vec<StreamRecord>) {
-    assert_eq!(
-        sum(&read_table(data, "views"), "gaps"),
-        0,
-        "every view read in seq order across the reshard"
-    );
-    assert_dataset_matches(
-        data,
-        &stream.into_iter().map(|r| r.record).collect::<Vec<_>>(),
-    );
+    assert_eq!(sum(&read_table(data, "views"), "gaps"), 0, "every view read in seq order across the reshard");
+    assert_dataset_matches(data, &stream.into_iter().map(|r| r.record).collect::<Vec<_>>());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -104,11 +80,7 @@ async fn collector_to_kinesis_to_parquet_equals_the_reference() {
     wait_for_views(dir.path(), 45, Duration::from_secs(60));
     p.stop();
     assert_dataset_matches(dir.path(), &stream_records(&emu).await);
-    assert!(
-        files(&dir.path().join("parquet"))
-            .iter()
-            .all(|f| f.to_string_lossy().contains("part-kinesis-w0-"))
-    );
+    assert!(files(&dir.path().join("parquet")).iter().all(|f| f.to_string_lossy().contains("part-kinesis-w0-")));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -122,12 +94,7 @@ async fn kpl_aggregated_records_are_deaggregated() {
     for v in 0..12u64 {
         let view = format!("kpl-{v}");
         for b in view_beacons(&view, v, t0 + v as i64 * 100) {
-            let events = b["events"]
-                .as_array()
-                .expect("events")
-                .iter()
-                .map(|e| e.as_object().cloned().expect("object"))
-                .collect();
+            let events = b["events"].as_array().expect("events").iter().map(|e| e.as_object().cloned().expect("object")).collect();
             let rec = schemas::record::EventsRecord {
                 recv_ms: t0 + 30_000,
                 sent_at: b["sent_at"].as_i64().expect("sent_at"),
@@ -136,20 +103,12 @@ async fn kpl_aggregated_records_are_deaggregated() {
                 client: Default::default(),
                 events,
             };
-            user_records.push((
-                view.clone(),
-                bytes::Bytes::from(Record::Events(rec).encode()),
-            ));
+            user_records.push((view.clone(), bytes::Bytes::from(Record::Events(rec).encode())));
         }
     }
     // Aggregate per view group so each view's records stay in order within one Kinesis record stream.
-    for group in user_records
-        .chunk_by(|a, b| a.0 == b.0)
-        .collect::<Vec<_>>()
-        .chunks(3)
-    {
-        let flat: Vec<(String, bytes::Bytes)> =
-            group.iter().flat_map(|g| g.iter().cloned()).collect();
+    for group in user_records.chunk_by(|a, b| a.0 == b.0).collect::<Vec<_>>().chunks(3) {
+        let flat: Vec<(String, bytes::Bytes)> = group.iter().flat_map(|g| g.iter().cloned()).collect();
         let data = crate::oracle::kpl::aggregate(&flat);
         client
             .put_record()
@@ -164,16 +123,9 @@ async fn kpl_aggregated_records_are_deaggregated() {
     let mut p = pipeline(&emu.endpoint, dir.path(), &[]);
     wait_for_views(dir.path(), 12, Duration::from_secs(60));
     p.stop();
-    let records: Vec<Record> = user_records
-        .iter()
-        .map(|(_, d)| Record::decode(d).expect("decode"))
-        .collect();
+    let records: Vec<Record> = user_records.iter().map(|(_, d)| Record::decode(d).expect("decode")).collect();
     assert_dataset_matches(dir.path(), &records);
-    assert_eq!(
-        num_rows(&read_table(dir.path(), "rejected")),
-        0,
-        "no aggregated record was taken for a poison record"
-    );
+    assert_eq!(num_rows(&read_table(dir.path(), "rejected")), 0, "no aggregated record was taken for a poison record");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -188,17 +140,10 @@ async fn a_shard_split_mid_stream_counts_every_event_once() {
     // First half of every view's beacons, then split the only shard, then the rest.
     let views = reshard_views();
     post_half(&collector.beacon_url(), &views, false).await;
-    let shards = client
-        .list_shards()
-        .stream_name(STREAM)
-        .send()
-        .await
-        .expect("ListShards");
+    let shards = client.list_shards().stream_name(STREAM).send().await.expect("ListShards");
     let parent = shards.shards()[0].clone();
     let range = parent.hash_key_range().expect("hash range");
-    let mid = (range.starting_hash_key().parse::<u128>().expect("u128")
-        + range.ending_hash_key().parse::<u128>().expect("u128"))
-        / 2;
+    let mid = (range.starting_hash_key().parse::<u128>().expect("u128") + range.ending_hash_key().parse::<u128>().expect("u128")) / 2;
     client
         .split_shard()
         .stream_name(STREAM)
@@ -208,12 +153,7 @@ async fn a_shard_split_mid_stream_counts_every_event_once() {
         .await
         .expect("SplitShard");
     for _ in 0..100 {
-        let s = client
-            .list_shards()
-            .stream_name(STREAM)
-            .send()
-            .await
-            .expect("ListShards");
+        let s = client.list_shards().stream_name(STREAM).send().await.expect("ListShards");
         if s.shards().len() == 3 {
             break;
         }
@@ -223,10 +163,7 @@ async fn a_shard_split_mid_stream_counts_every_event_once() {
     wait_for_views(dir.path(), 30, Duration::from_secs(90));
     p.stop();
     let stream = read_stream(&client, STREAM).await;
-    assert!(
-        stream.iter().any(|r| r.shard != parent.shard_id()),
-        "records landed in the child shards after the split"
-    );
+    assert!(stream.iter().any(|r| r.shard != parent.shard_id()), "records landed in the child shards after the split");
     assert_read_in_order_across_the_reshard(dir.path(), stream);
 }
 
@@ -249,25 +186,11 @@ async fn pipeline_crashes_are_replayed_exactly_once() {
     let ch_url = ch.url();
     let with_ch = ["--clickhouse-url", ch_url.as_str()];
     // Crash exactly between epoch 2's files and its checkpoint, then kill -9 a restarted pipeline.
-    let mut p = pipeline_worker(
-        &emu.endpoint,
-        dir.path(),
-        &[("QOEFLOW_FAILPOINT", "pipeline_after_files:2")],
-        &with_ch,
-    );
-    assert!(
-        p.wait_exit(Duration::from_secs(60)),
-        "the failpoint aborts the pipeline"
-    );
-    assert!(
-        ch.scalar("SELECT count() FROM qoeflow.qoe_window WHERE epoch = 2") > 0,
-        "epoch 2 reached ClickHouse before the crash"
-    );
+    let mut p = pipeline_worker(&emu.endpoint, dir.path(), &[("QOEFLOW_FAILPOINT", "pipeline_after_files:2")], &with_ch);
+    assert!(p.wait_exit(Duration::from_secs(60)), "the failpoint aborts the pipeline");
+    assert!(ch.scalar("SELECT count() FROM qoeflow.qoe_window WHERE epoch = 2") > 0, "epoch 2 reached ClickHouse before the crash");
     let mut p = pipeline_worker(&emu.endpoint, dir.path(), &[], &with_ch);
-    p.wait_for_line(
-        "removed files of an unfinished epoch",
-        Duration::from_secs(20),
-    );
+    p.wait_for_line("removed files of an unfinished epoch", Duration::from_secs(20));
     tokio::time::sleep(Duration::from_millis(700)).await;
     p.kill9();
     let mut p = pipeline_worker(&emu.endpoint, dir.path(), &[], &with_ch);
@@ -292,37 +215,13 @@ async fn a_shard_merge_reads_the_child_only_after_both_parents() {
     let collector = Qoeflow::ingest(STREAM, &emu.endpoint, &[], &[]);
     let views = reshard_views();
     post_half(&collector.beacon_url(), &views, false).await;
-    let shards = client
-        .list_shards()
-        .stream_name(STREAM)
-        .send()
-        .await
-        .expect("ListShards");
-    let (a, b) = (
-        shards.shards()[0].shard_id().to_owned(),
-        shards.shards()[1].shard_id().to_owned(),
-    );
-    client
-        .merge_shards()
-        .stream_name(STREAM)
-        .shard_to_merge(&a)
-        .adjacent_shard_to_merge(&b)
-        .send()
-        .await
-        .expect("MergeShards");
+    let shards = client.list_shards().stream_name(STREAM).send().await.expect("ListShards");
+    let (a, b) = (shards.shards()[0].shard_id().to_owned(), shards.shards()[1].shard_id().to_owned());
+    client.merge_shards().stream_name(STREAM).shard_to_merge(&a).adjacent_shard_to_merge(&b).send().await.expect("MergeShards");
     let mut merged = None;
     for _ in 0..100 {
-        let s = client
-            .list_shards()
-            .stream_name(STREAM)
-            .send()
-            .await
-            .expect("ListShards");
-        merged = s
-            .shards()
-            .iter()
-            .find(|s| s.adjacent_parent_shard_id() == Some(b.as_str()))
-            .map(|s| s.shard_id().to_owned());
+        let s = client.list_shards().stream_name(STREAM).send().await.expect("ListShards");
+        merged = s.shards().iter().find(|s| s.adjacent_parent_shard_id() == Some(b.as_str())).map(|s| s.shard_id().to_owned());
         if merged.is_some() {
             break;
         }
@@ -338,17 +237,10 @@ async fn a_shard_merge_reads_the_child_only_after_both_parents() {
     p.stop();
     let stream = read_stream(&client, STREAM).await;
     for shard in [&a, &b, &merged] {
-        assert!(
-            stream.iter().any(|r| r.shard == *shard),
-            "records landed in {shard}"
-        );
+        assert!(stream.iter().any(|r| r.shard == *shard), "records landed in {shard}");
     }
     assert_read_in_order_across_the_reshard(dir.path(), stream);
-    assert_eq!(
-        proxy.stats().get_iterators_throttled,
-        6,
-        "the adjacent parent's reads were throttled"
-    );
+    assert_eq!(proxy.stats().get_iterators_throttled, 6, "the adjacent parent's reads were throttled");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -357,14 +249,7 @@ async fn two_workers_split_the_shards_and_together_equal_the_reference() {
     create_stream(&emu.client().await, STREAM, 6).await;
     let dir = tempfile::tempdir().expect("tmp");
     let collector = Qoeflow::ingest(STREAM, &emu.endpoint, &[], &[]);
-    let w = |i: &'static str| {
-        pipeline_worker(
-            &emu.endpoint,
-            dir.path(),
-            &[],
-            &["--worker-index", i, "--worker-count", "2"],
-        )
-    };
+    let w = |i: &'static str| pipeline_worker(&emu.endpoint, dir.path(), &[], &["--worker-index", i, "--worker-count", "2"]);
     let (mut w0, mut w1) = (w("0"), w("1"));
     post_views(&collector.beacon_url(), 0..40, now_ms() - 60_000).await;
     wait_for_views(dir.path(), 40, Duration::from_secs(60));
@@ -372,10 +257,7 @@ async fn two_workers_split_the_shards_and_together_equal_the_reference() {
     w1.stop();
     let files = files(&dir.path().join("parquet"));
     for worker in ["part-kinesis-w0-", "part-kinesis-w1-"] {
-        assert!(
-            files.iter().any(|f| f.to_string_lossy().contains(worker)),
-            "{worker} wrote nothing: shards were not shared"
-        );
+        assert!(files.iter().any(|f| f.to_string_lossy().contains(worker)), "{worker} wrote nothing: shards were not shared");
     }
     // One dataset, no view written by both workers (view_measures panics on a duplicate), totals exact.
     assert_dataset_matches(dir.path(), &stream_records(&emu).await);
@@ -398,17 +280,10 @@ async fn expired_iterators_and_read_throttling_are_survived() {
     ]));
     let mut p = pipeline(&proxy.endpoint, dir.path(), &[]);
     p.wait_for_line("shard iterator expired", Duration::from_secs(30));
-    p.wait_for_line(
-        "throttled reads of a shard; backing off",
-        Duration::from_secs(30),
-    );
+    p.wait_for_line("throttled reads of a shard; backing off", Duration::from_secs(30));
     post_views(&collector.beacon_url(), 20..30, now_ms() - 60_000).await;
     wait_for_views(dir.path(), 30, Duration::from_secs(60));
     p.stop();
-    assert_eq!(
-        proxy.stats().get_records_failed,
-        4,
-        "all injected errors were served"
-    );
+    assert_eq!(proxy.stats().get_records_failed, 4, "all injected errors were served");
     assert_dataset_matches(dir.path(), &stream_records(&emu).await);
 }

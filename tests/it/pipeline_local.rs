@@ -35,66 +35,30 @@ async fn beacons_reach_parquet_and_equal_the_reference() {
         r = root.display()
     );
     let out = std::process::Command::new("python3")
-        .args([
-            "-c",
-            &format!(
-                "import duckdb; print('|'.join(map(str, duckdb.sql(\"{sql}\").fetchall()[0])))"
-            ),
-        ])
+        .args(["-c", &format!("import duckdb; print('|'.join(map(str, duckdb.sql(\"{sql}\").fetchall()[0])))")])
         .output()
         .expect("python3 (deploy/test.sh installs duckdb)");
-    assert!(
-        out.status.success(),
-        "duckdb failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "duckdb failed: {}", String::from_utf8_lossy(&out.stderr));
     let got = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     let windows = read_table(dir.path(), "qoe_window");
-    assert_eq!(
-        got,
-        format!("40|{}|1|TIMESTAMP WITH TIME ZONE", sum(&windows, "play_ms"))
-    );
+    assert_eq!(got, format!("40|{}|1|TIMESTAMP WITH TIME ZONE", sum(&windows, "play_ms")));
 
     // `qoeflow query` answers the same from the same files.
     let query = |format: &str, sql: &str| {
         std::process::Command::new(env!("CARGO_BIN_EXE_qoeflow"))
-            .args([
-                "query",
-                "--data-dir",
-                dir.path().to_str().expect("path"),
-                "--format",
-                format,
-                sql,
-            ])
+            .args(["query", "--data-dir", dir.path().to_str().expect("path"), "--format", format, sql])
             .output()
             .expect("run qoeflow query")
     };
-    let out = query(
-        "csv",
-        "SELECT sum(attempts) AS a, sum(play_ms) AS p, count(DISTINCT cdn) AS c FROM qoe_ratios",
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let expected = format!(
-        "a,p,c\n{},{},3\n",
-        sum(&windows, "attempts"),
-        sum(&windows, "play_ms")
-    );
+    let out = query("csv", "SELECT sum(attempts) AS a, sum(play_ms) AS p, count(DISTINCT cdn) AS c FROM qoe_ratios");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let expected = format!("a,p,c\n{},{},3\n", sum(&windows, "attempts"), sum(&windows, "play_ms"));
     assert_eq!(String::from_utf8_lossy(&out.stdout), expected);
     let out = query("json", "SELECT count(*) AS views FROM views");
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        r#"{"views":40}"#
-    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), r#"{"views":40}"#);
     let out = query("table", "SELEC nothing");
     assert!(!out.status.success(), "bad SQL fails");
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("SELEC"),
-        "the error names the problem"
-    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("SELEC"), "the error names the problem");
 }
 
 /// A player that vanishes without `viewend` on an otherwise quiet collector: the pipeline's clock still
@@ -103,10 +67,7 @@ async fn beacons_reach_parquet_and_equal_the_reference() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quiet_stream_still_ends_views_by_inactivity_timeout() {
     let dir = tempfile::tempdir().expect("tmp");
-    let env = [
-        ("QOEFLOW_PIPELINE__FLUSH_INTERVAL_MS", "100"),
-        ("QOEFLOW_PIPELINE__INACTIVITY_TIMEOUT_MS", "2000"),
-    ];
+    let env = [("QOEFLOW_PIPELINE__FLUSH_INTERVAL_MS", "100"), ("QOEFLOW_PIPELINE__INACTIVITY_TIMEOUT_MS", "2000")];
     let mut q = Qoeflow::serve(dir.path(), &[], &env);
     let first = view_beacons("vanished", 1, now_ms()).remove(0);
     let stop = AtomicBool::new(false);
@@ -117,11 +78,7 @@ async fn a_quiet_stream_still_ends_views_by_inactivity_timeout() {
     let views = read_table(dir.path(), "views");
     assert_eq!(strings(&views, "end_reason"), vec!["timeout".to_owned()]);
     let windows = read_table(dir.path(), "qoe_window");
-    assert_eq!(
-        sum(&windows, "ebvs"),
-        1,
-        "an attempt that never started and timed out is an exit before start"
-    );
+    assert_eq!(sum(&windows, "ebvs"), 1, "an attempt that never started and timed out is an exit before start");
 }
 
 /// The last committed epoch of the local pipeline (0 before the first), from its progress file.
@@ -150,10 +107,7 @@ async fn kill_9_mid_stream_replays_to_exactly_the_ground_truth() {
     for c in 0..8u64 {
         let (url, stop) = (url.clone(), stop.clone());
         clients.push(tokio::spawn(async move {
-            let client = reqwest::Client::builder()
-                .timeout(Duration::from_secs(5))
-                .build()
-                .expect("client");
+            let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().expect("client");
             for v in (c..views).step_by(8) {
                 for b in view_beacons(&format!("view-{v}"), v, t0 + v as i64 * 311) {
                     let current = || url.lock().expect("lock").clone();
@@ -174,10 +128,7 @@ async fn kill_9_mid_stream_replays_to_exactly_the_ground_truth() {
         let before = committed_epoch(dir.path());
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
         while committed_epoch(dir.path()) <= before {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "no epoch committed within 60 s"
-            );
+            assert!(std::time::Instant::now() < deadline, "no epoch committed within 60 s");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         tokio::time::sleep(Duration::from_millis(150)).await;
@@ -185,36 +136,19 @@ async fn kill_9_mid_stream_replays_to_exactly_the_ground_truth() {
         q = Qoeflow::serve(dir.path(), &args, &env);
         *url.lock().expect("lock") = q.beacon_url();
         let line = q.wait_for_line("resuming from checkpoint", Duration::from_secs(20));
-        let epoch: u64 = line
-            .split("epoch=")
-            .nth(1)
-            .and_then(|r| r.split_whitespace().next())
-            .and_then(|e| e.parse().ok())
-            .expect("epoch");
+        let epoch: u64 = line.split("epoch=").nth(1).and_then(|r| r.split_whitespace().next()).and_then(|e| e.parse().ok()).expect("epoch");
         resumed_epochs.push(epoch);
     }
-    assert!(
-        !clients.iter().all(|c| c.is_finished()),
-        "the load must still be running at the last kill"
-    );
-    assert!(
-        resumed_epochs.windows(2).all(|w| w[1] > w[0]) && resumed_epochs[0] > 0,
-        "epochs committed between kills: {resumed_epochs:?}"
-    );
+    assert!(!clients.iter().all(|c| c.is_finished()), "the load must still be running at the last kill");
+    assert!(resumed_epochs.windows(2).all(|w| w[1] > w[0]) && resumed_epochs[0] > 0, "epochs committed between kills: {resumed_epochs:?}");
     for c in clients {
-        tokio::time::timeout(Duration::from_secs(120), c)
-            .await
-            .expect("clients finish")
-            .expect("client task");
+        tokio::time::timeout(Duration::from_secs(120), c).await.expect("clients finish").expect("client task");
     }
     wait_for_views(dir.path(), views as usize, Duration::from_secs(60));
     q.stop();
     assert_matches_reference(dir.path());
     // ClickHouse got the replayed epochs too, and holds exactly one copy (read with FINAL).
-    assert_eq!(
-        ch.scalar("SELECT count() FROM qoeflow.views FINAL") as u64,
-        views
-    );
+    assert_eq!(ch.scalar("SELECT count() FROM qoeflow.views FINAL") as u64, views);
     ch.assert_matches_parquet(dir.path());
 }
 
@@ -233,16 +167,9 @@ async fn a_crash_between_files_and_checkpoint_is_replayed_without_duplicates() {
     let flush = ("QOEFLOW_PIPELINE__FLUSH_INTERVAL_MS", "100");
     // Fill the log while the pipeline idles (its first, immediate tick found nothing), so that the
     // crashed epoch 1 is a big one.
-    let mut q = Qoeflow::serve(
-        dir.path(),
-        &args,
-        &[("QOEFLOW_PIPELINE__FLUSH_INTERVAL_MS", "3600000")],
-    );
+    let mut q = Qoeflow::serve(dir.path(), &args, &[("QOEFLOW_PIPELINE__FLUSH_INTERVAL_MS", "3600000")]);
     // Its one immediate tick comes right after it resumes; post only once that tick found nothing.
-    q.wait_for_line(
-        "pipeline: resuming from checkpoint",
-        Duration::from_secs(30),
-    );
+    q.wait_for_line("pipeline: resuming from checkpoint", Duration::from_secs(30));
     tokio::time::sleep(Duration::from_millis(500)).await;
     let client = reqwest::Client::new();
     let stop = AtomicBool::new(false);
@@ -259,15 +186,8 @@ async fn a_crash_between_files_and_checkpoint_is_replayed_without_duplicates() {
         .unwrap_or(serde_json::json!({"epoch": 0}));
     let crash_epoch = ckpt["epoch"].as_u64().expect("epoch") + 1;
     let failpoint = format!("pipeline_after_files:{crash_epoch}");
-    let mut q = Qoeflow::serve(
-        dir.path(),
-        &args,
-        &[flush, ("QOEFLOW_FAILPOINT", failpoint.as_str())],
-    );
-    assert!(
-        q.wait_exit(Duration::from_secs(30)),
-        "the failpoint aborts the process after epoch {crash_epoch}'s files"
-    );
+    let mut q = Qoeflow::serve(dir.path(), &args, &[flush, ("QOEFLOW_FAILPOINT", failpoint.as_str())]);
+    assert!(q.wait_exit(Duration::from_secs(30)), "the failpoint aborts the process after epoch {crash_epoch}'s files");
     let name = format!("e{crash_epoch:012}");
     let of_epoch = |f: &std::path::PathBuf| f.to_string_lossy().contains(&name);
     let leftovers = staged_files(&dir.path().join("parquet"))
@@ -339,9 +259,7 @@ async fn a_crash_while_correcting_views_replays_exactly() {
     let no_wait = ("QOEFLOW_PIPELINE__REORDER_WAIT_MS", "0");
     let views = 60u64;
     let t0 = now_ms() - 60_000;
-    let beacons: Vec<Vec<serde_json::Value>> = (0..views)
-        .map(|v| view_beacons(&format!("view-{v}"), v, t0 + v as i64 * 97))
-        .collect();
+    let beacons: Vec<Vec<serde_json::Value>> = (0..views).map(|v| view_beacons(&format!("view-{v}"), v, t0 + v as i64 * 97)).collect();
     let client = reqwest::Client::new();
     let stop = AtomicBool::new(false);
     let mut q = Qoeflow::serve(dir.path(), &args, &[flush, no_wait]);
@@ -352,15 +270,8 @@ async fn a_crash_while_correcting_views_replays_exactly() {
     wait_for_views(dir.path(), views as usize, Duration::from_secs(60));
     q.stop();
     // The first beacons reach the log while the pipeline idles.
-    let mut q = Qoeflow::serve(
-        dir.path(),
-        &args,
-        &[("QOEFLOW_PIPELINE__FLUSH_INTERVAL_MS", "3600000")],
-    );
-    q.wait_for_line(
-        "pipeline: resuming from checkpoint",
-        Duration::from_secs(30),
-    );
+    let mut q = Qoeflow::serve(dir.path(), &args, &[("QOEFLOW_PIPELINE__FLUSH_INTERVAL_MS", "3600000")]);
+    q.wait_for_line("pipeline: resuming from checkpoint", Duration::from_secs(30));
     tokio::time::sleep(Duration::from_millis(500)).await;
     for bs in &beacons {
         assert!(post_until_ok(&client, || q.beacon_url(), &bs[0], &stop).await);
@@ -368,44 +279,22 @@ async fn a_crash_while_correcting_views_replays_exactly() {
     q.stop();
     let crash_epoch = committed_epoch(dir.path()) + 1;
     let failpoint = format!("pipeline_after_files:{crash_epoch}");
-    let mut q = Qoeflow::serve(
-        dir.path(),
-        &args,
-        &[flush, no_wait, ("QOEFLOW_FAILPOINT", failpoint.as_str())],
-    );
-    assert!(
-        q.wait_exit(Duration::from_secs(30)),
-        "the failpoint aborts the process after epoch {crash_epoch}'s files"
-    );
+    let mut q = Qoeflow::serve(dir.path(), &args, &[flush, no_wait, ("QOEFLOW_FAILPOINT", failpoint.as_str())]);
+    assert!(q.wait_exit(Duration::from_secs(30)), "the failpoint aborts the process after epoch {crash_epoch}'s files");
     // The crashed epoch held the corrections: retracted start times and second versions of the views.
     let retracting = ch.scalar(&format!("SELECT count() FROM qoeflow.qoe_window WHERE epoch = {crash_epoch} AND startup_hist_retract != ''"));
-    let corrected = ch.scalar(&format!(
-        "SELECT count() FROM qoeflow.views WHERE epoch = {crash_epoch} AND version = 2"
-    ));
-    assert!(
-        retracting > 0 && corrected == views as i64,
-        "epoch {crash_epoch}: {retracting} retracting rows, {corrected} corrected views"
-    );
+    let corrected = ch.scalar(&format!("SELECT count() FROM qoeflow.views WHERE epoch = {crash_epoch} AND version = 2"));
+    assert!(retracting > 0 && corrected == views as i64, "epoch {crash_epoch}: {retracting} retracting rows, {corrected} corrected views");
     let mut q = Qoeflow::serve(dir.path(), &args, &[flush, no_wait]);
-    q.wait_for_line(
-        "removed files of an unfinished epoch",
-        Duration::from_secs(20),
-    );
+    q.wait_for_line("removed files of an unfinished epoch", Duration::from_secs(20));
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while committed_epoch(dir.path()) < crash_epoch {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "epoch {crash_epoch} was not replayed within 60 s"
-        );
+        assert!(std::time::Instant::now() < deadline, "epoch {crash_epoch} was not replayed within 60 s");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     q.stop();
     let versions = read_table(dir.path(), "views");
-    assert_eq!(
-        num_rows(&versions),
-        2 * views as usize,
-        "each view once, then once corrected (the replay rewrote the same files)"
-    );
+    assert_eq!(num_rows(&versions), 2 * views as usize, "each view once, then once corrected (the replay rewrote the same files)");
     assert_matches_reference(dir.path());
     ch.assert_matches_parquet(dir.path());
 }

@@ -25,8 +25,8 @@ use rand::Rng;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::{MAX_RECORD_BYTES, SinkError, SinkRecord};
-use crate::metrics::Metrics;
 use ::kinesis::{KinesisConfig, describe};
+use crate::metrics::Metrics;
 
 const MAX_RECORDS_PER_CALL: usize = 500;
 const MAX_BYTES_PER_CALL: usize = 5 << 20;
@@ -95,44 +95,20 @@ struct Worker {
 }
 
 impl KinesisSink {
-    pub fn new(
-        client: Client,
-        config: KinesisConfig,
-        metrics: Metrics,
-    ) -> Result<KinesisSink, String> {
-        let stream = config
-            .stream
-            .clone()
-            .ok_or("kinesis stream name is not set (--kinesis-stream)")?;
+    pub fn new(client: Client, config: KinesisConfig, metrics: Metrics) -> Result<KinesisSink, String> {
+        let stream = config.stream.clone().ok_or("kinesis stream name is not set (--kinesis-stream)")?;
         let (tx, rx) = mpsc::channel(4096);
-        let worker = Worker {
-            client: client.clone(),
-            stream: stream.clone(),
-            config,
-            metrics,
-        };
+        let worker = Worker { client: client.clone(), stream: stream.clone(), config, metrics };
         tokio::spawn(batcher(rx, worker));
-        Ok(KinesisSink {
-            tx,
-            client,
-            stream,
-            ready: Arc::new(Mutex::new(None)),
-        })
+        Ok(KinesisSink { tx, client, stream, ready: Arc::new(Mutex::new(None)) })
     }
 
     pub async fn append(&self, records: Vec<SinkRecord>) -> Result<(), SinkError> {
-        if let Some(size) = records
-            .iter()
-            .map(record_size)
-            .find(|&size| size > MAX_RECORD_BYTES)
-        {
+        if let Some(size) = records.iter().map(record_size).find(|&size| size > MAX_RECORD_BYTES) {
             return Err(SinkError::RecordTooLarge(size));
         }
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Pending { records, reply })
-            .await
-            .map_err(|_| SinkError::Closed)?;
+        self.tx.send(Pending { records, reply }).await.map_err(|_| SinkError::Closed)?;
         rx.await.map_err(|_| SinkError::Closed)?
     }
 
@@ -143,18 +119,10 @@ impl KinesisSink {
                 return result;
             }
         }
-        let call = self
-            .client
-            .describe_stream_summary()
-            .stream_name(&self.stream)
-            .send();
+        let call = self.client.describe_stream_summary().stream_name(&self.stream).send();
         let result = match tokio::time::timeout(Duration::from_secs(2), call).await {
             Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(format!(
-                "stream {} not reachable: {}",
-                self.stream,
-                describe(&e)
-            )),
+            Ok(Err(e)) => Err(format!("stream {} not reachable: {}", self.stream, describe(&e))),
             Err(_) => Err(format!("stream {} did not answer within 2 s", self.stream)),
         };
         if let Ok(mut g) = self.ready.lock() {
@@ -171,15 +139,9 @@ async fn batcher(mut rx: mpsc::Receiver<Pending>, worker: Worker) {
         let mut entries = Vec::new();
         let mut bytes = 0usize;
         let add = |p: Pending, entries: &mut Vec<Entry>, bytes: &mut usize| {
-            let request = Arc::new(RequestState {
-                remaining: AtomicUsize::new(p.records.len()),
-                reply: Mutex::new(Some(p.reply)),
-            });
+            let request = Arc::new(RequestState { remaining: AtomicUsize::new(p.records.len()), reply: Mutex::new(Some(p.reply)) });
             for record in p.records {
-                let e = Entry {
-                    record,
-                    request: request.clone(),
-                };
+                let e = Entry { record, request: request.clone() };
                 *bytes += e.size();
                 entries.push(e);
             }
@@ -196,9 +158,7 @@ async fn batcher(mut rx: mpsc::Receiver<Pending>, worker: Worker) {
             }
         }
         for call in split_calls(entries) {
-            let Ok(permit) = slots.clone().acquire_owned().await else {
-                return;
-            };
+            let Ok(permit) = slots.clone().acquire_owned().await else { return };
             let worker = worker.clone();
             tokio::spawn(async move {
                 worker.put_with_retries(call).await;
@@ -214,9 +174,7 @@ fn split_calls(entries: Vec<Entry>) -> Vec<Vec<Entry>> {
     let mut current: Vec<Entry> = Vec::new();
     let mut bytes = 0;
     for e in entries {
-        if !current.is_empty()
-            && (current.len() == MAX_RECORDS_PER_CALL || bytes + e.size() > MAX_BYTES_PER_CALL)
-        {
+        if !current.is_empty() && (current.len() == MAX_RECORDS_PER_CALL || bytes + e.size() > MAX_BYTES_PER_CALL) {
             calls.push(std::mem::take(&mut current));
             bytes = 0;
         }
@@ -253,15 +211,8 @@ impl Worker {
                     return;
                 }
             };
-            let call = self
-                .client
-                .put_records()
-                .stream_name(&self.stream)
-                .set_records(Some(request))
-                .send();
-            match tokio::time::timeout(Duration::from_millis(self.config.call_timeout_ms), call)
-                .await
-            {
+            let call = self.client.put_records().stream_name(&self.stream).set_records(Some(request)).send();
+            match tokio::time::timeout(Duration::from_millis(self.config.call_timeout_ms), call).await {
                 Ok(Ok(out)) => {
                     let results = out.records();
                     let mut failed = Vec::new();
@@ -280,9 +231,7 @@ impl Worker {
                     pending = failed;
                 }
                 Ok(Err(e)) => {
-                    let throttled = e
-                        .as_service_error()
-                        .is_some_and(|s| s.is_provisioned_throughput_exceeded_exception());
+                    let throttled = e.as_service_error().is_some_and(|s| s.is_provisioned_throughput_exceeded_exception());
                     if throttled {
                         self.metrics.kinesis_throttles.inc_by(pending.len() as u64);
                     }
@@ -290,10 +239,7 @@ impl Worker {
                     tracing::warn!(attempt, records = pending.len(), error = %last_error, "PutRecords call failed");
                 }
                 Err(_) => {
-                    last_error = format!(
-                        "PutRecords timed out after {} ms",
-                        self.config.call_timeout_ms
-                    );
+                    last_error = format!("PutRecords timed out after {} ms", self.config.call_timeout_ms);
                     tracing::warn!(attempt, records = pending.len(), "{last_error}");
                 }
             }
@@ -317,11 +263,7 @@ impl Worker {
             }
         }
         self.metrics.kinesis_exhausted.inc_by(answered);
-        tracing::error!(
-            requests = answered,
-            error = why,
-            "records ran out of attempts; their requests get 503"
-        );
+        tracing::error!(requests = answered, error = why, "records ran out of attempts; their requests get 503");
     }
 
     fn backoff(&self, attempt: u32) -> Duration {
@@ -332,9 +274,7 @@ impl Worker {
 /// Full jitter: uniform in [0, min(max_ms, base_ms * 2^(attempt-1))] milliseconds (`attempt` from 1; the
 /// exponent stops growing at 2^19, far past any useful cap).
 fn backoff(attempt: u32, base_ms: u64, max_ms: u64) -> Duration {
-    let cap = base_ms
-        .saturating_mul(1u64 << (attempt.clamp(1, 20) - 1))
-        .min(max_ms);
+    let cap = base_ms.saturating_mul(1u64 << (attempt.clamp(1, 20) - 1)).min(max_ms);
     Duration::from_millis(rand::rng().random_range(0..=cap))
 }
 
@@ -351,25 +291,15 @@ mod tests {
     /// Entry number `i` of `size` bytes in all (its partition key is `i`, so order can be read back).
     fn entry(i: usize, size: usize) -> Entry {
         let (reply, _) = oneshot::channel();
-        let request = Arc::new(RequestState {
-            remaining: AtomicUsize::new(1),
-            reply: Mutex::new(Some(reply)),
-        });
-        let record = SinkRecord {
-            partition_key: format!("{i:0KEY_LEN$}"),
-            data: Bytes::from_static(&ZEROS[..size - KEY_LEN]),
-        };
+        let request = Arc::new(RequestState { remaining: AtomicUsize::new(1), reply: Mutex::new(Some(reply)) });
+        let record = SinkRecord { partition_key: format!("{i:0KEY_LEN$}"), data: Bytes::from_static(&ZEROS[..size - KEY_LEN]) };
         let e = Entry { record, request };
         assert_eq!(e.size(), size);
         e
     }
 
     fn entries(sizes: &[usize]) -> Vec<Entry> {
-        sizes
-            .iter()
-            .enumerate()
-            .map(|(i, &size)| entry(i, size))
-            .collect()
+        sizes.iter().enumerate().map(|(i, &size)| entry(i, size)).collect()
     }
 
     /// Checks the limits, the order and that no call was closed early; returns the calls' lengths.
@@ -379,18 +309,10 @@ mod tests {
         for (c, call) in calls.iter().enumerate() {
             let bytes: usize = call.iter().map(Entry::size).sum();
             assert!(!call.is_empty(), "call {c} is empty");
-            assert!(
-                call.len() <= MAX_RECORDS_PER_CALL,
-                "call {c} has {} records",
-                call.len()
-            );
+            assert!(call.len() <= MAX_RECORDS_PER_CALL, "call {c} has {} records", call.len());
             assert!(bytes <= MAX_BYTES_PER_CALL, "call {c} has {bytes} bytes");
             for e in call {
-                assert_eq!(
-                    e.record.partition_key,
-                    format!("{next:0KEY_LEN$}"),
-                    "order kept"
-                );
+                assert_eq!(e.record.partition_key, format!("{next:0KEY_LEN$}"), "order kept");
                 next += 1;
             }
             if let Some(&following) = sizes.get(next) {
@@ -453,67 +375,34 @@ mod tests {
             .region(aws_sdk_kinesis::config::Region::new("us-east-1"))
             .endpoint_url("http://127.0.0.1:9")
             .build();
-        let config = KinesisConfig {
-            stream: Some("beacons".into()),
-            max_attempts: 1,
-            ..KinesisConfig::default()
-        };
+        let config = KinesisConfig { stream: Some("beacons".into()), max_attempts: 1, ..KinesisConfig::default() };
         let metrics = Metrics::new();
-        (
-            KinesisSink::new(Client::from_conf(conf), config, metrics.clone()).expect("sink"),
-            metrics,
-        )
+        (KinesisSink::new(Client::from_conf(conf), config, metrics.clone()).expect("sink"), metrics)
     }
 
     #[tokio::test]
     async fn a_record_over_the_record_limit_is_refused_before_any_call() {
         let (sink, metrics) = sink();
-        let small = SinkRecord {
-            partition_key: "view".into(),
-            data: Bytes::from_static(b"{}"),
-        };
+        let small = SinkRecord { partition_key: "view".into(), data: Bytes::from_static(b"{}") };
         // Data plus partition key one byte over the limit.
-        let big = SinkRecord {
-            partition_key: "view".into(),
-            data: Bytes::from_static(&ZEROS[..MAX_RECORD_BYTES - 3]),
-        };
+        let big = SinkRecord { partition_key: "view".into(), data: Bytes::from_static(&ZEROS[..MAX_RECORD_BYTES - 3]) };
         let err = sink.append(vec![small, big]).await.expect_err("refused");
-        assert!(
-            matches!(err, SinkError::RecordTooLarge(n) if n == MAX_RECORD_BYTES + 1),
-            "{err}"
-        );
+        assert!(matches!(err, SinkError::RecordTooLarge(n) if n == MAX_RECORD_BYTES + 1), "{err}");
         assert!(err.to_string().contains("record limit"), "{err}");
-        assert_eq!(
-            metrics.kinesis_put_calls.get(),
-            0,
-            "no PutRecords call was made for the request"
-        );
+        assert_eq!(metrics.kinesis_put_calls.get(), 0, "no PutRecords call was made for the request");
     }
 
     #[test]
     fn backoff_is_full_jitter_under_the_exponential_cap() {
         let (base, max) = (25u64, 1000u64);
         for attempt in 1..=40u32 {
-            let cap = base
-                .saturating_mul(1u64.checked_shl(attempt - 1).unwrap_or(u64::MAX))
-                .min(max);
-            let delays: Vec<u64> = (0..300)
-                .map(|_| backoff(attempt, base, max).as_millis() as u64)
-                .collect();
-            assert!(
-                delays.iter().all(|&d| d <= cap),
-                "attempt {attempt}: a delay over {cap} ms in {delays:?}"
-            );
+            let cap = base.saturating_mul(1u64.checked_shl(attempt - 1).unwrap_or(u64::MAX)).min(max);
+            let delays: Vec<u64> = (0..300).map(|_| backoff(attempt, base, max).as_millis() as u64).collect();
+            assert!(delays.iter().all(|&d| d <= cap), "attempt {attempt}: a delay over {cap} ms in {delays:?}");
             // Full jitter spreads over the whole range (300 uniform draws all in one half: p < 2^-299).
-            assert!(
-                delays.iter().any(|&d| d < cap / 2) && delays.iter().any(|&d| d > cap / 2),
-                "attempt {attempt}"
-            );
+            assert!(delays.iter().any(|&d| d < cap / 2) && delays.iter().any(|&d| d > cap / 2), "attempt {attempt}");
         }
-        assert!(
-            (0..300).all(|_| backoff(3, base, 60) <= Duration::from_millis(60)),
-            "capped by max"
-        );
+        assert!((0..300).all(|_| backoff(3, base, 60) <= Duration::from_millis(60)), "capped by max");
         // No backoff configured means none: not even a millisecond.
         assert!((0..300).all(|_| backoff(1, 0, max).is_zero() && backoff(5, base, 0).is_zero()));
         // Huge settings saturate instead of overflowing.

@@ -6,9 +6,9 @@ pub mod kinesis;
 
 use bytes::Bytes;
 
+use locallog::{LocalLog, LogError};
 #[cfg(feature = "kinesis")]
 pub use kinesis::KinesisSink;
-use locallog::{LocalLog, LogError};
 
 /// Largest record Kinesis accepts (data plus partition key); the local log uses the same bound so one
 /// record format serves both.
@@ -29,9 +29,7 @@ pub enum SinkError {
     Kinesis(String),
     /// Refused before batching: one such entry would fail its whole PutRecords call, and with it the
     /// records of every other request batched into that call.
-    #[error(
-        "record of {0} bytes (data plus partition key) is over the {MAX_RECORD_BYTES}-byte Kinesis record limit"
-    )]
+    #[error("record of {0} bytes (data plus partition key) is over the {MAX_RECORD_BYTES}-byte Kinesis record limit")]
     RecordTooLarge(usize),
     #[error("sink has shut down")]
     Closed,
@@ -52,8 +50,7 @@ impl Sink {
         }
         match self {
             Sink::Local(log) => {
-                log.append(records.into_iter().map(|r| r.data).collect())
-                    .await?;
+                log.append(records.into_iter().map(|r| r.data).collect()).await?;
                 Ok(())
             }
             #[cfg(feature = "kinesis")]

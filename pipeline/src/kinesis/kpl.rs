@@ -95,24 +95,14 @@ fn parse_aggregated(body: &[u8]) -> Option<Vec<UserRecord>> {
                 Some(k) => Some(keys.get(usize::try_from(k).ok()?)?.clone()),
                 None => None,
             };
-            Some(UserRecord {
-                partition_key,
-                data: data.unwrap_or_default(),
-                sub_sequence: i as u64,
-            })
+            Some(UserRecord { partition_key, data: data.unwrap_or_default(), sub_sequence: i as u64 })
         })
         .collect()
 }
 
 /// The user records in a Kinesis record's data.
 pub fn deaggregate(data: &Bytes, partition_key: Option<&str>) -> Vec<UserRecord> {
-    let plain = || {
-        vec![UserRecord {
-            partition_key: partition_key.map(str::to_owned),
-            data: data.clone(),
-            sub_sequence: 0,
-        }]
-    };
+    let plain = || vec![UserRecord { partition_key: partition_key.map(str::to_owned), data: data.clone(), sub_sequence: 0 }];
     if data.len() < MAGIC.len() + 16 || data[..4] != MAGIC {
         return plain();
     }

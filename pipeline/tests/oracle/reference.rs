@@ -4,8 +4,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use schemas::event::ViewDims;
 use schemas::{CacheStatus, ClientInfo, Event, EventKind, Payload, Record, validate_event_map};
+use schemas::event::ViewDims;
 
 use pipeline::sessionizer::Dim;
 use pipeline::view::Totals;
@@ -34,22 +34,12 @@ struct ViewInput {
 }
 
 pub fn compute(records: &[Record], window_ms: i64, dims: &[Dim]) -> BatchResult {
-    compute_with_timeout(
-        records,
-        window_ms,
-        dims,
-        pipeline::SessionConfig::default().inactivity_timeout_ms,
-    )
+    compute_with_timeout(records, window_ms, dims, pipeline::SessionConfig::default().inactivity_timeout_ms)
 }
 
 /// [`compute`] where a view ends at an event followed by more than `inactivity_timeout_ms` of the
 /// client's clock without another (`docs/metrics.md` §5).
-pub fn compute_with_timeout(
-    records: &[Record],
-    window_ms: i64,
-    dims: &[Dim],
-    inactivity_timeout_ms: i64,
-) -> BatchResult {
+pub fn compute_with_timeout(records: &[Record], window_ms: i64, dims: &[Dim], inactivity_timeout_ms: i64) -> BatchResult {
     let mut views: HashMap<String, ViewInput> = HashMap::new();
     for r in records {
         let Record::Events(r) = r else { continue };
@@ -118,7 +108,7 @@ pub fn compute_with_timeout(
                 "start" => {
                     d.sums[Started] += 1;
                     d.sums[StartupMs] += value;
-                    d.startup_hist.record(value); // startup_hist
+                    d.startup_hist.record(value);  // startup_hist
                 }
                 "vsf" => d.sums[Vsf] += 1,
                 "ebvs" => d.sums[Ebvs] += 1,
@@ -126,14 +116,7 @@ pub fn compute_with_timeout(
                 "stall" => d.sums[StallCount] += 1,
                 "up" => d.sums[SwitchesUp] += 1,
                 "down" => d.sums[SwitchesDown] += 1,
-                "hit" => {
-                    (
-                        d.sums[SegmentsHit] += 1,
-                        d.sums[BytesHit] += value,
-                        d.sums[BytesTotal] += value,
-                    )
-                        .0
-                }
+                "hit" => (d.sums[SegmentsHit] += 1, d.sums[BytesHit] += value, d.sums[BytesTotal] += value).0,
                 "miss" => (d.sums[SegmentsMiss] += 1, d.sums[BytesTotal] += value).0,
                 "unknown" => d.sums[SegmentsUnknown] += 1,
                 "error" => d.sums[Errors] += 1,
@@ -147,12 +130,7 @@ pub fn compute_with_timeout(
     result
 }
 
-type Timeline = (
-    Totals,
-    Vec<(i64, i64, Kind)>,
-    Vec<(i64, &'static str, i64)>,
-    Option<ViewDims>,
-);
+type Timeline = (Totals, Vec<(i64, i64, Kind)>, Vec<(i64, &'static str, i64)>, Option<ViewDims>);
 
 /// Walks a view's events in seq order into spans (playing / stalled) and point measures.
 fn timeline(events: &BTreeMap<u64, Event>, inactivity_timeout_ms: i64) -> Timeline {
@@ -178,15 +156,14 @@ fn timeline(events: &BTreeMap<u64, Event>, inactivity_timeout_ms: i64) -> Timeli
         }
         now = now.max(e.ts);
         let t = now;
-        let close =
-            |mode: &mut Option<Kind>, since: &mut i64, spans: &mut Vec<(i64, i64, Kind)>| {
-                if let Some(k) = mode.take() {
-                    if t > *since {
-                        spans.push((*since, t, k));
-                    }
+        let close = |mode: &mut Option<Kind>, since: &mut i64, spans: &mut Vec<(i64, i64, Kind)>| {
+            if let Some(k) = mode.take() {
+                if t > *since {
+                    spans.push((*since, t, k));
                 }
-                *since = t;
-            };
+            }
+            *since = t;
+        };
         match (&e.kind, &e.payload) {
             (EventKind::Viewstart, Payload::Viewstart(d)) => {
                 dims.get_or_insert_with(|| (**d).clone());
@@ -218,11 +195,7 @@ fn timeline(events: &BTreeMap<u64, Event>, inactivity_timeout_ms: i64) -> Timeli
             }
             (EventKind::StallStart, _) => {
                 let playing = matches!(mode, Some(Kind::Play(_)));
-                if started_at.is_some()
-                    && !failed
-                    && !paused
-                    && (playing || (seeking && mode.is_none()))
-                {
+                if started_at.is_some() && !failed && !paused && (playing || (seeking && mode.is_none())) {
                     close(&mut mode, &mut since, &mut spans);
                     mode = Some(Kind::Stall(seeking));
                     points.push((t, "stall", 0));
@@ -260,29 +233,9 @@ fn timeline(events: &BTreeMap<u64, Event>, inactivity_timeout_ms: i64) -> Timeli
                 };
                 points.push((t, name, *bytes as i64));
                 match cache {
-                    CacheStatus::Hit => {
-                        (
-                            totals[SegmentsHit] += 1,
-                            totals[BytesHit] += *bytes as i64,
-                            totals[BytesTotal] += *bytes as i64,
-                        )
-                            .0
-                    }
-                    CacheStatus::Miss => {
-                        (
-                            totals[SegmentsMiss] += 1,
-                            totals[BytesMiss] += *bytes as i64,
-                            totals[BytesTotal] += *bytes as i64,
-                        )
-                            .0
-                    }
-                    CacheStatus::Unknown => {
-                        (
-                            totals[SegmentsUnknown] += 1,
-                            totals[BytesUnknown] += *bytes as i64,
-                        )
-                            .0
-                    }
+                    CacheStatus::Hit => (totals[SegmentsHit] += 1, totals[BytesHit] += *bytes as i64, totals[BytesTotal] += *bytes as i64).0,
+                    CacheStatus::Miss => (totals[SegmentsMiss] += 1, totals[BytesMiss] += *bytes as i64, totals[BytesTotal] += *bytes as i64).0,
+                    CacheStatus::Unknown => (totals[SegmentsUnknown] += 1, totals[BytesUnknown] += *bytes as i64).0,
                 }
             }
             (EventKind::Error, Payload::Error { fatal, .. }) => {

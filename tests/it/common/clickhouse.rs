@@ -16,12 +16,7 @@ pub struct ClickHouse {
 
 impl ClickHouse {
     pub fn start(dir: &Path) -> ClickHouse {
-        let mut ch = ClickHouse {
-            child: None,
-            http_port: free_port(),
-            tcp_port: free_port(),
-            dir: dir.to_owned(),
-        };
+        let mut ch = ClickHouse { child: None, http_port: free_port(), tcp_port: free_port(), dir: dir.to_owned() };
         ch.restart();
         ch
     }
@@ -35,11 +30,7 @@ impl ClickHouse {
         let script = super::repo_root().join("deploy/local/clickhouse.sh");
         let child = Command::new("bash")
             .arg(script)
-            .args([
-                "run",
-                &self.http_port.to_string(),
-                &self.tcp_port.to_string(),
-            ])
+            .args(["run", &self.http_port.to_string(), &self.tcp_port.to_string()])
             .arg(&self.dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null()) // its own logs are under `dir/log`
@@ -54,15 +45,9 @@ impl ClickHouse {
                 }
             }
             if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
-                panic!(
-                    "clickhouse-server exited: {status}; see {}/log",
-                    self.dir.display()
-                );
+                panic!("clickhouse-server exited: {status}; see {}/log", self.dir.display());
             }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "ClickHouse did not answer within 90 s"
-            );
+            assert!(std::time::Instant::now() < deadline, "ClickHouse did not answer within 90 s");
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -87,18 +72,14 @@ impl ClickHouse {
     pub fn wait_for_views(&self, n: i64, within: Duration) {
         let deadline = std::time::Instant::now() + within;
         while self.scalar("SELECT count() FROM qoeflow.views FINAL") < n {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "ClickHouse did not receive {n} views within {within:?}"
-            );
+            assert!(std::time::Instant::now() < deadline, "ClickHouse did not receive {n} views within {within:?}");
             std::thread::sleep(Duration::from_millis(200));
         }
     }
 
     pub fn scalar(&self, sql: &str) -> i64 {
         let out = self.query(sql);
-        out.parse()
-            .unwrap_or_else(|_| panic!("{sql} returned {out:?}"))
+        out.parse().unwrap_or_else(|_| panic!("{sql} returned {out:?}"))
     }
 
     /// ClickHouse (read with FINAL: one copy of each replayed row) holds the same totals as the Parquet
@@ -106,46 +87,18 @@ impl ClickHouse {
     pub fn assert_matches_parquet(&self, data_dir: &std::path::Path) {
         use super::parquet::{num_rows, read_table, sum, view_measures};
         let windows = read_table(data_dir, "qoe_window");
-        for col in [
-            "attempts",
-            "starts",
-            "play_ms",
-            "stall_ms",
-            "active_views",
-            "bytes_total",
-        ] {
-            assert_eq!(
-                self.scalar(&format!("SELECT sum({col}) FROM qoeflow.qoe_window FINAL")),
-                sum(&windows, col),
-                "ClickHouse qoe_window.{col}"
-            );
+        for col in ["attempts", "starts", "play_ms", "stall_ms", "active_views", "bytes_total"] {
+            assert_eq!(self.scalar(&format!("SELECT sum({col}) FROM qoeflow.qoe_window FINAL")), sum(&windows, col), "ClickHouse qoe_window.{col}");
         }
         // Views: the latest version of each on both sides (FINAL keeps the highest `version`).
-        let views = view_measures(
-            &read_table(data_dir, "views"),
-            &["play_ms", "stall_ms", "attempt", "started"],
-        );
-        assert_eq!(
-            self.scalar("SELECT count() FROM qoeflow.views FINAL"),
-            views.len() as i64,
-            "ClickHouse views rows"
-        );
+        let views = view_measures(&read_table(data_dir, "views"), &["play_ms", "stall_ms", "attempt", "started"]);
+        assert_eq!(self.scalar("SELECT count() FROM qoeflow.views FINAL"), views.len() as i64, "ClickHouse views rows");
         for col in ["play_ms", "stall_ms", "attempt", "started"] {
             let parquet: i64 = views.values().map(|m| m[col]).sum();
-            assert_eq!(
-                self.scalar(&format!(
-                    "SELECT sum(toInt64({col})) FROM qoeflow.views FINAL"
-                )),
-                parquet,
-                "ClickHouse views.{col}"
-            );
+            assert_eq!(self.scalar(&format!("SELECT sum(toInt64({col})) FROM qoeflow.views FINAL")), parquet, "ClickHouse views.{col}");
         }
         let parquet = num_rows(&read_table(data_dir, "events")) as i64;
-        assert_eq!(
-            self.scalar("SELECT count() FROM qoeflow.events FINAL"),
-            parquet,
-            "ClickHouse events rows"
-        );
+        assert_eq!(self.scalar("SELECT count() FROM qoeflow.events FINAL"), parquet, "ClickHouse events rows");
     }
 }
 
@@ -162,26 +115,16 @@ pub mod http {
 
     fn request(url: &str, method: &str, body: &str) -> Result<String, String> {
         let rest = url.strip_prefix("http://").ok_or("http only")?;
-        let (host, path) = rest
-            .split_once('/')
-            .map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
+        let (host, path) = rest.split_once('/').map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
         let mut s = TcpStream::connect(host).map_err(|e| e.to_string())?;
-        s.set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        s.set_read_timeout(Some(std::time::Duration::from_secs(60))).map_err(|e| e.to_string())?;
+        write!(s, "{method} {path} HTTP/1.0\r\nHost: {host}\r\nContent-Length: {}\r\n\r\n{body}", body.len())
             .map_err(|e| e.to_string())?;
-        write!(
-            s,
-            "{method} {path} HTTP/1.0\r\nHost: {host}\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        )
-        .map_err(|e| e.to_string())?;
         let mut out = String::new();
         s.read_to_string(&mut out).map_err(|e| e.to_string())?;
         let (head, body) = out.split_once("\r\n\r\n").ok_or("bad response")?;
         if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
-            return Err(format!(
-                "{}: {body}",
-                head.lines().next().unwrap_or_default()
-            ));
+            return Err(format!("{}: {body}", head.lines().next().unwrap_or_default()));
         }
         Ok(body.to_owned())
     }

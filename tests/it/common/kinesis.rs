@@ -20,18 +20,11 @@ use rand::{Rng, SeedableRng};
 use schemas::Record;
 use serde_json::{Value, json};
 
-pub const AWS_ENV: [(&str, &str); 3] = [
-    ("AWS_ACCESS_KEY_ID", "qoeflowtest"),
-    ("AWS_SECRET_ACCESS_KEY", "qoeflowtest"),
-    ("AWS_REGION", "us-east-1"),
-];
+pub const AWS_ENV: [(&str, &str); 3] =
+    [("AWS_ACCESS_KEY_ID", "qoeflowtest"), ("AWS_SECRET_ACCESS_KEY", "qoeflowtest"), ("AWS_REGION", "us-east-1")];
 
 pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
+    StdListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
 
 /// A running emulator; killed when dropped.
@@ -51,19 +44,13 @@ impl Emulator {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("start deploy/local/kinesis.sh (needs node + npm)");
-        let mut emu = Emulator {
-            child,
-            endpoint: format!("http://127.0.0.1:{port}"),
-        };
+        let mut emu = Emulator { child, endpoint: format!("http://127.0.0.1:{port}") };
         let deadline = std::time::Instant::now() + Duration::from_secs(120);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             if let Ok(Some(status)) = emu.child.try_wait() {
                 panic!("Kinesis emulator exited early: {status}");
             }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "Kinesis emulator did not open port {port} in 120 s"
-            );
+            assert!(std::time::Instant::now() < deadline, "Kinesis emulator did not open port {port} in 120 s");
             std::thread::sleep(Duration::from_millis(100));
         }
         emu
@@ -82,8 +69,7 @@ impl Drop for Emulator {
 }
 
 pub async fn client_for(endpoint: &str) -> Client {
-    let creds =
-        aws_sdk_kinesis::config::Credentials::new("qoeflowtest", "qoeflowtest", None, None, "test");
+    let creds = aws_sdk_kinesis::config::Credentials::new("qoeflowtest", "qoeflowtest", None, None, "test");
     let conf = aws_sdk_kinesis::config::Builder::new()
         .behavior_version(aws_sdk_kinesis::config::BehaviorVersion::latest())
         .region(aws_sdk_kinesis::config::Region::new("us-east-1"))
@@ -94,22 +80,10 @@ pub async fn client_for(endpoint: &str) -> Client {
 }
 
 pub async fn create_stream(client: &Client, name: &str, shards: i32) {
-    client
-        .create_stream()
-        .stream_name(name)
-        .shard_count(shards)
-        .send()
-        .await
-        .expect("CreateStream");
+    client.create_stream().stream_name(name).shard_count(shards).send().await.expect("CreateStream");
     for _ in 0..200 {
-        let d = client
-            .describe_stream_summary()
-            .stream_name(name)
-            .send()
-            .await
-            .expect("DescribeStreamSummary");
-        if d.stream_description_summary().map(|s| s.stream_status()) == Some(&StreamStatus::Active)
-        {
+        let d = client.describe_stream_summary().stream_name(name).send().await.expect("DescribeStreamSummary");
+        if d.stream_description_summary().map(|s| s.stream_status()) == Some(&StreamStatus::Active) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -127,12 +101,7 @@ pub struct StreamRecord {
 
 /// Every record of every shard, in shard order.
 pub async fn read_stream(client: &Client, name: &str) -> Vec<StreamRecord> {
-    let shards = client
-        .list_shards()
-        .stream_name(name)
-        .send()
-        .await
-        .expect("ListShards");
+    let shards = client.list_shards().stream_name(name).send().await.expect("ListShards");
     let mut out = Vec::new();
     for shard in shards.shards() {
         let mut iterator = client
@@ -147,13 +116,7 @@ pub async fn read_stream(client: &Client, name: &str) -> Vec<StreamRecord> {
             .expect("iterator");
         let mut empty = 0;
         while empty < 2 {
-            let got = client
-                .get_records()
-                .shard_iterator(&iterator)
-                .limit(10_000)
-                .send()
-                .await
-                .expect("GetRecords");
+            let got = client.get_records().shard_iterator(&iterator).limit(10_000).send().await.expect("GetRecords");
             if got.records().is_empty() {
                 empty += 1;
             }
@@ -227,21 +190,13 @@ impl FaultProxy {
             stats: Mutex::new(ProxyStats::default()),
             rng: Mutex::new(rand::rngs::StdRng::seed_from_u64(seed)),
         });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind proxy");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let endpoint = format!("http://{}", listener.local_addr().expect("addr"));
-        let app = axum::Router::new()
-            .fallback(proxy)
-            .with_state(state.clone());
+        let app = axum::Router::new().fallback(proxy).with_state(state.clone());
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        FaultProxy {
-            endpoint,
-            state,
-            task,
-        }
+        FaultProxy { endpoint, state, task }
     }
 
     pub fn set(&self, fault: Fault) {
@@ -259,11 +214,7 @@ impl Drop for FaultProxy {
     }
 }
 
-async fn forward(
-    state: &ProxyState,
-    headers: &HeaderMap,
-    body: Vec<u8>,
-) -> Result<(StatusCode, HeaderMap, Bytes), String> {
+async fn forward(state: &ProxyState, headers: &HeaderMap, body: Vec<u8>) -> Result<(StatusCode, HeaderMap, Bytes), String> {
     let mut req = state.http.post(&state.upstream).body(body);
     for (name, value) in headers {
         if name != "host" && name != "content-length" {
@@ -283,23 +234,14 @@ async fn forward(
 }
 
 fn error_response(status: StatusCode, kind: &str) -> Response {
-    (
-        status,
-        [("content-type", "application/x-amz-json-1.1")],
-        json!({"__type": kind, "message": "injected by the test proxy"}).to_string(),
-    )
+    (status, [("content-type", "application/x-amz-json-1.1")], json!({"__type": kind, "message": "injected by the test proxy"}).to_string())
         .into_response()
 }
 
 async fn proxy(State(state): State<Arc<ProxyState>>, headers: HeaderMap, body: Bytes) -> Response {
-    let is_get_iterator = headers
-        .get("x-amz-target")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|t| t.ends_with(".GetShardIterator"));
+    let is_get_iterator = headers.get("x-amz-target").and_then(|v| v.to_str().ok()).is_some_and(|t| t.ends_with(".GetShardIterator"));
     if is_get_iterator {
-        let shard = serde_json::from_slice::<Value>(&body)
-            .ok()
-            .and_then(|v| v["ShardId"].as_str().map(str::to_owned));
+        let shard = serde_json::from_slice::<Value>(&body).ok().and_then(|v| v["ShardId"].as_str().map(str::to_owned));
         let mut fault = state.fault.lock().expect("lock");
         if let Fault::ThrottleShardIterators(target, n) = &mut *fault
             && *n > 0
@@ -307,16 +249,10 @@ async fn proxy(State(state): State<Arc<ProxyState>>, headers: HeaderMap, body: B
         {
             *n -= 1;
             state.stats.lock().expect("lock").get_iterators_throttled += 1;
-            return error_response(
-                StatusCode::BAD_REQUEST,
-                "ProvisionedThroughputExceededException",
-            );
+            return error_response(StatusCode::BAD_REQUEST, "ProvisionedThroughputExceededException");
         }
     }
-    let is_get_records = headers
-        .get("x-amz-target")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|t| t.ends_with(".GetRecords"));
+    let is_get_records = headers.get("x-amz-target").and_then(|v| v.to_str().ok()).is_some_and(|t| t.ends_with(".GetRecords"));
     if is_get_records {
         let injected = {
             let mut fault = state.fault.lock().expect("lock");
@@ -330,10 +266,7 @@ async fn proxy(State(state): State<Arc<ProxyState>>, headers: HeaderMap, body: B
             return error_response(StatusCode::BAD_REQUEST, kind);
         }
     }
-    let is_put_records = headers
-        .get("x-amz-target")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|t| t.ends_with(".PutRecords"));
+    let is_put_records = headers.get("x-amz-target").and_then(|v| v.to_str().ok()).is_some_and(|t| t.ends_with(".PutRecords"));
     if !is_put_records {
         return match forward(&state, &headers, body.to_vec()).await {
             Ok((s, h, b)) => (s, h, b).into_response(),
@@ -349,30 +282,16 @@ async fn proxy(State(state): State<Arc<ProxyState>>, headers: HeaderMap, body: B
             *state.fault.lock().expect("lock") = Fault::FailCalls(n - 1);
             state.stats.lock().expect("lock").calls_failed += 1;
             return if n % 2 == 0 {
-                error_response(
-                    StatusCode::BAD_REQUEST,
-                    "ProvisionedThroughputExceededException",
-                )
+                error_response(StatusCode::BAD_REQUEST, "ProvisionedThroughputExceededException")
             } else {
                 error_response(StatusCode::INTERNAL_SERVER_ERROR, "InternalFailure")
             };
         }
-        Fault::FailCalls(_)
-        | Fault::FailEntries(_)
-        | Fault::GetRecordsErrors(_)
-        | Fault::ThrottleShardIterators(..) => {}
+        Fault::FailCalls(_) | Fault::FailEntries(_) | Fault::GetRecordsErrors(_) | Fault::ThrottleShardIterators(..) => {}
     }
-    let p_fail = if let Fault::FailEntries(p) = fault {
-        p
-    } else {
-        0.0
-    };
+    let p_fail = if let Fault::FailEntries(p) = fault { p } else { 0.0 };
     let Ok(mut request) = serde_json::from_slice::<Value>(&body) else {
-        return (
-            StatusCode::BAD_REQUEST,
-            "proxy: PutRecords body is not JSON",
-        )
-            .into_response();
+        return (StatusCode::BAD_REQUEST, "proxy: PutRecords body is not JSON").into_response();
     };
     let entries = request["Records"].as_array().cloned().unwrap_or_default();
     // Decide per entry: Some(error code) = fail it here, None = forward.
@@ -382,21 +301,12 @@ async fn proxy(State(state): State<Arc<ProxyState>>, headers: HeaderMap, body: B
             .iter()
             .map(|_| {
                 (rng.random::<f64>() < p_fail).then(|| {
-                    if rng.random::<bool>() {
-                        "ProvisionedThroughputExceededException"
-                    } else {
-                        "InternalFailure"
-                    }
+                    if rng.random::<bool>() { "ProvisionedThroughputExceededException" } else { "InternalFailure" }
                 })
             })
             .collect()
     };
-    let forwarded: Vec<Value> = entries
-        .iter()
-        .zip(&decisions)
-        .filter(|(_, d)| d.is_none())
-        .map(|(e, _)| e.clone())
-        .collect();
+    let forwarded: Vec<Value> = entries.iter().zip(&decisions).filter(|(_, d)| d.is_none()).map(|(e, _)| e.clone()).collect();
     let mut upstream_results: Vec<Value> = Vec::new();
     if !forwarded.is_empty() {
         request["Records"] = Value::Array(forwarded.clone());
@@ -422,9 +332,7 @@ async fn proxy(State(state): State<Arc<ProxyState>>, headers: HeaderMap, body: B
                 json!({"ErrorCode": code, "ErrorMessage": "Rate exceeded for shard (injected)"})
             }
             None => {
-                let r = upstream
-                    .next()
-                    .unwrap_or(json!({"ErrorCode": "InternalFailure", "ErrorMessage": "missing"}));
+                let r = upstream.next().unwrap_or(json!({"ErrorCode": "InternalFailure", "ErrorMessage": "missing"}));
                 if r.get("ErrorCode").is_some() {
                     failed += 1;
                 }
@@ -438,12 +346,7 @@ async fn proxy(State(state): State<Arc<ProxyState>>, headers: HeaderMap, body: B
         stats.entries_failed += decisions.iter().filter(|d| d.is_some()).count() as u64;
     }
     let body = json!({"FailedRecordCount": failed, "Records": results, "EncryptionType": "NONE"});
-    (
-        StatusCode::OK,
-        [("content-type", "application/x-amz-json-1.1")],
-        body.to_string(),
-    )
-        .into_response()
+    (StatusCode::OK, [("content-type", "application/x-amz-json-1.1")], body.to_string()).into_response()
 }
 
 /// Events per view in stream order, checking each view's records all sit on one shard.
@@ -452,13 +355,9 @@ pub fn events_by_view(records: &[StreamRecord]) -> BTreeMap<String, (String, Vec
     for r in records {
         if let Record::Events(e) = &r.record {
             assert_eq!(r.partition_key, e.view_id, "partition key is the view_id");
-            let entry = out
-                .entry(e.view_id.clone())
-                .or_insert_with(|| (r.shard.clone(), Vec::new()));
+            let entry = out.entry(e.view_id.clone()).or_insert_with(|| (r.shard.clone(), Vec::new()));
             assert_eq!(entry.0, r.shard, "view {} spans shards", e.view_id);
-            entry
-                .1
-                .extend(e.events.iter().map(|ev| ev["seq"].as_u64().expect("seq")));
+            entry.1.extend(e.events.iter().map(|ev| ev["seq"].as_u64().expect("seq")));
         }
     }
     out

@@ -36,27 +36,13 @@ pub struct Qoeflow {
 
 impl Qoeflow {
     pub fn serve(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Qoeflow {
-        let mut all = vec![
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            data_dir.to_str().expect("utf-8 path"),
-        ];
+        let mut all = vec!["serve", "--listen", "127.0.0.1:0", "--data-dir", data_dir.to_str().expect("utf-8 path")];
         all.extend_from_slice(args);
         Self::spawn(&all, env, None)
     }
 
     pub fn ingest(stream: &str, endpoint: &str, args: &[&str], env: &[(&str, &str)]) -> Qoeflow {
-        let mut all = vec![
-            "ingest",
-            "--listen",
-            "127.0.0.1:0",
-            "--kinesis-stream",
-            stream,
-            "--kinesis-endpoint",
-            endpoint,
-        ];
+        let mut all = vec!["ingest", "--listen", "127.0.0.1:0", "--kinesis-stream", stream, "--kinesis-endpoint", endpoint];
         all.extend_from_slice(args);
         let mut env = env.to_vec();
         env.extend_from_slice(&kinesis::AWS_ENV);
@@ -74,12 +60,7 @@ impl Qoeflow {
         Self::spawn_inner(args, env, shell_prelude, "listening on http://")
     }
 
-    fn spawn_inner(
-        args: &[&str],
-        env: &[(&str, &str)],
-        shell_prelude: Option<&str>,
-        ready: &str,
-    ) -> Qoeflow {
+    fn spawn_inner(args: &[&str], env: &[(&str, &str)], shell_prelude: Option<&str>, ready: &str) -> Qoeflow {
         let bin = env!("CARGO_BIN_EXE_qoeflow");
         let mut cmd = match shell_prelude {
             None => {
@@ -89,16 +70,11 @@ impl Qoeflow {
             }
             Some(prelude) => {
                 let mut c = Command::new("bash");
-                c.arg("-c")
-                    .arg(format!("{prelude}; exec \"$0\" \"$@\""))
-                    .arg(bin)
-                    .args(args);
+                c.arg("-c").arg(format!("{prelude}; exec \"$0\" \"$@\"")).arg(bin).args(args);
                 c
             }
         };
-        cmd.env("QOEFLOW_LOG_LEVEL", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+        cmd.env("QOEFLOW_LOG_LEVEL", "info").stdout(Stdio::null()).stderr(Stdio::piped());
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -118,19 +94,10 @@ impl Qoeflow {
             match rx.recv_timeout(left) {
                 Ok(line) => {
                     if line.contains(ready) {
-                        let addr = line
-                            .split("listening on http://")
-                            .nth(1)
-                            .and_then(|r| r.split_whitespace().next());
+                        let addr = line.split("listening on http://").nth(1).and_then(|r| r.split_whitespace().next());
                         let addr = addr.unwrap_or_default().to_owned();
                         startup_lines.push(line);
-                        return Qoeflow {
-                            child,
-                            url: format!("http://{addr}"),
-                            addr,
-                            stderr: rx,
-                            startup_lines,
-                        };
+                        return Qoeflow { child, url: format!("http://{addr}"), addr, stderr: rx, startup_lines };
                     }
                     startup_lines.push(line);
                 }
@@ -186,10 +153,7 @@ impl Qoeflow {
 
     /// SIGTERM and wait for a clean exit.
     pub fn stop(&mut self) {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.pid().to_string())
-            .status();
+        let _ = Command::new("kill").arg("-TERM").arg(self.pid().to_string()).status();
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         while std::time::Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -203,14 +167,10 @@ impl Qoeflow {
 
     /// A field of /proc/<pid>/status in KiB (VmRSS, VmHWM).
     pub fn mem_kib(&self, field: &str) -> u64 {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("proc status");
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("proc status");
         status
             .lines()
-            .find_map(|l| {
-                l.strip_prefix(field)
-                    .and_then(|r| r.trim_start_matches(':').split_whitespace().next())
-            })
+            .find_map(|l| l.strip_prefix(field).and_then(|r| r.trim_start_matches(':').split_whitespace().next()))
             .and_then(|n| n.parse().ok())
             .unwrap_or_else(|| panic!("no {field} in /proc status"))
     }
@@ -226,39 +186,20 @@ impl Drop for Qoeflow {
 /// `qoeflow query --data-dir DATA --format json SQL`: its rows (one JSON object per line).
 pub fn query_json(data: &Path, sql: &str) -> Vec<serde_json::Value> {
     let out = Command::new(env!("CARGO_BIN_EXE_qoeflow"))
-        .args([
-            "query",
-            "--data-dir",
-            data.to_str().expect("utf-8 path"),
-            "--format",
-            "json",
-            sql,
-        ])
+        .args(["query", "--data-dir", data.to_str().expect("utf-8 path"), "--format", "json", sql])
         .env("QOEFLOW_LOG_LEVEL", "warn")
         .output()
         .expect("run qoeflow query");
-    assert!(
-        out.status.success(),
-        "qoeflow query failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "qoeflow query failed: {}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout);
-    text.lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-        .collect()
+    text.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect()
 }
 
 /// Every record in the local log under `data_dir`, decoded (panics on corruption).
 pub fn read_local_log(data_dir: &Path) -> Vec<Record> {
     let mut reader = LogReader::open(&data_dir.join("log"), 0).expect("open log reader");
-    let entries = reader
-        .read_batch(usize::MAX, u64::MAX)
-        .expect("log reads without corruption");
-    entries
-        .iter()
-        .map(|e| Record::decode(&e.data).expect("every record decodes"))
-        .collect()
+    let entries = reader.read_batch(usize::MAX, u64::MAX).expect("log reads without corruption");
+    entries.iter().map(|e| Record::decode(&e.data).expect("every record decodes")).collect()
 }
 
 /// (view_id, seq) of every event in `records`.
@@ -269,11 +210,7 @@ pub fn event_ids(records: &[Record]) -> Vec<(String, u64)> {
             Record::Events(e) => Some(e),
             Record::Rejected(_) => None,
         })
-        .flat_map(|r| {
-            r.events
-                .iter()
-                .map(|e| (r.view_id.clone(), e["seq"].as_u64().expect("seq")))
-        })
+        .flat_map(|r| r.events.iter().map(|e| (r.view_id.clone(), e["seq"].as_u64().expect("seq"))))
         .collect()
 }
 
@@ -298,12 +235,7 @@ pub fn gzip(data: &[u8]) -> Vec<u8> {
 }
 
 pub async fn metric(url: &str, name: &str) -> f64 {
-    let text = reqwest::get(format!("{url}/metrics"))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let text = reqwest::get(format!("{url}/metrics")).await.expect("metrics").text().await.expect("text");
     text.lines()
         .filter(|l| l.starts_with(name))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())

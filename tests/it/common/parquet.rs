@@ -13,9 +13,7 @@ pub fn files(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
         for e in entries.flatten() {
             let p = e.path();
             if p.is_dir() {
@@ -75,9 +73,7 @@ pub fn num_rows(batches: &[RecordBatch]) -> usize {
 pub fn sum(batches: &[RecordBatch], column: &str) -> i64 {
     let mut total = 0i64;
     for b in batches {
-        let col = b
-            .column_by_name(column)
-            .unwrap_or_else(|| panic!("no column {column}"));
+        let col = b.column_by_name(column).unwrap_or_else(|| panic!("no column {column}"));
         if let Some(a) = col.as_primitive_opt::<UInt64Type>() {
             total += a.iter().flatten().map(|v| v as i64).sum::<i64>();
         } else if let Some(a) = col.as_primitive_opt::<Int64Type>() {
@@ -92,51 +88,31 @@ pub fn sum(batches: &[RecordBatch], column: &str) -> i64 {
 pub fn strings(batches: &[RecordBatch], column: &str) -> Vec<String> {
     let mut out = Vec::new();
     for b in batches {
-        let a = b
-            .column_by_name(column)
-            .unwrap_or_else(|| panic!("no column {column}"))
-            .as_string::<i32>();
+        let a = b.column_by_name(column).unwrap_or_else(|| panic!("no column {column}")).as_string::<i32>();
         out.extend((0..a.len()).map(|i| a.value(i).to_owned()));
     }
     out
 }
 
 /// Per-view integer measures from the `views` table: view_id → (column → value).
-pub fn view_measures(
-    batches: &[RecordBatch],
-    columns: &[&str],
-) -> BTreeMap<String, BTreeMap<String, i64>> {
+pub fn view_measures(batches: &[RecordBatch], columns: &[&str]) -> BTreeMap<String, BTreeMap<String, i64>> {
     let mut out: BTreeMap<String, BTreeMap<String, i64>> = BTreeMap::new();
     let mut versions: BTreeMap<String, u64> = BTreeMap::new();
     for b in batches {
-        let ids = b
-            .column_by_name("view_id")
-            .expect("view_id")
-            .as_string::<i32>();
-        let version = b
-            .column_by_name("version")
-            .expect("version")
-            .as_primitive::<UInt64Type>();
+        let ids = b.column_by_name("view_id").expect("view_id").as_string::<i32>();
+        let version = b.column_by_name("version").expect("version").as_primitive::<UInt64Type>();
         for i in 0..b.num_rows() {
             // The latest version of each view (a correction supersedes the earlier rows); one row per
             // version.
             let seen = versions.entry(ids.value(i).to_owned()).or_insert(0);
-            assert_ne!(
-                *seen,
-                version.value(i),
-                "view {} version {} written twice",
-                ids.value(i),
-                version.value(i)
-            );
+            assert_ne!(*seen, version.value(i), "view {} version {} written twice", ids.value(i), version.value(i));
             if version.value(i) < *seen {
                 continue;
             }
             *seen = version.value(i);
             let mut m = BTreeMap::new();
             for c in columns {
-                let col = b
-                    .column_by_name(c)
-                    .unwrap_or_else(|| panic!("no column {c}"));
+                let col = b.column_by_name(c).unwrap_or_else(|| panic!("no column {c}"));
                 let v = if let Some(a) = col.as_primitive_opt::<UInt64Type>() {
                     a.value(i) as i64
                 } else if let Some(a) = col.as_primitive_opt::<Int64Type>() {

@@ -16,33 +16,13 @@ use super::parquet::*;
 use super::{event_ids, read_local_log};
 
 pub const MEASURES: [&str; 20] = [
-    "attempt",
-    "started",
-    "startup_ms",
-    "vsf",
-    "ebvs",
-    "playback_failure",
-    "play_ms",
-    "stall_count",
-    "stall_ms",
-    "seek_stall_ms",
-    "bitrate_ms",
-    "switches_up",
-    "switches_down",
-    "segments_hit",
-    "segments_miss",
-    "segments_unknown",
-    "bytes_hit",
-    "bytes_miss",
-    "errors",
-    "fatal_errors",
+    "attempt", "started", "startup_ms", "vsf", "ebvs", "playback_failure", "play_ms", "stall_count", "stall_ms",
+    "seek_stall_ms", "bitrate_ms", "switches_up", "switches_down", "segments_hit", "segments_miss",
+    "segments_unknown", "bytes_hit", "bytes_miss", "errors", "fatal_errors",
 ];
 
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 /// A view's events as a few beacons: varied by `v` so every rule is exercised across views.
@@ -51,8 +31,7 @@ pub fn view_beacons(view: &str, v: u64, t0: i64) -> Vec<Value> {
     let mut ts = t0;
     let mut push = |kind: &str, dt: i64, extra: Value| {
         ts += dt;
-        let mut e =
-            json!({"view_id": view, "seq": events.len(), "type": kind, "ts": ts, "playhead_ms": 0});
+        let mut e = json!({"view_id": view, "seq": events.len(), "type": kind, "ts": ts, "playhead_ms": 0});
         if let (Some(m), Value::Object(x)) = (e.as_object_mut(), extra) {
             m.extend(x);
         }
@@ -60,29 +39,13 @@ pub fn view_beacons(view: &str, v: u64, t0: i64) -> Vec<Value> {
     };
     let cdn = ["fastly", "akamai", "cloudfront"][v as usize % 3];
     let cache = ["hit", "miss", "unknown"][v as usize % 3];
-    push(
-        "viewstart",
-        0,
-        json!({"cdn": cdn, "stream_type": "vod", "player_name": "hls.js"}),
-    );
+    push("viewstart", 0, json!({"cdn": cdn, "stream_type": "vod", "player_name": "hls.js"}));
     push("playrequest", 10, json!({}));
-    push(
-        "quality_change",
-        5,
-        json!({"bitrate_kbps": 800 + 400 * (v % 4)}),
-    );
-    push(
-        "segment",
-        100,
-        json!({"bytes": 100_000 + v, "cache": cache}),
-    );
+    push("quality_change", 5, json!({"bitrate_kbps": 800 + 400 * (v % 4)}));
+    push("segment", 100, json!({"bytes": 100_000 + v, "cache": cache}));
     match v % 5 {
-        0 => push(
-            "error",
-            300 + 37 * (v as i64 % 7),
-            json!({"fatal": true, "code": "E"}),
-        ), // VSF
-        1 => push("viewend", 400, json!({})), // EBVS
+        0 => push("error", 300 + 37 * (v as i64 % 7), json!({"fatal": true, "code": "E"})), // VSF
+        1 => push("viewend", 400, json!({})),                                             // EBVS
         _ => {
             push("playing", 200 + 53 * (v as i64 % 11), json!({}));
             push("heartbeat", 2_000, json!({}));
@@ -123,12 +86,7 @@ pub async fn post_views(q: &super::Qoeflow, n: u64, t0: i64, spacing_ms: i64) {
 
 /// Posts until 2xx, like an SDK retrying through a restart (asking `url` for the current address each
 /// try). Returns false if `stop` was raised first.
-pub async fn post_until_ok(
-    client: &reqwest::Client,
-    url: impl Fn() -> String,
-    body: &Value,
-    stop: &AtomicBool,
-) -> bool {
+pub async fn post_until_ok(client: &reqwest::Client, url: impl Fn() -> String, body: &Value, stop: &AtomicBool) -> bool {
     loop {
         if let Ok(r) = client.post(url()).json(body).send().await {
             if r.status().is_success() {
@@ -152,10 +110,7 @@ pub fn wait_for_views(dir: &Path, n: usize, within: Duration) {
             assert_eq!(got, n, "more views than were posted");
             return;
         }
-        assert!(
-            Instant::now() < deadline,
-            "only {got} of {n} views in Parquet after {within:?}"
-        );
+        assert!(Instant::now() < deadline, "only {got} of {n} views in Parquet after {within:?}");
         std::thread::sleep(Duration::from_millis(200));
     }
 }
@@ -176,28 +131,13 @@ pub fn assert_dataset_matches(dir: &Path, records: &[schemas::Record]) {
     for (id, t) in &truth.views {
         let g = &got[id];
         let want: BTreeMap<&str, i64> = [
-            ("attempt", t[Attempt]),
-            ("started", t[Started]),
-            (
-                "startup_ms",
-                if t.flag(Started) { t[StartupMs] } else { -1 },
-            ),
-            ("vsf", t[Vsf]),
-            ("ebvs", t[Ebvs]),
-            ("playback_failure", t[PlaybackFailure]),
-            ("play_ms", t[PlayMs]),
-            ("stall_count", t[StallCount]),
-            ("stall_ms", t[StallMs]),
-            ("seek_stall_ms", t[SeekStallMs]),
-            ("bitrate_ms", t[BitrateMs]),
-            ("switches_up", t[SwitchesUp]),
-            ("switches_down", t[SwitchesDown]),
-            ("segments_hit", t[SegmentsHit]),
-            ("segments_miss", t[SegmentsMiss]),
-            ("segments_unknown", t[SegmentsUnknown]),
-            ("bytes_hit", t[BytesHit]),
-            ("bytes_miss", t[BytesMiss]),
-            ("errors", t[Errors]),
+            ("attempt", t[Attempt]), ("started", t[Started]), ("startup_ms", if t.flag(Started) { t[StartupMs] } else { -1 }),
+            ("vsf", t[Vsf]), ("ebvs", t[Ebvs]), ("playback_failure", t[PlaybackFailure]),
+            ("play_ms", t[PlayMs]), ("stall_count", t[StallCount]), ("stall_ms", t[StallMs]),
+            ("seek_stall_ms", t[SeekStallMs]), ("bitrate_ms", t[BitrateMs]), ("switches_up", t[SwitchesUp]),
+            ("switches_down", t[SwitchesDown]), ("segments_hit", t[SegmentsHit]),
+            ("segments_miss", t[SegmentsMiss]), ("segments_unknown", t[SegmentsUnknown]),
+            ("bytes_hit", t[BytesHit]), ("bytes_miss", t[BytesMiss]), ("errors", t[Errors]),
             ("fatal_errors", t[FatalErrors]),
         ]
         .into_iter()
@@ -206,8 +146,7 @@ pub fn assert_dataset_matches(dir: &Path, records: &[schemas::Record]) {
         assert_eq!(g, want, "view {id}");
     }
     let windows = read_table(dir, "qoe_window");
-    let total =
-        |f: fn(&pipeline::window::WindowDelta) -> i64| truth.windows.values().map(f).sum::<i64>();
+    let total = |f: fn(&pipeline::window::WindowDelta) -> i64| truth.windows.values().map(f).sum::<i64>();
     for (col, want) in [
         ("attempts", total(|d| d.sums[Attempt])),
         ("starts", total(|d| d.sums[Started])),
@@ -232,16 +171,9 @@ pub fn assert_dataset_matches(dir: &Path, records: &[schemas::Record]) {
     ] {
         assert_eq!(sum(&windows, col), want, "qoe_window.{col}");
     }
-    assert!(
-        sum(&windows, "play_ms") > 0 && sum(&windows, "stall_ms") > 0,
-        "the traffic exercised play and stalls"
-    );
+    assert!(sum(&windows, "play_ms") > 0 && sum(&windows, "stall_ms") > 0, "the traffic exercised play and stalls");
     // Every accepted event appears once in `events`.
-    let distinct: std::collections::HashSet<(String, u64)> =
-        event_ids(&records).into_iter().collect();
-    assert_eq!(
-        num_rows(&read_table(dir, "events")),
-        distinct.len(),
-        "events table: each (view_id, seq) once"
-    );
+    let distinct: std::collections::HashSet<(String, u64)> = event_ids(&records).into_iter().collect();
+    assert_eq!(num_rows(&read_table(dir, "events")), distinct.len(), "events table: each (view_id, seq) once");
 }
+
