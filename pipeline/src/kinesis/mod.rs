@@ -25,16 +25,17 @@
 //!   An aggregated record is processed whole within one epoch, so positions need no sub-sequence.
 
 pub mod kpl;
+pub mod lease;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::error::Context;
-use ::kinesis::describe;
 use aws_sdk_kinesis::Client;
 use aws_sdk_kinesis::types::{Shard, ShardIteratorType};
 use bytes::Bytes;
+use ::kinesis::describe;
 use serde::{Deserialize, Serialize};
 
 use crate::runner::{Batch, Source, SourceRecord};
@@ -84,18 +85,11 @@ pub struct KinesisSource {
 }
 
 fn fnv1a(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
+    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
 }
 
 impl KinesisSource {
-    pub fn new(
-        client: Client,
-        stream: String,
-        worker_index: u32,
-        worker_count: u32,
-    ) -> KinesisSource {
+    pub fn new(client: Client, stream: String, worker_index: u32, worker_count: u32) -> KinesisSource {
         KinesisSource {
             client,
             stream,
@@ -119,9 +113,7 @@ impl KinesisSource {
                 Some(t) => self.client.list_shards().next_token(t),
                 None => self.client.list_shards().stream_name(&self.stream),
             };
-            let out = req.send().await.map_err(|e| {
-                crate::Error::msg(format!("ListShards {}: {}", self.stream, describe(&e)))
-            })?;
+            let out = req.send().await.map_err(|e| crate::Error::msg(format!("ListShards {}: {}", self.stream, describe(&e))))?;
             shards.extend(out.shards().iter().cloned());
             token = out.next_token().map(str::to_owned);
             if token.is_none() {
@@ -147,14 +139,8 @@ impl KinesisSource {
                 .parent_shard_id()
                 .and_then(|p| self.positions.roots.get(p).cloned())
                 .unwrap_or_else(|| s.shard_id().to_owned());
-            if let (Some(adjacent), Some(parent)) =
-                (s.adjacent_parent_shard_id(), s.parent_shard_id())
-            {
-                let adjacent_root = self
-                    .positions
-                    .roots
-                    .get(adjacent)
-                    .map_or(adjacent, String::as_str);
+            if let (Some(adjacent), Some(parent)) = (s.adjacent_parent_shard_id(), s.parent_shard_id()) {
+                let adjacent_root = self.positions.roots.get(adjacent).map_or(adjacent, String::as_str);
                 if self.owner(adjacent_root) != self.owner(&root) {
                     tracing::warn!(
                         shard = s.shard_id(),
@@ -177,11 +163,7 @@ impl KinesisSource {
     }
 
     fn owned(&self, s: &Shard) -> bool {
-        let root = self
-            .positions
-            .roots
-            .get(s.shard_id())
-            .map_or(s.shard_id(), String::as_str);
+        let root = self.positions.roots.get(s.shard_id()).map_or(s.shard_id(), String::as_str);
         self.owner(root) == self.worker_index
     }
 
@@ -192,24 +174,14 @@ impl KinesisSource {
         // A parent owned by another worker (one side of a merge across two workers' lineages) cannot
         // be waited for without coordination: only parents owned here are.
         let parent_done = |p: Option<&str>| {
-            p.is_none_or(|p| {
-                listed
-                    .get(p)
-                    .is_none_or(|parent| !self.owned(parent) || self.finished(p))
-            })
+            p.is_none_or(|p| listed.get(p).is_none_or(|parent| !self.owned(parent) || self.finished(p)))
         };
         let now = Instant::now();
         self.shards
             .iter()
             .filter(|s| self.owned(s) && !self.finished(s.shard_id()))
-            .filter(|s| {
-                parent_done(s.parent_shard_id()) && parent_done(s.adjacent_parent_shard_id())
-            })
-            .filter(|s| {
-                self.throttled
-                    .get(s.shard_id())
-                    .is_none_or(|b| b.until <= now)
-            })
+            .filter(|s| parent_done(s.parent_shard_id()) && parent_done(s.adjacent_parent_shard_id()))
+            .filter(|s| self.throttled.get(s.shard_id()).is_none_or(|b| b.until <= now))
             .map(|s| s.shard_id().to_owned())
             .collect()
     }
@@ -227,9 +199,7 @@ impl KinesisSource {
             }
             src.shards
                 .iter()
-                .filter(|c| {
-                    c.parent_shard_id() == Some(id) || c.adjacent_parent_shard_id() == Some(id)
-                })
+                .filter(|c| c.parent_shard_id() == Some(id) || c.adjacent_parent_shard_id() == Some(id))
                 .filter(|c| src.owned(c))
                 .all(|c| caught_up(src, c.shard_id(), at_tip, depth + 1))
         }
@@ -242,65 +212,30 @@ impl KinesisSource {
     }
 
     fn throttle(&mut self, shard: &str) {
-        let delay = self
-            .throttled
-            .get(shard)
-            .map_or(BACKOFF_FIRST, |b| (b.delay * 2).min(BACKOFF_MAX));
+        let delay = self.throttled.get(shard).map_or(BACKOFF_FIRST, |b| (b.delay * 2).min(BACKOFF_MAX));
         let jittered = delay.mul_f64(0.5 + rand::random::<f64>() * 0.5);
-        tracing::warn!(
-            shard,
-            backoff_ms = jittered.as_millis() as u64,
-            "Kinesis throttled reads of a shard; backing off"
-        );
-        self.throttled.insert(
-            shard.to_owned(),
-            Backoff {
-                until: Instant::now() + jittered,
-                delay,
-            },
-        );
+        tracing::warn!(shard, backoff_ms = jittered.as_millis() as u64, "Kinesis throttled reads of a shard; backing off");
+        self.throttled.insert(shard.to_owned(), Backoff { until: Instant::now() + jittered, delay });
     }
 
     async fn iterator(&mut self, shard: &str) -> Result<String, ReadError> {
         if let Some(it) = self.iterators.get(shard) {
             return Ok(it.clone());
         }
-        let pos = self
-            .positions
-            .shards
-            .get(shard)
-            .cloned()
-            .unwrap_or_default();
-        let mut req = self
-            .client
-            .get_shard_iterator()
-            .stream_name(&self.stream)
-            .shard_id(shard);
+        let pos = self.positions.shards.get(shard).cloned().unwrap_or_default();
+        let mut req = self.client.get_shard_iterator().stream_name(&self.stream).shard_id(shard);
         req = match &pos.sequence {
-            Some(seq) => req
-                .shard_iterator_type(ShardIteratorType::AfterSequenceNumber)
-                .starting_sequence_number(seq),
+            Some(seq) => req.shard_iterator_type(ShardIteratorType::AfterSequenceNumber).starting_sequence_number(seq),
             None => req.shard_iterator_type(ShardIteratorType::TrimHorizon),
         };
         let out = match req.send().await {
             Ok(out) => out,
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|s| s.is_provisioned_throughput_exceeded_exception()) =>
-            {
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_provisioned_throughput_exceeded_exception()) => {
                 return Err(ReadError::Throttled);
             }
-            Err(e) => {
-                return Err(ReadError::Other(crate::Error::msg(format!(
-                    "GetShardIterator {shard}: {}",
-                    describe(&e)
-                ))));
-            }
+            Err(e) => return Err(ReadError::Other(crate::Error::msg(format!("GetShardIterator {shard}: {}", describe(&e))))),
         };
-        let it = out
-            .shard_iterator()
-            .context("GetShardIterator returned no iterator")?
-            .to_owned();
+        let it = out.shard_iterator().context("GetShardIterator returned no iterator")?.to_owned();
         self.iterators.insert(shard.to_owned(), it.clone());
         Ok(it)
     }
@@ -308,41 +243,25 @@ impl KinesisSource {
     /// One GetRecords on `shard`, up to `stop_at` (inclusive) if given. Updates the shard's position.
     /// Returns the user records, whether the shard is caught up (empty read at the tip), and how far it
     /// is behind (`MillisBehindLatest`).
-    async fn read_shard(
-        &mut self,
-        shard: &str,
-        stop_at: Option<&ShardPosition>,
-    ) -> Result<(Vec<SourceRecord>, bool, i64), ReadError> {
+    async fn read_shard(&mut self, shard: &str, stop_at: Option<&ShardPosition>) -> Result<(Vec<SourceRecord>, bool, i64), ReadError> {
         let mut out = Vec::new();
         let partition: Arc<str> = Arc::from(shard);
         for attempt in 0..3 {
             let it = self.iterator(shard).await?;
-            let resp = self
-                .client
-                .get_records()
-                .shard_iterator(&it)
-                .limit(self.records_per_call)
-                .send()
-                .await;
+            let resp = self.client.get_records().shard_iterator(&it).limit(self.records_per_call).send().await;
             let resp = match resp {
                 Ok(r) => r,
                 Err(e) => {
                     let service = e.as_service_error();
                     if service.is_some_and(|s| s.is_expired_iterator_exception()) && attempt < 2 {
-                        tracing::info!(
-                            shard,
-                            "shard iterator expired; re-creating it from the position"
-                        );
+                        tracing::info!(shard, "shard iterator expired; re-creating it from the position");
                         self.iterators.remove(shard);
                         continue;
                     }
                     if service.is_some_and(|s| s.is_provisioned_throughput_exceeded_exception()) {
                         return Err(ReadError::Throttled);
                     }
-                    return Err(ReadError::Other(crate::Error::msg(format!(
-                        "GetRecords {shard}: {}",
-                        describe(&e)
-                    ))));
+                    return Err(ReadError::Other(crate::Error::msg(format!("GetRecords {shard}: {}", describe(&e)))));
                 }
             };
             let behind = resp.millis_behind_latest().unwrap_or(0).max(0);
@@ -351,19 +270,14 @@ impl KinesisSource {
             let mut reached_stop = false;
             for r in resp.records() {
                 let seq = r.sequence_number().to_owned();
-                for u in kpl::deaggregate(
-                    &Bytes::copy_from_slice(r.data().as_ref()),
-                    r.partition_key(),
-                ) {
+                for u in kpl::deaggregate(&Bytes::copy_from_slice(r.data().as_ref()), r.partition_key()) {
                     out.push(SourceRecord {
                         partition: partition.clone(),
                         label: format!("shard {shard} seq {seq}/{}", u.sub_sequence),
                         data: u.data,
                     });
                 }
-                let stop_here = stop_at
-                    .and_then(|s| s.sequence.as_ref())
-                    .is_some_and(|s| *s == seq);
+                let stop_here = stop_at.and_then(|s| s.sequence.as_ref()).is_some_and(|s| *s == seq);
                 pos.sequence = Some(seq);
                 if stop_here {
                     reached_stop = true;
@@ -417,16 +331,11 @@ impl Source for KinesisSource {
 
     /// One GetRecords per readable shard (at most 10 MB each, the service's own bound on a call).
     async fn next(&mut self, _max: usize, _max_bytes: usize) -> crate::Result<Batch<Positions>> {
-        if self
-            .listed_at
-            .is_none_or(|t| t.elapsed() >= self.relist_interval)
+        if self.listed_at.is_none_or(|t| t.elapsed() >= self.relist_interval)
             && let Err(e) = self.list_shards().await
         {
             // Keep reading the shards already known; a new listing is tried at the next interval.
-            tracing::warn!(
-                error = format!("{e:#}"),
-                "re-listing shards failed; keeping the previous list"
-            );
+            tracing::warn!(error = format!("{e:#}"), "re-listing shards failed; keeping the previous list");
             self.listed_at = Some(Instant::now());
         }
         let mut records = Vec::new();
@@ -455,13 +364,7 @@ impl Source for KinesisSource {
         caught_up.sort();
         caught_up.dedup();
         // A throttled shard's lag is unknown: the largest a shard reported stands for it.
-        Ok(Batch {
-            records,
-            to: self.positions.clone(),
-            caught_up,
-            behind,
-            behind_ms: Some(behind_ms),
-        })
+        Ok(Batch { records, to: self.positions.clone(), caught_up, behind, behind_ms: Some(behind_ms) })
     }
 
     async fn next_until(&mut self, to: &Positions) -> crate::Result<Vec<SourceRecord>> {
@@ -469,14 +372,7 @@ impl Source for KinesisSource {
         // Same order as `next`: shard-id order, each shard up to its recorded position.
         for (shard, stop) in &to.shards {
             let mut guard = 0;
-            while self
-                .positions
-                .shards
-                .get(shard)
-                .cloned()
-                .unwrap_or_default()
-                != *stop
-            {
+            while self.positions.shards.get(shard).cloned().unwrap_or_default() != *stop {
                 let before = self.positions.shards.get(shard).cloned();
                 match self.read_shard(shard, Some(stop)).await {
                     Ok((read, _, _)) => records.extend(read),
@@ -485,19 +381,13 @@ impl Source for KinesisSource {
                 }
                 if self.positions.shards.get(shard) == before.as_ref() {
                     guard += 1;
-                    crate::error::ensure!(
-                        guard < 50,
-                        "cannot re-read shard {shard} up to its recorded position {stop:?}"
-                    );
+                    crate::error::ensure!(guard < 50, "cannot re-read shard {shard} up to its recorded position {stop:?}");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }
         }
         for (shard, root) in &to.roots {
-            self.positions
-                .roots
-                .entry(shard.clone())
-                .or_insert_with(|| root.clone());
+            self.positions.roots.entry(shard.clone()).or_insert_with(|| root.clone());
         }
         Ok(records)
     }
@@ -512,22 +402,13 @@ mod tests {
     #[test]
     fn positions_roundtrip() {
         let current = Positions {
-            shards: BTreeMap::from([(
-                "shardId-1".into(),
-                ShardPosition {
-                    sequence: Some("42".into()),
-                    finished: true,
-                },
-            )]),
+            shards: BTreeMap::from([("shardId-1".into(), ShardPosition { sequence: Some("42".into()), finished: true })]),
             roots: BTreeMap::from([("shardId-1".into(), "shardId-0".into())]),
         };
         let json = serde_json::to_string(&current).unwrap();
         assert_eq!(serde_json::from_str::<Positions>(&json).unwrap(), current);
         let empty = serde_json::to_string(&Positions::default()).unwrap();
-        assert_eq!(
-            serde_json::from_str::<Positions>(&empty).unwrap(),
-            Positions::default()
-        );
+        assert_eq!(serde_json::from_str::<Positions>(&empty).unwrap(), Positions::default());
     }
 }
 
@@ -562,9 +443,7 @@ pub async fn run_worker(worker: Worker, stop: service::Stop) -> crate::Result<()
         worker_index < worker_count,
         "--worker-index {worker_index} must be below --worker-count {worker_count}"
     );
-    let stream = kinesis.stream.clone().ok_or_else(|| {
-        crate::Error::Config("the pipeline needs kinesis.stream (--kinesis-stream)".into())
-    })?;
+    let stream = kinesis.stream.clone().ok_or_else(|| crate::Error::Config("the pipeline needs kinesis.stream (--kinesis-stream)".into()))?;
     let client = ::kinesis::client(&kinesis).await;
     tracing::info!(%stream, worker_index, worker_count, data_dir = %data_dir.display(), dataset = %dataset.url(), "pipeline reading Kinesis");
     let source = KinesisSource::new(client, stream, worker_index, worker_count);
@@ -572,10 +451,7 @@ pub async fn run_worker(worker: Worker, stop: service::Stop) -> crate::Result<()
     let status = std::sync::Arc::new(crate::PipelineStatus::of(&config, &registry));
     if let Some((addr, limits)) = health {
         let listener = service::bind(addr).await?;
-        tracing::info!(
-            "pipeline health listening on http://{}",
-            listener.local_addr()?
-        );
+        tracing::info!("pipeline health listening on http://{}", listener.local_addr()?);
         let app = service::health_router(vec![status.clone()], registry);
         tokio::spawn(service::serve(listener, app, limits, None, stop.stopped()));
     }
