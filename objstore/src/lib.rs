@@ -542,24 +542,6 @@ impl Location {
             ))),
         }
     }
-
-    /// Whether `key` names a staged (not yet published) local file: `.<name>.tmp`.
-    pub fn is_staging_key(key: &str) -> bool {
-        key.rsplit('/')
-            .next()
-            .is_some_and(|name| name.starts_with('.') && name.ends_with(".tmp"))
-    }
-
-    /// The final key a local staging key stands for.
-    pub fn final_key_of_staging(key: &str) -> Option<String> {
-        let (dir, name) = key.rsplit_once('/').unwrap_or(("", key));
-        let name = name.strip_prefix('.')?.strip_suffix(".tmp")?;
-        Some(if dir.is_empty() {
-            name.to_owned()
-        } else {
-            format!("{dir}/{name}")
-        })
-    }
 }
 
 /// `<dir>/.<name>.tmp` for `<dir>/<name>`.
@@ -675,11 +657,6 @@ mod tests {
             .map(|e| e.key)
             .collect();
         assert_eq!(keys, vec!["a/dt=1/.part-x.parquet.tmp".to_string()]);
-        assert!(Location::is_staging_key(&keys[0]));
-        assert_eq!(
-            Location::final_key_of_staging(&keys[0]).as_deref(),
-            Some("a/dt=1/part-x.parquet")
-        );
         assert_eq!(loc.get("a/dt=1/part-x.parquet").await.unwrap(), None);
         loc.publish(&staged).await.unwrap();
         loc.publish(&staged).await.unwrap();

@@ -320,20 +320,12 @@ impl ParquetSink {
             inputs.push(bytes);
         }
         let merged = tokio::task::spawn_blocking(move || {
-            let batches = inputs.into_iter().map(|bytes| {
-                Ok(
-                    parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)?
-                        .with_batch_size(8192)
-                        .build()?,
-                )
-            });
-            let mut all = Vec::new();
-            for reader in batches {
-                let reader: parquet::arrow::arrow_reader::ParquetRecordBatchReader =
-                    reader.map_err(|e: crate::Error| e)?;
-                all.extend(reader.map(|b| b.map_err(crate::Error::from)));
+            let mut readers = Vec::with_capacity(inputs.len());
+            for bytes in inputs {
+                readers.push(parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)?.with_batch_size(8192).build()?);
             }
-            encode(all)
+            // Batches are decoded one at a time as the writer takes them.
+            encode(readers.into_iter().flatten().map(|b| b.map_err(crate::Error::from)))
         })
         .await??;
         let Some((bytes, rows)) = merged else {
