@@ -195,10 +195,16 @@ pub struct PipelineArgs {
     pub data_dir: DataDirArgs,
     #[command(flatten)]
     pub clickhouse: ClickHouseArgs,
-    /// This worker's index among `--worker-count` workers (each owns a disjoint, stable set of shards).
-    #[arg(long, default_value_t = 0)]
+    /// DynamoDB table of shard-lineage leases (created if missing): run as an elastic worker that
+    /// shares the stream's lineages with any number of others and takes over dead ones. Without it,
+    /// `--worker-index/--worker-count` divide the lineages statically.
+    #[arg(long)]
+    pub lease_table: Option<String>,
+    /// Static assignment (no lease table): this worker's index among `--worker-count` workers (each
+    /// owns a disjoint, stable set of shards).
+    #[arg(long, default_value_t = 0, conflicts_with = "lease_table")]
     pub worker_index: u32,
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, conflicts_with = "lease_table")]
     pub worker_count: u32,
     /// Serve `/healthz`, `/readyz` (stalled or far behind: 503) and `/metrics` on this address.
     #[arg(long)]

@@ -68,6 +68,7 @@ fn main() -> anyhow::Result<()> {
             args.kinesis.apply(&mut config);
             args.data_dir.apply(&mut config);
             args.clickhouse.apply(&mut config);
+            config.kinesis.lease_table = args.lease_table.or(config.kinesis.lease_table.take());
             anyhow::ensure!(config.kinesis.stream.is_some(), "qoeflow pipeline needs --kinesis-stream (or kinesis.stream in the config)");
             let worker = (args.worker_index, args.worker_count, args.listen);
             runtime.block_on(production::pipeline(start(config)?, worker))

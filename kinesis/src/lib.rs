@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 #[cfg(feature = "client")]
-pub use client::{client, describe};
+pub use client::{client, describe, sdk_config};
 
 /// `[kinesis]`: the Kinesis sink of `qoeflow ingest` (and the source of `qoeflow pipeline`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -27,6 +27,16 @@ pub struct KinesisConfig {
     pub retry_max_ms: u64,
     /// Timeout of one PutRecords call.
     pub call_timeout_ms: u64,
+    /// `qoeflow pipeline`: the DynamoDB table of shard-lineage leases (created if missing). Set, the
+    /// workers share the stream's lineages elastically (any number of workers, taking over dead ones);
+    /// unset, `--worker-index/--worker-count` divide them statically. Its endpoint and credentials
+    /// come from the standard AWS environment (`AWS_ENDPOINT_URL_DYNAMODB` for a compatible server).
+    pub lease_table: Option<String>,
+    /// A lease its owner has not renewed for this long is taken over by another worker.
+    pub lease_timeout_ms: u64,
+    /// How often an elastic worker ships each lineage's state store to object storage (a new owner
+    /// restores it and replays the intents since).
+    pub state_snapshot_ms: u64,
 }
 
 impl Default for KinesisConfig {
@@ -41,6 +51,9 @@ impl Default for KinesisConfig {
             retry_base_ms: 25,
             retry_max_ms: 1000,
             call_timeout_ms: 5000,
+            lease_table: None,
+            lease_timeout_ms: 10_000,
+            state_snapshot_ms: 60_000,
         }
     }
 }
@@ -73,14 +86,24 @@ mod client {
         }
     }
 
-    /// Builds a Kinesis client from the config and the standard AWS environment (credentials, profile,
-    /// region). The SDK's retries are disabled: callers own their retry policy.
-    pub async fn client(config: &KinesisConfig) -> Client {
+    /// The standard AWS environment (credentials, profile, region, endpoints) with the config's region
+    /// (default us-east-1): what every AWS client of qoeflow is built from.
+    pub async fn sdk_config(config: &KinesisConfig) -> aws_config::SdkConfig {
         let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
         if let Some(region) = &config.region {
             loader = loader.region(aws_config::Region::new(region.clone()));
         }
         let shared = loader.load().await;
+        if shared.region().is_none() {
+            return shared.into_builder().region(aws_config::Region::new("us-east-1")).build();
+        }
+        shared
+    }
+
+    /// Builds a Kinesis client from the config and the standard AWS environment (credentials, profile,
+    /// region). The SDK's retries are disabled: callers own their retry policy.
+    pub async fn client(config: &KinesisConfig) -> Client {
+        let shared = sdk_config(config).await;
         let mut builder = aws_sdk_kinesis::config::Builder::from(&shared).retry_config(RetryConfig::disabled());
         if shared.region().is_none() {
             builder = builder.region(aws_config::Region::new("us-east-1"));

@@ -27,6 +27,9 @@ pub enum Error {
     /// A record whose processing failed (it panicked); quarantined after `poison_attempts` in a row.
     #[error("processing the record at {label} failed: {reason}")]
     Poison { label: String, reason: String },
+    /// Another worker holds the lineage's lease (lease mode): the run stops without committing.
+    #[error("fenced: {0}")]
+    Fenced(String),
     /// Anything else, described.
     #[error("{0}")]
     Other(String),
@@ -40,6 +43,15 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     pub fn msg(message: impl Into<String>) -> Error {
         Error::Other(message.into())
+    }
+
+    /// The run was fenced (the lease is lost), under any context.
+    pub fn is_fenced(&self) -> bool {
+        match self {
+            Error::Fenced(_) => true,
+            Error::Context { inner, .. } => inner.is_fenced(),
+            _ => false,
+        }
     }
 }
 

@@ -26,6 +26,24 @@
 //! failures are never blamed on a record: an outage pauses the pipeline (reported by `/readyz` through
 //! [`PipelineStatus`]) until the sink is back.
 //!
+//! **Lease mode** ([`run_with`] with a [`Shared`]: the elastic Kinesis workers, one runner per shard
+//! lineage). The lineage's history lives on object storage beside the dataset
+//! (`<dataset>/_pipeline/<lineage>/`), so any worker can continue it:
+//!
+//! - intents are written **create-only** (`intent-<epoch>.json`): the first writer defines epoch E, a
+//!   worker that finds E already defined by someone else is fenced;
+//! - the checkpoint is committed through the [`Fence`] (the lease's conditional update in DynamoDB)
+//!   after staging and before the local state store: refused, the epoch is not published and the run
+//!   stops; a runner whose lease may have expired (not renewed within the timeout) writes nothing;
+//! - the state store is **snapshotted** (`snapshot-<epoch>.redb`) every `snapshot_every`. A new owner
+//!   restores the newest snapshot at or below the lease's epoch (or keeps its local store when that is
+//!   still on the lineage's history), replays the intents after it to the lease's epoch with the output
+//!   discarded (deterministic: the same state), publishes what that epoch staged, replays an intent past
+//!   it if one exists (with output: a previous owner's unfinished epoch), and goes on.
+//!
+//! Row identities are the lineage's (`kinesis-<root shard>-<lineage id>`), not the instance's: a replay
+//! by another worker rewrites the same files and ClickHouse rows.
+//!
 //! **Ownership and identity.** A runner holds an exclusive lock on its checkpoint
 //! (`pipeline/<source>.lock`) for its whole life, so a second process on the same checkpoint refuses to
 //! start. Its rows carry `source` = `<source>-<instance id>`, the id persisted in `<data dir>/instance-id`
@@ -110,6 +128,53 @@ struct Checkpoint<P> {
     staged: Vec<objstore::Staged>,
 }
 
+/// What fences a lineage's commits in lease mode (the lease, [`crate::kinesis::lease::Held`]).
+pub trait Fence: Send + Sync {
+    /// The checkpoint last committed through the fence (JSON of the runner's checkpoint), None before
+    /// the lineage's first commit.
+    fn committed(&self) -> impl Future<Output = Option<String>> + Send;
+    /// Commits `checkpoint` as epoch `epoch`. False: fenced (another worker holds the lineage now).
+    fn commit(&self, epoch: u64, checkpoint: &str) -> impl Future<Output = crate::Result<bool>> + Send;
+    /// Whether this runner may still write (its lease cannot have expired on another worker's clock).
+    fn valid(&self) -> bool;
+}
+
+/// No fence: a runner that owns its source alone (the local log, static Kinesis workers).
+pub enum NoFence {}
+
+impl Fence for NoFence {
+    async fn committed(&self) -> Option<String> {
+        match *self {}
+    }
+    async fn commit(&self, _: u64, _: &str) -> crate::Result<bool> {
+        match *self {}
+    }
+    fn valid(&self) -> bool {
+        match *self {}
+    }
+}
+
+/// Lease mode (see the module header): the fence, and where the lineage's history is shared.
+pub struct Shared<F> {
+    pub fence: F,
+    /// `<dataset>/_pipeline/<lineage>/`: intents and state snapshots.
+    pub history: objstore::Location,
+    /// How often the state store is snapshotted there.
+    pub snapshot_every: Duration,
+}
+
+/// The history's key of epoch `epoch`'s intent, and of the state snapshot after it.
+fn intent_key(epoch: u64) -> String {
+    format!("intent-{epoch:020}.json")
+}
+fn snapshot_key(epoch: u64) -> String {
+    format!("snapshot-{epoch:020}.redb")
+}
+/// The epoch of a history key (`intent-…`/`snapshot-…`), by kind.
+fn history_epoch<'a>(key: &'a str, kind: &str) -> Option<u64> {
+    key.strip_prefix(kind)?.strip_prefix('-')?.split('.').next()?.parse().ok()
+}
+
 /// The input range of an epoch, saved before any sink write.
 #[derive(Debug, Serialize, serde::Deserialize)]
 #[serde(bound = "P: Serialize + DeserializeOwned")]
@@ -164,7 +229,7 @@ impl Poison {
 }
 
 /// What a run needs besides its source.
-struct Ctx<'a> {
+struct Ctx<'a, F> {
     data_dir: &'a Path,
     /// The Parquet dataset.
     dataset: objstore::Location,
@@ -176,6 +241,7 @@ struct Ctx<'a> {
     clickhouse: &'a ClickHouseConfig,
     status: &'a PipelineStatus,
     store: StateStore,
+    shared: Option<&'a Shared<F>>,
 }
 
 /// A caught-up partition's clock trails the wall clock by this much, for records still on their way
@@ -214,6 +280,15 @@ pub fn parquet_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("parquet")
 }
 
+/// A random id of `len` letters and digits, starting with a letter other than `e` (file names read
+/// `-e<epoch>` after a row identity).
+pub fn random_id(len: usize) -> String {
+    const ALPHABET: &[u8] = b"abcdfghijkmnpqrstuvwxyz23456789";
+    let mut id: String = (0..len.max(1)).map(|_| ALPHABET[rand::random_range(0..ALPHABET.len())] as char).collect();
+    id.replace_range(0..1, &((b'a' + rand::random_range(0..4)) as char).to_string());
+    id
+}
+
 /// The persisted id of the instance owning `data_dir` (created at first start): what makes this
 /// instance's row identities its own.
 pub fn instance_id(data_dir: &Path) -> crate::Result<String> {
@@ -229,10 +304,7 @@ pub fn instance_id(data_dir: &Path) -> crate::Result<String> {
         return Ok(id.to_owned());
     }
     std::fs::create_dir_all(data_dir)?;
-    // Letters and digits, starting with a letter other than `e` (file names read `-e<epoch>`).
-    const ALPHABET: &[u8] = b"abcdfghijkmnpqrstuvwxyz23456789";
-    let mut id: String = (0..12).map(|_| ALPHABET[rand::random_range(0..ALPHABET.len())] as char).collect();
-    id.replace_range(0..1, &((b'a' + rand::random_range(0..4)) as char).to_string());
+    let id = random_id(12);
     // Written beside and linked into place: of two processes starting at once, one id wins.
     let tmp = data_dir.join(format!(".instance-id.{}.tmp", std::process::id()));
     let mut f = std::fs::File::create(&tmp)?;
@@ -255,6 +327,21 @@ pub fn instance_id(data_dir: &Path) -> crate::Result<String> {
 /// down) pauses the pipeline: it retries from the last checkpoint with backoff, and nothing is skipped
 /// but records quarantined as poison (see the module header).
 pub async fn run<S: Source>(
+    source: S,
+    data_dir: PathBuf,
+    dataset: objstore::Location,
+    config: PipelineConfig,
+    clickhouse: ClickHouseConfig,
+    status: Arc<PipelineStatus>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> crate::Result<()> {
+    run_with::<S, NoFence>(source, data_dir, dataset, config, clickhouse, status, shutdown, None).await
+}
+
+/// [`run`], in lease mode with `shared` (see the module header): returns `Err` with
+/// [`crate::Error::is_fenced`] when the lineage is lost to another worker.
+#[allow(clippy::too_many_arguments)]
+pub async fn run_with<S: Source, F: Fence>(
     mut source: S,
     data_dir: PathBuf,
     dataset: objstore::Location,
@@ -262,16 +349,22 @@ pub async fn run<S: Source>(
     clickhouse: ClickHouseConfig,
     status: Arc<PipelineStatus>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
+    shared: Option<Shared<F>>,
 ) -> crate::Result<()> {
     config.validate().map_err(crate::Error::Config)?;
     let name = source.name();
     let lock_path = data_dir.join("pipeline").join(format!("{name}.lock"));
     let _lock = locallog::lock_exclusive(&lock_path).with_context(|| format!("pipeline checkpoint {name} in {}", data_dir.display()))?;
-    let identity = format!("{name}-{}", instance_id(&data_dir)?);
-    let store = StateStore::open(
-        &data_dir.join("pipeline").join(format!("{name}.state.redb")),
-        config.state_cache_mb << 20,
-    )?;
+    // A lineage's rows are the lineage's, whoever writes them; otherwise they are this instance's.
+    let identity = match &shared {
+        Some(_) => name.clone(),
+        None => format!("{name}-{}", instance_id(&data_dir)?),
+    };
+    let state_path = data_dir.join("pipeline").join(format!("{name}.state.redb"));
+    if let Some(shared) = &shared {
+        restore_state(shared, &state_path, config.state_cache_mb << 20).await.with_context(|| format!("restoring the state of lineage {name}"))?;
+    }
+    let store = StateStore::open(&state_path, config.state_cache_mb << 20)?;
     let ctx = Ctx {
         data_dir: &data_dir,
         dataset,
@@ -281,6 +374,7 @@ pub async fn run<S: Source>(
         clickhouse: &clickhouse,
         status: &status,
         store,
+        shared: shared.as_ref(),
     };
     let mut poison = Poison::default();
     let mut backoff = Duration::from_millis(200);
@@ -288,6 +382,10 @@ pub async fn run<S: Source>(
         let Err(e) = run_from_checkpoint(&mut source, &ctx, &mut poison, shutdown.clone()).await else {
             return Ok(());
         };
+        if e.is_fenced() {
+            tracing::warn!(source = %ctx.name, error = format!("{e:#}"), "pipeline: lineage lost to another worker; stopping it");
+            return Err(e);
+        }
         if let crate::Error::Poison { label, reason } = &e
             && poison.failed(label, reason, config.poison_attempts)
         {
@@ -356,20 +454,183 @@ fn raw_dead_letter(session: &Sessionizer, tag: &str, label: &str, reason: &str, 
     }
 }
 
-async fn run_from_checkpoint<S: Source>(
+/// Where a run's intents are kept: a local file (one intent, the unfinished epoch's) or, in lease mode,
+/// the lineage's shared history (every epoch's, create-only).
+enum Intents<'a> {
+    Local { dir: PathBuf, file: String },
+    Shared(&'a objstore::Location),
+}
+
+impl Intents<'_> {
+    async fn get<P: Serialize + DeserializeOwned>(&self, epoch: u64) -> crate::Result<Option<Intent<P>>> {
+        let intent: Option<Intent<P>> = match self {
+            Intents::Local { dir, file } => load_json(&dir.join(file))?,
+            Intents::Shared(history) => match history.get(&intent_key(epoch)).await? {
+                Some(bytes) => Some(serde_json::from_slice(&bytes).with_context(|| format!("corrupt intent of epoch {epoch} in {}", history.url()))?),
+                None => None,
+            },
+        };
+        Ok(intent.filter(|i| i.epoch == epoch))
+    }
+
+    /// Saves the intent of an epoch about to be written. False: the shared history already defines
+    /// that epoch (another worker wrote it: this one is fenced).
+    async fn put<P: Serialize + DeserializeOwned>(&self, intent: &Intent<P>) -> crate::Result<bool> {
+        match self {
+            Intents::Local { dir, file } => save_json(dir, file, intent).map(|()| true),
+            Intents::Shared(history) => Ok(history.put_if_absent(&intent_key(intent.epoch), Bytes::from(serde_json::to_vec(intent)?)).await?),
+        }
+    }
+}
+
+/// Lease mode, before the state store opens: makes the local store one the lineage's history can
+/// continue to the lease's epoch. The local store stays if it is at or below that epoch with every
+/// intent after it kept; otherwise it is replaced by the newest snapshot at or below the lease's epoch
+/// (or removed, to start from nothing, when the history begins at epoch 1).
+async fn restore_state<F: Fence>(shared: &Shared<F>, path: &Path, cache_bytes: usize) -> crate::Result<()> {
+    let target = match shared.fence.committed().await {
+        Some(json) => serde_json::from_str::<Checkpoint<serde_json::Value>>(&json).context("the lease's checkpoint")?.epoch,
+        None => 0,
+    };
+    let local = match path.exists() {
+        false => None,
+        true => {
+            let p = path.to_owned();
+            let bytes = tokio::task::spawn_blocking(move || StateStore::open(&p, cache_bytes)?.checkpoint()).await??;
+            Some(match bytes {
+                Some(b) => serde_json::from_slice::<Checkpoint<serde_json::Value>>(&b).context("the local checkpoint")?.epoch,
+                None => 0,
+            })
+        }
+    };
+    let listed = shared.history.list("").await?;
+    let intents: std::collections::BTreeSet<u64> = listed.iter().filter_map(|e| history_epoch(&e.key, "intent")).collect();
+    let has_intents = |from: u64| (from + 1..=target).all(|e| intents.contains(&e));
+    if local.is_some_and(|l| l <= target && has_intents(l)) {
+        tracing::info!(local = local.unwrap_or(0), lease = target, "pipeline: continuing the lineage from the local state store");
+        return Ok(());
+    }
+    let snapshot = listed.iter().filter_map(|e| history_epoch(&e.key, "snapshot")).filter(|&e| e <= target && has_intents(e)).max();
+    let tmp = path.with_extension("restore.tmp");
+    match snapshot {
+        Some(epoch) => {
+            let bytes = shared.history.get(&snapshot_key(epoch)).await?.with_context(|| format!("snapshot of epoch {epoch} vanished"))?;
+            let (tmp2, path2) = (tmp.clone(), path.to_owned());
+            tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+                use std::io::Write;
+                let mut f = std::fs::File::create(&tmp2)?;
+                f.write_all(&bytes)?;
+                f.sync_all()?;
+                std::fs::rename(&tmp2, &path2)
+            })
+            .await??;
+            tracing::info!(snapshot = epoch, lease = target, local = ?local, "pipeline: restored the lineage's state snapshot");
+        }
+        None if has_intents(0) => {
+            if local.is_some() {
+                std::fs::remove_file(path)?;
+            }
+            tracing::info!(lease = target, local = ?local, "pipeline: rebuilding the lineage's state from its first epoch");
+        }
+        None => {
+            return Err(crate::Error::msg(format!(
+                "no state snapshot and intents in {} lead to the lease's epoch {target} (local state at {local:?})",
+                shared.history.url()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Lease mode, after a commit: ships the state store to the lineage's history and drops what no restore
+/// needs any more (snapshots but the newest two, intents up to the older of them).
+async fn snapshot<F>(shared: &Shared<F>, store: &StateStore, epoch: u64) -> crate::Result<()> {
+    let store2 = store.clone();
+    let bytes = tokio::task::spawn_blocking(move || store2.file_bytes()).await??;
+    let size = bytes.len();
+    shared.history.put(&snapshot_key(epoch), Bytes::from(bytes)).await?;
+    let listed = shared.history.list("").await?;
+    let snapshots: Vec<u64> = listed.iter().filter_map(|e| history_epoch(&e.key, "snapshot")).collect();
+    if let Some(&keep_from) = snapshots.iter().rev().nth(1) {
+        for e in &listed {
+            let old_snapshot = history_epoch(&e.key, "snapshot").is_some_and(|s| s < keep_from);
+            let old_intent = history_epoch(&e.key, "intent").is_some_and(|i| i <= keep_from);
+            if old_snapshot || old_intent {
+                shared.history.delete(&e.key).await?;
+            }
+        }
+    }
+    tracing::info!(epoch, bytes = size, "pipeline: state snapshot shipped");
+    Ok(())
+}
+
+/// Sessionizes one epoch's records (quarantining those `poison` says), moves the caught-up partitions'
+/// clocks and the views' timers. Returns the records quarantined. A record that panics fails the epoch.
+fn process_epoch(
+    session: &mut Sessionizer,
+    records: Vec<SourceRecord>,
+    caught_up: &[String],
+    clock: Option<i64>,
+    poison: &Poison,
+    panic_view: Option<&str>,
+) -> crate::Result<Vec<Quarantined>> {
+    let mut quarantined = Vec::new();
+    for SourceRecord { partition, label, data } in records {
+        if let Some(reason) = poison.pending.get(&label) {
+            // Decoding failed before, maybe by panicking: the dead letter does not depend on it.
+            let dead = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| quarantined_record(session, &label, reason, &data)))
+                .unwrap_or_else(|_| raw_dead_letter(session, "quarantined", &label, reason, &data));
+            session.process_from(&partition, Record::Rejected(dead));
+            quarantined.push(Quarantined { label, reason: reason.clone() });
+            continue;
+        }
+        let processed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| process_record(session, &partition, &label, &data, panic_view)));
+        if let Err(panic) = processed {
+            // The sessionizer may be half-way through the record: the caller restores the checkpoint.
+            return Err(crate::Error::Poison { label, reason: panic_message(panic.as_ref()) });
+        }
+    }
+    if let Some(clock) = clock {
+        session.tick(caught_up, clock);
+    }
+    // A panic here belongs to no one record: the epoch fails and is retried (reported as stalled).
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| session.advance()))
+        .map_err(|panic| crate::Error::msg(format!("advancing the views' clocks {}", panic_message(panic.as_ref()))))?;
+    Ok(quarantined)
+}
+
+/// Commits the sessionizer's changes with `checkpoint` to the state store (off the async threads).
+async fn commit_state(session: &mut Sessionizer, store: &StateStore, epoch: u64, checkpoint: Vec<u8>) -> crate::Result<()> {
+    let commit = session.take_commit(Some(checkpoint)).with_context(|| format!("state of epoch {epoch}"))?;
+    let store = store.clone();
+    let committed = tokio::task::spawn_blocking(move || store.commit(commit)).await?;
+    // Not committed: stop rather than skip; the caller replays this epoch from the checkpoint.
+    let forgotten = committed.with_context(|| format!("committing pipeline epoch {epoch}"))?;
+    session.committed(forgotten);
+    Ok(())
+}
+
+fn fenced(name: &str, what: impl std::fmt::Display) -> crate::Error {
+    crate::Error::Fenced(format!("lineage {name}: {what}"))
+}
+
+async fn run_from_checkpoint<S: Source, F: Fence>(
     source: &mut S,
-    ctx: &Ctx<'_>,
+    ctx: &Ctx<'_, F>,
     poison: &mut Poison,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> crate::Result<()> {
     let (config, name, status) = (ctx.config, &ctx.name, ctx.status);
     let state_dir = ctx.data_dir.join("pipeline");
-    let intent_name = format!("intent-{name}.json");
-    let sink = Arc::new(ParquetSink::new(
-        ctx.dataset.clone(),
-        &ctx.identity,
-        config.dims.clone(),
-    ));
+    let intents = match ctx.shared {
+        Some(shared) => Intents::Shared(&shared.history),
+        None => Intents::Local { dir: state_dir.clone(), file: format!("intent-{name}.json") },
+    };
+    let may_write = || match ctx.shared {
+        Some(shared) if !shared.fence.valid() => Err(fenced(name, "the lease was not renewed within its timeout; writing nothing")),
+        _ => Ok(()),
+    };
+    let sink = Arc::new(ParquetSink::new(ctx.dataset.clone(), &ctx.identity, config.dims.clone()));
     let clickhouse = match &ctx.clickhouse.url {
         Some(url) => {
             let ch = ClickHouseSink::new(ctx.clickhouse, url, config.dims.clone(), &ctx.identity);
@@ -383,23 +644,51 @@ async fn run_from_checkpoint<S: Source>(
         Some(bytes) => serde_json::from_slice(&bytes).context("the checkpoint in the state store")?,
         None => Checkpoint::default(),
     };
-    // An epoch started but not committed is replayed over exactly its recorded range.
-    let mut replay = load_json::<Intent<S::Position>>(&state_dir.join(&intent_name))?
-        .filter(|i| i.epoch == ckpt.epoch + 1 && i.from == ckpt.position);
-    let removed = sink
-        .recover(ckpt.epoch, &ckpt.staged)
-        .await
-        .context("recovering the Parquet dataset")?;
-    if removed > 0 {
-        tracing::info!(removed, epoch = ckpt.epoch, "pipeline: removed files of an unfinished epoch; replaying it");
-    }
-    tracing::info!(source = %name, identity = %ctx.identity, epoch = ckpt.epoch, position = ?ckpt.position, "pipeline: resuming from checkpoint");
-    status.restored(&session.stats);
     let panic_view = failpoint("pipeline_panic_view");
     let mut epoch = ckpt.epoch;
     let mut position = ckpt.position;
+    let mut to_publish = ckpt.staged;
     source.seek(&position).await.context("positioning the source at the checkpoint")?;
+    // Lease mode: the local state catches up with the lease's epoch, replaying the lineage's intents
+    // with the output discarded (the epochs were committed by whoever held the lease).
+    if let Some(shared) = ctx.shared {
+        let lease: Checkpoint<S::Position> = match shared.fence.committed().await {
+            Some(json) => serde_json::from_str(&json).context("the lease's checkpoint")?,
+            None => Checkpoint::default(),
+        };
+        crate::error::ensure!(epoch <= lease.epoch, "the local state (epoch {epoch}) is ahead of the lease's checkpoint (epoch {})", lease.epoch);
+        let from = epoch;
+        while epoch < lease.epoch {
+            let intent: Intent<S::Position> =
+                intents.get(epoch + 1).await?.with_context(|| format!("the lineage's intent of epoch {} is missing", epoch + 1))?;
+            crate::error::ensure!(intent.from == position, "the intent of epoch {} does not start where epoch {epoch} ended", intent.epoch);
+            for q in &intent.quarantined {
+                poison.pending.entry(q.label.clone()).or_insert(q.reason.clone());
+            }
+            let records = source.next_until(&intent.to).await?;
+            process_epoch(&mut session, records, &intent.caught_up, intent.clock_ms, poison, panic_view.as_deref())?;
+            drop(session.flush());
+            epoch += 1;
+            let staged = if epoch == lease.epoch { lease.staged.clone() } else { Vec::new() };
+            let next = serde_json::to_vec(&Checkpoint { epoch, position: intent.to.clone(), staged })?;
+            commit_state(&mut session, &ctx.store, epoch, next).await?;
+            position = intent.to;
+        }
+        if epoch > from {
+            tracing::info!(from, to = epoch, "pipeline: caught the lineage's state up with its lease");
+        }
+        to_publish = lease.staged;
+    }
+    // An epoch started but not committed is replayed over exactly its recorded range.
+    let mut replay = intents.get::<S::Position>(epoch + 1).await?.filter(|i| i.from == position);
+    let removed = sink.recover(epoch, &to_publish).await.context("recovering the Parquet dataset")?;
+    if removed > 0 {
+        tracing::info!(removed, epoch, "pipeline: removed files of an unfinished epoch; replaying it");
+    }
+    tracing::info!(source = %name, identity = %ctx.identity, epoch, position = ?position, "pipeline: resuming from checkpoint");
+    status.restored(&session.stats);
     let mut last_compaction = std::time::Instant::now();
+    let mut last_snapshot = std::time::Instant::now();
     let mut last_epoch = std::time::Instant::now();
     let mut late_dropped_logged = session.stats.late_dropped;
     let mut tick = tokio::time::interval(Duration::from_millis(config.flush_interval_ms.max(10)));
@@ -432,69 +721,40 @@ async fn run_from_checkpoint<S: Source>(
             continue;
         }
         last_epoch = std::time::Instant::now();
-        let mut quarantined = Vec::new();
-        for SourceRecord { partition, label, data } in records {
-            if let Some(reason) = poison.pending.get(&label) {
-                // Decoding failed before, maybe by panicking: the dead letter does not depend on it.
-                let dead = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| quarantined_record(&session, &label, reason, &data)))
-                    .unwrap_or_else(|_| raw_dead_letter(&session, "quarantined", &label, reason, &data));
-                session.process_from(&partition, Record::Rejected(dead));
-                quarantined.push(Quarantined { label, reason: reason.clone() });
-                continue;
-            }
-            let processed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                process_record(&mut session, &partition, &label, &data, panic_view.as_deref())
-            }));
-            if let Err(panic) = processed {
-                // The sessionizer may be half-way through the record: the caller restores the checkpoint.
-                return Err(crate::Error::Poison { label, reason: panic_message(panic.as_ref()) });
-            }
-        }
-        if let Some(clock) = clock {
-            session.tick(&caught_up, clock);
-        }
-        // A panic here belongs to no one record: the epoch fails and is retried (reported as stalled).
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| session.advance()))
-            .map_err(|panic| crate::Error::msg(format!("advancing the views' clocks {}", panic_message(panic.as_ref()))))?;
+        let quarantined = process_epoch(&mut session, records, &caught_up, clock, poison, panic_view.as_deref())?;
         let out = session.flush();
         epoch += 1;
         let intent = Intent { epoch, from: position.clone(), to: to.clone(), caught_up, clock_ms: clock, quarantined };
-        save_json(&state_dir, &intent_name, &intent)?;
+        may_write()?;
+        // A replayed intent is already saved (in lease mode, possibly by the lineage's previous owner).
+        if !(replaying && ctx.shared.is_some()) && !intents.put(&intent).await? {
+            return Err(fenced(name, format_args!("epoch {epoch} was defined by another worker")));
+        }
         if let Some(ch) = &clickhouse {
             ch.write_epoch(epoch, &out).await.with_context(|| format!("ClickHouse insert of epoch {epoch}"))?;
         }
         // Staged: invisible until published after the checkpoint below.
         let (sink2, epoch_out) = (sink.clone(), out);
-        let files =
-            tokio::task::spawn_blocking(move || sink2.encode_epoch(epoch, &epoch_out)).await??;
-        let staged = sink
-            .stage(files)
-            .await
-            .with_context(|| format!("staging the Parquet files of epoch {epoch}"))?;
+        let files = tokio::task::spawn_blocking(move || sink2.encode_epoch(epoch, &epoch_out)).await??;
+        let staged = sink.stage(files).await.with_context(|| format!("staging the Parquet files of epoch {epoch}"))?;
         if failpoint("pipeline_after_files").and_then(|e| e.parse::<u64>().ok()) == Some(epoch) {
-            tracing::error!(
-                epoch,
-                "failpoint pipeline_after_files: aborting before the checkpoint"
-            );
+            tracing::error!(epoch, "failpoint pipeline_after_files: aborting before the checkpoint");
             std::process::abort();
         }
-        let next = serde_json::to_vec(&Checkpoint {
-            epoch,
-            position: to.clone(),
-            staged: staged.clone(),
-        })?;
-        let commit = session
-            .take_commit(Some(next))
-            .with_context(|| format!("state of epoch {epoch}"))?;
-        let store = ctx.store.clone();
-        let committed = tokio::task::spawn_blocking(move || store.commit(commit)).await?;
-        // Not committed: stop rather than skip; the caller replays this epoch from the checkpoint.
-        let forgotten = committed.with_context(|| format!("committing pipeline epoch {epoch}"))?;
+        let next = serde_json::to_vec(&Checkpoint { epoch, position: to.clone(), staged: staged.clone() })?;
+        // Lease mode: the commit point is the lease's conditional update; refused, nothing is published.
+        if let Some(shared) = ctx.shared {
+            may_write()?;
+            stop_failpoint(epoch);
+            let json = std::str::from_utf8(&next).map_err(|e| crate::Error::msg(e.to_string()))?;
+            if !shared.fence.commit(epoch, json).await.with_context(|| format!("committing epoch {epoch} to the lease"))? {
+                status.fenced();
+                return Err(fenced(name, format_args!("the lease refused the commit of epoch {epoch}; its files stay unpublished")));
+            }
+        }
+        commit_state(&mut session, &ctx.store, epoch, next).await?;
         // Committed: a failure to publish is finished by the restart (`recover`).
-        sink.publish(&staged)
-            .await
-            .with_context(|| format!("publishing the Parquet files of epoch {epoch}"))?;
-        session.committed(forgotten);
+        sink.publish(&staged).await.with_context(|| format!("publishing the Parquet files of epoch {epoch}"))?;
         write_progress(&state_dir, name, epoch, &to, &session, &ctx.store);
         position = to;
         for q in &intent.quarantined {
@@ -508,25 +768,22 @@ async fn run_from_checkpoint<S: Source>(
         status.committed(&session.stats, session.open_views(), lag_ms);
         log_progress(epoch, &session.stats, session.open_views(), &mut late_dropped_logged);
         source.committed(&position).await;
-        if config.compact_after_ms > 0 && last_compaction.elapsed() >= COMPACTION_EVERY {
+        if let Some(shared) = ctx.shared
+            && last_snapshot.elapsed() >= shared.snapshot_every
+            && may_write().is_ok()
+        {
+            last_snapshot = std::time::Instant::now();
+            // A failed snapshot is retried at the next one: restores use an older one and more intents.
+            if let Err(e) = snapshot(shared, &ctx.store, epoch).await {
+                tracing::warn!(error = format!("{e:#}"), "pipeline: shipping the state snapshot failed; will retry");
+            }
+        }
+        if config.compact_after_ms > 0 && last_compaction.elapsed() >= COMPACTION_EVERY && may_write().is_ok() {
             last_compaction = std::time::Instant::now();
             let closed_before = session.watermark() - config.compact_after_ms;
             // Only committed epochs are merged; a failure leaves the inputs in place and is retried later.
-            match sink
-                .compact(
-                    epoch,
-                    closed_before,
-                    config.compact_min_files,
-                    config.compact_target_bytes,
-                )
-                .await
-            {
-                Ok(c) if c.partitions > 0 => tracing::info!(
-                    partitions = c.partitions,
-                    files = c.files_in,
-                    rows = c.rows,
-                    "pipeline: compacted Parquet partitions"
-                ),
+            match sink.compact(epoch, closed_before, config.compact_min_files, config.compact_target_bytes).await {
+                Ok(c) if c.partitions > 0 => tracing::info!(partitions = c.partitions, files = c.files_in, rows = c.rows, "pipeline: compacted Parquet partitions"),
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = format!("{e:#}"), "pipeline: Parquet compaction failed; will retry"),
             }
@@ -580,10 +837,25 @@ const COMPACTION_EVERY: Duration = Duration::from_secs(30);
 /// Test failpoints, `QOEFLOW_FAILPOINT=<name>:<argument>`:
 /// - `pipeline_after_files:<epoch>` aborts the process after that epoch's files are written and before
 ///   its checkpoint, the window a crash-safety test must hit;
-/// - `pipeline_panic_view:<view id>` panics while processing any record of that view (a poison record).
+/// - `pipeline_panic_view:<view id>` panics while processing any record of that view (a poison record);
+/// - `pipeline_stop_before_lease_commit:<epoch>` stops the process (lease mode, see [`stop_failpoint`]).
 fn failpoint(name: &str) -> Option<String> {
     let value = std::env::var("QOEFLOW_FAILPOINT").ok()?;
     value.strip_prefix(name)?.strip_prefix(':').map(str::to_owned)
+}
+
+/// `pipeline_stop_before_lease_commit:<epoch>`: the process stops itself (SIGSTOP), once, when a lineage
+/// reaches that epoch's lease commit: the worst moment for a pause (a GC, a frozen VM), after the
+/// lease was last judged valid. The fencing test resumes it once another worker took the lease.
+fn stop_failpoint(epoch: u64) {
+    static STOPPED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if failpoint("pipeline_stop_before_lease_commit").and_then(|e| e.parse::<u64>().ok()) == Some(epoch)
+        && !STOPPED.swap(true, std::sync::atomic::Ordering::SeqCst)
+    {
+        tracing::error!(epoch, "failpoint pipeline_stop_before_lease_commit: stopping the process before the lease commit");
+        let _ = std::process::Command::new("kill").args(["-STOP", &std::process::id().to_string()]).status();
+        tracing::warn!(epoch, "failpoint pipeline_stop_before_lease_commit: resumed");
+    }
 }
 
 fn log_progress(epoch: u64, stats: &Stats, open_views: usize, late_dropped_logged: &mut u64) {

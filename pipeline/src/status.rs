@@ -20,6 +20,7 @@ pub struct PipelineStatus {
     evicted: IntCounter,
     epochs: IntCounter,
     failures: IntCounter,
+    fenced: IntCounter,
     open_views: IntGauge,
     stalled: IntGauge,
     lag: IntGauge,
@@ -68,6 +69,10 @@ impl PipelineStatus {
             evicted: counter("qoeflow_pipeline_views_evicted_total", "Views ended early at pipeline.max_open_views"),
             epochs: counter("qoeflow_pipeline_epochs_committed_total", "Epochs committed to every sink"),
             failures: counter("qoeflow_pipeline_epoch_failures_total", "Epoch attempts that failed and were retried"),
+            fenced: counter(
+                "qoeflow_pipeline_fenced_commits_total",
+                "Epoch commits the lineage's lease refused (another worker took it): never published",
+            ),
             open_views: gauge("qoeflow_pipeline_open_views", "Views open in the sessionizer"),
             stalled: gauge("qoeflow_pipeline_stalled", "1 while the pipeline has failed to commit for pipeline.stall_after_ms"),
             lag: gauge("qoeflow_pipeline_lag_milliseconds", "How far the last committed epoch trailed its input"),
@@ -115,6 +120,11 @@ impl PipelineStatus {
         s.failing = Some(error.to_owned());
         self.failures.inc();
         self.stalled.set(i64::from(s.last_commit.elapsed() >= self.stall_after));
+    }
+
+    /// The lease refused a commit (lease mode): the epoch stays unpublished and the lineage stops here.
+    pub fn fenced(&self) {
+        self.fenced.inc();
     }
 
     /// A record was quarantined.

@@ -150,6 +150,21 @@ impl StateStore {
         Ok(Loaded { session, checkpoint })
     }
 
+    /// The runner's checkpoint as committed, without loading the open views.
+    pub fn checkpoint(&self) -> crate::Result<Option<Vec<u8>>> {
+        let tx = self.db.begin_read().map_err(|e| db_err("begin read")(e.into()))?;
+        let meta = tx.open_table(META).map_err(|e| db_err("meta")(e.into()))?;
+        Ok(meta.get(META_CHECKPOINT).map_err(|e| db_err("meta")(e.into()))?.map(|v| v.value().to_vec()))
+    }
+
+    /// The store's file as committed last (a snapshot to ship elsewhere). Call it between commits: every
+    /// commit is durable when it returns and nothing else writes, so the file then holds exactly the
+    /// last committed state; redb repairs its allocator when a copy is opened.
+    pub fn file_bytes(&self) -> crate::Result<Vec<u8>> {
+        let path = self.path.as_ref().ok_or_else(|| crate::Error::msg("an in-memory state store has no file"))?;
+        Ok(std::fs::read(path)?)
+    }
+
     /// An open view's committed state (a view the sessionizer no longer keeps in memory).
     pub fn open_view(&self, view_id: &str) -> crate::Result<Option<Vec<u8>>> {
         let tx = self.db.begin_read().map_err(|e| db_err("begin read")(e.into()))?;

@@ -68,8 +68,8 @@ async fn leases_balance_expire_on_the_takers_clock_and_fence_the_old_owner() {
     a.ensure_table().await.unwrap();
     b.ensure_table().await.unwrap();
     for shard in ["shardId-0", "shardId-1", "shardId-2", "shardId-3"] {
-        a.ensure_lease(shard).await.unwrap();
-        b.ensure_lease(shard).await.unwrap();
+        a.ensure_lease(shard, "lineage-a").await.unwrap();
+        b.ensure_lease(shard, "lineage-b").await.unwrap();
     }
     assert_eq!(a.scan().await.unwrap().len(), 4, "one lease per lineage, created once");
 
@@ -93,7 +93,7 @@ async fn leases_balance_expire_on_the_takers_clock_and_fence_the_old_owner() {
         renewed.push(a.renew(l).await.unwrap().expect("a still owns it"));
     }
     // a's checkpoint lands while it holds the lease.
-    let committed = a.checkpoint(&renewed[0], 7).await.unwrap().expect("a owns the lease");
+    let committed = a.checkpoint(&renewed[0], 7, "{\"epoch\":7}").await.unwrap().expect("a owns the lease");
     assert_eq!(committed.checkpoint, 7);
 
     // a stops (paused, or dead): b sees its counters stand still for the timeout and takes them.
@@ -108,11 +108,13 @@ async fn leases_balance_expire_on_the_takers_clock_and_fence_the_old_owner() {
     let leases = b.scan().await.unwrap();
     let taken = leases.iter().find(|l| l.key == committed.key).unwrap();
     assert_eq!(taken.checkpoint, 7, "the lineage's checkpoint moves with its lease");
+    assert_eq!(taken.state.as_deref(), Some("{\"epoch\":7}"), "with the runner's checkpoint");
+    assert_eq!(taken.lineage.as_deref(), Some("lineage-a"), "the lineage id is the first creator's");
 
     // a resumes: its next checkpoint (and renewal) is refused.
-    assert_eq!(a.checkpoint(&committed, 8).await.unwrap(), None, "fenced: a lost the lease");
+    assert_eq!(a.checkpoint(&committed, 8, "{\"epoch\":8}").await.unwrap(), None, "fenced: a lost the lease");
     assert_eq!(a.renew(&renewed[1]).await.unwrap(), None);
     let after = b.scan().await.unwrap();
     assert_eq!(after.iter().find(|l| l.key == committed.key).unwrap().checkpoint, 7, "nothing a wrote landed");
-    assert!(b.checkpoint(taken, 8).await.unwrap().is_some(), "the new owner commits");
+    assert!(b.checkpoint(taken, 8, "{\"epoch\":8}").await.unwrap().is_some(), "the new owner commits");
 }

@@ -16,11 +16,11 @@ use crate::common::kinesis::*;
 use crate::common::*;
 
 const VIEWERS: &str = "1200";
-const KEY: &str = "loadgen-key";
+pub(crate) const KEY: &str = "loadgen-key";
 
 /// Runs `qoeflow loadgen --target TARGET --truth TRUTH --key KEY --quiet ARGS` to its end; returns the
 /// truth and the summary it printed.
-fn run_loadgen(target: &str, truth: &Path, args: &[&str]) -> (Totals, String) {
+pub(crate) fn run_loadgen(target: &str, truth: &Path, args: &[&str]) -> (Totals, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_qoeflow"))
         .args(["loadgen", "--target", target, "--key", KEY, "--truth", truth.to_str().expect("utf-8 path"), "--quiet"])
         .args(args)
@@ -49,7 +49,7 @@ fn run_loadgen(target: &str, truth: &Path, args: &[&str]) -> (Totals, String) {
 /// Overtaken beacons come 30–120 s after the beacon that overtook them and late views minutes late, far
 /// beyond the pipeline's reorder wait (the default 5 s): the pipeline corrects its views.
 
-fn loadgen(target: &str, seed: &str, truth: &Path) -> Totals {
+pub(crate) fn loadgen(target: &str, seed: &str, truth: &Path) -> Totals {
     let (totals, _) = run_loadgen(target, truth, &[
         "--viewers", VIEWERS, "--duration", "30s", "--ramp-up", "15s", "--seed", seed,
         "--duplicate-rate", "0.05", "--reorder-rate", "0.05", "--skew", "3m", "--late-rate", "0.05", "--late-by", "2m",
@@ -74,12 +74,12 @@ fn loadgen(target: &str, seed: &str, truth: &Path) -> Totals {
 }
 
 /// The truth's value under `key`.
-fn get(t: &Totals, key: &str) -> i64 {
+pub(crate) fn get(t: &Totals, key: &str) -> i64 {
     t.get(key).unwrap_or_else(|| panic!("{key} is a truth key"))
 }
 
 /// The truth's keys as (name, value) for the counts and durations.
-fn truth_sums(t: &Totals) -> BTreeMap<String, i64> {
+pub(crate) fn truth_sums(t: &Totals) -> BTreeMap<String, i64> {
     let mut m: BTreeMap<String, i64> = serde_json::from_value(serde_json::to_value(t).expect("json"))
         .map(|m: BTreeMap<String, Value>| m.into_iter().filter_map(|(k, v)| Some((k, v.as_i64()?))).collect())
         .expect("map");
@@ -89,7 +89,7 @@ fn truth_sums(t: &Totals) -> BTreeMap<String, i64> {
 }
 
 /// SQL summing `views` into the truth's keys; `b` casts a boolean column to an integer.
-fn views_sql(table: &str, b: fn(&str) -> String) -> String {
+pub(crate) fn views_sql(table: &str, b: fn(&str) -> String) -> String {
     format!(
         "SELECT count(*) AS t_views, sum({}) AS t_attempts, sum({}) AS t_starts, sum({}) AS t_vsf, sum({}) AS t_ebvs, \
          sum({}) AS t_playback_failures, sum(play_ms) AS t_play_ms, sum(stall_count) AS t_stall_count, \
@@ -102,7 +102,7 @@ fn views_sql(table: &str, b: fn(&str) -> String) -> String {
 }
 
 /// SQL summing `qoe_window` into the truth's keys (every view ended, so the windows hold all of it).
-fn windows_sql(table: &str) -> String {
+pub(crate) fn windows_sql(table: &str) -> String {
     format!(
         "SELECT sum(attempts) AS t_attempts, sum(starts) AS t_starts, sum(vsf) AS t_vsf, sum(ebvs) AS t_ebvs, \
          sum(playback_failures) AS t_playback_failures, sum(play_ms) AS t_play_ms, sum(stall_count) AS t_stall_count, \
@@ -114,12 +114,12 @@ fn windows_sql(table: &str) -> String {
 }
 
 /// The SQL of the exact start-up time of nearest rank ⌈q·starts⌉ in `views`.
-fn views_quantile_sql(table: &str, starts: u64, q: f64) -> String {
+pub(crate) fn views_quantile_sql(table: &str, starts: u64, q: f64) -> String {
     let rank = ((q * starts as f64).ceil() as u64).max(1);
     format!("SELECT startup_ms FROM {table} WHERE startup_ms IS NOT NULL ORDER BY startup_ms LIMIT 1 OFFSET {}", rank - 1)
 }
 
-fn as_i64_map(row: &Value) -> BTreeMap<String, i64> {
+pub(crate) fn as_i64_map(row: &Value) -> BTreeMap<String, i64> {
     row.as_object()
         .expect("row object")
         .iter()
@@ -139,7 +139,7 @@ fn qoeflow_query(data: &Path, sql: &str) -> Value {
 }
 
 /// Polls `read` until it equals `want` (the pipeline catching up), then asserts it does.
-fn eventually_equal(what: &str, want: &BTreeMap<String, i64>, within: Duration, mut read: impl FnMut() -> BTreeMap<String, i64>) {
+pub(crate) fn eventually_equal(what: &str, want: &BTreeMap<String, i64>, within: Duration, mut read: impl FnMut() -> BTreeMap<String, i64>) {
     let deadline = Instant::now() + within;
     loop {
         let got = read();
@@ -157,21 +157,45 @@ fn eventually_equal(what: &str, want: &BTreeMap<String, i64>, within: Duration, 
 /// The Parquet dataset under `data`, read with `qoeflow query`, equals the truth: counts and durations
 /// exactly over `views` and over `qoe_window`; start-up percentiles exactly over `views`, and within the
 /// histogram's precision (the bucket holding the true value) over `qoe_window`.
-fn assert_parquet_equals_truth(data: &Path, truth: &Totals) {
+pub(crate) fn assert_parquet_equals_truth(data: &Path, truth: &Totals) {
+    assert_dataset_equals_truth(|sql| qoeflow_query(data, sql), truth);
+}
+
+/// [`assert_parquet_equals_truth`] over any dataset `query` reads (the first row of its answer).
+pub(crate) fn assert_dataset_equals_truth(query: impl Fn(&str) -> Value, truth: &Totals) {
     let mut want = truth_sums(truth);
     eventually_equal("views (Parquet)", &want, Duration::from_secs(90), || {
-        as_i64_map(&qoeflow_query(data, &views_sql("views", |c| format!("CAST({c} AS BIGINT)"))))
+        as_i64_map(&query(&views_sql("views", |c| format!("CAST({c} AS BIGINT)"))))
     });
     want.remove("views");
-    eventually_equal("qoe_window (Parquet)", &want, Duration::from_secs(30), || as_i64_map(&qoeflow_query(data, &windows_sql("qoe_window"))));
+    eventually_equal("qoe_window (Parquet)", &want, Duration::from_secs(30), || as_i64_map(&query(&windows_sql("qoe_window"))));
     let hist = schemas::hist::new_histogram();
     for (q, exact) in [(0.5, truth.startup_ms_p50), (0.95, truth.startup_ms_p95)] {
         let exact = exact.expect("views started");
-        let row = qoeflow_query(data, &views_quantile_sql("views", get(truth, "starts") as u64, q));
+        let row = query(&views_quantile_sql("views", get(truth, "starts") as u64, q));
         assert_eq!(row["startup_ms"].as_i64(), Some(exact), "views: start-up p{}", q * 100.0);
-        let row = qoeflow_query(data, &format!("SELECT hdr_quantile(startup_hist, startup_hist_retract, {q}) AS v FROM qoe_window"));
+        let row = query(&format!("SELECT hdr_quantile(startup_hist, startup_hist_retract, {q}) AS v FROM qoe_window"));
         let got = row["v"].as_f64().expect("quantile") as u64;
         assert_eq!(got, hist.highest_equivalent(exact as u64), "qoe_window: start-up p{} (exact {exact})", q * 100.0);
+    }
+}
+
+/// ClickHouse (read with FINAL) holds the truth's totals: counts, durations and start-up percentiles.
+pub(crate) fn assert_clickhouse_equals_truth(ch: &ClickHouse, truth: &Totals) {
+    ch.wait_for_views(truth.views as i64, Duration::from_secs(60));
+    let ch_row = |sql: String| -> Value {
+        let out = ch.query(&format!("{sql} FORMAT JSONEachRow"));
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+    };
+    let mut want = truth_sums(truth);
+    eventually_equal("views (ClickHouse)", &want, Duration::from_secs(30), || {
+        as_i64_map(&ch_row(views_sql("qoeflow.views FINAL", |c| format!("toInt64({c})"))))
+    });
+    want.remove("views");
+    eventually_equal("qoe_window (ClickHouse)", &want, Duration::from_secs(30), || as_i64_map(&ch_row(windows_sql("qoeflow.qoe_window FINAL"))));
+    for (q, exact) in [(0.5, truth.startup_ms_p50), (0.95, truth.startup_ms_p95)] {
+        let row = ch_row(views_quantile_sql("qoeflow.views FINAL", get(truth, "starts") as u64, q));
+        assert_eq!(as_i64_map(&row)["startup_ms"], exact.expect("views started"), "ClickHouse views: start-up p{}", q * 100.0);
     }
 }
 
@@ -270,21 +294,7 @@ async fn loadgen_through_kinesis_into_parquet_and_clickhouse_equals_the_truth() 
     tokio::task::spawn_blocking(move || assert_parquet_equals_truth(&data2, &truth2)).await.expect("parquet");
 
     // ClickHouse (read with FINAL): the same totals.
-    ch.wait_for_views(truth.views as i64, Duration::from_secs(60));
-    let ch_row = |sql: String| -> Value {
-        let out = ch.query(&format!("{sql} FORMAT JSONEachRow"));
-        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
-    };
-    let mut want = truth_sums(&truth);
-    eventually_equal("views (ClickHouse)", &want, Duration::from_secs(30), || {
-        as_i64_map(&ch_row(views_sql("qoeflow.views FINAL", |c| format!("toInt64({c})"))))
-    });
-    want.remove("views");
-    eventually_equal("qoe_window (ClickHouse)", &want, Duration::from_secs(30), || as_i64_map(&ch_row(windows_sql("qoeflow.qoe_window FINAL"))));
-    for (q, exact) in [(0.5, truth.startup_ms_p50), (0.95, truth.startup_ms_p95)] {
-        let row = ch_row(views_quantile_sql("qoeflow.views FINAL", get(&truth, "starts") as u64, q));
-        assert_eq!(as_i64_map(&row)["startup_ms"], exact.expect("views started"), "ClickHouse views: start-up p{}", q * 100.0);
-    }
+    assert_clickhouse_equals_truth(&ch, &truth);
     pipeline.stop();
     assert!(cold_loads(&data) > 0, "open views were read back from the state store");
     let records: Vec<schemas::Record> = read_stream(&emu.client().await, STREAM).await.into_iter().map(|r| r.record).collect();

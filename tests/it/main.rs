@@ -24,6 +24,7 @@ mod collector;
 mod crash_local_log;
 mod dashboard;
 mod deploy;
+mod elastic;
 mod grafana;
 mod kinesis_sink;
 mod loadgen;

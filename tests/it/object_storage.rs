@@ -10,23 +10,8 @@ use crate::common::{Qoeflow, read_local_log};
 
 const DATASET: &str = "s3://qoe/prod";
 
-/// `qoeflow query --dataset s3://… --format json SQL` with the AWS environment of `moto`.
 fn query_s3(moto: &Moto, sql: &str) -> Vec<serde_json::Value> {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_qoeflow"))
-        .args(["query", "--dataset", DATASET, "--format", "json", sql])
-        .envs(moto.env())
-        .env("QOEFLOW_LOG_LEVEL", "warn")
-        .output()
-        .expect("run qoeflow query");
-    assert!(
-        out.status.success(),
-        "qoeflow query failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("json row"))
-        .collect()
+    moto.query(DATASET, sql)
 }
 
 /// Posts views `range` (traces of `view_beacons` from `t0` on, delivered now, like an SDK's offline

@@ -1,8 +1,10 @@
-//! Shard-lineage leases in a DynamoDB table, the Kinesis Client Library's way: the primitives the
-//! elastic pipeline workers are to be built on (issue 13; not yet used by the runner).
+//! Shard-lineage leases in a DynamoDB table, the Kinesis Client Library's way: what the elastic
+//! pipeline workers ([`super::elastic`]) coordinate through.
 //!
 //! - **One item per lease** (a shard lineage, keyed by its root shard id): `leaseKey`, `leaseOwner`,
-//!   `leaseCounter`, `checkpoint` (the last committed epoch of the lineage).
+//!   `leaseCounter`, `lineage` (a random id given at creation: the lineage's row identity, so a lease
+//!   table created anew never reuses an old one's file names), `checkpoint` (the last committed epoch)
+//!   and `checkpointState` (the runner's checkpoint of that epoch: positions and staged files, JSON).
 //! - **Renewing** a lease is a conditional update `leaseOwner = me AND leaseCounter = c` that sets the
 //!   counter to `c + 1`; the owner renews every third of the lease timeout.
 //! - **Expiry** is judged on the observer's own clock, with no trust in other machines' clocks: a lease
@@ -16,6 +18,7 @@
 //!   returns `None`, and the caller must not publish the epoch.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::Client;
@@ -30,6 +33,10 @@ pub struct Lease {
     pub owner: Option<String>,
     pub counter: u64,
     pub checkpoint: u64,
+    /// The lineage's id, given when the lease was created.
+    pub lineage: Option<String>,
+    /// The runner's checkpoint of epoch `checkpoint` (JSON), absent before the first commit.
+    pub state: Option<String>,
 }
 
 /// The lease table, as seen by one worker (`owner`).
@@ -55,6 +62,8 @@ fn lease_of(item: &HashMap<String, AttributeValue>) -> Option<Lease> {
         owner: item.get("leaseOwner").and_then(|v| v.as_s().ok()).cloned(),
         counter: n("leaseCounter")?,
         checkpoint: n("checkpoint").unwrap_or(0),
+        lineage: item.get("lineage").and_then(|v| v.as_s().ok()).cloned(),
+        state: item.get("checkpointState").and_then(|v| v.as_s().ok()).cloned(),
     })
 }
 
@@ -106,8 +115,9 @@ impl LeaseTable {
         Err(crate::Error::msg(format!("DynamoDB table {} did not become active", self.table)))
     }
 
-    /// Adds a lease for `key` unless it exists (every worker may call it for every lineage it lists).
-    pub async fn ensure_lease(&self, key: &str) -> crate::Result<()> {
+    /// Adds a lease for `key` unless it exists (every worker may call it for every lineage it lists),
+    /// with `lineage` as its id if it is created now.
+    pub async fn ensure_lease(&self, key: &str, lineage: &str) -> crate::Result<()> {
         let put = self
             .client
             .put_item()
@@ -115,6 +125,7 @@ impl LeaseTable {
             .item("leaseKey", AttributeValue::S(key.to_owned()))
             .item("leaseCounter", num(0))
             .item("checkpoint", num(0))
+            .item("lineage", AttributeValue::S(lineage.to_owned()))
             .condition_expression("attribute_not_exists(leaseKey)")
             .send()
             .await;
@@ -150,26 +161,46 @@ impl LeaseTable {
         Ok(leases)
     }
 
-    /// One conditional update of `lease` from the state seen (owner, counter + 1, checkpoint), on the
-    /// counter seen and, with `must_own`, on this worker owning it. None: the condition failed.
-    async fn update(&self, lease: &Lease, must_own: bool, owner: &str, checkpoint: u64) -> crate::Result<Option<Lease>> {
+    /// One conditional update of `lease` from the state seen: this worker as owner (or none, with
+    /// `release`), counter + 1, and with `commit` the new checkpoint; conditional on the counter seen
+    /// and, with `must_own`, on this worker owning it. None: the condition failed.
+    async fn update(&self, lease: &Lease, must_own: bool, release: bool, commit: Option<(u64, &str)>) -> crate::Result<Option<Lease>> {
+        let mut set = vec!["leaseCounter = :next"];
         let mut req = self
             .client
             .update_item()
             .table_name(&self.table)
             .key("leaseKey", AttributeValue::S(lease.key.clone()))
-            .update_expression("SET leaseOwner = :me, leaseCounter = :next, checkpoint = :ckpt")
-            .expression_attribute_values(":me", AttributeValue::S(owner.to_owned()))
+            .expression_attribute_values(":me", AttributeValue::S(self.owner.clone()))
             .expression_attribute_values(":seen", num(lease.counter))
-            .expression_attribute_values(":next", num(lease.counter + 1))
-            .expression_attribute_values(":ckpt", num(checkpoint));
+            .expression_attribute_values(":next", num(lease.counter + 1));
+        if !release {
+            set.push("leaseOwner = :me");
+        }
+        if let Some((epoch, state)) = commit {
+            set.extend(["checkpoint = :ckpt", "checkpointState = :state"]);
+            req = req
+                .expression_attribute_values(":ckpt", num(epoch))
+                .expression_attribute_values(":state", AttributeValue::S(state.to_owned()));
+        }
+        let mut expression = format!("SET {}", set.join(", "));
+        if release {
+            expression.push_str(" REMOVE leaseOwner");
+        }
+        req = req.update_expression(expression);
         req = if must_own {
             req.condition_expression("leaseOwner = :me AND leaseCounter = :seen")
         } else {
             req.condition_expression("leaseCounter = :seen")
         };
         match req.send().await {
-            Ok(_) => Ok(Some(Lease { key: lease.key.clone(), owner: Some(owner.to_owned()), counter: lease.counter + 1, checkpoint })),
+            Ok(_) => {
+                let mut next = Lease { owner: (!release).then(|| self.owner.clone()), counter: lease.counter + 1, ..lease.clone() };
+                if let Some((epoch, state)) = commit {
+                    (next.checkpoint, next.state) = (epoch, Some(state.to_owned()));
+                }
+                Ok(Some(next))
+            }
             Err(e) if e.as_service_error().is_some_and(|s| s.is_conditional_check_failed_exception()) => Ok(None),
             Err(e) => Err(sdk_error("UpdateItem", &self.table, aws_sdk_dynamodb::error::DisplayErrorContext(e))),
         }
@@ -177,18 +208,120 @@ impl LeaseTable {
 
     /// Renews a lease this worker holds. None: it was lost.
     pub async fn renew(&self, lease: &Lease) -> crate::Result<Option<Lease>> {
-        self.update(lease, true, &self.owner, lease.checkpoint).await
+        self.update(lease, true, false, None).await
     }
 
     /// Takes a lease from the state seen (expired, unowned, or stolen). None: someone else moved first.
     pub async fn take(&self, lease: &Lease) -> crate::Result<Option<Lease>> {
-        self.update(lease, false, &self.owner, lease.checkpoint).await
+        self.update(lease, false, false, None).await
     }
 
-    /// Records `epoch` as the lineage's committed epoch, fenced: None if this worker no longer holds
-    /// the lease as seen (its epoch must then not be published).
-    pub async fn checkpoint(&self, lease: &Lease, epoch: u64) -> crate::Result<Option<Lease>> {
-        self.update(lease, true, &self.owner, epoch).await
+    /// Records `epoch` (with the runner's checkpoint `state`) as the lineage's committed epoch, fenced:
+    /// None if this worker no longer holds the lease as seen (its epoch must then not be published).
+    pub async fn checkpoint(&self, lease: &Lease, epoch: u64, state: &str) -> crate::Result<Option<Lease>> {
+        self.update(lease, true, false, Some((epoch, state))).await
+    }
+
+    /// Gives a held lease up (a clean shutdown): unowned, any worker takes it at once.
+    pub async fn release(&self, lease: &Lease) -> crate::Result<Option<Lease>> {
+        self.update(lease, true, true, None).await
+    }
+}
+
+/// A lease this worker holds, shared by the coordinator (which renews it) and the lineage's runner
+/// (which commits through it): one update at a time, so each sees the counter the other left.
+pub struct Held {
+    table: LeaseTable,
+    lease: tokio::sync::Mutex<Lease>,
+    /// When the last successful update was sent: no other worker can judge the lease expired before
+    /// `timeout` after it, on any clock that runs at about the rate of this one.
+    since: std::sync::Mutex<Instant>,
+    timeout: Duration,
+    lost: AtomicBool,
+}
+
+impl Held {
+    /// A lease just taken (or renewed) by an update sent at `sent`.
+    pub fn new(table: LeaseTable, lease: Lease, sent: Instant, timeout: Duration) -> Held {
+        Held { table, lease: tokio::sync::Mutex::new(lease), since: std::sync::Mutex::new(sent), timeout, lost: AtomicBool::new(false) }
+    }
+
+    pub async fn lease(&self) -> Lease {
+        self.lease.lock().await.clone()
+    }
+
+    /// Lost: an update was refused (another worker took the lease).
+    pub fn lost(&self) -> bool {
+        self.lost.load(Ordering::SeqCst)
+    }
+
+    /// Whether this worker may still write for the lineage: not lost, and renewed recently enough that
+    /// no other worker can have taken it (a quarter of the timeout is kept as a margin for the write
+    /// itself). A worker paused past its timeout finds this false when it resumes.
+    pub fn valid(&self) -> bool {
+        let since = *self.since.lock().unwrap_or_else(|p| p.into_inner());
+        !self.lost() && since.elapsed() < self.timeout - self.timeout / 4
+    }
+
+    async fn update(&self, op: Op<'_>) -> crate::Result<bool> {
+        let mut lease = self.lease.lock().await;
+        if self.lost() {
+            return Ok(false);
+        }
+        let sent = Instant::now();
+        let next = match op {
+            Op::Renew => self.table.renew(&lease).await?,
+            Op::Checkpoint(epoch, state) => self.table.checkpoint(&lease, epoch, state).await?,
+            Op::Release => self.table.release(&lease).await?,
+        };
+        match next {
+            Some(next) => {
+                *lease = next;
+                *self.since.lock().unwrap_or_else(|p| p.into_inner()) = sent;
+                Ok(true)
+            }
+            None => {
+                self.lost.store(true, Ordering::SeqCst);
+                Ok(false)
+            }
+        }
+    }
+
+    /// Renews the lease; false: it was lost.
+    pub async fn renew(&self) -> crate::Result<bool> {
+        self.update(Op::Renew).await
+    }
+
+    /// Commits `epoch` with the runner's checkpoint; false: fenced (the lease was lost).
+    pub async fn checkpoint(&self, epoch: u64, state: &str) -> crate::Result<bool> {
+        self.update(Op::Checkpoint(epoch, state)).await
+    }
+
+    /// Gives the lease up (after its runner stopped).
+    pub async fn release(&self) -> crate::Result<bool> {
+        let released = self.update(Op::Release).await?;
+        self.lost.store(true, Ordering::SeqCst);
+        Ok(released)
+    }
+}
+
+enum Op<'a> {
+    Renew,
+    Checkpoint(u64, &'a str),
+    Release,
+}
+
+impl crate::runner::Fence for std::sync::Arc<Held> {
+    async fn committed(&self) -> Option<String> {
+        self.lease().await.state
+    }
+
+    async fn commit(&self, epoch: u64, checkpoint: &str) -> crate::Result<bool> {
+        self.checkpoint(epoch, checkpoint).await
+    }
+
+    fn valid(&self) -> bool {
+        Held::valid(self)
     }
 }
 
@@ -255,7 +388,7 @@ mod tests {
     use super::*;
 
     fn lease(key: &str, owner: Option<&str>, counter: u64) -> Lease {
-        Lease { key: key.into(), owner: owner.map(str::to_owned), counter, checkpoint: 0 }
+        Lease { key: key.into(), owner: owner.map(str::to_owned), counter, checkpoint: 0, lineage: None, state: None }
     }
 
     #[test]

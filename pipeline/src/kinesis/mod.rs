@@ -5,7 +5,10 @@
 //!   end). A child shard is read only once its parents are finished: its parent after a split, both
 //!   its parents (`parent_shard_id` and `adjacent_parent_shard_id`) after a merge, so a view's events
 //!   stay in order across a reshard.
-//! - **Scale-out.** `--worker-index i --worker-count n`: a worker owns the shards whose lineage root
+//! - **Elastic workers** (`kinesis.lease_table` set, [`elastic`]): workers share the stream's lineages
+//!   through leases in DynamoDB, one runner per lineage, each reading the shards of its lineage
+//!   ([`KinesisSource::for_lineage`]); see `docs/architecture.md` §9.
+//! - **Static scale-out** (no lease table). `--worker-index i --worker-count n`: a worker owns the shards whose lineage root
 //!   (following `parent_shard_id` up) hashes to `i` (stable FNV-1a), so children stay with their parent's
 //!   worker and a view never moves between workers on a split. The root of every shard ever listed is
 //!   kept in the checkpoint, so ownership does not move when an ancestor ages out of ListShards after
@@ -24,6 +27,7 @@
 //! - **KPL.** Aggregated records are deaggregated (magic, protobuf, MD5); plain records pass through.
 //!   An aggregated record is processed whole within one epoch, so positions need no sub-sequence.
 
+pub mod elastic;
 pub mod kpl;
 pub mod lease;
 
@@ -68,11 +72,19 @@ struct Backoff {
 const BACKOFF_FIRST: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 
+/// Which shards a source reads: a static share of the lineages, or one lineage.
+#[derive(Debug, Clone)]
+enum Ownership {
+    /// The lineages whose root hashes to `index` among `count` workers.
+    Static { index: u32, count: u32 },
+    /// One lineage (lease mode): its root shard, and the runner's name.
+    Lineage { root: String, name: String },
+}
+
 pub struct KinesisSource {
     client: Client,
     stream: String,
-    worker_index: u32,
-    worker_count: u32,
+    ownership: Ownership,
     shards: Vec<Shard>,
     listed_at: Option<Instant>,
     relist_interval: Duration,
@@ -90,11 +102,19 @@ fn fnv1a(s: &str) -> u64 {
 
 impl KinesisSource {
     pub fn new(client: Client, stream: String, worker_index: u32, worker_count: u32) -> KinesisSource {
+        KinesisSource::with(client, stream, Ownership::Static { index: worker_index, count: worker_count.max(1) })
+    }
+
+    /// The source of one lineage (the shards descending from `root`), named `name` (its row identity).
+    pub fn for_lineage(client: Client, stream: String, root: String, name: String) -> KinesisSource {
+        KinesisSource::with(client, stream, Ownership::Lineage { root, name })
+    }
+
+    fn with(client: Client, stream: String, ownership: Ownership) -> KinesisSource {
         KinesisSource {
             client,
             stream,
-            worker_index,
-            worker_count: worker_count.max(1),
+            ownership,
             shards: Vec::new(),
             listed_at: None,
             relist_interval: Duration::from_secs(10),
@@ -141,12 +161,12 @@ impl KinesisSource {
                 .unwrap_or_else(|| s.shard_id().to_owned());
             if let (Some(adjacent), Some(parent)) = (s.adjacent_parent_shard_id(), s.parent_shard_id()) {
                 let adjacent_root = self.positions.roots.get(adjacent).map_or(adjacent, String::as_str);
-                if self.owner(adjacent_root) != self.owner(&root) {
+                if self.owns_root(adjacent_root) != self.owns_root(&root) {
                     tracing::warn!(
                         shard = s.shard_id(),
                         parent,
                         adjacent,
-                        "merged shard joins lineages owned by two workers; views of the adjacent parent that continue in it are split"
+                        "merged shard joins two lineages owned apart; views of the adjacent parent that continue in it are split"
                     );
                 }
             }
@@ -154,8 +174,11 @@ impl KinesisSource {
         }
     }
 
-    fn owner(&self, root: &str) -> u32 {
-        (fnv1a(root) % u64::from(self.worker_count)) as u32
+    fn owns_root(&self, root: &str) -> bool {
+        match &self.ownership {
+            Ownership::Static { index, count } => (fnv1a(root) % u64::from(*count)) as u32 == *index,
+            Ownership::Lineage { root: mine, .. } => root == mine,
+        }
     }
 
     fn finished(&self, id: &str) -> bool {
@@ -164,7 +187,7 @@ impl KinesisSource {
 
     fn owned(&self, s: &Shard) -> bool {
         let root = self.positions.roots.get(s.shard_id()).map_or(s.shard_id(), String::as_str);
-        self.owner(root) == self.worker_index
+        self.owns_root(root)
     }
 
     /// Owned shards that can be read now: not finished, every listed parent finished (both parents of
@@ -320,7 +343,10 @@ impl Source for KinesisSource {
     type Position = Positions;
 
     fn name(&self) -> String {
-        format!("kinesis-w{}", self.worker_index)
+        match &self.ownership {
+            Ownership::Static { index, .. } => format!("kinesis-w{index}"),
+            Ownership::Lineage { name, .. } => name.clone(),
+        }
     }
 
     async fn seek(&mut self, from: &Positions) -> crate::Result<()> {
@@ -412,6 +438,23 @@ mod tests {
     }
 }
 
+/// The worker's status, served on `/healthz`, `/readyz` and `/metrics` if `health` is given.
+async fn health_listener(
+    config: &crate::PipelineConfig,
+    health: Option<(std::net::SocketAddr, service::ConnLimits)>,
+    stop: &service::Stop,
+) -> crate::Result<std::sync::Arc<crate::PipelineStatus>> {
+    let registry = prometheus::Registry::new();
+    let status = std::sync::Arc::new(crate::PipelineStatus::of(config, &registry));
+    if let Some((addr, limits)) = health {
+        let listener = service::bind(addr).await?;
+        tracing::info!("pipeline health listening on http://{}", listener.local_addr()?);
+        let app = service::health_router(vec![status.clone()], registry);
+        tokio::spawn(service::serve(listener, app, limits, None, stop.stopped()));
+    }
+    Ok(status)
+}
+
 /// One `qoeflow pipeline` worker: its share of the stream's shards, where it writes, and an optional
 /// health listener (`/healthz`, `/readyz`, `/metrics`).
 pub struct Worker {
@@ -427,8 +470,12 @@ pub struct Worker {
     pub health: Option<(std::net::SocketAddr, service::ConnLimits)>,
 }
 
-/// Runs a worker on its Kinesis shards until `stop` is set (see [`crate::runner::run`]).
+/// Runs a worker on its Kinesis shards until `stop` is set (see [`crate::runner::run`]): with
+/// `kinesis.lease_table`, an elastic worker ([`elastic::run`]); otherwise its static share.
 pub async fn run_worker(worker: Worker, stop: service::Stop) -> crate::Result<()> {
+    if worker.kinesis.lease_table.is_some() {
+        return elastic::run(worker, stop).await;
+    }
     let Worker {
         kinesis,
         worker_index,
@@ -447,14 +494,7 @@ pub async fn run_worker(worker: Worker, stop: service::Stop) -> crate::Result<()
     let client = ::kinesis::client(&kinesis).await;
     tracing::info!(%stream, worker_index, worker_count, data_dir = %data_dir.display(), dataset = %dataset.url(), "pipeline reading Kinesis");
     let source = KinesisSource::new(client, stream, worker_index, worker_count);
-    let registry = prometheus::Registry::new();
-    let status = std::sync::Arc::new(crate::PipelineStatus::of(&config, &registry));
-    if let Some((addr, limits)) = health {
-        let listener = service::bind(addr).await?;
-        tracing::info!("pipeline health listening on http://{}", listener.local_addr()?);
-        let app = service::health_router(vec![status.clone()], registry);
-        tokio::spawn(service::serve(listener, app, limits, None, stop.stopped()));
-    }
+    let status = health_listener(&config, health, &stop).await?;
     crate::runner::run(
         source,
         data_dir,

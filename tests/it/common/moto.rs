@@ -58,6 +58,37 @@ impl Moto {
         objstore::Location::parse_with(url, &options).expect("S3 location")
     }
 
+    /// `qoeflow query --dataset DATASET --format json SQL` with this server's AWS environment: its rows.
+    pub fn query(&self, dataset: &str, sql: &str) -> Vec<serde_json::Value> {
+        let out = Command::new(env!("CARGO_BIN_EXE_qoeflow"))
+            .args(["query", "--dataset", dataset, "--format", "json", sql])
+            .envs(self.env())
+            .env("QOEFLOW_LOG_LEVEL", "warn")
+            .output()
+            .expect("run qoeflow query");
+        assert!(out.status.success(), "qoeflow query failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).expect("json row")).collect()
+    }
+
+    /// The multipart uploads begun and never completed under `prefix` of `bucket` (what staged files
+    /// that were never published leave behind), as their keys.
+    pub fn incomplete_uploads(&self, bucket: &str, prefix: &str) -> Vec<String> {
+        let url = format!("{}/{bucket}?uploads&prefix={prefix}", self.endpoint());
+        let body = super::clickhouse::http::blocking_get(&url).unwrap_or_else(|e| panic!("ListMultipartUploads: {e}"));
+        body.split("<Key>").skip(1).filter_map(|k| k.split("</Key>").next()).map(str::to_owned).collect()
+    }
+
+    /// The lease table `table` on this server, read as `owner` (who owns what, checkpoints).
+    pub fn lease_table(&self, table: &str) -> pipeline::kinesis::lease::LeaseTable {
+        let config = aws_sdk_dynamodb::Config::builder()
+            .behavior_version_latest()
+            .region(aws_sdk_dynamodb::config::Region::new("us-east-1"))
+            .credentials_provider(aws_sdk_dynamodb::config::Credentials::new("test", "test", None, None, "test"))
+            .endpoint_url(self.endpoint())
+            .build();
+        pipeline::kinesis::lease::LeaseTable::new(aws_sdk_dynamodb::Client::from_conf(config), table, "test-observer")
+    }
+
     /// Creates a bucket (moto does not check signatures: a plain PUT).
     pub fn create_bucket(&self, bucket: &str) {
         if let Err(e) =
