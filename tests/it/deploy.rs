@@ -81,7 +81,6 @@ fn deployment_files_start_real_subcommands_with_real_flags_and_valid_configurati
     for kind in [
         "ConfigMap",
         "Deployment",
-        "StatefulSet",
         "Service",
         "Kustomization",
     ] {
@@ -121,8 +120,6 @@ fn deployment_files_start_real_subcommands_with_real_flags_and_valid_configurati
         .expect("secret example");
     let samples = BTreeMap::from([
         ("INGEST_KEY", "k1"),
-        ("WORKER_INDEX", "0"),
-        ("WORKER_COUNT", "2"),
         ("HEALTH_LISTEN", "0.0.0.0:9090"),
     ]);
 
@@ -219,6 +216,15 @@ fn deployment_files_start_real_subcommands_with_real_flags_and_valid_configurati
                 args.iter().any(|a| a.ends_with(&format!(":{port}"))),
                 "{name} listens where its port {port} is: {args:?}"
             );
+            // Pipeline workers are elastic: a Deployment of any size, sharing the lineages by lease.
+            if role == "pipeline" {
+                assert_eq!(doc["kind"], "Deployment", "{name}: elastic workers need no stable identity");
+                let toml_text = config["data"]["qoeflow.toml"].as_str().expect("qoeflow.toml");
+                assert!(
+                    toml_text.contains("lease_table = ") || args.iter().any(|a| a == "--lease-table"),
+                    "{name}: the workers share the stream through a lease table"
+                );
+            }
             roles.push(role);
         }
     }
