@@ -355,6 +355,7 @@ pub async fn run_with<S: Source, F: Fence>(
     let name = source.name();
     let lock_path = data_dir.join("pipeline").join(format!("{name}.lock"));
     let _lock = locallog::lock_exclusive(&lock_path).with_context(|| format!("pipeline checkpoint {name} in {}", data_dir.display()))?;
+    tracing::info!(source = %name, lock = %lock_path.display(), "pipeline: checkpoint locked");
     // A lineage's rows are the lineage's, whoever writes them; otherwise they are this instance's.
     let identity = match &shared {
         Some(_) => name.clone(),
@@ -782,7 +783,7 @@ async fn run_from_checkpoint<S: Source, F: Fence>(
             last_compaction = std::time::Instant::now();
             let closed_before = session.watermark() - config.compact_after_ms;
             // Only committed epochs are merged; a failure leaves the inputs in place and is retried later.
-            match sink.compact(epoch, closed_before, config.compact_min_files, config.compact_target_bytes).await {
+            match sink.compact_while(epoch, closed_before, config.compact_min_files, config.compact_target_bytes, || may_write().is_ok()).await {
                 Ok(c) if c.partitions > 0 => tracing::info!(partitions = c.partitions, files = c.files_in, rows = c.rows, "pipeline: compacted Parquet partitions"),
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = format!("{e:#}"), "pipeline: Parquet compaction failed; will retry"),

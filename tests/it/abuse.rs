@@ -468,18 +468,18 @@ async fn one_owner_a_second_process_on_the_same_directory_refuses_to_start() {
     assert_eq!(event_ids(&read_local_log(dir.path())).len(), 3, "the first instance's records are intact");
 
     // Two pipeline workers with the same index on one directory: the second refuses. (The Kinesis
-    // endpoint is dead; the lock comes before any call to it.)
+    // endpoint is dead: the first never resumes, but the lock comes before any call to it.)
     let dead = format!("http://127.0.0.1:{}", kinesis_free_port());
     let mut env = crate::common::kinesis::AWS_ENV.to_vec();
     env.push(("QOEFLOW_LOG_LEVEL", "info"));
     let args = ["pipeline", "--kinesis-stream", "s", "--kinesis-endpoint", &dead, "--data-dir", path];
-    let _first = Qoeflow::spawn_until(&args, &env, "pipeline: resuming from checkpoint");
+    let _first = Qoeflow::spawn_until(&args, &env, "pipeline: checkpoint locked");
     let err = second_instance(&args, &env);
     assert!(err.contains("in use by another process"), "{err}");
     // Another worker index on the same directory is a different checkpoint: it may run beside it.
     let mut other = args.to_vec();
     other.extend(["--worker-index", "1", "--worker-count", "2"]);
-    let _second = Qoeflow::spawn_until(&other, &env, "pipeline: resuming from checkpoint");
+    let _second = Qoeflow::spawn_until(&other, &env, "pipeline: checkpoint locked");
 }
 
 // ---------------------------------------------------------------------------------------------------
