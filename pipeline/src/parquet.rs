@@ -275,6 +275,19 @@ impl ParquetSink {
         min_files: usize,
         target_bytes: u64,
     ) -> crate::Result<Compacted> {
+        self.compact_while(committed, closed_before, min_files, target_bytes, || true).await
+    }
+
+    /// [`ParquetSink::compact`], asking `keep_going` before each merge (lease mode: whether the
+    /// lineage's lease is still fresh, so a worker that lost it stops merging files it no longer owns).
+    pub async fn compact_while(
+        &self,
+        committed: u64,
+        closed_before: i64,
+        min_files: usize,
+        target_bytes: u64,
+        keep_going: impl Fn() -> bool,
+    ) -> crate::Result<Compacted> {
         let mut done = Compacted::default();
         for (dir, files) in self.own_files().await?.0 {
             let Some(start) = partition_start(Path::new(&dir)) else {
@@ -291,6 +304,9 @@ impl ParquetSink {
             for group in size_groups(&files, target_bytes) {
                 if group.len() < 2 {
                     continue;
+                }
+                if !keep_going() {
+                    return Ok(done);
                 }
                 done.rows += self.merge_files(&dir, group).await?;
                 done.files_in += group.len();
