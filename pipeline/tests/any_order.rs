@@ -132,11 +132,19 @@ fn records(views: &[ViewSpec], deliveries: &[(i64, i64)], late: bool) -> Vec<Rec
 }
 
 /// What readers see: the latest version of each view, and per (window, dims) the summed deltas and
-/// the net start-time histogram.
+/// the net start-time histogram's buckets.
 #[derive(Debug, PartialEq)]
 struct Seen {
     views: BTreeMap<String, Value>,
-    windows: BTreeMap<(i64, Vec<String>), (Vec<(String, i64)>, Histogram<u64>)>,
+    windows: BTreeMap<(i64, Vec<String>), (Vec<(String, i64)>, Vec<(u64, u64)>)>,
+}
+
+/// A histogram's distribution: (bucket value, count) of every non-empty bucket. What readers compute
+/// quantiles from; unlike `Histogram`'s `==` it ignores the cached smallest non-zero value, which
+/// `subtract` leaves stale when the histogram also holds zeros (found by this test: two equal
+/// distributions compared unequal).
+fn buckets(h: &Histogram<u64>) -> Vec<(u64, u64)> {
+    h.iter_recorded().map(|v| (v.value_iterated_to(), v.count_at_value())).collect()
 }
 
 /// `max_cached_views`: how many open views stay in memory after each flush; the others are read back
@@ -176,7 +184,7 @@ fn run(records: &[Record], flush_every: usize, max_cached_views: usize) -> Seen 
             }
             let sums: Vec<(String, i64)> =
                 window_sums().filter(|(m, _)| d.sums[*m] != 0).map(|(m, name)| (name.to_owned(), d.sums[m])).collect();
-            (!sums.is_empty() || net.len() > 0).then_some((key, (sums, net)))
+            (!sums.is_empty() || net.len() > 0).then_some((key, (sums, buckets(&net))))
         })
         .collect();
     Seen { views: views.into_iter().map(|(k, (_, v))| (k, v)).collect(), windows }
@@ -211,6 +219,6 @@ fn a_late_playrequest_corrects_the_start_time() {
     assert_eq!(in_order.views["v0"]["startup_ms"], json!(1_400));
     assert_eq!(late.views, in_order.views);
     assert_eq!(late.windows, in_order.windows);
-    let (_, hist) = &late.windows.values().find(|(_, h)| h.len() > 0).expect("a start");
-    assert_eq!((hist.len(), hist.min()), (1, 1_400), "the 0 ms start was retracted");
+    let (_, hist) = &late.windows.values().find(|(_, h)| !h.is_empty()).expect("a start");
+    assert_eq!(hist, &vec![(1_400, 1)], "the 0 ms start was retracted");
 }
