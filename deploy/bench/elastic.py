@@ -143,14 +143,15 @@ def main():
                 print(f"round {r + 1}, {k} worker(s): {events} events in {wall:.1f} s: {events / wall:,.0f} events/s, "
                       f"{events / cpu:,.0f} per core ({cpu:.1f} CPU s)")
         print()
-        print("| workers | wall s | events/s | events/s per core | scaling (events/s vs 1 worker) |")
-        print("| ---: | ---: | ---: | ---: | ---: |")
-        base = statistics.median(x[1] for x in results[counts[0]])
-        for k in counts:
-            wall = statistics.median(x[0] for x in results[k])
-            rate = statistics.median(x[1] for x in results[k])
-            per_core = statistics.median(x[2] for x in results[k])
-            print(f"| {k} | {wall:.1f} | {rate:,.0f} | {per_core:,.0f} | {rate / base:.2f} |")
+        if args.rounds > 0:
+            print("| workers | wall s | events/s | events/s per core | scaling (events/s vs 1 worker) |")
+            print("| ---: | ---: | ---: | ---: | ---: |")
+            base = statistics.median(x[1] for x in results[counts[0]])
+            for k in counts:
+                wall = statistics.median(x[0] for x in results[k])
+                rate = statistics.median(x[1] for x in results[k])
+                per_core = statistics.median(x[2] for x in results[k])
+                print(f"| {k} | {wall:.1f} | {rate:,.0f} | {per_core:,.0f} | {rate / base:.2f} |")
 
         # Takeover after kill -9, default lease timeout.
         takeovers = []
@@ -160,7 +161,10 @@ def main():
             owners = {}
             deadline = time.time() + 120
             while time.time() < deadline:
-                items = ddb.scan(TableName=f"leases-{tag}", ConsistentRead=True).get("Items", [])
+                try:
+                    items = ddb.scan(TableName=f"leases-{tag}", ConsistentRead=True).get("Items", [])
+                except ddb.exceptions.ResourceNotFoundException:
+                    items = []  # the first worker has not created the table yet
                 owners = {i["leaseKey"]["S"]: i.get("leaseOwner", {}).get("S") for i in items}
                 held = sorted(owners.values(), key=str)
                 if len(owners) == 4 and None not in held and len(set(held)) == 2 and held.count(held[0]) == 2:

@@ -11,14 +11,15 @@
 # 3. freshness: beacon acknowledged -> counted by /api/v1/metrics, under loadgen traffic (api.sh)
 # 4. pipeline memory per active view at 100,000 views open                            (bench_pipeline)
 # 5. dashboard API over a day of loadgen traffic vs DuckDB on the same Parquet        (api.sh)
+# 6. elastic workers: 1, 2 and 4 on the same stream (scaling vs one), takeover after kill -9 (elastic.py)
 #
 # Needs what ./deploy/test.sh installs (DuckDB from tests/requirements.txt); installs wrk if missing.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 if [[ "${1:-}" == "--quick" ]]; then
-  collector=(5 64 1); pipeline=(2000 1 10000); api=(3000 500 3 500)
+  collector=(5 64 1); pipeline=(2000 1 10000); api=(3000 500 3 500); elastic=(--viewers 1000 --rounds 1)
 else
-  collector=(15 64 3); pipeline=(20000 3 100000); api=(50000 8640 9 3000)
+  collector=(15 64 3); pipeline=(20000 3 100000); api=(50000 8640 9 3000); elastic=(--viewers 8000 --rounds 3)
 fi
 python3 -c 'import duckdb' 2>/dev/null || pip install -q -r tests/requirements.txt
 out="$(mktemp -d)"; trap 'rm -rf "$out"' EXIT
@@ -35,10 +36,13 @@ echo
 echo "== 3 and 5. dashboard API over a day, and freshness =="
 deploy/bench/api.sh "${api[@]}" | tee "$out/api.txt"
 echo
+echo "== 6. elastic workers =="
+python3 deploy/bench/elastic.py --bin target/release/qoeflow "${elastic[@]}" | tee "$out/elastic.txt"
+echo
 python3 - "$out" <<'PY'
 import re, sys
 d = sys.argv[1]
-text = {n: open(f"{d}/{n}.txt").read() for n in ("collector", "pipeline", "api")}
+text = {n: open(f"{d}/{n}.txt").read() for n in ("collector", "pipeline", "api", "elastic")}
 def row(name, pattern, group=0):
     m = re.search(pattern, text[name], re.M)
     return m.group(group) if m else "?"
@@ -79,4 +83,11 @@ b, bd = api("breakdown?dimension=country&from=now-24h"), duck("breakdown by coun
 print(f"{'5':<3}{'API summary 24h, ms (compacted)':<46}{s:>16}{sd:>16}{ratio(s, sd):>8}  DuckDB, same files")
 print(f"{'':<3}{'API series 24h, ms':<46}{m:>16}{md:>16}{ratio(m, md):>8}")
 print(f"{'':<3}{'API breakdown by country 24h, ms':<46}{b:>16}{bd:>16}{ratio(b, bd):>8}")
+for k in ("2", "4"):
+    line = row("elastic", rf"^\| {k} \|.*$")
+    if line != "?":
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        print(f"{'6' if k == '2' else '':<3}{f'elastic: {k} workers, events/s (scaling)':<46}{cells[2]:>16}{'1 worker':>16}{cells[4]:>8}  the same stream read by one worker")
+took = row("elastic", r"median ([\d.]+) s$", 1)
+print(f"{'':<3}{'elastic: takeover after kill -9, s':<46}{took:>16}{'10':>16}{'':>8}  the lease timeout")
 PY
