@@ -14,6 +14,8 @@ pub enum Error {
     Parquet(#[from] parquet::errors::ParquetError),
     #[error("Arrow: {0}")]
     Arrow(#[from] arrow_schema::ArrowError),
+    #[error(transparent)]
+    Encode(#[from] schemas::cells::EncodeError),
     #[error("object storage: {0}")]
     Storage(#[from] objstore::Error),
     #[error("ClickHouse: {0}")]

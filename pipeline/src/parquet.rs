@@ -26,23 +26,14 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
 
-use arrow_array::builder::{
-    BinaryBuilder, BooleanBuilder, Float64Builder, Int64Builder, StringBuilder, TimestampMillisecondBuilder,
-    UInt64Builder,
-};
-use arrow_array::{ArrayRef, RecordBatch};
 use bytes::Bytes;
 use objstore::{Location, Staged};
-use parquet::arrow::ArrowWriter;
-use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::properties::WriterProperties;
 use schemas::dataset::{DATASET_LOCK, epochs_of, file_name, merged_file_name, partition_of, partition_start, source_prefix};
-use schemas::tables::{self, ColType, Column};
+use schemas::cells::{Cell, parquet_file, record_batch};
 
 use crate::error::Context;
-use crate::rows::{self, Cell};
+use crate::rows;
 use crate::sessionizer::{Dim, Output};
 
 /// What one compaction pass did.
@@ -75,81 +66,6 @@ pub struct ParquetSink {
     dims: Vec<Dim>,
 }
 
-enum Builder {
-    Bool(BooleanBuilder),
-    I64(Int64Builder),
-    U64(UInt64Builder),
-    F64(Float64Builder),
-    Str(StringBuilder),
-    Bin(BinaryBuilder),
-    Ts(TimestampMillisecondBuilder),
-}
-
-impl Builder {
-    fn new(ty: ColType) -> Builder {
-        match ty {
-            ColType::Bool => Builder::Bool(BooleanBuilder::new()),
-            ColType::Int64 => Builder::I64(Int64Builder::new()),
-            ColType::UInt64 => Builder::U64(UInt64Builder::new()),
-            ColType::Float64 => Builder::F64(Float64Builder::new()),
-            ColType::Utf8 => Builder::Str(StringBuilder::new()),
-            ColType::Binary => Builder::Bin(BinaryBuilder::new()),
-            ColType::TimestampMs => Builder::Ts(TimestampMillisecondBuilder::new().with_timezone("UTC")),
-        }
-    }
-
-    /// Appends a cell. The row functions in `rows` produce cells matching the column list; a mismatch is
-    /// a programming error caught by the tests of every table.
-    fn push(&mut self, cell: &Cell, column: &Column) {
-        match (self, cell) {
-            (Builder::Bool(b), Cell::Bool(v)) => b.append_value(*v),
-            (Builder::I64(b), Cell::I64(v)) => b.append_value(*v),
-            (Builder::U64(b), Cell::U64(v)) => b.append_value(*v),
-            (Builder::F64(b), Cell::F64(v)) => b.append_value(*v),
-            (Builder::Str(b), Cell::Str(v)) => b.append_value(v),
-            (Builder::Bin(b), Cell::Bin(v)) => b.append_value(v),
-            (Builder::Ts(b), Cell::Ts(v)) => b.append_value(*v),
-            (Builder::Bool(b), Cell::Null) => b.append_null(),
-            (Builder::I64(b), Cell::Null) => b.append_null(),
-            (Builder::U64(b), Cell::Null) => b.append_null(),
-            (Builder::F64(b), Cell::Null) => b.append_null(),
-            (Builder::Str(b), Cell::Null) => b.append_null(),
-            (Builder::Bin(b), Cell::Null) => b.append_null(),
-            (Builder::Ts(b), Cell::Null) => b.append_null(),
-            (_, cell) => panic!("column {} ({:?}) cannot take {cell:?}", column.name, column.ty),
-        }
-    }
-
-    fn finish(&mut self) -> ArrayRef {
-        match self {
-            Builder::Bool(b) => Arc::new(b.finish()),
-            Builder::I64(b) => Arc::new(b.finish()),
-            Builder::U64(b) => Arc::new(b.finish()),
-            Builder::F64(b) => Arc::new(b.finish()),
-            Builder::Str(b) => Arc::new(b.finish()),
-            Builder::Bin(b) => Arc::new(b.finish()),
-            Builder::Ts(b) => Arc::new(b.finish()),
-        }
-    }
-}
-
-/// Builds a record batch of `rows` (cells in column order).
-pub fn record_batch(columns: &[Column], rows: &[Vec<Cell>]) -> crate::Result<RecordBatch> {
-    let mut builders: Vec<Builder> = columns.iter().map(|c| Builder::new(c.ty)).collect();
-    for row in rows {
-        crate::error::ensure!(row.len() == columns.len(), "row has {} cells for {} columns", row.len(), columns.len());
-        for ((b, cell), col) in builders.iter_mut().zip(row).zip(columns) {
-            b.push(cell, col);
-        }
-    }
-    let arrays: Vec<ArrayRef> = builders.iter_mut().map(Builder::finish).collect();
-    Ok(RecordBatch::try_new(tables::arrow_schema(columns), arrays)?)
-}
-
-fn writer_properties() -> crate::Result<WriterProperties> {
-    Ok(WriterProperties::builder().set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?)).build())
-}
-
 /// Splits `files` (sorted by epoch) into runs of consecutive files of at most about `target_bytes`
 /// together; a file of `target_bytes` or more ends the run before it and stays alone, so no merged
 /// file's epoch range ever covers a file left out of it.
@@ -171,32 +87,6 @@ fn size_groups(files: &[OwnFile], target_bytes: u64) -> Vec<&[OwnFile]> {
     }
     groups.push(&files[start..]);
     groups.into_iter().filter(|g| !g.is_empty()).collect()
-}
-
-/// Encodes `batch` as one zstd Parquet file.
-fn encode(
-    batches: impl IntoIterator<Item = crate::Result<RecordBatch>>,
-) -> crate::Result<Option<(Bytes, usize)>> {
-    let mut writer: Option<ArrowWriter<Vec<u8>>> = None;
-    let mut rows = 0;
-    for batch in batches {
-        let batch = batch?;
-        if writer.is_none() {
-            writer = Some(ArrowWriter::try_new(
-                Vec::new(),
-                batch.schema(),
-                Some(writer_properties()?),
-            )?);
-        }
-        if let Some(w) = writer.as_mut() {
-            w.write(&batch)?;
-            rows += batch.num_rows();
-        }
-    }
-    let Some(writer) = writer else {
-        return Ok(None);
-    };
-    Ok(Some((Bytes::from(writer.into_inner()?), rows)))
 }
 
 impl ParquetSink {
@@ -341,7 +231,7 @@ impl ParquetSink {
                 readers.push(parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)?.with_batch_size(8192).build()?);
             }
             // Batches are decoded one at a time as the writer takes them.
-            encode(readers.into_iter().flatten().map(|b| b.map_err(crate::Error::from)))
+            parquet_file(readers.into_iter().flatten().map(|b| b.map_err(crate::Error::from)))
         })
         .await??;
         let Some((bytes, rows)) = merged else {
@@ -366,7 +256,7 @@ impl ParquetSink {
                 parts.entry(partition_of(ts)).or_default().push(row);
             }
             for (part, rows) in parts {
-                if let Some((bytes, _)) = encode([record_batch(columns, &rows)])? {
+                if let Some((bytes, _)) = parquet_file([record_batch(columns, &rows).map_err(crate::Error::from)])? {
                     files.push((format!("{table}/{part}/{name}"), bytes));
                 }
             }
@@ -405,6 +295,7 @@ impl ParquetSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use arrow_array::ArrayRef;
     use std::fs::File;
     use std::path::PathBuf;
 

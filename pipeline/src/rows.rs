@@ -2,24 +2,12 @@
 
 use schemas::record::RejectedRecord;
 use schemas::measures::{HISTOGRAM_MEASURE, MEASURES, Measure, WINDOW_QUANTILES};
+pub use schemas::cells::{Cell, encode_rowbinary};
 use schemas::tables::{self, ColType, Column, DIM_COLUMNS};
 use schemas::{CacheStatus, Payload};
 
 use crate::sessionizer::{Dim, EventRow, Output, ViewRow, stream_type_str};
 use crate::window::WindowRow;
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum Cell {
-    Bool(bool),
-    I64(i64),
-    U64(u64),
-    F64(f64),
-    Str(String),
-    Bin(Vec<u8>),
-    /// Epoch milliseconds.
-    Ts(i64),
-    Null,
-}
 
 fn s(v: &str) -> Cell {
     Cell::Str(v.to_owned())
@@ -196,73 +184,4 @@ pub fn tables_of(out: &Output, dims: &[Dim], source: &str, epoch: u64) -> [(&'st
         ),
         ("rejected", tables::REJECTED, out.rejected.iter().enumerate().map(|(i, r)| (r.recv_ms, rejected_row(r, source, epoch, i))).collect()),
     ]
-}
-
-/// Appends one row in ClickHouse's RowBinary format (columns in table order).
-pub fn encode_rowbinary(cells: &[Cell], columns: &[Column], out: &mut Vec<u8>) {
-    fn varint(mut n: usize, out: &mut Vec<u8>) {
-        loop {
-            let byte = (n & 0x7f) as u8;
-            n >>= 7;
-            if n == 0 {
-                out.push(byte);
-                return;
-            }
-            out.push(byte | 0x80);
-        }
-    }
-    for (cell, col) in cells.iter().zip(columns) {
-        if col.nullable {
-            out.push(u8::from(matches!(cell, Cell::Null)));
-        }
-        match cell {
-            Cell::Null => {
-                if !col.nullable {
-                    // The row functions never put Null in a non-nullable column; should one appear, write
-                    // the type's zero value so the stream stays aligned.
-                    let zero_len = match col.ty {
-                        ColType::Bool | ColType::Utf8 | ColType::Binary => 1, // false / empty string
-                        ColType::Int64 | ColType::UInt64 | ColType::Float64 | ColType::TimestampMs => 8,
-                    };
-                    out.extend(std::iter::repeat_n(0u8, zero_len));
-                }
-            }
-            Cell::Bool(b) => out.push(u8::from(*b)),
-            Cell::I64(v) | Cell::Ts(v) => out.extend_from_slice(&v.to_le_bytes()),
-            Cell::U64(v) => out.extend_from_slice(&v.to_le_bytes()),
-            Cell::F64(v) => out.extend_from_slice(&v.to_le_bytes()),
-            Cell::Str(v) => {
-                varint(v.len(), out);
-                out.extend_from_slice(v.as_bytes());
-            }
-            Cell::Bin(v) => {
-                varint(v.len(), out);
-                out.extend_from_slice(v);
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use schemas::tables::Column;
-
-    #[test]
-    fn rowbinary_layout() {
-        let cols = [
-            Column { name: "s", ty: ColType::Utf8, nullable: false },
-            Column { name: "n", ty: ColType::Int64, nullable: true },
-            Column { name: "b", ty: ColType::Bool, nullable: false },
-            Column { name: "z", ty: ColType::Utf8, nullable: false },
-        ];
-        let mut out = Vec::new();
-        encode_rowbinary(&[Cell::Str("hé".into()), Cell::Null, Cell::Bool(true), Cell::Null], &cols, &mut out);
-        assert_eq!(out, vec![3, b'h', 0xc3, 0xa9, 1, 1, 0]);
-        out.clear();
-        encode_rowbinary(&[Cell::Str("x".repeat(200)), Cell::I64(-2), Cell::Bool(false), Cell::Str(String::new())], &cols, &mut out);
-        assert_eq!(&out[..2], &[0xc8, 0x01], "LEB128 length");
-        assert_eq!(&out[202..211], &[0, 0xfe, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]);
-        assert_eq!(&out[211..], &[0, 0]);
-    }
 }

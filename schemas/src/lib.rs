@@ -7,12 +7,14 @@
 //! - [`record`]: the versioned, compressed record format written to Kinesis and to the local log
 //!   (documented in `schemas/README.md`).
 //! - [`tables`]: the output tables' columns (Arrow and ClickHouse), and where ClickHouse is.
+//! - [`cells`]: a row as cells, and its encodings (Arrow, Parquet, ClickHouse RowBinary).
 //! - [`measures`]: the QoE measures, declared once (`docs/metrics.md`).
 //! - [`dataset`]: the Parquet dataset's layout: partitions, file names, the in-process swap lock.
 //! - [`hist`]: the start-time histogram codec.
 //! - [`dims`]: the dimension vocabulary.
 
 pub mod beacon;
+pub mod cells;
 pub mod column;
 pub mod dataset;
 pub mod dims;

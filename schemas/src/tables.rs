@@ -134,12 +134,37 @@ pub const REJECTED: &[Column] = &[
     c("row", UInt64),
 ];
 
-/// The four tables, by name.
-pub fn tables() -> [(&'static str, &'static [Column]); 4] {
-    [("events", EVENTS), ("views", views()), ("qoe_window", qoe_window()), ("rejected", REJECTED)]
+/// `alerts`: the alert history, one row per state change of an alert (a rule, or one group of a rule
+/// with `group_by`), written by the alert evaluator of `serve` / `query-server`. `state` is `pending`,
+/// `firing`, `resolved` or `inactive` (a pending alert whose condition ended before it fired); `value` is
+/// the metric when the state changed (NULL when there was none: no data, or below the rule's volume);
+/// `labels` is the JSON object of every label the alert carries (as Alertmanager gets them);
+/// `active_since` is when the condition started to hold. Identity: (`source`, `seq`), the evaluator's
+/// `alerts-<instance id>` and its transition number.
+pub const ALERTS: &[Column] = &[
+    c("ts", TimestampMs),
+    c("rule", Utf8),
+    c("state", Utf8),
+    c("severity", Utf8),
+    c("metric", Utf8),
+    c("group_by", Utf8),
+    c("group_value", Utf8),
+    n("value", Float64),
+    c("op", Utf8),
+    c("threshold", Float64),
+    c("volume", Int64),
+    c("labels", Utf8),
+    c("active_since", TimestampMs),
+    c("source", Utf8),
+    c("seq", UInt64),
+];
+
+/// Every table, by name: the four the pipeline writes, and the alert history.
+pub fn tables() -> [(&'static str, &'static [Column]); 5] {
+    [("events", EVENTS), ("views", views()), ("qoe_window", qoe_window()), ("rejected", REJECTED), ("alerts", ALERTS)]
 }
 
-/// `[clickhouse]`: the server holding the same four tables (written by the pipeline's ClickHouse sink,
+/// `[clickhouse]`: the server holding the same tables (written by the pipeline's ClickHouse sink,
 /// read by the query server's ClickHouse backend).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -183,6 +208,7 @@ pub fn clickhouse_ddl(database: &str, table: &str) -> Option<String> {
         "views" => (views(), "tuple()", "view_id"),
         "qoe_window" => (qoe_window(), "intDiv(window_start, 86400000)", "source, epoch, row"),
         "rejected" => (REJECTED, "intDiv(recv_ms, 86400000)", "source, epoch, row"),
+        "alerts" => (ALERTS, "intDiv(ts, 86400000)", "source, seq"),
         _ => return None,
     };
     let cols: Vec<String> = columns.iter().map(|c| format!("    {} {}", c.name, clickhouse_type(c))).collect();

@@ -1,0 +1,215 @@
+//! A table row as cells in the column order of [`crate::tables`], and its encodings: Arrow record
+//! batches, zstd Parquet files, and ClickHouse's RowBinary. Every writer of a table (the pipeline's
+//! sinks, the alert history) encodes through these, so a table has one encoding whoever writes it.
+
+use std::sync::Arc;
+
+use arrow_array::builder::{
+    BinaryBuilder, BooleanBuilder, Float64Builder, Int64Builder, StringBuilder, TimestampMillisecondBuilder,
+    UInt64Builder,
+};
+use arrow_array::{ArrayRef, RecordBatch};
+use bytes::Bytes;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+
+use crate::column::{ColType, Column};
+
+/// Why rows could not be encoded.
+#[derive(Debug, thiserror::Error)]
+pub enum EncodeError {
+    #[error("Arrow: {0}")]
+    Arrow(#[from] arrow_schema::ArrowError),
+    #[error("Parquet: {0}")]
+    Parquet(#[from] parquet::errors::ParquetError),
+    /// Rows that do not fit their column list.
+    #[error("{0}")]
+    Shape(String),
+}
+
+/// One value of a row.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cell {
+    Bool(bool),
+    I64(i64),
+    U64(u64),
+    F64(f64),
+    Str(String),
+    Bin(Vec<u8>),
+    /// Epoch milliseconds.
+    Ts(i64),
+    Null,
+}
+
+enum Builder {
+    Bool(BooleanBuilder),
+    I64(Int64Builder),
+    U64(UInt64Builder),
+    F64(Float64Builder),
+    Str(StringBuilder),
+    Bin(BinaryBuilder),
+    Ts(TimestampMillisecondBuilder),
+}
+
+impl Builder {
+    fn new(ty: ColType) -> Builder {
+        match ty {
+            ColType::Bool => Builder::Bool(BooleanBuilder::new()),
+            ColType::Int64 => Builder::I64(Int64Builder::new()),
+            ColType::UInt64 => Builder::U64(UInt64Builder::new()),
+            ColType::Float64 => Builder::F64(Float64Builder::new()),
+            ColType::Utf8 => Builder::Str(StringBuilder::new()),
+            ColType::Binary => Builder::Bin(BinaryBuilder::new()),
+            ColType::TimestampMs => Builder::Ts(TimestampMillisecondBuilder::new().with_timezone("UTC")),
+        }
+    }
+
+    /// Appends a cell. Row functions produce cells matching their column list; a mismatch is a
+    /// programming error caught by the tests of every table.
+    fn push(&mut self, cell: &Cell, column: &Column) {
+        match (self, cell) {
+            (Builder::Bool(b), Cell::Bool(v)) => b.append_value(*v),
+            (Builder::I64(b), Cell::I64(v)) => b.append_value(*v),
+            (Builder::U64(b), Cell::U64(v)) => b.append_value(*v),
+            (Builder::F64(b), Cell::F64(v)) => b.append_value(*v),
+            (Builder::Str(b), Cell::Str(v)) => b.append_value(v),
+            (Builder::Bin(b), Cell::Bin(v)) => b.append_value(v),
+            (Builder::Ts(b), Cell::Ts(v)) => b.append_value(*v),
+            (Builder::Bool(b), Cell::Null) => b.append_null(),
+            (Builder::I64(b), Cell::Null) => b.append_null(),
+            (Builder::U64(b), Cell::Null) => b.append_null(),
+            (Builder::F64(b), Cell::Null) => b.append_null(),
+            (Builder::Str(b), Cell::Null) => b.append_null(),
+            (Builder::Bin(b), Cell::Null) => b.append_null(),
+            (Builder::Ts(b), Cell::Null) => b.append_null(),
+            (_, cell) => panic!("column {} ({:?}) cannot take {cell:?}", column.name, column.ty),
+        }
+    }
+
+    fn finish(&mut self) -> ArrayRef {
+        match self {
+            Builder::Bool(b) => Arc::new(b.finish()),
+            Builder::I64(b) => Arc::new(b.finish()),
+            Builder::U64(b) => Arc::new(b.finish()),
+            Builder::F64(b) => Arc::new(b.finish()),
+            Builder::Str(b) => Arc::new(b.finish()),
+            Builder::Bin(b) => Arc::new(b.finish()),
+            Builder::Ts(b) => Arc::new(b.finish()),
+        }
+    }
+}
+
+/// Builds a record batch of `rows` (cells in column order).
+pub fn record_batch(columns: &[Column], rows: &[Vec<Cell>]) -> Result<RecordBatch, EncodeError> {
+    let mut builders: Vec<Builder> = columns.iter().map(|c| Builder::new(c.ty)).collect();
+    for row in rows {
+        if row.len() != columns.len() {
+            return Err(EncodeError::Shape(format!("a row has {} cells for {} columns", row.len(), columns.len())));
+        }
+        for ((b, cell), col) in builders.iter_mut().zip(row).zip(columns) {
+            b.push(cell, col);
+        }
+    }
+    let arrays: Vec<ArrayRef> = builders.iter_mut().map(Builder::finish).collect();
+    Ok(RecordBatch::try_new(crate::tables::arrow_schema(columns), arrays)?)
+}
+
+fn writer_properties() -> Result<WriterProperties, parquet::errors::ParquetError> {
+    Ok(WriterProperties::builder().set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?)).build())
+}
+
+/// Encodes `batches` (one schema) as one zstd Parquet file, with its row count; None without batches.
+pub fn parquet_file<E: From<EncodeError>>(
+    batches: impl IntoIterator<Item = Result<RecordBatch, E>>,
+) -> Result<Option<(Bytes, usize)>, E> {
+    let mut writer: Option<ArrowWriter<Vec<u8>>> = None;
+    let mut rows = 0;
+    for batch in batches {
+        let batch = batch?;
+        if writer.is_none() {
+            writer = Some(ArrowWriter::try_new(
+                Vec::new(),
+                batch.schema(),
+                Some(writer_properties().map_err(EncodeError::from)?),
+            ).map_err(EncodeError::from)?);
+        }
+        if let Some(w) = writer.as_mut() {
+            w.write(&batch).map_err(EncodeError::from)?;
+            rows += batch.num_rows();
+        }
+    }
+    let Some(writer) = writer else {
+        return Ok(None);
+    };
+    Ok(Some((Bytes::from(writer.into_inner().map_err(EncodeError::from)?), rows)))
+}
+
+/// Appends one row in ClickHouse's RowBinary format (columns in table order).
+pub fn encode_rowbinary(cells: &[Cell], columns: &[Column], out: &mut Vec<u8>) {
+    fn varint(mut n: usize, out: &mut Vec<u8>) {
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(byte);
+                return;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+    for (cell, col) in cells.iter().zip(columns) {
+        if col.nullable {
+            out.push(u8::from(matches!(cell, Cell::Null)));
+        }
+        match cell {
+            Cell::Null => {
+                if !col.nullable {
+                    // The row functions never put Null in a non-nullable column; should one appear, write
+                    // the type's zero value so the stream stays aligned.
+                    let zero_len = match col.ty {
+                        ColType::Bool | ColType::Utf8 | ColType::Binary => 1, // false / empty string
+                        ColType::Int64 | ColType::UInt64 | ColType::Float64 | ColType::TimestampMs => 8,
+                    };
+                    out.extend(std::iter::repeat_n(0u8, zero_len));
+                }
+            }
+            Cell::Bool(b) => out.push(u8::from(*b)),
+            Cell::I64(v) | Cell::Ts(v) => out.extend_from_slice(&v.to_le_bytes()),
+            Cell::U64(v) => out.extend_from_slice(&v.to_le_bytes()),
+            Cell::F64(v) => out.extend_from_slice(&v.to_le_bytes()),
+            Cell::Str(v) => {
+                varint(v.len(), out);
+                out.extend_from_slice(v.as_bytes());
+            }
+            Cell::Bin(v) => {
+                varint(v.len(), out);
+                out.extend_from_slice(v);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tables::Column;
+
+    #[test]
+    fn rowbinary_layout() {
+        let cols = [
+            Column { name: "s", ty: ColType::Utf8, nullable: false },
+            Column { name: "n", ty: ColType::Int64, nullable: true },
+            Column { name: "b", ty: ColType::Bool, nullable: false },
+            Column { name: "z", ty: ColType::Utf8, nullable: false },
+        ];
+        let mut out = Vec::new();
+        encode_rowbinary(&[Cell::Str("hé".into()), Cell::Null, Cell::Bool(true), Cell::Null], &cols, &mut out);
+        assert_eq!(out, vec![3, b'h', 0xc3, 0xa9, 1, 1, 0]);
+        out.clear();
+        encode_rowbinary(&[Cell::Str("x".repeat(200)), Cell::I64(-2), Cell::Bool(false), Cell::Str(String::new())], &cols, &mut out);
+        assert_eq!(&out[..2], &[0xc8, 0x01], "LEB128 length");
+        assert_eq!(&out[202..211], &[0, 0xfe, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]);
+        assert_eq!(&out[211..], &[0, 0]);
+    }
+}
