@@ -290,6 +290,11 @@ pub struct LoadgenArgs {
     /// (0: right after). The pipeline corrects its views however late it comes (within the late horizon).
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     overtake_by: Duration,
+    /// A CDN degrades for a while, to exercise alerts: `CDN:FROM-TO:vsf=P[,stalls=F]` (times since the
+    /// run's start, sim time), e.g. `fastly:30s-90s:vsf=0.5` (half its starts fail) or
+    /// `akamai:1m-3m:stalls=20` (stalls 20 times as likely). Repeatable.
+    #[arg(long, value_name = "SPEC")]
+    degrade: Vec<loadgen::sim::Degrade>,
     /// No progress display.
     #[arg(long)]
     quiet: bool,
@@ -317,6 +322,7 @@ impl LoadgenArgs {
                 gzip_rate: self.gzip_rate,
                 overtake_ms: self.overtake_by.as_millis() as i64,
             },
+            degrade: self.degrade,
             progress: !self.quiet,
         }
     }

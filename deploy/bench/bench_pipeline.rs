@@ -59,7 +59,7 @@ fn memory_in_child(out: &std::path::Path, open_views: u64, cached: usize) -> any
 /// fed the records of its first flushes up to the first frame, on a state store on disk as the runner
 /// keeps it (an epoch commits every 5,000 views opened), with at most `cached` views in memory.
 fn memory(out: &std::path::Path, open_views: u64, cached: usize) -> anyhow::Result<()> {
-    let spec = RunSpec { seed: 2, duration_ms: 3_600_000, ramp_ms: 1 };
+    let spec = RunSpec::new(2, 3_600_000, 1);
     let client = schemas::ClientInfo { device_type: "mobile".into(), os: "iPhone".into(), browser: "Safari".into(), country: "DE".into(), ip: Some("203.0.113.0".into()), ..Default::default() };
     std::fs::create_dir_all(out)?;
     let state_path = out.join(format!("open-views-{cached}.state.redb"));
@@ -132,7 +132,7 @@ async fn main() -> anyhow::Result<()> {
     let rounds = *nums.get(1).unwrap_or(&3);
     let open_views = *nums.get(2).unwrap_or(&100_000);
     // An hour of traffic: `views` viewers arriving over the first 50 minutes.
-    let spec = RunSpec { seed: 1, duration_ms: 3_600_000, ramp_ms: 3_000_000 };
+    let spec = RunSpec::new(1, 3_600_000, 3_000_000);
     let (records, events, truth) = collector_records(&spec, views, T0, common::enrich());
     let total = records.len() as u64;
 

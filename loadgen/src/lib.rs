@@ -105,6 +105,8 @@ pub struct Options {
     /// Requests in flight at most.
     pub max_in_flight: usize,
     pub knobs: Knobs,
+    /// CDNs that degrade for a while (sim time): start failures or stalls spike.
+    pub degrade: Vec<sim::Degrade>,
     /// Live progress line on stderr (when it is a terminal; else a line every 10 s).
     pub progress: bool,
 }
@@ -373,6 +375,7 @@ pub async fn run(opts: Options) -> Result<Report, Error> {
         seed: opts.seed,
         duration_ms: opts.duration.as_millis() as i64,
         ramp_ms: opts.ramp.as_millis() as i64,
+        degrade: opts.degrade.clone(),
     };
     let shared = Arc::new(Shared {
         client,
@@ -839,7 +842,7 @@ mod tests {
 
     #[test]
     fn flushes_carry_every_event_once_in_order_like_an_sdk() {
-        let spec = RunSpec { seed: 3, duration_ms: 600_000, ramp_ms: 60_000 };
+        let spec = RunSpec::new(3, 600_000, 60_000);
         for i in 0..300 {
             let events: Vec<_> = ViewSim::new(&spec, i, 0).collect();
             let flushes: Vec<Flush> = Flushes::new(ViewSim::new(&spec, i, 0)).collect();

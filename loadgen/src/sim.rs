@@ -132,6 +132,71 @@ pub struct RunSpec {
     pub duration_ms: i64,
     /// Views arrive uniformly over this first part of the run.
     pub ramp_ms: i64,
+    /// CDNs that degrade for a while.
+    pub degrade: Vec<Degrade>,
+}
+
+impl RunSpec {
+    pub fn new(seed: u64, duration_ms: i64, ramp_ms: i64) -> RunSpec {
+        RunSpec { seed, duration_ms, ramp_ms, degrade: Vec::new() }
+    }
+}
+
+/// A CDN that degrades for a while (`qoeflow loadgen --degrade`), for testing alerts: a view on `cdn`
+/// whose play request falls in `[from_ms, to_ms)` (sim time since the run's start) fails to start with
+/// probability `vsf` instead of its network's, and its stalls while playing in that period are
+/// `stall_factor` times as likely. The truth counts what the degraded viewers did, as always.
+///
+/// Written `CDN:FROM-TO:vsf=P[,stalls=F]`, e.g. `fastly:30s-90s:vsf=0.5` or `akamai:1m-3m:stalls=20`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Degrade {
+    pub cdn: String,
+    pub from_ms: i64,
+    pub to_ms: i64,
+    pub vsf: Option<f64>,
+    pub stall_factor: Option<f64>,
+}
+
+impl Degrade {
+    fn covers(&self, t: i64) -> bool {
+        (self.from_ms..self.to_ms).contains(&t)
+    }
+}
+
+impl std::str::FromStr for Degrade {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Degrade, String> {
+        let usage = "expected CDN:FROM-TO:vsf=P[,stalls=F] (e.g. fastly:30s-90s:vsf=0.5)";
+        let mut parts = s.splitn(3, ':');
+        let (Some(cdn), Some(period), Some(effects)) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(format!("{s:?}: {usage}"));
+        };
+        if !CDNS.iter().any(|c| c.name == cdn) {
+            let names: Vec<&str> = CDNS.iter().map(|c| c.name).collect();
+            return Err(format!("{s:?}: unknown CDN {cdn:?} (the simulation's CDNs are {})", names.join(", ")));
+        }
+        let ms = |d: &str| -> Result<i64, String> {
+            humantime::parse_duration(d).map(|d| d.as_millis() as i64).map_err(|e| format!("{s:?}: time {d:?}: {e}"))
+        };
+        let (from, to) = period.split_once('-').ok_or_else(|| format!("{s:?}: period {period:?} is not FROM-TO"))?;
+        let mut d = Degrade { cdn: cdn.to_owned(), from_ms: ms(from)?, to_ms: ms(to)?, vsf: None, stall_factor: None };
+        if d.from_ms >= d.to_ms {
+            return Err(format!("{s:?}: the period must end after it starts"));
+        }
+        for effect in effects.split(',') {
+            let (k, v) = effect.split_once('=').ok_or_else(|| format!("{s:?}: {effect:?} is not KIND=VALUE; {usage}"))?;
+            let v: f64 = v.parse().map_err(|_| format!("{s:?}: {k}={v:?} is not a number"))?;
+            match k {
+                "vsf" if (0.0..=1.0).contains(&v) => d.vsf = Some(v),
+                "vsf" => return Err(format!("{s:?}: vsf is a probability, 0 to 1")),
+                "stalls" if (0.0..=1000.0).contains(&v) => d.stall_factor = Some(v),
+                "stalls" => return Err(format!("{s:?}: stalls is a factor, 0 to 1000")),
+                _ => return Err(format!("{s:?}: unknown effect {k:?} (vsf or stalls)")),
+            }
+        }
+        Ok(d)
+    }
 }
 
 /// One view's ground truth: its profile and every per-view measure of `docs/metrics.md`, as the simulation
@@ -214,6 +279,8 @@ pub struct ViewSim {
     cdn: &'static Cdn,
     device: &'static Device,
     network: &'static Network,
+    /// The periods its CDN degrades.
+    degrade: Vec<Degrade>,
     out: VecDeque<SimEvent>,
     truth: ViewTruth,
 }
@@ -284,6 +351,7 @@ impl ViewSim {
             cdn,
             device,
             network,
+            degrade: spec.degrade.iter().filter(|d| d.cdn == cdn.name).cloned().collect(),
             out: VecDeque::new(),
             truth,
         }
@@ -291,6 +359,11 @@ impl ViewSim {
 
     pub fn view_id(&self) -> &str {
         &self.truth.view_id
+    }
+
+    /// The degradation of this view's CDN at sim time `t`, if any.
+    fn degraded(&self, t: i64) -> Option<&Degrade> {
+        self.degrade.iter().find(|d| d.covers(t))
     }
 
     pub fn arrival_ms(&self) -> i64 {
@@ -469,7 +542,8 @@ impl ViewSim {
         // How start-up ends: a start failure, the viewer giving up, or the first frame. The longer the
         // start, the likelier the viewer leaves.
         let give_up = 0.01 + (startup as f64 / 40_000.0).min(0.4);
-        let (stop_at, stop) = if self.rng.random_bool(self.network.vsf_prob) {
+        let vsf_prob = self.degraded(request).and_then(|d| d.vsf).unwrap_or(self.network.vsf_prob);
+        let (stop_at, stop) = if self.rng.random_bool(vsf_prob) {
             (request + (startup as f64 * self.rng.random_range(0.2..0.95)) as i64, "vsf")
         } else if self.rng.random_bool(give_up) {
             (request + (startup as f64 * self.rng.random_range(0.3..0.98)) as i64, "ebvs")
@@ -542,7 +616,8 @@ impl ViewSim {
         if !self.play(seg) {
             return;
         }
-        let stall_p = self.network.stalls_per_min * seg as f64 / 60_000.0 * (1.0 + 0.6 * self.rung.saturating_sub(1) as f64 / 4.0);
+        let factor = self.degraded(self.t).and_then(|d| d.stall_factor).unwrap_or(1.0);
+        let stall_p = factor * self.network.stalls_per_min * seg as f64 / 60_000.0 * (1.0 + 0.6 * self.rung.saturating_sub(1) as f64 / 4.0);
         let x = self.rng.random::<f64>();
         if x < stall_p.min(0.5) {
             let d = lognormal(&mut self.rng, self.network.stall_ms, 0.8, 80, 30_000);
@@ -632,7 +707,7 @@ mod tests {
     use pipeline::view::{Discard, ViewMachine};
 
     fn spec() -> RunSpec {
-        RunSpec { seed: 42, duration_ms: 600_000, ramp_ms: 300_000 }
+        RunSpec::new(42, 600_000, 300_000)
     }
 
     #[test]
@@ -675,5 +750,51 @@ mod tests {
         }
         // Every outcome occurs: the traffic exercises every rule.
         assert!(outcomes.iter().all(|&n| n > 0), "outcomes (started, vsf, ebvs, playback failure, no attempt): {outcomes:?}");
+    }
+
+    /// `--degrade fastly:…:vsf=0.6`: fastly's views whose play request falls in the period fail to start
+    /// about 60 % of the time, the others and the rest of fastly's as usual; the state machine still
+    /// agrees with the truth.
+    #[test]
+    fn a_degraded_cdn_fails_to_start_in_its_period_only() {
+        let mut spec = spec();
+        spec.degrade = vec!["fastly:100s-200s:vsf=0.6".parse().expect("valid")];
+        let (mut inside, mut outside) = ([0u64; 2], [0u64; 2]);
+        for i in 0..4_000 {
+            let mut sim = ViewSim::new(&spec, i, 1_700_000_000_000);
+            let mut request = None;
+            let mut machine = ViewMachine::new();
+            for e in sim.by_ref() {
+                if e.json["type"] == "playrequest" {
+                    request = Some(e.at_ms);
+                }
+                machine.apply(&schemas::validate_event_map(&e.json).expect("valid event"), &mut Discard);
+            }
+            let t = sim.truth();
+            assert_eq!(machine.totals, t.measures.0, "view {i}");
+            let Some(at) = request else { continue };
+            let bucket = if t.cdn == "fastly" && (100_000..200_000).contains(&at) { &mut inside } else { &mut outside };
+            bucket[0] += 1;
+            bucket[1] += u64::from(t.measures.0.flag(Vsf));
+        }
+        let rate = |b: [u64; 2]| b[1] as f64 / b[0] as f64;
+        assert!(inside[0] > 200 && (0.5..0.7).contains(&rate(inside)), "degraded: {inside:?}");
+        assert!(rate(outside) < 0.05, "elsewhere: {outside:?}");
+    }
+
+    #[test]
+    fn degrade_specs_are_checked() {
+        let d: Degrade = "akamai:1m-3m:stalls=20,vsf=0.1".parse().expect("valid");
+        assert_eq!(d, Degrade { cdn: "akamai".into(), from_ms: 60_000, to_ms: 180_000, vsf: Some(0.1), stall_factor: Some(20.0) });
+        for (bad, says) in [
+            ("nope:1s-2s:vsf=0.5", "unknown CDN"),
+            ("fastly:2s-1s:vsf=0.5", "end after"),
+            ("fastly:1s-2s:vsf=1.5", "probability"),
+            ("fastly:1s-2s:speed=2", "unknown effect"),
+            ("fastly:1s", "expected CDN"),
+        ] {
+            let err = bad.parse::<Degrade>().expect_err(bad);
+            assert!(err.contains(says), "{bad}: {err}");
+        }
     }
 }
