@@ -41,6 +41,8 @@ pub struct Config {
     pub query: query::QueryConfig,
     /// `[dashboard]`: the live dashboard's refresh period and KPI targets.
     pub dashboard: DashboardConfig,
+    /// `[alerts]`: QoE alert rules and where their notifications go (`serve`, `query-server`).
+    pub alerts: alerts::AlertsConfig,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,6 +81,7 @@ impl Default for Config {
             sql: SqlConfig::default(),
             query: query::QueryConfig::default(),
             dashboard: DashboardConfig::default(),
+            alerts: alerts::AlertsConfig::default(),
         }
     }
 }
@@ -100,6 +103,7 @@ impl Config {
         config.pipeline.validate().map_err(anyhow::Error::msg).context("invalid configuration")?;
         // Before anything starts: a bad target fails start-up, not the API after the pipeline is running.
         config.dashboard.validate()?;
+        config.alerts.validate()?;
         Ok(config)
     }
 

@@ -1,5 +1,5 @@
-//! `qoeflow serve`: the collector, the local log, the pipeline and the metrics API in one process. The
-//! only place that puts the three crates together; each part runs through its own crate's `run`.
+//! `qoeflow serve`: the collector, the local log, the pipeline, the metrics API and the alert evaluator in
+//! one process. The only place that puts the crates together; each part runs through its own crate's `run`.
 
 use std::sync::Arc;
 
@@ -40,7 +40,7 @@ pub async fn run(config: Config, pipeline: bool, stop: Stop) -> anyhow::Result<(
         None
     };
     // The metrics API over the dataset this process writes: on the beacon listener, or its own.
-    let api = query::server::router(&config.api_settings()?).await?;
+    let (api, evaluator) = crate::analytics::start(&config, &metrics.registry, &stop).await?;
     let (extra_routes, own_listener) = match config.query.listen {
         None => (Some(api), None),
         Some(addr) => (None, Some((addr, api))),
@@ -67,6 +67,7 @@ pub async fn run(config: Config, pipeline: bool, stop: Stop) -> anyhow::Result<(
     if let Some(task) = pipeline_task {
         task.await.context("pipeline task")??;
     }
+    evaluator.stopped().await;
     tracing::info!("stopped");
     Ok(())
 }

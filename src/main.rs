@@ -2,6 +2,7 @@
 //! dispatches to the crates' run functions (`src/cli.rs` declares the flags; `src/embedded.rs` puts
 //! the crates together for `qoeflow serve`; `src/production.rs` starts the Kinesis roles).
 
+mod analytics;
 mod cli;
 mod config;
 mod embedded;
@@ -82,20 +83,15 @@ fn main() -> anyhow::Result<()> {
                 config.query.backend = backend;
             }
             let config = start(config)?;
-            let (settings, listen, limits) = (
-                config.api_settings()?,
-                config.listen,
-                config.ingest.conn_limits(),
-            );
-            Ok(runtime.block_on(async {
-                query::server::run(
-                    settings,
-                    listen,
-                    limits,
-                    Stop::on(service::shutdown_signal()),
-                )
-                .await
-            })?)
+            runtime.block_on(async {
+                let stop = Stop::on(service::shutdown_signal());
+                let registry = prometheus::Registry::new();
+                let (api, evaluator) = analytics::start(&config, &registry, &stop).await?;
+                let app = api.merge(service::metrics_router(registry));
+                query::server::run(app, config.listen, config.ingest.conn_limits(), stop).await?;
+                evaluator.stopped().await;
+                Ok(())
+            })
         }
     }
 }

@@ -80,7 +80,7 @@ async fn main() -> anyhow::Result<()> {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
     let log = LocalLog::open(LogConfig::new(data.join("log")))?;
     // Viewers arriving over the day; the last ones leave two minutes ago.
-    let spec = RunSpec { seed: 1, duration_ms: DAY - 120_000, ramp_ms: DAY - 3_600_000 };
+    let spec = RunSpec::new(1, DAY - 120_000, DAY - 3_600_000);
     let (records, events, truth) = collector_records(&spec, views, now - DAY, common::enrich());
     eprintln!("generated {views} views: {events} events, {} records; truth: {} attempts", records.len(), truth.sums[schemas::measures::Measure::Attempt]);
     let total = records.len() as u64;
@@ -119,7 +119,7 @@ async fn main() -> anyhow::Result<()> {
     .await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
-    tokio::spawn(async move { axum::serve(listener, query::api::router(backend, Default::default(), &Default::default())).await });
+    tokio::spawn(async move { axum::serve(listener, query::api::router(backend, Default::default(), &Default::default(), axum::Router::new(), query::api::RequestMetrics::new(&prometheus::Registry::new()))).await });
 
     let window_files = count_files(&data.join("parquet/qoe_window"));
     eprintln!("timing the API over {} Parquet files ({window_files} of qoe_window), as written", count_files(&data.join("parquet")));

@@ -50,16 +50,62 @@ struct ApiState {
     timeout: std::time::Duration,
 }
 
-pub fn router(backend: Backend, sql: SqlConfig, query: &crate::QueryConfig) -> axum::Router {
+/// `qoeflow_query_request_duration_seconds{endpoint}` and `qoeflow_query_requests_total{endpoint,
+/// status}`: every API request, by route (bounded: the routes) and status class.
+#[derive(Clone)]
+pub struct RequestMetrics {
+    duration: prometheus::HistogramVec,
+    requests: prometheus::IntCounterVec,
+}
+
+impl RequestMetrics {
+    pub fn new(registry: &prometheus::Registry) -> RequestMetrics {
+        let duration = prometheus::HistogramVec::new(
+            prometheus::HistogramOpts::new("qoeflow_query_request_duration_seconds", "Metrics API request latency, by endpoint")
+                .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+            &["endpoint"],
+        )
+        .expect("valid metric");
+        let requests = prometheus::IntCounterVec::new(
+            prometheus::Opts::new("qoeflow_query_requests_total", "Metrics API requests, by endpoint and status class"),
+            &["endpoint", "status"],
+        )
+        .expect("valid metric");
+        let _ = registry.register(Box::new(duration.clone()));
+        let _ = registry.register(Box::new(requests.clone()));
+        RequestMetrics { duration, requests }
+    }
+
+    fn layer(&self, router: axum::Router) -> axum::Router {
+        let m = self.clone();
+        router.route_layer(axum::middleware::from_fn(move |req: axum::extract::Request, next: axum::middleware::Next| {
+            let m = m.clone();
+            async move {
+                let endpoint = req.extensions().get::<axum::extract::MatchedPath>().map_or_else(|| "other".to_owned(), |p| p.as_str().to_owned());
+                let started = std::time::Instant::now();
+                let resp = next.run(req).await;
+                m.duration.with_label_values(&[&endpoint]).observe(started.elapsed().as_secs_f64());
+                let class = format!("{}xx", resp.status().as_u16() / 100);
+                m.requests.with_label_values(&[&endpoint, &class]).inc();
+                resp
+            }
+        }))
+    }
+}
+
+/// The metrics API and `more` routes (the alerts API) under one token check and the request metrics.
+pub fn router(backend: Backend, sql: SqlConfig, query: &crate::QueryConfig, more: axum::Router, metrics: RequestMetrics) -> axum::Router {
     let tokens: Arc<Vec<String>> = Arc::new(query.api_token.iter().chain(&sql.admin_token).cloned().collect());
     let state = ApiState { backend, sql: Arc::new(sql), timeout: std::time::Duration::from_millis(query.timeout_ms.max(1)) };
     let router = axum::Router::new()
-        .route("/api/v1/metrics", get(metrics))
+        .route("/api/v1/metrics", get(metrics_endpoint))
         .route("/api/v1/summary", get(summary))
         .route("/api/v1/breakdown", get(breakdown))
         .route("/api/v1/sql", axum::routing::post(sql_endpoint))
         .route("/api/v1/openapi.json", get(openapi))
-        .with_state(state);
+        .with_state(state)
+        .merge(more);
+    let router = metrics.layer(router);
     if query.api_token.is_none() {
         return router;
     }
@@ -188,17 +234,24 @@ fn range(q: &HashMap<String, String>) -> Result<AggQuery, ApiError> {
     if from >= to {
         return Err(bad("from", "must be before `to`"));
     }
-    let mut filters = Vec::new();
-    if let Some(filter) = q.get("filter").filter(|f| !f.is_empty()) {
-        for part in filter.split(',') {
-            let (dim, value) = part.split_once(':').ok_or_else(|| bad("filter", format!("{part:?} is not dimension:value")))?;
-            if !DIM_COLUMNS.contains(&dim) {
-                return Err(bad("filter", format!("unknown dimension {dim:?} (one of {})", DIM_COLUMNS.join(", "))));
-            }
-            filters.push((dim.to_owned(), value.to_owned()));
-        }
-    }
+    let filters = parse_filter(q.get("filter").map_or("", String::as_str)).map_err(|e| bad("filter", e))?;
     Ok(AggQuery { from, to, filters, ..AggQuery::default() })
+}
+
+/// `dimension:value[,dimension:value…]` (AND; empty: no filter) as (dimension, value) pairs.
+pub fn parse_filter(filter: &str) -> Result<Vec<(String, String)>, String> {
+    let mut filters = Vec::new();
+    if filter.is_empty() {
+        return Ok(filters);
+    }
+    for part in filter.split(',') {
+        let (dim, value) = part.split_once(':').ok_or_else(|| format!("{part:?} is not dimension:value"))?;
+        if !DIM_COLUMNS.contains(&dim) {
+            return Err(format!("unknown dimension {dim:?} (one of {})", DIM_COLUMNS.join(", ")));
+        }
+        filters.push((dim.to_owned(), value.to_owned()));
+    }
+    Ok(filters)
 }
 
 fn dimension(q: &HashMap<String, String>, name: &str) -> Result<Option<String>, ApiError> {
@@ -230,7 +283,7 @@ async fn bounded<T>(state: &ApiState, query: impl std::future::Future<Output = c
     }
 }
 
-async fn metrics(State(state): State<ApiState>, Query(q): Query<HashMap<String, String>>) -> Response {
+async fn metrics_endpoint(State(state): State<ApiState>, Query(q): Query<HashMap<String, String>>) -> Response {
     metrics_inner(&state, &q).await.unwrap_or_else(IntoResponse::into_response)
 }
 

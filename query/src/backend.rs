@@ -189,6 +189,47 @@ impl Backend {
         Ok(rows.into_iter().map(|r| (r.bucket.unwrap_or_default(), r.group, r.sums[active])).collect())
     }
 
+    /// The alert history (the `alerts` table) with `ts` in [from, to), newest first, at most `limit`
+    /// rows; `labels` is parsed back into an object.
+    pub async fn alert_history(&self, from: i64, to: i64, limit: u32) -> crate::Result<Vec<Map<String, Value>>> {
+        const COLUMNS: &str = "rule, state, severity, metric, group_by, group_value, value, op, threshold, volume, labels, source, seq";
+        let rows = match self {
+            Backend::DataFusion(engine) => {
+                let sql = format!(
+                    "SELECT CAST(ts AS BIGINT) AS ts, {COLUMNS}, CAST(active_since AS BIGINT) AS active_since FROM alerts \
+                     WHERE ts >= to_timestamp_millis({from}) AND ts < to_timestamp_millis({to}) AND dt >= '{}' AND dt <= '{}' \
+                     ORDER BY ts DESC, seq DESC LIMIT {limit}",
+                    schemas::dataset::partition_date(from),
+                    schemas::dataset::partition_date(to - 1)
+                );
+                json_rows(&engine.sql(&sql).await.with_context(|| format!("query failed: {sql}"))?)?
+            }
+            Backend::ClickHouse(ch) => {
+                let sql = format!(
+                    "SELECT ts, {COLUMNS}, active_since FROM {}.alerts FINAL WHERE ts >= {from} AND ts < {to} ORDER BY ts DESC, seq DESC LIMIT {limit}",
+                    ch.database()
+                );
+                ch.query_rows(&sql).await.with_context(|| format!("query failed: {sql}"))?
+            }
+        };
+        Ok(rows
+            .into_iter()
+            .map(|mut row| {
+                if let Some(Value::String(labels)) = row.get("labels") {
+                    let parsed = serde_json::from_str::<Value>(labels).unwrap_or(Value::Null);
+                    row.insert("labels".into(), parsed);
+                }
+                // Floats as floats whichever backend wrote them (one prints 15, the other 15.0).
+                for key in ["value", "threshold"] {
+                    if let Some(v) = row.get(key).and_then(Value::as_f64) {
+                        row.insert(key.into(), Value::from(v));
+                    }
+                }
+                row
+            })
+            .collect())
+    }
+
     /// Ad-hoc read-only SQL with a row limit and a time limit.
     pub async fn sql(&self, sql: &str, max_rows: usize, timeout_ms: u64) -> Result<SqlRows, SqlError> {
         match self {

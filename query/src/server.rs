@@ -24,11 +24,33 @@ pub struct ApiSettings {
     pub clickhouse: ClickHouseConfig,
 }
 
-/// The metrics API on the configured backend, and the dashboard at `/`.
-pub async fn router(settings: &ApiSettings) -> crate::Result<Router> {
-    let backend = Backend::open(&settings.query, &settings.dataset, &settings.clickhouse).await?;
-    tracing::info!(backend = backend.name(), "metrics API and dashboard ready");
-    Ok(crate::api::router(backend, settings.sql.clone(), &settings.query).merge(crate::dashboard::router(settings.dashboard.clone())))
+/// The metrics API and the dashboard over the configured backend, before it is served: its
+/// [`Backend`] can be shared (the alert evaluator reads the same one).
+pub struct Api {
+    backend: Backend,
+    settings: ApiSettings,
+    metrics: crate::api::RequestMetrics,
+}
+
+impl Api {
+    /// Opens the configured backend; request metrics (`qoeflow_query_*`) go to `registry`.
+    pub async fn open(settings: &ApiSettings, registry: &prometheus::Registry) -> crate::Result<Api> {
+        let backend = Backend::open(&settings.query, &settings.dataset, &settings.clickhouse).await?;
+        tracing::info!(backend = backend.name(), "metrics API and dashboard ready");
+        Ok(Api { backend, settings: settings.clone(), metrics: crate::api::RequestMetrics::new(registry) })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend.clone()
+    }
+
+    /// The metrics API with `more` API routes (behind the same token, measured the same way), and the
+    /// dashboard at `/`.
+    pub fn router(&self, more: Router) -> Router {
+        let s = &self.settings;
+        crate::api::router(self.backend.clone(), s.sql.clone(), &s.query, more, self.metrics.clone())
+            .merge(crate::dashboard::router(s.dashboard.clone()))
+    }
 }
 
 /// Serves `router` (and `/healthz`) on a listener of its own until `stop` is set: `qoeflow query-server`,
@@ -40,10 +62,9 @@ pub async fn serve(listener: tokio::net::TcpListener, router: Router, limits: Co
     Ok(())
 }
 
-/// `qoeflow query-server`: the metrics API and dashboard until `stop` is set.
-pub async fn run(settings: ApiSettings, listen: SocketAddr, limits: ConnLimits, stop: Stop) -> crate::Result<()> {
-    let app = router(&settings).await?;
-    serve(service::bind(listen).await?, app, limits, stop).await?;
+/// `qoeflow query-server`: serves `router` (the API, the dashboard, `/metrics`) until `stop` is set.
+pub async fn run(router: Router, listen: SocketAddr, limits: ConnLimits, stop: Stop) -> crate::Result<()> {
+    serve(service::bind(listen).await?, router, limits, stop).await?;
     tracing::info!("stopped");
     Ok(())
 }

@@ -38,11 +38,16 @@ pub fn health_router(readiness: Vec<Arc<dyn Readiness>>, registry: prometheus::R
                 }
             }),
         )
-        .route(
-            "/metrics",
-            get(move || {
-                let text = render_metrics(&registry);
-                async move { ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response() }
-            }),
-        )
+        .merge(metrics_router(registry))
+}
+
+/// `/metrics` alone: the Prometheus text exposition of `registry`.
+pub fn metrics_router(registry: prometheus::Registry) -> Router {
+    Router::new().route(
+        "/metrics",
+        get(move || {
+            let text = render_metrics(&registry);
+            async move { ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response() }
+        }),
+    )
 }

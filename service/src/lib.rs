@@ -12,7 +12,7 @@ pub mod health;
 
 pub use conn::{ConnLimits, ConnMetrics, serve};
 pub use error::ApiError;
-pub use health::{Readiness, health_router, render_metrics};
+pub use health::{Readiness, health_router, metrics_router, render_metrics};
 
 /// Errors of this crate's start-up helpers.
 #[derive(Debug, thiserror::Error)]
