@@ -9,7 +9,8 @@
 # playwright-core and the web players hls.js, dash.js, Shaka Player, video.js (npm, pinned in
 # tests/browser/package-lock.json), the player SDK's build tools (npm, sdk/web/package-lock.json) and, as
 # root via apt (one `apt-get update`), ClickHouse server (Debian `clickhouse-server`), Chromium (Debian
-# `chromium`) and ffmpeg (Debian `ffmpeg`, which makes the SDK tests' media).
+# `chromium`), ffmpeg (Debian `ffmpeg`, which makes the SDK tests' media), and Prometheus and its
+# Alertmanager (Debian `prometheus`, `prometheus-alertmanager`: the alerting and monitoring tests).
 # Tests start their own instances on free loopback ports.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -20,6 +21,8 @@ missing=()
 command -v clickhouse-server >/dev/null || missing+=(clickhouse-server)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 command -v ffmpeg >/dev/null || missing+=(ffmpeg)
+command -v prometheus >/dev/null || missing+=(prometheus)
+command -v prometheus-alertmanager >/dev/null || missing+=(prometheus-alertmanager)
 if [ "${#missing[@]}" -gt 0 ]; then
   [ "$(id -u)" = 0 ] || { echo "deploy/test.sh: run as root to install ${missing[*]} (or install them yourself)" >&2; exit 1; }
   apt-get update -qq

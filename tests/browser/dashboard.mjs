@@ -3,8 +3,9 @@
 //
 //   node dashboard.mjs URL SCREENSHOT_DIR DIMENSION VALUE
 //
-// 1. opens URL, waits for the first refresh, reads every [data-kpi] tile (data-value, text, status) and
-//    counts the drawn pixels of every chart canvas; writes SCREENSHOT_DIR/dashboard.png;
+// 1. opens URL, waits for the first refresh and a firing alert, reads the alert banner and the marked
+//    tiles, every [data-kpi] tile (data-value, text, status) and counts the drawn pixels of every chart
+//    canvas; writes SCREENSHOT_DIR/dashboard.png;
 // 2. picks DIMENSION in the breakdown, clicks the row of VALUE, waits for the refresh with that
 //    filter, reads the tiles again; writes SCREENSHOT_DIR/dashboard-filtered.png.
 import { chromium } from 'playwright-core';
@@ -65,6 +66,13 @@ try {
 
   await page.goto(url, { waitUntil: 'load' });
   await page.waitForFunction(() => Number(document.body.dataset.refreshes) >= 1, null, { timeout: 30000 });
+  // The test's rule fires on this traffic: the banner and the tile it concerns show it.
+  await page.waitForFunction(() => Number(document.querySelector('#alerts').dataset.firing) >= 1, null, { timeout: 30000 });
+  const alerts = await page.evaluate(() => ({
+    banner: [...document.querySelectorAll('#alerts .alert')].map((a) => ({ rule: a.dataset.rule, state: a.dataset.state, metric: a.dataset.metric, text: a.textContent })),
+    visible: !document.querySelector('#alerts').hidden,
+    marked: Object.fromEntries([...document.querySelectorAll('[data-kpi][data-alert]')].map((t) => [t.dataset.kpi, t.dataset.alert])),
+  }));
   const before = { tiles: await readTiles(), charts: await readCharts(), refreshes: await refreshes() };
   await page.screenshot({ path: join(shots, 'dashboard.png'), fullPage: true });
 
@@ -84,7 +92,7 @@ try {
 
   const origin = new URL(url).origin;
   const foreign = requests.filter((r) => !r.startsWith(origin) && !r.startsWith('data:'));
-  console.log(JSON.stringify({ before, after, breakdown_rows: rows, chips, console_errors: consoleErrors, foreign_requests: foreign }));
+  console.log(JSON.stringify({ before, after, alerts, breakdown_rows: rows, chips, console_errors: consoleErrors, foreign_requests: foreign }));
 } finally {
   await browser.close();
 }

@@ -1,5 +1,6 @@
 //! The live dashboard in a real browser: headless Chromium (Debian's, driven by playwright-core through
-//! `tests/browser/dashboard.mjs`) opens `/` of a `qoeflow serve` fed with known views. Every KPI tile
+//! `tests/browser/dashboard.mjs`) opens `/` of a `qoeflow serve` fed with known views. A firing alert is
+//! shown at the top and on its tile, every KPI tile
 //! shows the number the batch reference computes from the same events, each chart draws its series,
 //! the page refreshes by itself, and clicking a breakdown row filters every tile. Screenshots are
 //! written to `target/test-artifacts/`.
@@ -84,7 +85,15 @@ fn assert_tiles(tiles: &Value, want: &BTreeMap<&'static str, Option<f64>>, when:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_shows_the_known_traffic_in_chromium() {
     let dir = tempfile::tempdir().expect("tmp");
-    let mut q = Qoeflow::serve(dir.path(), &[], &[]);
+    // A rule that fires on this traffic (20 % start failures over 36 attempts) at its first evaluation.
+    let config = dir.path().join("qoeflow.toml");
+    std::fs::write(
+        &config,
+        "[alerts]\ninterval_ms = 1000\ndefault_rules = false\n[[alerts.rules]]\nname = \"StartFailures\"\nmetric = \"vsf_pct\"\n\
+         range = \"1h\"\nop = \">\"\nthreshold = 10.0\nmin_volume = 10\nfor = \"0s\"\nseverity = \"critical\"\n",
+    )
+    .expect("config");
+    let mut q = Qoeflow::serve(dir.path(), &["--config", config.to_str().expect("utf-8")], &[]);
     let t0 = now_ms() - 100_000;
     post_views(&q, 36, t0, 2_000).await;
     wait_for_views(dir.path(), 36, Duration::from_secs(30));
@@ -119,6 +128,13 @@ async fn the_dashboard_shows_the_known_traffic_in_chromium() {
     for (kpi, pixels) in seen["before"]["charts"].as_object().expect("charts") {
         assert!(pixels.as_u64() >= Some(12), "chart {kpi} drew {pixels} series pixels");
     }
+    // The firing alert: in the banner at the top, and on the tile of the metric it watches only.
+    let alerts = &seen["alerts"];
+    assert_eq!(alerts["visible"], true);
+    let banner = alerts["banner"].as_array().expect("banner");
+    assert_eq!(banner.len(), 1, "{alerts}");
+    assert_eq!((banner[0]["rule"].as_str(), banner[0]["state"].as_str(), banner[0]["metric"].as_str()), (Some("StartFailures"), Some("firing"), Some("vsf_pct")));
+    assert_eq!(alerts["marked"], serde_json::json!({"vsf_pct": "firing"}));
     let mut rows: Vec<&str> = seen["breakdown_rows"].as_array().expect("rows").iter().map(|r| r.as_str().expect("str")).collect();
     rows.sort();
     assert_eq!(rows, ["akamai", "cloudfront", "fastly"]);

@@ -16,6 +16,7 @@ mod oracle {
 }
 
 mod abuse;
+mod alerts;
 mod api;
 mod api_backends;
 mod chaos;

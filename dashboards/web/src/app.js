@@ -1,6 +1,7 @@
-// qoeflow live dashboard: KPI tiles coloured against configured targets, a uPlot chart per KPI, a
-// breakdown table with click-to-filter, a time range picker, auto-refresh. Reads only this server's
-// /api/v1 (summary, metrics, breakdown) and /dashboard/config.json; fetches nothing else.
+// qoeflow live dashboard: active alerts at the top, KPI tiles coloured against configured targets (a
+// tile an alert concerns is marked), a uPlot chart per KPI, a breakdown table with click-to-filter, a
+// time range picker, auto-refresh. Reads only this server's /api/v1 (summary, metrics, breakdown,
+// alerts) and /dashboard/config.json; fetches nothing else.
 'use strict';
 
 const FMT = {
@@ -73,8 +74,8 @@ function buildTiles() {
     el.className = 'tile';
     el.dataset.kpi = kpi.name;
     el.dataset.status = 'neutral';
-    el.innerHTML = '<div class="label"></div><div class="value">…</div><div class="target"></div><div class="chart"></div>';
-    el.querySelector('.label').textContent = kpi.label;
+    el.innerHTML = '<div class="label"><span class="badge"></span></div><div class="value">…</div><div class="target"></div><div class="chart"></div>';
+    el.querySelector('.label').prepend(document.createTextNode(kpi.label));
     el.querySelector('.target').textContent = targetText(kpi);
     tiles.appendChild(el);
     const chartEl = el.querySelector('.chart');
@@ -179,6 +180,52 @@ function renderBreakdown(breakdown) {
   }
 }
 
+// The alerts pending and firing now, above the tiles; each tile whose metric an alert watches is
+// marked (firing wins over pending), with the number of alerts on its badge.
+function renderAlerts(alerts) {
+  const box = $('#alerts');
+  box.replaceChildren();
+  const active = (alerts && alerts.active) || [];
+  const byMetric = new Map();
+  for (const a of active) {
+    const row = document.createElement('div');
+    row.className = 'alert';
+    row.dataset.rule = a.rule;
+    row.dataset.group = a.group;
+    row.dataset.state = a.state;
+    row.dataset.metric = a.metric || '';
+    const since = new Date(a.fired_at || a.active_since).toLocaleTimeString();
+    const parts = [
+      ['state', a.state],
+      ['rule', a.rule],
+      ['summary', (a.annotations && a.annotations.summary) || `${a.metric} ${a.op} ${a.threshold}`],
+      ['muted', `${a.severity || ''} · since ${since}`],
+    ];
+    for (const [cls, text] of parts) {
+      const span = document.createElement('span');
+      span.className = cls;
+      span.textContent = text;
+      row.appendChild(span);
+    }
+    box.appendChild(row);
+    const seen = byMetric.get(a.metric) || { state: 'pending', n: 0 };
+    byMetric.set(a.metric, { state: a.state === 'firing' ? 'firing' : seen.state, n: seen.n + 1 });
+  }
+  box.hidden = active.length === 0;
+  box.dataset.firing = String(active.filter((a) => a.state === 'firing').length);
+  box.dataset.pending = String(active.filter((a) => a.state === 'pending').length);
+  for (const kpi of KPIS) {
+    const el = document.querySelector(`[data-kpi="${kpi.name}"]`);
+    const mark = byMetric.get(kpi.name) || byMetric.get(kpi.status);
+    if (mark) {
+      el.dataset.alert = mark.state;
+      el.querySelector('.badge').textContent = `${mark.n} ${mark.state}`;
+    } else {
+      delete el.dataset.alert;
+    }
+  }
+}
+
 function renderFilters() {
   const box = $('#filters');
   box.replaceChildren();
@@ -219,6 +266,8 @@ async function refresh() {
     renderTiles(summary);
     renderCharts(metrics);
     renderBreakdown(breakdown);
+    // Alerts are global (not filtered); a failure to read them does not hide the metrics.
+    renderAlerts(await getJSON('api/v1/alerts?from=now-1h&limit=1').catch(() => null));
     $('#error').hidden = true;
     $('#updated').textContent = `updated ${new Date().toLocaleTimeString()}`;
     state.refreshes += 1;

@@ -7,6 +7,7 @@ pub mod clickhouse;
 pub mod kinesis;
 pub mod moto;
 pub mod parquet;
+pub mod prom;
 pub mod workload;
 
 use std::io::{BufRead, BufReader};
