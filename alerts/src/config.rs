@@ -121,7 +121,9 @@ fn default_severity() -> String {
     "warning".into()
 }
 
-fn shipped(name: &str, metric: &str, op: &str, threshold: f64, severity: &str, volume: &str, min_volume: i64, summary: &str) -> RuleConfig {
+/// A shipped rule: `metric op threshold`, per CDN, judged from `min_volume` of the attempts (or
+/// `volume`), with a summary.
+fn shipped(name: &str, (metric, op, threshold): (&str, &str, f64), severity: &str, (volume, min_volume): (&str, i64), summary: &str) -> RuleConfig {
     RuleConfig {
         name: name.into(),
         metric: metric.into(),
@@ -144,10 +146,10 @@ fn shipped(name: &str, metric: &str, op: &str, threshold: f64, severity: &str, v
 /// minutes.
 pub fn default_rules() -> Vec<RuleConfig> {
     vec![
-        shipped("VideoStartFailures", "vsf_pct", ">", 5.0, "critical", "attempts", 100, "Video start success below 95 % on CDN {{ group }}: {{ value }} % of starts fail"),
-        shipped("Rebuffering", "rebuffer_ratio", ">", 0.03, "warning", "attempts", 100, "Buffering above 3 % on CDN {{ group }}: {{ value }}"),
-        shipped("PlaybackErrors", "error_rate_pct", ">", 1.0, "critical", "attempts", 100, "Fatal errors in more than 1 % of attempts on CDN {{ group }}: {{ value }} %"),
-        shipped("CdnCacheHits", "cache_hit_ratio", "<", 0.95, "warning", "segments_hit+segments_miss", 1_000, "CDN {{ group }} serves only {{ value }} of segments from cache (target 95 %)"),
+        shipped("VideoStartFailures", ("vsf_pct", ">", 5.0), "critical", ("attempts", 100), "Video start success below 95 % on CDN {{ group }}: {{ value }} % of starts fail"),
+        shipped("Rebuffering", ("rebuffer_ratio", ">", 0.03), "warning", ("attempts", 100), "Buffering above 3 % on CDN {{ group }}: {{ value }}"),
+        shipped("PlaybackErrors", ("error_rate_pct", ">", 1.0), "critical", ("attempts", 100), "Fatal errors in more than 1 % of attempts on CDN {{ group }}: {{ value }} %"),
+        shipped("CdnCacheHits", ("cache_hit_ratio", "<", 0.95), "warning", ("segments_hit+segments_miss", 1_000), "CDN {{ group }} serves only {{ value }} of segments from cache (target 95 %)"),
     ]
 }
 

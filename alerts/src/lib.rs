@@ -8,7 +8,7 @@
 //! - [`run`]: the evaluator's tasks and the state file that makes restarts and outages lose nothing;
 //! - [`deliver`]: Alertmanager, webhooks, and the `alerts` table (Parquet and ClickHouse);
 //! - [`api`]: `GET /api/v1/alerts` and `GET /api/v1/alerts/rules`;
-//! - [`metrics`]: `qoeflow_alerts_*`.
+//! - [`metrics`]: the evaluator's `qoeflow_alerts_*`.
 //!
 //! **Limits.** A rule judges at most `max_groups` groups (the busiest); at most 200 rules; every query
 //! within `timeout_ms`; each destination's outbox holds at most `max_outbox` transitions. Run one

@@ -146,6 +146,11 @@ impl Evaluator {
         }
         let mut tasks = vec![tokio::spawn(evaluate_loop(shared.clone(), stop.receiver()))];
         for d in shared.destinations.clone() {
+            // Series from the start (at 0), so rates and alerts on them exist before the first delivery.
+            for outcome in ["sent", "failed"] {
+                shared.metrics.delivered.with_label_values(&[d.kind(), outcome]);
+            }
+            shared.metrics.outbox.with_label_values(&[d.kind()]);
             tasks.push(tokio::spawn(deliver_loop(shared.clone(), d, stop.receiver())));
         }
         Ok(Evaluator { shared: Some(shared), backend: o.backend, tasks })

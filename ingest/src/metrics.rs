@@ -58,7 +58,7 @@ impl Metrics {
             g
         };
         let in_flight = gauge("qoeflow_ingest_in_flight_requests", "Beacon requests being handled");
-        Metrics {
+        let metrics = Metrics {
             requests: counter_vec("qoeflow_ingest_requests_total", "Beacon requests by HTTP status", "status"),
             events_accepted: counter("qoeflow_ingest_events_accepted_total", "Events durably accepted"),
             events_rejected: counter_vec(
@@ -96,7 +96,13 @@ impl Metrics {
                 "Connections answered 503 at ingest.max_connections",
             ),
             registry,
+        };
+        // The whole-body reasons start at 0, so a rejection rate has a series before the first one (the
+        // per-event reasons are the validation's open vocabulary: they appear when they happen).
+        for reason in ["body_invalid", "too_many_values"] {
+            metrics.events_rejected.with_label_values(&[reason]);
         }
+        metrics
     }
 
     /// The text exposition format.

@@ -11,7 +11,7 @@ use locallog::{LocalLog, LogReader};
 use schemas::tables::ClickHouseConfig;
 
 use crate::config::PipelineConfig;
-use crate::runner::{Batch, Source, SourceRecord};
+use crate::runner::{Batch, PartitionLag, Source, SourceRecord};
 
 /// The local log is one partition.
 const PARTITION: &str = "local";
@@ -59,7 +59,8 @@ impl Source for LocalSource {
         let end = self.log.durable_end();
         let (records, to) = self.read(max, max_bytes, end).await?;
         let caught_up = if to >= end { vec![PARTITION.to_owned()] } else { Vec::new() };
-        Ok(Batch { records, to, caught_up, behind: to < end, behind_ms: None })
+        let lags = vec![PartitionLag { partition: PARTITION.to_owned(), records: Some(end.saturating_sub(to)), millis_behind: None }];
+        Ok(Batch { records, to, caught_up, behind: to < end, behind_ms: None, lags })
     }
 
     async fn next_until(&mut self, to: &u64) -> crate::Result<Vec<SourceRecord>> {

@@ -67,7 +67,8 @@ use crate::config::PipelineConfig;
 use crate::parquet::ParquetSink;
 use crate::sessionizer::{Sessionizer, Stats};
 use crate::store::StateStore;
-pub use crate::status::PipelineStatus;
+pub use crate::status::{PartitionLag, PipelineStatus};
+use crate::status::{Sink, SourceMetrics};
 
 /// One record as the source stored it.
 #[derive(Debug, Clone)]
@@ -93,6 +94,8 @@ pub struct Batch<P> {
     /// How far behind, when the source knows (Kinesis: the largest `MillisBehindLatest`); otherwise the
     /// runner takes the wall clock less the watermark.
     pub behind_ms: Option<i64>,
+    /// How far behind each partition read is, as far as the source knows (for the metrics).
+    pub lags: Vec<PartitionLag>,
 }
 
 /// A replayable input. Positions are what checkpoints and intents store.
@@ -240,6 +243,7 @@ struct Ctx<'a, F> {
     config: &'a PipelineConfig,
     clickhouse: &'a ClickHouseConfig,
     status: &'a PipelineStatus,
+    metrics: SourceMetrics,
     store: StateStore,
     shared: Option<&'a Shared<F>>,
 }
@@ -369,6 +373,7 @@ pub async fn run_with<S: Source, F: Fence>(
     let ctx = Ctx {
         data_dir: &data_dir,
         dataset,
+        metrics: status.source(&name),
         name,
         identity,
         config: &config,
@@ -401,6 +406,14 @@ pub async fn run_with<S: Source, F: Fence>(
         }
         backoff = (backoff * 2).min(Duration::from_secs(5));
     }
+}
+
+/// `write`, its time and outcome reported as a write to `sink`.
+async fn timed<T, E>(metrics: &SourceMetrics, sink: Sink, write: impl Future<Output = Result<T, E>>) -> Result<T, E> {
+    let started = std::time::Instant::now();
+    let result = write.await;
+    metrics.sink_write(sink, started.elapsed(), result.is_ok());
+    result
 }
 
 /// The message of a caught panic.
@@ -574,21 +587,36 @@ fn process_epoch(
     clock: Option<i64>,
     poison: &Poison,
     panic_view: Option<&str>,
+    metrics: Option<&SourceMetrics>,
 ) -> crate::Result<Vec<Quarantined>> {
     let mut quarantined = Vec::new();
+    // Per partition: records, bytes, events (in source order, so a partition's records are adjacent).
+    let mut read: Vec<(Arc<str>, u64, u64, u64)> = Vec::new();
+    let mut count = |partition: &Arc<str>, bytes: usize, events: u64| match read.last_mut() {
+        Some(last) if last.0 == *partition => (last.1, last.2, last.3) = (last.1 + 1, last.2 + bytes as u64, last.3 + events),
+        _ => read.push((partition.clone(), 1, bytes as u64, events)),
+    };
     for SourceRecord { partition, label, data } in records {
+        let events_before = session.stats.events;
         if let Some(reason) = poison.pending.get(&label) {
             // Decoding failed before, maybe by panicking: the dead letter does not depend on it.
             let dead = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| quarantined_record(session, &label, reason, &data)))
                 .unwrap_or_else(|_| raw_dead_letter(session, "quarantined", &label, reason, &data));
             session.process_from(&partition, Record::Rejected(dead));
             quarantined.push(Quarantined { label, reason: reason.clone() });
+            count(&partition, data.len(), 0);
             continue;
         }
         let processed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| process_record(session, &partition, &label, &data, panic_view)));
         if let Err(panic) = processed {
             // The sessionizer may be half-way through the record: the caller restores the checkpoint.
             return Err(crate::Error::Poison { label, reason: panic_message(panic.as_ref()) });
+        }
+        count(&partition, data.len(), session.stats.events - events_before);
+    }
+    if let Some(metrics) = metrics {
+        for (partition, records, bytes, events) in read {
+            metrics.read(&partition, records, bytes, events);
         }
     }
     if let Some(clock) = clock {
@@ -667,7 +695,7 @@ async fn run_from_checkpoint<S: Source, F: Fence>(
                 poison.pending.entry(q.label.clone()).or_insert(q.reason.clone());
             }
             let records = source.next_until(&intent.to).await?;
-            process_epoch(&mut session, records, &intent.caught_up, intent.clock_ms, poison, panic_view.as_deref())?;
+            process_epoch(&mut session, records, &intent.caught_up, intent.clock_ms, poison, panic_view.as_deref(), None)?;
             drop(session.flush());
             epoch += 1;
             let staged = if epoch == lease.epoch { lease.staged.clone() } else { Vec::new() };
@@ -688,6 +716,7 @@ async fn run_from_checkpoint<S: Source, F: Fence>(
     }
     tracing::info!(source = %name, identity = %ctx.identity, epoch, position = ?position, "pipeline: resuming from checkpoint");
     status.restored(&session.stats);
+    ctx.metrics.restored(&session.stats);
     let mut last_compaction = std::time::Instant::now();
     let mut last_snapshot = std::time::Instant::now();
     let mut last_epoch = std::time::Instant::now();
@@ -712,18 +741,21 @@ async fn run_from_checkpoint<S: Source, F: Fence>(
                 let batch = source.next(config.max_records_per_epoch, config.max_epoch_bytes).await?;
                 let clock = (!batch.caught_up.is_empty()).then(|| schemas::now_ms() - CAUGHT_UP_LAG_MS);
                 let behind = batch.behind.then(|| batch.behind_ms.unwrap_or(-1));
+                ctx.metrics.lags(&batch.lags);
                 (batch.records, batch.to, batch.caught_up, clock, behind)
             }
         };
         // A recorded intent is always replayed, idle or not, so the epoch gets the same rows again.
         let idle = records.is_empty() && to == position;
         if !replaying && idle && (session.open_views() == 0 || clock.is_none() || last_epoch.elapsed() < IDLE_EPOCH_EVERY) {
-            status.idle(session.open_views());
+            status.idle();
+            ctx.metrics.idle(session.open_views());
             continue;
         }
         last_epoch = std::time::Instant::now();
-        let quarantined = process_epoch(&mut session, records, &caught_up, clock, poison, panic_view.as_deref())?;
+        let quarantined = process_epoch(&mut session, records, &caught_up, clock, poison, panic_view.as_deref(), Some(&ctx.metrics))?;
         let out = session.flush();
+        let ended = crate::status::ended_views(&out.views);
         epoch += 1;
         let intent = Intent { epoch, from: position.clone(), to: to.clone(), caught_up, clock_ms: clock, quarantined };
         may_write()?;
@@ -732,12 +764,18 @@ async fn run_from_checkpoint<S: Source, F: Fence>(
             return Err(fenced(name, format_args!("epoch {epoch} was defined by another worker")));
         }
         if let Some(ch) = &clickhouse {
-            ch.write_epoch(epoch, &out).await.with_context(|| format!("ClickHouse insert of epoch {epoch}"))?;
+            timed(&ctx.metrics, Sink::ClickHouse, ch.write_epoch(epoch, &out)).await.with_context(|| format!("ClickHouse insert of epoch {epoch}"))?;
         }
         // Staged: invisible until published after the checkpoint below.
         let (sink2, epoch_out) = (sink.clone(), out);
-        let files = tokio::task::spawn_blocking(move || sink2.encode_epoch(epoch, &epoch_out)).await??;
-        let staged = sink.stage(files).await.with_context(|| format!("staging the Parquet files of epoch {epoch}"))?;
+        let parquet_started = std::time::Instant::now();
+        let staged = async {
+            let files = tokio::task::spawn_blocking(move || sink2.encode_epoch(epoch, &epoch_out)).await??;
+            sink.stage(files).await.with_context(|| format!("staging the Parquet files of epoch {epoch}"))
+        }
+        .await;
+        ctx.metrics.sink_write(Sink::Parquet, parquet_started.elapsed(), staged.is_ok());
+        let staged = staged?;
         if failpoint("pipeline_after_files").and_then(|e| e.parse::<u64>().ok()) == Some(epoch) {
             tracing::error!(epoch, "failpoint pipeline_after_files: aborting before the checkpoint");
             std::process::abort();
@@ -748,14 +786,14 @@ async fn run_from_checkpoint<S: Source, F: Fence>(
             may_write()?;
             stop_failpoint(epoch);
             let json = std::str::from_utf8(&next).map_err(|e| crate::Error::msg(e.to_string()))?;
-            if !shared.fence.commit(epoch, json).await.with_context(|| format!("committing epoch {epoch} to the lease"))? {
+            if !timed(&ctx.metrics, Sink::Lease, shared.fence.commit(epoch, json)).await.with_context(|| format!("committing epoch {epoch} to the lease"))? {
                 status.fenced();
                 return Err(fenced(name, format_args!("the lease refused the commit of epoch {epoch}; its files stay unpublished")));
             }
         }
-        commit_state(&mut session, &ctx.store, epoch, next).await?;
+        timed(&ctx.metrics, Sink::StateStore, commit_state(&mut session, &ctx.store, epoch, next)).await?;
         // Committed: a failure to publish is finished by the restart (`recover`).
-        sink.publish(&staged).await.with_context(|| format!("publishing the Parquet files of epoch {epoch}"))?;
+        timed(&ctx.metrics, Sink::Parquet, sink.publish(&staged)).await.with_context(|| format!("publishing the Parquet files of epoch {epoch}"))?;
         write_progress(&state_dir, name, epoch, &to, &session, &ctx.store);
         position = to;
         for q in &intent.quarantined {
@@ -766,7 +804,8 @@ async fn run_from_checkpoint<S: Source, F: Fence>(
             Some(ms) if ms >= 0 => ms,
             Some(_) => schemas::now_ms().saturating_sub(session.watermark()),
         };
-        status.committed(&session.stats, session.open_views(), lag_ms);
+        status.committed(&session.stats, lag_ms);
+        ctx.metrics.committed(last_epoch.elapsed(), &ended, &session.stats, session.open_views(), lag_ms, ctx.store.disk_bytes());
         log_progress(epoch, &session.stats, session.open_views(), &mut late_dropped_logged);
         source.committed(&position).await;
         if let Some(shared) = ctx.shared

@@ -34,7 +34,7 @@ fn expected(truth: &BatchResult, cdn: Option<&str>) -> BTreeMap<&'static str, Op
         *active.entry(*w).or_default() += d.sums[ActiveViews] as u64;
     }
     let latest_active = active.values().rev().find(|n| **n > 0).copied().unwrap_or(0);
-    let quantile = |q: f64| (hist.len() > 0).then(|| hist.value_at_quantile(q) as f64);
+    let quantile = |q: f64| (!hist.is_empty()).then(|| hist.value_at_quantile(q) as f64);
     let (attempts, play, stall) = (sum(|d| d.sums[Attempt]), sum(|d| d.sums[PlayMs]), sum(|d| d.sums[StallMs]));
     let (hit, miss) = (sum(|d| d.sums[SegmentsHit]), sum(|d| d.sums[SegmentsMiss]));
     BTreeMap::from([

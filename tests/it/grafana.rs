@@ -36,6 +36,20 @@ fn expand(sql: &str, from_ms: i64, to_ms: i64) -> String {
     s
 }
 
+/// The plugin of a dashboard's `datasource` variable: the QoE dashboards read ClickHouse; the operations
+/// one reads Prometheus (checked in `operator_metrics`).
+pub fn datasource_plugin(file: &std::path::Path) -> String {
+    let dashboard: Value = serde_json::from_slice(&std::fs::read(file).expect("read")).expect("dashboard JSON");
+    let list = dashboard["templating"]["list"].as_array().cloned().unwrap_or_default();
+    let ds = list.iter().find(|v| v["type"] == "datasource").unwrap_or_else(|| panic!("{}: no datasource variable", file.display()));
+    ds["query"].as_str().expect("datasource plugin").to_owned()
+}
+
+/// Every panel, rows' nested panels included (for the other dashboards' tests).
+pub fn all_panels(dashboard: &Value) -> Vec<&Value> {
+    panels(dashboard)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_grafana_panel_query_returns_rows_from_clickhouse() {
     let dir = tempfile::tempdir().expect("tmp");
@@ -52,6 +66,7 @@ async fn every_grafana_panel_query_returns_rows_from_clickhouse() {
         .expect("dashboards/grafana")
         .map(|e| e.expect("entry").path())
         .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .filter(|p| datasource_plugin(p) == PLUGIN)
         .collect();
     assert!(!files.is_empty(), "no Grafana dashboards");
     let mut titles = Vec::new();

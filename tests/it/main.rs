@@ -30,6 +30,7 @@ mod grafana;
 mod kinesis_sink;
 mod loadgen;
 mod object_storage;
+mod operator_metrics;
 mod pipeline_kinesis;
 mod pipeline_local;
 mod sdk;

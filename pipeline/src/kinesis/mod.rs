@@ -93,8 +93,13 @@ pub struct KinesisSource {
     iterators: HashMap<String, String>,
     /// Shards throttled recently, and until when they are left alone.
     throttled: HashMap<String, Backoff>,
+    /// GetRecords `Limit`: the service's maximum (10,000) while replaying; [`Source::next`] lowers it
+    /// so one epoch reads about `max_records_per_epoch` records across its shards.
     records_per_call: i32,
 }
+
+/// The service's largest GetRecords `Limit`.
+const MAX_RECORDS_PER_CALL: i32 = 10_000;
 
 fn fnv1a(s: &str) -> u64 {
     s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
@@ -121,7 +126,7 @@ impl KinesisSource {
             positions: Positions::default(),
             iterators: HashMap::new(),
             throttled: HashMap::new(),
-            records_per_call: 10_000,
+            records_per_call: MAX_RECORDS_PER_CALL,
         }
     }
 
@@ -330,6 +335,43 @@ impl KinesisSource {
     }
 }
 
+/// What one round of GetRecords over the readable shards returned.
+#[derive(Default)]
+struct Read {
+    records: Vec<SourceRecord>,
+    /// Shards read up to their tip.
+    at_tip: Vec<String>,
+    lags: Vec<crate::runner::PartitionLag>,
+    /// Some shard has more to read (or was throttled), and the most any reported it was behind.
+    behind: bool,
+    behind_ms: i64,
+}
+
+impl KinesisSource {
+    async fn read_shards(&mut self, shards: Vec<String>, out: &mut Read) -> crate::Result<()> {
+        for shard in shards {
+            match self.read_shard(&shard, None).await {
+                Ok((read, tip, shard_behind_ms)) => {
+                    self.throttled.remove(&shard);
+                    out.lags.push(crate::runner::PartitionLag { partition: shard.clone(), records: None, millis_behind: Some(shard_behind_ms) });
+                    out.records.extend(read);
+                    out.behind |= shard_behind_ms > 0;
+                    out.behind_ms = out.behind_ms.max(shard_behind_ms);
+                    if tip {
+                        out.at_tip.push(shard);
+                    }
+                }
+                Err(ReadError::Throttled) => {
+                    out.behind = true;
+                    self.throttle(&shard);
+                }
+                Err(ReadError::Other(e)) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Why a shard read returned nothing.
 #[derive(Debug, thiserror::Error)]
 enum ReadError {
@@ -355,8 +397,9 @@ impl Source for KinesisSource {
         self.list_shards().await
     }
 
-    /// One GetRecords per readable shard (at most 10 MB each, the service's own bound on a call).
-    async fn next(&mut self, _max: usize, _max_bytes: usize) -> crate::Result<Batch<Positions>> {
+    /// One GetRecords per readable shard (at most 10 MB each, the service's own bound on a call, and
+    /// `max` records shared among the shards).
+    async fn next(&mut self, max: usize, _max_bytes: usize) -> crate::Result<Batch<Positions>> {
         if self.listed_at.is_none_or(|t| t.elapsed() >= self.relist_interval)
             && let Err(e) = self.list_shards().await
         {
@@ -364,33 +407,21 @@ impl Source for KinesisSource {
             tracing::warn!(error = format!("{e:#}"), "re-listing shards failed; keeping the previous list");
             self.listed_at = Some(Instant::now());
         }
-        let mut records = Vec::new();
-        let mut at_tip: Vec<String> = Vec::new();
-        let (mut behind, mut behind_ms) = (false, 0i64);
-        for shard in self.readable() {
-            match self.read_shard(&shard, None).await {
-                Ok((read, tip, shard_behind_ms)) => {
-                    self.throttled.remove(&shard);
-                    records.extend(read);
-                    behind |= shard_behind_ms > 0;
-                    behind_ms = behind_ms.max(shard_behind_ms);
-                    if tip {
-                        at_tip.push(shard);
-                    }
-                }
-                Err(ReadError::Throttled) => {
-                    behind = true;
-                    self.throttle(&shard);
-                }
-                Err(ReadError::Other(e)) => return Err(e),
-            }
-        }
+        let readable = self.readable();
+        let per_shard = (max / readable.len().max(1)).clamp(1, MAX_RECORDS_PER_CALL as usize) as i32;
+        let full = self.records_per_call;
+        self.records_per_call = per_shard.min(full);
+        let mut read = Read::default();
+        let result = self.read_shards(readable, &mut read).await;
+        self.records_per_call = full;
+        result?;
+        let Read { records, at_tip, lags, behind, behind_ms } = read;
         let mut caught_up = self.finished_caught_up(&at_tip);
         caught_up.extend(at_tip);
         caught_up.sort();
         caught_up.dedup();
         // A throttled shard's lag is unknown: the largest a shard reported stands for it.
-        Ok(Batch { records, to: self.positions.clone(), caught_up, behind, behind_ms: Some(behind_ms) })
+        Ok(Batch { records, to: self.positions.clone(), caught_up, behind, behind_ms: Some(behind_ms), lags })
     }
 
     async fn next_until(&mut self, to: &Positions) -> crate::Result<Vec<SourceRecord>> {

@@ -20,6 +20,25 @@ fn wait_listening(port: u16, what: &str) {
     }
 }
 
+/// Waits until `GET /-/ready` answers 200 (Prometheus and Alertmanager listen before they are ready).
+fn wait_ready(port: u16, what: &str) {
+    use std::io::{Read, Write};
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ready = std::net::TcpStream::connect(("127.0.0.1", port)).ok().and_then(|mut c| {
+            c.write_all(b"GET /-/ready HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+            let mut head = [0u8; 12];
+            c.read_exact(&mut head).ok()?;
+            Some(head.ends_with(b"200"))
+        });
+        if ready == Some(true) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what} on port {port} not ready within 60 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn spawn(bin: &str, args: &[String], log: &Path) -> Child {
     let log = std::fs::File::create(log).expect("log file");
     Command::new(bin)
@@ -101,7 +120,7 @@ impl Prometheus {
             "--log.level=warn".to_owned(),
         ];
         let child = spawn("prometheus", &args, &dir.join("prometheus.log"));
-        wait_listening(port, "prometheus");
+        wait_ready(port, "prometheus");
         Prometheus { child, port }
     }
 
