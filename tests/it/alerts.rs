@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use crate::common::clickhouse::ClickHouse;
 use crate::common::kinesis::free_port;
-use crate::common::prom::{Alertmanager, Received, webhook_receiver};
+use crate::common::prom::{Alertmanager, Received, webhook_receiver, webhook_receiver_failing};
 use crate::common::workload::*;
 use crate::common::*;
 use serde_json::{Value, json};
@@ -193,6 +193,68 @@ annotations = {{ summary = "{{{{ value }}}} % of starts fail on {{{{ group }}}}"
     assert_eq!(on_ch["enabled"], false);
     assert_eq!(on_ch["history"], history["history"], "the same history from ClickHouse");
     assert!(metric(&qs.url, "qoeflow_query_requests_total{endpoint=\"/api/v1/alerts\",status=\"2xx\"}").await >= 1.0);
+}
+
+/// A webhook that is down while an alert fires, and a restart of qoeflow in the middle of the outage:
+/// the transition waits in the persisted outbox, is retried with backoff, and arrives exactly once
+/// when the webhook is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notifier_outage_with_a_restart_in_it_loses_nothing_and_sends_once() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let failing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let (hook, got) = webhook_receiver_failing(failing.clone()).await;
+    let config = dir.path().join("qoeflow.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[alerts]
+interval_ms = 1000
+default_rules = false
+webhook_urls = ["{hook}/direct"]
+[[alerts.rules]]
+name = "StartFailures"
+metric = "vsf_pct"
+range = "2m"
+op = ">"
+threshold = 50.0
+min_volume = 3
+for = "0s"
+severity = "critical"
+"#
+        ),
+    )
+    .expect("config");
+    let data = dir.path().join("data");
+    let args = ["--config", config.to_str().expect("utf-8"), "serve", "--listen", "127.0.0.1:0", "--data-dir", data.to_str().expect("utf-8")];
+    let failed = r#"qoeflow_alerts_deliveries_total{destination="webhook",outcome="failed"}"#;
+    let outbox = r#"qoeflow_alerts_outbox{destination="webhook"}"#;
+    let mut q = Qoeflow::spawn(&args, &[], None);
+    let start = Instant::now();
+    post_tiny_cdn_failures(&q.url).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while metric(&q.url, failed).await < 2.0 {
+        assert!(Instant::now() < deadline, "no failed delivery attempts");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(metric(&q.url, outbox).await, 1.0, "the firing transition waits in the outbox");
+    q.stop();
+
+    let q = Qoeflow::spawn(&args, &[], None);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric(&q.url, failed).await < 1.0 {
+        assert!(Instant::now() < deadline, "the restarted evaluator does not retry the outbox");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(got.lock().expect("lock").is_empty(), "nothing arrives while the webhook is down");
+    failing.store(false, std::sync::atomic::Ordering::SeqCst);
+    wait_until("the firing notification after the outage", Duration::from_secs(60), || !notices(&got, "/direct", start).is_empty());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let firing = notices(&got, "/direct", start);
+    assert_eq!(firing.iter().map(|(s, _, _)| s.as_str()).collect::<Vec<_>>(), ["firing"], "exactly one notification: {firing:?}");
+    assert_eq!(metric(&q.url, outbox).await, 0.0);
+    let active = get(&format!("{}/api/v1/alerts", q.url)).await;
+    assert_eq!(active["active"][0]["state"], "firing", "{active}");
 }
 
 /// A rule that cannot work stops start-up with the rule and field named; the API answers bad

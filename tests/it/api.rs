@@ -193,6 +193,8 @@ async fn the_openapi_document_matches_the_api() {
     assert_eq!(params("/api/v1/metrics", "get"), ["from", "to", "step", "group_by", "filter"]);
     assert_eq!(params("/api/v1/breakdown", "get"), ["dimension", "from", "to", "filter", "limit"]);
     assert!(served["paths"]["/api/v1/sql"]["post"]["requestBody"].is_object());
+    assert_eq!(params("/api/v1/alerts", "get"), ["from", "to", "limit"]);
+    assert!(served["paths"]["/api/v1/alerts/rules"]["get"].is_object());
     let dims: Vec<&str> = served["paths"]["/api/v1/metrics"]["get"]["parameters"][3]["schema"]["enum"]
         .as_array()
         .expect("enum")

@@ -166,16 +166,24 @@ pub type Received = Arc<Mutex<Vec<(String, Instant, Value)>>>;
 
 /// An HTTP server on a free port that answers 200 to every JSON POST and records it.
 pub async fn webhook_receiver() -> (String, Received) {
+    webhook_receiver_failing(Arc::default()).await
+}
+
+/// [`webhook_receiver`] that answers 503 (and records nothing) while `failing` is set: a notifier outage.
+pub async fn webhook_receiver_failing(failing: Arc<std::sync::atomic::AtomicBool>) -> (String, Received) {
     let got: Received = Arc::default();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("addr"));
     let store = got.clone();
     let app = axum::Router::new().fallback(move |uri: axum::http::Uri, body: axum::body::Bytes| {
-        let store = store.clone();
+        let (store, failing) = (store.clone(), failing.clone());
         async move {
+            if failing.load(std::sync::atomic::Ordering::SeqCst) {
+                return (axum::http::StatusCode::SERVICE_UNAVAILABLE, "down");
+            }
             let json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
             store.lock().expect("lock").push((uri.path().to_owned(), Instant::now(), json));
-            "ok"
+            (axum::http::StatusCode::OK, "ok")
         }
     });
     tokio::spawn(async move { axum::serve(listener, app).await });
