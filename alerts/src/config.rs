@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::rule::Rule;
+pub use crate::rule::RuleConfig;
+use crate::rule::{Rule, default_range};
 
 /// `[alerts]` of `qoeflow serve` and `qoeflow query-server`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -62,64 +63,6 @@ impl Default for AlertsConfig {
 
 /// Most rules one process evaluates.
 pub const MAX_RULES: usize = 200;
-
-/// One rule as written in the configuration (`[[alerts.rules]]`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RuleConfig {
-    /// Unique; the alert's `alertname` (letters, digits and `_`).
-    pub name: String,
-    /// A metric of the metrics API: a window sum (`attempts`, `errors`…), a start-up percentile
-    /// (`startup_p95`…), a ratio (`vsf_pct`, `rebuffer_ratio`, `cache_hit_ratio`…) or
-    /// `concurrent_viewers` (the latest window's).
-    pub metric: String,
-    /// `dimension:value[,dimension:value…]`, as the API's `filter`.
-    #[serde(default)]
-    pub filter: String,
-    /// One alert per value of this dimension (`cdn`, `country`…); none: one alert for all traffic.
-    #[serde(default)]
-    pub group_by: Option<String>,
-    /// The metric is computed over the last `range` (`5m`).
-    #[serde(default = "default_range")]
-    pub range: String,
-    /// `>`, `>=`, `<` or `<=`: the alert condition is `metric <op> threshold`.
-    pub op: String,
-    pub threshold: f64,
-    /// What must reach `min_volume` for the rule to judge a group: a window sum, or several joined by
-    /// `+` (`segments_hit+segments_miss`).
-    #[serde(default = "default_volume")]
-    pub volume: String,
-    #[serde(default = "default_min_volume")]
-    pub min_volume: i64,
-    /// The condition must hold this long before the alert fires (`0s`: at once).
-    #[serde(default = "default_for", rename = "for")]
-    pub for_: String,
-    #[serde(default = "default_severity")]
-    pub severity: String,
-    /// Extra labels of the alert (Alertmanager routes on labels).
-    #[serde(default)]
-    pub labels: BTreeMap<String, String>,
-    /// Annotations; `{{ group }}`, `{{ value }}`, `{{ threshold }}` and `{{ metric }}` are filled in. A
-    /// `summary` is made when none is given.
-    #[serde(default)]
-    pub annotations: BTreeMap<String, String>,
-}
-
-fn default_range() -> String {
-    "5m".into()
-}
-fn default_volume() -> String {
-    "attempts".into()
-}
-fn default_min_volume() -> i64 {
-    100
-}
-fn default_for() -> String {
-    "1m".into()
-}
-fn default_severity() -> String {
-    "warning".into()
-}
 
 /// A shipped rule: `metric op threshold`, per CDN, judged from `min_volume` of the attempts (or
 /// `volume`), with a summary.

@@ -6,9 +6,65 @@ use std::collections::BTreeMap;
 use query::backend::{AggQuery, AggRow};
 use query::metrics::sums;
 use schemas::tables::DIM_COLUMNS;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use crate::config::RuleConfig;
+/// One rule as written in the configuration (`[[alerts.rules]]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    /// Unique; the alert's `alertname` (letters, digits and `_`).
+    pub name: String,
+    /// A metric of the metrics API: a window sum (`attempts`, `errors`…), a start-up percentile
+    /// (`startup_p95`…), a ratio (`vsf_pct`, `rebuffer_ratio`, `cache_hit_ratio`…) or
+    /// `concurrent_viewers` (the latest window's).
+    pub metric: String,
+    /// `dimension:value[,dimension:value…]`, as the API's `filter`.
+    #[serde(default)]
+    pub filter: String,
+    /// One alert per value of this dimension (`cdn`, `country`…); none: one alert for all traffic.
+    #[serde(default)]
+    pub group_by: Option<String>,
+    /// The metric is computed over the last `range` (`5m`).
+    #[serde(default = "default_range")]
+    pub range: String,
+    /// `>`, `>=`, `<` or `<=`: the alert condition is `metric <op> threshold`.
+    pub op: String,
+    pub threshold: f64,
+    /// What must reach `min_volume` for the rule to judge a group: a window sum, or several joined by
+    /// `+` (`segments_hit+segments_miss`).
+    #[serde(default = "default_volume")]
+    pub volume: String,
+    #[serde(default = "default_min_volume")]
+    pub min_volume: i64,
+    /// The condition must hold this long before the alert fires (`0s`: at once).
+    #[serde(default = "default_for", rename = "for")]
+    pub for_: String,
+    #[serde(default = "default_severity")]
+    pub severity: String,
+    /// Extra labels of the alert (Alertmanager routes on labels).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Annotations; `{{ group }}`, `{{ value }}`, `{{ threshold }}` and `{{ metric }}` are filled in. A
+    /// `summary` is made when none is given.
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+}
+
+pub(crate) fn default_range() -> String {
+    "5m".into()
+}
+fn default_volume() -> String {
+    "attempts".into()
+}
+fn default_min_volume() -> i64 {
+    100
+}
+fn default_for() -> String {
+    "1m".into()
+}
+fn default_severity() -> String {
+    "warning".into()
+}
 
 /// The one metric that is not a column of the aggregation's row.
 pub const CONCURRENT_VIEWERS: &str = "concurrent_viewers";
