@@ -10,12 +10,6 @@ mod production;
 
 use anyhow::Context;
 use clap::Parser;
-
-/// mimalloc instead of glibc's malloc: the pipeline and the collector allocate and free many small
-/// objects per event (JSON values, rows, strings); with glibc malloc, allocation and freeing were a
-/// fifth of the pipeline's CPU (BENCHMARKS.md, issue 15).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use service::Stop;
 
 use crate::cli::{Apply, Cli, Command};

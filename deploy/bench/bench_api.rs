@@ -6,10 +6,6 @@
 //!
 //! cargo run --release -p bench --bin bench_api -- DATA_DIR [VIEWS=50000] [EPOCHS=8640] [RUNS=9]
 
-/// The allocator of the `qoeflow` binary, so the benchmark runs the code as the binary does.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[path = "common.rs"]
 mod common;
 
