@@ -1,9 +1,15 @@
--- wrk script: POST 20-event beacons (a realistic mix of types), a fresh view_id per request.
+-- wrk script: POST N-event beacons (a realistic mix of types; N = the script argument after `--`,
+-- default 20), a fresh view_id per request.
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["User-Agent"] = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0.0.0 Safari/537.36"
 
 local counter = 0
+local events_per_beacon = 20
+
+init = function(args)
+  if args[1] then events_per_beacon = tonumber(args[1]) end
+end
 local t0 = 1700000000000
 
 local function event(view, seq)
@@ -24,7 +30,7 @@ request = function()
   counter = counter + 1
   local view = string.format("bench-%d-%d", math.random(1, 1000000000), counter)
   local parts = {}
-  for i = 0, 19 do
+  for i = 0, events_per_beacon - 1 do
     parts[#parts + 1] = event(view, i)
   end
   local body = '{"sent_at":1700000010000,"events":[' .. table.concat(parts, ",") .. ']}'

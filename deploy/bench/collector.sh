@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Collector throughput benchmark: 20-event beacons on the local-log sink, next to a minimal axum handler
+# Collector throughput benchmark: 20-event beacons (or EVENTS per beacon) on the local-log sink, next to a minimal axum handler
 # that reads the body and answers 204 (the machine's HTTP ceiling), measured in the same run, alternating,
 # ROUNDS times each; prints medians and the ratio. Two qoeflow targets: the collector alone on the local
 # log (`serve --no-pipeline`), and `qoeflow serve` as it runs (the pipeline sessionizing the same traffic
 # into Parquet in the same process, on the same 2 cores as wrk).
 #
-#   deploy/bench/collector.sh [DURATION_S=15] [CONNECTIONS=64] [ROUNDS=3]
+#   deploy/bench/collector.sh [DURATION_S=15] [CONNECTIONS=64] [ROUNDS=3] [EVENTS=20]
 #
 # With AB_QOEFLOW=/path/to/another/qoeflow (an older build, say), that binary runs the same two targets in
 # the same alternating rounds, and the table gets its rows and its ratio to this build. (Not QOEFLOW_*:
@@ -13,7 +13,7 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$root"
-duration="${1:-15}"; conns="${2:-64}"; rounds="${3:-3}"
+duration="${1:-15}"; conns="${2:-64}"; rounds="${3:-3}"; events="${4:-20}"
 
 command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
 cargo build --release -q --bin qoeflow
@@ -40,7 +40,7 @@ qoeflow_round() { # name port [serve flags...]
 }
 
 run() { # name port
-  wrk -t1 -c"$conns" -d"${duration}s" --latency -s deploy/bench/beacon.lua "http://127.0.0.1:$2/v1/beacon" \
+  wrk -t1 -c"$conns" -d"${duration}s" --latency -s deploy/bench/beacon.lua "http://127.0.0.1:$2/v1/beacon" -- "$events" \
     | awk -v n="$1" '/^RESULT/ {print n, $0}'
 }
 for r in $(seq 1 "$rounds"); do
@@ -53,7 +53,7 @@ for r in $(seq 1 "$rounds"); do
   fi
 done
 
-python3 - "$work/results" "$conns" "$duration" "$rounds" <<'PY'
+python3 - "$work/results" "$conns" "$duration" "$rounds" "$events" <<'PY'
 import re, statistics, sys, os, platform
 rows = {}
 for line in open(sys.argv[1]):
@@ -62,7 +62,8 @@ for line in open(sys.argv[1]):
     rows.setdefault(name, []).append(kv)
 def med(name, key): return statistics.median(float(r[key]) for r in rows[name])
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
-print(f"machine: {os.cpu_count()} cores, {cpu}; wrk -t1 -c{sys.argv[2]} -d{sys.argv[3]}s, median of {sys.argv[4]} alternating rounds")
+events = int(sys.argv[5])
+print(f"machine: {os.cpu_count()} cores, {cpu}; wrk -t1 -c{sys.argv[2]} -d{sys.argv[3]}s, {events}-event beacons, median of {sys.argv[4]} alternating rounds")
 print(f"{'target':<40} {'beacons/s':>10} {'events/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
 targets = [("baseline", "axum read body + 204 (baseline)"),
            ("collector", "qoeflow collector (local log, fsync)"),
@@ -71,7 +72,7 @@ if "collector_b" in rows:
     targets += [("collector_b", "AB_QOEFLOW collector"), ("qoeflow_b", "AB_QOEFLOW serve")]
 for name, label in targets:
     errs = sum(int(float(r["errors"])) + int(float(r["non2xx"])) for r in rows[name])
-    print(f"{label:<40} {med(name,'rps'):>10.0f} {med(name,'rps')*20:>10.0f} {med(name,'p50_ms'):>8.2f} {med(name,'p99_ms'):>8.2f} {errs:>7}")
+    print(f"{label:<40} {med(name,'rps'):>10.0f} {med(name,'rps')*events:>10.0f} {med(name,'p50_ms'):>8.2f} {med(name,'p99_ms'):>8.2f} {errs:>7}")
 print(f"ratio collector / baseline (throughput): {med('collector','rps')/med('baseline','rps'):.2f}")
 print(f"ratio serve / baseline (throughput): {med('qoeflow','rps')/med('baseline','rps'):.2f}")
 if "collector_b" in rows:

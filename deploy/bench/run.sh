@@ -5,7 +5,8 @@
 #   deploy/bench/run.sh            # full sizes (about 20 minutes after the release build)
 #   deploy/bench/run.sh --quick    # small sizes, to check that everything runs (about 6 minutes)
 #
-# 1. collector: wrk, 20-event beacons, `qoeflow serve` vs a minimal axum server      (collector.sh)
+# 1. collector: wrk, 20-event beacons, `qoeflow serve` vs a minimal axum server      (collector.sh);
+#    then 1- and 200-event beacons
 # 2. pipeline: local log -> sessionize -> Parquet vs DuckDB batch SQL over the events (bench_pipeline,
 #    duckdb_pipeline.py)
 # 3. freshness: beacon acknowledged -> counted by /api/v1/metrics, under loadgen traffic (api.sh)
@@ -27,6 +28,7 @@ cargo build --release -q -p qoeflow --bin qoeflow -p bench
 
 echo "== 1. collector =="
 deploy/bench/collector.sh "${collector[@]}" | tee "$out/collector.txt"
+for n in 1 200; do deploy/bench/collector.sh "${collector[@]}" "$n"; done
 echo
 echo "== 2 and 4. pipeline throughput and memory =="
 ./target/release/bench_pipeline "$out/pipeline" "${pipeline[@]}" | tee "$out/pipeline.txt"
