@@ -12,14 +12,6 @@ use serde_json::Value;
 
 use super::kinesis::free_port;
 
-fn wait_listening(port: u16, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "{what} did not listen on port {port} within 60 s");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// Waits until `GET /-/ready` answers 200 (Prometheus and Alertmanager listen before they are ready).
 fn wait_ready(port: u16, what: &str) {
     use std::io::{Read, Write};
@@ -39,21 +31,41 @@ fn wait_ready(port: u16, what: &str) {
     }
 }
 
-fn spawn(bin: &str, args: &[String], log: &Path) -> Child {
-    let log = std::fs::File::create(log).expect("log file");
-    Command::new(bin)
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap_or_else(|e| panic!("{bin}: {e} (deploy/test.sh installs Debian's prometheus and prometheus-alertmanager)"))
+/// A server process of the topology on a loopback port, killed when dropped.
+struct Daemon {
+    child: Child,
+    port: u16,
+}
+
+impl Daemon {
+    /// Starts `bin` (its stderr to `log`) and waits until it is ready on `port`.
+    fn start(bin: &str, args: &[String], log: &Path, port: u16) -> Daemon {
+        let log = std::fs::File::create(log).expect("log file");
+        let child = Command::new(bin)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("{bin}: {e} (deploy/test.sh installs Debian's prometheus and prometheus-alertmanager)"));
+        let daemon = Daemon { child, port };
+        wait_ready(port, bin);
+        daemon
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// A Prometheus Alertmanager.
-pub struct Alertmanager {
-    child: Child,
-    pub port: u16,
-}
+pub struct Alertmanager(Daemon);
 
 impl Alertmanager {
     /// Routes every alert to `webhook` at once (group wait 1 s), sends resolutions, and repeats a
@@ -72,13 +84,11 @@ impl Alertmanager {
             "--cluster.listen-address=".to_owned(),
             "--log.level=warn".to_owned(),
         ];
-        let child = spawn("prometheus-alertmanager", &args, &dir.join("alertmanager.log"));
-        wait_listening(port, "alertmanager");
-        Alertmanager { child, port }
+        Alertmanager(Daemon::start("prometheus-alertmanager", &args, &dir.join("alertmanager.log"), port))
     }
 
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        self.0.url()
     }
 
     /// `GET /api/v2/alerts`: the alerts Alertmanager holds now.
@@ -88,18 +98,8 @@ impl Alertmanager {
     }
 }
 
-impl Drop for Alertmanager {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// A Prometheus server scraping `targets` (host:port) every second.
-pub struct Prometheus {
-    child: Child,
-    pub port: u16,
-}
+pub struct Prometheus(Daemon);
 
 impl Prometheus {
     pub fn start(dir: &Path, jobs: &[(&str, &str)], rules: Option<&Path>) -> Prometheus {
@@ -119,13 +119,11 @@ impl Prometheus {
             format!("--web.listen-address=127.0.0.1:{port}"),
             "--log.level=warn".to_owned(),
         ];
-        let child = spawn("prometheus", &args, &dir.join("prometheus.log"));
-        wait_ready(port, "prometheus");
-        Prometheus { child, port }
+        Prometheus(Daemon::start("prometheus", &args, &dir.join("prometheus.log"), port))
     }
 
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        self.0.url()
     }
 
     /// `GET /api/v1/query?query=…`: the result vector (or matrix) of an instant query.
@@ -151,13 +149,6 @@ impl Prometheus {
     /// `GET /api/v1/rules`: the rule groups Prometheus loaded.
     pub async fn rules(&self) -> Value {
         reqwest::get(format!("{}/api/v1/rules", self.url())).await.expect("prometheus").json().await.expect("json")
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
