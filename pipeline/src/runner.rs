@@ -768,14 +768,11 @@ async fn run_from_checkpoint<S: Source, F: Fence>(
         }
         // Staged: invisible until published after the checkpoint below.
         let (sink2, epoch_out) = (sink.clone(), out);
-        let parquet_started = std::time::Instant::now();
-        let staged = async {
+        let encode_and_stage = async {
             let files = tokio::task::spawn_blocking(move || sink2.encode_epoch(epoch, &epoch_out)).await??;
             sink.stage(files).await.with_context(|| format!("staging the Parquet files of epoch {epoch}"))
-        }
-        .await;
-        ctx.metrics.sink_write(Sink::Parquet, parquet_started.elapsed(), staged.is_ok());
-        let staged = staged?;
+        };
+        let staged = timed(&ctx.metrics, Sink::Parquet, encode_and_stage).await?;
         if failpoint("pipeline_after_files").and_then(|e| e.parse::<u64>().ok()) == Some(epoch) {
             tracing::error!(epoch, "failpoint pipeline_after_files: aborting before the checkpoint");
             std::process::abort();

@@ -93,12 +93,10 @@ pub struct KinesisSource {
     iterators: HashMap<String, String>,
     /// Shards throttled recently, and until when they are left alone.
     throttled: HashMap<String, Backoff>,
-    /// GetRecords `Limit`: the service's maximum (10,000) while replaying; [`Source::next`] lowers it
-    /// so one epoch reads about `max_records_per_epoch` records across its shards.
-    records_per_call: i32,
 }
 
-/// The service's largest GetRecords `Limit`.
+/// The service's largest GetRecords `Limit`: what a replay asks for; [`Source::next`] asks for less so
+/// one epoch reads about `max_records_per_epoch` records across its shards.
 const MAX_RECORDS_PER_CALL: i32 = 10_000;
 
 fn fnv1a(s: &str) -> u64 {
@@ -126,7 +124,6 @@ impl KinesisSource {
             positions: Positions::default(),
             iterators: HashMap::new(),
             throttled: HashMap::new(),
-            records_per_call: MAX_RECORDS_PER_CALL,
         }
     }
 
@@ -271,12 +268,12 @@ impl KinesisSource {
     /// One GetRecords on `shard`, up to `stop_at` (inclusive) if given. Updates the shard's position.
     /// Returns the user records, whether the shard is caught up (empty read at the tip), and how far it
     /// is behind (`MillisBehindLatest`).
-    async fn read_shard(&mut self, shard: &str, stop_at: Option<&ShardPosition>) -> Result<(Vec<SourceRecord>, bool, i64), ReadError> {
+    async fn read_shard(&mut self, shard: &str, stop_at: Option<&ShardPosition>, limit: i32) -> Result<(Vec<SourceRecord>, bool, i64), ReadError> {
         let mut out = Vec::new();
         let partition: Arc<str> = Arc::from(shard);
         for attempt in 0..3 {
             let it = self.iterator(shard).await?;
-            let resp = self.client.get_records().shard_iterator(&it).limit(self.records_per_call).send().await;
+            let resp = self.client.get_records().shard_iterator(&it).limit(limit).send().await;
             let resp = match resp {
                 Ok(r) => r,
                 Err(e) => {
@@ -335,43 +332,6 @@ impl KinesisSource {
     }
 }
 
-/// What one round of GetRecords over the readable shards returned.
-#[derive(Default)]
-struct Read {
-    records: Vec<SourceRecord>,
-    /// Shards read up to their tip.
-    at_tip: Vec<String>,
-    lags: Vec<crate::runner::PartitionLag>,
-    /// Some shard has more to read (or was throttled), and the most any reported it was behind.
-    behind: bool,
-    behind_ms: i64,
-}
-
-impl KinesisSource {
-    async fn read_shards(&mut self, shards: Vec<String>, out: &mut Read) -> crate::Result<()> {
-        for shard in shards {
-            match self.read_shard(&shard, None).await {
-                Ok((read, tip, shard_behind_ms)) => {
-                    self.throttled.remove(&shard);
-                    out.lags.push(crate::runner::PartitionLag { partition: shard.clone(), records: None, millis_behind: Some(shard_behind_ms) });
-                    out.records.extend(read);
-                    out.behind |= shard_behind_ms > 0;
-                    out.behind_ms = out.behind_ms.max(shard_behind_ms);
-                    if tip {
-                        out.at_tip.push(shard);
-                    }
-                }
-                Err(ReadError::Throttled) => {
-                    out.behind = true;
-                    self.throttle(&shard);
-                }
-                Err(ReadError::Other(e)) => return Err(e),
-            }
-        }
-        Ok(())
-    }
-}
-
 /// Why a shard read returned nothing.
 #[derive(Debug, thiserror::Error)]
 enum ReadError {
@@ -408,14 +368,30 @@ impl Source for KinesisSource {
             self.listed_at = Some(Instant::now());
         }
         let readable = self.readable();
-        let per_shard = (max / readable.len().max(1)).clamp(1, MAX_RECORDS_PER_CALL as usize) as i32;
-        let full = self.records_per_call;
-        self.records_per_call = per_shard.min(full);
-        let mut read = Read::default();
-        let result = self.read_shards(readable, &mut read).await;
-        self.records_per_call = full;
-        result?;
-        let Read { records, at_tip, lags, behind, behind_ms } = read;
+        let limit = (max / readable.len().max(1)).clamp(1, MAX_RECORDS_PER_CALL as usize) as i32;
+        let mut records = Vec::new();
+        let mut at_tip: Vec<String> = Vec::new();
+        let mut lags = Vec::new();
+        let (mut behind, mut behind_ms) = (false, 0i64);
+        for shard in readable {
+            match self.read_shard(&shard, None, limit).await {
+                Ok((read, tip, shard_behind_ms)) => {
+                    self.throttled.remove(&shard);
+                    lags.push(crate::runner::PartitionLag { partition: shard.clone(), records: None, millis_behind: Some(shard_behind_ms) });
+                    records.extend(read);
+                    behind |= shard_behind_ms > 0;
+                    behind_ms = behind_ms.max(shard_behind_ms);
+                    if tip {
+                        at_tip.push(shard);
+                    }
+                }
+                Err(ReadError::Throttled) => {
+                    behind = true;
+                    self.throttle(&shard);
+                }
+                Err(ReadError::Other(e)) => return Err(e),
+            }
+        }
         let mut caught_up = self.finished_caught_up(&at_tip);
         caught_up.extend(at_tip);
         caught_up.sort();
@@ -431,7 +407,7 @@ impl Source for KinesisSource {
             let mut guard = 0;
             while self.positions.shards.get(shard).cloned().unwrap_or_default() != *stop {
                 let before = self.positions.shards.get(shard).cloned();
-                match self.read_shard(shard, Some(stop)).await {
+                match self.read_shard(shard, Some(stop), MAX_RECORDS_PER_CALL).await {
                     Ok((read, _, _)) => records.extend(read),
                     Err(ReadError::Throttled) => {}
                     Err(ReadError::Other(e)) => return Err(e),
