@@ -224,23 +224,23 @@ impl Deliverer {
     }
 
     /// The `alerts` row of a transition, in `schemas::tables::ALERTS` order.
-    pub fn row(&self, t: &Transition) -> Vec<Cell> {
+    pub fn row<'a>(&'a self, t: &'a Transition) -> Vec<Cell<'a>> {
         let labels = serde_json::to_string(&t.labels).unwrap_or_else(|_| "{}".into());
         vec![
             Cell::Ts(t.at),
-            Cell::Str(t.rule.clone()),
+            Cell::Str(t.rule.as_str().into()),
             Cell::Str(t.change.as_str().into()),
-            Cell::Str(t.severity.clone()),
-            Cell::Str(t.metric.clone()),
-            Cell::Str(t.group_by.clone()),
-            Cell::Str(t.group.clone()),
+            Cell::Str(t.severity.as_str().into()),
+            Cell::Str(t.metric.as_str().into()),
+            Cell::Str(t.group_by.as_str().into()),
+            Cell::Str(t.group.as_str().into()),
             t.value.filter(|v| v.is_finite()).map_or(Cell::Null, Cell::F64),
-            Cell::Str(t.op.clone()),
+            Cell::Str(t.op.as_str().into()),
             Cell::F64(t.threshold),
             Cell::I64(t.volume),
-            Cell::Str(labels),
+            Cell::Str(labels.into()),
             Cell::Ts(t.active_since),
-            Cell::Str(self.source.clone()),
+            Cell::Str(self.source.as_str().into()),
             Cell::U64(t.seq),
         ]
     }

@@ -30,6 +30,9 @@ use std::path::Path;
 use bytes::Bytes;
 use objstore::{Location, Staged};
 use schemas::dataset::{DATASET_LOCK, epochs_of, file_name, merged_file_name, partition_of, partition_start, source_prefix};
+
+/// A partition of the dataset is an hour (`dt=…/hour=…`).
+const HOUR_MS: i64 = 3_600_000;
 use schemas::cells::{Cell, parquet_file, record_batch};
 
 use crate::error::Context;
@@ -251,13 +254,14 @@ impl ParquetSink {
         let mut files = Vec::new();
         let name = file_name(&self.source, epoch);
         for (table, columns, rows) in rows::tables_of(out, &self.dims, &self.source, epoch) {
-            let mut parts: BTreeMap<String, Vec<Vec<Cell>>> = BTreeMap::new();
+            // By the hour each row falls in (its partition), named once per file, not per row.
+            let mut parts: BTreeMap<i64, Vec<Vec<Cell<'_>>>> = BTreeMap::new();
             for (ts, row) in rows {
-                parts.entry(partition_of(ts)).or_default().push(row);
+                parts.entry(ts.div_euclid(HOUR_MS)).or_default().push(row);
             }
-            for (part, rows) in parts {
+            for (hour, rows) in parts {
                 if let Some((bytes, _)) = parquet_file([record_batch(columns, &rows).map_err(crate::Error::from)])? {
-                    files.push((format!("{table}/{part}/{name}"), bytes));
+                    files.push((format!("{table}/{}/{name}", partition_of(hour * HOUR_MS)), bytes));
                 }
             }
         }

@@ -9,30 +9,34 @@ use schemas::{CacheStatus, Payload};
 use crate::sessionizer::{Dim, EventRow, Output, ViewRow, stream_type_str};
 use crate::window::WindowRow;
 
-fn s(v: &str) -> Cell {
-    Cell::Str(v.to_owned())
+fn s(v: &str) -> Cell<'_> {
+    Cell::Str(v.into())
 }
-fn opt_s(v: &Option<String>) -> Cell {
-    v.as_ref().map_or(Cell::Null, |v| Cell::Str(v.clone()))
+fn opt_s(v: &Option<String>) -> Cell<'_> {
+    v.as_deref().map_or(Cell::Null, s)
 }
-fn opt_f(v: Option<f64>) -> Cell {
+/// An optional string where the table has `''` for none.
+fn or_empty(v: &Option<String>) -> Cell<'_> {
+    s(v.as_deref().unwrap_or_default())
+}
+fn opt_f(v: Option<f64>) -> Cell<'static> {
     v.map_or(Cell::Null, Cell::F64)
 }
 
-pub fn window_row(w: &WindowRow, dims: &[Dim], source: &str, epoch: u64, row: usize) -> Vec<Cell> {
+pub fn window_row<'a>(w: &'a WindowRow, dims: &[Dim], source: &'a str, epoch: u64, row: usize) -> Vec<Cell<'a>> {
     let d = &w.delta;
     let mut cells = vec![Cell::Ts(w.window_start), Cell::I64(w.window_ms)];
     for name in DIM_COLUMNS {
         let value = dims.iter().position(|dim| dim.name() == name).and_then(|i| w.dims.get(i));
-        cells.push(Cell::Str(value.cloned().unwrap_or_default()));
+        cells.push(s(value.map_or("", String::as_str)));
     }
     for def in &MEASURES {
         let Some((_, ty)) = def.window else { continue };
         cells.push(measure_cell(d.sums[def.measure], ty));
         if def.measure == HISTOGRAM_MEASURE {
-            cells.push(Cell::Bin(d.startup_hist.serialize()));
+            cells.push(Cell::Bin(d.startup_hist.serialize().into()));
             // Empty bytes when the row retracts no start (most rows).
-            cells.push(Cell::Bin(d.startup_retract.histogram().map_or_else(Vec::new, schemas::hist::serialize_histogram)));
+            cells.push(Cell::Bin(d.startup_retract.histogram().map_or_else(Vec::new, schemas::hist::serialize_histogram).into()));
             cells.extend(WINDOW_QUANTILES.iter().map(|(_, q)| d.startup_quantile(*q).map_or(Cell::Null, |v| Cell::F64(v as f64))));
         }
     }
@@ -41,7 +45,7 @@ pub fn window_row(w: &WindowRow, dims: &[Dim], source: &str, epoch: u64, row: us
 }
 
 /// A measure's value in a column of type `ty` (flags are 0 or 1, counts never negative).
-fn measure_cell(v: i64, ty: ColType) -> Cell {
+fn measure_cell(v: i64, ty: ColType) -> Cell<'static> {
     match ty {
         ColType::Bool => Cell::Bool(v != 0),
         ColType::UInt64 => Cell::U64(v as u64),
@@ -49,7 +53,7 @@ fn measure_cell(v: i64, ty: ColType) -> Cell {
     }
 }
 
-pub fn view_row(v: &ViewRow, source: &str, epoch: u64, row: usize) -> Vec<Cell> {
+pub fn view_row<'a>(v: &'a ViewRow, source: &'a str, epoch: u64, row: usize) -> Vec<Cell<'a>> {
     let t = &v.totals;
     let d = &v.dims;
     let custom: serde_json::Map<String, serde_json::Value> =
@@ -60,21 +64,21 @@ pub fn view_row(v: &ViewRow, source: &str, epoch: u64, row: usize) -> Vec<Cell> 
         Cell::Ts(v.start_ms),
         Cell::Ts(v.end_ms),
         s(v.end_reason),
-        Cell::Str(d.video_id.clone().unwrap_or_default()),
-        Cell::Str(d.video_title.clone().unwrap_or_default()),
+        or_empty(&d.video_id),
+        or_empty(&d.video_title),
         s(stream_type_str(d.stream_type)),
-        Cell::Str(d.player_name.clone().unwrap_or_default()),
-        Cell::Str(d.player_version.clone().unwrap_or_default()),
-        Cell::Str(d.page_url.clone().unwrap_or_default()),
-        Cell::Str(d.cdn.clone().unwrap_or_default()),
-        Cell::Str(serde_json::Value::Object(custom).to_string()),
+        or_empty(&d.player_name),
+        or_empty(&d.player_version),
+        or_empty(&d.page_url),
+        or_empty(&d.cdn),
+        Cell::Str(serde_json::Value::Object(custom).to_string().into()),
         s(&v.client.country),
         s(&v.client.device_type),
         s(&v.client.os),
         s(&v.client.os_version),
         s(&v.client.browser),
         s(&v.client.browser_version),
-        Cell::Str(v.client.ip.clone().unwrap_or_default()),
+        or_empty(&v.client.ip),
         Cell::Bool(v.client.bot),
     ];
     for def in &MEASURES {
@@ -95,7 +99,7 @@ pub fn view_row(v: &ViewRow, source: &str, epoch: u64, row: usize) -> Vec<Cell> 
     cells
 }
 
-pub fn event_row(e: &EventRow) -> Vec<Cell> {
+pub fn event_row(e: &EventRow) -> Vec<Cell<'_>> {
     let ev = &e.event;
     let c = &e.client;
     let (mut bitrate, mut width, mut height, mut codec) = (Cell::Null, Cell::Null, Cell::Null, Cell::Null);
@@ -136,7 +140,7 @@ pub fn event_row(e: &EventRow) -> Vec<Cell> {
         Cell::Ts(e.sent_at),
         opt_f(ev.playhead_ms),
         opt_s(&e.key),
-        Cell::Str(c.ip.clone().unwrap_or_default()),
+        or_empty(&c.ip),
         s(&c.device_type),
         s(&c.os),
         s(&c.browser),
@@ -158,7 +162,7 @@ pub fn event_row(e: &EventRow) -> Vec<Cell> {
     ]
 }
 
-pub fn rejected_row(r: &RejectedRecord, source: &str, epoch: u64, row: usize) -> Vec<Cell> {
+pub fn rejected_row<'a>(r: &'a RejectedRecord, source: &'a str, epoch: u64, row: usize) -> Vec<Cell<'a>> {
     vec![
         Cell::Ts(r.recv_ms),
         opt_s(&r.key),
@@ -173,7 +177,7 @@ pub fn rejected_row(r: &RejectedRecord, source: &str, epoch: u64, row: usize) ->
 }
 
 /// One epoch's output as rows of each table: (table, columns, [(partition timestamp, cells)]).
-pub fn tables_of(out: &Output, dims: &[Dim], source: &str, epoch: u64) -> [(&'static str, &'static [Column], Vec<(i64, Vec<Cell>)>); 4] {
+pub fn tables_of<'a>(out: &'a Output, dims: &[Dim], source: &'a str, epoch: u64) -> [(&'static str, &'static [Column], Vec<(i64, Vec<Cell<'a>>)>); 4] {
     [
         ("events", tables::EVENTS, out.events.iter().map(|e| (e.event_ms, event_row(e))).collect()),
         ("views", tables::views(), out.views.iter().enumerate().map(|(i, v)| (v.end_ms, view_row(v, source, epoch, i))).collect()),

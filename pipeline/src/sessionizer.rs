@@ -107,9 +107,21 @@ impl EventRow {
             sent_at: rec.sent_at,
             key: rec.key.clone(),
             client,
-            raw: serde_json::Value::Object(raw.clone()).to_string(),
+            raw: raw_json(raw),
             event,
         }
+    }
+}
+
+/// An event's JSON text: the record holds it compact with sorted keys, as serde_json writes a map, so
+/// writing the map again gives the text as received. Written straight from the map (cloning it into a
+/// `Value` first was a tenth of the pipeline's CPU), into a buffer sized for a typical event.
+fn raw_json(raw: &serde_json::Map<String, serde_json::Value>) -> String {
+    let mut out = Vec::with_capacity(256);
+    match serde_json::to_writer(&mut out, raw) {
+        // serde_json writes valid UTF-8 (maps have string keys; writing to a Vec cannot fail).
+        Ok(()) => String::from_utf8(out).unwrap_or_default(),
+        Err(_) => String::new(),
     }
 }
 
@@ -676,7 +688,7 @@ impl Sessionizer {
                         index: None,
                         tag: r.tag.to_owned(),
                         reason: r.to_string(),
-                        payload: RejectedRecord::truncate_payload(&serde_json::Value::Object(raw.clone()).to_string()),
+                        payload: RejectedRecord::truncate_payload(&raw_json(raw)),
                     });
                     continue;
                 }

@@ -27,6 +27,8 @@ const COMPRESS_FROM: usize = 256;
 const ZSTD_LEVEL: i32 = 1;
 /// Upper bound on a decoded body: well above anything the collector writes (10 MiB decompressed beacons).
 pub const MAX_DECODED_BYTES: usize = 16 << 20;
+/// A thread keeps its decompression buffer between records up to this size (a bigger one is freed).
+const KEEP_BUFFER_BYTES: usize = 1 << 20;
 /// How much of a rejected payload is kept.
 pub const REJECTED_PAYLOAD_MAX: usize = 4096;
 
@@ -189,20 +191,38 @@ impl Record {
         let body = &bytes[4..];
         match bytes[3] {
             CODEC_NONE => decode_body(body),
-            CODEC_ZSTD => {
-                let json = DECOMPRESSOR.with(|d| -> std::io::Result<Vec<u8>> {
-                    let mut d = d.borrow_mut();
-                    if d.is_none() {
-                        *d = Some(zstd::bulk::Decompressor::new()?);
+            CODEC_ZSTD => DECOMPRESSOR.with(|cell| {
+                let mut cell = cell.borrow_mut();
+                let (d, buf) = &mut *cell;
+                if d.is_none() {
+                    *d = Some(zstd::bulk::Decompressor::new().map_err(RecordError::Decompress)?);
+                }
+                let Some(d) = d.as_mut() else { unreachable!("set above") };
+                // The frame says how big its content is (our writers always record it): reserve exactly
+                // that, in a buffer this thread reuses. Asking zstd for a fresh `MAX_DECODED_BYTES` buffer
+                // per record made the allocator map and fault in fresh pages for every record (the
+                // kernel's page zeroing was the largest single item of the pipeline's profile).
+                let size = match zstd::zstd_safe::get_frame_content_size(body) {
+                    Ok(Some(n)) if n <= MAX_DECODED_BYTES as u64 => n as usize,
+                    Ok(Some(n)) => {
+                        return Err(RecordError::Decompress(std::io::Error::other(format!(
+                            "the body says it decompresses to {n} bytes, over the {MAX_DECODED_BYTES}-byte limit"
+                        ))));
                     }
-                    match d.as_mut() {
-                        Some(d) => d.decompress(body, MAX_DECODED_BYTES),
-                        None => Err(std::io::Error::other("no zstd decompressor")),
-                    }
-                });
-                let json = json.map_err(RecordError::Decompress)?;
-                decode_body(&json)
-            }
+                    // Unknown size (another writer): the bound itself, as before.
+                    Ok(None) | Err(_) => MAX_DECODED_BYTES,
+                };
+                buf.clear();
+                buf.reserve(size);
+                let decoded = d
+                    .decompress_to_buffer(body, buf)
+                    .map_err(RecordError::Decompress)
+                    .and_then(|_| decode_body(buf));
+                if buf.capacity() > KEEP_BUFFER_BYTES {
+                    *buf = Vec::new();
+                }
+                decoded
+            }),
             other => Err(RecordError::UnknownCodec(other)),
         }
     }
@@ -224,7 +244,7 @@ fn decode_body(json: &[u8]) -> Result<Record, RecordError> {
 thread_local! {
     // zstd contexts are costly to create (a fresh one per record was ~7% of collector CPU): one per thread.
     static COMPRESSOR: RefCell<Option<zstd::bulk::Compressor<'static>>> = const { RefCell::new(None) };
-    static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
+    static DECOMPRESSOR: RefCell<(Option<zstd::bulk::Decompressor<'static>>, Vec<u8>)> = const { RefCell::new((None, Vec::new())) };
 }
 
 /// Header + body, zstd-compressed when that is smaller.

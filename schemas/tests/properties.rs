@@ -133,3 +133,38 @@ proptest! {
         prop_assert_eq!(back, rec.events);
     }
 }
+
+/// A zstd record body framed by hand: magic, version, codec 1 (zstd), then `body`.
+fn zstd_record(body: Vec<u8>) -> Vec<u8> {
+    let mut out = b"QF".to_vec();
+    out.extend([schemas::record::VERSION, 1]);
+    out.extend(body);
+    out
+}
+
+#[test]
+fn a_record_that_says_it_decompresses_past_the_limit_is_refused_before_decompressing() {
+    let huge = vec![b' '; schemas::record::MAX_DECODED_BYTES + 1];
+    let body = zstd::bulk::compress(&huge, 1).expect("compress");
+    let err = Record::decode(&zstd_record(body)).expect_err("over the limit");
+    let msg = err.to_string();
+    assert!(msg.contains("over the") && msg.contains(&schemas::record::MAX_DECODED_BYTES.to_string()), "{msg}");
+}
+
+#[test]
+fn a_zstd_body_without_its_content_size_still_decodes_within_the_limit() {
+    let rec = Record::Rejected(schemas::RejectedRecord {
+        recv_ms: 1, key: None, index: None, tag: "t".into(), reason: "r".into(), payload: "x".repeat(3000),
+    });
+    let json = serde_json::to_vec(&rec).expect("json");
+    // The streaming encoder does not know the size up front, so its frame does not record it.
+    let mut enc = zstd::stream::Encoder::new(Vec::new(), 1).expect("encoder");
+    std::io::Write::write_all(&mut enc, &json).expect("write");
+    let body = enc.finish().expect("finish");
+    assert_eq!(zstd::zstd_safe::get_frame_content_size(&body).ok().flatten(), None, "the test's frame must lack a size");
+    assert_eq!(Record::decode(&zstd_record(body)).expect("decodes"), rec);
+    // And a body without a size that inflates past the limit is still refused, by zstd's bound.
+    let mut enc = zstd::stream::Encoder::new(Vec::new(), 1).expect("encoder");
+    std::io::Write::write_all(&mut enc, &vec![b' '; schemas::record::MAX_DECODED_BYTES + 1]).expect("write");
+    assert!(Record::decode(&zstd_record(enc.finish().expect("finish"))).is_err());
+}
