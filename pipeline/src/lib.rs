@@ -19,6 +19,7 @@
 pub mod clickhouse;
 pub mod config;
 pub mod error;
+mod history;
 #[cfg(feature = "kinesis")]
 pub mod kinesis;
 pub mod local;

@@ -53,6 +53,7 @@ use schemas::record::{EventsRecord, RejectedRecord};
 use schemas::{ClientInfo, Event, Record, validate_event_map};
 use serde::{Deserialize, Serialize};
 
+use crate::history;
 use crate::open::{Cold, OpenViews, Slot};
 use crate::replay::{Place, ViewCore, derive};
 use crate::store::{Commit, Forgotten, StateStore};
@@ -493,9 +494,14 @@ impl Sessionizer {
         }
         for (id, events) in pending.history {
             if let Some(lowest) = events.iter().map(|e| e.seq).min() {
-                c.history_put.push((id, lowest, serde_json::to_vec(&events)?));
+                c.history_put.push((id, lowest, history::encode(&events)?));
             }
         }
+        // In key order: the B-tree pages a commit touches are then visited once each, in order, rather
+        // than in the order of a hash map (which made redb evict and re-read pages of its cache).
+        c.open_put.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        c.ended_put.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        c.history_put.sort_unstable_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
         let meta = SessionMeta { watermark: self.watermark, clocks: self.clocks.clone(), stats: self.stats.clone() };
         c.session = serde_json::to_vec(&meta)?;
         Ok(c)
@@ -603,7 +609,7 @@ impl Sessionizer {
         match self.store.history(view_id) {
             Ok(chunks) => {
                 for chunk in chunks {
-                    match serde_json::from_slice::<Vec<Event>>(&chunk) {
+                    match history::decode(view_id, &chunk) {
                         Ok(v) => events.extend(v),
                         Err(e) => self.store_failed(format!("state store: history of {view_id:?}: {e}")),
                     }

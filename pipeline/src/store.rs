@@ -6,7 +6,7 @@
 //! - `open`: view id → the open view's state (without its history);
 //! - `ended`: view id → an ended view's state, kept until the late horizon so a late event corrects it;
 //! - `ended_at`: (when it ended, view id), the order in which ended views expire;
-//! - `history`: (view id, lowest `seq` of the chunk) → a chunk of the view's events (JSON), one chunk
+//! - `history`: (view id, lowest `seq` of the chunk) → a chunk of the view's events ([`crate::history`]), one chunk
 //!   per view and epoch: what a correction re-derives the view from;
 //! - `meta`: the sessionizer's clocks and counters, and the runner's checkpoint (epoch, position).
 //!
@@ -71,7 +71,7 @@ pub struct Commit {
     pub open_delete: Vec<String>,
     /// (view id, when it ended, whether it is new to `ended`, state).
     pub ended_put: Vec<(String, i64, bool, Vec<u8>)>,
-    /// (view id, lowest seq, events as JSON).
+    /// (view id, lowest seq, events as encoded by [`crate::history`]).
     pub history_put: Vec<(String, u64, Vec<u8>)>,
     pub session: Vec<u8>,
     pub checkpoint: Option<Vec<u8>>,
