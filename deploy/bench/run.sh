@@ -56,6 +56,8 @@ p_q, p_b = nums(row("pipeline", r"^qoeflow pipeline.*$")), nums(row("pipeline", 
 agree = row("pipeline", r"DuckDB totals equal the simulation's truth: (.*)$", 1)
 mem = row("pipeline", r"RSS growth (\d+) bytes/view; state store on disk (\d+)", 0)
 fresh = row("api", r"median (\d+), p95 (\d+)", 0)
+fresh_short = (re.findall(r"median \d+, p95 \d+", text["api"]) + ["?", "?"])[1]
+short_ms = (re.findall(r"; epoch (\d+) ms", text["api"]) + ["?", "?"])[1]
 def api(label):
     line = row("api", rf"^GET /api/v1/{re.escape(label)}\s.*$")
     return line.split()[-3] if line != "?" else "?"
@@ -76,6 +78,7 @@ if p_q and p_b:
     print(f"{'2':<3}{'pipeline events/s per core':<46}{p_q[1]:>16.0f}{p_b[1]:>16.0f}{ratio(p_q[1], p_b[1]):>8}  DuckDB batch SQL (agrees with truth: {agree})")
     print(f"{'':<3}{'pipeline events/s (wall, 2 cores)':<46}{p_q[0]:>16.0f}{p_b[0]:>16.0f}{ratio(p_q[0], p_b[0]):>8}")
 print(f"{'3':<3}{'freshness: ack -> /api/v1/metrics, ms':<46}{fresh.replace('median ', '').replace(', p95 ', ' / '):>16}{'1000':>16}{'':>8}  epoch length (the longest a beacon waits for its epoch)")
+print(f"{'':<3}{f'… with a {short_ms} ms epoch':<46}{fresh_short.replace('median ', '').replace(', p95 ', ' / '):>16}{short_ms:>16}")
 if mem != "?":
     rss, ckpt = re.findall(r"\d+", mem)
     print(f"{'4':<3}{'memory per active view, bytes (RSS)':<46}{rss:>16}{ckpt:>16}{ratio(rss, ckpt):>8}  its state on disk (all views in memory)")
