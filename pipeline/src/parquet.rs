@@ -19,7 +19,9 @@
 //! cut at about `compact_target_bytes`, 128 MiB by default). The merged file is written whole and durably
 //! first, then the inputs are deleted; after a crash in between, [`ParquetSink::recover`] deletes the
 //! inputs a merged file supersedes. Late rows
-//! for a compacted hour land in new small files and are merged again later. Within `qoeflow serve` the
+//! for a compacted hour land in new small files and are merged again later. The hour still being
+//! written is compacted lightly: once it holds [`Compaction::open_files`] single-epoch files, they become
+//! one file (merged files stay until the hour closes), so queries of the last minutes stay cheap. Within `qoeflow serve` the
 //! deletes hold [`DATASET_LOCK`] for writing and queries hold it for reading, so a query sees either the
 //! inputs or the merged file; a separate reader process may see both for the instant between the
 //! merged file's appearance and the deletes.
@@ -38,6 +40,19 @@ use schemas::cells::{Cell, parquet_file, record_batch};
 use crate::error::Context;
 use crate::rows;
 use crate::sessionizer::{Dim, Output};
+
+/// Which files a compaction pass merges.
+#[derive(Debug, Clone, Copy)]
+pub struct Compaction {
+    /// Hour partitions that ended before this (epoch ms) are closed: all their files are merged …
+    pub closed_before: i64,
+    /// … once there are at least this many.
+    pub min_files: usize,
+    /// In an hour still open, its single-epoch files are merged once there are this many (0: never).
+    pub open_files: usize,
+    /// Merged files roll over at about this size.
+    pub target_bytes: u64,
+}
 
 /// What one compaction pass did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -168,7 +183,8 @@ impl ParquetSink {
         min_files: usize,
         target_bytes: u64,
     ) -> crate::Result<Compacted> {
-        self.compact_while(committed, closed_before, min_files, target_bytes, || true).await
+        let policy = Compaction { closed_before, min_files, open_files: 0, target_bytes };
+        self.compact_while(committed, policy, || true).await
     }
 
     /// [`ParquetSink::compact`], asking `keep_going` before each merge (lease mode: whether the
@@ -176,9 +192,7 @@ impl ParquetSink {
     pub async fn compact_while(
         &self,
         committed: u64,
-        closed_before: i64,
-        min_files: usize,
-        target_bytes: u64,
+        policy: Compaction,
         keep_going: impl Fn() -> bool,
     ) -> crate::Result<Compacted> {
         let mut done = Compacted::default();
@@ -186,15 +200,26 @@ impl ParquetSink {
             let Some(start) = partition_start(Path::new(&dir)) else {
                 continue;
             };
-            if start + 3_600_000 > closed_before {
+            let committed_files = files.into_iter().filter(|f| f.last <= committed);
+            let files: Vec<_> = if start + HOUR_MS <= policy.closed_before {
+                let files: Vec<_> = committed_files.collect();
+                if files.len() < policy.min_files.max(2) {
+                    continue;
+                }
+                files
+            } else if policy.open_files >= 2 {
+                // An hour still written to: only its single-epoch files, once there are enough of
+                // them (they are consecutive in epoch order: every later epoch writes after them).
+                let files: Vec<_> = committed_files.filter(|f| f.first == f.last).collect();
+                if files.len() < policy.open_files {
+                    continue;
+                }
+                files
+            } else {
                 continue;
-            }
-            let files: Vec<_> = files.into_iter().filter(|f| f.last <= committed).collect();
-            if files.len() < min_files.max(2) {
-                continue;
-            }
+            };
             let mut merged_any = false;
-            for group in size_groups(&files, target_bytes) {
+            for group in size_groups(&files, policy.target_bytes) {
                 if group.len() < 2 {
                     continue;
                 }
@@ -389,6 +414,58 @@ mod tests {
             .collect();
         names.sort();
         names
+    }
+
+    #[tokio::test]
+    async fn the_open_hour_merges_its_single_epoch_files_and_leaves_merged_ones_until_it_closes() {
+        use crate::sessionizer::{SessionConfig, Sessionizer};
+        use schemas::record::EventsRecord;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("parquet");
+        let sink = ParquetSink::new(Location::local(&root), "local", Dim::DEFAULT.to_vec());
+        let mut session = Sessionizer::new(SessionConfig::default());
+        let t0 = 1_700_000_000_000 - 1_700_000_000_000 % 3_600_000;
+        let mut epoch_of_views = |session: &mut Sessionizer, epoch: u64| {
+            let t = t0 + epoch as i64 * 60_000;
+            let id = format!("v{epoch}");
+            let events = [("playrequest", 0), ("playing", 300), ("viewend", 5_000)]
+                .iter()
+                .enumerate()
+                .map(|(seq, (kind, dt))| serde_json::json!({"view_id": id, "seq": seq, "type": kind, "ts": t + dt}).as_object().cloned().unwrap())
+                .collect();
+            session.process(schemas::Record::Events(EventsRecord { recv_ms: t + 6_000, sent_at: t + 6_000, key: None, view_id: id, client: Default::default(), events }));
+            session.advance();
+            session.flush()
+        };
+        for epoch in 1..=8u64 {
+            let out = epoch_of_views(&mut session, epoch);
+            sink.write_epoch(epoch, &out).await.unwrap();
+        }
+        let before: Vec<_> = TABLES_UNDER_TEST.iter().map(|t| rows_of(&root, t)).collect();
+        let hour = format!("qoe_window/{}", partition_of(t0));
+        let open = |open_files| Compaction { closed_before: t0, min_files: 2, open_files, target_bytes: u64::MAX };
+
+        // Off, or fewer single-epoch files than asked for: nothing moves.
+        assert_eq!(sink.compact_while(7, open(0), || true).await.unwrap().files_in, 0);
+        assert_eq!(sink.compact_while(7, open(8), || true).await.unwrap().files_in, 0);
+        // Seven committed singles of the open hour become one file; epoch 8 (not committed) stays.
+        let done = sink.compact_while(7, open(5), || true).await.unwrap();
+        assert!(done.files_in >= 7, "{done:?}");
+        assert_eq!(own_in(&sink, &hour).await, vec![(1, 7), (8, 8)]);
+        assert_eq!(TABLES_UNDER_TEST.iter().map(|t| rows_of(&root, t)).collect::<Vec<_>>(), before, "the same rows");
+
+        // Two more epochs: three singles, under the five asked for; the merged file is left alone.
+        for epoch in 9..=10u64 {
+            let out = epoch_of_views(&mut session, epoch);
+            sink.write_epoch(epoch, &out).await.unwrap();
+        }
+        let before: Vec<_> = TABLES_UNDER_TEST.iter().map(|t| rows_of(&root, t)).collect();
+        sink.compact_while(10, open(5), || true).await.unwrap();
+        assert_eq!(own_in(&sink, &hour).await, vec![(1, 7), (8, 8), (9, 9), (10, 10)]);
+        // Once the hour closes, everything in it is merged, the earlier merge included.
+        sink.compact(10, t0 + 2 * HOUR_MS, 2, u64::MAX).await.unwrap();
+        assert_eq!(own_in(&sink, &hour).await, vec![(1, 10)]);
+        assert_eq!(TABLES_UNDER_TEST.iter().map(|t| rows_of(&root, t)).collect::<Vec<_>>(), before, "the same rows");
     }
 
     #[tokio::test]

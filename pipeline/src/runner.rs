@@ -819,7 +819,13 @@ async fn run_from_checkpoint<S: Source, F: Fence>(
             last_compaction = std::time::Instant::now();
             let closed_before = session.watermark() - config.compact_after_ms;
             // Only committed epochs are merged; a failure leaves the inputs in place and is retried later.
-            match sink.compact_while(epoch, closed_before, config.compact_min_files, config.compact_target_bytes, || may_write().is_ok()).await {
+            let policy = crate::parquet::Compaction {
+                closed_before,
+                min_files: config.compact_min_files,
+                open_files: config.compact_open_files,
+                target_bytes: config.compact_target_bytes,
+            };
+            match sink.compact_while(epoch, policy, || may_write().is_ok()).await {
                 Ok(c) if c.partitions > 0 => tracing::info!(partitions = c.partitions, files = c.files_in, rows = c.rows, "pipeline: compacted Parquet partitions"),
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = format!("{e:#}"), "pipeline: Parquet compaction failed; will retry"),
