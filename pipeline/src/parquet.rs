@@ -416,24 +416,27 @@ mod tests {
         names
     }
 
+    /// A view that starts at `t`, plays and ends, in one record received 6 s later.
+    fn short_view(id: String, t: i64) -> schemas::Record {
+        let events = [("playrequest", 0), ("playing", 300), ("viewend", 5_000)]
+            .iter()
+            .enumerate()
+            .map(|(seq, (kind, dt))| serde_json::json!({"view_id": id, "seq": seq, "type": kind, "ts": t + dt}).as_object().cloned().unwrap())
+            .collect();
+        let client = schemas::ClientInfo::default();
+        schemas::Record::Events(schemas::record::EventsRecord { recv_ms: t + 6_000, sent_at: t + 6_000, key: None, view_id: id, client, events })
+    }
+
     #[tokio::test]
     async fn the_open_hour_merges_its_single_epoch_files_and_leaves_merged_ones_until_it_closes() {
         use crate::sessionizer::{SessionConfig, Sessionizer};
-        use schemas::record::EventsRecord;
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("parquet");
         let sink = ParquetSink::new(Location::local(&root), "local", Dim::DEFAULT.to_vec());
         let mut session = Sessionizer::new(SessionConfig::default());
         let t0 = 1_700_000_000_000 - 1_700_000_000_000 % 3_600_000;
-        let mut epoch_of_views = |session: &mut Sessionizer, epoch: u64| {
-            let t = t0 + epoch as i64 * 60_000;
-            let id = format!("v{epoch}");
-            let events = [("playrequest", 0), ("playing", 300), ("viewend", 5_000)]
-                .iter()
-                .enumerate()
-                .map(|(seq, (kind, dt))| serde_json::json!({"view_id": id, "seq": seq, "type": kind, "ts": t + dt}).as_object().cloned().unwrap())
-                .collect();
-            session.process(schemas::Record::Events(EventsRecord { recv_ms: t + 6_000, sent_at: t + 6_000, key: None, view_id: id, client: Default::default(), events }));
+        let epoch_of_views = |session: &mut Sessionizer, epoch: u64| {
+            session.process(short_view(format!("v{epoch}"), t0 + epoch as i64 * 60_000));
             session.advance();
             session.flush()
         };
@@ -481,16 +484,7 @@ mod tests {
         for epoch in 1..=10u64 {
             for v in 0..2 {
                 let t = t0 + (epoch as i64 - 1) * 700_000 + v * 1_000;
-                let id = format!("v{epoch}-{v}");
-                let events = [("playrequest", 0), ("playing", 300), ("viewend", 5_000)]
-                    .iter()
-                    .enumerate()
-                    .map(|(seq, (kind, dt))| {
-                        serde_json::json!({"view_id": id, "seq": seq, "type": kind, "ts": t + dt}).as_object().cloned().unwrap()
-                    })
-                    .collect();
-                let client = schemas::ClientInfo::default();
-                session.process(schemas::Record::Events(EventsRecord { recv_ms: t + 6_000, sent_at: t + 6_000, key: None, view_id: id, client, events }));
+                session.process(short_view(format!("v{epoch}-{v}"), t));
             }
             session.advance();
             sink.write_epoch(epoch, &session.flush()).await.unwrap();
