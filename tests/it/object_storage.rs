@@ -71,10 +71,19 @@ async fn a_dataset_on_s3_is_exact_through_a_crash_compacts_and_reads_the_same_in
     tokio::time::sleep(Duration::from_millis(500)).await;
     post_views_from(&q, 0..40, t0).await;
     q.stop();
-    let mut q = spawn(env(&[
+    // (Ready once the pipeline resumes: its first epoch may abort the process before the collector
+    // has logged its address.)
+    let failing = env(&[
         ("QOEFLOW_PIPELINE__FLUSH_INTERVAL_MS", "100"),
         ("QOEFLOW_FAILPOINT", "pipeline_after_files:1"),
-    ]));
+    ]);
+    let failing: Vec<(&str, &str)> = failing.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let data_dir = dir.path().to_str().expect("utf-8 path");
+    let mut q = Qoeflow::spawn_until(
+        &["serve", "--listen", "127.0.0.1:0", "--data-dir", data_dir, "--dataset", DATASET],
+        &failing,
+        "pipeline: resuming from checkpoint",
+    );
     assert!(
         q.wait_exit(Duration::from_secs(30)),
         "the failpoint aborts the process after epoch 1's staged files"
@@ -125,6 +134,18 @@ async fn a_dataset_on_s3_is_exact_through_a_crash_compacts_and_reads_the_same_in
         post_views_from(&q, next..next + 1, now_ms() - 10_000).await;
         next += 1;
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // A compaction pass runs between epochs, so views posted during it wait for the next epoch; a stop
+    // leaves them in the log for the next start. Wait for every view before stopping (a query that met
+    // a file the compaction deleted under it is retried).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let rows = moto.try_query(DATASET, "SELECT count(*) AS n FROM views");
+        if rows.as_ref().is_ok_and(|rows| rows[0]["n"] == next) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "views on S3 after 60 s: {rows:?}, {next} posted");
+        tokio::time::sleep(Duration::from_millis(300)).await;
     }
     q.stop();
 

@@ -11,6 +11,10 @@ use crate::common::parquet::*;
 use crate::common::workload::*;
 use crate::common::*;
 
+
+/// Ready line of a run a failpoint aborts: its first epoch may end the process before the collector
+/// logs its address.
+const RESUMING: &str = "pipeline: resuming from checkpoint";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn beacons_reach_parquet_and_equal_the_reference() {
     let dir = tempfile::tempdir().expect("tmp");
@@ -186,7 +190,7 @@ async fn a_crash_between_files_and_checkpoint_is_replayed_without_duplicates() {
         .unwrap_or(serde_json::json!({"epoch": 0}));
     let crash_epoch = ckpt["epoch"].as_u64().expect("epoch") + 1;
     let failpoint = format!("pipeline_after_files:{crash_epoch}");
-    let mut q = Qoeflow::serve(dir.path(), &args, &[flush, ("QOEFLOW_FAILPOINT", failpoint.as_str())]);
+    let mut q = Qoeflow::serve_until(dir.path(), &args, &[flush, ("QOEFLOW_FAILPOINT", failpoint.as_str())], RESUMING);
     assert!(q.wait_exit(Duration::from_secs(30)), "the failpoint aborts the process after epoch {crash_epoch}'s files");
     let name = format!("e{crash_epoch:012}");
     let of_epoch = |f: &std::path::PathBuf| f.to_string_lossy().contains(&name);
@@ -279,7 +283,7 @@ async fn a_crash_while_correcting_views_replays_exactly() {
     q.stop();
     let crash_epoch = committed_epoch(dir.path()) + 1;
     let failpoint = format!("pipeline_after_files:{crash_epoch}");
-    let mut q = Qoeflow::serve(dir.path(), &args, &[flush, no_wait, ("QOEFLOW_FAILPOINT", failpoint.as_str())]);
+    let mut q = Qoeflow::serve_until(dir.path(), &args, &[flush, no_wait, ("QOEFLOW_FAILPOINT", failpoint.as_str())], RESUMING);
     assert!(q.wait_exit(Duration::from_secs(30)), "the failpoint aborts the process after epoch {crash_epoch}'s files");
     // The crashed epoch held the corrections: retracted start times and second versions of the views.
     let retracting = ch.scalar(&format!("SELECT count() FROM qoeflow.qoe_window WHERE epoch = {crash_epoch} AND startup_hist_retract != ''"));

@@ -37,9 +37,15 @@ pub struct Qoeflow {
 
 impl Qoeflow {
     pub fn serve(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Qoeflow {
+        Self::serve_until(data_dir, args, env, "listening on http://")
+    }
+
+    /// [`Qoeflow::serve`], ready at the first log line containing `ready` (for a run a failpoint may
+    /// abort before the collector logs its address, wait for `pipeline: resuming from checkpoint`).
+    pub fn serve_until(data_dir: &Path, args: &[&str], env: &[(&str, &str)], ready: &str) -> Qoeflow {
         let mut all = vec!["serve", "--listen", "127.0.0.1:0", "--data-dir", data_dir.to_str().expect("utf-8 path")];
         all.extend_from_slice(args);
-        Self::spawn(&all, env, None)
+        Self::spawn_inner(&all, env, None, ready)
     }
 
     pub fn ingest(stream: &str, endpoint: &str, args: &[&str], env: &[(&str, &str)]) -> Qoeflow {
