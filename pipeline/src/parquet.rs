@@ -31,10 +31,7 @@ use std::path::Path;
 
 use bytes::Bytes;
 use objstore::{Location, Staged};
-use schemas::dataset::{DATASET_LOCK, epochs_of, file_name, merged_file_name, partition_of, partition_start, source_prefix};
-
-/// A partition of the dataset is an hour (`dt=…/hour=…`).
-const HOUR_MS: i64 = 3_600_000;
+use schemas::dataset::{DATASET_LOCK, epochs_of, file_name, merged_file_name, partition_of, partition_start, source_prefix, PARTITION_MS};
 use schemas::cells::{Cell, parquet_file, record_batch};
 
 use crate::error::Context;
@@ -201,7 +198,7 @@ impl ParquetSink {
                 continue;
             };
             let committed_files = files.into_iter().filter(|f| f.last <= committed);
-            let files: Vec<_> = if start + HOUR_MS <= policy.closed_before {
+            let files: Vec<_> = if start + PARTITION_MS <= policy.closed_before {
                 let files: Vec<_> = committed_files.collect();
                 if files.len() < policy.min_files.max(2) {
                     continue;
@@ -282,11 +279,11 @@ impl ParquetSink {
             // By the hour each row falls in (its partition), named once per file, not per row.
             let mut parts: BTreeMap<i64, Vec<Vec<Cell<'_>>>> = BTreeMap::new();
             for (ts, row) in rows {
-                parts.entry(ts.div_euclid(HOUR_MS)).or_default().push(row);
+                parts.entry(ts.div_euclid(PARTITION_MS)).or_default().push(row);
             }
             for (hour, rows) in parts {
                 if let Some((bytes, _)) = parquet_file([record_batch(columns, &rows).map_err(crate::Error::from)])? {
-                    files.push((format!("{table}/{}/{name}", partition_of(hour * HOUR_MS)), bytes));
+                    files.push((format!("{table}/{}/{name}", partition_of(hour * PARTITION_MS)), bytes));
                 }
             }
         }
@@ -466,7 +463,7 @@ mod tests {
         sink.compact_while(10, open(5), || true).await.unwrap();
         assert_eq!(own_in(&sink, &hour).await, vec![(1, 7), (8, 8), (9, 9), (10, 10)]);
         // Once the hour closes, everything in it is merged, the earlier merge included.
-        sink.compact(10, t0 + 2 * HOUR_MS, 2, u64::MAX).await.unwrap();
+        sink.compact(10, t0 + 2 * PARTITION_MS, 2, u64::MAX).await.unwrap();
         assert_eq!(own_in(&sink, &hour).await, vec![(1, 10)]);
         assert_eq!(TABLES_UNDER_TEST.iter().map(|t| rows_of(&root, t)).collect::<Vec<_>>(), before, "the same rows");
     }

@@ -51,8 +51,11 @@ pub fn partition_start(dir: &std::path::Path) -> Option<i64> {
     let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     let days = era * 146_097 + doe - 719_468;
-    Some(days * 86_400_000 + hour * 3_600_000)
+    Some(days * 86_400_000 + hour * PARTITION_MS)
 }
+
+/// A partition of the dataset is one hour (`dt=…/hour=…`).
+pub const PARTITION_MS: i64 = 3_600_000;
 
 /// `dt=YYYY-MM-DD/hour=HH` of an epoch-ms timestamp (UTC).
 pub fn partition_of(ms: i64) -> String {
