@@ -5,14 +5,14 @@
 #
 #   deploy/bench/freshness.sh [FLUSH_MS=1000] [LOAD_VIEWERS=3000] [PROBES=30]
 #
-# Expects the release binary (api.sh and run.sh build it).
+# Expects the release binary (api.sh and run.sh build it); QOEFLOW_BIN=<another build> measures that one.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
-flush="${1:-1000}"; load="${2:-3000}"; probes="${3:-30}"
+flush="${1:-1000}"; load="${2:-3000}"; probes="${3:-30}"; bin="${QOEFLOW_BIN:-./target/release/qoeflow}"
 work="$(mktemp -d)"; trap 'kill "${serve_pid:-0}" "${load_pid:-0}" 2>/dev/null || true; rm -rf "$work"' EXIT
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 QOEFLOW_PIPELINE__FLUSH_INTERVAL_MS="$flush" \
-  ./target/release/qoeflow serve --listen "127.0.0.1:$port" --data-dir "$work/serve" 2>"$work/serve.log" &
+  "$bin" serve --listen "127.0.0.1:$port" --data-dir "$work/serve" 2>"$work/serve.log" &
 serve_pid=$!
 for _ in $(seq 100); do curl -fs "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done
 # Background traffic: LOAD_VIEWERS simulated viewers for the length of the measurement.

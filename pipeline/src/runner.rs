@@ -717,122 +717,160 @@ async fn run_from_checkpoint<S: Source, F: Fence>(
     tracing::info!(source = %name, identity = %ctx.identity, epoch, position = ?position, "pipeline: resuming from checkpoint");
     status.restored(&session.stats);
     ctx.metrics.restored(&session.stats);
-    let mut last_compaction = std::time::Instant::now();
+    // Compaction runs beside the epochs, told of each commit (epoch, watermark); it ends with them.
+    let (progress, committed) = tokio::sync::watch::channel(None::<(u64, i64)>);
+    let compaction = compact_beside(&sink, config, committed, || may_write().is_ok());
     let mut last_snapshot = std::time::Instant::now();
     let mut last_epoch = std::time::Instant::now();
     let mut late_dropped_logged = session.stats.late_dropped;
     let mut tick = tokio::time::interval(Duration::from_millis(config.flush_interval_ms.max(10)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.wait_for(|s| *s) => break,
-            _ = tick.tick() => {}
-        }
-        let replaying = replay.is_some();
-        let (records, to, caught_up, clock, behind) = match replay.take() {
-            Some(intent) => {
-                // A replay quarantines what its first run did.
-                for q in intent.quarantined {
-                    poison.pending.entry(q.label).or_insert(q.reason);
+    let epochs = async {
+        let progress = progress;
+        loop {
+            tokio::select! {
+                _ = shutdown.wait_for(|s| *s) => break,
+                _ = tick.tick() => {}
+            }
+            let replaying = replay.is_some();
+            let (records, to, caught_up, clock, behind) = match replay.take() {
+                Some(intent) => {
+                    // A replay quarantines what its first run did.
+                    for q in intent.quarantined {
+                        poison.pending.entry(q.label).or_insert(q.reason);
+                    }
+                    (source.next_until(&intent.to).await?, intent.to, intent.caught_up, intent.clock_ms, None)
                 }
-                (source.next_until(&intent.to).await?, intent.to, intent.caught_up, intent.clock_ms, None)
+                None => {
+                    let batch = source.next(config.max_records_per_epoch, config.max_epoch_bytes).await?;
+                    let clock = (!batch.caught_up.is_empty()).then(|| schemas::now_ms() - CAUGHT_UP_LAG_MS);
+                    let behind = batch.behind.then(|| batch.behind_ms.unwrap_or(-1));
+                    ctx.metrics.lags(&batch.lags);
+                    (batch.records, batch.to, batch.caught_up, clock, behind)
+                }
+            };
+            // A recorded intent is always replayed, idle or not, so the epoch gets the same rows again.
+            let idle = records.is_empty() && to == position;
+            if !replaying && idle && (session.open_views() == 0 || clock.is_none() || last_epoch.elapsed() < IDLE_EPOCH_EVERY) {
+                status.idle();
+                ctx.metrics.idle(session.open_views());
+                continue;
             }
-            None => {
-                let batch = source.next(config.max_records_per_epoch, config.max_epoch_bytes).await?;
-                let clock = (!batch.caught_up.is_empty()).then(|| schemas::now_ms() - CAUGHT_UP_LAG_MS);
-                let behind = batch.behind.then(|| batch.behind_ms.unwrap_or(-1));
-                ctx.metrics.lags(&batch.lags);
-                (batch.records, batch.to, batch.caught_up, clock, behind)
+            last_epoch = std::time::Instant::now();
+            let quarantined = process_epoch(&mut session, records, &caught_up, clock, poison, panic_view.as_deref(), Some(&ctx.metrics))?;
+            let out = session.flush();
+            let ended = crate::status::ended_views(&out.views);
+            epoch += 1;
+            let intent = Intent { epoch, from: position.clone(), to: to.clone(), caught_up, clock_ms: clock, quarantined };
+            may_write()?;
+            // A replayed intent is already saved (in lease mode, possibly by the lineage's previous owner).
+            if !(replaying && ctx.shared.is_some()) && !intents.put(&intent).await? {
+                return Err(fenced(name, format_args!("epoch {epoch} was defined by another worker")));
             }
+            if let Some(ch) = &clickhouse {
+                timed(&ctx.metrics, Sink::ClickHouse, ch.write_epoch(epoch, &out)).await.with_context(|| format!("ClickHouse insert of epoch {epoch}"))?;
+            }
+            // Staged: invisible until published after the checkpoint below.
+            let (sink2, epoch_out) = (sink.clone(), out);
+            let encode_and_stage = async {
+                let files = tokio::task::spawn_blocking(move || sink2.encode_epoch(epoch, &epoch_out)).await??;
+                sink.stage(files).await.with_context(|| format!("staging the Parquet files of epoch {epoch}"))
+            };
+            let staged = timed(&ctx.metrics, Sink::Parquet, encode_and_stage).await?;
+            if failpoint("pipeline_after_files").and_then(|e| e.parse::<u64>().ok()) == Some(epoch) {
+                tracing::error!(epoch, "failpoint pipeline_after_files: aborting before the checkpoint");
+                std::process::abort();
+            }
+            let next = serde_json::to_vec(&Checkpoint { epoch, position: to.clone(), staged: staged.clone() })?;
+            // Lease mode: the commit point is the lease's conditional update; refused, nothing is published.
+            if let Some(shared) = ctx.shared {
+                may_write()?;
+                stop_failpoint(epoch);
+                let json = std::str::from_utf8(&next).map_err(|e| crate::Error::msg(e.to_string()))?;
+                if !timed(&ctx.metrics, Sink::Lease, shared.fence.commit(epoch, json)).await.with_context(|| format!("committing epoch {epoch} to the lease"))? {
+                    status.fenced();
+                    return Err(fenced(name, format_args!("the lease refused the commit of epoch {epoch}; its files stay unpublished")));
+                }
+            }
+            timed(&ctx.metrics, Sink::StateStore, commit_state(&mut session, &ctx.store, epoch, next)).await?;
+            // Committed: a failure to publish is finished by the restart (`recover`).
+            timed(&ctx.metrics, Sink::Parquet, sink.publish(&staged)).await.with_context(|| format!("publishing the Parquet files of epoch {epoch}"))?;
+            write_progress(&state_dir, name, epoch, &to, &session, &ctx.store);
+            position = to;
+            for q in &intent.quarantined {
+                poison.pending.remove(&q.label);
+            }
+            let lag_ms = match behind {
+                None => 0,
+                Some(ms) if ms >= 0 => ms,
+                Some(_) => schemas::now_ms().saturating_sub(session.watermark()),
+            };
+            status.committed(&session.stats, lag_ms);
+            ctx.metrics.committed(last_epoch.elapsed(), &ended, &session.stats, session.open_views(), lag_ms, ctx.store.disk_bytes());
+            log_progress(epoch, &session.stats, session.open_views(), &mut late_dropped_logged);
+            source.committed(&position).await;
+            if let Some(shared) = ctx.shared
+                && last_snapshot.elapsed() >= shared.snapshot_every
+                && may_write().is_ok()
+            {
+                last_snapshot = std::time::Instant::now();
+                // A failed snapshot is retried at the next one: restores use an older one and more intents.
+                if let Err(e) = snapshot(shared, &ctx.store, epoch).await {
+                    tracing::warn!(error = format!("{e:#}"), "pipeline: shipping the state snapshot failed; will retry");
+                }
+            }
+            progress.send_replace(Some((epoch, session.watermark())));
+        }
+        Ok::<(), crate::Error>(())
+    };
+    let (result, ()) = tokio::join!(epochs, compaction);
+    result
+}
+
+/// Compacts this source's Parquet partitions every [`COMPACTION_EVERY`] beside the epoch loop, which
+/// sends `(epoch, watermark)` after each commit: a pass takes from milliseconds to seconds (object
+/// storage, big hours) and no longer delays the next epoch (freshness). A pass merges only files of
+/// epochs committed when it starts, and only while `may_write` holds (lease mode: a worker whose lease
+/// lapsed stops merging files it no longer owns). Returns once the epoch loop has ended (its sender
+/// dropped), after finishing at most the merge under way; a failed pass leaves its inputs in place
+/// and is retried at the next.
+async fn compact_beside(
+    sink: &ParquetSink,
+    config: &PipelineConfig,
+    mut committed: tokio::sync::watch::Receiver<Option<(u64, i64)>>,
+    may_write: impl Fn() -> bool,
+) {
+    if config.compact_after_ms <= 0 {
+        return;
+    }
+    loop {
+        let next_pass = tokio::time::Instant::now() + COMPACTION_EVERY;
+        loop {
+            match tokio::time::timeout_at(next_pass, committed.changed()).await {
+                Ok(Ok(())) => continue,
+                Ok(Err(_)) => return,
+                Err(_) => break,
+            }
+        }
+        let Some((epoch, watermark)) = *committed.borrow_and_update() else {
+            continue;
         };
-        // A recorded intent is always replayed, idle or not, so the epoch gets the same rows again.
-        let idle = records.is_empty() && to == position;
-        if !replaying && idle && (session.open_views() == 0 || clock.is_none() || last_epoch.elapsed() < IDLE_EPOCH_EVERY) {
-            status.idle();
-            ctx.metrics.idle(session.open_views());
+        if !may_write() {
             continue;
         }
-        last_epoch = std::time::Instant::now();
-        let quarantined = process_epoch(&mut session, records, &caught_up, clock, poison, panic_view.as_deref(), Some(&ctx.metrics))?;
-        let out = session.flush();
-        let ended = crate::status::ended_views(&out.views);
-        epoch += 1;
-        let intent = Intent { epoch, from: position.clone(), to: to.clone(), caught_up, clock_ms: clock, quarantined };
-        may_write()?;
-        // A replayed intent is already saved (in lease mode, possibly by the lineage's previous owner).
-        if !(replaying && ctx.shared.is_some()) && !intents.put(&intent).await? {
-            return Err(fenced(name, format_args!("epoch {epoch} was defined by another worker")));
-        }
-        if let Some(ch) = &clickhouse {
-            timed(&ctx.metrics, Sink::ClickHouse, ch.write_epoch(epoch, &out)).await.with_context(|| format!("ClickHouse insert of epoch {epoch}"))?;
-        }
-        // Staged: invisible until published after the checkpoint below.
-        let (sink2, epoch_out) = (sink.clone(), out);
-        let encode_and_stage = async {
-            let files = tokio::task::spawn_blocking(move || sink2.encode_epoch(epoch, &epoch_out)).await??;
-            sink.stage(files).await.with_context(|| format!("staging the Parquet files of epoch {epoch}"))
+        let policy = crate::parquet::Compaction {
+            closed_before: watermark - config.compact_after_ms,
+            min_files: config.compact_min_files,
+            open_files: config.compact_open_files,
+            target_bytes: config.compact_target_bytes,
         };
-        let staged = timed(&ctx.metrics, Sink::Parquet, encode_and_stage).await?;
-        if failpoint("pipeline_after_files").and_then(|e| e.parse::<u64>().ok()) == Some(epoch) {
-            tracing::error!(epoch, "failpoint pipeline_after_files: aborting before the checkpoint");
-            std::process::abort();
-        }
-        let next = serde_json::to_vec(&Checkpoint { epoch, position: to.clone(), staged: staged.clone() })?;
-        // Lease mode: the commit point is the lease's conditional update; refused, nothing is published.
-        if let Some(shared) = ctx.shared {
-            may_write()?;
-            stop_failpoint(epoch);
-            let json = std::str::from_utf8(&next).map_err(|e| crate::Error::msg(e.to_string()))?;
-            if !timed(&ctx.metrics, Sink::Lease, shared.fence.commit(epoch, json)).await.with_context(|| format!("committing epoch {epoch} to the lease"))? {
-                status.fenced();
-                return Err(fenced(name, format_args!("the lease refused the commit of epoch {epoch}; its files stay unpublished")));
-            }
-        }
-        timed(&ctx.metrics, Sink::StateStore, commit_state(&mut session, &ctx.store, epoch, next)).await?;
-        // Committed: a failure to publish is finished by the restart (`recover`).
-        timed(&ctx.metrics, Sink::Parquet, sink.publish(&staged)).await.with_context(|| format!("publishing the Parquet files of epoch {epoch}"))?;
-        write_progress(&state_dir, name, epoch, &to, &session, &ctx.store);
-        position = to;
-        for q in &intent.quarantined {
-            poison.pending.remove(&q.label);
-        }
-        let lag_ms = match behind {
-            None => 0,
-            Some(ms) if ms >= 0 => ms,
-            Some(_) => schemas::now_ms().saturating_sub(session.watermark()),
-        };
-        status.committed(&session.stats, lag_ms);
-        ctx.metrics.committed(last_epoch.elapsed(), &ended, &session.stats, session.open_views(), lag_ms, ctx.store.disk_bytes());
-        log_progress(epoch, &session.stats, session.open_views(), &mut late_dropped_logged);
-        source.committed(&position).await;
-        if let Some(shared) = ctx.shared
-            && last_snapshot.elapsed() >= shared.snapshot_every
-            && may_write().is_ok()
-        {
-            last_snapshot = std::time::Instant::now();
-            // A failed snapshot is retried at the next one: restores use an older one and more intents.
-            if let Err(e) = snapshot(shared, &ctx.store, epoch).await {
-                tracing::warn!(error = format!("{e:#}"), "pipeline: shipping the state snapshot failed; will retry");
-            }
-        }
-        if config.compact_after_ms > 0 && last_compaction.elapsed() >= COMPACTION_EVERY && may_write().is_ok() {
-            last_compaction = std::time::Instant::now();
-            let closed_before = session.watermark() - config.compact_after_ms;
-            // Only committed epochs are merged; a failure leaves the inputs in place and is retried later.
-            let policy = crate::parquet::Compaction {
-                closed_before,
-                min_files: config.compact_min_files,
-                open_files: config.compact_open_files,
-                target_bytes: config.compact_target_bytes,
-            };
-            match sink.compact_while(epoch, policy, || may_write().is_ok()).await {
-                Ok(c) if c.partitions > 0 => tracing::info!(partitions = c.partitions, files = c.files_in, rows = c.rows, "pipeline: compacted Parquet partitions"),
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = format!("{e:#}"), "pipeline: Parquet compaction failed; will retry"),
-            }
+        let running = || may_write() && committed.has_changed().is_ok();
+        match sink.compact_while(epoch, policy, running).await {
+            Ok(c) if c.partitions > 0 => tracing::info!(partitions = c.partitions, files = c.files_in, rows = c.rows, "pipeline: compacted Parquet partitions"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = format!("{e:#}"), "pipeline: Parquet compaction failed; will retry"),
         }
     }
-    Ok(())
 }
 
 /// What `pipeline/checkpoint-<source>.json` shows (for operators, tests and benchmarks; the state
