@@ -1,10 +1,12 @@
 //! Dashboard API latency over a day of data. Writes a day of `qoeflow loadgen` viewers (ending now,
 //! flushed into records as the SDK would send them) through the real pipeline into DATA_DIR, then times the dashboard's requests against the HTTP API on the Parquet
-//! backend, twice: with the files as the pipeline wrote them (one per epoch and partition) and after
-//! compacting the closed hours. Prints a table of medians and p95s; `deploy/bench/api.sh` adds a
-//! DuckDB baseline over the same files.
+//! backend three times: with the files as the pipeline wrote them (one per epoch and partition), after
+//! compacting the closed hours (which writes their minute rollups, `qoe_minute`), and over the same
+//! compacted files with the rollups moved away (what the API read before them), checking first that the
+//! answers over a fixed day are the same either way. Prints a table of medians and p95s;
+//! `deploy/bench/api.sh` adds a DuckDB baseline over the same `qoe_window` files.
 //!
-//! cargo run --release -p bench --bin bench_api -- DATA_DIR [VIEWS=50000] [EPOCHS=8640] [RUNS=9]
+//! cargo run --release -p bench --bin bench_api -- DATA_DIR [VIEWS=50000] [EPOCHS=8640] [RUNS=9] [AS_WRITTEN_RUNS=RUNS]
 
 #[path = "common.rs"]
 mod common;
@@ -71,9 +73,11 @@ async fn time_requests(url: &str, runs: usize) -> anyhow::Result<Vec<(String, f6
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let data = PathBuf::from(args.first().ok_or_else(|| anyhow::anyhow!("usage: bench_api DATA_DIR [VIEWS] [EPOCHS] [RUNS]"))?);
+    let data = PathBuf::from(args.first().ok_or_else(|| anyhow::anyhow!("usage: bench_api DATA_DIR [VIEWS] [EPOCHS] [RUNS] [AS_WRITTEN_RUNS]"))?);
     let num = |i: usize, d: u64| args.get(i).and_then(|a| a.parse().ok()).unwrap_or(d);
     let (views, epochs, runs) = (num(1, 50_000), num(2, 8_640), num(3, 9) as usize);
+    // Timing the files as written (one per epoch) takes minutes: 0 skips it.
+    let as_written_runs = num(4, runs as u64) as usize;
     anyhow::ensure!(!data.join("parquet").exists(), "{} already holds a dataset", data.display());
 
     // A day of views ending now, in the local log.
@@ -122,27 +126,54 @@ async fn main() -> anyhow::Result<()> {
     tokio::spawn(async move { axum::serve(listener, query::api::router(backend, Default::default(), &Default::default(), axum::Router::new(), query::api::RequestMetrics::new(&prometheus::Registry::new()))).await });
 
     let window_files = count_files(&data.join("parquet/qoe_window"));
-    eprintln!("timing the API over {} Parquet files ({window_files} of qoe_window), as written", count_files(&data.join("parquet")));
-    let as_written = time_requests(&url, runs).await?;
+    let as_written = if as_written_runs > 0 {
+        eprintln!("timing the API over {} Parquet files ({window_files} of qoe_window), as written", count_files(&data.join("parquet")));
+        Some(time_requests(&url, as_written_runs).await?)
+    } else {
+        None
+    };
 
     let t = Instant::now();
-    let sink = ParquetSink::new(
-        objstore::Location::local(data.join("parquet")),
-        "local",
-        config.dims.clone(),
-    );
+    // The pipeline's files carry its identity, `local-<instance id>`.
+    let source = format!("local-{}", pipeline::runner::instance_id(&data)?);
+    let sink = ParquetSink::new(objstore::Location::local(data.join("parquet")), source, config.dims.clone());
     let done = sink
         .compact(last_epoch, now - 10 * 60_000, 2, 128 << 20)
         .await?;
     let compacted_files = count_files(&data.join("parquet/qoe_window"));
-    eprintln!("compacted {} partitions ({} files) in {:.1} s", done.partitions, done.files_in, t.elapsed().as_secs_f64());
+    let minute_dir = data.join("parquet").join(pipeline::rollup::ROLLUP_TABLE);
+    let rollup_files = count_files(&minute_dir);
+    eprintln!("compacted {} partitions ({} files) in {:.1} s: {compacted_files} qoe_window files, {rollup_files} minute rollups", done.partitions, done.files_in, t.elapsed().as_secs_f64());
+    anyhow::ensure!(done.partitions > 0, "compaction merged nothing: the benchmark would time the files as written twice");
+    // The day's fixed range, answered from the rollups and without them, must be the same.
+    let day = format!("from={}&to={}", now - DAY, now);
+    let fixed = [format!("summary?{day}"), format!("metrics?{day}"), format!("metrics?group_by=cdn&{day}"), format!("breakdown?dimension=country&{day}")];
+    let answers = async |url: &str| -> anyhow::Result<Vec<Value>> {
+        let mut out = Vec::new();
+        for r in &fixed {
+            out.push(reqwest::get(format!("{url}/api/v1/{r}")).await?.error_for_status()?.json().await?);
+        }
+        Ok(out)
+    };
+    let from_rollups = answers(&url).await?;
+    eprintln!("timing the API over the compacted files with their minute rollups");
+    let rolled = time_requests(&url, runs).await?;
+    // The same files without the rollups: what the API read before them.
+    let aside = data.join("qoe_minute.aside");
+    std::fs::rename(&minute_dir, &aside)?;
+    anyhow::ensure!(answers(&url).await? == from_rollups, "the API answers differently from the rollups and from qoe_window");
+    eprintln!("the API's answers over the fixed day are the same from the rollups and from qoe_window");
+    eprintln!("timing the API over the compacted files without rollups");
     let compacted = time_requests(&url, runs).await?;
+    std::fs::rename(&aside, &minute_dir)?;
 
     println!("dashboard API over a day ({views} views, {events} events, {total} records), Parquet backend, {runs} timed runs each");
-    println!("{:<44} {:>22} {:>22}", "request", format!("as written ({window_files} f)"), format!("compacted ({compacted_files} f)"));
-    println!("{:<44} {:>22} {:>22}", "", "median / p95 ms", "median / p95 ms");
-    for ((r, m1, p1), (_, m2, p2)) in as_written.iter().zip(&compacted) {
-        println!("{:<44} {:>22} {:>22}", format!("GET /api/v1/{r}"), format!("{m1:.1} / {p1:.1}"), format!("{m2:.1} / {p2:.1}"));
+    let head = [format!("as written ({window_files} f)"), format!("compacted ({compacted_files} f)"), format!("+ rollups ({rollup_files} f)")];
+    println!("{:<44} {:>22} {:>22} {:>22}", "request", head[0], head[1], head[2]);
+    println!("{:<44} {:>22} {:>22} {:>22}", "", "median / p95 ms", "median / p95 ms", "median / p95 ms");
+    for (i, ((r, m2, p2), (_, m3, p3))) in compacted.iter().zip(&rolled).enumerate() {
+        let first = as_written.as_ref().map_or_else(|| "-".to_owned(), |a| format!("{:.1} / {:.1}", a[i].1, a[i].2));
+        println!("{:<44} {:>22} {:>22} {:>22}", format!("GET /api/v1/{r}"), first, format!("{m2:.1} / {p2:.1}"), format!("{m3:.1} / {p3:.1}"));
     }
     Ok(())
 }

@@ -7,7 +7,8 @@
 //! - `open`: the open views, the hot ones in memory and the others in the store.
 //! - `replay`: a view's state, and its re-derivation from its history (corrections).
 //! - [`store`]: the state store (open and ended views, view histories, checkpoints) on disk.
-//! - [`rows`], [`parquet`]: output rows in the columns of `schemas::tables`, and the Parquet sink.
+//! - [`rows`], [`parquet`], [`rollup`]: output rows in the columns of `schemas::tables`, the Parquet sink
+//!   and its compaction's minute rollups.
 //! - [`clickhouse`]: the ClickHouse sink (same tables, RowBinary, ReplacingMergeTree).
 //! - [`runner`]: the epoch protocol (intent → sinks → checkpoint) shared by every source.
 //! - `kinesis`: the Kinesis source (shards, lineage, KPL deaggregation, worker assignment); the
@@ -25,6 +26,7 @@ pub mod kinesis;
 pub mod local;
 mod open;
 pub mod parquet;
+pub mod rollup;
 mod replay;
 pub mod rows;
 pub mod runner;

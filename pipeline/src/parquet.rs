@@ -31,7 +31,7 @@ use std::path::Path;
 
 use bytes::Bytes;
 use objstore::{Location, Staged};
-use schemas::dataset::{DATASET_LOCK, epochs_of, file_name, merged_file_name, partition_of, partition_start, source_prefix, PARTITION_MS};
+use schemas::dataset::{DATASET_LOCK, PARTITION_MS, ROLLUP_TABLE, epochs_of, file_name, merged_file_name, partition_of, partition_start, rollup_twin, source_prefix};
 use schemas::cells::{Cell, parquet_file, record_batch};
 
 use crate::error::Context;
@@ -155,12 +155,18 @@ impl ParquetSink {
             self.dataset.delete(&key).await?;
             deleted += 1;
         }
+        let is_rollup = |key: &str| key.starts_with(&format!("{ROLLUP_TABLE}/"));
+        let doomed = |files: &[OwnFile], file: &OwnFile| {
+            let covered = files.iter().any(|o| o != file && o.first <= file.first && file.last <= o.last);
+            file.last > committed || covered
+        };
+        // The files that stay, then rollups whose `qoe_window` file does not (a crash in a swap).
+        let twins_kept: std::collections::HashSet<String> =
+            by_dir.values().flat_map(|files| files.iter().filter(|f| !doomed(files, f)).filter_map(|f| rollup_twin(&f.key))).collect();
         for files in by_dir.values() {
             for file in files {
-                let covered = files
-                    .iter()
-                    .any(|o| o != file && o.first <= file.first && file.last <= o.last);
-                if file.last > committed || covered {
+                let orphan = is_rollup(&file.key) && !twins_kept.contains(&file.key);
+                if doomed(files, file) || orphan {
                     self.dataset.delete(&file.key).await?;
                     deleted += 1;
                 }
@@ -193,17 +199,20 @@ impl ParquetSink {
         keep_going: impl Fn() -> bool,
     ) -> crate::Result<Compacted> {
         let mut done = Compacted::default();
-        for (dir, files) in self.own_files().await?.0 {
-            let Some(start) = partition_start(Path::new(&dir)) else {
+        let by_dir = self.own_files().await?.0;
+        let twins: std::collections::HashSet<&str> =
+            by_dir.iter().filter(|(dir, _)| dir.starts_with(&format!("{ROLLUP_TABLE}/"))).flat_map(|(_, files)| files.iter().map(|f| f.key.as_str())).collect();
+        for (dir, files) in &by_dir {
+            // Rollups are written with their `qoe_window` files, never merged on their own.
+            let Some(start) = partition_start(Path::new(dir)).filter(|_| !dir.starts_with(&format!("{ROLLUP_TABLE}/"))) else {
                 continue;
             };
-            let committed_files = files.into_iter().filter(|f| f.last <= committed);
-            let files: Vec<_> = if start + PARTITION_MS <= policy.closed_before {
-                let files: Vec<_> = committed_files.collect();
-                if files.len() < policy.min_files.max(2) {
-                    continue;
-                }
-                files
+            let committed_files = files.iter().filter(|f| f.last <= committed).cloned();
+            let closed = start + PARTITION_MS <= policy.closed_before;
+            // A closed hour's `qoe_window` files get their minute rollups.
+            let roll_up = closed && dir.starts_with("qoe_window/");
+            let files: Vec<_> = if closed {
+                committed_files.collect()
             } else if policy.open_files >= 2 {
                 // An hour still written to: only its single-epoch files, once there are enough of
                 // them (they are consecutive in epoch order: every later epoch writes after them).
@@ -216,16 +225,21 @@ impl ParquetSink {
                 continue;
             };
             let mut merged_any = false;
+            let enough = !closed || files.len() >= policy.min_files.max(2);
             for group in size_groups(&files, policy.target_bytes) {
-                if group.len() < 2 {
-                    continue;
-                }
                 if !keep_going() {
                     return Ok(done);
                 }
-                done.rows += self.merge_files(&dir, group).await?;
-                done.files_in += group.len();
-                merged_any = true;
+                if enough && group.len() >= 2 {
+                    done.rows += self.merge_files(dir, group, roll_up).await?;
+                    done.files_in += group.len();
+                    merged_any = true;
+                } else if roll_up {
+                    // Files that stay as they are (too few to merge, or big enough) are rolled up alone.
+                    for file in group.iter().filter(|f| rollup_twin(&f.key).is_some_and(|t| !twins.contains(t.as_str()))) {
+                        self.roll_up_file(file).await?;
+                    }
+                }
             }
             if merged_any {
                 done.partitions += 1;
@@ -234,9 +248,32 @@ impl ParquetSink {
         Ok(done)
     }
 
+    /// Writes the minute rollup of one `qoe_window` file that compaction leaves as it is.
+    async fn roll_up_file(&self, file: &OwnFile) -> crate::Result<()> {
+        let bytes = self.dataset.get(&file.key).await?.with_context(|| format!("{} vanished during compaction", file.key))?;
+        let (source, last) = (self.source.clone(), file.last);
+        let rolled = tokio::task::spawn_blocking(move || {
+            let mut rollup = crate::rollup::MinuteRollup::default();
+            for batch in parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)?.with_batch_size(8192).build()? {
+                rollup.add(&batch?)?;
+            }
+            rollup.finish(&source, last)
+        })
+        .await??;
+        if let (Some((bytes, _)), Some(twin)) = (rolled, rollup_twin(&file.key)) {
+            let staged = self.dataset.stage(&twin, bytes).await?;
+            let _swap = DATASET_LOCK.write().await;
+            self.publish(&[staged]).await?;
+        }
+        Ok(())
+    }
+
     /// Merges `files` (consecutive in epoch order, in partition `dir`) into one file named after their
-    /// epoch range, written whole and durably, then deletes them. Returns the rows written.
-    async fn merge_files(&self, dir: &str, files: &[OwnFile]) -> crate::Result<usize> {
+    /// epoch range and, with `roll_up` (`qoe_window` of a closed hour), its `qoe_minute` twin
+    /// ([`crate::rollup`]). Both are staged whole and durably, then, under [`DATASET_LOCK`], published
+    /// and the inputs (and their twins) deleted: a query in this process sees the inputs or the merged
+    /// file, never both. Returns the rows written.
+    async fn merge_files(&self, dir: &str, files: &[OwnFile], roll_up: bool) -> crate::Result<usize> {
         let (first, last) = (
             files[0].first,
             files.iter().map(|f| f.last).max().unwrap_or(files[0].last),
@@ -250,23 +287,44 @@ impl ParquetSink {
                 .with_context(|| format!("{} vanished during compaction", file.key))?;
             inputs.push(bytes);
         }
-        let merged = tokio::task::spawn_blocking(move || {
+        let source = self.source.clone();
+        let (merged, rolled) = tokio::task::spawn_blocking(move || {
             let mut readers = Vec::with_capacity(inputs.len());
             for bytes in inputs {
                 readers.push(parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)?.with_batch_size(8192).build()?);
             }
-            // Batches are decoded one at a time as the writer takes them.
-            parquet_file(readers.into_iter().flatten().map(|b| b.map_err(crate::Error::from)))
+            let mut rollup = roll_up.then(crate::rollup::MinuteRollup::default);
+            // Batches are decoded one at a time as the writer takes them (and the rollup adds them).
+            let batches = readers.into_iter().flatten().map(|b| {
+                let b = b.map_err(crate::Error::from)?;
+                if let Some(r) = rollup.as_mut() {
+                    r.add(&b)?;
+                }
+                Ok::<_, crate::Error>(b)
+            });
+            let merged = parquet_file(batches)?;
+            let rolled = match rollup {
+                Some(r) => r.finish(&source, last)?,
+                None => None,
+            };
+            Ok::<_, crate::Error>((merged, rolled))
         })
         .await??;
         let Some((bytes, rows)) = merged else {
             return Ok(0);
         };
         let key = format!("{dir}/{}", merged_file_name(&self.source, first, last));
-        self.dataset.put(&key, bytes).await?;
+        let mut staged = vec![self.dataset.stage(&key, bytes).await?];
+        if let (Some((bytes, _)), Some(twin)) = (rolled, rollup_twin(&key)) {
+            staged.push(self.dataset.stage(&twin, bytes).await?);
+        }
         let _swap = DATASET_LOCK.write().await;
+        self.publish(&staged).await?;
         for file in files {
             self.dataset.delete(&file.key).await?;
+            if let Some(twin) = rollup_twin(&file.key).filter(|_| roll_up) {
+                self.dataset.delete(&twin).await?;
+            }
         }
         Ok(rows)
     }
@@ -466,6 +524,87 @@ mod tests {
         sink.compact(10, t0 + 2 * PARTITION_MS, 2, u64::MAX).await.unwrap();
         assert_eq!(own_in(&sink, &hour).await, vec![(1, 10)]);
         assert_eq!(TABLES_UNDER_TEST.iter().map(|t| rows_of(&root, t)).collect::<Vec<_>>(), before, "the same rows");
+    }
+
+    /// Σ of an Int64 column over every file of `table` (by row: 0 for NULL).
+    fn column_sum(root: &Path, table: &str, column: &str) -> i64 {
+        use arrow_array::Array;
+        use arrow_array::cast::AsArray;
+        let mut sum = 0;
+        for dir in partition_dirs(&root.join(table)) {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(File::open(entry.unwrap().path()).unwrap()).unwrap().build().unwrap();
+                for batch in reader {
+                    let batch = batch.unwrap();
+                    let values = batch.column_by_name(column).unwrap().as_primitive::<arrow_array::types::Int64Type>().clone();
+                    sum += (0..values.len()).filter(|&i| values.is_valid(i)).map(|i| values.value(i)).sum::<i64>();
+                }
+            }
+        }
+        sum
+    }
+
+    #[tokio::test]
+    async fn closed_hours_get_minute_rollups_that_follow_their_merged_files() {
+        use crate::sessionizer::{SessionConfig, Sessionizer};
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("parquet");
+        let sink = ParquetSink::new(Location::local(&root), "local", Dim::DEFAULT.to_vec());
+        let mut session = Sessionizer::new(SessionConfig::default());
+        let t0 = 1_700_000_000_000 - 1_700_000_000_000 % 3_600_000;
+        let mut write = async |epoch: u64, at: i64| {
+            session.process(short_view(format!("v{epoch}"), at));
+            session.advance();
+            sink.write_epoch(epoch, &session.flush()).await.unwrap();
+        };
+        for epoch in 1..=8u64 {
+            write(epoch, t0 + epoch as i64 * 90_000).await;
+        }
+        let part = partition_of(t0);
+        let twins = |root: &Path| files_in(&root.join(ROLLUP_TABLE));
+        let same_sums = |root: &Path| {
+            for column in ["attempts", "starts", "startup_ms_sum", "play_ms", "active_views"] {
+                let raw = column_sum(root, "qoe_window", column);
+                assert!(raw > 0 || column == "active_views", "{column}");
+                assert_eq!(column_sum(root, ROLLUP_TABLE, column), raw, "{column}: the rollup sums what it stands for");
+            }
+        };
+
+        // The open hour's light compaction writes no rollup.
+        let open = Compaction { closed_before: t0, min_files: 2, open_files: 4, target_bytes: u64::MAX };
+        sink.compact_while(8, open, || true).await.unwrap();
+        assert_eq!(own_in(&sink, &format!("qoe_window/{part}")).await, vec![(1, 8)]);
+        assert!(twins(&root).is_empty(), "{:?}", twins(&root));
+
+        // Closed: a file left as it is (one alone) gets its twin, with the same sums per minute.
+        let closed = t0 + 2 * PARTITION_MS;
+        sink.compact(8, closed, 2, u64::MAX).await.unwrap();
+        assert_eq!(own_in(&sink, &format!("qoe_window/{part}")).await, vec![(1, 8)], "one merged file stays as it is");
+        assert_eq!(twins(&root), vec![merged_file_name("local", 1, 8)]);
+        same_sums(&root);
+
+        // A late epoch, merged with it: the merged file's twin replaces the old one.
+        write(9, t0 + 30 * 60_000).await;
+        sink.compact(9, closed, 2, u64::MAX).await.unwrap();
+        assert_eq!(twins(&root), vec![merged_file_name("local", 1, 9)]);
+        same_sums(&root);
+
+        // Another, too few files to merge (`min_files` 8): it is rolled up alone.
+        write(10, t0 + 45 * 60_000).await;
+        sink.compact(10, closed, 8, u64::MAX).await.unwrap();
+        assert_eq!(own_in(&sink, &format!("qoe_window/{part}")).await, vec![(1, 9), (10, 10)]);
+        assert_eq!(twins(&root), vec![merged_file_name("local", 1, 9), file_name("local", 10)]);
+        same_sums(&root);
+        sink.compact(10, closed, 2, u64::MAX).await.unwrap();
+        assert_eq!(twins(&root), vec![merged_file_name("local", 1, 10)], "merged: both twins replaced");
+        same_sums(&root);
+
+        // After a crash in a swap: a twin whose file is gone is deleted at start-up; the good one stays.
+        let minute_dir = root.join(ROLLUP_TABLE).join(&part);
+        std::fs::copy(minute_dir.join(merged_file_name("local", 1, 10)), minute_dir.join(merged_file_name("local", 1, 9))).unwrap();
+        assert_eq!(sink.recover(10, &[]).await.unwrap(), 1);
+        assert_eq!(twins(&root), vec![merged_file_name("local", 1, 10)]);
+        same_sums(&root);
     }
 
     #[tokio::test]

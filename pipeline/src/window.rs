@@ -49,6 +49,11 @@ impl StartupHist {
         }
     }
 
+    /// Adds a serialized histogram (HdrHistogram V2 bytes of a [`new_histogram`]).
+    pub fn add_serialized(&mut self, bytes: &[u8]) -> Result<(), String> {
+        schemas::hist::add_serialized(self.0.get_or_insert_with(|| Box::new(new_histogram())), bytes)
+    }
+
     pub fn len(&self) -> u64 {
         self.0.as_ref().map_or(0, |h| h.len())
     }

@@ -2,12 +2,15 @@
 //! and ClickHouse (production). Both answer the same questions: sums of `qoe_window` columns and
 //! merged start-time quantiles, over a time range with dimension filters, optionally per time bucket
 //! and per dimension value. Ratios are derived from the sums by [`crate::metrics::derive`] for both.
-//! Ad-hoc SQL's types are in [`crate::sql`].
+//! On Parquet, sums and histograms over whole minutes of rolled-up hours come from the minute rollups
+//! (`qoe_minute`, written by compaction: `docs/architecture.md` "Rollups"), everything else from
+//! `qoe_window`. Ad-hoc SQL's types are in [`crate::sql`].
 
 use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
+use schemas::dataset::{ROLLUP_MS, ROLLUP_TABLE};
 use schemas::tables::ClickHouseConfig;
 
 use crate::clickhouse::ClickHouseReader;
@@ -122,7 +125,10 @@ impl Backend {
     }
 
     /// The aggregation's SQL; `active_only` sums only `active_views` (and keeps groups with some).
-    fn aggregate_sql(&self, q: &AggQuery, active_only: bool) -> String {
+    /// `rolled_up` (Parquet only): hour partitions whose minute rollups stand for their `qoe_window`
+    /// files ([`Engine::rolled_up_partitions`]); whole minutes of the range in them are read from
+    /// `qoe_minute`, everything else from `qoe_window`.
+    fn aggregate_sql(&self, q: &AggQuery, active_only: bool, rolled_up: &[(String, String)]) -> String {
         let d = self.dialect();
         let mut select = Vec::new();
         let mut keys = Vec::new();
@@ -140,13 +146,18 @@ impl Backend {
             select.extend(sums().map(|c| format!("sum({c}) AS s_{c}")));
             select.push((d.quantiles)());
         }
-        let mut clauses = vec![(d.time_ge)(q.from), (d.time_lt)(q.to)];
-        if matches!(self, Backend::DataFusion(_)) {
-            // Prune hive partitions (dt is a day; the range's last millisecond is to - 1).
-            clauses.push(format!("dt >= '{}' AND dt <= '{}'", schemas::dataset::partition_date(q.from), schemas::dataset::partition_date(q.to - 1)));
-        }
-        clauses.extend(q.filters.iter().map(|(dim, value)| format!("{dim} = {}", (d.quote)(value))));
-        let mut sql = format!("SELECT {}\nFROM {}\nWHERE {}", select.join(",\n    "), d.from, clauses.join(" AND "));
+        let filters: Vec<String> = q.filters.iter().map(|(dim, value)| format!("{dim} = {}", (d.quote)(value))).collect();
+        let mut sql = if rolled_up.is_empty() {
+            let mut clauses = vec![(d.time_ge)(q.from), (d.time_lt)(q.to)];
+            if matches!(self, Backend::DataFusion(_)) {
+                // Prune hive partitions (dt is a day; the range's last millisecond is to - 1).
+                clauses.push(format!("dt >= '{}' AND dt <= '{}'", schemas::dataset::partition_date(q.from), schemas::dataset::partition_date(q.to - 1)));
+            }
+            clauses.extend(filters);
+            format!("SELECT {}\nFROM {}\nWHERE {}", select.join(",\n    "), d.from, clauses.join(" AND "))
+        } else {
+            format!("SELECT {}\nFROM ({}) AS w", select.join(",\n    "), rolled_up_union(q, &d, rolled_up, &filters))
+        };
         if !keys.is_empty() {
             sql.push_str(&format!("\nGROUP BY {}", keys.join(", ")));
             if active_only {
@@ -166,10 +177,24 @@ impl Backend {
     }
 
     async fn run_aggregate(&self, q: &AggQuery, active_only: bool) -> crate::Result<Vec<AggRow>> {
-        let sql = self.aggregate_sql(q, active_only);
         let raw = match self {
-            Backend::DataFusion(engine) => json_rows(&engine.sql(&sql).await.with_context(|| format!("query failed: {sql}"))?)?,
-            Backend::ClickHouse(ch) => ch.query_rows(&sql).await.with_context(|| format!("query failed: {sql}"))?,
+            // Rollups serve sums and histograms over whole minutes, in buckets of whole minutes; the
+            // concurrent viewers need every 10-second window.
+            Backend::DataFusion(engine) if !active_only && q.bucket_ms.is_none_or(|b| b % ROLLUP_MS == 0) => {
+                let batches = engine
+                    .sql_over_rollups(q.from, q.to, |rolled_up| self.aggregate_sql(q, active_only, rolled_up))
+                    .await
+                    .with_context(|| format!("query failed: {}", self.aggregate_sql(q, active_only, &[])))?;
+                json_rows(&batches)?
+            }
+            Backend::DataFusion(engine) => {
+                let sql = self.aggregate_sql(q, active_only, &[]);
+                json_rows(&engine.sql(&sql).await.with_context(|| format!("query failed: {sql}"))?)?
+            }
+            Backend::ClickHouse(ch) => {
+                let sql = self.aggregate_sql(q, active_only, &[]);
+                ch.query_rows(&sql).await.with_context(|| format!("query failed: {sql}"))?
+            }
         };
         let mut rows = raw.iter().map(agg_row).collect::<crate::Result<Vec<_>>>()?;
         match q.top {
@@ -237,6 +262,45 @@ impl Backend {
             Backend::ClickHouse(ch) => ch.read_only_sql(sql, max_rows, timeout_ms).await,
         }
     }
+}
+
+/// The rows of `q`'s range from `qoe_minute` where `rolled_up` partitions have whole minutes of it, and
+/// from `qoe_window` elsewhere, as one `UNION ALL` (same columns; each branch prunes its partitions):
+/// - minutes of rolled-up hours that lie wholly in the range, from the rollups;
+/// - windows of other hours, from `qoe_window`;
+/// - windows of rolled-up hours outside those whole minutes (the range's ragged ends), from `qoe_window`.
+fn rolled_up_union(q: &AggQuery, d: &Dialect, rolled_up: &[(String, String)], filters: &[String]) -> String {
+    let parts = |set: &mut dyn Iterator<Item = &(String, String)>| {
+        let any: Vec<String> = set.map(|(dt, hour)| format!("(dt = '{dt}' AND hour = '{hour}')")).collect();
+        if any.is_empty() { "false".to_owned() } else { format!("({})", any.join(" OR ")) }
+    };
+    let (first_minute, end_minute) = ((q.from + ROLLUP_MS - 1).div_euclid(ROLLUP_MS) * ROLLUP_MS, q.to.div_euclid(ROLLUP_MS) * ROLLUP_MS);
+    let rolled = parts(&mut rolled_up.iter());
+    let days = format!("dt >= '{}' AND dt <= '{}'", schemas::dataset::partition_date(q.from), schemas::dataset::partition_date(q.to - 1));
+    let branch = |table: &str, mut clauses: Vec<String>| {
+        clauses.extend(filters.iter().cloned());
+        format!("SELECT * FROM {table} WHERE {}", clauses.join(" AND "))
+    };
+    let range = |from: i64, to: i64| vec![(d.time_ge)(from), (d.time_lt)(to)];
+    let mut branches = vec![
+        branch(ROLLUP_TABLE, [range(first_minute, end_minute), vec![days.clone(), rolled.clone()]].concat()),
+        branch("qoe_window", [range(q.from, q.to), vec![days.clone(), format!("NOT {rolled}")]].concat()),
+    ];
+    // The ragged ends can only be in the partitions of `from` and `to - 1`.
+    let edges: Vec<(String, String)> = [q.from, q.to - 1]
+        .iter()
+        .filter_map(|&t| {
+            let p = schemas::dataset::partition_of(t);
+            let (dt, hour) = p.strip_prefix("dt=")?.split_once("/hour=")?;
+            Some((dt.to_owned(), hour.to_owned()))
+        })
+        .filter(|p| rolled_up.contains(p))
+        .collect();
+    if !edges.is_empty() && (first_minute != q.from || end_minute != q.to) {
+        let ragged = format!("({} OR {})", (d.time_lt)(first_minute), (d.time_ge)(end_minute));
+        branches.push(branch("qoe_window", [range(q.from, q.to), vec![days, parts(&mut edges.iter()), ragged]].concat()));
+    }
+    branches.join("\nUNION ALL\n")
 }
 
 fn agg_row(m: &Map<String, Value>) -> crate::Result<AggRow> {

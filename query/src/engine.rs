@@ -10,7 +10,9 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
 use datafusion::prelude::SessionContext;
-use schemas::dataset::DATASET_LOCK;
+use schemas::dataset::{DATASET_LOCK, ROLLUP_TABLE};
+
+const DAY_MS: i64 = 86_400_000;
 use schemas::tables::{DIM_COLUMNS, arrow_schema, tables};
 
 use crate::metrics;
@@ -25,6 +27,7 @@ pub const HELPER_VIEWS: &str = include_str!("helper_views.sql");
 
 pub struct Engine {
     ctx: SessionContext,
+    dataset: objstore::Location,
 }
 
 impl Engine {
@@ -59,7 +62,9 @@ impl Engine {
         }
         let ctx =
             SessionContext::new_with_config_rt(datafusion::prelude::SessionConfig::new(), runtime);
-        for (name, columns) in tables() {
+        // `qoe_minute`: the minute rollups compaction writes, in the columns of `qoe_window`.
+        let rollup = (ROLLUP_TABLE, schemas::tables::qoe_window());
+        for (name, columns) in tables().into_iter().chain([rollup]) {
             let url = match dataset.join(name).local_dir() {
                 Some(dir) => {
                     std::fs::create_dir_all(&dir)?;
@@ -79,7 +84,7 @@ impl Engine {
         for statement in helper_view_statements() {
             ctx.sql(&statement).await?.collect().await?;
         }
-        Ok(Engine { ctx })
+        Ok(Engine { ctx, dataset: dataset.clone() })
     }
 
     pub fn context(&self) -> &SessionContext {
@@ -91,6 +96,49 @@ impl Engine {
         // A compaction's file swap in this process waits for running queries, and queries for it.
         let _files = DATASET_LOCK.read().await;
         Ok(self.ctx.sql(sql).await?.collect().await?)
+    }
+
+    /// Runs the query `sql_for` writes for the hour partitions of [from, to) that are rolled up
+    /// ([`Engine::rolled_up_partitions`]), holding the dataset's read lock from the listing to the
+    /// last row, so that a compaction's swap cannot come between them.
+    pub async fn sql_over_rollups(&self, from: i64, to: i64, sql_for: impl FnOnce(&[(String, String)]) -> String) -> crate::Result<Vec<RecordBatch>> {
+        let _files = DATASET_LOCK.read().await;
+        let rolled_up = self.rolled_up_partitions(from, to).await?;
+        Ok(self.ctx.sql(&sql_for(&rolled_up)).await?.collect().await?)
+    }
+
+    /// The hour partitions (dt, hour) touching [from, to) whose `qoe_window` files all have their
+    /// minute rollup (`qoe_minute`, same partition and name) and no rollup stands for a file that is
+    /// not there: there the rollups hold exactly the rows of `qoe_window`, summed per minute.
+    pub async fn rolled_up_partitions(&self, from: i64, to: i64) -> crate::Result<Vec<(String, String)>> {
+        use std::collections::{BTreeMap, BTreeSet};
+        type Names = BTreeMap<String, BTreeSet<String>>;
+        // Per `dt=…/hour=…`, the visible Parquet files of one table in the days of the range.
+        let files = async |table: &str| -> crate::Result<Names> {
+            let mut out = Names::new();
+            let mut day = from.div_euclid(DAY_MS) * DAY_MS;
+            while day < to {
+                let prefix = format!("{table}/dt={}/", schemas::dataset::partition_date(day));
+                for entry in self.dataset.list(&prefix).await? {
+                    let Some((dir, name)) = entry.key.strip_prefix(&format!("{table}/")).and_then(|k| k.rsplit_once('/')) else { continue };
+                    if name.ends_with(".parquet") && !name.starts_with('.') {
+                        out.entry(dir.to_owned()).or_default().insert(name.to_owned());
+                    }
+                }
+                day += DAY_MS;
+            }
+            Ok(out)
+        };
+        let (raw, rollups) = (files("qoe_window").await?, files(ROLLUP_TABLE).await?);
+        Ok(raw
+            .into_iter()
+            .filter(|(dir, names)| rollups.get(dir) == Some(names))
+            .filter_map(|(dir, _)| {
+                let (dt, hour) = dir.strip_prefix("dt=")?.split_once("/hour=")?;
+                let start = schemas::dataset::partition_start(std::path::Path::new(&dir))?;
+                (start < to && start + schemas::dataset::PARTITION_MS > from).then(|| (dt.to_owned(), hour.to_owned()))
+            })
+            .collect())
     }
 
     /// Runs an analyst's query: a read-only statement (no DDL, DML or statements such as SET; the

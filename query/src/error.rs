@@ -17,6 +17,8 @@ pub enum Error {
     Http(#[from] reqwest::Error),
     #[error(transparent)]
     Service(#[from] service::Error),
+    #[error(transparent)]
+    Store(#[from] objstore::Error),
     /// A setting that cannot work, named.
     #[error("{0}")]
     Config(String),

@@ -57,6 +57,18 @@ pub fn partition_start(dir: &std::path::Path) -> Option<i64> {
 /// A partition of the dataset is one hour (`dt=…/hour=…`).
 pub const PARTITION_MS: i64 = 3_600_000;
 
+/// `qoe_minute`: `qoe_window` summed per minute by compaction, one file beside each merged
+/// `qoe_window` file of a closed hour, in the same partition and under the same name (its **twin**).
+pub const ROLLUP_TABLE: &str = "qoe_minute";
+/// The rollup's window length.
+pub const ROLLUP_MS: i64 = 60_000;
+
+/// The key of a `qoe_window` file's rollup twin (`qoe_window/<partition>/<name>` →
+/// `qoe_minute/<partition>/<name>`); None for a key of another table.
+pub fn rollup_twin(window_key: &str) -> Option<String> {
+    window_key.strip_prefix("qoe_window/").map(|rest| format!("{ROLLUP_TABLE}/{rest}"))
+}
+
 /// `dt=YYYY-MM-DD/hour=HH` of an epoch-ms timestamp (UTC).
 pub fn partition_of(ms: i64) -> String {
     let secs = ms.div_euclid(1000);

@@ -33,5 +33,6 @@ mod object_storage;
 mod operator_metrics;
 mod pipeline_kinesis;
 mod pipeline_local;
+mod rollups;
 mod sdk;
 mod slt;

@@ -1,0 +1,166 @@
+//! Minute rollups (`qoe_minute`) change how fast the metrics API answers, never what it answers: a few
+//! hours of loadgen traffic go through the sessionizer into the Parquet dataset, the API is asked a set
+//! of questions (ragged and minute-aligned ranges, buckets of whole minutes and of 10 s, groups,
+//! filters, breakdowns), then compaction writes the rollups of the closed hours and the answers must be
+//! the same JSON; again after late rows land in a rolled-up hour (which is then read from `qoe_window`
+//! until compaction rolls it up again).
+
+use std::path::Path;
+
+use pipeline::parquet::ParquetSink;
+use pipeline::rollup::ROLLUP_TABLE;
+use pipeline::sessionizer::{Dim, SessionConfig, Sessionizer};
+use query::backend::Backend;
+use serde_json::Value;
+
+const HOUR: i64 = 3_600_000;
+
+struct Api {
+    url: String,
+    engine: std::sync::Arc<query::engine::Engine>,
+}
+
+async fn api(root: &Path) -> Api {
+    let dataset = objstore::Location::local(root);
+    let engine = std::sync::Arc::new(query::engine::Engine::open_with_memory_limit(&dataset, 1 << 30).await.expect("engine"));
+    let backend = Backend::DataFusion(engine.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let metrics = query::api::RequestMetrics::new(&prometheus::Registry::new());
+    let router = query::api::router(backend, Default::default(), &Default::default(), axum::Router::new(), metrics);
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    Api { url, engine }
+}
+
+impl Api {
+    async fn answers(&self, questions: &[String]) -> Vec<Value> {
+        let mut out = Vec::new();
+        for q in questions {
+            let r = reqwest::get(format!("{}/api/v1/{q}", self.url)).await.expect("get");
+            assert_eq!(r.status().as_u16(), 200, "{q}");
+            out.push(r.json().await.expect("json"));
+        }
+        out
+    }
+
+    /// The answers with the rollups moved away: what `qoe_window` alone says.
+    async fn answers_from_windows(&self, root: &Path, questions: &[String]) -> Vec<Value> {
+        let (dir, aside) = (root.join(ROLLUP_TABLE), root.join("qoe_minute.aside"));
+        let moved = dir.exists();
+        if moved {
+            std::fs::rename(&dir, &aside).expect("move the rollups away");
+        }
+        let out = self.answers(questions).await;
+        if moved {
+            std::fs::rename(&aside, &dir).expect("move the rollups back");
+        }
+        out
+    }
+}
+
+fn assert_same(a: &[Value], b: &[Value], questions: &[String], what: &str) {
+    for ((a, b), q) in a.iter().zip(b).zip(questions) {
+        assert_eq!(a, b, "{q}: {what}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollups_answer_exactly_what_the_windows_answer() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let root = dir.path().join("parquet");
+    // Four hours of viewers, ending an hour before an hour boundary of the past.
+    let t0 = (1_800_000_000_000 / HOUR) * HOUR;
+    let spec = loadgen::sim::RunSpec::new(7, 4 * HOUR, 3 * HOUR);
+    let (records, _, truth) = loadgen::collector_records(&spec, 400, t0, |_, _| schemas::ClientInfo::default());
+    let sink = ParquetSink::new(objstore::Location::local(&root), "local", Dim::DEFAULT.to_vec());
+    let mut session = Sessionizer::new(SessionConfig::default());
+    let mut epoch = 0;
+    for chunk in records.chunks(records.len() / 60 + 1) {
+        for r in chunk {
+            session.process(schemas::Record::decode(r).expect("record"));
+        }
+        session.advance();
+        epoch += 1;
+        sink.write_epoch(epoch, &session.flush()).await.expect("epoch");
+    }
+    // A view two hours after the traffic: the watermark passes every view, and they end.
+    session.process(schemas::Record::Events(late_view("closer", t0 + 6 * HOUR)));
+    session.advance();
+    epoch += 1;
+    sink.write_epoch(epoch, &session.flush()).await.expect("epoch");
+
+    let api = api(&root).await;
+    let (from, to) = (t0 + 17_345, t0 + 4 * HOUR + 1_234_567);
+    let mut questions = Vec::new();
+    // The second range holds everything, the closer included: its summary is question 9.
+    let everything = 9;
+    for range in [format!("from={from}&to={to}"), format!("from={t0}&to={}", t0 + 8 * HOUR), format!("from={}&to={}", t0 + HOUR + 60_000, t0 + 2 * HOUR - 60_000)] {
+        questions.extend([
+            format!("summary?{range}"),
+            format!("summary?{range}&filter=stream_type:vod"),
+            format!("metrics?{range}&step=1m"),
+            format!("metrics?{range}&step=6m&group_by=cdn"),
+            format!("metrics?{range}&step=1h&filter=cdn:akamai"),
+            format!("metrics?{range}&step=10s"),
+            format!("metrics?{range}&step=90s"),
+            format!("breakdown?dimension=player_name&{range}"),
+            format!("breakdown?dimension=cdn&{range}&limit=2"),
+        ]);
+    }
+    let before = api.answers(&questions).await;
+    let attempts = truth.sums[schemas::measures::Measure::Attempt] + 1;
+    assert_eq!(before[everything]["metrics"]["attempts"].as_i64(), Some(attempts), "{}", before[everything]);
+    assert!(api.engine.rolled_up_partitions(t0, t0 + 5 * HOUR).await.expect("list").is_empty(), "nothing rolled up before compaction");
+
+    // Every hour is closed: compaction merges them and writes their rollups.
+    let done = sink.compact(epoch, t0 + 31 * HOUR, 2, u64::MAX).await.expect("compact");
+    assert!(done.partitions >= 4, "{done:?}");
+    let rolled = api.engine.rolled_up_partitions(t0, t0 + 5 * HOUR).await.expect("list");
+    assert!(rolled.len() >= 4, "the four hours of traffic are rolled up: {rolled:?}");
+    assert_same(&api.answers(&questions).await, &before, &questions, "from the rollups");
+
+    // A late view in the second hour: its new file has no rollup yet, so that hour is read from
+    // qoe_window while the others still come from their rollups.
+    session.process(schemas::Record::Events(late_view("late", t0 + HOUR + 600_000)));
+    session.advance();
+    epoch += 1;
+    sink.write_epoch(epoch, &session.flush()).await.expect("late epoch");
+    let rolled_now = api.engine.rolled_up_partitions(t0, t0 + 5 * HOUR).await.expect("list");
+    assert_eq!(rolled_now.len(), rolled.len() - 1, "the late hour is not rolled up: {rolled_now:?}");
+    let with_late = api.answers_from_windows(&root, &questions).await;
+    assert_eq!(with_late[everything]["metrics"]["attempts"].as_i64(), Some(attempts + 1), "the late view counts");
+    assert_same(&api.answers(&questions).await, &with_late, &questions, "with a late file beside the rollups");
+    // Compacted again, it is rolled up again, with the same answers.
+    sink.compact(epoch, t0 + 31 * HOUR, 2, u64::MAX).await.expect("compact");
+    assert_eq!(api.engine.rolled_up_partitions(t0, t0 + 5 * HOUR).await.expect("list"), rolled);
+    assert_same(&api.answers(&questions).await, &with_late, &questions, "rolled up again");
+
+    // The answers do come from the rollups: with the second hour's rollup replaced by the third's
+    // (same file name), every summary changes, while buckets of 10 s and 90 s (not whole minutes,
+    // read from qoe_window) do not.
+    let twin = |hour: i64| {
+        let dir = root.join(ROLLUP_TABLE).join(schemas::dataset::partition_of(t0 + hour * HOUR));
+        let mut files: Vec<_> = std::fs::read_dir(&dir).expect("rollups").map(|e| e.expect("entry").path()).collect();
+        assert_eq!(files.len(), 1, "{files:?}");
+        files.remove(0)
+    };
+    std::fs::copy(twin(2), twin(1)).expect("swap a rollup");
+    let tampered = api.answers(&questions).await;
+    for ((q, a), b) in questions.iter().zip(&tampered).zip(&with_late) {
+        if q.contains("step=10s") || q.contains("step=90s") {
+            assert_eq!(a, b, "{q}: read from qoe_window");
+        } else if q.starts_with("summary") && !q.contains("filter") {
+            assert_ne!(a["metrics"], b["metrics"], "{q}: read from the rollups");
+        }
+    }
+}
+
+/// A view that starts at `t`, plays 40 s and ends, in one record.
+fn late_view(id: &str, t: i64) -> schemas::record::EventsRecord {
+    let events = [("playrequest", 0), ("playing", 700), ("viewend", 40_000)]
+        .iter()
+        .enumerate()
+        .map(|(seq, (kind, dt))| serde_json::json!({"view_id": id, "seq": seq, "type": kind, "ts": t + dt, "cdn": "akamai"}).as_object().cloned().expect("object"))
+        .collect();
+    schemas::record::EventsRecord { recv_ms: t + 41_000, sent_at: t + 41_000, key: None, view_id: id.to_owned(), client: Default::default(), events }
+}
