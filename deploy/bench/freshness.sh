@@ -5,10 +5,10 @@
 #
 #   deploy/bench/freshness.sh [FLUSH_MS=1000] [LOAD_VIEWERS=3000] [PROBES=30]
 #
-# Expects the release binary (api.sh and run.sh build it); QOEFLOW_BIN=<another build> measures that one.
+# Expects the release binary (api.sh and run.sh build it); FRESH_BIN=<another build> measures that one.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
-flush="${1:-1000}"; load="${2:-3000}"; probes="${3:-30}"; bin="${QOEFLOW_BIN:-./target/release/qoeflow}"
+flush="${1:-1000}"; load="${2:-3000}"; probes="${3:-30}"; bin="${FRESH_BIN:-./target/release/qoeflow}"
 work="$(mktemp -d)"; trap 'kill "${serve_pid:-0}" "${load_pid:-0}" 2>/dev/null || true; rm -rf "$work"' EXIT
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 QOEFLOW_PIPELINE__FLUSH_INTERVAL_MS="$flush" \
