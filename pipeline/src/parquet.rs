@@ -49,7 +49,14 @@ pub struct Compaction {
     pub open_files: usize,
     /// Merged files roll over at about this size.
     pub target_bytes: u64,
+    /// Closed hours of `qoe_window` get their minute rollups (`qoe_minute`, [`crate::rollup`]): when
+    /// the pipeline's windows are slots of a minute ([`schemas::dataset::rollable_window`]).
+    pub roll_up: bool,
 }
+
+/// Files a compaction leaves as they are get a rollup of their own only in hours that closed within
+/// this long (the late horizon's default): an upgrade does not roll up the whole history at once.
+const ROLL_UP_ALONE_WITHIN_MS: i64 = 24 * 3_600_000;
 
 /// What one compaction pass did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -186,7 +193,7 @@ impl ParquetSink {
         min_files: usize,
         target_bytes: u64,
     ) -> crate::Result<Compacted> {
-        let policy = Compaction { closed_before, min_files, open_files: 0, target_bytes };
+        let policy = Compaction { closed_before, min_files, open_files: 0, target_bytes, roll_up: true };
         self.compact_while(committed, policy, || true).await
     }
 
@@ -210,7 +217,7 @@ impl ParquetSink {
             let committed_files = files.iter().filter(|f| f.last <= committed).cloned();
             let closed = start + PARTITION_MS <= policy.closed_before;
             // A closed hour's `qoe_window` files get their minute rollups.
-            let roll_up = closed && dir.starts_with("qoe_window/");
+            let roll_up = policy.roll_up && closed && dir.starts_with("qoe_window/");
             let files: Vec<_> = if closed {
                 committed_files.collect()
             } else if policy.open_files >= 2 {
@@ -234,7 +241,7 @@ impl ParquetSink {
                     done.rows += self.merge_files(dir, group, roll_up).await?;
                     done.files_in += group.len();
                     merged_any = true;
-                } else if roll_up {
+                } else if roll_up && start + PARTITION_MS > policy.closed_before - ROLL_UP_ALONE_WITHIN_MS {
                     // Files that stay as they are (too few to merge, or big enough) are rolled up alone.
                     for file in group.iter().filter(|f| rollup_twin(&f.key).is_some_and(|t| !twins.contains(t.as_str()))) {
                         self.roll_up_file(file).await?;
@@ -501,7 +508,7 @@ mod tests {
         }
         let before: Vec<_> = TABLES_UNDER_TEST.iter().map(|t| rows_of(&root, t)).collect();
         let hour = format!("qoe_window/{}", partition_of(t0));
-        let open = |open_files| Compaction { closed_before: t0, min_files: 2, open_files, target_bytes: u64::MAX };
+        let open = |open_files| Compaction { closed_before: t0, min_files: 2, open_files, target_bytes: u64::MAX, roll_up: true };
 
         // Off, or fewer single-epoch files than asked for: nothing moves.
         assert_eq!(sink.compact_while(7, open(0), || true).await.unwrap().files_in, 0);
@@ -571,7 +578,7 @@ mod tests {
         };
 
         // The open hour's light compaction writes no rollup.
-        let open = Compaction { closed_before: t0, min_files: 2, open_files: 4, target_bytes: u64::MAX };
+        let open = Compaction { closed_before: t0, min_files: 2, open_files: 4, target_bytes: u64::MAX, roll_up: true };
         sink.compact_while(8, open, || true).await.unwrap();
         assert_eq!(own_in(&sink, &format!("qoe_window/{part}")).await, vec![(1, 8)]);
         assert!(twins(&root).is_empty(), "{:?}", twins(&root));

@@ -5,10 +5,10 @@
 //! dimensions), with the start-time histograms (and their retractions) merged. `qoe_minute` has the
 //! columns of `qoe_window` (`window_ms` is 60,000; `epoch` is the merged file's last epoch, `row` the
 //! rollup row), so every sum and histogram over whole minutes is the same from either table: the
-//! rollup is exact, not an estimate. The twin has the merged file's name, so a reader knows which raw
+//! rollup is exact, not an estimate. Concurrent viewers are a maximum over 10-second windows, not a
+//! sum, so each row also keeps the active views of each window of its minute (`active_s0`…`active_s5`). The twin has the merged file's name, so a reader knows which raw
 //! files a rollup stands for: an hour partition is **rolled up** when every `qoe_window` file in it has
-//! its twin (`docs/architecture.md`, "Rollups"). Concurrent viewers (the most views active in one
-//! 10-second window) cannot be summed from minutes; readers take them from `qoe_window`.
+//! its twin (`docs/architecture.md`, "Rollups").
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -25,12 +25,14 @@ use crate::error::Context as _;
 use crate::sessionizer::Dim;
 use crate::window::{WindowDelta, WindowRow};
 
-pub use schemas::dataset::{ROLLUP_MS, ROLLUP_TABLE};
+pub use schemas::dataset::{ROLLUP_MS, ROLLUP_SLOT_MS, ROLLUP_SLOTS, ROLLUP_TABLE, rollable_window};
 
 /// Sums `qoe_window` record batches per (minute, dimensions).
 #[derive(Default)]
 pub struct MinuteRollup {
-    cells: HashMap<(i64, Arc<[String]>), WindowDelta>,
+    cells: HashMap<(i64, Arc<[String]>), (WindowDelta, [i64; ROLLUP_SLOTS])>,
+    /// A row whose window is not a slot of its minute: no rollup can stand for these rows.
+    unrollable: bool,
 }
 
 /// The window measures, with their column names, in column order.
@@ -55,13 +57,21 @@ impl MinuteRollup {
         let binary = |name: &str| column(name)?.as_binary_opt::<i32>().with_context(|| format!("qoe_window.{name} is not binary"));
         let (hist, retract) = (binary("startup_hist")?, binary(HISTOGRAM_RETRACT_COLUMN)?);
         let starts = column("starts")?.as_primitive_opt::<Int64Type>().context("qoe_window.starts is not an Int64")?;
+        let window_ms = column("window_ms")?.as_primitive_opt::<Int64Type>().context("qoe_window.window_ms is not an Int64")?;
+        let active = column("active_views")?.as_primitive_opt::<Int64Type>().context("qoe_window.active_views is not an Int64")?;
         for row in 0..batch.num_rows() {
+            if !rollable_window(window_ms.value(row)) {
+                self.unrollable = true;
+                return Ok(());
+            }
             let minute = starts_at.value(row).div_euclid(ROLLUP_MS) * ROLLUP_MS;
+            let slot = ((starts_at.value(row) - minute) / ROLLUP_SLOT_MS) as usize;
             let key: Arc<[String]> = dims.iter().map(|d| if d.is_null(row) { String::new() } else { d.value(row).to_owned() }).collect();
-            let delta = self.cells.entry((minute, key)).or_default();
+            let (delta, slots) = self.cells.entry((minute, key)).or_default();
             for (m, values) in &sums {
                 delta.sums[*m] += values.value(row);
             }
+            slots[slot] += active.value(row);
             let retracts = !retract.is_null(row) && !retract.value(row).is_empty();
             // A row adds starts to its histogram, or is a correction (which may add and retract).
             if (starts.value(row) != 0 || retracts) && !hist.is_null(row) {
@@ -75,19 +85,32 @@ impl MinuteRollup {
     }
 
     /// The rollup as one Parquet file of `qoe_minute` rows (sorted by minute, then dimensions) with
-    /// `source` and `epoch` as their identity, and its row count; None when nothing was added.
+    /// `source` and `epoch` as their identity, and its row count; None when nothing was added, or when
+    /// a row's window was not a slot of its minute (windows of another length than
+    /// [`schemas::dataset::rollable_window`] allows: those hours are read from `qoe_window`).
     pub fn finish(self, source: &str, epoch: u64) -> crate::Result<Option<(Bytes, usize)>> {
-        let mut rows: Vec<WindowRow> = self
+        if self.unrollable {
+            return Ok(None);
+        }
+        let mut rows: Vec<(WindowRow, [i64; ROLLUP_SLOTS])> = self
             .cells
             .into_iter()
-            .map(|((window_start, dims), delta)| WindowRow { window_start, window_ms: ROLLUP_MS, dims, delta })
+            .map(|((window_start, dims), (delta, slots))| (WindowRow { window_start, window_ms: ROLLUP_MS, dims, delta }, slots))
             .collect();
         if rows.is_empty() {
             return Ok(None);
         }
-        rows.sort_by(|a, b| (a.window_start, &a.dims).cmp(&(b.window_start, &b.dims)));
-        let cells: Vec<Vec<Cell<'_>>> = rows.iter().enumerate().map(|(i, w)| crate::rows::window_row(w, &Dim::ALL, source, epoch, i)).collect();
-        let batch = record_batch(schemas::tables::qoe_window(), &cells).map_err(crate::Error::from);
+        rows.sort_by(|(a, _), (b, _)| (a.window_start, &a.dims).cmp(&(b.window_start, &b.dims)));
+        let cells: Vec<Vec<Cell<'_>>> = rows
+            .iter()
+            .enumerate()
+            .map(|(i, (w, slots))| {
+                let mut row = crate::rows::window_row(w, &Dim::ALL, source, epoch, i);
+                row.extend(slots.iter().map(|&n| Cell::I64(n)));
+                row
+            })
+            .collect();
+        let batch = record_batch(schemas::tables::qoe_minute(), &cells).map_err(crate::Error::from);
         parquet_file([batch])
     }
 }
@@ -144,6 +167,8 @@ mod tests {
         assert_eq!(col("startup_ms_sum"), vec![0, 3_900, 50]);
         assert_eq!(col("play_ms"), vec![0, 5_000, 0]);
         assert_eq!(col("active_views"), vec![0, 1, 0]);
+        assert_eq!(col("active_s5"), vec![0, 1, 0], "the FR view was active in the minute's last window");
+        assert_eq!(col("active_s0"), vec![0, 0, 0]);
         assert_eq!(col("window_ms"), vec![60_000; 3]);
         let country = out.column_by_name("country").expect("country").as_string::<i32>();
         assert_eq!((country.value(0), country.value(1)), ("DE", "FR"));
@@ -153,6 +178,21 @@ mod tests {
         assert!(hist.equivalent(hist.max(), 3_000) && hist.equivalent(hist.min(), 900));
         let epochs = out.column_by_name("epoch").expect("epoch").as_primitive::<arrow_array::types::UInt64Type>().values().to_vec();
         assert_eq!(epochs, vec![7; 3]);
+    }
+
+    #[test]
+    fn windows_that_are_not_slots_of_a_minute_make_no_rollup() {
+        let mut windows = Windows::new(7_000);
+        let dims: Arc<[String]> = Dim::ALL.iter().map(|_| String::new()).collect();
+        windows.add(1_800_000_000_000, &dims, &[(Measure::Attempt, 1)]);
+        let drained = windows.drain();
+        let cells: Vec<_> = drained.iter().enumerate().map(|(i, w)| crate::rows::window_row(w, &Dim::ALL, "s", 1, i)).collect();
+        let batch = record_batch(schemas::tables::qoe_window(), &cells).expect("batch");
+        let mut rollup = MinuteRollup::default();
+        rollup.add(&batch).expect("add");
+        assert!(rollup.finish("s", 1).expect("finish").is_none(), "7 s windows are not slots of a minute");
+        assert!(rollable_window(10_000) && rollable_window(30_000) && rollable_window(60_000));
+        assert!(!rollable_window(5_000) && !rollable_window(7_000) && !rollable_window(120_000));
     }
 
     #[test]

@@ -12,7 +12,6 @@ use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTable
 use datafusion::prelude::SessionContext;
 use schemas::dataset::{DATASET_LOCK, ROLLUP_TABLE};
 
-const DAY_MS: i64 = 86_400_000;
 use schemas::tables::{DIM_COLUMNS, arrow_schema, tables};
 
 use crate::metrics;
@@ -62,8 +61,8 @@ impl Engine {
         }
         let ctx =
             SessionContext::new_with_config_rt(datafusion::prelude::SessionConfig::new(), runtime);
-        // `qoe_minute`: the minute rollups compaction writes, in the columns of `qoe_window`.
-        let rollup = (ROLLUP_TABLE, schemas::tables::qoe_window());
+        // `qoe_minute`: the minute rollups compaction writes.
+        let rollup = (ROLLUP_TABLE, schemas::tables::qoe_minute());
         for (name, columns) in tables().into_iter().chain([rollup]) {
             let url = match dataset.join(name).local_dir() {
                 Some(dir) => {
@@ -109,34 +108,48 @@ impl Engine {
 
     /// The hour partitions (dt, hour) touching [from, to) whose `qoe_window` files all have their
     /// minute rollup (`qoe_minute`, same partition and name) and no rollup stands for a file that is
-    /// not there: there the rollups hold exactly the rows of `qoe_window`, summed per minute.
+    /// not there: there the rollups hold exactly the rows of `qoe_window`, summed per minute. Only hours
+    /// that have ended are listed (a rollup is written once its hour closed): a range of the last
+    /// minutes lists at most the hour before; a few hours are listed one by one, more by day.
     pub async fn rolled_up_partitions(&self, from: i64, to: i64) -> crate::Result<Vec<(String, String)>> {
+        use schemas::dataset::{PARTITION_MS, partition_of};
         use std::collections::{BTreeMap, BTreeSet};
+        let now = schemas::now_ms();
+        let hours: Vec<i64> = (from.div_euclid(PARTITION_MS)..)
+            .map(|h| h * PARTITION_MS)
+            .take_while(|start| *start < to && start + PARTITION_MS <= now)
+            .collect();
+        if hours.is_empty() {
+            return Ok(Vec::new());
+        }
+        let prefixes: Vec<String> = if hours.len() <= 6 {
+            hours.iter().map(|&h| format!("{}/", partition_of(h))).collect()
+        } else {
+            let days: BTreeSet<String> = hours.iter().map(|&h| format!("dt={}/", schemas::dataset::partition_date(h))).collect();
+            days.into_iter().collect()
+        };
+        // Per `dt=…/hour=…`, the visible Parquet files of one table.
         type Names = BTreeMap<String, BTreeSet<String>>;
-        // Per `dt=…/hour=…`, the visible Parquet files of one table in the days of the range.
         let files = async |table: &str| -> crate::Result<Names> {
             let mut out = Names::new();
-            let mut day = from.div_euclid(DAY_MS) * DAY_MS;
-            while day < to {
-                let prefix = format!("{table}/dt={}/", schemas::dataset::partition_date(day));
-                for entry in self.dataset.list(&prefix).await? {
+            for prefix in &prefixes {
+                for entry in self.dataset.list(&format!("{table}/{prefix}")).await? {
                     let Some((dir, name)) = entry.key.strip_prefix(&format!("{table}/")).and_then(|k| k.rsplit_once('/')) else { continue };
                     if name.ends_with(".parquet") && !name.starts_with('.') {
                         out.entry(dir.to_owned()).or_default().insert(name.to_owned());
                     }
                 }
-                day += DAY_MS;
             }
             Ok(out)
         };
         let (raw, rollups) = (files("qoe_window").await?, files(ROLLUP_TABLE).await?);
+        let wanted: BTreeSet<String> = hours.iter().map(|&h| partition_of(h)).collect();
         Ok(raw
             .into_iter()
-            .filter(|(dir, names)| rollups.get(dir) == Some(names))
+            .filter(|(dir, names)| wanted.contains(dir) && rollups.get(dir) == Some(names))
             .filter_map(|(dir, _)| {
                 let (dt, hour) = dir.strip_prefix("dt=")?.split_once("/hour=")?;
-                let start = schemas::dataset::partition_start(std::path::Path::new(&dir))?;
-                (start < to && start + schemas::dataset::PARTITION_MS > from).then(|| (dt.to_owned(), hour.to_owned()))
+                Some((dt.to_owned(), hour.to_owned()))
             })
             .collect())
     }

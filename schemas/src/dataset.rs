@@ -62,6 +62,16 @@ pub const PARTITION_MS: i64 = 3_600_000;
 pub const ROLLUP_TABLE: &str = "qoe_minute";
 /// The rollup's window length.
 pub const ROLLUP_MS: i64 = 60_000;
+/// A rollup row keeps the active views of each `qoe_window` window in its minute, in slots
+/// `active_s0`… of this length (concurrent viewers are a maximum over windows, not a sum): rollups are
+/// written only when the pipeline's windows are a multiple of it that divides a minute.
+pub const ROLLUP_SLOT_MS: i64 = 10_000;
+pub const ROLLUP_SLOTS: usize = (ROLLUP_MS / ROLLUP_SLOT_MS) as usize;
+
+/// Whether windows of `window_ms` can be rolled up (each one a slot of a minute).
+pub fn rollable_window(window_ms: i64) -> bool {
+    window_ms > 0 && window_ms % ROLLUP_SLOT_MS == 0 && ROLLUP_MS % window_ms == 0
+}
 
 /// The key of a `qoe_window` file's rollup twin (`qoe_window/<partition>/<name>` →
 /// `qoe_minute/<partition>/<name>`); None for a key of another table.

@@ -46,6 +46,21 @@ pub fn qoe_window() -> &'static [Column] {
     &COLUMNS
 }
 
+/// `qoe_minute` (`crate::dataset::ROLLUP_TABLE`): the columns of [`qoe_window`] (rows summed per
+/// minute), then the active views of each window of the minute (`active_s0`…, one per
+/// `crate::dataset::ROLLUP_SLOT_MS`).
+pub fn qoe_minute() -> &'static [Column] {
+    static COLUMNS: LazyLock<Vec<Column>> = LazyLock::new(|| {
+        let mut cols = qoe_window().to_vec();
+        cols.extend(ROLLUP_SLOT_COLUMNS.iter().map(|name| c(name, Int64)));
+        cols
+    });
+    &COLUMNS
+}
+
+/// The slot columns of `qoe_minute`.
+pub const ROLLUP_SLOT_COLUMNS: [&str; crate::dataset::ROLLUP_SLOTS] = ["active_s0", "active_s1", "active_s2", "active_s3", "active_s4", "active_s5"];
+
 /// `views`: the view, its dimensions and client, the per-view totals of `crate::measures` (the start
 /// time NULL for a view that did not start), the dedupe counters, the row's `version` (a corrected row
 /// supersedes the earlier versions of its view: read the highest), then the row identity.
