@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use schemas::dataset::{ROLLUP_MS, ROLLUP_SLOT_MS, ROLLUP_SLOTS, ROLLUP_TABLE};
+use schemas::dataset::{ROLLUP_MS, ROLLUP_TABLE};
 use schemas::tables::ClickHouseConfig;
 
 use crate::clickhouse::ClickHouseReader;
@@ -166,7 +166,7 @@ impl Backend {
                     columns.push(c);
                 }
             }
-            format!("SELECT {}\nFROM ({}) AS w", select.join(",\n    "), rolled_up_union(q, &d, rolled_up, &filters, &columns, active_only))
+            format!("SELECT {}\nFROM ({}) AS w", select.join(",\n    "), rolled_up_union(q, &d, rolled_up, &filters, &columns))
         };
         if !keys.is_empty() {
             sql.push_str(&format!("\nGROUP BY {}", keys.join(", ")));
@@ -188,9 +188,10 @@ impl Backend {
 
     async fn run_aggregate(&self, q: &AggQuery, active_only: bool) -> crate::Result<Vec<AggRow>> {
         let raw = match self {
-            // Rollups serve sums and histograms over whole minutes, in buckets of whole minutes, and the
-            // active views of each window (their slots).
-            Backend::DataFusion(engine) if active_only || q.bucket_ms.is_none_or(|b| b % ROLLUP_MS == 0) => {
+            // Rollups serve sums and histograms over whole minutes, in buckets of whole minutes. The
+            // concurrent viewers (per 10 s window) stay on qoe_window: reading the rollups' slots
+            // took one scan per slot (each listing the table) and measured slower (BENCHMARKS §9).
+            Backend::DataFusion(engine) if !active_only && q.bucket_ms.is_none_or(|b| b % ROLLUP_MS == 0) => {
                 let batches = engine
                     .sql_over_rollups(q.from, q.to, |rolled_up| self.aggregate_sql(q, active_only, rolled_up))
                     .await
@@ -280,9 +281,8 @@ impl Backend {
 /// - windows of other hours, from `qoe_window`;
 /// - windows of rolled-up hours outside those whole minutes (the range's ragged ends), from `qoe_window`.
 ///
-/// `columns` are read from both tables; with `per_window`, a rollup's `active_views` per window come
-/// from its slots (`active_s<i>`: one branch per slot, its window start moved to the slot's).
-fn rolled_up_union(q: &AggQuery, d: &Dialect, rolled_up: &[(String, String)], filters: &[String], columns: &[&str], per_window: bool) -> String {
+/// `columns` are read from both tables.
+fn rolled_up_union(q: &AggQuery, d: &Dialect, rolled_up: &[(String, String)], filters: &[String], columns: &[&str]) -> String {
     let parts = |set: &mut dyn Iterator<Item = &(String, String)>| {
         let any: Vec<String> = set.map(|(dt, hour)| format!("(dt = '{dt}' AND hour = '{hour}')")).collect();
         if any.is_empty() { "false".to_owned() } else { format!("({})", any.join(" OR ")) }
@@ -290,31 +290,13 @@ fn rolled_up_union(q: &AggQuery, d: &Dialect, rolled_up: &[(String, String)], fi
     let (first_minute, end_minute) = ((q.from + ROLLUP_MS - 1).div_euclid(ROLLUP_MS) * ROLLUP_MS, q.to.div_euclid(ROLLUP_MS) * ROLLUP_MS);
     let rolled = parts(&mut rolled_up.iter());
     let days = format!("dt >= '{}' AND dt <= '{}'", schemas::dataset::partition_date(q.from), schemas::dataset::partition_date(q.to - 1));
-    let select = |table: &str, columns: &[String], mut clauses: Vec<String>| {
+    let branch = |table: &str, mut clauses: Vec<String>| {
         clauses.extend(filters.iter().cloned());
         format!("SELECT {} FROM {table} WHERE {}", columns.join(", "), clauses.join(" AND "))
     };
-    let plain: Vec<String> = columns.iter().map(|c| (*c).to_owned()).collect();
-    let branch = |table: &str, clauses: Vec<String>| select(table, &plain, clauses);
     let range = |from: i64, to: i64| vec![(d.time_ge)(from), (d.time_lt)(to)];
     let minutes = [range(first_minute, end_minute), vec![days.clone(), rolled.clone()]].concat();
-    let mut branches = if per_window {
-        (0..ROLLUP_SLOTS)
-            .map(|i| {
-                let slot: Vec<String> = columns
-                    .iter()
-                    .map(|c| match *c {
-                        "window_start" => format!("window_start + INTERVAL '{}' SECOND AS window_start", i as i64 * ROLLUP_SLOT_MS / 1000),
-                        "active_views" => format!("active_s{i} AS active_views"),
-                        c => c.to_owned(),
-                    })
-                    .collect();
-                select(ROLLUP_TABLE, &slot, minutes.clone())
-            })
-            .collect()
-    } else {
-        vec![branch(ROLLUP_TABLE, minutes)]
-    };
+    let mut branches = vec![branch(ROLLUP_TABLE, minutes)];
     branches.push(branch("qoe_window", [range(q.from, q.to), vec![days.clone(), format!("NOT {rolled}")]].concat()));
     // The ragged ends can only be in the partitions of `from` and `to - 1`.
     let edges: Vec<(String, String)> = [q.from, q.to - 1]
