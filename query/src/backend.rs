@@ -10,13 +10,14 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use schemas::dataset::{ROLLUP_MS, ROLLUP_TABLE};
+use schemas::dataset::{ROLLUP_MS, ROLLUP_SLOT_MS, ROLLUP_TABLE};
+use schemas::tables::ROLLUP_SLOT_COLUMNS;
 use schemas::tables::ClickHouseConfig;
 
 use crate::clickhouse::ClickHouseReader;
 use crate::engine::Engine;
 use crate::error::Context as _;
-use crate::metrics::{QUANTILES, sums};
+use crate::metrics::{QUANTILES, sum_count, sums};
 use crate::sql::{SqlError, SqlRows, json_rows};
 
 /// One aggregation over `qoe_window`. Dimension names in `filters`/`group_by` are validated by the caller.
@@ -166,7 +167,7 @@ impl Backend {
                     columns.push(c);
                 }
             }
-            format!("SELECT {}\nFROM ({}) AS w", select.join(",\n    "), rolled_up_union(q, &d, rolled_up, &filters, &columns))
+            format!("SELECT {}\nFROM ({}) AS w", select.join(",\n    "), rolled_up_union(q, &d, rolled_up, &filters, &columns, !active_only))
         };
         if !keys.is_empty() {
             sql.push_str(&format!("\nGROUP BY {}", keys.join(", ")));
@@ -180,6 +181,22 @@ impl Backend {
         sql
     }
 
+    /// The active views per window of the whole minutes of rolled-up hours, from the rollups' slots:
+    /// one row per (minute, group) with `a0`…, the sums of `active_s0`….
+    fn slots_sql(&self, q: &AggQuery, rolled_up: &[(String, String)]) -> String {
+        let d = self.dialect();
+        let filters: Vec<String> = q.filters.iter().map(|(dim, value)| format!("{dim} = {}", (d.quote)(value))).collect();
+        let mut select = vec!["CAST(window_start AS BIGINT) AS t".to_owned()];
+        let mut keys = vec!["t"];
+        if let Some(g) = &q.group_by {
+            select.push(format!("{g} AS grp"));
+            keys.push("grp");
+        }
+        select.extend(ROLLUP_SLOT_COLUMNS.iter().enumerate().map(|(i, c)| format!("sum({c}) AS a{i}")));
+        let clauses = rollup_clauses(q, &d, rolled_up, &filters);
+        format!("SELECT {}\nFROM {ROLLUP_TABLE}\nWHERE {}\nGROUP BY {}", select.join(", "), clauses.join(" AND "), keys.join(", "))
+    }
+
     /// Runs an aggregation. Rows come sorted: by attempts (descending) then value with `top`, otherwise
     /// by bucket then value. A query with no keys over no rows gives one row of zeros.
     pub async fn aggregate(&self, q: &AggQuery) -> crate::Result<Vec<AggRow>> {
@@ -187,16 +204,27 @@ impl Backend {
     }
 
     async fn run_aggregate(&self, q: &AggQuery, active_only: bool) -> crate::Result<Vec<AggRow>> {
+        let mut from_slots = Vec::new();
         let raw = match self {
-            // Rollups serve sums and histograms over whole minutes, in buckets of whole minutes. The
-            // concurrent viewers (per 10 s window) stay on qoe_window: reading the rollups' slots
-            // took one scan per slot (each listing the table) and measured slower (BENCHMARKS §9).
-            Backend::DataFusion(engine) if !active_only && q.bucket_ms.is_none_or(|b| b % ROLLUP_MS == 0) => {
-                let batches = engine
-                    .sql_over_rollups(q.from, q.to, |rolled_up| self.aggregate_sql(q, active_only, rolled_up))
+            // Rollups serve sums and histograms over whole minutes, in buckets of whole minutes, and
+            // the active views of each window (their slots, read by a second query).
+            Backend::DataFusion(engine) if active_only || q.bucket_ms.is_none_or(|b| b % ROLLUP_MS == 0) => {
+                let mut results = engine
+                    .sqls_over_rollups(q.from, q.to, |rolled_up| {
+                        let mut sqls = vec![self.aggregate_sql(q, active_only, rolled_up)];
+                        if active_only && !rolled_up.is_empty() {
+                            sqls.push(self.slots_sql(q, rolled_up));
+                        }
+                        sqls
+                    })
                     .await
-                    .with_context(|| format!("query failed: {}", self.aggregate_sql(q, active_only, &[])))?;
-                json_rows(&batches)?
+                    .with_context(|| format!("query failed: {}", self.aggregate_sql(q, active_only, &[])))?
+                    .into_iter();
+                let raw = json_rows(&results.next().unwrap_or_default())?;
+                if let Some(slots) = results.next() {
+                    from_slots = active_of_slots(&json_rows(&slots)?)?;
+                }
+                raw
             }
             Backend::DataFusion(engine) => {
                 let sql = self.aggregate_sql(q, active_only, &[]);
@@ -208,6 +236,7 @@ impl Backend {
             }
         };
         let mut rows = raw.iter().map(agg_row).collect::<crate::Result<Vec<_>>>()?;
+        rows.extend(from_slots);
         match q.top {
             Some(_) => rows.sort_by(|a, b| b.sums[0].cmp(&a.sums[0]).then_with(|| a.group.cmp(&b.group))),
             None => rows.sort_by(|a, b| (a.bucket, &a.group).cmp(&(b.bucket, &b.group))),
@@ -275,29 +304,52 @@ impl Backend {
     }
 }
 
+/// `(dt = … AND hour = …) OR …` of some partitions ("false" for none).
+fn partitions_sql<'a>(set: impl Iterator<Item = &'a (String, String)>) -> String {
+    let any: Vec<String> = set.map(|(dt, hour)| format!("(dt = '{dt}' AND hour = '{hour}')")).collect();
+    if any.is_empty() { "false".to_owned() } else { format!("({})", any.join(" OR ")) }
+}
+
+/// The first and the end (exclusive) of the whole minutes of `q`'s range.
+fn whole_minutes(q: &AggQuery) -> (i64, i64) {
+    ((q.from + ROLLUP_MS - 1).div_euclid(ROLLUP_MS) * ROLLUP_MS, q.to.div_euclid(ROLLUP_MS) * ROLLUP_MS)
+}
+
+/// The days of `q`'s range, for hive partition pruning (the range's last millisecond is to - 1).
+fn days_sql(q: &AggQuery) -> String {
+    format!("dt >= '{}' AND dt <= '{}'", schemas::dataset::partition_date(q.from), schemas::dataset::partition_date(q.to - 1))
+}
+
+/// The `qoe_minute` rows standing for `q`'s range: whole minutes of `rolled_up` partitions.
+fn rollup_clauses(q: &AggQuery, d: &Dialect, rolled_up: &[(String, String)], filters: &[String]) -> Vec<String> {
+    let (first_minute, end_minute) = whole_minutes(q);
+    let mut clauses = vec![(d.time_ge)(first_minute), (d.time_lt)(end_minute), days_sql(q), partitions_sql(rolled_up.iter())];
+    clauses.extend(filters.iter().cloned());
+    clauses
+}
+
 /// The rows of `q`'s range from `qoe_minute` where `rolled_up` partitions have whole minutes of it, and
 /// from `qoe_window` elsewhere, as one `UNION ALL` (same columns; each branch prunes its partitions):
-/// - minutes of rolled-up hours that lie wholly in the range, from the rollups;
+/// - minutes of rolled-up hours that lie wholly in the range, from the rollups (unless `!with_rollups`:
+///   the caller reads them otherwise);
 /// - windows of other hours, from `qoe_window`;
 /// - windows of rolled-up hours outside those whole minutes (the range's ragged ends), from `qoe_window`.
 ///
 /// `columns` are read from both tables.
-fn rolled_up_union(q: &AggQuery, d: &Dialect, rolled_up: &[(String, String)], filters: &[String], columns: &[&str]) -> String {
-    let parts = |set: &mut dyn Iterator<Item = &(String, String)>| {
-        let any: Vec<String> = set.map(|(dt, hour)| format!("(dt = '{dt}' AND hour = '{hour}')")).collect();
-        if any.is_empty() { "false".to_owned() } else { format!("({})", any.join(" OR ")) }
-    };
-    let (first_minute, end_minute) = ((q.from + ROLLUP_MS - 1).div_euclid(ROLLUP_MS) * ROLLUP_MS, q.to.div_euclid(ROLLUP_MS) * ROLLUP_MS);
-    let rolled = parts(&mut rolled_up.iter());
-    let days = format!("dt >= '{}' AND dt <= '{}'", schemas::dataset::partition_date(q.from), schemas::dataset::partition_date(q.to - 1));
-    let branch = |table: &str, mut clauses: Vec<String>| {
+fn rolled_up_union(q: &AggQuery, d: &Dialect, rolled_up: &[(String, String)], filters: &[String], columns: &[&str], with_rollups: bool) -> String {
+    let (first_minute, end_minute) = whole_minutes(q);
+    let rolled = partitions_sql(rolled_up.iter());
+    let select = |table: &str, clauses: Vec<String>| format!("SELECT {} FROM {table} WHERE {}", columns.join(", "), clauses.join(" AND "));
+    let windows = |mut clauses: Vec<String>| {
+        clauses.splice(0..0, [(d.time_ge)(q.from), (d.time_lt)(q.to), days_sql(q)]);
         clauses.extend(filters.iter().cloned());
-        format!("SELECT {} FROM {table} WHERE {}", columns.join(", "), clauses.join(" AND "))
+        select("qoe_window", clauses)
     };
-    let range = |from: i64, to: i64| vec![(d.time_ge)(from), (d.time_lt)(to)];
-    let minutes = [range(first_minute, end_minute), vec![days.clone(), rolled.clone()]].concat();
-    let mut branches = vec![branch(ROLLUP_TABLE, minutes)];
-    branches.push(branch("qoe_window", [range(q.from, q.to), vec![days.clone(), format!("NOT {rolled}")]].concat()));
+    let mut branches = Vec::new();
+    if with_rollups {
+        branches.push(select(ROLLUP_TABLE, rollup_clauses(q, d, rolled_up, filters)));
+    }
+    branches.push(windows(vec![format!("NOT {rolled}")]));
     // The ragged ends can only be in the partitions of `from` and `to - 1`.
     let edges: Vec<(String, String)> = [q.from, q.to - 1]
         .iter()
@@ -310,9 +362,28 @@ fn rolled_up_union(q: &AggQuery, d: &Dialect, rolled_up: &[(String, String)], fi
         .collect();
     if !edges.is_empty() && (first_minute != q.from || end_minute != q.to) {
         let ragged = format!("({} OR {})", (d.time_lt)(first_minute), (d.time_ge)(end_minute));
-        branches.push(branch("qoe_window", [range(q.from, q.to), vec![days, parts(&mut edges.iter()), ragged]].concat()));
+        branches.push(windows(vec![partitions_sql(edges.iter()), ragged]));
     }
     branches.join("\nUNION ALL\n")
+}
+
+/// Rows of [`Backend::slots_sql`] as per-window rows of active views (the windows with any).
+fn active_of_slots(rows: &[Map<String, Value>]) -> crate::Result<Vec<AggRow>> {
+    let active = sums().position(|c| c == "active_views").context("active_views is a window sum")?;
+    let mut out = Vec::new();
+    for m in rows {
+        let minute = m.get("t").and_then(Value::as_i64).context("a rollup minute is not an integer")?;
+        let group = m.get("grp").and_then(Value::as_str).map(str::to_owned);
+        for i in 0..ROLLUP_SLOT_COLUMNS.len() {
+            let n = m.get(&format!("a{i}")).and_then(Value::as_i64).unwrap_or(0);
+            if n > 0 {
+                let mut sums = vec![0; sum_count()];
+                sums[active] = n;
+                out.push(AggRow { bucket: Some(minute + i as i64 * ROLLUP_SLOT_MS), group: group.clone(), sums, quantiles: Vec::new() });
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn agg_row(m: &Map<String, Value>) -> crate::Result<AggRow> {

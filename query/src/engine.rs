@@ -97,13 +97,17 @@ impl Engine {
         Ok(self.ctx.sql(sql).await?.collect().await?)
     }
 
-    /// Runs the query `sql_for` writes for the hour partitions of [from, to) that are rolled up
-    /// ([`Engine::rolled_up_partitions`]), holding the dataset's read lock from the listing to the
-    /// last row, so that a compaction's swap cannot come between them.
-    pub async fn sql_over_rollups(&self, from: i64, to: i64, sql_for: impl FnOnce(&[(String, String)]) -> String) -> crate::Result<Vec<RecordBatch>> {
+    /// Runs the queries `sqls_for` writes for the hour partitions of [from, to) that are rolled up
+    /// ([`Engine::rolled_up_partitions`]), one after the other, holding the dataset's read lock from
+    /// the listing to the last row, so that a compaction's swap cannot come between them.
+    pub async fn sqls_over_rollups(&self, from: i64, to: i64, sqls_for: impl FnOnce(&[(String, String)]) -> Vec<String>) -> crate::Result<Vec<Vec<RecordBatch>>> {
         let _files = DATASET_LOCK.read().await;
         let rolled_up = self.rolled_up_partitions(from, to).await?;
-        Ok(self.ctx.sql(&sql_for(&rolled_up)).await?.collect().await?)
+        let mut out = Vec::new();
+        for sql in sqls_for(&rolled_up) {
+            out.push(self.ctx.sql(&sql).await?.collect().await?);
+        }
+        Ok(out)
     }
 
     /// The hour partitions (dt, hour) touching [from, to) whose `qoe_window` files all have their
