@@ -31,7 +31,7 @@ use std::path::Path;
 
 use bytes::Bytes;
 use objstore::{Location, Staged};
-use schemas::dataset::{DATASET_LOCK, PARTITION_MS, ROLLUP_TABLE, epochs_of, file_name, merged_file_name, partition_of, partition_start, rollup_twin, source_prefix};
+use schemas::dataset::{DATASET_LOCK, PARTITION_MS, epochs_of, file_name, is_rollup, merged_file_name, partition_of, partition_start, rollup_twin, source_prefix};
 use schemas::cells::{Cell, parquet_file, record_batch};
 
 use crate::error::Context;
@@ -86,6 +86,11 @@ pub struct ParquetSink {
     dataset: Location,
     source: String,
     dims: Vec<Dim>,
+}
+
+/// A compaction input's record batches, decoded one at a time as they are taken.
+fn batches_of(bytes: Bytes) -> crate::Result<parquet::arrow::arrow_reader::ParquetRecordBatchReader> {
+    Ok(parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)?.with_batch_size(8192).build()?)
 }
 
 /// Splits `files` (sorted by epoch) into runs of consecutive files of at most about `target_bytes`
@@ -162,7 +167,6 @@ impl ParquetSink {
             self.dataset.delete(&key).await?;
             deleted += 1;
         }
-        let is_rollup = |key: &str| key.starts_with(&format!("{ROLLUP_TABLE}/"));
         let doomed = |files: &[OwnFile], file: &OwnFile| {
             let covered = files.iter().any(|o| o != file && o.first <= file.first && file.last <= o.last);
             file.last > committed || covered
@@ -208,16 +212,16 @@ impl ParquetSink {
         let mut done = Compacted::default();
         let by_dir = self.own_files().await?.0;
         let twins: std::collections::HashSet<&str> =
-            by_dir.iter().filter(|(dir, _)| dir.starts_with(&format!("{ROLLUP_TABLE}/"))).flat_map(|(_, files)| files.iter().map(|f| f.key.as_str())).collect();
+            by_dir.iter().filter(|(dir, _)| is_rollup(dir)).flat_map(|(_, files)| files.iter().map(|f| f.key.as_str())).collect();
         for (dir, files) in &by_dir {
             // Rollups are written with their `qoe_window` files, never merged on their own.
-            let Some(start) = partition_start(Path::new(dir)).filter(|_| !dir.starts_with(&format!("{ROLLUP_TABLE}/"))) else {
+            let Some(start) = partition_start(Path::new(dir)).filter(|_| !is_rollup(dir)) else {
                 continue;
             };
             let committed_files = files.iter().filter(|f| f.last <= committed).cloned();
             let closed = start + PARTITION_MS <= policy.closed_before;
             // A closed hour's `qoe_window` files get their minute rollups.
-            let roll_up = policy.roll_up && closed && dir.starts_with("qoe_window/");
+            let roll_up = policy.roll_up && closed && rollup_twin(dir).is_some();
             let files: Vec<_> = if closed {
                 committed_files.collect()
             } else if policy.open_files >= 2 {
@@ -261,7 +265,7 @@ impl ParquetSink {
         let (source, last) = (self.source.clone(), file.last);
         let rolled = tokio::task::spawn_blocking(move || {
             let mut rollup = crate::rollup::MinuteRollup::default();
-            for batch in parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)?.with_batch_size(8192).build()? {
+            for batch in batches_of(bytes)? {
                 rollup.add(&batch?)?;
             }
             rollup.finish(&source, last)
@@ -298,7 +302,7 @@ impl ParquetSink {
         let (merged, rolled) = tokio::task::spawn_blocking(move || {
             let mut readers = Vec::with_capacity(inputs.len());
             for bytes in inputs {
-                readers.push(parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)?.with_batch_size(8192).build()?);
+                readers.push(batches_of(bytes)?);
             }
             let mut rollup = roll_up.then(crate::rollup::MinuteRollup::default);
             // Batches are decoded one at a time as the writer takes them (and the rollup adds them).
@@ -386,6 +390,7 @@ impl ParquetSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use schemas::dataset::ROLLUP_TABLE;
     use arrow_array::ArrayRef;
     use std::fs::File;
     use std::path::PathBuf;
@@ -478,6 +483,16 @@ mod tests {
         names
     }
 
+    /// A dataset directory (kept alive by the returned `TempDir`), its root, a sink of source `local`
+    /// on it, a sessionizer, and an hour boundary to write at.
+    fn hour_fixture() -> (tempfile::TempDir, PathBuf, ParquetSink, crate::sessionizer::Sessionizer, i64) {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("parquet");
+        let sink = ParquetSink::new(Location::local(&root), "local", Dim::DEFAULT.to_vec());
+        let session = crate::sessionizer::Sessionizer::new(crate::sessionizer::SessionConfig::default());
+        (dir, root, sink, session, 1_700_000_000_000 - 1_700_000_000_000 % 3_600_000)
+    }
+
     /// A view that starts at `t`, plays and ends, in one record received 6 s later.
     fn short_view(id: String, t: i64) -> schemas::Record {
         let events = [("playrequest", 0), ("playing", 300), ("viewend", 5_000)]
@@ -491,12 +506,8 @@ mod tests {
 
     #[tokio::test]
     async fn the_open_hour_merges_its_single_epoch_files_and_leaves_merged_ones_until_it_closes() {
-        use crate::sessionizer::{SessionConfig, Sessionizer};
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().join("parquet");
-        let sink = ParquetSink::new(Location::local(&root), "local", Dim::DEFAULT.to_vec());
-        let mut session = Sessionizer::new(SessionConfig::default());
-        let t0 = 1_700_000_000_000 - 1_700_000_000_000 % 3_600_000;
+        use crate::sessionizer::Sessionizer;
+        let (_dir, root, sink, mut session, t0) = hour_fixture();
         let epoch_of_views = |session: &mut Sessionizer, epoch: u64| {
             session.process(short_view(format!("v{epoch}"), t0 + epoch as i64 * 60_000));
             session.advance();
@@ -553,12 +564,7 @@ mod tests {
 
     #[tokio::test]
     async fn closed_hours_get_minute_rollups_that_follow_their_merged_files() {
-        use crate::sessionizer::{SessionConfig, Sessionizer};
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().join("parquet");
-        let sink = ParquetSink::new(Location::local(&root), "local", Dim::DEFAULT.to_vec());
-        let mut session = Sessionizer::new(SessionConfig::default());
-        let t0 = 1_700_000_000_000 - 1_700_000_000_000 % 3_600_000;
+        let (_dir, root, sink, mut session, t0) = hour_fixture();
         let mut write = async |epoch: u64, at: i64| {
             session.process(short_view(format!("v{epoch}"), at));
             session.advance();
@@ -618,11 +624,7 @@ mod tests {
     async fn compaction_merges_committed_files_of_closed_hours_and_survives_a_crash() {
         use crate::sessionizer::{SessionConfig, Sessionizer};
         use schemas::record::EventsRecord;
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().join("parquet");
-        let sink = ParquetSink::new(Location::local(&root), "local", Dim::DEFAULT.to_vec());
-        let mut session = Sessionizer::new(SessionConfig::default());
-        let t0 = 1_700_000_000_000 - 1_700_000_000_000 % 3_600_000; // an hour boundary
+        let (_dir, root, sink, mut session, t0) = hour_fixture(); // t0: an hour boundary
         // Ten epochs, two views each, over two hours of event time.
         for epoch in 1..=10u64 {
             for v in 0..2 {

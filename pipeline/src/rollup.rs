@@ -18,7 +18,7 @@ use arrow_array::types::{Int64Type, TimestampMillisecondType};
 use arrow_array::{Array, RecordBatch};
 use bytes::Bytes;
 use schemas::cells::{Cell, parquet_file, record_batch};
-use schemas::measures::{HISTOGRAM_MEASURE, MEASURES, Measure};
+use schemas::measures::{HISTOGRAM_MEASURE, Measure, window_sums};
 use schemas::tables::{DIM_COLUMNS, HISTOGRAM_RETRACT_COLUMN};
 
 use crate::error::Context as _;
@@ -35,11 +35,6 @@ pub struct MinuteRollup {
     unrollable: bool,
 }
 
-/// The window measures, with their column names, in column order.
-fn window_measures() -> impl Iterator<Item = (Measure, &'static str)> {
-    MEASURES.iter().filter_map(|d| Some((d.measure, d.window?.0)))
-}
-
 impl MinuteRollup {
     /// Adds every row of a `qoe_window` batch.
     pub fn add(&mut self, batch: &RecordBatch) -> crate::Result<()> {
@@ -51,7 +46,7 @@ impl MinuteRollup {
             .iter()
             .map(|d| column(d)?.as_string_opt::<i32>().with_context(|| format!("qoe_window.{d} is not a string")))
             .collect::<crate::Result<Vec<_>>>()?;
-        let sums = window_measures()
+        let sums = window_sums()
             .map(|(m, name)| Ok((m, column(name)?.as_primitive_opt::<Int64Type>().with_context(|| format!("qoe_window.{name} is not an Int64"))?)))
             .collect::<crate::Result<Vec<_>>>()?;
         let binary = |name: &str| column(name)?.as_binary_opt::<i32>().with_context(|| format!("qoe_window.{name} is not binary"));

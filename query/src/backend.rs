@@ -147,7 +147,7 @@ impl Backend {
             select.extend(sums().map(|c| format!("sum({c}) AS s_{c}")));
             select.push((d.quantiles)());
         }
-        let filters: Vec<String> = q.filters.iter().map(|(dim, value)| format!("{dim} = {}", (d.quote)(value))).collect();
+        let filters = filter_clauses(q, &d);
         let mut sql = if rolled_up.is_empty() {
             let mut clauses = vec![(d.time_ge)(q.from), (d.time_lt)(q.to)];
             if matches!(self, Backend::DataFusion(_)) {
@@ -185,7 +185,6 @@ impl Backend {
     /// one row per (minute, group) with `a0`…, the sums of `active_s0`….
     fn slots_sql(&self, q: &AggQuery, rolled_up: &[(String, String)]) -> String {
         let d = self.dialect();
-        let filters: Vec<String> = q.filters.iter().map(|(dim, value)| format!("{dim} = {}", (d.quote)(value))).collect();
         let mut select = vec!["CAST(window_start AS BIGINT) AS t".to_owned()];
         let mut keys = vec!["t"];
         if let Some(g) = &q.group_by {
@@ -193,7 +192,7 @@ impl Backend {
             keys.push("grp");
         }
         select.extend(ROLLUP_SLOT_COLUMNS.iter().enumerate().map(|(i, c)| format!("sum({c}) AS a{i}")));
-        let clauses = rollup_clauses(q, &d, rolled_up, &filters);
+        let clauses = rollup_clauses(q, &d, rolled_up, &filter_clauses(q, &d));
         format!("SELECT {}\nFROM {ROLLUP_TABLE}\nWHERE {}\nGROUP BY {}", select.join(", "), clauses.join(" AND "), keys.join(", "))
     }
 
@@ -217,8 +216,7 @@ impl Backend {
                         }
                         sqls
                     })
-                    .await
-                    .with_context(|| format!("query failed: {}", self.aggregate_sql(q, active_only, &[])))?
+                    .await?
                     .into_iter();
                 let raw = json_rows(&results.next().unwrap_or_default())?;
                 if let Some(slots) = results.next() {
@@ -302,6 +300,11 @@ impl Backend {
             Backend::ClickHouse(ch) => ch.read_only_sql(sql, max_rows, timeout_ms).await,
         }
     }
+}
+
+/// `dimension = 'value'` for each filter of `q`.
+fn filter_clauses(q: &AggQuery, d: &Dialect) -> Vec<String> {
+    q.filters.iter().map(|(dim, value)| format!("{dim} = {}", (d.quote)(value))).collect()
 }
 
 /// `(dt = … AND hour = …) OR …` of some partitions ("false" for none).

@@ -14,6 +14,7 @@ use schemas::dataset::{DATASET_LOCK, ROLLUP_TABLE};
 
 use schemas::tables::{DIM_COLUMNS, arrow_schema, tables};
 
+use crate::error::Context as _;
 use crate::metrics;
 use crate::sql::{SqlError, SqlRows, json_rows};
 use crate::{QueryConfig, hdr};
@@ -105,7 +106,8 @@ impl Engine {
         let rolled_up = self.rolled_up_partitions(from, to).await?;
         let mut out = Vec::new();
         for sql in sqls_for(&rolled_up) {
-            out.push(self.ctx.sql(&sql).await?.collect().await?);
+            let run = async { self.ctx.sql(&sql).await?.collect().await };
+            out.push(run.await.map_err(crate::Error::from).with_context(|| format!("query failed: {sql}"))?);
         }
         Ok(out)
     }

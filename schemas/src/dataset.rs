@@ -79,6 +79,11 @@ pub fn rollup_twin(window_key: &str) -> Option<String> {
     window_key.strip_prefix("qoe_window/").map(|rest| format!("{ROLLUP_TABLE}/{rest}"))
 }
 
+/// Whether a key (or a partition directory) is of `qoe_minute`.
+pub fn is_rollup(key: &str) -> bool {
+    key.strip_prefix(ROLLUP_TABLE).is_some_and(|rest| rest.starts_with('/'))
+}
+
 /// `dt=YYYY-MM-DD/hour=HH` of an epoch-ms timestamp (UTC).
 pub fn partition_of(ms: i64) -> String {
     let secs = ms.div_euclid(1000);
