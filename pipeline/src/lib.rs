@@ -21,6 +21,7 @@ pub mod clickhouse;
 pub mod config;
 pub mod error;
 mod history;
+mod intern;
 #[cfg(feature = "kinesis")]
 pub mod kinesis;
 pub mod local;

@@ -38,8 +38,10 @@ pub(crate) trait Slot: Serialize + DeserializeOwned {
 /// Every open view, hot or cold.
 #[derive(Debug)]
 pub(crate) struct OpenViews<S> {
-    /// The views in memory (every view an epoch touched stays here until its commit).
-    pub(crate) hot: HashMap<String, S>,
+    /// The views in memory (every view an epoch touched stays here until its commit). Boxed: a view's
+    /// state is hundreds of bytes, and a map of them inline kept that much in every empty bucket too
+    /// (a fifth of the pipeline's memory with a tenth of 100,000 views in memory, `BENCHMARKS.md` §10).
+    pub(crate) hot: HashMap<String, Box<S>>,
     cold: HashMap<String, Cold>,
     /// Hot views kept at most after a commit.
     cap: usize,
@@ -65,7 +67,7 @@ impl<S: Slot> OpenViews<S> {
     /// A view loaded from the store at start-up: hot while there is room, cold past it.
     pub(crate) fn insert_loaded(&mut self, id: String, slot: S) {
         if self.hot.len() < self.cap {
-            self.hot.insert(id, slot);
+            self.hot.insert(id, Box::new(slot));
         } else {
             self.cold.insert(id, slot.cold());
         }
@@ -78,7 +80,7 @@ impl<S: Slot> OpenViews<S> {
             return Ok(false);
         }
         let bytes = store.open_view(id)?.ok_or_else(|| crate::Error::msg(format!("state store: open view {id:?} is missing")))?;
-        let slot: S = serde_json::from_slice(&bytes).map_err(|e| crate::Error::msg(format!("state store: open view {id:?}: {e}")))?;
+        let slot: Box<S> = serde_json::from_slice(&bytes).map_err(|e| crate::Error::msg(format!("state store: open view {id:?}: {e}")))?;
         self.cold.remove(id);
         self.hot.insert(id.to_owned(), slot);
         Ok(true)

@@ -40,6 +40,18 @@ impl<'a> Place<'a> {
 }
 
 impl ViewCore {
+    /// Makes the view's dimension values (once computed) the shared copy `windows` keeps.
+    pub(crate) fn share_dims(&mut self, windows: &mut Windows) {
+        if let Some(dims) = &mut self.dims {
+            windows.share_dims(dims);
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn dims(&self) -> Option<&DimValues> {
+        self.dims.as_ref()
+    }
+
     /// Applies the next event in `seq` order. Returns false when the event comes more than the
     /// inactivity timeout after the previous one: the view then ended at the previous one, and this
     /// event changes nothing (`docs/metrics.md` §5).
@@ -139,14 +151,15 @@ struct WindowEmit<'a> {
 
 impl WindowEmit<'_> {
     fn dims(&mut self) -> DimValues {
-        let (view_dims, client, set) = (self.view_dims, self.client, self.dim_set);
-        self.dims
-            .get_or_insert_with(|| {
-                let empty = ViewDims::default();
-                let v = view_dims.as_ref().unwrap_or(&empty);
-                set.iter().map(|d| d.value(v, client)).collect::<Vec<_>>().into()
-            })
-            .clone()
+        if let Some(dims) = self.dims {
+            return dims.clone();
+        }
+        let empty = ViewDims::default();
+        let v = self.view_dims.as_ref().unwrap_or(&empty);
+        let mut dims: DimValues = self.dim_set.iter().map(|d| d.value(v, self.client)).collect::<Vec<_>>().into();
+        self.windows.share_dims(&mut dims);
+        *self.dims = Some(dims.clone());
+        dims
     }
 }
 

@@ -54,6 +54,7 @@ use schemas::{ClientInfo, Event, Record, validate_event_map};
 use serde::{Deserialize, Serialize};
 
 use crate::history;
+use crate::intern::Interner;
 use crate::open::{Cold, OpenViews, Slot};
 use crate::replay::{Place, ViewCore, derive};
 use crate::store::{Commit, Forgotten, StateStore};
@@ -209,6 +210,12 @@ struct ViewSlot {
     history_full: bool,
     /// `views` rows emitted so far.
     version: u64,
+}
+
+/// Makes a view loaded from the store hold the shared copies of its client and dimension values.
+fn share(slot: &mut ViewSlot, clients: &mut Interner<ClientInfo>, windows: &mut Windows) {
+    clients.share(&mut slot.client);
+    slot.core.share_dims(windows);
 }
 
 impl Slot for ViewSlot {
@@ -421,6 +428,8 @@ pub struct Sessionizer {
     buffered: usize,
     store: StateStore,
     pending: Pending,
+    /// The open views' client enrichments, one shared copy per distinct client (`crate::intern`).
+    clients: Interner<ClientInfo>,
     /// Commit to the store at every flush (a sessionizer without a runner: tests, batch).
     autocommit: bool,
     /// The first store error since the last commit: the epoch cannot be committed.
@@ -447,6 +456,7 @@ impl Sessionizer {
             buffered: 0,
             store,
             pending: Pending::default(),
+            clients: Interner::default(),
             autocommit: false,
             store_error: None,
         }
@@ -458,7 +468,8 @@ impl Sessionizer {
         use crate::error::Context;
         let mut s = Sessionizer::with_store(config, store.clone());
         let loaded = store.load(|id, v| {
-            let slot: ViewSlot = serde_json::from_slice(v).with_context(|| format!("state store: open view {id:?}"))?;
+            let mut slot: ViewSlot = serde_json::from_slice(v).with_context(|| format!("state store: open view {id:?}"))?;
+            share(&mut slot, &mut s.clients, &mut s.windows);
             s.buffered += slot.buffer.len();
             s.views.insert_loaded(id.to_owned(), slot);
             Ok(())
@@ -512,6 +523,8 @@ impl Sessionizer {
     pub fn committed(&mut self, forgotten: Forgotten) {
         self.stats.ended_forgotten += forgotten.over_cap;
         self.views.shed();
+        self.clients.prune();
+        self.windows.prune_dims();
     }
 
     /// How big the state is (for bounds checks and benchmarks).
@@ -577,7 +590,13 @@ impl Sessionizer {
     /// Brings an open view that is not in memory back from the store (a failure fails the epoch).
     fn load_view(&mut self, view_id: &str) {
         match self.views.make_hot(view_id, &self.store) {
-            Ok(loaded) => self.stats.cold_loads += u64::from(loaded),
+            Ok(false) => {}
+            Ok(true) => {
+                self.stats.cold_loads += 1;
+                if let Some(slot) = self.views.hot.get_mut(view_id) {
+                    share(slot, &mut self.clients, &mut self.windows);
+                }
+            }
             Err(e) => self.store_failed(e),
         }
     }
@@ -660,14 +679,15 @@ impl Sessionizer {
             }
         }
         let offset = rec.offset_ms();
-        let slot = self.views.hot.entry(rec.view_id.clone()).or_insert_with(|| ViewSlot {
+        let clients = &mut self.clients;
+        let slot = self.views.hot.entry(rec.view_id.clone()).or_insert_with(|| Box::new(ViewSlot {
             core: ViewCore::default(),
             next_seq: 0,
             buffer: BTreeMap::new(),
             offset_ms: offset,
             offset_seq: u64::MAX,
             key: rec.key.clone(),
-            client: Arc::new(rec.client.clone()),
+            client: clients.shared(&rec.client),
             last_recv_ms: rec.recv_ms,
             events: 0,
             duplicates: 0,
@@ -677,7 +697,7 @@ impl Sessionizer {
             history_len: 0,
             history_full: false,
             version: 0,
-        });
+        }));
         self.pending.dirty.insert(rec.view_id.clone());
         slot.last_recv_ms = slot.last_recv_ms.max(rec.recv_ms);
         slot.partition = p;
@@ -759,7 +779,7 @@ impl Sessionizer {
         let Some(slot) = self.views.hot.get_mut(view_id) else { return };
         let old = derive(&self.config, &history, slot.offset_ms, &slot.client, None);
         if let Some((offset, client)) = replace {
-            (slot.offset_ms, slot.client) = (offset, Arc::new(client));
+            (slot.offset_ms, slot.client) = (offset, self.clients.shared(&client));
         }
         history.extend(late.iter().cloned());
         history.sort_by_key(|e| e.seq);
@@ -858,7 +878,7 @@ impl Sessionizer {
         let close = Some(end_reason(&e.reason));
         let old = derive(&self.config, &history, e.slot.offset_ms, &e.slot.client, close);
         if let Some((offset, client)) = replace {
-            (e.slot.offset_ms, e.slot.client) = (offset, Arc::new(client));
+            (e.slot.offset_ms, e.slot.client) = (offset, self.clients.shared(&client));
         }
         history.extend(late.iter().cloned());
         history.sort_by_key(|e| e.seq);
@@ -976,7 +996,7 @@ impl Sessionizer {
         slot.buffer.clear();
         slot.version += 1;
         self.out.views.push(view_row(view_id, &slot, reason));
-        let ended = EndedSlot { frontier: slot.next_seq, slot, at: self.watermark, reason: reason.to_owned(), external, after };
+        let ended = EndedSlot { frontier: slot.next_seq, slot: *slot, at: self.watermark, reason: reason.to_owned(), external, after };
         self.pending.ended.insert(view_id.to_owned(), (ended, true));
     }
 
@@ -1059,5 +1079,77 @@ fn view_row(view_id: &str, slot: &ViewSlot, reason: &'static str) -> ViewRow {
         duplicates: slot.duplicates,
         gaps: slot.gaps,
         version: slot.version,
+    }
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    fn record(view_id: &str, ip: &str, seq0: u64, types: &[&str]) -> Record {
+        let t0 = 1_700_000_000_000i64;
+        let events = types
+            .iter()
+            .enumerate()
+            .map(|(i, ty)| {
+                let mut e = json!({"view_id": view_id, "seq": seq0 + i as u64, "type": ty, "ts": t0 + 1000 * (seq0 + i as u64) as i64});
+                if *ty == "viewstart" {
+                    e["video_id"] = json!("v1");
+                    e["cdn"] = json!("cdn-a");
+                }
+                let Value::Object(m) = e else { unreachable!() };
+                m
+            })
+            .collect();
+        Record::Events(EventsRecord {
+            recv_ms: t0 + 1000 * seq0 as i64,
+            sent_at: t0 + 1000 * seq0 as i64,
+            key: None,
+            view_id: view_id.to_owned(),
+            client: ClientInfo { ip: Some(ip.to_owned()), device_type: "mobile".into(), ..Default::default() },
+            events,
+        })
+    }
+
+    /// Views with the same client and dimension values hold one copy of each, also when read back
+    /// from the store; once no view holds a value, the commit forgets it.
+    #[test]
+    fn equal_clients_and_dimensions_are_shared_and_forgotten_with_their_views() {
+        let config = SessionConfig { max_cached_views: 1, ..SessionConfig::default() };
+        let (mut s, _) = Sessionizer::open(config, StateStore::in_memory()).unwrap();
+        let commit = |s: &mut Sessionizer| {
+            s.advance();
+            drop(s.flush());
+            let c = s.take_commit(None).unwrap();
+            let forgotten = s.store.commit(c).unwrap();
+            s.committed(forgotten);
+        };
+        for id in ["a", "b"] {
+            s.process(record(id, "203.0.113.0", 0, &["viewstart", "playrequest", "playing"]));
+        }
+        s.process(record("c", "198.51.100.0", 0, &["viewstart", "playrequest", "playing"]));
+        let (a, b, c) = (&s.views.hot["a"], &s.views.hot["b"], &s.views.hot["c"]);
+        assert!(Arc::ptr_eq(&a.client, &b.client), "same client, one copy");
+        assert!(!Arc::ptr_eq(&a.client, &c.client));
+        let dims = |v: &ViewSlot| serde_json::to_value(&v.core).unwrap()["dims"].clone();
+        assert_eq!(dims(a), dims(b));
+        assert_eq!(s.clients.len(), 2);
+        commit(&mut s);
+        assert_eq!(s.views.hot_len(), 1, "the others went cold");
+        // Read back from the store, a view takes the shared copies again.
+        for id in ["a", "b", "c"] {
+            s.process(record(id, if id == "c" { "198.51.100.0" } else { "203.0.113.0" }, 3, &["heartbeat"]));
+        }
+        let (a, b) = (&s.views.hot["a"], &s.views.hot["b"]);
+        assert!(Arc::ptr_eq(&a.client, &b.client), "loaded views share their client again");
+        assert!(Arc::ptr_eq(a.core.dims().unwrap(), b.core.dims().unwrap()), "and their dimension values");
+        assert_eq!(s.clients.len(), 2);
+        for id in ["a", "b", "c"] {
+            s.process(record(id, if id == "c" { "198.51.100.0" } else { "203.0.113.0" }, 4, &["viewend"]));
+        }
+        commit(&mut s);
+        assert_eq!(s.views.len(), 0);
+        assert_eq!(s.clients.len(), 0, "no view holds a client: forgotten");
+        assert_eq!(s.windows.dims_len(), 0, "nor dimension values");
     }
 }

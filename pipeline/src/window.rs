@@ -17,6 +17,7 @@ use schemas::hist::{new_histogram, serialize_histogram, HIST_MAX_MS};
 use schemas::measures::Measure::{self, *};
 use schemas::measures::{HISTOGRAM_MEASURE, Values};
 
+use crate::intern::Interner;
 use crate::view::Span;
 
 /// The dimension values of one view, in the configured order.
@@ -125,6 +126,8 @@ impl WindowDelta {
 pub struct Windows {
     pub window_ms: i64,
     deltas: HashMap<(i64, DimValues), WindowDelta>,
+    /// The views' dimension values, one shared copy per distinct set (views hold them between epochs).
+    dims: Interner<[String]>,
 }
 
 /// One drained delta row.
@@ -138,7 +141,23 @@ pub struct WindowRow {
 
 impl Windows {
     pub fn new(window_ms: i64) -> Windows {
-        Windows { window_ms: window_ms.max(1), deltas: HashMap::new() }
+        Windows { window_ms: window_ms.max(1), deltas: HashMap::new(), dims: Interner::default() }
+    }
+
+    /// Makes `dims` the shared copy of its values (a view's, when first computed or loaded from the
+    /// state store).
+    pub(crate) fn share_dims(&mut self, dims: &mut DimValues) {
+        self.dims.share(dims);
+    }
+
+    #[cfg(test)]
+    pub(crate) fn dims_len(&self) -> usize {
+        self.dims.len()
+    }
+
+    /// Forgets dimension values no view holds any more (after a commit, once the deltas are drained).
+    pub(crate) fn prune_dims(&mut self) {
+        self.dims.prune();
     }
 
     pub fn window_of(&self, event_ms: i64) -> i64 {

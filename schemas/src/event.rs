@@ -135,7 +135,7 @@ pub struct Event {
 
 /// What the collector learned about the client from the request itself (`schemas/README.md`).
 /// Fixed for a view by its first beacon.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ClientInfo {
     /// Client IP, anonymised unless the operator turned that off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
