@@ -20,7 +20,7 @@ use locallog::{LocalLog, LogConfig, LogReader};
 use pipeline::{PipelineConfig, Sessionizer};
 use loadgen::sim::{RunSpec, ViewSim};
 use loadgen::{Flushes, collector_records};
-use schemas::Record;
+use schemas::{Checked, Record};
 
 /// Sim time 0 of the generated traffic.
 const T0: i64 = 1_700_000_000_000;
@@ -155,7 +155,7 @@ async fn main() -> anyhow::Result<()> {
                 break;
             }
             for e in batch {
-                if let Record::Events(r) = Record::decode(&e.data)? {
+                if let Checked::Events(r) = Record::decode_checked(&e.data)? {
                     n += r.events.len() as u64;
                 }
             }
@@ -212,7 +212,7 @@ async fn main() -> anyhow::Result<()> {
 
 /// Sessionizes `records` on a state store at `path`, committing every 10,000 records (an epoch);
 /// returns the CPU seconds, the counters and the store's size on disk at the end.
-fn sessionize(records: &[Record], path: &std::path::Path) -> anyhow::Result<(f64, pipeline::Stats, u64)> {
+fn sessionize(records: &[Checked], path: &std::path::Path) -> anyhow::Result<(f64, pipeline::Stats, u64)> {
     let _ = std::fs::remove_file(path);
     let store = pipeline::StateStore::open(path, pipeline::store::DEFAULT_CACHE_BYTES)?;
     let (mut s, _) = Sessionizer::open(PipelineConfig::default().session(), store.clone())?;
@@ -225,7 +225,7 @@ fn sessionize(records: &[Record], path: &std::path::Path) -> anyhow::Result<(f64
     };
     for chunk in records.chunks(10_000) {
         for r in chunk {
-            s.process(r.clone());
+            s.process_checked("", r.clone());
         }
         s.advance();
         epoch(&mut s)?;
@@ -237,10 +237,10 @@ fn sessionize(records: &[Record], path: &std::path::Path) -> anyhow::Result<(f64
 
 /// The cost of corrections (see the module header).
 fn corrections(encoded: &[impl AsRef<[u8]>], out: &std::path::Path) -> anyhow::Result<()> {
-    let records: Vec<schemas::record::EventsRecord> = encoded
+    let records: Vec<schemas::record::CheckedEvents> = encoded
         .iter()
-        .filter_map(|b| match Record::decode(b.as_ref()) {
-            Ok(Record::Events(e)) => Some(e),
+        .filter_map(|b| match Record::decode_checked(b.as_ref()) {
+            Ok(Checked::Events(e)) => Some(e),
             _ => None,
         })
         .collect();
@@ -258,8 +258,8 @@ fn corrections(encoded: &[impl AsRef<[u8]>], out: &std::path::Path) -> anyhow::R
         }
     }
     late.sort_by_key(|r| r.recv_ms);
-    let in_order: Vec<Record> = records.into_iter().map(Record::Events).collect();
-    let late: Vec<Record> = late.into_iter().map(Record::Events).collect();
+    let in_order: Vec<Checked> = records.into_iter().map(Checked::Events).collect();
+    let late: Vec<Checked> = late.into_iter().map(Checked::Events).collect();
     let (cpu_a, stats_a, disk_a) = sessionize(&in_order, &out.join("corrections-in-order.redb"))?;
     let (cpu_b, stats_b, disk_b) = sessionize(&late, &out.join("corrections-overtaken.redb"))?;
     println!(

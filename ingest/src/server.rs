@@ -29,11 +29,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use schemas::record::{EventsRecord, Record, RejectedRecord};
+use schemas::record::{Envelope, Record, RejectedRecord, event_json};
 use schemas::beacon::JSON_VALUE_COST;
-use schemas::{BeaconError, ClientInfo, parse_beacon_limited, validate_event};
+use schemas::{BeaconError, ClientInfo, Event, parse_beacon_limited, validate_event};
 use serde::Deserialize;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 
 use crate::body::{BUDGET_UNIT, BodyLimits, Budget, read_body};
@@ -371,7 +371,7 @@ async fn handle(
     }
 
     let client = state.enricher.client_info(ip, header_str(headers, header::USER_AGENT));
-    let mut views: Vec<(String, Vec<(usize, Map<String, Value>)>)> = Vec::new();
+    let mut views: Vec<(String, Vec<(usize, (Event, String))>)> = Vec::new();
     let mut view_index: HashMap<String, usize> = HashMap::new();
     let mut rejected: Vec<(usize, &'static str, String, String)> = Vec::new();
     let max_future = state.config.max_event_future_ms;
@@ -391,11 +391,12 @@ async fn handle(
                     Some(slot) => *slot,
                     None => {
                         views.push((ev.view_id.clone(), Vec::new()));
-                        view_index.insert(ev.view_id, views.len() - 1);
+                        view_index.insert(ev.view_id.clone(), views.len() - 1);
                         views.len() - 1
                     }
                 };
-                views[slot].1.push((i, obj));
+                // The event typed as validated, and its text: a version 2 record holds both.
+                views[slot].1.push((i, (ev, event_json(&obj))));
             }
             Err(r) => rejected.push((i, r.tag, r.to_string(), raw.to_string())),
         }
@@ -440,7 +441,7 @@ async fn handle(
 #[allow(clippy::too_many_arguments)]
 fn encode_view(
     view_id: String,
-    events: Vec<(usize, Map<String, Value>)>,
+    events: Vec<(usize, (Event, String))>,
     recv_ms: i64,
     sent_at: i64,
     key: &Option<String>,
@@ -449,12 +450,12 @@ fn encode_view(
     rejected: &mut Vec<(usize, &'static str, String, String)>,
 ) -> usize {
     let limit = MAX_RECORD_BYTES - view_id.len();
-    let (indexes, maps): (Vec<usize>, Vec<Map<String, Value>>) = events.into_iter().unzip();
-    let record = EventsRecord { recv_ms, sent_at, key: key.clone(), view_id, client: client.clone(), events: maps };
+    let (indexes, events): (Vec<usize>, Vec<(Event, String)>) = events.into_iter().unzip();
+    let envelope = Envelope { recv_ms, sent_at, key: key.as_deref(), view_id: &view_id, client };
     let push = |data: Vec<u8>, records: &mut Vec<SinkRecord>| {
-        records.push(SinkRecord { partition_key: record.view_id.clone(), data: Bytes::from(data) });
+        records.push(SinkRecord { partition_key: view_id.clone(), data: Bytes::from(data) });
     };
-    if let Ok(chunks) = record.encode_chunks(limit) {
+    if let Ok(chunks) = envelope.encode_chunks(&events, limit) {
         for chunk in chunks {
             push(chunk, records);
         }
@@ -462,14 +463,14 @@ fn encode_view(
     }
     // Some event is too large for a record on its own: keep the others, reject it.
     let mut accepted = 0;
-    for (i, event) in indexes.into_iter().zip(&record.events) {
-        let data = record.encode_with(std::slice::from_ref(event));
+    for (i, event) in indexes.into_iter().zip(&events) {
+        let data = envelope.encode(std::slice::from_ref(event));
         if data.len() <= limit {
             push(data, records);
             accepted += 1;
         } else {
             let reason = format!("event: encodes to {} bytes, over the {limit}-byte record limit", data.len());
-            rejected.push((i, "event_too_large", reason, Value::Object(event.clone()).to_string()));
+            rejected.push((i, "event_too_large", reason, event.1.clone()));
         }
     }
     accepted

@@ -56,7 +56,7 @@ use std::time::Duration;
 use crate::error::Context;
 use bytes::Bytes;
 use schemas::Record;
-use schemas::record::RejectedRecord;
+use schemas::record::{Checked, RejectedRecord};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -428,14 +428,14 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 /// Decodes and sessionizes one record; an undecodable one becomes a dead letter. Panics are the
 /// caller's to catch.
 fn process_record(session: &mut Sessionizer, partition: &str, label: &str, data: &[u8], panic_view: Option<&str>) {
-    match Record::decode(data) {
+    match Record::decode_checked(data) {
         Ok(record) => {
-            if let (Some(view), Record::Events(e)) = (panic_view, &record)
+            if let (Some(view), Checked::Events(e)) = (panic_view, &record)
                 && e.view_id == view
             {
                 panic!("failpoint pipeline_panic_view: view {view}");
             }
-            session.process_from(partition, record)
+            session.process_checked(partition, record)
         }
         Err(e) => {
             let dead = raw_dead_letter(session, "poison_record", label, &e.to_string(), data);

@@ -49,8 +49,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use schemas::event::ViewDims;
-use schemas::record::{EventsRecord, RejectedRecord};
-use schemas::{ClientInfo, Event, Record, validate_event_map};
+use schemas::record::{Checked, CheckedEvent, CheckedEvents, RejectedRecord};
+use schemas::{ClientInfo, Event, Record};
 use serde::{Deserialize, Serialize};
 
 use crate::history;
@@ -101,29 +101,9 @@ pub struct EventRow {
 }
 
 impl EventRow {
-    /// The row of `event` (`raw` as received) from `rec`, for a view placed at `offset_ms`.
-    fn new(event: Event, raw: &serde_json::Map<String, serde_json::Value>, rec: &EventsRecord, offset_ms: i64, client: Arc<ClientInfo>) -> EventRow {
-        EventRow {
-            event_ms: event.ts + offset_ms,
-            recv_ms: rec.recv_ms,
-            sent_at: rec.sent_at,
-            key: rec.key.clone(),
-            client,
-            raw: raw_json(raw),
-            event,
-        }
-    }
-}
-
-/// An event's JSON text: the record holds it compact with sorted keys, as serde_json writes a map, so
-/// writing the map again gives the text as received. Written straight from the map (cloning it into a
-/// `Value` first was a tenth of the pipeline's CPU), into a buffer sized for a typical event.
-fn raw_json(raw: &serde_json::Map<String, serde_json::Value>) -> String {
-    let mut out = Vec::with_capacity(256);
-    match serde_json::to_writer(&mut out, raw) {
-        // serde_json writes valid UTF-8 (maps have string keys; writing to a Vec cannot fail).
-        Ok(()) => String::from_utf8(out).unwrap_or_default(),
-        Err(_) => String::new(),
+    /// The row of `event` (`raw`: its text as received) from `rec`, for a view placed at `offset_ms`.
+    fn new(event: Event, raw: String, rec: &CheckedEvents, offset_ms: i64, client: Arc<ClientInfo>) -> EventRow {
+        EventRow { event_ms: event.ts + offset_ms, recv_ms: rec.recv_ms, sent_at: rec.sent_at, key: rec.key.clone(), client, raw, event }
     }
 }
 
@@ -556,13 +536,18 @@ impl Sessionizer {
         self.process_from("", record);
     }
 
-    /// Processes a record read from source partition `partition`.
+    /// Processes a record read from source partition `partition` (its events validated here).
     pub fn process_from(&mut self, partition: &str, record: Record) {
+        self.process_checked(partition, record.into());
+    }
+
+    /// Processes a record as [`Record::decode_checked`] gives it, read from source partition `partition`.
+    pub fn process_checked(&mut self, partition: &str, record: Checked) {
         self.stats.records += 1;
         let p = self.clocks.index(partition);
         match record {
-            Record::Events(r) => self.process_events(p, r),
-            Record::Rejected(r) => {
+            Checked::Events(r) => self.process_events(p, r),
+            Checked::Rejected(r) => {
                 self.clocks.raise(p, r.recv_ms);
                 self.watermark = self.watermark.max(r.recv_ms);
                 self.out.rejected.push(r);
@@ -663,7 +648,7 @@ impl Sessionizer {
         true
     }
 
-    fn process_events(&mut self, p: u32, rec: EventsRecord) {
+    fn process_events(&mut self, p: u32, mut rec: CheckedEvents) {
         self.clocks.raise(p, rec.recv_ms);
         self.watermark = self.watermark.max(rec.recv_ms);
         let n = rec.events.len() as u64;
@@ -671,7 +656,7 @@ impl Sessionizer {
         self.load_view(&rec.view_id);
         if !self.views.contains(&rec.view_id) {
             if let Some((ended, new)) = self.take_ended(&rec.view_id) {
-                self.events_for_ended(ended, new, &rec);
+                self.events_for_ended(ended, new, rec);
                 return;
             }
             if self.views.len() >= self.config.max_open_views {
@@ -703,10 +688,10 @@ impl Sessionizer {
         slot.partition = p;
         let mut late = Vec::new();
         let mut lowest = u64::MAX;
-        for raw in &rec.events {
-            let event = match validate_event_map(raw) {
-                Ok(e) => e,
-                Err(r) => {
+        for checked in std::mem::take(&mut rec.events) {
+            let CheckedEvent { event, raw } = match checked {
+                Ok(c) => c,
+                Err((r, raw)) => {
                     self.stats.invalid += 1;
                     self.out.rejected.push(RejectedRecord {
                         recv_ms: rec.recv_ms,
@@ -714,7 +699,7 @@ impl Sessionizer {
                         index: None,
                         tag: r.tag.to_owned(),
                         reason: r.to_string(),
-                        payload: RejectedRecord::truncate_payload(&raw_json(raw)),
+                        payload: RejectedRecord::truncate_payload(&raw),
                     });
                     continue;
                 }
@@ -798,11 +783,13 @@ impl Sessionizer {
     /// Events for a view that already ended: a straggler for a `seq` it skipped corrects it (a new
     /// `views` row version); a `seq` past its end goes to the `events` table only, once; resent ones
     /// are duplicates.
-    fn events_for_ended(&mut self, mut e: EndedSlot, new: bool, rec: &EventsRecord) {
+    fn events_for_ended(&mut self, mut e: EndedSlot, new: bool, mut rec: CheckedEvents) {
+        let rec_events = std::mem::take(&mut rec.events);
+        let rec = &rec;
         let mut late: Vec<Event> = Vec::new();
         let cap = self.config.max_gaps_per_view;
-        for raw in &rec.events {
-            let Ok(event) = validate_event_map(raw) else { continue };
+        for checked in rec_events {
+            let Ok(CheckedEvent { event, raw }) = checked else { continue };
             if event.view_id != rec.view_id {
                 continue;
             }
@@ -1090,6 +1077,7 @@ fn view_row(view_id: &str, slot: &ViewSlot, reason: &'static str) -> ViewRow {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use schemas::record::EventsRecord;
     use serde_json::{Value, json};
 
     fn record(view_id: &str, ip: &str, seq0: u64, types: &[&str]) -> Record {

@@ -354,6 +354,86 @@ pub fn validate_event_map(obj: &Map<String, Value>) -> Result<Event, EventReject
     Ok(Event { view_id, seq, kind, ts, playhead_ms, payload })
 }
 
+/// Checks that a typed event keeps the bounds [`validate_event_map`] enforces on its JSON: for events
+/// that reach the pipeline already typed (record version 2), written by a collector that validated them.
+/// A record from a broken or hostile writer is refused event by event here, as version 1 records are by
+/// validation, so no value the pipeline's arithmetic and tables rely on can be out of range.
+pub fn check_event(e: &Event) -> Result<(), EventRejection> {
+    let chars = |s: &str, max: usize| s.len() <= max || s.chars().count() <= max;
+    let string = |field: &str, s: &Option<String>, max: usize| match s {
+        Some(s) if !chars(s, max) => Err(EventRejection::new(field, "too_long", format!("must be at most {max} characters"))),
+        _ => Ok(()),
+    };
+    let number = |field: &str, v: Option<f64>| match v {
+        Some(f) if !(f >= 0.0 && f.is_finite()) => {
+            Err(EventRejection::new(field, "out_of_range", "must be a number of at least 0"))
+        }
+        _ => Ok(()),
+    };
+    if e.view_id.is_empty() || !chars(&e.view_id, MAX_VIEW_ID_LEN) {
+        return Err(EventRejection::new(
+            "view_id",
+            "invalid_value",
+            format!("must be a non-empty string of at most {MAX_VIEW_ID_LEN} characters"),
+        ));
+    }
+    if e.seq > SEQ_MAX {
+        return Err(EventRejection::new("seq", "out_of_range", format!("must be an integer from 0 to {SEQ_MAX}")));
+    }
+    if !(TS_MIN_MS..=TS_MAX_MS).contains(&e.ts) {
+        return Err(EventRejection::new("ts", "out_of_range", "must be epoch milliseconds between 2000 and 2100"));
+    }
+    number("playhead_ms", e.playhead_ms)?;
+    let kind_matches = match &e.payload {
+        Payload::Viewstart(d) => {
+            string("video_id", &d.video_id, MAX_SHORT_STRING)?;
+            string("video_title", &d.video_title, MAX_TITLE_LEN)?;
+            string("player_name", &d.player_name, MAX_SHORT_STRING)?;
+            string("player_version", &d.player_version, MAX_SHORT_STRING)?;
+            string("page_url", &d.page_url, MAX_URL_LEN)?;
+            string("cdn", &d.cdn, MAX_SHORT_STRING)?;
+            if d.custom.len() > MAX_CUSTOM_DIMS {
+                return Err(EventRejection::new("custom", "too_long", format!("at most {MAX_CUSTOM_DIMS} custom dimensions")));
+            }
+            if let Some((name, _)) = d.custom.iter().find(|(_, v)| !chars(v, MAX_SHORT_STRING)) {
+                return Err(EventRejection::wrong_type(&format!("custom.{name}"), "a string (at most 256 characters), number or boolean"));
+            }
+            e.kind == EventKind::Viewstart
+        }
+        Payload::QualityChange { bitrate_kbps, width, height, codec } => {
+            if !(*bitrate_kbps > 0.0 && *bitrate_kbps <= 1_000_000.0) {
+                return Err(EventRejection::new("bitrate_kbps", "out_of_range", "must be a number greater than 0 and at most 1000000"));
+            }
+            for (field, v) in [("width", width), ("height", height)] {
+                if v.is_some_and(|n| n > 100_000) {
+                    return Err(EventRejection::new(field, "out_of_range", "must be an integer from 0 to 100000"));
+                }
+            }
+            string("codec", codec, 64)?;
+            e.kind == EventKind::QualityChange
+        }
+        Payload::Segment { host, bytes, duration_ms, ttfb_ms, cache: _ } => {
+            if *bytes > SEQ_MAX {
+                return Err(EventRejection::new("bytes", "out_of_range", "must be a non-negative integer"));
+            }
+            string("host", host, MAX_SHORT_STRING)?;
+            number("duration_ms", *duration_ms)?;
+            number("ttfb_ms", *ttfb_ms)?;
+            e.kind == EventKind::Segment
+        }
+        Payload::Error { code, message, fatal: _ } => {
+            string("code", code, 128)?;
+            string("message", message, MAX_TITLE_LEN)?;
+            e.kind == EventKind::Error
+        }
+        Payload::None => !matches!(e.kind, EventKind::Viewstart | EventKind::QualityChange | EventKind::Segment | EventKind::Error),
+    };
+    if !kind_matches {
+        return Err(EventRejection::new("type", "invalid_value", format!("{:?} does not match its fields", e.kind)));
+    }
+    Ok(())
+}
+
 fn view_dims(obj: &Map<String, Value>) -> Result<ViewDims, EventRejection> {
     let stream_type = match obj.get("stream_type") {
         None | Some(Value::Null) => None,

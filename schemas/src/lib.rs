@@ -25,10 +25,10 @@ pub mod record;
 pub mod tables;
 
 pub use beacon::{
-    BeaconError, EventRejection, ParsedBeacon, parse_beacon, parse_beacon_limited, validate_event, validate_event_map,
+    BeaconError, EventRejection, ParsedBeacon, check_event, parse_beacon, parse_beacon_limited, validate_event, validate_event_map,
 };
 pub use event::{CacheStatus, ClientInfo, Event, EventKind, Payload, StreamType};
-pub use record::{EventsRecord, Record, RecordError, RejectedRecord};
+pub use record::{Checked, CheckedEvent, CheckedEvents, Envelope, EventsRecord, Record, RecordError, RejectedRecord};
 
 /// The wall clock in epoch milliseconds (the unit of every timestamp in beacons and records).
 pub fn now_ms() -> i64 {

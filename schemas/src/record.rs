@@ -1,13 +1,17 @@
-//! The record format written to Kinesis and to the embedded local log (version 1; documented in
+//! The record format written to Kinesis and to the embedded local log (versions 1 and 2; documented in
 //! `schemas/README.md`).
 //!
 //! One record per (beacon, view): the events one beacon carried for one `view_id`, with the collector's
 //! enrichment of that request, so the partition key (`view_id`) keeps a view's records on one shard and in
 //! order. Invalid events travel as `rejected` records to the dead-letter table.
 //!
-//! Layout: `b"QF"` magic, a version byte (1), a codec byte (0 = none, 1 = zstd), then the body: the
-//! record as JSON (events keep their original JSON objects, so unknown fields survive). Bodies of a few
-//! hundred bytes and up are zstd-compressed. Readers reject other versions with a clear error instead of
+//! Layout: `b"QF"` magic, a version byte, a codec byte (0 = none, 1 = zstd), then the body. Version 1:
+//! the record as JSON (events keep their original JSON objects, so unknown fields survive). Version 2
+//! (events records, from this build's collector on): the envelope and each event both typed, as the
+//! collector validated it, and as its JSON text, in postcard — so the pipeline neither parses events
+//! into JSON maps nor validates them again (it checks their bounds, [`crate::beacon::check_event`]),
+//! and the `events` table's `raw` column is the text it already holds. Bodies of a few hundred bytes and
+//! up are zstd-compressed. Readers read both versions and reject others with a clear error instead of
 //! guessing; decompression is bounded so a poison record cannot exhaust memory.
 //! See `schemas/README.md` for the field list.
 
@@ -16,10 +20,15 @@ use std::cell::RefCell;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::beacon::EventRejection;
 use crate::event::{ClientInfo, Event};
 
 pub const MAGIC: [u8; 2] = *b"QF";
-pub const VERSION: u8 = 1;
+/// The version events records are written in: typed events beside their JSON text, in postcard.
+pub const VERSION: u8 = 2;
+/// The JSON version: still read; written for dead letters and for events that do not validate (a test's
+/// deliberately broken record).
+pub const VERSION_JSON: u8 = 1;
 const CODEC_NONE: u8 = 0;
 const CODEC_ZSTD: u8 = 1;
 /// Bodies shorter than this are stored uncompressed (zstd would only add its frame header).
@@ -38,7 +47,7 @@ pub enum RecordError {
     TooShort(usize),
     #[error("not a qoeflow record (bad magic)")]
     BadMagic,
-    #[error("unsupported record version {0} (this build reads version {VERSION})")]
+    #[error("unsupported record version {0} (this build reads versions {VERSION_JSON} and {VERSION})")]
     UnsupportedVersion(u8),
     #[error("unknown record codec {0}")]
     UnknownCodec(u8),
@@ -46,6 +55,10 @@ pub enum RecordError {
     Decompress(std::io::Error),
     #[error("record body is not a valid record: {0}")]
     Body(serde_json::Error),
+    #[error("record body is not a valid version 2 record: {0}")]
+    Typed(postcard::Error),
+    #[error("record body has {0} bytes past its version 2 record")]
+    Trailing(usize),
     #[error("a single event encodes to {size} bytes, over the {limit}-byte record limit")]
     EventTooLarge { size: usize, limit: usize },
 }
@@ -83,12 +96,20 @@ impl EventsRecord {
     /// when a beacon carried more for one view than fits one record. Borrows: no event is copied.
     pub fn encode_chunks(&self, limit: usize) -> Result<Vec<Vec<u8>>, RecordError> {
         let mut out = Vec::new();
-        self.encode_slice_into(&self.events, limit, &mut out)?;
+        split_encode(&self.events, limit, &|events| self.encode_with(events), &mut out)?;
         Ok(out)
     }
 
-    /// Encodes the envelope with `events` (a slice of this record's events, or any others).
+    /// Encodes the envelope with `events` (a slice of this record's events, or any others): version 2
+    /// when every event validates, else version 1 (JSON) as they are.
     pub fn encode_with(&self, events: &[Map<String, Value>]) -> Vec<u8> {
+        let typed: Option<Vec<(Event, String)>> = events
+            .iter()
+            .map(|m| crate::beacon::validate_event_map(m).ok().map(|e| (e, event_json(m))))
+            .collect();
+        if let Some(typed) = typed {
+            return self.envelope().encode(&typed);
+        }
         let body = EventsOut {
             kind: "events",
             recv_ms: self.recv_ms,
@@ -98,26 +119,222 @@ impl EventsRecord {
             client: &self.client,
             events,
         };
-        frame(&serde_json::to_vec(&body).unwrap_or_default())
+        frame(VERSION_JSON, &serde_json::to_vec(&body).unwrap_or_default())
     }
 
-    fn encode_slice_into(
-        &self,
-        events: &[Map<String, Value>],
-        limit: usize,
-        out: &mut Vec<Vec<u8>>,
-    ) -> Result<(), RecordError> {
-        let encoded = self.encode_with(events);
-        if encoded.len() <= limit {
-            out.push(encoded);
-            return Ok(());
+    /// The record's envelope, for writing typed events.
+    pub fn envelope(&self) -> Envelope<'_> {
+        Envelope { recv_ms: self.recv_ms, sent_at: self.sent_at, key: self.key.as_deref(), view_id: &self.view_id, client: &self.client }
+    }
+}
+
+/// Encodes `events` into records of at most `limit` bytes, halving the slice until each part fits.
+fn split_encode<T>(events: &[T], limit: usize, encode: &impl Fn(&[T]) -> Vec<u8>, out: &mut Vec<Vec<u8>>) -> Result<(), RecordError> {
+    let encoded = encode(events);
+    if encoded.len() <= limit {
+        out.push(encoded);
+        return Ok(());
+    }
+    if events.len() <= 1 {
+        return Err(RecordError::EventTooLarge { size: encoded.len(), limit });
+    }
+    let (left, right) = events.split_at(events.len() / 2);
+    split_encode(left, limit, encode, out)?;
+    split_encode(right, limit, encode, out)
+}
+
+/// An event's JSON text as records hold it: compact, keys sorted (as serde_json writes a map), which is
+/// the text the collector received re-serialized. Written straight from the map into a buffer sized for
+/// a typical event.
+pub fn event_json(event: &Map<String, Value>) -> String {
+    let mut out = Vec::with_capacity(256);
+    match serde_json::to_writer(&mut out, event) {
+        // serde_json writes valid UTF-8 (maps have string keys; writing to a Vec cannot fail).
+        Ok(()) => String::from_utf8(out).unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
+/// The envelope of an events record, for writing events already validated (the collector's) as a
+/// version 2 record without copying them.
+#[derive(Debug, Clone, Copy)]
+pub struct Envelope<'a> {
+    pub recv_ms: i64,
+    pub sent_at: i64,
+    pub key: Option<&'a str>,
+    pub view_id: &'a str,
+    pub client: &'a ClientInfo,
+}
+
+impl Envelope<'_> {
+    /// One version 2 record of `events` (each validated, with its JSON text as [`event_json`] writes it).
+    pub fn encode(&self, events: &[(Event, String)]) -> Vec<u8> {
+        let c = self.client;
+        let body = TypedOut {
+            recv_ms: self.recv_ms,
+            sent_at: self.sent_at,
+            key: self.key,
+            view_id: self.view_id,
+            client: ClientOut {
+                ip: c.ip.as_deref(),
+                device_type: &c.device_type,
+                os: &c.os,
+                os_version: &c.os_version,
+                browser: &c.browser,
+                browser_version: &c.browser_version,
+                country: &c.country,
+                bot: c.bot,
+            },
+            events,
+        };
+        // Serializing plain data structures into a Vec cannot fail.
+        frame(VERSION, &postcard::to_allocvec(&body).unwrap_or_default())
+    }
+
+    /// [`Envelope::encode`] split into records of at most `limit` bytes, in order.
+    pub fn encode_chunks(&self, events: &[(Event, String)], limit: usize) -> Result<Vec<Vec<u8>>, RecordError> {
+        let mut out = Vec::new();
+        split_encode(events, limit, &|events| self.encode(events), &mut out)?;
+        Ok(out)
+    }
+}
+
+/// A version 2 body as written. Field order is the format (postcard is not self-describing): change it
+/// only with a new version.
+#[derive(Serialize)]
+struct TypedOut<'a> {
+    recv_ms: i64,
+    sent_at: i64,
+    key: Option<&'a str>,
+    view_id: &'a str,
+    client: ClientOut<'a>,
+    events: &'a [(Event, String)],
+}
+
+/// [`ClientInfo`] with every field present ([`ClientInfo`]'s JSON form skips an absent `ip`, which a
+/// format without field names cannot do).
+#[derive(Serialize)]
+struct ClientOut<'a> {
+    ip: Option<&'a str>,
+    device_type: &'a str,
+    os: &'a str,
+    os_version: &'a str,
+    browser: &'a str,
+    browser_version: &'a str,
+    country: &'a str,
+    bot: bool,
+}
+
+/// A version 2 body as read (the same layout as [`TypedOut`]).
+#[derive(Deserialize)]
+struct TypedIn {
+    recv_ms: i64,
+    sent_at: i64,
+    key: Option<String>,
+    view_id: String,
+    client: ClientIn,
+    events: Vec<(Event, String)>,
+}
+
+#[derive(Deserialize)]
+struct ClientIn {
+    ip: Option<String>,
+    device_type: String,
+    os: String,
+    os_version: String,
+    browser: String,
+    browser_version: String,
+    country: String,
+    bot: bool,
+}
+
+impl From<ClientIn> for ClientInfo {
+    fn from(c: ClientIn) -> ClientInfo {
+        let ClientIn { ip, device_type, os, os_version, browser, browser_version, country, bot } = c;
+        ClientInfo { ip, device_type, os, os_version, browser, browser_version, country, bot }
+    }
+}
+
+impl TypedIn {
+    /// The record with its events as JSON maps (parsed from their text), as version 1 holds them.
+    fn into_record(self) -> Result<EventsRecord, RecordError> {
+        let events = self
+            .events
+            .iter()
+            .map(|(_, raw)| serde_json::from_str::<Map<String, Value>>(raw))
+            .collect::<Result<_, _>>()
+            .map_err(RecordError::Body)?;
+        Ok(EventsRecord { recv_ms: self.recv_ms, sent_at: self.sent_at, key: self.key, view_id: self.view_id, client: self.client.into(), events })
+    }
+
+    /// The events checked ([`crate::beacon::check_event`]), not parsed or validated again.
+    fn into_checked(self) -> CheckedEvents {
+        let events = self
+            .events
+            .into_iter()
+            .map(|(event, raw)| match crate::beacon::check_event(&event) {
+                Ok(()) => Ok(CheckedEvent { event, raw }),
+                Err(r) => Err((r, raw)),
+            })
+            .collect();
+        CheckedEvents { recv_ms: self.recv_ms, sent_at: self.sent_at, key: self.key, view_id: self.view_id, client: self.client.into(), events }
+    }
+}
+
+/// An event as the pipeline takes it: validated (or, from a version 2 record, checked) and its JSON text
+/// (the `events` table's `raw` column).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckedEvent {
+    pub event: Event,
+    pub raw: String,
+}
+
+/// An events record as the pipeline takes it: each event checked, or refused with why and its text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckedEvents {
+    pub recv_ms: i64,
+    pub sent_at: i64,
+    pub key: Option<String>,
+    pub view_id: String,
+    pub client: ClientInfo,
+    pub events: Vec<Result<CheckedEvent, (EventRejection, String)>>,
+}
+
+impl CheckedEvents {
+    /// `recv_ms - sent_at`: the clock offset this beacon measured (`docs/metrics.md` §3).
+    pub fn offset_ms(&self) -> i64 {
+        self.recv_ms - self.sent_at
+    }
+}
+
+impl From<EventsRecord> for CheckedEvents {
+    /// Validates each event of a version 1 record (or one built in memory).
+    fn from(r: EventsRecord) -> CheckedEvents {
+        let events = r
+            .events
+            .iter()
+            .map(|m| match crate::beacon::validate_event_map(m) {
+                Ok(event) => Ok(CheckedEvent { event, raw: event_json(m) }),
+                Err(e) => Err((e, event_json(m))),
+            })
+            .collect();
+        CheckedEvents { recv_ms: r.recv_ms, sent_at: r.sent_at, key: r.key, view_id: r.view_id, client: r.client, events }
+    }
+}
+
+/// A record as the pipeline takes it ([`Record::decode_checked`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Checked {
+    Events(CheckedEvents),
+    Rejected(RejectedRecord),
+}
+
+impl From<Record> for Checked {
+    fn from(r: Record) -> Checked {
+        match r {
+            Record::Events(e) => Checked::Events(e.into()),
+            Record::Rejected(r) => Checked::Rejected(r),
         }
-        if events.len() <= 1 {
-            return Err(RecordError::EventTooLarge { size: encoded.len(), limit });
-        }
-        let (left, right) = events.split_at(events.len() / 2);
-        self.encode_slice_into(left, limit, out)?;
-        self.encode_slice_into(right, limit, out)
     }
 }
 
@@ -173,58 +390,86 @@ pub enum Record {
 }
 
 impl Record {
+    /// Events records are written in version 2 when their events validate; dead letters in version 1.
     pub fn encode(&self) -> Vec<u8> {
-        // Serializing plain data structures into a Vec cannot fail.
-        frame(&serde_json::to_vec(self).unwrap_or_default())
+        match self {
+            Record::Events(e) => e.encode_with(&e.events),
+            // Serializing plain data structures into a Vec cannot fail.
+            Record::Rejected(_) => frame(VERSION_JSON, &serde_json::to_vec(self).unwrap_or_default()),
+        }
     }
 
+    /// Decodes a record of either version, events as JSON maps (tools, tests, dead letters).
     pub fn decode(bytes: &[u8]) -> Result<Record, RecordError> {
-        if bytes.len() < 4 {
-            return Err(RecordError::TooShort(bytes.len()));
-        }
-        if bytes[..2] != MAGIC {
-            return Err(RecordError::BadMagic);
-        }
-        if bytes[2] != VERSION {
-            return Err(RecordError::UnsupportedVersion(bytes[2]));
-        }
-        let body = &bytes[4..];
-        match bytes[3] {
-            CODEC_NONE => decode_body(body),
-            CODEC_ZSTD => DECOMPRESSOR.with(|cell| {
-                let mut cell = cell.borrow_mut();
-                let (d, buf) = &mut *cell;
-                if d.is_none() {
-                    *d = Some(zstd::bulk::Decompressor::new().map_err(RecordError::Decompress)?);
+        with_body(bytes, |version, body| match version {
+            VERSION_JSON => decode_body(body),
+            _ => decode_typed(body)?.into_record().map(Record::Events),
+        })
+    }
+
+    /// Decodes a record of either version as the pipeline takes it: version 2's typed events checked,
+    /// version 1's validated.
+    pub fn decode_checked(bytes: &[u8]) -> Result<Checked, RecordError> {
+        with_body(bytes, |version, body| match version {
+            VERSION_JSON => decode_body(body).map(Checked::from),
+            _ => Ok(Checked::Events(decode_typed(body)?.into_checked())),
+        })
+    }
+}
+
+fn decode_typed(body: &[u8]) -> Result<TypedIn, RecordError> {
+    match postcard::take_from_bytes::<TypedIn>(body) {
+        Ok((typed, [])) => Ok(typed),
+        Ok((_, rest)) => Err(RecordError::Trailing(rest.len())),
+        Err(e) => Err(RecordError::Typed(e)),
+    }
+}
+
+/// Checks the header and hands `f` the version and the decompressed body.
+fn with_body<T>(bytes: &[u8], f: impl FnOnce(u8, &[u8]) -> Result<T, RecordError>) -> Result<T, RecordError> {
+    if bytes.len() < 4 {
+        return Err(RecordError::TooShort(bytes.len()));
+    }
+    if bytes[..2] != MAGIC {
+        return Err(RecordError::BadMagic);
+    }
+    let version = bytes[2];
+    if version != VERSION && version != VERSION_JSON {
+        return Err(RecordError::UnsupportedVersion(version));
+    }
+    let body = &bytes[4..];
+    match bytes[3] {
+        CODEC_NONE => f(version, body),
+        CODEC_ZSTD => DECOMPRESSOR.with(|cell| {
+            let mut cell = cell.borrow_mut();
+            let (d, buf) = &mut *cell;
+            if d.is_none() {
+                *d = Some(zstd::bulk::Decompressor::new().map_err(RecordError::Decompress)?);
+            }
+            let Some(d) = d.as_mut() else { unreachable!("set above") };
+            // The frame says how big its content is (our writers always record it): reserve exactly
+            // that, in a buffer this thread reuses. Asking zstd for a fresh `MAX_DECODED_BYTES` buffer
+            // per record made the allocator map and fault in fresh pages for every record (the
+            // kernel's page zeroing was the largest single item of the pipeline's profile).
+            let size = match zstd::zstd_safe::get_frame_content_size(body) {
+                Ok(Some(n)) if n <= MAX_DECODED_BYTES as u64 => n as usize,
+                Ok(Some(n)) => {
+                    return Err(RecordError::Decompress(std::io::Error::other(format!(
+                        "the body says it decompresses to {n} bytes, over the {MAX_DECODED_BYTES}-byte limit"
+                    ))));
                 }
-                let Some(d) = d.as_mut() else { unreachable!("set above") };
-                // The frame says how big its content is (our writers always record it): reserve exactly
-                // that, in a buffer this thread reuses. Asking zstd for a fresh `MAX_DECODED_BYTES` buffer
-                // per record made the allocator map and fault in fresh pages for every record (the
-                // kernel's page zeroing was the largest single item of the pipeline's profile).
-                let size = match zstd::zstd_safe::get_frame_content_size(body) {
-                    Ok(Some(n)) if n <= MAX_DECODED_BYTES as u64 => n as usize,
-                    Ok(Some(n)) => {
-                        return Err(RecordError::Decompress(std::io::Error::other(format!(
-                            "the body says it decompresses to {n} bytes, over the {MAX_DECODED_BYTES}-byte limit"
-                        ))));
-                    }
-                    // Unknown size (another writer): the bound itself, as before.
-                    Ok(None) | Err(_) => MAX_DECODED_BYTES,
-                };
-                buf.clear();
-                buf.reserve(size);
-                let decoded = d
-                    .decompress_to_buffer(body, buf)
-                    .map_err(RecordError::Decompress)
-                    .and_then(|_| decode_body(buf));
-                if buf.capacity() > KEEP_BUFFER_BYTES {
-                    *buf = Vec::new();
-                }
-                decoded
-            }),
-            other => Err(RecordError::UnknownCodec(other)),
-        }
+                // Unknown size (another writer): the bound itself, as before.
+                Ok(None) | Err(_) => MAX_DECODED_BYTES,
+            };
+            buf.clear();
+            buf.reserve(size);
+            let decoded = d.decompress_to_buffer(body, buf).map_err(RecordError::Decompress).and_then(|_| f(version, buf));
+            if buf.capacity() > KEEP_BUFFER_BYTES {
+                *buf = Vec::new();
+            }
+            decoded
+        }),
+        other => Err(RecordError::UnknownCodec(other)),
     }
 }
 
@@ -248,10 +493,10 @@ thread_local! {
 }
 
 /// Header + body, zstd-compressed when that is smaller.
-fn frame(json: &[u8]) -> Vec<u8> {
+fn frame(version: u8, json: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(json.len() / 3 + 8);
     out.extend_from_slice(&MAGIC);
-    out.push(VERSION);
+    out.push(version);
     if json.len() >= COMPRESS_FROM {
         let compressed = COMPRESSOR.with(|c| {
             let mut c = c.borrow_mut();
@@ -302,7 +547,7 @@ mod tests {
         for n in [0, 1, 40] {
             let rec = Record::Events(sample(n));
             let bytes = rec.encode();
-            assert_eq!(&bytes[..3], b"QF\x01");
+            assert_eq!(&bytes[..3], b"QF\x02", "valid events are written in version 2");
             assert_eq!(Record::decode(&bytes).unwrap(), rec);
             // The borrowed encoding is the same record.
             let Record::Events(events) = &rec else { unreachable!() };
@@ -354,6 +599,88 @@ mod tests {
         }
         assert_eq!(seqs, (0..400).collect::<Vec<_>>());
         assert!(matches!(sample(1).encode_chunks(10), Err(RecordError::EventTooLarge { .. })));
+    }
+
+    /// A version 1 record of `rec` (what earlier collectors wrote).
+    fn json_v1(rec: &Record) -> Vec<u8> {
+        frame(VERSION_JSON, &serde_json::to_vec(rec).unwrap())
+    }
+
+    #[test]
+    fn versions_1_and_2_decode_to_the_same_record_and_the_same_checked_events() {
+        let mut rec = sample(40);
+        rec.client.ip = None;
+        let Value::Object(start) = json!({"view_id": "v", "seq": 40, "type": "viewstart", "ts": 1_700_000_000_100i64,
+            "video_id": "a\"b", "custom": {"tier": 3, "ab": true}, "unknown": [1, {"x": null}]}) else { unreachable!() };
+        rec.events.push(start);
+        let rec = Record::Events(rec);
+        let (v1, v2) = (json_v1(&rec), rec.encode());
+        assert_eq!((v1[2], v2[2]), (VERSION_JSON, VERSION));
+        assert_eq!(Record::decode(&v1).unwrap(), rec);
+        assert_eq!(Record::decode(&v2).unwrap(), rec, "version 2 keeps every event's text: unknown fields survive");
+        let checked = Record::decode_checked(&v2).unwrap();
+        assert_eq!(Record::decode_checked(&v1).unwrap(), checked);
+        assert_eq!(Checked::from(rec.clone()), checked);
+        let Checked::Events(c) = checked else { panic!("kind") };
+        assert!(c.events[40].as_ref().unwrap().raw.contains(r#""unknown":[1,{"x":null}]"#));
+        // Dead letters stay in version 1.
+        let dead = Record::Rejected(RejectedRecord { recv_ms: 1, key: None, index: None, tag: "t".into(), reason: "r".into(), payload: "p".into() });
+        assert_eq!(dead.encode()[2], VERSION_JSON);
+        assert_eq!(Record::decode_checked(&dead.encode()).unwrap(), Checked::Rejected(match dead { Record::Rejected(r) => r, _ => unreachable!() }));
+    }
+
+    #[test]
+    fn a_record_with_an_invalid_event_is_written_in_version_1_and_refuses_that_event() {
+        let mut rec = sample(3);
+        rec.events[1].insert("seq".into(), json!(-1));
+        let bytes = Record::Events(rec.clone()).encode();
+        assert_eq!(bytes[2], VERSION_JSON);
+        let Checked::Events(c) = Record::decode_checked(&bytes).unwrap() else { panic!("kind") };
+        let (rejection, raw) = c.events[1].as_ref().unwrap_err();
+        assert_eq!(rejection.field, "seq");
+        assert!(raw.contains(r#""seq":-1"#));
+        assert!(c.events[0].is_ok() && c.events[2].is_ok());
+    }
+
+    #[test]
+    fn typed_events_out_of_bounds_are_refused_naming_the_field() {
+        let Record::Events(rec) = Record::decode(&Record::Events(sample(1)).encode()).unwrap() else { panic!("kind") };
+        let valid = crate::beacon::validate_event_map(&rec.events[0]).unwrap();
+        let refused = |f: &dyn Fn(&mut Event)| {
+            let mut e = valid.clone();
+            f(&mut e);
+            let bytes = rec.envelope().encode(&[(e, "{}".to_owned())]);
+            let Checked::Events(c) = Record::decode_checked(&bytes).unwrap() else { panic!("kind") };
+            c.events[0].as_ref().map(|_| ()).map_err(|(r, _)| r.field.clone())
+        };
+        assert_eq!(refused(&|_| {}), Ok(()));
+        assert_eq!(refused(&|e| e.seq = u64::MAX), Err("seq".into()));
+        assert_eq!(refused(&|e| e.ts = i64::MIN), Err("ts".into()));
+        assert_eq!(refused(&|e| e.view_id = "x".repeat(200)), Err("view_id".into()));
+        assert_eq!(refused(&|e| e.playhead_ms = Some(-1.0)), Err("playhead_ms".into()));
+        assert_eq!(refused(&|e| e.payload = crate::Payload::QualityChange { bitrate_kbps: 0.0, width: None, height: None, codec: None }), Err("bitrate_kbps".into()));
+        assert_eq!(refused(&|e| e.kind = crate::EventKind::Segment), Err("type".into()), "a type without its fields");
+    }
+
+    #[test]
+    fn damaged_version_2_bodies_are_errors_not_panics() {
+        let bytes = Record::Events(sample(5)).encode();
+        let Record::Events(rec) = Record::decode(&bytes).unwrap() else { panic!("kind") };
+        let typed: Vec<(Event, String)> = rec.events.iter().map(|m| (crate::beacon::validate_event_map(m).unwrap(), event_json(m))).collect();
+        let body = postcard::to_allocvec(&TypedOut {
+            recv_ms: 1, sent_at: 1, key: None, view_id: "v",
+            client: ClientOut { ip: None, device_type: "", os: "", os_version: "", browser: "", browser_version: "", country: "", bot: false },
+            events: &typed,
+        }).unwrap();
+        for cut in 0..body.len() {
+            let mut b = vec![b'Q', b'F', VERSION, CODEC_NONE];
+            b.extend_from_slice(&body[..cut]);
+            assert!(Record::decode_checked(&b).is_err(), "cut at {cut}");
+        }
+        let mut trailing = vec![b'Q', b'F', VERSION, CODEC_NONE];
+        trailing.extend_from_slice(&body);
+        trailing.push(0);
+        assert!(matches!(Record::decode_checked(&trailing), Err(RecordError::Trailing(1))));
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use proptest::prelude::*;
 use schemas::beacon::{SEQ_MAX, TS_MAX_MS, TS_MIN_MS};
-use schemas::{ClientInfo, EventKind, EventsRecord, Payload, Record, parse_beacon, validate_event};
+use schemas::{Checked, ClientInfo, EventKind, EventsRecord, Payload, Record, parse_beacon, validate_event};
 use serde_json::{Map, Value, json};
 
 fn arb_json() -> impl Strategy<Value = Value> {
@@ -76,6 +76,11 @@ proptest! {
     fn decoder_never_panics_on_bytes(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
         let _ = parse_beacon(&bytes);
         let _ = Record::decode(&bytes);
+        let _ = Record::decode_checked(&bytes);
+        // A version 2 header on the same bytes: postcard decoding of arbitrary input.
+        let mut typed = vec![b'Q', b'F', schemas::record::VERSION, 0];
+        typed.extend_from_slice(&bytes);
+        let _ = Record::decode_checked(&typed);
     }
 
     #[test]
@@ -125,7 +130,12 @@ proptest! {
         let mut back = Vec::new();
         for c in chunks {
             prop_assert!(c.len() <= 4096);
-            match Record::decode(&c).map_err(|e| TestCaseError::fail(e.to_string()))? {
+            prop_assert_eq!(c[2], schemas::record::VERSION, "valid events are written typed");
+            let decoded = Record::decode(&c).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            // What the pipeline takes from the typed record is what validating the JSON gives.
+            let checked = Record::decode_checked(&c).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            prop_assert_eq!(&checked, &Checked::from(decoded.clone()));
+            match decoded {
                 Record::Events(r) => back.extend(r.events),
                 Record::Rejected(_) => prop_assert!(false, "wrong kind"),
             }
@@ -134,10 +144,10 @@ proptest! {
     }
 }
 
-/// A zstd record body framed by hand: magic, version, codec 1 (zstd), then `body`.
+/// A zstd JSON record body framed by hand: magic, version 1, codec 1 (zstd), then `body`.
 fn zstd_record(body: Vec<u8>) -> Vec<u8> {
     let mut out = b"QF".to_vec();
-    out.extend([schemas::record::VERSION, 1]);
+    out.extend([schemas::record::VERSION_JSON, 1]);
     out.extend(body);
     out
 }

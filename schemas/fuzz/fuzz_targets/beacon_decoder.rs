@@ -19,4 +19,11 @@ fuzz_target!(|data: &[u8]| {
             let _ = e;
         }
     }
+    // What the pipeline decodes: an event it takes is within the bounds validation sets.
+    if let Ok(schemas::Checked::Events(r)) = schemas::Record::decode_checked(data) {
+        for e in r.events.into_iter().flatten() {
+            assert!(e.event.seq <= schemas::beacon::SEQ_MAX);
+            assert!(e.event.ts >= schemas::beacon::TS_MIN_MS && e.event.ts <= schemas::beacon::TS_MAX_MS);
+        }
+    }
 });
