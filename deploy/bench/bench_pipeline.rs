@@ -95,7 +95,8 @@ fn memory(out: &std::path::Path, open_views: u64, cached: usize) -> anyhow::Resu
             continue;
         }
         for f in first {
-            s.process(Record::Events(f.record(&view_id, &client, T0)));
+            // As the runner takes it: written by the collector, decoded from the log.
+            s.process_checked("", Record::decode_checked(&Record::Events(f.record(&view_id, &client, T0)).encode())?);
         }
         opened += 1;
         if opened % 5_000 == 0 {

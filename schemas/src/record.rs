@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::beacon::EventRejection;
-use crate::event::{ClientInfo, Event};
+use crate::event::{ClientInfo, Event, EventKind, Payload};
 
 pub const MAGIC: [u8; 2] = *b"QF";
 /// The version events records are written in: typed events beside their JSON text, in postcard.
@@ -185,10 +185,11 @@ impl Envelope<'_> {
                 country: &c.country,
                 bot: c.bot,
             },
-            events,
+            events: TypedEventsOut { view_id: self.view_id, events },
         };
+        let estimate = 64 + events.iter().map(|(_, raw)| raw.len() + 48).sum::<usize>();
         // Serializing plain data structures into a Vec cannot fail.
-        frame(VERSION, &postcard::to_allocvec(&body).unwrap_or_default())
+        frame(VERSION, &postcard::to_extend(&body, Vec::with_capacity(estimate)).unwrap_or_default())
     }
 
     /// [`Envelope::encode`] split into records of at most `limit` bytes, in order.
@@ -208,7 +209,56 @@ struct TypedOut<'a> {
     key: Option<&'a str>,
     view_id: &'a str,
     client: ClientOut<'a>,
+    events: TypedEventsOut<'a>,
+}
+
+/// The events of a version 2 body: each as [`EventOut`].
+struct TypedEventsOut<'a> {
+    view_id: &'a str,
     events: &'a [(Event, String)],
+}
+
+impl Serialize for TypedEventsOut<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut seq = serializer.serialize_seq(Some(self.events.len()))?;
+        for (e, raw) in self.events {
+            seq.serialize_element(&EventOut {
+                // A record holds one view's events: its id is written once, in the envelope.
+                view_id: (e.view_id != self.view_id).then_some(e.view_id.as_str()),
+                seq: e.seq,
+                kind: e.kind,
+                ts: e.ts,
+                playhead_ms: e.playhead_ms,
+                payload: &e.payload,
+                raw,
+            })?;
+        }
+        seq.end()
+    }
+}
+
+/// One event of a version 2 body: typed (its `view_id` only when it is not the record's) and its text.
+#[derive(Serialize)]
+struct EventOut<'a> {
+    view_id: Option<&'a str>,
+    seq: u64,
+    kind: EventKind,
+    ts: i64,
+    playhead_ms: Option<f64>,
+    payload: &'a Payload,
+    raw: &'a str,
+}
+
+#[derive(Deserialize)]
+struct EventIn {
+    view_id: Option<String>,
+    seq: u64,
+    kind: EventKind,
+    ts: i64,
+    playhead_ms: Option<f64>,
+    payload: Payload,
+    raw: String,
 }
 
 /// [`ClientInfo`] with every field present ([`ClientInfo`]'s JSON form skips an absent `ip`, which a
@@ -233,7 +283,7 @@ struct TypedIn {
     key: Option<String>,
     view_id: String,
     client: ClientIn,
-    events: Vec<(Event, String)>,
+    events: Vec<EventIn>,
 }
 
 #[derive(Deserialize)]
@@ -261,7 +311,7 @@ impl TypedIn {
         let events = self
             .events
             .iter()
-            .map(|(_, raw)| serde_json::from_str::<Map<String, Value>>(raw))
+            .map(|e| serde_json::from_str::<Map<String, Value>>(&e.raw))
             .collect::<Result<_, _>>()
             .map_err(RecordError::Body)?;
         Ok(EventsRecord { recv_ms: self.recv_ms, sent_at: self.sent_at, key: self.key, view_id: self.view_id, client: self.client.into(), events })
@@ -269,12 +319,17 @@ impl TypedIn {
 
     /// The events checked ([`crate::beacon::check_event`]), not parsed or validated again.
     fn into_checked(self) -> CheckedEvents {
+        let view_id = &self.view_id;
         let events = self
             .events
             .into_iter()
-            .map(|(event, raw)| match crate::beacon::check_event(&event) {
-                Ok(()) => Ok(CheckedEvent { event, raw }),
-                Err(r) => Err((r, raw)),
+            .map(|e| {
+                let EventIn { view_id: own, seq, kind, ts, playhead_ms, payload, raw } = e;
+                let event = Event { view_id: own.unwrap_or_else(|| view_id.clone()), seq, kind, ts, playhead_ms, payload };
+                match crate::beacon::check_event(&event) {
+                    Ok(()) => Ok(CheckedEvent { event, raw }),
+                    Err(r) => Err((r, raw)),
+                }
             })
             .collect();
         CheckedEvents { recv_ms: self.recv_ms, sent_at: self.sent_at, key: self.key, view_id: self.view_id, client: self.client.into(), events }
@@ -613,6 +668,9 @@ mod tests {
         let Value::Object(start) = json!({"view_id": "v", "seq": 40, "type": "viewstart", "ts": 1_700_000_000_100i64,
             "video_id": "a\"b", "custom": {"tier": 3, "ab": true}, "unknown": [1, {"x": null}]}) else { unreachable!() };
         rec.events.push(start);
+        // An event of another view (the pipeline counts it a duplicate) keeps its own id.
+        let Value::Object(other) = json!({"view_id": "w", "seq": 41, "type": "heartbeat", "ts": 1_700_000_000_200i64}) else { unreachable!() };
+        rec.events.push(other);
         let rec = Record::Events(rec);
         let (v1, v2) = (json_v1(&rec), rec.encode());
         assert_eq!((v1[2], v2[2]), (VERSION_JSON, VERSION));
@@ -670,7 +728,7 @@ mod tests {
         let body = postcard::to_allocvec(&TypedOut {
             recv_ms: 1, sent_at: 1, key: None, view_id: "v",
             client: ClientOut { ip: None, device_type: "", os: "", os_version: "", browser: "", browser_version: "", country: "", bot: false },
-            events: &typed,
+            events: TypedEventsOut { view_id: "v", events: &typed },
         }).unwrap();
         for cut in 0..body.len() {
             let mut b = vec![b'Q', b'F', VERSION, CODEC_NONE];
