@@ -15,10 +15,19 @@ pub struct ClickHouse {
 }
 
 impl ClickHouse {
+    /// Starts a server on free ports. A port is free when picked but another test's server may take it
+    /// before this one binds it (the suite runs tests in parallel): a server that exits while starting
+    /// is started again on other ports, twice at most.
     pub fn start(dir: &Path) -> ClickHouse {
-        let mut ch = ClickHouse { child: None, http_port: free_port(), tcp_port: free_port(), dir: dir.to_owned() };
-        ch.restart();
-        ch
+        let mut failures = Vec::new();
+        for _ in 0..3 {
+            let mut ch = ClickHouse { child: None, http_port: free_port(), tcp_port: free_port(), dir: dir.to_owned() };
+            match ch.try_restart() {
+                Ok(()) => return ch,
+                Err(e) => failures.push(e),
+            }
+        }
+        panic!("clickhouse-server did not start three times: {}", failures.join("; "));
     }
 
     pub fn url(&self) -> String {
@@ -27,6 +36,12 @@ impl ClickHouse {
 
     /// (Re)starts the server on the same ports and data, waiting until it answers.
     pub fn restart(&mut self) {
+        if let Err(e) = self.try_restart() {
+            panic!("{e}");
+        }
+    }
+
+    fn try_restart(&mut self) -> Result<(), String> {
         let script = super::repo_root().join("deploy/local/clickhouse.sh");
         let child = Command::new("bash")
             .arg(script)
@@ -41,11 +56,19 @@ impl ClickHouse {
         loop {
             if let Ok(body) = http::blocking_get(&format!("{}/ping", self.url())) {
                 if body.trim() == "Ok." {
-                    return;
+                    return Ok(());
                 }
             }
             if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
-                panic!("clickhouse-server exited: {status}; see {}/log", self.dir.display());
+                self.child = None;
+                let err = std::fs::read_to_string(self.dir.join("log/clickhouse-server.err.log")).unwrap_or_default();
+                let tail: Vec<&str> = err.lines().rev().take(3).collect();
+                return Err(format!(
+                    "clickhouse-server exited on ports {}/{}: {status}; {}",
+                    self.http_port,
+                    self.tcp_port,
+                    tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+                ));
             }
             assert!(std::time::Instant::now() < deadline, "ClickHouse did not answer within 90 s");
             std::thread::sleep(Duration::from_millis(100));
