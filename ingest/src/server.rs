@@ -29,9 +29,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use schemas::record::{Envelope, Record, RejectedRecord, event_json};
+use schemas::record::{CheckedEvent, Envelope, Record, RejectedRecord, event_json};
 use schemas::beacon::JSON_VALUE_COST;
-use schemas::{BeaconError, ClientInfo, Event, parse_beacon_limited, validate_event};
+use schemas::{BeaconError, ClientInfo, parse_beacon_limited, validate_event};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
@@ -371,7 +371,7 @@ async fn handle(
     }
 
     let client = state.enricher.client_info(ip, header_str(headers, header::USER_AGENT));
-    let mut views: Vec<(String, Vec<(usize, (Event, String))>)> = Vec::new();
+    let mut views: Vec<(String, Vec<(usize, CheckedEvent)>)> = Vec::new();
     let mut view_index: HashMap<String, usize> = HashMap::new();
     let mut rejected: Vec<(usize, &'static str, String, String)> = Vec::new();
     let max_future = state.config.max_event_future_ms;
@@ -396,7 +396,7 @@ async fn handle(
                     }
                 };
                 // The event typed as validated, and its text: a version 2 record holds both.
-                views[slot].1.push((i, (ev, event_json(&obj))));
+                views[slot].1.push((i, CheckedEvent { event: ev, raw: event_json(&obj) }));
             }
             Err(r) => rejected.push((i, r.tag, r.to_string(), raw.to_string())),
         }
@@ -441,7 +441,7 @@ async fn handle(
 #[allow(clippy::too_many_arguments)]
 fn encode_view(
     view_id: String,
-    events: Vec<(usize, (Event, String))>,
+    events: Vec<(usize, CheckedEvent)>,
     recv_ms: i64,
     sent_at: i64,
     key: &Option<String>,
@@ -450,7 +450,7 @@ fn encode_view(
     rejected: &mut Vec<(usize, &'static str, String, String)>,
 ) -> usize {
     let limit = MAX_RECORD_BYTES - view_id.len();
-    let (indexes, events): (Vec<usize>, Vec<(Event, String)>) = events.into_iter().unzip();
+    let (indexes, events): (Vec<usize>, Vec<CheckedEvent>) = events.into_iter().unzip();
     let envelope = Envelope { recv_ms, sent_at, key: key.as_deref(), view_id: &view_id, client };
     let push = |data: Vec<u8>, records: &mut Vec<SinkRecord>| {
         records.push(SinkRecord { partition_key: view_id.clone(), data: Bytes::from(data) });
@@ -470,7 +470,7 @@ fn encode_view(
             accepted += 1;
         } else {
             let reason = format!("event: encodes to {} bytes, over the {limit}-byte record limit", data.len());
-            rejected.push((i, "event_too_large", reason, event.1.clone()));
+            rejected.push((i, "event_too_large", reason, event.raw.clone()));
         }
     }
     accepted

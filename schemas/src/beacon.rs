@@ -381,7 +381,7 @@ pub fn check_event(e: &Event) -> Result<(), EventRejection> {
         return Err(EventRejection::new("seq", "out_of_range", format!("must be an integer from 0 to {SEQ_MAX}")));
     }
     if !(TS_MIN_MS..=TS_MAX_MS).contains(&e.ts) {
-        return Err(EventRejection::new("ts", "out_of_range", "must be epoch milliseconds between 2000 and 2100"));
+        return Err(EventRejection::new("ts", "out_of_range", TS_RANGE));
     }
     number("playhead_ms", e.playhead_ms)?;
     let kind_matches = match &e.payload {
@@ -497,12 +497,13 @@ fn integer(v: &Value) -> Option<i128> {
     (f.fract() == 0.0 && f.abs() < 1e30).then_some(f as i128)
 }
 
+/// Why a `ts` out of range is refused (by validation and by [`check_event`]).
+const TS_RANGE: &str = "must be epoch milliseconds between 946684800000 (2000-01-01) and 4102444800000 (2100-01-01)";
+
 fn epoch_ms(v: &Value) -> Result<i64, String> {
     match integer(v) {
         Some(n) if (TS_MIN_MS as i128..=TS_MAX_MS as i128).contains(&n) => Ok(n as i64),
-        Some(_) => Err(format!(
-            "must be epoch milliseconds between {TS_MIN_MS} (2000-01-01) and {TS_MAX_MS} (2100-01-01)"
-        )),
+        Some(_) => Err(TS_RANGE.into()),
         None => Err("must be an integer (epoch milliseconds)".into()),
     }
 }
@@ -590,6 +591,11 @@ mod tests {
         let theirs: Value = serde_json::from_str(text).unwrap();
         assert_eq!(ours.events, theirs["events"].as_array().unwrap().clone());
         assert!(matches!(parse_beacon(br#"{"sent_at":1} x"#), Err(BeaconError::InvalidJson(_))), "trailing data");
+    }
+
+    #[test]
+    fn the_ts_reason_names_the_bounds_it_checks() {
+        assert!(TS_RANGE.contains(&TS_MIN_MS.to_string()) && TS_RANGE.contains(&TS_MAX_MS.to_string()));
     }
 
     #[test]

@@ -84,14 +84,6 @@ impl EventsRecord {
         self.recv_ms - self.sent_at
     }
 
-    /// The events, validated again (they were valid when written; a record from a newer or broken
-    /// writer yields per-event errors instead of a panic).
-    pub fn validated_events(
-        &self,
-    ) -> impl Iterator<Item = Result<Event, crate::beacon::EventRejection>> + '_ {
-        self.events.iter().map(crate::beacon::validate_event_map)
-    }
-
     /// Encodes into one or more records of at most `limit` bytes each, splitting the events (in order)
     /// when a beacon carried more for one view than fits one record. Borrows: no event is copied.
     pub fn encode_chunks(&self, limit: usize) -> Result<Vec<Vec<u8>>, RecordError> {
@@ -103,10 +95,7 @@ impl EventsRecord {
     /// Encodes the envelope with `events` (a slice of this record's events, or any others): version 2
     /// when every event validates, else version 1 (JSON) as they are.
     pub fn encode_with(&self, events: &[Map<String, Value>]) -> Vec<u8> {
-        let typed: Option<Vec<(Event, String)>> = events
-            .iter()
-            .map(|m| crate::beacon::validate_event_map(m).ok().map(|e| (e, event_json(m))))
-            .collect();
+        let typed: Option<Vec<CheckedEvent>> = events.iter().map(|m| CheckedEvent::validate(m).ok()).collect();
         if let Some(typed) = typed {
             return self.envelope().encode(&typed);
         }
@@ -168,7 +157,7 @@ pub struct Envelope<'a> {
 
 impl Envelope<'_> {
     /// One version 2 record of `events` (each validated, with its JSON text as [`event_json`] writes it).
-    pub fn encode(&self, events: &[(Event, String)]) -> Vec<u8> {
+    pub fn encode(&self, events: &[CheckedEvent]) -> Vec<u8> {
         let c = self.client;
         let body = TypedOut {
             recv_ms: self.recv_ms,
@@ -187,13 +176,13 @@ impl Envelope<'_> {
             },
             events: TypedEventsOut { view_id: self.view_id, events },
         };
-        let estimate = 64 + events.iter().map(|(_, raw)| raw.len() + 48).sum::<usize>();
+        let estimate = 64 + events.iter().map(|e| e.raw.len() + 48).sum::<usize>();
         // Serializing plain data structures into a Vec cannot fail.
         frame(VERSION, &postcard::to_extend(&body, Vec::with_capacity(estimate)).unwrap_or_default())
     }
 
     /// [`Envelope::encode`] split into records of at most `limit` bytes, in order.
-    pub fn encode_chunks(&self, events: &[(Event, String)], limit: usize) -> Result<Vec<Vec<u8>>, RecordError> {
+    pub fn encode_chunks(&self, events: &[CheckedEvent], limit: usize) -> Result<Vec<Vec<u8>>, RecordError> {
         let mut out = Vec::new();
         split_encode(events, limit, &|events| self.encode(events), &mut out)?;
         Ok(out)
@@ -215,14 +204,14 @@ struct TypedOut<'a> {
 /// The events of a version 2 body: each as [`EventOut`].
 struct TypedEventsOut<'a> {
     view_id: &'a str,
-    events: &'a [(Event, String)],
+    events: &'a [CheckedEvent],
 }
 
 impl Serialize for TypedEventsOut<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeSeq;
         let mut seq = serializer.serialize_seq(Some(self.events.len()))?;
-        for (e, raw) in self.events {
+        for CheckedEvent { event: e, raw } in self.events {
             seq.serialize_element(&EventOut {
                 // A record holds one view's events: its id is written once, in the envelope.
                 view_id: (e.view_id != self.view_id).then_some(e.view_id.as_str()),
@@ -336,12 +325,22 @@ impl TypedIn {
     }
 }
 
-/// An event as the pipeline takes it: validated (or, from a version 2 record, checked) and its JSON text
-/// (the `events` table's `raw` column).
+/// An event as the collector validated it (or, from a version 2 record, as the pipeline checked it) and
+/// its JSON text (the `events` table's `raw` column).
 #[derive(Debug, Clone, PartialEq)]
 pub struct CheckedEvent {
     pub event: Event,
     pub raw: String,
+}
+
+impl CheckedEvent {
+    /// Validates an event's JSON object; refused, the reason and its text.
+    pub fn validate(event: &Map<String, Value>) -> Result<CheckedEvent, (EventRejection, String)> {
+        match crate::beacon::validate_event_map(event) {
+            Ok(checked) => Ok(CheckedEvent { event: checked, raw: event_json(event) }),
+            Err(e) => Err((e, event_json(event))),
+        }
+    }
 }
 
 /// An events record as the pipeline takes it: each event checked, or refused with why and its text.
@@ -365,14 +364,7 @@ impl CheckedEvents {
 impl From<EventsRecord> for CheckedEvents {
     /// Validates each event of a version 1 record (or one built in memory).
     fn from(r: EventsRecord) -> CheckedEvents {
-        let events = r
-            .events
-            .iter()
-            .map(|m| match crate::beacon::validate_event_map(m) {
-                Ok(event) => Ok(CheckedEvent { event, raw: event_json(m) }),
-                Err(e) => Err((e, event_json(m))),
-            })
-            .collect();
+        let events = r.events.iter().map(CheckedEvent::validate).collect();
         CheckedEvents { recv_ms: r.recv_ms, sent_at: r.sent_at, key: r.key, view_id: r.view_id, client: r.client, events }
     }
 }
@@ -707,7 +699,7 @@ mod tests {
         let refused = |f: &dyn Fn(&mut Event)| {
             let mut e = valid.clone();
             f(&mut e);
-            let bytes = rec.envelope().encode(&[(e, "{}".to_owned())]);
+            let bytes = rec.envelope().encode(&[CheckedEvent { event: e, raw: "{}".to_owned() }]);
             let Checked::Events(c) = Record::decode_checked(&bytes).unwrap() else { panic!("kind") };
             c.events[0].as_ref().map(|_| ()).map_err(|(r, _)| r.field.clone())
         };
@@ -724,7 +716,7 @@ mod tests {
     fn damaged_version_2_bodies_are_errors_not_panics() {
         let bytes = Record::Events(sample(5)).encode();
         let Record::Events(rec) = Record::decode(&bytes).unwrap() else { panic!("kind") };
-        let typed: Vec<(Event, String)> = rec.events.iter().map(|m| (crate::beacon::validate_event_map(m).unwrap(), event_json(m))).collect();
+        let typed: Vec<CheckedEvent> = rec.events.iter().map(|m| CheckedEvent::validate(m).unwrap()).collect();
         let body = postcard::to_allocvec(&TypedOut {
             recv_ms: 1, sent_at: 1, key: None, view_id: "v",
             client: ClientOut { ip: None, device_type: "", os: "", os_version: "", browser: "", browser_version: "", country: "", bot: false },
