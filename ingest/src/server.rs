@@ -375,6 +375,7 @@ async fn handle(
     let mut view_index: HashMap<String, usize> = HashMap::new();
     let mut rejected: Vec<(usize, &'static str, String, String)> = Vec::new();
     let max_future = state.config.max_event_future_ms;
+    let count = beacon.events.len();
     for (i, raw) in beacon.events.into_iter().enumerate() {
         match validate_event(&raw) {
             Ok(ev) if ev.ts.saturating_sub(beacon.sent_at) > max_future => {
@@ -390,7 +391,11 @@ async fn handle(
                 let slot = match view_index.get(&ev.view_id) {
                     Some(slot) => *slot,
                     None => {
-                        views.push((ev.view_id.clone(), Vec::new()));
+                        // Most beacons are one view's: its list takes the rest of the beacon without
+                        // regrowing (moving events was 3 % of the collector). Later views grow as they
+                        // go, so the lists never have room for more than a few times the beacon's events.
+                        let room = if views.is_empty() { count - i } else { 0 };
+                        views.push((ev.view_id.clone(), Vec::with_capacity(room)));
                         view_index.insert(ev.view_id.clone(), views.len() - 1);
                         views.len() - 1
                     }
