@@ -57,11 +57,40 @@ pub enum LogFormat {
 pub struct LocalLogConfig {
     /// Segment size at which the log rolls to a new file.
     pub segment_bytes: u64,
+    /// Under concurrent beacons (the last group commit held more than one), wait this many
+    /// microseconds for more before the next write + fsync, so one fsync acknowledges more beacons.
+    /// 0: never wait. At most [`MAX_GROUP_COMMIT_WAIT_US`].
+    pub group_commit_wait_us: u64,
 }
+
+/// A longer wait would only add latency.
+pub const MAX_GROUP_COMMIT_WAIT_US: u64 = 100_000;
 
 impl Default for LocalLogConfig {
     fn default() -> Self {
-        LocalLogConfig { segment_bytes: locallog::DEFAULT_SEGMENT_BYTES }
+        LocalLogConfig {
+            segment_bytes: locallog::DEFAULT_SEGMENT_BYTES,
+            group_commit_wait_us: locallog::DEFAULT_GROUP_COMMIT_WAIT.as_micros() as u64,
+        }
+    }
+}
+
+impl LocalLogConfig {
+    pub fn log_config(&self, dir: std::path::PathBuf) -> locallog::LogConfig {
+        locallog::LogConfig {
+            dir,
+            segment_bytes: self.segment_bytes,
+            group_commit_wait: std::time::Duration::from_micros(self.group_commit_wait_us),
+        }
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.group_commit_wait_us <= MAX_GROUP_COMMIT_WAIT_US,
+            "local_log.group_commit_wait_us: at most {MAX_GROUP_COMMIT_WAIT_US} (microseconds), got {}",
+            self.group_commit_wait_us
+        );
+        Ok(())
     }
 }
 
@@ -101,6 +130,7 @@ impl Config {
         figment = figment.merge(Env::prefixed("QOEFLOW_").split("__").filter(|k| !NOT_SETTINGS.iter().any(|n| k.as_str().eq_ignore_ascii_case(n))));
         let config: Config = figment.extract().context("invalid configuration")?;
         config.pipeline.validate().map_err(anyhow::Error::msg).context("invalid configuration")?;
+        config.local_log.validate().context("invalid configuration")?;
         // Before anything starts: a bad target fails start-up, not the API after the pipeline is running.
         config.dashboard.validate()?;
         config.alerts.validate()?;
@@ -158,6 +188,13 @@ mod tests {
             jail.create_file("bad.toml", "[ingest]\nmax_body_byte = 1\n")?;
             let err = format!("{:#}", Config::load(Some(Path::new("bad.toml"))).unwrap_err());
             assert!(err.contains("max_body_byte"), "{err}");
+
+            jail.create_file("wait.toml", "[local_log]\ngroup_commit_wait_us = 100001\n")?;
+            let err = format!("{:#}", Config::load(Some(Path::new("wait.toml"))).unwrap_err());
+            assert!(err.contains("local_log.group_commit_wait_us"), "{err}");
+            jail.create_file("nowait.toml", "[local_log]\ngroup_commit_wait_us = 0\n")?;
+            let c = Config::load(Some(Path::new("nowait.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(c.local_log.log_config("d".into()).group_commit_wait, std::time::Duration::ZERO);
 
             jail.set_env("QOEFLOW_CONFIG", "q.toml");
             assert!(Config::load(None).is_ok(), "QOEFLOW_CONFIG names the file, it is not a key");

@@ -12,7 +12,7 @@ use crate::config::Config;
 /// collector benchmark).
 pub async fn run(config: Config, pipeline: bool, stop: Stop) -> anyhow::Result<()> {
     let dir = config.data_dir.join("log");
-    let log = locallog::LocalLog::open(locallog::LogConfig { dir: dir.clone(), segment_bytes: config.local_log.segment_bytes })
+    let log = locallog::LocalLog::open(config.local_log.log_config(dir.clone()))
         .with_context(|| format!("cannot open the local log in {}", dir.display()))?;
     tracing::info!(dir = %dir.display(), durable_end = log.durable_end(), "local log open");
     let metrics = ingest::Metrics::new();

@@ -35,6 +35,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -82,15 +83,23 @@ pub fn lock_exclusive(path: &Path) -> Result<std::fs::File, LogError> {
     }
 }
 
+/// How long the writer waits for more appends before a group commit, once groups have been shared
+/// (see [`LogConfig::group_commit_wait`]).
+pub const DEFAULT_GROUP_COMMIT_WAIT: Duration = Duration::from_micros(200);
+
 #[derive(Debug, Clone)]
 pub struct LogConfig {
     pub dir: PathBuf,
     pub segment_bytes: u64,
+    /// When the last group commit held more than one append (appends are arriving concurrently), the
+    /// writer waits this long for more before writing and fsyncing the next group, so one fsync makes
+    /// more appends durable. A lone writer never waits. Zero: never wait.
+    pub group_commit_wait: Duration,
 }
 
 impl LogConfig {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        LogConfig { dir: dir.into(), segment_bytes: DEFAULT_SEGMENT_BYTES }
+        LogConfig { dir: dir.into(), segment_bytes: DEFAULT_SEGMENT_BYTES, group_commit_wait: DEFAULT_GROUP_COMMIT_WAIT }
     }
 }
 

@@ -13,7 +13,7 @@ fn read_all(dir: &Path, from: u64) -> Vec<LogEntry> {
 #[tokio::test]
 async fn appends_are_numbered_and_read_back_across_segments() {
     let tmp = tempfile::tempdir().expect("tmp");
-    let log = LocalLog::open(LogConfig { dir: tmp.path().into(), segment_bytes: 500 }).expect("open");
+    let log = LocalLog::open(LogConfig { segment_bytes: 500, ..LogConfig::new(tmp.path()) }).expect("open");
     let mut tasks = Vec::new();
     for t in 0..8u64 {
         let log = log.clone();
@@ -52,7 +52,7 @@ async fn appends_are_numbered_and_read_back_across_segments() {
 #[tokio::test]
 async fn retention_deletes_only_whole_segments_before_the_offset() {
     let tmp = tempfile::tempdir().expect("tmp");
-    let log = LocalLog::open(LogConfig { dir: tmp.path().into(), segment_bytes: 200 }).expect("open");
+    let log = LocalLog::open(LogConfig { segment_bytes: 200, ..LogConfig::new(tmp.path()) }).expect("open");
     for i in 0..60 {
         log.append(vec![rec(i)]).await.expect("append");
     }
@@ -118,7 +118,7 @@ async fn recovery_drops_a_tail_frame_with_a_bad_checksum() {
 #[tokio::test]
 async fn reader_reports_corruption_in_a_sealed_segment() {
     let tmp = tempfile::tempdir().expect("tmp");
-    let log = LocalLog::open(LogConfig { dir: tmp.path().into(), segment_bytes: 100 }).expect("open");
+    let log = LocalLog::open(LogConfig { segment_bytes: 100, ..LogConfig::new(tmp.path()) }).expect("open");
     for i in 0..20 {
         log.append(vec![rec(i)]).await.expect("append");
     }
@@ -161,4 +161,42 @@ async fn concurrent_appends_share_fsyncs_by_group_commit() {
     log.append(vec![rec(TASKS)]).await.expect("append");
     assert_eq!(log.fsyncs(), fsyncs + 1);
     assert_eq!(read_all(tmp.path(), 0).len(), TASKS as usize + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_appenders_wait_to_share_fsyncs_and_a_lone_one_never_waits() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let wait = Duration::from_secs(1);
+    let log = LocalLog::open(LogConfig { group_commit_wait: wait, ..LogConfig::new(tmp.path()) }).expect("open");
+    // Alone, every group holds one append: the writer never waits (three waits would take 3 s).
+    let alone = std::time::Instant::now();
+    for i in 0..3 {
+        log.append(vec![rec(i)]).await.expect("append");
+    }
+    assert_eq!(log.fsyncs(), 3);
+    assert!(alone.elapsed() < wait + wait / 2, "a lone appender waited: {:?}", alone.elapsed());
+
+    // Twenty appenders out of step (each pauses its own number of milliseconds between appends): without
+    // the wait their appends trickle in a few per fsync; with it, once a group is shared, each wait
+    // gathers every appender's next append.
+    const TASKS: u64 = 20;
+    const ROUNDS: u64 = 3;
+    let before = log.fsyncs();
+    let mut tasks = Vec::new();
+    for t in 0..TASKS {
+        let log = log.clone();
+        tasks.push(tokio::spawn(async move {
+            for r in 0..ROUNDS {
+                log.append(vec![rec(100 + t * ROUNDS + r)]).await.expect("append");
+                tokio::time::sleep(Duration::from_millis(t + 1)).await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("task");
+    }
+    let fsyncs = log.fsyncs() - before;
+    assert_eq!(log.appends(), 3 + TASKS * ROUNDS);
+    assert!(fsyncs <= 12, "{} appends out of step took {fsyncs} fsyncs: the writer did not wait for them", TASKS * ROUNDS);
+    assert_eq!(read_all(tmp.path(), 0).len(), (3 + TASKS * ROUNDS) as usize);
 }

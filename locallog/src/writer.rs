@@ -7,6 +7,7 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -19,6 +20,7 @@ use super::{
 pub(crate) struct Writer {
     dir: PathBuf,
     segment_bytes: u64,
+    group_commit_wait: Duration,
     active: File,
     active_base: u64,
     /// Durable length of the active segment.
@@ -60,6 +62,7 @@ impl Writer {
         let writer = Writer {
             dir: config.dir.clone(),
             segment_bytes: config.segment_bytes.max(1),
+            group_commit_wait: config.group_commit_wait,
             active,
             active_base: base,
             active_len: good_len,
@@ -73,22 +76,38 @@ impl Writer {
 
     pub(crate) fn run(mut self, mut rx: mpsc::Receiver<Command>, end: watch::Sender<u64>) {
         let mut appends: Vec<(Vec<Bytes>, oneshot::Sender<Result<Range<u64>, LogError>>)> = Vec::new();
+        // Appends in the last group: more than one means they arrive concurrently, and waiting
+        // `group_commit_wait` for more spares fsyncs (each costs the kernel and the device a flush).
+        let mut last_group = 0usize;
         while let Some(first) = rx.blocking_recv() {
             let mut batch_bytes = 0usize;
             let mut retains = Vec::new();
             let mut next = Some(first);
-            while let Some(cmd) = next.take() {
-                match cmd {
-                    Command::Append { records, reply } => {
-                        batch_bytes += records.iter().map(|r| r.len() + HEADER_LEN).sum::<usize>();
-                        appends.push((records, reply));
+            let mut lingered = false;
+            loop {
+                while let Some(cmd) = next.take() {
+                    match cmd {
+                        Command::Append { records, reply } => {
+                            batch_bytes += records.iter().map(|r| r.len() + HEADER_LEN).sum::<usize>();
+                            appends.push((records, reply));
+                        }
+                        Command::Retain { from, reply } => retains.push((from, reply)),
                     }
-                    Command::Retain { from, reply } => retains.push((from, reply)),
+                    if batch_bytes < MAX_BATCH_BYTES {
+                        next = rx.try_recv().ok();
+                    }
                 }
-                if batch_bytes < MAX_BATCH_BYTES {
-                    next = rx.try_recv().ok();
+                if lingered || self.group_commit_wait.is_zero() || last_group < 2 || batch_bytes >= MAX_BATCH_BYTES {
+                    break;
+                }
+                lingered = true;
+                std::thread::sleep(self.group_commit_wait);
+                next = rx.try_recv().ok();
+                if next.is_none() {
+                    break;
                 }
             }
+            last_group = appends.len();
             if !appends.is_empty() {
                 let result = self.commit(&appends);
                 match result {
