@@ -29,9 +29,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use schemas::record::{CheckedEvent, Envelope, Record, RejectedRecord, event_json};
+use schemas::record::{CheckedEvent, Envelope, Record, RejectedRecord};
 use schemas::beacon::JSON_VALUE_COST;
-use schemas::{BeaconError, ClientInfo, parse_beacon_limited, validate_event};
+use schemas::{BeaconError, ClientInfo, RawEvent, parse_beacon_limited};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
@@ -376,18 +376,18 @@ async fn handle(
     let mut rejected: Vec<(usize, &'static str, String, String)> = Vec::new();
     let max_future = state.config.max_event_future_ms;
     let count = beacon.events.len();
-    for (i, raw) in beacon.events.into_iter().enumerate() {
-        match validate_event(&raw) {
+    for (i, raw) in beacon.events.iter().enumerate() {
+        match raw.validate() {
             Ok(ev) if ev.ts.saturating_sub(beacon.sent_at) > max_future => {
                 // Skew-corrected, `ts + (recv_ms - sent_at)` is this far after the receive time.
                 let reason = format!(
                     "ts: {} ms in the future of the receive time once corrected for the client's clock (`sent_at`); at most {max_future} ms",
                     ev.ts.saturating_sub(beacon.sent_at)
                 );
-                rejected.push((i, "future_ts", reason, raw.to_string()));
+                rejected.push((i, "future_ts", reason, raw.to_json()));
             }
             Ok(ev) => {
-                let Value::Object(obj) = raw else { continue };
+                let RawEvent::Object(obj) = raw else { continue };
                 let slot = match view_index.get(&ev.view_id) {
                     Some(slot) => *slot,
                     None => {
@@ -401,9 +401,9 @@ async fn handle(
                     }
                 };
                 // The event typed as validated, and its text: a version 2 record holds both.
-                views[slot].1.push((i, CheckedEvent { event: ev, raw: event_json(&obj) }));
+                views[slot].1.push((i, CheckedEvent { event: ev, raw: obj.to_json() }));
             }
-            Err(r) => rejected.push((i, r.tag, r.to_string(), raw.to_string())),
+            Err(r) => rejected.push((i, r.tag, r.to_string(), raw.to_json())),
         }
     }
 

@@ -9,6 +9,7 @@
 //! checks that both accept and reject the same example files. Integers follow JSON Schema's meaning: a
 //! number with a zero fractional part (`3.0`) is an integer.
 
+use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
 
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
@@ -75,30 +76,122 @@ impl EventRejection {
 
 /// The envelope of a beacon, its events not yet validated.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ParsedBeacon {
+pub struct ParsedBeacon<'a> {
     pub key: Option<String>,
     pub sent_at: i64,
-    pub events: Vec<Value>,
+    pub events: Vec<RawEvent<'a>>,
+}
+
+/// One event of a beacon as parsed, not yet validated: an object's fields, or any other JSON value
+/// (which validation rejects).
+#[derive(Debug, Clone, PartialEq)]
+pub enum RawEvent<'a> {
+    Object(EventObject<'a>),
+    Other(Value),
+}
+
+impl RawEvent<'_> {
+    /// [`validate_event`] of the event's JSON value.
+    pub fn validate(&self) -> Result<Event, EventRejection> {
+        match self {
+            RawEvent::Object(obj) => validate_fields(obj),
+            RawEvent::Other(v) => validate_event(v),
+        }
+    }
+
+    /// The event's JSON text as its `serde_json::Value` would write it (keys sorted).
+    pub fn to_json(&self) -> String {
+        match self {
+            RawEvent::Object(obj) => obj.to_json(),
+            RawEvent::Other(v) => v.to_string(),
+        }
+    }
+
+    /// The event as a `serde_json::Value`.
+    pub fn into_value(self) -> Value {
+        match self {
+            RawEvent::Object(obj) => Value::Object(obj.into_map()),
+            RawEvent::Other(v) => v,
+        }
+    }
+}
+
+/// An event object as its beacon's parse left it: the fields in the order sent, keys borrowed from the
+/// body where they hold no escapes. Building a `serde_json::Map` per event (a B-tree node and a key
+/// string per field, then dropping them) was a sixth of the collector's CPU; this is a list. It answers
+/// what the map would: the last of repeated keys, and the text with keys sorted.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct EventObject<'a> {
+    fields: Vec<(Cow<'a, str>, Value)>,
+}
+
+impl Fields for EventObject<'_> {
+    fn field(&self, key: &str) -> Option<&Value> {
+        self.fields.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v)
+    }
+}
+
+impl EventObject<'_> {
+    /// The fields as a map holds them: sorted by key, the last of repeated keys.
+    fn sorted(&self) -> Vec<(&str, &Value)> {
+        let mut all: Vec<(&str, &Value)> = self.fields.iter().map(|(k, v)| (k.as_ref(), v)).collect();
+        all.sort_by(|a, b| a.0.cmp(b.0)); // stable: repeated keys stay in the order sent
+        let mut out: Vec<(&str, &Value)> = Vec::with_capacity(all.len());
+        for (k, v) in all {
+            match out.last_mut() {
+                Some(last) if last.0 == k => *last = (k, v),
+                _ => out.push((k, v)),
+            }
+        }
+        out
+    }
+
+    /// The object's JSON text, as `crate::record::event_json` writes its map.
+    pub fn to_json(&self) -> String {
+        struct Sorted<'s>(Vec<(&'s str, &'s Value)>);
+        impl serde::Serialize for Sorted<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                use serde::ser::SerializeMap;
+                let mut map = s.serialize_map(Some(self.0.len()))?;
+                for (k, v) in &self.0 {
+                    map.serialize_entry(k, v)?;
+                }
+                map.end()
+            }
+        }
+        let mut out = Vec::with_capacity(256);
+        match serde_json::to_writer(&mut out, &Sorted(self.sorted())) {
+            // serde_json writes valid UTF-8 (string keys; writing to a Vec cannot fail).
+            Ok(()) => String::from_utf8(out).unwrap_or_default(),
+            Err(_) => String::new(),
+        }
+    }
+
+    pub fn into_map(self) -> Map<String, Value> {
+        self.fields.into_iter().map(|(k, v)| (k.into_owned(), v)).collect()
+    }
 }
 
 /// Decodes a (decompressed) body and checks the envelope, with at most [`MAX_JSON_VALUES`] values.
-pub fn parse_beacon(body: &[u8]) -> Result<ParsedBeacon, BeaconError> {
+pub fn parse_beacon(body: &[u8]) -> Result<ParsedBeacon<'_>, BeaconError> {
     parse_beacon_limited(body, MAX_JSON_VALUES, &mut |_| true)
 }
 
 /// [`parse_beacon`] with at most `max_values` JSON values, counted as they are parsed. Before the tree
 /// grows past `n` values, `charge(n)` is asked (every 1024 values) and may refuse: the caller's memory
 /// budget ([`JSON_VALUE_COST`] bytes a value is a fair price).
-pub fn parse_beacon_limited(body: &[u8], max_values: usize, charge: &mut dyn FnMut(usize) -> bool) -> Result<ParsedBeacon, BeaconError> {
+pub fn parse_beacon_limited<'a>(
+    body: &'a [u8],
+    max_values: usize,
+    charge: &mut dyn FnMut(usize) -> bool,
+) -> Result<ParsedBeacon<'a>, BeaconError> {
     let counter = Counter { count: Cell::new(0), max: max_values, charge: RefCell::new(charge), failure: Cell::new(None) };
     let mut de = serde_json::Deserializer::from_slice(body);
-    let parsed = Counted(&counter).deserialize(&mut de).and_then(|v| de.end().map(|()| v));
-    let value = match parsed {
-        Ok(v) => v,
+    let parsed = Body(&counter).deserialize(&mut de).and_then(|v| de.end().map(|()| v));
+    let (mut obj, events) = match parsed {
+        Ok(Top::Object(obj, events)) => (obj, events),
+        Ok(Top::NotObject) => return Err(BeaconError::NotAnObject),
         Err(e) => return Err(counter.failure.take().unwrap_or_else(|| BeaconError::InvalidJson(e.to_string()))),
-    };
-    let Value::Object(mut obj) = value else {
-        return Err(BeaconError::NotAnObject);
     };
     let key = match obj.remove("key") {
         None | Some(Value::Null) => None,
@@ -114,10 +207,10 @@ pub fn parse_beacon_limited(body: &[u8], max_values: usize, charge: &mut dyn FnM
         None => return Err(BeaconError::Field { field: "sent_at", problem: "required field is missing".into() }),
         Some(v) => epoch_ms(v).map_err(|problem| BeaconError::Field { field: "sent_at", problem })?,
     };
-    let events = match obj.remove("events") {
+    let events = match events {
         None => return Err(BeaconError::Field { field: "events", problem: "required field is missing".into() }),
-        Some(Value::Array(events)) => events,
-        Some(_) => return Err(BeaconError::Field { field: "events", problem: "must be an array".into() }),
+        Some(Events::Array(events)) => events,
+        Some(Events::Other) => return Err(BeaconError::Field { field: "events", problem: "must be an array".into() }),
     };
     if events.len() > MAX_EVENTS_PER_BEACON {
         return Err(BeaconError::Field {
@@ -223,6 +316,172 @@ impl<'de> Visitor<'de> for Counted<'_, '_> {
     }
 }
 
+/// The visitor methods of a value that is not the kind a parse is looking for: counted and built as
+/// [`Counted`] does, then mapped (`$other` of the built value).
+macro_rules! counted_otherwise {
+    ($other:expr) => {
+        fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
+            Counted(self.0).visit_bool(v).map($other)
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+            Counted(self.0).visit_i64(v).map($other)
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+            Counted(self.0).visit_u64(v).map($other)
+        }
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+            Counted(self.0).visit_f64(v).map($other)
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            Counted(self.0).visit_str(v).map($other)
+        }
+        fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+            Counted(self.0).visit_string(v).map($other)
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Counted(self.0).visit_unit().map($other)
+        }
+        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+            self.visit_unit()
+        }
+    };
+}
+
+/// A body: an object whose `events` are parsed as [`RawEvent`]s and other fields as values; anything
+/// else is counted and is not an object.
+struct Body<'a, 'c>(&'a Counter<'c>);
+
+enum Top<'de> {
+    Object(Map<String, Value>, Option<Events<'de>>),
+    NotObject,
+}
+
+impl<'de> DeserializeSeed<'de> for Body<'_, '_> {
+    type Value = Top<'de>;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Top<'de>, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Body<'_, '_> {
+    type Value = Top<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    counted_otherwise!(|_| Top::NotObject);
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Top<'de>, A::Error> {
+        Counted(self.0).visit_seq(seq).map(|_| Top::NotObject)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Top<'de>, A::Error> {
+        self.0.tick()?;
+        let (mut out, mut events) = (Map::new(), None);
+        while let Some(key) = map.next_key::<String>()? {
+            if key == "events" {
+                // As a map would, the last of repeated keys counts.
+                events = Some(map.next_value_seed(EventsSeed(self.0))?);
+            } else {
+                let v = map.next_value_seed(Counted(self.0))?;
+                out.insert(key, v);
+            }
+        }
+        Ok(Top::Object(out, events))
+    }
+}
+
+/// A body's `events`: an array of events, or anything else (counted, refused by the caller).
+enum Events<'de> {
+    Array(Vec<RawEvent<'de>>),
+    Other,
+}
+
+struct EventsSeed<'a, 'c>(&'a Counter<'c>);
+
+impl<'de> DeserializeSeed<'de> for EventsSeed<'_, '_> {
+    type Value = Events<'de>;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Events<'de>, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for EventsSeed<'_, '_> {
+    type Value = Events<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    counted_otherwise!(|_| Events::Other);
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Events<'de>, A::Error> {
+        self.0.tick()?;
+        let mut out = Vec::new();
+        while let Some(v) = seq.next_element_seed(EventSeed(self.0))? {
+            out.push(v);
+        }
+        Ok(Events::Array(out))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Events<'de>, A::Error> {
+        Counted(self.0).visit_map(map).map(|_| Events::Other)
+    }
+}
+
+/// One event: an object as an [`EventObject`], anything else as a counted value.
+struct EventSeed<'a, 'c>(&'a Counter<'c>);
+
+impl<'de> DeserializeSeed<'de> for EventSeed<'_, '_> {
+    type Value = RawEvent<'de>;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<RawEvent<'de>, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for EventSeed<'_, '_> {
+    type Value = RawEvent<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    counted_otherwise!(RawEvent::Other);
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<RawEvent<'de>, A::Error> {
+        Counted(self.0).visit_seq(seq).map(RawEvent::Other)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawEvent<'de>, A::Error> {
+        self.0.tick()?;
+        let mut fields = Vec::new();
+        while let Some(key) = map.next_key_seed(Key)? {
+            let v = map.next_value_seed(Counted(self.0))?;
+            fields.push((key, v));
+        }
+        Ok(RawEvent::Object(EventObject { fields }))
+    }
+}
+
+/// An object key, borrowed from the body unless it holds escapes.
+struct Key;
+
+impl<'de> DeserializeSeed<'de> for Key {
+    type Value = Cow<'de, str>;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Cow<'de, str>, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Key {
+    type Value = Cow<'de, str>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a string")
+    }
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Cow<'de, str>, E> {
+        Ok(Cow::Borrowed(v))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Cow<'de, str>, E> {
+        Ok(Cow::Owned(v.to_owned()))
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Cow<'de, str>, E> {
+        Ok(Cow::Owned(v))
+    }
+}
+
 /// Validates one event of a beacon.
 pub fn validate_event(value: &Value) -> Result<Event, EventRejection> {
     let Value::Object(obj) = value else {
@@ -233,7 +492,23 @@ pub fn validate_event(value: &Value) -> Result<Event, EventRejection> {
 
 /// Validates one event given as a JSON object.
 pub fn validate_event_map(obj: &Map<String, Value>) -> Result<Event, EventRejection> {
-    let view_id = match obj.get("view_id") {
+    validate_fields(obj)
+}
+
+/// Validation reads an event's fields through this: a `serde_json` map, or an event object as a
+/// beacon's parse left it ([`EventObject`]). Both answer a key with the value a map would hold for it.
+pub trait Fields {
+    fn field(&self, key: &str) -> Option<&Value>;
+}
+
+impl Fields for Map<String, Value> {
+    fn field(&self, key: &str) -> Option<&Value> {
+        self.get(key)
+    }
+}
+
+fn validate_fields<F: Fields>(obj: &F) -> Result<Event, EventRejection> {
+    let view_id = match obj.field("view_id") {
         None => return Err(EventRejection::missing("view_id")),
         Some(Value::String(s)) if !s.is_empty() && s.chars().count() <= MAX_VIEW_ID_LEN => s.clone(),
         Some(_) => {
@@ -244,7 +519,7 @@ pub fn validate_event_map(obj: &Map<String, Value>) -> Result<Event, EventReject
             ));
         }
     };
-    let seq = match obj.get("seq") {
+    let seq = match obj.field("seq") {
         None => return Err(EventRejection::missing("seq")),
         Some(v) => match integer(v) {
             Some(n) if (0..=SEQ_MAX as i128).contains(&n) => n as u64,
@@ -257,14 +532,14 @@ pub fn validate_event_map(obj: &Map<String, Value>) -> Result<Event, EventReject
             }
         },
     };
-    let kind = match obj.get("type") {
+    let kind = match obj.field("type") {
         None => return Err(EventRejection::missing("type")),
         Some(Value::String(s)) => EventKind::parse(s).ok_or_else(|| {
             EventRejection::new("type", "unknown_type", format!("unknown event type {s:?}"))
         })?,
         Some(_) => return Err(EventRejection::wrong_type("type", "a string")),
     };
-    let ts = match obj.get("ts") {
+    let ts = match obj.field("ts") {
         None => return Err(EventRejection::missing("ts")),
         Some(v) => epoch_ms(v).map_err(|m| EventRejection::new("ts", "out_of_range", m))?,
     };
@@ -272,7 +547,7 @@ pub fn validate_event_map(obj: &Map<String, Value>) -> Result<Event, EventReject
     let payload = match kind {
         EventKind::Viewstart => Payload::Viewstart(Box::new(view_dims(obj)?)),
         EventKind::QualityChange => {
-            let bitrate_kbps = match obj.get("bitrate_kbps") {
+            let bitrate_kbps = match obj.field("bitrate_kbps") {
                 None => return Err(EventRejection::missing("bitrate_kbps")),
                 Some(v) => match v.as_f64() {
                     Some(b) if b > 0.0 && b <= 1_000_000.0 => b,
@@ -293,7 +568,7 @@ pub fn validate_event_map(obj: &Map<String, Value>) -> Result<Event, EventReject
             }
         }
         EventKind::Segment => {
-            let bytes = match obj.get("bytes") {
+            let bytes = match obj.field("bytes") {
                 None => return Err(EventRejection::missing("bytes")),
                 Some(v) => match integer(v) {
                     Some(n) if (0..=SEQ_MAX as i128).contains(&n) => n as u64,
@@ -306,7 +581,7 @@ pub fn validate_event_map(obj: &Map<String, Value>) -> Result<Event, EventReject
                     }
                 },
             };
-            let cache = match obj.get("cache") {
+            let cache = match obj.field("cache") {
                 None | Some(Value::Null) => CacheStatus::Unknown,
                 Some(Value::String(s)) => match s.as_str() {
                     "hit" => CacheStatus::Hit,
@@ -331,7 +606,7 @@ pub fn validate_event_map(obj: &Map<String, Value>) -> Result<Event, EventReject
             }
         }
         EventKind::Error => {
-            let code = match obj.get("code") {
+            let code = match obj.field("code") {
                 None | Some(Value::Null) => None,
                 Some(Value::String(s)) if s.chars().count() <= 128 => Some(s.clone()),
                 Some(v @ Value::Number(_)) if integer(v).is_some() => integer(v).map(|n| n.to_string()),
@@ -342,7 +617,7 @@ pub fn validate_event_map(obj: &Map<String, Value>) -> Result<Event, EventReject
                     ));
                 }
             };
-            let fatal = match obj.get("fatal") {
+            let fatal = match obj.field("fatal") {
                 None | Some(Value::Null) => false,
                 Some(Value::Bool(b)) => *b,
                 Some(_) => return Err(EventRejection::wrong_type("fatal", "a boolean")),
@@ -434,8 +709,8 @@ pub fn check_event(e: &Event) -> Result<(), EventRejection> {
     Ok(())
 }
 
-fn view_dims(obj: &Map<String, Value>) -> Result<ViewDims, EventRejection> {
-    let stream_type = match obj.get("stream_type") {
+fn view_dims<F: Fields>(obj: &F) -> Result<ViewDims, EventRejection> {
+    let stream_type = match obj.field("stream_type") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) if s == "vod" => Some(StreamType::Vod),
         Some(Value::String(s)) if s == "live" => Some(StreamType::Live),
@@ -443,7 +718,7 @@ fn view_dims(obj: &Map<String, Value>) -> Result<ViewDims, EventRejection> {
             return Err(EventRejection::new("stream_type", "invalid_value", "must be \"vod\" or \"live\""));
         }
     };
-    let custom = match obj.get("custom") {
+    let custom = match obj.field("custom") {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::Object(m)) => {
             if m.len() > MAX_CUSTOM_DIMS {
@@ -508,8 +783,8 @@ fn epoch_ms(v: &Value) -> Result<i64, String> {
     }
 }
 
-fn opt_string(obj: &Map<String, Value>, field: &str, max_chars: usize) -> Result<Option<String>, EventRejection> {
-    match obj.get(field) {
+fn opt_string<F: Fields>(obj: &F, field: &str, max_chars: usize) -> Result<Option<String>, EventRejection> {
+    match obj.field(field) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) if s.chars().count() <= max_chars => Ok(Some(s.clone())),
         Some(Value::String(_)) => {
@@ -519,13 +794,13 @@ fn opt_string(obj: &Map<String, Value>, field: &str, max_chars: usize) -> Result
     }
 }
 
-fn opt_number(
-    obj: &Map<String, Value>,
+fn opt_number<F: Fields>(
+    obj: &F,
     field: &str,
     min: f64,
     max: Option<f64>,
 ) -> Result<Option<f64>, EventRejection> {
-    match obj.get(field) {
+    match obj.field(field) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Number(n)) => match n.as_f64() {
             Some(f) if f >= min && max.is_none_or(|m| f <= m) => Ok(Some(f)),
@@ -535,8 +810,8 @@ fn opt_number(
     }
 }
 
-fn opt_u32(obj: &Map<String, Value>, field: &str) -> Result<Option<u32>, EventRejection> {
-    match obj.get(field) {
+fn opt_u32<F: Fields>(obj: &F, field: &str) -> Result<Option<u32>, EventRejection> {
+    match obj.field(field) {
         None | Some(Value::Null) => Ok(None),
         Some(v) => match integer(v) {
             Some(n) if (0..=100_000).contains(&n) => Ok(Some(n as u32)),
@@ -589,7 +864,8 @@ mod tests {
         let text = r#"{"key":"k","sent_at":1700000000000,"events":[{"a":[1,-2,3.5,"x",null,true,{"b":{}}]}]}"#;
         let ours = parse_beacon(text.as_bytes()).unwrap();
         let theirs: Value = serde_json::from_str(text).unwrap();
-        assert_eq!(ours.events, theirs["events"].as_array().unwrap().clone());
+        let ours: Vec<Value> = ours.events.into_iter().map(RawEvent::into_value).collect();
+        assert_eq!(ours, theirs["events"].as_array().unwrap().clone());
         assert!(matches!(parse_beacon(br#"{"sent_at":1} x"#), Err(BeaconError::InvalidJson(_))), "trailing data");
     }
 

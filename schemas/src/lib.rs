@@ -25,7 +25,8 @@ pub mod record;
 pub mod tables;
 
 pub use beacon::{
-    BeaconError, EventRejection, ParsedBeacon, check_event, parse_beacon, parse_beacon_limited, validate_event, validate_event_map,
+    BeaconError, EventObject, EventRejection, Fields, ParsedBeacon, RawEvent, check_event, parse_beacon, parse_beacon_limited,
+    validate_event, validate_event_map,
 };
 pub use event::{CacheStatus, ClientInfo, Event, EventKind, Payload, StreamType};
 pub use record::{Checked, CheckedEvent, CheckedEvents, Envelope, EventsRecord, Record, RecordError, RejectedRecord};

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use schemas::{parse_beacon, validate_event};
+use schemas::parse_beacon;
 use serde_json::Value;
 
 fn examples(kind: &str) -> Vec<(PathBuf, Vec<u8>)> {
@@ -25,7 +25,7 @@ fn examples(kind: &str) -> Vec<(PathBuf, Vec<u8>)> {
 fn rust_accepts_all(bytes: &[u8]) -> bool {
     match parse_beacon(bytes) {
         Err(_) => false,
-        Ok(b) => b.events.iter().all(|e| validate_event(e).is_ok()),
+        Ok(b) => b.events.iter().all(|e| e.validate().is_ok()),
     }
 }
 

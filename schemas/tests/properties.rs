@@ -71,7 +71,60 @@ fn arb_valid_event() -> impl Strategy<Value = Value> {
         })
 }
 
+/// An event object's text the way a client might write it: any keys (validation's among them), repeated
+/// or not, some written with escapes, with any values.
+fn arb_event_text() -> impl Strategy<Value = String> {
+    let key = prop_oneof![
+        prop::sample::select(vec![
+            "view_id", "seq", "type", "ts", "playhead_ms", "bytes", "bitrate_kbps", "cache", "fatal", "custom",
+            "cdn", "code", "video_id", "stream_type", "é", "a\"b",
+        ])
+        .prop_map(str::to_owned),
+        "[a-z_]{1,8}",
+    ];
+    let value = prop_oneof![arb_json(), arb_valid_event()];
+    let field = (key, any::<bool>(), value).prop_map(|(k, escape, v)| {
+        let key = if escape && k.is_ascii() && !k.is_empty() {
+            // The first character as a \u escape: the same key to JSON, not to the bytes.
+            let mut chars = k.chars();
+            let first = chars.next().unwrap_or('a');
+            let rest = serde_json::to_string(chars.as_str()).expect("json");
+            format!("\"\\u{:04x}{}\"", first as u32, &rest[1..rest.len() - 1])
+        } else {
+            serde_json::to_string(&k).expect("json")
+        };
+        format!("{key}:{v}")
+    });
+    // A valid event's fields, with others written before or after them (repeating its keys or not).
+    let valid = arb_valid_event().prop_map(|v| {
+        v.as_object().expect("object").iter().map(|(k, v)| format!("{}:{v}", json!(k))).collect::<Vec<_>>()
+    });
+    (valid, prop::collection::vec(field, 0..8), any::<bool>()).prop_map(|(valid, others, before)| {
+        let fields = if before { [others, valid].concat() } else { [valid, others].concat() };
+        format!("{{{}}}", fields.join(","))
+    })
+}
+
 proptest! {
+    /// The collector's parse (an event's fields as a list, keys borrowed) validates and writes every
+    /// event exactly as the event's `serde_json::Value` does: repeated keys (the last counts), escaped
+    /// keys, nested values, events that are not objects.
+    #[test]
+    fn parsed_events_validate_and_write_as_their_json_values(
+        texts in prop::collection::vec(prop_oneof![3 => arb_event_text(), 1 => arb_json().prop_map(|v| v.to_string())], 0..6),
+    ) {
+        let body = format!(r#"{{"sent_at":{TS_MIN_MS},"events":[{}]}}"#, texts.join(","));
+        let parsed = parse_beacon(body.as_bytes()).map_err(|e| TestCaseError::fail(format!("{e}: {body}")))?;
+        let values: Value = serde_json::from_str(&body).expect("json");
+        let values = values["events"].as_array().expect("array");
+        prop_assert_eq!(parsed.events.len(), values.len());
+        for (event, value) in parsed.events.iter().zip(values) {
+            prop_assert_eq!(event.validate(), validate_event(value), "{}", body);
+            prop_assert_eq!(event.to_json(), value.to_string());
+            prop_assert_eq!(&event.clone().into_value(), value);
+        }
+    }
+
     #[test]
     fn decoder_never_panics_on_bytes(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
         let _ = parse_beacon(&bytes);

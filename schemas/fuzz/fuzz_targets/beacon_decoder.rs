@@ -8,7 +8,11 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     if let Ok(beacon) = schemas::parse_beacon(data) {
         for event in &beacon.events {
-            if let Ok(e) = schemas::validate_event(event) {
+            // What the collector validates and writes equals what the event's JSON value gives.
+            let value = event.clone().into_value();
+            assert_eq!(event.validate(), schemas::validate_event(&value));
+            assert_eq!(event.to_json(), value.to_string());
+            if let Ok(e) = event.validate() {
                 assert!(!e.view_id.is_empty());
                 assert!(e.ts >= schemas::beacon::TS_MIN_MS && e.ts <= schemas::beacon::TS_MAX_MS);
             }
