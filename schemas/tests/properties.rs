@@ -134,6 +134,11 @@ proptest! {
         let mut typed = vec![b'Q', b'F', schemas::record::VERSION, 0];
         typed.extend_from_slice(&bytes);
         let _ = Record::decode_checked(&typed);
+        // … and under each compressed codec (1: zstd, 2: zstd with the record dictionary).
+        for codec in [1, 2] {
+            typed[3] = codec;
+            let _ = Record::decode_checked(&typed);
+        }
     }
 
     #[test]
