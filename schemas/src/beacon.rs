@@ -317,9 +317,12 @@ impl<'de> Visitor<'de> for Counted<'_, '_> {
 }
 
 /// The visitor methods of a value that is not the kind a parse is looking for: counted and built as
-/// [`Counted`] does, then mapped (`$other` of the built value).
+/// [`Counted`] does, then mapped (`$other` of the built value); and what the visitor expects.
 macro_rules! counted_otherwise {
     ($other:expr) => {
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("any JSON value")
+        }
         fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
             Counted(self.0).visit_bool(v).map($other)
         }
@@ -347,6 +350,18 @@ macro_rules! counted_otherwise {
     };
 }
 
+/// A seed that reads any JSON value with its own visitor.
+macro_rules! seed_of_any {
+    ($seed:ty => $value:ident) => {
+        impl<'de> DeserializeSeed<'de> for $seed {
+            type Value = $value<'de>;
+            fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<$value<'de>, D::Error> {
+                d.deserialize_any(self)
+            }
+        }
+    };
+}
+
 /// A body: an object whose `events` are parsed as [`RawEvent`]s and other fields as values; anything
 /// else is counted and is not an object.
 struct Body<'a, 'c>(&'a Counter<'c>);
@@ -356,19 +371,11 @@ enum Top<'de> {
     NotObject,
 }
 
-impl<'de> DeserializeSeed<'de> for Body<'_, '_> {
-    type Value = Top<'de>;
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Top<'de>, D::Error> {
-        d.deserialize_any(self)
-    }
-}
+seed_of_any!(Body<'_, '_> => Top);
 
 impl<'de> Visitor<'de> for Body<'_, '_> {
     type Value = Top<'de>;
 
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("any JSON value")
-    }
     counted_otherwise!(|_| Top::NotObject);
     fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Top<'de>, A::Error> {
         Counted(self.0).visit_seq(seq).map(|_| Top::NotObject)
@@ -397,19 +404,11 @@ enum Events<'de> {
 
 struct EventsSeed<'a, 'c>(&'a Counter<'c>);
 
-impl<'de> DeserializeSeed<'de> for EventsSeed<'_, '_> {
-    type Value = Events<'de>;
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Events<'de>, D::Error> {
-        d.deserialize_any(self)
-    }
-}
+seed_of_any!(EventsSeed<'_, '_> => Events);
 
 impl<'de> Visitor<'de> for EventsSeed<'_, '_> {
     type Value = Events<'de>;
 
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("any JSON value")
-    }
     counted_otherwise!(|_| Events::Other);
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Events<'de>, A::Error> {
         self.0.tick()?;
@@ -427,19 +426,11 @@ impl<'de> Visitor<'de> for EventsSeed<'_, '_> {
 /// One event: an object as an [`EventObject`], anything else as a counted value.
 struct EventSeed<'a, 'c>(&'a Counter<'c>);
 
-impl<'de> DeserializeSeed<'de> for EventSeed<'_, '_> {
-    type Value = RawEvent<'de>;
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<RawEvent<'de>, D::Error> {
-        d.deserialize_any(self)
-    }
-}
+seed_of_any!(EventSeed<'_, '_> => RawEvent);
 
 impl<'de> Visitor<'de> for EventSeed<'_, '_> {
     type Value = RawEvent<'de>;
 
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("any JSON value")
-    }
     counted_otherwise!(RawEvent::Other);
     fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<RawEvent<'de>, A::Error> {
         Counted(self.0).visit_seq(seq).map(RawEvent::Other)
