@@ -24,7 +24,7 @@
 //! one file (merged files stay until the hour closes), so queries of the last minutes stay cheap. Within `qoeflow serve` the
 //! deletes hold [`DATASET_LOCK`] for writing and queries hold it for reading, so a query sees either the
 //! inputs or the merged file; a separate reader process may see both for the instant between the
-//! merged file's appearance and the deletes.
+//! merged file's appearance and the deletes (its query engine lists again when a listed file is gone).
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -95,7 +95,7 @@ impl Engine {
     pub async fn sql(&self, sql: &str) -> crate::Result<Vec<RecordBatch>> {
         // A compaction's file swap in this process waits for running queries, and queries for it.
         let _files = DATASET_LOCK.read().await;
-        Ok(self.ctx.sql(sql).await?.collect().await?)
+        Ok(again_if_swapped(|| async { self.ctx.sql(sql).await?.collect().await }).await?)
     }
 
     /// Runs the queries `sqls_for` writes for the hour partitions of [from, to) that are rolled up
@@ -106,7 +106,7 @@ impl Engine {
         let rolled_up = self.rolled_up_partitions(from, to).await?;
         let mut out = Vec::new();
         for sql in sqls_for(&rolled_up) {
-            let run = async { self.ctx.sql(&sql).await?.collect().await };
+            let run = again_if_swapped(|| async { self.ctx.sql(&sql).await?.collect().await });
             out.push(run.await.map_err(crate::Error::from).with_context(|| format!("query failed: {sql}"))?);
         }
         Ok(out)
@@ -173,7 +173,8 @@ impl Engine {
         let df = df.limit(0, Some(max_rows + 1)).map_err(|e| Invalid(e.to_string()))?;
         let columns = df.schema().fields().iter().map(|f| f.name().clone()).collect();
         let _files = DATASET_LOCK.read().await;
-        let batches = match tokio::time::timeout(std::time::Duration::from_millis(timeout_ms), df.collect()).await {
+        let run = again_if_swapped(|| df.clone().collect());
+        let batches = match tokio::time::timeout(std::time::Duration::from_millis(timeout_ms), run).await {
             Err(_) => return Err(Timeout(timeout_ms)),
             Ok(Err(e)) if is_resources_exhausted(&e) => return Err(SqlError::ResourcesExhausted(e.to_string())),
             Ok(r) => r.map_err(|e| Invalid(e.to_string()))?,
@@ -181,6 +182,51 @@ impl Engine {
         let rows = json_rows(&batches).map_err(|e| Invalid(format!("could not encode rows: {e}")))?;
         Ok(SqlRows { columns, rows })
     }
+}
+
+/// How many times a query is planned and run when a file it listed was gone when read.
+const SWAPPED_ATTEMPTS: u32 = 4;
+
+/// Runs `query` again (at most [`SWAPPED_ATTEMPTS`] times in all, 10 ms more apart each time) while it
+/// fails because a Parquet file it listed is gone: a compaction in another process (the pipeline, when
+/// this is `qoeflow query` or the query server) deleted the inputs of a merged file between the query's
+/// listing and its read. Each run lists the files again (no list-files cache), so it reads the merged
+/// file instead. Within `qoeflow serve`, [`DATASET_LOCK`] already keeps swaps and queries apart.
+async fn again_if_swapped<T, F>(mut query: impl FnMut() -> F) -> datafusion::error::Result<T>
+where
+    F: std::future::Future<Output = datafusion::error::Result<T>>,
+{
+    let mut attempt = 1;
+    loop {
+        match query().await {
+            Err(e) if attempt < SWAPPED_ATTEMPTS && is_file_gone(&e) => {
+                tracing::debug!(attempt, error = %e, "a listed file was gone (a compaction swapped it): querying again");
+                tokio::time::sleep(std::time::Duration::from_millis(10 * u64::from(attempt))).await;
+                attempt += 1;
+            }
+            result => return result,
+        }
+    }
+}
+
+/// Whether a query failed because a file was not found (anywhere in its chain of causes).
+fn is_file_gone(e: &datafusion::error::DataFusionError) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cause {
+        if let Some(datafusion::error::DataFusionError::ObjectStore(os)) = err.downcast_ref() {
+            if matches!(**os, object_store::Error::NotFound { .. }) {
+                return true;
+            }
+        }
+        if matches!(err.downcast_ref(), Some(object_store::Error::NotFound { .. })) {
+            return true;
+        }
+        if err.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound) {
+            return true;
+        }
+        cause = err.source();
+    }
+    false
 }
 
 /// Whether a query failed for want of memory (the engine's limit).
@@ -201,4 +247,42 @@ pub fn helper_view_statements() -> Vec<String> {
                 .replace("{views_columns}", &schemas::tables::views().iter().map(|c| c.name).collect::<Vec<_>>().join(", "))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Another process's compaction replaces files while queries run (here: a file renamed by a hard
+    /// link and a delete every 20 ms, a hundred times): a query that listed a file gone when it reads it
+    /// lists again and answers; none fails.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn queries_outlive_files_swapped_under_them() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let dataset = objstore::Location::local(dir.path().join("parquet"));
+        let engine = Engine::open_with_memory_limit(&dataset, 64 << 20).await.expect("engine");
+        let part = dir.path().join("parquet/qoe_window/dt=2026-12-04/hour=00");
+        std::fs::create_dir_all(&part).expect("partition");
+        let schema = arrow_schema(schemas::tables::qoe_window());
+        let file = std::fs::File::create(part.join("part-0.parquet")).expect("file");
+        let mut writer = parquet::arrow::ArrowWriter::try_new(file, schema.clone(), None).expect("writer");
+        writer.write(&RecordBatch::new_empty(schema)).expect("write");
+        writer.close().expect("close");
+
+        let swaps = std::thread::spawn(move || {
+            for k in 0..100 {
+                std::fs::hard_link(part.join(format!("part-{k}.parquet")), part.join(format!("part-{}.parquet", k + 1))).expect("link");
+                std::fs::remove_file(part.join(format!("part-{k}.parquet"))).expect("delete");
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        });
+        let mut queries = 0;
+        while !swaps.is_finished() {
+            let batches = engine.sql("SELECT count(*) AS n FROM qoe_window").await.unwrap_or_else(|e| panic!("query {queries} failed: {e:#}"));
+            assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 1);
+            queries += 1;
+        }
+        swaps.join().expect("swaps");
+        assert!(queries >= 50, "only {queries} queries ran beside the swaps");
+    }
 }

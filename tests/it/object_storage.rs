@@ -163,6 +163,7 @@ async fn a_dataset_on_s3_is_exact_through_a_crash_compacts_and_reads_the_same_in
 import sys, duckdb, s3fs
 fs = s3fs.S3FileSystem(key="test", secret="test", endpoint_url=sys.argv[1])
 con = duckdb.connect()
+con.execute("SET enable_progress_bar = false")  # a query past 2 s draws a progress bar on stdout
 con.register_filesystem(fs)
 r = sys.argv[2]
 row = con.sql(f"""
