@@ -24,3 +24,14 @@ kill -0 "$load_pid" || { cat "$work/loadgen.txt"; echo "the background loadgen i
 echo "background: $load simulated viewers posting to the same qoeflow serve; epoch ${flush} ms"
 python3 deploy/bench/freshness.py "http://127.0.0.1:$port" "$probes"
 kill -0 "$load_pid" || { cat "$work/loadgen.txt"; echo "the background loadgen ended during the measurement" >&2; exit 1; }
+# Where an epoch's time went, from the pipeline's own histograms (the whole run, loadgen's ramp included).
+curl -fs "http://127.0.0.1:$port/metrics" | python3 -c '
+import re, sys
+sums, counts = {}, {}
+for line in sys.stdin:
+    m = re.match(r"qoeflow_pipeline_(epoch_duration|sink_write_duration)_seconds_(sum|count)(\{[^}]*\})? (\S+)", line)
+    if m:
+        name = m.group(1) + (m.group(3) or "")
+        (sums if m.group(2) == "sum" else counts)[name] = float(m.group(4))
+print("pipeline, mean ms per epoch (per write for sinks; parquet: staging and publishing each): " + ", ".join(f"{k} {1000 * sums[k] / counts[k]:.1f}" for k in sorted(sums) if counts.get(k)))
+'
