@@ -514,13 +514,14 @@ fn with_body<T>(bytes: &[u8], f: impl FnOnce(u8, &[u8]) -> Result<T, RecordError
         CODEC_NONE => f(version, body),
         codec @ (CODEC_ZSTD | CODEC_ZSTD_DICT) => DECOMPRESSOR.with(|cell| {
             let mut cell = cell.borrow_mut();
-            let (plain, with_dict, buf) = &mut *cell;
-            let d = if codec == CODEC_ZSTD { plain } else { with_dict };
+            let (d, buf) = &mut *cell;
+            let dictionary = codec == CODEC_ZSTD_DICT;
+            let d = &mut d[usize::from(dictionary)];
             if d.is_none() {
-                let made = if codec == CODEC_ZSTD {
-                    zstd::bulk::Decompressor::new()
-                } else {
+                let made = if dictionary {
                     zstd::bulk::Decompressor::with_prepared_dictionary(decoder_dictionary())
+                } else {
+                    zstd::bulk::Decompressor::new()
                 };
                 *d = Some(made.map_err(RecordError::Decompress)?);
             }
@@ -564,13 +565,11 @@ fn decode_body(json: &[u8]) -> Result<Record, RecordError> {
     serde_json::from_slice(json).map_err(RecordError::Body)
 }
 
-type Decompressor = Option<zstd::bulk::Decompressor<'static>>;
-
 thread_local! {
     // zstd contexts are costly to create (a fresh one per record was ~7% of collector CPU): one per
     // thread, without and with the record dictionary.
     static COMPRESSOR: RefCell<[Option<zstd::bulk::Compressor<'static>>; 2]> = const { RefCell::new([None, None]) };
-    static DECOMPRESSOR: RefCell<(Decompressor, Decompressor, Vec<u8>)> = const { RefCell::new((None, None, Vec::new())) };
+    static DECOMPRESSOR: RefCell<([Option<zstd::bulk::Decompressor<'static>>; 2], Vec<u8>)> = const { RefCell::new(([None, None], Vec::new())) };
 }
 
 /// The record dictionary prepared once for compressing (its tables built at [`ZSTD_LEVEL`]).
