@@ -929,13 +929,20 @@ fn failpoint(name: &str) -> Option<String> {
 /// `pipeline_stop_before_lease_commit:<epoch>`: the process stops itself (SIGSTOP), once, when a lineage
 /// reaches that epoch's lease commit: the worst moment for a pause (a GC, a frozen VM), after the
 /// lease was last judged valid. The fencing test resumes it once another worker took the lease.
+///
+/// The signal goes to this thread (`raise(3)`), not to the process: a process-directed SIGSTOP is taken
+/// by whichever thread the kernel wakes for it, and until that thread runs the others go on, so under
+/// load this one went on to the commit before the pause began. A thread-directed one stops this
+/// thread on its way out of the system call, and the rest of the process with it.
 fn stop_failpoint(epoch: u64) {
     static STOPPED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     if failpoint("pipeline_stop_before_lease_commit").and_then(|e| e.parse::<u64>().ok()) == Some(epoch)
         && !STOPPED.swap(true, std::sync::atomic::Ordering::SeqCst)
     {
         tracing::error!(epoch, "failpoint pipeline_stop_before_lease_commit: stopping the process before the lease commit");
-        let _ = std::process::Command::new("kill").args(["-STOP", &std::process::id().to_string()]).status();
+        if let Err(e) = signal_hook::low_level::raise(signal_hook::consts::SIGSTOP) {
+            tracing::error!(epoch, error = %e, "failpoint pipeline_stop_before_lease_commit: could not stop");
+        }
         tracing::warn!(epoch, "failpoint pipeline_stop_before_lease_commit: resumed");
     }
 }

@@ -193,6 +193,12 @@ async fn a_worker_paused_past_its_lease_has_its_commit_refused_and_nothing_it_wr
     feeder.await.expect("feeder");
     until_leases(&moto, "b committing past epoch 3 on both lineages", Duration::from_secs(60), |t| t.iter().all(|l| l.checkpoint > 3)).await;
 
+    // The runner that stopped went no further while paused: it logs that it resumed only after the
+    // SIGCONT below. (A stop signalled to the process rather than to the stopping thread let that
+    // thread run on until another thread took the signal: 2 ms to 14 ms under load, long enough to
+    // commit the epoch before the pause.)
+    let early: Vec<String> = a.stderr.try_iter().filter(|l| l.contains("failpoint pipeline_stop_before_lease_commit: resumed")).collect();
+    assert!(early.is_empty(), "worker a's runner ran on past its stop: {early:?}");
     // a resumes: its commit of epoch 3 is refused, and it publishes nothing.
     let _ = std::process::Command::new("kill").args(["-CONT", &a.pid().to_string()]).status();
     a.wait_for_line("the lease refused the commit of epoch 3", Duration::from_secs(30));
