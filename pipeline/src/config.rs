@@ -27,9 +27,10 @@ pub struct PipelineConfig {
     pub compact_after_ms: i64,
     /// … and once it holds at least this many files of this pipeline.
     pub compact_min_files: usize,
-    /// The hour still being written is compacted too: once it holds this many single-epoch files of
-    /// this pipeline, they are merged into one (merged files stay until the hour closes), so a query of
-    /// the last minutes opens tens of files, not thousands (0 turns it off).
+    /// The hour still being written is compacted too, by levels: once it holds this many single-epoch
+    /// files of this pipeline in a row they are merged into one, and as many merged files of one level
+    /// into one of the next, so a query of the last minutes opens tens of files, not thousands. A pass
+    /// starts once this many epochs were committed since the last (0 turns it off).
     pub compact_open_files: usize,
     /// Merged Parquet files roll over at about this size.
     pub compact_target_bytes: u64,
@@ -65,7 +66,7 @@ impl Default for PipelineConfig {
             max_records_per_epoch: 100_000,
             compact_after_ms: 10 * 60_000,
             compact_min_files: 8,
-            compact_open_files: 60,
+            compact_open_files: 16,
             compact_target_bytes: 128 << 20,
             max_open_views: s.max_open_views,
             max_ended_views: s.max_ended_views,

@@ -20,8 +20,10 @@
 //! first, then the inputs are deleted; after a crash in between, [`ParquetSink::recover`] deletes the
 //! inputs a merged file supersedes. Late rows
 //! for a compacted hour land in new small files and are merged again later. The hour still being
-//! written is compacted lightly: once it holds [`Compaction::open_files`] single-epoch files, they become
-//! one file (merged files stay until the hour closes), so queries of the last minutes stay cheap. Within `qoeflow serve` the
+//! written is compacted by levels: once it holds [`Compaction::open_files`] single-epoch files in a row,
+//! they become one file, and as many merged files of one level become one of the next
+//! ([`open_hour_runs`]), so a query of the last minutes opens tens of files whatever the epoch length.
+//! Within `qoeflow serve` the
 //! deletes hold [`DATASET_LOCK`] for writing and queries hold it for reading, so a query sees either the
 //! inputs or the merged file; a separate reader process may see both for the instant between the
 //! merged file's appearance and the deletes (its query engine lists again when a listed file is gone).
@@ -45,7 +47,8 @@ pub struct Compaction {
     pub closed_before: i64,
     /// … once there are at least this many.
     pub min_files: usize,
-    /// In an hour still open, its single-epoch files are merged once there are this many (0: never).
+    /// In an hour still open, files are merged by level ([`open_hour_runs`]): a run of this many
+    /// single-epoch files becomes one, as does a run of this many merged files of one level (0: never).
     pub open_files: usize,
     /// Merged files roll over at about this size.
     pub target_bytes: u64,
@@ -114,6 +117,36 @@ fn size_groups(files: &[OwnFile], target_bytes: u64) -> Vec<&[OwnFile]> {
     }
     groups.push(&files[start..]);
     groups.into_iter().filter(|g| !g.is_empty()).collect()
+}
+
+/// A file's level in an hour still written to: 0 for one epoch's file, else ⌊log_fan_in(span)⌋ and at
+/// least 1, the span being the epochs it covers. Merging `fan_in` files of a level gives a file of a
+/// higher one, so levels grow with age like the digits of a counter.
+fn open_level(file: &OwnFile, fan_in: usize) -> u32 {
+    if file.first == file.last {
+        return 0;
+    }
+    (file.last - file.first + 1).ilog(fan_in as u64).max(1)
+}
+
+/// What an hour still written to merges (`files` in epoch order): each run of at least `fan_in` files
+/// of one level ([`open_level`]) with no other file between them. A merged file is named after the
+/// range of epochs it covers, and recovery deletes a file another's range covers, so a merge may only
+/// take files next to each other: a file left alone (a single one bigger than the size target, say)
+/// splits a run. Each row is rewritten about log_fan_in(epochs in the hour) times while the hour is
+/// open, and the hour holds at most about `fan_in` files per level.
+fn open_hour_runs(files: &[OwnFile], fan_in: usize) -> Vec<&[OwnFile]> {
+    let mut runs = Vec::new();
+    let mut start = 0;
+    for i in 1..=files.len() {
+        if i == files.len() || open_level(&files[i], fan_in) != open_level(&files[start], fan_in) {
+            if i - start >= fan_in {
+                runs.push(&files[start..i]);
+            }
+            start = i;
+        }
+    }
+    runs
 }
 
 impl ParquetSink {
@@ -222,22 +255,17 @@ impl ParquetSink {
             let closed = start + PARTITION_MS <= policy.closed_before;
             // A closed hour's `qoe_window` files get their minute rollups.
             let roll_up = policy.roll_up && closed && rollup_twin(dir).is_some();
-            let files: Vec<_> = if closed {
-                committed_files.collect()
+            let files: Vec<_> = committed_files.collect();
+            let runs: Vec<&[OwnFile]> = if closed {
+                vec![&files]
             } else if policy.open_files >= 2 {
-                // An hour still written to: only its single-epoch files, once there are enough of
-                // them (they are consecutive in epoch order: every later epoch writes after them).
-                let files: Vec<_> = committed_files.filter(|f| f.first == f.last).collect();
-                if files.len() < policy.open_files {
-                    continue;
-                }
-                files
+                open_hour_runs(&files, policy.open_files)
             } else {
                 continue;
             };
             let mut merged_any = false;
             let enough = !closed || files.len() >= policy.min_files.max(2);
-            for group in size_groups(&files, policy.target_bytes) {
+            for group in runs.into_iter().flat_map(|run| size_groups(run, policy.target_bytes)) {
                 if !keep_going() {
                     return Ok(done);
                 }
@@ -505,7 +533,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_open_hour_merges_its_single_epoch_files_and_leaves_merged_ones_until_it_closes() {
+    async fn the_open_hour_merges_its_single_epoch_files_then_its_merged_ones_by_level() {
         use crate::sessionizer::Sessionizer;
         let (_dir, root, sink, mut session, t0) = hour_fixture();
         let epoch_of_views = |session: &mut Sessionizer, epoch: u64| {
@@ -538,10 +566,26 @@ mod tests {
         let before: Vec<_> = TABLES_UNDER_TEST.iter().map(|t| rows_of(&root, t)).collect();
         sink.compact_while(10, open(5), || true).await.unwrap();
         assert_eq!(own_in(&sink, &hour).await, vec![(1, 7), (8, 8), (9, 9), (10, 10)]);
-        // Once the hour closes, everything in it is merged, the earlier merge included.
-        sink.compact(10, t0 + 2 * PARTITION_MS, 2, u64::MAX).await.unwrap();
-        assert_eq!(own_in(&sink, &hour).await, vec![(1, 10)]);
+        // At fan-in 3 the three singles merge, then the two merged files of level 1 are not yet three.
+        sink.compact_while(10, open(3), || true).await.unwrap();
+        assert_eq!(own_in(&sink, &hour).await, vec![(1, 7), (8, 10)]);
         assert_eq!(TABLES_UNDER_TEST.iter().map(|t| rows_of(&root, t)).collect::<Vec<_>>(), before, "the same rows");
+        // Three more singles make a third level-1 file, and the three of them merge into one.
+        for epoch in 11..=13u64 {
+            let out = epoch_of_views(&mut session, epoch);
+            sink.write_epoch(epoch, &out).await.unwrap();
+        }
+        let before: Vec<_> = TABLES_UNDER_TEST.iter().map(|t| rows_of(&root, t)).collect();
+        sink.compact_while(13, open(3), || true).await.unwrap();
+        assert_eq!(own_in(&sink, &hour).await, vec![(1, 7), (8, 10), (11, 13)], "one level per pass");
+        sink.compact_while(13, open(3), || true).await.unwrap();
+        assert_eq!(own_in(&sink, &hour).await, vec![(1, 13)]);
+        assert_eq!(TABLES_UNDER_TEST.iter().map(|t| rows_of(&root, t)).collect::<Vec<_>>(), before, "the same rows");
+        // Once the hour closes, everything in it is merged, the earlier merges included.
+        let out = epoch_of_views(&mut session, 14);
+        sink.write_epoch(14, &out).await.unwrap();
+        sink.compact(14, t0 + 2 * PARTITION_MS, 2, u64::MAX).await.unwrap();
+        assert_eq!(own_in(&sink, &hour).await, vec![(1, 14)]);
     }
 
     /// Σ of an Int64 column over every file of `table` (by row: 0 for NULL).
@@ -716,6 +760,64 @@ mod tests {
             .collect();
         // Runs of at most 25 bytes; the 50-byte file and the 25-byte file stay alone, and no run spans them.
         assert_eq!(groups, vec![vec![1, 2], vec![3], vec![4], vec![5, 6], vec![7, 8], vec![9]]);
+    }
+
+    fn own(ranges: &[(u64, u64, u64)]) -> Vec<OwnFile> {
+        ranges.iter().map(|&(first, last, size)| OwnFile { first, last, key: format!("f{first}-{last}"), size }).collect()
+    }
+
+    fn ranges(runs: &[&[OwnFile]]) -> Vec<Vec<(u64, u64)>> {
+        runs.iter().map(|r| r.iter().map(|f| (f.first, f.last)).collect()).collect()
+    }
+
+    #[test]
+    fn the_open_hour_merges_runs_of_one_level_and_never_across_a_file_left_alone() {
+        // Levels at fan-in 4: singles 0; spans 2..15: 1; 16..63: 2.
+        let files = own(&[(1, 16, 9), (17, 20, 9), (21, 24, 9), (25, 28, 9), (29, 32, 9), (33, 33, 1), (34, 34, 1), (35, 35, 1)]);
+        // Four level-1 files in a row; three singles are not enough.
+        assert_eq!(ranges(&open_hour_runs(&files, 4)), vec![vec![(17, 20), (21, 24), (25, 28), (29, 32)]]);
+        let files = own(&[(1, 16, 9), (17, 20, 9), (21, 24, 9), (25, 28, 9), (29, 32, 9), (33, 33, 1), (34, 34, 1), (35, 35, 1), (36, 36, 1)]);
+        assert_eq!(open_hour_runs(&files, 4).len(), 2, "the level-1 run and the four singles");
+        // A single between merged files (one left alone as bigger than the size target) splits the
+        // run: merging across it would name a file whose range covers it, and recovery would delete it.
+        let files = own(&[(1, 4, 9), (5, 8, 9), (9, 9, 500), (10, 13, 9), (14, 17, 9), (18, 18, 1), (19, 19, 1), (20, 20, 1), (21, 21, 1)]);
+        assert_eq!(ranges(&open_hour_runs(&files, 3)), vec![vec![(18, 18), (19, 19), (20, 20), (21, 21)]]);
+        for run in open_hour_runs(&files, 2) {
+            let (first, last) = (run[0].first, run[run.len() - 1].last);
+            assert!(files.iter().filter(|f| first <= f.first && f.last <= last).count() == run.len(), "{run:?} covers a file it does not merge");
+        }
+    }
+
+    #[test]
+    fn open_hour_levels_keep_the_hour_to_tens_of_files_over_a_whole_hour_of_short_epochs() {
+        // An hour of 200 ms epochs merged as the pipeline does (a pass every N epochs), by size alone
+        // never split: the hour never holds more than about N files per level, and each epoch's rows
+        // are rewritten about log_N(epochs) times.
+        let fan_in = 16;
+        let mut files: Vec<OwnFile> = Vec::new();
+        let (mut most, mut rewritten) = (0, 0u64);
+        for epoch in 1..=18_000u64 {
+            files.push(OwnFile { first: epoch, last: epoch, key: String::new(), size: 1 });
+            if epoch % fan_in as u64 == 0 {
+                loop {
+                    let runs: Vec<(u64, u64, usize)> = open_hour_runs(&files, fan_in).iter().map(|r| (r[0].first, r[r.len() - 1].last, r.len())).collect();
+                    if runs.is_empty() {
+                        break;
+                    }
+                    for (first, last, _) in runs {
+                        let size: u64 = files.iter().filter(|f| first <= f.first && f.last <= last).map(|f| f.size).sum();
+                        rewritten += size;
+                        files.retain(|f| !(first <= f.first && f.last <= last));
+                        files.push(OwnFile { first, last, key: String::new(), size });
+                        files.sort();
+                    }
+                }
+            }
+            most = most.max(files.len());
+        }
+        assert!(most <= 4 * fan_in, "at most {most} files in the hour");
+        assert!(rewritten <= 4 * 18_000, "each row rewritten {} times on average", rewritten as f64 / 18_000.0);
+        assert!(files.windows(2).all(|w| w[0].last < w[1].first), "files never overlap");
     }
 
     #[tokio::test]
