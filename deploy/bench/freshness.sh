@@ -35,3 +35,5 @@ for line in sys.stdin:
         (sums if m.group(2) == "sum" else counts)[name] = float(m.group(4))
 print("pipeline, mean ms per epoch (per write for sinks; parquet: staging and publishing each): " + ", ".join(f"{k} {1000 * sums[k] / counts[k]:.1f}" for k in sorted(sums) if counts.get(k)))
 '
+# How many files a query of the open hour opens (compaction by levels keeps it to tens; BENCHMARKS §12).
+echo "qoe_window files in the dataset at the end: $(find "$work/serve/parquet/qoe_window" -name '*.parquet' | wc -l)"
