@@ -25,8 +25,9 @@
 //! ([`open_hour_runs`]), so a query of the last minutes opens tens of files whatever the epoch length.
 //! Within `qoeflow serve` the
 //! deletes hold [`DATASET_LOCK`] for writing and queries hold it for reading, so a query sees either the
-//! inputs or the merged file; a separate reader process may see both for the instant between the
-//! merged file's appearance and the deletes (its query engine lists again when a listed file is gone).
+//! inputs or the merged file; a separate reader process may list both for the instant between the
+//! merged file's appearance and the deletes: its query engine leaves out the files a listed merged file
+//! covers (`query::superseded`) and lists again when a listed file is gone.
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -56,10 +56,16 @@ impl Engine {
             .with_memory_limit(memory_limit, 1.0)
             .with_disk_manager_builder(DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled))
             .build_arc()?;
-        if let Some((bucket, store)) = dataset.object_store() {
-            let url = datafusion::execution::object_store::ObjectStoreUrl::parse(&bucket)?;
-            runtime.register_object_store(url.as_ref(), store);
-        }
+        // Listings leave out files a listed merged file supersedes (a compaction's swap seen from
+        // another process: crate::superseded).
+        let (url, store) = match dataset.object_store() {
+            Some((bucket, store)) => (datafusion::execution::object_store::ObjectStoreUrl::parse(&bucket)?, store),
+            None => (
+                datafusion::execution::object_store::ObjectStoreUrl::local_filesystem(),
+                Arc::new(object_store::local::LocalFileSystem::new()) as Arc<dyn object_store::ObjectStore>,
+            ),
+        };
+        runtime.register_object_store(url.as_ref(), Arc::new(crate::superseded::SkipSuperseded::new(store)));
         let ctx =
             SessionContext::new_with_config_rt(datafusion::prelude::SessionConfig::new(), runtime);
         // `qoe_minute`: the minute rollups compaction writes.
@@ -284,5 +290,46 @@ mod tests {
         }
         swaps.join().expect("swaps");
         assert!(queries >= 50, "only {queries} queries ran beside the swaps");
+    }
+
+    /// A Parquet file of `rows` rows of `qoe_window` (zeros and empty strings).
+    fn window_rows(path: &Path, rows: usize) {
+        use datafusion::arrow::array::{ArrayRef, Int64Array};
+        use datafusion::arrow::compute::cast;
+        let schema = arrow_schema(schemas::tables::qoe_window());
+        let zeros = Int64Array::from(vec![0i64; rows]);
+        let columns: Vec<ArrayRef> = schema
+            .fields()
+            .iter()
+            .map(|f| match f.data_type() {
+                DataType::Binary => cast(&cast(&zeros, &DataType::Utf8).expect("utf8"), &DataType::Binary).expect("binary"),
+                t => cast(&zeros, t).expect("cast"),
+            })
+            .collect();
+        let batch = RecordBatch::try_new(schema.clone(), columns).expect("batch");
+        let mut writer = parquet::arrow::ArrowWriter::try_new(std::fs::File::create(path).expect("file"), schema, None).expect("writer");
+        writer.write(&batch).expect("write");
+        writer.close().expect("close");
+    }
+
+    /// Another process's compaction between publishing its merged file and deleting the inputs: a
+    /// listing holds both, and the inputs' rows must not count twice.
+    #[tokio::test]
+    async fn a_merged_file_and_the_inputs_it_covers_count_once() {
+        use datafusion::arrow::array::AsArray;
+        use schemas::dataset::{file_name, merged_file_name};
+        let dir = tempfile::tempdir().expect("tmp");
+        let engine = Engine::open_with_memory_limit(&objstore::Location::local(dir.path().join("parquet")), 64 << 20).await.expect("engine");
+        let part = dir.path().join("parquet/qoe_window/dt=2026-12-04/hour=00");
+        std::fs::create_dir_all(&part).expect("partition");
+        // Epochs 1 and 2 merged (5 rows) beside their inputs; epoch 3 not merged; another source's epoch 1.
+        for (name, rows) in [(file_name("w", 1), 2), (file_name("w", 2), 3), (merged_file_name("w", 1, 2), 5), (file_name("w", 3), 7), (file_name("x", 1), 11)] {
+            window_rows(&part.join(name), rows);
+        }
+        for sql in ["SELECT count(*) AS n FROM qoe_window", "SELECT count(*) AS n FROM qoe_window WHERE dt = '2026-12-04' AND hour = '00'"] {
+            let batches = engine.sql(sql).await.expect("query");
+            let n = batches[0].column(0).as_primitive::<datafusion::arrow::datatypes::Int64Type>().value(0);
+            assert_eq!(n, 5 + 7 + 11, "{sql}");
+        }
     }
 }

@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod output;
 pub mod server;
 pub mod sql;
+pub mod superseded;
 
 pub use config::QueryConfig;
 pub use engine::{Engine, HELPER_VIEWS, helper_view_statements, is_resources_exhausted};

@@ -38,6 +38,42 @@ pub fn epochs_of(name: &str, prefix: &str) -> Option<(u64, u64)> {
     }
 }
 
+/// The source and epochs of a data file's name, `part-<source>-e<epoch>.parquet` or
+/// `part-<source>-e<first>-<last>.parquet`; `None` for any other name. For readers that list the
+/// dataset without knowing its sources ([`superseded`]).
+pub fn source_and_epochs(name: &str) -> Option<(&str, u64, u64)> {
+    let body = name.strip_prefix("part-")?.strip_suffix(".parquet")?;
+    let (head, tail) = body.rsplit_once('-')?;
+    match tail.strip_prefix('e') {
+        Some(epoch) => epoch.parse().ok().map(|e| (head, e, e)),
+        None => {
+            let (source, first) = head.rsplit_once("-e")?;
+            Some((source, first.parse().ok()?, tail.parse().ok()?))
+        }
+    }
+}
+
+/// Which of the data files listed in one partition directory (by name) a reader must skip: those
+/// whose epochs another listed file of the same source covers. A compaction publishes its merged file
+/// before it deletes the inputs, so for an instant a listing holds both, and counting both would count
+/// their rows twice; these are also the files recovery deletes after a crash in between.
+pub fn superseded<'a>(names: impl IntoIterator<Item = &'a str>) -> std::collections::HashSet<&'a str> {
+    let files: Vec<(&str, (&str, u64, u64))> = names.into_iter().filter_map(|n| Some((n, source_and_epochs(n)?))).collect();
+    let mut merged: std::collections::HashMap<&str, Vec<(u64, u64)>> = std::collections::HashMap::new();
+    for (_, (source, first, last)) in &files {
+        if first != last {
+            merged.entry(source).or_default().push((*first, *last));
+        }
+    }
+    files
+        .iter()
+        .filter(|(_, (source, first, last))| {
+            merged.get(source).is_some_and(|ranges| ranges.iter().any(|&(a, b)| a <= *first && *last <= b && (a, b) != (*first, *last)))
+        })
+        .map(|(name, _)| *name)
+        .collect()
+}
+
 /// Start (epoch ms, UTC) of an `.../dt=YYYY-MM-DD/hour=HH` partition directory.
 pub fn partition_start(dir: &std::path::Path) -> Option<i64> {
     let hour: i64 = dir.file_name()?.to_str()?.strip_prefix("hour=")?.parse().ok()?;
@@ -129,5 +165,38 @@ mod tests {
             assert_eq!(partition_start(&dir), Some(ms - ms.rem_euclid(3_600_000)), "{ms}");
         }
         assert_eq!(partition_start(Path::new("/x/events/dt=2023-11-14")), None);
+    }
+
+    #[test]
+    fn file_names_read_back_as_their_source_and_epochs() {
+        for source in ["local", "kinesis-shardId-000000000001-e4x9k2", "w"] {
+            assert_eq!(source_and_epochs(&file_name(source, 7)), Some((source, 7, 7)));
+            assert_eq!(source_and_epochs(&merged_file_name(source, 3, 90)), Some((source, 3, 90)));
+            assert_eq!(epochs_of(&merged_file_name(source, 3, 90), &source_prefix(source)), Some((3, 90)));
+        }
+        for other in [".part-local-e000000000001.parquet.tmp", "part-local.parquet", "notes.txt", "part-local-e12x.parquet"] {
+            assert_eq!(source_and_epochs(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn a_listing_skips_the_files_a_merged_file_of_their_source_covers() {
+        let names = [
+            merged_file_name("a", 1, 16),
+            file_name("a", 1),
+            file_name("a", 16),
+            file_name("a", 17),
+            merged_file_name("a", 17, 32), // published before its inputs, epoch 17 among them, are gone
+            file_name("b", 5), // another source's epochs are its own
+            merged_file_name("a", 1, 32), // a merge of the two merged files, its inputs not yet deleted
+            "notes.txt".to_owned(),
+        ];
+        let skipped = superseded(names.iter().map(String::as_str));
+        let mut skipped: Vec<&str> = skipped.into_iter().collect();
+        skipped.sort();
+        let mut expected = vec![merged_file_name("a", 1, 16), file_name("a", 1), file_name("a", 16), file_name("a", 17), merged_file_name("a", 17, 32)];
+        expected.sort();
+        assert_eq!(skipped, expected);
+        assert!(superseded([file_name("a", 1).as_str(), file_name("a", 2).as_str()]).is_empty(), "singles never cover each other");
     }
 }
