@@ -49,11 +49,43 @@ pub fn staged_files(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// Every batch of a table; panics (the test fails) on any unreadable, i.e. torn, file.
+/// `files` without those a listed merged file of their source covers, per directory
+/// (`schemas::dataset::superseded`): what a reader must skip while a compaction swaps files.
+pub fn visible(files: Vec<PathBuf>) -> Vec<PathBuf> {
+    let mut by_dir: BTreeMap<PathBuf, Vec<String>> = BTreeMap::new();
+    for f in &files {
+        let name = f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        by_dir.entry(f.parent().map(Path::to_path_buf).unwrap_or_default()).or_default().push(name);
+    }
+    let skipped: std::collections::HashSet<PathBuf> = by_dir
+        .iter()
+        .flat_map(|(dir, names)| schemas::dataset::superseded(names.iter().map(String::as_str)).into_iter().map(|n| dir.join(n)).collect::<Vec<_>>())
+        .collect();
+    files.into_iter().filter(|f| !skipped.contains(f)).collect()
+}
+
+/// Every batch of a table, read while the pipeline may be compacting it, as qoeflow's own readers
+/// do: files a listed merged file covers are left out, and when a listed file is gone before it is
+/// opened (a compaction deleted the inputs of its merged file) the table is listed and read again.
+/// Panics (the test fails) on any unreadable, i.e. torn, file.
 pub fn read_table(data_dir: &Path, table: &str) -> Vec<RecordBatch> {
+    for _ in 0..50 {
+        if let Some(batches) = read_table_once(&data_dir.join("parquet").join(table)) {
+            return batches;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    panic!("{table}: listed files kept vanishing before they were read (50 listings)");
+}
+
+/// [`read_table`]'s one listing; `None` if a listed file was gone.
+fn read_table_once(dir: &Path) -> Option<Vec<RecordBatch>> {
     let mut out = Vec::new();
-    for f in files(&data_dir.join("parquet").join(table)) {
-        let file = std::fs::File::open(&f).expect("open parquet");
+    for f in visible(files(dir)) {
+        let file = match std::fs::File::open(&f) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+            file => file.expect("open parquet"),
+        };
         let reader = ParquetRecordBatchReaderBuilder::try_new(file)
             .unwrap_or_else(|e| panic!("{} is not a readable Parquet file: {e}", f.display()))
             .build()
@@ -62,7 +94,7 @@ pub fn read_table(data_dir: &Path, table: &str) -> Vec<RecordBatch> {
             out.push(b.unwrap_or_else(|e| panic!("{}: {e}", f.display())));
         }
     }
-    out
+    Some(out)
 }
 
 pub fn num_rows(batches: &[RecordBatch]) -> usize {
