@@ -34,6 +34,10 @@ pub struct PipelineConfig {
     pub compact_open_files: usize,
     /// Merged Parquet files roll over at about this size.
     pub compact_target_bytes: u64,
+    /// … and in the hour still being written at about this size: a merge holds its inputs and its
+    /// output in memory, and the open hour's merges run every few epochs beside them, so they stay
+    /// small; the hour's close merges the files again into `compact_target_bytes` ones.
+    pub compact_open_target_bytes: u64,
     /// Caps on the sessionizer's state (see [`SessionConfig`]).
     pub max_open_views: usize,
     pub max_ended_views: usize,
@@ -68,6 +72,7 @@ impl Default for PipelineConfig {
             compact_min_files: 8,
             compact_open_files: 16,
             compact_target_bytes: 128 << 20,
+            compact_open_target_bytes: 8 << 20,
             max_open_views: s.max_open_views,
             max_ended_views: s.max_ended_views,
             max_gaps_per_view: s.max_gaps_per_view,

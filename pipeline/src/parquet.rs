@@ -51,8 +51,10 @@ pub struct Compaction {
     /// In an hour still open, files are merged by level ([`open_hour_runs`]): a run of this many
     /// single-epoch files becomes one, as does a run of this many merged files of one level (0: never).
     pub open_files: usize,
-    /// Merged files roll over at about this size.
+    /// Merged files roll over at about this size …
     pub target_bytes: u64,
+    /// … and in an hour still open at about this size.
+    pub open_target_bytes: u64,
     /// Closed hours of `qoe_window` get their minute rollups (`qoe_minute`, [`crate::rollup`]): when
     /// the pipeline's windows are slots of a minute ([`schemas::dataset::rollable_window`]).
     pub roll_up: bool,
@@ -231,7 +233,7 @@ impl ParquetSink {
         min_files: usize,
         target_bytes: u64,
     ) -> crate::Result<Compacted> {
-        let policy = Compaction { closed_before, min_files, open_files: 0, target_bytes, roll_up: true };
+        let policy = Compaction { closed_before, min_files, open_files: 0, target_bytes, open_target_bytes: target_bytes, roll_up: true };
         self.compact_while(committed, policy, || true).await
     }
 
@@ -257,16 +259,16 @@ impl ParquetSink {
             // A closed hour's `qoe_window` files get their minute rollups.
             let roll_up = policy.roll_up && closed && rollup_twin(dir).is_some();
             let files: Vec<_> = committed_files.collect();
-            let runs: Vec<&[OwnFile]> = if closed {
-                vec![&files]
+            let (runs, target): (Vec<&[OwnFile]>, u64) = if closed {
+                (vec![&files], policy.target_bytes)
             } else if policy.open_files >= 2 {
-                open_hour_runs(&files, policy.open_files)
+                (open_hour_runs(&files, policy.open_files), policy.open_target_bytes)
             } else {
                 continue;
             };
             let mut merged_any = false;
             let enough = !closed || files.len() >= policy.min_files.max(2);
-            for group in runs.into_iter().flat_map(|run| size_groups(run, policy.target_bytes)) {
+            for group in runs.into_iter().flat_map(|run| size_groups(run, target)) {
                 if !keep_going() {
                     return Ok(done);
                 }
@@ -548,11 +550,13 @@ mod tests {
         }
         let before: Vec<_> = TABLES_UNDER_TEST.iter().map(|t| rows_of(&root, t)).collect();
         let hour = format!("qoe_window/{}", partition_of(t0));
-        let open = |open_files| Compaction { closed_before: t0, min_files: 2, open_files, target_bytes: u64::MAX, roll_up: true };
+        let open = |open_files| Compaction { closed_before: t0, min_files: 2, open_files, target_bytes: u64::MAX, open_target_bytes: u64::MAX, roll_up: true };
 
         // Off, or fewer single-epoch files than asked for: nothing moves.
         assert_eq!(sink.compact_while(7, open(0), || true).await.unwrap().files_in, 0);
         assert_eq!(sink.compact_while(7, open(8), || true).await.unwrap().files_in, 0);
+        // Files already at the open hour's size target stay as they are (the hour's close merges them).
+        assert_eq!(sink.compact_while(7, Compaction { open_target_bytes: 1, ..open(5) }, || true).await.unwrap().files_in, 0);
         // Seven committed singles of the open hour become one file; epoch 8 (not committed) stays.
         let done = sink.compact_while(7, open(5), || true).await.unwrap();
         assert!(done.files_in >= 7, "{done:?}");
@@ -629,7 +633,7 @@ mod tests {
         };
 
         // The open hour's light compaction writes no rollup.
-        let open = Compaction { closed_before: t0, min_files: 2, open_files: 4, target_bytes: u64::MAX, roll_up: true };
+        let open = Compaction { closed_before: t0, min_files: 2, open_files: 4, target_bytes: u64::MAX, open_target_bytes: u64::MAX, roll_up: true };
         sink.compact_while(8, open, || true).await.unwrap();
         assert_eq!(own_in(&sink, &format!("qoe_window/{part}")).await, vec![(1, 8)]);
         assert!(twins(&root).is_empty(), "{:?}", twins(&root));

@@ -874,6 +874,7 @@ async fn compact_beside(
             min_files: config.compact_min_files,
             open_files: config.compact_open_files,
             target_bytes: config.compact_target_bytes,
+            open_target_bytes: config.compact_open_target_bytes,
             roll_up: schemas::dataset::rollable_window(config.window_ms),
         };
         let running = || may_write() && committed.has_changed().is_ok();
