@@ -203,17 +203,16 @@ impl ParquetSink {
             self.dataset.delete(&key).await?;
             deleted += 1;
         }
-        let doomed = |files: &[OwnFile], file: &OwnFile| {
-            let covered = files.iter().any(|o| o != file && o.first <= file.first && file.last <= o.last);
-            file.last > committed || covered
-        };
+        // Covered by a merged file of the same partition: the rule readers skip files by.
+        let covered = schemas::dataset::superseded(by_dir.values().flatten().map(|f| f.key.as_str()));
+        let doomed = |file: &OwnFile| file.last > committed || covered.contains(file.key.as_str());
         // The files that stay, then rollups whose `qoe_window` file does not (a crash in a swap).
         let twins_kept: std::collections::HashSet<String> =
-            by_dir.values().flat_map(|files| files.iter().filter(|f| !doomed(files, f)).filter_map(|f| rollup_twin(&f.key))).collect();
+            by_dir.values().flatten().filter(|f| !doomed(f)).filter_map(|f| rollup_twin(&f.key)).collect();
         for files in by_dir.values() {
             for file in files {
                 let orphan = is_rollup(&file.key) && !twins_kept.contains(&file.key);
-                if doomed(files, file) || orphan {
+                if doomed(file) || orphan {
                     self.dataset.delete(&file.key).await?;
                     deleted += 1;
                 }

@@ -7,7 +7,6 @@
 //! left out ([`schemas::dataset::superseded`], the rule recovery deletes by). Everything else is the
 //! inner store's.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::ops::Range;
 use std::sync::Arc;
@@ -40,15 +39,8 @@ impl fmt::Display for SkipSuperseded {
 
 /// `objects` without those superseded in their directory.
 fn visible(objects: Vec<ObjectMeta>) -> Vec<ObjectMeta> {
-    let mut by_dir: BTreeMap<String, Vec<&str>> = BTreeMap::new();
-    for o in &objects {
-        let (dir, name) = o.location.as_ref().rsplit_once('/').unwrap_or(("", o.location.as_ref()));
-        by_dir.entry(dir.to_owned()).or_default().push(name);
-    }
-    let skipped: std::collections::HashSet<String> = by_dir
-        .iter()
-        .flat_map(|(dir, names)| schemas::dataset::superseded(names.iter().copied()).into_iter().map(move |n| if dir.is_empty() { n.to_owned() } else { format!("{dir}/{n}") }))
-        .collect();
+    let skipped: std::collections::HashSet<String> =
+        schemas::dataset::superseded(objects.iter().map(|o| o.location.as_ref())).into_iter().map(str::to_owned).collect();
     if skipped.is_empty() {
         return objects;
     }

@@ -53,24 +53,33 @@ pub fn source_and_epochs(name: &str) -> Option<(&str, u64, u64)> {
     }
 }
 
-/// Which of the data files listed in one partition directory (by name) a reader must skip: those
-/// whose epochs another listed file of the same source covers. A compaction publishes its merged file
-/// before it deletes the inputs, so for an instant a listing holds both, and counting both would count
-/// their rows twice; these are also the files recovery deletes after a crash in between.
-pub fn superseded<'a>(names: impl IntoIterator<Item = &'a str>) -> std::collections::HashSet<&'a str> {
-    let files: Vec<(&str, (&str, u64, u64))> = names.into_iter().filter_map(|n| Some((n, source_and_epochs(n)?))).collect();
-    let mut merged: std::collections::HashMap<&str, Vec<(u64, u64)>> = std::collections::HashMap::new();
-    for (_, (source, first, last)) in &files {
+/// Which of the listed data files (keys or paths, `/`-separated; a bare name is in a directory of its
+/// own) a reader must skip: those whose epochs another listed file of the same source in the same
+/// directory covers. A compaction publishes its merged file before it deletes the inputs, so for an
+/// instant a listing holds both, and counting both would count their rows twice; these are also the
+/// files recovery deletes after a crash in between (`pipeline::parquet`, `recover`).
+pub fn superseded<'a>(keys: impl IntoIterator<Item = &'a str>) -> std::collections::HashSet<&'a str> {
+    // (directory, source, first, last) of each data file.
+    let files: Vec<(&str, (&str, &str, u64, u64))> = keys
+        .into_iter()
+        .filter_map(|key| {
+            let (dir, name) = key.rsplit_once('/').unwrap_or(("", key));
+            let (source, first, last) = source_and_epochs(name)?;
+            Some((key, (dir, source, first, last)))
+        })
+        .collect();
+    let mut merged: std::collections::HashMap<(&str, &str), Vec<(u64, u64)>> = std::collections::HashMap::new();
+    for (_, (dir, source, first, last)) in &files {
         if first != last {
-            merged.entry(source).or_default().push((*first, *last));
+            merged.entry((dir, source)).or_default().push((*first, *last));
         }
     }
     files
         .iter()
-        .filter(|(_, (source, first, last))| {
-            merged.get(source).is_some_and(|ranges| ranges.iter().any(|&(a, b)| a <= *first && *last <= b && (a, b) != (*first, *last)))
+        .filter(|(_, (dir, source, first, last))| {
+            merged.get(&(*dir, *source)).is_some_and(|ranges| ranges.iter().any(|&(a, b)| a <= *first && *last <= b && (a, b) != (*first, *last)))
         })
-        .map(|(name, _)| *name)
+        .map(|(key, _)| *key)
         .collect()
 }
 
@@ -198,5 +207,10 @@ mod tests {
         expected.sort();
         assert_eq!(skipped, expected);
         assert!(superseded([file_name("a", 1).as_str(), file_name("a", 2).as_str()]).is_empty(), "singles never cover each other");
+        // Each file is judged within its own directory.
+        let (merged, single) = (format!("h1/{}", merged_file_name("a", 1, 2)), format!("h2/{}", file_name("a", 1)));
+        assert!(superseded([merged.as_str(), single.as_str()]).is_empty(), "another partition's merged file covers nothing here");
+        let inside = format!("h1/{}", file_name("a", 1));
+        assert_eq!(superseded([merged.as_str(), single.as_str(), inside.as_str()]), [inside.as_str()].into_iter().collect());
     }
 }

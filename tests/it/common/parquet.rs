@@ -52,16 +52,9 @@ pub fn staged_files(dir: &Path) -> Vec<PathBuf> {
 /// `files` without those a listed merged file of their source covers, per directory
 /// (`schemas::dataset::superseded`): what a reader must skip while a compaction swaps files.
 pub fn visible(files: Vec<PathBuf>) -> Vec<PathBuf> {
-    let mut by_dir: BTreeMap<PathBuf, Vec<String>> = BTreeMap::new();
-    for f in &files {
-        let name = f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        by_dir.entry(f.parent().map(Path::to_path_buf).unwrap_or_default()).or_default().push(name);
-    }
-    let skipped: std::collections::HashSet<PathBuf> = by_dir
-        .iter()
-        .flat_map(|(dir, names)| schemas::dataset::superseded(names.iter().map(String::as_str)).into_iter().map(|n| dir.join(n)).collect::<Vec<_>>())
-        .collect();
-    files.into_iter().filter(|f| !skipped.contains(f)).collect()
+    let keys: Vec<String> = files.iter().map(|f| f.to_string_lossy().into_owned()).collect();
+    let skipped = schemas::dataset::superseded(keys.iter().map(String::as_str));
+    files.into_iter().zip(&keys).filter(|(_, key)| !skipped.contains(key.as_str())).map(|(f, _)| f).collect()
 }
 
 /// Every batch of a table, read while the pipeline may be compacting it, as qoeflow's own readers
