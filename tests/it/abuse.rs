@@ -234,7 +234,11 @@ async fn unbounded_state_open_views_are_capped_and_the_oldest_idle_evicted() {
 
 /// A flood of beacons, each with 1000 fresh `view_id`s: memory stays bounded by the caps. Measured as
 /// growth: after 30,000 fresh views and after 90,000 more, the peak is the same (without the caps each
-/// view stays open for 30 minutes and the peak grows with every beacon). The QoE alert evaluator is off:
+/// view stays open for 30 minutes and the peak grows with every beacon). Every cap is set low enough to
+/// be reached within the first 30,000 views, the bounded buffers too: the state store's page cache
+/// (4 MiB) and the open hour's compaction merges (2 MiB of input; with the defaults, 32 MiB and 8 MiB,
+/// they were still filling after 30,000 views, and the peak grew 58 MB on a loaded machine, 86 MB once
+/// in the suite, against 15 MB with these). The QoE alert evaluator is off:
 /// its queries' memory has bounds of its own (the query pool, DataFusion's 50 MiB footer cache, which
 /// fills as the flood's files multiply), and this test is about the pipeline's state.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -244,6 +248,8 @@ async fn unbounded_state_memory_stays_bounded_under_a_flood_of_fresh_view_ids() 
         ("QOEFLOW_PIPELINE__MAX_OPEN_VIEWS", "5000"),
         ("QOEFLOW_PIPELINE__MAX_ENDED_VIEWS", "5000"),
         ("QOEFLOW_PIPELINE__MAX_RECORDS_PER_EPOCH", "5000"),
+        ("QOEFLOW_PIPELINE__STATE_CACHE_MB", "4"),
+        ("QOEFLOW_PIPELINE__COMPACT_OPEN_TARGET_BYTES", "2097152"),
         ("QOEFLOW_ALERTS__ENABLED", "false"),
     ];
     let q = Qoeflow::serve(dir.path(), &[], &env);
