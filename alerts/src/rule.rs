@@ -365,7 +365,7 @@ mod tests {
             c.min_volume = 10;
         })
         .expect("valid");
-        let mut row = AggRow { bucket: None, group: Some("fastly".into()), sums: vec![0; query::metrics::sum_count()], quantiles: vec![] };
+        let mut row = AggRow { bucket: None, group: Some("fastly".into()), sums: vec![0; query::metrics::sum_count()], quantiles: vec![], windows: None };
         let at = |n: &str| sums().position(|s| s == n).expect("a sum");
         row.sums[at("attempts")] = 20;
         row.sums[at("vsf")] = 4;

@@ -299,7 +299,7 @@ async fn metrics_inner(state: &ApiState, q: &HashMap<String, String>) -> Result<
     }
     agg.bucket_ms = Some(step);
     agg.group_by = dimension(q, "group_by")?;
-    let (rows, active) = bounded(state, async { tokio::try_join!(backend.aggregate(&agg), backend.active_per_window(&agg)) }).await?;
+    let (rows, active) = bounded(state, backend.aggregate_with_active(&agg)).await?;
     // Concurrent viewers of a bucket: the most views active in one of its windows.
     let mut peak: HashMap<(i64, Option<String>), i64> = HashMap::new();
     for (window, group, n) in active {

@@ -43,6 +43,9 @@ pub struct AggRow {
     pub group: Option<String>,
     pub sums: Vec<i64>,
     pub quantiles: Vec<Option<f64>>,
+    /// The first and last window start of the bucket's rows (aggregations of `qoe_window` alone, by
+    /// buckets; `None` otherwise): when they are equal, the bucket is one window.
+    pub windows: Option<(i64, i64)>,
 }
 
 impl AggRow {
@@ -68,6 +71,8 @@ struct Dialect {
     bucket: fn(i64) -> String,
     quote: fn(&str) -> String,
     quantiles: fn() -> String,
+    /// `window_start` as epoch ms.
+    window_ms: &'static str,
 }
 
 impl Backend {
@@ -106,6 +111,7 @@ impl Backend {
                 quantiles: || {
                     QUANTILES.iter().map(|(n, q)| format!("hdr_quantile(startup_hist, startup_hist_retract, {q:?}) AS q_{n}")).collect::<Vec<_>>().join(", ")
                 },
+                window_ms: "CAST(window_start AS BIGINT)",
             },
             Backend::ClickHouse(ch) => Dialect {
                 // FINAL: replays may have written a row twice until ReplacingMergeTree merges them.
@@ -121,6 +127,7 @@ impl Backend {
                      groupArrayIf(hex(startup_hist_retract), startup_hist_retract != '') AS retracts"
                         .into()
                 },
+                window_ms: "window_start",
             },
         }
     }
@@ -146,6 +153,10 @@ impl Backend {
         } else {
             select.extend(sums().map(|c| format!("sum({c}) AS s_{c}")));
             select.push((d.quantiles)());
+            if q.bucket_ms.is_some() && rolled_up.is_empty() {
+                // Which windows each bucket holds (a rollup row would stand for six: not here).
+                select.push(format!("min({w}) AS w_first, max({w}) AS w_last", w = d.window_ms));
+            }
         }
         let filters = filter_clauses(q, &d);
         let mut sql = if rolled_up.is_empty() {
@@ -242,6 +253,23 @@ impl Backend {
         Ok(rows)
     }
 
+    /// The aggregation `q` (by buckets) and the active views per window of its range, as
+    /// [`Backend::aggregate`] and [`Backend::active_per_window`] answer them. With steps up to
+    /// [`ONE_QUERY_STEP_MS`] (a live dashboard's last minutes) one query answers both when every bucket
+    /// turns out to hold one window (its rows' active views are that window's); otherwise, or with
+    /// longer steps, the active views are queried per window, beside the aggregation.
+    pub async fn aggregate_with_active(&self, q: &AggQuery) -> crate::Result<(Vec<AggRow>, Vec<(i64, Option<String>, i64)>)> {
+        if q.bucket_ms.is_some_and(|step| step <= ONE_QUERY_STEP_MS) {
+            let rows = self.aggregate(q).await?;
+            if let Some(active) = active_of_one_window_buckets(&rows) {
+                return Ok((rows, active));
+            }
+            let active = self.active_per_window(q).await?;
+            return Ok((rows, active));
+        }
+        tokio::try_join!(self.aggregate(q), self.active_per_window(q))
+    }
+
     /// Active views per window (and per `group_by` value), for the windows of the range with any,
     /// ascending by window start: concurrent viewers at window resolution.
     pub async fn active_per_window(&self, q: &AggQuery) -> crate::Result<Vec<(i64, Option<String>, i64)>> {
@@ -300,6 +328,28 @@ impl Backend {
             Backend::ClickHouse(ch) => ch.read_only_sql(sql, max_rows, timeout_ms).await,
         }
     }
+}
+
+/// Steps up to this try one query for a bucket's sums and its concurrent viewers: the default window
+/// (`pipeline.window_ms`, 10 s), and the step the metrics endpoint picks for ranges up to 40 minutes.
+pub const ONE_QUERY_STEP_MS: i64 = 10_000;
+
+/// The active views per window of `rows`, when each row is one window (its first and last window start
+/// are the same), ascending by window start like [`Backend::active_per_window`]; `None` otherwise.
+fn active_of_one_window_buckets(rows: &[AggRow]) -> Option<Vec<(i64, Option<String>, i64)>> {
+    let active = sums().position(|c| c == "active_views")?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        let (first, last) = r.windows?;
+        if first != last {
+            return None;
+        }
+        if r.sums[active] > 0 {
+            out.push((first, r.group.clone(), r.sums[active]));
+        }
+    }
+    out.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+    Some(out)
 }
 
 /// `dimension = 'value'` for each filter of `q`.
@@ -382,7 +432,7 @@ fn active_of_slots(rows: &[Map<String, Value>]) -> crate::Result<Vec<AggRow>> {
             if n > 0 {
                 let mut sums = vec![0; sum_count()];
                 sums[active] = n;
-                out.push(AggRow { bucket: Some(minute + i as i64 * ROLLUP_SLOT_MS), group: group.clone(), sums, quantiles: Vec::new() });
+                out.push(AggRow { bucket: Some(minute + i as i64 * ROLLUP_SLOT_MS), group: group.clone(), sums, quantiles: Vec::new(), windows: None });
             }
         }
     }
@@ -399,10 +449,12 @@ fn agg_row(m: &Map<String, Value>) -> crate::Result<AggRow> {
         Some(hists) => crate::clickhouse::quantiles_of_hex(hists, m.get("retracts"))?,
         None => QUANTILES.iter().map(|(n, _)| m.get(&format!("q_{n}")).and_then(Value::as_f64)).collect(),
     };
+    let windows = m.get("w_first").and_then(int).zip(m.get("w_last").and_then(int));
     Ok(AggRow {
         bucket: m.get("t").and_then(int),
         group: m.get("grp").and_then(Value::as_str).map(str::to_owned),
         sums,
         quantiles,
+        windows,
     })
 }

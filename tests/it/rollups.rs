@@ -3,7 +3,8 @@
 //! of questions (ragged and minute-aligned ranges, buckets of whole minutes and of 10 s, groups,
 //! filters, breakdowns), then compaction writes the rollups of the closed hours and the answers must be
 //! the same JSON; again after late rows land in a rolled-up hour (which is then read from `qoe_window`
-//! until compaction rolls it up again).
+//! until compaction rolls it up again). Likewise the one query that answers a live dashboard's short
+//! steps: the same as the two it stands for.
 
 use std::path::Path;
 
@@ -155,6 +156,42 @@ async fn rollups_answer_exactly_what_the_windows_answer() {
         }
         if q.starts_with(&format!("metrics?from={}", t0 + HOUR + 60_000)) && q.contains("step=1m") {
             assert_ne!(concurrency(a), concurrency(b), "{q}: concurrent viewers read from the rollups");
+        }
+    }
+}
+
+/// Buckets of up to a window (a live dashboard's last minutes) are answered by one query when each is
+/// one window, and the answer is what the two queries answer (the sums by bucket; the active views per
+/// window); with windows shorter than the step a bucket holds two, and the answer is still theirs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_query_for_short_steps_answers_what_two_answer() {
+    use query::backend::AggQuery;
+    let t0 = (1_790_000_000_000 / HOUR) * HOUR;
+    let spec = loadgen::sim::RunSpec::new(11, HOUR, HOUR / 2);
+    let (records, _, _) = loadgen::collector_records(&spec, 200, t0, |_, _| schemas::ClientInfo::default());
+    for window_ms in [10_000, 5_000] {
+        let dir = tempfile::tempdir().expect("tmp");
+        let root = dir.path().join("parquet");
+        let sink = ParquetSink::new(objstore::Location::local(&root), "local", Dim::DEFAULT.to_vec());
+        let mut session = Sessionizer::new(SessionConfig { window_ms, ..SessionConfig::default() });
+        for (epoch, chunk) in records.chunks(records.len() / 20 + 1).enumerate() {
+            for r in chunk {
+                session.process(schemas::Record::decode(r).expect("record"));
+            }
+            session.advance();
+            sink.write_epoch(epoch as u64 + 1, &session.flush()).await.expect("epoch");
+        }
+        let api = api(&root).await;
+        let backend = Backend::DataFusion(api.engine.clone());
+        for (step, group_by) in [(10_000, None), (10_000, Some("cdn")), (5_000, None), (10_000, Some("player_name"))] {
+            let q = AggQuery { from: t0, to: t0 + 2 * HOUR, bucket_ms: Some(step), group_by: group_by.map(str::to_owned), ..Default::default() };
+            let (rows, active) = backend.aggregate_with_active(&q).await.expect("one query");
+            let (two_rows, two_active) = tokio::try_join!(backend.aggregate(&q), backend.active_per_window(&q)).expect("two queries");
+            assert!(active.len() > 100, "{window_ms} ms windows, step {step}: {} windows with views", active.len());
+            assert_eq!(rows, two_rows, "{window_ms} ms windows, step {step}");
+            assert_eq!(active, two_active, "{window_ms} ms windows, step {step}, by {group_by:?}");
+            let one_window = rows.iter().all(|r| r.windows.is_some_and(|(first, last)| first == last));
+            assert_eq!(one_window, step <= window_ms, "{window_ms} ms windows, step {step}: one window per bucket");
         }
     }
 }
