@@ -16,6 +16,7 @@ use crate::cli::{Apply, Cli, Command};
 use crate::config::{Config, LogFormat};
 
 fn main() -> anyhow::Result<()> {
+    service::memory::pin_mmap_threshold();
     let cli = Cli::parse();
     let mut config = Config::load(cli.config.as_deref())?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;

@@ -119,6 +119,8 @@ fn memory(out: &std::path::Path, open_views: u64, cached: usize) -> anyhow::Resu
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
+    // The allocator as `qoeflow` runs it.
+    service::memory::pin_mmap_threshold();
     if std::env::args().nth(1).as_deref() == Some("memory") {
         let a: Vec<String> = std::env::args().skip(2).collect();
         let (Some(dir), Some(open), Some(cached)) = (a.first(), a.get(1).and_then(|n| n.parse().ok()), a.get(2).and_then(|n| n.parse().ok())) else {

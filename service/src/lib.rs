@@ -4,11 +4,13 @@
 //! - [`conn`]: the HTTP listener: a cap on connections, header and idle timeouts, graceful drain.
 //! - [`health`]: `/healthz`, `/readyz` (every [`Readiness`] asked) and `/metrics` (Prometheus text).
 //! - [`error`]: the JSON error body every HTTP API answers with ([`ApiError`]).
+//! - [`memory`]: how the allocator hands memory back to the system.
 //! - [`shutdown_signal`] and [`bind`].
 
 pub mod conn;
 pub mod error;
 pub mod health;
+pub mod memory;
 
 pub use conn::{ConnLimits, ConnMetrics, serve};
 pub use error::ApiError;
