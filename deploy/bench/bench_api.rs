@@ -72,6 +72,8 @@ async fn time_requests(url: &str, runs: usize) -> anyhow::Result<Vec<(String, f6
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
+    // The allocator as `qoeflow` runs it.
+    service::memory::pin_mmap_threshold();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let data = PathBuf::from(args.first().ok_or_else(|| anyhow::anyhow!("usage: bench_api DATA_DIR [VIEWS] [EPOCHS] [RUNS] [AS_WRITTEN_RUNS]"))?);
     let num = |i: usize, d: u64| args.get(i).and_then(|a| a.parse().ok()).unwrap_or(d);

@@ -44,7 +44,8 @@ pub struct AggRow {
     pub sums: Vec<i64>,
     pub quantiles: Vec<Option<f64>>,
     /// The first and last window start of the bucket's rows (aggregations of `qoe_window` alone, by
-    /// buckets; `None` otherwise): when they are equal, the bucket is one window.
+    /// buckets of up to [`ONE_QUERY_STEP_MS`]; `None` otherwise): when they are equal, the bucket is
+    /// one window.
     pub windows: Option<(i64, i64)>,
 }
 
@@ -153,7 +154,7 @@ impl Backend {
         } else {
             select.extend(sums().map(|c| format!("sum({c}) AS s_{c}")));
             select.push((d.quantiles)());
-            if q.bucket_ms.is_some() && rolled_up.is_empty() {
+            if q.bucket_ms.is_some_and(|step| step <= ONE_QUERY_STEP_MS) && rolled_up.is_empty() {
                 // Which windows each bucket holds (a rollup row would stand for six: not here).
                 select.push(format!("min({w}) AS w_first, max({w}) AS w_last", w = d.window_ms));
             }
@@ -256,10 +257,12 @@ impl Backend {
     /// The aggregation `q` (by buckets) and the active views per window of its range, as
     /// [`Backend::aggregate`] and [`Backend::active_per_window`] answer them. With steps up to
     /// [`ONE_QUERY_STEP_MS`] (a live dashboard's last minutes) one query answers both when every bucket
-    /// turns out to hold one window (its rows' active views are that window's); otherwise, or with
-    /// longer steps, the active views are queried per window, beside the aggregation.
+    /// turns out to hold one window (its rows' active views are that window's); otherwise (windows
+    /// shorter than the step) the active views are queried per window after it. With longer steps the
+    /// two queries run side by side.
     pub async fn aggregate_with_active(&self, q: &AggQuery) -> crate::Result<(Vec<AggRow>, Vec<(i64, Option<String>, i64)>)> {
-        if q.bucket_ms.is_some_and(|step| step <= ONE_QUERY_STEP_MS) {
+        // `top` would cut the rows the active views are taken from.
+        if q.bucket_ms.is_some_and(|step| step <= ONE_QUERY_STEP_MS) && q.top.is_none() {
             let rows = self.aggregate(q).await?;
             if let Some(active) = active_of_one_window_buckets(&rows) {
                 return Ok((rows, active));
