@@ -16,8 +16,9 @@ cd "$root"
 duration="${1:-15}"; conns="${2:-64}"; rounds="${3:-3}"; events="${4:-20}"
 
 command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
-cargo build --release -q --bin qoeflow
-cargo build --release -q -p bench --bin baseline_server
+# One build of both packages, as run.sh and api.sh build them: qoeflow alone unifies its dependencies'
+# features differently and rebuilds DataFusion and the rest from scratch (an hour on 2 cores).
+cargo build --release -q -p qoeflow --bin qoeflow -p bench --bin baseline_server
 
 work="$(mktemp -d)"
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
