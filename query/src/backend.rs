@@ -73,7 +73,7 @@ struct Dialect {
     quote: fn(&str) -> String,
     quantiles: fn() -> String,
     /// `window_start` as epoch ms.
-    window_ms: &'static str,
+    window_start_ms: &'static str,
 }
 
 impl Backend {
@@ -112,7 +112,7 @@ impl Backend {
                 quantiles: || {
                     QUANTILES.iter().map(|(n, q)| format!("hdr_quantile(startup_hist, startup_hist_retract, {q:?}) AS q_{n}")).collect::<Vec<_>>().join(", ")
                 },
-                window_ms: "CAST(window_start AS BIGINT)",
+                window_start_ms: "CAST(window_start AS BIGINT)",
             },
             Backend::ClickHouse(ch) => Dialect {
                 // FINAL: replays may have written a row twice until ReplacingMergeTree merges them.
@@ -128,7 +128,7 @@ impl Backend {
                      groupArrayIf(hex(startup_hist_retract), startup_hist_retract != '') AS retracts"
                         .into()
                 },
-                window_ms: "window_start",
+                window_start_ms: "window_start",
             },
         }
     }
@@ -156,7 +156,7 @@ impl Backend {
             select.push((d.quantiles)());
             if q.bucket_ms.is_some_and(|step| step <= ONE_QUERY_STEP_MS) && rolled_up.is_empty() {
                 // Which windows each bucket holds (a rollup row would stand for six: not here).
-                select.push(format!("min({w}) AS w_first, max({w}) AS w_last", w = d.window_ms));
+                select.push(format!("min({w}) AS w_first, max({w}) AS w_last", w = d.window_start_ms));
             }
         }
         let filters = filter_clauses(q, &d);
