@@ -32,6 +32,11 @@ pub enum Error {
     /// Another worker holds the lineage's lease (lease mode): the run stops without committing.
     #[error("fenced: {0}")]
     Fenced(String),
+    /// Lease mode: the lineage's shared history no longer holds what this run planned to replay (a
+    /// worker that had just lost the lease pruned it after shipping a snapshot). Retrying cannot bring
+    /// it back: the run ends, and its worker starts it over, restoring from the newest snapshot.
+    #[error("the lineage's history moved: {0}")]
+    HistoryMoved(String),
     /// Anything else, described.
     #[error("{0}")]
     Other(String),
@@ -49,10 +54,19 @@ impl Error {
 
     /// The run was fenced (the lease is lost), under any context.
     pub fn is_fenced(&self) -> bool {
+        matches!(self.root(), Error::Fenced(_))
+    }
+
+    /// The run must start over from its restore, under any context (see [`Error::HistoryMoved`]).
+    pub fn is_history_moved(&self) -> bool {
+        matches!(self.root(), Error::HistoryMoved(_))
+    }
+
+    /// The error under every context wrapped around it.
+    fn root(&self) -> &Error {
         match self {
-            Error::Fenced(_) => true,
-            Error::Context { inner, .. } => inner.is_fenced(),
-            _ => false,
+            Error::Context { inner, .. } => inner.root(),
+            other => other,
         }
     }
 }

@@ -39,7 +39,12 @@
 //!   restores the newest snapshot at or below the lease's epoch (or keeps its local store when that is
 //!   still on the lineage's history), replays the intents after it to the lease's epoch with the output
 //!   discarded (deterministic: the same state), publishes what that epoch staged, replays an intent past
-//!   it if one exists (with output: a previous owner's unfinished epoch), and goes on.
+//!   it if one exists (with output: a previous owner's unfinished epoch), and goes on. Each snapshot
+//!   prunes the intents no restore from the newest two snapshots needs, and a worker whose lease was
+//!   just taken from it may still ship one: a new owner that planned to replay from its local store
+//!   can find an intent gone. It does not retry that ([`crate::Error::HistoryMoved`]): the run ends and
+//!   the worker starts it over, which restores from the newest snapshot (the elastic test "a worker
+//!   paused past its lease" once stalled here for good, retrying the missing intent every 5 s).
 //!
 //! Row identities are the lineage's (`kinesis-<root shard>-<lineage id>`), not the instance's: a replay
 //! by another worker rewrites the same files and ClickHouse rows.
@@ -392,6 +397,10 @@ pub async fn run_with<S: Source, F: Fence>(
             tracing::warn!(source = %ctx.name, error = format!("{e:#}"), "pipeline: lineage lost to another worker; stopping it");
             return Err(e);
         }
+        if e.is_history_moved() {
+            tracing::warn!(source = %ctx.name, error = format!("{e:#}"), "pipeline: the lineage's history moved; restoring it again");
+            return Err(e);
+        }
         if let crate::Error::Poison { label, reason } = &e
             && poison.failed(label, reason, config.poison_attempts)
         {
@@ -688,8 +697,9 @@ async fn run_from_checkpoint<S: Source, F: Fence>(
         crate::error::ensure!(epoch <= lease.epoch, "the local state (epoch {epoch}) is ahead of the lease's checkpoint (epoch {})", lease.epoch);
         let from = epoch;
         while epoch < lease.epoch {
-            let intent: Intent<S::Position> =
-                intents.get(epoch + 1).await?.with_context(|| format!("the lineage's intent of epoch {} is missing", epoch + 1))?;
+            let intent: Intent<S::Position> = intents.get(epoch + 1).await?.ok_or_else(|| {
+                crate::Error::HistoryMoved(format!("the lineage's intent of epoch {} is missing (the state store is at {epoch})", epoch + 1))
+            })?;
             crate::error::ensure!(intent.from == position, "the intent of epoch {} does not start where epoch {epoch} ended", intent.epoch);
             for q in &intent.quarantined {
                 poison.pending.entry(q.label.clone()).or_insert(q.reason.clone());
