@@ -15,6 +15,11 @@ use service::Stop;
 use crate::cli::{Apply, Cli, Command};
 use crate::config::{Config, LogFormat};
 
+/// jemalloc (`service::memory`): the collector's many short-lived allocations were about 15 % of its
+/// CPU under glibc's malloc.
+#[global_allocator]
+static ALLOC: service::memory::Allocator = service::memory::Allocator;
+
 fn main() -> anyhow::Result<()> {
     service::memory::pin_mmap_threshold();
     let cli = Cli::parse();

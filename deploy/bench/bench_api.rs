@@ -8,6 +8,10 @@
 //!
 //! cargo run --release -p bench --bin bench_api -- DATA_DIR [VIEWS=50000] [EPOCHS=8640] [RUNS=9] [AS_WRITTEN_RUNS=RUNS]
 
+/// The allocator of the `qoeflow` binary, so the benchmark runs the code as the binary does.
+#[global_allocator]
+static ALLOC: service::memory::Allocator = service::memory::Allocator;
+
 #[path = "common.rs"]
 mod common;
 

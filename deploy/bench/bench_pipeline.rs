@@ -11,6 +11,10 @@
 //!
 //! cargo run --release -p bench --bin bench_pipeline -- DIR [VIEWS=20000] [ROUNDS=3] [OPEN_VIEWS=100000]
 
+/// The allocator of the `qoeflow` binary, so the benchmark runs the code as the binary does.
+#[global_allocator]
+static ALLOC: service::memory::Allocator = service::memory::Allocator;
+
 #[path = "common.rs"]
 mod common;
 

@@ -4,7 +4,7 @@
 //! - [`conn`]: the HTTP listener: a cap on connections, header and idle timeouts, graceful drain.
 //! - [`health`]: `/healthz`, `/readyz` (every [`Readiness`] asked) and `/metrics` (Prometheus text).
 //! - [`error`]: the JSON error body every HTTP API answers with ([`ApiError`]).
-//! - [`memory`]: how the allocator hands memory back to the system.
+//! - [`memory`]: the allocators (jemalloc for Rust, glibc for C libraries) and how they hand memory back.
 //! - [`shutdown_signal`] and [`bind`].
 
 pub mod conn;

@@ -1,12 +1,24 @@
-//! How the process's allocator hands memory back (glibc's malloc; a no-op elsewhere).
+//! The process's allocators: jemalloc for Rust's allocations, glibc's malloc for C libraries' (zstd's
+//! contexts, for one).
 //!
-//! glibc serves a block of 128 KiB or more with a mapping of its own and unmaps it when freed, but each
-//! time such a block is freed it raises that threshold to the block's size (up to 32 MiB). A process that
-//! builds large buffers each epoch (Parquet pages, record batches, state-store encodings) soon has its
-//! threshold in the megabytes: those buffers then come from the heap, and the heap keeps the pages of
-//! the largest epoch for good. [`pin_mmap_threshold`] keeps the threshold where it starts (BENCHMARKS.md
-//! §13: RSS per open view 1,035 → 911 bytes at 100,000 open views; the pipeline no slower, 1.15× in
-//! that run).
+//! **jemalloc** ([`Allocator`]): each binary declares it as its `#[global_allocator]` (`src/main.rs`
+//! and the benchmark programs; tests keep the system allocator). A beacon's handling is many short-lived
+//! allocations (the parsed values, the event texts, the record), and glibc's malloc was about 15 % of the
+//! collector's CPU; with jemalloc the collector answers 1.45× the beacons and `serve` 1.27× in the
+//! same runs (BENCHMARKS.md §14). Its settings are built in from `.cargo/config.toml` (freed pages
+//! returned to the kernel over 100 ms instead of ten seconds, which keeps resident memory per open view
+//! under 1 KB; jemalloc purges as the process allocates, so an idle process keeps what it had);
+//! `_RJEM_MALLOC_CONF` overrides them at start-up, as `MALLOC_CONF` would for a stock jemalloc.
+//!
+//! **glibc** serves a block of 128 KiB or more with a mapping of its own and unmaps it when freed, but
+//! each time such a block is freed it raises that threshold to the block's size (up to 32 MiB). A
+//! process that builds large buffers each epoch soon has its threshold in the megabytes: those buffers
+//! then come from the heap, and the heap keeps the pages of the largest epoch for good.
+//! [`pin_mmap_threshold`] keeps the threshold where it starts (BENCHMARKS.md §13, when glibc still
+//! served every allocation: RSS per open view 1,035 → 911 bytes at 100,000 open views).
+
+/// The binaries' global allocator: `#[global_allocator] static ALLOC: Allocator = Allocator;`.
+pub use tikv_jemallocator::Jemalloc as Allocator;
 
 /// glibc's initial `M_MMAP_THRESHOLD`: blocks this large or larger are mapped on their own.
 pub const MMAP_THRESHOLD: usize = 128 << 10;

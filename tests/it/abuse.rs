@@ -232,6 +232,30 @@ async fn unbounded_state_open_views_are_capped_and_the_oldest_idle_evicted() {
     assert!(!evicted.contains(&"open-199"), "the newest stays open");
 }
 
+/// The binary allocates with jemalloc, built with the settings that keep memory per open view under
+/// 1 KB (`.cargo/config.toml`, `service::memory`: freed pages handed back over 100 ms, not ten seconds),
+/// and the flood below measures what they keep. An operator's `_RJEM_MALLOC_CONF` still wins.
+/// (`stats_print` makes jemalloc print its settings when the process exits; a binary on another
+/// allocator prints nothing, one built without the settings prints jemalloc's defaults.)
+#[test]
+fn unbounded_state_the_binary_allocates_with_jemalloc_built_to_return_pages_over_100_ms_unless_overridden() {
+    let settings = |conf: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_qoeflow"))
+            .arg("--version")
+            .env("_RJEM_MALLOC_CONF", conf)
+            .output()
+            .expect("run qoeflow --version");
+        assert!(out.status.success(), "qoeflow --version: {}", String::from_utf8_lossy(&out.stderr));
+        let stats = String::from_utf8_lossy(&out.stderr).into_owned();
+        let value = |prefix: &str| stats.lines().find_map(|l| l.trim().strip_prefix(prefix).map(str::to_owned));
+        let decay = value("opt.dirty_decay_ms: ").map(|v| v.split(' ').next().unwrap_or("").to_owned());
+        (value("config.malloc_conf: "), decay)
+    };
+    let built_in = Some(r#""dirty_decay_ms:100,muzzy_decay_ms:0""#.to_owned());
+    assert_eq!(settings("stats_print:true"), (built_in.clone(), Some("100".into())), "jemalloc, with the settings built in");
+    assert_eq!(settings("stats_print:true,dirty_decay_ms:5000"), (built_in, Some("5000".into())), "the operator's setting wins");
+}
+
 /// A flood of beacons, each with 1000 fresh `view_id`s: memory stays bounded by the caps. Measured as
 /// growth: after 30,000 fresh views and after 90,000 more, the peak is the same (without the caps each
 /// view stays open for 30 minutes and the peak grows with every beacon). Every cap is set low enough to
