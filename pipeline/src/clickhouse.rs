@@ -48,7 +48,9 @@ impl ClickHouseSink {
 
     /// Inserts one epoch's rows: per table, one INSERT per [`MAX_DAYS_PER_INSERT`] days of rows.
     pub async fn write_epoch(&self, epoch: u64, out: &Output) -> crate::Result<()> {
-        for (table, columns, mut rows) in tables_of(out, &self.dims, &self.source, epoch) {
+        for t in tables_of(out, &self.dims, &self.source, epoch) {
+            let (table, columns) = (t.table, t.columns);
+            let mut rows: Vec<_> = t.rows.collect();
             rows.sort_by_key(|(t, _)| t.div_euclid(DAY_MS));
             let names: Vec<&str> = columns.iter().map(|c| c.name).collect();
             for chunk in day_chunks(&rows, MAX_DAYS_PER_INSERT) {

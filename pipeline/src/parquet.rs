@@ -35,7 +35,7 @@ use std::path::Path;
 use bytes::Bytes;
 use objstore::{Location, Staged};
 use schemas::dataset::{DATASET_LOCK, PARTITION_MS, epochs_of, file_name, is_rollup, merged_file_name, partition_of, partition_start, rollup_twin, source_prefix};
-use schemas::cells::{Cell, parquet_file, record_batch};
+use schemas::cells::{BatchBuilder, parquet_file};
 
 use crate::error::Context;
 use crate::rows;
@@ -374,15 +374,20 @@ impl ParquetSink {
     pub fn encode_epoch(&self, epoch: u64, out: &Output) -> crate::Result<Vec<(String, Bytes)>> {
         let mut files = Vec::new();
         let name = file_name(&self.source, epoch);
-        for (table, columns, rows) in rows::tables_of(out, &self.dims, &self.source, epoch) {
-            // By the hour each row falls in (its partition), named once per file, not per row.
-            let mut parts: BTreeMap<i64, Vec<Vec<Cell<'_>>>> = BTreeMap::new();
-            for (ts, row) in rows {
-                parts.entry(ts.div_euclid(PARTITION_MS)).or_default().push(row);
+        for t in rows::tables_of(out, &self.dims, &self.source, epoch) {
+            // By the hour each row falls in (its partition), named once per file, not per row. Rows go
+            // into their batch as they are made. The arrays of the first row's hour are sized for every
+            // row of the table (most epochs write one hour; string bytes are not estimated); any other
+            // hour's grow as needed.
+            let mut parts: BTreeMap<i64, BatchBuilder<'_>> = BTreeMap::new();
+            for (ts, row) in t.rows {
+                let capacity = if parts.is_empty() { t.len } else { 0 };
+                let batch = parts.entry(ts.div_euclid(PARTITION_MS)).or_insert_with(|| BatchBuilder::with_capacity(t.columns, capacity, |_| 0));
+                batch.push(&row).map_err(crate::Error::from)?;
             }
-            for (hour, rows) in parts {
-                if let Some((bytes, _)) = parquet_file([record_batch(columns, &rows).map_err(crate::Error::from)])? {
-                    files.push((format!("{table}/{}/{name}", partition_of(hour * PARTITION_MS)), bytes));
+            for (hour, batch) in parts {
+                if let Some((bytes, _)) = parquet_file([batch.finish().map_err(crate::Error::from)])? {
+                    files.push((format!("{}/{}/{name}", t.table, partition_of(hour * PARTITION_MS)), bytes));
                 }
             }
         }
@@ -532,6 +537,46 @@ mod tests {
             .collect();
         let client = schemas::ClientInfo::default();
         schemas::Record::Events(schemas::record::EventsRecord { recv_ms: t + 6_000, sent_at: t + 6_000, key: None, view_id: id, client, events })
+    }
+
+    /// One epoch whose events fall in two hours (rows streamed into a batch per hour): a file per hour
+    /// holding exactly that hour's rows; the events' JSON (`raw`, opaque text) written without a
+    /// dictionary or statistics, `view_id` with both.
+    #[test]
+    fn an_epoch_writes_one_file_per_hour_and_the_events_json_plain() {
+        use parquet::basic::Encoding;
+        use parquet::file::reader::{FileReader, SerializedFileReader};
+        let (_dir, _root, sink, mut session, t0) = hour_fixture();
+        // Views of 5 s: three before the hour boundary (whole), one across it, two after.
+        for (i, at) in [-40_000, -30_000, -20_000, -2_000, 10_000, 20_000].into_iter().enumerate() {
+            session.process(short_view(format!("v{i}"), t0 + at));
+        }
+        session.advance();
+        let out = session.flush();
+        let files = sink.encode_epoch(1, &out).unwrap();
+        let events: Vec<&(String, Bytes)> = files.iter().filter(|(k, _)| k.starts_with("events/")).collect();
+        let keys: Vec<&str> = events.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, [format!("events/{}/part-local-e000000000001.parquet", partition_of(t0 - 1)), format!("events/{}/part-local-e000000000001.parquet", partition_of(t0))]);
+        let mut rows_per_hour = Vec::new();
+        for (_, bytes) in &events {
+            let reader = SerializedFileReader::new(bytes.clone()).unwrap();
+            let meta = reader.metadata();
+            rows_per_hour.push(meta.file_metadata().num_rows());
+            let column = |name: &str| {
+                let rg = meta.row_group(0);
+                let i = (0..rg.num_columns()).find(|&i| rg.column(i).column_path().string() == name).unwrap();
+                rg.column(i).clone()
+            };
+            let raw = column("raw");
+            assert!(raw.statistics().is_none(), "no statistics for the events' JSON");
+            assert!(raw.dictionary_page_offset().is_none() && !raw.encodings().any(|e| e == Encoding::RLE_DICTIONARY), "{:?}", raw.encodings().collect::<Vec<_>>());
+            let view_id = column("view_id");
+            assert!(view_id.statistics().is_some_and(|s| s.min_bytes_opt().is_some()), "view_id keeps its statistics");
+            assert!(view_id.encodings().any(|e| e == Encoding::RLE_DICTIONARY), "view_id keeps its dictionary");
+        }
+        // 3 events per view: before the hour v0, v1, v2 and v3's first two events; after it v3's end, v4, v5.
+        assert_eq!(rows_per_hour, [11, 7]);
+        assert_eq!(out.events.len(), 18);
     }
 
     #[tokio::test]

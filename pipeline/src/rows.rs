@@ -176,16 +176,37 @@ pub fn rejected_row<'a>(r: &'a RejectedRecord, source: &'a str, epoch: u64, row:
     ]
 }
 
-/// One epoch's output as rows of each table: (table, columns, [(partition timestamp, cells)]).
-pub fn tables_of<'a>(out: &'a Output, dims: &[Dim], source: &'a str, epoch: u64) -> [(&'static str, &'static [Column], Vec<(i64, Vec<Cell<'a>>)>); 4] {
+/// One table's rows of an epoch, made as they are read (so a sink need not hold them all as cells).
+pub struct TableRows<'a> {
+    pub table: &'static str,
+    pub columns: &'static [Column],
+    /// How many rows `rows` yields.
+    pub len: usize,
+    /// (partition timestamp, cells) of each row.
+    pub rows: Box<dyn Iterator<Item = (i64, Vec<Cell<'a>>)> + Send + 'a>,
+}
+
+/// One epoch's output as the rows of each table.
+pub fn tables_of<'a>(out: &'a Output, dims: &'a [Dim], source: &'a str, epoch: u64) -> [TableRows<'a>; 4] {
     [
-        ("events", tables::EVENTS, out.events.iter().map(|e| (e.event_ms, event_row(e))).collect()),
-        ("views", tables::views(), out.views.iter().enumerate().map(|(i, v)| (v.end_ms, view_row(v, source, epoch, i))).collect()),
-        (
-            "qoe_window",
-            tables::qoe_window(),
-            out.windows.iter().enumerate().map(|(i, w)| (w.window_start, window_row(w, dims, source, epoch, i))).collect(),
-        ),
-        ("rejected", tables::REJECTED, out.rejected.iter().enumerate().map(|(i, r)| (r.recv_ms, rejected_row(r, source, epoch, i))).collect()),
+        TableRows { table: "events", columns: tables::EVENTS, len: out.events.len(), rows: Box::new(out.events.iter().map(|e| (e.event_ms, event_row(e)))) },
+        TableRows {
+            table: "views",
+            columns: tables::views(),
+            len: out.views.len(),
+            rows: Box::new(out.views.iter().enumerate().map(move |(i, v)| (v.end_ms, view_row(v, source, epoch, i)))),
+        },
+        TableRows {
+            table: "qoe_window",
+            columns: tables::qoe_window(),
+            len: out.windows.len(),
+            rows: Box::new(out.windows.iter().enumerate().map(move |(i, w)| (w.window_start, window_row(w, dims, source, epoch, i)))),
+        },
+        TableRows {
+            table: "rejected",
+            columns: tables::REJECTED,
+            len: out.rejected.len(),
+            rows: Box::new(out.rejected.iter().enumerate().map(move |(i, r)| (r.recv_ms, rejected_row(r, source, epoch, i)))),
+        },
     ]
 }

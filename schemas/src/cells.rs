@@ -13,7 +13,8 @@ use arrow_array::{ArrayRef, RecordBatch};
 use bytes::Bytes;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::properties::WriterProperties;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
 
 use crate::column::{ColType, Column};
 
@@ -56,15 +57,16 @@ enum Builder {
 }
 
 impl Builder {
-    fn new(ty: ColType) -> Builder {
+    /// For `rows` values; `bytes` of string or binary data in all.
+    fn with_capacity(ty: ColType, rows: usize, bytes: usize) -> Builder {
         match ty {
-            ColType::Bool => Builder::Bool(BooleanBuilder::new()),
-            ColType::Int64 => Builder::I64(Int64Builder::new()),
-            ColType::UInt64 => Builder::U64(UInt64Builder::new()),
-            ColType::Float64 => Builder::F64(Float64Builder::new()),
-            ColType::Utf8 => Builder::Str(StringBuilder::new()),
-            ColType::Binary => Builder::Bin(BinaryBuilder::new()),
-            ColType::TimestampMs => Builder::Ts(TimestampMillisecondBuilder::new().with_timezone("UTC")),
+            ColType::Bool => Builder::Bool(BooleanBuilder::with_capacity(rows)),
+            ColType::Int64 => Builder::I64(Int64Builder::with_capacity(rows)),
+            ColType::UInt64 => Builder::U64(UInt64Builder::with_capacity(rows)),
+            ColType::Float64 => Builder::F64(Float64Builder::with_capacity(rows)),
+            ColType::Utf8 => Builder::Str(StringBuilder::with_capacity(rows, bytes)),
+            ColType::Binary => Builder::Bin(BinaryBuilder::with_capacity(rows, bytes)),
+            ColType::TimestampMs => Builder::Ts(TimestampMillisecondBuilder::with_capacity(rows).with_timezone("UTC")),
         }
     }
 
@@ -103,23 +105,68 @@ impl Builder {
     }
 }
 
-/// Builds a record batch of `rows` (cells in column order).
-pub fn record_batch(columns: &[Column], rows: &[Vec<Cell<'_>>]) -> Result<RecordBatch, EncodeError> {
-    let mut builders: Vec<Builder> = columns.iter().map(|c| Builder::new(c.ty)).collect();
-    for row in rows {
-        if row.len() != columns.len() {
-            return Err(EncodeError::Shape(format!("a row has {} cells for {} columns", row.len(), columns.len())));
+/// Builds one record batch row by row (cells in column order), its arrays sized up front from estimates
+/// of the rows and bytes to come. Rows can be
+/// pushed as they are made, so a table's rows never all exist as cells at once: an epoch's `events` rows
+/// held as cells were about a kilobyte each, and their memory, fresh every epoch, cost the pipeline more
+/// in page faults and copies than the cells themselves (BENCHMARKS.md §15).
+pub struct BatchBuilder<'c> {
+    columns: &'c [Column],
+    builders: Vec<Builder>,
+}
+
+impl<'c> BatchBuilder<'c> {
+    /// A builder for about `rows` rows whose string or binary column `i` holds about `bytes(i)` bytes in
+    /// all (estimates: the arrays grow past them).
+    pub fn with_capacity(columns: &'c [Column], rows: usize, bytes: impl Fn(usize) -> usize) -> BatchBuilder<'c> {
+        let builders = columns.iter().enumerate().map(|(i, c)| Builder::with_capacity(c.ty, rows, bytes(i))).collect();
+        BatchBuilder { columns, builders }
+    }
+
+    /// Appends one row.
+    pub fn push(&mut self, row: &[Cell<'_>]) -> Result<(), EncodeError> {
+        if row.len() != self.columns.len() {
+            return Err(EncodeError::Shape(format!("a row has {} cells for {} columns", row.len(), self.columns.len())));
         }
-        for ((b, cell), col) in builders.iter_mut().zip(row).zip(columns) {
+        for ((b, cell), col) in self.builders.iter_mut().zip(row).zip(self.columns) {
             b.push(cell, col);
         }
+        Ok(())
     }
-    let arrays: Vec<ArrayRef> = builders.iter_mut().map(Builder::finish).collect();
-    Ok(RecordBatch::try_new(crate::tables::arrow_schema(columns), arrays)?)
+
+    /// The batch of every row pushed.
+    pub fn finish(mut self) -> Result<RecordBatch, EncodeError> {
+        let arrays: Vec<ArrayRef> = self.builders.iter_mut().map(Builder::finish).collect();
+        Ok(RecordBatch::try_new(crate::tables::arrow_schema(self.columns), arrays)?)
+    }
+}
+
+/// The bytes a string or binary cell holds (0 for other cells).
+pub fn cell_bytes(cell: &Cell<'_>) -> usize {
+    match cell {
+        Cell::Str(v) => v.len(),
+        Cell::Bin(v) => v.len(),
+        _ => 0,
+    }
+}
+
+/// Builds a record batch of `rows` (cells in column order).
+pub fn record_batch(columns: &[Column], rows: &[Vec<Cell<'_>>]) -> Result<RecordBatch, EncodeError> {
+    let bytes = |i: usize| rows.iter().map(|r| r.get(i).map_or(0, cell_bytes)).sum();
+    let mut batch = BatchBuilder::with_capacity(columns, rows.len(), bytes);
+    for row in rows {
+        batch.push(row)?;
+    }
+    batch.finish()
 }
 
 fn writer_properties() -> Result<WriterProperties, parquet::errors::ParquetError> {
-    Ok(WriterProperties::builder().set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?)).build())
+    let mut props = WriterProperties::builder().set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?));
+    for name in crate::tables::OPAQUE_TEXT {
+        let column = ColumnPath::from(*name);
+        props = props.set_column_dictionary_enabled(column.clone(), false).set_column_statistics_enabled(column, EnabledStatistics::None);
+    }
+    Ok(props.build())
 }
 
 /// A row group is flushed once the writer holds this much for it: a writer buffers its whole row

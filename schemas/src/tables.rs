@@ -137,6 +137,14 @@ pub const EVENTS: &[Column] = &[
     c("raw", Utf8),
 ];
 
+/// Text columns read whole and never filtered or grouped on: an event's JSON as received (`events.raw`)
+/// and a dead letter's payload (`rejected.payload`). Parquet writes them plain, without a dictionary
+/// or min/max statistics: nearly every value is distinct, so the dictionary (each value hashed) is wasted
+/// and the statistics (each value compared) narrow no query (BENCHMARKS.md §15).
+/// The names match in whichever table has them (every table's writer shares these properties): no
+/// other column of any table may be named so.
+pub const OPAQUE_TEXT: &[&str] = &["raw", "payload"];
+
 pub const REJECTED: &[Column] = &[
     c("recv_ms", TimestampMs),
     n("key", Utf8),
@@ -254,6 +262,15 @@ pub fn arrow_schema(columns: &[Column]) -> SchemaRef {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The Parquet properties of [`OPAQUE_TEXT`] go by column name in every table: the names hit only
+    /// the columns meant.
+    #[test]
+    fn opaque_text_names_only_the_events_json_and_the_dead_letters_payload() {
+        let all = tables().into_iter().chain([("qoe_minute", qoe_minute())]);
+        let hit: Vec<(&str, &str)> = all.flat_map(|(t, cols)| cols.iter().filter(|c| OPAQUE_TEXT.contains(&c.name)).map(move |c| (t, c.name))).collect();
+        assert_eq!(hit, [("events", "raw"), ("rejected", "payload")]);
+    }
 
     /// The columns derived from the measure list are the tables' columns as released: same names,
     /// types, nullability and order (Parquet files and ClickHouse tables already hold them).
