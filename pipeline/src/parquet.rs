@@ -380,8 +380,9 @@ impl ParquetSink {
             // row of the table (most epochs write one hour; string bytes are not estimated); any other
             // hour's grow as needed.
             let mut parts: BTreeMap<i64, BatchBuilder<'_>> = BTreeMap::new();
+            let len = t.rows.size_hint().0;
             for (ts, row) in t.rows {
-                let capacity = if parts.is_empty() { t.len } else { 0 };
+                let capacity = if parts.is_empty() { len } else { 0 };
                 let batch = parts.entry(ts.div_euclid(PARTITION_MS)).or_insert_with(|| BatchBuilder::with_capacity(t.columns, capacity, |_| 0));
                 batch.push(&row).map_err(crate::Error::from)?;
             }

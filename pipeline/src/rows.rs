@@ -180,32 +180,30 @@ pub fn rejected_row<'a>(r: &'a RejectedRecord, source: &'a str, epoch: u64, row:
 pub struct TableRows<'a> {
     pub table: &'static str,
     pub columns: &'static [Column],
-    /// How many rows `rows` yields.
-    pub len: usize,
-    /// (partition timestamp, cells) of each row.
+    /// (partition timestamp, cells) of each row; its `size_hint` is exact.
     pub rows: Box<dyn Iterator<Item = (i64, Vec<Cell<'a>>)> + Send + 'a>,
 }
 
 /// One epoch's output as the rows of each table.
 pub fn tables_of<'a>(out: &'a Output, dims: &'a [Dim], source: &'a str, epoch: u64) -> [TableRows<'a>; 4] {
     [
-        TableRows { table: "events", columns: tables::EVENTS, len: out.events.len(), rows: Box::new(out.events.iter().map(|e| (e.event_ms, event_row(e)))) },
+        TableRows { table: "events", columns: tables::EVENTS, rows: Box::new(out.events.iter().map(|e| (e.event_ms, event_row(e)))) },
         TableRows {
             table: "views",
             columns: tables::views(),
-            len: out.views.len(),
+           
             rows: Box::new(out.views.iter().enumerate().map(move |(i, v)| (v.end_ms, view_row(v, source, epoch, i)))),
         },
         TableRows {
             table: "qoe_window",
             columns: tables::qoe_window(),
-            len: out.windows.len(),
+           
             rows: Box::new(out.windows.iter().enumerate().map(move |(i, w)| (w.window_start, window_row(w, dims, source, epoch, i)))),
         },
         TableRows {
             table: "rejected",
             columns: tables::REJECTED,
-            len: out.rejected.len(),
+           
             rows: Box::new(out.rejected.iter().enumerate().map(move |(i, r)| (r.recv_ms, rejected_row(r, source, epoch, i)))),
         },
     ]

@@ -142,7 +142,7 @@ impl<'c> BatchBuilder<'c> {
 }
 
 /// The bytes a string or binary cell holds (0 for other cells).
-pub fn cell_bytes(cell: &Cell<'_>) -> usize {
+fn cell_bytes(cell: &Cell<'_>) -> usize {
     match cell {
         Cell::Str(v) => v.len(),
         Cell::Bin(v) => v.len(),
