@@ -31,7 +31,7 @@ use bytes::Bytes;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use schemas::record::{CheckedEvent, Envelope, Record, RejectedRecord};
 use schemas::beacon::JSON_VALUE_COST;
-use schemas::{BeaconError, ClientInfo, RawEvent, parse_beacon_limited};
+use schemas::{BeaconError, ClientInfo, parse_beacon_limited};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
@@ -384,10 +384,9 @@ async fn handle(
                     "ts: {} ms in the future of the receive time once corrected for the client's clock (`sent_at`); at most {max_future} ms",
                     ev.ts.saturating_sub(beacon.sent_at)
                 );
-                rejected.push((i, "future_ts", reason, raw.to_json()));
+                rejected.push((i, "future_ts", reason, raw.text().to_owned()));
             }
             Ok(ev) => {
-                let RawEvent::Object(obj) = raw else { continue };
                 let slot = match view_index.get(&ev.view_id) {
                     Some(slot) => *slot,
                     None => {
@@ -400,10 +399,10 @@ async fn handle(
                         views.len() - 1
                     }
                 };
-                // The event typed as validated, and its text: a version 2 record holds both.
-                views[slot].1.push((i, CheckedEvent { event: ev, raw: obj.to_json() }));
+                // The event typed as validated, and its text as sent: a version 2 record holds both.
+                views[slot].1.push((i, CheckedEvent { event: ev, raw: raw.text().to_owned() }));
             }
-            Err(r) => rejected.push((i, r.tag, r.to_string(), raw.to_json())),
+            Err(r) => rejected.push((i, r.tag, r.to_string(), raw.text().to_owned())),
         }
     }
 

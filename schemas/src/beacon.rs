@@ -13,6 +13,7 @@ use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
 
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::event::{CacheStatus, Event, EventKind, Payload, StreamType, ViewDims};
@@ -82,93 +83,122 @@ pub struct ParsedBeacon<'a> {
     pub events: Vec<RawEvent<'a>>,
 }
 
-/// One event of a beacon as parsed, not yet validated: an object's fields, or any other JSON value
-/// (which validation rejects).
+/// One event of a beacon as parsed, not yet validated: its JSON text exactly as the beacon carried it,
+/// and its fields when it is an object (any other JSON value, which validation rejects, is kept whole).
 #[derive(Debug, Clone, PartialEq)]
-pub enum RawEvent<'a> {
+pub struct RawEvent<'a> {
+    text: &'a str,
+    parsed: Parsed<'a>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Parsed<'a> {
     Object(EventObject<'a>),
     Other(Value),
 }
 
-impl RawEvent<'_> {
+impl<'a> RawEvent<'a> {
     /// [`validate_event`] of the event's JSON value.
     pub fn validate(&self) -> Result<Event, EventRejection> {
-        match self {
-            RawEvent::Object(obj) => validate_fields(obj),
-            RawEvent::Other(v) => validate_event(v),
+        match &self.parsed {
+            Parsed::Object(obj) => validate_fields(obj),
+            Parsed::Other(v) => validate_event(v),
         }
     }
 
-    /// The event's JSON text as its `serde_json::Value` would write it (keys sorted).
-    pub fn to_json(&self) -> String {
-        match self {
-            RawEvent::Object(obj) => obj.to_json(),
-            RawEvent::Other(v) => v.to_string(),
-        }
+    /// The event's JSON text exactly as the beacon carried it: a slice of the body, the player's key
+    /// order and spacing included. What the `events` table's `raw` column and a dead letter's
+    /// `payload` keep.
+    pub fn text(&self) -> &'a str {
+        self.text
     }
 
     /// The event as a `serde_json::Value`.
     pub fn into_value(self) -> Value {
-        match self {
-            RawEvent::Object(obj) => Value::Object(obj.into_map()),
-            RawEvent::Other(v) => v,
+        match self.parsed {
+            Parsed::Object(obj) => Value::Object(obj.into_map()),
+            Parsed::Other(v) => v,
         }
     }
 }
 
-/// An event object as its beacon's parse left it: the fields in the order sent, keys borrowed from the
-/// body where they hold no escapes. Building a `serde_json::Map` per event (a B-tree node and a key
-/// string per field, then dropping them) was a sixth of the collector's CPU; this is a list. It answers
-/// what the map would: the last of repeated keys, and the text with keys sorted.
+/// An event object as its beacon's parse left it: the fields in the order sent, keys and string values
+/// borrowed from the body where they hold no escapes. Building a `serde_json::Map` per event (a B-tree
+/// node and a key string per field, then dropping them) was a sixth of the collector's CPU, and a
+/// `String` per string value most of what remained of parsing; this is a list of borrowed fields. It
+/// answers what the map would: the last of repeated keys.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct EventObject<'a> {
-    fields: Vec<(Cow<'a, str>, Value)>,
+    fields: Vec<(Cow<'a, str>, FieldValue<'a>)>,
+}
+
+/// A field's value as parsed: a string borrowed from the body unless it holds escapes, anything else
+/// (numbers, literals, nested arrays and objects) as a value.
+#[derive(Debug, Clone, PartialEq)]
+enum FieldValue<'a> {
+    Str(Cow<'a, str>),
+    Json(Value),
+}
+
+impl FieldValue<'_> {
+    fn as_json(&self) -> JsonRef<'_> {
+        match self {
+            FieldValue::Str(s) => JsonRef::String(s),
+            FieldValue::Json(v) => JsonRef::from(v),
+        }
+    }
+
+    fn into_value(self) -> Value {
+        match self {
+            FieldValue::Str(s) => Value::String(s.into_owned()),
+            FieldValue::Json(v) => v,
+        }
+    }
 }
 
 impl Fields for EventObject<'_> {
-    fn field(&self, key: &str) -> Option<&Value> {
-        self.fields.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v)
+    fn field(&self, key: &str) -> Option<JsonRef<'_>> {
+        self.fields.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.as_json())
     }
 }
 
 impl EventObject<'_> {
-    /// The fields as a map holds them: sorted by key, the last of repeated keys.
-    fn sorted(&self) -> Vec<(&str, &Value)> {
-        let mut all: Vec<(&str, &Value)> = self.fields.iter().map(|(k, v)| (k.as_ref(), v)).collect();
-        all.sort_by(|a, b| a.0.cmp(b.0)); // stable: repeated keys stay in the order sent
-        let mut out: Vec<(&str, &Value)> = Vec::with_capacity(all.len());
-        for (k, v) in all {
-            match out.last_mut() {
-                Some(last) if last.0 == k => *last = (k, v),
-                _ => out.push((k, v)),
-            }
-        }
-        out
-    }
-
-    /// The object's JSON text, as `crate::record::event_json` writes its map.
-    pub fn to_json(&self) -> String {
-        struct Sorted<'s>(Vec<(&'s str, &'s Value)>);
-        impl serde::Serialize for Sorted<'_> {
-            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                use serde::ser::SerializeMap;
-                let mut map = s.serialize_map(Some(self.0.len()))?;
-                for (k, v) in &self.0 {
-                    map.serialize_entry(k, v)?;
-                }
-                map.end()
-            }
-        }
-        let mut out = Vec::with_capacity(256);
-        match serde_json::to_writer(&mut out, &Sorted(self.sorted())) {
-            // serde_json writes valid UTF-8 (string keys; writing to a Vec cannot fail).
-            Ok(()) => String::from_utf8(out).unwrap_or_default(),
-            Err(_) => String::new(),
-        }
-    }
-
     pub fn into_map(self) -> Map<String, Value> {
-        self.fields.into_iter().map(|(k, v)| (k.into_owned(), v)).collect()
+        self.fields.into_iter().map(|(k, v)| (k.into_owned(), v.into_value())).collect()
+    }
+}
+
+/// A JSON value as validation reads it, borrowed from wherever it was parsed into (a `serde_json`
+/// value, or an [`EventObject`]'s field).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum JsonRef<'v> {
+    Null,
+    Bool(bool),
+    Number(&'v serde_json::Number),
+    String(&'v str),
+    Array(&'v [Value]),
+    Object(&'v Map<String, Value>),
+}
+
+impl<'v> From<&'v Value> for JsonRef<'v> {
+    fn from(v: &'v Value) -> JsonRef<'v> {
+        match v {
+            Value::Null => JsonRef::Null,
+            Value::Bool(b) => JsonRef::Bool(*b),
+            Value::Number(n) => JsonRef::Number(n),
+            Value::String(s) => JsonRef::String(s),
+            Value::Array(a) => JsonRef::Array(a),
+            Value::Object(m) => JsonRef::Object(m),
+        }
+    }
+}
+
+impl JsonRef<'_> {
+    fn as_f64(self) -> Option<f64> {
+        match self {
+            JsonRef::Number(n) => n.as_f64(),
+            _ => None,
+        }
     }
 }
 
@@ -205,7 +235,7 @@ pub fn parse_beacon_limited<'a>(
     };
     let sent_at = match obj.get("sent_at") {
         None => return Err(BeaconError::Field { field: "sent_at", problem: "required field is missing".into() }),
-        Some(v) => epoch_ms(v).map_err(|problem| BeaconError::Field { field: "sent_at", problem })?,
+        Some(v) => epoch_ms(v.into()).map_err(|problem| BeaconError::Field { field: "sent_at", problem })?,
     };
     let events = match events {
         None => return Err(BeaconError::Field { field: "events", problem: "required field is missing".into() }),
@@ -316,9 +346,9 @@ impl<'de> Visitor<'de> for Counted<'_, '_> {
     }
 }
 
-/// The visitor methods of a value that is not the kind a parse is looking for: counted and built as
-/// [`Counted`] does, then mapped (`$other` of the built value); and what the visitor expects.
-macro_rules! counted_otherwise {
+/// The visitor methods of a scalar that is not a string: counted and built as [`Counted`] does, then
+/// mapped (`$other` of the built value); and what the visitor expects.
+macro_rules! counted_scalars {
     ($other:expr) => {
         fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
             f.write_str("any JSON value")
@@ -335,17 +365,25 @@ macro_rules! counted_otherwise {
         fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
             Counted(self.0).visit_f64(v).map($other)
         }
-        fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-            Counted(self.0).visit_str(v).map($other)
-        }
-        fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
-            Counted(self.0).visit_string(v).map($other)
-        }
         fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
             Counted(self.0).visit_unit().map($other)
         }
         fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
             self.visit_unit()
+        }
+    };
+}
+
+/// The visitor methods of a value that is not the kind a parse is looking for: [`counted_scalars`],
+/// and strings counted and built as [`Counted`] does.
+macro_rules! counted_otherwise {
+    ($other:expr) => {
+        counted_scalars!($other);
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            Counted(self.0).visit_str(v).map($other)
+        }
+        fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+            Counted(self.0).visit_string(v).map($other)
         }
     };
 }
@@ -413,8 +451,15 @@ impl<'de> Visitor<'de> for EventsSeed<'_, '_> {
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Events<'de>, A::Error> {
         self.0.tick()?;
         let mut out = Vec::new();
-        while let Some(v) = seq.next_element_seed(EventSeed(self.0))? {
-            out.push(v);
+        // Each event is first taken as its text (a slice of the body: the `raw` column keeps the event
+        // as sent, not re-serialized), then its fields are parsed from that text, counted as they go.
+        while let Some(text) = seq.next_element::<&'de RawValue>()? {
+            let text = text.get();
+            let mut de = serde_json::Deserializer::from_str(text);
+            let parsed = EventSeed(self.0)
+                .deserialize(&mut de)
+                .map_err(|e| de::Error::custom(format_args!("events[{}]: {e}", out.len())))?;
+            out.push(RawEvent { text, parsed });
         }
         Ok(Events::Array(out))
     }
@@ -423,26 +468,56 @@ impl<'de> Visitor<'de> for EventsSeed<'_, '_> {
     }
 }
 
-/// One event: an object as an [`EventObject`], anything else as a counted value.
+/// One event's text: an object as an [`EventObject`], anything else as a counted value.
 struct EventSeed<'a, 'c>(&'a Counter<'c>);
 
-seed_of_any!(EventSeed<'_, '_> => RawEvent);
+seed_of_any!(EventSeed<'_, '_> => Parsed);
 
 impl<'de> Visitor<'de> for EventSeed<'_, '_> {
-    type Value = RawEvent<'de>;
+    type Value = Parsed<'de>;
 
-    counted_otherwise!(RawEvent::Other);
-    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<RawEvent<'de>, A::Error> {
-        Counted(self.0).visit_seq(seq).map(RawEvent::Other)
+    counted_otherwise!(Parsed::Other);
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Parsed<'de>, A::Error> {
+        Counted(self.0).visit_seq(seq).map(Parsed::Other)
     }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawEvent<'de>, A::Error> {
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Parsed<'de>, A::Error> {
         self.0.tick()?;
         let mut fields = Vec::new();
         while let Some(key) = map.next_key_seed(Key)? {
-            let v = map.next_value_seed(Counted(self.0))?;
+            let v = map.next_value_seed(FieldSeed(self.0))?;
             fields.push((key, v));
         }
-        Ok(RawEvent::Object(EventObject { fields }))
+        Ok(Parsed::Object(EventObject { fields }))
+    }
+}
+
+/// An event field's value: a string borrowed from the text unless it holds escapes, anything else as
+/// [`Counted`] builds it.
+struct FieldSeed<'a, 'c>(&'a Counter<'c>);
+
+seed_of_any!(FieldSeed<'_, '_> => FieldValue);
+
+impl<'de> Visitor<'de> for FieldSeed<'_, '_> {
+    type Value = FieldValue<'de>;
+
+    counted_scalars!(FieldValue::Json);
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<FieldValue<'de>, E> {
+        self.0.tick()?;
+        Ok(FieldValue::Str(Cow::Borrowed(v)))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<FieldValue<'de>, E> {
+        self.0.tick()?;
+        Ok(FieldValue::Str(Cow::Owned(v.to_owned())))
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> Result<FieldValue<'de>, E> {
+        self.0.tick()?;
+        Ok(FieldValue::Str(Cow::Owned(v)))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<FieldValue<'de>, A::Error> {
+        Counted(self.0).visit_seq(seq).map(FieldValue::Json)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<FieldValue<'de>, A::Error> {
+        Counted(self.0).visit_map(map).map(FieldValue::Json)
     }
 }
 
@@ -489,19 +564,19 @@ pub fn validate_event_map(obj: &Map<String, Value>) -> Result<Event, EventReject
 /// Validation reads an event's fields through this: a `serde_json` map, or an event object as a
 /// beacon's parse left it ([`EventObject`]). Both answer a key with the value a map would hold for it.
 pub trait Fields {
-    fn field(&self, key: &str) -> Option<&Value>;
+    fn field(&self, key: &str) -> Option<JsonRef<'_>>;
 }
 
 impl Fields for Map<String, Value> {
-    fn field(&self, key: &str) -> Option<&Value> {
-        self.get(key)
+    fn field(&self, key: &str) -> Option<JsonRef<'_>> {
+        self.get(key).map(JsonRef::from)
     }
 }
 
 fn validate_fields<F: Fields>(obj: &F) -> Result<Event, EventRejection> {
     let view_id = match obj.field("view_id") {
         None => return Err(EventRejection::missing("view_id")),
-        Some(Value::String(s)) if !s.is_empty() && s.chars().count() <= MAX_VIEW_ID_LEN => s.clone(),
+        Some(JsonRef::String(s)) if !s.is_empty() && s.chars().count() <= MAX_VIEW_ID_LEN => s.to_owned(),
         Some(_) => {
             return Err(EventRejection::new(
                 "view_id",
@@ -525,7 +600,7 @@ fn validate_fields<F: Fields>(obj: &F) -> Result<Event, EventRejection> {
     };
     let kind = match obj.field("type") {
         None => return Err(EventRejection::missing("type")),
-        Some(Value::String(s)) => EventKind::parse(s).ok_or_else(|| {
+        Some(JsonRef::String(s)) => EventKind::parse(s).ok_or_else(|| {
             EventRejection::new("type", "unknown_type", format!("unknown event type {s:?}"))
         })?,
         Some(_) => return Err(EventRejection::wrong_type("type", "a string")),
@@ -573,8 +648,8 @@ fn validate_fields<F: Fields>(obj: &F) -> Result<Event, EventRejection> {
                 },
             };
             let cache = match obj.field("cache") {
-                None | Some(Value::Null) => CacheStatus::Unknown,
-                Some(Value::String(s)) => match s.as_str() {
+                None | Some(JsonRef::Null) => CacheStatus::Unknown,
+                Some(JsonRef::String(s)) => match s {
                     "hit" => CacheStatus::Hit,
                     "miss" => CacheStatus::Miss,
                     "unknown" => CacheStatus::Unknown,
@@ -598,9 +673,9 @@ fn validate_fields<F: Fields>(obj: &F) -> Result<Event, EventRejection> {
         }
         EventKind::Error => {
             let code = match obj.field("code") {
-                None | Some(Value::Null) => None,
-                Some(Value::String(s)) if s.chars().count() <= 128 => Some(s.clone()),
-                Some(v @ Value::Number(_)) if integer(v).is_some() => integer(v).map(|n| n.to_string()),
+                None | Some(JsonRef::Null) => None,
+                Some(JsonRef::String(s)) if s.chars().count() <= 128 => Some(s.to_owned()),
+                Some(v @ JsonRef::Number(_)) if integer(v).is_some() => integer(v).map(|n| n.to_string()),
                 Some(_) => {
                     return Err(EventRejection::wrong_type(
                         "code",
@@ -609,8 +684,8 @@ fn validate_fields<F: Fields>(obj: &F) -> Result<Event, EventRejection> {
                 }
             };
             let fatal = match obj.field("fatal") {
-                None | Some(Value::Null) => false,
-                Some(Value::Bool(b)) => *b,
+                None | Some(JsonRef::Null) => false,
+                Some(JsonRef::Bool(b)) => b,
                 Some(_) => return Err(EventRejection::wrong_type("fatal", "a boolean")),
             };
             Payload::Error { code, message: opt_string(obj, "message", MAX_TITLE_LEN)?, fatal }
@@ -702,16 +777,16 @@ pub fn check_event(e: &Event) -> Result<(), EventRejection> {
 
 fn view_dims<F: Fields>(obj: &F) -> Result<ViewDims, EventRejection> {
     let stream_type = match obj.field("stream_type") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) if s == "vod" => Some(StreamType::Vod),
-        Some(Value::String(s)) if s == "live" => Some(StreamType::Live),
+        None | Some(JsonRef::Null) => None,
+        Some(JsonRef::String("vod")) => Some(StreamType::Vod),
+        Some(JsonRef::String("live")) => Some(StreamType::Live),
         Some(_) => {
             return Err(EventRejection::new("stream_type", "invalid_value", "must be \"vod\" or \"live\""));
         }
     };
     let custom = match obj.field("custom") {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::Object(m)) => {
+        None | Some(JsonRef::Null) => Vec::new(),
+        Some(JsonRef::Object(m)) => {
             if m.len() > MAX_CUSTOM_DIMS {
                 return Err(EventRejection::new(
                     "custom",
@@ -751,8 +826,8 @@ fn view_dims<F: Fields>(obj: &F) -> Result<ViewDims, EventRejection> {
 }
 
 /// A JSON integer in JSON Schema's sense (`3` and `3.0`), widened so range checks cannot overflow.
-fn integer(v: &Value) -> Option<i128> {
-    let Value::Number(n) = v else { return None };
+fn integer(v: JsonRef) -> Option<i128> {
+    let JsonRef::Number(n) = v else { return None };
     if let Some(i) = n.as_i64() {
         return Some(i as i128);
     }
@@ -766,7 +841,7 @@ fn integer(v: &Value) -> Option<i128> {
 /// Why a `ts` out of range is refused (by validation and by [`check_event`]).
 const TS_RANGE: &str = "must be epoch milliseconds between 946684800000 (2000-01-01) and 4102444800000 (2100-01-01)";
 
-fn epoch_ms(v: &Value) -> Result<i64, String> {
+fn epoch_ms(v: JsonRef) -> Result<i64, String> {
     match integer(v) {
         Some(n) if (TS_MIN_MS as i128..=TS_MAX_MS as i128).contains(&n) => Ok(n as i64),
         Some(_) => Err(TS_RANGE.into()),
@@ -776,9 +851,9 @@ fn epoch_ms(v: &Value) -> Result<i64, String> {
 
 fn opt_string<F: Fields>(obj: &F, field: &str, max_chars: usize) -> Result<Option<String>, EventRejection> {
     match obj.field(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) if s.chars().count() <= max_chars => Ok(Some(s.clone())),
-        Some(Value::String(_)) => {
+        None | Some(JsonRef::Null) => Ok(None),
+        Some(JsonRef::String(s)) if s.chars().count() <= max_chars => Ok(Some(s.to_owned())),
+        Some(JsonRef::String(_)) => {
             Err(EventRejection::new(field, "too_long", format!("must be at most {max_chars} characters")))
         }
         Some(_) => Err(EventRejection::wrong_type(field, "a string")),
@@ -792,8 +867,8 @@ fn opt_number<F: Fields>(
     max: Option<f64>,
 ) -> Result<Option<f64>, EventRejection> {
     match obj.field(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => match n.as_f64() {
+        None | Some(JsonRef::Null) => Ok(None),
+        Some(JsonRef::Number(n)) => match n.as_f64() {
             Some(f) if f >= min && max.is_none_or(|m| f <= m) => Ok(Some(f)),
             _ => Err(EventRejection::new(field, "out_of_range", format!("must be a number of at least {min}"))),
         },
@@ -803,7 +878,7 @@ fn opt_number<F: Fields>(
 
 fn opt_u32<F: Fields>(obj: &F, field: &str) -> Result<Option<u32>, EventRejection> {
     match obj.field(field) {
-        None | Some(Value::Null) => Ok(None),
+        None | Some(JsonRef::Null) => Ok(None),
         Some(v) => match integer(v) {
             Some(n) if (0..=100_000).contains(&n) => Ok(Some(n as u32)),
             _ => Err(EventRejection::new(field, "out_of_range", "must be an integer from 0 to 100000")),
@@ -858,6 +933,23 @@ mod tests {
         let ours: Vec<Value> = ours.events.into_iter().map(RawEvent::into_value).collect();
         assert_eq!(ours, theirs["events"].as_array().unwrap().clone());
         assert!(matches!(parse_beacon(br#"{"sent_at":1} x"#), Err(BeaconError::InvalidJson(_))), "trailing data");
+    }
+
+    #[test]
+    fn events_keep_their_text_as_sent_and_borrow_their_strings() {
+        let first = r#"{ "type" : "viewstart", "ts":1700000000000, "view_id":"v\u00e9", "seq":0, "cdn":"c" }"#;
+        let body = format!("{{\"sent_at\":1700000000000, \"events\": [\n  {first} , 7 ]}}");
+        let parsed = parse_beacon(body.as_bytes()).unwrap();
+        assert_eq!(parsed.events.iter().map(RawEvent::text).collect::<Vec<_>>(), [first, "7"]);
+        let event = parsed.events[0].validate().unwrap();
+        assert_eq!((event.view_id.as_str(), event.kind), ("vé", EventKind::Viewstart), "escapes are decoded");
+        let Parsed::Object(obj) = &parsed.events[0].parsed else { panic!("an object") };
+        let borrowed = |key: &str| obj.fields.iter().any(|(k, v)| k == key && matches!(v, FieldValue::Str(Cow::Borrowed(_))));
+        assert!(borrowed("type") && borrowed("cdn"), "strings without escapes are borrowed from the body");
+        assert!(!borrowed("view_id"), "a string with escapes is decoded into its own");
+        // A problem inside an event names the event.
+        let e = parse_beacon(br#"{"sent_at":1700000000000,"events":[{},{"a":"\ud800"}]}"#).unwrap_err();
+        assert!(e.to_string().contains("events[1]: "), "{e}");
     }
 
     #[test]

@@ -141,9 +141,9 @@ fn split_encode<T>(events: &[T], limit: usize, encode: &impl Fn(&[T]) -> Vec<u8>
     split_encode(right, limit, encode, out)
 }
 
-/// An event's JSON text as records hold it: compact, keys sorted (as serde_json writes a map), which is
-/// the text the collector received re-serialized. Written straight from the map into a buffer sized for
-/// a typical event.
+/// An event's JSON text re-serialized from its map: compact, keys sorted (as serde_json writes a map).
+/// The text of the events of version 1 records (the collector keeps the text it received instead).
+/// Written straight from the map into a buffer sized for a typical event.
 pub fn event_json(event: &Map<String, Value>) -> String {
     let mut out = Vec::with_capacity(256);
     match serde_json::to_writer(&mut out, event) {
@@ -165,7 +165,7 @@ pub struct Envelope<'a> {
 }
 
 impl Envelope<'_> {
-    /// One version 2 record of `events` (each validated, with its JSON text as [`event_json`] writes it).
+    /// One version 2 record of `events` (each validated, with its JSON text).
     pub fn encode(&self, events: &[CheckedEvent]) -> Vec<u8> {
         let c = self.client;
         let body = TypedOut {

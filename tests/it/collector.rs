@@ -49,6 +49,31 @@ async fn accepted_beacons_answer_204_and_are_durable_and_enriched() {
     assert_eq!(event_ids(&records).len(), 5);
 }
 
+/// The `events` table's `raw` column and a dead letter's `payload` hold each event's text exactly as
+/// the player sent it (its key order, spacing and escapes), not a re-serialization.
+#[tokio::test]
+async fn events_are_stored_as_the_text_the_player_sent() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut q = Qoeflow::serve(dir.path(), &[], &[]);
+    let kept = format!(r#"{{ "type": "playrequest", "ts": {T0}, "x_note": "caf\u00e9 \"ok\"", "view_id": "v", "seq": 0 }}"#);
+    let refused = format!(r#"{{"seq": 1,  "view_id": "v", "type": "quality_change", "ts": {T0}}}"#);
+    let body = format!("{{\"sent_at\": {T0},\n \"events\": [ {kept} ,\n {refused}\n]}}");
+    let resp = http().post(q.beacon_url()).header("content-type", "application/json").body(body).send().await.expect("post");
+    assert_eq!(resp.status(), StatusCode::OK);
+    q.stop();
+
+    let mut reader = locallog::LogReader::open(&dir.path().join("log"), 0).expect("open log reader");
+    let entries = reader.read_batch(usize::MAX, u64::MAX).expect("log reads");
+    let decoded: Vec<_> = entries.iter().map(|e| Record::decode_checked(&e.data).expect("decodes")).collect();
+    let [schemas::Checked::Events(events), schemas::Checked::Rejected(dead)] = &decoded[..] else {
+        panic!("one events record and one dead letter: {decoded:?}")
+    };
+    let event = events.events[0].as_ref().expect("valid event");
+    assert_eq!(event.raw, kept, "the text as sent");
+    assert_eq!(event.event.seq, 0);
+    assert_eq!(dead.payload, refused, "the refused event's text as sent");
+}
+
 #[tokio::test]
 async fn partially_invalid_beacons_answer_200_and_dead_letter_the_rest() {
     let dir = tempfile::tempdir().expect("tmp");
