@@ -451,12 +451,15 @@ impl<'de> Visitor<'de> for EventsSeed<'_, '_> {
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Events<'de>, A::Error> {
         self.0.tick()?;
         let mut out = Vec::new();
+        // Fields are gathered here, then copied into a list of their exact size: one allocation per
+        // event instead of a list regrown field by field.
+        let mut scratch = Vec::new();
         // Each event is first taken as its text (a slice of the body: the `raw` column keeps the event
         // as sent, not re-serialized), then its fields are parsed from that text, counted as they go.
         while let Some(text) = seq.next_element::<&'de RawValue>()? {
             let text = text.get();
             let mut de = serde_json::Deserializer::from_str(text);
-            let parsed = EventSeed(self.0)
+            let parsed = EventSeed(self.0, &mut scratch)
                 .deserialize(&mut de)
                 .map_err(|e| de::Error::custom(format_args!("events[{}]: {e}", out.len())))?;
             out.push(RawEvent { text, parsed });
@@ -468,12 +471,18 @@ impl<'de> Visitor<'de> for EventsSeed<'_, '_> {
     }
 }
 
-/// One event's text: an object as an [`EventObject`], anything else as a counted value.
-struct EventSeed<'a, 'c>(&'a Counter<'c>);
+/// One event's text: an object as an [`EventObject`] (its fields gathered in the scratch list), anything
+/// else as a counted value.
+struct EventSeed<'a, 'c, 's, 'de>(&'a Counter<'c>, &'s mut Vec<(Cow<'de, str>, FieldValue<'de>)>);
 
-seed_of_any!(EventSeed<'_, '_> => Parsed);
+impl<'de> DeserializeSeed<'de> for EventSeed<'_, '_, '_, 'de> {
+    type Value = Parsed<'de>;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Parsed<'de>, D::Error> {
+        d.deserialize_any(self)
+    }
+}
 
-impl<'de> Visitor<'de> for EventSeed<'_, '_> {
+impl<'de> Visitor<'de> for EventSeed<'_, '_, '_, 'de> {
     type Value = Parsed<'de>;
 
     counted_otherwise!(Parsed::Other);
@@ -482,12 +491,13 @@ impl<'de> Visitor<'de> for EventSeed<'_, '_> {
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Parsed<'de>, A::Error> {
         self.0.tick()?;
-        let mut fields = Vec::new();
+        let scratch = self.1;
+        scratch.clear();
         while let Some(key) = map.next_key_seed(Key)? {
             let v = map.next_value_seed(FieldSeed(self.0))?;
-            fields.push((key, v));
+            scratch.push((key, v));
         }
-        Ok(Parsed::Object(EventObject { fields }))
+        Ok(Parsed::Object(EventObject { fields: scratch.drain(..).collect() }))
     }
 }
 
