@@ -345,8 +345,11 @@ async fn handle(
     // The parsed tree is charged to the request's memory budget as it grows, beside the body itself.
     let text_len = body.bytes.len();
     let budget = &mut body.budget;
-    // Every value takes at least a byte of text, so a small body is never charged for more than it holds.
-    let mut charge = |values: usize| budget.reserve(text_len + values.min(text_len + 1) * JSON_VALUE_COST).is_ok();
+    // The text is charged twice: parsing may copy up to all of it again (an escaped string's decoded
+    // copy, or the one-byte-per-level nesting stack of the pass that slices out each event, which has
+    // no depth limit). Every value takes at least a byte of text, so a small body is never charged for
+    // more values than it holds.
+    let mut charge = |values: usize| budget.reserve(2 * text_len + values.min(text_len + 1) * JSON_VALUE_COST).is_ok();
     let beacon = match parse_beacon_limited(&body.bytes, state.config.max_json_values, &mut charge) {
         Ok(b) => b,
         Err(e @ BeaconError::TooManyValues(_)) => {

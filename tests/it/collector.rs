@@ -235,6 +235,28 @@ async fn gzip_inflation_is_bounded_by_the_shared_memory_budget() {
     assert_eq!(ok.status(), StatusCode::NO_CONTENT, "still serving");
 }
 
+/// Parsing may copy up to the whole text again (the nesting stack of the pass that slices out each
+/// event, an escaped string's decoded copy), so a body is charged twice its size once parsing starts:
+/// a 6 MiB event nested `[[[…` fits a 10 MiB budget as it inflates but not as it is parsed.
+#[tokio::test]
+async fn parsing_is_charged_for_what_it_may_copy_of_the_body() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let budget = (10 << 20).to_string();
+    let env = [("QOEFLOW_INGEST__MAX_BUFFERED_BYTES", budget.as_str()), ("QOEFLOW_INGEST__RETRY_AFTER_SECS", "2")];
+    let q = Qoeflow::serve(dir.path(), &[], &env);
+    let nested = |mib: usize| gzip(format!(r#"{{"sent_at":{T0},"events":[{}"#, "[".repeat(mib << 20)).as_bytes());
+    let post = |body: Vec<u8>| {
+        http().post(q.beacon_url()).header("content-type", "application/json").header("content-encoding", "gzip").body(body).send()
+    };
+    let resp = post(nested(6)).await.expect("post");
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE, "12 MiB of parse charge over a 10 MiB budget");
+    assert_eq!(resp.json::<serde_json::Value>().await.expect("json")["error"], "overloaded");
+    // Half of it is charged 6 MiB and parsed: refused as the JSON it is not.
+    let resp = post(nested(3)).await.expect("post");
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(resp.json::<serde_json::Value>().await.expect("json")["error"], "invalid_body");
+}
+
 #[tokio::test]
 async fn unsupported_types_and_encodings_answer_415() {
     let dir = tempfile::tempdir().expect("tmp");

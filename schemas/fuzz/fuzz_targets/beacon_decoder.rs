@@ -13,6 +13,7 @@ fuzz_target!(|data: &[u8]| {
             let value = event.clone().into_value();
             assert_eq!(event.validate(), schemas::validate_event(&value));
             assert_eq!(serde_json::from_str::<serde_json::Value>(event.text()).ok(), Some(value));
+            assert!(data.as_ptr_range().contains(&event.text().as_ptr()), "a slice of the body, not a copy");
             if let Ok(e) = event.validate() {
                 assert!(!e.view_id.is_empty());
                 assert!(e.ts >= schemas::beacon::TS_MIN_MS && e.ts <= schemas::beacon::TS_MAX_MS);
