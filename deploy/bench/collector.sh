@@ -3,7 +3,9 @@
 # that reads the body and answers 204 (the machine's HTTP ceiling), measured in the same run, alternating,
 # ROUNDS times each; prints medians and the ratio. Two qoeflow targets: the collector alone on the local
 # log (`serve --no-pipeline`), and `qoeflow serve` as it runs (the pipeline sessionizing the same traffic
-# into Parquet in the same process, on the same 2 cores as wrk).
+# into Parquet in the same process, on the same 2 cores as wrk). Besides throughput, each target's CPU
+# time per beacon: the server process's (all threads, from /proc/<pid>/stat) and the rest of the
+# machine's (wrk, mostly), which is where the gap to the baseline is spent.
 #
 #   deploy/bench/collector.sh [DURATION_S=15] [CONNECTIONS=64] [ROUNDS=3] [EVENTS=20]
 #
@@ -23,6 +25,7 @@ cargo build --release -q -p qoeflow --bin qoeflow -p bench --bin baseline_server
 work="$(mktemp -d)"
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 target/release/baseline_server 127.0.0.1:18481 2>/dev/null &
+baseline_pid=$!
 wait_port() { for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return; sleep 0.1; done; }
 wait_port 18481
 # Each qoeflow round gets a fresh process and data directory, stopped after its round: wrk's beacons
@@ -36,16 +39,23 @@ qoeflow_round() { # name port [serve flags...]
   QOEFLOW_LOG_LEVEL=error "$bin" serve --listen "127.0.0.1:$port" --data-dir "$work/data" "$@" &
   local pid=$!
   wait_port "$port"
-  run "$name" "$port" >>"$work/results"
+  run "$name" "$port" "$pid" >>"$work/results"
   kill "$pid"; wait "$pid" 2>/dev/null || true
 }
 
-run() { # name port
-  wrk -t1 -c"$conns" -d"${duration}s" --latency -s deploy/bench/beacon.lua "http://127.0.0.1:$2/v1/beacon" -- "$events" \
-    | awk -v n="$1" '/^RESULT/ {print n, $0}'
+# CPU time in clock ticks: of one process (all its threads), and of the whole machine (busy, not idle).
+proc_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+machine_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8}' /proc/stat; }
+run() { # name port server-pid
+  local p0 m0 out
+  p0=$(proc_ticks "$3"); m0=$(machine_ticks)
+  out=$(wrk -t1 -c"$conns" -d"${duration}s" --latency -s deploy/bench/beacon.lua "http://127.0.0.1:$2/v1/beacon" -- "$events" \
+    | awk '/^RESULT/')
+  # The server's CPU and the rest of the machine's (wrk, mostly) during the round, in ticks.
+  echo "$1 $out server_ticks=$(( $(proc_ticks "$3") - p0 )) machine_ticks=$(( $(machine_ticks) - m0 ))"
 }
 for r in $(seq 1 "$rounds"); do
-  run baseline 18481 >>"$work/results"
+  run baseline 18481 "$baseline_pid" >>"$work/results"
   qoeflow_round collector 18482 --no-pipeline
   qoeflow_round qoeflow 18480
   if [[ -n "${AB_QOEFLOW:-}" ]]; then
@@ -54,7 +64,7 @@ for r in $(seq 1 "$rounds"); do
   fi
 done
 
-python3 - "$work/results" "$conns" "$duration" "$rounds" "$events" <<'PY'
+python3 - "$work/results" "$conns" "$duration" "$rounds" "$events" "$(getconf CLK_TCK)" <<'PY'
 import re, statistics, sys, os, platform
 rows = {}
 for line in open(sys.argv[1]):
@@ -62,10 +72,14 @@ for line in open(sys.argv[1]):
     kv = dict(re.findall(r"(\w+)=([\d.]+)", line))
     rows.setdefault(name, []).append(kv)
 def med(name, key): return statistics.median(float(r[key]) for r in rows[name])
+tick_us = 1e6 / float(sys.argv[6])
+def per_beacon(name, key):
+    # CPU microseconds per beacon: the round's ticks over its beacons (rps x duration).
+    return statistics.median(float(r[key]) * tick_us / (float(r["rps"]) * float(sys.argv[3])) for r in rows[name])
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
 events = int(sys.argv[5])
 print(f"machine: {os.cpu_count()} cores, {cpu}; wrk -t1 -c{sys.argv[2]} -d{sys.argv[3]}s, {events}-event beacons, median of {sys.argv[4]} alternating rounds")
-print(f"{'target':<40} {'beacons/s':>10} {'events/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
+print(f"{'target':<40} {'beacons/s':>10} {'events/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'server CPU µs/beacon':>21} {'rest µs/beacon':>15}")
 targets = [("baseline", "axum read body + 204 (baseline)"),
            ("collector", "qoeflow collector (local log, fsync)"),
            ("qoeflow", "qoeflow serve (collector + pipeline)")]
@@ -73,7 +87,9 @@ if "collector_b" in rows:
     targets += [("collector_b", "AB_QOEFLOW collector"), ("qoeflow_b", "AB_QOEFLOW serve")]
 for name, label in targets:
     errs = sum(int(float(r["errors"])) + int(float(r["non2xx"])) for r in rows[name])
-    print(f"{label:<40} {med(name,'rps'):>10.0f} {med(name,'rps')*events:>10.0f} {med(name,'p50_ms'):>8.2f} {med(name,'p99_ms'):>8.2f} {errs:>7}")
+    server = per_beacon(name, "server_ticks")
+    rest = per_beacon(name, "machine_ticks") - server
+    print(f"{label:<40} {med(name,'rps'):>10.0f} {med(name,'rps')*events:>10.0f} {med(name,'p50_ms'):>8.2f} {med(name,'p99_ms'):>8.2f} {errs:>7} {server:>21.1f} {rest:>15.1f}")
 print(f"ratio collector / baseline (throughput): {med('collector','rps')/med('baseline','rps'):.2f}")
 print(f"ratio serve / baseline (throughput): {med('qoeflow','rps')/med('baseline','rps'):.2f}")
 if "collector_b" in rows:

@@ -2,11 +2,12 @@
 # Every benchmark of BENCHMARKS.md in one command, each figure next to its baseline measured in the same
 # run; prints each benchmark's own table, then a summary table.
 #
-#   deploy/bench/run.sh            # full sizes (about 20 minutes after the release build)
+#   deploy/bench/run.sh            # full sizes (about 45 minutes after the release build, 2026-12-05)
 #   deploy/bench/run.sh --quick    # small sizes, to check that everything runs (about 6 minutes)
 #
 # 1. collector: wrk, 20-event beacons, `qoeflow serve` vs a minimal axum server      (collector.sh);
 #    then 1- and 200-event beacons
+#    then the collector's request path by stage, no HTTP: CPU µs per beacon     (bench_collector_stages)
 # 2. pipeline: local log -> sessionize -> Parquet vs DuckDB batch SQL over the events (bench_pipeline,
 #    duckdb_pipeline.py)
 # 3. freshness: beacon acknowledged -> counted by /api/v1/metrics, under loadgen traffic (api.sh)
@@ -18,17 +19,22 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 if [[ "${1:-}" == "--quick" ]]; then
-  collector=(5 64 1); pipeline=(2000 1 10000); api=(3000 500 3 500); elastic=(--viewers 1000 --rounds 1)
+  collector=(5 64 1); pipeline=(2000 1 10000); api=(3000 500 3 500); elastic=(--viewers 1000 --rounds 1); stages=(2000 3)
 else
-  collector=(15 64 3); pipeline=(20000 3 100000); api=(50000 8640 9 3000); elastic=(--viewers 8000 --rounds 3)
+  collector=(15 64 3); pipeline=(20000 3 100000); api=(50000 8640 9 3000); elastic=(--viewers 8000 --rounds 3); stages=(20000 5)
 fi
 python3 -c 'import duckdb' 2>/dev/null || pip install -q -r tests/requirements.txt
 out="$(mktemp -d)"; trap 'rm -rf "$out"' EXIT
-cargo build --release -q -p qoeflow --bin qoeflow -p bench
+# Every binary of both packages: `--bin qoeflow` here would select only that binary in both, and the
+# benchmark programs below would run whatever build of them target/ held.
+cargo build --release -q -p qoeflow -p bench --bins
 
 echo "== 1. collector =="
 deploy/bench/collector.sh "${collector[@]}" | tee "$out/collector.txt"
 for n in 1 200; do deploy/bench/collector.sh "${collector[@]}" "$n"; done
+echo
+echo "== 1, by stage: the collector's request path without HTTP =="
+./target/release/bench_collector_stages "${stages[@]}"
 echo
 echo "== 2 and 4. pipeline throughput and memory =="
 ./target/release/bench_pipeline "$out/pipeline" "${pipeline[@]}" | tee "$out/pipeline.txt"
