@@ -35,7 +35,7 @@ use std::path::Path;
 use bytes::Bytes;
 use objstore::{Location, Staged};
 use schemas::dataset::{DATASET_LOCK, PARTITION_MS, epochs_of, file_name, is_rollup, merged_file_name, partition_of, partition_start, rollup_twin, source_prefix};
-use schemas::cells::{BatchBuilder, parquet_file};
+use schemas::cells::{BatchBuilder, FileLife, parquet_file_for};
 
 use crate::error::Context;
 use crate::rows;
@@ -272,7 +272,9 @@ impl ParquetSink {
                     return Ok(done);
                 }
                 if enough && group.len() >= 2 {
-                    done.rows += self.merge_files(dir, group, roll_up).await?;
+                    // A closed hour's merge stays; the open hour's is merged again when it closes.
+                    let life = if closed { FileLife::Kept } else { FileLife::Transient };
+                    done.rows += self.merge_files(dir, group, roll_up, life).await?;
                     done.files_in += group.len();
                     merged_any = true;
                 } else if roll_up && start + PARTITION_MS > policy.closed_before - ROLL_UP_ALONE_WITHIN_MS {
@@ -314,7 +316,7 @@ impl ParquetSink {
     /// ([`crate::rollup`]). Both are staged whole and durably, then, under [`DATASET_LOCK`], published
     /// and the inputs (and their twins) deleted: a query in this process sees the inputs or the merged
     /// file, never both. Returns the rows written.
-    async fn merge_files(&self, dir: &str, files: &[OwnFile], roll_up: bool) -> crate::Result<usize> {
+    async fn merge_files(&self, dir: &str, files: &[OwnFile], roll_up: bool, life: FileLife) -> crate::Result<usize> {
         let (first, last) = (
             files[0].first,
             files.iter().map(|f| f.last).max().unwrap_or(files[0].last),
@@ -343,7 +345,7 @@ impl ParquetSink {
                 }
                 Ok::<_, crate::Error>(b)
             });
-            let merged = parquet_file(batches)?;
+            let merged = parquet_file_for(life, batches)?;
             let rolled = match rollup {
                 Some(r) => r.finish(&source, last)?,
                 None => None,
@@ -387,7 +389,8 @@ impl ParquetSink {
                 batch.push(&row).map_err(crate::Error::from)?;
             }
             for (hour, batch) in parts {
-                if let Some((bytes, _)) = parquet_file([batch.finish().map_err(crate::Error::from)])? {
+                // Compaction merges an epoch's files later (`FileLife::Transient`: written fast).
+                if let Some((bytes, _)) = parquet_file_for(FileLife::Transient, [batch.finish().map_err(crate::Error::from)])? {
                     files.push((format!("{}/{}/{name}", t.table, partition_of(hour * PARTITION_MS)), bytes));
                 }
             }

@@ -160,8 +160,29 @@ pub fn record_batch(columns: &[Column], rows: &[Vec<Cell<'_>>]) -> Result<Record
     batch.finish()
 }
 
-fn writer_properties() -> Result<WriterProperties, parquet::errors::ParquetError> {
-    let mut props = WriterProperties::builder().set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?));
+/// How long a Parquet file is meant to stay, which sets how hard it is compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileLife {
+    /// A file compaction merges again within the hour or so (an epoch's files, the open hour's
+    /// merges): zstd level 1, which writes faster than level 3 (the pipeline 1.10×, and its files
+    /// were no larger on the benchmark's traffic: `BENCHMARKS.md` §17).
+    Transient,
+    /// A file that stays (a closed hour's compaction, rollups, alert history): zstd level 3.
+    Kept,
+}
+
+impl FileLife {
+    /// The zstd level of a file of this life.
+    pub fn zstd_level(self) -> i32 {
+        match self {
+            FileLife::Transient => 1,
+            FileLife::Kept => 3,
+        }
+    }
+}
+
+fn writer_properties(life: FileLife) -> Result<WriterProperties, parquet::errors::ParquetError> {
+    let mut props = WriterProperties::builder().set_compression(Compression::ZSTD(ZstdLevel::try_new(life.zstd_level())?));
     for name in crate::tables::OPAQUE_TEXT {
         let column = ColumnPath::from(*name);
         props = props.set_column_dictionary_enabled(column.clone(), false).set_column_statistics_enabled(column, EnabledStatistics::None);
@@ -173,9 +194,19 @@ fn writer_properties() -> Result<WriterProperties, parquet::errors::ParquetError
 /// group, and a compaction merging a flood of rows into one file grew the process by ~80 MB without it.
 const ROW_GROUP_MEMORY: usize = 8 << 20;
 
-/// Encodes `batches` (one schema) as one zstd Parquet file, with its row count; None without batches.
-/// Row groups end at [`ROW_GROUP_MEMORY`] of buffered data (or the writer's 1 Mi rows).
+/// Encodes `batches` (one schema) as one zstd Parquet file meant to stay ([`FileLife::Kept`]), with
+/// its row count; None without batches.
 pub fn parquet_file<E: From<EncodeError>>(
+    batches: impl IntoIterator<Item = Result<RecordBatch, E>>,
+) -> Result<Option<(Bytes, usize)>, E> {
+    parquet_file_for(FileLife::Kept, batches)
+}
+
+/// Encodes `batches` (one schema) as one zstd Parquet file compressed for its `life`, with its row
+/// count; None without batches. Row groups end at [`ROW_GROUP_MEMORY`] of buffered data (or the
+/// writer's 1 Mi rows).
+pub fn parquet_file_for<E: From<EncodeError>>(
+    life: FileLife,
     batches: impl IntoIterator<Item = Result<RecordBatch, E>>,
 ) -> Result<Option<(Bytes, usize)>, E> {
     let mut writer: Option<ArrowWriter<Vec<u8>>> = None;
@@ -186,7 +217,7 @@ pub fn parquet_file<E: From<EncodeError>>(
             writer = Some(ArrowWriter::try_new(
                 Vec::new(),
                 batch.schema(),
-                Some(writer_properties().map_err(EncodeError::from)?),
+                Some(writer_properties(life).map_err(EncodeError::from)?),
             ).map_err(EncodeError::from)?);
         }
         if let Some(w) = writer.as_mut() {
@@ -269,5 +300,32 @@ mod tests {
         assert_eq!(&out[..2], &[0xc8, 0x01], "LEB128 length");
         assert_eq!(&out[202..211], &[0, 0xfe, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]);
         assert_eq!(&out[211..], &[0, 0]);
+    }
+
+    #[test]
+    fn transient_files_are_compressed_lighter_than_kept_ones_and_read_the_same() {
+        let cols = [Column { name: "raw", ty: ColType::Utf8, nullable: false }, Column { name: "n", ty: ColType::Int64, nullable: false }];
+        let rows: Vec<Vec<Cell<'_>>> = (0..20_000i64)
+            .map(|i| {
+                let raw = format!(r#"{{"view_id":"v-{}","seq":{i},"type":"heartbeat","ts":{},"playhead_ms":{}}}"#, i / 40, 1_700_000_000_000 + i * 250, (i % 40) * 250);
+                vec![Cell::Str(raw.into()), Cell::I64(i * 7 % 1000)]
+            })
+            .collect();
+        let encode = |life| {
+            let batch = record_batch(&cols, &rows).expect("rows fit their columns");
+            parquet_file_for::<EncodeError>(life, [Ok(batch)]).expect("encodes").expect("a file")
+        };
+        let ((transient, n1), (kept, n2)) = (encode(FileLife::Transient), encode(FileLife::Kept));
+        assert_eq!((n1, n2), (20_000, 20_000));
+        assert!(kept.len() < transient.len(), "level 3 ({} bytes) should be smaller than level 1 ({} bytes)", kept.len(), transient.len());
+        let read = |bytes: Bytes| -> Vec<RecordBatch> {
+            parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
+                .expect("a Parquet file")
+                .build()
+                .expect("a reader")
+                .collect::<Result<_, _>>()
+                .expect("batches")
+        };
+        assert_eq!(read(transient), read(kept), "both lives hold the same rows");
     }
 }
