@@ -1,13 +1,15 @@
-//! The collector's request path taken apart, without HTTP: CPU microseconds per beacon for each stage the
-//! handler runs on a beacon's body, one thread, on two kinds of body: wrk's (`deploy/bench/beacon.lua`:
+//! The collector's request path taken apart, without HTTP: microseconds per beacon (wall time on one
+//! thread that does nothing else, so close to its CPU time) for each stage the handler runs on a body,
+//! on two kinds of body: wrk's (`deploy/bench/beacon.lua`:
 //! 20 events of a fresh view) and `qoeflow loadgen`'s (the simulated SDK's flushes). Next to the stages,
 //! the floor of any JSON collector built on serde_json: checking the body is JSON without building
 //! anything (`&RawValue`). With `deploy/bench/collector.sh`'s CPU per beacon of the whole process (axum's
 //! and the collector's), it says where the collector's time per beacon goes and what a stage could save.
 //!
-//! cargo run --release -p bench --bin bench_collector_stages -- [BEACONS=20000] [ROUNDS=5]
+//! cargo build --release -p qoeflow -p bench --bins   # both packages, as run.sh: -p bench alone rebuilds all
+//! target/release/bench_collector_stages [BEACONS=20000] [ROUNDS=5]
 //!
-//! Stages, each timed alone, cumulative from the left (each row includes the ones before it):
+//! Stages, each timed alone; 2–4 are cumulative (each includes the ones before it), 1 is a separate floor:
 //! 1. `lex`: `serde_json::from_slice::<&RawValue>` of the body (validates, builds nothing);
 //! 2. `parse`: `schemas::parse_beacon` (each event sliced out, then its fields parsed borrowed);
 //! 3. `+ validate`: each event validated into its typed form, its text copied (as the handler does);
@@ -82,7 +84,7 @@ fn run(body: &[u8], stage: u8, client: &ClientInfo) -> usize {
     envelope.encode(&events).len()
 }
 
-/// Median CPU microseconds per body of `f` over `rounds` passes of all `bodies`.
+/// Median wall-time microseconds per body of `f` over `rounds` passes of all `bodies`.
 fn time(bodies: &[Vec<u8>], rounds: usize, mut f: impl FnMut(&[u8]) -> usize) -> f64 {
     let mut sink = 0usize;
     let mut per_body: Vec<f64> = (0..rounds)
@@ -107,8 +109,8 @@ fn main() {
 
     let wrk: Vec<Vec<u8>> = (0..beacons as u64).map(|i| wrk_body(&format!("bench-{}-{i}", 1_000_000 + i * 7919 % 1_000_000_000), i, 20)).collect();
     let sdk = loadgen_bodies(beacons);
-    println!("machine: {} cores; {beacons} beacons of each kind, median of {rounds} passes, one thread; CPU µs per beacon", std::thread::available_parallelism().map_or(0, |n| n.get()));
-    println!("{:<44} {:>16} {:>16}", "stage (cumulative)", "wrk beacons", "loadgen flushes");
+    println!("machine: {} cores; {beacons} beacons of each kind, median of {rounds} passes, one thread; µs per beacon (wall time)", std::thread::available_parallelism().map_or(0, |n| n.get()));
+    println!("{:<44} {:>16} {:>16}", "stage (2-4 cumulative)", "wrk beacons", "loadgen flushes");
     let size = |b: &[Vec<u8>]| b.iter().map(Vec::len).sum::<usize>() as f64 / b.len() as f64;
     let events = |b: &[Vec<u8>]| b.iter().map(|b| schemas::parse_beacon(b).map_or(0, |p| p.events.len())).sum::<usize>() as f64 / b.len() as f64;
     println!("{:<44} {:>16.0} {:>16.0}", "body bytes (mean)", size(&wrk), size(&sdk));

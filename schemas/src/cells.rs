@@ -164,8 +164,8 @@ pub fn record_batch(columns: &[Column], rows: &[Vec<Cell<'_>>]) -> Result<Record
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FileLife {
     /// A file compaction merges again within the hour or so (an epoch's files, the open hour's
-    /// merges): zstd level 1, which writes faster than level 3 (the pipeline 1.10×, and its files
-    /// were no larger on the benchmark's traffic: `BENCHMARKS.md` §17).
+    /// merges): zstd level 1, which writes faster than level 3 (the pipeline 1.10×, `BENCHMARKS.md`
+    /// §17). A closed hour's file that compaction leaves as it is keeps it.
     Transient,
     /// A file that stays (a closed hour's compaction, rollups, alert history): zstd level 3.
     Kept,
