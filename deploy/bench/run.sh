@@ -2,7 +2,7 @@
 # Every benchmark of BENCHMARKS.md in one command, each figure next to its baseline measured in the same
 # run; prints each benchmark's own table, then a summary table.
 #
-#   deploy/bench/run.sh            # full sizes (about 45 minutes after the release build, 2026-12-05)
+#   deploy/bench/run.sh            # full sizes (about 35 minutes to §6 after the release build, 2026-12-05; then §6)
 #   deploy/bench/run.sh --quick    # small sizes, to check that everything runs (about 6 minutes)
 #
 # 1. collector: wrk, 20-event beacons, `qoeflow serve` vs a minimal axum server      (collector.sh);
@@ -61,8 +61,9 @@ c_s = nums(row("collector", r"^qoeflow serve.*$"))
 p_q, p_b = nums(row("pipeline", r"^qoeflow pipeline.*$")), nums(row("pipeline", r"^baseline: DuckDB.*$"))
 agree = row("pipeline", r"DuckDB totals equal the simulation's truth: (.*)$", 1)
 mem = row("pipeline", r"RSS growth (\d+) bytes/view; state store on disk (\d+)", 0)
-fresh = row("api", r"median (\d+), p95 (\d+)", 0)
-fresh_short = (re.findall(r"median \d+, p95 \d+", text["api"]) + ["?", "?"])[1]
+# The probes' own lines ("freshness over N beacons …: median M, p95 P"), the default epoch first; not
+# the "committed and visible" lines beside them.
+fresh, fresh_short = (re.findall(r"^freshness over [^:]*: (median \d+, p95 \d+)", text["api"], re.M) + ["?", "?"])[:2]
 short_ms = (re.findall(r"; epoch (\d+) ms", text["api"]) + ["?", "?"])[1]
 def api(label):
     line = row("api", rf"^GET /api/v1/{re.escape(label)}\s.*$")
