@@ -10,12 +10,13 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use schemas::dataset::{ROLLUP_MS, ROLLUP_SLOT_MS, ROLLUP_TABLE};
+use schemas::dataset::{PARTITION_MS, ROLLUP_MS, ROLLUP_SLOT_MS, ROLLUP_TABLE};
 use schemas::tables::ROLLUP_SLOT_COLUMNS;
 use schemas::tables::ClickHouseConfig;
 
 use crate::clickhouse::ClickHouseReader;
-use crate::engine::Engine;
+use crate::engine::{Engine, Listed, RolledUpHour};
+use crate::hours::Partial;
 use crate::error::Context as _;
 use crate::metrics::{QUANTILES, sum_count, sums};
 use crate::sql::{SqlError, SqlRows, json_rows};
@@ -87,7 +88,8 @@ impl Backend {
             BackendKind::Parquet => {
                 let engine = Engine::open_with_memory_limit(dataset, config.memory_limit_bytes)
                     .await
-                    .context("opening the Parquet dataset")?;
+                    .context("opening the Parquet dataset")?
+                    .with_hour_cache(config.hour_cache_bytes);
                 Backend::DataFusion(Arc::new(engine))
             }
             BackendKind::ClickHouse => Backend::ClickHouse(Arc::new(ClickHouseReader::new(clickhouse)?)),
@@ -133,11 +135,10 @@ impl Backend {
         }
     }
 
-    /// The aggregation's SQL; `active_only` sums only `active_views` (and keeps groups with some).
-    /// `rolled_up` (Parquet only): hour partitions whose minute rollups stand for their `qoe_window`
-    /// files ([`Engine::rolled_up_partitions`]); whole minutes of the range in them are read from
-    /// `qoe_minute`, everything else from `qoe_window`.
-    fn aggregate_sql(&self, q: &AggQuery, active_only: bool, rolled_up: &[(String, String)]) -> String {
+    /// The select list and group keys of an aggregation: the keys (`t`, `grp`), then the sums
+    /// (`s_<name>`), then the quantiles (`q_<name>`) or, for [`Output::Partial`], the merged
+    /// histograms (`hist`, `retract`: [`crate::hours::Partial`]).
+    fn select_list(&self, q: &AggQuery, active_only: bool, output: Output) -> (Vec<String>, Vec<&'static str>) {
         let d = self.dialect();
         let mut select = Vec::new();
         let mut keys = Vec::new();
@@ -153,12 +154,33 @@ impl Backend {
             select.push("sum(active_views) AS s_active_views".into());
         } else {
             select.extend(sums().map(|c| format!("sum({c}) AS s_{c}")));
-            select.push((d.quantiles)());
-            if q.bucket_ms.is_some_and(|step| step <= ONE_QUERY_STEP_MS) && rolled_up.is_empty() {
-                // Which windows each bucket holds (a rollup row would stand for six: not here).
-                select.push(format!("min({w}) AS w_first, max({w}) AS w_last", w = d.window_start_ms));
+            match output {
+                Output::Partial => select.push(format!("hdr_merge(startup_hist) AS hist, hdr_merge({}) AS retract", schemas::tables::HISTOGRAM_RETRACT_COLUMN)),
+                Output::Final { windows } => {
+                    select.push((d.quantiles)());
+                    if windows && q.bucket_ms.is_some_and(|step| step <= ONE_QUERY_STEP_MS) {
+                        // Which windows each bucket holds (a rollup row would stand for six: not here).
+                        select.push(format!("min({w}) AS w_first, max({w}) AS w_last", w = d.window_start_ms));
+                    }
+                }
             }
         }
+        (select, keys)
+    }
+
+    /// The aggregation's SQL; `active_only` sums only `active_views` (and keeps groups with some).
+    /// `rolled_up` (Parquet only): hour partitions whose minute rollups stand for their `qoe_window`
+    /// files ([`Engine::rolled_up_partitions`]), never read from `qoe_window` but for the range's
+    /// ragged ends; whole minutes of the range in `from_rollups` (some of them: the rest are answered
+    /// otherwise, by the closed hours' cache) are read from `qoe_minute`, everything else from
+    /// `qoe_window`. [`Output::Partial`] selects histograms and leaves `top` to the caller.
+    fn aggregate_sql(&self, q: &AggQuery, active_only: bool, rolled_up: &[(String, String)], from_rollups: &[(String, String)], output: Output) -> String {
+        let d = self.dialect();
+        let windows = rolled_up.is_empty();
+        let (select, keys) = self.select_list(q, active_only, match output {
+            Output::Final { .. } => Output::Final { windows },
+            Output::Partial => Output::Partial,
+        });
         let filters = filter_clauses(q, &d);
         let mut sql = if rolled_up.is_empty() {
             let mut clauses = vec![(d.time_ge)(q.from), (d.time_lt)(q.to)];
@@ -179,7 +201,8 @@ impl Backend {
                     columns.push(c);
                 }
             }
-            format!("SELECT {}\nFROM ({}) AS w", select.join(",\n    "), rolled_up_union(q, &d, rolled_up, &filters, &columns, !active_only))
+            let union = rolled_up_union(q, &d, rolled_up, if active_only { &[] } else { from_rollups }, &filters, &columns);
+            format!("SELECT {}\nFROM ({union}) AS w", select.join(",\n    "))
         };
         if !keys.is_empty() {
             sql.push_str(&format!("\nGROUP BY {}", keys.join(", ")));
@@ -187,8 +210,26 @@ impl Backend {
                 sql.push_str("\nHAVING sum(active_views) > 0");
             }
         }
-        if let Some(n) = q.top {
+        if let (Some(n), Output::Final { .. }) = (q.top, output) {
             sql.push_str(&format!("\nORDER BY s_attempts DESC, grp\nLIMIT {n}"));
+        }
+        sql
+    }
+
+    /// The partial aggregate of one whole rolled-up hour, from its rollups alone: sums and histograms
+    /// ([`Output::Partial`]) or, `active_only`, the slots ([`Backend::slots_sql`]).
+    /// Every row of the hour's partition counts, as in a range that holds the whole hour.
+    fn hour_sql(&self, q: &AggQuery, active_only: bool, hour: &RolledUpHour) -> String {
+        let d = self.dialect();
+        let mut clauses = vec![partitions_sql([(hour.dt.clone(), hour.hour.clone())].iter())];
+        clauses.extend(filter_clauses(q, &d));
+        if active_only {
+            return self.slots_sql_where(q, clauses);
+        }
+        let (select, keys) = self.select_list(q, false, Output::Partial);
+        let mut sql = format!("SELECT {}\nFROM {ROLLUP_TABLE}\nWHERE {}", select.join(",\n    "), clauses.join(" AND "));
+        if !keys.is_empty() {
+            sql.push_str(&format!("\nGROUP BY {}", keys.join(", ")));
         }
         sql
     }
@@ -197,6 +238,11 @@ impl Backend {
     /// one row per (minute, group) with `a0`…, the sums of `active_s0`….
     fn slots_sql(&self, q: &AggQuery, rolled_up: &[(String, String)]) -> String {
         let d = self.dialect();
+        self.slots_sql_where(q, rollup_clauses(q, &d, rolled_up, &filter_clauses(q, &d)))
+    }
+
+    /// [`Backend::slots_sql`] of the `qoe_minute` rows that meet `clauses`.
+    fn slots_sql_where(&self, q: &AggQuery, clauses: Vec<String>) -> String {
         let mut select = vec!["CAST(window_start AS BIGINT) AS t".to_owned()];
         let mut keys = vec!["t"];
         if let Some(g) = &q.group_by {
@@ -204,7 +250,6 @@ impl Backend {
             keys.push("grp");
         }
         select.extend(ROLLUP_SLOT_COLUMNS.iter().enumerate().map(|(i, c)| format!("sum({c}) AS a{i}")));
-        let clauses = rollup_clauses(q, &d, rolled_up, &filter_clauses(q, &d));
         format!("SELECT {}\nFROM {ROLLUP_TABLE}\nWHERE {}\nGROUP BY {}", select.join(", "), clauses.join(" AND "), keys.join(", "))
     }
 
@@ -220,28 +265,29 @@ impl Backend {
             // Rollups serve sums and histograms over whole minutes, in buckets of whole minutes, and
             // the active views of each window (their slots, read by a second query).
             Backend::DataFusion(engine) if active_only || q.bucket_ms.is_none_or(|b| b % ROLLUP_MS == 0) => {
-                let mut results = engine
-                    .sqls_over_rollups(q.from, q.to, |rolled_up| {
-                        let mut sqls = vec![self.aggregate_sql(q, active_only, rolled_up)];
-                        if active_only && !rolled_up.is_empty() {
-                            sqls.push(self.slots_sql(q, rolled_up));
-                        }
-                        sqls
-                    })
-                    .await?
-                    .into_iter();
-                let raw = json_rows(&results.next().unwrap_or_default())?;
-                if let Some(slots) = results.next() {
-                    from_slots = active_of_slots(&json_rows(&slots)?)?;
+                let listed = engine.list_rolled_up(q.from, q.to).await?;
+                let rolled = listed.partitions();
+                // Whole hours of the range come from the closed hours' cache (computed on a miss).
+                let whole: Vec<&RolledUpHour> = match engine.hour_cache().enabled() {
+                    true => listed.hours.iter().filter(|h| h.start_ms >= q.from && h.start_ms + PARTITION_MS <= q.to).collect(),
+                    false => Vec::new(),
+                };
+                if !whole.is_empty() {
+                    return self.aggregate_by_hours(engine, &listed, &whole, q, active_only).await;
+                }
+                let sql = self.aggregate_sql(q, active_only, &rolled, &rolled, Output::Final { windows: true });
+                let raw = json_rows(&engine.sql_listed(&listed, &sql).await?)?;
+                if active_only && !rolled.is_empty() {
+                    from_slots = active_of_slots(&json_rows(&engine.sql_listed(&listed, &self.slots_sql(q, &rolled)).await?)?)?;
                 }
                 raw
             }
             Backend::DataFusion(engine) => {
-                let sql = self.aggregate_sql(q, active_only, &[]);
+                let sql = self.aggregate_sql(q, active_only, &[], &[], Output::Final { windows: true });
                 json_rows(&engine.sql(&sql).await.with_context(|| format!("query failed: {sql}"))?)?
             }
             Backend::ClickHouse(ch) => {
-                let sql = self.aggregate_sql(q, active_only, &[]);
+                let sql = self.aggregate_sql(q, active_only, &[], &[], Output::Final { windows: true });
                 ch.query_rows(&sql).await.with_context(|| format!("query failed: {sql}"))?
             }
         };
@@ -252,6 +298,48 @@ impl Backend {
             None => rows.sort_by(|a, b| (a.bucket, &a.group).cmp(&(b.bucket, &b.group))),
         }
         Ok(rows)
+    }
+
+    /// [`Backend::run_aggregate`] over rolled-up hours of which `whole` lie wholly in the range: their
+    /// partial aggregates come from the closed hours' cache (each missing one is queried from its
+    /// rollups alone and kept), the rest of the range (other hours, ragged ends) is queried as partials
+    /// too, and all are merged ([`crate::hours::merge`]), `top` applied after.
+    async fn aggregate_by_hours(&self, engine: &Engine, listed: &Listed, whole: &[&RolledUpHour], q: &AggQuery, active_only: bool) -> crate::Result<Vec<AggRow>> {
+        let rolled = listed.partitions();
+        let in_whole = |p: &(String, String)| whole.iter().any(|h| h.dt == p.0 && h.hour == p.1);
+        let partly: Vec<(String, String)> = rolled.iter().filter(|p| !in_whole(p)).cloned().collect();
+        // The query's shape: what an hour's partial depends on besides its files.
+        let shape = format!("active={active_only} bucket={:?} group={:?} filters={:?}", q.bucket_ms, q.group_by, q.filters);
+        let mut hours = Vec::new();
+        for h in whole {
+            let key = crate::hours::Key { dt: h.dt.clone(), hour: h.hour.clone(), files: h.files, shape: shape.clone() };
+            let parts = match engine.hour_cache().get(&key) {
+                Some(parts) => parts,
+                None => {
+                    let rows = json_rows(&engine.sql_listed(listed, &self.hour_sql(q, active_only, h)).await?)?;
+                    let parts = Arc::new(match active_only {
+                        true => active_of_slots(&rows)?.into_iter().map(Partial::of_row).collect(),
+                        false => Partial::of_rows(&rows)?,
+                    });
+                    engine.hour_cache().insert(key, parts.clone());
+                    parts
+                }
+            };
+            hours.push(parts);
+        }
+        // The rest of the range; no key and no row gives one row of zeros, like one query over all.
+        let rest = json_rows(&engine.sql_listed(listed, &self.aggregate_sql(q, active_only, &rolled, &partly, Output::Partial)).await?)?;
+        let mut rest = Partial::of_rows(&rest)?;
+        if active_only && !partly.is_empty() {
+            let slots = json_rows(&engine.sql_listed(listed, &self.slots_sql(q, &partly)).await?)?;
+            rest.extend(active_of_slots(&slots)?.into_iter().map(Partial::of_row));
+        }
+        if active_only {
+            // Groups with some active views, like the query's HAVING.
+            let active = sums().position(|c| c == "active_views").context("active_views is a window sum")?;
+            rest.retain(|p| p.sums[active] > 0);
+        }
+        crate::hours::merge(rest.iter().chain(hours.iter().flat_map(|h| h.iter())), q.top, !active_only)
     }
 
     /// The aggregation `q` (by buckets) and the active views per window of its range, as
@@ -355,6 +443,16 @@ fn active_of_one_window_buckets(rows: &[AggRow]) -> Option<Vec<(i64, Option<Stri
     Some(out)
 }
 
+/// What an aggregation's SQL selects besides keys and sums.
+#[derive(Debug, Clone, Copy)]
+enum Output {
+    /// The quantiles; `windows`: each bucket's first and last window start too, for steps up to
+    /// [`ONE_QUERY_STEP_MS`] (not over rollups: a rollup row stands for six windows).
+    Final { windows: bool },
+    /// The merged histograms, to merge further ([`crate::hours`]); no `top` cut.
+    Partial,
+}
+
 /// `dimension = 'value'` for each filter of `q`.
 fn filter_clauses(q: &AggQuery, d: &Dialect) -> Vec<String> {
     q.filters.iter().map(|(dim, value)| format!("{dim} = {}", (d.quote)(value))).collect()
@@ -384,15 +482,15 @@ fn rollup_clauses(q: &AggQuery, d: &Dialect, rolled_up: &[(String, String)], fil
     clauses
 }
 
-/// The rows of `q`'s range from `qoe_minute` where `rolled_up` partitions have whole minutes of it, and
-/// from `qoe_window` elsewhere, as one `UNION ALL` (same columns; each branch prunes its partitions):
-/// - minutes of rolled-up hours that lie wholly in the range, from the rollups (unless `!with_rollups`:
-///   the caller reads them otherwise);
-/// - windows of other hours, from `qoe_window`;
+/// The rows of `q`'s range from `qoe_minute` where `from_rollups` partitions have whole minutes of it,
+/// and from `qoe_window` elsewhere, as one `UNION ALL` (same columns; each branch prunes its partitions):
+/// - minutes of `from_rollups` hours that lie wholly in the range, from the rollups;
+/// - windows of hours not `rolled_up`, from `qoe_window`;
 /// - windows of rolled-up hours outside those whole minutes (the range's ragged ends), from `qoe_window`.
 ///
-/// `columns` are read from both tables.
-fn rolled_up_union(q: &AggQuery, d: &Dialect, rolled_up: &[(String, String)], filters: &[String], columns: &[&str], with_rollups: bool) -> String {
+/// Whole minutes of rolled-up hours not in `from_rollups` are not read: the caller answers them
+/// otherwise (the slots of the rollups; the closed hours' cache). `columns` are read from both tables.
+fn rolled_up_union(q: &AggQuery, d: &Dialect, rolled_up: &[(String, String)], from_rollups: &[(String, String)], filters: &[String], columns: &[&str]) -> String {
     let (first_minute, end_minute) = whole_minutes(q);
     let rolled = partitions_sql(rolled_up.iter());
     let select = |table: &str, clauses: Vec<String>| format!("SELECT {} FROM {table} WHERE {}", columns.join(", "), clauses.join(" AND "));
@@ -402,8 +500,8 @@ fn rolled_up_union(q: &AggQuery, d: &Dialect, rolled_up: &[(String, String)], fi
         select("qoe_window", clauses)
     };
     let mut branches = Vec::new();
-    if with_rollups {
-        branches.push(select(ROLLUP_TABLE, rollup_clauses(q, d, rolled_up, filters)));
+    if !from_rollups.is_empty() {
+        branches.push(select(ROLLUP_TABLE, rollup_clauses(q, d, from_rollups, filters)));
     }
     branches.push(windows(vec![format!("NOT {rolled}")]));
     // The ragged ends can only be in the partitions of `from` and `to - 1`.

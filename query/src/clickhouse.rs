@@ -128,7 +128,7 @@ pub fn quantiles_of_hex(hists: &Value, retracts: Option<&Value>) -> crate::Resul
     Ok(QUANTILES.iter().map(|(_, q)| (merged.len() > 0).then(|| merged.value_at_quantile(*q) as f64)).collect())
 }
 
-fn hex_decode(s: &str) -> Option<Vec<u8>> {
+pub(crate) fn hex_decode(s: &str) -> Option<Vec<u8>> {
     if s.len() % 2 != 0 {
         return None;
     }

@@ -19,6 +19,9 @@ pub struct QueryConfig {
     pub memory_limit_bytes: usize,
     /// Longest a metrics API query may run.
     pub timeout_ms: u64,
+    /// Memory for the closed hours' partial aggregates the metrics API keeps (Parquet backend,
+    /// `query::hours`; least recently used out first); 0: none, every query reads every hour.
+    pub hour_cache_bytes: usize,
 }
 
 impl Default for QueryConfig {
@@ -29,6 +32,7 @@ impl Default for QueryConfig {
             api_token: None,
             memory_limit_bytes: 1 << 30,
             timeout_ms: 30_000,
+            hour_cache_bytes: 64 << 20,
         }
     }
 }

@@ -28,6 +28,35 @@ pub const HELPER_VIEWS: &str = include_str!("helper_views.sql");
 pub struct Engine {
     ctx: SessionContext,
     dataset: objstore::Location,
+    hours: crate::hours::HourCache,
+}
+
+/// An hour partition whose minute rollups stand for its `qoe_window` files
+/// ([`Engine::rolled_up_partitions`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RolledUpHour {
+    pub dt: String,
+    pub hour: String,
+    /// Its first millisecond.
+    pub start_ms: i64,
+    /// A hash of its files' names and sizes in `qoe_window` and `qoe_minute`: another value means
+    /// other rows (a late file, a compaction's swap).
+    pub files: u64,
+}
+
+/// The rolled-up hours of a range, listed under the dataset's read lock, held until this is dropped:
+/// queries run with [`Engine::sql_listed`] read the files the listing saw (a compaction's swap in this
+/// process waits).
+pub struct Listed {
+    _files: tokio::sync::RwLockReadGuard<'static, ()>,
+    pub hours: Vec<RolledUpHour>,
+}
+
+impl Listed {
+    /// The hours as (dt, hour).
+    pub fn partitions(&self) -> Vec<(String, String)> {
+        self.hours.iter().map(|h| (h.dt.clone(), h.hour.clone())).collect()
+    }
 }
 
 impl Engine {
@@ -87,10 +116,23 @@ impl Engine {
             ctx.register_table(name, Arc::new(ListingTable::try_new(config)?))?;
         }
         ctx.register_udaf(hdr::hdr_quantile());
+        ctx.register_udaf(hdr::hdr_merge());
         for statement in helper_view_statements() {
             ctx.sql(&statement).await?.collect().await?;
         }
-        Ok(Engine { ctx, dataset: dataset.clone() })
+        let hours = crate::hours::HourCache::new(QueryConfig::default().hour_cache_bytes);
+        Ok(Engine { ctx, dataset: dataset.clone(), hours })
+    }
+
+    /// The closed hours' cache holds at most `bytes` (`query.hour_cache_bytes`; 0: no cache).
+    pub fn with_hour_cache(mut self, bytes: usize) -> Engine {
+        self.hours = crate::hours::HourCache::new(bytes);
+        self
+    }
+
+    /// The closed hours' cache of the metrics API ([`crate::hours`]).
+    pub fn hour_cache(&self) -> &crate::hours::HourCache {
+        &self.hours
     }
 
     pub fn context(&self) -> &SessionContext {
@@ -104,18 +146,24 @@ impl Engine {
         Ok(again_if_swapped(|| async { self.ctx.sql(sql).await?.collect().await }).await?)
     }
 
-    /// Runs the queries `sqls_for` writes for the hour partitions of [from, to) that are rolled up
-    /// ([`Engine::rolled_up_partitions`]), one after the other, holding the dataset's read lock from
-    /// the listing to the last row, so that a compaction's swap cannot come between them.
-    pub async fn sqls_over_rollups(&self, from: i64, to: i64, sqls_for: impl FnOnce(&[(String, String)]) -> Vec<String>) -> crate::Result<Vec<Vec<RecordBatch>>> {
-        let _files = DATASET_LOCK.read().await;
-        let rolled_up = self.rolled_up_partitions(from, to).await?;
-        let mut out = Vec::new();
-        for sql in sqls_for(&rolled_up) {
-            let run = again_if_swapped(|| async { self.ctx.sql(&sql).await?.collect().await });
-            out.push(run.await.map_err(crate::Error::from).with_context(|| format!("query failed: {sql}"))?);
-        }
-        Ok(out)
+    /// Lists the rolled-up hours of [from, to) ([`Engine::rolled_up_partitions`]) and keeps the dataset's
+    /// read lock until the listing is dropped, so that a compaction's swap cannot come between the
+    /// listing and the queries run with it.
+    pub async fn list_rolled_up(&self, from: i64, to: i64) -> crate::Result<Listed> {
+        let files = DATASET_LOCK.read().await;
+        let hours = self.rolled_up_hours(from, to).await?;
+        Ok(Listed { _files: files, hours })
+    }
+
+    /// Runs one statement while `listed`'s read lock is held.
+    pub async fn sql_listed(&self, _listed: &Listed, sql: &str) -> crate::Result<Vec<RecordBatch>> {
+        let run = again_if_swapped(|| async { self.ctx.sql(sql).await?.collect().await });
+        run.await.map_err(crate::Error::from).with_context(|| format!("query failed: {sql}"))
+    }
+
+    /// [`Engine::rolled_up_hours`] as (dt, hour).
+    pub async fn rolled_up_partitions(&self, from: i64, to: i64) -> crate::Result<Vec<(String, String)>> {
+        Ok(self.rolled_up_hours(from, to).await?.into_iter().map(|h| (h.dt, h.hour)).collect())
     }
 
     /// The hour partitions (dt, hour) touching [from, to) whose `qoe_window` files all have their
@@ -123,8 +171,9 @@ impl Engine {
     /// not there: there the rollups hold exactly the rows of `qoe_window`, summed per minute. Only hours
     /// that have ended are listed (a rollup is written once its hour closed): a range of the last
     /// minutes lists at most the hour before; a few hours are listed one by one, more by day.
-    pub async fn rolled_up_partitions(&self, from: i64, to: i64) -> crate::Result<Vec<(String, String)>> {
+    pub async fn rolled_up_hours(&self, from: i64, to: i64) -> crate::Result<Vec<RolledUpHour>> {
         use schemas::dataset::{PARTITION_MS, partition_of};
+        use std::hash::{Hash, Hasher};
         use std::collections::{BTreeMap, BTreeSet};
         let now = schemas::now_ms();
         let hours: Vec<i64> = (from.div_euclid(PARTITION_MS)..)
@@ -140,28 +189,33 @@ impl Engine {
             let days: BTreeSet<String> = hours.iter().map(|&h| format!("dt={}/", schemas::dataset::partition_date(h))).collect();
             days.into_iter().collect()
         };
-        // Per `dt=…/hour=…`, the visible Parquet files of one table.
-        type Names = BTreeMap<String, BTreeSet<String>>;
+        // Per `dt=…/hour=…`, the visible Parquet files of one table, with their sizes.
+        type Names = BTreeMap<String, BTreeMap<String, u64>>;
         let files = async |table: &str| -> crate::Result<Names> {
             let mut out = Names::new();
             for prefix in &prefixes {
                 for entry in self.dataset.list(&format!("{table}/{prefix}")).await? {
                     let Some((dir, name)) = entry.key.strip_prefix(&format!("{table}/")).and_then(|k| k.rsplit_once('/')) else { continue };
                     if name.ends_with(".parquet") && !name.starts_with('.') {
-                        out.entry(dir.to_owned()).or_default().insert(name.to_owned());
+                        out.entry(dir.to_owned()).or_default().insert(name.to_owned(), entry.size);
                     }
                 }
             }
             Ok(out)
         };
         let (raw, rollups) = (files("qoe_window").await?, files(ROLLUP_TABLE).await?);
-        let wanted: BTreeSet<String> = hours.iter().map(|&h| partition_of(h)).collect();
+        let wanted: BTreeMap<String, i64> = hours.iter().map(|&h| (partition_of(h), h)).collect();
+        // The same names in both tables (a twin's size is its own).
+        let same_names = |a: &BTreeMap<String, u64>, b: &BTreeMap<String, u64>| a.keys().eq(b.keys());
         Ok(raw
-            .into_iter()
-            .filter(|(dir, names)| wanted.contains(dir) && rollups.get(dir) == Some(names))
-            .filter_map(|(dir, _)| {
+            .iter()
+            .filter_map(|(dir, names)| {
+                let start_ms = *wanted.get(dir)?;
+                let twins = rollups.get(dir).filter(|r| same_names(names, r))?;
                 let (dt, hour) = dir.strip_prefix("dt=")?.split_once("/hour=")?;
-                Some((dt.to_owned(), hour.to_owned()))
+                let mut files = std::hash::DefaultHasher::new();
+                (names, twins).hash(&mut files);
+                Some(RolledUpHour { dt: dt.to_owned(), hour: hour.to_owned(), start_ms, files: files.finish() })
             })
             .collect())
     }

@@ -3,6 +3,10 @@
 //! corrections (`startup_hist_retract`, empty bytes when none) and returns the `q` quantile (0..=1) in
 //! ms, or NULL without any value left. Mergeable partial states, so it works in parallel and grouped
 //! plans. `hdr_quantile(startup_hist, q)` merges the additions only: exact while no start was corrected.
+//!
+//! `hdr_merge(startup_hist)`: the merged histogram itself, serialized (empty bytes when it holds
+//! nothing, like the column): a partial aggregate the metrics API keeps and merges further (the
+//! closed hours' cache, [`crate::hours`]).
 
 use std::sync::Arc;
 
@@ -50,6 +54,67 @@ impl AggregateUDFImpl for HdrQuantile {
             Arc::new(Field::new("retract", DataType::Binary, true)),
             Arc::new(Field::new("q", DataType::Float64, true)),
         ])
+    }
+}
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct HdrMerge {
+    signature: Signature,
+}
+
+pub fn hdr_merge() -> AggregateUDF {
+    AggregateUDF::from(HdrMerge { signature: Signature::exact(vec![DataType::Binary], Volatility::Immutable) })
+}
+
+impl AggregateUDFImpl for HdrMerge {
+    fn name(&self) -> &str {
+        "hdr_merge"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Binary)
+    }
+    fn accumulator(&self, _args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
+        Ok(Box::new(MergeAccumulator { hist: None }))
+    }
+    fn state_fields(&self, _args: StateFieldsArgs) -> Result<Vec<FieldRef>> {
+        Ok(vec![Arc::new(Field::new("hist", DataType::Binary, true))])
+    }
+}
+
+/// `hdr_merge`'s state: no histogram (and no 190 KB of counts) until a non-empty one comes.
+#[derive(Debug)]
+struct MergeAccumulator {
+    hist: Option<Histogram<u64>>,
+}
+
+impl MergeAccumulator {
+    fn serialized(&self) -> Vec<u8> {
+        self.hist.as_ref().filter(|h| h.len() > 0).map(serialize_histogram).unwrap_or_default()
+    }
+}
+
+impl Accumulator for MergeAccumulator {
+    fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
+        let hists = values.first().ok_or_else(|| DataFusionError::Execution("hdr_merge takes (hist)".into()))?.as_binary::<i32>();
+        if (0..hists.len()).any(|i| hists.is_valid(i) && !hists.value(i).is_empty()) {
+            merge_into(self.hist.get_or_insert_with(new_histogram), hists)?;
+        }
+        Ok(())
+    }
+    fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
+        self.update_batch(states)
+    }
+    fn state(&mut self) -> Result<Vec<ScalarValue>> {
+        Ok(vec![ScalarValue::Binary(Some(self.serialized()))])
+    }
+    fn evaluate(&mut self) -> Result<ScalarValue> {
+        Ok(ScalarValue::Binary(Some(self.serialized())))
+    }
+    fn size(&self) -> usize {
+        std::mem::size_of_val(self) + self.hist.as_ref().map_or(0, |h| h.distinct_values() * 8)
     }
 }
 

@@ -14,6 +14,7 @@ pub mod dashboard;
 pub mod engine;
 pub mod error;
 pub mod hdr;
+pub mod hours;
 pub mod metrics;
 pub mod output;
 pub mod server;

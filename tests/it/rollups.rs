@@ -21,9 +21,11 @@ struct Api {
     engine: std::sync::Arc<query::engine::Engine>,
 }
 
-async fn api(root: &Path) -> Api {
+/// The API over the dataset at `root`, its closed hours' cache holding at most `hour_cache` bytes.
+async fn open_api(root: &Path, hour_cache: usize) -> Api {
     let dataset = objstore::Location::local(root);
-    let engine = std::sync::Arc::new(query::engine::Engine::open_with_memory_limit(&dataset, 1 << 30).await.expect("engine"));
+    let engine = query::engine::Engine::open_with_memory_limit(&dataset, 1 << 30).await.expect("engine").with_hour_cache(hour_cache);
+    let engine = std::sync::Arc::new(engine);
     let backend = Backend::DataFusion(engine.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("addr"));
@@ -90,7 +92,9 @@ async fn rollups_answer_exactly_what_the_windows_answer() {
     epoch += 1;
     sink.write_epoch(epoch, &session.flush()).await.expect("epoch");
 
-    let api = api(&root).await;
+    let api = open_api(&root, 64 << 20).await;
+    // The same API without the closed hours' cache: every question reads every hour.
+    let uncached = open_api(&root, 0).await;
     let (from, to) = (t0 + 17_345, t0 + 4 * HOUR + 1_234_567);
     let mut questions = Vec::new();
     // The second range holds everything, the closer included: its summary is question 9.
@@ -118,7 +122,16 @@ async fn rollups_answer_exactly_what_the_windows_answer() {
     assert!(done.partitions >= 4, "{done:?}");
     let rolled = api.engine.rolled_up_partitions(t0, t0 + 5 * HOUR).await.expect("list");
     assert!(rolled.len() >= 4, "the four hours of traffic are rolled up: {rolled:?}");
+    let hits = api.engine.hour_cache().stats().hits;
     assert_same(&api.answers(&questions).await, &before, &questions, "from the rollups");
+    assert_same(&uncached.answers(&questions).await, &before, &questions, "from the rollups, without the hours' cache");
+    // Asked again, the whole hours of the ranges come from the cache, with the same answers.
+    let filled = api.engine.hour_cache().stats();
+    assert!(filled.entries > 0 && filled.hits > hits, "the hours' cache is filled and used: {filled:?}");
+    assert_same(&api.answers(&questions).await, &before, &questions, "from the hours' cache");
+    let again = api.engine.hour_cache().stats();
+    assert_eq!(again.misses, filled.misses, "asked again, every whole hour is a hit: {again:?}");
+    assert!(again.hits > filled.hits);
 
     // A late view in the second hour: its new file has no rollup yet, so that hour is read from
     // qoe_window while the others still come from their rollups.
@@ -131,10 +144,13 @@ async fn rollups_answer_exactly_what_the_windows_answer() {
     let with_late = api.answers_from_windows(&root, &questions).await;
     assert_eq!(with_late[everything]["metrics"]["attempts"].as_i64(), Some(attempts + 1), "the late view counts");
     assert_same(&api.answers(&questions).await, &with_late, &questions, "with a late file beside the rollups");
+    assert_same(&uncached.answers(&questions).await, &with_late, &questions, "with a late file, without the hours' cache");
     // Compacted again, it is rolled up again, with the same answers.
     sink.compact(epoch, t0 + 31 * HOUR, 2, u64::MAX).await.expect("compact");
     assert_eq!(api.engine.rolled_up_partitions(t0, t0 + 5 * HOUR).await.expect("list"), rolled);
+    let misses = api.engine.hour_cache().stats().misses;
     assert_same(&api.answers(&questions).await, &with_late, &questions, "rolled up again");
+    assert!(api.engine.hour_cache().stats().misses > misses, "the hour compacted again is another entry");
 
     // The answers do come from the rollups: with the second hour's rollup replaced by the third's
     // (same file name), every summary changes, and so do the concurrent viewers of the range inside
@@ -148,6 +164,7 @@ async fn rollups_answer_exactly_what_the_windows_answer() {
     };
     std::fs::copy(twin(2), twin(1)).expect("swap a rollup");
     let tampered = api.answers(&questions).await;
+    assert_same(&uncached.answers(&questions).await, &tampered, &questions, "tampered: with the hours' cache as without it");
     for ((q, a), b) in questions.iter().zip(&tampered).zip(&with_late) {
         if q.contains("step=10s") || q.contains("step=90s") {
             assert_eq!(without_concurrency(a), without_concurrency(b), "{q}: sums read from qoe_window");
@@ -181,7 +198,7 @@ async fn one_query_for_short_steps_answers_what_two_answer() {
             session.advance();
             sink.write_epoch(epoch as u64 + 1, &session.flush()).await.expect("epoch");
         }
-        let api = api(&root).await;
+        let api = open_api(&root, 64 << 20).await;
         let backend = Backend::DataFusion(api.engine.clone());
         for (step, group_by) in [(10_000, None), (10_000, Some("cdn")), (5_000, None), (10_000, Some("player_name"))] {
             let q = AggQuery { from: t0, to: t0 + 2 * HOUR, bucket_ms: Some(step), group_by: group_by.map(str::to_owned), ..Default::default() };

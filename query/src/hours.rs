@@ -1,0 +1,305 @@
+//! The closed hours' cache of the metrics API (Parquet backend): the partial aggregates of whole
+//! rolled-up hours, kept in memory so that a dashboard's ranges over the last day read only what is
+//! new (the open hour, the range's ragged ends) and merge the rest.
+//!
+//! A closed hour's rows change only when its files do (a late file, or compaction swapping files):
+//! an entry is keyed by the hour partition, a hash of its files' names and sizes in `qoe_window` and
+//! `qoe_minute` ([`crate::engine::RolledUpHour`]) and the query's shape (filters, grouping, bucket
+//! length, what is summed), so changed files are a miss, never a stale answer. A partial holds each
+//! group's sums and its start-time histograms, serialized, not its quantiles: those are taken once
+//! the hours are merged. Bounded by `query.hour_cache_bytes`, least recently used out first.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use schemas::hist::{add_serialized, new_histogram};
+use serde_json::{Map, Value};
+
+use crate::backend::AggRow;
+use crate::error::Context as _;
+use crate::metrics::{QUANTILES, sum_count, sums};
+
+/// One group's partial aggregate: its sums (in [`crate::metrics::sums`] order) and its merged
+/// start-time histograms, serialized (empty when none).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Partial {
+    pub bucket: Option<i64>,
+    pub group: Option<String>,
+    pub sums: Vec<i64>,
+    pub hist: Vec<u8>,
+    pub retract: Vec<u8>,
+}
+
+impl Partial {
+    fn bytes(&self) -> usize {
+        std::mem::size_of::<Partial>() + self.sums.len() * 8 + self.hist.len() + self.retract.len() + self.group.as_ref().map_or(0, String::len)
+    }
+
+    /// A row of per-window active views ([`crate::backend::Backend::active_per_window`]'s rows).
+    pub fn of_row(row: AggRow) -> Partial {
+        Partial { bucket: row.bucket, group: row.group, sums: row.sums, hist: Vec::new(), retract: Vec::new() }
+    }
+
+    /// Rows of a query that selects the sums as `s_<name>`, the keys as `t` and `grp`, and the
+    /// histograms as `hist` and `retract` (`hdr_merge`, hex in JSON).
+    pub fn of_rows(rows: &[Map<String, Value>]) -> crate::Result<Vec<Partial>> {
+        let int = |v: &Value| -> Option<i64> { v.as_i64().or_else(|| v.as_str().and_then(|s| s.parse().ok())) };
+        let bytes = |m: &Map<String, Value>, key: &str| -> crate::Result<Vec<u8>> {
+            match m.get(key).and_then(Value::as_str) {
+                None => Ok(Vec::new()),
+                Some(h) => crate::clickhouse::hex_decode(h).with_context(|| format!("{key} is not hex")),
+            }
+        };
+        rows.iter()
+            .map(|m| {
+                let sums = sums()
+                    .map(|c| m.get(&format!("s_{c}")).map_or(Some(0), |v| if v.is_null() { Some(0) } else { int(v) }))
+                    .collect::<Option<Vec<_>>>()
+                    .context("a sum is not an integer")?;
+                Ok(Partial {
+                    bucket: m.get("t").and_then(int),
+                    group: m.get("grp").and_then(Value::as_str).map(str::to_owned),
+                    sums,
+                    hist: bytes(m, "hist")?,
+                    retract: bytes(m, "retract")?,
+                })
+            })
+            .collect()
+    }
+}
+
+/// Merges partials of the same (bucket, group) into rows: sums added, histograms merged and the
+/// retractions subtracted, then the quantiles (`with_quantiles`; per-window active views have none).
+/// With `top`, only the `top` groups with the most attempts (ties by value) are kept, and only theirs
+/// are merged. Rows come sorted like [`crate::backend::Backend::aggregate`]'s.
+pub fn merge<'a>(parts: impl Iterator<Item = &'a Partial>, top: Option<u32>, with_quantiles: bool) -> crate::Result<Vec<AggRow>> {
+    struct Acc<'a> {
+        sums: Vec<i64>,
+        hists: Vec<&'a [u8]>,
+        retracts: Vec<&'a [u8]>,
+    }
+    let mut groups: HashMap<(Option<i64>, Option<&'a str>), Acc<'a>> = HashMap::new();
+    for p in parts {
+        let acc = groups.entry((p.bucket, p.group.as_deref())).or_insert_with(|| Acc { sums: vec![0; sum_count()], hists: Vec::new(), retracts: Vec::new() });
+        for (a, b) in acc.sums.iter_mut().zip(&p.sums) {
+            *a += b;
+        }
+        if !p.hist.is_empty() {
+            acc.hists.push(&p.hist);
+        }
+        if !p.retract.is_empty() {
+            acc.retracts.push(&p.retract);
+        }
+    }
+    let mut merged: Vec<_> = groups.into_iter().collect();
+    match top {
+        Some(n) => {
+            merged.sort_by(|(a, x), (b, y)| y.sums[0].cmp(&x.sums[0]).then_with(|| a.1.cmp(&b.1)));
+            merged.truncate(n as usize);
+        }
+        None => merged.sort_by(|(a, _), (b, _)| a.cmp(b)),
+    }
+    merged
+        .into_iter()
+        .map(|((bucket, group), acc)| {
+            let quantiles = if with_quantiles { quantiles(&acc.hists, &acc.retracts)? } else { Vec::new() };
+            Ok(AggRow { bucket, group: group.map(str::to_owned), sums: acc.sums, quantiles, windows: None })
+        })
+        .collect()
+}
+
+/// The quantiles of [`QUANTILES`] of the merged `hists` less the merged `retracts` (None without a value).
+fn quantiles(hists: &[&[u8]], retracts: &[&[u8]]) -> crate::Result<Vec<Option<f64>>> {
+    if hists.is_empty() && retracts.is_empty() {
+        return Ok(vec![None; QUANTILES.len()]);
+    }
+    let merge = |parts: &[&[u8]]| -> crate::Result<hdrhistogram::Histogram<u64>> {
+        let mut h = new_histogram();
+        for bytes in parts {
+            add_serialized(&mut h, bytes).map_err(|e| crate::Error::msg(format!("not a serialized HdrHistogram: {e}")))?;
+        }
+        Ok(h)
+    };
+    let mut net = merge(hists)?;
+    if !retracts.is_empty() {
+        net.subtract(&merge(retracts)?).map_err(|e| crate::Error::msg(format!("the retracted start times exceed the added ones: {e:?}")))?;
+    }
+    Ok(QUANTILES.iter().map(|(_, q)| (net.len() > 0).then(|| net.value_at_quantile(*q) as f64)).collect())
+}
+
+/// What an entry stands for: one hour's partition as listed, and the query's shape.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Key {
+    pub dt: String,
+    pub hour: String,
+    /// [`crate::engine::RolledUpHour::files`].
+    pub files: u64,
+    /// Filters, grouping, bucket length and what is aggregated, as the query spells them.
+    pub shape: String,
+}
+
+impl Key {
+    fn bytes(&self) -> usize {
+        std::mem::size_of::<Key>() + self.dt.len() + self.hour.len() + self.shape.len()
+    }
+}
+
+/// The cache's counters, for tests and `GET /metrics`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub hits: u64,
+    pub misses: u64,
+    pub entries: usize,
+    pub bytes: usize,
+}
+
+struct Entry {
+    parts: Arc<Vec<Partial>>,
+    bytes: usize,
+    used: u64,
+}
+
+#[derive(Default)]
+struct Inner {
+    map: HashMap<Key, Entry>,
+    bytes: usize,
+    clock: u64,
+    hits: u64,
+    misses: u64,
+}
+
+/// Closed hours' partial aggregates, at most `budget` bytes (estimated: sums, histograms, keys).
+pub struct HourCache {
+    budget: usize,
+    inner: Mutex<Inner>,
+}
+
+impl HourCache {
+    pub fn new(budget: usize) -> HourCache {
+        HourCache { budget, inner: Mutex::new(Inner::default()) }
+    }
+
+    /// Whether it keeps anything (`query.hour_cache_bytes` > 0).
+    pub fn enabled(&self) -> bool {
+        self.budget > 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // Its state stays consistent between statements: a panic elsewhere cannot leave it half-written.
+        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub fn get(&self, key: &Key) -> Option<Arc<Vec<Partial>>> {
+        let mut inner = self.lock();
+        inner.clock += 1;
+        let clock = inner.clock;
+        match inner.map.get_mut(key) {
+            Some(e) => {
+                e.used = clock;
+                let parts = e.parts.clone();
+                inner.hits += 1;
+                Some(parts)
+            }
+            None => {
+                inner.misses += 1;
+                None
+            }
+        }
+    }
+
+    /// Keeps `parts` for `key` (nothing when they alone exceed the budget), dropping the least recently
+    /// used entries until the total fits.
+    pub fn insert(&self, key: Key, parts: Arc<Vec<Partial>>) {
+        let bytes = key.bytes() + parts.iter().map(Partial::bytes).sum::<usize>();
+        if bytes > self.budget {
+            return;
+        }
+        let mut inner = self.lock();
+        inner.clock += 1;
+        let used = inner.clock;
+        if let Some(old) = inner.map.insert(key, Entry { parts, bytes, used }) {
+            inner.bytes -= old.bytes;
+        }
+        inner.bytes += bytes;
+        while inner.bytes > self.budget {
+            let Some(oldest) = inner.map.iter().min_by_key(|(_, e)| e.used).map(|(k, _)| k.clone()) else { break };
+            if let Some(e) = inner.map.remove(&oldest) {
+                inner.bytes -= e.bytes;
+            }
+        }
+    }
+
+    pub fn stats(&self) -> Stats {
+        let inner = self.lock();
+        Stats { hits: inner.hits, misses: inner.misses, entries: inner.map.len(), bytes: inner.bytes }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use schemas::hist::serialize_histogram;
+
+    fn hist(values: &[u64]) -> Vec<u8> {
+        let mut h = new_histogram();
+        for v in values {
+            h.record(*v).expect("in range");
+        }
+        serialize_histogram(&h)
+    }
+
+    fn part(bucket: i64, group: &str, attempts: i64, hist: Vec<u8>, retract: Vec<u8>) -> Partial {
+        let mut sums = vec![0; sum_count()];
+        sums[0] = attempts;
+        Partial { bucket: Some(bucket), group: Some(group.into()), sums, hist, retract }
+    }
+
+    /// Hours merge by (bucket, group): sums add, histograms merge, retractions of one hour subtract from
+    /// the merged whole (a start corrected in a later hour), and `top` keeps the groups with most attempts.
+    #[test]
+    fn partials_merge_into_the_rows_one_query_would_answer() {
+        let parts = [
+            part(0, "a", 2, hist(&[100, 900]), Vec::new()),
+            part(0, "a", 1, hist(&[300]), hist(&[900])),
+            part(0, "b", 5, hist(&[50]), Vec::new()),
+            part(60_000, "a", 1, Vec::new(), Vec::new()),
+        ];
+        let rows = merge(parts.iter(), None, true).expect("merge");
+        assert_eq!(rows.iter().map(|r| (r.bucket, r.group.as_deref(), r.sums[0])).collect::<Vec<_>>(), [(Some(0), Some("a"), 3), (Some(0), Some("b"), 5), (Some(60_000), Some("a"), 1)]);
+        let max = QUANTILES.iter().position(|(_, q)| *q == QUANTILES.iter().map(|(_, q)| *q).fold(0.0, f64::max)).expect("a quantile");
+        assert_eq!(rows[0].quantiles[max], Some(300.0), "900 was retracted by the second part");
+        assert!(rows[2].quantiles.iter().all(Option::is_none), "no starts, no quantiles");
+        let top = merge(parts.iter(), Some(1), true).expect("top");
+        assert_eq!((top.len(), top[0].group.as_deref(), top[0].sums[0]), (1, Some("b"), 5));
+        // Retracting what no hour added is an error, not a wrong value.
+        let bad = [part(0, "a", 0, hist(&[1]), hist(&[2]))];
+        assert!(merge(bad.iter(), None, true).is_err());
+    }
+
+    /// The cache never holds more than its budget: the least recently used entries go first, and an
+    /// entry larger than the whole budget is not kept.
+    #[test]
+    fn the_cache_keeps_its_budget_and_drops_the_least_recently_used() {
+        let key = |h: &str| Key { dt: "2026-12-05".into(), hour: h.into(), files: 7, shape: "summary".into() };
+        let parts = Arc::new(vec![part(0, "a", 1, hist(&[100]), Vec::new())]);
+        let one = key("00").bytes() + parts.iter().map(Partial::bytes).sum::<usize>();
+        let cache = HourCache::new(3 * one);
+        for h in ["00", "01", "02"] {
+            cache.insert(key(h), parts.clone());
+        }
+        assert!(cache.get(&key("00")).is_some(), "00 used again: 01 is now the oldest");
+        cache.insert(key("03"), parts.clone());
+        let s = cache.stats();
+        assert_eq!((s.entries, s.bytes), (3, 3 * one));
+        assert!(cache.get(&key("01")).is_none(), "the least recently used went");
+        assert!(cache.get(&key("00")).is_some() && cache.get(&key("03")).is_some());
+        assert!(cache.get(&Key { files: 8, ..key("00") }).is_none(), "other files are another entry");
+        let big = Arc::new(vec![part(0, "a", 1, vec![0; 4 * one], Vec::new())]);
+        cache.insert(key("04"), big);
+        assert!(cache.get(&key("04")).is_none(), "larger than the budget: not kept");
+        assert!(cache.stats().bytes <= 3 * one);
+        let off = HourCache::new(0);
+        off.insert(key("00"), parts);
+        assert!(!off.enabled() && off.get(&key("00")).is_none());
+    }
+}
