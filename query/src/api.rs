@@ -56,6 +56,8 @@ struct ApiState {
 pub struct RequestMetrics {
     duration: prometheus::HistogramVec,
     requests: prometheus::IntCounterVec,
+    /// Where the router's backend adds its own (the closed hours' cache).
+    registry: prometheus::Registry,
 }
 
 impl RequestMetrics {
@@ -73,7 +75,7 @@ impl RequestMetrics {
         .expect("valid metric");
         let _ = registry.register(Box::new(duration.clone()));
         let _ = registry.register(Box::new(requests.clone()));
-        RequestMetrics { duration, requests }
+        RequestMetrics { duration, requests, registry: registry.clone() }
     }
 
     fn layer(&self, router: axum::Router) -> axum::Router {
@@ -96,6 +98,9 @@ impl RequestMetrics {
 /// The metrics API and `more` routes (the alerts API) under one token check and the request metrics.
 pub fn router(backend: Backend, sql: SqlConfig, query: &crate::QueryConfig, more: axum::Router, metrics: RequestMetrics) -> axum::Router {
     let tokens: Arc<Vec<String>> = Arc::new(query.api_token.iter().chain(&sql.admin_token).cloned().collect());
+    if let Backend::DataFusion(engine) = &backend {
+        engine.hour_cache().register(&metrics.registry);
+    }
     let state = ApiState { backend, sql: Arc::new(sql), timeout: std::time::Duration::from_millis(query.timeout_ms.max(1)) };
     let router = axum::Router::new()
         .route("/api/v1/metrics", get(metrics_endpoint))

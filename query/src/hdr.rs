@@ -92,7 +92,7 @@ struct MergeAccumulator {
 
 impl MergeAccumulator {
     fn serialized(&self) -> Vec<u8> {
-        self.hist.as_ref().filter(|h| h.len() > 0).map(serialize_histogram).unwrap_or_default()
+        self.hist.as_ref().filter(|h| !h.is_empty()).map(serialize_histogram).unwrap_or_default()
     }
 }
 

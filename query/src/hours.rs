@@ -97,7 +97,7 @@ pub fn merge<'a>(parts: impl Iterator<Item = &'a Partial>, top: Option<u32>, wit
             merged.sort_by(|(a, x), (b, y)| y.sums[0].cmp(&x.sums[0]).then_with(|| a.1.cmp(&b.1)));
             merged.truncate(n as usize);
         }
-        None => merged.sort_by(|(a, _), (b, _)| a.cmp(b)),
+        None => merged.sort_by_key(|(key, _)| *key),
     }
     merged
         .into_iter()
@@ -124,7 +124,7 @@ fn quantiles(hists: &[&[u8]], retracts: &[&[u8]]) -> crate::Result<Vec<Option<f6
     if !retracts.is_empty() {
         net.subtract(&merge(retracts)?).map_err(|e| crate::Error::msg(format!("the retracted start times exceed the added ones: {e:?}")))?;
     }
-    Ok(QUANTILES.iter().map(|(_, q)| (net.len() > 0).then(|| net.value_at_quantile(*q) as f64)).collect())
+    Ok(QUANTILES.iter().map(|(_, q)| (!net.is_empty()).then(|| net.value_at_quantile(*q) as f64)).collect())
 }
 
 /// What an entry stands for: one hour's partition as listed, and the query's shape.
@@ -172,11 +172,35 @@ struct Inner {
 pub struct HourCache {
     budget: usize,
     inner: Mutex<Inner>,
+    metrics: CacheMetrics,
+}
+
+/// `qoeflow_query_hour_cache_{hits,misses}_total` and `qoeflow_query_hour_cache_bytes`.
+#[derive(Clone)]
+struct CacheMetrics {
+    hits: prometheus::IntCounter,
+    misses: prometheus::IntCounter,
+    bytes: prometheus::IntGauge,
 }
 
 impl HourCache {
     pub fn new(budget: usize) -> HourCache {
-        HourCache { budget, inner: Mutex::new(Inner::default()) }
+        // The names are constants prometheus accepts.
+        let counter = |name: &str, help: &str| prometheus::IntCounter::new(name, help).expect("valid metric");
+        let metrics = CacheMetrics {
+            hits: counter("qoeflow_query_hour_cache_hits_total", "Whole closed hours of metrics API requests answered from the closed hours' cache"),
+            misses: counter("qoeflow_query_hour_cache_misses_total", "Whole closed hours of metrics API requests queried (then kept) instead"),
+            bytes: prometheus::IntGauge::new("qoeflow_query_hour_cache_bytes", "What the closed hours' cache holds, estimated").expect("valid metric"),
+        };
+        HourCache { budget, inner: Mutex::new(Inner::default()), metrics }
+    }
+
+    /// Exposes the cache's counters in `registry` (once; a second registration is ignored).
+    pub fn register(&self, registry: &prometheus::Registry) {
+        let m = self.metrics.clone();
+        let _ = registry.register(Box::new(m.hits));
+        let _ = registry.register(Box::new(m.misses));
+        let _ = registry.register(Box::new(m.bytes));
     }
 
     /// Whether it keeps anything (`query.hour_cache_bytes` > 0).
@@ -198,10 +222,12 @@ impl HourCache {
                 e.used = clock;
                 let parts = e.parts.clone();
                 inner.hits += 1;
+                self.metrics.hits.inc();
                 Some(parts)
             }
             None => {
                 inner.misses += 1;
+                self.metrics.misses.inc();
                 None
             }
         }
@@ -227,6 +253,7 @@ impl HourCache {
                 inner.bytes -= e.bytes;
             }
         }
+        self.metrics.bytes.set(i64::try_from(inner.bytes).unwrap_or(i64::MAX));
     }
 
     pub fn stats(&self) -> Stats {

@@ -156,6 +156,9 @@ async fn prometheus_scrapes_every_process_and_sees_the_pipeline_lag_move_with_tr
     // serve: the local log's lag in records and the query API's latency per endpoint.
     assert!(prom.scalar(r#"max(qoeflow_pipeline_partition_lag_records{job="qoeflow-serve",partition="local"})"#).await.is_some());
     assert!(prom.scalar(r#"sum(qoeflow_query_requests_total{job="qoeflow-serve",endpoint="/api/v1/summary"})"#).await >= Some(1.0));
+    // The closed hours' cache of the metrics API is watched (its counters exist from the start).
+    assert!(prom.scalar(r#"sum(qoeflow_query_hour_cache_misses_total{job="qoeflow-serve"})"#).await.is_some());
+    assert!(prom.scalar(r#"max(qoeflow_query_hour_cache_bytes{job="qoeflow-serve"})"#).await.is_some());
 
     // The example operator rules: loaded, every one evaluated without error.
     let loaded = prom.rules().await;

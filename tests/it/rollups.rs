@@ -19,6 +19,7 @@ const HOUR: i64 = 3_600_000;
 struct Api {
     url: String,
     engine: std::sync::Arc<query::engine::Engine>,
+    registry: prometheus::Registry,
 }
 
 /// The API over the dataset at `root`, its closed hours' cache holding at most `hour_cache` bytes.
@@ -29,10 +30,11 @@ async fn open_api(root: &Path, hour_cache: usize) -> Api {
     let backend = Backend::DataFusion(engine.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("addr"));
-    let metrics = query::api::RequestMetrics::new(&prometheus::Registry::new());
+    let registry = prometheus::Registry::new();
+    let metrics = query::api::RequestMetrics::new(&registry);
     let router = query::api::router(backend, Default::default(), &Default::default(), axum::Router::new(), metrics);
     tokio::spawn(async move { axum::serve(listener, router).await });
-    Api { url, engine }
+    Api { url, engine, registry }
 }
 
 impl Api {
@@ -132,6 +134,9 @@ async fn rollups_answer_exactly_what_the_windows_answer() {
     let again = api.engine.hour_cache().stats();
     assert_eq!(again.misses, filled.misses, "asked again, every whole hour is a hit: {again:?}");
     assert!(again.hits > filled.hits);
+    // Operators see the same counts.
+    let exported = |name: &str| api.registry.gather().iter().find(|f| f.get_name() == name).map(|f| f.get_metric()[0].get_counter().get_value() as u64);
+    assert_eq!((exported("qoeflow_query_hour_cache_hits_total"), exported("qoeflow_query_hour_cache_misses_total")), (Some(again.hits), Some(again.misses)));
 
     // A late view in the second hour: its new file has no rollup yet, so that hour is read from
     // qoe_window while the others still come from their rollups.
