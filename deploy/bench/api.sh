@@ -3,7 +3,7 @@
 # DuckDB baseline over the same files) and freshness of `qoeflow serve` under `qoeflow loadgen` traffic
 # (beacon accepted -> counted by /api/v1/metrics).
 #
-#   deploy/bench/api.sh [VIEWS=50000] [EPOCHS=8640] [RUNS=9] [LOAD_VIEWERS=3000]   (FRESH_FLUSH_MS=200: the short epoch)
+#   deploy/bench/api.sh [VIEWS=50000] [EPOCHS=8640] [RUNS=9] [LOAD_VIEWERS=3000]   (FRESH_FLUSH_MS=100: the short epoch)
 #
 # Needs what ./deploy/test.sh installs (DuckDB from tests/requirements.txt).
 set -euo pipefail
@@ -20,4 +20,4 @@ echo
 # Freshness with the default epoch, then with a short one (the setting docs/operating.md recommends
 # for live dashboards).
 deploy/bench/freshness.sh 1000 "$load"
-deploy/bench/freshness.sh "${FRESH_FLUSH_MS:-200}" "$load"
+deploy/bench/freshness.sh "${FRESH_FLUSH_MS:-100}" "$load"

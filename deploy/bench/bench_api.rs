@@ -1,9 +1,11 @@
 //! Dashboard API latency over a day of data. Writes a day of `qoeflow loadgen` viewers (ending now,
 //! flushed into records as the SDK would send them) through the real pipeline into DATA_DIR, then times the dashboard's requests against the HTTP API on the Parquet
-//! backend three times: with the files as the pipeline wrote them (one per epoch and partition), after
-//! compacting the closed hours (which writes their minute rollups, `qoe_minute`), and over the same
-//! compacted files with the rollups moved away (what the API read before them), checking first that the
-//! answers over a fixed day are the same either way. Prints a table of medians and p95s;
+//! backend: with the files as the pipeline wrote them (one per epoch and partition), after compacting
+//! the closed hours (which writes their minute rollups, `qoe_minute`; the open hour by levels, as
+//! `serve` does) with and without the closed
+//! hours' cache (`query.hour_cache_bytes`), and over the same compacted files with the rollups moved
+//! away (what the API read before them), checking first that the answers over a fixed day are the same
+//! every way. Prints a table of medians and p95s (and the cache's first, filling request);
 //! `deploy/bench/api.sh` adds a DuckDB baseline over the same `qoe_window` files.
 //!
 //! cargo run --release -p bench --bin bench_api -- DATA_DIR [VIEWS=50000] [EPOCHS=8640] [RUNS=9] [AS_WRITTEN_RUNS=RUNS]
@@ -43,7 +45,8 @@ fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
     v[((v.len() - 1) as f64 * p).round() as usize]
 }
 
-async fn time_requests(url: &str, runs: usize) -> anyhow::Result<Vec<(String, f64, f64)>> {
+/// Per request: its median and p95 over `runs` timed runs, and the untimed first run's time.
+async fn time_requests(url: &str, runs: usize) -> anyhow::Result<Vec<(String, f64, f64, f64)>> {
     let client = reqwest::Client::new();
     let requests = [
         "summary?from=now-24h",
@@ -55,21 +58,25 @@ async fn time_requests(url: &str, runs: usize) -> anyhow::Result<Vec<(String, f6
     ];
     let mut out = Vec::new();
     for r in requests {
-        let mut times = Vec::new();
+        let (mut times, mut first) = (Vec::new(), 0.0);
         for i in 0..runs + 1 {
             let t = Instant::now();
             let resp = client.get(format!("{url}/api/v1/{r}")).send().await?;
             anyhow::ensure!(resp.status().is_success(), "{r}: {}", resp.status());
             let body: Value = resp.json().await?;
+            let ms = t.elapsed().as_secs_f64() * 1000.0;
             if i > 0 {
-                // The first run warms the OS page cache; the rest are timed.
-                times.push(t.elapsed().as_secs_f64() * 1000.0);
+                // The first run warms the OS page cache (and fills the hours' cache: reported apart);
+                // the rest are timed.
+                times.push(ms);
+            } else {
+                first = ms;
             }
             if r.starts_with("summary?from=now-24h") && i == 0 {
                 eprintln!("  24h attempts: {}", body["metrics"]["attempts"]);
             }
         }
-        out.push((r.to_owned(), percentile(times.clone(), 0.5), percentile(times, 0.95)));
+        out.push((r.to_owned(), percentile(times.clone(), 0.5), percentile(times, 0.95), first));
     }
     Ok(out)
 }
@@ -121,15 +128,16 @@ async fn main() -> anyhow::Result<()> {
     let (last_epoch, _) = common::checkpoint(&data);
     eprintln!("wrote {views} views ({total} records) in {last_epoch} epochs in {:.1} s", t.elapsed().as_secs_f64());
 
-    let backend = Backend::open(
-        &Default::default(),
-        &objstore::Location::local(data.join("parquet")),
-        &Default::default(),
-    )
-    .await?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}", listener.local_addr()?);
-    tokio::spawn(async move { axum::serve(listener, query::api::router(backend, Default::default(), &Default::default(), axum::Router::new(), query::api::RequestMetrics::new(&prometheus::Registry::new()))).await });
+    // The API as configured by default (with the closed hours' cache), and without the cache.
+    let serve_api = async |config: query::QueryConfig| -> anyhow::Result<String> {
+        let backend = Backend::open(&config, &objstore::Location::local(data.join("parquet")), &Default::default()).await?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}", listener.local_addr()?);
+        tokio::spawn(async move { axum::serve(listener, query::api::router(backend, Default::default(), &config, axum::Router::new(), query::api::RequestMetrics::new(&prometheus::Registry::new()))).await });
+        Ok(url)
+    };
+    let url = serve_api(Default::default()).await?;
+    let uncached_url = serve_api(query::QueryConfig { hour_cache_bytes: 0, ..Default::default() }).await?;
 
     let window_files = count_files(&data.join("parquet/qoe_window"));
     let as_written = if as_written_runs > 0 {
@@ -143,9 +151,17 @@ async fn main() -> anyhow::Result<()> {
     // The pipeline's files carry its identity, `local-<instance id>`.
     let source = format!("local-{}", pipeline::runner::instance_id(&data)?);
     let sink = ParquetSink::new(objstore::Location::local(data.join("parquet")), source, config.dims.clone());
-    let done = sink
-        .compact(last_epoch, now - 10 * 60_000, 2, 128 << 20)
-        .await?;
+    // The closed hours merged (with their rollups), and the open hour as `serve` keeps it: compacted
+    // by levels (`compact_open_files`), not one file per epoch.
+    let policy = pipeline::parquet::Compaction {
+        closed_before: now - 10 * 60_000,
+        min_files: 2,
+        open_files: config.compact_open_files,
+        target_bytes: 128 << 20,
+        open_target_bytes: config.compact_open_target_bytes,
+        roll_up: true,
+    };
+    let done = sink.compact_while(last_epoch, policy, || true).await?;
     let compacted_files = count_files(&data.join("parquet/qoe_window"));
     let minute_dir = data.join("parquet").join(pipeline::rollup::ROLLUP_TABLE);
     let rollup_files = count_files(&minute_dir);
@@ -161,9 +177,14 @@ async fn main() -> anyhow::Result<()> {
         }
         Ok(out)
     };
+    // The cached API first, so that each request's first run finds the cache empty for its shapes.
+    eprintln!("timing the API over the compacted files with their minute rollups and the hours' cache");
+    let cached = time_requests(&url, runs).await?;
+    eprintln!("timing the API over the compacted files with their minute rollups, without the hours' cache");
+    let rolled = time_requests(&uncached_url, runs).await?;
     let from_rollups = answers(&url).await?;
-    eprintln!("timing the API over the compacted files with their minute rollups");
-    let rolled = time_requests(&url, runs).await?;
+    anyhow::ensure!(answers(&url).await? == from_rollups, "the API answers differently from the hours' cache");
+    anyhow::ensure!(answers(&uncached_url).await? == from_rollups, "the API answers differently without the hours' cache");
     // The same files without the rollups: what the API read before them.
     let aside = data.join("qoe_minute.aside");
     std::fs::rename(&minute_dir, &aside)?;
@@ -174,12 +195,12 @@ async fn main() -> anyhow::Result<()> {
     std::fs::rename(&aside, &minute_dir)?;
 
     println!("dashboard API over a day ({views} views, {events} events, {total} records), Parquet backend, {runs} timed runs each");
-    let head = [format!("as written ({window_files} f)"), format!("compacted ({compacted_files} f)"), format!("+ rollups ({rollup_files} f)")];
-    println!("{:<44} {:>22} {:>22} {:>22}", "request", head[0], head[1], head[2]);
-    println!("{:<44} {:>22} {:>22} {:>22}", "", "median / p95 ms", "median / p95 ms", "median / p95 ms");
-    for (i, ((r, m2, p2), (_, m3, p3))) in compacted.iter().zip(&rolled).enumerate() {
+    let head = [format!("as written ({window_files} f)"), format!("compacted ({compacted_files} f)"), format!("+ rollups ({rollup_files} f)"), "+ hours' cache".to_owned()];
+    println!("{:<44} {:>20} {:>20} {:>20} {:>28}", "request", head[0], head[1], head[2], head[3]);
+    println!("{:<44} {:>20} {:>20} {:>20} {:>28}", "", "median / p95 ms", "median / p95 ms", "median / p95 ms", "median / p95 (first) ms");
+    for (i, (((r, m2, p2, _), (_, m3, p3, _)), (_, m4, p4, f4))) in compacted.iter().zip(&rolled).zip(&cached).enumerate() {
         let first = as_written.as_ref().map_or_else(|| "-".to_owned(), |a| format!("{:.1} / {:.1}", a[i].1, a[i].2));
-        println!("{:<44} {:>22} {:>22} {:>22}", format!("GET /api/v1/{r}"), first, format!("{m2:.1} / {p2:.1}"), format!("{m3:.1} / {p3:.1}"));
+        println!("{:<44} {:>20} {:>20} {:>20} {:>28}", format!("GET /api/v1/{r}"), first, format!("{m2:.1} / {p2:.1}"), format!("{m3:.1} / {p3:.1}"), format!("{m4:.1} / {p4:.1} ({f4:.1})"));
     }
     Ok(())
 }
