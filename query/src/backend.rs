@@ -37,25 +37,7 @@ pub struct AggQuery {
     pub top: Option<u32>,
 }
 
-/// One group's sums (in [`crate::metrics::sums`] order) and quantiles (in [`QUANTILES`] order).
-#[derive(Debug, Clone, PartialEq)]
-pub struct AggRow {
-    pub bucket: Option<i64>,
-    pub group: Option<String>,
-    pub sums: Vec<i64>,
-    pub quantiles: Vec<Option<f64>>,
-    /// The first and last window start of the bucket's rows (aggregations of `qoe_window` alone, by
-    /// buckets of up to [`ONE_QUERY_STEP_MS`]; `None` otherwise): when they are equal, the bucket is
-    /// one window.
-    pub windows: Option<(i64, i64)>,
-}
-
-impl AggRow {
-    /// Every metric of this group: the sums, the quantiles and the ratios derived from the sums.
-    pub fn metrics(&self) -> Map<String, Value> {
-        crate::metrics::derive(&self.sums, &self.quantiles)
-    }
-}
+pub use crate::metrics::AggRow;
 
 pub use crate::config::BackendKind;
 
@@ -275,7 +257,9 @@ impl Backend {
                     false => Vec::new(),
                 };
                 if !whole.is_empty() {
-                    return self.aggregate_by_hours(engine, &listed, &whole, q, active_only).await;
+                    if let Some(rows) = self.aggregate_by_hours(engine, &listed, &whole, q, active_only).await? {
+                        return Ok(rows);
+                    }
                 }
                 let sql = self.aggregate_sql(q, active_only, &rolled, &rolled, Output::Final);
                 let raw = json_rows(&engine.sql_listed(&listed, &sql).await?)?;
@@ -305,13 +289,18 @@ impl Backend {
     /// [`Backend::run_aggregate`] over rolled-up hours of which `whole` lie wholly in the range: their
     /// partial aggregates come from the closed hours' cache (each missing one is queried from its
     /// rollups alone and kept), the rest of the range (other hours, ragged ends) is queried as partials
-    /// too, and all are merged ([`crate::hours::merge`]), `top` applied after.
-    async fn aggregate_by_hours(&self, engine: &Engine, listed: &Listed, whole: &[&RolledUpHour], q: &AggQuery, active_only: bool) -> crate::Result<Vec<AggRow>> {
+    /// too, and all are merged ([`crate::hours::merge`]), cut to `top`, then given their quantiles.
+    /// None when the shape's hours are too large to keep ([`crate::hours::HourCache::insert`]): the
+    /// caller answers with one query.
+    async fn aggregate_by_hours(&self, engine: &Engine, listed: &Listed, whole: &[&RolledUpHour], q: &AggQuery, active_only: bool) -> crate::Result<Option<Vec<AggRow>>> {
         let rolled = listed.partitions();
         let in_whole = |p: &(String, String)| whole.iter().any(|h| h.dt == p.0 && h.hour == p.1);
         let partly: Vec<(String, String)> = rolled.iter().filter(|p| !in_whole(p)).cloned().collect();
         // The query's shape: what an hour's partial depends on besides its files.
         let shape = format!("active={active_only} bucket={:?} group={:?} filters={:?}", q.bucket_ms, q.group_by, q.filters);
+        if engine.hour_cache().too_large(&shape) {
+            return Ok(None);
+        }
         let mut hours = Vec::new();
         for h in whole {
             let key = crate::hours::Key { dt: h.dt.clone(), hour: h.hour.clone(), files: h.files, shape: shape.clone() };
@@ -323,7 +312,9 @@ impl Backend {
                         true => active_of_slots(&rows)?.into_iter().map(Partial::of_row).collect(),
                         false => Partial::of_rows(&rows)?,
                     });
-                    engine.hour_cache().insert(key, parts.clone());
+                    if !engine.hour_cache().insert(key, parts.clone(), whole.len()) {
+                        return Ok(None);
+                    }
                     parts
                 }
             };
@@ -341,7 +332,7 @@ impl Backend {
             let active = sums().position(|c| c == "active_views").context("active_views is a window sum")?;
             rest.retain(|p| p.sums[active] > 0);
         }
-        crate::hours::merge(rest.iter().chain(hours.iter().flat_map(|h| h.iter())), q.top, !active_only)
+        crate::hours::merge(rest.iter().chain(hours.iter().flat_map(|h| h.iter())), q.top, !active_only).map(Some)
     }
 
     /// The aggregation `q` (by buckets) and the active views per window of its range, as

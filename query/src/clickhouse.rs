@@ -8,14 +8,11 @@
 
 use std::time::Duration;
 
-use hdrhistogram::Histogram;
-use schemas::hist::{add_serialized, new_histogram};
 use schemas::tables::ClickHouseConfig;
 use serde_json::{Map, Value};
 
 use crate::error::Context as _;
 use crate::sql::{SqlError, SqlRows};
-use crate::metrics::QUANTILES;
 
 pub struct ClickHouseReader {
     http: reqwest::Client,
@@ -106,26 +103,19 @@ impl ClickHouseReader {
 /// The [`QUANTILES`] of histograms given as a JSON array of hex-encoded HdrHistograms, less the
 /// corrections' retractions (another such array) when given.
 pub fn quantiles_of_hex(hists: &Value, retracts: Option<&Value>) -> crate::Result<Vec<Option<f64>>> {
-    fn merge(into: &mut Histogram<u64>, hists: &Value) -> crate::Result<()> {
-        for h in hists.as_array().context("hists is not an array")? {
-            let bytes = hex_decode(h.as_str().context("a histogram is not a string")?).context("a histogram is not hex")?;
-            if bytes.is_empty() {
-                continue;
-            }
-            add_serialized(into, &bytes).map_err(|e| crate::Error::msg(format!("not a serialized HdrHistogram: {e}")))?;
-        }
-        Ok(())
+    fn decode(hists: &Value) -> crate::Result<Vec<Vec<u8>>> {
+        hists
+            .as_array()
+            .context("hists is not an array")?
+            .iter()
+            .map(|h| hex_decode(h.as_str().context("a histogram is not a string")?).context("a histogram is not hex"))
+            .collect()
     }
-    let mut merged: Histogram<u64> = new_histogram();
-    merge(&mut merged, hists)?;
-    if let Some(r) = retracts {
-        let mut retracted: Histogram<u64> = new_histogram();
-        merge(&mut retracted, r)?;
-        merged
-            .subtract(&retracted)
-            .map_err(|e| crate::Error::msg(format!("the retracted start times exceed the added ones: {e:?}")))?;
+    fn slices(v: &[Vec<u8>]) -> Vec<&[u8]> {
+        v.iter().map(Vec::as_slice).filter(|b| !b.is_empty()).collect()
     }
-    Ok(QUANTILES.iter().map(|(_, q)| (merged.len() > 0).then(|| merged.value_at_quantile(*q) as f64)).collect())
+    let (hists, retracts) = (decode(hists)?, retracts.map(decode).transpose()?.unwrap_or_default());
+    crate::hdr::quantiles_of_serialized(&slices(&hists), &slices(&retracts))
 }
 
 pub(crate) fn hex_decode(s: &str) -> Option<Vec<u8>> {
@@ -138,6 +128,8 @@ pub(crate) fn hex_decode(s: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hdrhistogram::Histogram;
+    use schemas::hist::new_histogram;
 
     #[test]
     fn literals_and_hex() {

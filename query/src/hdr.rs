@@ -57,6 +57,28 @@ impl AggregateUDFImpl for HdrQuantile {
     }
 }
 
+/// The [`crate::metrics::QUANTILES`] (None without a value) of the merged serialized histograms
+/// `hists` less the merged `retracts` (corrections), subtracted once everything is merged: the API's
+/// merges outside SQL (ClickHouse's rows, the closed hours' cache).
+pub fn quantiles_of_serialized(hists: &[&[u8]], retracts: &[&[u8]]) -> crate::Result<Vec<Option<f64>>> {
+    use crate::metrics::QUANTILES;
+    let merge = |parts: &[&[u8]]| -> crate::Result<Histogram<u64>> {
+        let mut h = new_histogram();
+        for bytes in parts {
+            add_serialized(&mut h, bytes).map_err(|e| crate::Error::msg(format!("not a serialized HdrHistogram: {e}")))?;
+        }
+        Ok(h)
+    };
+    if hists.is_empty() && retracts.is_empty() {
+        return Ok(vec![None; QUANTILES.len()]);
+    }
+    let mut net = merge(hists)?;
+    if !retracts.is_empty() {
+        net.subtract(&merge(retracts)?).map_err(|e| crate::Error::msg(format!("the retracted start times exceed the added ones: {e:?}")))?;
+    }
+    Ok(QUANTILES.iter().map(|(_, q)| (!net.is_empty()).then(|| net.value_at_quantile(*q) as f64)).collect())
+}
+
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub struct HdrMerge {
     signature: Signature,
@@ -199,13 +221,14 @@ impl Accumulator for HdrAccumulator {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use datafusion::arrow::datatypes::Schema;
     use datafusion::arrow::record_batch::RecordBatch;
     use datafusion::prelude::SessionContext;
 
-    fn hist(values: &[u64]) -> Vec<u8> {
+    /// A serialized histogram of `values`.
+    pub(crate) fn hist(values: &[u64]) -> Vec<u8> {
         let mut h = new_histogram();
         for v in values {
             h.record(*v).expect("in range");

@@ -12,12 +12,10 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use schemas::hist::{add_serialized, new_histogram};
 use serde_json::{Map, Value};
 
-use crate::backend::AggRow;
 use crate::error::Context as _;
-use crate::metrics::{QUANTILES, sum_count, sums};
+use crate::metrics::{AggRow, sum_count, sums};
 
 /// One group's partial aggregate: its sums (in [`crate::metrics::sums`] order) and its merged
 /// start-time histograms, serialized (empty when none).
@@ -94,7 +92,8 @@ pub fn merge<'a>(parts: impl Iterator<Item = &'a Partial>, top: Option<u32>, wit
     let mut merged: Vec<_> = groups.into_iter().collect();
     match top {
         Some(n) => {
-            merged.sort_by(|(a, x), (b, y)| y.sums[0].cmp(&x.sums[0]).then_with(|| a.1.cmp(&b.1)));
+            // Ties by value, a missing value last (SQL's `ORDER BY s_attempts DESC, grp`).
+            merged.sort_by(|(a, x), (b, y)| y.sums[0].cmp(&x.sums[0]).then_with(|| (a.1.is_none(), a.1).cmp(&(b.1.is_none(), b.1))));
             merged.truncate(n as usize);
         }
         None => merged.sort_by_key(|(key, _)| *key),
@@ -102,29 +101,10 @@ pub fn merge<'a>(parts: impl Iterator<Item = &'a Partial>, top: Option<u32>, wit
     merged
         .into_iter()
         .map(|((bucket, group), acc)| {
-            let quantiles = if with_quantiles { quantiles(&acc.hists, &acc.retracts)? } else { Vec::new() };
+            let quantiles = if with_quantiles { crate::hdr::quantiles_of_serialized(&acc.hists, &acc.retracts)? } else { Vec::new() };
             Ok(AggRow { bucket, group: group.map(str::to_owned), sums: acc.sums, quantiles, windows: None })
         })
         .collect()
-}
-
-/// The quantiles of [`QUANTILES`] of the merged `hists` less the merged `retracts` (None without a value).
-fn quantiles(hists: &[&[u8]], retracts: &[&[u8]]) -> crate::Result<Vec<Option<f64>>> {
-    if hists.is_empty() && retracts.is_empty() {
-        return Ok(vec![None; QUANTILES.len()]);
-    }
-    let merge = |parts: &[&[u8]]| -> crate::Result<hdrhistogram::Histogram<u64>> {
-        let mut h = new_histogram();
-        for bytes in parts {
-            add_serialized(&mut h, bytes).map_err(|e| crate::Error::msg(format!("not a serialized HdrHistogram: {e}")))?;
-        }
-        Ok(h)
-    };
-    let mut net = merge(hists)?;
-    if !retracts.is_empty() {
-        net.subtract(&merge(retracts)?).map_err(|e| crate::Error::msg(format!("the retracted start times exceed the added ones: {e:?}")))?;
-    }
-    Ok(QUANTILES.iter().map(|(_, q)| (!net.is_empty()).then(|| net.value_at_quantile(*q) as f64)).collect())
 }
 
 /// What an entry stands for: one hour's partition as listed, and the query's shape.
@@ -162,11 +142,17 @@ struct Entry {
 #[derive(Default)]
 struct Inner {
     map: HashMap<Key, Entry>,
+    /// Shapes an hour of which was larger than its share of the budget: their requests are answered
+    /// by one query, uncached (at most [`MAX_TOO_LARGE`], forgotten all at once past it).
+    too_large: std::collections::HashSet<String>,
     bytes: usize,
     clock: u64,
     hits: u64,
     misses: u64,
 }
+
+/// How many shapes too large to keep are remembered.
+const MAX_TOO_LARGE: usize = 1024;
 
 /// Closed hours' partial aggregates, at most `budget` bytes (estimated: sums, histograms, keys).
 pub struct HourCache {
@@ -233,14 +219,26 @@ impl HourCache {
         }
     }
 
-    /// Keeps `parts` for `key` (nothing when they alone exceed the budget), dropping the least recently
-    /// used entries until the total fits.
-    pub fn insert(&self, key: Key, parts: Arc<Vec<Partial>>) {
+    /// Whether hours of this shape were found too large to keep ([`HourCache::insert`]).
+    pub fn too_large(&self, shape: &str) -> bool {
+        self.lock().too_large.contains(shape)
+    }
+
+    /// Keeps `parts` for `key`, dropping the least recently used entries until the total fits, when
+    /// they take at most `1 / hours` of the budget (a request's `hours` whole hours of this shape then
+    /// fit together, and do not push each other out). Otherwise keeps nothing, remembers the shape as
+    /// too large and returns false: the caller answers with one query instead (many groups per hour,
+    /// such as a breakdown by video, would otherwise cost a query per hour on every request).
+    pub fn insert(&self, key: Key, parts: Arc<Vec<Partial>>, hours: usize) -> bool {
         let bytes = key.bytes() + parts.iter().map(Partial::bytes).sum::<usize>();
-        if bytes > self.budget {
-            return;
-        }
         let mut inner = self.lock();
+        if bytes.saturating_mul(hours.max(1)) > self.budget {
+            if inner.too_large.len() >= MAX_TOO_LARGE {
+                inner.too_large.clear();
+            }
+            inner.too_large.insert(key.shape);
+            return false;
+        }
         inner.clock += 1;
         let used = inner.clock;
         if let Some(old) = inner.map.insert(key, Entry { parts, bytes, used }) {
@@ -254,6 +252,7 @@ impl HourCache {
             }
         }
         self.metrics.bytes.set(i64::try_from(inner.bytes).unwrap_or(i64::MAX));
+        true
     }
 
     pub fn stats(&self) -> Stats {
@@ -265,15 +264,8 @@ impl HourCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use schemas::hist::serialize_histogram;
-
-    fn hist(values: &[u64]) -> Vec<u8> {
-        let mut h = new_histogram();
-        for v in values {
-            h.record(*v).expect("in range");
-        }
-        serialize_histogram(&h)
-    }
+    use crate::hdr::tests::hist;
+    use crate::metrics::QUANTILES;
 
     fn part(bucket: i64, group: &str, attempts: i64, hist: Vec<u8>, retract: Vec<u8>) -> Partial {
         let mut sums = vec![0; sum_count()];
@@ -312,21 +304,27 @@ mod tests {
         let one = key("00").bytes() + parts.iter().map(Partial::bytes).sum::<usize>();
         let cache = HourCache::new(3 * one);
         for h in ["00", "01", "02"] {
-            cache.insert(key(h), parts.clone());
+            assert!(cache.insert(key(h), parts.clone(), 3));
         }
         assert!(cache.get(&key("00")).is_some(), "00 used again: 01 is now the oldest");
-        cache.insert(key("03"), parts.clone());
+        assert!(cache.insert(key("03"), parts.clone(), 1));
         let s = cache.stats();
         assert_eq!((s.entries, s.bytes), (3, 3 * one));
         assert!(cache.get(&key("01")).is_none(), "the least recently used went");
         assert!(cache.get(&key("00")).is_some() && cache.get(&key("03")).is_some());
         assert!(cache.get(&Key { files: 8, ..key("00") }).is_none(), "other files are another entry");
         let big = Arc::new(vec![part(0, "a", 1, vec![0; 4 * one], Vec::new())]);
-        cache.insert(key("04"), big);
-        assert!(cache.get(&key("04")).is_none(), "larger than the budget: not kept");
+        let big_key = Key { shape: "big".into(), ..key("04") };
+        assert!(!cache.insert(big_key.clone(), big, 1));
+        assert!(cache.get(&big_key).is_none(), "larger than the budget: not kept");
         assert!(cache.stats().bytes <= 3 * one);
+        // Four hours of a shape do not fit in a budget of three: the shape is not kept, and remembered.
+        let other = |h: &str| Key { shape: "breakdown by video".into(), ..key(h) };
+        assert!(!cache.insert(other("05"), parts.clone(), 4));
+        assert!(cache.too_large("breakdown by video") && cache.too_large("big") && !cache.too_large("summary"));
+        assert_eq!(cache.stats().entries, 3, "nothing of the shape too large was kept, nothing pushed out");
         let off = HourCache::new(0);
-        off.insert(key("00"), parts);
+        off.insert(key("00"), parts, 1);
         assert!(!off.enabled() && off.get(&key("00")).is_none());
     }
 }

@@ -106,6 +106,26 @@ pub fn derive(sums: &[i64], quantiles: &[Option<f64>]) -> Map<String, Value> {
     m
 }
 
+/// One group's sums (in [`sums`] order) and quantiles (in [`QUANTILES`] order).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AggRow {
+    pub bucket: Option<i64>,
+    pub group: Option<String>,
+    pub sums: Vec<i64>,
+    pub quantiles: Vec<Option<f64>>,
+    /// The first and last window start of the bucket's rows (aggregations of `qoe_window` alone, by
+    /// buckets of up to [`crate::backend::ONE_QUERY_STEP_MS`]; `None` otherwise): when they are equal, the bucket is
+    /// one window.
+    pub windows: Option<(i64, i64)>,
+}
+
+impl AggRow {
+    /// Every metric of this group: the sums, the quantiles and the ratios derived from the sums.
+    pub fn metrics(&self) -> Map<String, Value> {
+        derive(&self.sums, &self.quantiles)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -134,6 +134,10 @@ async fn rollups_answer_exactly_what_the_windows_answer() {
     let again = api.engine.hour_cache().stats();
     assert_eq!(again.misses, filled.misses, "asked again, every whole hour is a hit: {again:?}");
     assert!(again.hits > filled.hits);
+    // A cache too small for a day's hours of any shape answers each question with one query, the same.
+    let tiny = open_api(&root, 4 << 10).await;
+    assert_same(&tiny.answers(&questions).await, &before, &questions, "shapes too large for the hours' cache");
+    assert!(tiny.engine.hour_cache().stats().bytes <= 4 << 10);
     // Operators see the same counts.
     let exported = |name: &str| api.registry.gather().iter().find(|f| f.get_name() == name).map(|f| f.get_metric()[0].get_counter().get_value() as u64);
     assert_eq!((exported("qoeflow_query_hour_cache_hits_total"), exported("qoeflow_query_hour_cache_misses_total")), (Some(again.hits), Some(again.misses)));
