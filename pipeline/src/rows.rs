@@ -36,7 +36,7 @@ pub fn window_row<'a>(w: &'a WindowRow, dims: &[Dim], source: &'a str, epoch: u6
         if def.measure == HISTOGRAM_MEASURE {
             cells.push(Cell::Bin(d.startup_hist.serialize().into()));
             // Empty bytes when the row retracts no start (most rows).
-            cells.push(Cell::Bin(d.startup_retract.histogram().map_or_else(Vec::new, schemas::hist::serialize_histogram).into()));
+            cells.push(Cell::Bin(d.startup_retract.serialize_or_nothing().into()));
             cells.extend(WINDOW_QUANTILES.iter().map(|(_, q)| d.startup_quantile(*q).map_or(Cell::Null, |v| Cell::F64(v as f64))));
         }
     }

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use hdrhistogram::Histogram;
-use schemas::hist::{new_histogram, serialize_histogram, HIST_MAX_MS};
+use schemas::hist::SparseHist;
 
 use schemas::measures::Measure::{self, *};
 use schemas::measures::{HISTOGRAM_MEASURE, Values};
@@ -23,62 +23,55 @@ use crate::view::Span;
 /// The dimension values of one view, in the configured order.
 pub type DimValues = Arc<[String]>;
 
-/// A delta's start-time histogram, allocated on the first start: most deltas (a view's play time in a
-/// window) carry no start, and a full histogram is ~24,000 buckets (190 KB) to allocate and zero. Found
-/// by the pipeline benchmark on `qoeflow loadgen` traffic, where zeroing empty histograms took half the
-/// pipeline's CPU. Serializes exactly as a [`new_histogram`] would.
-#[derive(Debug, Clone, Default)]
-pub struct StartupHist(Option<Box<Histogram<u64>>>);
-
-/// The serialized empty histogram, made once.
-static EMPTY_HISTOGRAM: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(|| serialize_histogram(&new_histogram()));
+/// A delta's start-time histogram, kept sparse ([`SparseHist`]): most deltas (a view's play time in a
+/// window) carry no start and the rest a few, while a dense histogram is ~24,000 buckets (190 KB) to
+/// allocate, zero and scan for each (3.5 % of the pipeline's CPU in BENCHMARKS.md §19's profile, and
+/// half of it before deltas without starts skipped it). Serializes exactly as a [`schemas::hist::new_histogram`]
+/// with the same counts would.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StartupHist(SparseHist);
 
 impl StartupHist {
     /// Records a start-up time (clamped to the tracked range).
     pub fn record(&mut self, startup_ms: i64) {
-        let h = self.0.get_or_insert_with(|| Box::new(new_histogram()));
-        // In range after the clamp.
-        let _ = h.record((startup_ms.max(0) as u64).min(HIST_MAX_MS));
+        self.0.record(startup_ms.max(0) as u64);
     }
 
     pub fn add(&mut self, other: &StartupHist) {
-        let Some(o) = &other.0 else { return };
-        match &mut self.0 {
-            // Both share bounds; values were clamped on record.
-            Some(h) => drop(h.add(o.as_ref())),
-            None => self.0 = Some(o.clone()),
-        }
+        self.0.add(&other.0);
     }
 
-    /// Adds a serialized histogram (HdrHistogram V2 bytes of a [`new_histogram`]).
+    /// Adds a serialized histogram (HdrHistogram V2 bytes of a [`schemas::hist::new_histogram`]).
     pub fn add_serialized(&mut self, bytes: &[u8]) -> Result<(), String> {
-        schemas::hist::add_serialized(self.0.get_or_insert_with(|| Box::new(new_histogram())), bytes)
+        self.0.add_serialized(bytes)
     }
 
     pub fn len(&self) -> u64 {
-        self.0.as_ref().map_or(0, |h| h.len())
+        self.0.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.0.is_empty()
     }
 
-    pub fn histogram(&self) -> Option<&Histogram<u64>> {
-        self.0.as_deref()
+    /// The dense histogram with the same counts.
+    pub fn histogram(&self) -> Histogram<u64> {
+        self.0.to_histogram()
     }
 
     /// HdrHistogram V2 bytes (an empty histogram's when nothing was recorded).
     pub fn serialize(&self) -> Vec<u8> {
-        self.0.as_deref().map_or_else(|| EMPTY_HISTOGRAM.clone(), serialize_histogram)
+        self.0.serialize()
     }
-}
 
-impl PartialEq for StartupHist {
-    fn eq(&self, other: &StartupHist) -> bool {
-        match (self.histogram(), other.histogram()) {
-            (Some(a), Some(b)) => a == b,
-            _ => self.is_empty() && other.is_empty(),
-        }
+    /// HdrHistogram V2 bytes, or no bytes when nothing was recorded (a row that retracts no start).
+    pub fn serialize_or_nothing(&self) -> Vec<u8> {
+        if self.is_empty() { Vec::new() } else { self.0.serialize() }
+    }
+
+    /// The start-time quantile `q` (0..=1), or None without starts.
+    pub fn quantile(&self, q: f64) -> Option<u64> {
+        self.0.value_at_quantile(q)
     }
 }
 
@@ -117,7 +110,7 @@ impl WindowDelta {
 
     /// The start-time quantile `q` (0..=1) of this delta's histogram, or None without starts.
     pub fn startup_quantile(&self, q: f64) -> Option<u64> {
-        self.startup_hist.histogram().filter(|h| h.len() > 0).map(|h| h.value_at_quantile(q))
+        self.startup_hist.quantile(q)
     }
 }
 
@@ -125,7 +118,14 @@ impl WindowDelta {
 #[derive(Debug, Default)]
 pub struct Windows {
     pub window_ms: i64,
-    deltas: HashMap<(i64, DimValues), WindowDelta>,
+    /// The pending cells, in the order they were first added.
+    cells: Vec<(i64, DimValues, WindowDelta)>,
+    /// Each pending cell's position in `cells`, by (window start, dims).
+    index: HashMap<(i64, DimValues), usize>,
+    /// The cell found last. A view's events and spans land in the same cell one after another, with
+    /// the same shared dims: found again by comparing a pointer, without hashing and comparing the
+    /// dimension strings (that was 4 % of the pipeline's CPU, BENCHMARKS.md §19).
+    last: Option<usize>,
     /// The views' dimension values, one shared copy per distinct set (views hold them between epochs).
     dims: Interner<[String]>,
 }
@@ -141,7 +141,7 @@ pub struct WindowRow {
 
 impl Windows {
     pub fn new(window_ms: i64) -> Windows {
-        Windows { window_ms: window_ms.max(1), deltas: HashMap::new(), dims: Interner::default() }
+        Windows { window_ms: window_ms.max(1), ..Windows::default() }
     }
 
     /// Makes `dims` the shared copy of its values (a view's, when first computed or loaded from the
@@ -165,7 +165,20 @@ impl Windows {
     }
 
     fn at(&mut self, window_start: i64, dims: &DimValues) -> &mut WindowDelta {
-        self.deltas.entry((window_start, dims.clone())).or_default()
+        let again = self.last.filter(|&i| self.cells.get(i).is_some_and(|c| c.0 == window_start && Arc::ptr_eq(&c.1, dims)));
+        let i = match again {
+            Some(i) => i,
+            None => {
+                let next = self.cells.len();
+                let i = *self.index.entry((window_start, dims.clone())).or_insert(next);
+                if i == next {
+                    self.cells.push((window_start, dims.clone(), WindowDelta::default()));
+                }
+                self.last = Some(i);
+                i
+            }
+        };
+        &mut self.cells[i].2
     }
 
     /// Adds point measures at event time `at`.
@@ -198,7 +211,7 @@ impl Windows {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.deltas.is_empty()
+        self.cells.is_empty()
     }
 
     /// Adds the difference `new - old` of one view's whole contribution (both derived from its
@@ -207,11 +220,11 @@ impl Windows {
     /// many changed cells that skipped.
     pub fn add_difference(&mut self, old: Windows, new: Windows, cutoff: i64) -> u64 {
         let mut cells: HashMap<(i64, DimValues), (WindowDelta, WindowDelta)> = HashMap::new();
-        for (key, d) in old.deltas {
-            cells.entry(key).or_default().0 = d;
+        for (window, dims, d) in old.cells {
+            cells.entry((window, dims)).or_default().0 = d;
         }
-        for (key, d) in new.deltas {
-            cells.entry(key).or_default().1 = d;
+        for (window, dims, d) in new.cells {
+            cells.entry((window, dims)).or_default().1 = d;
         }
         let mut skipped = 0;
         for ((window, dims), (old, new)) in cells {
@@ -235,11 +248,10 @@ impl Windows {
     /// Drains every pending delta, ordered by (window, dims) so output is deterministic.
     pub fn drain(&mut self) -> Vec<WindowRow> {
         let window_ms = self.window_ms;
-        let mut rows: Vec<WindowRow> = self
-            .deltas
-            .drain()
-            .map(|((window_start, dims), delta)| WindowRow { window_start, window_ms, dims, delta })
-            .collect();
+        self.index.clear();
+        self.last = None;
+        let mut rows: Vec<WindowRow> =
+            self.cells.drain(..).map(|(window_start, dims, delta)| WindowRow { window_start, window_ms, dims, delta }).collect();
         rows.sort_by(|a, b| (a.window_start, &a.dims).cmp(&(b.window_start, &b.dims)));
         rows
     }
@@ -248,7 +260,7 @@ impl Windows {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use schemas::hist::deserialize_histogram;
+    use schemas::hist::{deserialize_histogram, new_histogram, serialize_histogram};
 
     fn dims() -> DimValues {
         Arc::from(vec!["fastly".to_string()])
@@ -271,6 +283,24 @@ mod tests {
     }
 
     #[test]
+    fn a_cell_is_one_row_whichever_copy_of_its_dims_adds_to_it() {
+        let mut w = Windows::new(10_000);
+        let (a, a_copy, b) = (dims(), dims(), Arc::<[String]>::from(vec!["akamai".to_string()]));
+        assert!(!Arc::ptr_eq(&a, &a_copy));
+        // The same cell by the same pointer, by an equal copy, after another cell, in another window.
+        for (at, d) in [(1_000, &a), (2_000, &a), (3_000, &a_copy), (4_000, &b), (5_000, &a), (15_000, &a), (6_000, &a_copy), (7_000, &b)] {
+            w.add(at, d, &[(Attempt, 1)]);
+        }
+        let got: Vec<_> = w.drain().iter().map(|r| (r.window_start, r.dims[0].clone(), r.delta.sums[Attempt])).collect();
+        assert_eq!(got, vec![(0, "akamai".into(), 2), (0, "fastly".into(), 5), (10_000, "fastly".into(), 1)]);
+        assert!(w.is_empty());
+        // After a drain, the cell found last is a new one.
+        w.add(1_000, &a, &[(Attempt, 1)]);
+        w.add(1_000, &a, &[(Attempt, 1)]);
+        assert_eq!(w.drain().iter().map(|r| r.delta.sums[Attempt]).collect::<Vec<_>>(), vec![2]);
+    }
+
+    #[test]
     fn histograms_roundtrip_and_merge() {
         let mut a = WindowDelta::default();
         let mut b = WindowDelta::default();
@@ -284,7 +314,7 @@ mod tests {
         a.merge(&empty);
         assert_eq!(a.startup_hist.len(), 5);
         let back = deserialize_histogram(&a.startup_hist.serialize()).unwrap();
-        assert_eq!(Some(&back), a.startup_hist.histogram());
+        assert_eq!(back, a.startup_hist.histogram());
         let mut c = WindowDelta::default();
         c.merge(&a);
         assert_eq!(c, a, "merging into an empty delta copies the histogram");

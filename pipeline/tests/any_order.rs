@@ -16,7 +16,6 @@ use hdrhistogram::Histogram;
 use pipeline::window::WindowDelta;
 use pipeline::{Dim, SessionConfig, Sessionizer};
 use proptest::prelude::*;
-use schemas::hist::new_histogram;
 use schemas::measures::window_sums;
 use schemas::record::EventsRecord;
 use schemas::{ClientInfo, Record};
@@ -178,10 +177,8 @@ fn run(records: &[Record], flush_every: usize, max_cached_views: usize) -> Seen 
     let windows = deltas
         .into_iter()
         .filter_map(|(key, d)| {
-            let mut net = d.startup_hist.histogram().cloned().unwrap_or_else(new_histogram);
-            if let Some(r) = d.startup_retract.histogram() {
-                net.subtract(r).expect("a retraction never exceeds what was added");
-            }
+            let mut net = d.startup_hist.histogram();
+            net.subtract(&d.startup_retract.histogram()).expect("a retraction never exceeds what was added");
             let sums: Vec<(String, i64)> =
                 window_sums().filter(|(m, _)| d.sums[*m] != 0).map(|(m, name)| (name.to_owned(), d.sums[m])).collect();
             (!sums.is_empty() || net.len() > 0).then_some((key, (sums, buckets(&net))))

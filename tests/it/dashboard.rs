@@ -28,9 +28,7 @@ fn expected(truth: &BatchResult, cdn: Option<&str>) -> BTreeMap<&'static str, Op
     let mut hist = new_histogram();
     let mut active: BTreeMap<i64, u64> = BTreeMap::new();
     for (w, d) in &windows {
-        if let Some(h) = d.startup_hist.histogram() {
-            hist.add(h).expect("merge");
-        }
+        hist.add(d.startup_hist.histogram()).expect("merge");
         *active.entry(*w).or_default() += d.sums[ActiveViews] as u64;
     }
     let latest_active = active.values().rev().find(|n| **n > 0).copied().unwrap_or(0);
