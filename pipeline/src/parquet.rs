@@ -29,7 +29,7 @@
 //! merged file's appearance and the deletes: its query engine leaves out the files a listed merged file
 //! covers (`query::superseded`) and lists again when a listed file is gone.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use bytes::Bytes;
@@ -88,10 +88,18 @@ fn split_key(key: &str) -> Option<(&str, &str)> {
     Some((dir, name))
 }
 
+/// At most this many bytes of a string column are reserved ahead for an epoch's file (the arrays grow
+/// past it as needed).
+const MAX_RESERVED_BYTES: usize = 32 << 20;
+
 pub struct ParquetSink {
     dataset: Location,
     source: String,
     dims: Vec<Dim>,
+    /// Per table, the string and binary bytes per row of each column in the last epoch that wrote it:
+    /// the next epoch's arrays are sized from them. Grown from empty by doubling, the `events` table's
+    /// were reallocated and copied some twenty times an epoch (BENCHMARKS.md §19).
+    bytes_per_row: std::sync::Mutex<HashMap<&'static str, Vec<usize>>>,
 }
 
 /// A compaction input's record batches, decoded one at a time as they are taken.
@@ -155,6 +163,7 @@ fn open_hour_runs(files: &[OwnFile], fan_in: usize) -> Vec<&[OwnFile]> {
 impl ParquetSink {
     pub fn new(dataset: Location, source: impl Into<String>, dims: Vec<Dim>) -> ParquetSink {
         ParquetSink {
+            bytes_per_row: Default::default(),
             dataset,
             source: source.into(),
             dims,
@@ -383,10 +392,26 @@ impl ParquetSink {
             // hour's grow as needed.
             let mut parts: BTreeMap<i64, BatchBuilder<'_>> = BTreeMap::new();
             let len = t.rows.size_hint().0;
+            let per_row = self.bytes_per_row.lock().map(|m| m.get(t.table).cloned()).unwrap_or_default().unwrap_or_default();
             for (ts, row) in t.rows {
                 let capacity = if parts.is_empty() { len } else { 0 };
-                let batch = parts.entry(ts.div_euclid(PARTITION_MS)).or_insert_with(|| BatchBuilder::with_capacity(t.columns, capacity, |_| 0));
+                let batch = parts.entry(ts.div_euclid(PARTITION_MS)).or_insert_with(|| {
+                    // An eighth more than the last epoch's bytes per row, so that most epochs never grow
+                    // them; bounded, as one epoch of huge values must not reserve gigabytes for the next.
+                    let estimate = |i: usize| (per_row.get(i).map_or(0, |b| b + b / 8) * capacity).min(MAX_RESERVED_BYTES);
+                    BatchBuilder::with_capacity(t.columns, capacity, estimate)
+                });
                 batch.push(&row).map_err(crate::Error::from)?;
+            }
+            if len > 0 {
+                let mut bytes = vec![0usize; t.columns.len()];
+                for batch in parts.values() {
+                    bytes.iter_mut().zip(batch.value_bytes()).for_each(|(b, n)| *b += n);
+                }
+                let per_row: Vec<usize> = bytes.iter().map(|b| b.div_ceil(len)).collect();
+                if let Ok(mut m) = self.bytes_per_row.lock() {
+                    m.insert(t.table, per_row);
+                }
             }
             for (hour, batch) in parts {
                 // Compaction merges an epoch's files later (`FileLife::Transient`: written fast).

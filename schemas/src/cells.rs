@@ -134,6 +134,18 @@ impl<'c> BatchBuilder<'c> {
         Ok(())
     }
 
+    /// The string or binary bytes each column holds so far (0 for other columns).
+    pub fn value_bytes(&self) -> Vec<usize> {
+        self.builders
+            .iter()
+            .map(|b| match b {
+                Builder::Str(b) => b.values_slice().len(),
+                Builder::Bin(b) => b.values_slice().len(),
+                _ => 0,
+            })
+            .collect()
+    }
+
     /// The batch of every row pushed.
     pub fn finish(mut self) -> Result<RecordBatch, EncodeError> {
         let arrays: Vec<ArrayRef> = self.builders.iter_mut().map(Builder::finish).collect();
