@@ -309,8 +309,8 @@ impl Backend {
                 None => {
                     let rows = json_rows(&engine.sql_listed(listed, &self.hour_sql(q, active_only, h)).await?)?;
                     let parts = Arc::new(match active_only {
-                        true => active_of_slots(&rows)?.into_iter().map(Partial::of_row).collect(),
-                        false => Partial::of_rows(&rows)?,
+                        true => active_of_slots(&rows)?.into_iter().map(Partial::of_row).collect::<Vec<_>>(),
+                        false => rows.iter().map(partial_row).collect::<crate::Result<_>>()?,
                     });
                     if !engine.hour_cache().insert(key, parts.clone(), whole.len()) {
                         return Ok(None);
@@ -322,7 +322,7 @@ impl Backend {
         }
         // The rest of the range; no key and no row gives one row of zeros, like one query over all.
         let rest = json_rows(&engine.sql_listed(listed, &self.aggregate_sql(q, active_only, &rolled, &partly, Output::Partial)).await?)?;
-        let mut rest = Partial::of_rows(&rest)?;
+        let mut rest = rest.iter().map(partial_row).collect::<crate::Result<Vec<_>>>()?;
         if active_only && !partly.is_empty() {
             let slots = json_rows(&engine.sql_listed(listed, &self.slots_sql(q, &partly)).await?)?;
             rest.extend(active_of_slots(&slots)?.into_iter().map(Partial::of_row));
@@ -555,6 +555,18 @@ fn active_of_slots(rows: &[Map<String, Value>]) -> crate::Result<Vec<AggRow>> {
         }
     }
     Ok(out)
+}
+
+/// A row of a partial aggregate ([`Output::Partial`]): [`agg_row`]'s keys and sums, and the merged
+/// start-time histograms (`hist`, `retract`: `hdr_merge`, hex in JSON; none when absent).
+fn partial_row(m: &Map<String, Value>) -> crate::Result<Partial> {
+    let bytes = |key: &str| -> crate::Result<Vec<u8>> {
+        match m.get(key).and_then(Value::as_str) {
+            None => Ok(Vec::new()),
+            Some(h) => crate::clickhouse::hex_decode(h).with_context(|| format!("{key} is not hex")),
+        }
+    };
+    Ok(Partial { hist: bytes("hist")?, retract: bytes("retract")?, ..Partial::of_row(agg_row(m)?) })
 }
 
 fn agg_row(m: &Map<String, Value>) -> crate::Result<AggRow> {

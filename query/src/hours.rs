@@ -12,10 +12,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use serde_json::{Map, Value};
-
-use crate::error::Context as _;
-use crate::metrics::{AggRow, sum_count, sums};
+use crate::metrics::{AggRow, sum_count};
 
 /// One group's partial aggregate: its sums (in [`crate::metrics::sums`] order) and its merged
 /// start-time histograms, serialized (empty when none).
@@ -33,36 +30,9 @@ impl Partial {
         std::mem::size_of::<Partial>() + self.sums.len() * 8 + self.hist.len() + self.retract.len() + self.group.as_ref().map_or(0, String::len)
     }
 
-    /// A row of per-window active views ([`crate::backend::Backend::active_per_window`]'s rows).
+    /// A row without histograms (per-window active views, [`crate::backend::Backend::active_per_window`]'s rows).
     pub fn of_row(row: AggRow) -> Partial {
         Partial { bucket: row.bucket, group: row.group, sums: row.sums, hist: Vec::new(), retract: Vec::new() }
-    }
-
-    /// Rows of a query that selects the sums as `s_<name>`, the keys as `t` and `grp`, and the
-    /// histograms as `hist` and `retract` (`hdr_merge`, hex in JSON).
-    pub fn of_rows(rows: &[Map<String, Value>]) -> crate::Result<Vec<Partial>> {
-        let int = |v: &Value| -> Option<i64> { v.as_i64().or_else(|| v.as_str().and_then(|s| s.parse().ok())) };
-        let bytes = |m: &Map<String, Value>, key: &str| -> crate::Result<Vec<u8>> {
-            match m.get(key).and_then(Value::as_str) {
-                None => Ok(Vec::new()),
-                Some(h) => crate::clickhouse::hex_decode(h).with_context(|| format!("{key} is not hex")),
-            }
-        };
-        rows.iter()
-            .map(|m| {
-                let sums = sums()
-                    .map(|c| m.get(&format!("s_{c}")).map_or(Some(0), |v| if v.is_null() { Some(0) } else { int(v) }))
-                    .collect::<Option<Vec<_>>>()
-                    .context("a sum is not an integer")?;
-                Ok(Partial {
-                    bucket: m.get("t").and_then(int),
-                    group: m.get("grp").and_then(Value::as_str).map(str::to_owned),
-                    sums,
-                    hist: bytes(m, "hist")?,
-                    retract: bytes(m, "retract")?,
-                })
-            })
-            .collect()
     }
 }
 
