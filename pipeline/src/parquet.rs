@@ -88,8 +88,8 @@ fn split_key(key: &str) -> Option<(&str, &str)> {
     Some((dir, name))
 }
 
-/// At most this many bytes of a string column are reserved ahead for an epoch's file (the arrays grow
-/// past it as needed).
+/// At most this many bytes of a table's string columns together are reserved ahead for an epoch's file
+/// (the arrays grow past it as needed).
 const MAX_RESERVED_BYTES: usize = 32 << 20;
 
 pub struct ParquetSink {
@@ -388,18 +388,23 @@ impl ParquetSink {
         for t in rows::tables_of(out, &self.dims, &self.source, epoch) {
             // By the hour each row falls in (its partition), named once per file, not per row. Rows go
             // into their batch as they are made. The arrays of the first row's hour are sized for every
-            // row of the table (most epochs write one hour; string bytes are not estimated); any other
-            // hour's grow as needed.
+            // row of the table, strings from the last epoch's bytes per row (most epochs write one hour);
+            // any other hour's grow as needed.
             let mut parts: BTreeMap<i64, BatchBuilder<'_>> = BTreeMap::new();
             let len = t.rows.size_hint().0;
+            // An eighth more than the last epoch's bytes per row, so that most epochs never grow them;
+            // bounded for the table, as one epoch of huge values must not reserve gigabytes for the next.
             let per_row = self.bytes_per_row.lock().map(|m| m.get(t.table).cloned()).unwrap_or_default().unwrap_or_default();
+            let mut reserve: Vec<usize> = per_row.iter().map(|b| b.saturating_add(b / 8).saturating_mul(len)).collect();
+            let total = reserve.iter().fold(0usize, |t, b| t.saturating_add(*b));
+            if total > MAX_RESERVED_BYTES {
+                reserve.iter_mut().for_each(|b| *b = (*b as u128 * MAX_RESERVED_BYTES as u128 / total as u128) as usize);
+            }
             for (ts, row) in t.rows {
-                let capacity = if parts.is_empty() { len } else { 0 };
-                let batch = parts.entry(ts.div_euclid(PARTITION_MS)).or_insert_with(|| {
-                    // An eighth more than the last epoch's bytes per row, so that most epochs never grow
-                    // them; bounded, as one epoch of huge values must not reserve gigabytes for the next.
-                    let estimate = |i: usize| (per_row.get(i).map_or(0, |b| b + b / 8) * capacity).min(MAX_RESERVED_BYTES);
-                    BatchBuilder::with_capacity(t.columns, capacity, estimate)
+                let first = parts.is_empty();
+                let batch = parts.entry(ts.div_euclid(PARTITION_MS)).or_insert_with(|| match first {
+                    true => BatchBuilder::with_capacity(t.columns, len, |i| reserve.get(i).copied().unwrap_or(0)),
+                    false => BatchBuilder::with_capacity(t.columns, 0, |_| 0),
                 });
                 batch.push(&row).map_err(crate::Error::from)?;
             }

@@ -79,7 +79,7 @@ fn for_each_bucket(payload: &[u8], mut f: impl FnMut(usize, u64) -> Result<(), S
                 }
                 f(index, n as u64)?;
             }
-            index += 1;
+            index = index.checked_add(1).ok_or("histogram bucket out of range")?;
         }
     }
     Ok(())
@@ -103,7 +103,9 @@ pub fn add_serialized(acc: &mut Histogram<u64>, bytes: &[u8]) -> Result<(), Stri
 /// (bucket index, count), in increasing index order. A window cell holds a few starts, and the dense
 /// histogram is ~24,000 counts (190 KB) to allocate, zero and scan; this is 16 bytes a bucket in use.
 /// It serializes to the same V2 bytes as the dense one with the same counts, and answers the same
-/// quantiles. At most one entry per bucket of the configuration, so it is bounded like the dense one.
+/// quantiles, for every count up to `i64::MAX` and totals under 2^53 (beyond, where the dense one
+/// writes nothing or answers 0, this one caps the count or answers the last bucket). At most one entry
+/// per bucket of the configuration, so it is bounded like the dense one.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SparseHist {
     buckets: Vec<(u32, u64)>,
@@ -186,8 +188,9 @@ impl SparseHist {
             })?,
             None => {
                 let h = deserialize_histogram(bytes)?;
+                // Each bucket's lowest value, as the dense histogram's `add` records another's.
                 for v in h.iter_recorded() {
-                    other.record_n(v.value_iterated_to(), v.count_at_value());
+                    other.record_n(h.lowest_equivalent(v.value_iterated_to()), v.count_at_value());
                 }
             }
         }
@@ -211,6 +214,7 @@ impl SparseHist {
         if total == 0 {
             return None;
         }
+        // Above 1 (and NaN) as 1.
         let q = q.min(1.0);
         let target = ((q * total as f64).ceil() as u64).max(1);
         let table = &*INDEX_VALUES;
@@ -244,7 +248,7 @@ impl SparseHist {
     }
 
     /// HdrHistogram V2 bytes, the same as [`serialize_histogram`] writes for the dense histogram with
-    /// these counts (an empty one's when empty).
+    /// these counts (an empty one's when empty); a count over `i64::MAX` is written as `i64::MAX`.
     pub fn serialize(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(V2_HEADER + 1 + self.buckets.len() * 4);
         out.extend_from_slice(&V2_COOKIE.to_be_bytes());
@@ -385,5 +389,24 @@ mod tests {
         s.add_serialized(&serialize_histogram(&other)).unwrap();
         assert_eq!(s.len(), 3);
         assert!(s.add_serialized(&[0x1c, 0x84]).is_err(), "garbage is an error");
+        // As the dense histogram adds another configuration's: each bucket's lowest value.
+        let mut dense = new_histogram();
+        dense.add(&other).unwrap();
+        assert_eq!(s.serialize(), serialize_histogram(&dense));
+        // Counts that take 7, 8 and 9 bytes as varints, up to i64::MAX.
+        let (mut sparse, mut dense) = (SparseHist::default(), new_histogram());
+        for (v, n) in [(3, 1u64 << 45), (5, 1 << 52), (7, 1 << 60), (9, i64::MAX as u64 - (1 << 61) - (1 << 60))] {
+            sparse.record_n(v, n);
+            dense.record_n(v, n).unwrap();
+        }
+        let mut max = SparseHist::default();
+        max.record_n(11, i64::MAX as u64);
+        let mut dense_max = new_histogram();
+        dense_max.record_n(11, i64::MAX as u64).unwrap();
+        assert_eq!(sparse.serialize(), serialize_histogram(&dense));
+        assert_eq!(max.serialize(), serialize_histogram(&dense_max));
+        let mut back = SparseHist::default();
+        back.add_serialized(&max.serialize()).unwrap();
+        assert_eq!(back, max);
     }
 }
