@@ -298,13 +298,18 @@ impl ParquetSink {
                 if enough && group.len() >= 2 {
                     // A closed hour's merge stays; the open hour's is merged again when it closes.
                     let life = if closed { FileLife::Kept } else { FileLife::Transient };
-                    done.rows += self.merge_files(dir, group, roll_up, life).await?;
+                    let Some(rows) = self.merge_files(dir, group, roll_up, life, &keep_going).await? else {
+                        return Ok(done);
+                    };
+                    done.rows += rows;
                     done.files_in += group.len();
                     merged_any = true;
                 } else if roll_up && start + PARTITION_MS > policy.closed_before - ROLL_UP_ALONE_WITHIN_MS {
                     // Files that stay as they are (too few to merge, or big enough) are rolled up alone.
                     for file in group.iter().filter(|f| rollup_twin(&f.key).is_some_and(|t| !twins.contains(t.as_str()))) {
-                        self.roll_up_file(file).await?;
+                        if !self.roll_up_file(file, &keep_going).await? {
+                            return Ok(done);
+                        }
                     }
                 }
             }
@@ -315,8 +320,9 @@ impl ParquetSink {
         Ok(done)
     }
 
-    /// Writes the minute rollup of one `qoe_window` file that compaction leaves as it is.
-    async fn roll_up_file(&self, file: &OwnFile) -> crate::Result<()> {
+    /// Writes the minute rollup of one `qoe_window` file that compaction leaves as it is, unless
+    /// `keep_going` says no before it is published (false then).
+    async fn roll_up_file(&self, file: &OwnFile, keep_going: &impl Fn() -> bool) -> crate::Result<bool> {
         let bytes = self.dataset.get(&file.key).await?.with_context(|| format!("{} vanished during compaction", file.key))?;
         let (source, last) = (self.source.clone(), file.last);
         let rolled = tokio::task::spawn_blocking(move || {
@@ -329,18 +335,29 @@ impl ParquetSink {
         .await??;
         if let (Some((bytes, _)), Some(twin)) = (rolled, rollup_twin(&file.key)) {
             let staged = self.dataset.stage(&twin, bytes).await?;
+            if !keep_going() {
+                return Ok(false);
+            }
             let _swap = DATASET_LOCK.write().await;
             self.publish(&[staged]).await?;
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Merges `files` (consecutive in epoch order, in partition `dir`) into one file named after their
     /// epoch range and, with `roll_up` (`qoe_window` of a closed hour), its `qoe_minute` twin
     /// ([`crate::rollup`]). Both are staged whole and durably, then, under [`DATASET_LOCK`], published
     /// and the inputs (and their twins) deleted: a query in this process sees the inputs or the merged
-    /// file, never both. Returns the rows written.
-    async fn merge_files(&self, dir: &str, files: &[OwnFile], roll_up: bool, life: FileLife) -> crate::Result<usize> {
+    /// file, never both. Returns the rows written; None when `keep_going`, asked once the merged file
+    /// is staged, says to stop (the staged file is never published; recovery deletes it locally).
+    async fn merge_files(
+        &self,
+        dir: &str,
+        files: &[OwnFile],
+        roll_up: bool,
+        life: FileLife,
+        keep_going: &impl Fn() -> bool,
+    ) -> crate::Result<Option<usize>> {
         let (first, last) = (
             files[0].first,
             files.iter().map(|f| f.last).max().unwrap_or(files[0].last),
@@ -378,12 +395,16 @@ impl ParquetSink {
         })
         .await??;
         let Some((bytes, rows)) = merged else {
-            return Ok(0);
+            return Ok(Some(0));
         };
         let key = format!("{dir}/{}", merged_file_name(&self.source, first, last));
         let mut staged = vec![self.dataset.stage(&key, bytes).await?];
         if let (Some((bytes, _)), Some(twin)) = (rolled, rollup_twin(&key)) {
             staged.push(self.dataset.stage(&twin, bytes).await?);
+        }
+        // Merging takes a while: a lease may have lapsed, or been taken over, since the pass began.
+        if !keep_going() {
+            return Ok(None);
         }
         let _swap = DATASET_LOCK.write().await;
         self.publish(&staged).await?;
@@ -393,7 +414,7 @@ impl ParquetSink {
                 self.dataset.delete(&twin).await?;
             }
         }
-        Ok(rows)
+        Ok(Some(rows))
     }
 
     /// Encodes one epoch's output: one Parquet file per (table, partition) with rows, as (key, bytes).
@@ -712,6 +733,36 @@ mod tests {
         assert!(!lost.is_empty());
         sink.recover(4, &[]).await.unwrap();
         assert!(sink.recover(5, &lost).await.is_err(), "a staged file that vanished unmerged is an error");
+    }
+
+    #[tokio::test]
+    async fn a_merge_is_not_published_once_its_writer_may_no_longer_write() {
+        let (_dir, root, sink, mut session, t0) = hour_fixture();
+        for epoch in 1..=4u64 {
+            session.process(short_view(format!("v{epoch}"), t0 + epoch as i64 * 60_000));
+            session.advance();
+            sink.write_epoch(epoch, &session.flush()).await.unwrap();
+        }
+        let hour = format!("qoe_window/{}", partition_of(t0));
+        let before: Vec<_> = TABLES_UNDER_TEST.iter().map(|t| rows_of(&root, t)).collect();
+        let open = Compaction { closed_before: t0, min_files: 2, open_files: 2, target_bytes: u64::MAX, open_target_bytes: u64::MAX, roll_up: true };
+        // Fresh when the merge starts, lapsed (or taken over) by the time its file is staged.
+        let asked = std::cell::Cell::new(0);
+        let lapses = || {
+            asked.set(asked.get() + 1);
+            asked.get() == 1
+        };
+        assert_eq!(sink.compact_while(4, open, lapses).await.unwrap(), Compacted::default());
+        assert!(asked.get() >= 2, "asked again before publishing");
+        assert_eq!(own_in(&sink, &hour).await, vec![(1, 1), (2, 2), (3, 3), (4, 4)], "the inputs stay, no merged file");
+        assert_eq!(TABLES_UNDER_TEST.iter().map(|t| rows_of(&root, t)).collect::<Vec<_>>(), before);
+        // What it staged is hidden, and the next recovery deletes it.
+        assert!(files_in(&root).iter().any(|f| f.starts_with('.')), "{:?}", files_in(&root));
+        sink.recover(4, &[]).await.unwrap();
+        assert!(files_in(&root).iter().all(|f| !f.starts_with('.')), "{:?}", files_in(&root));
+        // Still fresh: the same pass merges.
+        sink.compact_while(4, open, || true).await.unwrap();
+        assert_eq!(own_in(&sink, &hour).await, vec![(1, 4)]);
     }
 
     /// Σ of an Int64 column over every file of `table` (by row: 0 for NULL).

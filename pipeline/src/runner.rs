@@ -145,6 +145,10 @@ pub trait Fence: Send + Sync {
     fn commit(&self, epoch: u64, checkpoint: &str) -> impl Future<Output = crate::Result<bool>> + Send;
     /// Whether this runner may still write (its lease cannot have expired on another worker's clock).
     fn valid(&self) -> bool;
+    /// Whether the lineage's previous holder can no longer be writing (a lease: a timeout after it was
+    /// taken): until then this runner does not compact, so two workers never merge the same files into
+    /// overlapping ranges.
+    fn settled(&self) -> bool;
 }
 
 /// No fence: a runner that owns its source alone (the local log, static Kinesis workers).
@@ -158,6 +162,9 @@ impl Fence for NoFence {
         match *self {}
     }
     fn valid(&self) -> bool {
+        match *self {}
+    }
+    fn settled(&self) -> bool {
         match *self {}
     }
 }
@@ -729,7 +736,7 @@ async fn run_from_checkpoint<S: Source, F: Fence>(
     ctx.metrics.restored(&session.stats);
     // Compaction runs beside the epochs, told of each commit (epoch, watermark); it ends with them.
     let (progress, committed) = tokio::sync::watch::channel(None::<(u64, i64)>);
-    let compaction = compact_beside(&sink, config, committed, || may_write().is_ok());
+    let compaction = compact_beside(&sink, config, committed, || may_write().is_ok() && ctx.shared.is_none_or(|s| s.fence.settled()));
     let mut last_snapshot = std::time::Instant::now();
     let mut last_epoch = std::time::Instant::now();
     let mut late_dropped_logged = session.stats.late_dropped;
@@ -840,10 +847,11 @@ async fn run_from_checkpoint<S: Source, F: Fence>(
 /// Compacts this source's Parquet partitions every [`COMPACTION_EVERY`] beside the epoch loop, which
 /// sends `(epoch, watermark)` after each commit: a pass takes from milliseconds to seconds (object
 /// storage, big hours) and no longer delays the next epoch (freshness). A pass merges only files of
-/// epochs committed when it starts, and only while `may_write` holds (lease mode: a worker whose lease
-/// lapsed stops merging files it no longer owns). Returns once the epoch loop has ended (its sender
-/// dropped), after finishing at most the merge under way; a failed pass leaves its inputs in place
-/// and is retried at the next.
+/// epochs committed when it starts, and only while `may_write` holds, asked before each merge and again
+/// before the merged file replaces its inputs (lease mode: a worker whose lease lapsed stops merging
+/// files it no longer owns, and one that just took a lease waits until its previous holder has
+/// stopped). Returns once the epoch loop has ended (its sender dropped), leaving unpublished the merge
+/// under way; a failed pass leaves its inputs in place and is retried at the next.
 async fn compact_beside(
     sink: &ParquetSink,
     config: &PipelineConfig,

@@ -238,12 +238,14 @@ pub struct Held {
     since: std::sync::Mutex<Instant>,
     timeout: Duration,
     lost: AtomicBool,
+    /// When the update that took the lease was sent.
+    taken: Instant,
 }
 
 impl Held {
     /// A lease just taken (or renewed) by an update sent at `sent`.
     pub fn new(table: LeaseTable, lease: Lease, sent: Instant, timeout: Duration) -> Held {
-        Held { table, lease: tokio::sync::Mutex::new(lease), since: std::sync::Mutex::new(sent), timeout, lost: AtomicBool::new(false) }
+        Held { table, lease: tokio::sync::Mutex::new(lease), since: std::sync::Mutex::new(sent), timeout, lost: AtomicBool::new(false), taken: sent }
     }
 
     pub async fn lease(&self) -> Lease {
@@ -261,6 +263,14 @@ impl Held {
     pub fn valid(&self) -> bool {
         let since = *self.since.lock().unwrap_or_else(|p| p.into_inner());
         !self.lost() && since.elapsed() < self.timeout - self.timeout / 4
+    }
+
+    /// Whether whoever held the lease before can no longer be writing for the lineage: a lease timeout
+    /// has passed since it was taken. The previous holder's last update came before the take, and its
+    /// [`Held::valid`] turns false within three quarters of a timeout after its last update; a lease
+    /// stolen for balance was still fresh on its holder, which learns of the loss only at its next update.
+    pub fn settled(&self) -> bool {
+        self.taken.elapsed() >= self.timeout
     }
 
     async fn update(&self, op: Op<'_>) -> crate::Result<bool> {
@@ -322,6 +332,10 @@ impl crate::runner::Fence for std::sync::Arc<Held> {
 
     fn valid(&self) -> bool {
         Held::valid(self)
+    }
+
+    fn settled(&self) -> bool {
+        Held::settled(self)
     }
 }
 
