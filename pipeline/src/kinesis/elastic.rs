@@ -30,6 +30,8 @@ use crate::error::Context;
 struct Running {
     lease: Arc<Held>,
     stop: tokio::sync::watch::Sender<bool>,
+    /// Its task: a runner that panicked is found by it (its key went down with it).
+    task: tokio::task::Id,
 }
 
 /// The row identity (and runner name) of a lineage: `kinesis-<root shard>-<lineage id>`.
@@ -75,7 +77,11 @@ pub async fn run(worker: Worker, stop: service::Stop) -> crate::Result<()> {
         tokio::select! {
             _ = shutdown.wait_for(|s| *s) => break,
             Some(ended) = tasks.join_next() => {
-                let (key, result) = ended.unwrap_or_else(|e| (String::new(), Err(crate::Error::msg(format!("lineage runner: {e}")))));
+                let (key, result) = ended.unwrap_or_else(|e| {
+                    // Its lease is left to the next round, which starts the lineage again.
+                    let key = running.iter().find(|(_, r)| r.task == e.id()).map(|(k, _)| k.clone()).unwrap_or_default();
+                    (key, Err(crate::Error::msg(format!("lineage runner: {e}"))))
+                });
                 match result {
                     Ok(()) => tracing::info!(lease = %key, "pipeline: lineage runner stopped"),
                     Err(e) => tracing::warn!(lease = %key, error = format!("{e:#}"), "pipeline: lineage runner ended"),
@@ -191,20 +197,25 @@ async fn coordinate(
         tracing::info!(lease = %key, previous_owner = ?previous, epoch = lease.checkpoint, "pipeline: lease taken");
         let held = Arc::new(Held::new(leases.clone(), lease, sent, timeout));
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        running.insert(key.clone(), Running { lease: held.clone(), stop: stop_tx });
         let name = lineage_name(&key, &lineage);
         let source = KinesisSource::for_lineage(client.clone(), stream.to_owned(), key.clone(), name.clone());
         let shared = crate::runner::Shared {
-            fence: held,
+            fence: held.clone(),
             history: spawn.dataset.join(&format!("_pipeline/{name}")),
             snapshot_every: spawn.snapshot_every,
         };
         let (data_dir, dataset, config, clickhouse, status) =
             (spawn.data_dir.to_owned(), spawn.dataset.clone(), spawn.config.clone(), spawn.clickhouse.clone(), spawn.status.clone());
-        tasks.spawn(async move {
-            let result = crate::runner::run_with(source, data_dir, dataset, config, clickhouse, status, stop_rx, Some(shared)).await;
-            (key, result)
-        });
+        let task = tasks
+            .spawn({
+                let key = key.clone();
+                async move {
+                    let result = crate::runner::run_with(source, data_dir, dataset, config, clickhouse, status, stop_rx, Some(shared)).await;
+                    (key, result)
+                }
+            })
+            .id();
+        running.insert(key, Running { lease: held, stop: stop_tx, task });
     }
     Ok(())
 }
