@@ -216,7 +216,8 @@ impl ParquetSink {
         // A file published before the crash may have been merged by a compaction since (the committed
         // epoch's files are compacted before the next commit): a merged file of its partition covers it.
         if !unpublished.is_empty() {
-            let keys = by_dir.values().flatten().map(|f| f.key.as_str()).chain(unpublished.iter().map(|(k, _)| *k));
+            // Only files that stay: those of later epochs are deleted below.
+            let keys = by_dir.values().flatten().filter(|f| f.last <= committed).map(|f| f.key.as_str()).chain(unpublished.iter().map(|(k, _)| *k));
             let covered = schemas::dataset::superseded(keys);
             if let Some((_, e)) = unpublished.into_iter().find(|(key, _)| !covered.contains(key)) {
                 return Err(e.into());
@@ -260,8 +261,10 @@ impl ParquetSink {
         self.compact_while(committed, policy, || true).await
     }
 
-    /// [`ParquetSink::compact`], asking `keep_going` before each merge (lease mode: whether the
-    /// lineage's lease is still fresh, so a worker that lost it stops merging files it no longer owns).
+    /// [`ParquetSink::compact`], asking `keep_going` before each merge and again, under the dataset's
+    /// lock, before a merged file replaces its inputs (lease mode: whether the lineage's lease is still
+    /// fresh, so a worker that lost it stops merging files it no longer owns). A pass stopped there
+    /// leaves its staged output unpublished.
     pub async fn compact_while(
         &self,
         committed: u64,
@@ -335,10 +338,10 @@ impl ParquetSink {
         .await??;
         if let (Some((bytes, _)), Some(twin)) = (rolled, rollup_twin(&file.key)) {
             let staged = self.dataset.stage(&twin, bytes).await?;
+            let _swap = DATASET_LOCK.write().await;
             if !keep_going() {
                 return Ok(false);
             }
-            let _swap = DATASET_LOCK.write().await;
             self.publish(&[staged]).await?;
         }
         Ok(true)
@@ -403,10 +406,10 @@ impl ParquetSink {
             staged.push(self.dataset.stage(&twin, bytes).await?);
         }
         // Merging takes a while: a lease may have lapsed, or been taken over, since the pass began.
+        let _swap = DATASET_LOCK.write().await;
         if !keep_going() {
             return Ok(None);
         }
-        let _swap = DATASET_LOCK.write().await;
         self.publish(&staged).await?;
         for file in files {
             self.dataset.delete(&file.key).await?;

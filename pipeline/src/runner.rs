@@ -145,6 +145,10 @@ pub trait Fence: Send + Sync {
     fn commit(&self, epoch: u64, checkpoint: &str) -> impl Future<Output = crate::Result<bool>> + Send;
     /// Whether this runner may still write (its lease cannot have expired on another worker's clock).
     fn valid(&self) -> bool;
+    /// Confirms with the lease table that this runner still holds the lease (a conditional renewal):
+    /// false when another worker took it, even one that stole it for balance while [`Fence::valid`]
+    /// still holds on this runner's clock. Asked before recovery deletes files.
+    fn confirm(&self) -> impl Future<Output = crate::Result<bool>> + Send;
     /// Whether the lineage's previous holder can no longer be writing (a lease: a timeout after it was
     /// taken): until then this runner does not compact, so two workers never merge the same files into
     /// overlapping ranges.
@@ -162,6 +166,9 @@ impl Fence for NoFence {
         match *self {}
     }
     fn valid(&self) -> bool {
+        match *self {}
+    }
+    async fn confirm(&self) -> crate::Result<bool> {
         match *self {}
     }
     fn settled(&self) -> bool {
@@ -727,6 +734,15 @@ async fn run_from_checkpoint<S: Source, F: Fence>(
     }
     // An epoch started but not committed is replayed over exactly its recorded range.
     let mut replay = intents.get::<S::Position>(epoch + 1).await?.filter(|i| i.from == position);
+    // Recovery deletes this source's files of epochs after the checkpoint as this runner knows it. A
+    // runner starting again after an error may have lost its lease meanwhile, and the new holder's
+    // published epochs are past that checkpoint: it confirms it still holds the lease first.
+    if let Some(shared) = ctx.shared {
+        may_write()?;
+        if !shared.fence.confirm().await? {
+            return Err(fenced(name, "another worker holds the lease; recovering nothing"));
+        }
+    }
     let removed = sink.recover(epoch, &to_publish).await.context("recovering the Parquet dataset")?;
     if removed > 0 {
         tracing::info!(removed, epoch, "pipeline: removed files of an unfinished epoch; replaying it");
@@ -1000,4 +1016,69 @@ fn log_progress(epoch: u64, stats: &Stats, open_views: usize, late_dropped_logge
         open_views,
         "pipeline epoch committed"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A source with nothing to read.
+    struct Empty;
+
+    impl Source for Empty {
+        type Position = u64;
+        fn name(&self) -> String {
+            "kinesis-shardId-000000000000-stolen".into()
+        }
+        async fn seek(&mut self, _: &u64) -> crate::Result<()> {
+            Ok(())
+        }
+        async fn next(&mut self, _: usize, _: usize) -> crate::Result<Batch<u64>> {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            Ok(Batch { records: Vec::new(), to: 0, caught_up: Vec::new(), behind: false, behind_ms: None, lags: Vec::new() })
+        }
+        async fn next_until(&mut self, _: &u64) -> crate::Result<Vec<SourceRecord>> {
+            Ok(Vec::new())
+        }
+        async fn committed(&mut self, _: &u64) {}
+    }
+
+    /// A lease another worker stole for balance: still fresh on this runner's clock (it has not
+    /// renewed since), refused by the table.
+    struct Stolen;
+
+    impl Fence for Stolen {
+        async fn committed(&self) -> Option<String> {
+            None
+        }
+        async fn commit(&self, _: u64, _: &str) -> crate::Result<bool> {
+            Ok(false)
+        }
+        fn valid(&self) -> bool {
+            true
+        }
+        async fn confirm(&self) -> crate::Result<bool> {
+            Ok(false)
+        }
+        fn settled(&self) -> bool {
+            false
+        }
+    }
+
+    #[tokio::test]
+    async fn a_runner_whose_lease_was_stolen_deletes_none_of_the_new_holders_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let dataset = objstore::Location::local(dir.path().join("dataset"));
+        let name = Empty.name();
+        // The new holder already published epoch 5: past the checkpoint this runner knows (none yet).
+        let key = format!("views/dt=2026-12-06/hour=07/{}", schemas::dataset::file_name(&name, 5));
+        dataset.put(&key, Bytes::from_static(b"PAR1")).await.unwrap();
+        let shared = Shared { fence: Stolen, history: dataset.join(&format!("_pipeline/{name}")), snapshot_every: Duration::from_secs(3600) };
+        let status = Arc::new(PipelineStatus::new(&prometheus::Registry::new(), 60_000, 60_000));
+        let (_stop, stop_rx) = tokio::sync::watch::channel(false);
+        let run = run_with(Empty, dir.path().join("data"), dataset.clone(), PipelineConfig::default(), ClickHouseConfig::default(), status, stop_rx, Some(shared));
+        let result = tokio::time::timeout(Duration::from_secs(10), run).await.expect("the runner stops by itself");
+        assert!(result.as_ref().is_err_and(|e| e.is_fenced()), "{result:?}");
+        assert!(dataset.get(&key).await.unwrap().is_some(), "the new holder's file is still there");
+    }
 }

@@ -334,6 +334,10 @@ impl crate::runner::Fence for std::sync::Arc<Held> {
         Held::valid(self)
     }
 
+    async fn confirm(&self) -> crate::Result<bool> {
+        self.renew().await
+    }
+
     fn settled(&self) -> bool {
         Held::settled(self)
     }
