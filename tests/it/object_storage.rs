@@ -160,7 +160,7 @@ async fn a_dataset_on_s3_is_exact_through_a_crash_compacts_and_reads_the_same_in
     let ours = &query_s3(&moto, sql)[0];
     let ours = format!("{}|{}|{}", ours["views"], ours["play_ms"], ours["events"]);
     let duck = r#"
-import sys, duckdb, s3fs
+import os, sys, duckdb, s3fs
 fs = s3fs.S3FileSystem(key="test", secret="test", endpoint_url=sys.argv[1])
 con = duckdb.connect()
 con.execute("SET enable_progress_bar = false")  # a query past 2 s draws a progress bar on stdout
@@ -177,22 +177,16 @@ con.close()
 # exception", seen once in CI): the answer is out, skip the teardown.
 os._exit(0)
 "#;
-    let duck = format!("import os\n{duck}");
     // Up to three runs when DuckDB dies without an answer (the crash above, in the bridge, not in the
     // files); any answer it gives is compared below.
-    let mut out = None;
-    for _ in 0..3 {
-        let run = std::process::Command::new("python3")
-            .args(["-c", &duck, &moto.endpoint(), DATASET])
-            .output()
-            .expect("python3");
-        let answered = run.status.success() || !String::from_utf8_lossy(&run.stdout).trim().is_empty();
-        out = Some(run);
-        if answered {
+    let run = || std::process::Command::new("python3").args(["-c", duck, &moto.endpoint(), DATASET]).output().expect("python3");
+    let mut out = run();
+    for _ in 1..3 {
+        if out.status.success() || !String::from_utf8_lossy(&out.stdout).trim().is_empty() {
             break;
         }
+        out = run();
     }
-    let out = out.expect("one run");
     assert!(
         !String::from_utf8_lossy(&out.stdout).trim().is_empty(),
         "DuckDB over s3fs failed three times: {}",
