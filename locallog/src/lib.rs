@@ -12,8 +12,15 @@
 //! fsync per request. The durable end offset is published on a watch channel; in-process readers never
 //! read past it, so they never see a record that a crash could still take back.
 //!
-//! Recovery at open scans the last segment and truncates it at the first frame that is incomplete, fails
-//! its checksum or breaks the offset sequence (a torn tail from a crash mid-write: never acknowledged).
+//! The active segment is kept 1 MiB longer than its records, in zeros: a group's `fdatasync` then
+//! flushes data only, not a new file length (97 against 174 µs on the benchmark machine's disk). An
+//! all-zero header is no frame (the one frame it could describe, an empty payload at offset 0, has a
+//! checksum that is not zero), so readers and recovery take it for the end of the records, like the end
+//! of the file. A segment loses its zeros when a roll seals it, when the log closes, and at open.
+//!
+//! Recovery at open scans the last segment and truncates it where its zeros begin, or at the first frame
+//! that is incomplete, fails its checksum or breaks the offset sequence (a torn tail from a crash
+//! mid-write: never acknowledged).
 //! Earlier segments were fsynced before the log rolled past them; readers still verify every checksum and
 //! report corruption instead of returning bad data.
 //!

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 
-use super::writer::read_full;
+use super::writer::{is_unwritten, read_full};
 use super::{HEADER_LEN, LogError, MAX_RECORD_BYTES, checksum, list_segments};
 
 /// One record read back from the log.
@@ -144,7 +144,8 @@ impl LogReader {
         };
         let mut header = [0u8; HEADER_LEN];
         let n = read_full(&mut seg.reader, &mut header)?;
-        if n < HEADER_LEN {
+        // The end of the records: the end of the file, or the zeros the writer wrote ahead of them.
+        if n < HEADER_LEN || is_unwritten(&header) {
             seg.reader.seek(SeekFrom::Start(seg.position))?;
             return Ok(Frame::End);
         }

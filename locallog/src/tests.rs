@@ -1,9 +1,12 @@
-use std::io::Write;
-
 use super::*;
 
 fn rec(i: u64) -> Bytes {
     Bytes::from(format!("record-{i}-{}", "x".repeat((i % 50) as usize)))
+}
+
+/// The length of a segment's valid records (zeros written ahead of them and anything torn excluded).
+fn records_len(path: &Path, base: u64) -> u64 {
+    writer::scan_valid_prefix(&std::fs::File::open(path).expect("open segment"), base).expect("scan").1
 }
 
 fn read_all(dir: &Path, from: u64) -> Vec<LogEntry> {
@@ -80,14 +83,16 @@ async fn recovery_truncates_a_torn_tail_and_continues_numbering() {
             log.append(vec![rec(i)]).await.expect("append");
         }
     }
-    let (_, path) = list_segments(tmp.path()).expect("list").pop().expect("segment");
-    let good_len = std::fs::metadata(&path).expect("meta").len();
-    // A crash mid-write: a header promising 100 bytes and half of them.
-    let mut f = std::fs::OpenOptions::new().append(true).open(&path).expect("open seg");
-    f.write_all(&100u32.to_le_bytes()).expect("w");
-    f.write_all(&[0u8; 4]).expect("w");
-    f.write_all(&10u64.to_le_bytes()).expect("w");
-    f.write_all(&[7u8; 50]).expect("w");
+    let (base, path) = list_segments(tmp.path()).expect("list").pop().expect("segment");
+    let good_len = records_len(&path, base);
+    // A crash mid-write: a header promising 100 bytes and half of them, after the last record.
+    let mut torn = Vec::new();
+    torn.extend_from_slice(&100u32.to_le_bytes());
+    torn.extend_from_slice(&[0u8; 4]);
+    torn.extend_from_slice(&10u64.to_le_bytes());
+    torn.extend_from_slice(&[7u8; 50]);
+    let f = std::fs::OpenOptions::new().write(true).open(&path).expect("open seg");
+    std::os::unix::fs::FileExt::write_all_at(&f, &torn, good_len).expect("w");
     drop(f);
     let log = LocalLog::open(LogConfig::new(tmp.path())).expect("reopen");
     assert_eq!(log.durable_end(), 10);
@@ -105,9 +110,9 @@ async fn recovery_drops_a_tail_frame_with_a_bad_checksum() {
         let log = LocalLog::open(LogConfig::new(tmp.path())).expect("open");
         log.append(vec![rec(0), rec(1), rec(2)]).await.expect("append");
     }
-    let (_, path) = list_segments(tmp.path()).expect("list").pop().expect("segment");
+    let (base, path) = list_segments(tmp.path()).expect("list").pop().expect("segment");
     let mut bytes = std::fs::read(&path).expect("read");
-    let last = bytes.len() - 1;
+    let last = records_len(&path, base) as usize - 1;
     bytes[last] ^= 0xff;
     std::fs::write(&path, &bytes).expect("write");
     let log = LocalLog::open(LogConfig::new(tmp.path())).expect("reopen");
@@ -199,4 +204,44 @@ async fn concurrent_appenders_wait_to_share_fsyncs_and_a_lone_one_never_waits() 
     assert_eq!(log.appends(), 3 + TASKS * ROUNDS);
     assert!(fsyncs <= 12, "{} appends out of step took {fsyncs} fsyncs: the writer did not wait for them", TASKS * ROUNDS);
     assert_eq!(read_all(tmp.path(), 0).len(), (3 + TASKS * ROUNDS) as usize);
+}
+
+#[tokio::test]
+async fn zeros_written_ahead_are_never_records_and_no_segment_keeps_them_once_sealed() {
+    // An all-zero header cannot be a frame: the only frame at offset 0 with an empty payload has a
+    // checksum that is not zero.
+    assert_ne!(checksum(0, &[]), 0);
+    let tmp = tempfile::tempdir().expect("tmp");
+    let log = LocalLog::open(LogConfig::new(tmp.path())).expect("open");
+    log.append(vec![rec(0), rec(1), rec(2)]).await.expect("append");
+    let (base, path) = list_segments(tmp.path()).expect("list").pop().expect("segment");
+    let records = records_len(&path, base);
+    // The group's fsync found the file already long enough for the next groups.
+    assert_eq!(std::fs::metadata(&path).expect("meta").len(), records + writer::ZERO_AHEAD);
+    // Readers stop where the records end, whether bounded by the durable end or reading all that is whole.
+    assert_eq!(read_all(tmp.path(), 0).len(), 3);
+    assert_eq!(log.reader(0).expect("reader").read_batch(100, log.durable_end()).expect("read").len(), 3);
+    assert_eq!(read_all(tmp.path(), 3).len(), 0);
+    assert!(matches!(LogReader::open(tmp.path(), 4), Err(LogError::OffsetBeyondEnd { requested: 4, end: 3 })));
+    // A reader waiting at the end gets the next records written over the zeros it may have read ahead.
+    let mut tail = log.reader(3).expect("reader");
+    assert!(tail.read_batch(100, u64::MAX).expect("read").is_empty());
+    log.append(vec![rec(3)]).await.expect("append");
+    assert_eq!(tail.read_batch(100, log.durable_end()).expect("read")[0].data, rec(3));
+    drop((log, tail));
+
+    // Reopened: zeros are cut off as no loss (at close, or at open after a crash) and the numbering goes on.
+    let log = LocalLog::open(LogConfig { segment_bytes: 400, ..LogConfig::new(tmp.path()) }).expect("reopen");
+    assert_eq!(log.durable_end(), 4);
+    for i in 4..40 {
+        log.append(vec![rec(i)]).await.expect("append");
+    }
+    let segments = list_segments(tmp.path()).expect("list");
+    assert!(segments.len() > 3, "small segments roll");
+    // Every sealed segment ends with its last record.
+    for (base, path) in &segments[..segments.len() - 1] {
+        assert_eq!(std::fs::metadata(path).expect("meta").len(), records_len(path, *base), "{} keeps zeros", path.display());
+    }
+    let all = read_all(tmp.path(), 0);
+    assert_eq!(all.iter().map(|e| e.data.clone()).collect::<Vec<_>>(), (0..40).map(rec).collect::<Vec<_>>());
 }

@@ -716,7 +716,10 @@ async fn recovery_a_reader_never_returns_rolled_back_bytes_after_a_write_error()
     frame.extend_from_slice(&crc.finalize().to_le_bytes());
     frame.extend_from_slice(&2u64.to_le_bytes());
     frame.extend_from_slice(payload);
-    std::fs::OpenOptions::new().append(true).open(&segment).expect("open").write_all(&frame).expect("write");
+    // Right after the two durable frames (16-byte headers), over whatever the writer left there.
+    let durable_len = 2 * (16 + b"acked-0".len()) as u64;
+    let file = std::fs::OpenOptions::new().write(true).open(&segment).expect("open");
+    std::os::unix::fs::FileExt::write_all_at(&file, &frame, durable_len).expect("write");
     let first = reader.read_batch(100, log.durable_end()).expect("read");
     assert_eq!(first.len(), 2);
     // A reader opened now, skipping to the durable end, has read the rolled-back frame ahead too.
