@@ -16,7 +16,11 @@
 //! flushes data only, not a new file length (97 against 174 µs on the benchmark machine's disk). An
 //! all-zero header is no frame (the one frame it could describe, an empty payload at offset 0, has a
 //! checksum that is not zero), so readers and recovery take it for the end of the records, like the end
-//! of the file. A segment loses its zeros when a roll seals it, when the log closes, and at open.
+//! of the file. A segment loses its zeros when a roll seals it, and at the next open. A reader of
+//! everything whole on disk (`upto = u64::MAX`, as after a restart or from another process) stops in the
+//! last segment at the first frame that is not whole, as recovery would cut it: past the end of a file
+//! a torn frame was cut short, over zeros it reads as a bad checksum. Anywhere else a bad frame is
+//! corruption, and so are records missing before a later segment.
 //!
 //! Recovery at open scans the last segment and truncates it where its zeros begin, or at the first frame
 //! that is incomplete, fails its checksum or breaks the offset sequence (a torn tail from a crash

@@ -99,7 +99,18 @@ impl LogReader {
             if self.segment.is_none() && !self.advance_segment()? {
                 break;
             }
-            match self.read_frame(false)? {
+            let frame = match self.read_frame(false) {
+                // Reading all that is whole: the last segment's records end at its first bad frame (one
+                // being written, or torn by a crash, over the zeros ahead), as recovery would cut it.
+                Err(LogError::Corrupt { .. }) if upto == u64::MAX && self.in_last_segment()? => {
+                    if let Some(seg) = self.segment.as_mut() {
+                        seg.reader.seek(SeekFrom::Start(seg.position))?;
+                    }
+                    break;
+                }
+                frame => frame?,
+            };
+            match frame {
                 Frame::Entry(e) => {
                     bytes = bytes.saturating_add(e.data.len());
                     out.push(e)
@@ -114,12 +125,28 @@ impl LogReader {
                                 problem: "durable records are missing",
                             });
                         }
+                        // A segment's records end (at its file's end, or where zeros begin) only where
+                        // the next segment begins, if there is one.
+                        if list_segments(&self.dir)?.iter().any(|(base, _)| *base > self.next_offset) {
+                            let path = self.segment.as_ref().map(|s| s.path.clone()).unwrap_or_default();
+                            return Err(LogError::Corrupt {
+                                segment: path,
+                                position: self.segment.as_ref().map_or(0, |s| s.position),
+                                problem: "records are missing before a later segment",
+                            });
+                        }
                         break;
                     }
                 }
             }
         }
         Ok(out)
+    }
+
+    /// Whether the open segment is the log's last.
+    fn in_last_segment(&self) -> Result<bool, LogError> {
+        let Some(seg) = self.segment.as_ref() else { return Ok(false) };
+        Ok(list_segments(&self.dir)?.last().is_some_and(|(_, path)| *path == seg.path))
     }
 
     /// Moves to the segment starting at `next_offset`, if there is one.

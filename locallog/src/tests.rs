@@ -230,7 +230,7 @@ async fn zeros_written_ahead_are_never_records_and_no_segment_keeps_them_once_se
     assert_eq!(tail.read_batch(100, log.durable_end()).expect("read")[0].data, rec(3));
     drop((log, tail));
 
-    // Reopened: zeros are cut off as no loss (at close, or at open after a crash) and the numbering goes on.
+    // Reopened: the zeros are cut off as no loss and the numbering goes on.
     let log = LocalLog::open(LogConfig { segment_bytes: 400, ..LogConfig::new(tmp.path()) }).expect("reopen");
     assert_eq!(log.durable_end(), 4);
     for i in 4..40 {
@@ -244,4 +244,44 @@ async fn zeros_written_ahead_are_never_records_and_no_segment_keeps_them_once_se
     }
     let all = read_all(tmp.path(), 0);
     assert_eq!(all.iter().map(|e| e.data.clone()).collect::<Vec<_>>(), (0..40).map(rec).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn a_frame_cut_short_over_the_zeros_ends_what_is_whole_and_zeros_in_a_sealed_segment_are_corruption() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let log = LocalLog::open(LogConfig { segment_bytes: 300, ..LogConfig::new(tmp.path()) }).expect("open");
+    for i in 0..30 {
+        log.append(vec![rec(i)]).await.expect("append");
+    }
+    let segments = list_segments(tmp.path()).expect("list");
+    assert!(segments.len() >= 3, "small segments roll");
+    let (last_base, last) = segments.last().expect("segment").clone();
+    let whole = read_all(tmp.path(), 0).len() as u64;
+    assert_eq!(whole, 30);
+
+    // A frame being written (or torn by a crash) after the last record: its header and half its payload,
+    // then the zeros written ahead. A reader of all that is whole stops before it, as recovery would.
+    let mut torn = Vec::new();
+    torn.extend_from_slice(&100u32.to_le_bytes());
+    torn.extend_from_slice(&checksum(30, &[7u8; 100]).to_le_bytes());
+    torn.extend_from_slice(&30u64.to_le_bytes());
+    torn.extend_from_slice(&[7u8; 50]);
+    let f = std::fs::OpenOptions::new().write(true).open(&last).expect("open seg");
+    std::os::unix::fs::FileExt::write_all_at(&f, &torn, records_len(&last, last_base)).expect("w");
+    assert_eq!(read_all(tmp.path(), 0).len() as u64, whole, "a frame cut short was read as corruption or as a record");
+
+    // Zeros where a sealed segment's last frame was (a lost sector): records are missing before the next
+    // segment, and that is corruption, not the end of the log.
+    let (first_base, first) = &segments[0];
+    let bytes = std::fs::read(first).expect("read");
+    let mut at = 0usize;
+    let mut last_frame = 0usize;
+    while at < records_len(first, *first_base) as usize {
+        last_frame = at;
+        at += HEADER_LEN + u32::from_le_bytes(bytes[at..at + 4].try_into().expect("len")) as usize;
+    }
+    let f = std::fs::OpenOptions::new().write(true).open(first).expect("open seg");
+    std::os::unix::fs::FileExt::write_all_at(&f, &[0u8; HEADER_LEN], last_frame as u64).expect("w");
+    let err = LogReader::open(tmp.path(), 0).expect("reader").read_batch(usize::MAX, u64::MAX).unwrap_err();
+    assert!(matches!(err, LogError::Corrupt { problem: "records are missing before a later segment", .. }), "{err}");
 }

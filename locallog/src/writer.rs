@@ -147,11 +147,9 @@ impl Writer {
                 let _ = reply.send(self.retain(from));
             }
         }
-        // Every sender is gone: everything acknowledged is already synced. Leave the segment as long as
-        // its records (a failure here costs nothing: the next open cuts the zeros off too).
-        if self.zeroed_to > self.active_len && self.broken.is_none() {
-            let _ = self.active.set_len(self.active_len).and_then(|()| self.active.sync_all());
-        }
+        // Every sender is gone: everything acknowledged is already synced. The zeros stay (the next open
+        // cuts them off): once the handles are gone the directory's lock is free, and another open of the
+        // log may already be writing this file.
     }
 
     /// Writes and fsyncs one group; returns the first offset. On error nothing of the group is durable.
@@ -227,6 +225,7 @@ impl Writer {
     fn roll(&mut self) -> Result<(), LogError> {
         // A sealed segment ends with its last record: readers and retention never meet its zeros.
         self.active.set_len(self.active_len)?;
+        self.zeroed_to = self.active_len;
         self.sync(File::sync_all)?;
         let path = self.dir.join(segment_name(self.next_offset));
         let file = OpenOptions::new().read(true).write(true).create_new(true).open(&path)?;
