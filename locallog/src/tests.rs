@@ -285,3 +285,17 @@ async fn a_frame_cut_short_over_the_zeros_ends_what_is_whole_and_zeros_in_a_seal
     let err = LogReader::open(tmp.path(), 0).expect("reader").read_batch(usize::MAX, u64::MAX).unwrap_err();
     assert!(matches!(err, LogError::Corrupt { problem: "records are missing before a later segment", .. }), "{err}");
 }
+
+#[tokio::test]
+async fn a_roll_that_failed_after_creating_the_next_segment_does_not_fail_again_on_it() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let log = LocalLog::open(LogConfig { segment_bytes: 100, ..LogConfig::new(tmp.path()) }).expect("open");
+    log.append(vec![rec(0), rec(1), rec(2)]).await.expect("append");
+    // What a roll leaves when it fails after creating the next segment (its fsync, or the directory's):
+    // an empty file named for the next offset.
+    std::fs::File::create(tmp.path().join(segment_name(log.durable_end()))).expect("leftover");
+    assert_eq!(log.append(vec![rec(3)]).await.expect("the roll reuses the file"), 3..4);
+    log.append(vec![rec(4)]).await.expect("append");
+    let all = read_all(tmp.path(), 0);
+    assert_eq!(all.iter().map(|e| e.data.clone()).collect::<Vec<_>>(), (0..5).map(rec).collect::<Vec<_>>());
+}

@@ -228,10 +228,16 @@ impl Writer {
         self.zeroed_to = self.active_len;
         self.sync(File::sync_all)?;
         let path = self.dir.join(segment_name(self.next_offset));
-        let file = OpenOptions::new().read(true).write(true).create_new(true).open(&path)?;
+        // A file of that name can only be left by a roll that failed after creating it: nothing was
+        // written to it, and a roll that fails once must not fail forever on it.
+        let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path)?;
         self.stats.fsyncs.fetch_add(2, Ordering::Relaxed);
-        file.sync_all()?;
-        fsync_dir(&self.dir)?;
+        if let Err(e) = file.sync_all().and_then(|()| fsync_dir(&self.dir)) {
+            // Nor must it stay behind, named for an offset that the next groups may still write to this
+            // segment (if they fit): readers and retention would take it for where this segment ends.
+            let _ = std::fs::remove_file(&path);
+            return Err(e.into());
+        }
         self.active = file;
         self.active_base = self.next_offset;
         self.active_len = 0;
