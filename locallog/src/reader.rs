@@ -118,22 +118,12 @@ impl LogReader {
                 Frame::End => {
                     if !self.advance_segment()? {
                         if upto != u64::MAX {
-                            let path = self.segment.as_ref().map(|s| s.path.clone()).unwrap_or_default();
-                            return Err(LogError::Corrupt {
-                                segment: path,
-                                position: self.segment.as_ref().map_or(0, |s| s.position),
-                                problem: "durable records are missing",
-                            });
+                            return Err(self.corrupt_here("durable records are missing"));
                         }
                         // A segment's records end (at its file's end, or where zeros begin) only where
                         // the next segment begins, if there is one.
                         if list_segments(&self.dir)?.iter().any(|(base, _)| *base > self.next_offset) {
-                            let path = self.segment.as_ref().map(|s| s.path.clone()).unwrap_or_default();
-                            return Err(LogError::Corrupt {
-                                segment: path,
-                                position: self.segment.as_ref().map_or(0, |s| s.position),
-                                problem: "records are missing before a later segment",
-                            });
+                            return Err(self.corrupt_here("records are missing before a later segment"));
                         }
                         break;
                     }
@@ -141,6 +131,15 @@ impl LogReader {
             }
         }
         Ok(out)
+    }
+
+    /// Corruption at the open segment's position.
+    fn corrupt_here(&self, problem: &'static str) -> LogError {
+        LogError::Corrupt {
+            segment: self.segment.as_ref().map(|s| s.path.clone()).unwrap_or_default(),
+            position: self.segment.as_ref().map_or(0, |s| s.position),
+            problem,
+        }
     }
 
     /// Whether the open segment is the log's last.

@@ -9,6 +9,23 @@ fn records_len(path: &Path, base: u64) -> u64 {
     writer::scan_valid_prefix(&std::fs::File::open(path).expect("open segment"), base).expect("scan").1
 }
 
+/// A frame for `offset` promising 100 bytes of payload with checksum `crc`, and only half of them: what a
+/// crash mid-write leaves.
+fn torn_frame(offset: u64, crc: u32) -> Vec<u8> {
+    let mut torn = Vec::new();
+    torn.extend_from_slice(&100u32.to_le_bytes());
+    torn.extend_from_slice(&crc.to_le_bytes());
+    torn.extend_from_slice(&offset.to_le_bytes());
+    torn.extend_from_slice(&[7u8; 50]);
+    torn
+}
+
+/// Writes `bytes` into a segment at `at`, over whatever is there.
+fn write_at(path: &Path, bytes: &[u8], at: u64) {
+    let f = std::fs::OpenOptions::new().write(true).open(path).expect("open segment");
+    std::os::unix::fs::FileExt::write_all_at(&f, bytes, at).expect("write");
+}
+
 fn read_all(dir: &Path, from: u64) -> Vec<LogEntry> {
     LogReader::open(dir, from).expect("reader").read_batch(usize::MAX, u64::MAX).expect("read")
 }
@@ -86,14 +103,7 @@ async fn recovery_truncates_a_torn_tail_and_continues_numbering() {
     let (base, path) = list_segments(tmp.path()).expect("list").pop().expect("segment");
     let good_len = records_len(&path, base);
     // A crash mid-write: a header promising 100 bytes and half of them, after the last record.
-    let mut torn = Vec::new();
-    torn.extend_from_slice(&100u32.to_le_bytes());
-    torn.extend_from_slice(&[0u8; 4]);
-    torn.extend_from_slice(&10u64.to_le_bytes());
-    torn.extend_from_slice(&[7u8; 50]);
-    let f = std::fs::OpenOptions::new().write(true).open(&path).expect("open seg");
-    std::os::unix::fs::FileExt::write_all_at(&f, &torn, good_len).expect("w");
-    drop(f);
+    write_at(&path, &torn_frame(10, 0), good_len);
     let log = LocalLog::open(LogConfig::new(tmp.path())).expect("reopen");
     assert_eq!(log.durable_end(), 10);
     assert_eq!(std::fs::metadata(&path).expect("meta").len(), good_len);
@@ -261,27 +271,21 @@ async fn a_frame_cut_short_over_the_zeros_ends_what_is_whole_and_zeros_in_a_seal
 
     // A frame being written (or torn by a crash) after the last record: its header and half its payload,
     // then the zeros written ahead. A reader of all that is whole stops before it, as recovery would.
-    let mut torn = Vec::new();
-    torn.extend_from_slice(&100u32.to_le_bytes());
-    torn.extend_from_slice(&checksum(30, &[7u8; 100]).to_le_bytes());
-    torn.extend_from_slice(&30u64.to_le_bytes());
-    torn.extend_from_slice(&[7u8; 50]);
-    let f = std::fs::OpenOptions::new().write(true).open(&last).expect("open seg");
-    std::os::unix::fs::FileExt::write_all_at(&f, &torn, records_len(&last, last_base)).expect("w");
+    write_at(&last, &torn_frame(30, checksum(30, &[7u8; 100])), records_len(&last, last_base));
     assert_eq!(read_all(tmp.path(), 0).len() as u64, whole, "a frame cut short was read as corruption or as a record");
 
     // Zeros where a sealed segment's last frame was (a lost sector): records are missing before the next
     // segment, and that is corruption, not the end of the log.
     let (first_base, first) = &segments[0];
     let bytes = std::fs::read(first).expect("read");
+    let records = records_len(first, *first_base) as usize;
     let mut at = 0usize;
     let mut last_frame = 0usize;
-    while at < records_len(first, *first_base) as usize {
+    while at < records {
         last_frame = at;
         at += HEADER_LEN + u32::from_le_bytes(bytes[at..at + 4].try_into().expect("len")) as usize;
     }
-    let f = std::fs::OpenOptions::new().write(true).open(first).expect("open seg");
-    std::os::unix::fs::FileExt::write_all_at(&f, &[0u8; HEADER_LEN], last_frame as u64).expect("w");
+    write_at(first, &[0u8; HEADER_LEN], last_frame as u64);
     let err = LogReader::open(tmp.path(), 0).expect("reader").read_batch(usize::MAX, u64::MAX).unwrap_err();
     assert!(matches!(err, LogError::Corrupt { problem: "records are missing before a later segment", .. }), "{err}");
 }
