@@ -59,7 +59,7 @@ pub struct LocalLogConfig {
     pub segment_bytes: u64,
     /// Under concurrent beacons (the last group commit held more than one), wait this many
     /// microseconds for more before the next write + fsync, so one fsync acknowledges more beacons.
-    /// 0: never wait. At most [`MAX_GROUP_COMMIT_WAIT_US`].
+    /// 0 (the default): never wait. At most [`MAX_GROUP_COMMIT_WAIT_US`].
     pub group_commit_wait_us: u64,
 }
 

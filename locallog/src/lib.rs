@@ -9,7 +9,9 @@
 //! Offsets are consecutive record numbers from 0. One writer thread owns the files and does **group
 //! commit**: it takes every append waiting in its queue, writes them with one `pwrite`, `fdatasync`s once
 //! and only then answers all of them, so an acknowledged record is on disk and throughput does not pay one
-//! fsync per request. The durable end offset is published on a watch channel; in-process readers never
+//! fsync per request. With its queue empty the writer yields the CPU for up to 100 µs, looking for the
+//! next append between yields, before it sleeps: a sleeping thread is woken late, on a virtual machine
+//! by an interrupt through the host (BENCHMARKS.md §22). The durable end offset is published on a watch channel; in-process readers never
 //! read past it, so they never see a record that a crash could still take back.
 //!
 //! The active segment is kept 1 MiB longer than its records, in zeros: a group's `fdatasync` then
@@ -95,8 +97,10 @@ pub fn lock_exclusive(path: &Path) -> Result<std::fs::File, LogError> {
 }
 
 /// How long the writer waits for more appends before a group commit, once groups have been shared
-/// (see [`LogConfig::group_commit_wait`]).
-pub const DEFAULT_GROUP_COMMIT_WAIT: Duration = Duration::from_micros(200);
+/// (see [`LogConfig::group_commit_wait`]): not at all. Since the writer yields the CPU for a moment
+/// before it sleeps on an empty queue, waiting made the collector slower or no faster on two cores, on
+/// one, and beside a busy loop (BENCHMARKS.md §22).
+pub const DEFAULT_GROUP_COMMIT_WAIT: Duration = Duration::ZERO;
 
 #[derive(Debug, Clone)]
 pub struct LogConfig {
@@ -114,8 +118,11 @@ impl LogConfig {
     }
 }
 
+/// Where an append's answer goes: the offsets its records got, or why they are not durable.
+pub(crate) type AppendReply = oneshot::Sender<Result<Range<u64>, LogError>>;
+
 pub(crate) enum Command {
-    Append { records: Vec<Bytes>, reply: oneshot::Sender<Result<Range<u64>, LogError>> },
+    Append { records: Vec<Bytes>, reply: AppendReply },
     Retain { from: u64, reply: oneshot::Sender<Result<usize, LogError>> },
 }
 
@@ -140,6 +147,8 @@ pub(crate) struct LogStats {
     pub(crate) fsyncs: AtomicU64,
     /// Appends the writer made durable.
     pub(crate) appends: AtomicU64,
+    /// Times the writer, its queue empty, stopped yielding and went to sleep.
+    pub(crate) sleeps: AtomicU64,
 }
 
 impl LocalLog {

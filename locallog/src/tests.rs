@@ -217,6 +217,24 @@ async fn concurrent_appenders_wait_to_share_fsyncs_and_a_lone_one_never_waits() 
 }
 
 #[tokio::test]
+async fn a_writer_with_nothing_to_write_stops_yielding_and_sleeps() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let log = LocalLog::open(LogConfig::new(tmp.path())).expect("open");
+    for i in 0..3 {
+        // However long the writer yields on an empty queue before it sleeps, it does sleep: an idle log
+        // takes no CPU. It slept before this append (its queue was empty) and again after answering it.
+        let sleeps = log.stats.sleeps.load(Ordering::Relaxed);
+        log.append(vec![rec(i)]).await.expect("append");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while log.stats.sleeps.load(Ordering::Relaxed) <= sleeps {
+            assert!(std::time::Instant::now() < deadline, "the writer never went to sleep after append {i}");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    assert_eq!(read_all(tmp.path(), 0).len(), 3);
+}
+
+#[tokio::test]
 async fn zeros_written_ahead_are_never_records_and_no_segment_keeps_them_once_sealed() {
     // An all-zero header cannot be a frame: the only frame at offset 0 with an empty payload has a
     // checksum that is not zero.

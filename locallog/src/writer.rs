@@ -2,18 +2,17 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::Read;
-use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 
 use super::{
-    Command, HEADER_LEN, LogConfig, LogError, LogStats, MAX_BATCH_BYTES, MAX_RECORD_BYTES, checksum, fsync_dir,
+    AppendReply, Command, HEADER_LEN, LogConfig, LogError, LogStats, MAX_BATCH_BYTES, MAX_RECORD_BYTES, checksum, fsync_dir,
     list_segments, segment_name,
 };
 
@@ -89,11 +88,11 @@ impl Writer {
     }
 
     pub(crate) fn run(mut self, mut rx: mpsc::Receiver<Command>, end: watch::Sender<u64>) {
-        let mut appends: Vec<(Vec<Bytes>, oneshot::Sender<Result<Range<u64>, LogError>>)> = Vec::new();
+        let mut appends: Vec<(Vec<Bytes>, AppendReply)> = Vec::new();
         // Appends in the last group: more than one means they arrive concurrently, and waiting
         // `group_commit_wait` for more spares fsyncs (each costs the kernel and the device a flush).
         let mut last_group = 0usize;
-        while let Some(first) = rx.blocking_recv() {
+        while let Some(first) = next_command(&mut rx, &self.stats) {
             let mut batch_bytes = 0usize;
             let mut retains = Vec::new();
             let mut next = Some(first);
@@ -153,7 +152,7 @@ impl Writer {
     }
 
     /// Writes and fsyncs one group; returns the first offset. On error nothing of the group is durable.
-    fn commit(&mut self, appends: &[(Vec<Bytes>, oneshot::Sender<Result<Range<u64>, LogError>>)]) -> Result<u64, LogError> {
+    fn commit(&mut self, appends: &[(Vec<Bytes>, AppendReply)]) -> Result<u64, LogError> {
         self.repair()?;
         let total: usize = appends.iter().flat_map(|(r, _)| r.iter()).map(|r| r.len() + HEADER_LEN).sum();
         if self.active_len > 0 && self.active_len + total as u64 > self.segment_bytes {
@@ -261,6 +260,38 @@ impl Writer {
             fsync_dir(&self.dir)?;
         }
         Ok(deleted)
+    }
+}
+
+/// How long the writer keeps looking for the next append before it sleeps, yielding the CPU between
+/// looks (see [`next_command`]).
+const YIELD_FOR: Duration = Duration::from_micros(100);
+/// A yield that takes longer than this gave the CPU to another thread: it is short.
+const SLOW_YIELD: Duration = Duration::from_micros(3);
+
+/// The next command, or `None` once every sender is gone. Under load the next append comes within
+/// microseconds of a group's answers, and a writer asleep by then is woken by a futex, on a virtual
+/// machine's idle core by an interrupt to the host: 100 µs and more (BENCHMARKS.md §22). So the writer
+/// first yields for up to [`YIELD_FOR`], looking between yields, and gives up early when the CPU is short
+/// (three yields that let another thread run), as RocksDB's write thread waits for its leader.
+fn next_command(rx: &mut mpsc::Receiver<Command>, stats: &LogStats) -> Option<Command> {
+    let start = Instant::now();
+    let mut slow_yields = 0;
+    loop {
+        match rx.try_recv() {
+            Ok(cmd) => return Some(cmd),
+            Err(mpsc::error::TryRecvError::Disconnected) => return None,
+            Err(mpsc::error::TryRecvError::Empty) => {}
+        }
+        if slow_yields >= 3 || start.elapsed() >= YIELD_FOR {
+            stats.sleeps.fetch_add(1, Ordering::Relaxed);
+            return rx.blocking_recv();
+        }
+        let yielded = Instant::now();
+        std::thread::yield_now();
+        if yielded.elapsed() > SLOW_YIELD {
+            slow_yields += 1;
+        }
     }
 }
 
