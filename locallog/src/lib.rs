@@ -11,8 +11,9 @@
 //! and only then answers all of them, so an acknowledged record is on disk and throughput does not pay one
 //! fsync per request. With its queue empty the writer yields the CPU for up to 100 µs, looking for the
 //! next append between yields, before it sleeps: a sleeping thread is woken late, on a virtual machine
-//! by an interrupt through the host (BENCHMARKS.md §22). The durable end offset is published on a watch channel; in-process readers never
-//! read past it, so they never see a record that a crash could still take back.
+//! by an interrupt through the host (BENCHMARKS.md §22). The durable end offset is published on a watch
+//! channel; in-process readers never read past it, so they never see a record that a crash could still
+//! take back.
 //!
 //! The active segment is kept 1 MiB longer than its records, in zeros: a group's `fdatasync` then
 //! flushes data only, not a new file length (97 against 174 µs on the benchmark machine's disk). An
@@ -98,8 +99,10 @@ pub fn lock_exclusive(path: &Path) -> Result<std::fs::File, LogError> {
 
 /// How long the writer waits for more appends before a group commit, once groups have been shared
 /// (see [`LogConfig::group_commit_wait`]): not at all. Since the writer yields the CPU for a moment
-/// before it sleeps on an empty queue, waiting made the collector slower or no faster on two cores, on
-/// one, and beside a busy loop (BENCHMARKS.md §22).
+/// before it sleeps on an empty queue, waiting 200 µs made the collector slower on two cores and on one,
+/// and no faster beside a busy loop (BENCHMARKS.md §22, measured on one kind of host: a VM whose idle
+/// cores halt, where waking a thread is slow). Groups are smaller without the wait (more `fdatasync`s
+/// a record); on a device whose flush is slow they grow by themselves, as appends queue during it.
 pub const DEFAULT_GROUP_COMMIT_WAIT: Duration = Duration::ZERO;
 
 #[derive(Debug, Clone)]
