@@ -30,6 +30,15 @@ fn read_all(dir: &Path, from: u64) -> Vec<LogEntry> {
     LogReader::open(dir, from).expect("reader").read_batch(usize::MAX, u64::MAX).expect("read")
 }
 
+/// A log in `dir` rolling at `segment_bytes`, holding `rec(0..records)`, each appended alone.
+async fn log_of(dir: &Path, segment_bytes: u64, records: u64) -> LocalLog {
+    let log = LocalLog::open(LogConfig { segment_bytes, ..LogConfig::new(dir) }).expect("open");
+    for i in 0..records {
+        log.append(vec![rec(i)]).await.expect("append");
+    }
+    log
+}
+
 #[tokio::test]
 async fn appends_are_numbered_and_read_back_across_segments() {
     let tmp = tempfile::tempdir().expect("tmp");
@@ -72,10 +81,7 @@ async fn appends_are_numbered_and_read_back_across_segments() {
 #[tokio::test]
 async fn retention_deletes_only_whole_segments_before_the_offset() {
     let tmp = tempfile::tempdir().expect("tmp");
-    let log = LocalLog::open(LogConfig { segment_bytes: 200, ..LogConfig::new(tmp.path()) }).expect("open");
-    for i in 0..60 {
-        log.append(vec![rec(i)]).await.expect("append");
-    }
+    let log = log_of(tmp.path(), 200, 60).await;
     let before = list_segments(tmp.path()).expect("list");
     let deleted = log.retain_from(30).await.expect("retain");
     assert!(deleted > 0);
@@ -133,10 +139,7 @@ async fn recovery_drops_a_tail_frame_with_a_bad_checksum() {
 #[tokio::test]
 async fn reader_reports_corruption_in_a_sealed_segment() {
     let tmp = tempfile::tempdir().expect("tmp");
-    let log = LocalLog::open(LogConfig { segment_bytes: 100, ..LogConfig::new(tmp.path()) }).expect("open");
-    for i in 0..20 {
-        log.append(vec![rec(i)]).await.expect("append");
-    }
+    let _log = log_of(tmp.path(), 100, 20).await;
     let (_, first) = list_segments(tmp.path()).expect("list").remove(0);
     let mut bytes = std::fs::read(&first).expect("read");
     bytes[HEADER_LEN + 2] ^= 0x01;
@@ -281,10 +284,7 @@ async fn zeros_written_ahead_are_never_records_and_no_segment_keeps_them_once_se
 #[tokio::test]
 async fn a_frame_cut_short_over_the_zeros_ends_what_is_whole_and_zeros_in_a_sealed_segment_are_corruption() {
     let tmp = tempfile::tempdir().expect("tmp");
-    let log = LocalLog::open(LogConfig { segment_bytes: 300, ..LogConfig::new(tmp.path()) }).expect("open");
-    for i in 0..30 {
-        log.append(vec![rec(i)]).await.expect("append");
-    }
+    let _log = log_of(tmp.path(), 300, 30).await;
     let segments = list_segments(tmp.path()).expect("list");
     assert!(segments.len() >= 3, "small segments roll");
     let (last_base, last) = segments.last().expect("segment").clone();
