@@ -196,6 +196,11 @@ mod tests {
             let c = Config::load(Some(Path::new("somewait.toml"))).map_err(|e| e.to_string())?;
             assert_eq!(c.local_log.log_config("d".into()).group_commit_wait, std::time::Duration::from_micros(50));
 
+            assert_eq!(c.pipeline.nice, pipeline::config::DEFAULT_NICE, "serve's pipeline runs below its collector by default");
+            jail.create_file("nice.toml", "[pipeline]\nnice = 20\n")?;
+            let err = format!("{:#}", Config::load(Some(Path::new("nice.toml"))).unwrap_err());
+            assert!(err.contains("pipeline.nice = 20"), "{err}");
+
             jail.set_env("QOEFLOW_CONFIG", "q.toml");
             assert!(Config::load(None).is_ok(), "QOEFLOW_CONFIG names the file, it is not a key");
             jail.set_env("QOEFLOW_LISTN", "1");

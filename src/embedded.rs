@@ -26,15 +26,8 @@ pub async fn run(config: Config, pipeline: bool, stop: Stop) -> anyhow::Result<(
             config.pipeline.clone(),
             config.clickhouse.clone(),
         );
-        Some(tokio::spawn(pipeline::local::run(
-            log,
-            data_dir,
-            config.dataset()?,
-            pcfg,
-            ch,
-            status,
-            stop.receiver(),
-        )))
+        let nice = pcfg.nice;
+        Some(on_own_thread(nice, pipeline::local::run(log, data_dir, config.dataset()?, pcfg, ch, status, stop.receiver()))?)
     } else {
         tracing::warn!("--no-pipeline: collector and local log only; nothing reads or trims the log");
         None
@@ -65,9 +58,43 @@ pub async fn run(config: Config, pipeline: bool, stop: Stop) -> anyhow::Result<(
         task.await.context("metrics API listener")??;
     }
     if let Some(task) = pipeline_task {
-        task.await.context("pipeline task")??;
+        task.await.context("the pipeline's thread ended without its result (it panicked)")??;
     }
     evaluator.stopped().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Runs the pipeline on a thread and a runtime of its own, at nice value `nice` (`pipeline.nice`), and
+/// hands back its result.
+///
+/// An epoch's sessionizing is CPU-bound for as long as the epoch is big (hundreds of milliseconds when
+/// the pipeline is behind): on the collector's runtime it held one of its workers for as long. On its
+/// own threads (this one, and its runtime's blocking threads: Parquet encoding, log reads, compaction),
+/// it also runs below the collector: when the cores are short, beacons are answered first and the
+/// pipeline catches up from the log (BENCHMARKS.md §23).
+fn on_own_thread(
+    nice: i32,
+    run: impl std::future::Future<Output = pipeline::Result<()>> + Send + 'static,
+) -> anyhow::Result<tokio::sync::oneshot::Receiver<pipeline::Result<()>>> {
+    let lower = move || {
+        if let Err(e) = service::priority::set_this_thread_nice(nice) {
+            tracing::warn!(nice, error = %e, "cannot lower the priority of a pipeline thread; it runs at the collector's");
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .thread_name("qoeflow-pipeline")
+        .on_thread_start(lower)
+        .build()?;
+    let (done, result) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("qoeflow-pipeline".into())
+        .spawn(move || {
+            lower();
+            // The receiver is gone only when `serve` is ending anyway.
+            let _ = done.send(runtime.block_on(run));
+        })
+        .context("cannot start the pipeline's thread")?;
+    Ok(result)
 }

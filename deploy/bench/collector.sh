@@ -5,7 +5,9 @@
 # log (`serve --no-pipeline`), and `qoeflow serve` as it runs (the pipeline sessionizing the same traffic
 # into Parquet in the same process, on the same 2 cores as wrk). Besides throughput, each target's CPU
 # time per beacon: the server process's (all threads, from /proc/<pid>/stat) and the rest of the
-# machine's (wrk, mostly), which is where the gap to the baseline is spent.
+# machine's (wrk, mostly), which is where the gap to the baseline is spent; and for `serve`, the events
+# its pipeline read per second of the round (from its /metrics as the round ends): at these rates the
+# pipeline falls behind, and what it gets of the cores is what the collector does not.
 #
 #   deploy/bench/collector.sh [DURATION_S=15] [CONNECTIONS=64] [ROUNDS=3] [EVENTS=20]
 #
@@ -39,7 +41,12 @@ qoeflow_round() { # name port [serve flags...]
   QOEFLOW_LOG_LEVEL=error "$bin" serve --listen "127.0.0.1:$port" --data-dir "$work/data" "$@" &
   local pid=$!
   wait_port "$port"
-  run "$name" "$port" "$pid" >>"$work/results"
+  local line read
+  line=$(run "$name" "$port" "$pid")
+  # The events serve's pipeline read during the round (0 with --no-pipeline): it shares the cores with
+  # the collector, and reads what the collector wrote, as far as it keeps up.
+  read=$(curl -s "http://127.0.0.1:$port/metrics" | awk '/^qoeflow_pipeline_events_read_total/ {s += $2} END {print s + 0}')
+  echo "$line pipeline_events=$read" >>"$work/results"
   kill "$pid"; wait "$pid" 2>/dev/null || true
 }
 
@@ -79,7 +86,7 @@ def per_beacon(name, key):
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
 events = int(sys.argv[5])
 print(f"machine: {os.cpu_count()} cores, {cpu}; wrk -t1 -c{sys.argv[2]} -d{sys.argv[3]}s, {events}-event beacons, median of {sys.argv[4]} alternating rounds")
-print(f"{'target':<40} {'beacons/s':>10} {'events/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'server CPU µs/beacon':>21} {'rest µs/beacon':>15}")
+print(f"{'target':<40} {'beacons/s':>10} {'events/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'server CPU µs/beacon':>21} {'rest µs/beacon':>15} {'pipeline events/s':>18}")
 targets = [("baseline", "axum read body + 204 (baseline)"),
            ("collector", "qoeflow collector (local log, fsync)"),
            ("qoeflow", "qoeflow serve (collector + pipeline)")]
@@ -89,7 +96,10 @@ for name, label in targets:
     errs = sum(int(float(r["errors"])) + int(float(r["non2xx"])) for r in rows[name])
     server = per_beacon(name, "server_ticks")
     rest = per_beacon(name, "machine_ticks") - server
-    print(f"{label:<40} {med(name,'rps'):>10.0f} {med(name,'rps')*events:>10.0f} {med(name,'p50_ms'):>8.2f} {med(name,'p99_ms'):>8.2f} {errs:>7} {server:>21.1f} {rest:>15.1f}")
+    # Events the pipeline read per second of the round (serve's; the collector's rounds have none).
+    read = statistics.median(float(r.get("pipeline_events", 0)) for r in rows[name]) / float(sys.argv[3])
+    read = f"{read:>18.0f}" if read else f"{'-':>18}"
+    print(f"{label:<40} {med(name,'rps'):>10.0f} {med(name,'rps')*events:>10.0f} {med(name,'p50_ms'):>8.2f} {med(name,'p99_ms'):>8.2f} {errs:>7} {server:>21.1f} {rest:>15.1f} {read}")
 print(f"ratio collector / baseline (throughput): {med('collector','rps')/med('baseline','rps'):.2f}")
 print(f"ratio serve / baseline (throughput): {med('qoeflow','rps')/med('baseline','rps'):.2f}")
 if "collector_b" in rows:

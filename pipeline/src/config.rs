@@ -55,7 +55,15 @@ pub struct PipelineConfig {
     pub stall_after_ms: u64,
     /// … and far behind when its last epoch trailed its input by more than this.
     pub max_lag_ms: u64,
+    /// `qoeflow serve` runs the pipeline (its epochs, Parquet encoding and compaction) on threads of
+    /// this nice value, 0 to 19: above 0, when the cores are short the collector answers beacons first
+    /// and the pipeline catches up from the log. 0 runs it at the collector's priority. The `pipeline`
+    /// command, alone in its process, ignores it.
+    pub nice: i32,
 }
+
+/// The pipeline's nice value in `qoeflow serve` by default (`PipelineConfig::nice`).
+pub const DEFAULT_NICE: i32 = 10;
 
 impl Default for PipelineConfig {
     fn default() -> Self {
@@ -84,6 +92,7 @@ impl Default for PipelineConfig {
             poison_attempts: 3,
             stall_after_ms: 60_000,
             max_lag_ms: 300_000,
+            nice: DEFAULT_NICE,
         }
     }
 }
@@ -131,6 +140,9 @@ impl PipelineConfig {
             if v == 0 {
                 return Err(format!("pipeline.{name} must be at least 1"));
             }
+        }
+        if !service::priority::NICE_RANGE.contains(&self.nice) {
+            return Err(format!("pipeline.nice = {} must be between 0 and 19", self.nice));
         }
         Ok(())
     }

@@ -5,12 +5,14 @@
 //! - [`health`]: `/healthz`, `/readyz` (every [`Readiness`] asked) and `/metrics` (Prometheus text).
 //! - [`error`]: the JSON error body every HTTP API answers with ([`ApiError`]).
 //! - [`memory`]: the allocators (jemalloc for Rust, glibc for C libraries) and how they hand memory back.
+//! - [`priority`]: a thread's CPU priority (`serve`'s pipeline runs below its collector).
 //! - [`shutdown_signal`] and [`bind`].
 
 pub mod conn;
 pub mod error;
 pub mod health;
 pub mod memory;
+pub mod priority;
 
 pub use conn::{ConnLimits, ConnMetrics, serve};
 pub use error::ApiError;

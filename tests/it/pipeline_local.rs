@@ -86,6 +86,42 @@ async fn a_quiet_stream_still_ends_views_by_inactivity_timeout() {
     assert_eq!(sum(&windows, "ebvs"), 1, "an attempt that never started and timed out is an exit before start");
 }
 
+/// Each thread of process `pid` as (name, nice value), from `/proc/<pid>/task/*/stat`.
+fn threads_of(pid: u32) -> Vec<(String, i32)> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the process's threads");
+    let mut out = Vec::new();
+    for task in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else { continue };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
+        // After the name: state, then 16 fields to the nice value (proc(5): field 19).
+        let nice = stat[close + 2..].split(' ').nth(16).and_then(|n| n.parse().ok()).expect("a nice value");
+        out.push((stat[open + 1..close].to_owned(), nice));
+    }
+    out
+}
+
+/// `serve` runs its pipeline on threads of its own below the collector's priority (`pipeline.nice`, 10
+/// by default): the pipeline's thread and its blocking threads (which encoded the epochs' Parquet
+/// files) at nice 10, the runtime workers that answer beacons at 0; `pipeline.nice = 0` keeps them level.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pipeline_runs_below_the_collector() {
+    for (env, want) in [(vec![], 10), (vec![("QOEFLOW_PIPELINE__NICE", "0")], 0)] {
+        let dir = tempfile::tempdir().expect("tmp");
+        let mut q = Qoeflow::serve(dir.path(), &[], &env);
+        post_views(&q, 3, now_ms() - 60_000, 777).await;
+        wait_for_views(dir.path(), 3, Duration::from_secs(30));
+        let threads = threads_of(q.pid());
+        q.stop();
+        // Thread names are cut to 15 bytes.
+        let nice_of = |prefix: &str| threads.iter().filter(|(n, _)| n.starts_with(prefix)).map(|(_, v)| *v).collect::<Vec<_>>();
+        let pipeline = nice_of("qoeflow-pipelin");
+        assert!(pipeline.len() >= 2, "the pipeline's thread and the blocking threads that wrote its files: {threads:?}");
+        assert!(pipeline.iter().all(|n| *n == want), "every pipeline thread at nice {want}: {threads:?}");
+        let workers = nice_of("tokio-rt-worker");
+        assert!(!workers.is_empty() && workers.iter().all(|n| *n == 0), "the collector's workers at nice 0: {threads:?}");
+    }
+}
+
 /// The last committed epoch of the local pipeline (0 before the first), from its progress file.
 fn committed_epoch(dir: &std::path::Path) -> u64 {
     std::fs::read(dir.join("pipeline/checkpoint-local.json"))
