@@ -58,43 +58,56 @@ pub async fn run(config: Config, pipeline: bool, stop: Stop) -> anyhow::Result<(
         task.await.context("metrics API listener")??;
     }
     if let Some(task) = pipeline_task {
-        task.await.context("the pipeline's thread ended without its result (it panicked)")??;
+        joined(task).await?;
     }
     evaluator.stopped().await;
     tracing::info!("stopped");
     Ok(())
 }
 
-/// Runs the pipeline on a thread and a runtime of its own, at nice value `nice` (`pipeline.nice`), and
-/// hands back its result.
+/// Runs the pipeline on a thread and a runtime of its own, `nice` steps below the collector
+/// (`pipeline.nice`); join the handle for its result.
 ///
 /// An epoch's sessionizing is CPU-bound for as long as the epoch is big (hundreds of milliseconds when
 /// the pipeline is behind): on the collector's runtime it held one of its workers for as long. On its
 /// own threads (this one, and its runtime's blocking threads: Parquet encoding, log reads, compaction),
-/// it also runs below the collector: when the cores are short, beacons are answered first and the
+/// it also runs below the collector: when the cores are short, the collector gets them first and the
 /// pipeline catches up from the log (BENCHMARKS.md §23).
 fn on_own_thread(
     nice: i32,
     run: impl std::future::Future<Output = pipeline::Result<()>> + Send + 'static,
-) -> anyhow::Result<tokio::sync::oneshot::Receiver<pipeline::Result<()>>> {
+) -> anyhow::Result<std::thread::JoinHandle<anyhow::Result<()>>> {
+    // The nice value `nice` steps below this thread's (the collector's), which every pipeline thread
+    // gets: its blocking threads inherit it from the thread that starts them, and set it again.
+    let target = service::priority::below_this_thread(nice)?;
+    let warned = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let lower = move || {
-        if let Err(e) = service::priority::set_this_thread_nice(nice) {
-            tracing::warn!(nice, error = %e, "cannot lower the priority of a pipeline thread; it runs at the collector's");
+        if let Err(e) = service::priority::set_this_thread_nice(target)
+            && !warned.swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            tracing::warn!(nice = target, error = %e, "cannot lower the priority of the pipeline's threads; they run at the collector's");
         }
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .thread_name("qoeflow-pipeline")
-        .on_thread_start(lower)
-        .build()?;
-    let (done, result) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name("qoeflow-pipeline".into())
-        .spawn(move || {
-            lower();
-            // The receiver is gone only when `serve` is ending anyway.
-            let _ = done.send(runtime.block_on(run));
-        })
-        .context("cannot start the pipeline's thread")?;
-    Ok(result)
+    let thread = std::thread::Builder::new().name("qoeflow-pipeline".into()).spawn(move || {
+        lower();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .thread_name("qoeflow-pipeline")
+            .on_thread_start(lower)
+            .build()
+            .context("cannot start the pipeline's runtime")?;
+        Ok(runtime.block_on(run)?)
+    });
+    thread.context("cannot start the pipeline's thread")
+}
+
+/// Waits (off the runtime) for the pipeline's thread to end, with its result or its panic's message.
+async fn joined(thread: std::thread::JoinHandle<anyhow::Result<()>>) -> anyhow::Result<()> {
+    match tokio::task::spawn_blocking(move || thread.join()).await? {
+        Ok(result) => result,
+        Err(panic) => {
+            let message = panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned());
+            anyhow::bail!("the pipeline's thread panicked: {}", message.as_deref().unwrap_or("(no message)"))
+        }
+    }
 }

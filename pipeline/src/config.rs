@@ -55,14 +55,14 @@ pub struct PipelineConfig {
     pub stall_after_ms: u64,
     /// … and far behind when its last epoch trailed its input by more than this.
     pub max_lag_ms: u64,
-    /// `qoeflow serve` runs the pipeline (its epochs, Parquet encoding and compaction) on threads of
-    /// this nice value, 0 to 19: above 0, when the cores are short the collector answers beacons first
-    /// and the pipeline catches up from the log. 0 runs it at the collector's priority. The `pipeline`
-    /// command, alone in its process, ignores it.
+    /// `qoeflow serve` runs the pipeline (its epochs, Parquet encoding and compaction) on threads this
+    /// many nice steps below the collector's, 0 to 19 (at most to nice 19): above 0, when the cores
+    /// are short the collector gets them first and the pipeline catches up from the log. 0 runs it at
+    /// the collector's priority. The `pipeline` command, alone in its process, ignores it.
     pub nice: i32,
 }
 
-/// The pipeline's nice value in `qoeflow serve` by default (`PipelineConfig::nice`).
+/// How far below the collector `qoeflow serve` runs its pipeline by default (`PipelineConfig::nice`).
 pub const DEFAULT_NICE: i32 = 10;
 
 impl Default for PipelineConfig {

@@ -2,17 +2,42 @@
 //! than the collector's, so that when the cores are short the beacons are answered first and the
 //! pipeline catches up from the log (as RocksDB lowers the priority of its compaction threads).
 
-/// The nice values a thread may be lowered to: 0 (the process's own priority) to 19 (the lowest).
+/// How far a thread may be lowered, in nice steps: 0 (not at all) to 19 (to the lowest from 0).
 pub const NICE_RANGE: std::ops::RangeInclusive<i32> = 0..=19;
 
-/// Sets the calling thread's nice value to `nice` (in [`NICE_RANGE`]; raising a priority would need
-/// privileges). On Linux the nice value belongs to each thread, so the process's other threads keep
-/// theirs; threads this one starts later inherit it. Elsewhere it does nothing.
+/// The lowest priority (the highest nice value) a thread can have.
+const LOWEST: i32 = 19;
+
+/// The nice value `steps` (in [`NICE_RANGE`]) below the calling thread's own, at most 19: relative, so
+/// that a process started niced keeps the order, and lowering never needs privileges.
+pub fn below_this_thread(steps: i32) -> std::io::Result<i32> {
+    if !NICE_RANGE.contains(&steps) {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{steps} nice steps is outside {NICE_RANGE:?}")));
+    }
+    Ok(nice()?.saturating_add(steps).min(LOWEST))
+}
+
+/// Sets the calling thread's nice value to `nice` (from [`below_this_thread`]: raising a priority
+/// would need privileges). On Linux the nice value belongs to each thread, so the process's other
+/// threads keep theirs; threads this one starts later inherit it. Elsewhere it does nothing.
 pub fn set_this_thread_nice(nice: i32) -> std::io::Result<()> {
-    if !NICE_RANGE.contains(&nice) {
-        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("nice {nice} is outside {NICE_RANGE:?}")));
+    if !(-20..=LOWEST).contains(&nice) {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("nice {nice} is outside -20..=19")));
     }
     set_nice(nice)
+}
+
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+fn nice() -> std::io::Result<i32> {
+    // SAFETY: errno is this thread's; getpriority takes and returns plain integers. -1 is also a nice
+    // value, so errno (cleared first) tells an error from it.
+    unsafe {
+        *libc::__errno_location() = 0;
+        let nice = libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t);
+        let err = std::io::Error::last_os_error();
+        if nice == -1 && err.raw_os_error().is_some_and(|e| e != 0) { Err(err) } else { Ok(nice) }
+    }
 }
 
 #[cfg(target_os = "linux")]
@@ -22,6 +47,11 @@ fn set_nice(nice: i32) -> std::io::Result<()> {
     // sets that thread's nice value only (Linux keeps it per thread).
     let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, nice) };
     if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn nice() -> std::io::Result<i32> {
+    Ok(0)
 }
 
 #[cfg(not(target_os = "linux"))]
@@ -50,22 +80,27 @@ mod tests {
     fn lowers_only_the_calling_thread_and_what_it_starts() {
         let main = tid();
         let before = nice_of(main);
-        let (lowered, child) = std::thread::spawn(|| {
-            set_this_thread_nice(10).expect("lowering needs no privilege");
+        let target = below_this_thread(10).expect("a nice value");
+        assert_eq!(target, (before + 10).min(LOWEST), "10 below this thread's own, at most 19");
+        assert_eq!(below_this_thread(0).expect("a nice value"), before, "0 steps: level");
+        let (lowered, child) = std::thread::spawn(move || {
+            set_this_thread_nice(target).expect("lowering needs no privilege");
+            set_this_thread_nice(target).expect("setting it again changes nothing");
             let child = std::thread::spawn(|| nice_of(tid())).join().expect("child");
             (nice_of(tid()), child)
         })
         .join()
         .expect("thread");
-        assert_eq!((lowered, child), (10, 10), "the thread and the threads it starts run at nice 10");
+        assert_eq!((lowered, child), (target, target), "the thread and the threads it starts");
         assert_eq!(nice_of(main), before, "the other threads keep theirs");
     }
 
     #[test]
-    fn refuses_values_outside_the_range() {
-        for nice in [-1, 20] {
-            let err = std::thread::spawn(move || set_this_thread_nice(nice)).join().expect("thread").expect_err("refused");
-            assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput, "{err}");
+    fn refuses_values_outside_the_ranges() {
+        for steps in [-1, 20] {
+            assert_eq!(below_this_thread(steps).expect_err("refused").kind(), std::io::ErrorKind::InvalidInput);
         }
+        let err = std::thread::spawn(|| set_this_thread_nice(20)).join().expect("thread").expect_err("refused");
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput, "{err}");
     }
 }
