@@ -64,9 +64,9 @@ impl MinuteRollup {
             let key: Arc<[String]> = dims.iter().map(|d| if d.is_null(row) { String::new() } else { d.value(row).to_owned() }).collect();
             let (delta, slots) = self.cells.entry((minute, key)).or_default();
             for (m, values) in &sums {
-                delta.sums[*m] += values.value(row);
+                delta.sums.add(*m, values.value(row));
             }
-            slots[slot] += active.value(row);
+            slots[slot] = slots[slot].saturating_add(active.value(row));
             let retracts = !retract.is_null(row) && !retract.value(row).is_empty();
             // A row adds starts to its histogram, or is a correction (which may add and retract).
             if (starts.value(row) != 0 || retracts) && !hist.is_null(row) {

@@ -213,7 +213,7 @@ impl ViewMachine {
     /// Adds point measures to the totals and emits them at `t`.
     fn count(&mut self, t: i64, adds: &[(Measure, i64)], out: &mut impl Emit) {
         for &(m, amount) in adds {
-            self.totals[m] += amount;
+            self.totals.add(m, amount);
         }
         out.add(t, adds);
     }
@@ -243,7 +243,7 @@ impl ViewMachine {
         };
         if let Some(span) = span {
             for (m, amount) in span.adds(d) {
-                self.totals[m] += amount;
+                self.totals.add(m, amount);
             }
             if d > 0 {
                 out.span(from, t, span);

@@ -101,7 +101,7 @@ impl WindowDelta {
             if !m.in_window() {
                 continue;
             }
-            self.sums[m] += amount;
+            self.sums.add(m, amount);
             if m == HISTOGRAM_MEASURE {
                 self.startup_hist.record(amount);
             }
@@ -201,10 +201,10 @@ impl Windows {
             }
             let d = self.at(w, dims);
             if first_time {
-                d.sums[ActiveViews] += 1;
+                d.sums.add(ActiveViews, 1);
             }
             for (m, amount) in span.adds(ms) {
-                d.sums[m] += amount;
+                d.sums.add(m, amount);
             }
             start = end;
         }

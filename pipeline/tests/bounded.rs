@@ -281,3 +281,51 @@ fn end_all_proceeds_past_gaps_and_keeps_the_inactivity_rule() {
     assert_eq!(out.views.len(), 1);
     assert_eq!((out.views[0].end_reason, out.views[0].totals[schemas::measures::Measure::PlayMs], out.views[0].gaps), ("timeout", 1_000, 1));
 }
+
+/// `seq` gaps of up to 2^53 each, in 3,000 views: the `gaps` counter (a sum over views) passes
+/// 2^64. Found by the fuzz target above in CI: `attempt to add with overflow` in `drain_view`. The
+/// counter stops at its maximum, and each view's own `gaps` is exact.
+#[test]
+fn gaps_of_two_to_the_53_in_thousands_of_views_saturate_the_counter() {
+    let t = 1_795_000_000_000i64;
+    let mut s = Sessionizer::new(SessionConfig::default());
+    let views = 3_000u64;
+    for i in 0..views {
+        let id = format!("g{i}");
+        let events = [json!({"view_id": id, "seq": 0, "type": "playing", "ts": t}), json!({"view_id": id, "seq": SEQ_MAX, "type": "pause", "ts": t + 1_000})];
+        s.process(one_record(&id, t, &events));
+    }
+    s.end_all();
+    let out = s.flush();
+    assert_eq!(out.views.len() as u64, views);
+    assert!(out.views.iter().all(|v| v.gaps == SEQ_MAX - 1), "each view skipped seqs 1..2^53-1");
+    assert_eq!(s.stats.gaps, u64::MAX, "{} × {} skipped seqs do not fit", views, SEQ_MAX - 1);
+}
+
+/// Segments of 2^53 bytes each (the protocol's largest), 1,100 of them in one view and one window:
+/// the sums pass 2^63. A view's totals and a window's sums stop at `i64::MAX` rather than wrapping
+/// to a negative number of bytes (or panicking in a debug build).
+#[test]
+fn byte_sums_past_i64_saturate_in_views_and_windows() {
+    use schemas::measures::Measure::{BytesHit, BytesTotal, SegmentsHit};
+    let t = 1_795_000_000_000i64;
+    let mut s = Sessionizer::new(SessionConfig::default());
+    let mut seq = 0u64;
+    for _ in 0..2 {
+        let events: Vec<Value> = (0..550)
+            .map(|_| {
+                seq += 1;
+                json!({"view_id": "big", "seq": seq - 1, "type": "segment", "ts": t, "bytes": SEQ_MAX, "cache": "hit"})
+            })
+            .collect();
+        s.process(one_record("big", t, &events));
+    }
+    s.end_all();
+    let out = s.flush();
+    assert_eq!(out.views.len(), 1);
+    let totals = &out.views[0].totals;
+    assert_eq!((totals[SegmentsHit], totals[BytesHit]), (1_100, i64::MAX));
+    let cell: Vec<_> = out.windows.iter().filter(|w| w.delta.sums[SegmentsHit] != 0).collect();
+    assert_eq!(cell.len(), 1, "one window, one cell");
+    assert_eq!((cell[0].delta.sums[SegmentsHit], cell[0].delta.sums[BytesHit], cell[0].delta.sums[BytesTotal]), (1_100, i64::MAX, i64::MAX));
+}

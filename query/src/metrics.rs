@@ -85,8 +85,9 @@ pub fn select_list() -> String {
 /// The value of a ratio from the sums (in [`sums`] order), computed as its SQL does.
 pub fn ratio_value(r: &Ratio, sums: &[i64]) -> Option<f64> {
     let get = |c: &str| self::sums().position(|s| s == c).map_or(0, |i| sums[i]);
-    let num: i64 = r.num.iter().map(|(sign, c)| i64::from(*sign) * get(c)).sum();
-    let den: i64 = r.den.iter().map(|c| get(c)).sum();
+    // In i128: sums of sums that reached `i64::MAX` (absurd input) must not overflow here.
+    let num: i128 = r.num.iter().map(|(sign, c)| i128::from(*sign) * i128::from(get(c))).sum();
+    let den: i128 = r.den.iter().map(|c| i128::from(get(c))).sum();
     (den != 0).then(|| r.scale * num as f64 / den as f64)
 }
 
@@ -149,6 +150,19 @@ mod tests {
         assert_eq!(all["rebuffer_ratio"], 0.3);
         assert_eq!(all["startup_p95"], Value::Null);
         assert_eq!(derive(&sums, &[]).len(), names().count(), "no quantiles given: null, not missing");
+    }
+
+    /// Sums that stopped at `i64::MAX` (absurd input: the pipeline saturates) still give a ratio: the
+    /// denominator `play_ms + stall_ms` does not overflow.
+    #[test]
+    fn ratios_of_saturated_sums_do_not_overflow() {
+        let mut sums = vec![0; sum_count()];
+        let at = |c: &str| self::sums().position(|s| s == c).unwrap();
+        sums[at("stall_ms")] = i64::MAX;
+        sums[at("play_ms")] = i64::MAX;
+        sums[at("seek_stall_ms")] = i64::MIN;
+        assert_eq!(ratio_value(&RATIOS[0], &sums), Some(0.5));
+        assert!(ratio_value(&RATIOS[1], &sums).is_some_and(f64::is_finite));
     }
 
     /// The API serves every window sum of the measure list, and every ratio is over such sums.

@@ -141,19 +141,28 @@ impl Default for Values {
 }
 
 impl Values {
-    /// Adds every measure of `other`.
+    /// Adds `amount` to measure `m`. Sums stop at `i64::MAX` (and `i64::MIN`): valid input can pass
+    /// them (a segment may say 2^53 bytes, and a view or a window may have any number of segments),
+    /// and a sum pinned at the limit reads as absurd where a wrapped one would read as plausible.
+    #[inline]
+    pub fn add(&mut self, m: Measure, amount: i64) {
+        let a = &mut self.0[m as usize];
+        *a = a.saturating_add(amount);
+    }
+
+    /// Adds every measure of `other` (saturating, as [`Values::add`]).
     #[inline]
     pub fn merge(&mut self, other: &Values) {
         for (a, b) in self.0.iter_mut().zip(other.0.iter()) {
-            *a += *b;
+            *a = a.saturating_add(*b);
         }
     }
 
-    /// Adds `new - old` of every measure (a correction's delta).
+    /// Adds `new - old` of every measure (a correction's delta; saturating, as [`Values::add`]).
     #[inline]
     pub fn add_difference(&mut self, new: &Values, old: &Values) {
         for ((a, n), o) in self.0.iter_mut().zip(new.0.iter()).zip(old.0.iter()) {
-            *a += *n - *o;
+            *a = a.saturating_add(n.saturating_sub(*o));
         }
     }
 
