@@ -142,7 +142,8 @@ impl PipelineConfig {
             }
         }
         if !service::priority::NICE_RANGE.contains(&self.nice) {
-            return Err(format!("pipeline.nice = {} must be between 0 and 19", self.nice));
+            let range = service::priority::NICE_RANGE;
+            return Err(format!("pipeline.nice = {} must be between {} and {}", self.nice, range.start(), range.end()));
         }
         Ok(())
     }

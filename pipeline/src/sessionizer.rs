@@ -814,6 +814,7 @@ impl Sessionizer {
                 // Closed only for want of records: what it missed joins its history.
                 if event.seq > e.frontier {
                     e.slot.gaps = e.slot.gaps.saturating_add(event.seq - e.frontier);
+                    self.stats.gaps = self.stats.gaps.saturating_add(event.seq - e.frontier);
                     self.stats.gaps_forgotten += e.slot.skipped.push(e.frontier, event.seq, cap);
                 }
                 e.frontier = event.seq + 1;

@@ -302,7 +302,7 @@ fn gaps_of_two_to_the_53_in_thousands_of_views_saturate_the_counter() {
     assert_eq!(s.stats.gaps, u64::MAX, "{} × {} skipped seqs do not fit", views, SEQ_MAX - 1);
 }
 
-/// Segments of 2^53 bytes each (the protocol's largest), 1,100 of them in one view and one window:
+/// Segments of 2^53 − 1 bytes each (the protocol's largest), 1,100 of them in one view and one window:
 /// the sums pass 2^63. A view's totals and a window's sums stop at `i64::MAX` rather than wrapping
 /// to a negative number of bytes (or panicking in a debug build).
 #[test]
@@ -328,4 +328,19 @@ fn byte_sums_past_i64_saturate_in_views_and_windows() {
     let cell: Vec<_> = out.windows.iter().filter(|w| w.delta.sums[SegmentsHit] != 0).collect();
     assert_eq!(cell.len(), 1, "one window, one cell");
     assert_eq!((cell[0].delta.sums[SegmentsHit], cell[0].delta.sums[BytesHit], cell[0].delta.sums[BytesTotal]), (1_100, i64::MAX, i64::MAX));
+}
+
+/// A view closed from outside (evicted at `max_open_views`) whose events go on past a gap: the view's
+/// `gaps` and the `gaps` counter both count the `seq`s it skipped.
+#[test]
+fn gaps_of_a_view_closed_from_outside_are_counted() {
+    let t = 1_795_000_000_000i64;
+    let mut s = Sessionizer::new(SessionConfig { max_open_views: 1, ..SessionConfig::default() });
+    s.process(one_record("a", t, &[json!({"view_id": "a", "seq": 0, "type": "playing", "ts": t})]));
+    s.process(one_record("b", t, &[json!({"view_id": "b", "seq": 0, "type": "playing", "ts": t})]));
+    assert_eq!(s.stats.evicted, 1, "b's arrival evicts a");
+    s.process(one_record("a", t + 1_000, &[json!({"view_id": "a", "seq": 5, "type": "pause", "ts": t + 1_000})]));
+    let out = s.flush();
+    let a = out.views.iter().rfind(|v| v.view_id == "a").expect("a's row");
+    assert_eq!((a.gaps, s.stats.gaps), (4, 4), "seqs 1..5 skipped");
 }

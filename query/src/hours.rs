@@ -49,8 +49,10 @@ pub fn merge<'a>(parts: impl Iterator<Item = &'a Partial>, top: Option<u32>, wit
     let mut groups: HashMap<(Option<i64>, Option<&'a str>), Acc<'a>> = HashMap::new();
     for p in parts {
         let acc = groups.entry((p.bucket, p.group.as_deref())).or_insert_with(|| Acc { sums: vec![0; sum_count()], hists: Vec::new(), retracts: Vec::new() });
+        // Saturating, as the pipeline's sums are (docs/metrics.md §14): hours that each reached
+        // `i64::MAX` must not overflow here.
         for (a, b) in acc.sums.iter_mut().zip(&p.sums) {
-            *a += b;
+            *a = a.saturating_add(*b);
         }
         if !p.hist.is_empty() {
             acc.hists.push(&p.hist);
@@ -263,6 +265,15 @@ mod tests {
         // Retracting what no hour added is an error, not a wrong value.
         let bad = [part(0, "a", 0, hist(&[1]), hist(&[2]))];
         assert!(merge(bad.iter(), None, true).is_err());
+    }
+
+    /// Hours whose sums each reached `i64::MAX` (absurd input, saturated by the pipeline) merge to
+    /// `i64::MAX`, not an overflow.
+    #[test]
+    fn saturated_hours_merge_without_overflow() {
+        let parts = [part(0, "a", i64::MAX, Vec::new(), Vec::new()), part(0, "a", i64::MAX, Vec::new(), Vec::new())];
+        let rows = merge(parts.iter(), None, false).expect("merge");
+        assert_eq!(rows[0].sums[0], i64::MAX);
     }
 
     /// The cache never holds more than its budget: the least recently used entries go first, and an

@@ -62,7 +62,7 @@ fn sql_sum_of(terms: impl Iterator<Item = (i8, &'static str)>) -> String {
             (_, false) => s.push_str(" + "),
             (_, true) => s.push_str(" - "),
         }
-        s.push_str(&format!("sum({col})"));
+        s.push_str(&format!("CAST(sum({col}) AS DOUBLE)"));
     }
     s
 }
@@ -71,7 +71,9 @@ fn sql_sum_of(terms: impl Iterator<Item = (i8, &'static str)>) -> String {
 pub fn ratio_sql(r: &Ratio) -> String {
     let num = sql_sum_of(r.num.iter().copied());
     let den = sql_sum_of(r.den.iter().map(|c| (1, *c)));
-    format!("{:?} * CAST({num} AS DOUBLE) / NULLIF(CAST({den} AS DOUBLE), 0)", r.scale)
+    // Each sum cast before they are added: sums that reached `i64::MAX` add without wrapping, as in
+    // [`ratio_value`].
+    format!("{:?} * ({num}) / NULLIF({den}, 0)", r.scale)
 }
 
 /// `expr AS name, …` for a DataFusion SELECT list over `qoe_window` (used by the `qoe_ratios` view).
@@ -136,7 +138,7 @@ mod tests {
         let r = &RATIOS[1];
         assert_eq!(
             ratio_sql(r),
-            "1.0 * CAST(sum(stall_ms) - sum(seek_stall_ms) AS DOUBLE) / NULLIF(CAST(sum(play_ms) + sum(stall_ms) AS DOUBLE), 0)"
+            "1.0 * (CAST(sum(stall_ms) AS DOUBLE) - CAST(sum(seek_stall_ms) AS DOUBLE)) / NULLIF(CAST(sum(play_ms) AS DOUBLE) + CAST(sum(stall_ms) AS DOUBLE), 0)"
         );
         let mut sums = vec![0; sum_count()];
         let at = |c: &str| self::sums().position(|s| s == c).unwrap();

@@ -142,7 +142,7 @@ impl Default for Values {
 
 impl Values {
     /// Adds `amount` to measure `m`. Sums stop at `i64::MAX` (and `i64::MIN`): valid input can pass
-    /// them (a segment may say 2^53 bytes, and a view or a window may have any number of segments),
+    /// them (a segment may say 2^53 − 1 bytes, and a view or a window may have any number of segments),
     /// and a sum pinned at the limit reads as absurd where a wrapped one would read as plausible.
     #[inline]
     pub fn add(&mut self, m: Measure, amount: i64) {
@@ -213,6 +213,32 @@ mod values_serde {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Adding, merging and a correction's delta saturate at the limits, and are exact below them
+    /// (a window's running delta may be negative).
+    #[test]
+    fn sums_saturate_at_the_limits_and_are_exact_below() {
+        let m = Measure::BytesHit;
+        let mut a = Values::default();
+        a.add(m, i64::MAX - 1);
+        a.add(m, 5);
+        assert_eq!(a[m], i64::MAX);
+        let mut b = Values::default();
+        b.add(m, 7);
+        b.merge(&a);
+        assert_eq!(b[m], i64::MAX);
+        // A cell at -3 corrected from 10 to 4: -9, exact.
+        let (mut cell, mut old, mut new) = (Values::default(), Values::default(), Values::default());
+        cell.add(m, -3);
+        old.add(m, 10);
+        new.add(m, 4);
+        cell.add_difference(&new, &old);
+        assert_eq!(cell[m], -9);
+        // A saturated cell corrected upwards stays at the limit.
+        cell.add_difference(&a, &Values::default());
+        cell.add_difference(&a, &Values::default());
+        assert_eq!(cell[m], i64::MAX);
+    }
 
     #[test]
     fn the_list_is_consistent() {

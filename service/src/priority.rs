@@ -2,11 +2,13 @@
 //! than the collector's, so that when the cores are short the beacons are answered first and the
 //! pipeline catches up from the log (as RocksDB lowers the priority of its compaction threads).
 
-/// How far a thread may be lowered, in nice steps: 0 (not at all) to 19 (to the lowest from 0).
-pub const NICE_RANGE: std::ops::RangeInclusive<i32> = 0..=19;
-
 /// The lowest priority (the highest nice value) a thread can have.
 const LOWEST: i32 = 19;
+/// The highest priority (the lowest nice value).
+const HIGHEST: i32 = -20;
+
+/// How far a thread may be lowered, in nice steps: 0 (not at all) to 19 (to the lowest from 0).
+pub const NICE_RANGE: std::ops::RangeInclusive<i32> = 0..=LOWEST;
 
 /// The nice value `steps` (in [`NICE_RANGE`]) below the calling thread's own, at most 19: relative, so
 /// that a process started niced keeps the order, and lowering never needs privileges.
@@ -21,8 +23,8 @@ pub fn below_this_thread(steps: i32) -> std::io::Result<i32> {
 /// would need privileges). On Linux the nice value belongs to each thread, so the process's other
 /// threads keep theirs; threads this one starts later inherit it. Elsewhere it does nothing.
 pub fn set_this_thread_nice(nice: i32) -> std::io::Result<()> {
-    if !(-20..=LOWEST).contains(&nice) {
-        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("nice {nice} is outside -20..=19")));
+    if !(HIGHEST..=LOWEST).contains(&nice) {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("nice {nice} is outside {HIGHEST}..={LOWEST}")));
     }
     set_nice(nice)
 }
