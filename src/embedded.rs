@@ -105,9 +105,6 @@ fn on_own_thread(
 async fn joined(thread: std::thread::JoinHandle<anyhow::Result<()>>) -> anyhow::Result<()> {
     match tokio::task::spawn_blocking(move || thread.join()).await? {
         Ok(result) => result,
-        Err(panic) => {
-            let message = panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned());
-            anyhow::bail!("the pipeline's thread panicked: {}", message.as_deref().unwrap_or("(no message)"))
-        }
+        Err(panic) => anyhow::bail!("the pipeline's thread {}", service::panic_message(panic.as_ref())),
     }
 }

@@ -439,15 +439,6 @@ async fn timed<T, E>(metrics: &SourceMetrics, sink: Sink, write: impl Future<Out
     result
 }
 
-/// The message of a caught panic.
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    match (panic.downcast_ref::<&str>(), panic.downcast_ref::<String>()) {
-        (Some(s), _) => format!("panicked: {s}"),
-        (_, Some(s)) => format!("panicked: {s}"),
-        _ => "panicked".to_owned(),
-    }
-}
-
 /// Decodes and sessionizes one record; an undecodable one becomes a dead letter. Panics are the
 /// caller's to catch.
 fn process_record(session: &mut Sessionizer, partition: &str, label: &str, data: &[u8], panic_view: Option<&str>) {
@@ -633,7 +624,7 @@ fn process_epoch(
         let processed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| process_record(session, &partition, &label, &data, panic_view)));
         if let Err(panic) = processed {
             // The sessionizer may be half-way through the record: the caller restores the checkpoint.
-            return Err(crate::Error::Poison { label, reason: panic_message(panic.as_ref()) });
+            return Err(crate::Error::Poison { label, reason: service::panic_message(panic.as_ref()) });
         }
         count(&partition, data.len(), session.stats.events - events_before);
     }
@@ -647,7 +638,7 @@ fn process_epoch(
     }
     // A panic here belongs to no one record: the epoch fails and is retried (reported as stalled).
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| session.advance()))
-        .map_err(|panic| crate::Error::msg(format!("advancing the views' clocks {}", panic_message(panic.as_ref()))))?;
+        .map_err(|panic| crate::Error::msg(format!("advancing the views' clocks {}", service::panic_message(panic.as_ref()))))?;
     Ok(quarantined)
 }
 

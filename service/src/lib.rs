@@ -6,7 +6,7 @@
 //! - [`error`]: the JSON error body every HTTP API answers with ([`ApiError`]).
 //! - [`memory`]: the allocators (jemalloc for Rust, glibc for C libraries) and how they hand memory back.
 //! - [`priority`]: a thread's CPU priority (`serve`'s pipeline runs below its collector).
-//! - [`shutdown_signal`] and [`bind`].
+//! - [`shutdown_signal`], [`bind`] and [`panic_message`].
 
 pub mod conn;
 pub mod error;
@@ -28,6 +28,15 @@ pub enum Error {
 /// Binds a TCP listener, naming the address in the error.
 pub async fn bind(addr: std::net::SocketAddr) -> Result<tokio::net::TcpListener, Error> {
     tokio::net::TcpListener::bind(addr).await.map_err(|source| Error::Bind { addr, source })
+}
+
+/// The message of a caught panic: `panicked: <message>`, or `panicked` when it carries none.
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    match (panic.downcast_ref::<&str>(), panic.downcast_ref::<String>()) {
+        (Some(s), _) => format!("panicked: {s}"),
+        (_, Some(s)) => format!("panicked: {s}"),
+        _ => "panicked".to_owned(),
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT. The handlers are installed when this is called (not when first
