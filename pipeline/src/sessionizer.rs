@@ -813,8 +813,9 @@ impl Sessionizer {
             if e.external {
                 // Closed only for want of records: what it missed joins its history.
                 if event.seq > e.frontier {
-                    e.slot.gaps = e.slot.gaps.saturating_add(event.seq - e.frontier);
-                    self.stats.gaps = self.stats.gaps.saturating_add(event.seq - e.frontier);
+                    let skipped = event.seq - e.frontier;
+                    e.slot.gaps = e.slot.gaps.saturating_add(skipped);
+                    self.stats.gaps = self.stats.gaps.saturating_add(skipped);
                     self.stats.gaps_forgotten += e.slot.skipped.push(e.frontier, event.seq, cap);
                 }
                 e.frontier = event.seq + 1;
@@ -932,8 +933,9 @@ impl Sessionizer {
                     break;
                 }
                 // Sums of gaps of up to 2^53 each: the counter, over all views, can pass 2^64.
-                slot.gaps = slot.gaps.saturating_add(seq - slot.next_seq);
-                self.stats.gaps = self.stats.gaps.saturating_add(seq - slot.next_seq);
+                let skipped = seq - slot.next_seq;
+                slot.gaps = slot.gaps.saturating_add(skipped);
+                self.stats.gaps = self.stats.gaps.saturating_add(skipped);
                 self.stats.gaps_forgotten += slot.skipped.push(slot.next_seq, seq, self.config.max_gaps_per_view);
             }
             let b = entry.remove();
