@@ -18,6 +18,8 @@ use serde_json::{Map, Value};
 
 use crate::event::{CacheStatus, Event, EventKind, Payload, StreamType, ViewDims};
 
+mod dom;
+
 /// Earliest accepted client timestamp: 2000-01-01T00:00:00Z.
 pub const TS_MIN_MS: i64 = 946_684_800_000;
 /// Latest accepted client timestamp: 2100-01-01T00:00:00Z.
@@ -94,6 +96,8 @@ pub struct RawEvent<'a> {
 #[derive(Debug, Clone, PartialEq)]
 enum Parsed<'a> {
     Object(EventObject<'a>),
+    /// An object of scalar fields, as the fast parse left it ([`dom`]).
+    Dom(dom::DomEvent),
     Other(Value),
 }
 
@@ -101,8 +105,25 @@ impl<'a> RawEvent<'a> {
     /// [`validate_event`] of the event's JSON value.
     pub fn validate(&self) -> Result<Event, EventRejection> {
         match &self.parsed {
-            Parsed::Object(obj) => validate_fields(obj),
+            Parsed::Object(obj) => validate_fields(&obj.slots()),
+            Parsed::Dom(event) => match event.slots() {
+                Some(slots) => validate_fields(&slots),
+                // A field validation reads that the document does not hold exactly (`custom`'s object,
+                // `-0.0`): the event parsed again from its text, as the exact parse would have.
+                None => self.reparsed().and_then(|event| event.validate()),
+            },
             Parsed::Other(v) => validate_event(v),
+        }
+    }
+
+    /// The event parsed from its text by the exact parse (never [`Parsed::Dom`]).
+    fn reparsed(&self) -> Result<RawEvent<'a>, EventRejection> {
+        let mut granted = |_| true;
+        let counter = Counter::new(usize::MAX, &mut granted);
+        match parse_event(&counter, &mut Vec::new(), self.text) {
+            Ok(parsed) => Ok(RawEvent { text: self.text, parsed }),
+            // Never: both parsers accepted this text, and each refuses what the other does.
+            Err(e) => Err(EventRejection::new("event", "invalid_json", e.to_string())),
         }
     }
 
@@ -117,6 +138,10 @@ impl<'a> RawEvent<'a> {
     pub fn into_value(self) -> Value {
         match self.parsed {
             Parsed::Object(obj) => Value::Object(obj.into_map()),
+            Parsed::Dom(_) => match self.reparsed() {
+                Ok(event) => event.into_value(),
+                Err(_) => Value::Null,
+            },
             Parsed::Other(v) => v,
         }
     }
@@ -156,13 +181,78 @@ impl FieldValue<'_> {
     }
 }
 
-impl Fields for EventObject<'_> {
+/// An event's fields as validation reads them: each key it reads in a slot of its own (the last of
+/// repeated keys), filed in one pass over the fields. Validation asks for a dozen keys of each event;
+/// a search of the fields for each was most of its time.
+struct Slots<'v>([Option<JsonRef<'v>>; KEYS_READ]);
+
+/// How many keys validation reads (the arms of [`slot`]).
+const KEYS_READ: usize = 25;
+
+/// The slot of a key validation reads.
+fn slot(key: &str) -> Option<usize> {
+    Some(match key {
+        "view_id" => 0,
+        "seq" => 1,
+        "type" => 2,
+        "ts" => 3,
+        "playhead_ms" => 4,
+        "bitrate_kbps" => 5,
+        "width" => 6,
+        "height" => 7,
+        "codec" => 8,
+        "bytes" => 9,
+        "cache" => 10,
+        "host" => 11,
+        "duration_ms" => 12,
+        "ttfb_ms" => 13,
+        "code" => 14,
+        "fatal" => 15,
+        "message" => 16,
+        "stream_type" => 17,
+        "custom" => 18,
+        "video_id" => 19,
+        "video_title" => 20,
+        "player_name" => 21,
+        "player_version" => 22,
+        "page_url" => 23,
+        "cdn" => 24,
+        _ => return None,
+    })
+}
+
+impl Default for Slots<'_> {
+    fn default() -> Self {
+        Slots([None; KEYS_READ])
+    }
+}
+
+impl<'v> Slots<'v> {
+    /// The slot of `key`, if validation reads it.
+    fn at(&mut self, key: &str) -> Option<&mut Option<JsonRef<'v>>> {
+        slot(key).map(|i| &mut self.0[i])
+    }
+}
+
+impl Fields for Slots<'_> {
     fn field(&self, key: &str) -> Option<JsonRef<'_>> {
-        self.fields.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.as_json())
+        let i = slot(key);
+        debug_assert!(i.is_some(), "validation reads `{key}`, which has no slot");
+        i.and_then(|i| self.0[i])
     }
 }
 
 impl EventObject<'_> {
+    fn slots(&self) -> Slots<'_> {
+        let mut slots = Slots::default();
+        for (key, value) in &self.fields {
+            if let Some(slot) = slots.at(key) {
+                *slot = Some(value.as_json());
+            }
+        }
+        slots
+    }
+
     pub fn into_map(self) -> Map<String, Value> {
         self.fields.into_iter().map(|(k, v)| (k.into_owned(), v.into_value())).collect()
     }
@@ -174,7 +264,7 @@ impl EventObject<'_> {
 pub enum JsonRef<'v> {
     Null,
     Bool(bool),
-    Number(&'v serde_json::Number),
+    Number(Num),
     String(&'v str),
     Array(&'v [Value]),
     Object(&'v Map<String, Value>),
@@ -185,7 +275,7 @@ impl<'v> From<&'v Value> for JsonRef<'v> {
         match v {
             Value::Null => JsonRef::Null,
             Value::Bool(b) => JsonRef::Bool(*b),
-            Value::Number(n) => JsonRef::Number(n),
+            Value::Number(n) => JsonRef::Number(n.into()),
             Value::String(s) => JsonRef::String(s),
             Value::Array(a) => JsonRef::Array(a),
             Value::Object(m) => JsonRef::Object(m),
@@ -196,8 +286,59 @@ impl<'v> From<&'v Value> for JsonRef<'v> {
 impl JsonRef<'_> {
     fn as_f64(self) -> Option<f64> {
         match self {
-            JsonRef::Number(n) => n.as_f64(),
+            JsonRef::Number(n) => Some(n.as_f64()),
             _ => None,
+        }
+    }
+}
+
+/// A JSON number as validation reads it, whichever parser read it: serde_json's three kinds (a
+/// non-negative integer, a negative one, anything else as the nearest double).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Num {
+    PosInt(u64),
+    NegInt(i64),
+    Float(f64),
+}
+
+impl Num {
+    pub fn as_i64(self) -> Option<i64> {
+        match self {
+            Num::PosInt(u) => i64::try_from(u).ok(),
+            Num::NegInt(i) => Some(i),
+            Num::Float(_) => None,
+        }
+    }
+    pub fn as_u64(self) -> Option<u64> {
+        match self {
+            Num::PosInt(u) => Some(u),
+            _ => None,
+        }
+    }
+    pub fn as_f64(self) -> f64 {
+        match self {
+            Num::PosInt(u) => u as f64,
+            Num::NegInt(i) => i as f64,
+            Num::Float(f) => f,
+        }
+    }
+    /// The number as serde_json's value of it.
+    pub fn to_json(self) -> Value {
+        match self {
+            Num::PosInt(u) => Value::from(u),
+            Num::NegInt(i) => Value::from(i),
+            Num::Float(f) => serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number),
+        }
+    }
+}
+
+impl From<&serde_json::Number> for Num {
+    fn from(n: &serde_json::Number) -> Num {
+        match (n.as_u64(), n.as_i64()) {
+            (Some(u), _) => Num::PosInt(u),
+            (None, Some(i)) => Num::NegInt(i),
+            // Without arbitrary precision every other number is a finite double.
+            (None, None) => Num::Float(n.as_f64().unwrap_or(f64::NAN)),
         }
     }
 }
@@ -210,19 +351,71 @@ pub fn parse_beacon(body: &[u8]) -> Result<ParsedBeacon<'_>, BeaconError> {
 /// [`parse_beacon`] with at most `max_values` JSON values, counted as they are parsed. Before the tree
 /// grows past `n` values, `charge(n)` is asked (every 1024 values) and may refuse: the caller's memory
 /// budget ([`JSON_VALUE_COST`] bytes a value is a fair price).
+///
+/// Bodies of at most [`FAST_PARSE_MAX_BYTES`] take the fast parse ([`dom`]) when the most values their
+/// length allows is within `max_values` and `charge` grants it; anything that parse does not decide
+/// exactly as this one would (an error, a nested field, …) is parsed again here, so both answer alike.
 pub fn parse_beacon_limited<'a>(
     body: &'a [u8],
     max_values: usize,
     charge: &mut dyn FnMut(usize) -> bool,
 ) -> Result<ParsedBeacon<'a>, BeaconError> {
-    let counter = Counter { count: Cell::new(0), max: max_values, charge: RefCell::new(charge), failure: Cell::new(None) };
+    let most = most_values(body.len());
+    if body.len() <= FAST_PARSE_MAX_BYTES
+        && most <= max_values
+        && charge(most)
+        && let Some(beacon) = dom::parse(body)
+    {
+        return Ok(beacon);
+    }
+    parse_exact(body, max_values, charge)
+}
+
+/// The largest body the fast parse takes. Players' beacons are far smaller (200 events are about
+/// 27 KB); its memory is charged up front for the most values the length allows, which for larger
+/// bodies would hold far more of the budget than the exact parse's charge as it grows.
+pub const FAST_PARSE_MAX_BYTES: usize = 64 * 1024;
+
+/// The most JSON values a text of `len` bytes can hold: each value takes at least a byte, and each but
+/// the first a comma, colon or opening bracket before it besides.
+fn most_values(len: usize) -> usize {
+    len / 2 + 1
+}
+
+/// [`parse_beacon_limited`] by serde_json alone: every value counted and charged as it is built.
+fn parse_exact<'a>(
+    body: &'a [u8],
+    max_values: usize,
+    charge: &mut dyn FnMut(usize) -> bool,
+) -> Result<ParsedBeacon<'a>, BeaconError> {
+    let counter = Counter::new(max_values, charge);
+    let (obj, events) = read_body(body, &counter, true)?;
+    let (key, sent_at, events) = envelope(obj, events)?;
+    let events = events.texts.into_iter().zip(events.parsed).map(|(text, parsed)| RawEvent { text, parsed });
+    Ok(ParsedBeacon { key, sent_at, events: events.collect() })
+}
+
+/// Parses a body: its envelope's fields as values, each event's text, and each event's fields when
+/// `fields` says so.
+fn read_body<'a>(
+    body: &'a [u8],
+    counter: &Counter<'_>,
+    fields: bool,
+) -> Result<(Map<String, Value>, Option<Events<'a>>), BeaconError> {
     let mut de = serde_json::Deserializer::from_slice(body);
-    let parsed = Body(&counter).deserialize(&mut de).and_then(|v| de.end().map(|()| v));
-    let (mut obj, events) = match parsed {
-        Ok(Top::Object(obj, events)) => (obj, events),
-        Ok(Top::NotObject) => return Err(BeaconError::NotAnObject),
-        Err(e) => return Err(counter.failure.take().unwrap_or_else(|| BeaconError::InvalidJson(e.to_string()))),
-    };
+    let parsed = Body(counter, fields).deserialize(&mut de).and_then(|v| de.end().map(|()| v));
+    match parsed {
+        Ok(Top::Object(obj, events)) => Ok((obj, events)),
+        Ok(Top::NotObject) => Err(BeaconError::NotAnObject),
+        Err(e) => Err(counter.failure.take().unwrap_or_else(|| BeaconError::InvalidJson(e.to_string()))),
+    }
+}
+
+/// A beacon's `key`, `sent_at` and events, checked.
+fn envelope<'a>(
+    mut obj: Map<String, Value>,
+    events: Option<Events<'a>>,
+) -> Result<(Option<String>, i64, EventList<'a>), BeaconError> {
     let key = match obj.remove("key") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) if !s.is_empty() && s.chars().count() <= MAX_KEY_LEN => Some(s),
@@ -242,13 +435,13 @@ pub fn parse_beacon_limited<'a>(
         Some(Events::Array(events)) => events,
         Some(Events::Other) => return Err(BeaconError::Field { field: "events", problem: "must be an array".into() }),
     };
-    if events.len() > MAX_EVENTS_PER_BEACON {
+    if events.texts.len() > MAX_EVENTS_PER_BEACON {
         return Err(BeaconError::Field {
             field: "events",
-            problem: format!("at most {MAX_EVENTS_PER_BEACON} events per beacon, got {}", events.len()),
+            problem: format!("at most {MAX_EVENTS_PER_BEACON} events per beacon, got {}", events.texts.len()),
         });
     }
-    Ok(ParsedBeacon { key, sent_at, events })
+    Ok((key, sent_at, events))
 }
 
 /// Counts the values a parse builds (see [`parse_beacon_limited`]).
@@ -262,7 +455,11 @@ struct Counter<'c> {
 
 const CHARGE_EVERY: usize = 1024;
 
-impl Counter<'_> {
+impl<'c> Counter<'c> {
+    fn new(max: usize, charge: &'c mut dyn FnMut(usize) -> bool) -> Self {
+        Counter { count: Cell::new(0), max, charge: RefCell::new(charge), failure: Cell::new(None) }
+    }
+
     fn tick<E: de::Error>(&self) -> Result<(), E> {
         let n = self.count.get() + 1;
         self.count.set(n);
@@ -400,9 +597,9 @@ macro_rules! seed_of_any {
     };
 }
 
-/// A body: an object whose `events` are parsed as [`RawEvent`]s and other fields as values; anything
-/// else is counted and is not an object.
-struct Body<'a, 'c>(&'a Counter<'c>);
+/// A body: an object whose `events` are read by [`EventsSeed`] (their fields too when the flag says so)
+/// and other fields as values; anything else is counted and is not an object.
+struct Body<'a, 'c>(&'a Counter<'c>, bool);
 
 enum Top<'de> {
     Object(Map<String, Value>, Option<Events<'de>>),
@@ -424,7 +621,7 @@ impl<'de> Visitor<'de> for Body<'_, '_> {
         while let Some(key) = map.next_key::<String>()? {
             if key == "events" {
                 // As a map would, the last of repeated keys counts.
-                events = Some(map.next_value_seed(EventsSeed(self.0))?);
+                events = Some(map.next_value_seed(EventsSeed(self.0, self.1))?);
             } else {
                 let v = map.next_value_seed(Counted(self.0))?;
                 out.insert(key, v);
@@ -436,11 +633,18 @@ impl<'de> Visitor<'de> for Body<'_, '_> {
 
 /// A body's `events`: an array of events, or anything else (counted, refused by the caller).
 enum Events<'de> {
-    Array(Vec<RawEvent<'de>>),
+    Array(EventList<'de>),
     Other,
 }
 
-struct EventsSeed<'a, 'c>(&'a Counter<'c>);
+/// The events of a body: each one's text, and its fields when they were asked for (else empty).
+struct EventList<'de> {
+    texts: Vec<&'de str>,
+    parsed: Vec<Parsed<'de>>,
+}
+
+/// Reads `events`; each event's fields as well when the flag says so.
+struct EventsSeed<'a, 'c>(&'a Counter<'c>, bool);
 
 seed_of_any!(EventsSeed<'_, '_> => Events);
 
@@ -450,7 +654,7 @@ impl<'de> Visitor<'de> for EventsSeed<'_, '_> {
     counted_otherwise!(|_| Events::Other);
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Events<'de>, A::Error> {
         self.0.tick()?;
-        let mut out = Vec::new();
+        let (mut texts, mut parsed) = (Vec::new(), Vec::new());
         // Fields are gathered here, then copied into a list of their exact size: one allocation per
         // event instead of a list regrown field by field.
         let mut scratch = Vec::new();
@@ -458,21 +662,33 @@ impl<'de> Visitor<'de> for EventsSeed<'_, '_> {
         // as sent, not re-serialized), then its fields are parsed from that text, counted as they go.
         while let Some(text) = seq.next_element::<&'de RawValue>()? {
             let text = text.get();
-            let mut de = serde_json::Deserializer::from_str(text);
-            let parsed = EventSeed(self.0, &mut scratch).deserialize(&mut de).map_err(|e| {
-                // The position within the event's own text would mislead: the body's, where the event
-                // ends, is added by the outer parse.
-                let message = e.to_string();
-                let bare = if e.line() == 0 { &message[..] } else { message.rsplit_once(" at line ").map_or(&message[..], |(m, _)| m) };
-                de::Error::custom(format_args!("events[{}]: {bare}", out.len()))
-            })?;
-            out.push(RawEvent { text, parsed });
+            if self.1 {
+                let event = parse_event(self.0, &mut scratch, text).map_err(|e| {
+                    // The position within the event's own text would mislead: the body's, where the
+                    // event ends, is added by the outer parse.
+                    let message = e.to_string();
+                    let bare = if e.line() == 0 { &message[..] } else { message.rsplit_once(" at line ").map_or(&message[..], |(m, _)| m) };
+                    de::Error::custom(format_args!("events[{}]: {bare}", texts.len()))
+                })?;
+                parsed.push(event);
+            }
+            texts.push(text);
         }
-        Ok(Events::Array(out))
+        Ok(Events::Array(EventList { texts, parsed }))
     }
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Events<'de>, A::Error> {
         Counted(self.0).visit_map(map).map(|_| Events::Other)
     }
+}
+
+/// Parses one event's text (see [`EventSeed`]).
+fn parse_event<'de>(
+    counter: &Counter<'_>,
+    scratch: &mut Vec<(Cow<'de, str>, FieldValue<'de>)>,
+    text: &'de str,
+) -> Result<Parsed<'de>, serde_json::Error> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    EventSeed(counter, scratch).deserialize(&mut de)
 }
 
 /// One event's text: an object as an [`EventObject`] (its fields gathered in the scratch list), anything
@@ -848,7 +1064,7 @@ fn integer(v: JsonRef) -> Option<i128> {
     if let Some(u) = n.as_u64() {
         return Some(u as i128);
     }
-    let f = n.as_f64()?;
+    let f = n.as_f64();
     (f.fract() == 0.0 && f.abs() < 1e30).then_some(f as i128)
 }
 
@@ -883,7 +1099,7 @@ fn opt_number<F: Fields>(
     match obj.field(field) {
         None | Some(JsonRef::Null) => Ok(None),
         Some(JsonRef::Number(n)) => match n.as_f64() {
-            Some(f) if f >= min && max.is_none_or(|m| f <= m) => Ok(Some(f)),
+            f if f >= min && max.is_none_or(|m| f <= m) => Ok(Some(f)),
             _ => Err(EventRejection::new(field, "out_of_range", format!("must be a number of at least {min}"))),
         },
         Some(_) => Err(EventRejection::wrong_type(field, "a number")),
@@ -903,6 +1119,7 @@ fn opt_u32<F: Fields>(obj: &F, field: &str) -> Result<Option<u32>, EventRejectio
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
     use serde_json::json;
 
     fn ev(extra: Value) -> Value {
@@ -938,8 +1155,11 @@ mod tests {
             asked.push(n);
             n < 10_000
         };
-        assert_eq!(parse_beacon_limited(body(20_000).as_bytes(), 1 << 20, &mut budget), Err(BeaconError::OverBudget));
-        assert_eq!(asked, (1..=10).map(|k| k * 1024 + 1).collect::<Vec<_>>(), "charged ahead, every 1024 values, until refused");
+        let text = body(20_000);
+        assert_eq!(parse_beacon_limited(text.as_bytes(), 1 << 20, &mut budget), Err(BeaconError::OverBudget));
+        let exact = (1..=10).map(|k| k * 1024 + 1);
+        let fast = most_values(text.len());
+        assert_eq!(asked, [fast].into_iter().chain(exact).collect::<Vec<_>>(), "the fast parse asks for what the length allows, refused; the exact parse charges ahead, every 1024 values, until refused");
         // What is parsed is exactly serde_json's own tree.
         let text = r#"{"key":"k","sent_at":1700000000000,"events":[{"a":[1,-2,3.5,"x",null,true,{"b":{}}]}]}"#;
         let ours = parse_beacon(text.as_bytes()).unwrap();
@@ -953,7 +1173,7 @@ mod tests {
     fn events_keep_their_text_as_sent_and_borrow_their_strings() {
         let first = r#"{ "type" : "viewstart", "ts":1700000000000, "view_id":"v\u00e9", "seq":0, "cdn":"c" }"#;
         let body = format!("{{\"sent_at\":1700000000000, \"events\": [\n  {first} , 7 ]}}");
-        let parsed = parse_beacon(body.as_bytes()).unwrap();
+        let parsed = parse_exact(body.as_bytes(), MAX_JSON_VALUES, &mut |_| true).unwrap();
         assert_eq!(parsed.events.iter().map(RawEvent::text).collect::<Vec<_>>(), [first, "7"]);
         let event = parsed.events[0].validate().unwrap();
         assert_eq!((event.view_id.as_str(), event.kind), ("vé", EventKind::Viewstart), "escapes are decoded");
@@ -964,6 +1184,152 @@ mod tests {
         // A problem inside an event names the event.
         let e = parse_beacon(br#"{"sent_at":1700000000000,"events":[{},{"a":"\ud800"}]}"#).unwrap_err();
         assert_eq!(e.to_string(), "body is not valid JSON: events[1]: unexpected end of hex escape at line 1 column 53");
+    }
+
+    /// What a parse answers, in full: `Debug` keeps what `==` forgets (the sign of a zero).
+    fn answer(parsed: Result<ParsedBeacon<'_>, BeaconError>) -> String {
+        let events = |b: &ParsedBeacon| b.events.iter().map(|e| (e.text().to_owned(), e.validate(), e.clone().into_value())).collect::<Vec<_>>();
+        format!("{:?}", parsed.map(|b| (b.key.clone(), b.sent_at, events(&b))))
+    }
+
+    fn exact(body: &[u8]) -> Result<ParsedBeacon<'_>, BeaconError> {
+        parse_exact(body, MAX_JSON_VALUES, &mut |_| true)
+    }
+
+    /// Which parse read each event.
+    fn readers(b: &ParsedBeacon) -> Vec<&'static str> {
+        let reader = |e: &RawEvent| match e.parsed {
+            Parsed::Dom(_) => "fast",
+            Parsed::Object(_) => "exact",
+            Parsed::Other(_) => "exact, not an object",
+        };
+        b.events.iter().map(reader).collect()
+    }
+
+    #[test]
+    fn players_beacons_take_the_fast_parse_and_read_as_the_exact_one() {
+        // As wrk's and the SDK's beacons are: objects of scalar fields. A repeated key, a number in
+        // exponent form, escapes, a null.
+        let body = br#"{"key":"k1","sent_at":1700000010000,"events":[
+            {"view_id":"v1","seq":0,"type":"viewstart","ts":1700000000000,"video_id":"v\u00e9","cdn":"fastly","stream_type":"vod","player_name":"hls.js"},
+            {"view_id":"v1","seq":1,"type":"segment","ts":1700000000500,"playhead_ms":500.25,"host":"cdn.example.com","bytes":1048576,"duration_ms":120,"ttfb_ms":3e1,"cache":"hit"},
+            {"view_id":"v1","seq":2,"type":"quality_change","ts":1700000001000,"bitrate_kbps":2500.0,"width":1280,"height":720,"seq":3},
+            {"view_id":"v1","seq":4,"type":"error","ts":1700000002000,"code":-4001,"fatal":true,"message":null},
+            {"view_id":"v1","seq":5,"type":"heartbeat","ts":17e11,"playhead_ms":0}]}"#;
+        let fast = parse_beacon(body).unwrap();
+        assert_eq!(readers(&fast), ["fast"; 5]);
+        assert!(fast.events.iter().all(|e| e.validate().is_ok()));
+        assert_eq!(fast.events[2].validate().unwrap().seq, 3, "the last of repeated keys");
+        assert_eq!(answer(Ok(fast)), answer(exact(body)));
+    }
+
+    #[test]
+    fn the_fast_parse_steps_aside_where_it_would_not_answer_exactly() {
+        let ev = |extra: &str| format!(r#"{{"view_id":"v","seq":1,"type":"viewstart","ts":1700000000000{extra}}}"#);
+        // A field validation reads that the document does not hold exactly (an object, as `custom`
+        // is; a zero written as a fraction, whose sign sonic-rs drops): the event is validated from its
+        // text, parsed exactly. Fields validation does not read do not matter. An event that is not an
+        // object is parsed exactly.
+        for (odd, exactly) in [
+            (r#","custom":{"plan":"pro","n":-0.0}"#, true),
+            (r#","playhead_ms":-0.0"#, true),
+            (r#","x":[1],"y":-0.0"#, false),
+        ] {
+            let body = format!(r#"{{"sent_at":1700000000000,"events":[{},{},7]}}"#, ev(""), ev(odd));
+            let fast = parse_beacon(body.as_bytes()).unwrap();
+            assert_eq!(readers(&fast), ["fast", "fast", "exact, not an object"], "{odd}");
+            let Parsed::Dom(event) = &fast.events[1].parsed else { panic!("read by the fast parse") };
+            assert_eq!(event.slots().is_none(), exactly, "{odd}");
+            assert_eq!(answer(Ok(fast)), answer(exact(body.as_bytes())));
+        }
+        assert!(answer(parse_beacon(format!(r#"{{"sent_at":1700000000000,"events":[{}]}}"#, ev(r#","playhead_ms":-0.0"#)).as_bytes())).contains("-0.0"));
+        // Repeated `events` (the last counts), a body past the fast parse's size, values the length
+        // cannot prove within the limit: the whole body is parsed exactly.
+        let twice = format!(r#"{{"sent_at":1700000000000,"events":[7],"events":[{}]}}"#, ev(""));
+        let big = format!(r#"{{"sent_at":1700000000000,"pad":"{}","events":[{}]}}"#, "x".repeat(FAST_PARSE_MAX_BYTES), ev(""));
+        for body in [&twice, &big] {
+            let fast = parse_beacon(body.as_bytes()).unwrap();
+            assert_eq!(readers(&fast), ["exact"]);
+            assert_eq!(answer(Ok(fast)), answer(exact(body.as_bytes())));
+        }
+        let one = format!(r#"{{"sent_at":1700000000000,"events":[{}]}}"#, ev(""));
+        assert_eq!(readers(&parse_beacon_limited(one.as_bytes(), 20, &mut |_| true).unwrap()), ["exact"]);
+        // Errors are the exact parse's, word for word.
+        let bad: [&[u8]; 7] = [
+            br#"{"sent_at":1700000000000,"events":[{},{"a":"\ud800"}]}"#,
+            br#"{"sent_at":1700000000000,"events":[{"a":1e400}]}"#,
+            br#"{"sent_at":1700000000000,"events":[{"a":1,}]}"#,
+            br#"{"sent_at":1,"events":[]}"#,
+            br#"{"key":"","sent_at":1700000000000,"events":[]}"#,
+            b"[1]",
+            b"{",
+        ];
+        for body in bad {
+            assert!(parse_beacon(body).is_err());
+            assert_eq!(answer(parse_beacon(body)), answer(exact(body)));
+        }
+    }
+
+    /// A JSON value's text: the numbers, strings and nesting on which parsers are known to differ.
+    fn value_text() -> impl Strategy<Value = String> {
+        let literals = prop::sample::select(vec![
+            "0", "-0", "0.0", "-0.0", "0e5", "-0E-2", "1", "1.0", "-5", "2.5", "1e3", "1E-2", "123.456e-7",
+            "9007199254740993", "18446744073709551615", "18446744073709551616", "-9223372036854775808",
+            "-9223372036854775809", "1e400", "4.9e-324", "2.2250738585072011e-308", "1700000000000", "1.7e12",
+            "1700000000000.5", "true", "false", "null", r#""v1""#, r#""v\u00e9""#, r#""\ud800""#,
+            r#""\ud83d\ude00""#, r#""a\"b""#, r#""segment""#, r#""viewstart""#, r#""quality_change""#,
+            r#""error""#, r#""hit""#, r#""vod""#, r#""é""#, "[]", "[1,-0.0]", "{}", r#"{"plan":"pro","n":2.50}"#,
+        ])
+        .prop_map(str::to_owned);
+        prop_oneof![
+            4 => literals,
+            1 => any::<f64>().prop_map(|f| if f.is_finite() { format!("{f:e}") } else { "1".into() }),
+            1 => any::<f64>().prop_map(|f| if f.is_finite() { format!("{f}") } else { "2".into() }),
+            1 => any::<i64>().prop_map(|i| i.to_string()),
+            1 => "-?[0-9]{1,22}(\\.[0-9]{1,22})?([eE][+-]?[0-9]{1,3})?",
+            1 => any::<String>().prop_map(|s| Value::String(s).to_string()),
+        ]
+    }
+
+    /// A body of events in the shape players send, with fields of any of those values; sometimes one
+    /// byte changed to one JSON cares about.
+    fn body_text() -> impl Strategy<Value = String> {
+        let key = prop::sample::select(vec![
+            "view_id", "seq", "type", "ts", "playhead_ms", "bitrate_kbps", "bytes", "cache", "host", "code", "fatal",
+            "message", "custom", "width", "stream_type", "x",
+        ]);
+        let kind = prop::sample::select(vec!["viewstart", "playing", "segment", "quality_change", "error", "heartbeat"]);
+        let fields = prop::collection::vec((key, value_text()), 0..6);
+        let event = (kind, value_text(), fields, any::<bool>()).prop_map(|(kind, ts, fields, base)| {
+            let mut out: Vec<String> = fields.into_iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+            if base {
+                out.splice(0..0, [r#""view_id":"v""#.to_owned(), r#""seq":1"#.to_owned(), format!(r#""type":"{kind}""#), format!(r#""ts":{ts}"#)]);
+            }
+            format!("{{{}}}", out.join(","))
+        });
+        let events = prop::collection::vec(prop_oneof![8 => event, 1 => value_text()], 0..6);
+        let body = (events, value_text(), any::<bool>()).prop_map(|(events, sent_at, plain)| {
+            let sent_at = if plain { "1700000000000".to_owned() } else { sent_at };
+            format!(r#"{{"key":"k","sent_at":{sent_at}, "events":[{}]}}"#, events.join(" , "))
+        });
+        let damage = prop::option::of((any::<prop::sample::Index>(), prop::sample::select(vec![',', ':', '{', '}', '[', ']', '"', '\\', ' ', '0', '-', '.', 'e'])));
+        (body, damage).prop_map(|(mut body, damage)| {
+            if let Some((at, c)) = damage {
+                let at = at.index(body.len());
+                if body.is_char_boundary(at) && body.is_char_boundary(at + 1) {
+                    body.replace_range(at..at + 1, &c.to_string());
+                }
+            }
+            body
+        })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(ProptestConfig::with_cases(3000))]
+        #[test]
+        fn the_fast_parse_answers_as_the_exact_one(body in body_text()) {
+            prop_assert_eq!(answer(parse_beacon(body.as_bytes())), answer(exact(body.as_bytes())), "{}", body);
+        }
     }
 
     #[test]

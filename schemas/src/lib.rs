@@ -25,7 +25,7 @@ pub mod record;
 pub mod tables;
 
 pub use beacon::{
-    BeaconError, EventRejection, Fields, JsonRef, ParsedBeacon, RawEvent, check_event, parse_beacon, parse_beacon_limited,
+    BeaconError, EventRejection, Fields, JsonRef, Num, ParsedBeacon, RawEvent, check_event, parse_beacon, parse_beacon_limited,
     validate_event, validate_event_map,
 };
 pub use event::{CacheStatus, ClientInfo, Event, EventKind, Payload, StreamType};
