@@ -35,7 +35,8 @@ const MAX_URL_LEN: usize = 2048;
 const MAX_CUSTOM_DIMS: usize = 32;
 /// Most JSON values (objects, arrays, strings, numbers, …) one body may hold. A parsed value costs
 /// 32 to 100 bytes of memory however few bytes of text it took (`0,` is two), so the count is enforced
-/// while parsing, before the tree grows: 10 MiB of `[0,0,0,…]` (a few KiB of gzip) stops here.
+/// before the tree grows: while parsing, or by the body's length before the fast parse
+/// ([`parse_beacon_limited`]). 10 MiB of `[0,0,0,…]` (a few KiB of gzip) stops here.
 pub const MAX_JSON_VALUES: usize = 100_000;
 /// What one parsed value is charged against the caller's memory budget.
 pub const JSON_VALUE_COST: usize = 64;
@@ -96,7 +97,7 @@ pub struct RawEvent<'a> {
 #[derive(Debug, Clone, PartialEq)]
 enum Parsed<'a> {
     Object(EventObject<'a>),
-    /// An object of scalar fields, as the fast parse left it ([`dom`]).
+    /// An object, as the fast parse left it: in its document ([`dom`]).
     Dom(dom::DomEvent),
     Other(Value),
 }
@@ -116,13 +117,13 @@ impl<'a> RawEvent<'a> {
         }
     }
 
-    /// The event parsed from its text by the exact parse (never [`Parsed::Dom`]).
+    /// The event parsed from its text by the exact parse (never [`Parsed::Dom`]). Its values are not
+    /// counted: the fast parse reads only events of at most [`dom::EVENT_MAX_BYTES`], so this tree is
+    /// small whatever the body.
     fn reparsed(&self) -> Result<RawEvent<'a>, EventRejection> {
-        let mut granted = |_| true;
-        let counter = Counter::new(usize::MAX, &mut granted);
-        match parse_event(&counter, &mut Vec::new(), self.text) {
+        match uncounted(|counter| parse_event(counter, &mut Vec::new(), self.text)) {
             Ok(parsed) => Ok(RawEvent { text: self.text, parsed }),
-            // Never: both parsers accepted this text, and each refuses what the other does.
+            // Never: the fast parse took this event's text only where the exact parse accepts it.
             Err(e) => Err(EventRejection::new("event", "invalid_json", e.to_string())),
         }
     }
@@ -150,8 +151,8 @@ impl<'a> RawEvent<'a> {
 /// An event object as its beacon's parse left it: the fields in the order sent, keys and string values
 /// borrowed from the body where they hold no escapes. Building a `serde_json::Map` per event (a B-tree
 /// node and a key string per field, then dropping them) was a sixth of the collector's CPU, and a
-/// `String` per string value most of what remained of parsing; this is a list of borrowed fields. It
-/// answers what the map would: the last of repeated keys.
+/// `String` per string value most of what remained of parsing; this is a list of borrowed fields.
+/// Validation files them in [`Slots`], the last of repeated keys counting, as in a map.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct EventObject<'a> {
     fields: Vec<(Cow<'a, str>, FieldValue<'a>)>,
@@ -184,12 +185,16 @@ impl FieldValue<'_> {
 /// An event's fields as validation reads them: each key it reads in a slot of its own (the last of
 /// repeated keys), filed in one pass over the fields. Validation asks for a dozen keys of each event;
 /// a search of the fields for each was most of its time.
-struct Slots<'v>([Option<JsonRef<'v>>; KEYS_READ]);
+struct Slots<'v>([Option<JsonRef<'v>>; KEYS_READ.len()]);
 
-/// How many keys validation reads (the arms of [`slot`]).
-const KEYS_READ: usize = 25;
+/// The keys validation reads, each at the index of its slot ([`slot`] is this table as a `match`).
+const KEYS_READ: [&str; 25] = [
+    "view_id", "seq", "type", "ts", "playhead_ms", "bitrate_kbps", "width", "height", "codec", "bytes", "cache",
+    "host", "duration_ms", "ttfb_ms", "code", "fatal", "message", "stream_type", "custom", "video_id",
+    "video_title", "player_name", "player_version", "page_url", "cdn",
+];
 
-/// The slot of a key validation reads.
+/// The slot of a key validation reads: its index in [`KEYS_READ`].
 fn slot(key: &str) -> Option<usize> {
     Some(match key {
         "view_id" => 0,
@@ -223,14 +228,14 @@ fn slot(key: &str) -> Option<usize> {
 
 impl Default for Slots<'_> {
     fn default() -> Self {
-        Slots([None; KEYS_READ])
+        Slots([None; KEYS_READ.len()])
     }
 }
 
 impl<'v> Slots<'v> {
     /// The slot of `key`, if validation reads it.
     fn at(&mut self, key: &str) -> Option<&mut Option<JsonRef<'v>>> {
-        slot(key).map(|i| &mut self.0[i])
+        slot(key).and_then(|i| self.0.get_mut(i))
     }
 }
 
@@ -238,7 +243,7 @@ impl Fields for Slots<'_> {
     fn field(&self, key: &str) -> Option<JsonRef<'_>> {
         let i = slot(key);
         debug_assert!(i.is_some(), "validation reads `{key}`, which has no slot");
-        i.and_then(|i| self.0[i])
+        i.and_then(|i| self.0.get(i).copied().flatten())
     }
 }
 
@@ -259,7 +264,7 @@ impl EventObject<'_> {
 }
 
 /// A JSON value as validation reads it, borrowed from wherever it was parsed into (a `serde_json`
-/// value, or an [`EventObject`]'s field).
+/// value, an [`EventObject`]'s field, the fast parse's document); numbers by value.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum JsonRef<'v> {
     Null,
@@ -322,14 +327,6 @@ impl Num {
             Num::Float(f) => f,
         }
     }
-    /// The number as serde_json's value of it.
-    pub fn to_json(self) -> Value {
-        match self {
-            Num::PosInt(u) => Value::from(u),
-            Num::NegInt(i) => Value::from(i),
-            Num::Float(f) => serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number),
-        }
-    }
 }
 
 impl From<&serde_json::Number> for Num {
@@ -348,13 +345,15 @@ pub fn parse_beacon(body: &[u8]) -> Result<ParsedBeacon<'_>, BeaconError> {
     parse_beacon_limited(body, MAX_JSON_VALUES, &mut |_| true)
 }
 
-/// [`parse_beacon`] with at most `max_values` JSON values, counted as they are parsed. Before the tree
-/// grows past `n` values, `charge(n)` is asked (every 1024 values) and may refuse: the caller's memory
-/// budget ([`JSON_VALUE_COST`] bytes a value is a fair price).
+/// [`parse_beacon`] with at most `max_values` JSON values. Before the tree grows past `n` values,
+/// `charge(n)` is asked and may refuse: the caller's memory budget ([`JSON_VALUE_COST`] bytes a value
+/// is a fair price).
 ///
-/// Bodies of at most [`FAST_PARSE_MAX_BYTES`] take the fast parse ([`dom`]) when the most values their
-/// length allows is within `max_values` and `charge` grants it; anything that parse does not decide
-/// exactly as this one would (an error, a nested field, …) is parsed again here, so both answer alike.
+/// A body of at most [`FAST_PARSE_MAX_BYTES`] whose length proves its values within `max_values` takes
+/// the fast parse ([`dom`]), charged ahead for twice the values the length allows (its document, and
+/// the exact trees of what it leaves to the exact parse). Any other body, or one that parse leaves
+/// whole to the exact parse (an error, …), is parsed by serde_json alone with its values counted as they
+/// are built, `charge` asked every 1024 values. Both parses answer alike.
 pub fn parse_beacon_limited<'a>(
     body: &'a [u8],
     max_values: usize,
@@ -363,7 +362,7 @@ pub fn parse_beacon_limited<'a>(
     let most = most_values(body.len());
     if body.len() <= FAST_PARSE_MAX_BYTES
         && most <= max_values
-        && charge(most)
+        && charge(2 * most)
         && let Some(beacon) = dom::parse(body)
     {
         return Ok(beacon);
@@ -372,8 +371,8 @@ pub fn parse_beacon_limited<'a>(
 }
 
 /// The largest body the fast parse takes. Players' beacons are far smaller (200 events are about
-/// 27 KB); its memory is charged up front for the most values the length allows, which for larger
-/// bodies would hold far more of the budget than the exact parse's charge as it grows.
+/// 27 KB); its memory is charged up front for what the length allows, which for larger bodies would
+/// hold far more of the budget than the exact parse's charge as it grows.
 pub const FAST_PARSE_MAX_BYTES: usize = 64 * 1024;
 
 /// The most JSON values a text of `len` bytes can hold: each value takes at least a byte, and each but
@@ -389,21 +388,28 @@ fn parse_exact<'a>(
     charge: &mut dyn FnMut(usize) -> bool,
 ) -> Result<ParsedBeacon<'a>, BeaconError> {
     let counter = Counter::new(max_values, charge);
-    let (obj, events) = read_body(body, &counter, true)?;
+    let (obj, events) = read_body(body, &counter, Read::Fields)?;
     let (key, sent_at, events) = envelope(obj, events)?;
-    let events = events.texts.into_iter().zip(events.parsed).map(|(text, parsed)| RawEvent { text, parsed });
+    let parsed = events.parsed.unwrap_or_default();
+    let events = events.texts.into_iter().zip(parsed).map(|(text, parsed)| RawEvent { text, parsed });
     Ok(ParsedBeacon { key, sent_at, events: events.collect() })
 }
 
-/// Parses a body: its envelope's fields as values, each event's text, and each event's fields when
-/// `fields` says so.
+/// What a read of a body makes of each event: its text only, or its fields too.
+#[derive(Clone, Copy, PartialEq)]
+enum Read {
+    Texts,
+    Fields,
+}
+
+/// Parses a body: its envelope's fields as values, and its events as `read` says.
 fn read_body<'a>(
     body: &'a [u8],
     counter: &Counter<'_>,
-    fields: bool,
+    read: Read,
 ) -> Result<(Map<String, Value>, Option<Events<'a>>), BeaconError> {
     let mut de = serde_json::Deserializer::from_slice(body);
-    let parsed = Body(counter, fields).deserialize(&mut de).and_then(|v| de.end().map(|()| v));
+    let parsed = Body(counter, read).deserialize(&mut de).and_then(|v| de.end().map(|()| v));
     match parsed {
         Ok(Top::Object(obj, events)) => Ok((obj, events)),
         Ok(Top::NotObject) => Err(BeaconError::NotAnObject),
@@ -442,6 +448,12 @@ fn envelope<'a>(
         });
     }
     Ok((key, sent_at, events))
+}
+
+/// `f` with a counter that limits nothing: for parses whose values were bounded and charged before.
+fn uncounted<R>(f: impl FnOnce(&Counter<'_>) -> R) -> R {
+    let mut granted = |_| true;
+    f(&Counter::new(usize::MAX, &mut granted))
 }
 
 /// Counts the values a parse builds (see [`parse_beacon_limited`]).
@@ -597,9 +609,9 @@ macro_rules! seed_of_any {
     };
 }
 
-/// A body: an object whose `events` are read by [`EventsSeed`] (their fields too when the flag says so)
-/// and other fields as values; anything else is counted and is not an object.
-struct Body<'a, 'c>(&'a Counter<'c>, bool);
+/// A body: an object whose `events` are read by [`EventsSeed`] and other fields as values; anything
+/// else is counted and is not an object.
+struct Body<'a, 'c>(&'a Counter<'c>, Read);
 
 enum Top<'de> {
     Object(Map<String, Value>, Option<Events<'de>>),
@@ -619,7 +631,7 @@ impl<'de> Visitor<'de> for Body<'_, '_> {
         self.0.tick()?;
         let (mut out, mut events) = (Map::new(), None);
         while let Some(key) = map.next_key::<String>()? {
-            if key == "events" {
+            if key == EVENTS {
                 // As a map would, the last of repeated keys counts.
                 events = Some(map.next_value_seed(EventsSeed(self.0, self.1))?);
             } else {
@@ -637,14 +649,17 @@ enum Events<'de> {
     Other,
 }
 
-/// The events of a body: each one's text, and its fields when they were asked for (else empty).
+/// The events of a body: each one's text, and each one parsed when [`Read::Fields`] asked for it.
 struct EventList<'de> {
     texts: Vec<&'de str>,
-    parsed: Vec<Parsed<'de>>,
+    parsed: Option<Vec<Parsed<'de>>>,
 }
 
-/// Reads `events`; each event's fields as well when the flag says so.
-struct EventsSeed<'a, 'c>(&'a Counter<'c>, bool);
+/// The key of a body's events.
+const EVENTS: &str = "events";
+
+/// Reads `events` as the [`Read`] says.
+struct EventsSeed<'a, 'c>(&'a Counter<'c>, Read);
 
 seed_of_any!(EventsSeed<'_, '_> => Events);
 
@@ -654,7 +669,7 @@ impl<'de> Visitor<'de> for EventsSeed<'_, '_> {
     counted_otherwise!(|_| Events::Other);
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Events<'de>, A::Error> {
         self.0.tick()?;
-        let (mut texts, mut parsed) = (Vec::new(), Vec::new());
+        let (mut texts, mut parsed) = (Vec::new(), (self.1 == Read::Fields).then(Vec::new));
         // Fields are gathered here, then copied into a list of their exact size: one allocation per
         // event instead of a list regrown field by field.
         let mut scratch = Vec::new();
@@ -662,7 +677,7 @@ impl<'de> Visitor<'de> for EventsSeed<'_, '_> {
         // as sent, not re-serialized), then its fields are parsed from that text, counted as they go.
         while let Some(text) = seq.next_element::<&'de RawValue>()? {
             let text = text.get();
-            if self.1 {
+            if let Some(parsed) = &mut parsed {
                 let event = parse_event(self.0, &mut scratch, text).map_err(|e| {
                     // The position within the event's own text would mislead: the body's, where the
                     // event ends, is added by the outer parse.
@@ -791,8 +806,9 @@ pub fn validate_event_map(obj: &Map<String, Value>) -> Result<Event, EventReject
     validate_fields(obj)
 }
 
-/// Validation reads an event's fields through this: a `serde_json` map, or an event object as a
-/// beacon's parse left it ([`EventObject`]). Both answer a key with the value a map would hold for it.
+/// Validation reads an event's fields through this: a `serde_json` map, or the slots an event's fields
+/// were filed in however the beacon's parse left them ([`Slots`]). Both answer a key with the value a
+/// map would hold for it.
 pub trait Fields {
     fn field(&self, key: &str) -> Option<JsonRef<'_>>;
 }
@@ -1158,7 +1174,7 @@ mod tests {
         let text = body(20_000);
         assert_eq!(parse_beacon_limited(text.as_bytes(), 1 << 20, &mut budget), Err(BeaconError::OverBudget));
         let exact = (1..=10).map(|k| k * 1024 + 1);
-        let fast = most_values(text.len());
+        let fast = 2 * most_values(text.len());
         assert_eq!(asked, [fast].into_iter().chain(exact).collect::<Vec<_>>(), "the fast parse asks for what the length allows, refused; the exact parse charges ahead, every 1024 values, until refused");
         // What is parsed is exactly serde_json's own tree.
         let text = r#"{"key":"k","sent_at":1700000000000,"events":[{"a":[1,-2,3.5,"x",null,true,{"b":{}}]}]}"#;
@@ -1243,11 +1259,24 @@ mod tests {
             assert_eq!(answer(Ok(fast)), answer(exact(body.as_bytes())));
         }
         assert!(answer(parse_beacon(format!(r#"{{"sent_at":1700000000000,"events":[{}]}}"#, ev(r#","playhead_ms":-0.0"#)).as_bytes())).contains("-0.0"));
-        // Repeated `events` (the last counts), a body past the fast parse's size, values the length
-        // cannot prove within the limit: the whole body is parsed exactly.
+        // An event longer than the fast parse reads, or with as many brackets as serde_json's nesting
+        // limit (127 levels below the event, and 200: sonic-rs allows 254), is parsed exactly: the
+        // deep ones are refused as the exact parse refuses them.
+        let long = format!(r#"{{"sent_at":1700000000000,"events":[{}]}}"#, ev(&format!(r#","x":"{}""#, "y".repeat(dom::EVENT_MAX_BYTES))));
+        assert_eq!(readers(&parse_beacon(long.as_bytes()).unwrap()), ["exact"]);
+        for depth in [126, 127, 200] {
+            let nested = format!(r#","x":{}{}"#, "[".repeat(depth), "]".repeat(depth));
+            let body = format!(r#"{{"sent_at":1700000000000,"events":[{}]}}"#, ev(&nested));
+            assert_eq!(answer(parse_beacon(body.as_bytes())), answer(exact(body.as_bytes())), "{depth} levels");
+            assert_eq!(parse_beacon(body.as_bytes()).is_ok(), depth < 127, "{depth} levels");
+        }
+        // Repeated `events` (the last counts), more keys than a player sends, a body past the fast
+        // parse's size, values the length cannot prove within the limit: the whole body is parsed
+        // exactly.
         let twice = format!(r#"{{"sent_at":1700000000000,"events":[7],"events":[{}]}}"#, ev(""));
+        let keys = format!(r#"{{"sent_at":1700000000000,{}"events":[{}]}}"#, r#""":0,"#.repeat(dom::MAX_TOP_KEYS), ev(""));
         let big = format!(r#"{{"sent_at":1700000000000,"pad":"{}","events":[{}]}}"#, "x".repeat(FAST_PARSE_MAX_BYTES), ev(""));
-        for body in [&twice, &big] {
+        for body in [&twice, &keys, &big] {
             let fast = parse_beacon(body.as_bytes()).unwrap();
             assert_eq!(readers(&fast), ["exact"]);
             assert_eq!(answer(Ok(fast)), answer(exact(body.as_bytes())));
@@ -1288,6 +1317,7 @@ mod tests {
             1 => any::<i64>().prop_map(|i| i.to_string()),
             1 => "-?[0-9]{1,22}(\\.[0-9]{1,22})?([eE][+-]?[0-9]{1,3})?",
             1 => any::<String>().prop_map(|s| Value::String(s).to_string()),
+            1 => (120usize..135).prop_map(|depth| format!("{}{}", "[".repeat(depth), "]".repeat(depth))),
         ]
     }
 
@@ -1330,6 +1360,14 @@ mod tests {
         fn the_fast_parse_answers_as_the_exact_one(body in body_text()) {
             prop_assert_eq!(answer(parse_beacon(body.as_bytes())), answer(exact(body.as_bytes())), "{}", body);
         }
+    }
+
+    #[test]
+    fn every_key_validation_reads_has_its_own_slot() {
+        for (i, key) in KEYS_READ.iter().enumerate() {
+            assert_eq!(slot(key), Some(i), "{key}");
+        }
+        assert_eq!(slot("x"), None);
     }
 
     #[test]
