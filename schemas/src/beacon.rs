@@ -424,7 +424,7 @@ fn envelope<'a>(
 ) -> Result<(Option<String>, i64, EventList<'a>), BeaconError> {
     let key = match obj.remove("key") {
         None | Some(Value::Null) => None,
-        Some(Value::String(s)) if !s.is_empty() && s.chars().count() <= MAX_KEY_LEN => Some(s),
+        Some(Value::String(s)) if !s.is_empty() && within_chars(&s, MAX_KEY_LEN) => Some(s),
         Some(_) => {
             return Err(BeaconError::Field {
                 field: "key",
@@ -822,7 +822,7 @@ impl Fields for Map<String, Value> {
 fn validate_fields<F: Fields>(obj: &F) -> Result<Event, EventRejection> {
     let view_id = match obj.field("view_id") {
         None => return Err(EventRejection::missing("view_id")),
-        Some(JsonRef::String(s)) if !s.is_empty() && s.chars().count() <= MAX_VIEW_ID_LEN => s.to_owned(),
+        Some(JsonRef::String(s)) if !s.is_empty() && within_chars(s, MAX_VIEW_ID_LEN) => s.to_owned(),
         Some(_) => {
             return Err(EventRejection::new(
                 "view_id",
@@ -920,7 +920,7 @@ fn validate_fields<F: Fields>(obj: &F) -> Result<Event, EventRejection> {
         EventKind::Error => {
             let code = match obj.field("code") {
                 None | Some(JsonRef::Null) => None,
-                Some(JsonRef::String(s)) if s.chars().count() <= 128 => Some(s.to_owned()),
+                Some(JsonRef::String(s)) if within_chars(s, 128) => Some(s.to_owned()),
                 Some(v @ JsonRef::Number(_)) if integer(v).is_some() => integer(v).map(|n| n.to_string()),
                 Some(_) => {
                     return Err(EventRejection::wrong_type(
@@ -946,9 +946,8 @@ fn validate_fields<F: Fields>(obj: &F) -> Result<Event, EventRejection> {
 /// A record from a broken or hostile writer is refused event by event here, as version 1 records are by
 /// validation, so no value the pipeline's arithmetic and tables rely on can be out of range.
 pub fn check_event(e: &Event) -> Result<(), EventRejection> {
-    let chars = |s: &str, max: usize| s.len() <= max || s.chars().count() <= max;
     let string = |field: &str, s: &Option<String>, max: usize| match s {
-        Some(s) if !chars(s, max) => Err(EventRejection::new(field, "too_long", format!("must be at most {max} characters"))),
+        Some(s) if !within_chars(s, max) => Err(EventRejection::new(field, "too_long", format!("must be at most {max} characters"))),
         _ => Ok(()),
     };
     let number = |field: &str, v: Option<f64>| match v {
@@ -957,7 +956,7 @@ pub fn check_event(e: &Event) -> Result<(), EventRejection> {
         }
         _ => Ok(()),
     };
-    if e.view_id.is_empty() || !chars(&e.view_id, MAX_VIEW_ID_LEN) {
+    if e.view_id.is_empty() || !within_chars(&e.view_id, MAX_VIEW_ID_LEN) {
         return Err(EventRejection::new(
             "view_id",
             "invalid_value",
@@ -982,7 +981,7 @@ pub fn check_event(e: &Event) -> Result<(), EventRejection> {
             if d.custom.len() > MAX_CUSTOM_DIMS {
                 return Err(EventRejection::new("custom", "too_long", format!("at most {MAX_CUSTOM_DIMS} custom dimensions")));
             }
-            if let Some((name, _)) = d.custom.iter().find(|(_, v)| !chars(v, MAX_SHORT_STRING)) {
+            if let Some((name, _)) = d.custom.iter().find(|(_, v)| !within_chars(v, MAX_SHORT_STRING)) {
                 return Err(EventRejection::wrong_type(&format!("custom.{name}"), "a string (at most 256 characters), number or boolean"));
             }
             e.kind == EventKind::Viewstart
@@ -1043,7 +1042,7 @@ fn view_dims<F: Fields>(obj: &F) -> Result<ViewDims, EventRejection> {
             let mut out = Vec::with_capacity(m.len());
             for (name, v) in m {
                 let value = match v {
-                    Value::String(s) if s.chars().count() <= MAX_SHORT_STRING => s.clone(),
+                    Value::String(s) if within_chars(s, MAX_SHORT_STRING) => s.clone(),
                     Value::Number(n) => n.to_string(),
                     Value::Bool(b) => b.to_string(),
                     _ => {
@@ -1084,6 +1083,12 @@ fn integer(v: JsonRef) -> Option<i128> {
     (f.fract() == 0.0 && f.abs() < 1e30).then_some(f as i128)
 }
 
+/// Whether `s` has at most `max` characters; counted only when its bytes are more (a character takes at
+/// least one).
+fn within_chars(s: &str, max: usize) -> bool {
+    s.len() <= max || s.chars().count() <= max
+}
+
 /// Why a `ts` out of range is refused (by validation and by [`check_event`]).
 const TS_RANGE: &str = "must be epoch milliseconds between 946684800000 (2000-01-01) and 4102444800000 (2100-01-01)";
 
@@ -1098,7 +1103,7 @@ fn epoch_ms(v: JsonRef) -> Result<i64, String> {
 fn opt_string<F: Fields>(obj: &F, field: &str, max_chars: usize) -> Result<Option<String>, EventRejection> {
     match obj.field(field) {
         None | Some(JsonRef::Null) => Ok(None),
-        Some(JsonRef::String(s)) if s.chars().count() <= max_chars => Ok(Some(s.to_owned())),
+        Some(JsonRef::String(s)) if within_chars(s, max_chars) => Ok(Some(s.to_owned())),
         Some(JsonRef::String(_)) => {
             Err(EventRejection::new(field, "too_long", format!("must be at most {max_chars} characters")))
         }
@@ -1359,6 +1364,10 @@ mod tests {
         #[test]
         fn the_fast_parse_answers_as_the_exact_one(body in body_text()) {
             prop_assert_eq!(answer(parse_beacon(body.as_bytes())), answer(exact(body.as_bytes())), "{}", body);
+            // Validation through the slots answers as through serde_json's map of the event.
+            for event in parse_beacon(body.as_bytes()).map(|b| b.events).unwrap_or_default() {
+                prop_assert_eq!(event.validate(), validate_event(&event.clone().into_value()), "{}", event.text());
+            }
         }
     }
 
