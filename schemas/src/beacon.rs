@@ -1267,27 +1267,32 @@ mod tests {
         // An event longer than the fast parse reads, or with as many brackets as serde_json's nesting
         // limit (127 levels below the event, and 200: sonic-rs allows 254), is parsed exactly: the
         // deep ones are refused as the exact parse refuses them.
-        let long = format!(r#"{{"sent_at":1700000000000,"events":[{}]}}"#, ev(&format!(r#","x":"{}""#, "y".repeat(dom::EVENT_MAX_BYTES))));
-        assert_eq!(readers(&parse_beacon(long.as_bytes()).unwrap()), ["exact"]);
+        let long = format!(r#"{{"sent_at":1700000000000,"events":[{},{}]}}"#, ev(&format!(r#","x":"{}""#, "y".repeat(dom::EVENT_MAX_BYTES))), ev(""));
+        assert_eq!(readers(&parse_beacon(long.as_bytes()).unwrap()), ["exact", "fast"]);
         for depth in [126, 127, 200] {
             let nested = format!(r#","x":{}{}"#, "[".repeat(depth), "]".repeat(depth));
-            let body = format!(r#"{{"sent_at":1700000000000,"events":[{}]}}"#, ev(&nested));
+            let body = format!(r#"{{"sent_at":1700000000000,"events":[{},{}]}}"#, ev(&nested), ev(""));
             assert_eq!(answer(parse_beacon(body.as_bytes())), answer(exact(body.as_bytes())), "{depth} levels");
             assert_eq!(parse_beacon(body.as_bytes()).is_ok(), depth < 127, "{depth} levels");
         }
         // Repeated `events` (the last counts), more keys than a player sends, a body past the fast
         // parse's size, values the length cannot prove within the limit: the whole body is parsed
         // exactly.
-        let twice = format!(r#"{{"sent_at":1700000000000,"events":[7],"events":[{}]}}"#, ev(""));
-        let keys = format!(r#"{{"sent_at":1700000000000,{}"events":[{}]}}"#, r#""":0,"#.repeat(dom::MAX_TOP_KEYS), ev(""));
-        let big = format!(r#"{{"sent_at":1700000000000,"pad":"{}","events":[{}]}}"#, "x".repeat(FAST_PARSE_MAX_BYTES), ev(""));
+        let two = format!("{},{}", ev(""), ev(""));
+        let twice = format!(r#"{{"sent_at":1700000000000,"events":[7],"events":[{two}]}}"#);
+        let keys = format!(r#"{{"sent_at":1700000000000,{}"events":[{two}]}}"#, r#""":0,"#.repeat(dom::MAX_TOP_KEYS));
+        let big = format!(r#"{{"sent_at":1700000000000,"pad":"{}","events":[{two}]}}"#, "x".repeat(FAST_PARSE_MAX_BYTES));
         for body in [&twice, &keys, &big] {
             let fast = parse_beacon(body.as_bytes()).unwrap();
-            assert_eq!(readers(&fast), ["exact"]);
+            assert_eq!(readers(&fast), ["exact", "exact"]);
             assert_eq!(answer(Ok(fast)), answer(exact(body.as_bytes())));
         }
+        let both = format!(r#"{{"sent_at":1700000000000,"events":[{two}]}}"#);
+        assert_eq!(readers(&parse_beacon(both.as_bytes()).unwrap()), ["fast", "fast"]);
+        assert_eq!(readers(&parse_beacon_limited(both.as_bytes(), 40, &mut |_| true).unwrap()), ["exact", "exact"]);
+        // One event: its text parsed exactly (the document would cost more than it saves).
         let one = format!(r#"{{"sent_at":1700000000000,"events":[{}]}}"#, ev(""));
-        assert_eq!(readers(&parse_beacon_limited(one.as_bytes(), 20, &mut |_| true).unwrap()), ["exact"]);
+        assert_eq!(readers(&parse_beacon(one.as_bytes()).unwrap()), ["exact"]);
         // Errors are the exact parse's, word for word.
         let bad: [&[u8]; 7] = [
             br#"{"sent_at":1700000000000,"events":[{},{"a":"\ud800"}]}"#,

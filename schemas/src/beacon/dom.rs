@@ -7,6 +7,8 @@
 //! - a body either parser refuses, whose envelope is wrong, with more than [`MAX_TOP_KEYS`] keys
 //!   (repeated ones included) or repeated `events`: the whole body, which names any problem as it
 //!   always did;
+//! - a body of one event (building the document costs more than it saves for one): its text is
+//!   parsed exactly;
 //! - an event that is not an object, is longer than [`EVENT_MAX_BYTES`], or may nest deeper than
 //!   serde_json allows (its slicing of events checks no depth; sonic-rs allows 254 levels): parsed
 //!   exactly from its text, and a failure there sends the whole body to the exact parse;
@@ -38,6 +40,10 @@ pub(super) const MAX_TOP_KEYS: usize = 8;
 /// exactly, as are the rare events validated from their text again, whose tree this keeps small.
 pub(super) const EVENT_MAX_BYTES: usize = 4096;
 
+/// The fewest events the document is built for: for one, building it costs more than it saves
+/// (BENCHMARKS.md §25); its text is parsed exactly.
+const MIN_EVENTS: usize = 2;
+
 /// serde_json's nesting limit: an event with at least this many `[` and `{` may nest too deep for it.
 const MAX_OPENINGS: usize = 128;
 
@@ -48,6 +54,12 @@ pub(super) fn parse(body: &[u8]) -> Option<ParsedBeacon<'_>> {
         // serde_json's read first: its syntax is the contract's, and it limits the envelope's nesting.
         let (obj, events) = read_body(body, counter, Read::Texts).ok()?;
         let (key, sent_at, events) = envelope(obj, events).ok()?;
+        let mut scratch = Vec::new();
+        if events.texts.len() < MIN_EVENTS {
+            let exact = |text| Some(RawEvent { text, parsed: parse_event(counter, &mut scratch, text).ok()? });
+            let events = events.texts.into_iter().map(exact).collect::<Option<_>>()?;
+            return Some(ParsedBeacon { key, sent_at, events });
+        }
         let doc = Arc::new(sonic_rs::from_slice::<sonic_rs::Value>(body).ok()?);
         let top = doc.as_object()?;
         if top.len() > MAX_TOP_KEYS || top.iter().filter(|(k, _)| *k == EVENTS).count() != 1 {
@@ -57,7 +69,6 @@ pub(super) fn parse(body: &[u8]) -> Option<ParsedBeacon<'_>> {
         if array.len() != events.texts.len() {
             return None;
         }
-        let mut scratch = Vec::new();
         let mut out = Vec::with_capacity(array.len());
         for (index, (text, value)) in events.texts.into_iter().zip(array.iter()).enumerate() {
             let parsed = if value.is_object() && text.len() <= EVENT_MAX_BYTES && shallow(text) {
