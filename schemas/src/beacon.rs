@@ -1275,9 +1275,9 @@ mod tests {
             assert_eq!(answer(parse_beacon(body.as_bytes())), answer(exact(body.as_bytes())), "{depth} levels");
             assert_eq!(parse_beacon(body.as_bytes()).is_ok(), depth < 127, "{depth} levels");
         }
-        // Repeated `events` (the last counts), more keys than a player sends, a body past the fast
-        // parse's size, values the length cannot prove within the limit: the whole body is parsed
-        // exactly.
+        // Repeated `events` (the last counts) or more keys than a player sends (every event parsed
+        // exactly from its text), a body past the fast parse's size or values the length cannot
+        // prove within the limit (the whole body parsed exactly): no event is read from a document.
         let two = format!("{},{}", ev(""), ev(""));
         let twice = format!(r#"{{"sent_at":1700000000000,"events":[7],"events":[{two}]}}"#);
         let keys = format!(r#"{{"sent_at":1700000000000,{}"events":[{two}]}}"#, r#""":0,"#.repeat(dom::MAX_TOP_KEYS));

@@ -4,11 +4,11 @@
 //!
 //! It answers exactly as [`super::parse_exact`] would, and leaves to that parse whatever it could not
 //! answer so:
-//! - a body either parser refuses, whose envelope is wrong, with more than [`MAX_TOP_KEYS`] keys
-//!   (repeated ones included) or repeated `events`: the whole body, which names any problem as it
-//!   always did;
-//! - a body of one event (building the document costs more than it saves for one): its text is
-//!   parsed exactly;
+//! - a body serde_json refuses or whose envelope is wrong, or an event the exact parse refuses: the
+//!   whole body, which names any problem as it always did;
+//! - a body of one event (building the document costs more than it saves for one), one sonic-rs
+//!   refuses, or with more than [`MAX_TOP_KEYS`] keys (repeated ones included) or repeated `events`:
+//!   every event is parsed exactly from its text;
 //! - an event that is not an object, is longer than [`EVENT_MAX_BYTES`], or may nest deeper than
 //!   serde_json allows (its slicing of events checks no depth; sonic-rs allows 254 levels): parsed
 //!   exactly from its text, and a failure there sends the whole body to the exact parse;
@@ -54,32 +54,33 @@ pub(super) fn parse(body: &[u8]) -> Option<ParsedBeacon<'_>> {
         // serde_json's read first: its syntax is the contract's, and it limits the envelope's nesting.
         let (obj, events) = read_body(body, counter, Read::Texts).ok()?;
         let (key, sent_at, events) = envelope(obj, events).ok()?;
+        let doc = if events.texts.len() >= MIN_EVENTS { document(body, events.texts.len()) } else { None };
+        let array = doc.as_ref().and_then(|doc| doc.get(EVENTS)).and_then(|events| events.as_array());
         let mut scratch = Vec::new();
-        if events.texts.len() < MIN_EVENTS {
-            let exact = |text| Some(RawEvent { text, parsed: parse_event(counter, &mut scratch, text).ok()? });
-            let events = events.texts.into_iter().map(exact).collect::<Option<_>>()?;
-            return Some(ParsedBeacon { key, sent_at, events });
-        }
-        let doc = Arc::new(sonic_rs::from_slice::<sonic_rs::Value>(body).ok()?);
-        let top = doc.as_object()?;
-        if top.len() > MAX_TOP_KEYS || top.iter().filter(|(k, _)| *k == EVENTS).count() != 1 {
-            return None;
-        }
-        let array = top.get(&EVENTS)?.as_array()?;
-        if array.len() != events.texts.len() {
-            return None;
-        }
-        let mut out = Vec::with_capacity(array.len());
-        for (index, (text, value)) in events.texts.into_iter().zip(array.iter()).enumerate() {
-            let parsed = if value.is_object() && text.len() <= EVENT_MAX_BYTES && shallow(text) {
-                Parsed::Dom(DomEvent { doc: Arc::clone(&doc), index })
-            } else {
-                parse_event(counter, &mut scratch, text).ok()?
+        let mut out = Vec::with_capacity(events.texts.len());
+        for (index, text) in events.texts.into_iter().enumerate() {
+            let value = array.and_then(|array| array.get(index));
+            let parsed = match (&doc, value) {
+                (Some(doc), Some(value)) if value.is_object() && text.len() <= EVENT_MAX_BYTES && shallow(text) => {
+                    Parsed::Dom(DomEvent { doc: Arc::clone(doc), index })
+                }
+                _ => parse_event(counter, &mut scratch, text).ok()?,
             };
             out.push(RawEvent { text, parsed });
         }
         Some(ParsedBeacon { key, sent_at, events: out })
     })
+}
+
+/// sonic-rs's document of `body` when validation may read its `events` from it: one `events` array of
+/// `events` values (the events serde_json sliced out), among at most [`MAX_TOP_KEYS`] keys. Without
+/// it, every event is parsed exactly from its text.
+fn document(body: &[u8], events: usize) -> Option<Arc<sonic_rs::Value>> {
+    let doc = sonic_rs::from_slice::<sonic_rs::Value>(body).ok()?;
+    let top = doc.as_object()?;
+    let one = top.len() <= MAX_TOP_KEYS && top.iter().filter(|(k, _)| *k == EVENTS).count() == 1;
+    let fits = top.get(&EVENTS).and_then(|e| e.as_array()).is_some_and(|array| array.len() == events);
+    (one && fits).then(|| Arc::new(doc))
 }
 
 /// Whether `text` nests within serde_json's limit for certain: a text of fewer than twice
