@@ -26,8 +26,8 @@ pub async fn run(config: Config, pipeline: bool, stop: Stop) -> anyhow::Result<(
             config.pipeline.clone(),
             config.clickhouse.clone(),
         );
-        let nice = pcfg.nice;
-        Some(on_own_thread(nice, pipeline::local::run(log, data_dir, config.dataset()?, pcfg, ch, status, stop.receiver()))?)
+        let priority = Priority { nice: pcfg.nice, idle: pcfg.sched_idle };
+        Some(on_own_thread(priority, pipeline::local::run(log, data_dir, config.dataset()?, pcfg, ch, status, stop.receiver()))?)
     } else {
         tracing::warn!("--no-pipeline: collector and local log only; nothing reads or trims the log");
         None
@@ -65,8 +65,17 @@ pub async fn run(config: Config, pipeline: bool, stop: Stop) -> anyhow::Result<(
     Ok(())
 }
 
-/// Runs the pipeline on a thread and a runtime of its own, `nice` steps below the collector
-/// (`pipeline.nice`); join the handle for its result.
+/// The CPU priority of the pipeline's threads, below the collector's.
+#[derive(Clone, Copy)]
+struct Priority {
+    /// Nice steps below the collector's (`pipeline.nice`).
+    nice: i32,
+    /// Under `SCHED_IDLE` instead (`pipeline.sched_idle`).
+    idle: bool,
+}
+
+/// Runs the pipeline on a thread and a runtime of its own, below the collector (`pipeline.nice`, or
+/// `pipeline.sched_idle`); join the handle for its result.
 ///
 /// An epoch's sessionizing is CPU-bound for as long as the epoch is big (hundreds of milliseconds when
 /// the pipeline is behind): on the collector's runtime it held one of its workers for as long. On its
@@ -74,18 +83,21 @@ pub async fn run(config: Config, pipeline: bool, stop: Stop) -> anyhow::Result<(
 /// it also runs below the collector: when the cores are short, the collector gets them first and the
 /// pipeline catches up from the log (BENCHMARKS.md §23).
 fn on_own_thread(
-    nice: i32,
+    priority: Priority,
     run: impl std::future::Future<Output = pipeline::Result<()>> + Send + 'static,
 ) -> anyhow::Result<std::thread::JoinHandle<anyhow::Result<()>>> {
-    // The nice value `nice` steps below this thread's (the collector's), which every pipeline thread
-    // gets: its blocking threads inherit it from the thread that starts them, and set it again.
-    let target = service::priority::below_this_thread(nice)?;
+    // The nice value `nice` steps below this thread's (the collector's), and the policy, which every
+    // pipeline thread gets: its blocking threads inherit them from the thread that starts them, and
+    // set them again.
+    let target = service::priority::below_this_thread(priority.nice)?;
     let warned = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let lower = move || {
-        if let Err(e) = service::priority::set_this_thread_nice(target)
+        let lowered = service::priority::set_this_thread_nice(target)
+            .and_then(|()| if priority.idle { service::priority::set_this_thread_idle() } else { Ok(()) });
+        if let Err(e) = lowered
             && !warned.swap(true, std::sync::atomic::Ordering::Relaxed)
         {
-            tracing::warn!(nice = target, error = %e, "cannot lower the priority of the pipeline's threads; they run at the collector's");
+            tracing::warn!(nice = target, sched_idle = priority.idle, error = %e, "cannot lower the priority of the pipeline's threads; they run at the collector's");
         }
     };
     let thread = std::thread::Builder::new().name("qoeflow-pipeline".into()).spawn(move || {

@@ -11,6 +11,9 @@
 #
 #   deploy/bench/collector.sh [DURATION_S=15] [CONNECTIONS=64] [ROUNDS=3] [EVENTS=20]
 #
+# A third qoeflow target is `qoeflow serve` with `pipeline.sched_idle = true` (the pipeline's threads under
+# Linux's SCHED_IDLE: only the CPU time nothing else wants).
+#
 # With AB_QOEFLOW=/path/to/another/qoeflow (an older build, say), that binary runs the same two targets in
 # the same alternating rounds, and the table gets its rows and its ratio to this build. (Not QOEFLOW_*:
 # qoeflow reads every QOEFLOW_ variable as a setting and refuses unknown ones.)
@@ -37,8 +40,11 @@ qoeflow_round() { # name port [serve flags...]
   local name=$1 port=$2; shift 2
   local bin=target/release/qoeflow
   [[ $name == *_b ]] && bin="$AB_QOEFLOW"
+  # (Set only for that target: a build from before the setting refuses QOEFLOW_ variables it lacks.)
+  local vars=(QOEFLOW_LOG_LEVEL=error)
+  [[ $name == *_idle ]] && vars+=(QOEFLOW_PIPELINE__SCHED_IDLE=true)
   rm -rf "$work/data"
-  QOEFLOW_LOG_LEVEL=error "$bin" serve --listen "127.0.0.1:$port" --data-dir "$work/data" "$@" &
+  env "${vars[@]}" "$bin" serve --listen "127.0.0.1:$port" --data-dir "$work/data" "$@" &
   local pid=$!
   wait_port "$port"
   local line read
@@ -65,6 +71,7 @@ for r in $(seq 1 "$rounds"); do
   run baseline 18481 "$baseline_pid" >>"$work/results"
   qoeflow_round collector 18482 --no-pipeline
   qoeflow_round qoeflow 18480
+  qoeflow_round qoeflow_idle 18485
   if [[ -n "${AB_QOEFLOW:-}" ]]; then
     qoeflow_round collector_b 18483 --no-pipeline
     qoeflow_round qoeflow_b 18484
@@ -89,7 +96,8 @@ print(f"machine: {os.cpu_count()} cores, {cpu}; wrk -t1 -c{sys.argv[2]} -d{sys.a
 print(f"{'target':<40} {'beacons/s':>10} {'events/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'server CPU µs/beacon':>21} {'rest µs/beacon':>15} {'pipeline events/s':>18}")
 targets = [("baseline", "axum read body + 204 (baseline)"),
            ("collector", "qoeflow collector (local log, fsync)"),
-           ("qoeflow", "qoeflow serve (collector + pipeline)")]
+           ("qoeflow", "qoeflow serve (collector + pipeline)"),
+           ("qoeflow_idle", "serve, pipeline.sched_idle = true")]
 if "collector_b" in rows:
     targets += [("collector_b", "AB_QOEFLOW collector"), ("qoeflow_b", "AB_QOEFLOW serve")]
 for name, label in targets:
@@ -102,6 +110,7 @@ for name, label in targets:
     print(f"{label:<40} {med(name,'rps'):>10.0f} {med(name,'rps')*events:>10.0f} {med(name,'p50_ms'):>8.2f} {med(name,'p99_ms'):>8.2f} {errs:>7} {server:>21.1f} {rest:>15.1f} {read}")
 print(f"ratio collector / baseline (throughput): {med('collector','rps')/med('baseline','rps'):.2f}")
 print(f"ratio serve / baseline (throughput): {med('qoeflow','rps')/med('baseline','rps'):.2f}")
+print(f"ratio serve with pipeline.sched_idle / baseline (throughput): {med('qoeflow_idle','rps')/med('baseline','rps'):.2f}")
 if "collector_b" in rows:
     print(f"ratio this build / AB_QOEFLOW: collector {med('collector','rps')/med('collector_b','rps'):.2f}, serve {med('qoeflow','rps')/med('qoeflow_b','rps'):.2f}")
 PY

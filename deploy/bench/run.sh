@@ -58,6 +58,7 @@ def nums(line):
     return [float(x) for x in re.findall(r"[\d.]+", line.split("  ", 1)[1])] if line != "?" else []
 c_q, c_b = nums(row("collector", r"^qoeflow collector.*$")), nums(row("collector", r"^axum.*$"))
 c_s = nums(row("collector", r"^qoeflow serve.*$"))
+c_i = nums(row("collector", r"^serve, pipeline.sched_idle.*$"))
 p_q, p_b = nums(row("pipeline", r"^qoeflow pipeline.*$")), nums(row("pipeline", r"^baseline: DuckDB.*$"))
 agree = row("pipeline", r"DuckDB totals equal the simulation's truth: (.*)$", 1)
 mem = row("pipeline", r"RSS growth (\d+) bytes/view; state store on disk (\d+)", 0)
@@ -82,6 +83,8 @@ if c_q and c_b:
     print(f"{'':<3}{'collector latency p50 / p99 ms':<46}{f'{c_q[2]:.2f} / {c_q[3]:.2f}':>16}{f'{c_b[2]:.2f} / {c_b[3]:.2f}':>16}")
 if c_s and c_b:
     print(f"{'':<3}{'serve (collector + pipeline) events/s':<46}{c_s[1]:>16.0f}{c_b[1]:>16.0f}{ratio(c_s[1], c_b[1]):>8}")
+if c_i and c_b:
+    print(f"{'':<3}{'… with pipeline.sched_idle = true':<46}{c_i[1]:>16.0f}{c_b[1]:>16.0f}{ratio(c_i[1], c_b[1]):>8}")
 if p_q and p_b:
     print(f"{'2':<3}{'pipeline events/s per core':<46}{p_q[1]:>16.0f}{p_b[1]:>16.0f}{ratio(p_q[1], p_b[1]):>8}  DuckDB batch SQL (agrees with truth: {agree})")
     print(f"{'':<3}{'pipeline events/s (wall, 2 cores)':<46}{p_q[0]:>16.0f}{p_b[0]:>16.0f}{ratio(p_q[0], p_b[0]):>8}")

@@ -60,6 +60,12 @@ pub struct PipelineConfig {
     /// are short the collector gets them first and the pipeline catches up from the log. 0 runs it at
     /// the collector's priority. The `pipeline` command, alone in its process, ignores it.
     pub nice: i32,
+    /// `qoeflow serve` runs the pipeline's threads under Linux's `SCHED_IDLE` policy instead (`nice`
+    /// then no longer counts): they get only CPU time no other thread of the machine (or of its
+    /// cgroup) wants, and a collector thread that wakes takes their core at once. When the cores are
+    /// short the pipeline gets almost nothing until the traffic falls (so not for a host shared with
+    /// other busy work); off by default. The `pipeline` command ignores it.
+    pub sched_idle: bool,
 }
 
 /// How far below the collector `qoeflow serve` runs its pipeline by default (`PipelineConfig::nice`).
@@ -93,6 +99,7 @@ impl Default for PipelineConfig {
             stall_after_ms: 60_000,
             max_lag_ms: 300_000,
             nice: DEFAULT_NICE,
+            sched_idle: false,
         }
     }
 }

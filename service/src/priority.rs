@@ -29,6 +29,31 @@ pub fn set_this_thread_nice(nice: i32) -> std::io::Result<()> {
     set_nice(nice)
 }
 
+/// Puts the calling thread under Linux's `SCHED_IDLE` policy: it then runs only on CPU time that no
+/// thread of another policy wants (within its cgroup, when the cgroup has such threads), and a waking
+/// thread of another policy takes its core at once instead of at the end of a time slice. Its nice
+/// value no longer counts. Threads it starts later inherit the policy; the process's other threads keep
+/// theirs. Lowering needs no privilege; going back would. Elsewhere it does nothing.
+pub fn set_this_thread_idle() -> std::io::Result<()> {
+    set_idle()
+}
+
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+fn set_idle() -> std::io::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `param` is a valid sched_param for the call's duration; with a thread id,
+    // sched_setscheduler sets that thread's policy only (Linux keeps it per thread). SCHED_IDLE takes
+    // priority 0.
+    let rc = unsafe { libc::sched_setscheduler(libc::gettid(), libc::SCHED_IDLE, &param) };
+    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn set_idle() -> std::io::Result<()> {
+    Ok(())
+}
+
 #[cfg(target_os = "linux")]
 #[allow(unsafe_code)]
 fn nice() -> std::io::Result<i32> {
@@ -65,11 +90,22 @@ fn set_nice(_nice: i32) -> std::io::Result<()> {
 mod tests {
     use super::*;
 
-    /// The nice value of thread `tid` of this process (field 19 of its `stat`, after the command name).
-    fn nice_of(tid: i32) -> i32 {
+    /// Field `field` (numbered as in proc(5), from 3: after the command name) of the `stat` of thread
+    /// `tid` of this process.
+    fn stat_field(tid: i32, field: usize) -> i32 {
         let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).expect("stat");
         let after_comm = &stat[stat.rfind(')').expect("comm") + 2..];
-        after_comm.split(' ').nth(16).expect("nice field").parse().expect("a number")
+        after_comm.split(' ').nth(field - 3).expect("the field").parse().expect("a number")
+    }
+
+    /// The nice value of thread `tid` of this process (field 19).
+    fn nice_of(tid: i32) -> i32 {
+        stat_field(tid, 19)
+    }
+
+    /// The scheduling policy of thread `tid` of this process (field 41).
+    fn policy_of(tid: i32) -> i32 {
+        stat_field(tid, 41)
     }
 
     #[allow(unsafe_code)]
@@ -95,6 +131,22 @@ mod tests {
         .expect("thread");
         assert_eq!((lowered, child), (target, target), "the thread and the threads it starts");
         assert_eq!(nice_of(main), before, "the other threads keep theirs");
+    }
+
+    #[test]
+    fn idle_is_the_calling_thread_s_and_what_it_starts() {
+        let main = tid();
+        assert_eq!(policy_of(main), libc::SCHED_OTHER, "threads start under the default policy");
+        let (idle, child) = std::thread::spawn(|| {
+            set_this_thread_idle().expect("lowering needs no privilege");
+            set_this_thread_idle().expect("setting it again changes nothing");
+            let child = std::thread::spawn(|| policy_of(tid())).join().expect("child");
+            (policy_of(tid()), child)
+        })
+        .join()
+        .expect("thread");
+        assert_eq!((idle, child), (libc::SCHED_IDLE, libc::SCHED_IDLE), "the thread and the threads it starts");
+        assert_eq!(policy_of(main), libc::SCHED_OTHER, "the other threads keep theirs");
     }
 
     #[test]

@@ -86,16 +86,16 @@ async fn a_quiet_stream_still_ends_views_by_inactivity_timeout() {
     assert_eq!(sum(&windows, "ebvs"), 1, "an attempt that never started and timed out is an exit before start");
 }
 
-/// Each thread of process `pid` as (name, nice value), from `/proc/<pid>/task/*/stat`.
-fn threads_of(pid: u32) -> Vec<(String, i32)> {
+/// Each thread of process `pid` as (name, nice value, scheduling policy), from `/proc/<pid>/task/*/stat`.
+fn threads_of(pid: u32) -> Vec<(String, i32, i32)> {
     let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the process's threads");
     let mut out = Vec::new();
     for task in tasks.flatten() {
         let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else { continue };
         let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
-        // After the name: state, then 16 fields to the nice value (proc(5): field 19).
-        let nice = stat[close + 2..].split(' ').nth(16).and_then(|n| n.parse().ok()).expect("a nice value");
-        out.push((stat[open + 1..close].to_owned(), nice));
+        // After the name, fields from 3 (state) on: the nice value is field 19 of proc(5), the policy 41.
+        let field = |n: usize| -> i32 { stat[close + 2..].split(' ').nth(n - 3).and_then(|v| v.parse().ok()).expect("a number") };
+        out.push((stat[open + 1..close].to_owned(), field(19), field(41)));
     }
     out
 }
@@ -103,11 +103,17 @@ fn threads_of(pid: u32) -> Vec<(String, i32)> {
 /// `serve` runs its pipeline on threads of its own below the collector's priority (`pipeline.nice`, 10
 /// steps by default): the pipeline's thread and its blocking threads (which encoded the epochs' Parquet
 /// files) 10 below the runtime workers that answer beacons, which keep the nice value `serve` started
-/// with (this test's own); `pipeline.nice = 0` keeps them level.
+/// with (this test's own); `pipeline.nice = 0` keeps them level; `pipeline.sched_idle` puts them (and
+/// them only) under `SCHED_IDLE`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pipeline_runs_below_the_collector() {
-    let own = threads_of(std::process::id()).into_iter().map(|(_, n)| n).min().expect("this test's threads");
-    for (env, steps) in [(vec![], 10), (vec![("QOEFLOW_PIPELINE__NICE", "0")], 0)] {
+    let own = threads_of(std::process::id()).into_iter().map(|(_, n, _)| n).min().expect("this test's threads");
+    let (other, idle) = (0, 5); // SCHED_OTHER, SCHED_IDLE
+    for (env, steps, policy) in [
+        (vec![], 10, other),
+        (vec![("QOEFLOW_PIPELINE__NICE", "0")], 0, other),
+        (vec![("QOEFLOW_PIPELINE__SCHED_IDLE", "true")], 10, idle),
+    ] {
         let dir = tempfile::tempdir().expect("tmp");
         let mut q = Qoeflow::serve(dir.path(), &[], &env);
         post_views(&q, 3, now_ms() - 60_000, 777).await;
@@ -115,12 +121,15 @@ async fn the_pipeline_runs_below_the_collector() {
         let threads = threads_of(q.pid());
         q.stop();
         // Thread names are cut to 15 bytes.
-        let nice_of = |prefix: &str| threads.iter().filter(|(n, _)| n.starts_with(prefix)).map(|(_, v)| *v).collect::<Vec<_>>();
-        let workers = nice_of("tokio-rt-worker");
-        assert!(!workers.is_empty() && workers.iter().all(|n| *n == own), "the collector's workers at serve's nice {own}: {threads:?}");
-        let (pipeline, want) = (nice_of("qoeflow-pipelin"), (own + steps).min(19));
+        let of = |prefix: &str| threads.iter().filter(|(n, ..)| n.starts_with(prefix)).map(|(_, v, p)| (*v, *p)).collect::<Vec<_>>();
+        let workers = of("tokio-rt-worker");
+        assert!(
+            !workers.is_empty() && workers.iter().all(|w| *w == (own, other)),
+            "the collector's workers at serve's nice {own}, under the default policy: {threads:?}"
+        );
+        let (pipeline, want) = (of("qoeflow-pipelin"), ((own + steps).min(19), policy));
         assert!(pipeline.len() >= 2, "the pipeline's thread and the blocking threads that wrote its files: {threads:?}");
-        assert!(pipeline.iter().all(|n| *n == want), "every pipeline thread at nice {want}: {threads:?}");
+        assert!(pipeline.iter().all(|p| *p == want), "every pipeline thread at (nice, policy) {want:?}: {threads:?}");
     }
 }
 
