@@ -388,28 +388,19 @@ fn parse_exact<'a>(
     charge: &mut dyn FnMut(usize) -> bool,
 ) -> Result<ParsedBeacon<'a>, BeaconError> {
     let counter = Counter::new(max_values, charge);
-    let (obj, events) = read_body(body, &counter, Read::Fields)?;
+    let (obj, events) = read_body(body, &counter)?;
     let (key, sent_at, events) = envelope(obj, events)?;
-    let parsed = events.parsed.unwrap_or_default();
-    let events = events.texts.into_iter().zip(parsed).map(|(text, parsed)| RawEvent { text, parsed });
+    let events = events.texts.into_iter().zip(events.parsed).map(|(text, parsed)| RawEvent { text, parsed });
     Ok(ParsedBeacon { key, sent_at, events: events.collect() })
 }
 
-/// What a read of a body makes of each event: its text only, or its fields too.
-#[derive(Clone, Copy, PartialEq)]
-enum Read {
-    Texts,
-    Fields,
-}
-
-/// Parses a body: its envelope's fields as values, and its events as `read` says.
+/// Parses a body: its envelope's fields as values, and its events' texts and fields.
 fn read_body<'a>(
     body: &'a [u8],
     counter: &Counter<'_>,
-    read: Read,
 ) -> Result<(Map<String, Value>, Option<Events<'a>>), BeaconError> {
     let mut de = serde_json::Deserializer::from_slice(body);
-    let parsed = Body(counter, read).deserialize(&mut de).and_then(|v| de.end().map(|()| v));
+    let parsed = Body(counter).deserialize(&mut de).and_then(|v| de.end().map(|()| v));
     match parsed {
         Ok(Top::Object(obj, events)) => Ok((obj, events)),
         Ok(Top::NotObject) => Err(BeaconError::NotAnObject),
@@ -419,12 +410,24 @@ fn read_body<'a>(
 
 /// A beacon's `key`, `sent_at` and events, checked.
 fn envelope<'a>(
-    mut obj: Map<String, Value>,
+    obj: Map<String, Value>,
     events: Option<Events<'a>>,
 ) -> Result<(Option<String>, i64, EventList<'a>), BeaconError> {
-    let key = match obj.remove("key") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) if !s.is_empty() && within_chars(&s, MAX_KEY_LEN) => Some(s),
+    let (key, sent_at) = envelope_fields(obj.field("key"), obj.field("sent_at"))?;
+    let events = match events {
+        None => return Err(BeaconError::Field { field: "events", problem: "required field is missing".into() }),
+        Some(Events::Array(events)) => events,
+        Some(Events::Other) => return Err(BeaconError::Field { field: "events", problem: "must be an array".into() }),
+    };
+    check_event_count(events.texts.len())?;
+    Ok((key, sent_at, events))
+}
+
+/// A beacon's `key` and `sent_at` fields, checked, whichever parser read them.
+fn envelope_fields(key: Option<JsonRef<'_>>, sent_at: Option<JsonRef<'_>>) -> Result<(Option<String>, i64), BeaconError> {
+    let key = match key {
+        None | Some(JsonRef::Null) => None,
+        Some(JsonRef::String(s)) if !s.is_empty() && within_chars(s, MAX_KEY_LEN) => Some(s.to_owned()),
         Some(_) => {
             return Err(BeaconError::Field {
                 field: "key",
@@ -432,22 +435,22 @@ fn envelope<'a>(
             });
         }
     };
-    let sent_at = match obj.get("sent_at") {
+    let sent_at = match sent_at {
         None => return Err(BeaconError::Field { field: "sent_at", problem: "required field is missing".into() }),
-        Some(v) => epoch_ms(v.into()).map_err(|problem| BeaconError::Field { field: "sent_at", problem })?,
+        Some(v) => epoch_ms(v).map_err(|problem| BeaconError::Field { field: "sent_at", problem })?,
     };
-    let events = match events {
-        None => return Err(BeaconError::Field { field: "events", problem: "required field is missing".into() }),
-        Some(Events::Array(events)) => events,
-        Some(Events::Other) => return Err(BeaconError::Field { field: "events", problem: "must be an array".into() }),
-    };
-    if events.texts.len() > MAX_EVENTS_PER_BEACON {
+    Ok((key, sent_at))
+}
+
+/// A beacon's number of events, checked.
+fn check_event_count(events: usize) -> Result<(), BeaconError> {
+    if events > MAX_EVENTS_PER_BEACON {
         return Err(BeaconError::Field {
             field: "events",
-            problem: format!("at most {MAX_EVENTS_PER_BEACON} events per beacon, got {}", events.texts.len()),
+            problem: format!("at most {MAX_EVENTS_PER_BEACON} events per beacon, got {events}"),
         });
     }
-    Ok((key, sent_at, events))
+    Ok(())
 }
 
 /// `f` with a counter that limits nothing: for parses whose values were bounded and charged before.
@@ -611,7 +614,7 @@ macro_rules! seed_of_any {
 
 /// A body: an object whose `events` are read by [`EventsSeed`] and other fields as values; anything
 /// else is counted and is not an object.
-struct Body<'a, 'c>(&'a Counter<'c>, Read);
+struct Body<'a, 'c>(&'a Counter<'c>);
 
 enum Top<'de> {
     Object(Map<String, Value>, Option<Events<'de>>),
@@ -633,7 +636,7 @@ impl<'de> Visitor<'de> for Body<'_, '_> {
         while let Some(key) = map.next_key::<String>()? {
             if key == EVENTS {
                 // As a map would, the last of repeated keys counts.
-                events = Some(map.next_value_seed(EventsSeed(self.0, self.1))?);
+                events = Some(map.next_value_seed(EventsSeed(self.0))?);
             } else {
                 let v = map.next_value_seed(Counted(self.0))?;
                 out.insert(key, v);
@@ -649,17 +652,17 @@ enum Events<'de> {
     Other,
 }
 
-/// The events of a body: each one's text, and each one parsed when [`Read::Fields`] asked for it.
+/// The events of a body: each one's text, and each one parsed.
 struct EventList<'de> {
     texts: Vec<&'de str>,
-    parsed: Option<Vec<Parsed<'de>>>,
+    parsed: Vec<Parsed<'de>>,
 }
 
 /// The key of a body's events.
 const EVENTS: &str = "events";
 
-/// Reads `events` as the [`Read`] says.
-struct EventsSeed<'a, 'c>(&'a Counter<'c>, Read);
+/// Reads `events`: each event's text, then its fields from that text.
+struct EventsSeed<'a, 'c>(&'a Counter<'c>);
 
 seed_of_any!(EventsSeed<'_, '_> => Events);
 
@@ -669,7 +672,7 @@ impl<'de> Visitor<'de> for EventsSeed<'_, '_> {
     counted_otherwise!(|_| Events::Other);
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Events<'de>, A::Error> {
         self.0.tick()?;
-        let (mut texts, mut parsed) = (Vec::new(), (self.1 == Read::Fields).then(Vec::new));
+        let (mut texts, mut parsed) = (Vec::new(), Vec::new());
         // Fields are gathered here, then copied into a list of their exact size: one allocation per
         // event instead of a list regrown field by field.
         let mut scratch = Vec::new();
@@ -677,16 +680,14 @@ impl<'de> Visitor<'de> for EventsSeed<'_, '_> {
         // as sent, not re-serialized), then its fields are parsed from that text, counted as they go.
         while let Some(text) = seq.next_element::<&'de RawValue>()? {
             let text = text.get();
-            if let Some(parsed) = &mut parsed {
-                let event = parse_event(self.0, &mut scratch, text).map_err(|e| {
-                    // The position within the event's own text would mislead: the body's, where the
-                    // event ends, is added by the outer parse.
-                    let message = e.to_string();
-                    let bare = if e.line() == 0 { &message[..] } else { message.rsplit_once(" at line ").map_or(&message[..], |(m, _)| m) };
-                    de::Error::custom(format_args!("events[{}]: {bare}", texts.len()))
-                })?;
-                parsed.push(event);
-            }
+            let event = parse_event(self.0, &mut scratch, text).map_err(|e| {
+                // The position within the event's own text would mislead: the body's, where the
+                // event ends, is added by the outer parse.
+                let message = e.to_string();
+                let bare = if e.line() == 0 { &message[..] } else { message.rsplit_once(" at line ").map_or(&message[..], |(m, _)| m) };
+                de::Error::custom(format_args!("events[{}]: {bare}", texts.len()))
+            })?;
+            parsed.push(event);
             texts.push(text);
         }
         Ok(Events::Array(EventList { texts, parsed }))
@@ -1290,9 +1291,21 @@ mod tests {
         let both = format!(r#"{{"sent_at":1700000000000,"events":[{two}]}}"#);
         assert_eq!(readers(&parse_beacon(both.as_bytes()).unwrap()), ["fast", "fast"]);
         assert_eq!(readers(&parse_beacon_limited(both.as_bytes(), 40, &mut |_| true).unwrap()), ["exact", "exact"]);
-        // One event: its text parsed exactly (the document would cost more than it saves).
+        // Keys written with an escape (one could spell `events`), repeated keys (the exact parse takes
+        // the last, the document's lookup the first), nesting of 100 levels or more in the envelope:
+        // every event parsed exactly.
+        let escaped = format!(r#"{{"sent_at":1700000000000,"k\u0065y":"k","events":[{two}]}}"#);
+        let repeated = format!(r#"{{"sent_at":1,"sent_at":1700000000000,"events":[{two}]}}"#);
+        let deep = |levels: usize| format!(r#"{{"sent_at":1700000000000,"x":{}{},"events":[{two}]}}"#, "[".repeat(levels), "]".repeat(levels));
+        for body in [&escaped, &repeated, &deep(99)] {
+            let fast = parse_beacon(body.as_bytes()).unwrap();
+            assert_eq!(readers(&fast), ["exact", "exact"], "{body}");
+            assert_eq!(answer(Ok(fast)), answer(exact(body.as_bytes())));
+        }
+        assert_eq!(readers(&parse_beacon(deep(98).as_bytes()).unwrap()), ["fast", "fast"], "98 levels below the body");
+        // One event: read from the document too.
         let one = format!(r#"{{"sent_at":1700000000000,"events":[{}]}}"#, ev(""));
-        assert_eq!(readers(&parse_beacon(one.as_bytes()).unwrap()), ["exact"]);
+        assert_eq!(readers(&parse_beacon(one.as_bytes()).unwrap()), ["fast"]);
         // Errors are the exact parse's, word for word.
         let bad: [&[u8]; 7] = [
             br#"{"sent_at":1700000000000,"events":[{},{"a":"\ud800"}]}"#,
@@ -1348,9 +1361,17 @@ mod tests {
             format!("{{{}}}", out.join(","))
         });
         let events = prop::collection::vec(prop_oneof![8 => event, 1 => value_text()], 0..6);
-        let body = (events, value_text(), any::<bool>()).prop_map(|(events, sent_at, plain)| {
-            let sent_at = if plain { "1700000000000".to_owned() } else { sent_at };
-            format!(r#"{{"key":"k","sent_at":{sent_at}, "events":[{}]}}"#, events.join(" , "))
+        // The envelope: `key` and `sent_at` of any value sometimes, other keys (escaped, repeated, or
+        // spelling a key the envelope reads), whitespace wherever JSON allows it.
+        let name = prop::sample::select(vec!["x", "key", "sent_at", "events", r"k\u0065y", r"ev\u0065nts", r"\u0078"]);
+        let others = prop::collection::vec((name, value_text()), 0..3);
+        let space = || prop::sample::select(vec!["", "", " ", "\n", "\t", "\r\n "]);
+        let envelope = (value_text(), value_text(), any::<(bool, bool)>(), others);
+        let body = (events, envelope, space(), space()).prop_map(|(events, (key, sent_at, (plain_key, plain_sent_at), others), a, b)| {
+            let key = if plain_key { r#""k""#.to_owned() } else { key };
+            let sent_at = if plain_sent_at { "1700000000000".to_owned() } else { sent_at };
+            let others: String = others.into_iter().map(|(k, v)| format!(r#"{a}"{k}"{b}:{a}{v}{b},"#)).collect();
+            format!(r#"{a}{{{b}"key":{key},"sent_at"{a}:{b}{sent_at},{others} "events"{b}:{a}[{b}{}{a}]{b}}}{a}"#, events.join(&format!("{a},{b}")))
         });
         let damage = prop::option::of((any::<prop::sample::Index>(), prop::sample::select(vec![',', ':', '{', '}', '[', ']', '"', '\\', ' ', '0', '-', '.', 'e'])));
         (body, damage).prop_map(|(mut body, damage)| {

@@ -1,24 +1,26 @@
-//! The fast parse of a beacon body: sonic-rs's SIMD parser builds the body's document, and validation
-//! reads each event's fields from it. serde_json still reads the envelope and slices out each event's
-//! text (the `raw` column keeps the event as sent), which sonic-rs cannot give.
+//! The fast parse of a beacon body: sonic-rs's SIMD parser builds the body's document, from which the
+//! envelope and the events' fields are read; a scan of the text it accepted (so of valid JSON) slices
+//! out each event's text (the `raw` column keeps the event as sent), which sonic-rs cannot give.
 //!
 //! It answers exactly as [`super::parse_exact`] would, and leaves to that parse whatever it could not
 //! answer so:
-//! - a body serde_json refuses or whose envelope is wrong, or an event the exact parse refuses: the
-//!   whole body, which names any problem as it always did;
-//! - a body of one event (building the document costs more than it saves for one), one sonic-rs
-//!   refuses, or with more than [`MAX_TOP_KEYS`] keys (repeated ones included) or repeated `events`:
-//!   every event is parsed exactly from its text;
+//! - a body that is not UTF-8, that sonic-rs refuses, or whose envelope is wrong, with more than
+//!   [`MAX_TOP_KEYS`] keys, repeated keys (the exact parse takes the last of them, the document's lookup
+//!   the first), a key written with an escape (it could spell `events`), an envelope field the document
+//!   does not hold as serde_json would ([`scalar`]), or nesting of [`MAX_DEPTH`] levels or more
+//!   anywhere (serde_json refuses 128 levels in the envelope, sonic-rs takes 254); or an event the exact
+//!   parse refuses: the whole body, which names any problem as it always did;
 //! - an event that is not an object, is longer than [`EVENT_MAX_BYTES`], or may nest deeper than
-//!   serde_json allows (its slicing of events checks no depth; sonic-rs allows 254 levels): parsed
-//!   exactly from its text, and a failure there sends the whole body to the exact parse;
+//!   serde_json allows below it: parsed exactly from its text, and a failure there sends the whole body
+//!   to the exact parse;
 //! - a field validation reads whose value the document does not hold as serde_json would (an object,
 //!   as `custom` is; any zero written other than `0`, whose sign sonic-rs drops where serde_json keeps
 //!   it, as in `-0`): the event is parsed exactly from its text when it is validated.
 //!
 //! The two parsers agree on every other value to the bit (floats parse to the nearest double in both);
 //! a property test checks them against each other on generated bodies. A wrk beacon of 20 events is
-//! parsed and validated this way in 7.0 µs against 9.8 (BENCHMARKS.md §25).
+//! parsed and validated this way in 5.4–5.9 µs against 9.8 on the exact parse; serde_json slicing the
+//! events for the document, as the fast parse did first, took 6.1–6.4 (BENCHMARKS.md §25, §26).
 //!
 //! Memory: the document takes at most about 33 bytes a byte of body (a 16-byte node for each value and
 //! key, in an arena that grows by doubling) besides its copy of the text, within the charge for the
@@ -30,7 +32,7 @@ use std::sync::Arc;
 
 use sonic_rs::{JsonContainerTrait, JsonNumberTrait, JsonType, JsonValueTrait};
 
-use super::{EVENTS, JsonRef, Num, Parsed, ParsedBeacon, RawEvent, Read, Slots, envelope, parse_event, read_body, uncounted};
+use super::{EVENTS, JsonRef, Num, Parsed, ParsedBeacon, RawEvent, Slots, check_event_count, envelope_fields, parse_event, uncounted};
 
 /// The most keys of a body the fast parse takes: finding `events` in the document is a search of them,
 /// made for each event validated. Players send three (`key`, `sent_at`, `events`).
@@ -40,29 +42,34 @@ pub(super) const MAX_TOP_KEYS: usize = 8;
 /// exactly, as are the rare events validated from their text again, whose tree this keeps small.
 pub(super) const EVENT_MAX_BYTES: usize = 4096;
 
-/// The fewest events the document is built for: for one, building it costs more than it saves
-/// (BENCHMARKS.md §25); its text is parsed exactly.
-const MIN_EVENTS: usize = 2;
-
 /// serde_json's nesting limit: an event with at least this many `[` and `{` may nest too deep for it.
 const MAX_OPENINGS: usize = 128;
+
+/// The deepest nesting of a body the fast parse takes (the body's object is level 1). serde_json refuses
+/// 128 levels of the envelope's values; sonic-rs takes 254.
+const MAX_DEPTH: usize = 100;
 
 /// Parses `body`, or `None` where the exact parse must decide (see the module's documentation). The
 /// caller has bounded and charged the values `body` can hold.
 pub(super) fn parse(body: &[u8]) -> Option<ParsedBeacon<'_>> {
+    // The text's UTF-8 is checked once: sonic-rs parses a `str` without checking it again, and the
+    // events' texts are slices of it.
+    let text = std::str::from_utf8(body).ok()?;
+    let doc = sonic_rs::from_str::<sonic_rs::Value>(text).ok()?;
+    let (key, sent_at, count) = envelope_of(&doc)?;
+    let texts = event_texts(text)?;
+    if texts.len() != count {
+        return None;
+    }
+    let doc = Arc::new(doc);
+    let array = doc.get(EVENTS).and_then(|events| events.as_array())?;
     uncounted(|counter| {
-        // serde_json's read first: its syntax is the contract's, and it limits the envelope's nesting.
-        let (obj, events) = read_body(body, counter, Read::Texts).ok()?;
-        let (key, sent_at, events) = envelope(obj, events).ok()?;
-        let doc = if events.texts.len() >= MIN_EVENTS { document(body, events.texts.len()) } else { None };
-        let array = doc.as_ref().and_then(|doc| doc.get(EVENTS)).and_then(|events| events.as_array());
         let mut scratch = Vec::new();
-        let mut out = Vec::with_capacity(events.texts.len());
-        for (index, text) in events.texts.into_iter().enumerate() {
-            let value = array.and_then(|array| array.get(index));
-            let parsed = match (&doc, value) {
-                (Some(doc), Some(value)) if value.is_object() && text.len() <= EVENT_MAX_BYTES && shallow(text) => {
-                    Parsed::Dom(DomEvent { doc: Arc::clone(doc), index })
+        let mut out = Vec::with_capacity(texts.len());
+        for (index, text) in texts.into_iter().enumerate() {
+            let parsed = match array.get(index) {
+                Some(value) if value.is_object() && text.len() <= EVENT_MAX_BYTES && shallow(text) => {
+                    Parsed::Dom(DomEvent { doc: Arc::clone(&doc), index })
                 }
                 _ => parse_event(counter, &mut scratch, text).ok()?,
             };
@@ -72,15 +79,144 @@ pub(super) fn parse(body: &[u8]) -> Option<ParsedBeacon<'_>> {
     })
 }
 
-/// sonic-rs's document of `body` when validation may read its `events` from it: one `events` array of
-/// `events` values (the events serde_json sliced out), among at most [`MAX_TOP_KEYS`] keys. Without
-/// it, every event is parsed exactly from its text.
-fn document(body: &[u8], events: usize) -> Option<Arc<sonic_rs::Value>> {
-    let doc = sonic_rs::from_slice::<sonic_rs::Value>(body).ok()?;
+/// The envelope of the document, checked as [`super::envelope`] checks it, and its number of events;
+/// `None` where the exact parse must decide: an error, more than [`MAX_TOP_KEYS`] keys, repeated keys
+/// (the exact parse takes the last of them, sonic-rs's lookup the first), or a field the document does
+/// not hold as serde_json would ([`scalar`]).
+fn envelope_of(doc: &sonic_rs::Value) -> Option<(Option<String>, i64, usize)> {
     let top = doc.as_object()?;
-    let one = top.len() <= MAX_TOP_KEYS && top.iter().filter(|(k, _)| *k == EVENTS).count() == 1;
-    let fits = top.get(&EVENTS).and_then(|e| e.as_array()).is_some_and(|array| array.len() == events);
-    (one && fits).then(|| Arc::new(doc))
+    if top.len() > MAX_TOP_KEYS {
+        return None;
+    }
+    let keys: Vec<&str> = top.iter().map(|(k, _)| k).collect();
+    if keys.iter().enumerate().any(|(i, k)| keys[..i].contains(k)) {
+        return None;
+    }
+    let field = |name: &str| top.get(&name).map(scalar);
+    let (key, sent_at) = match (field("key"), field("sent_at")) {
+        (Some(None), _) | (_, Some(None)) => return None,
+        (key, sent_at) => envelope_fields(key.flatten(), sent_at.flatten()).ok()?,
+    };
+    let events = top.get(&EVENTS)?.as_array()?.len();
+    check_event_count(events).ok()?;
+    Some((key, sent_at, events))
+}
+
+/// The texts of the events of `text`, a JSON object sonic-rs parsed (so its syntax is valid): the
+/// elements of its `events` array as serde_json would slice them, without the whitespace around them.
+/// `None` where the exact parse must decide: a key written with an escape (it could spell `events`),
+/// `events` not an array, or nesting of [`MAX_DEPTH`] levels or more anywhere.
+fn event_texts(text: &str) -> Option<Vec<&str>> {
+    let b = text.as_bytes();
+    let mut i = skip_whitespace(b, 0);
+    if b.get(i) != Some(&b'{') {
+        return None;
+    }
+    i += 1;
+    let mut events = None;
+    loop {
+        i = skip_whitespace(b, i);
+        match *b.get(i)? {
+            b'}' => return events,
+            b',' => {
+                i += 1;
+                continue;
+            }
+            b'"' => {}
+            _ => return None,
+        }
+        let key_end = string_end(b, i)?;
+        let key = &b[i + 1..key_end - 1];
+        if key.contains(&b'\\') {
+            return None;
+        }
+        i = skip_whitespace(b, key_end);
+        if b.get(i) != Some(&b':') {
+            return None;
+        }
+        i = skip_whitespace(b, i + 1);
+        if key != EVENTS.as_bytes() {
+            i = value_end(b, i, 1)?;
+            continue;
+        }
+        if b.get(i) != Some(&b'[') {
+            return None;
+        }
+        let mut list = Vec::new();
+        i += 1;
+        loop {
+            i = skip_whitespace(b, i);
+            match *b.get(i)? {
+                b']' => break,
+                b',' => i += 1,
+                _ => {
+                    let end = value_end(b, i, 2)?;
+                    list.push(text.get(i..end)?);
+                    i = end;
+                }
+            }
+        }
+        events = Some(list);
+        i += 1;
+    }
+}
+
+/// The index past JSON whitespace from `i`.
+fn skip_whitespace(b: &[u8], mut i: usize) -> usize {
+    while matches!(b.get(i), Some(b' ' | b'\n' | b'\r' | b'\t')) {
+        i += 1;
+    }
+    i
+}
+
+/// The index past the string that opens at `i` (a `"`), escapes skipped.
+fn string_end(b: &[u8], i: usize) -> Option<usize> {
+    let mut j = i + 1;
+    loop {
+        match *b.get(j)? {
+            b'"' => return Some(j + 1),
+            b'\\' => j += 2,
+            _ => j += 1,
+        }
+    }
+}
+
+/// The index past the value that begins at `i`, `depth` levels deep; `None` at [`MAX_DEPTH`] levels.
+fn value_end(b: &[u8], mut i: usize, depth: usize) -> Option<usize> {
+    match *b.get(i)? {
+        b'"' => string_end(b, i),
+        b'{' | b'[' => {
+            let mut level = depth;
+            loop {
+                match *b.get(i)? {
+                    b'"' => {
+                        i = string_end(b, i)?;
+                        continue;
+                    }
+                    b'{' | b'[' => {
+                        level += 1;
+                        if level >= MAX_DEPTH {
+                            return None;
+                        }
+                    }
+                    b'}' | b']' => {
+                        level -= 1;
+                        if level == depth {
+                            return Some(i + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                i += 1;
+            }
+        }
+        _ => {
+            while !matches!(b.get(i), None | Some(b',' | b'}' | b']' | b' ' | b'\n' | b'\r' | b'\t')) {
+                i += 1;
+            }
+            Some(i)
+        }
+    }
 }
 
 /// Whether `text` nests within serde_json's limit for certain: a text of fewer than twice
