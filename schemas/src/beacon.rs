@@ -1303,6 +1303,18 @@ mod tests {
             assert_eq!(answer(Ok(fast)), answer(exact(body.as_bytes())));
         }
         assert_eq!(readers(&parse_beacon(deep(98).as_bytes()).unwrap()), ["fast", "fast"], "98 levels below the body");
+        // Numbers whose exponent a thousand digits of mantissa make up for: sonic-rs reads at most
+        // about four digits of an exponent, so they go to the exact parse, in the envelope or an event.
+        let zeros = "0".repeat(999);
+        let long_numbers = [
+            format!(r#"{{"sent_at":0.{zeros}1e10120,"events":[{two}]}}"#),
+            format!(r#"{{"sent_at":1700000000000,"x":0.{zeros}1e10000,"events":[{two}]}}"#),
+            format!(r#"{{"sent_at":17{zeros}000000000000e-10000,"events":[{two}]}}"#),
+            format!(r#"{{"sent_at":1700000000000,"events":[{},{}]}}"#, ev(&format!(r#","playhead_ms":17{zeros}000000000000e-10000"#)), ev("")),
+        ];
+        for body in &long_numbers {
+            assert_eq!(answer(parse_beacon(body.as_bytes())), answer(exact(body.as_bytes())), "{}", &body[..60]);
+        }
         // One event: read from the document too.
         let one = format!(r#"{{"sent_at":1700000000000,"events":[{}]}}"#, ev(""));
         assert_eq!(readers(&parse_beacon(one.as_bytes()).unwrap()), ["fast"]);
@@ -1341,6 +1353,10 @@ mod tests {
             1 => "-?[0-9]{1,22}(\\.[0-9]{1,22})?([eE][+-]?[0-9]{1,3})?",
             1 => any::<String>().prop_map(|s| Value::String(s).to_string()),
             1 => (120usize..135).prop_map(|depth| format!("{}{}", "[".repeat(depth), "]".repeat(depth))),
+            // Long numbers whose exponent a thousand digits of mantissa make up for (sonic-rs reads
+            // at most about four digits of an exponent).
+            1 => (prop::sample::select(vec!["0.", "17", "-0.", "1."]), 990usize..1020, prop::sample::select(vec!["1e10120", "e-10000", "1e10000", "5E+1015", "e-1000"]))
+                .prop_map(|(head, zeros, tail)| format!("{head}{}{tail}", "0".repeat(zeros))),
         ]
     }
 

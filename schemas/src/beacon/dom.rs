@@ -7,9 +7,10 @@
 //! - a body that is not UTF-8, that sonic-rs refuses, or whose envelope is wrong, with more than
 //!   [`MAX_TOP_KEYS`] keys, repeated keys (the exact parse takes the last of them, the document's lookup
 //!   the first), a key written with an escape (it could spell `events`), an envelope field the document
-//!   does not hold as serde_json would ([`scalar`]), or nesting of [`MAX_DEPTH`] levels or more
-//!   anywhere (serde_json refuses 128 levels in the envelope, sonic-rs takes 254); or an event the exact
-//!   parse refuses: the whole body, which names any problem as it always did;
+//!   does not hold as serde_json would ([`scalar`]), nesting of [`MAX_DEPTH`] levels or more anywhere
+//!   (serde_json refuses 128 levels in the envelope, sonic-rs takes 254), or a number longer than
+//!   [`MAX_NUMBER_BYTES`] anywhere (sonic-rs misreads some); or an event the exact parse refuses: the
+//!   whole body, which names any problem as it always did;
 //! - an event that is not an object, is longer than [`EVENT_MAX_BYTES`], or may nest deeper than
 //!   serde_json allows below it: parsed exactly from its text, and a failure there sends the whole body
 //!   to the exact parse;
@@ -17,7 +18,8 @@
 //!   as `custom` is; any zero written other than `0`, whose sign sonic-rs drops where serde_json keeps
 //!   it, as in `-0`): the event is parsed exactly from its text when it is validated.
 //!
-//! The two parsers agree on every other value to the bit (floats parse to the nearest double in both);
+//! The two parsers agree on every other value to the bit (floats of at most [`MAX_NUMBER_BYTES`] parse to
+//! the nearest double in both);
 //! a property test checks them against each other on generated bodies. A wrk beacon of 20 events is
 //! parsed and validated this way in 5.4–5.9 µs against 9.8 on the exact parse; serde_json slicing the
 //! events for the document, as the fast parse did first, took 6.1–6.4 (BENCHMARKS.md §25, §26).
@@ -48,6 +50,12 @@ const MAX_OPENINGS: usize = 128;
 /// The deepest nesting of a body the fast parse takes (the body's object is level 1). serde_json refuses
 /// 128 levels of the envelope's values; sonic-rs takes 254.
 const MAX_DEPTH: usize = 100;
+
+/// The longest number the fast parse takes. sonic-rs reads at most about four digits of an exponent
+/// (`1e10120` as `1e1012`), which a thousand digits of mantissa can make up for: `0.` and 999 zeros
+/// then `1e10120` is 1e12 to it, out of range to serde_json. Players' numbers are at most about 25
+/// bytes (`-2.2250738585072014e-308`).
+const MAX_NUMBER_BYTES: usize = 64;
 
 /// Parses `body`, or `None` where the exact parse must decide (see the module's documentation). The
 /// caller has bounded and charged the values `body` can hold.
@@ -181,12 +189,15 @@ fn string_end(b: &[u8], i: usize) -> Option<usize> {
     }
 }
 
-/// The index past the value that begins at `i`, `depth` levels deep; `None` at [`MAX_DEPTH`] levels.
+/// The index past the value that begins at `i`, `depth` levels deep; `None` at [`MAX_DEPTH`] levels or
+/// at a number of more than [`MAX_NUMBER_BYTES`].
 fn value_end(b: &[u8], mut i: usize, depth: usize) -> Option<usize> {
     match *b.get(i)? {
         b'"' => string_end(b, i),
         b'{' | b'[' => {
             let mut level = depth;
+            // The bytes of the number (or literal) being passed.
+            let mut run = 0;
             loop {
                 match *b.get(i)? {
                     b'"' => {
@@ -205,16 +216,27 @@ fn value_end(b: &[u8], mut i: usize, depth: usize) -> Option<usize> {
                             return Some(i + 1);
                         }
                     }
+                    b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E' => {
+                        run += 1;
+                        if run > MAX_NUMBER_BYTES {
+                            return None;
+                        }
+                        i += 1;
+                        continue;
+                    }
                     _ => {}
                 }
+                run = 0;
                 i += 1;
             }
         }
         _ => {
+            let start = i;
             while !matches!(b.get(i), None | Some(b',' | b'}' | b']' | b' ' | b'\n' | b'\r' | b'\t')) {
                 i += 1;
             }
-            Some(i)
+            // A scalar is never empty in JSON sonic-rs accepted: not relying on that, no scan stalls.
+            (i > start && i - start <= MAX_NUMBER_BYTES).then_some(i)
         }
     }
 }
