@@ -21,8 +21,8 @@
 //! The two parsers agree on every other value to the bit (floats of at most [`MAX_NUMBER_BYTES`] parse to
 //! the nearest double in both);
 //! a property test checks them against each other on generated bodies. A wrk beacon of 20 events is
-//! parsed and validated this way in 5.4–5.9 µs against 9.8 on the exact parse; serde_json slicing the
-//! events for the document, as the fast parse did first, took 6.1–6.4 (BENCHMARKS.md §25, §26).
+//! parsed and validated this way in 6.4–6.7 µs, against 7.0 when serde_json sliced out the events for
+//! the document and 9.0–9.5 on the exact parse (BENCHMARKS.md §25, §26).
 //!
 //! Memory: the document takes at most about 33 bytes a byte of body (a 16-byte node for each value and
 //! key, in an arena that grows by doubling) besides its copy of the text, within the charge for the
@@ -113,7 +113,8 @@ fn envelope_of(doc: &sonic_rs::Value) -> Option<(Option<String>, i64, usize)> {
 /// The texts of the events of `text`, a JSON object sonic-rs parsed (so its syntax is valid): the
 /// elements of its `events` array as serde_json would slice them, without the whitespace around them.
 /// `None` where the exact parse must decide: a key written with an escape (it could spell `events`),
-/// `events` not an array, or nesting of [`MAX_DEPTH`] levels or more anywhere.
+/// `events` not an array, nesting of [`MAX_DEPTH`] levels or more, or a number longer than
+/// [`MAX_NUMBER_BYTES`], anywhere.
 fn event_texts(text: &str) -> Option<Vec<&str>> {
     let b = text.as_bytes();
     let mut i = skip_whitespace(b, 0);
