@@ -1265,9 +1265,9 @@ mod tests {
             assert_eq!(answer(Ok(fast)), answer(exact(body.as_bytes())));
         }
         assert!(answer(parse_beacon(format!(r#"{{"sent_at":1700000000000,"events":[{}]}}"#, ev(r#","playhead_ms":-0.0"#)).as_bytes())).contains("-0.0"));
-        // An event longer than the fast parse reads, or with as many brackets as serde_json's nesting
-        // limit (127 levels below the event, and 200: sonic-rs allows 254), is parsed exactly: the
-        // deep ones are refused as the exact parse refuses them.
+        // An event longer than the fast parse reads is parsed exactly; one nested as deep as
+        // serde_json's limit (127 levels below the event, and 200: sonic-rs allows 254) sends the body
+        // to the exact parse, which refuses it.
         let long = format!(r#"{{"sent_at":1700000000000,"events":[{},{}]}}"#, ev(&format!(r#","x":"{}""#, "y".repeat(dom::EVENT_MAX_BYTES))), ev(""));
         assert_eq!(readers(&parse_beacon(long.as_bytes()).unwrap()), ["exact", "fast"]);
         for depth in [126, 127, 200] {

@@ -8,12 +8,11 @@
 //!   [`MAX_TOP_KEYS`] keys, repeated keys (the exact parse takes the last of them, the document's lookup
 //!   the first), a key written with an escape (it could spell `events`), an envelope field the document
 //!   does not hold as serde_json would ([`scalar`]), nesting of [`MAX_DEPTH`] levels or more anywhere
-//!   (serde_json refuses 128 levels in the envelope, sonic-rs takes 254), or a number longer than
-//!   [`MAX_NUMBER_BYTES`] anywhere (sonic-rs misreads some); or an event the exact parse refuses: the
-//!   whole body, which names any problem as it always did;
-//! - an event that is not an object, is longer than [`EVENT_MAX_BYTES`], or may nest deeper than
-//!   serde_json allows below it: parsed exactly from its text, and a failure there sends the whole body
-//!   to the exact parse;
+//!   (serde_json refuses 128 levels in the envelope or below an event, sonic-rs takes 254), or a
+//!   number longer than [`MAX_NUMBER_BYTES`] anywhere (sonic-rs misreads some); or an event the exact
+//!   parse refuses: the whole body, which names any problem as it always did;
+//! - an event that is not an object or is longer than [`EVENT_MAX_BYTES`]: parsed exactly from its
+//!   text, and a failure there sends the whole body to the exact parse;
 //! - a field validation reads whose value the document does not hold as serde_json would (an object,
 //!   as `custom` is; any zero written other than `0`, whose sign sonic-rs drops where serde_json keeps
 //!   it, as in `-0`): the event is parsed exactly from its text when it is validated.
@@ -44,11 +43,8 @@ pub(super) const MAX_TOP_KEYS: usize = 8;
 /// exactly, as are the rare events validated from their text again, whose tree this keeps small.
 pub(super) const EVENT_MAX_BYTES: usize = 4096;
 
-/// serde_json's nesting limit: an event with at least this many `[` and `{` may nest too deep for it.
-const MAX_OPENINGS: usize = 128;
-
 /// The deepest nesting of a body the fast parse takes (the body's object is level 1). serde_json refuses
-/// 128 levels of the envelope's values; sonic-rs takes 254.
+/// 128 levels of the envelope's values, or below an event (parsed from its own text); sonic-rs takes 254.
 const MAX_DEPTH: usize = 100;
 
 /// The longest number the fast parse takes. sonic-rs reads at most about four digits of an exponent
@@ -76,7 +72,7 @@ pub(super) fn parse(body: &[u8]) -> Option<ParsedBeacon<'_>> {
         let mut out = Vec::with_capacity(texts.len());
         for (index, text) in texts.into_iter().enumerate() {
             let parsed = match array.get(index) {
-                Some(value) if value.is_object() && text.len() <= EVENT_MAX_BYTES && shallow(text) => {
+                Some(value) if value.is_object() && text.len() <= EVENT_MAX_BYTES => {
                     Parsed::Dom(DomEvent { doc: Arc::clone(&doc), index })
                 }
                 _ => parse_event(counter, &mut scratch, text).ok()?,
@@ -240,12 +236,6 @@ fn value_end(b: &[u8], mut i: usize, depth: usize) -> Option<usize> {
             (i > start && i - start <= MAX_NUMBER_BYTES).then_some(i)
         }
     }
-}
-
-/// Whether `text` nests within serde_json's limit for certain: a text of fewer than twice
-/// [`MAX_OPENINGS`] bytes cannot hold that many levels (each opens and closes), a longer one is counted.
-fn shallow(text: &str) -> bool {
-    text.len() < 2 * MAX_OPENINGS || text.bytes().filter(|b| matches!(b, b'[' | b'{')).count() < MAX_OPENINGS
 }
 
 /// An event the fast parse read: the body's document and the event's index in its `events`.
