@@ -166,7 +166,7 @@ pub struct Envelope<'a> {
 
 impl Envelope<'_> {
     /// One version 2 record of `events` (each validated, with its JSON text).
-    pub fn encode(&self, events: &[CheckedEvent]) -> Vec<u8> {
+    pub fn encode<R: AsRef<str>>(&self, events: &[CheckedEvent<R>]) -> Vec<u8> {
         let c = self.client;
         let body = TypedOut {
             recv_ms: self.recv_ms,
@@ -185,7 +185,7 @@ impl Envelope<'_> {
             },
             events: TypedEventsOut { view_id: self.view_id, events },
         };
-        let estimate = 64 + events.iter().map(|e| e.raw.len() + 48).sum::<usize>();
+        let estimate = 64 + events.iter().map(|e| e.raw.as_ref().len() + 48).sum::<usize>();
         // Serializing plain data structures into a Vec cannot fail.
         frame(VERSION, &postcard::to_extend(&body, Vec::with_capacity(estimate)).unwrap_or_default())
     }
@@ -193,7 +193,7 @@ impl Envelope<'_> {
     /// [`Envelope::encode`] compressed without the record dictionary (codec 1), as collectors before it
     /// wrote: for tests that readers still take such records.
     #[doc(hidden)]
-    pub fn encode_without_dictionary(&self, events: &[CheckedEvent]) -> Vec<u8> {
+    pub fn encode_without_dictionary<R: AsRef<str>>(&self, events: &[CheckedEvent<R>]) -> Vec<u8> {
         let record = self.encode(events);
         match body(&record) {
             Ok((version, body)) => frame_with(version, &body, false),
@@ -202,7 +202,7 @@ impl Envelope<'_> {
     }
 
     /// [`Envelope::encode`] split into records of at most `limit` bytes, in order.
-    pub fn encode_chunks(&self, events: &[CheckedEvent], limit: usize) -> Result<Vec<Vec<u8>>, RecordError> {
+    pub fn encode_chunks<R: AsRef<str>>(&self, events: &[CheckedEvent<R>], limit: usize) -> Result<Vec<Vec<u8>>, RecordError> {
         let mut out = Vec::new();
         split_encode(events, limit, &|events| self.encode(events), &mut out)?;
         Ok(out)
@@ -212,22 +212,23 @@ impl Envelope<'_> {
 /// A version 2 body as written. Field order is the format (postcard is not self-describing): change it
 /// only with a new version.
 #[derive(Serialize)]
-struct TypedOut<'a> {
+#[serde(bound(serialize = "R: AsRef<str>"))]
+struct TypedOut<'a, R: AsRef<str>> {
     recv_ms: i64,
     sent_at: i64,
     key: Option<&'a str>,
     view_id: &'a str,
     client: ClientOut<'a>,
-    events: TypedEventsOut<'a>,
+    events: TypedEventsOut<'a, R>,
 }
 
 /// The events of a version 2 body: each as [`EventOut`].
-struct TypedEventsOut<'a> {
+struct TypedEventsOut<'a, R> {
     view_id: &'a str,
-    events: &'a [CheckedEvent],
+    events: &'a [CheckedEvent<R>],
 }
 
-impl Serialize for TypedEventsOut<'_> {
+impl<R: AsRef<str>> Serialize for TypedEventsOut<'_, R> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeSeq;
         let mut seq = serializer.serialize_seq(Some(self.events.len()))?;
@@ -240,7 +241,7 @@ impl Serialize for TypedEventsOut<'_> {
                 ts: e.ts,
                 playhead_ms: e.playhead_ms,
                 payload: &e.payload,
-                raw,
+                raw: raw.as_ref(),
             })?;
         }
         seq.end()
@@ -346,11 +347,12 @@ impl TypedIn {
 }
 
 /// An event as the collector validated it (or, from a version 2 record, as the pipeline checked it) and
-/// its JSON text (the `events` table's `raw` column).
+/// its JSON text (the `events` table's `raw` column): owned, or (`CheckedEvent<&str>`, the collector's)
+/// a slice of the beacon's body, which a record is written from without a copy of each event's text.
 #[derive(Debug, Clone, PartialEq)]
-pub struct CheckedEvent {
+pub struct CheckedEvent<R = String> {
     pub event: Event,
-    pub raw: String,
+    pub raw: R,
 }
 
 impl CheckedEvent {
