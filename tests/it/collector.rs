@@ -21,9 +21,9 @@ fn http() -> reqwest::Client {
 async fn accepted_beacons_answer_204_and_are_durable_and_enriched() {
     let dir = tempfile::tempdir().expect("tmp");
     let mut q = Qoeflow::serve(dir.path(), &[], &[]);
-    // Two views, interleaved: a a a b b a b.
+    // Three views, interleaved: a a a b b a c b a.
     let mut body = beacon("view-a", 0, 3);
-    for (view, seq0, n) in [("view-b", 0, 2), ("view-a", 3, 1), ("view-b", 2, 1)] {
+    for (view, seq0, n) in [("view-b", 0, 2), ("view-a", 3, 1), ("view-c", 0, 1), ("view-b", 2, 1), ("view-a", 4, 1)] {
         body["events"].as_array_mut().expect("array").extend(beacon(view, seq0, n)["events"].as_array().expect("array").clone());
     }
     body["events"][1]["x_unknown"] = json!({"kept": true});
@@ -36,23 +36,29 @@ async fn accepted_beacons_answer_204_and_are_durable_and_enriched() {
         .await
         .expect("post");
     assert_eq!(resp.status(), StatusCode::NO_CONTENT);
-    assert_eq!(metric(&q.url, "qoeflow_ingest_events_accepted_total").await, 7.0);
+    assert_eq!(metric(&q.url, "qoeflow_ingest_events_accepted_total").await, 9.0);
     q.stop();
 
     let records = read_local_log(dir.path());
-    assert_eq!(records.len(), 2, "one record per view per beacon");
+    assert_eq!(records.len(), 3, "one record per view per beacon");
     let Record::Events(a) = &records[0] else { panic!("events record") };
     assert_eq!(a.view_id, "view-a");
     let seqs = |events: &[serde_json::Map<String, serde_json::Value>]| events.iter().map(|e| e["seq"].as_u64()).collect::<Vec<_>>();
-    assert_eq!(seqs(&a.events), [Some(0), Some(1), Some(2), Some(3)], "a view's events in beacon order");
-    let Record::Events(b) = &records[1] else { panic!("events record") };
-    assert_eq!((b.view_id.as_str(), seqs(&b.events)), ("view-b", vec![Some(0), Some(1), Some(2)]));
+    assert_eq!(seqs(&a.events), [Some(0), Some(1), Some(2), Some(3), Some(4)], "a view's events in beacon order");
+    let others: Vec<_> = records[1..]
+        .iter()
+        .map(|r| match r {
+            Record::Events(e) => (e.view_id.as_str(), seqs(&e.events)),
+            other => panic!("events record: {other:?}"),
+        })
+        .collect();
+    assert_eq!(others, [("view-b", vec![Some(0), Some(1), Some(2)]), ("view-c", vec![Some(0)])]);
     assert_eq!(a.events[1]["x_unknown"], json!({"kept": true}), "unknown fields are kept");
     assert_eq!(a.sent_at, T0 + 60_000);
     assert!(a.recv_ms > T0, "receive time stamped");
     assert_eq!(a.client.ip.as_deref(), Some("127.0.0.0"), "IP anonymised before storage");
     assert_eq!((a.client.device_type.as_str(), a.client.os.as_str(), a.client.browser.as_str()), ("mobile", "iPhone", "Safari"));
-    assert_eq!(event_ids(&records).len(), 7);
+    assert_eq!(event_ids(&records).len(), 9);
 }
 
 /// The `events` table's `raw` column and a dead letter's `payload` hold each event's text exactly as
