@@ -1,16 +1,18 @@
 //! The fast parse of a beacon body: sonic-rs's SIMD parser builds the body's document, from which the
 //! envelope and the events' fields are read; a scan of the text it accepted (so of valid JSON) slices
-//! out each event's text (the `raw` column keeps the event as sent), which sonic-rs cannot give.
+//! out each event's text (the `raw` column keeps the event as sent), which sonic-rs cannot give
+//! ([`super::scan`]: 64-byte blocks with SSE2 on x86_64, a byte loop elsewhere).
 //!
 //! It answers exactly as [`super::parse_exact`] would, and leaves to that parse whatever it could not
 //! answer so:
 //! - a body that is not UTF-8, that sonic-rs refuses, or whose envelope is wrong, with more than
 //!   [`MAX_TOP_KEYS`] keys, repeated keys (the exact parse takes the last of them, the document's lookup
-//!   the first), a key written with an escape (it could spell `events`), an envelope field the document
-//!   does not hold as serde_json would ([`scalar`]), nesting of [`MAX_DEPTH`] levels or more anywhere
-//!   (serde_json refuses 128 levels in the envelope or below an event, sonic-rs takes 254), or a
-//!   number longer than [`MAX_NUMBER_BYTES`] anywhere (sonic-rs misreads some); or an event the exact
-//!   parse refuses: the whole body, which names any problem as it always did;
+//!   the first), an envelope field the document does not hold as serde_json would ([`scalar`]), nesting
+//!   of [`MAX_DEPTH`] levels or more anywhere (serde_json refuses 128 levels in the envelope or below an
+//!   event, sonic-rs takes 254), or a number longer than [`MAX_NUMBER_BYTES`] anywhere (sonic-rs
+//!   misreads some); or an event the exact parse refuses: the whole body, which names any problem as it
+//!   always did. (Keys written with escapes are read as the exact parse reads them: the scan finds
+//!   `events` by its place among the body's values, which the document gives with its keys unescaped.)
 //! - an event that is not an object or is longer than [`EVENT_MAX_BYTES`]: parsed exactly from its
 //!   text, and a failure there sends the whole body to the exact parse;
 //! - a field validation reads whose value the document does not hold as serde_json would (an object,
@@ -20,8 +22,8 @@
 //! The two parsers agree on every other value to the bit (floats of at most [`MAX_NUMBER_BYTES`] parse to
 //! the nearest double in both);
 //! a property test checks them against each other on generated bodies. A wrk beacon of 20 events is
-//! parsed and validated this way in 6.4–6.7 µs, against 7.0 when serde_json sliced out the events for
-//! the document and 9.0–9.5 on the exact parse (BENCHMARKS.md §25, §26).
+//! parsed and validated this way in 5.5–5.7 µs (6.7 with the byte loop's scan, 7.0 when serde_json sliced
+//! out the events for the document) against 9.0–9.5 on the exact parse (BENCHMARKS.md §25–§27).
 //!
 //! Memory: the document takes at most about 33 bytes a byte of body (a 16-byte node for each value and
 //! key, in an arena that grows by doubling) besides its copy of the text, within the charge for the
@@ -33,6 +35,9 @@ use std::sync::Arc;
 
 use sonic_rs::{JsonContainerTrait, JsonNumberTrait, JsonType, JsonValueTrait};
 
+use super::scan::event_texts;
+#[cfg(doc)]
+use super::scan::{MAX_DEPTH, MAX_NUMBER_BYTES};
 use super::{EVENTS, JsonRef, Num, Parsed, ParsedBeacon, RawEvent, Slots, check_event_count, envelope_fields, parse_event, uncounted};
 
 /// The most keys of a body the fast parse takes: finding `events` in the document is a search of them,
@@ -43,16 +48,6 @@ pub(super) const MAX_TOP_KEYS: usize = 8;
 /// exactly, as are the rare events validated from their text again, whose tree this keeps small.
 pub(super) const EVENT_MAX_BYTES: usize = 4096;
 
-/// The deepest nesting of a body the fast parse takes (the body's object is level 1). serde_json refuses
-/// 128 levels of the envelope's values, or below an event (parsed from its own text); sonic-rs takes 254.
-const MAX_DEPTH: usize = 100;
-
-/// The longest number the fast parse takes. sonic-rs reads at most about four digits of an exponent
-/// (`1e10120` as `1e1012`), which a thousand digits of mantissa can make up for: `0.` and 999 zeros
-/// then `1e10120` is 1e12 to it, out of range to serde_json. Players' numbers are at most about 25
-/// bytes (`-2.2250738585072014e-308`).
-const MAX_NUMBER_BYTES: usize = 64;
-
 /// Parses `body`, or `None` where the exact parse must decide (see the module's documentation). The
 /// caller has bounded and charged the values `body` can hold.
 pub(super) fn parse(body: &[u8]) -> Option<ParsedBeacon<'_>> {
@@ -60,8 +55,8 @@ pub(super) fn parse(body: &[u8]) -> Option<ParsedBeacon<'_>> {
     // events' texts are slices of it.
     let text = std::str::from_utf8(body).ok()?;
     let doc = sonic_rs::from_str::<sonic_rs::Value>(text).ok()?;
-    let (key, sent_at, count) = envelope_of(&doc)?;
-    let texts = event_texts(text)?;
+    let (key, sent_at, count, events_at) = envelope_of(&doc)?;
+    let texts = event_texts(text, events_at)?;
     if texts.len() != count {
         return None;
     }
@@ -83,11 +78,12 @@ pub(super) fn parse(body: &[u8]) -> Option<ParsedBeacon<'_>> {
     })
 }
 
-/// The envelope of the document, checked as [`super::envelope`] checks it, and its number of events;
-/// `None` where the exact parse must decide: an error, more than [`MAX_TOP_KEYS`] keys, repeated keys
-/// (the exact parse takes the last of them, sonic-rs's lookup the first), or a field the document does
-/// not hold as serde_json would ([`scalar`]).
-fn envelope_of(doc: &sonic_rs::Value) -> Option<(Option<String>, i64, usize)> {
+/// The envelope of the document, checked as [`super::envelope`] checks it, its number of events, and
+/// where `events` is among the body's values that are arrays or objects (in the text's order, for the
+/// scan: its keys are unescaped here); `None` where the exact parse must decide: an error, more than
+/// [`MAX_TOP_KEYS`] keys, repeated keys (the exact parse takes the last of them, sonic-rs's lookup the
+/// first), or a field the document does not hold as serde_json would ([`scalar`]).
+fn envelope_of(doc: &sonic_rs::Value) -> Option<(Option<String>, i64, usize, usize)> {
     let top = doc.as_object()?;
     if top.len() > MAX_TOP_KEYS {
         return None;
@@ -103,139 +99,8 @@ fn envelope_of(doc: &sonic_rs::Value) -> Option<(Option<String>, i64, usize)> {
     };
     let events = top.get(&EVENTS)?.as_array()?.len();
     check_event_count(events).ok()?;
-    Some((key, sent_at, events))
-}
-
-/// The texts of the events of `text`, a JSON object sonic-rs parsed (so its syntax is valid): the
-/// elements of its `events` array as serde_json would slice them, without the whitespace around them.
-/// `None` where the exact parse must decide: a key written with an escape (it could spell `events`),
-/// `events` not an array, nesting of [`MAX_DEPTH`] levels or more, or a number longer than
-/// [`MAX_NUMBER_BYTES`], anywhere.
-fn event_texts(text: &str) -> Option<Vec<&str>> {
-    let b = text.as_bytes();
-    let mut i = skip_whitespace(b, 0);
-    if b.get(i) != Some(&b'{') {
-        return None;
-    }
-    i += 1;
-    let mut events = None;
-    loop {
-        i = skip_whitespace(b, i);
-        match *b.get(i)? {
-            b'}' => return events,
-            b',' => {
-                i += 1;
-                continue;
-            }
-            b'"' => {}
-            _ => return None,
-        }
-        let key_end = string_end(b, i)?;
-        let key = &b[i + 1..key_end - 1];
-        if key.contains(&b'\\') {
-            return None;
-        }
-        i = skip_whitespace(b, key_end);
-        if b.get(i) != Some(&b':') {
-            return None;
-        }
-        i = skip_whitespace(b, i + 1);
-        if key != EVENTS.as_bytes() {
-            i = value_end(b, i, 1)?;
-            continue;
-        }
-        if b.get(i) != Some(&b'[') {
-            return None;
-        }
-        let mut list = Vec::new();
-        i += 1;
-        loop {
-            i = skip_whitespace(b, i);
-            match *b.get(i)? {
-                b']' => break,
-                b',' => i += 1,
-                _ => {
-                    let end = value_end(b, i, 2)?;
-                    list.push(text.get(i..end)?);
-                    i = end;
-                }
-            }
-        }
-        events = Some(list);
-        i += 1;
-    }
-}
-
-/// The index past JSON whitespace from `i`.
-fn skip_whitespace(b: &[u8], mut i: usize) -> usize {
-    while matches!(b.get(i), Some(b' ' | b'\n' | b'\r' | b'\t')) {
-        i += 1;
-    }
-    i
-}
-
-/// The index past the string that opens at `i` (a `"`), escapes skipped.
-fn string_end(b: &[u8], i: usize) -> Option<usize> {
-    let mut j = i + 1;
-    loop {
-        match *b.get(j)? {
-            b'"' => return Some(j + 1),
-            b'\\' => j += 2,
-            _ => j += 1,
-        }
-    }
-}
-
-/// The index past the value that begins at `i`, `depth` levels deep; `None` at [`MAX_DEPTH`] levels or
-/// at a number of more than [`MAX_NUMBER_BYTES`].
-fn value_end(b: &[u8], mut i: usize, depth: usize) -> Option<usize> {
-    match *b.get(i)? {
-        b'"' => string_end(b, i),
-        b'{' | b'[' => {
-            let mut level = depth;
-            // The bytes of the number (or literal) being passed.
-            let mut run = 0;
-            loop {
-                match *b.get(i)? {
-                    b'"' => {
-                        i = string_end(b, i)?;
-                        continue;
-                    }
-                    b'{' | b'[' => {
-                        level += 1;
-                        if level >= MAX_DEPTH {
-                            return None;
-                        }
-                    }
-                    b'}' | b']' => {
-                        level -= 1;
-                        if level == depth {
-                            return Some(i + 1);
-                        }
-                    }
-                    b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E' => {
-                        run += 1;
-                        if run > MAX_NUMBER_BYTES {
-                            return None;
-                        }
-                        i += 1;
-                        continue;
-                    }
-                    _ => {}
-                }
-                run = 0;
-                i += 1;
-            }
-        }
-        _ => {
-            let start = i;
-            while !matches!(b.get(i), None | Some(b',' | b'}' | b']' | b' ' | b'\n' | b'\r' | b'\t')) {
-                i += 1;
-            }
-            // A scalar is never empty in JSON sonic-rs accepted: not relying on that, no scan stalls.
-            (i > start && i - start <= MAX_NUMBER_BYTES).then_some(i)
-        }
-    }
+    let events_at = top.iter().take_while(|(k, _)| *k != EVENTS).filter(|(_, v)| v.is_array() || v.is_object()).count();
+    Some((key, sent_at, events, events_at))
 }
 
 /// An event the fast parse read: the body's document and the event's index in its `events`.
