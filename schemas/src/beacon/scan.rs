@@ -4,8 +4,8 @@
 //! [`MAX_NUMBER_BYTES`]).
 //!
 //! Two implementations that answer alike, the second checked against the first by this module's tests:
-//! - [`bytes`], a loop over the text's bytes (any target). It mispredicts a branch at nearly every
-//!   token, which is most of its time;
+//! - [`bytes`], a loop over the text's bytes (any target). Its branches depend on each token, and
+//!   their mispredictions are likely most of its time (the benchmark machine shows no branch counters);
 //! - [`blocks`] (x86_64 with SSE2, which every x86_64 CPU and Rust's hosted x86_64 targets have), a scan
 //!   of 64-byte blocks: the quotes, backslashes, brackets and number bytes of a block found at once by
 //!   SSE2 compares, the strings by a prefix XOR of their quotes, and only the brackets outside strings
