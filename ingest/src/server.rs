@@ -383,15 +383,16 @@ async fn handle(
     let mut rejected: Vec<(usize, &'static str, String, String)> = Vec::new();
     let max_future = state.config.max_event_future_ms;
     let count = beacon.events.len();
-    for (i, raw) in beacon.events.iter().enumerate() {
-        match raw.validate() {
+    for (i, raw) in beacon.events.into_iter().enumerate() {
+        let text = raw.text();
+        match raw.into_validated() {
             Ok(ev) if ev.ts.saturating_sub(beacon.sent_at) > max_future => {
                 // Skew-corrected, `ts + (recv_ms - sent_at)` is this far after the receive time.
                 let reason = format!(
                     "ts: {} ms in the future of the receive time once corrected for the client's clock (`sent_at`); at most {max_future} ms",
                     ev.ts.saturating_sub(beacon.sent_at)
                 );
-                rejected.push((i, "future_ts", reason, raw.text().to_owned()));
+                rejected.push((i, "future_ts", reason, text.to_owned()));
             }
             Ok(ev) => {
                 let slot = match views.get(last) {
@@ -411,10 +412,10 @@ async fn handle(
                     },
                 };
                 // The event typed as validated, and its text as sent: a version 2 record holds both.
-                views[slot].push(i, CheckedEvent { event: ev, raw: raw.text() });
+                views[slot].push(i, CheckedEvent { event: ev, raw: text });
                 last = slot;
             }
-            Err(r) => rejected.push((i, r.tag, r.to_string(), raw.text().to_owned())),
+            Err(r) => rejected.push((i, r.tag, r.to_string(), text.to_owned())),
         }
     }
 

@@ -87,8 +87,9 @@ pub struct ParsedBeacon<'a> {
     pub events: Vec<RawEvent<'a>>,
 }
 
-/// One event of a beacon as parsed, not yet validated: its JSON text exactly as the beacon carried it,
-/// and its fields when it is an object (any other JSON value, which validation rejects, is kept whole).
+/// One event of a beacon as parsed: its JSON text exactly as the beacon carried it, and its fields when
+/// it is an object (any other JSON value, which validation rejects, is kept whole), or, when the fast
+/// parse read it, already validated.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RawEvent<'a> {
     text: &'a str,
@@ -98,8 +99,10 @@ pub struct RawEvent<'a> {
 #[derive(Debug, Clone, PartialEq)]
 enum Parsed<'a> {
     Object(EventObject<'a>),
-    /// An object, as the fast parse left it: in its document ([`dom`]).
-    Dom(dom::DomEvent),
+    /// An object the fast parse read from its document and validated there ([`dom`]): the document
+    /// is gone once the parse returns, so nothing refers to it (a shared pointer and a lookup of the
+    /// event in it for each event were a fifth of validation).
+    Validated(Result<Event, EventRejection>),
     Other(Value),
 }
 
@@ -108,19 +111,22 @@ impl<'a> RawEvent<'a> {
     pub fn validate(&self) -> Result<Event, EventRejection> {
         match &self.parsed {
             Parsed::Object(obj) => validate_fields(&obj.slots()),
-            Parsed::Dom(event) => match event.slots() {
-                Some(slots) => validate_fields(&slots),
-                // A field validation reads that the document does not hold exactly (`custom`'s object,
-                // `-0.0`): the event parsed again from its text, as the exact parse would have.
-                None => self.reparsed().and_then(|event| event.validate()),
-            },
+            Parsed::Validated(event) => event.clone(),
             Parsed::Other(v) => validate_event(v),
         }
     }
 
-    /// The event parsed from its text by the exact parse (never [`Parsed::Dom`]). Its values are not
-    /// counted: the fast parse reads only events of at most [`dom::EVENT_MAX_BYTES`], so this tree is
-    /// small whatever the body.
+    /// [`RawEvent::validate`], taking the event: what the fast parse validated is moved out, not copied.
+    pub fn into_validated(self) -> Result<Event, EventRejection> {
+        match self.parsed {
+            Parsed::Validated(event) => event,
+            _ => self.validate(),
+        }
+    }
+
+    /// The event parsed from its text by the exact parse (never [`Parsed::Validated`]). Its values are
+    /// not counted: the fast parse reads only events of at most [`dom::EVENT_MAX_BYTES`], so this tree
+    /// is small whatever the body.
     fn reparsed(&self) -> Result<RawEvent<'a>, EventRejection> {
         match uncounted(|counter| parse_event(counter, &mut Vec::new(), self.text)) {
             Ok(parsed) => Ok(RawEvent { text: self.text, parsed }),
@@ -140,7 +146,7 @@ impl<'a> RawEvent<'a> {
     pub fn into_value(self) -> Value {
         match self.parsed {
             Parsed::Object(obj) => Value::Object(obj.into_map()),
-            Parsed::Dom(_) => match self.reparsed() {
+            Parsed::Validated(_) => match self.reparsed() {
                 Ok(event) => event.into_value(),
                 Err(_) => Value::Null,
             },
@@ -1222,7 +1228,7 @@ mod tests {
     /// Which parse read each event.
     fn readers(b: &ParsedBeacon) -> Vec<&'static str> {
         let reader = |e: &RawEvent| match e.parsed {
-            Parsed::Dom(_) => "fast",
+            Parsed::Validated(_) => "fast",
             Parsed::Object(_) => "exact",
             Parsed::Other(_) => "exact, not an object",
         };
@@ -1250,8 +1256,8 @@ mod tests {
     fn the_fast_parse_steps_aside_where_it_would_not_answer_exactly() {
         let ev = |extra: &str| format!(r#"{{"view_id":"v","seq":1,"type":"viewstart","ts":1700000000000{extra}}}"#);
         // A field validation reads that the document does not hold exactly (an object, as `custom`
-        // is; a zero written as a fraction, whose sign sonic-rs drops): the event is validated from its
-        // text, parsed exactly. Fields validation does not read do not matter. An event that is not an
+        // is; a zero written as a fraction, whose sign sonic-rs drops): the event is parsed exactly
+        // from its text. Fields validation does not read do not matter. An event that is not an
         // object is parsed exactly.
         for (odd, exactly) in [
             (r#","custom":{"plan":"pro","n":-0.0}"#, true),
@@ -1260,9 +1266,8 @@ mod tests {
         ] {
             let body = format!(r#"{{"sent_at":1700000000000,"events":[{},{},7]}}"#, ev(""), ev(odd));
             let fast = parse_beacon(body.as_bytes()).unwrap();
-            assert_eq!(readers(&fast), ["fast", "fast", "exact, not an object"], "{odd}");
-            let Parsed::Dom(event) = &fast.events[1].parsed else { panic!("read by the fast parse") };
-            assert_eq!(event.slots().is_none(), exactly, "{odd}");
+            let second = if exactly { "exact" } else { "fast" };
+            assert_eq!(readers(&fast), ["fast", second, "exact, not an object"], "{odd}");
             assert_eq!(answer(Ok(fast)), answer(exact(body.as_bytes())));
         }
         assert!(answer(parse_beacon(format!(r#"{{"sent_at":1700000000000,"events":[{}]}}"#, ev(r#","playhead_ms":-0.0"#)).as_bytes())).contains("-0.0"));
@@ -1432,9 +1437,11 @@ mod tests {
                     prop_assert_eq!(scan::blocks::event_texts(&body, events_at), scan::bytes::event_texts(&body, events_at), "{}", body);
                 }
             }
-            // Validation through the slots answers as through serde_json's map of the event.
+            // Validation through the slots answers as through serde_json's map of the event, taking
+            // the event or not.
             for event in parse_beacon(body.as_bytes()).map(|b| b.events).unwrap_or_default() {
                 prop_assert_eq!(event.validate(), validate_event(&event.clone().into_value()), "{}", event.text());
+                prop_assert_eq!(event.clone().into_validated(), event.validate(), "{}", event.text());
             }
         }
     }

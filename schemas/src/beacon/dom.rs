@@ -1,5 +1,6 @@
 //! The fast parse of a beacon body: sonic-rs's SIMD parser builds the body's document, from which the
-//! envelope and the events' fields are read; a scan of the text it accepted (so of valid JSON) slices
+//! envelope is read and each event validated (so nothing refers to the document once the parse
+//! returns); a scan of the text it accepted (so of valid JSON) slices
 //! out each event's text (the `raw` column keeps the event as sent), which sonic-rs cannot give
 //! ([`super::scan`]: 64-byte blocks with SSE2 on x86_64, a byte loop elsewhere).
 //!
@@ -17,13 +18,15 @@
 //!   text, and a failure there sends the whole body to the exact parse;
 //! - a field validation reads whose value the document does not hold as serde_json would (an object,
 //!   as `custom` is; any zero written other than `0`, whose sign sonic-rs drops where serde_json keeps
-//!   it, as in `-0`): the event is parsed exactly from its text when it is validated.
+//!   it, as in `-0`): the event is parsed exactly from its text, and validated later as the exact
+//!   parse's events are.
 //!
 //! The two parsers agree on every other value to the bit (floats of at most [`MAX_NUMBER_BYTES`] parse to
 //! the nearest double in both);
 //! a property test checks them against each other on generated bodies. A wrk beacon of 20 events is
-//! parsed and validated this way in 5.5–5.7 µs (6.7 with the byte loop's scan, 7.0 when serde_json sliced
-//! out the events for the document) against 9.0–9.5 on the exact parse (BENCHMARKS.md §25–§27).
+//! parsed and validated this way in 5.3–5.4 µs (5.6–5.8 while events referred to the document until
+//! validated, 6.7 with the byte loop's scan, 7.0 when serde_json sliced out the events for the document)
+//! against 9.0–9.5 on the exact parse (BENCHMARKS.md §25–§28).
 //!
 //! Memory: the document takes at most about 33 bytes a byte of body (a 16-byte node for each value and
 //! key, in an arena that grows by doubling) besides its copy of the text, within the charge for the
@@ -31,14 +34,12 @@
 //! again, and the caller charges twice that ([`super::parse_beacon_limited`]). sonic-rs also keeps a
 //! scratch buffer of nodes on each thread that parsed, reused by its next parse.
 
-use std::sync::Arc;
-
 use sonic_rs::{JsonContainerTrait, JsonNumberTrait, JsonType, JsonValueTrait};
 
 use super::scan::event_texts;
 #[cfg(doc)]
 use super::scan::{MAX_DEPTH, MAX_NUMBER_BYTES};
-use super::{EVENTS, JsonRef, Num, Parsed, ParsedBeacon, RawEvent, Slots, check_event_count, envelope_fields, parse_event, uncounted};
+use super::{EVENTS, JsonRef, Num, Parsed, ParsedBeacon, RawEvent, Slots, check_event_count, envelope_fields, parse_event, uncounted, validate_fields};
 
 /// The most keys of a body the fast parse takes: finding `events` in the document is a search of them,
 /// made for each event validated. Players send three (`key`, `sent_at`, `events`).
@@ -55,22 +56,22 @@ pub(super) fn parse(body: &[u8]) -> Option<ParsedBeacon<'_>> {
     // events' texts are slices of it.
     let text = std::str::from_utf8(body).ok()?;
     let doc = sonic_rs::from_str::<sonic_rs::Value>(text).ok()?;
-    let (key, sent_at, count, events_at) = envelope_of(&doc)?;
+    let (key, sent_at, events, events_at) = envelope_of(&doc)?;
     let texts = event_texts(text, events_at)?;
-    if texts.len() != count {
+    if texts.len() != events.len() {
         return None;
     }
-    let doc = Arc::new(doc);
-    let array = doc.get(EVENTS).and_then(|events| events.as_array())?;
     uncounted(|counter| {
         let mut scratch = Vec::new();
         let mut out = Vec::with_capacity(texts.len());
-        for (index, text) in texts.into_iter().enumerate() {
-            let parsed = match array.get(index) {
-                Some(value) if value.is_object() && text.len() <= EVENT_MAX_BYTES => {
-                    Parsed::Dom(DomEvent { doc: Arc::clone(&doc), index })
-                }
-                _ => parse_event(counter, &mut scratch, text).ok()?,
+        for (value, text) in events.iter().zip(texts) {
+            let fields = match value.as_object() {
+                Some(object) if text.len() <= EVENT_MAX_BYTES => slots(object),
+                _ => None,
+            };
+            let parsed = match fields {
+                Some(fields) => Parsed::Validated(validate_fields(&fields)),
+                None => parse_event(counter, &mut scratch, text).ok()?,
             };
             out.push(RawEvent { text, parsed });
         }
@@ -78,12 +79,12 @@ pub(super) fn parse(body: &[u8]) -> Option<ParsedBeacon<'_>> {
     })
 }
 
-/// The envelope of the document, checked as [`super::envelope`] checks it, its number of events, and
+/// The envelope of the document, checked as [`super::envelope`] checks it, its events, and
 /// where `events` is among the body's values that are arrays or objects (in the text's order, for the
 /// scan: its keys are unescaped here); `None` where the exact parse must decide: an error, more than
 /// [`MAX_TOP_KEYS`] keys, repeated keys (the exact parse takes the last of them, sonic-rs's lookup the
 /// first), or a field the document does not hold as serde_json would ([`scalar`]).
-fn envelope_of(doc: &sonic_rs::Value) -> Option<(Option<String>, i64, usize, usize)> {
+fn envelope_of(doc: &sonic_rs::Value) -> Option<(Option<String>, i64, &sonic_rs::Array, usize)> {
     let top = doc.as_object()?;
     if top.len() > MAX_TOP_KEYS {
         return None;
@@ -97,50 +98,22 @@ fn envelope_of(doc: &sonic_rs::Value) -> Option<(Option<String>, i64, usize, usi
         (Some(None), _) | (_, Some(None)) => return None,
         (key, sent_at) => envelope_fields(key.flatten(), sent_at.flatten()).ok()?,
     };
-    let events = top.get(&EVENTS)?.as_array()?.len();
-    check_event_count(events).ok()?;
+    let events = top.get(&EVENTS)?.as_array()?;
+    check_event_count(events.len()).ok()?;
     let events_at = top.iter().take_while(|(k, _)| *k != EVENTS).filter(|(_, v)| v.is_array() || v.is_object()).count();
     Some((key, sent_at, events, events_at))
 }
 
-/// An event the fast parse read: the body's document and the event's index in its `events`.
-#[derive(Clone)]
-pub(super) struct DomEvent {
-    doc: Arc<sonic_rs::Value>,
-    index: usize,
-}
-
-impl DomEvent {
-    /// The event's object in the document.
-    fn object(&self) -> Option<&sonic_rs::Object> {
-        self.doc.get(EVENTS).and_then(|events| events.get(self.index)).and_then(|e| e.as_object())
-    }
-
-    /// The event's fields as validation reads them, or `None` when one of them is a value the document
-    /// does not hold exactly as serde_json would (see [`scalar`]).
-    pub(super) fn slots(&self) -> Option<Slots<'_>> {
-        let mut slots = Slots::default();
-        for (key, value) in self.object()?.iter() {
-            if let Some(slot) = slots.at(key) {
-                *slot = Some(scalar(value)?);
-            }
+/// An event's fields as validation reads them, or `None` when one of them is a value the document does
+/// not hold exactly as serde_json would (see [`scalar`]): the event is then parsed exactly from its text.
+fn slots(object: &sonic_rs::Object) -> Option<Slots<'_>> {
+    let mut slots = Slots::default();
+    for (key, value) in object.iter() {
+        if let Some(slot) = slots.at(key) {
+            *slot = Some(scalar(value)?);
         }
-        Some(slots)
     }
-}
-
-/// The event, not its whole document.
-impl std::fmt::Debug for DomEvent {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DomEvent").field("index", &self.index).field("object", &self.object()).finish()
-    }
-}
-
-/// Events are equal when their objects are.
-impl PartialEq for DomEvent {
-    fn eq(&self, other: &Self) -> bool {
-        self.object() == other.object()
-    }
+    Some(slots)
 }
 
 /// A value of the document as validation reads it, when the document holds it exactly as serde_json
@@ -181,7 +154,7 @@ mod tests {
                         let x = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
                         let body = format!(r#"{{"sent_at":1700000000000,"events":[{{"x":{x}}},{{"y":1}}]}}"#);
                         let sonic = sonic_rs::from_slice::<sonic_rs::Value>(body.as_bytes()).is_ok();
-                        let beacon = parse_beacon(body.as_bytes()).map(|b| matches!(b.events[1].parsed, Parsed::Dom(_)));
+                        let beacon = parse_beacon(body.as_bytes()).map(|b| matches!(b.events[1].parsed, Parsed::Validated(_)));
                         (depth, sonic, beacon.is_ok())
                     })
                     .to_vec()
