@@ -438,9 +438,6 @@ async fn handle(
         records.push(SinkRecord { partition_key: format!("rejected-{recv_ms}-{index}"), data: Bytes::from(rec.encode()) });
     }
 
-    // The records hold all that is kept of the body: it (and its share of the memory budget) is given
-    // back before the wait for durability, so 64 waiting requests do not keep 64 bodies.
-    drop(body);
     let sink_started = Instant::now();
     if let Err(e) = state.sink.append(records).await {
         tracing::error!(sink = state.sink.name(), error = %e, "sink could not make the beacon durable");
