@@ -17,7 +17,8 @@
 //!    handler keeps it): validated here when the exact parse read it;
 //!
 //! Stages 2 and 3 again on the exact parse alone (serde_json, every value counted; what bodies the fast
-//! parse does not take get): the baseline of the fast parse, measured in the same run.
+//! parse does not take get): the baseline of the fast parse, measured in the same run. Compare stage 3
+//! with stage 3: the exact parse validates there, the fast parse in stage 2.
 //! 4. `+ encode`: the view's record (postcard, then zstd with the record dictionary);
 //!    `zstd alone`: compressing those records' postcard bodies, as stage 4 does.
 

@@ -79,7 +79,8 @@ impl EventRejection {
     }
 }
 
-/// The envelope of a beacon, its events not yet validated.
+/// The envelope of a beacon and its events: as parsed, or validated already where the fast parse read
+/// them ([`RawEvent`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ParsedBeacon<'a> {
     pub key: Option<String>,

@@ -19,7 +19,7 @@
 //! - a field validation reads whose value the document does not hold as serde_json would (an object,
 //!   as `custom` is; any zero written other than `0`, whose sign sonic-rs drops where serde_json keeps
 //!   it, as in `-0`): the event is parsed exactly from its text, and validated later as the exact
-//!   parse's events are.
+//!   parse's events are; a failure there sends the whole body to the exact parse.
 //!
 //! The two parsers agree on every other value to the bit (floats of at most [`MAX_NUMBER_BYTES`] parse to
 //! the nearest double in both);
@@ -32,7 +32,9 @@
 //! key, in an arena that grows by doubling) besides its copy of the text, within the charge for the
 //! values the length allows; the exact trees of events left to the exact parse take at most as much
 //! again, and the caller charges twice that ([`super::parse_beacon_limited`]). sonic-rs also keeps a
-//! scratch buffer of nodes on each thread that parsed, reused by its next parse.
+//! scratch buffer of nodes on each thread that parsed, reused by its next parse. The validated events
+//! the parse returns (about 140 bytes each and their strings, at most [`super::MAX_EVENTS_PER_BEACON`])
+//! are not charged, as the handler's typed events were not before they were validated here.
 
 use sonic_rs::{JsonContainerTrait, JsonNumberTrait, JsonType, JsonValueTrait};
 
@@ -41,12 +43,13 @@ use super::scan::event_texts;
 use super::scan::{MAX_DEPTH, MAX_NUMBER_BYTES};
 use super::{EVENTS, JsonRef, Num, Parsed, ParsedBeacon, RawEvent, Slots, check_event_count, envelope_fields, parse_event, uncounted, validate_fields};
 
-/// The most keys of a body the fast parse takes: finding `events` in the document is a search of them,
-/// made for each event validated. Players send three (`key`, `sent_at`, `events`).
+/// The most keys of a body the fast parse takes: checking them for repeats compares each with those
+/// before it. Players send three (`key`, `sent_at`, `events`).
 pub(super) const MAX_TOP_KEYS: usize = 8;
 
-/// The longest event the fast parse reads: longer ones (players' are a few hundred bytes) are parsed
-/// exactly, as are the rare events validated from their text again, whose tree this keeps small.
+/// The longest event the fast parse reads from its document: longer ones (players' are a few hundred
+/// bytes) are parsed exactly from their text. It also keeps small the tree of an event's text parsed
+/// again when it is asked for as a value ([`super::RawEvent::into_value`]).
 pub(super) const EVENT_MAX_BYTES: usize = 4096;
 
 /// Parses `body`, or `None` where the exact parse must decide (see the module's documentation). The
