@@ -101,8 +101,8 @@ pub struct RawEvent<'a> {
 enum Parsed<'a> {
     Object(EventObject<'a>),
     /// An object the fast parse read from its document and validated there ([`dom`]): the document
-    /// is gone once the parse returns, so nothing refers to it (a shared pointer and a lookup of the
-    /// event in it for each event were a fifth of validation).
+    /// is gone once the parse returns (events that held a shared pointer to it kept it until the
+    /// request was answered, and looked themselves up in it again to be validated: BENCHMARKS.md §28).
     Validated(Result<Event, EventRejection>),
     Other(Value),
 }
