@@ -6,9 +6,9 @@
 //! with its JSON values counted and charged to the memory budget as the tree grows (413/503, else 400),
 //! the body key is checked (401/403), the per-key rate limit (429), events are validated (an event
 //! dated implausibly far after its receive time is rejected as `future_ts`; the fast parse validates
-//! each event as it reads it, before the body key and its rate limit are checked, the little CPU a
-//! refused body then costs being less than a second pass over its document) and enriched, and the
-//! records are handed to the sink. Only when the sink says they are durable does the client get 204
+//! each event as it reads it, before the body key and its rate limit are checked, so a body refused
+//! for its key has cost that too: about 2.5 µs a 20-event beacon, BENCHMARKS.md §28) and enriched, and
+//! the records are handed to the sink. Only when the sink says they are durable does the client get 204
 //! (all accepted) or 200 with the rejected indexes; a sink failure is 503 + Retry-After.
 //!
 //! **Client IP.** The socket address, unless it is one of `trusted_proxies`: then `X-Forwarded-For` is
