@@ -7,7 +7,7 @@
 //! the body key is checked (401/403), the per-key rate limit (429), events are validated (an event
 //! dated implausibly far after its receive time is rejected as `future_ts`; the fast parse validates
 //! each event as it reads it, before the body key and its rate limit are checked, so a body refused
-//! for its key has cost that too: about 2.5 µs a 20-event beacon, BENCHMARKS.md §28) and enriched, and
+//! for its key has cost that too: about 2 µs a 20-event beacon, BENCHMARKS.md §28) and enriched, and
 //! the records are handed to the sink. Only when the sink says they are durable does the client get 204
 //! (all accepted) or 200 with the rejected indexes; a sink failure is 503 + Retry-After.
 //!
