@@ -40,5 +40,5 @@ pub mod window;
 pub use config::PipelineConfig;
 pub use error::{Error, Result};
 pub use status::PipelineStatus;
-pub use sessionizer::{Dim, EventRow, Output, SessionConfig, Sessionizer, StateSizes, Stats, ViewRow};
+pub use sessionizer::{Dim, EventRow, Output, Received, SessionConfig, Sessionizer, StateSizes, Stats, ViewRow};
 pub use store::StateStore;

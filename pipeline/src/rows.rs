@@ -100,12 +100,12 @@ pub fn view_row<'a>(v: &'a ViewRow, source: &'a str, epoch: u64, row: usize) -> 
 }
 
 pub fn event_row(e: &EventRow) -> Vec<Cell<'_>> {
-    let ev = &e.event;
-    let c = &e.client;
+    let r = &*e.received;
+    let c = &*r.client;
     let (mut bitrate, mut width, mut height, mut codec) = (Cell::Null, Cell::Null, Cell::Null, Cell::Null);
     let (mut host, mut bytes, mut duration, mut ttfb, mut cache) = (Cell::Null, Cell::Null, Cell::Null, Cell::Null, Cell::Null);
     let (mut code, mut message, mut fatal) = (Cell::Null, Cell::Null, Cell::Null);
-    match &ev.payload {
+    match &e.payload {
         Payload::QualityChange { bitrate_kbps, width: w, height: h, codec: cd } => {
             bitrate = Cell::F64(*bitrate_kbps);
             width = w.map_or(Cell::Null, |v| Cell::I64(v.into()));
@@ -131,15 +131,15 @@ pub fn event_row(e: &EventRow) -> Vec<Cell<'_>> {
         Payload::Viewstart(_) | Payload::None => {}
     }
     vec![
-        s(&ev.view_id),
-        Cell::U64(ev.seq),
-        s(ev.kind.as_str()),
-        Cell::Ts(ev.ts),
+        s(&r.view_id),
+        Cell::U64(e.seq),
+        s(e.kind.as_str()),
+        Cell::Ts(e.ts),
         Cell::Ts(e.event_ms),
-        Cell::Ts(e.recv_ms),
-        Cell::Ts(e.sent_at),
-        opt_f(ev.playhead_ms),
-        opt_s(&e.key),
+        Cell::Ts(r.recv_ms),
+        Cell::Ts(r.sent_at),
+        opt_f(e.playhead_ms),
+        opt_s(&r.key),
         or_empty(&c.ip),
         s(&c.device_type),
         s(&c.os),

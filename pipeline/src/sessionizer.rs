@@ -50,7 +50,7 @@ use std::sync::Arc;
 
 use schemas::event::ViewDims;
 use schemas::record::{Checked, CheckedEvent, CheckedEvents, RejectedRecord};
-use schemas::{ClientInfo, Event, Record};
+use schemas::{ClientInfo, Event, EventKind, Payload, Record};
 use serde::{Deserialize, Serialize};
 
 use crate::history;
@@ -87,23 +87,63 @@ pub struct ViewRow {
 }
 
 /// An accepted event (the `events` table): first occurrence of each `(view_id, seq)`.
+///
+/// What the rows of one record's events share is written once, in their [`Received`], and the row
+/// holds the event's columns, not a copy of the event: 152 bytes and one allocation at most (a
+/// string of its payload) instead of 216 bytes and three or more (BENCHMARKS.md §30).
 #[derive(Debug, Clone, PartialEq)]
 pub struct EventRow {
-    pub event: Event,
+    pub seq: u64,
+    pub kind: EventKind,
+    /// Client epoch milliseconds.
+    pub ts: i64,
+    pub playhead_ms: Option<f64>,
+    /// The event's type-specific columns: its payload, except that a `viewstart`'s dimensions, not
+    /// columns of the table, are left out ([`Payload::None`]; `raw` holds them).
+    pub payload: Payload,
     /// `ts + offset` of the view.
     pub event_ms: i64,
+    /// The event's JSON exactly as received (unknown fields included).
+    pub raw: String,
+    pub received: Arc<Received>,
+}
+
+/// What the `events` rows of one record share.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Received {
+    /// The record's view (every event accepted from it is of this view).
+    pub view_id: String,
     pub recv_ms: i64,
     pub sent_at: i64,
     pub key: Option<String>,
+    /// The view's client enrichment when the record came.
     pub client: Arc<ClientInfo>,
-    /// The event's JSON exactly as received (unknown fields included).
-    pub raw: String,
+}
+
+impl Received {
+    fn new(rec: &CheckedEvents, client: Arc<ClientInfo>) -> Arc<Received> {
+        Arc::new(Received { view_id: rec.view_id.clone(), recv_ms: rec.recv_ms, sent_at: rec.sent_at, key: rec.key.clone(), client })
+    }
 }
 
 impl EventRow {
-    /// The row of `event` (`raw`: its text as received) from `rec`, for a view placed at `offset_ms`.
-    fn new(event: Event, raw: String, rec: &CheckedEvents, offset_ms: i64, client: Arc<ClientInfo>) -> EventRow {
-        EventRow { event_ms: event.ts + offset_ms, recv_ms: rec.recv_ms, sent_at: rec.sent_at, key: rec.key.clone(), client, raw, event }
+    /// The row of `event` (`raw`: its text as received), received as `received` says, for a view
+    /// placed at `offset_ms`.
+    fn new(event: &Event, raw: String, received: &Arc<Received>, offset_ms: i64) -> EventRow {
+        let payload = match &event.payload {
+            Payload::Viewstart(_) => Payload::None,
+            other => other.clone(),
+        };
+        EventRow {
+            seq: event.seq,
+            kind: event.kind,
+            ts: event.ts,
+            playhead_ms: event.playhead_ms,
+            payload,
+            event_ms: event.ts + offset_ms,
+            raw,
+            received: received.clone(),
+        }
     }
 }
 
@@ -391,9 +431,12 @@ struct Pending {
     dirty: HashSet<String>,
     /// Ended views written since the last commit, and whether each is new to the store.
     ended: HashMap<String, (EndedSlot, bool)>,
-    /// Events that joined views' histories since the last commit.
-    history: HashMap<String, Vec<Event>>,
+    /// Events that joined views' histories since the last commit, encoded.
+    history: HashMap<String, history::Chunk>,
 }
+
+/// At most this many event rows are reserved ahead for an epoch ([`Sessionizer::flush`]).
+const MAX_PRESIZED_EVENTS: usize = 1 << 19;
 
 pub struct Sessionizer {
     config: SessionConfig,
@@ -483,9 +526,9 @@ impl Sessionizer {
         for (id, (e, new)) in pending.ended {
             c.ended_put.push((id, e.at, new, serde_json::to_vec(&e)?));
         }
-        for (id, events) in pending.history {
-            if let Some(lowest) = events.iter().map(|e| e.seq).min() {
-                c.history_put.push((id, lowest, history::encode(&events)?));
+        for (id, chunk) in pending.history {
+            if let Some(lowest) = chunk.lowest() {
+                c.history_put.push((id, lowest, chunk.to_bytes()?));
             }
         }
         // In key order: the B-tree pages a commit touches are then visited once each, in order, rather
@@ -515,7 +558,7 @@ impl Sessionizer {
             buffered_events: self.views.summaries().map(|(_, c)| c.buffered as usize).sum(),
             max_skipped_ranges: self.views.summaries().map(|(_, c)| c.skipped as usize).max().unwrap_or(0),
             ended_views: self.store.ended_count().unwrap_or(0) + self.pending.ended.values().filter(|(_, new)| *new).count() as u64,
-            pending_history_events: self.pending.history.values().map(Vec::len).sum(),
+            pending_history_events: self.pending.history.values().map(history::Chunk::len).sum(),
         }
     }
 
@@ -621,8 +664,11 @@ impl Sessionizer {
             }
             Err(e) => self.store_failed(e),
         }
-        if let Some(p) = self.pending.history.get(view_id) {
-            events.extend(p.iter().cloned());
+        let pending = self.pending.history.get(view_id).map(|p| p.to_bytes().and_then(|chunk| history::decode(view_id, &chunk)));
+        match pending {
+            Some(Ok(v)) => events.extend(v),
+            Some(Err(e)) => self.store_failed(format!("state store: pending history of {view_id:?}: {e}")),
+            None => {}
         }
         events.sort_by_key(|e| e.seq);
         events.dedup_by_key(|e| e.seq);
@@ -630,7 +676,7 @@ impl Sessionizer {
     }
 
     /// Adds events to a view's history (unless it is full). Returns whether they were recorded.
-    fn record_history(pending: &mut Pending, config: &SessionConfig, view_id: &str, slot: &mut ViewSlot, events: Vec<Event>) -> bool {
+    fn record_history(pending: &mut Pending, config: &SessionConfig, view_id: &str, slot: &mut ViewSlot, events: &[Event]) -> bool {
         if events.is_empty() {
             return true;
         }
@@ -639,12 +685,11 @@ impl Sessionizer {
             return false;
         }
         slot.history_len += events.len() as u64;
-        match pending.history.get_mut(view_id) {
-            Some(h) => h.extend(events),
-            None => {
-                pending.history.insert(view_id.to_owned(), events);
-            }
-        }
+        let chunk = match pending.history.get_mut(view_id) {
+            Some(chunk) => chunk,
+            None => pending.history.entry(view_id.to_owned()).or_default(),
+        };
+        events.iter().for_each(|e| chunk.push(e));
         true
     }
 
@@ -688,6 +733,7 @@ impl Sessionizer {
         slot.partition = p;
         let mut late = Vec::new();
         let mut lowest = u64::MAX;
+        let mut received = None;
         for checked in std::mem::take(&mut rec.events) {
             let CheckedEvent { event, raw } = match checked {
                 Ok(c) => c,
@@ -714,7 +760,8 @@ impl Sessionizer {
             }
             slot.events += 1;
             lowest = lowest.min(event.seq);
-            self.out.events.push(EventRow::new(event.clone(), raw, &rec, slot.offset_ms, slot.client.clone()));
+            let received = received.get_or_insert_with(|| Received::new(&rec, slot.client.clone()));
+            self.out.events.push(EventRow::new(&event, raw, received, slot.offset_ms));
             if straggler {
                 self.stats.gaps_forgotten += slot.skipped.take(event.seq, self.config.max_gaps_per_view).unwrap_or(0);
                 self.stats.stragglers += 1;
@@ -766,9 +813,9 @@ impl Sessionizer {
         if let Some((offset, client)) = replace {
             (slot.offset_ms, slot.client) = (offset, self.clients.shared(&client));
         }
-        history.extend(late.iter().cloned());
+        Self::record_history(&mut self.pending, &self.config, view_id, slot, &late);
+        history.extend(late);
         history.sort_by_key(|e| e.seq);
-        Self::record_history(&mut self.pending, &self.config, view_id, slot, late);
         let new = derive(&self.config, &history, slot.offset_ms, &slot.client, None);
         let cutoff = self.clocks.get(slot.partition).saturating_sub(self.config.late_horizon_ms);
         self.stats.late_dropped += self.windows.add_difference(old.windows, new.windows, cutoff);
@@ -788,6 +835,7 @@ impl Sessionizer {
         let rec = &rec;
         let mut late: Vec<Event> = Vec::new();
         let cap = self.config.max_gaps_per_view;
+        let received = Received::new(rec, e.slot.client.clone());
         for checked in rec_events {
             let Ok(CheckedEvent { event, raw }) = checked else { continue };
             if event.view_id != rec.view_id {
@@ -800,7 +848,7 @@ impl Sessionizer {
                         self.stats.stragglers += 1;
                         e.slot.gaps = e.slot.gaps.saturating_sub(1);
                         e.slot.events += 1;
-                        self.out.events.push(EventRow::new(event.clone(), raw, rec, e.slot.offset_ms, e.slot.client.clone()));
+                        self.out.events.push(EventRow::new(&event, raw, &received, e.slot.offset_ms));
                         late.push(event);
                     }
                     None => {
@@ -822,7 +870,7 @@ impl Sessionizer {
                 e.slot.next_seq = e.frontier;
                 self.stats.stragglers += 1;
                 e.slot.events += 1;
-                self.out.events.push(EventRow::new(event.clone(), raw, rec, e.slot.offset_ms, e.slot.client.clone()));
+                self.out.events.push(EventRow::new(&event, raw, &received, e.slot.offset_ms));
                 late.push(event);
                 continue;
             }
@@ -830,7 +878,7 @@ impl Sessionizer {
                 Some(forgotten) => {
                     self.stats.gaps_forgotten += forgotten;
                     self.stats.after_end += 1;
-                    self.out.events.push(EventRow::new(event, raw, rec, e.slot.offset_ms, e.slot.client.clone()));
+                    self.out.events.push(EventRow::new(&event, raw, &received, e.slot.offset_ms));
                 }
                 None => {
                     e.slot.duplicates += 1;
@@ -869,9 +917,9 @@ impl Sessionizer {
         if let Some((offset, client)) = replace {
             (e.slot.offset_ms, e.slot.client) = (offset, self.clients.shared(&client));
         }
-        history.extend(late.iter().cloned());
+        Self::record_history(&mut self.pending, &self.config, view_id, &mut e.slot, &late);
+        history.extend(late);
         history.sort_by_key(|e| e.seq);
-        Self::record_history(&mut self.pending, &self.config, view_id, &mut e.slot, late);
         let new = derive(&self.config, &history, e.slot.offset_ms, &e.slot.client, close);
         let cutoff = self.clocks.get(e.slot.partition).saturating_sub(self.config.late_horizon_ms);
         self.stats.late_dropped += self.windows.add_difference(old.windows, new.windows, cutoff);
@@ -967,7 +1015,7 @@ impl Sessionizer {
         if !applied.is_empty() {
             self.pending.dirty.insert(view_id.to_owned());
             // A full history only means the view can no longer be corrected.
-            let _ = Self::record_history(&mut self.pending, &self.config, view_id, slot, applied);
+            let _ = Self::record_history(&mut self.pending, &self.config, view_id, slot, &applied);
         }
         if slot.core.machine.is_ended() {
             self.finalize(view_id, reason);
@@ -1036,6 +1084,11 @@ impl Sessionizer {
     /// each), events, dead letters. A sessionizer made by [`Sessionizer::new`] also commits its state.
     pub fn flush(&mut self) -> Output {
         let mut out = std::mem::take(&mut self.out);
+        // The next epoch's event rows, sized from this one's (an eighth more; bounded): grown from
+        // empty by doubling, the vector was copied at every step (2.3 % of the pipeline's CPU), its
+        // new memory faulted in each time (BENCHMARKS.md §30). Capacity costs no memory until used.
+        let expect = out.events.len().saturating_add(out.events.len() / 8).min(MAX_PRESIZED_EVENTS);
+        self.out.events = Vec::with_capacity(expect);
         out.windows = self.windows.drain();
         out.views.sort_by(|a, b| (&a.view_id, a.version).cmp(&(&b.view_id, b.version)));
         // Of several versions in one flush, the last supersedes the others.

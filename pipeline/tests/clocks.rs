@@ -80,7 +80,7 @@ fn each_gap_waits_on_its_own_and_stragglers_reach_the_events_table() {
     // Stragglers for the skipped seqs: the events table gets them once, the view does not.
     s.process(record("v", 12_000, 12_000, c(), &[ev(2, "heartbeat", 450), ev(5, "heartbeat", 650), ev(5, "heartbeat", 650)]));
     let out = s.flush();
-    let seqs: Vec<u64> = out.events.iter().map(|e| e.event.seq).collect();
+    let seqs: Vec<u64> = out.events.iter().map(|e| e.seq).collect();
     assert_eq!(seqs, vec![2, 5]);
     assert_eq!(s.stats.stragglers, 2);
     assert_eq!(s.stats.duplicates, 1, "the second seq 5 is a duplicate");
@@ -101,14 +101,14 @@ fn events_sent_after_viewend_are_kept_once_and_do_not_reopen_the_view() {
     s.advance();
     let out = s.flush();
     assert!(out.views.is_empty(), "an ended view must not come back");
-    let seqs: Vec<u64> = out.events.iter().map(|e| e.event.seq).collect();
+    let seqs: Vec<u64> = out.events.iter().map(|e| e.seq).collect();
     assert_eq!(seqs, vec![3]);
     assert_eq!((s.stats.after_end, s.stats.duplicates), (1, 2), "seq 3 is past the end; 1 and 2 are resent");
     // Out of order after the end: 5 before 4, each kept once, at the view's own offset.
     s.process(record("v", 3_000, 2_000, c(), &[ev(5, "heartbeat", 50)]));
     s.process(record("v", 4_000, 3_000, c(), &[ev(4, "heartbeat", 40), ev(5, "heartbeat", 50), ev(4, "heartbeat", 40)]));
     let out = s.flush();
-    let got: Vec<(u64, i64)> = out.events.iter().map(|e| (e.event.seq, e.event_ms - T0)).collect();
+    let got: Vec<(u64, i64)> = out.events.iter().map(|e| (e.seq, e.event_ms - T0)).collect();
     assert_eq!(got, vec![(5, 50), (4, 40)], "the view's offset (0), not the late beacons' (1 s)");
 }
 
@@ -122,7 +122,7 @@ fn seqs_missing_behind_viewend_are_still_accepted_once_after_the_end() {
     s.advance();
     assert_eq!(s.flush().views.len(), 1);
     s.process(record("v", 200, 200, c(), &[ev(4, "heartbeat", 40), ev(5, "heartbeat", 50), ev(6, "heartbeat", 60)]));
-    let seqs: Vec<u64> = s.flush().events.iter().map(|e| e.event.seq).collect();
+    let seqs: Vec<u64> = s.flush().events.iter().map(|e| e.seq).collect();
     assert_eq!(seqs, vec![4, 6], "4 was never seen, 5 was (buffered), 6 is new");
 }
 
