@@ -35,7 +35,7 @@ use std::path::Path;
 use bytes::Bytes;
 use objstore::{Location, Staged};
 use schemas::dataset::{DATASET_LOCK, PARTITION_MS, epochs_of, file_name, is_rollup, merged_file_name, partition_of, partition_start, rollup_twin, source_prefix};
-use schemas::cells::{BatchBuilder, FileLife, parquet_file_for};
+use schemas::cells::{BatchBuilder, FileLife, ParquetFile, parquet_file_for};
 
 use crate::error::Context;
 use crate::rows;
@@ -91,6 +91,9 @@ fn split_key(key: &str) -> Option<(&str, &str)> {
 /// At most this many bytes of a table's string columns together are reserved ahead for an epoch's file
 /// (the arrays grow past it as needed).
 const MAX_RESERVED_BYTES: usize = 32 << 20;
+
+/// The rows of a table an epoch's file is built from at a time (one record batch).
+const BATCH_ROWS: usize = 8192;
 
 pub struct ParquetSink {
     dataset: Location,
@@ -426,41 +429,60 @@ impl ParquetSink {
         let name = file_name(&self.source, epoch);
         for t in rows::tables_of(out, &self.dims, &self.source, epoch) {
             // By the hour each row falls in (its partition), named once per file, not per row. Rows go
-            // into their batch as they are made. The arrays of the first row's hour are sized for every
-            // row of the table, strings from the last epoch's bytes per row (most epochs write one hour);
-            // any other hour's grow as needed.
-            let mut parts: BTreeMap<i64, BatchBuilder<'_>> = BTreeMap::new();
+            // into a batch as they are made, and each batch of `BATCH_ROWS` into its file: the next
+            // batch's arrays then take the memory the last one's freed, still mapped and in cache.
+            // (Built whole, an epoch's arrays were fresh memory every epoch, tens of megabytes, whose page
+            // faults and growth by copying were 9 % of the pipeline's CPU: BENCHMARKS.md §30.)
+            // The first row's hour's batches are sized for their rows, strings from the last epoch's
+            // bytes per row (most epochs write one hour); any other hour's grow as needed.
             let len = t.rows.size_hint().0;
-            // An eighth more than the last epoch's bytes per row, so that most epochs never grow them;
+            let batch_rows = len.min(BATCH_ROWS);
+            // An eighth more than the last epoch's bytes per row, so that most batches never grow them;
             // bounded for the table, as one epoch of huge values must not reserve gigabytes for the next.
             let per_row = self.bytes_per_row.lock().map(|m| m.get(t.table).cloned()).unwrap_or_default().unwrap_or_default();
-            let mut reserve: Vec<usize> = per_row.iter().map(|b| b.saturating_add(b / 8).saturating_mul(len)).collect();
+            let mut reserve: Vec<usize> = per_row.iter().map(|b| b.saturating_add(b / 8).saturating_mul(batch_rows)).collect();
             let total = reserve.iter().fold(0usize, |t, b| t.saturating_add(*b));
             if total > MAX_RESERVED_BYTES {
                 reserve.iter_mut().for_each(|b| *b = (*b as u128 * MAX_RESERVED_BYTES as u128 / total as u128) as usize);
             }
+            let new_batch = |sized: bool| match sized {
+                true => BatchBuilder::with_capacity(t.columns, batch_rows, |i| reserve.get(i).copied().unwrap_or(0)),
+                false => BatchBuilder::with_capacity(t.columns, 0, |_| 0),
+            };
+            let mut bytes = vec![0usize; t.columns.len()];
+            // Ends a batch: counts its bytes and writes it to its file.
+            let mut write = |file: &mut ParquetFile, batch: BatchBuilder<'_>| -> crate::Result<()> {
+                bytes.iter_mut().zip(batch.value_bytes()).for_each(|(b, n)| *b += n);
+                file.write(&batch.finish()?)?;
+                Ok(())
+            };
+            let mut parts: BTreeMap<i64, (ParquetFile, BatchBuilder<'_>)> = BTreeMap::new();
+            let mut first_hour = None;
             for (ts, row) in t.rows {
-                let first = parts.is_empty();
-                let batch = parts.entry(ts.div_euclid(PARTITION_MS)).or_insert_with(|| match first {
-                    true => BatchBuilder::with_capacity(t.columns, len, |i| reserve.get(i).copied().unwrap_or(0)),
-                    false => BatchBuilder::with_capacity(t.columns, 0, |_| 0),
-                });
-                batch.push(&row).map_err(crate::Error::from)?;
+                let hour = ts.div_euclid(PARTITION_MS);
+                let sized = *first_hour.get_or_insert(hour) == hour;
+                // Compaction merges an epoch's files later (`FileLife::Transient`: written fast).
+                let (file, batch) = parts.entry(hour).or_insert_with(|| (ParquetFile::new(FileLife::Transient), new_batch(sized)));
+                batch.push(&row)?;
+                if batch.len() >= BATCH_ROWS {
+                    // Written before the next batch is made, so that it reuses this one's memory.
+                    let full = std::mem::replace(batch, new_batch(false));
+                    write(file, full)?;
+                    *batch = new_batch(sized);
+                }
+            }
+            for (hour, (mut file, batch)) in parts {
+                if !batch.is_empty() {
+                    write(&mut file, batch)?;
+                }
+                if let Some((encoded, _)) = file.finish()? {
+                    files.push((format!("{}/{}/{name}", t.table, partition_of(hour * PARTITION_MS)), encoded));
+                }
             }
             if len > 0 {
-                let mut bytes = vec![0usize; t.columns.len()];
-                for batch in parts.values() {
-                    bytes.iter_mut().zip(batch.value_bytes()).for_each(|(b, n)| *b += n);
-                }
                 let per_row: Vec<usize> = bytes.iter().map(|b| b.div_ceil(len)).collect();
                 if let Ok(mut m) = self.bytes_per_row.lock() {
                     m.insert(t.table, per_row);
-                }
-            }
-            for (hour, batch) in parts {
-                // Compaction merges an epoch's files later (`FileLife::Transient`: written fast).
-                if let Some((bytes, _)) = parquet_file_for(FileLife::Transient, [batch.finish().map_err(crate::Error::from)])? {
-                    files.push((format!("{}/{}/{name}", t.table, partition_of(hour * PARTITION_MS)), bytes));
                 }
             }
         }
@@ -650,6 +672,47 @@ mod tests {
         // 3 events per view: before the hour v0, v1, v2 and v3's first two events; after it v3's end, v4, v5.
         assert_eq!(rows_per_hour, [11, 7]);
         assert_eq!(out.events.len(), 18);
+    }
+
+    /// Epochs of more rows than a batch (`BATCH_ROWS`), in two hours: each hour's file holds exactly its
+    /// rows, in the order the epoch produced them, across the batches it was written in; the second
+    /// epoch's batches are sized from the first's bytes per row.
+    #[test]
+    fn an_epoch_of_many_batches_writes_every_row_once_in_order() {
+        use arrow_array::{Array, StringArray, UInt64Array};
+        let (_dir, _root, sink, mut session, t0) = hour_fixture();
+        for epoch in 1..=2u64 {
+            // 3 events a view: 3,000 views before the hour boundary (9,000 rows, two batches), 400 after.
+            for i in 0..3_400 {
+                let at = if i < 3_000 { -1_800_000 + i as i64 } else { 60_000 + i as i64 };
+                session.process(short_view(format!("e{epoch}-v{i:05}"), t0 + at));
+            }
+            session.advance();
+            let out = session.flush();
+            assert_eq!(out.events.len(), 3 * 3_400);
+            let files = sink.encode_epoch(epoch, &out).unwrap();
+            for (hour_start, expected_rows) in [(t0 - 1, 9_000), (t0, 1_200)] {
+                let key = format!("events/{}/{}", partition_of(hour_start), file_name("local", epoch));
+                let (_, bytes) = files.iter().find(|(k, _)| *k == key).unwrap_or_else(|| panic!("no {key}"));
+                let expected: Vec<(String, u64)> = out
+                    .events
+                    .iter()
+                    .filter(|e| e.event_ms.div_euclid(PARTITION_MS) == hour_start.div_euclid(PARTITION_MS))
+                    .map(|e| (e.received.view_id.clone(), e.seq))
+                    .collect();
+                assert_eq!(expected.len(), expected_rows);
+                let mut got = Vec::new();
+                for batch in batches_of(bytes.clone()).unwrap() {
+                    let batch = batch.unwrap();
+                    let ids = batch.column(batch.schema().index_of("view_id").unwrap()).as_any().downcast_ref::<StringArray>().unwrap().clone();
+                    let seqs = batch.column(batch.schema().index_of("seq").unwrap()).as_any().downcast_ref::<UInt64Array>().unwrap().clone();
+                    got.extend((0..batch.num_rows()).map(|i| (ids.value(i).to_owned(), seqs.value(i))));
+                    assert_eq!(ids.null_count(), 0);
+                }
+                assert_eq!(got, expected, "epoch {epoch}, {key}");
+            }
+        }
+        assert!(sink.bytes_per_row.lock().unwrap().get("events").is_some_and(|b| b.iter().any(|&n| n > 0)), "bytes per row kept for the next epoch");
     }
 
     #[tokio::test]

@@ -113,6 +113,7 @@ impl Builder {
 pub struct BatchBuilder<'c> {
     columns: &'c [Column],
     builders: Vec<Builder>,
+    rows: usize,
 }
 
 impl<'c> BatchBuilder<'c> {
@@ -120,7 +121,16 @@ impl<'c> BatchBuilder<'c> {
     /// all (estimates: the arrays grow past them).
     pub fn with_capacity(columns: &'c [Column], rows: usize, bytes: impl Fn(usize) -> usize) -> BatchBuilder<'c> {
         let builders = columns.iter().enumerate().map(|(i, c)| Builder::with_capacity(c.ty, rows, bytes(i))).collect();
-        BatchBuilder { columns, builders }
+        BatchBuilder { columns, builders, rows: 0 }
+    }
+
+    /// The rows pushed so far.
+    pub fn len(&self) -> usize {
+        self.rows
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows == 0
     }
 
     /// Appends one row.
@@ -131,6 +141,7 @@ impl<'c> BatchBuilder<'c> {
         for ((b, cell), col) in self.builders.iter_mut().zip(row).zip(self.columns) {
             b.push(cell, col);
         }
+        self.rows += 1;
         Ok(())
     }
 
@@ -221,29 +232,50 @@ pub fn parquet_file_for<E: From<EncodeError>>(
     life: FileLife,
     batches: impl IntoIterator<Item = Result<RecordBatch, E>>,
 ) -> Result<Option<(Bytes, usize)>, E> {
-    let mut writer: Option<ArrowWriter<Vec<u8>>> = None;
-    let mut rows = 0;
+    let mut file = ParquetFile::new(life);
     for batch in batches {
-        let batch = batch?;
-        if writer.is_none() {
-            writer = Some(ArrowWriter::try_new(
-                Vec::new(),
-                batch.schema(),
-                Some(writer_properties(life).map_err(EncodeError::from)?),
-            ).map_err(EncodeError::from)?);
-        }
-        if let Some(w) = writer.as_mut() {
-            w.write(&batch).map_err(EncodeError::from)?;
-            rows += batch.num_rows();
-            if w.memory_size() > ROW_GROUP_MEMORY {
-                w.flush().map_err(EncodeError::from)?;
-            }
-        }
+        file.write(&batch?)?;
     }
-    let Some(writer) = writer else {
-        return Ok(None);
-    };
-    Ok(Some((Bytes::from(writer.into_inner().map_err(EncodeError::from)?), rows)))
+    Ok(file.finish()?)
+}
+
+/// One Parquet file written a record batch at a time ([`parquet_file_for`] over batches as they are
+/// made): a writer of many rows can build them in batches of a bounded size, whose memory the next
+/// batch reuses, instead of building every row's arrays before the file starts.
+pub struct ParquetFile {
+    life: FileLife,
+    writer: Option<ArrowWriter<Vec<u8>>>,
+    rows: usize,
+}
+
+impl ParquetFile {
+    /// A file compressed for its `life`, empty until its first batch (which sets its schema).
+    pub fn new(life: FileLife) -> ParquetFile {
+        ParquetFile { life, writer: None, rows: 0 }
+    }
+
+    /// Appends `batch`'s rows; row groups end at [`ROW_GROUP_MEMORY`] of buffered data (or the
+    /// writer's 1 Mi rows).
+    pub fn write(&mut self, batch: &RecordBatch) -> Result<(), EncodeError> {
+        let writer = match &mut self.writer {
+            Some(w) => w,
+            None => self.writer.insert(ArrowWriter::try_new(Vec::new(), batch.schema(), Some(writer_properties(self.life)?))?),
+        };
+        writer.write(batch)?;
+        self.rows += batch.num_rows();
+        if writer.memory_size() > ROW_GROUP_MEMORY {
+            writer.flush()?;
+        }
+        Ok(())
+    }
+
+    /// The file's bytes and row count; None if no batch was written.
+    pub fn finish(self) -> Result<Option<(Bytes, usize)>, EncodeError> {
+        let Some(writer) = self.writer else {
+            return Ok(None);
+        };
+        Ok(Some((Bytes::from(writer.into_inner()?), self.rows)))
+    }
 }
 
 /// Appends one row in ClickHouse's RowBinary format (columns in table order).
