@@ -35,7 +35,7 @@ struct In {
 
 /// The events joining one view's history since the last commit, encoded as they join: the chunk the
 /// commit writes. Held as events until the commit instead, each view's growing vector of them was
-/// copied as it grew, and their memory, fresh every epoch, faulted in: together 7.5 % of the
+/// copied as it grew, and their memory, fresh every epoch, faulted in: together 7.6 % of the
 /// pipeline's CPU (BENCHMARKS.md §30). Encoded at once, an event's memory is free as soon as its view
 /// has taken it, for the next record's events.
 #[derive(Debug, Default)]
@@ -73,7 +73,7 @@ impl Chunk {
     }
 
     /// The chunk as the store keeps it: the format byte, then postcard's sequence of the events (its
-    /// length, then each event), exactly as [`encode`] of the same events.
+    /// length, then each event), exactly as `encode` (the whole list at once) gives for the same events.
     pub(crate) fn to_bytes(&self) -> crate::Result<Vec<u8>> {
         if let Some(e) = &self.error {
             return Err(crate::Error::msg(e.clone()));

@@ -88,8 +88,8 @@ fn split_key(key: &str) -> Option<(&str, &str)> {
     Some((dir, name))
 }
 
-/// At most this many bytes of a table's string columns together are reserved ahead for an epoch's file
-/// (the arrays grow past it as needed).
+/// At most this many bytes of a table's string columns together are reserved ahead for a batch of an
+/// epoch's file (the arrays grow past it as needed).
 const MAX_RESERVED_BYTES: usize = 32 << 20;
 
 /// The rows of a table an epoch's file is built from at a time (one record batch).
@@ -676,7 +676,7 @@ mod tests {
 
     /// Epochs of more rows than a batch (`BATCH_ROWS`), in two hours: each hour's file holds exactly its
     /// rows, in the order the epoch produced them, across the batches it was written in; the second
-    /// epoch's batches are sized from the first's bytes per row.
+    /// epoch (whose batches are sized from the bytes per row the first kept) as well as the first.
     #[test]
     fn an_epoch_of_many_batches_writes_every_row_once_in_order() {
         use arrow_array::{Array, StringArray, UInt64Array};

@@ -89,8 +89,9 @@ pub struct ViewRow {
 /// An accepted event (the `events` table): first occurrence of each `(view_id, seq)`.
 ///
 /// What the rows of one record's events share is written once, in their [`Received`], and the row
-/// holds the event's columns, not a copy of the event: 152 bytes and one allocation at most (a
-/// string of its payload) instead of 216 bytes and three or more (BENCHMARKS.md §30).
+/// holds the event's columns, not a copy of the event: 152 bytes and no copy of the view id or key,
+/// only of the payload's strings (a segment's host), instead of 216 bytes and a copy of each
+/// (BENCHMARKS.md §30).
 #[derive(Debug, Clone, PartialEq)]
 pub struct EventRow {
     pub seq: u64,
