@@ -456,23 +456,22 @@ impl ParquetSink {
                 file.write(&batch.finish()?)?;
                 Ok(())
             };
-            let mut parts: BTreeMap<i64, (ParquetFile, BatchBuilder<'_>)> = BTreeMap::new();
+            // Each hour's file and the batch it is filling (made at its first row).
+            let mut parts: BTreeMap<i64, (ParquetFile, Option<BatchBuilder<'_>>)> = BTreeMap::new();
             let mut first_hour = None;
             for (ts, row) in t.rows {
                 let hour = ts.div_euclid(PARTITION_MS);
                 let sized = *first_hour.get_or_insert(hour) == hour;
                 // Compaction merges an epoch's files later (`FileLife::Transient`: written fast).
-                let (file, batch) = parts.entry(hour).or_insert_with(|| (ParquetFile::new(FileLife::Transient), new_batch(sized)));
-                batch.push(&row)?;
-                if batch.len() >= BATCH_ROWS {
-                    // Written before the next batch is made, so that it reuses this one's memory.
-                    let full = std::mem::replace(batch, new_batch(false));
+                let (file, batch) = parts.entry(hour).or_insert_with(|| (ParquetFile::new(FileLife::Transient), None));
+                batch.get_or_insert_with(|| new_batch(sized)).push(&row)?;
+                // A full batch is written before the next is made, so that the next reuses its memory.
+                if let Some(full) = batch.take_if(|b| b.len() >= BATCH_ROWS) {
                     write(file, full)?;
-                    *batch = new_batch(sized);
                 }
             }
             for (hour, (mut file, batch)) in parts {
-                if !batch.is_empty() {
+                if let Some(batch) = batch {
                     write(&mut file, batch)?;
                 }
                 if let Some((encoded, _)) = file.finish()? {
