@@ -13,6 +13,9 @@ use serde::{Deserialize, Serialize};
 /// The first byte of a postcard chunk (never `[`, which starts a JSON chunk).
 const POSTCARD_V1: u8 = 1;
 
+/// What a view's chunk reserves at its first event.
+const INITIAL_CHUNK_BYTES: usize = 256;
+
 /// An event of a history chunk, borrowed for writing.
 #[derive(Serialize)]
 struct Out<'a> {
@@ -52,6 +55,11 @@ impl Chunk {
     /// Appends an event (of the chunk's view).
     pub(crate) fn push(&mut self, e: &Event) {
         let out = Out { seq: e.seq, kind: e.kind, ts: e.ts, playhead_ms: e.playhead_ms, payload: &e.payload };
+        if self.bytes.capacity() == 0 {
+            // Room for several events (an event is 10-40 bytes): growing from postcard's first byte
+            // reallocated a view's chunk eight times an epoch.
+            self.bytes.reserve(INITIAL_CHUNK_BYTES);
+        }
         match postcard::to_extend(&out, std::mem::take(&mut self.bytes)) {
             Ok(bytes) => self.bytes = bytes,
             Err(err) => {

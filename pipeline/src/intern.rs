@@ -3,7 +3,7 @@
 //! (after every commit) forgets the values no view or window holds any more, so an interner never holds
 //! more values than the state it serves.
 
-use std::collections::HashSet;
+use hashbrown::HashSet;
 use std::hash::Hash;
 use std::sync::Arc;
 

@@ -8,7 +8,7 @@
 //! decision needs it. Whether a view is hot or cold changes no output: its state in the store is its
 //! state in memory (serde round trip, floats exactly: `serde_json`'s `float_roundtrip`).
 
-use std::collections::HashMap;
+use hashbrown::HashMap;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;

@@ -45,8 +45,10 @@
 //!   `late_dropped`; everything else, however late, becomes another delta row for its old window. An
 //!   ended view is kept (with its history) until `late_horizon_ms` after it ended.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
+
+use hashbrown::{HashMap, HashSet};
 
 use schemas::event::ViewDims;
 use schemas::record::{Checked, CheckedEvent, CheckedEvents, RejectedRecord};
@@ -686,10 +688,7 @@ impl Sessionizer {
             return false;
         }
         slot.history_len += events.len() as u64;
-        let chunk = match pending.history.get_mut(view_id) {
-            Some(chunk) => chunk,
-            None => pending.history.entry(view_id.to_owned()).or_default(),
-        };
+        let chunk = pending.history.entry_ref(view_id).or_default();
         events.iter().for_each(|e| chunk.push(e));
         true
     }
@@ -711,7 +710,8 @@ impl Sessionizer {
         }
         let offset = rec.offset_ms();
         let clients = &mut self.clients;
-        let slot = self.views.hot.entry(rec.view_id.clone()).or_insert_with(|| Box::new(ViewSlot {
+        // `entry_ref`: the id is copied only for a new view, not for each record.
+        let slot = self.views.hot.entry_ref(rec.view_id.as_str()).or_insert_with(|| Box::new(ViewSlot {
             core: ViewCore::default(),
             next_seq: 0,
             buffer: BTreeMap::new(),
@@ -729,7 +729,7 @@ impl Sessionizer {
             history_full: false,
             version: 0,
         }));
-        self.pending.dirty.insert(rec.view_id.clone());
+        self.pending.dirty.get_or_insert_with(rec.view_id.as_str(), str::to_owned);
         slot.last_recv_ms = slot.last_recv_ms.max(rec.recv_ms);
         slot.partition = p;
         let mut late = Vec::new();
@@ -1014,7 +1014,7 @@ impl Sessionizer {
             slot.buffer = BTreeMap::new();
         }
         if !applied.is_empty() {
-            self.pending.dirty.insert(view_id.to_owned());
+            self.pending.dirty.get_or_insert_with(view_id, str::to_owned);
             // A full history only means the view can no longer be corrected.
             let _ = Self::record_history(&mut self.pending, &self.config, view_id, slot, &applied);
         }
@@ -1032,7 +1032,7 @@ impl Sessionizer {
         let Some(mut slot) = self.views.hot.remove(view_id) else { return };
         self.stats.views_ended += 1;
         self.buffered = self.buffered.saturating_sub(slot.buffer.len());
-        self.pending.dirty.insert(view_id.to_owned());
+        self.pending.dirty.get_or_insert_with(view_id, str::to_owned);
         // Seqs past the end it never saw stay acceptable for the events table; the ones it held
         // buffered were seen.
         let mut after = EndedView { next_seq: slot.next_seq, skipped: SeqRanges::default() };

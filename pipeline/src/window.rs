@@ -8,7 +8,7 @@
 //! remembers the last window it was counted in (its spans arrive in time order), so the column stays
 //! summable across flushes.
 
-use std::collections::HashMap;
+use hashbrown::HashMap;
 use std::sync::Arc;
 
 use hdrhistogram::Histogram;
