@@ -51,7 +51,7 @@ use std::sync::Arc;
 use hashbrown::{HashMap, HashSet};
 
 use schemas::event::ViewDims;
-use schemas::record::{Checked, CheckedEvent, CheckedEvents, RawText, RejectedRecord};
+use schemas::record::{Checked, CheckedEvent, CheckedEvents, RejectedRecord};
 use schemas::{ClientInfo, Event, EventKind, Payload, Record};
 use serde::{Deserialize, Serialize};
 
@@ -106,8 +106,8 @@ pub struct EventRow {
     pub payload: Payload,
     /// `ts + offset` of the view.
     pub event_ms: i64,
-    /// The event's JSON exactly as received (unknown fields included), sharing its record's body.
-    pub raw: RawText,
+    /// The event's JSON exactly as received (unknown fields included).
+    pub raw: String,
     pub received: Arc<Received>,
 }
 
@@ -132,7 +132,7 @@ impl Received {
 impl EventRow {
     /// The row of `event` (`raw`: its text as received), received as `received` says, for a view
     /// placed at `offset_ms`.
-    fn new(event: &Event, raw: RawText, received: &Arc<Received>, offset_ms: i64) -> EventRow {
+    fn new(event: &Event, raw: String, received: &Arc<Received>, offset_ms: i64) -> EventRow {
         let payload = match &event.payload {
             Payload::Viewstart(_) => Payload::None,
             other => other.clone(),

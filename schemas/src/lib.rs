@@ -29,7 +29,7 @@ pub use beacon::{
     validate_event, validate_event_map,
 };
 pub use event::{CacheStatus, ClientInfo, Event, EventKind, Payload, StreamType};
-pub use record::{Checked, CheckedEvent, CheckedEvents, Envelope, EventsRecord, RawText, Record, RecordError, RejectedRecord};
+pub use record::{Checked, CheckedEvent, CheckedEvents, Envelope, EventsRecord, Record, RecordError, RejectedRecord};
 
 /// The wall clock in epoch milliseconds (the unit of every timestamp in beacons and records).
 pub fn now_ms() -> i64 {

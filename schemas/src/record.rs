@@ -17,7 +17,6 @@
 
 use std::cell::RefCell;
 
-use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -261,17 +260,15 @@ struct EventOut<'a> {
     raw: &'a str,
 }
 
-/// One event of a version 2 body as read: its text borrowed from the decompressed body (the pipeline's
-/// [`RawText`] shares it from there).
 #[derive(Deserialize)]
-struct EventIn<'a> {
+struct EventIn {
     view_id: Option<String>,
     seq: u64,
     kind: EventKind,
     ts: i64,
     playhead_ms: Option<f64>,
     payload: Payload,
-    raw: &'a str,
+    raw: String,
 }
 
 /// [`ClientInfo`] with every field present ([`ClientInfo`]'s JSON form skips an absent `ip`, which a
@@ -290,14 +287,13 @@ struct ClientOut<'a> {
 
 /// A version 2 body as read (the same layout as [`TypedOut`]).
 #[derive(Deserialize)]
-struct TypedIn<'a> {
+struct TypedIn {
     recv_ms: i64,
     sent_at: i64,
     key: Option<String>,
     view_id: String,
     client: ClientIn,
-    #[serde(borrow)]
-    events: Vec<EventIn<'a>>,
+    events: Vec<EventIn>,
 }
 
 #[derive(Deserialize)]
@@ -319,21 +315,20 @@ impl From<ClientIn> for ClientInfo {
     }
 }
 
-impl TypedIn<'_> {
+impl TypedIn {
     /// The record with its events as JSON maps (parsed from their text), as version 1 holds them.
     fn into_record(self) -> Result<EventsRecord, RecordError> {
         let events = self
             .events
             .iter()
-            .map(|e| serde_json::from_str::<Map<String, Value>>(e.raw))
+            .map(|e| serde_json::from_str::<Map<String, Value>>(&e.raw))
             .collect::<Result<_, _>>()
             .map_err(RecordError::Body)?;
         Ok(EventsRecord { recv_ms: self.recv_ms, sent_at: self.sent_at, key: self.key, view_id: self.view_id, client: self.client.into(), events })
     }
 
-    /// The events checked ([`crate::beacon::check_event`]), not parsed or validated again; their texts
-    /// share `body`, the decompressed body this was read from.
-    fn into_checked(self, body: &Bytes) -> CheckedEvents {
+    /// The events checked ([`crate::beacon::check_event`]), not parsed or validated again.
+    fn into_checked(self) -> CheckedEvents {
         let view_id = &self.view_id;
         let events = self
             .events
@@ -342,8 +337,8 @@ impl TypedIn<'_> {
                 let EventIn { view_id: own, seq, kind, ts, playhead_ms, payload, raw } = e;
                 let event = Event { view_id: own.unwrap_or_else(|| view_id.clone()), seq, kind, ts, playhead_ms, payload };
                 match crate::beacon::check_event(&event) {
-                    Ok(()) => Ok(CheckedEvent { event, raw: RawText::within(body, raw) }),
-                    Err(r) => Err((r, raw.to_owned())),
+                    Ok(()) => Ok(CheckedEvent { event, raw }),
+                    Err(r) => Err((r, raw)),
                 }
             })
             .collect();
@@ -352,11 +347,10 @@ impl TypedIn<'_> {
 }
 
 /// An event as the collector validated it (or, from a version 2 record, as the pipeline checked it) and
-/// its JSON text (the `events` table's `raw` column): as read from a record, a [`RawText`] sharing the
-/// record's body; or (`CheckedEvent<&str>`, the collector's) a slice of the beacon's body, which a
-/// record is written from without a copy of each event's text.
+/// its JSON text (the `events` table's `raw` column): owned, or (`CheckedEvent<&str>`, the collector's)
+/// a slice of the beacon's body, which a record is written from without a copy of each event's text.
 #[derive(Debug, Clone, PartialEq)]
-pub struct CheckedEvent<R = RawText> {
+pub struct CheckedEvent<R = String> {
     pub event: Event,
     pub raw: R,
 }
@@ -365,89 +359,9 @@ impl CheckedEvent {
     /// Validates an event's JSON object; refused, the reason and its text.
     pub fn validate(event: &Map<String, Value>) -> Result<CheckedEvent, (EventRejection, String)> {
         match crate::beacon::validate_event_map(event) {
-            Ok(checked) => Ok(CheckedEvent { event: checked, raw: RawText::from(event_json(event)) }),
+            Ok(checked) => Ok(CheckedEvent { event: checked, raw: event_json(event) }),
             Err(e) => Err((e, event_json(event))),
         }
-    }
-}
-
-/// An event's JSON text as received (the `events` table's `raw` column), sharing the buffer it was read
-/// from: a record's decompressed body, of which its events' texts are slices ([`Record::decode_checked`]).
-#[derive(Clone, Default, PartialEq, Eq, Hash)]
-pub struct RawText(Bytes);
-
-impl RawText {
-    /// `text`, a slice of `body`, shared from it (copied if it is not within `body`).
-    fn within(body: &Bytes, text: &str) -> RawText {
-        let start = (text.as_ptr() as usize).wrapping_sub(body.as_ptr() as usize);
-        match start.checked_add(text.len()) {
-            Some(end) if end <= body.len() => RawText(body.slice(start..end)),
-            _ => RawText(Bytes::copy_from_slice(text.as_bytes())),
-        }
-    }
-
-    pub fn as_str(&self) -> &str {
-        // SAFETY: a `RawText`'s bytes are always exactly a `str`'s: it is made only from a `String`, a
-        // `&str`, or (`within`) the bytes a `&str` occupies inside a body; `Bytes` never changes them.
-        #[allow(unsafe_code)]
-        unsafe {
-            std::str::from_utf8_unchecked(&self.0)
-        }
-    }
-}
-
-impl std::ops::Deref for RawText {
-    type Target = str;
-    fn deref(&self) -> &str {
-        self.as_str()
-    }
-}
-
-impl AsRef<str> for RawText {
-    fn as_ref(&self) -> &str {
-        self.as_str()
-    }
-}
-
-impl std::fmt::Debug for RawText {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Debug::fmt(self.as_str(), f)
-    }
-}
-
-impl std::fmt::Display for RawText {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl From<String> for RawText {
-    fn from(text: String) -> RawText {
-        RawText(Bytes::from(text))
-    }
-}
-
-impl From<&str> for RawText {
-    fn from(text: &str) -> RawText {
-        RawText(Bytes::copy_from_slice(text.as_bytes()))
-    }
-}
-
-impl PartialEq<str> for RawText {
-    fn eq(&self, other: &str) -> bool {
-        self.as_str() == other
-    }
-}
-
-impl PartialEq<&str> for RawText {
-    fn eq(&self, other: &&str) -> bool {
-        self.as_str() == *other
-    }
-}
-
-impl PartialEq<String> for RawText {
-    fn eq(&self, other: &String) -> bool {
-        self.as_str() == other
     }
 }
 
@@ -564,21 +478,15 @@ impl Record {
 
     /// Decodes a record of either version as the pipeline takes it: version 2's typed events checked,
     /// version 1's validated.
-    ///
-    /// A version 2 record's body is decompressed into a buffer of its own, which the events' texts
-    /// share ([`RawText`]): one allocation per record instead of a copy of each event's text (which,
-    /// with its allocation and its page faults, was 4 % of the pipeline's CPU, BENCHMARKS.md §31).
     pub fn decode_checked(bytes: &[u8]) -> Result<Checked, RecordError> {
-        if header(bytes)?.0 == VERSION_JSON {
-            return with_body(bytes, |_, body| decode_body(body).map(Checked::from));
-        }
-        let body = owned_body(bytes)?;
-        let typed = decode_typed(&body)?;
-        Ok(Checked::Events(typed.into_checked(&body)))
+        with_body(bytes, |version, body| match version {
+            VERSION_JSON => decode_body(body).map(Checked::from),
+            _ => Ok(Checked::Events(decode_typed(body)?.into_checked())),
+        })
     }
 }
 
-fn decode_typed(body: &[u8]) -> Result<TypedIn<'_>, RecordError> {
+fn decode_typed(body: &[u8]) -> Result<TypedIn, RecordError> {
     match postcard::take_from_bytes::<TypedIn>(body) {
         Ok((typed, [])) => Ok(typed),
         Ok((_, rest)) => Err(RecordError::Trailing(rest.len())),
@@ -591,8 +499,8 @@ pub fn body(bytes: &[u8]) -> Result<(u8, Vec<u8>), RecordError> {
     with_body(bytes, |version, body| Ok((version, body.to_vec())))
 }
 
-/// Checks the header: the version, the codec and the body as stored.
-fn header(bytes: &[u8]) -> Result<(u8, u8, &[u8]), RecordError> {
+/// Checks the header and hands `f` the version and the decompressed body.
+fn with_body<T>(bytes: &[u8], f: impl FnOnce(u8, &[u8]) -> Result<T, RecordError>) -> Result<T, RecordError> {
     if bytes.len() < 4 {
         return Err(RecordError::TooShort(bytes.len()));
     }
@@ -603,80 +511,46 @@ fn header(bytes: &[u8]) -> Result<(u8, u8, &[u8]), RecordError> {
     if version != VERSION && version != VERSION_JSON {
         return Err(RecordError::UnsupportedVersion(version));
     }
+    let body = &bytes[4..];
     match bytes[3] {
-        codec @ (CODEC_NONE | CODEC_ZSTD | CODEC_ZSTD_DICT) => Ok((version, codec, &bytes[4..])),
-        other => Err(RecordError::UnknownCodec(other)),
-    }
-}
-
-/// How many bytes a zstd body says it decompresses to (our writers always record it), refused over
-/// [`MAX_DECODED_BYTES`]; None when the frame does not say (another writer).
-fn content_size(body: &[u8]) -> Result<Option<usize>, RecordError> {
-    match zstd::zstd_safe::get_frame_content_size(body) {
-        Ok(Some(n)) if n <= MAX_DECODED_BYTES as u64 => Ok(Some(n as usize)),
-        Ok(Some(n)) => Err(RecordError::Decompress(std::io::Error::other(format!(
-            "the body says it decompresses to {n} bytes, over the {MAX_DECODED_BYTES}-byte limit"
-        )))),
-        Ok(None) | Err(_) => Ok(None),
-    }
-}
-
-/// Decompresses a zstd `body` (codec 1, or 2: with the record dictionary) into `out`'s spare capacity,
-/// which bounds it, with this thread's decompressor.
-fn decompress(codec: u8, body: &[u8], out: &mut Vec<u8>) -> Result<(), RecordError> {
-    DECOMPRESSOR.with(|cell| {
-        let mut d = cell.borrow_mut();
-        let dictionary = codec == CODEC_ZSTD_DICT;
-        let d = &mut d[usize::from(dictionary)];
-        if d.is_none() {
-            let made = if dictionary {
-                zstd::bulk::Decompressor::with_prepared_dictionary(decoder_dictionary())
-            } else {
-                zstd::bulk::Decompressor::new()
+        CODEC_NONE => f(version, body),
+        codec @ (CODEC_ZSTD | CODEC_ZSTD_DICT) => DECOMPRESSOR.with(|cell| {
+            let mut cell = cell.borrow_mut();
+            let (d, buf) = &mut *cell;
+            let dictionary = codec == CODEC_ZSTD_DICT;
+            let d = &mut d[usize::from(dictionary)];
+            if d.is_none() {
+                let made = if dictionary {
+                    zstd::bulk::Decompressor::with_prepared_dictionary(decoder_dictionary())
+                } else {
+                    zstd::bulk::Decompressor::new()
+                };
+                *d = Some(made.map_err(RecordError::Decompress)?);
+            }
+            let Some(d) = d.as_mut() else { unreachable!("set above") };
+            // The frame says how big its content is (our writers always record it): reserve exactly
+            // that, in a buffer this thread reuses. Asking zstd for a fresh `MAX_DECODED_BYTES` buffer
+            // per record made the allocator map and fault in fresh pages for every record (the
+            // kernel's page zeroing was the largest single item of the pipeline's profile).
+            let size = match zstd::zstd_safe::get_frame_content_size(body) {
+                Ok(Some(n)) if n <= MAX_DECODED_BYTES as u64 => n as usize,
+                Ok(Some(n)) => {
+                    return Err(RecordError::Decompress(std::io::Error::other(format!(
+                        "the body says it decompresses to {n} bytes, over the {MAX_DECODED_BYTES}-byte limit"
+                    ))));
+                }
+                // Unknown size (another writer): the bound itself, as before.
+                Ok(None) | Err(_) => MAX_DECODED_BYTES,
             };
-            *d = Some(made.map_err(RecordError::Decompress)?);
-        }
-        let Some(d) = d.as_mut() else { unreachable!("set above") };
-        d.decompress_to_buffer(body, out).map(|_| ()).map_err(RecordError::Decompress)
-    })
-}
-
-/// Checks the header and hands `f` the version and the decompressed body.
-fn with_body<T>(bytes: &[u8], f: impl FnOnce(u8, &[u8]) -> Result<T, RecordError>) -> Result<T, RecordError> {
-    let (version, codec, body) = header(bytes)?;
-    if codec == CODEC_NONE {
-        return f(version, body);
-    }
-    // Reserve what the frame says, in a buffer this thread reuses. Asking zstd for a fresh
-    // `MAX_DECODED_BYTES` buffer per record made the allocator map and fault in fresh pages for every
-    // record (the kernel's page zeroing was the largest single item of the pipeline's profile).
-    let size = content_size(body)?.unwrap_or(MAX_DECODED_BYTES);
-    BUFFER.with(|cell| {
-        let mut buf = cell.borrow_mut();
-        buf.clear();
-        buf.reserve(size);
-        let decoded = decompress(codec, body, &mut buf).and_then(|()| f(version, &buf));
-        if buf.capacity() > KEEP_BUFFER_BYTES {
-            *buf = Vec::new();
-        }
-        decoded
-    })
-}
-
-/// A record's decompressed body in a buffer of its own (for values that share it), of exactly the
-/// size its frame records; a frame that does not say is decompressed in the thread's buffer and copied.
-fn owned_body(bytes: &[u8]) -> Result<Bytes, RecordError> {
-    let (_, codec, body) = header(bytes)?;
-    if codec == CODEC_NONE {
-        return Ok(Bytes::copy_from_slice(body));
-    }
-    match content_size(body)? {
-        Some(size) => {
-            let mut out = Vec::with_capacity(size);
-            decompress(codec, body, &mut out)?;
-            Ok(Bytes::from(out))
-        }
-        None => with_body(bytes, |_, body| Ok(Bytes::copy_from_slice(body))),
+            buf.clear();
+            buf.reserve(size);
+            let decoded = d.decompress_to_buffer(body, buf).map_err(RecordError::Decompress).and_then(|_| f(version, buf));
+            if buf.capacity() > KEEP_BUFFER_BYTES {
+                *buf = Vec::new();
+            }
+            decoded
+        }),
+        other => Err(RecordError::UnknownCodec(other)),
     }
 }
 
@@ -697,9 +571,7 @@ thread_local! {
     // zstd contexts are costly to create (a fresh one per record was ~7% of collector CPU): one per
     // thread, without and with the record dictionary.
     static COMPRESSOR: RefCell<[Option<zstd::bulk::Compressor<'static>>; 2]> = const { RefCell::new([None, None]) };
-    static DECOMPRESSOR: RefCell<[Option<zstd::bulk::Decompressor<'static>>; 2]> = const { RefCell::new([None, None]) };
-    /// The decompressed body of a record read in place ([`with_body`]), kept between records.
-    static BUFFER: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    static DECOMPRESSOR: RefCell<([Option<zstd::bulk::Decompressor<'static>>; 2], Vec<u8>)> = const { RefCell::new(([None, None], Vec::new())) };
 }
 
 /// The record dictionary prepared once for compressing (its tables built at [`ZSTD_LEVEL`]).
@@ -785,37 +657,6 @@ mod tests {
         }
         let big = Record::Events(sample(40)).encode();
         assert_eq!(big[3], CODEC_ZSTD_DICT, "large bodies are compressed, with the record dictionary");
-    }
-
-    /// A version 2 record's event texts are read as written, compressed or not, and share one buffer
-    /// (the record's body): no copy per event.
-    #[test]
-    fn event_texts_read_as_written_share_the_records_body() {
-        let mut codecs = Vec::new();
-        for n in [1, 3, 40] {
-            let rec = sample(n);
-            let checked: Vec<CheckedEvent> = rec.events.iter().map(|m| CheckedEvent::validate(m).expect("valid")).collect();
-            let bytes = rec.envelope().encode(&checked);
-            codecs.push(bytes[3]);
-            let Checked::Events(c) = Record::decode_checked(&bytes).unwrap() else { panic!("kind") };
-            let raws: Vec<&RawText> = c.events.iter().map(|e| &e.as_ref().expect("valid").raw).collect();
-            for (raw, written) in raws.iter().zip(&checked) {
-                assert_eq!(**raw, *written.raw.as_str());
-            }
-            // Each text lies where it lies in the decompressed body, relative to the first.
-            let (_, plain) = body(&bytes).unwrap();
-            let at = |raw: &RawText| plain.windows(raw.len()).position(|w| w == raw.as_bytes()).expect("in the body");
-            for raw in &raws {
-                let apart = (raw.as_ptr() as usize).wrapping_sub(raws[0].as_ptr() as usize);
-                assert_eq!(apart, at(raw) - at(raws[0]), "the texts are slices of one buffer");
-            }
-        }
-        assert_eq!(codecs, [CODEC_NONE, CODEC_ZSTD_DICT, CODEC_ZSTD_DICT], "plain and compressed bodies both read");
-        // A text that is not within the body it is said to be in is copied, not sliced out of bounds.
-        let body = Bytes::from_static(b"0123456789");
-        assert_eq!(RawText::within(&body, &"xyz".to_owned()), "xyz");
-        assert_eq!(RawText::within(&body, std::str::from_utf8(&body[2..5]).unwrap()), "234");
-        assert_eq!(RawText::within(&body, ""), "");
     }
 
     #[test]
