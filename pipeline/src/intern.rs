@@ -3,18 +3,19 @@
 //! (after every commit) forgets the values no view or window holds any more, so an interner never holds
 //! more values than the state it serves.
 
-use hashbrown::HashSet;
 use std::hash::Hash;
 use std::sync::Arc;
 
+use crate::FastSet;
+
 #[derive(Debug)]
 pub(crate) struct Interner<T: ?Sized> {
-    values: HashSet<Arc<T>>,
+    values: FastSet<Arc<T>>,
 }
 
 impl<T: ?Sized> Default for Interner<T> {
     fn default() -> Self {
-        Interner { values: HashSet::new() }
+        Interner { values: FastSet::default() }
     }
 }
 

@@ -37,6 +37,20 @@ pub mod store;
 pub mod view;
 pub mod window;
 
+/// The maps the sessionizer looks up per record and per event (open views, an epoch's dirty views and
+/// history chunks, window cells, the interners' values): hashbrown's, for `entry_ref`, which copies a
+/// key only when it inserts it, hashed by foldhash instead of the standard library's SipHash
+/// (`BENCHMARKS.md` §31). Named here rather than taken as hashbrown's default, which may change.
+///
+/// View ids come from clients. foldhash is seeded at random per map, but is not built to resist an
+/// attacker who can observe timing or iteration order; here none can: the pipeline reads behind the
+/// log, a view id is at most 128 characters, every output taken from these maps is sorted first, and
+/// an epoch's maps are rebuilt every epoch. Should that change, `std::hash::RandomState` (SipHash) in
+/// place of `foldhash::fast::RandomState` keeps the rest as it is.
+pub(crate) type FastMap<K, V> = hashbrown::HashMap<K, V, foldhash::fast::RandomState>;
+/// [`FastMap`]'s set.
+pub(crate) type FastSet<T> = hashbrown::HashSet<T, foldhash::fast::RandomState>;
+
 pub use config::PipelineConfig;
 pub use error::{Error, Result};
 pub use status::PipelineStatus;

@@ -8,7 +8,7 @@
 //! decision needs it. Whether a view is hot or cold changes no output: its state in the store is its
 //! state in memory (serde round trip, floats exactly: `serde_json`'s `float_roundtrip`).
 
-use hashbrown::HashMap;
+use crate::FastMap;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -41,15 +41,15 @@ pub(crate) struct OpenViews<S> {
     /// The views in memory (every view an epoch touched stays here until its commit). Boxed: a view's
     /// state is hundreds of bytes, and a map of them inline kept that much in every empty bucket too
     /// (a fifth of the pipeline's memory with a tenth of 100,000 views in memory, `BENCHMARKS.md` §10).
-    pub(crate) hot: HashMap<String, Box<S>>,
-    cold: HashMap<String, Cold>,
+    pub(crate) hot: FastMap<String, Box<S>>,
+    cold: FastMap<String, Cold>,
     /// Hot views kept at most after a commit.
     cap: usize,
 }
 
 impl<S: Slot> OpenViews<S> {
     pub(crate) fn new(cap: usize) -> OpenViews<S> {
-        OpenViews { hot: HashMap::new(), cold: HashMap::new(), cap: cap.max(1) }
+        OpenViews { hot: FastMap::default(), cold: FastMap::default(), cap: cap.max(1) }
     }
 
     pub(crate) fn len(&self) -> usize {

@@ -48,8 +48,6 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use hashbrown::{HashMap, HashSet};
-
 use schemas::event::ViewDims;
 use schemas::record::{Checked, CheckedEvent, CheckedEvents, RejectedRecord};
 use schemas::{ClientInfo, Event, EventKind, Payload, Record};
@@ -62,6 +60,7 @@ use crate::replay::{Place, ViewCore, derive};
 use crate::store::{Commit, Forgotten, StateStore};
 use crate::view::Totals;
 use crate::window::{WindowRow, Windows};
+use crate::{FastMap, FastSet};
 
 pub use schemas::dims::{Dim, stream_type_str};
 
@@ -431,11 +430,11 @@ struct SessionMeta {
 #[derive(Debug, Default)]
 struct Pending {
     /// Open views written or ended (deleted from `open`) since the last commit.
-    dirty: HashSet<String>,
+    dirty: FastSet<String>,
     /// Ended views written since the last commit, and whether each is new to the store.
-    ended: HashMap<String, (EndedSlot, bool)>,
+    ended: FastMap<String, (EndedSlot, bool)>,
     /// Events that joined views' histories since the last commit, encoded.
-    history: HashMap<String, history::Chunk>,
+    history: FastMap<String, history::Chunk>,
 }
 
 /// At most this many event rows are reserved ahead for an epoch ([`Sessionizer::flush`]).

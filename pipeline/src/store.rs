@@ -266,30 +266,35 @@ mod tests {
     }
 
     /// Expiry removes exactly the expired views' history chunks: every chunk of each, and none of a
-    /// view whose id sorts next to it or starts with it.
+    /// view whose id starts with an expired one's, or sorts just before or after it.
     #[test]
     fn expiry_forgets_every_history_chunk_of_the_expired_views_and_no_other() {
+        let ids = ["0", "a", "ab", "abc", "b"];
         let store = StateStore::in_memory();
         let mut first = Commit { max_ended: 100, expire_before: i64::MIN, ..Commit::default() };
-        first.ended_put = vec![ended("a", 10), ended("ab", 20), ended("abc", 30), ended("b", 40)];
-        for id in ["a", "ab", "abc", "b"] {
+        first.ended_put = vec![ended("0", 50), ended("a", 10), ended("ab", 60), ended("abc", 30), ended("b", 40)];
+        for id in ids {
             for seq in [0, 7, 300, u64::MAX] {
                 first.history_put.push((id.to_owned(), seq, vec![seq as u8]));
             }
         }
         assert_eq!(store.commit(first).unwrap(), Forgotten::default());
-        // "a" and "abc" ended before 35 and expire ("ab" too: oldest first); the cap forgets none.
-        let second = Commit { max_ended: 100, expire_before: 35, ..Commit::default() };
+        let all = vec![vec![0], vec![7], vec![300u64 as u8], vec![u8::MAX]];
+        // "a", "abc" and "b" ended before 45: they expire; "0" and "ab" stay.
+        let second = Commit { max_ended: 100, expire_before: 45, ..Commit::default() };
         assert_eq!(store.commit(second).unwrap(), Forgotten { expired: 3, over_cap: 0 });
-        for id in ["a", "ab", "abc"] {
+        for id in ["a", "abc", "b"] {
             assert!(store.history(id).unwrap().is_empty(), "history of {id} kept");
             assert_eq!(store.ended(id).unwrap(), None);
         }
-        assert_eq!(store.history("b").unwrap(), vec![vec![0], vec![7], vec![300u64 as u8], vec![u8::MAX]]);
-        assert_eq!(store.ended_count().unwrap(), 1);
-        // Past the cap, the oldest goes with its history the same way.
-        let third = Commit { max_ended: 0, expire_before: 35, ..Commit::default() };
+        for id in ["0", "ab"] {
+            assert_eq!(store.history(id).unwrap(), all, "history of {id}");
+        }
+        assert_eq!(store.ended_count().unwrap(), 2);
+        // Past the cap, the oldest ("0", ended at 50) goes with its history the same way.
+        let third = Commit { max_ended: 1, expire_before: 45, ..Commit::default() };
         assert_eq!(store.commit(third).unwrap(), Forgotten { expired: 0, over_cap: 1 });
-        assert!(store.history("b").unwrap().is_empty());
+        assert!(store.history("0").unwrap().is_empty());
+        assert_eq!(store.history("ab").unwrap(), all);
     }
 }

@@ -8,7 +8,6 @@
 //! remembers the last window it was counted in (its spans arrive in time order), so the column stays
 //! summable across flushes.
 
-use hashbrown::HashMap;
 use std::sync::Arc;
 
 use hdrhistogram::Histogram;
@@ -17,6 +16,7 @@ use schemas::hist::SparseHist;
 use schemas::measures::Measure::{self, *};
 use schemas::measures::{HISTOGRAM_MEASURE, Values};
 
+use crate::FastMap;
 use crate::intern::Interner;
 use crate::view::Span;
 
@@ -121,7 +121,7 @@ pub struct Windows {
     /// The pending cells, in the order they were first added.
     cells: Vec<(i64, DimValues, WindowDelta)>,
     /// Each pending cell's position in `cells`, by (window start, dims).
-    index: HashMap<(i64, DimValues), usize>,
+    index: FastMap<(i64, DimValues), usize>,
     /// The cell found last. A view's events and spans land in the same cell one after another, with
     /// the same shared dims: found again by comparing a pointer, without hashing and comparing the
     /// dimension strings (that was 4 % of the pipeline's CPU, BENCHMARKS.md §19).
@@ -219,7 +219,7 @@ impl Windows {
     /// retracted and re-added. Cells before `cutoff` (the late horizon) are left alone; returns how
     /// many changed cells that skipped.
     pub fn add_difference(&mut self, old: Windows, new: Windows, cutoff: i64) -> u64 {
-        let mut cells: HashMap<(i64, DimValues), (WindowDelta, WindowDelta)> = HashMap::new();
+        let mut cells: FastMap<(i64, DimValues), (WindowDelta, WindowDelta)> = FastMap::default();
         for (window, dims, d) in old.cells {
             cells.entry((window, dims)).or_default().0 = d;
         }
