@@ -437,6 +437,13 @@ struct Pending {
     history: FastMap<String, history::Chunk>,
 }
 
+impl Pending {
+    /// Marks an open view written (or ended) this epoch; its id is copied only the first time.
+    fn mark_dirty(&mut self, view_id: &str) {
+        self.dirty.get_or_insert_with(view_id, str::to_owned);
+    }
+}
+
 /// At most this many event rows are reserved ahead for an epoch ([`Sessionizer::flush`]).
 const MAX_PRESIZED_EVENTS: usize = 1 << 19;
 
@@ -728,7 +735,7 @@ impl Sessionizer {
             history_full: false,
             version: 0,
         }));
-        self.pending.dirty.get_or_insert_with(rec.view_id.as_str(), str::to_owned);
+        self.pending.mark_dirty(&rec.view_id);
         slot.last_recv_ms = slot.last_recv_ms.max(rec.recv_ms);
         slot.partition = p;
         let mut late = Vec::new();
@@ -1013,7 +1020,7 @@ impl Sessionizer {
             slot.buffer = BTreeMap::new();
         }
         if !applied.is_empty() {
-            self.pending.dirty.get_or_insert_with(view_id, str::to_owned);
+            self.pending.mark_dirty(view_id);
             // A full history only means the view can no longer be corrected.
             let _ = Self::record_history(&mut self.pending, &self.config, view_id, slot, &applied);
         }
@@ -1031,7 +1038,7 @@ impl Sessionizer {
         let Some(mut slot) = self.views.hot.remove(view_id) else { return };
         self.stats.views_ended += 1;
         self.buffered = self.buffered.saturating_sub(slot.buffer.len());
-        self.pending.dirty.get_or_insert_with(view_id, str::to_owned);
+        self.pending.mark_dirty(view_id);
         // Seqs past the end it never saw stay acceptable for the events table; the ones it held
         // buffered were seen.
         let mut after = EndedView { next_seq: slot.next_seq, skipped: SeqRanges::default() };
